@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "coverage is not supported inside Bazel here; use gcov" >&2
+exit 1
