@@ -1,0 +1,18 @@
+# Thin convenience wrapper: every target only calls a script in scripts/ (which installs missing
+# Debian packages first) or Bazel.
+.PHONY: demo test test-asan build bench clean
+
+demo:
+	bash scripts/demo.sh
+
+test:
+	bash scripts/test.sh
+
+test-asan:
+	bash scripts/test.sh --config=asan
+
+build:
+	bash scripts/deps.sh && bazel build //...
+
+clean:
+	bazel clean
