@@ -1,0 +1,255 @@
+/* raft.h: the Raft consensus core. Pure and deterministic: no threads, sockets, clock reads,
+ * randomness or global state. Everything the core needs from outside comes in as an event;
+ * everything it wants done goes out in a "ready" batch.
+ *
+ * Interface style: a Ready/Advance loop (as in etcd-io/raft). The caller owns one struct raft per
+ * node and serialises all calls on it (one node mutex in the runtime):
+ *
+ *   events in:   raft_tick()             one tick of the caller's virtual/real clock
+ *                raft_step()             a message received from a peer
+ *                raft_propose()          a new command (leader only; else RAFT_ENOTLEADER + hint)
+ *                raft_transfer_leader()  hand leadership to a named, up-to-date peer (TimeoutNow)
+ *                raft_persisted()        the storage writes of ready `seq` (and all before) are durable
+ *                raft_applied()          the state machine has applied up to index i
+ *
+ *   effects out: while (raft_has_ready(r)) {
+ *                    raft_ready(r, &rd);
+ *                    write rd.truncate_from / rd.entries / rd.hs (in ready order; group commit ok);
+ *                    send rd.msgs (any time: none of them waits for this ready's write);
+ *                    apply rd.committed (in order);
+ *                    raft_advance(r, &rd);                  frees rd; it does NOT mean "persisted"
+ *                }
+ *                ... later, when the write of rd.persist_seq is durable: raft_persisted(r, seq).
+ *
+ * Durability ordering (design.md "durability before acknowledgement"): messages that depend on
+ * state not yet durable - a vote grant (needs term + votedFor on disk, Raft paper Figure 2) and an
+ * AppendEntries acknowledgement (needs the entries on disk) - are held inside the core and only
+ * appear in a ready after raft_persisted() covers the write they depend on. A candidate counts its
+ * own vote, and a leader counts its own log toward commit, only for what is persisted. A leader's
+ * AppendEntries may leave before its own write is durable (Raft thesis §10.2.1), so leader fsync and
+ * replication overlap.
+ *
+ * Ownership: everything reachable from a struct raft_ready (entries, messages, payloads) belongs to
+ * the ready, is deep-copied, and stays valid until raft_advance(); other events may be stepped in
+ * between (their effects go to the next ready). raft_step() and raft_propose() copy their inputs.
+ *
+ * Storage: the core keeps the whole log in memory for now (raft_new() loads it). Log compaction
+ * with snapshots is a later issue: then the core will keep only a suffix and read older entries
+ * through a synchronous callback in struct raft_config; the `snapshot_*` fields below reserve room.
+ *
+ * Errors: functions return 0 or a negative RAFT_E* code. Bad input from outside (a malformed
+ * message, an unknown sender, an index out of range) is dropped with an error code; the core never
+ * aborts on it. assert() guards internal invariants only.
+ */
+#ifndef CRAFT_RAFT_RAFT_H
+#define CRAFT_RAFT_RAFT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "raft/entry.h"
+
+enum {
+    RAFT_OK = 0,
+    RAFT_EINVAL = -1,     /* malformed message or argument */
+    RAFT_ENOTLEADER = -2, /* proposal on a non-leader; see the leader hint */
+    RAFT_EBUSY = -3,      /* leadership transfer in progress; proposals paused */
+    RAFT_ENOMEM = -4,
+    RAFT_EUNKNOWN = -5,   /* message from/to a node that is not in the configuration */
+    RAFT_ETOOBIG = -6,    /* a bound was exceeded (entries per message, payload size) */
+    RAFT_ESTATE = -7,     /* call not valid now (e.g. transfer to self, persisted seq unknown) */
+};
+
+const char *raft_strerror(int rc);
+
+enum raft_role {
+    RAFT_FOLLOWER = 0,
+    RAFT_PRECANDIDATE = 1, /* pre-vote phase, term not yet bumped (thesis §9.6) */
+    RAFT_CANDIDATE = 2,
+    RAFT_LEADER = 3,
+};
+
+const char *raft_role_name(int role);
+
+/* Wire messages. Flat so the peer service can map each field 1:1 to protobuf; which fields a type
+ * uses is listed per field. Every message carries type, from, to and term. */
+enum raft_msg_type {
+    RAFT_MSG_NONE = 0,
+    RAFT_MSG_VOTE = 1,          /* RequestVote */
+    RAFT_MSG_VOTE_RESP = 2,
+    RAFT_MSG_PREVOTE = 3,       /* term = the term the sender would campaign in (its term + 1) */
+    RAFT_MSG_PREVOTE_RESP = 4,  /* granted: term echoes the request; rejected: the voter's term */
+    RAFT_MSG_APPEND = 5,        /* AppendEntries; a heartbeat is one with no entries */
+    RAFT_MSG_APPEND_RESP = 6,
+    RAFT_MSG_TIMEOUT_NOW = 7,   /* leadership transfer: campaign now (thesis §3.10) */
+    /* reserved for later issues: 8/9 InstallSnapshot request/response, 10/11 ReadIndex. */
+    RAFT_MSG_TYPE_MAX = 7,
+};
+
+const char *raft_msg_type_name(int type);
+
+struct raft_msg {
+    uint8_t type; /* enum raft_msg_type */
+    uint64_t from;
+    uint64_t to;
+    uint64_t term;
+
+    /* VOTE, PREVOTE: the candidate's last log entry (up-to-date check, paper §5.4.1). */
+    uint64_t last_log_index;
+    uint64_t last_log_term;
+    bool transfer; /* VOTE, PREVOTE: campaign caused by TimeoutNow; voters skip the leader lease */
+
+    /* VOTE_RESP, PREVOTE_RESP: */
+    bool granted;
+
+    /* APPEND: entries follow (prev_index, prev_term); commit = leader's commit index. */
+    uint64_t prev_index;
+    uint64_t prev_term;
+    uint64_t commit;
+    uint32_t n_entries;
+    struct raft_entry *entries;
+
+    /* APPEND_RESP: success => match_index is the last index known to match the leader's log.
+     * reject => reject_index echoes the request's prev_index, and the fast-backup hint says
+     * where the follower's log diverges: conflict_term = the follower's term at prev_index
+     * (0 if its log is shorter), conflict_index = the first index of that term in its log (or its
+     * last index + 1 if shorter). Raft paper §5.3, "optimisation" paragraph. */
+    bool reject;
+    uint64_t match_index;
+    uint64_t reject_index;
+    uint64_t conflict_term;
+    uint64_t conflict_index;
+};
+
+/* Per-peer replication state on a leader (compare etcd-io/raft tracker, canonical/raft progress). */
+enum raft_progress_state {
+    RAFT_PROGRESS_PROBE = 0,     /* one AppendEntries at a time until a match is found */
+    RAFT_PROGRESS_REPLICATE = 1, /* pipelined: many in flight, bounded by count and bytes */
+    RAFT_PROGRESS_SNAPSHOT = 2,  /* reserved for InstallSnapshot (later issue) */
+};
+
+struct raft_config {
+    uint64_t id;           /* this node; nonzero */
+    const uint64_t *peers; /* every voter including this node; copied by raft_new() */
+    size_t n_peers;        /* 1 .. RAFT_MAX_NODES */
+    uint64_t seed;         /* seeds the core's private PRNG (election timeout jitter) */
+
+    unsigned election_tick;  /* default 10; timeout is random in [election_tick, 2*election_tick) */
+    unsigned heartbeat_tick; /* default 2; leader heartbeat period; must be < election_tick */
+    bool pre_vote;           /* default true */
+    bool check_quorum;       /* default true; also enables the leader lease on votes */
+
+    /* Flow control (leader -> each follower). */
+    uint32_t max_append_entries; /* default 64 entries per AppendEntries */
+    size_t max_append_bytes;     /* default 1 MiB payload per AppendEntries (at least 1 entry) */
+    uint32_t max_inflight_msgs;  /* default 64 AppendEntries in flight per follower */
+    size_t max_inflight_bytes;   /* default 16 MiB payload in flight per follower */
+
+    /* Input bounds: larger inbound messages / proposals are refused with RAFT_ETOOBIG. */
+    uint32_t max_msg_entries;   /* default 4096 entries in one received AppendEntries */
+    uint32_t max_entry_bytes;   /* default 64 MiB payload per entry */
+};
+
+#define RAFT_MAX_NODES 64
+
+/* Fill defaults; the caller then sets id, peers, n_peers, seed. */
+void raft_config_default(struct raft_config *cfg);
+
+/* What storage held at start-up. Entries must be contiguous from snapshot_index + 1. */
+struct raft_restore {
+    struct raft_hard_state hs;
+    const struct raft_entry *entries;
+    size_t n_entries;
+    uint64_t snapshot_index; /* reserved (log compaction): must be 0 for now */
+    uint64_t snapshot_term;  /* reserved */
+};
+
+struct raft;
+
+/* restore may be NULL (empty storage). Returns 0 and *out, or an error. */
+int raft_new(const struct raft_config *cfg, const struct raft_restore *restore, struct raft **out);
+void raft_free(struct raft *r);
+
+/* ---- events ---- */
+int raft_tick(struct raft *r);
+int raft_step(struct raft *r, const struct raft_msg *m);
+/* Append a command; on success *index and *term say where it will commit (if it does). On a
+ * non-leader returns RAFT_ENOTLEADER and *leader_hint = the leader this node knows of (0 = none).
+ * Any out-pointer may be NULL. type is RAFT_ENTRY_NORMAL (CONFIG reserved). */
+int raft_propose(struct raft *r, uint8_t type, const void *data, uint32_t len, uint64_t *index,
+                 uint64_t *term, uint64_t *leader_hint);
+/* Leader only: catch `to` up, then send it TimeoutNow. Proposals get RAFT_EBUSY until the transfer
+ * completes or is abandoned after one election timeout. */
+int raft_transfer_leader(struct raft *r, uint64_t to);
+/* Start an election now (tests, operator tooling); skips pre-vote. */
+int raft_campaign(struct raft *r);
+/* All storage writes of readies with persist_seq <= seq are durable. */
+int raft_persisted(struct raft *r, uint64_t seq);
+/* The state machine applied every committed entry up to index (bookkeeping for snapshots). */
+int raft_applied(struct raft *r, uint64_t index);
+
+/* ---- effects ---- */
+struct raft_ready {
+    /* Storage work, to be written in this order, then reported with raft_persisted(persist_seq).
+     * persist_seq == 0 means this ready has no storage work. */
+    uint64_t persist_seq;
+    bool hs_changed;
+    struct raft_hard_state hs;   /* current hard state (write it when hs_changed) */
+    uint64_t truncate_from;      /* nonzero: delete stored entries >= this index first */
+    struct raft_entry *entries;  /* then append these (contiguous) */
+    size_t n_entries;
+
+    /* Messages to send, grouped by destination (sorted by `to`, order kept per destination). */
+    struct raft_msg *msgs;
+    size_t n_msgs;
+
+    /* Newly committed entries to apply, in index order. Only entries this node has persisted are
+     * handed out, so an applied entry is always in the local durable log. */
+    struct raft_entry *committed;
+    size_t n_committed;
+
+    /* Soft state, for the caller's information. */
+    uint64_t commit_index;
+    uint64_t term;
+    uint64_t leader_id;
+    uint8_t role;
+};
+
+bool raft_has_ready(const struct raft *r);
+int raft_ready(struct raft *r, struct raft_ready *rd);
+void raft_advance(struct raft *r, struct raft_ready *rd);
+/* The messages of rd addressed to `to`: returns their count and sets *first (NULL if none).
+ * Cheap (binary search), so a per-peer sender thread can pick its own. */
+size_t raft_ready_msgs_to(const struct raft_ready *rd, uint64_t to, const struct raft_msg **first);
+
+/* ---- inspection (tests, status endpoints) ---- */
+struct raft_status {
+    uint64_t id;
+    uint8_t role;
+    uint64_t term;
+    uint64_t voted_for;
+    uint64_t leader_id;
+    uint64_t commit_index;
+    uint64_t applied_index;
+    uint64_t last_index;
+    uint64_t last_term;
+    uint64_t persisted_index; /* last index durable and matching the in-memory log */
+    uint64_t transferee;      /* leadership transfer target, 0 = none */
+};
+void raft_status_get(const struct raft *r, struct raft_status *st);
+
+struct raft_progress_info {
+    uint8_t state; /* enum raft_progress_state */
+    uint64_t match;
+    uint64_t next;
+    uint32_t inflight_msgs;
+    size_t inflight_bytes;
+};
+/* Leader only; RAFT_ESTATE otherwise, RAFT_EUNKNOWN for an unknown peer. */
+int raft_progress_get(const struct raft *r, uint64_t peer, struct raft_progress_info *out);
+
+/* The in-memory entry at index, or NULL (read-only; valid until the next event). */
+const struct raft_entry *raft_log_get(const struct raft *r, uint64_t index);
+
+#endif

@@ -1,0 +1,332 @@
+/* raft_append.c: AppendEntries, both sides, with per-follower flow control.
+ *
+ * Leader side: each follower has a progress in PROBE (one append at a time, until the follower's
+ * log is found to match) or REPLICATE (pipelined: next runs ahead of match, bounded by an
+ * in-flight window of max_inflight_msgs messages and max_inflight_bytes payload bytes). Each
+ * append carries at most max_append_entries entries / max_append_bytes bytes (at least one entry).
+ * A rejection drops the follower back to PROBE at the point its conflict hint names; a pipeline
+ * that makes no progress over two heartbeats (lost messages) is re-probed from match + 1.
+ *
+ * Follower side: the consistency check of Figure 2, truncation of a conflicting suffix, and the
+ * fast-backup hint (§5.3): on a mismatch at prev_index the reply names the conflicting term and
+ * the first index of that term, so the leader skips a whole term per round trip. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "raft/raft_internal.h"
+
+void raft_progress_reset(struct raft *r, struct raft_progress *pr, uint64_t next)
+{
+    (void)r;
+    pr->state = RAFT_PROGRESS_PROBE;
+    pr->next = next;
+    pr->probe_sent = false;
+    pr->ring_start = pr->ring_count = 0;
+    pr->inflight_bytes = 0;
+    pr->stall = 0;
+    pr->hb_match = pr->match;
+}
+
+static bool inflight_full(const struct raft *r, const struct raft_progress *pr)
+{
+    return pr->ring_count >= r->cfg.max_inflight_msgs ||
+           pr->inflight_bytes >= r->cfg.max_inflight_bytes;
+}
+
+static void inflight_add(struct raft *r, struct raft_progress *pr, uint64_t last, size_t bytes)
+{
+    assert(pr->ring_count < r->cfg.max_inflight_msgs);
+    uint32_t pos = (pr->ring_start + pr->ring_count) % r->cfg.max_inflight_msgs;
+    pr->ring[pos] = (struct raft_inflight){last, bytes};
+    pr->ring_count++;
+    pr->inflight_bytes += bytes;
+}
+
+/* Everything up to `match` has arrived: free those window slots. */
+static void inflight_free_to(struct raft *r, struct raft_progress *pr, uint64_t match)
+{
+    while (pr->ring_count && pr->ring[pr->ring_start].last <= match) {
+        pr->inflight_bytes -= pr->ring[pr->ring_start].bytes;
+        pr->ring_start = (pr->ring_start + 1) % r->cfg.max_inflight_msgs;
+        pr->ring_count--;
+    }
+}
+
+static void become_probe(struct raft *r, struct raft_progress *pr, uint64_t next)
+{
+    raft_progress_reset(r, pr, next);
+}
+
+static void become_replicate(struct raft *r, struct raft_progress *pr)
+{
+    raft_progress_reset(r, pr, pr->match + 1);
+    pr->state = RAFT_PROGRESS_REPLICATE;
+}
+
+/* Build and queue one AppendEntries from pr->next. Returns false if nothing was sent. */
+static bool send_one(struct raft *r, struct raft_progress *pr, bool allow_empty)
+{
+    uint64_t last = raft_log_last_index(&r->log);
+    uint64_t prev = pr->next - 1, prev_term;
+    if (!raft_log_term(&r->log, prev, &prev_term))
+        return false; /* would need a snapshot (later issue) */
+    size_t n = 0, bytes = 0;
+    size_t room = r->cfg.max_append_bytes;
+    if (pr->state == RAFT_PROGRESS_REPLICATE && r->cfg.max_inflight_bytes - pr->inflight_bytes < room)
+        room = r->cfg.max_inflight_bytes - pr->inflight_bytes;
+    while (pr->next + n <= last && n < r->cfg.max_append_entries) {
+        size_t len = raft_log_at(&r->log, pr->next + n)->len;
+        if (n && bytes + len > room)
+            break; /* a batch always carries at least one entry */
+        bytes += len;
+        n++;
+    }
+    if (!n && !allow_empty)
+        return false;
+    struct raft_msg m = {.type = RAFT_MSG_APPEND,
+                         .to = pr->id,
+                         .term = r->hs.term,
+                         .prev_index = prev,
+                         .prev_term = prev_term,
+                         .commit = r->commit};
+    if (n) {
+        m.entries = calloc(n, sizeof(*m.entries));
+        if (!m.entries)
+            return false;
+        for (size_t i = 0; i < n; i++) {
+            if (raft_entry_copy(&m.entries[i], raft_log_at(&r->log, pr->next + i))) {
+                raft_entries_free(m.entries, i);
+                return false;
+            }
+        }
+        m.n_entries = (uint32_t)n;
+    }
+    if (raft_send(r, &m))
+        return false;
+    if (pr->state == RAFT_PROGRESS_PROBE) {
+        pr->probe_sent = true;
+    } else if (n) {
+        pr->next += n;
+        inflight_add(r, pr, pr->next - 1, bytes);
+    }
+    return true;
+}
+
+void raft_send_append(struct raft *r, struct raft_progress *pr, bool allow_empty)
+{
+    if (pr->id == r->id)
+        return;
+    if (pr->state == RAFT_PROGRESS_PROBE) {
+        if (!pr->probe_sent)
+            send_one(r, pr, allow_empty);
+        return;
+    }
+    /* REPLICATE: fill the window (optimistic pipelining). */
+    while (!inflight_full(r, pr) && pr->next <= raft_log_last_index(&r->log))
+        if (!send_one(r, pr, false))
+            break;
+}
+
+void raft_bcast_append(struct raft *r)
+{
+    for (size_t i = 0; i < r->n_peers; i++)
+        raft_send_append(r, &r->progress[i], false);
+}
+
+void raft_send_timeout_now(struct raft *r, uint64_t to)
+{
+    struct raft_msg m = {.type = RAFT_MSG_TIMEOUT_NOW, .to = to, .term = r->hs.term};
+    raft_send(r, &m);
+}
+
+void raft_bcast_heartbeat(struct raft *r)
+{
+    for (size_t i = 0; i < r->n_peers; i++) {
+        struct raft_progress *pr = &r->progress[i];
+        if (pr->id == r->id)
+            continue;
+        if (pr->state == RAFT_PROGRESS_REPLICATE) {
+            pr->stall = pr->ring_count && pr->match == pr->hb_match ? pr->stall + 1 : 0;
+            pr->hb_match = pr->match;
+            if (pr->stall >= 2)
+                become_probe(r, pr, pr->match + 1); /* appends were lost: resend from match */
+        }
+        if (pr->state == RAFT_PROGRESS_PROBE) {
+            /* The probe doubles as the heartbeat; a lost probe is retried here. */
+            pr->probe_sent = false;
+            send_one(r, pr, true);
+            continue;
+        }
+        /* Heartbeat anchored at match, which the follower is known to hold, so it never fails
+         * the consistency check because of reordering; it carries commit up to match. */
+        uint64_t t = 0;
+        raft_log_term(&r->log, pr->match, &t);
+        struct raft_msg m = {.type = RAFT_MSG_APPEND,
+                             .to = pr->id,
+                             .term = r->hs.term,
+                             .prev_index = pr->match,
+                             .prev_term = t,
+                             .commit = r->commit < pr->match ? r->commit : pr->match};
+        raft_send(r, &m);
+    }
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x > y ? -1 : x < y;
+}
+
+/* Figure 8 / §5.4.2: the highest index stored on a majority commits only if it is of the current
+ * term; older entries then commit with it. The leader's own copy counts once persisted. */
+void raft_maybe_commit(struct raft *r)
+{
+    uint64_t m[RAFT_MAX_NODES];
+    for (size_t i = 0; i < r->n_peers; i++)
+        m[i] = r->peers[i] == r->id ? r->persisted_index : r->progress[i].match;
+    qsort(m, r->n_peers, sizeof(m[0]), cmp_desc);
+    uint64_t n = m[raft_quorum(r) - 1], t;
+    if (n > r->commit && raft_log_term(&r->log, n, &t) && t == r->hs.term)
+        r->commit = n;
+}
+
+/* ---- follower side ---- */
+
+static int check_entries(const struct raft *r, const struct raft_msg *m)
+{
+    if (m->prev_term > m->term || m->prev_index > UINT64_MAX - m->n_entries - 1)
+        return RAFT_EINVAL;
+    if ((m->prev_index == 0) != (m->prev_term == 0))
+        return RAFT_EINVAL;
+    uint64_t t = m->prev_term;
+    for (uint32_t i = 0; i < m->n_entries; i++) {
+        const struct raft_entry *e = &m->entries[i];
+        if (e->index != m->prev_index + 1 + i || e->term < t || e->term > m->term ||
+            e->type > RAFT_ENTRY_CONFIG || (e->len && !e->data) || e->term == 0)
+            return RAFT_EINVAL;
+        if (e->len > r->cfg.max_entry_bytes)
+            return RAFT_ETOOBIG;
+        t = e->term;
+    }
+    return 0;
+}
+
+int raft_recv_append(struct raft *r, const struct raft_msg *m)
+{
+    int rc = check_entries(r, m);
+    if (rc)
+        return rc;
+    if (r->role == RAFT_LEADER)
+        return RAFT_EINVAL; /* two leaders in one term: impossible from a correct peer */
+    if (r->role != RAFT_FOLLOWER || r->leader_id != m->from)
+        raft_become_follower(r, r->hs.term, m->from);
+    r->election_elapsed = 0;
+
+    struct raft_msg resp = {.type = RAFT_MSG_APPEND_RESP, .to = m->from, .term = r->hs.term};
+    uint64_t last = raft_log_last_index(&r->log), t;
+    if (m->prev_index > last) {
+        resp.reject = true;
+        resp.reject_index = m->prev_index;
+        resp.conflict_term = 0;
+        resp.conflict_index = last + 1;
+        return raft_send(r, &resp);
+    }
+    if (!raft_log_term(&r->log, m->prev_index, &t))
+        return RAFT_EINVAL; /* before our log start: snapshot territory (later issue) */
+    if (t != m->prev_term) {
+        if (m->prev_index <= r->commit)
+            return RAFT_EINVAL; /* committed entries never conflict with a real leader */
+        resp.reject = true;
+        resp.reject_index = m->prev_index;
+        resp.conflict_term = t;
+        resp.conflict_index = raft_log_first_of_term(&r->log, m->prev_index);
+        return raft_send(r, &resp);
+    }
+    /* Find the first entry we do not already hold; a conflict there truncates our suffix. */
+    uint32_t i = 0;
+    for (; i < m->n_entries; i++) {
+        const struct raft_entry *e = &m->entries[i];
+        if (e->index > raft_log_last_index(&r->log))
+            break;
+        raft_log_term(&r->log, e->index, &t);
+        if (t != e->term) {
+            if (e->index <= r->commit)
+                return RAFT_EINVAL;
+            raft_truncate_from(r, e->index);
+            break;
+        }
+    }
+    for (; i < m->n_entries; i++) {
+        rc = raft_log_append(&r->log, &m->entries[i]);
+        if (rc)
+            return rc;
+    }
+    uint64_t verified = m->prev_index + m->n_entries;
+    uint64_t c = m->commit < verified ? m->commit : verified;
+    if (c > r->commit)
+        r->commit = c;
+    resp.match_index = verified;
+    /* The ack means "stored": it waits for the entries to be durable. */
+    return raft_send_after_persist(r, &resp);
+}
+
+/* Where to resume after a rejection, from the follower's hint (§5.3). */
+static uint64_t next_from_hint(const struct raft *r, const struct raft_msg *m)
+{
+    uint64_t next = m->conflict_index;
+    if (m->conflict_term) {
+        uint64_t idx = raft_log_last_of_term(&r->log, m->conflict_term);
+        if (idx)
+            next = idx + 1; /* we share that term: resume just after our last entry of it */
+    }
+    if (next > m->reject_index)
+        next = m->reject_index; /* always move back past the rejected prev_index */
+    return next;
+}
+
+int raft_recv_append_resp(struct raft *r, const struct raft_msg *m)
+{
+    if (r->role != RAFT_LEADER)
+        return 0;
+    struct raft_progress *pr = &r->progress[raft_peer_index(r, m->from)];
+    uint64_t last = raft_log_last_index(&r->log);
+    pr->recent_active = true;
+
+    if (m->reject) {
+        if (m->reject_index > last || m->conflict_index == 0)
+            return RAFT_EINVAL;
+        if (pr->state == RAFT_PROGRESS_REPLICATE) {
+            if (m->reject_index <= pr->match)
+                return 0; /* stale */
+        } else if (m->reject_index != pr->next - 1) {
+            return 0; /* answer to an older probe */
+        }
+        uint64_t next = next_from_hint(r, m);
+        if (next <= pr->match)
+            next = pr->match + 1;
+        become_probe(r, pr, next);
+        raft_send_append(r, pr, true);
+        return 0;
+    }
+
+    if (m->match_index > last)
+        return RAFT_EINVAL;
+    if (m->match_index > pr->match) {
+        pr->match = m->match_index;
+        if (pr->state == RAFT_PROGRESS_PROBE)
+            become_replicate(r, pr);
+        else
+            inflight_free_to(r, pr, pr->match);
+        if (pr->next <= pr->match)
+            pr->next = pr->match + 1;
+        raft_maybe_commit(r);
+    } else if (pr->state == RAFT_PROGRESS_PROBE) {
+        pr->probe_sent = false;
+    }
+    if (r->transferee == m->from && pr->match == last)
+        raft_send_timeout_now(r, m->from);
+    else
+        raft_send_append(r, pr, false);
+    return 0;
+}

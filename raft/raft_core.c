@@ -1,0 +1,520 @@
+/* raft_core.c: construction, roles and their transitions, the clock, message dispatch with the
+ * term rules that apply to every message (Raft paper Figure 2, "Rules for Servers"), proposals and
+ * leadership transfer. The RPC handlers live in raft_vote.c and raft_append.c. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "raft/raft_internal.h"
+
+const char *raft_strerror(int rc)
+{
+    switch (rc) {
+    case RAFT_OK: return "ok";
+    case RAFT_EINVAL: return "invalid argument or malformed message";
+    case RAFT_ENOTLEADER: return "not the leader";
+    case RAFT_EBUSY: return "leadership transfer in progress";
+    case RAFT_ENOMEM: return "out of memory";
+    case RAFT_EUNKNOWN: return "unknown node";
+    case RAFT_ETOOBIG: return "bound exceeded";
+    case RAFT_ESTATE: return "not valid in the current state";
+    default: return "unknown error";
+    }
+}
+
+const char *raft_role_name(int role)
+{
+    static const char *names[] = {"follower", "precandidate", "candidate", "leader"};
+    return role >= 0 && role <= RAFT_LEADER ? names[role] : "?";
+}
+
+const char *raft_msg_type_name(int type)
+{
+    static const char *names[] = {"none",        "vote",   "vote_resp",   "prevote",
+                                  "prevote_resp", "append", "append_resp", "timeout_now"};
+    return type >= 0 && type <= RAFT_MSG_TYPE_MAX ? names[type] : "?";
+}
+
+void raft_config_default(struct raft_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->election_tick = 10;
+    cfg->heartbeat_tick = 2;
+    cfg->pre_vote = true;
+    cfg->check_quorum = true;
+    cfg->max_append_entries = 64;
+    cfg->max_append_bytes = 1u << 20;
+    cfg->max_inflight_msgs = 64;
+    cfg->max_inflight_bytes = 16u << 20;
+    cfg->max_msg_entries = 4096;
+    cfg->max_entry_bytes = 64u << 20;
+}
+
+/* splitmix64: the core's only randomness, seeded by the caller so runs replay exactly. */
+uint64_t raft_rand(struct raft *r)
+{
+    uint64_t z = (r->rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+size_t raft_peer_index(const struct raft *r, uint64_t id)
+{
+    for (size_t i = 0; i < r->n_peers; i++)
+        if (r->peers[i] == id)
+            return i;
+    return r->n_peers;
+}
+
+size_t raft_quorum(const struct raft *r)
+{
+    return r->n_peers / 2 + 1;
+}
+
+static void reset_election_timer(struct raft *r)
+{
+    r->election_elapsed = 0;
+    /* §5.2: randomized in [T, 2T) so split votes are rare. */
+    r->randomized_timeout =
+        r->cfg.election_tick + (unsigned)(raft_rand(r) % r->cfg.election_tick);
+}
+
+static void set_term(struct raft *r, uint64_t term)
+{
+    if (term != r->hs.term) {
+        assert(term > r->hs.term);
+        r->hs.term = term;
+        r->hs.voted_for = 0; /* votedFor belongs to one term (Figure 2) */
+        r->hs_dirty = true;
+    }
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struct raft **out)
+{
+    if (!cfg || !out || !cfg->id || !cfg->peers || !cfg->n_peers || cfg->n_peers > RAFT_MAX_NODES)
+        return RAFT_EINVAL;
+    if (!cfg->election_tick || !cfg->heartbeat_tick || cfg->heartbeat_tick >= cfg->election_tick ||
+        !cfg->max_append_entries || !cfg->max_inflight_msgs || !cfg->max_append_bytes ||
+        !cfg->max_inflight_bytes || !cfg->max_msg_entries)
+        return RAFT_EINVAL;
+    if (rs && (rs->snapshot_index || rs->snapshot_term || (rs->n_entries && !rs->entries)))
+        return RAFT_EINVAL;
+
+    struct raft *r = calloc(1, sizeof(*r));
+    if (!r)
+        return RAFT_ENOMEM;
+    r->cfg = *cfg;
+    r->cfg.peers = NULL;
+    r->id = cfg->id;
+    r->rng = cfg->seed ^ (cfg->id * 0x2545F4914F6CDD1Dull);
+    r->n_peers = cfg->n_peers;
+    r->peers = malloc(cfg->n_peers * sizeof(uint64_t));
+    r->votes = calloc(cfg->n_peers, 1);
+    r->progress = calloc(cfg->n_peers, sizeof(*r->progress));
+    if (!r->peers || !r->votes || !r->progress)
+        goto nomem;
+    memcpy(r->peers, cfg->peers, cfg->n_peers * sizeof(uint64_t));
+    qsort(r->peers, r->n_peers, sizeof(uint64_t), cmp_u64);
+    bool self = false;
+    for (size_t i = 0; i < r->n_peers; i++) {
+        if (!r->peers[i] || (i && r->peers[i] == r->peers[i - 1]))
+            goto inval;
+        self |= r->peers[i] == r->id;
+        r->progress[i].id = r->peers[i];
+        r->progress[i].ring = calloc(cfg->max_inflight_msgs, sizeof(struct raft_inflight));
+        if (!r->progress[i].ring)
+            goto nomem;
+    }
+    if (!self)
+        goto inval;
+
+    if (rs) {
+        r->hs = rs->hs;
+        uint64_t prev_term = 0;
+        for (size_t i = 0; i < rs->n_entries; i++) {
+            const struct raft_entry *e = &rs->entries[i];
+            if (e->index != i + 1 || e->term < prev_term || e->term > rs->hs.term ||
+                (e->len && !e->data))
+                goto inval;
+            prev_term = e->term;
+            if (raft_log_append(&r->log, e))
+                goto nomem;
+        }
+    }
+    r->persisted_hs = r->hs;
+    r->persisted_index = r->readied_last = raft_log_last_index(&r->log);
+    r->role = RAFT_FOLLOWER;
+    r->rep_term = r->hs.term;
+    reset_election_timer(r);
+    *out = r;
+    return 0;
+inval:
+    raft_free(r);
+    return RAFT_EINVAL;
+nomem:
+    raft_free(r);
+    return RAFT_ENOMEM;
+}
+
+void raft_free(struct raft *r)
+{
+    if (!r)
+        return;
+    raft_log_free(&r->log);
+    for (size_t i = 0; i < r->n_out; i++)
+        raft_msg_free(&r->out[i]);
+    for (size_t i = 0; i < r->n_held; i++)
+        raft_msg_free(&r->held[i].m);
+    if (r->progress)
+        for (size_t i = 0; i < r->n_peers; i++)
+            free(r->progress[i].ring);
+    free(r->out);
+    free(r->held);
+    free(r->recs);
+    free(r->progress);
+    free(r->votes);
+    free(r->peers);
+    free(r);
+}
+
+/* ---- roles (Figure 4 of the paper; pre-candidate from thesis §9.6) ---- */
+
+void raft_become_follower(struct raft *r, uint64_t term, uint64_t leader)
+{
+    set_term(r, term);
+    r->role = RAFT_FOLLOWER;
+    r->leader_id = leader;
+    r->transferee = 0;
+    reset_election_timer(r);
+}
+
+static void count_self_and_maybe_win(struct raft *r);
+
+void raft_become_precandidate(struct raft *r)
+{
+    /* Ask whether we could win before bumping the term: a node that cannot win (partitioned,
+     * stale log) never disturbs the cluster's term (thesis §9.6). */
+    r->role = RAFT_PRECANDIDATE;
+    r->leader_id = 0;
+    memset(r->votes, 0, r->n_peers);
+    reset_election_timer(r);
+    r->votes[raft_peer_index(r, r->id)] = 1; /* a pre-vote needs nothing durable */
+    for (size_t i = 0; i < r->n_peers; i++) {
+        if (r->peers[i] == r->id)
+            continue;
+        struct raft_msg m = {.type = RAFT_MSG_PREVOTE,
+                             .to = r->peers[i],
+                             .term = r->hs.term + 1,
+                             .last_log_index = raft_log_last_index(&r->log),
+                             .last_log_term = raft_log_last_term(&r->log)};
+        raft_send(r, &m);
+    }
+    count_self_and_maybe_win(r);
+}
+
+void raft_become_candidate(struct raft *r, bool transfer)
+{
+    set_term(r, r->hs.term + 1);
+    r->hs.voted_for = r->id;
+    r->hs_dirty = true;
+    r->role = RAFT_CANDIDATE;
+    r->leader_id = 0;
+    memset(r->votes, 0, r->n_peers);
+    reset_election_timer(r);
+    for (size_t i = 0; i < r->n_peers; i++) {
+        if (r->peers[i] == r->id)
+            continue;
+        struct raft_msg m = {.type = RAFT_MSG_VOTE,
+                             .to = r->peers[i],
+                             .term = r->hs.term,
+                             .transfer = transfer,
+                             .last_log_index = raft_log_last_index(&r->log),
+                             .last_log_term = raft_log_last_term(&r->log)};
+        raft_send(r, &m);
+    }
+    /* Our own vote counts only once term + votedFor are durable: a crash before that could let
+     * this node vote again in the same term. It arrives as a held message to ourselves. */
+    struct raft_msg self = {
+        .type = RAFT_MSG_VOTE_RESP, .to = r->id, .term = r->hs.term, .granted = true};
+    raft_send_after_persist(r, &self);
+}
+
+static void count_self_and_maybe_win(struct raft *r)
+{
+    size_t granted = 0;
+    for (size_t i = 0; i < r->n_peers; i++)
+        granted += r->votes[i] == 1;
+    if (granted >= raft_quorum(r)) {
+        if (r->role == RAFT_PRECANDIDATE)
+            raft_become_candidate(r, false);
+        else if (r->role == RAFT_CANDIDATE)
+            raft_become_leader(r);
+    }
+}
+
+void raft_become_leader(struct raft *r)
+{
+    assert(r->role == RAFT_CANDIDATE);
+    r->role = RAFT_LEADER;
+    r->leader_id = r->id;
+    r->transferee = 0;
+    r->heartbeat_elapsed = 0;
+    r->election_elapsed = 0;
+    uint64_t last = raft_log_last_index(&r->log);
+    for (size_t i = 0; i < r->n_peers; i++) {
+        raft_progress_reset(r, &r->progress[i], last + 1);
+        r->progress[i].match = 0;
+        r->progress[i].recent_active = r->peers[i] == r->id;
+    }
+    /* A no-op of the new term lets entries of older terms commit (§5.4.2, §8). */
+    struct raft_entry noop = {.index = last + 1, .term = r->hs.term, .type = RAFT_ENTRY_NOOP};
+    raft_log_append(&r->log, &noop);
+    raft_bcast_append(r);
+    raft_maybe_commit(r); /* single-node cluster */
+}
+
+/* ---- clock ---- */
+
+static void campaign(struct raft *r)
+{
+    if (r->cfg.pre_vote)
+        raft_become_precandidate(r);
+    else
+        raft_become_candidate(r, false);
+    if (r->n_peers == 1 && r->role == RAFT_PRECANDIDATE)
+        raft_become_candidate(r, false);
+}
+
+int raft_tick(struct raft *r)
+{
+    if (!r)
+        return RAFT_EINVAL;
+    if (r->role != RAFT_LEADER) {
+        if (++r->election_elapsed >= r->randomized_timeout)
+            campaign(r);
+        return 0;
+    }
+    if (r->transferee && ++r->transfer_elapsed >= r->cfg.election_tick)
+        r->transferee = 0; /* target did not take over in time: resume (thesis §3.10) */
+    if (++r->election_elapsed >= r->cfg.election_tick) {
+        r->election_elapsed = 0;
+        if (r->cfg.check_quorum) {
+            /* Check-quorum (thesis §6.2): a leader that has not heard from a majority within
+             * an election timeout steps down, so clients can find the real leader. */
+            size_t active = 0;
+            for (size_t i = 0; i < r->n_peers; i++) {
+                struct raft_progress *pr = &r->progress[i];
+                active += pr->id == r->id || pr->recent_active;
+                pr->recent_active = false;
+            }
+            if (active < raft_quorum(r)) {
+                raft_become_follower(r, r->hs.term, 0);
+                return 0;
+            }
+        }
+    }
+    if (++r->heartbeat_elapsed >= r->cfg.heartbeat_tick) {
+        r->heartbeat_elapsed = 0;
+        raft_bcast_heartbeat(r);
+    }
+    return 0;
+}
+
+/* ---- messages ---- */
+
+static int validate(const struct raft *r, const struct raft_msg *m)
+{
+    if (m->type == RAFT_MSG_NONE || m->type > RAFT_MSG_TYPE_MAX)
+        return RAFT_EINVAL;
+    if (m->to != r->id || m->from == r->id || raft_peer_index(r, m->from) == r->n_peers)
+        return RAFT_EUNKNOWN;
+    if (m->n_entries && m->type != RAFT_MSG_APPEND)
+        return RAFT_EINVAL;
+    if (m->n_entries > r->cfg.max_msg_entries)
+        return RAFT_ETOOBIG;
+    if (m->n_entries && !m->entries)
+        return RAFT_EINVAL;
+    if (m->term == 0)
+        return RAFT_EINVAL; /* every real message is sent in some term >= 1 */
+    return 0;
+}
+
+int raft_step(struct raft *r, const struct raft_msg *m)
+{
+    if (!r || !m)
+        return RAFT_EINVAL;
+    int rc = validate(r, m);
+    if (rc)
+        return rc;
+
+    if (m->term > r->hs.term) {
+        if (m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE) {
+            /* Leader lease (thesis §4.2.3, with check-quorum): while we hear from a leader, a
+             * disruptive candidate is ignored, term and all - unless the leader itself asked for
+             * the election (TimeoutNow). */
+            bool in_lease = r->cfg.check_quorum && r->leader_id &&
+                            r->election_elapsed < r->cfg.election_tick;
+            if (in_lease && !m->transfer)
+                return 0;
+        }
+        if (m->type == RAFT_MSG_PREVOTE || (m->type == RAFT_MSG_PREVOTE_RESP && m->granted)) {
+            /* A pre-vote carries a prospective term: it never changes ours. */
+        } else {
+            raft_become_follower(r, m->term, m->type == RAFT_MSG_APPEND ? m->from : 0);
+        }
+    } else if (m->term < r->hs.term) {
+        /* Answer stale senders with our term so they step down (Figure 2); ignore the rest. */
+        struct raft_msg resp = {.to = m->from, .term = r->hs.term};
+        switch (m->type) {
+        case RAFT_MSG_APPEND:
+            resp.type = RAFT_MSG_APPEND_RESP;
+            resp.reject = true;
+            resp.reject_index = m->prev_index;
+            return raft_send(r, &resp);
+        case RAFT_MSG_VOTE:
+        case RAFT_MSG_PREVOTE:
+            resp.type = m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP : RAFT_MSG_PREVOTE_RESP;
+            return raft_send(r, &resp);
+        default:
+            return 0;
+        }
+    }
+
+    switch (m->type) {
+    case RAFT_MSG_VOTE:
+    case RAFT_MSG_PREVOTE:
+        return raft_recv_vote(r, m);
+    case RAFT_MSG_VOTE_RESP:
+    case RAFT_MSG_PREVOTE_RESP:
+        return raft_recv_vote_resp(r, m);
+    case RAFT_MSG_APPEND:
+        return raft_recv_append(r, m);
+    case RAFT_MSG_APPEND_RESP:
+        return raft_recv_append_resp(r, m);
+    case RAFT_MSG_TIMEOUT_NOW:
+        if (r->role == RAFT_LEADER)
+            return 0;
+        if (m->from != r->leader_id && r->leader_id)
+            return RAFT_EINVAL;
+        /* The leader found us up to date: campaign at once, without pre-vote (thesis §3.10). */
+        raft_become_candidate(r, true);
+        return 0;
+    }
+    return RAFT_EINVAL;
+}
+
+/* ---- client-facing events ---- */
+
+int raft_propose(struct raft *r, uint8_t type, const void *data, uint32_t len, uint64_t *index,
+                 uint64_t *term, uint64_t *leader_hint)
+{
+    if (!r || (len && !data) || type != RAFT_ENTRY_NORMAL)
+        return RAFT_EINVAL;
+    if (leader_hint)
+        *leader_hint = r->leader_id;
+    if (r->role != RAFT_LEADER)
+        return RAFT_ENOTLEADER;
+    if (r->transferee)
+        return RAFT_EBUSY;
+    if (len > r->cfg.max_entry_bytes)
+        return RAFT_ETOOBIG;
+    struct raft_entry e = {.index = raft_log_last_index(&r->log) + 1,
+                           .term = r->hs.term,
+                           .type = type,
+                           .len = len,
+                           .data = (uint8_t *)data};
+    int rc = raft_log_append(&r->log, &e);
+    if (rc)
+        return rc;
+    if (index)
+        *index = e.index;
+    if (term)
+        *term = e.term;
+    raft_bcast_append(r);
+    return 0;
+}
+
+int raft_transfer_leader(struct raft *r, uint64_t to)
+{
+    if (!r)
+        return RAFT_EINVAL;
+    if (r->role != RAFT_LEADER)
+        return RAFT_ENOTLEADER;
+    size_t i = raft_peer_index(r, to);
+    if (i == r->n_peers)
+        return RAFT_EUNKNOWN;
+    if (to == r->id)
+        return RAFT_ESTATE;
+    r->transferee = to;
+    r->transfer_elapsed = 0;
+    struct raft_progress *pr = &r->progress[i];
+    if (pr->match == raft_log_last_index(&r->log))
+        raft_send_timeout_now(r, to);
+    else
+        raft_send_append(r, pr, false);
+    return 0;
+}
+
+int raft_campaign(struct raft *r)
+{
+    if (!r)
+        return RAFT_EINVAL;
+    if (r->role == RAFT_LEADER)
+        return RAFT_ESTATE;
+    raft_become_candidate(r, false);
+    return 0;
+}
+
+int raft_applied(struct raft *r, uint64_t index)
+{
+    if (!r || index > r->delivered)
+        return RAFT_EINVAL;
+    if (index > r->applied)
+        r->applied = index;
+    return 0;
+}
+
+/* ---- inspection ---- */
+
+void raft_status_get(const struct raft *r, struct raft_status *st)
+{
+    st->id = r->id;
+    st->role = r->role;
+    st->term = r->hs.term;
+    st->voted_for = r->hs.voted_for;
+    st->leader_id = r->leader_id;
+    st->commit_index = r->commit;
+    st->applied_index = r->applied;
+    st->last_index = raft_log_last_index(&r->log);
+    st->last_term = raft_log_last_term(&r->log);
+    st->persisted_index = r->persisted_index;
+    st->transferee = r->transferee;
+}
+
+int raft_progress_get(const struct raft *r, uint64_t peer, struct raft_progress_info *out)
+{
+    if (r->role != RAFT_LEADER)
+        return RAFT_ESTATE;
+    size_t i = raft_peer_index(r, peer);
+    if (i == r->n_peers)
+        return RAFT_EUNKNOWN;
+    const struct raft_progress *pr = &r->progress[i];
+    out->state = pr->state;
+    out->match = pr->id == r->id ? r->persisted_index : pr->match;
+    out->next = pr->next;
+    out->inflight_msgs = pr->ring_count;
+    out->inflight_bytes = pr->inflight_bytes;
+    return 0;
+}
+
+const struct raft_entry *raft_log_get(const struct raft *r, uint64_t index)
+{
+    return raft_log_at(&r->log, index);
+}

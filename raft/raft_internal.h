@@ -1,0 +1,146 @@
+/* raft_internal.h: the state of one core and the helpers its files share. Not part of the
+ * contract (raft.h is); nothing outside raft_*.c includes this. */
+#ifndef CRAFT_RAFT_RAFT_INTERNAL_H
+#define CRAFT_RAFT_RAFT_INTERNAL_H
+
+#include "raft/raft.h"
+
+/* The in-memory log: entries offset+1 .. offset+n. offset (and offset_term) stay 0 until log
+ * compaction exists; then they describe the snapshot the log starts after. */
+struct raft_log {
+    struct raft_entry *e;
+    size_t n, cap;
+    uint64_t offset;
+    uint64_t offset_term;
+};
+
+/* One AppendEntries in flight to a follower in REPLICATE: the last index it carries and its
+ * payload bytes. A ring bounded by max_inflight_msgs. */
+struct raft_inflight {
+    uint64_t last;
+    size_t bytes;
+};
+
+struct raft_progress {
+    uint64_t id;
+    uint64_t match; /* highest index known replicated (and persisted) on the peer */
+    uint64_t next;  /* next index to send */
+    uint8_t state;  /* enum raft_progress_state */
+    bool probe_sent;    /* PROBE: one append outstanding; wait for a reply or the heartbeat */
+    bool recent_active; /* heard from it since the last check-quorum round (§6.2 thesis) */
+    struct raft_inflight *ring;
+    uint32_t ring_start, ring_count;
+    size_t inflight_bytes;
+    uint64_t hb_match; /* match at the previous heartbeat: detects a stalled pipeline */
+    unsigned stall;    /* heartbeats in a row with appends in flight and no progress */
+};
+
+/* A message waiting for storage write `seq` to be reported durable. */
+struct raft_held {
+    struct raft_msg m;
+    uint64_t seq;
+};
+
+/* A ready's storage work not yet reported persisted: what it covers once durable. */
+struct raft_persist_rec {
+    uint64_t seq;
+    uint64_t covered; /* last log index written by (or before) this ready, clamped on truncation */
+    struct raft_hard_state hs;
+};
+
+struct raft {
+    struct raft_config cfg;
+    uint64_t id;
+    uint64_t *peers; /* voters including self */
+    size_t n_peers;
+    uint64_t rng; /* splitmix64 state, seeded from cfg.seed */
+
+    /* Hard state and role (Figure 2). */
+    struct raft_hard_state hs;
+    bool hs_dirty;
+    uint8_t role;
+    uint64_t leader_id;
+
+    struct raft_log log;
+    uint64_t commit;
+    uint64_t applied;   /* reported by raft_applied() */
+    uint64_t delivered; /* last index handed out in ready.committed */
+
+    /* Storage pipeline. Entries (readied_last, last] have not been handed to storage yet. */
+    uint64_t readied_last;
+    uint64_t pending_truncate; /* 0 = none */
+    uint64_t last_seq;         /* last persist_seq handed out */
+    uint64_t persisted_seq;    /* highest seq reported durable */
+    uint64_t persisted_index;  /* durable and matching the in-memory log */
+    struct raft_hard_state persisted_hs;
+    struct raft_persist_rec *recs;
+    size_t n_recs, cap_recs;
+
+    /* Output. */
+    struct raft_msg *out;
+    size_t n_out, cap_out;
+    struct raft_held *held;
+    size_t n_held, cap_held;
+
+    /* Timers, in ticks. */
+    unsigned election_elapsed;
+    unsigned heartbeat_elapsed;
+    unsigned randomized_timeout;
+
+    /* Elections: per peer index, 0 = no answer, 1 = granted, -1 = rejected. */
+    int8_t *votes;
+
+    /* Leader. progress[i] belongs to peers[i]; the entry for self is kept but unused. */
+    struct raft_progress *progress;
+    uint64_t transferee;
+    unsigned transfer_elapsed;
+
+    /* Soft state last reported in a ready, so a change makes a ready. */
+    uint8_t rep_role;
+    uint64_t rep_leader, rep_term, rep_commit;
+};
+
+/* raft_log.c */
+uint64_t raft_log_last_index(const struct raft_log *l);
+uint64_t raft_log_last_term(const struct raft_log *l);
+/* Term at index: true and *term if known (index == offset included). */
+bool raft_log_term(const struct raft_log *l, uint64_t index, uint64_t *term);
+const struct raft_entry *raft_log_at(const struct raft_log *l, uint64_t index);
+int raft_log_append(struct raft_log *l, const struct raft_entry *e); /* deep copy */
+void raft_log_truncate(struct raft_log *l, uint64_t from);           /* drop >= from */
+void raft_log_free(struct raft_log *l);
+uint64_t raft_log_first_of_term(const struct raft_log *l, uint64_t index);
+uint64_t raft_log_last_of_term(const struct raft_log *l, uint64_t term);
+int raft_entry_copy(struct raft_entry *dst, const struct raft_entry *src);
+void raft_entries_free(struct raft_entry *e, size_t n);
+
+/* raft_core.c */
+size_t raft_peer_index(const struct raft *r, uint64_t id); /* n_peers if unknown */
+size_t raft_quorum(const struct raft *r);
+void raft_become_follower(struct raft *r, uint64_t term, uint64_t leader);
+void raft_become_candidate(struct raft *r, bool transfer);
+void raft_become_precandidate(struct raft *r);
+void raft_become_leader(struct raft *r);
+uint64_t raft_rand(struct raft *r);
+
+/* raft_ready.c */
+int raft_send(struct raft *r, struct raft_msg *m); /* takes ownership of m->entries */
+int raft_send_after_persist(struct raft *r, struct raft_msg *m);
+void raft_truncate_from(struct raft *r, uint64_t index);
+void raft_msg_free(struct raft_msg *m);
+
+/* raft_vote.c */
+int raft_recv_vote(struct raft *r, const struct raft_msg *m);
+int raft_recv_vote_resp(struct raft *r, const struct raft_msg *m);
+
+/* raft_append.c */
+int raft_recv_append(struct raft *r, const struct raft_msg *m);
+int raft_recv_append_resp(struct raft *r, const struct raft_msg *m);
+void raft_send_append(struct raft *r, struct raft_progress *pr, bool allow_empty);
+void raft_bcast_append(struct raft *r);
+void raft_bcast_heartbeat(struct raft *r);
+void raft_maybe_commit(struct raft *r);
+void raft_progress_reset(struct raft *r, struct raft_progress *pr, uint64_t next);
+void raft_send_timeout_now(struct raft *r, uint64_t to);
+
+#endif

@@ -1,0 +1,957 @@
+/* sim.c: the deterministic cluster simulator and safety checker (see sim.h). */
+#include "tests/sim/sim.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- small helpers ---- */
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fprintf(stderr, "sim: out of memory\n");
+        exit(3);
+    }
+    return q;
+}
+
+#define GROW(arr, cap, need)                                                          \
+    do {                                                                              \
+        if ((size_t)(need) > (cap)) {                                                 \
+            size_t nc_ = (cap) ? (cap) : 16;                                          \
+            while (nc_ < (size_t)(need))                                              \
+                nc_ *= 2;                                                             \
+            (arr) = xrealloc((arr), nc_ * sizeof(*(arr)));                            \
+            memset((arr) + (cap), 0, (nc_ - (cap)) * sizeof(*(arr)));                 \
+            (cap) = nc_;                                                              \
+        }                                                                             \
+    } while (0)
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t entry_hash(const struct raft_entry *e)
+{
+    uint64_t h = mix64(0x1234 + e->type);
+    for (uint32_t i = 0; i < e->len; i++)
+        h = mix64(h ^ e->data[i]);
+    return h;
+}
+
+static uint64_t entry_value(const struct raft_entry *e)
+{
+    uint64_t v = 0;
+    if (e->type == RAFT_ENTRY_NORMAL && e->len == sizeof(v))
+        memcpy(&v, e->data, sizeof(v));
+    return v;
+}
+
+/* ---- state ---- */
+
+struct write {
+    uint64_t seq, due;
+    bool hs_changed;
+    struct raft_hard_state hs;
+    uint64_t trunc;
+    struct raft_entry *e;
+    size_t n;
+};
+
+struct node {
+    struct raft *r;
+    bool up;
+    int group;
+    unsigned phase;
+    /* durable storage */
+    struct raft_hard_state dhs;
+    struct raft_entry *dlog;
+    size_t dn, dcap;
+    /* storage writes issued but not yet durable, in order */
+    struct write *w;
+    size_t wn, wcap;
+    uint64_t last_due;
+    /* the log as emitted to storage (view), with Log Matching prefix hashes */
+    uint64_t *vterm, *vprefix;
+    size_t vn, vcap;
+    /* state machine */
+    uint64_t applied;
+    /* checker */
+    uint64_t seen_commit;
+    uint64_t lead_term; /* term in which we last saw it leading, checked for completeness */
+};
+
+struct netmsg {
+    uint64_t due;
+    struct raft_msg m;
+};
+
+struct gslot {
+    bool set;
+    uint64_t term, hash, value, commit_term;
+};
+
+struct lmslot {
+    struct {
+        uint64_t term, prefix;
+    } *v;
+    size_t n, cap;
+};
+
+struct sim {
+    struct sim_opts o;
+    uint64_t rng, now;
+    int n;
+    struct node nodes[SIM_MAX_NODES];
+    struct netmsg *net;
+    size_t nn, ncap;
+    /* checker */
+    uint64_t *leader_of;
+    size_t leader_cap;
+    struct gslot *committed, *applied;
+    size_t ccap, acap;
+    struct lmslot *lm;
+    size_t lmcap;
+    int violations;
+    char vmsg[512];
+    struct sim_stats st;
+};
+
+static uint64_t rnd(struct sim *s)
+{
+    return mix64(s->rng += 0x9E3779B97F4A7C15ull);
+}
+
+static unsigned rnd_range(struct sim *s, unsigned lo, unsigned hi)
+{
+    return hi <= lo ? lo : lo + (unsigned)(rnd(s) % (hi - lo + 1));
+}
+
+static bool chance(struct sim *s, double p)
+{
+    return p > 0 && (double)(rnd(s) >> 11) / 9007199254740992.0 < p;
+}
+
+static void trace(struct sim *s, const char *fmt, ...)
+{
+    if (!s->o.trace)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(s->o.trace, "t=%-6llu ", (unsigned long long)s->now);
+    vfprintf(s->o.trace, fmt, ap);
+    fputc('\n', s->o.trace);
+    va_end(ap);
+}
+
+static void violation(struct sim *s, const char *fmt, ...)
+{
+    if (s->violations++ == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = snprintf(s->vmsg, sizeof(s->vmsg), "t=%llu: ", (unsigned long long)s->now);
+        vsnprintf(s->vmsg + k, sizeof(s->vmsg) - (size_t)k, fmt, ap);
+        va_end(ap);
+        if (s->o.trace)
+            fprintf(s->o.trace, "VIOLATION %s\n", s->vmsg);
+    }
+}
+
+uint64_t sim_id(int i)
+{
+    return (uint64_t)i + 1;
+}
+
+void sim_opts_default(struct sim_opts *o, int nodes, uint64_t seed)
+{
+    memset(o, 0, sizeof(*o));
+    struct raft_config c;
+    raft_config_default(&c);
+    o->nodes = nodes;
+    o->seed = seed;
+    o->tick_ms = 10;
+    o->min_delay = 1;
+    o->max_delay = 5;
+    o->disk_min = 1;
+    o->disk_max = 3;
+    o->pre_vote = c.pre_vote;
+    o->check_quorum = c.check_quorum;
+    o->election_tick = c.election_tick;
+    o->heartbeat_tick = c.heartbeat_tick;
+    o->max_append_entries = c.max_append_entries;
+    o->max_inflight_msgs = c.max_inflight_msgs;
+}
+
+/* ---- checker ---- */
+
+static struct gslot *gslot(struct gslot **arr, size_t *cap, uint64_t index)
+{
+    GROW(*arr, *cap, index + 1);
+    return &(*arr)[index];
+}
+
+/* Log Matching (§5.3): one (index, term) pair implies one identical prefix. */
+static void view_append(struct sim *s, int i, const struct raft_entry *e)
+{
+    struct node *nd = &s->nodes[i];
+    if (e->index != nd->vn + 1) {
+        violation(s, "n%d storage stream not contiguous: got index %llu after %zu", i + 1,
+                  (unsigned long long)e->index, nd->vn);
+        return;
+    }
+    GROW(nd->vterm, nd->vcap, nd->vn + 1);
+    nd->vprefix = xrealloc(nd->vprefix, nd->vcap * sizeof(uint64_t));
+    uint64_t prev = nd->vn ? nd->vprefix[nd->vn - 1] : 0;
+    uint64_t p = mix64(prev ^ mix64(e->term * 0x9E37ull + 7) ^ entry_hash(e));
+    nd->vterm[nd->vn] = e->term;
+    nd->vprefix[nd->vn] = p;
+    nd->vn++;
+    GROW(s->lm, s->lmcap, e->index + 1);
+    struct lmslot *sl = &s->lm[e->index];
+    for (size_t k = 0; k < sl->n; k++) {
+        if (sl->v[k].term == e->term) {
+            if (sl->v[k].prefix != p)
+                violation(s, "Log Matching: n%d entry %llu term %llu has a different prefix or "
+                          "content than another log's", i + 1, (unsigned long long)e->index,
+                          (unsigned long long)e->term);
+            return;
+        }
+    }
+    GROW(sl->v, sl->cap, sl->n + 1);
+    sl->v[sl->n].term = e->term;
+    sl->v[sl->n].prefix = p;
+    sl->n++;
+}
+
+static void view_rebuild(struct sim *s, int i)
+{
+    struct node *nd = &s->nodes[i];
+    nd->vn = 0;
+    for (size_t k = 0; k < nd->dn; k++)
+        view_append(s, i, &nd->dlog[k]);
+}
+
+/* Leader Completeness (§5.4): an entry committed in term T is in every leader's log for terms
+ * after T. */
+static void check_has_committed(struct sim *s, int i, uint64_t index)
+{
+    struct raft_status st;
+    raft_status_get(s->nodes[i].r, &st);
+    struct gslot *g = &s->committed[index];
+    if (!g->set || g->commit_term >= st.term)
+        return;
+    const struct raft_entry *e = raft_log_get(s->nodes[i].r, index);
+    if (!e || e->term != g->term || entry_hash(e) != g->hash)
+        violation(s, "Leader Completeness: leader n%d (term %llu) lacks entry %llu committed "
+                  "in term %llu", i + 1, (unsigned long long)st.term,
+                  (unsigned long long)index, (unsigned long long)g->commit_term);
+}
+
+static void check_node(struct sim *s, int i)
+{
+    struct node *nd = &s->nodes[i];
+    if (!nd->up)
+        return;
+    struct raft_status st;
+    raft_status_get(nd->r, &st);
+
+    /* The core's log must be exactly what it told storage (emitted after every event). */
+    uint64_t vt = nd->vn ? nd->vterm[nd->vn - 1] : 0;
+    if (st.last_index != nd->vn || st.last_term != vt)
+        violation(s, "n%d core log (last %llu/%llu) differs from its storage stream (%zu/%llu)",
+                  i + 1, (unsigned long long)st.last_index, (unsigned long long)st.last_term,
+                  nd->vn, (unsigned long long)vt);
+    if (st.commit_index > st.last_index)
+        violation(s, "n%d commit %llu beyond last index %llu", i + 1,
+                  (unsigned long long)st.commit_index, (unsigned long long)st.last_index);
+
+    /* Election Safety (§5.2): at most one leader per term. */
+    if (st.role == RAFT_LEADER) {
+        GROW(s->leader_of, s->leader_cap, st.term + 1);
+        if (s->leader_of[st.term] && s->leader_of[st.term] != st.id)
+            violation(s, "Election Safety: n%llu and n%llu both leaders in term %llu",
+                      (unsigned long long)s->leader_of[st.term], (unsigned long long)st.id,
+                      (unsigned long long)st.term);
+        s->leader_of[st.term] = st.id;
+        if (nd->lead_term != st.term) {
+            nd->lead_term = st.term;
+            trace(s, "n%d becomes leader term=%llu last=%llu", i + 1,
+                  (unsigned long long)st.term, (unsigned long long)st.last_index);
+            for (uint64_t k = 1; k < s->ccap && s->committed[k].set; k++)
+                check_has_committed(s, i, k);
+        }
+    }
+
+    /* Newly committed entries: the same index never commits two different entries. */
+    if (st.commit_index > nd->seen_commit) {
+        for (uint64_t k = nd->seen_commit + 1; k <= st.commit_index; k++) {
+            const struct raft_entry *e = raft_log_get(nd->r, k);
+            if (!e) {
+                violation(s, "n%d committed index %llu missing from its log", i + 1,
+                          (unsigned long long)k);
+                break;
+            }
+            struct gslot *g = gslot(&s->committed, &s->ccap, k);
+            uint64_t h = entry_hash(e);
+            if (!g->set) {
+                *g = (struct gslot){true, e->term, h, entry_value(e), st.term};
+                for (int j = 0; j < s->n; j++) /* leaders of later terms must hold it */
+                    if (s->nodes[j].up && j != i) {
+                        struct raft_status sj;
+                        raft_status_get(s->nodes[j].r, &sj);
+                        if (sj.role == RAFT_LEADER)
+                            check_has_committed(s, j, k);
+                    }
+            } else if (g->term != e->term || g->hash != h) {
+                violation(s, "committed entry %llu differs: n%d has term %llu, earlier term %llu",
+                          (unsigned long long)k, i + 1, (unsigned long long)e->term,
+                          (unsigned long long)g->term);
+            }
+        }
+        nd->seen_commit = st.commit_index;
+    }
+    if (st.commit_index < nd->seen_commit)
+        violation(s, "n%d commit index went back from %llu to %llu", i + 1,
+                  (unsigned long long)nd->seen_commit, (unsigned long long)st.commit_index);
+}
+
+/* ---- ready processing: storage, network, state machine ---- */
+
+static bool connected(const struct sim *s, int a, int b)
+{
+    return s->nodes[a].up && s->nodes[b].up && s->nodes[a].group == s->nodes[b].group;
+}
+
+static void msg_copy(struct raft_msg *dst, const struct raft_msg *src)
+{
+    *dst = *src;
+    dst->entries = NULL;
+    if (src->n_entries) {
+        dst->entries = xrealloc(NULL, src->n_entries * sizeof(*dst->entries));
+        for (uint32_t k = 0; k < src->n_entries; k++) {
+            dst->entries[k] = src->entries[k];
+            if (src->entries[k].len) {
+                dst->entries[k].data = xrealloc(NULL, src->entries[k].len);
+                memcpy(dst->entries[k].data, src->entries[k].data, src->entries[k].len);
+            }
+        }
+    }
+}
+
+static void msg_free(struct raft_msg *m)
+{
+    for (uint32_t k = 0; k < m->n_entries; k++)
+        free(m->entries[k].data);
+    free(m->entries);
+    m->entries = NULL;
+}
+
+static void describe(char *buf, size_t len, const struct raft_msg *m)
+{
+    switch (m->type) {
+    case RAFT_MSG_VOTE:
+    case RAFT_MSG_PREVOTE:
+        snprintf(buf, len, "last=%llu/%llu%s", (unsigned long long)m->last_log_index,
+                 (unsigned long long)m->last_log_term, m->transfer ? " transfer" : "");
+        break;
+    case RAFT_MSG_VOTE_RESP:
+    case RAFT_MSG_PREVOTE_RESP:
+        snprintf(buf, len, "%s", m->granted ? "granted" : "rejected");
+        break;
+    case RAFT_MSG_APPEND:
+        snprintf(buf, len, "prev=%llu/%llu n=%u commit=%llu", (unsigned long long)m->prev_index,
+                 (unsigned long long)m->prev_term, m->n_entries, (unsigned long long)m->commit);
+        break;
+    case RAFT_MSG_APPEND_RESP:
+        if (m->reject)
+            snprintf(buf, len, "reject at=%llu hint=%llu/%llu", (unsigned long long)m->reject_index,
+                     (unsigned long long)m->conflict_term, (unsigned long long)m->conflict_index);
+        else
+            snprintf(buf, len, "ok match=%llu", (unsigned long long)m->match_index);
+        break;
+    default:
+        buf[0] = 0;
+    }
+}
+
+static void net_send(struct sim *s, const struct raft_msg *m)
+{
+    s->st.sent_total++;
+    if (m->type <= RAFT_MSG_TYPE_MAX)
+        s->st.sent[m->type]++;
+    int a = (int)m->from - 1, b = (int)m->to - 1;
+    char d[128];
+    if (s->o.trace)
+        describe(d, sizeof(d), m);
+    if (b < 0 || b >= s->n || !connected(s, a, b) || chance(s, s->o.drop)) {
+        s->st.dropped++;
+        if (s->o.trace)
+            trace(s, "n%d -> n%d %s term=%llu %s DROPPED", a + 1, b + 1,
+                  raft_msg_type_name(m->type), (unsigned long long)m->term, d);
+        return;
+    }
+    int copies = chance(s, s->o.dup) ? 2 : 1;
+    for (int c = 0; c < copies; c++) {
+        GROW(s->net, s->ncap, s->nn + 1);
+        struct netmsg *nm = &s->net[s->nn++];
+        nm->due = s->now + rnd_range(s, s->o.min_delay, s->o.max_delay);
+        msg_copy(&nm->m, m);
+    }
+    if (s->o.trace)
+        trace(s, "n%d -> n%d %s term=%llu %s%s", a + 1, b + 1, raft_msg_type_name(m->type),
+              (unsigned long long)m->term, d, copies == 2 ? " (dup)" : "");
+}
+
+static void process_ready(struct sim *s, int i)
+{
+    struct node *nd = &s->nodes[i];
+    while (nd->up && raft_has_ready(nd->r)) {
+        struct raft_ready rd;
+        int rc = raft_ready(nd->r, &rd);
+        if (rc) {
+            violation(s, "n%d raft_ready failed: %s", i + 1, raft_strerror(rc));
+            return;
+        }
+        if (rd.persist_seq) {
+            if (rd.truncate_from) {
+                if (rd.role == RAFT_LEADER)
+                    violation(s, "Leader Append-Only: leader n%d truncates its log from %llu",
+                              i + 1, (unsigned long long)rd.truncate_from);
+                if (rd.truncate_from - 1 < nd->vn)
+                    nd->vn = rd.truncate_from - 1;
+                trace(s, "n%d truncate from %llu", i + 1, (unsigned long long)rd.truncate_from);
+            }
+            for (size_t k = 0; k < rd.n_entries; k++)
+                view_append(s, i, &rd.entries[k]);
+            GROW(nd->w, nd->wcap, nd->wn + 1);
+            struct write *w = &nd->w[nd->wn++];
+            uint64_t due = s->now + rnd_range(s, s->o.disk_min, s->o.disk_max);
+            if (due < nd->last_due)
+                due = nd->last_due; /* one disk: writes finish in order */
+            nd->last_due = due;
+            *w = (struct write){rd.persist_seq, due, rd.hs_changed, rd.hs, rd.truncate_from,
+                                rd.entries, rd.n_entries};
+            rd.entries = NULL; /* the write owns them now */
+            rd.n_entries = 0;
+        }
+        for (size_t k = 0; k < rd.n_msgs; k++)
+            net_send(s, &rd.msgs[k]);
+        for (size_t k = 0; k < rd.n_committed; k++) {
+            const struct raft_entry *e = &rd.committed[k];
+            if (e->index != nd->applied + 1)
+                violation(s, "n%d applies %llu after %llu", i + 1, (unsigned long long)e->index,
+                          (unsigned long long)nd->applied);
+            /* State Machine Safety: no two nodes apply different entries at one index. */
+            struct gslot *g = gslot(&s->applied, &s->acap, e->index);
+            uint64_t h = entry_hash(e);
+            if (!g->set)
+                *g = (struct gslot){true, e->term, h, entry_value(e), 0};
+            else if (g->term != e->term || g->hash != h)
+                violation(s, "State Machine Safety: n%d applies term %llu at %llu, another node "
+                          "applied term %llu", i + 1, (unsigned long long)e->term,
+                          (unsigned long long)e->index, (unsigned long long)g->term);
+            nd->applied = e->index;
+            raft_applied(nd->r, e->index);
+        }
+        if (s->o.trace && rd.n_committed)
+            trace(s, "n%d applies %llu..%llu", i + 1, (unsigned long long)rd.committed[0].index,
+                  (unsigned long long)rd.committed[rd.n_committed - 1].index);
+        raft_advance(nd->r, &rd);
+    }
+    check_node(s, i);
+}
+
+static void write_free(struct write *w)
+{
+    for (size_t k = 0; k < w->n; k++)
+        free(w->e[k].data);
+    free(w->e);
+    w->e = NULL;
+}
+
+/* A storage write became durable: apply it to the node's "disk", then tell the core. */
+static void disk_complete(struct sim *s, int i)
+{
+    struct node *nd = &s->nodes[i];
+    struct write w = nd->w[0];
+    memmove(nd->w, nd->w + 1, (nd->wn - 1) * sizeof(*nd->w));
+    nd->wn--;
+    if (w.hs_changed)
+        nd->dhs = w.hs;
+    if (w.trunc) {
+        while (nd->dn >= w.trunc) {
+            free(nd->dlog[nd->dn - 1].data);
+            nd->dn--;
+        }
+    }
+    GROW(nd->dlog, nd->dcap, nd->dn + w.n);
+    for (size_t k = 0; k < w.n; k++) {
+        nd->dlog[nd->dn++] = w.e[k];
+        w.e[k].data = NULL;
+    }
+    write_free(&w);
+    int rc = raft_persisted(nd->r, w.seq);
+    if (rc)
+        violation(s, "n%d raft_persisted(%llu): %s", i + 1, (unsigned long long)w.seq,
+                  raft_strerror(rc));
+    process_ready(s, i);
+}
+
+static void start_node(struct sim *s, int i)
+{
+    struct node *nd = &s->nodes[i];
+    uint64_t peers[SIM_MAX_NODES];
+    for (int k = 0; k < s->n; k++)
+        peers[k] = sim_id(k);
+    struct raft_config c;
+    raft_config_default(&c);
+    c.id = sim_id(i);
+    c.peers = peers;
+    c.n_peers = (size_t)s->n;
+    c.seed = rnd(s);
+    c.pre_vote = s->o.pre_vote;
+    c.check_quorum = s->o.check_quorum;
+    c.election_tick = s->o.election_tick;
+    c.heartbeat_tick = s->o.heartbeat_tick;
+    c.max_append_entries = s->o.max_append_entries;
+    c.max_inflight_msgs = s->o.max_inflight_msgs;
+    struct raft_restore rs = {.hs = nd->dhs, .entries = nd->dlog, .n_entries = nd->dn};
+    int rc = raft_new(&c, &rs, &nd->r);
+    if (rc) {
+        violation(s, "n%d raft_new: %s", i + 1, raft_strerror(rc));
+        nd->r = NULL;
+        nd->up = false;
+        return;
+    }
+    nd->up = true;
+    nd->applied = 0; /* the state machine is volatile: replayed from the log */
+    nd->seen_commit = 0;
+    nd->lead_term = 0;
+    nd->last_due = 0;
+    view_rebuild(s, i);
+    nd->phase = rnd_range(s, 0, s->o.tick_ms - 1);
+}
+
+struct sim *sim_new(const struct sim_opts *o)
+{
+    if (o->nodes < 1 || o->nodes > SIM_MAX_NODES)
+        return NULL;
+    struct sim *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->o = *o;
+    if (!s->o.tick_ms)
+        s->o.tick_ms = 10;
+    s->n = o->nodes;
+    s->rng = mix64(o->seed + 0x5151);
+    for (int i = 0; i < s->n; i++)
+        start_node(s, i);
+    return s;
+}
+
+static void stop_node(struct sim *s, int i)
+{
+    struct node *nd = &s->nodes[i];
+    raft_free(nd->r);
+    nd->r = NULL;
+    nd->up = false;
+    for (size_t k = 0; k < nd->wn; k++)
+        write_free(&nd->w[k]);
+    nd->wn = 0;
+}
+
+void sim_free(struct sim *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->n; i++) {
+        struct node *nd = &s->nodes[i];
+        stop_node(s, i);
+        for (size_t k = 0; k < nd->dn; k++)
+            free(nd->dlog[k].data);
+        free(nd->dlog);
+        free(nd->w);
+        free(nd->vterm);
+        free(nd->vprefix);
+    }
+    for (size_t k = 0; k < s->nn; k++)
+        msg_free(&s->net[k].m);
+    free(s->net);
+    for (size_t k = 0; k < s->lmcap; k++)
+        free(s->lm[k].v);
+    free(s->lm);
+    free(s->leader_of);
+    free(s->committed);
+    free(s->applied);
+    free(s);
+}
+
+/* ---- time ---- */
+
+static void deliver(struct sim *s, struct raft_msg *m)
+{
+    int a = (int)m->from - 1, b = (int)m->to - 1;
+    if (!connected(s, a, b)) {
+        s->st.dropped++;
+        return;
+    }
+    s->st.delivered++;
+    if (m->type == RAFT_MSG_APPEND_RESP && m->reject)
+        s->st.append_rejects++;
+    int rc = raft_step(s->nodes[b].r, m);
+    if (rc) {
+        /* Every message here comes from a correct peer: the core must accept it. */
+        char d[128];
+        describe(d, sizeof(d), m);
+        violation(s, "n%d rejected %s from n%d (term %llu %s): %s", b + 1,
+                  raft_msg_type_name(m->type), a + 1, (unsigned long long)m->term, d,
+                  raft_strerror(rc));
+    }
+    process_ready(s, b);
+}
+
+static void step_ms(struct sim *s)
+{
+    s->now++;
+    /* Network: deliver what is due, in queue order (delays already reorder). */
+    for (size_t k = 0; k < s->nn;) {
+        if (s->net[k].due <= s->now) {
+            struct raft_msg m = s->net[k].m;
+            s->net[k] = s->net[--s->nn];
+            deliver(s, &m);
+            msg_free(&m);
+        } else {
+            k++;
+        }
+    }
+    for (int i = 0; i < s->n; i++) {
+        struct node *nd = &s->nodes[i];
+        while (nd->up && nd->wn && nd->w[0].due <= s->now)
+            disk_complete(s, i);
+    }
+    for (int i = 0; i < s->n; i++) {
+        struct node *nd = &s->nodes[i];
+        if (nd->up && (s->now + nd->phase) % s->o.tick_ms == 0) {
+            raft_tick(nd->r);
+            process_ready(s, i);
+        }
+    }
+}
+
+uint64_t sim_now(const struct sim *s)
+{
+    return s->now;
+}
+
+void sim_run(struct sim *s, uint64_t ms)
+{
+    for (uint64_t k = 0; k < ms; k++)
+        step_ms(s);
+}
+
+struct raft *sim_raft(struct sim *s, int i)
+{
+    return s->nodes[i].up ? s->nodes[i].r : NULL;
+}
+
+/* ---- faults ---- */
+
+void sim_disconnect(struct sim *s, int i)
+{
+    s->nodes[i].group = 100 + i;
+    trace(s, "n%d disconnected", i + 1);
+}
+
+void sim_connect(struct sim *s, int i)
+{
+    s->nodes[i].group = 0;
+    trace(s, "n%d connected", i + 1);
+}
+
+void sim_partition(struct sim *s, const int *groups)
+{
+    for (int i = 0; i < s->n; i++)
+        s->nodes[i].group = groups[i];
+    if (s->o.trace) {
+        char buf[128];
+        int k = 0;
+        for (int i = 0; i < s->n; i++)
+            k += snprintf(buf + k, sizeof(buf) - (size_t)k, " n%d:%d", i + 1, groups[i]);
+        trace(s, "partition%s", buf);
+    }
+}
+
+void sim_heal(struct sim *s)
+{
+    for (int i = 0; i < s->n; i++)
+        s->nodes[i].group = 0;
+    trace(s, "network healed");
+}
+
+bool sim_connected(const struct sim *s, int i)
+{
+    return s->nodes[i].group == 0;
+}
+
+void sim_crash(struct sim *s, int i)
+{
+    if (!s->nodes[i].up)
+        return;
+    trace(s, "n%d CRASH (%zu unpersisted writes lost)", i + 1, s->nodes[i].wn);
+    stop_node(s, i);
+}
+
+void sim_restart(struct sim *s, int i)
+{
+    if (s->nodes[i].up)
+        return;
+    start_node(s, i);
+    trace(s, "n%d restart term=%llu vote=%llu log=%zu", i + 1,
+          (unsigned long long)s->nodes[i].dhs.term, (unsigned long long)s->nodes[i].dhs.voted_for,
+          s->nodes[i].dn);
+}
+
+bool sim_up(const struct sim *s, int i)
+{
+    return s->nodes[i].up;
+}
+
+void sim_set_unreliable(struct sim *s, bool on)
+{
+    s->o.drop = on ? 0.1 : 0;
+    s->o.dup = on ? 0.05 : 0;
+    s->o.max_delay = on ? 27 : 5;
+}
+
+/* ---- queries and helpers for tests ---- */
+
+int sim_leader(struct sim *s)
+{
+    int best = -1;
+    uint64_t bt = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (!s->nodes[i].up)
+            continue;
+        struct raft_status st;
+        raft_status_get(s->nodes[i].r, &st);
+        if (st.role == RAFT_LEADER && st.term >= bt) {
+            best = i;
+            bt = st.term;
+        }
+    }
+    return best;
+}
+
+uint64_t sim_max_term(struct sim *s)
+{
+    uint64_t t = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (!s->nodes[i].up)
+            continue;
+        struct raft_status st;
+        raft_status_get(s->nodes[i].r, &st);
+        if (st.term > t)
+            t = st.term;
+    }
+    return t;
+}
+
+int sim_wait_leader(struct sim *s, uint64_t max_ms)
+{
+    for (uint64_t waited = 0; waited <= max_ms; waited += 50) {
+        int cnt = 0, who = -1;
+        uint64_t lt = 0;
+        for (int i = 0; i < s->n; i++) {
+            if (!s->nodes[i].up || s->nodes[i].group != 0)
+                continue;
+            struct raft_status st;
+            raft_status_get(s->nodes[i].r, &st);
+            if (st.role == RAFT_LEADER) {
+                if (!cnt || st.term > lt) {
+                    who = i;
+                    lt = st.term;
+                }
+                cnt++;
+            }
+        }
+        if (cnt == 1)
+            return who;
+        sim_run(s, 50);
+    }
+    return -1;
+}
+
+int sim_propose(struct sim *s, int i, uint64_t value, uint64_t *index)
+{
+    if (!s->nodes[i].up)
+        return RAFT_ESTATE;
+    int rc = raft_propose(s->nodes[i].r, RAFT_ENTRY_NORMAL, &value, sizeof(value), index, NULL,
+                          NULL);
+    if (rc == 0)
+        trace(s, "n%d accepts proposal value=%llu", i + 1, (unsigned long long)value);
+    process_ready(s, i);
+    return rc;
+}
+
+int sim_n_applied(struct sim *s, uint64_t index, uint64_t *value)
+{
+    int cnt = 0;
+    for (int i = 0; i < s->n; i++)
+        cnt += s->nodes[i].applied >= index;
+    if (value)
+        *value = index < s->acap && s->applied[index].set ? s->applied[index].value : 0;
+    return cnt;
+}
+
+uint64_t sim_one(struct sim *s, uint64_t value, int expected, bool retry, uint64_t max_ms)
+{
+    uint64_t start = s->now;
+    int starts = 0;
+    while (s->now - start < max_ms) {
+        uint64_t index = 0;
+        for (int k = 0; k < s->n; k++) {
+            int i = (starts + k) % s->n;
+            if (s->nodes[i].up && sim_propose(s, i, value, &index) == 0)
+                break;
+            index = 0;
+        }
+        starts++;
+        if (index) {
+            uint64_t t0 = s->now;
+            while (s->now - t0 < 2000 && s->now - start < max_ms) {
+                uint64_t v;
+                if (sim_n_applied(s, index, &v) >= expected && v == value)
+                    return index;
+                sim_run(s, 20);
+            }
+            if (!retry)
+                return 0;
+        } else {
+            sim_run(s, 50);
+        }
+    }
+    return 0;
+}
+
+const struct sim_stats *sim_stats(const struct sim *s)
+{
+    return &s->st;
+}
+
+int sim_violations(const struct sim *s)
+{
+    return s->violations;
+}
+
+const char *sim_violation(const struct sim *s)
+{
+    return s->violations ? s->vmsg : "";
+}
+
+/* ---- the randomized run ---- */
+
+int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
+{
+    struct sim_opts o;
+    sim_opts_default(&o, nodes, seed);
+    o.trace = tr;
+    uint64_t pick = mix64(seed ^ 0xC4A05ull);
+    /* Vary the fault mix per seed so the seeds cover calm and harsh networks. */
+    static const double drops[] = {0, 0.02, 0.1, 0.25};
+    static const double dups[] = {0, 0.05};
+    static const unsigned delays[] = {3, 10, 30};
+    o.drop = drops[pick % 4];
+    o.dup = dups[(pick >> 8) % 2];
+    o.max_delay = delays[(pick >> 16) % 3];
+    o.pre_vote = ((pick >> 24) % 4) != 0; /* a quarter of the runs without pre-vote */
+    o.check_quorum = ((pick >> 32) % 4) != 0;
+    o.max_append_entries = ((pick >> 40) % 2) ? 64 : 4;
+    o.max_inflight_msgs = ((pick >> 48) % 2) ? 64 : 2;
+    struct sim *s = sim_new(&o);
+    if (!s) {
+        snprintf(msg, msglen, "bad options");
+        return 1;
+    }
+    if (tr)
+        fprintf(tr, "seed=%llu nodes=%d drop=%.2f dup=%.2f delay=1..%u pre_vote=%d "
+                    "check_quorum=%d max_append=%u max_inflight=%u\n",
+                (unsigned long long)seed, nodes, o.drop, o.dup, o.max_delay, o.pre_vote,
+                o.check_quorum, o.max_append_entries, o.max_inflight_msgs);
+
+    const uint64_t chaos_ms = 2000, live_bound = 3000;
+    uint64_t value = 1000;
+    while (s->now < chaos_ms && !s->violations) {
+        step_ms(s);
+        if (chance(s, 1.0 / 8)) { /* workload: a proposal to a random up node */
+            int i = (int)(rnd(s) % (uint64_t)nodes);
+            if (s->nodes[i].up)
+                sim_propose(s, i, value++, NULL);
+        }
+        if (s->now % 50 == 0) {
+            uint64_t r = rnd(s) % 100;
+            int i = (int)(rnd(s) % (uint64_t)nodes);
+            if (r < 6) {
+                sim_crash(s, i);
+            } else if (r < 20) {
+                sim_restart(s, i);
+            } else if (r < 26) {
+                int g[SIM_MAX_NODES];
+                for (int k = 0; k < nodes; k++)
+                    g[k] = (int)(rnd(s) % 2);
+                sim_partition(s, g);
+            } else if (r < 30) {
+                int l = sim_leader(s);
+                if (l >= 0)
+                    sim_disconnect(s, l); /* isolate the leader */
+            } else if (r < 38) {
+                sim_heal(s);
+            } else if (r < 40) {
+                int l = sim_leader(s);
+                if (l >= 0 && s->nodes[l].up)
+                    raft_transfer_leader(s->nodes[l].r, sim_id(i)), process_ready(s, l);
+            }
+        }
+    }
+
+    /* Heal everything; a leader must emerge and a new entry commit everywhere in bounded time. */
+    if (!s->violations) {
+        for (int i = 0; i < nodes; i++)
+            sim_restart(s, i);
+        sim_heal(s);
+        s->o.drop = 0;
+        s->o.dup = 0;
+        trace(s, "chaos over: all nodes up, network healed and reliable");
+        uint64_t healed = s->now, index = 0, live = 0xFEEDull << 32 | (seed & 0xFFFFFFFF);
+        bool ok = false;
+        while (s->now - healed < live_bound && !s->violations) {
+            step_ms(s);
+            uint64_t v;
+            if (index && sim_n_applied(s, index, &v) == nodes && v == live) {
+                ok = true;
+                break;
+            }
+            /* (Re)submit when nothing of ours is pending at the current leader. */
+            if (s->now % 20 == 0) {
+                int l = sim_leader(s);
+                bool lost = index && sim_n_applied(s, index, &v) > 0 && v != live;
+                if (l >= 0 && (!index || lost || s->now % 500 == 0)) {
+                    uint64_t idx;
+                    if (sim_propose(s, l, live, &idx) == 0)
+                        index = idx;
+                }
+            }
+        }
+        if (!ok && !s->violations)
+            violation(s, "liveness: no new entry committed on all %d nodes within %llu ms of "
+                         "healing", nodes, (unsigned long long)live_bound);
+    }
+    int bad = s->violations > 0;
+    snprintf(msg, msglen, "%s", bad ? s->vmsg : "ok");
+    sim_free(s);
+    return bad;
+}

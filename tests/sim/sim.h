@@ -1,0 +1,92 @@
+/* sim.h: a deterministic, single-threaded cluster simulator for the Raft core (raft/raft.h).
+ *
+ * N cores run in one thread on virtual time (1 unit = 1 ms). A seeded PRNG drives everything:
+ * message delay (so reordering), drops, duplicates, partitions, disk write latency, crashes that
+ * lose every storage write not yet reported persisted, and restarts from the durable state. After
+ * every event the checker verifies Raft's safety properties (paper Figure 3):
+ *   Election Safety, Leader Append-Only, Log Matching, Leader Completeness, State Machine Safety,
+ * plus consistency between the core and the storage stream it emits. The first violation is kept
+ * in a message and counted. Same seed + same options = same run, bit for bit. */
+#ifndef CRAFT_TESTS_SIM_SIM_H
+#define CRAFT_TESTS_SIM_SIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "raft/raft.h"
+
+#define SIM_MAX_NODES 9
+
+struct sim_opts {
+    int nodes;     /* 1 .. SIM_MAX_NODES */
+    uint64_t seed;
+    FILE *trace;   /* non-NULL: print a readable event trace */
+
+    unsigned tick_ms;             /* default 10: one raft_tick per node every tick_ms */
+    unsigned min_delay, max_delay; /* default 1..5 ms one-way; a range reorders messages */
+    double drop, dup;             /* default 0: probability per message */
+    unsigned disk_min, disk_max;  /* default 1..3 ms per storage write (in order per node) */
+
+    /* Core configuration (defaults from raft_config_default()). */
+    bool pre_vote, check_quorum;
+    unsigned election_tick, heartbeat_tick;
+    uint32_t max_append_entries, max_inflight_msgs;
+};
+
+void sim_opts_default(struct sim_opts *o, int nodes, uint64_t seed);
+
+struct sim_stats {
+    uint64_t sent[RAFT_MSG_TYPE_MAX + 1]; /* messages emitted by cores, per type */
+    uint64_t sent_total;
+    uint64_t append_rejects; /* APPEND_RESP with reject, delivered */
+    uint64_t delivered;
+    uint64_t dropped;
+};
+
+struct sim;
+
+struct sim *sim_new(const struct sim_opts *o);
+void sim_free(struct sim *s);
+
+uint64_t sim_now(const struct sim *s);
+void sim_run(struct sim *s, uint64_t ms);
+struct raft *sim_raft(struct sim *s, int i); /* NULL when node i is down */
+uint64_t sim_id(int i);                      /* node i has raft id i + 1 */
+
+/* Faults. Partitions: nodes talk iff they are up and share a group (all start in group 0). */
+void sim_disconnect(struct sim *s, int i); /* node i alone in its own group */
+void sim_connect(struct sim *s, int i);    /* back into group 0 */
+void sim_partition(struct sim *s, const int *groups);
+void sim_heal(struct sim *s); /* everyone into group 0 */
+bool sim_connected(const struct sim *s, int i);
+void sim_crash(struct sim *s, int i);   /* loses every write not reported persisted */
+void sim_restart(struct sim *s, int i); /* from durable hard state + log */
+bool sim_up(const struct sim *s, int i);
+void sim_set_unreliable(struct sim *s, bool on); /* drops 10%, dups 5%, delay 1..27 ms */
+
+/* Leader among up nodes with the highest term, or -1. */
+int sim_leader(struct sim *s);
+/* Run until exactly one leader exists among connected up nodes and agrees with a majority's
+ * term (6.824 checkOneLeader), at most max_ms. Returns the node or -1. */
+int sim_wait_leader(struct sim *s, uint64_t max_ms);
+/* Propose value on node i: raft_propose()'s return code; *index on success. */
+int sim_propose(struct sim *s, int i, uint64_t value, uint64_t *index);
+/* How many nodes applied `index`; *value = its value (entry payload) if any did. */
+int sim_n_applied(struct sim *s, uint64_t index, uint64_t *value);
+/* 6.824 one(): submit value to a leader (retrying any node that accepts), wait until `expected`
+ * nodes applied it. Returns the index, or 0 after max_ms. */
+uint64_t sim_one(struct sim *s, uint64_t value, int expected, bool retry, uint64_t max_ms);
+/* Max term over up nodes. */
+uint64_t sim_max_term(struct sim *s);
+
+const struct sim_stats *sim_stats(const struct sim *s);
+int sim_violations(const struct sim *s);
+const char *sim_violation(const struct sim *s);
+
+/* One randomized chaos run for craft-sim and the seed tests: faults and a workload for a while,
+ * then heal everything and require a leader and a new commit on every node within a bound.
+ * Returns 0, or 1 with the reason in msg. */
+int sim_chaos(int nodes, uint64_t seed, FILE *trace, char *msg, size_t msglen);
+
+#endif
