@@ -1,0 +1,54 @@
+/* wal_int.h: the on-disk format shared by the WAL's files (private to //raft:wal).
+ * docs/wal.md describes every byte. All integers are little-endian. */
+#ifndef CRAFT_RAFT_WAL_INT_H
+#define CRAFT_RAFT_WAL_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "raft/entry.h"
+
+#define WAL_SEG_MAGIC "CRFTWSEG" /* 8 bytes, no terminator on disk */
+#define WAL_VERSION 1u
+#define WAL_SMALL_FILE_SIZE 32  /* hard state and first-index marker */
+#define WAL_MAX_BATCH_POS 0xFFFFFFu /* batch_pos is 24 bits on disk */
+#define WAL_SECTOR 512           /* the unit a torn write is assumed to lose or keep */
+
+static inline void wal_put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void wal_put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint32_t wal_get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t wal_get64(const uint8_t *p)
+{
+    return (uint64_t)wal_get32(p) | (uint64_t)wal_get32(p + 4) << 32;
+}
+
+/* Writes a segment header for a segment whose first entry is `first`. */
+void wal_encode_seg_header(uint8_t hdr[WAL_SEG_HEADER_SIZE], uint64_t first);
+/* Encodes e's header and payload into rec (WAL_REC_HEADER_SIZE + e->len bytes) with batch_pos 0;
+ * the payload checksum is computed here, off the writer's critical path. */
+void wal_encode_record(uint8_t *rec, const struct raft_entry *e);
+/* Sets the record's position within its write and recomputes the header checksum. */
+void wal_record_set_batch_pos(uint8_t *rec, uint32_t pos);
+
+/* Small atomic files (hard state, first-index marker): 4-byte magic, version, two u64 values,
+ * checksum. */
+void wal_encode_small(uint8_t buf[WAL_SMALL_FILE_SIZE], const char magic[4], uint64_t a,
+                      uint64_t b);
+int wal_decode_small(const uint8_t *buf, size_t len, const char magic[4], uint64_t *a,
+                     uint64_t *b);
+
+#endif

@@ -1,0 +1,727 @@
+/* Unit tests of the write-ahead log: the API contract, error paths with injected I/O failures,
+ * and concurrent appenders. Crash recovery is in wal_crash_test.c. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "raft/wal.h"
+#include "tests/wal/wal_test_util.h"
+
+static char *dir;
+
+static void setup(void)
+{
+    dir = tu_mkdtemp();
+}
+
+static void teardown(void)
+{
+    tu_rmtree(dir);
+    free(dir);
+}
+
+TestSuite(wal, .init = setup, .fini = teardown, .timeout = 30);
+
+static uint32_t len_of(uint64_t i)
+{
+    return (uint32_t)((i * 37) % 300); /* includes empty payloads */
+}
+
+static uint64_t term_of(uint64_t i)
+{
+    return 1 + i / 10;
+}
+
+static void small_opts(struct wal_options *o, uint64_t seg)
+{
+    wal_options_init(o);
+    o->segment_size = seg;
+    o->log = tu_quiet_log;
+}
+
+Test(wal, new_log_is_empty_and_starts_at_one)
+{
+    struct wal *w = tu_open(dir, NULL);
+    cr_assert_eq(wal_first_index(w), 1);
+    cr_assert_eq(wal_last_index(w), 0);
+    cr_assert_eq(wal_durable_index(w), 0);
+    struct raft_entry e;
+    cr_assert_eq(wal_read(w, 1, &e), -ENOENT);
+    struct raft_hard_state hs = {7, 7};
+    wal_load_hard_state(w, &hs);
+    cr_assert(hs.term == 0 && hs.voted_for == 0);
+    wal_close(w);
+}
+
+Test(wal, append_read_and_reopen)
+{
+    struct wal *w = tu_open(dir, NULL);
+    struct raft_entry batch[10];
+    for (uint64_t i = 1; i <= 200; i += 10) {
+        for (int k = 0; k < 10; k++)
+            tu_entry(&batch[k], i + k, term_of(i + k), len_of(i + k), 0);
+        cr_assert_eq(wal_append(w, batch, 10), 0, "%s", wal_errmsg());
+        for (int k = 0; k < 10; k++)
+            free(batch[k].data);
+    }
+    cr_assert_eq(wal_last_index(w), 200);
+    /* Reads work whether or not the entries are durable yet. */
+    for (uint64_t i = 1; i <= 200; i++)
+        tu_expect_entry(w, i, term_of(i), len_of(i), 0);
+    cr_assert_eq(wal_wait_durable(w, 200), 0);
+    cr_assert_eq(wal_durable_index(w), 200);
+    wal_close(w);
+
+    w = tu_open(dir, NULL);
+    cr_assert_eq(wal_first_index(w), 1);
+    cr_assert_eq(wal_last_index(w), 200);
+    cr_assert_eq(wal_durable_index(w), 200);
+    for (uint64_t i = 1; i <= 200; i++)
+        tu_expect_entry(w, i, term_of(i), len_of(i), 0);
+    struct raft_entry *r;
+    size_t n;
+    cr_assert_eq(wal_read_range(w, 5, 150, 1000, &r, &n), 0);
+    cr_assert(n >= 1 && n < 146, "max_bytes must stop the range early, got %zu", n);
+    size_t bytes = 0;
+    for (size_t k = 0; k < n; k++) {
+        cr_assert_eq(r[k].index, 5 + k);
+        bytes += r[k].len;
+    }
+    cr_assert(bytes >= 1000 || n == 146);
+    cr_assert(bytes - r[n - 1].len < 1000, "one entry too many");
+    wal_entries_free(r, n);
+    cr_assert_eq(wal_read_range(w, 199, 201, 1 << 20, &r, &n), -ENOENT);
+    /* Appending continues the recovered log. */
+    tu_append_sync(w, 201, term_of(201), 5, 0);
+    wal_close(w);
+}
+
+Test(wal, rejects_non_contiguous_or_invalid_appends)
+{
+    struct wal *w = tu_open(dir, NULL);
+    struct raft_entry e[3];
+    tu_entry(&e[0], 2, 1, 4, 0);
+    cr_assert_eq(wal_append(w, e, 1), -EINVAL, "gap before the first entry");
+    cr_assert(strstr(wal_errmsg(), "does not follow"), "%s", wal_errmsg());
+    free(e[0].data);
+    tu_append_sync(w, 1, 2, 4, 0);
+    tu_entry(&e[0], 1, 2, 4, 0);
+    cr_assert_eq(wal_append(w, e, 1), -EINVAL, "duplicate index");
+    free(e[0].data);
+    tu_entry(&e[0], 2, 2, 4, 0);
+    tu_entry(&e[1], 4, 2, 4, 0);
+    cr_assert_eq(wal_append(w, e, 2), -EINVAL, "gap inside a call");
+    free(e[1].data);
+    tu_entry(&e[1], 3, 1, 4, 0);
+    cr_assert_eq(wal_append(w, e, 2), -EINVAL, "term going down inside a call");
+    free(e[1].data);
+    free(e[0].data);
+    tu_entry(&e[0], 2, 1, 4, 0);
+    cr_assert_eq(wal_append(w, e, 1), -EINVAL, "term below the last term");
+    e[0].term = 2;
+    e[0].type = 9;
+    cr_assert_eq(wal_append(w, e, 1), -EINVAL, "bad type");
+    free(e[0].data);
+    cr_assert_eq(wal_last_index(w), 1, "nothing was added by the refused appends");
+    wal_close(w);
+}
+
+Test(wal, rotation_makes_segments_and_all_survive_reopen)
+{
+    struct wal_options o;
+    small_opts(&o, 4096);
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 300; i++) {
+        struct raft_entry e;
+        tu_entry(&e, i, term_of(i), len_of(i), 1);
+        cr_assert_eq(wal_append(w, &e, 1), 0);
+        free(e.data);
+    }
+    cr_assert_eq(wal_wait_durable(w, 300), 0);
+    wal_close(w);
+    char **names;
+    size_t n = tu_segments(dir, &names);
+    cr_assert(n > 10, "expected many 4 KiB segments, got %zu", n);
+    cr_assert_str_eq(names[0], "00000000000000000001.seg");
+    for (size_t i = 0; i < n; i++) {
+        char *p = tu_path(dir, names[i]);
+        cr_assert_eq(tu_file_size(p), 4096, "segments are preallocated to their full size");
+        free(p);
+    }
+    tu_free_names(names, n);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 300);
+    for (uint64_t i = 1; i <= 300; i++)
+        tu_expect_entry(w, i, term_of(i), len_of(i), 1);
+    wal_close(w);
+}
+
+Test(wal, entry_larger_than_a_segment_is_refused)
+{
+    struct wal_options o;
+    small_opts(&o, 4096);
+    struct wal *w = tu_open(dir, &o);
+    struct raft_entry e;
+    tu_entry(&e, 1, 1, 4096, 0);
+    cr_assert_eq(wal_append(w, &e, 1), -EMSGSIZE);
+    free(e.data);
+    /* The largest entry that fits still works, alone in its segment. */
+    tu_append_sync(w, 1, 1, 10, 0);
+    tu_append_sync(w, 2, 1, 4096 - 64, 0);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    tu_expect_entry(w, 2, 1, 4096 - 64, 0);
+    wal_close(w);
+}
+
+Test(wal, truncate_suffix_within_and_across_segments)
+{
+    struct wal_options o;
+    small_opts(&o, 4096);
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 120; i++)
+        tu_append_sync(w, i, 1, len_of(i), 0);
+    cr_assert_eq(wal_truncate_suffix(w, 0), -EINVAL);
+    cr_assert_eq(wal_truncate_suffix(w, 122), -EINVAL);
+    cr_assert_eq(wal_truncate_suffix(w, 121), 0, "no-op at last+1");
+    cr_assert_eq(wal_truncate_suffix(w, 100), 0, "%s", wal_errmsg());
+    cr_assert_eq(wal_last_index(w), 99);
+    cr_assert_eq(wal_durable_index(w), 99);
+    struct raft_entry e;
+    cr_assert_eq(wal_read(w, 100, &e), -ENOENT);
+    /* Replace the tail with entries of a new term. */
+    for (uint64_t i = 100; i <= 110; i++)
+        tu_append_sync(w, i, 2, len_of(i), 7);
+    cr_assert_eq(wal_truncate_suffix(w, 20), 0, "%s", wal_errmsg());
+    cr_assert_eq(wal_last_index(w), 19);
+    for (uint64_t i = 20; i <= 30; i++)
+        tu_append_sync(w, i, 3, len_of(i), 9);
+    wal_close(w);
+
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 30);
+    for (uint64_t i = 1; i < 20; i++)
+        tu_expect_entry(w, i, 1, len_of(i), 0);
+    for (uint64_t i = 20; i <= 30; i++)
+        tu_expect_entry(w, i, 3, len_of(i), 9);
+    /* Down to the very first entry: an empty log that continues at 1. */
+    cr_assert_eq(wal_truncate_suffix(w, 1), 0, "%s", wal_errmsg());
+    cr_assert_eq(wal_last_index(w), 0);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 0);
+    tu_append_sync(w, 1, 4, 3, 4);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 1);
+    tu_expect_entry(w, 1, 4, 3, 4);
+    wal_close(w);
+}
+
+Test(wal, compact_prefix_deletes_whole_segments_only)
+{
+    struct wal_options o;
+    small_opts(&o, 4096);
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 300; i++)
+        tu_append_sync(w, i, 1, len_of(i), 0);
+    char **names;
+    size_t before = tu_segments(dir, &names);
+    tu_free_names(names, before);
+    cr_assert_eq(wal_compact_prefix(w, 1), 0);
+    cr_assert_eq(wal_first_index(w), 1, "nothing below 1");
+    cr_assert_eq(wal_compact_prefix(w, 150), 0, "%s", wal_errmsg());
+    uint64_t first = wal_first_index(w);
+    cr_assert(first > 1 && first <= 150, "first %llu", (unsigned long long)first);
+    size_t after = tu_segments(dir, &names);
+    tu_free_names(names, after);
+    cr_assert(after < before);
+    struct raft_entry e;
+    cr_assert_eq(wal_read(w, first - 1, &e), -ENOENT);
+    cr_assert_eq(wal_truncate_suffix(w, first - 1), -EINVAL, "cannot truncate below first");
+    for (uint64_t i = first; i <= 300; i++)
+        tu_expect_entry(w, i, 1, len_of(i), 0);
+    /* Compacting past the end keeps the last segment. */
+    cr_assert_eq(wal_compact_prefix(w, 1000), 0);
+    uint64_t first2 = wal_first_index(w);
+    cr_assert(first2 <= 300 && first2 > first);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_first_index(w), first2);
+    cr_assert_eq(wal_last_index(w), 300);
+    for (uint64_t i = first2; i <= 300; i++)
+        tu_expect_entry(w, i, 1, len_of(i), 0);
+    tu_append_sync(w, 301, 1, 5, 0);
+    wal_close(w);
+}
+
+Test(wal, hard_state_is_saved_and_reloaded)
+{
+    struct wal *w = tu_open(dir, NULL);
+    struct raft_hard_state hs = {5, 3}, got;
+    cr_assert_eq(wal_save_hard_state(w, &hs), 0);
+    wal_load_hard_state(w, &got);
+    cr_assert(got.term == 5 && got.voted_for == 3);
+    hs.term = 6;
+    hs.voted_for = 0;
+    cr_assert_eq(wal_save_hard_state(w, &hs), 0);
+    wal_close(w);
+    w = tu_open(dir, NULL);
+    wal_load_hard_state(w, &got);
+    cr_assert(got.term == 6 && got.voted_for == 0);
+    wal_close(w);
+}
+
+Test(wal, corrupt_hard_state_fails_open_clearly)
+{
+    struct wal *w = tu_open(dir, NULL);
+    struct raft_hard_state hs = {5, 3};
+    cr_assert_eq(wal_save_hard_state(w, &hs), 0);
+    wal_close(w);
+    char *p = tu_path(dir, "hardstate");
+    tu_flip_bit(p, 9, 2);
+    char err[256];
+    cr_assert_eq(wal_open(&w, dir, NULL, err, sizeof err), -EBADMSG);
+    cr_assert_null(w);
+    cr_assert(strstr(err, "hardstate") && strstr(err, "corrupt"), "%s", err);
+    tu_flip_bit(p, 9, 2);
+    tu_truncate(p, 20);
+    cr_assert_eq(wal_open(&w, dir, NULL, err, sizeof err), -EBADMSG);
+    free(p);
+}
+
+Test(wal, second_opener_is_refused_by_the_lock)
+{
+    struct wal *w = tu_open(dir, NULL), *w2;
+    char err[256];
+    cr_assert_eq(wal_open(&w2, dir, NULL, err, sizeof err), -EBUSY);
+    char pid[32];
+    snprintf(pid, sizeof pid, "pid %ld", (long)getpid());
+    cr_assert(strstr(err, "in use") && strstr(err, pid), "%s", err);
+    /* Another process too. */
+    pid_t child = fork();
+    if (child == 0) {
+        struct wal *w3;
+        char e3[256];
+        _exit(wal_open(&w3, dir, NULL, e3, sizeof e3) == -EBUSY ? 0 : 1);
+    }
+    int status;
+    cr_assert_eq(waitpid(child, &status, 0), child);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    wal_close(w);
+    w = tu_open(dir, NULL); /* released on close */
+    wal_close(w);
+}
+
+/* ---- injected I/O failures ---- */
+
+static atomic_int fail_pwrite, fail_fdatasync, fail_fsync, fail_fallocate;
+
+static ssize_t hook_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+    if (atomic_load(&fail_pwrite)) {
+        /* Write half, as a disk filling up would, then fail. */
+        if (len > 1 && atomic_load(&fail_pwrite) == 2) {
+            atomic_store(&fail_pwrite, 1);
+            return pwrite(fd, buf, len / 2, off);
+        }
+        errno = ENOSPC;
+        return -1;
+    }
+    return pwrite(fd, buf, len, off);
+}
+
+static int hook_fdatasync(int fd)
+{
+    if (atomic_load(&fail_fdatasync)) {
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static int hook_fsync(int fd)
+{
+    if (atomic_load(&fail_fsync)) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+static int hook_fallocate(int fd, off_t off, off_t len)
+{
+    if (atomic_load(&fail_fallocate))
+        return ENOSPC;
+    return posix_fallocate(fd, off, len);
+}
+
+static const struct wal_io failing_io = {hook_pwrite, hook_fdatasync, hook_fsync, hook_fallocate};
+
+static void failing_opts(struct wal_options *o, uint64_t seg)
+{
+    small_opts(o, seg);
+    o->io = &failing_io;
+    atomic_store(&fail_pwrite, 0);
+    atomic_store(&fail_fdatasync, 0);
+    atomic_store(&fail_fsync, 0);
+    atomic_store(&fail_fallocate, 0);
+}
+
+Test(wal, enospc_on_write_is_returned_and_retry_works)
+{
+    struct wal_options o;
+    failing_opts(&o, 1 << 20);
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 5; i++)
+        tu_append_sync(w, i, 1, 100, 0);
+    atomic_store(&fail_pwrite, 2); /* a short write, then ENOSPC */
+    struct raft_entry e[3];
+    for (int k = 0; k < 3; k++)
+        tu_entry(&e[k], 6 + k, 1, 100, 0);
+    cr_assert_eq(wal_append(w, e, 3), 0);
+    cr_assert_eq(wal_wait_durable(w, 8), -ENOSPC);
+    cr_assert(strstr(wal_errmsg(), "No space"), "%s", wal_errmsg());
+    cr_assert_eq(wal_durable_index(w), 5, "nothing reported durable");
+    cr_assert_eq(wal_last_index(w), 5, "failed entries left the log");
+    cr_assert_eq(wal_append(w, &e[1], 1), -EINVAL, "must continue from the durable index");
+    for (int k = 0; k < 3; k++)
+        free(e[k].data);
+    atomic_store(&fail_pwrite, 0);
+    /* Retry with different content: the half-written failed batch must not come back. */
+    tu_append_sync(w, 6, 2, 10, 5);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 6);
+    tu_expect_entry(w, 6, 2, 10, 5);
+    wal_close(w);
+}
+
+Test(wal, eio_on_fdatasync_drops_the_batch_and_stale_records_never_return)
+{
+    struct wal_options o;
+    failing_opts(&o, 1 << 20);
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 5; i++)
+        tu_append_sync(w, i, 1, 100, 0);
+    atomic_store(&fail_fdatasync, 1); /* the records reach the file, the sync fails */
+    struct raft_entry e[4];
+    for (int k = 0; k < 4; k++)
+        tu_entry(&e[k], 6 + k, 1, 100, 0);
+    cr_assert_eq(wal_append(w, e, 4), 0);
+    cr_assert_eq(wal_wait_durable(w, 6), -EIO);
+    cr_assert_eq(wal_durable_index(w), 5);
+    for (int k = 0; k < 4; k++)
+        free(e[k].data);
+    /* A retry while the disk still fails fails too (in the zeroing step). */
+    struct raft_entry one;
+    tu_entry(&one, 6, 1, 1, 0);
+    cr_assert_eq(wal_append(w, &one, 1), 0);
+    cr_assert_eq(wal_wait_durable(w, 6), -EIO);
+    free(one.data);
+    atomic_store(&fail_fdatasync, 0);
+    /* A shorter replacement of 6: the old 7..9 written by the failed batch would follow it
+     * validly if they had not been zeroed. */
+    tu_append_sync(w, 6, 2, 3, 9);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 6, "stale records resurrected: last %llu",
+                 (unsigned long long)wal_last_index(w));
+    tu_expect_entry(w, 6, 2, 3, 9);
+    wal_close(w);
+}
+
+Test(wal, enospc_creating_a_segment_is_returned_and_retry_works)
+{
+    struct wal_options o;
+    failing_opts(&o, 4096);
+    struct wal *w = tu_open(dir, &o);
+    uint64_t i = 1;
+    char **names;
+    while (tu_segments(dir, &names) == 1) {
+        tu_free_names(names, 1);
+        tu_append_sync(w, i, 1, 200, 0);
+        i++;
+    }
+    tu_free_names(names, 2);
+    /* Fill the second segment to just before rotation, then fail the third's creation. */
+    uint64_t per_seg = i - 1; /* entries that made segment 1 overflow */
+    for (uint64_t k = 1; k < per_seg - 1; k++, i++)
+        tu_append_sync(w, i, 1, 200, 0);
+    atomic_store(&fail_fallocate, 1);
+    uint64_t before = wal_durable_index(w);
+    struct raft_entry e[3];
+    for (int k = 0; k < 3; k++)
+        tu_entry(&e[k], i + k, 1, 200, 0);
+    cr_assert_eq(wal_append(w, e, 3), 0);
+    int rc = wal_wait_durable(w, i + 2);
+    cr_assert_eq(rc, -ENOSPC, "rc %d %s", rc, wal_errmsg());
+    cr_assert(wal_durable_index(w) >= before && wal_durable_index(w) < i + 2);
+    uint64_t d = wal_durable_index(w);
+    cr_assert_eq(wal_last_index(w), d);
+    atomic_store(&fail_fallocate, 0);
+    for (uint64_t k = d + 1; k <= i + 2; k++)
+        tu_append_sync(w, k, 1, 200, 0);
+    for (int k = 0; k < 3; k++)
+        free(e[k].data);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), i + 2);
+    for (uint64_t k = 1; k <= i + 2; k++)
+        tu_expect_entry(w, k, 1, 200, 0);
+    wal_close(w);
+}
+
+Test(wal, failed_hard_state_save_keeps_the_old_one)
+{
+    struct wal_options o;
+    failing_opts(&o, 1 << 20);
+    struct wal *w = tu_open(dir, &o);
+    struct raft_hard_state hs = {3, 1}, got;
+    cr_assert_eq(wal_save_hard_state(w, &hs), 0);
+    atomic_store(&fail_fsync, 1);
+    struct raft_hard_state hs2 = {4, 2};
+    cr_assert_eq(wal_save_hard_state(w, &hs2), -EIO);
+    cr_assert(strstr(wal_errmsg(), "hardstate"), "%s", wal_errmsg());
+    wal_load_hard_state(w, &got);
+    cr_assert(got.term == 3 && got.voted_for == 1);
+    atomic_store(&fail_fsync, 0);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    wal_load_hard_state(w, &got);
+    cr_assert(got.term == 3 && got.voted_for == 1);
+    wal_close(w);
+}
+
+/* ---- a writer held inside fdatasync, to control what is in flight ---- */
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_closed, gate_entered;
+
+static int gated_fdatasync(int fd)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_entered++;
+    pthread_cond_broadcast(&gate_cv);
+    while (gate_closed)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    return fdatasync(fd);
+}
+
+static const struct wal_io gated_io = {NULL, gated_fdatasync, NULL, NULL};
+
+static void gate_set(int closed)
+{
+    pthread_mutex_lock(&gate_mu);
+    gate_closed = closed;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_wait_entered(int n)
+{
+    pthread_mutex_lock(&gate_mu);
+    while (gate_entered < n)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void append_range(struct wal *w, uint64_t lo, uint64_t hi, uint64_t term, uint64_t salt)
+{
+    for (uint64_t i = lo; i <= hi; i++) {
+        struct raft_entry e;
+        tu_entry(&e, i, term, len_of(i), salt);
+        cr_assert_eq(wal_append(w, &e, 1), 0, "append %llu: %s", (unsigned long long)i,
+                     wal_errmsg());
+        free(e.data);
+    }
+}
+
+Test(wal, queue_is_bounded_and_refuses_with_eagain)
+{
+    struct wal_options o;
+    small_opts(&o, 1 << 20);
+    o.io = &gated_io;
+    o.max_pending_entries = 4;
+    gate_set(1);
+    gate_entered = 0;
+    struct wal *w = tu_open(dir, &o);
+    append_range(w, 1, 1, 1, 0);
+    gate_wait_entered(1); /* entry 1 is being written and still counts */
+    append_range(w, 2, 4, 1, 0);
+    struct raft_entry e;
+    tu_entry(&e, 5, 1, 10, 0);
+    cr_assert_eq(wal_append(w, &e, 1), -EAGAIN);
+    cr_assert(strstr(wal_errmsg(), "queue full"), "%s", wal_errmsg());
+    gate_set(0);
+    cr_assert_eq(wal_wait_durable(w, 4), 0);
+    cr_assert_eq(wal_append(w, &e, 1), 0, "room again once written");
+    free(e.data);
+    cr_assert_eq(wal_wait_durable(w, 5), 0);
+    wal_close(w);
+
+    small_opts(&o, 1 << 20);
+    o.max_pending_bytes = 1000;
+    w = tu_open(dir, &o);
+    tu_entry(&e, 6, 1, 2000, 0);
+    cr_assert_eq(wal_append(w, &e, 1), -EAGAIN, "larger than the byte bound");
+    free(e.data);
+    wal_close(w);
+}
+
+struct trunc_arg {
+    struct wal *w;
+    uint64_t index;
+    int rc;
+};
+
+static void *truncate_thread(void *p)
+{
+    struct trunc_arg *a = p;
+    a->rc = wal_truncate_suffix(a->w, a->index);
+    return NULL;
+}
+
+Test(wal, truncation_with_writes_in_flight_and_queued)
+{
+    struct wal_options o;
+    small_opts(&o, 1 << 20);
+    o.io = &gated_io;
+    gate_set(1);
+    gate_entered = 0;
+    struct wal *w = tu_open(dir, &o);
+    append_range(w, 1, 10, 1, 0);
+    gate_wait_entered(1); /* some prefix of 1..10 is in flight */
+    append_range(w, 11, 20, 1, 0);
+    /* Queued entries above the point can be cut without touching the disk... */
+    struct trunc_arg a = {w, 15, -1};
+    pthread_t t;
+    pthread_create(&t, NULL, truncate_thread, &a);
+    gate_set(0); /* ...but the truncation must first wait for the batch in flight */
+    pthread_join(t, NULL);
+    cr_assert_eq(a.rc, 0, "%s", wal_errmsg());
+    cr_assert_eq(wal_last_index(w), 14);
+    cr_assert_eq(wal_wait_durable(w, 15), -ECANCELED);
+    cr_assert_eq(wal_wait_durable(w, 14), 0);
+    append_range(w, 15, 16, 2, 3);
+    /* Now cut below the durable index while more is queued. */
+    cr_assert_eq(wal_wait_durable(w, 16), 0);
+    gate_set(1);
+    gate_entered = 0;
+    append_range(w, 17, 18, 2, 3);
+    gate_wait_entered(1);
+    append_range(w, 19, 25, 2, 3);
+    a.index = 8;
+    pthread_create(&t, NULL, truncate_thread, &a);
+    gate_set(0);
+    pthread_join(t, NULL);
+    cr_assert_eq(a.rc, 0, "%s", wal_errmsg());
+    cr_assert_eq(wal_last_index(w), 7);
+    cr_assert_eq(wal_durable_index(w), 7);
+    cr_assert_eq(wal_wait_durable(w, 20), -ECANCELED);
+    append_range(w, 8, 9, 3, 4);
+    cr_assert_eq(wal_wait_durable(w, 9), 0);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 9);
+    for (uint64_t i = 1; i <= 7; i++)
+        tu_expect_entry(w, i, 1, len_of(i), 0);
+    for (uint64_t i = 8; i <= 9; i++)
+        tu_expect_entry(w, i, 3, len_of(i), 4);
+    wal_close(w);
+}
+
+/* ---- group commit with concurrent appenders ---- */
+
+struct shared {
+    struct wal *w;
+    pthread_mutex_t mu; /* hands out indexes in order, as the Raft leader does */
+    uint64_t next;
+    int per_thread;
+    atomic_int failures;
+};
+
+static void *appender(void *p)
+{
+    struct shared *s = p;
+    for (int k = 0; k < s->per_thread; k++) {
+        pthread_mutex_lock(&s->mu);
+        uint64_t i = s->next++;
+        struct raft_entry e;
+        tu_entry(&e, i, 1, 64, 11);
+        int rc = wal_append(s->w, &e, 1);
+        pthread_mutex_unlock(&s->mu);
+        free(e.data);
+        if (rc != 0 || wal_wait_durable(s->w, i) != 0 || wal_durable_index(s->w) < i)
+            atomic_fetch_add(&s->failures, 1);
+    }
+    return NULL;
+}
+
+static atomic_uint_fast64_t cb_last;
+static atomic_int cb_calls, cb_regress;
+
+static void on_durable(void *arg, uint64_t index, uint64_t term, int err)
+{
+    (void)arg;
+    (void)term;
+    if (err == 0) {
+        if (index < atomic_load(&cb_last))
+            atomic_fetch_add(&cb_regress, 1);
+        atomic_store(&cb_last, index);
+    }
+    atomic_fetch_add(&cb_calls, 1);
+}
+
+Test(wal, concurrent_appenders_are_all_durable_and_batched)
+{
+    struct wal_options o;
+    small_opts(&o, 64 * 1024);
+    o.on_durable = on_durable;
+    atomic_store(&cb_last, 0);
+    atomic_store(&cb_calls, 0);
+    atomic_store(&cb_regress, 0);
+    struct shared s = {.next = 1, .per_thread = 300};
+    pthread_mutex_init(&s.mu, NULL);
+    s.w = tu_open(dir, &o);
+    enum { T = 16 };
+    pthread_t t[T];
+    for (int i = 0; i < T; i++)
+        pthread_create(&t[i], NULL, appender, &s);
+    for (int i = 0; i < T; i++)
+        pthread_join(t[i], NULL);
+    uint64_t n = (uint64_t)T * (uint64_t)s.per_thread;
+    cr_assert_eq(atomic_load(&s.failures), 0);
+    cr_assert_eq(wal_durable_index(s.w), n);
+    wal_close(s.w); /* joins the writer: every callback has run */
+    cr_assert_eq(atomic_load(&cb_last), n);
+    cr_assert_eq(atomic_load(&cb_regress), 0);
+    /* Sixteen threads waiting each on their own entry: batches must hold many entries. */
+    cr_assert(atomic_load(&cb_calls) < (int)n, "%d batches for %llu entries",
+              atomic_load(&cb_calls), (unsigned long long)n);
+    s.w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(s.w), n);
+    for (uint64_t i = 1; i <= n; i++)
+        tu_expect_entry(s.w, i, 1, 64, 11);
+    wal_close(s.w);
+}
+
+Test(wal, close_flushes_queued_entries)
+{
+    struct wal *w = tu_open(dir, NULL);
+    append_range(w, 1, 50, 1, 0);
+    wal_close(w);
+    w = tu_open(dir, NULL);
+    cr_assert_eq(wal_last_index(w), 50);
+    tu_expect_entry(w, 50, 1, len_of(50), 0);
+    wal_close(w);
+}
