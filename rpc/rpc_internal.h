@@ -1,0 +1,50 @@
+/* Internals shared by rpc_*.c; not part of the contract. */
+#ifndef CRAFT_RPC_INTERNAL_H
+#define CRAFT_RPC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+
+#include "rpc/rpc.h"
+
+#define RPC_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* Every tag we hand gRPC points at one of these; the completion-queue loop calls fn. */
+struct rpc_tag {
+    void (*fn)(struct rpc_tag *t, bool ok);
+};
+
+/* Runs until the queue is shut down and drained. arg is a grpc_completion_queue *. */
+void *rpc_cq_loop(void *arg);
+
+void rpc_errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Loaded, checked PEM text (NUL-terminated, malloc'd; cert/key NULL when absent). */
+struct rpc_pem {
+    char *ca, *cert, *key;
+};
+int rpc_pem_load(const struct rpc_tls *tls, bool need_cert, struct rpc_pem *out, char *err,
+                 size_t errlen);
+void rpc_pem_free(struct rpc_pem *p);
+
+/* Codec between bytes and grpc_byte_buffer. */
+grpc_byte_buffer *rpc_bb_from_bytes(const void *data, size_t len);
+grpc_byte_buffer *rpc_bb_from_msg(const ProtobufCMessage *m);
+/* Copies the whole buffer into *out (malloc'd, at least 1 byte allocated). 0 or RPC_ENOMEM/
+ * RPC_EINVAL. */
+int rpc_bb_to_bytes(grpc_byte_buffer *bb, uint8_t **out, size_t *len);
+
+/* Fills out from a live call's auth context. */
+int rpc_peer_from_call(grpc_call *gc, struct rpc_peer *out);
+
+/* Copies a status-details slice into a fixed buffer. */
+void rpc_slice_to_str(grpc_slice s, char *buf, size_t n);
+
+gpr_timespec rpc_deadline(int ms);
+
+#endif
