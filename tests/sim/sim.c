@@ -872,6 +872,7 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
     o.check_quorum = ((pick >> 32) % 4) != 0;
     o.max_append_entries = ((pick >> 40) % 2) ? 64 : 4;
     o.max_inflight_msgs = ((pick >> 48) % 2) ? 64 : 2;
+    o.disk_max = ((pick >> 56) % 2) ? 3 : 25; /* slow disks: crashes lose more */
     struct sim *s = sim_new(&o);
     if (!s) {
         snprintf(msg, msglen, "bad options");
@@ -879,16 +880,20 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
     }
     if (tr)
         fprintf(tr, "seed=%llu nodes=%d drop=%.2f dup=%.2f delay=1..%u pre_vote=%d "
-                    "check_quorum=%d max_append=%u max_inflight=%u\n",
+                    "check_quorum=%d max_append=%u max_inflight=%u disk=1..%u\n",
                 (unsigned long long)seed, nodes, o.drop, o.dup, o.max_delay, o.pre_vote,
-                o.check_quorum, o.max_append_entries, o.max_inflight_msgs);
+                o.check_quorum, o.max_append_entries, o.max_inflight_msgs, o.disk_max);
 
-    const uint64_t chaos_ms = 2000, live_bound = 3000;
+    const uint64_t chaos_ms = 6000, live_bound = 10000;
     uint64_t value = 1000;
     while (s->now < chaos_ms && !s->violations) {
         step_ms(s);
-        if (chance(s, 1.0 / 8)) { /* workload: a proposal to a random up node */
-            int i = (int)(rnd(s) % (uint64_t)nodes);
+        if (chance(s, 1.0 / 6)) {
+            /* Workload: mostly to the leader (so logs grow, and diverge when it is cut off),
+             * sometimes to a random node (exercising the not-leader path). */
+            int i = sim_leader(s);
+            if (i < 0 || chance(s, 0.2))
+                i = (int)(rnd(s) % (uint64_t)nodes);
             if (s->nodes[i].up)
                 sim_propose(s, i, value++, NULL);
         }
