@@ -1,0 +1,119 @@
+/* node.h: a craft node, the threaded runtime around the pure consensus core (raft.h).
+ *
+ * What it promises:
+ * - Threads (docs/node.md): a ticker (election and heartbeat ticks), a driver that takes the core's
+ *   readies and hands storage work to the write-ahead log (wal.h, whose writer thread does group
+ *   commit), one replicator thread per peer that ships that peer's messages through the transport
+ *   (the core bounds each AppendEntries by entries and bytes and the pipeline window by messages
+ *   and bytes), and one applier thread that feeds committed entries in order, in batches, to the
+ *   state machine (fsm.h) and completes the proposals waiting on them. One node mutex plus
+ *   condition variables; no thread sleeps to wait for another.
+ * - Durability before acknowledgement: a vote, an append acknowledgement or a proposal's success
+ *   never leaves the node before the state it depends on is durable. A leader writes its log in
+ *   parallel with replication (thesis §10.2.1) and counts itself toward commit only once its own
+ *   fsync is done.
+ * - A slow or dead peer never blocks the others: each peer has its own thread and window.
+ * - Every proposal completes exactly once: with the state machine's result after it is applied,
+ *   or with an error (not leader, with the leader's id; shutting down; too many pending; timeout;
+ *   leadership lost before commit).
+ * - A restart with the same data directory recovers the log and hard state and rejoins.
+ * Errors: functions return 0 or a negative RAFT_NODE_E* code and fill err where given.
+ */
+#ifndef CRAFT_RAFT_NODE_H
+#define CRAFT_RAFT_NODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "raft/fsm.h"
+#include "raft/raft.h"
+#include "raft/transport.h"
+
+enum {
+    RAFT_NODE_OK = 0,
+    RAFT_NODE_EINVAL = -1,     /* bad argument or configuration */
+    RAFT_NODE_ENOTLEADER = -2, /* this node is not the leader; see leader_id */
+    RAFT_NODE_ESHUTDOWN = -3,  /* the node is stopping */
+    RAFT_NODE_EBUSY = -4,      /* too many proposals pending, or a transfer in progress */
+    RAFT_NODE_ETIMEDOUT = -5,  /* not applied within the proposal's timeout */
+    RAFT_NODE_ELOST = -6,      /* leadership changed before the entry committed: outcome unknown */
+    RAFT_NODE_EIO = -7,        /* storage failed; the node stops accepting writes */
+    RAFT_NODE_ETOOBIG = -8,    /* payload over max_entry_bytes */
+    RAFT_NODE_ENOMEM = -9,
+};
+const char *raft_node_strerror(int code);
+
+struct raft_node_config {
+    uint64_t id;           /* this member; nonzero */
+    const uint64_t *peers; /* every voter including this one */
+    size_t n_peers;
+    const char *data_dir;  /* write-ahead log and hard state; locked while the node runs */
+    struct raft_fsm *fsm;
+    struct raft_transport *transport;
+    uint64_t seed;         /* election jitter; 0 picks one from the clock */
+
+    unsigned heartbeat_ms;  /* default 100 (etcd's --heartbeat-interval) */
+    unsigned election_ms;   /* default 1000 (etcd's --election-timeout); >= 2 * heartbeat_ms */
+    bool pre_vote;          /* default true */
+    bool check_quorum;      /* default true */
+
+    /* Replication flow control, passed to the core (raft.h has the defaults). 0 = default. */
+    uint32_t max_append_entries;
+    size_t max_append_bytes;
+    uint32_t max_inflight_msgs;
+    size_t max_inflight_bytes;
+
+    uint32_t max_entry_bytes;    /* largest proposal payload; default 1.5 MiB + 64 KiB */
+    uint32_t max_pending;        /* proposals accepted but not yet completed; default 65536 */
+    uint32_t max_apply_batch;    /* entries per fsm apply() call; default 1024 */
+    uint64_t wal_segment_bytes;  /* default 64 MiB */
+
+    /* Observer for logs and tests: called without the node mutex on every role, term or known
+     * leader change, from the driver thread. May be NULL. */
+    void (*on_role)(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_t leader_id);
+    void *on_role_arg;
+};
+void raft_node_config_default(struct raft_node_config *cfg);
+
+struct raft_node;
+
+/* Opens the data directory, recovers, starts every thread. NULL + err on failure. */
+struct raft_node *raft_node_start(const struct raft_node_config *cfg, char *err, size_t errlen);
+/* Stops every thread, fails pending proposals with RAFT_NODE_ESHUTDOWN (their callbacks run
+ * before this returns), closes the log and frees the node. */
+void raft_node_stop(struct raft_node *n);
+
+/* Hand a message received from a peer to the node (any thread). Malformed input is dropped. */
+void raft_node_step(struct raft_node *n, const struct raft_msg *m);
+
+/* Completion of a proposal: exactly once, on the applier thread (success) or on whichever thread
+ * detected the failure; it must not block for long or call raft_node_stop. On success err == 0,
+ * index is where the entry committed and res is the state machine's result (valid during the
+ * callback; steal res->data by setting it to NULL). On RAFT_NODE_ENOTLEADER, leader_id is the
+ * leader this node knows of (0 = none). */
+typedef void (*raft_node_done_fn)(void *arg, int err, uint64_t index, uint64_t leader_id,
+                                  struct raft_fsm_result *res);
+
+/* Propose data (copied). Returns 0 when accepted (cb fires exactly once later), or an error at
+ * once (cb never fires): RAFT_NODE_ENOTLEADER (*leader_id set if not NULL), _EBUSY, _ESHUTDOWN,
+ * _ETOOBIG, _EIO. timeout_ms <= 0 means no timeout. */
+int raft_node_propose(struct raft_node *n, const void *data, size_t len, int timeout_ms,
+                      raft_node_done_fn cb, void *arg, uint64_t *leader_id);
+/* Blocking convenience over raft_node_propose. res (may be NULL) receives the result; free
+ * res->data. */
+int raft_node_propose_wait(struct raft_node *n, const void *data, size_t len, int timeout_ms,
+                           struct raft_fsm_result *res, uint64_t *index, uint64_t *leader_id);
+
+/* Hand leadership to `to` (leader only). */
+int raft_node_transfer_leader(struct raft_node *n, uint64_t to);
+
+struct raft_node_status {
+    struct raft_status core; /* role, term, leader, commit, last index, ... */
+    uint64_t applied_index;  /* last index handed to the state machine */
+    uint64_t durable_index;  /* last index durable in the local log */
+    uint32_t pending;        /* proposals waiting */
+};
+void raft_node_status_get(struct raft_node *n, struct raft_node_status *st);
+
+#endif
