@@ -74,14 +74,14 @@ struct wal {
     _Atomic uint64_t last, durable;
     struct pend *qhead, *qtail, *inflight;
     size_t q_entries, q_bytes; /* queued + being written */
-    char broken_msg[256];
+    char broken_msg[1024];
 
     /* Waiters for durability use their own lock, so a broadcast to hundreds of them does not
      * stall appenders on mu. */
     pthread_mutex_t dmu;
     pthread_cond_t dcv;
     _Atomic int drop_err;  /* error of the last failed batch, for waiters of dropped entries */
-    char drop_msg[256];    /* under dmu */
+    char drop_msg[1024];   /* under dmu */
 
     pthread_mutex_t hsmu;
     struct raft_hard_state hs;
@@ -90,7 +90,7 @@ struct wal {
     size_t batch_cap;
 };
 
-static _Thread_local char tl_err[256];
+static _Thread_local char tl_err[1024];
 
 const char *wal_errmsg(void)
 {
