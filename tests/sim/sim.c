@@ -110,6 +110,8 @@ struct sim {
     struct node nodes[SIM_MAX_NODES];
     struct netmsg *net;
     size_t nn, ncap;
+    struct raft_msg *due;
+    size_t duecap;
     /* checker */
     uint64_t *leader_of;
     size_t leader_cap;
@@ -384,6 +386,8 @@ static void net_send(struct sim *s, const struct raft_msg *m)
     s->st.sent_total++;
     if (m->type <= RAFT_MSG_TYPE_MAX)
         s->st.sent[m->type]++;
+    if (m->type == RAFT_MSG_APPEND && m->n_entries)
+        s->st.append_with_entries++;
     int a = (int)m->from - 1, b = (int)m->to - 1;
     char d[128];
     if (s->o.trace)
@@ -582,6 +586,7 @@ void sim_free(struct sim *s)
     for (size_t k = 0; k < s->nn; k++)
         msg_free(&s->net[k].m);
     free(s->net);
+    free(s->due);
     for (size_t k = 0; k < s->lmcap; k++)
         free(s->lm[k].v);
     free(s->lm);
@@ -618,16 +623,21 @@ static void deliver(struct sim *s, struct raft_msg *m)
 static void step_ms(struct sim *s)
 {
     s->now++;
-    /* Network: deliver what is due, in queue order (delays already reorder). */
-    for (size_t k = 0; k < s->nn;) {
+    /* Network: deliver what is due in send order (random delays already reorder; equal
+     * delays keep FIFO, like a stream). Take them out first: delivering sends more. */
+    size_t keep = 0, ndue = 0;
+    for (size_t k = 0; k < s->nn; k++) {
         if (s->net[k].due <= s->now) {
-            struct raft_msg m = s->net[k].m;
-            s->net[k] = s->net[--s->nn];
-            deliver(s, &m);
-            msg_free(&m);
+            GROW(s->due, s->duecap, ndue + 1);
+            s->due[ndue++] = s->net[k].m;
         } else {
-            k++;
+            s->net[keep++] = s->net[k];
         }
+    }
+    s->nn = keep;
+    for (size_t k = 0; k < ndue; k++) {
+        deliver(s, &s->due[k]);
+        msg_free(&s->due[k]);
     }
     for (int i = 0; i < s->n; i++) {
         struct node *nd = &s->nodes[i];
@@ -745,6 +755,29 @@ int sim_leader(struct sim *s)
         }
     }
     return best;
+}
+
+int sim_transfer(struct sim *s, int from, int to)
+{
+    if (!s->nodes[from].up)
+        return RAFT_ESTATE;
+    int rc = raft_transfer_leader(s->nodes[from].r, sim_id(to));
+    trace(s, "n%d transfer leadership to n%d: %s", from + 1, to + 1, raft_strerror(rc));
+    process_ready(s, from);
+    return rc;
+}
+
+int sim_count_leaders(struct sim *s)
+{
+    int cnt = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (!s->nodes[i].up || s->nodes[i].group != 0)
+            continue;
+        struct raft_status st;
+        raft_status_get(s->nodes[i].r, &st);
+        cnt += st.role == RAFT_LEADER;
+    }
+    return cnt;
 }
 
 uint64_t sim_max_term(struct sim *s)
@@ -917,8 +950,8 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
                 sim_heal(s);
             } else if (r < 40) {
                 int l = sim_leader(s);
-                if (l >= 0 && s->nodes[l].up)
-                    raft_transfer_leader(s->nodes[l].r, sim_id(i)), process_ready(s, l);
+                if (l >= 0)
+                    sim_transfer(s, l, i);
             }
         }
     }

@@ -39,7 +39,8 @@ void sim_opts_default(struct sim_opts *o, int nodes, uint64_t seed);
 struct sim_stats {
     uint64_t sent[RAFT_MSG_TYPE_MAX + 1]; /* messages emitted by cores, per type */
     uint64_t sent_total;
-    uint64_t append_rejects; /* APPEND_RESP with reject, delivered */
+    uint64_t append_with_entries; /* APPEND messages carrying at least one entry */
+    uint64_t append_rejects;      /* APPEND_RESP with reject, delivered */
     uint64_t delivered;
     uint64_t dropped;
 };
@@ -77,6 +78,10 @@ int sim_n_applied(struct sim *s, uint64_t index, uint64_t *value);
 /* 6.824 one(): submit value to a leader (retrying any node that accepts), wait until `expected`
  * nodes applied it. Returns the index, or 0 after max_ms. */
 uint64_t sim_one(struct sim *s, uint64_t value, int expected, bool retry, uint64_t max_ms);
+/* raft_transfer_leader() on node `from` toward node `to`, then process its ready. */
+int sim_transfer(struct sim *s, int from, int to);
+/* Number of leaders among up nodes in group 0 (the "connected" part). */
+int sim_count_leaders(struct sim *s);
 /* Max term over up nodes. */
 uint64_t sim_max_term(struct sim *s);
 
