@@ -1,0 +1,271 @@
+/* craftd_flags.c: craftd's command line (see craftd_flags.h). */
+#include "services/craftd_flags.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum kind { STR, UINT, BOOL };
+
+struct flag {
+    const char *name;
+    enum kind kind;
+    size_t off;         /* into struct craftd_config */
+    unsigned width;     /* UINT: 4 or 8 bytes */
+    uint64_t min, max;  /* UINT bounds */
+    const char *def;    /* default, as text */
+    const char *help;
+};
+
+#define F(field) offsetof(struct craftd_config, field)
+#define U4(field) F(field), 4
+#define U8(field) F(field), 8
+
+/* The raw URL strings are parsed after every flag is read. */
+struct raw {
+    const char *listen_client, *advertise_client, *listen_peer, *advertise_peer;
+    bool client_cert_auth, peer_client_cert_auth;
+};
+
+static const struct flag flags[] = {
+    {"name", STR, F(name), 0, 0, 0, "default", "member name, as in --initial-cluster"},
+    {"data-dir", STR, F(data_dir), 0, 0, 0, "NAME.craft", "directory for the log and state"},
+    {"listen-client-urls", STR, 0, 0, 0, 0, "https://127.0.0.1:2379", "client API address (one URL)"},
+    {"advertise-client-urls", STR, 0, 0, 0, 0, "= --listen-client-urls", "client URL told to peers and clients"},
+    {"listen-peer-urls", STR, 0, 0, 0, 0, "https://127.0.0.1:2380", "peer address (one URL)"},
+    {"initial-advertise-peer-urls", STR, 0, 0, 0, 0, "= --listen-peer-urls", "this member's peer URL; must match --initial-cluster"},
+    {"initial-cluster", STR, F(initial_cluster), 0, 0, 0, "NAME=ADVERTISED-PEER-URL", "every member: name=https://host:port,..."},
+    {"initial-cluster-state", STR, F(initial_cluster_state), 0, 0, 0, "new", "new or existing"},
+    {"initial-cluster-token", STR, F(initial_cluster_token), 0, 0, 0, "craft-cluster", "distinguishes clusters with the same members"},
+    {"cert-file", STR, F(cert_file), 0, 0, 0, "", "client API certificate (PEM)"},
+    {"key-file", STR, F(key_file), 0, 0, 0, "", "client API key (PEM)"},
+    {"trusted-ca-file", STR, F(trusted_ca_file), 0, 0, 0, "", "CA that client certificates must chain to"},
+    {"client-cert-auth", BOOL, 0, 0, 0, 0, "true", "require client certificates (craft: always true)"},
+    {"peer-cert-file", STR, F(peer_cert_file), 0, 0, 0, "", "peer certificate (PEM); must name this member"},
+    {"peer-key-file", STR, F(peer_key_file), 0, 0, 0, "", "peer key (PEM)"},
+    {"peer-trusted-ca-file", STR, F(peer_trusted_ca_file), 0, 0, 0, "", "CA that peer certificates must chain to"},
+    {"peer-client-cert-auth", BOOL, 0, 0, 0, 0, "true", "require peer certificates (craft: always true)"},
+    {"heartbeat-interval", UINT, U4(heartbeat_ms), 1, 60000, "100", "ms between leader heartbeats"},
+    {"election-timeout", UINT, U4(election_ms), 2, 600000, "1000", "ms without a leader before an election"},
+    {"max-request-bytes", UINT, U8(max_request_bytes), 1024, 64u << 20, "1572864", "largest client request"},
+    {"insecure-plaintext", BOOL, F(insecure_plaintext), 0, 0, 0, "false", "allow http:// URLs (tests and demos only)"},
+    {"proposal-timeout", UINT, U4(proposal_timeout_ms), 1, 600000, "5000", "ms a write may wait to commit"},
+    {"max-append-entries", UINT, U4(max_append_entries), 1, 1u << 20, "64", "entries per AppendEntries"},
+    {"max-append-bytes", UINT, U8(max_append_bytes), 1024, 64u << 20, "1048576", "payload bytes per AppendEntries"},
+    {"max-inflight-msgs", UINT, U4(max_inflight_msgs), 1, 1u << 16, "64", "AppendEntries in flight per follower (1 = no pipelining)"},
+    {"max-inflight-bytes", UINT, U8(max_inflight_bytes), 1024, 1ull << 34, "16777216", "payload bytes in flight per follower"},
+    {"max-pending", UINT, U4(max_pending), 1, 1u << 24, "65536", "writes accepted but not yet applied"},
+    {"wal-segment-bytes", UINT, U8(wal_segment_bytes), 1u << 16, 1ull << 32, "67108864", "log segment size"},
+    {"peer-send-timeout", UINT, U4(peer_send_timeout_ms), 1, 60000, "50", "ms a replicator waits for room in a peer's stream"},
+    {"server-threads", UINT, U4(server_threads), 1, 64, "2", "gRPC completion-queue threads per listener"},
+};
+#define N_FLAGS (sizeof flags / sizeof flags[0])
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+void craftd_flags_usage(FILE *out)
+{
+    fprintf(out, "usage: craftd [flags]   (--flag value or --flag=value)\n\n");
+    for (size_t i = 0; i < N_FLAGS; i++)
+        fprintf(out, "  --%-28s %s (default %s)\n", flags[i].name, flags[i].help, flags[i].def);
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    if (!strcmp(v, "true") || !strcmp(v, "1"))
+        *out = true;
+    else if (!strcmp(v, "false") || !strcmp(v, "0"))
+        *out = false;
+    else
+        return -1;
+    return 0;
+}
+
+static int set_flag(const struct flag *f, const char *v, struct craftd_config *cfg, struct raw *raw,
+                    char *err, size_t errlen)
+{
+    char *base = (char *)cfg;
+    if (!strcmp(f->name, "listen-client-urls"))
+        raw->listen_client = v;
+    else if (!strcmp(f->name, "advertise-client-urls"))
+        raw->advertise_client = v;
+    else if (!strcmp(f->name, "listen-peer-urls"))
+        raw->listen_peer = v;
+    else if (!strcmp(f->name, "initial-advertise-peer-urls"))
+        raw->advertise_peer = v;
+    else if (f->kind == STR)
+        *(const char **)(base + f->off) = v;
+    else if (f->kind == BOOL) {
+        bool b;
+        if (parse_bool(v, &b) != 0)
+            return fail(err, errlen, "--%s wants true or false, not '%s'", f->name, v);
+        if (!strcmp(f->name, "client-cert-auth"))
+            raw->client_cert_auth = b;
+        else if (!strcmp(f->name, "peer-client-cert-auth"))
+            raw->peer_client_cert_auth = b;
+        else
+            *(bool *)(base + f->off) = b;
+    } else {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(v, &end, 10);
+        if (!*v || *end || errno || v[0] == '-' || n < f->min || n > f->max)
+            return fail(err, errlen, "--%s wants a whole number from %llu to %llu, not '%s'",
+                        f->name, (unsigned long long)f->min, (unsigned long long)f->max, v);
+        if (f->width == 4)
+            *(uint32_t *)(base + f->off) = (uint32_t)n;
+        else
+            *(uint64_t *)(base + f->off) = n;
+    }
+    return 0;
+}
+
+/* Only one URL per listener for now: gRPC listens on one address per rpc_server. */
+static int one_url(const char *flag, const char *v, struct cluster_url *u, char *err, size_t errlen)
+{
+    if (strchr(v, ','))
+        return fail(err, errlen, "--%s: craft takes one URL here, not a list ('%s')", flag, v);
+    char uerr[256];
+    if (cluster_parse_url(v, u, uerr, sizeof uerr) != 0)
+        return fail(err, errlen, "--%s: %s", flag, uerr);
+    return 0;
+}
+
+static int check_tls(const char *what, bool tls, bool insecure, const char *cert, const char *key,
+                     const char *ca, const char *flagprefix, char *err, size_t errlen)
+{
+    if (!tls && !insecure)
+        return fail(err, errlen,
+                    "%s URLs are http://: plaintext is refused unless --insecure-plaintext is given",
+                    what);
+    if (tls && (!cert || !*cert || !key || !*key || !ca || !*ca))
+        return fail(err, errlen, "%s URLs are https://: --%scert-file, --%skey-file and "
+                                 "--%strusted-ca-file are required",
+                    what, flagprefix, flagprefix, flagprefix);
+    return 0;
+}
+
+int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    struct raw raw = {.client_cert_auth = true, .peer_client_cert_auth = true};
+    cfg->name = "default";
+    cfg->initial_cluster_state = "new";
+    cfg->initial_cluster_token = "craft-cluster";
+    cfg->heartbeat_ms = 100;
+    cfg->election_ms = 1000;
+    cfg->max_request_bytes = 1572864; /* etcd's 1.5 MiB */
+    cfg->proposal_timeout_ms = 5000;
+    cfg->max_append_entries = 64;
+    cfg->max_append_bytes = 1u << 20;
+    cfg->max_inflight_msgs = 64;
+    cfg->max_inflight_bytes = 16u << 20;
+    cfg->max_pending = 65536;
+    cfg->wal_segment_bytes = 64u << 20;
+    cfg->peer_send_timeout_ms = 50;
+    cfg->server_threads = 2;
+    raw.listen_client = "https://127.0.0.1:2379";
+    raw.listen_peer = "https://127.0.0.1:2380";
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            craftd_flags_usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("craftd 0.1.0 (etcd API 3.4 compatible target)\n");
+            return 1;
+        }
+        if (strncmp(a, "--", 2) != 0 && !(a[0] == '-' && a[1] && a[1] != '-'))
+            return fail(err, errlen, "unexpected argument '%s' (flags start with --)", a);
+        const char *name = a + (a[1] == '-' ? 2 : 1); /* etcd (Go) accepts -flag too */
+        const char *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct flag *f = NULL;
+        for (size_t k = 0; k < N_FLAGS; k++)
+            if (strlen(flags[k].name) == nlen && !strncmp(flags[k].name, name, nlen))
+                f = &flags[k];
+        if (!f)
+            return fail(err, errlen, "unknown flag '--%.*s' (see craftd --help)", (int)nlen, name);
+        const char *v;
+        if (eq)
+            v = eq + 1;
+        else if (f->kind == BOOL && (i + 1 >= argc || parse_bool(argv[i + 1], &(bool){0}) != 0))
+            v = "true"; /* a bare boolean flag */
+        else if (i + 1 < argc)
+            v = argv[++i];
+        else
+            return fail(err, errlen, "flag --%s needs a value", f->name);
+        if (set_flag(f, v, cfg, &raw, err, errlen) != 0)
+            return -1;
+    }
+
+    if (!raw.client_cert_auth || !raw.peer_client_cert_auth)
+        return fail(err, errlen, "craft always requires client certificates on https:// "
+                                 "listeners; --client-cert-auth=false and "
+                                 "--peer-client-cert-auth=false are not supported");
+    if (!raw.advertise_client)
+        raw.advertise_client = raw.listen_client;
+    if (!raw.advertise_peer)
+        raw.advertise_peer = raw.listen_peer;
+    if (one_url("listen-client-urls", raw.listen_client, &cfg->listen_client, err, errlen) ||
+        one_url("advertise-client-urls", raw.advertise_client, &cfg->advertise_client, err, errlen) ||
+        one_url("listen-peer-urls", raw.listen_peer, &cfg->listen_peer, err, errlen) ||
+        one_url("initial-advertise-peer-urls", raw.advertise_peer, &cfg->advertise_peer, err,
+                errlen))
+        return -1;
+    cfg->advertise_client_urls = raw.advertise_client;
+    if (cfg->listen_client.tls != cfg->advertise_client.tls ||
+        cfg->listen_peer.tls != cfg->advertise_peer.tls)
+        return fail(err, errlen, "listen and advertise URLs must use the same scheme");
+    if (check_tls("client", cfg->listen_client.tls, cfg->insecure_plaintext, cfg->cert_file,
+                  cfg->key_file, cfg->trusted_ca_file, "", err, errlen) ||
+        check_tls("peer", cfg->listen_peer.tls, cfg->insecure_plaintext, cfg->peer_cert_file,
+                  cfg->peer_key_file, cfg->peer_trusted_ca_file, "peer-", err, errlen))
+        return -1;
+    if (strcmp(cfg->initial_cluster_state, "new") && strcmp(cfg->initial_cluster_state, "existing"))
+        return fail(err, errlen, "--initial-cluster-state must be new or existing, not '%s'",
+                    cfg->initial_cluster_state);
+    if (cfg->election_ms < 2 * cfg->heartbeat_ms)
+        return fail(err, errlen,
+                    "--election-timeout (%u ms) must be at least twice --heartbeat-interval (%u ms)",
+                    cfg->election_ms, cfg->heartbeat_ms);
+
+    if (!cfg->initial_cluster) {
+        snprintf(cfg->default_cluster, sizeof cfg->default_cluster, "%s=%s", cfg->name,
+                 raw.advertise_peer);
+        cfg->initial_cluster = cfg->default_cluster;
+    }
+    char cerr[400];
+    if (cluster_parse(cfg->initial_cluster, cfg->initial_cluster_token, &cfg->cluster, cerr,
+                      sizeof cerr) != 0)
+        return fail(err, errlen, "%s", cerr);
+    const struct cluster_member *self = cluster_find_name(&cfg->cluster, cfg->name);
+    if (!self)
+        return fail(err, errlen, "--name '%s' is not a member of --initial-cluster", cfg->name);
+    const struct cluster_url *a = &cfg->advertise_peer, *b = &self->peer_url;
+    if (a->port != b->port || strcmp(a->host, b->host) != 0 || a->tls != b->tls)
+        return fail(err, errlen,
+                    "--initial-advertise-peer-urls (%s) disagrees with %s's entry in "
+                    "--initial-cluster",
+                    raw.advertise_peer, cfg->name);
+    for (size_t i = 0; i < cfg->cluster.n; i++)
+        if (cfg->cluster.members[i].peer_url.tls != cfg->listen_peer.tls)
+            return fail(err, errlen, "--initial-cluster mixes http:// and https:// peer URLs");
+    cfg->self_id = self->id;
+
+    if (!cfg->data_dir || !*cfg->data_dir) {
+        snprintf(cfg->default_data_dir, sizeof cfg->default_data_dir, "%s.craft", cfg->name);
+        cfg->data_dir = cfg->default_data_dir;
+    }
+    return 0;
+}

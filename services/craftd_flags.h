@@ -1,0 +1,58 @@
+/* craftd_flags.h: craftd's command line, with etcd's flag names so etcd users already know them.
+ *
+ * What it promises: craftd_flags_parse() accepts `--flag value` and `--flag=value`, fills a
+ * validated struct craftd_config, or returns -1 with one clear sentence in err (the caller exits
+ * with status 2): an unknown flag, a missing value, a bad number or URL, https:// URLs without
+ * their certificate flags, http:// URLs without --insecure-plaintext, --name missing from
+ * --initial-cluster, an advertised peer URL that disagrees with --initial-cluster, an election
+ * timeout under twice the heartbeat interval. craftd_flags_usage() prints every flag with its
+ * default.
+ */
+#ifndef CRAFT_SERVICES_CRAFTD_FLAGS_H
+#define CRAFT_SERVICES_CRAFTD_FLAGS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "services/cluster.h"
+
+struct craftd_config {
+    /* etcd's flags */
+    const char *name;
+    const char *data_dir;
+    struct cluster_url listen_client, advertise_client, listen_peer, advertise_peer;
+    const char *advertise_client_urls; /* as given, told to peers and clients */
+    const char *initial_cluster;
+    const char *initial_cluster_state; /* "new" or "existing" */
+    const char *initial_cluster_token;
+    const char *cert_file, *key_file, *trusted_ca_file;
+    const char *peer_cert_file, *peer_key_file, *peer_trusted_ca_file;
+    unsigned heartbeat_ms, election_ms;
+    uint64_t max_request_bytes;
+
+    /* craft's own */
+    bool insecure_plaintext;
+    unsigned proposal_timeout_ms;
+    uint32_t max_append_entries;
+    uint64_t max_append_bytes;
+    uint32_t max_inflight_msgs;
+    uint64_t max_inflight_bytes;
+    uint32_t max_pending;
+    uint64_t wal_segment_bytes;
+    unsigned peer_send_timeout_ms;
+    unsigned server_threads;
+
+    /* derived */
+    struct cluster cluster;
+    uint64_t self_id;
+    char default_data_dir[CLUSTER_NAME_MAX + 8];
+    char default_cluster[CLUSTER_NAME_MAX + 600];
+};
+
+void craftd_flags_usage(FILE *out);
+/* Returns 0 (config filled), 1 (--help or --version was asked: print and exit 0), or -1. */
+int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,521 @@
+/* peer.c: the Raft peer service over rpc/ (see peer.h for the contract). */
+#include "services/peer.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "services/proto/raftpb.pb-c.h"
+
+#define PEER_METHOD "/craft.raft.Peer/Raft"
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 1000
+/* Protobuf framing per message and per entry, over-estimated so a Batch never exceeds the
+ * receiver's limit. */
+#define MSG_OVERHEAD 128
+#define ENTRY_OVERHEAD 32
+
+/* One client stream's liveness, shared by the replicator thread that owns the stream and the
+ * channel thread that runs its on_close. Two references: freed by whichever lets go last. */
+struct out_stream_ctx {
+    atomic_int refs;
+    atomic_bool dead;
+};
+
+struct peer_out {
+    const struct cluster_member *m;
+    struct rpc_channel *ch;
+    /* Touched only by the replicator thread of this peer (transport.h). */
+    struct rpc_client_stream *st;
+    struct out_stream_ctx *ctx;
+    int64_t opened_ms, next_attempt_ms;
+    int backoff_ms;
+    bool told_urls; /* this stream's first Batch carried our client URLs */
+};
+
+#define URLS_MAX 1024
+
+struct peer {
+    struct cluster cluster;
+    uint64_t self_id;
+    bool insecure;
+    size_t max_batch_bytes, max_recv_bytes;
+    int send_timeout_ms;
+    struct raft_transport transport;
+    struct peer_out out[CLUSTER_MAX_MEMBERS];
+    size_t n_out;
+
+    pthread_rwlock_t node_lock; /* readers: deliveries; writer: attach/detach */
+    struct raft_node *node;
+
+    char client_urls[URLS_MAX];                           /* ours */
+    pthread_mutex_t urls_lock;
+    char member_urls[CLUSTER_MAX_MEMBERS][URLS_MAX];      /* theirs, by cluster index */
+
+    atomic_uint_fast64_t batches_sent, msgs_sent, send_failures;
+    atomic_uint_fast64_t batches_received, msgs_received, msgs_dropped, streams_refused;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void ctx_unref(struct out_stream_ctx *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) == 1)
+        free(c);
+}
+
+/* ---- outgoing ----------------------------------------------------------------------- */
+
+static void out_on_message(struct rpc_client_stream *s, const uint8_t *d, size_t n, void *arg)
+{
+    (void)s, (void)d, (void)n, (void)arg; /* the server side never sends */
+}
+
+static void out_on_close(struct rpc_client_stream *s, grpc_status_code st, const char *msg,
+                         void *arg)
+{
+    (void)s, (void)st, (void)msg;
+    struct out_stream_ctx *c = arg;
+    atomic_store(&c->dead, true);
+    ctx_unref(c);
+}
+
+static void out_release(struct peer_out *o)
+{
+    if (!o->st)
+        return;
+    rpc_client_stream_cancel(o->st);
+    ctx_unref(o->ctx);
+    o->st = NULL;
+    o->ctx = NULL;
+}
+
+/* A usable stream to o, or NULL while backing off after failures. */
+static struct rpc_client_stream *out_stream(struct peer_out *o)
+{
+    int64_t now = now_ms();
+    if (o->st && !atomic_load(&o->ctx->dead))
+        return o->st;
+    if (o->st) {
+        /* A stream that lived a while was a good connection: start backing off from scratch. */
+        if (now - o->opened_ms > 2 * BACKOFF_MAX_MS)
+            o->backoff_ms = 0;
+        out_release(o);
+        o->backoff_ms = o->backoff_ms ? o->backoff_ms * 2 : BACKOFF_MIN_MS;
+        if (o->backoff_ms > BACKOFF_MAX_MS)
+            o->backoff_ms = BACKOFF_MAX_MS;
+        o->next_attempt_ms = now + o->backoff_ms;
+    }
+    if (now < o->next_attempt_ms)
+        return NULL;
+    struct out_stream_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    atomic_init(&c->refs, 2);
+    atomic_init(&c->dead, false);
+    static const struct rpc_client_stream_handler h = {out_on_message, out_on_close};
+    o->st = rpc_channel_stream_open(o->ch, PEER_METHOD, &h, c);
+    if (!o->st) {
+        free(c);
+        o->backoff_ms = o->backoff_ms ? o->backoff_ms * 2 : BACKOFF_MIN_MS;
+        if (o->backoff_ms > BACKOFF_MAX_MS)
+            o->backoff_ms = BACKOFF_MAX_MS;
+        o->next_attempt_ms = now + o->backoff_ms;
+        return NULL;
+    }
+    o->ctx = c;
+    o->opened_ms = now;
+    o->told_urls = false;
+    return o->st;
+}
+
+static size_t msg_size(const struct raft_msg *m)
+{
+    size_t n = MSG_OVERHEAD;
+    for (uint32_t i = 0; i < m->n_entries; i++)
+        n += ENTRY_OVERHEAD + m->entries[i].len;
+    return n;
+}
+
+static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft__Raft__Entry *pe,
+                      Craft__Raft__Entry **pep)
+{
+    craft__raft__message__init(pm);
+    pm->type = m->type;
+    pm->from = m->from;
+    pm->to = m->to;
+    pm->term = m->term;
+    pm->last_log_index = m->last_log_index;
+    pm->last_log_term = m->last_log_term;
+    pm->transfer = m->transfer;
+    pm->granted = m->granted;
+    pm->prev_index = m->prev_index;
+    pm->prev_term = m->prev_term;
+    pm->commit = m->commit;
+    pm->reject = m->reject;
+    pm->match_index = m->match_index;
+    pm->reject_index = m->reject_index;
+    pm->conflict_term = m->conflict_term;
+    pm->conflict_index = m->conflict_index;
+    for (uint32_t i = 0; i < m->n_entries; i++) {
+        const struct raft_entry *e = &m->entries[i];
+        craft__raft__entry__init(&pe[i]);
+        pe[i].index = e->index;
+        pe[i].term = e->term;
+        pe[i].type = e->type;
+        pe[i].data.len = e->len;
+        pe[i].data.data = e->data; /* packed by copy; never written through */
+        pep[i] = &pe[i];
+    }
+    pm->n_entries = m->n_entries;
+    pm->entries = m->n_entries ? pep : NULL;
+}
+
+/* Packs msgs[0..n) into one Batch and queues it. 0 or a negative rpc code. */
+static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg *msgs, size_t n)
+{
+    size_t n_entries = 0;
+    for (size_t i = 0; i < n; i++)
+        n_entries += msgs[i].n_entries;
+    Craft__Raft__Message *pm = calloc(n, sizeof *pm);
+    Craft__Raft__Message **pmp = calloc(n, sizeof *pmp);
+    Craft__Raft__Entry *pe = calloc(n_entries ? n_entries : 1, sizeof *pe);
+    Craft__Raft__Entry **pep = calloc(n_entries ? n_entries : 1, sizeof *pep);
+    int rc = RPC_ENOMEM;
+    if (!pm || !pmp || !pe || !pep)
+        goto out;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        msg_to_pb(&msgs[i], &pm[i], pe + k, pep + k);
+        pmp[i] = &pm[i];
+        k += msgs[i].n_entries;
+    }
+    Craft__Raft__Batch b = CRAFT__RAFT__BATCH__INIT;
+    b.cluster_id = p->cluster.id;
+    b.n_msgs = n;
+    b.msgs = pmp;
+    uint8_t *buf;
+    size_t len;
+    struct rpc_client_stream *st = out_stream(o);
+    if (!st) {
+        rc = RPC_ECLOSED;
+        goto out;
+    }
+    if (!o->told_urls)
+        b.client_urls = p->client_urls;
+    rc = rpc_msg_pack(&b.base, &buf, &len);
+    if (rc == 0) {
+        rc = rpc_client_stream_send(st, buf, len, p->send_timeout_ms);
+        o->told_urls = o->told_urls || rc == 0;
+        free(buf);
+    }
+out:
+    free(pm);
+    free(pmp);
+    free(pe);
+    free(pep);
+    return rc;
+}
+
+static int transport_send(void *arg, uint64_t to, const struct raft_msg *msgs, size_t n)
+{
+    struct peer *p = arg;
+    struct peer_out *o = NULL;
+    for (size_t i = 0; i < p->n_out; i++)
+        if (p->out[i].m->id == to)
+            o = &p->out[i];
+    if (!o)
+        return -1;
+    /* Split into Batches of at most max_batch_bytes (a single larger message goes alone; the
+     * core bounds messages well below the receiver's limit). */
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i, bytes = 0;
+        while (j < n && (j == i || bytes + msg_size(&msgs[j]) <= p->max_batch_bytes))
+            bytes += msg_size(&msgs[j++]);
+        int rc = send_batch(p, o, msgs + i, j - i);
+        if (rc != 0) {
+            atomic_fetch_add(&p->send_failures, 1);
+            return -1;
+        }
+        atomic_fetch_add(&p->batches_sent, 1);
+        atomic_fetch_add(&p->msgs_sent, j - i);
+        i = j;
+    }
+    return 0;
+}
+
+static void transport_close_peer(void *arg, uint64_t to)
+{
+    struct peer *p = arg;
+    for (size_t i = 0; i < p->n_out; i++)
+        if (p->out[i].m->id == to)
+            out_release(&p->out[i]);
+}
+
+/* ---- incoming ----------------------------------------------------------------------- */
+
+struct in_stream {
+    struct peer *p;
+    uint64_t from; /* authenticated member; 0 with insecure */
+    bool finished;
+};
+
+static void in_finish(struct rpc_stream *s, struct in_stream *in, grpc_status_code code,
+                      const char *msg)
+{
+    if (!in->finished) {
+        in->finished = true;
+        rpc_stream_finish(s, code, msg);
+    }
+}
+
+static void *in_open(struct rpc_stream *s, void *ctx)
+{
+    struct peer *p = ctx;
+    struct in_stream *in = calloc(1, sizeof *in);
+    if (!in) {
+        rpc_stream_finish(s, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+    }
+    in->p = p;
+    if (p->insecure)
+        return in;
+    struct rpc_peer id;
+    const struct cluster_member *m = NULL;
+    if (rpc_stream_peer_identity(s, &id) == 0)
+        m = cluster_find_cert(&p->cluster, id.cn, (const char(*)[256])id.sans, id.nsans);
+    if (!m || m->id == p->self_id) {
+        atomic_fetch_add(&p->streams_refused, 1);
+        in_finish(s, in, GRPC_STATUS_PERMISSION_DENIED,
+                  "peer certificate names no other member of this cluster");
+        return in;
+    }
+    in->from = m->id;
+    return in;
+}
+
+/* Validates and converts one message; entries point into pm. false: drop it. */
+static bool pb_to_msg(const Craft__Raft__Message *pm, struct raft_msg *m, struct raft_entry *es)
+{
+    if (pm->type == RAFT_MSG_NONE || pm->type > RAFT_MSG_TYPE_MAX)
+        return false;
+    memset(m, 0, sizeof *m);
+    m->type = (uint8_t)pm->type;
+    m->from = pm->from;
+    m->to = pm->to;
+    m->term = pm->term;
+    m->last_log_index = pm->last_log_index;
+    m->last_log_term = pm->last_log_term;
+    m->transfer = pm->transfer;
+    m->granted = pm->granted;
+    m->prev_index = pm->prev_index;
+    m->prev_term = pm->prev_term;
+    m->commit = pm->commit;
+    m->reject = pm->reject;
+    m->match_index = pm->match_index;
+    m->reject_index = pm->reject_index;
+    m->conflict_term = pm->conflict_term;
+    m->conflict_index = pm->conflict_index;
+    for (size_t i = 0; i < pm->n_entries; i++) {
+        const Craft__Raft__Entry *pe = pm->entries[i];
+        if (pe->type > RAFT_ENTRY_CONFIG || pe->data.len > UINT32_MAX)
+            return false;
+        es[i].index = pe->index;
+        es[i].term = pe->term;
+        es[i].type = (uint8_t)pe->type;
+        es[i].len = (uint32_t)pe->data.len;
+        es[i].data = pe->data.len ? pe->data.data : NULL;
+    }
+    m->n_entries = (uint32_t)pm->n_entries;
+    m->entries = pm->n_entries ? es : NULL;
+    return true;
+}
+
+static void in_message(struct rpc_stream *s, const uint8_t *data, size_t len, void *user)
+{
+    struct in_stream *in = user;
+    if (!in || in->finished)
+        return;
+    struct peer *p = in->p;
+    Craft__Raft__Batch *b =
+        (Craft__Raft__Batch *)rpc_msg_unpack(&craft__raft__batch__descriptor, data, len);
+    if (!b) {
+        in_finish(s, in, GRPC_STATUS_INVALID_ARGUMENT, "malformed raft Batch");
+        return;
+    }
+    if (b->cluster_id != p->cluster.id) {
+        in_finish(s, in, GRPC_STATUS_FAILED_PRECONDITION,
+                  "cluster id mismatch: the peer was started with another --initial-cluster");
+        protobuf_c_message_free_unpacked(&b->base, NULL);
+        return;
+    }
+    atomic_fetch_add(&p->batches_received, 1);
+    /* Insecure streams have no verified identity: take the sender's word (tests only). */
+    uint64_t sender = in->from ? in->from : b->n_msgs ? b->msgs[0]->from : 0;
+    if (b->client_urls && *b->client_urls && sender) {
+        pthread_mutex_lock(&p->urls_lock);
+        for (size_t i = 0; i < p->cluster.n; i++)
+            if (p->cluster.members[i].id == sender && sender != p->self_id)
+                snprintf(p->member_urls[i], URLS_MAX, "%s", b->client_urls);
+        pthread_mutex_unlock(&p->urls_lock);
+    }
+    size_t max_entries = 0;
+    for (size_t i = 0; i < b->n_msgs; i++)
+        if (b->msgs[i]->n_entries > max_entries)
+            max_entries = b->msgs[i]->n_entries;
+    struct raft_entry *es = calloc(max_entries ? max_entries : 1, sizeof *es);
+    pthread_rwlock_rdlock(&p->node_lock);
+    for (size_t i = 0; i < b->n_msgs; i++) {
+        struct raft_msg m;
+        bool ok = es && pb_to_msg(b->msgs[i], &m, es) && m.to == p->self_id &&
+                  (p->insecure || m.from == in->from) && p->node;
+        if (ok) {
+            raft_node_step(p->node, &m);
+            atomic_fetch_add(&p->msgs_received, 1);
+        } else {
+            atomic_fetch_add(&p->msgs_dropped, 1);
+        }
+    }
+    pthread_rwlock_unlock(&p->node_lock);
+    free(es);
+    protobuf_c_message_free_unpacked(&b->base, NULL);
+}
+
+static void in_close(struct rpc_stream *s, grpc_status_code status, void *user)
+{
+    (void)status;
+    struct in_stream *in = user;
+    if (!in) {
+        return;
+    }
+    in_finish(s, in, GRPC_STATUS_OK, NULL);
+    free(in);
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->cluster || !cluster_find_id(cfg->cluster, cfg->self_id)) {
+        snprintf(err, errlen, "this member is not in the cluster");
+        return NULL;
+    }
+    if (!cfg->insecure && !cfg->tls) {
+        snprintf(err, errlen, "peer TLS files are required (or an explicit insecure mode)");
+        return NULL;
+    }
+    struct peer *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->cluster = *cfg->cluster;
+    p->self_id = cfg->self_id;
+    p->insecure = cfg->insecure;
+    p->max_batch_bytes = cfg->max_batch_bytes ? cfg->max_batch_bytes : PEER_DEFAULT_MAX_BATCH_BYTES;
+    p->max_recv_bytes = cfg->max_recv_bytes ? cfg->max_recv_bytes : PEER_DEFAULT_MAX_RECV_BYTES;
+    if (p->max_batch_bytes > p->max_recv_bytes)
+        p->max_batch_bytes = p->max_recv_bytes;
+    p->send_timeout_ms = cfg->send_timeout_ms ? cfg->send_timeout_ms : PEER_DEFAULT_SEND_TIMEOUT_MS;
+    pthread_rwlock_init(&p->node_lock, NULL);
+    pthread_mutex_init(&p->urls_lock, NULL);
+    snprintf(p->client_urls, sizeof p->client_urls, "%s", cfg->client_urls ? cfg->client_urls : "");
+    for (size_t i = 0; i < p->cluster.n; i++)
+        if (p->cluster.members[i].id == p->self_id)
+            snprintf(p->member_urls[i], URLS_MAX, "%s", p->client_urls);
+    p->transport.ctx = p;
+    p->transport.send = transport_send;
+    p->transport.close_peer = transport_close_peer;
+
+    for (size_t i = 0; i < p->cluster.n; i++) {
+        const struct cluster_member *m = &p->cluster.members[i];
+        if (m->id == p->self_id)
+            continue;
+        char target[CLUSTER_HOST_MAX + 16];
+        cluster_url_target(&m->peer_url, target, sizeof target);
+        struct rpc_channel_config cc = {
+            .target = target,
+            .tls = cfg->tls,
+            /* Verify that the member we dialed is that member: its certificate must carry
+             * the member's name (craft-certs puts it in the CN and a DNS SAN). */
+            .server_name = m->name,
+            .insecure = cfg->insecure,
+            .threads = 1,
+            .max_send_bytes = p->max_recv_bytes + (64u << 10),
+            .max_recv_bytes = 1u << 20,
+            .stream_queue = cfg->stream_queue ? cfg->stream_queue : PEER_DEFAULT_STREAM_QUEUE,
+            .reconnect_max_ms = BACKOFF_MAX_MS,
+        };
+        char cerr[256];
+        struct peer_out *o = &p->out[p->n_out];
+        o->m = &p->cluster.members[i];
+        o->ch = rpc_channel_create(&cc, cerr, sizeof cerr);
+        if (!o->ch) {
+            snprintf(err, errlen, "channel to %s: %s", m->name, cerr);
+            peer_destroy(p);
+            return NULL;
+        }
+        p->n_out++;
+    }
+    return p;
+}
+
+void peer_destroy(struct peer *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n_out; i++) {
+        out_release(&p->out[i]);
+        rpc_channel_destroy(p->out[i].ch);
+    }
+    pthread_rwlock_destroy(&p->node_lock);
+    pthread_mutex_destroy(&p->urls_lock);
+    free(p);
+}
+
+struct raft_transport *peer_transport(struct peer *p) { return &p->transport; }
+
+int peer_register(struct peer *p, struct rpc_server *srv)
+{
+    static const struct rpc_stream_handler h = {in_open, in_message, in_close};
+    return rpc_server_register_stream(srv, PEER_METHOD, &h, p);
+}
+
+void peer_attach(struct peer *p, struct raft_node *node)
+{
+    pthread_rwlock_wrlock(&p->node_lock);
+    p->node = node;
+    pthread_rwlock_unlock(&p->node_lock);
+}
+
+void peer_client_urls(struct peer *p, uint64_t id, char *buf, size_t len)
+{
+    if (len == 0)
+        return;
+    buf[0] = '\0';
+    pthread_mutex_lock(&p->urls_lock);
+    for (size_t i = 0; i < p->cluster.n; i++)
+        if (p->cluster.members[i].id == id)
+            snprintf(buf, len, "%s", p->member_urls[i]);
+    pthread_mutex_unlock(&p->urls_lock);
+}
+
+void peer_stats_get(struct peer *p, struct peer_stats *out)
+{
+    out->batches_sent = atomic_load(&p->batches_sent);
+    out->msgs_sent = atomic_load(&p->msgs_sent);
+    out->send_failures = atomic_load(&p->send_failures);
+    out->batches_received = atomic_load(&p->batches_received);
+    out->msgs_received = atomic_load(&p->msgs_received);
+    out->msgs_dropped = atomic_load(&p->msgs_dropped);
+    out->streams_refused = atomic_load(&p->streams_refused);
+}

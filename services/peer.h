@@ -1,0 +1,73 @@
+/* peer.h: the Raft peer service over gRPC (services/proto/raftpb.proto): a struct raft_transport
+ * for the node runtime, and the server side that feeds received messages to the node.
+ *
+ * What it promises:
+ * - Outgoing: one rpc/ channel and one ordered client stream (Peer.Raft) per peer, opened lazily
+ *   and reopened after failures with a bounded backoff. send() packs the messages into Batches of
+ *   at most max_batch_bytes and queues them on the stream, waiting at most send_timeout_ms for
+ *   room; a peer that is down or too slow makes send() fail at once or after that bound, and the
+ *   messages are dropped (the consensus core retries). It never blocks the other peers.
+ * - Incoming: a Peer.Raft stream is accepted only from a TLS peer whose verified certificate names
+ *   a cluster member (CN or a SAN equal to the member's name) other than this one; others are
+ *   refused with PERMISSION_DENIED. A Batch from another cluster (cluster id) is refused with
+ *   FAILED_PRECONDITION. A message whose `from` is not the authenticated member, or whose `to`
+ *   is not this member, is dropped. A Batch that does not decode ends the stream with
+ *   INVALID_ARGUMENT. With insecure (plaintext, tests only) the claimed `from` is trusted.
+ * - Messages received before a node is attached, or after it is detached, are dropped; detach
+ *   waits for deliveries in progress, so the node can then be stopped safely.
+ */
+#ifndef CRAFT_SERVICES_PEER_H
+#define CRAFT_SERVICES_PEER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "raft/node.h"
+#include "raft/transport.h"
+#include "rpc/rpc.h"
+#include "services/cluster.h"
+
+#define PEER_DEFAULT_MAX_BATCH_BYTES (4u << 20) /* one Batch on the wire */
+#define PEER_DEFAULT_SEND_TIMEOUT_MS 50         /* wait for room in a peer's stream queue */
+#define PEER_DEFAULT_STREAM_QUEUE 256           /* Batches queued per peer stream */
+#define PEER_DEFAULT_MAX_RECV_BYTES (16u << 20) /* largest Batch accepted */
+
+struct peer_config {
+    const struct cluster *cluster; /* copied */
+    uint64_t self_id;
+    const struct rpc_tls *tls;     /* peer certificate, key and CA; required unless insecure */
+    bool insecure;
+    size_t max_batch_bytes;        /* 0 = default */
+    int send_timeout_ms;           /* 0 = default */
+    int stream_queue;              /* 0 = default */
+    size_t max_recv_bytes;         /* 0 = default */
+    const char *client_urls;       /* this member's --advertise-client-urls, told to peers */
+};
+
+struct peer;
+
+struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen);
+/* Closes every stream and channel and frees. Detach the node (and stop it) first. */
+void peer_destroy(struct peer *p);
+
+/* The transport to give the node runtime (valid while p lives). */
+struct raft_transport *peer_transport(struct peer *p);
+
+/* Registers Peer.Raft on srv (before rpc_server_start). */
+int peer_register(struct peer *p, struct rpc_server *srv);
+
+/* Where received messages go. NULL detaches (waiting for deliveries in progress). */
+void peer_attach(struct peer *p, struct raft_node *node);
+
+/* The --advertise-client-urls member `id` told us (copied into buf; "" if not known yet). */
+void peer_client_urls(struct peer *p, uint64_t id, char *buf, size_t len);
+
+/* Counters for status and tests. */
+struct peer_stats {
+    uint64_t batches_sent, msgs_sent, send_failures;
+    uint64_t batches_received, msgs_received, msgs_dropped, streams_refused;
+};
+void peer_stats_get(struct peer *p, struct peer_stats *out);
+
+#endif

@@ -1,0 +1,348 @@
+/* server.c: one craft member (see server.h). */
+#include "services/server.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "rpc/rpc.h"
+#include "services/memstore.h"
+#include "services/peer.h"
+#include "services/proto/nodepb.pb-c.h"
+
+struct craft_server {
+    struct craftd_config cfg;
+    struct memstore *store;
+    struct peer *peer;
+    struct raft_node *node;
+    struct rpc_server *peer_srv, *client_srv;
+};
+
+static void logf_(const struct craft_server *s, const char *fmt, ...)
+{
+    char ts[32];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm tm;
+    gmtime_r(&now.tv_sec, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s.%03ldZ craftd %s: %s\n", ts, now.tv_nsec / 1000000, s->cfg.name, line);
+}
+
+static const char *member_name(const struct craft_server *s, uint64_t id)
+{
+    const struct cluster_member *m = cluster_find_id(&s->cfg.cluster, id);
+    return m ? m->name : id ? "?" : "none";
+}
+
+static void on_role(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_t leader_id)
+{
+    struct craft_server *s = arg;
+    (void)id;
+    logf_(s, "%s in term %llu, leader %s", raft_role_name(role), (unsigned long long)term,
+          member_name(s, leader_id));
+}
+
+/* ---- client API ---------------------------------------------------------------------- */
+
+static void fail_not_leader(struct craft_server *s, struct rpc_call *call, uint64_t leader)
+{
+    if (!leader) {
+        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "no leader");
+        return;
+    }
+    char urls[1024], msg[1200];
+    peer_client_urls(s->peer, leader, urls, sizeof urls);
+    snprintf(msg, sizeof msg, "not leader; leader is %s at %s", member_name(s, leader),
+             *urls ? urls : "(unknown URL)");
+    rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, msg);
+}
+
+struct put_ctx {
+    struct craft_server *s;
+    struct rpc_call *call;
+};
+
+static void fail_node_error(struct craft_server *s, struct rpc_call *call, int err, uint64_t leader)
+{
+    switch (err) {
+    case RAFT_NODE_ENOTLEADER:
+        fail_not_leader(s, call, leader);
+        break;
+    case RAFT_NODE_EBUSY:
+        rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many requests pending");
+        break;
+    case RAFT_NODE_ETIMEDOUT:
+        rpc_call_fail(call, GRPC_STATUS_DEADLINE_EXCEEDED, "request timed out");
+        break;
+    case RAFT_NODE_ETOOBIG:
+        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "request is too large");
+        break;
+    case RAFT_NODE_ELOST:
+        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "leader changed; outcome unknown");
+        break;
+    default:
+        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, raft_node_strerror(err));
+    }
+}
+
+static void put_done(void *arg, int err, uint64_t index, uint64_t leader,
+                     struct raft_fsm_result *res)
+{
+    struct put_ctx *pc = arg;
+    if (err) {
+        fail_node_error(pc->s, pc->call, err, leader);
+    } else if (res && res->code == MEMSTORE_EBADCMD) {
+        rpc_call_fail(pc->call, GRPC_STATUS_INTERNAL, "command did not decode");
+    } else {
+        Craft__Node__PutReply r = CRAFT__NODE__PUT_REPLY__INIT;
+        r.index = index;
+        if (res && res->code == MEMSTORE_HAD_PREV) {
+            r.had_prev = true;
+            r.prev_value.data = res->data;
+            r.prev_value.len = res->len;
+        }
+        rpc_call_reply_msg(pc->call, &r.base);
+    }
+    free(pc);
+}
+
+static void handle_put(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    struct craft_server *s = ctx;
+    const Craft__Node__PutRequest *req = (const Craft__Node__PutRequest *)m;
+    if (req->key.len == 0) {
+        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "key is not provided");
+        return;
+    }
+    uint8_t *cmd;
+    size_t len;
+    struct put_ctx *pc = malloc(sizeof *pc);
+    if (!pc || memstore_encode_put(req->key.data, req->key.len, req->value.data, req->value.len,
+                                   &cmd, &len) != 0) {
+        free(pc);
+        rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    pc->s = s;
+    pc->call = call;
+    uint64_t leader = 0;
+    int rc = raft_node_propose(s->node, cmd, len, (int)s->cfg.proposal_timeout_ms, put_done, pc,
+                               &leader);
+    free(cmd);
+    if (rc != 0) {
+        free(pc);
+        fail_node_error(s, call, rc, leader);
+    }
+}
+
+static void handle_get(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    struct craft_server *s = ctx;
+    const Craft__Node__GetRequest *req = (const Craft__Node__GetRequest *)m;
+    if (req->key.len == 0) {
+        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "key is not provided");
+        return;
+    }
+    Craft__Node__GetReply r = CRAFT__NODE__GET_REPLY__INIT;
+    uint8_t *val = NULL;
+    size_t vlen = 0;
+    r.applied_index = memstore_applied(s->store);
+    if (memstore_get(s->store, req->key.data, req->key.len, &val, &vlen)) {
+        r.found = true;
+        r.value.data = val;
+        r.value.len = vlen;
+    }
+    rpc_call_reply_msg(call, &r.base);
+    free(val);
+}
+
+static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    (void)m;
+    struct craft_server *s = ctx;
+    struct raft_node_status st;
+    raft_node_status_get(s->node, &st);
+    char urls[1024] = "";
+    if (st.core.leader_id)
+        peer_client_urls(s->peer, st.core.leader_id, urls, sizeof urls);
+    Craft__Node__StatusReply r = CRAFT__NODE__STATUS_REPLY__INIT;
+    r.member_id = s->cfg.self_id;
+    r.name = (char *)s->cfg.name;
+    r.cluster_id = s->cfg.cluster.id;
+    r.role = st.core.role;
+    r.term = st.core.term;
+    r.leader_id = st.core.leader_id;
+    r.leader_name = (char *)(st.core.leader_id ? member_name(s, st.core.leader_id) : "");
+    r.leader_client_urls = urls;
+    r.commit_index = st.core.commit_index;
+    r.applied_index = st.applied_index;
+    r.last_index = st.core.last_index;
+    r.durable_index = st.durable_index;
+    r.keys = memstore_keys(s->store);
+    rpc_call_reply_msg(call, &r.base);
+}
+
+/* ---- lifecycle ----------------------------------------------------------------------- */
+
+static struct rpc_server *listen_on(const struct cluster_url *u, const struct rpc_tls *tls,
+                                    const struct craftd_config *cfg, size_t max_recv,
+                                    const char *what, char *err, size_t errlen)
+{
+    char addr[CLUSTER_HOST_MAX + 16], rerr[256];
+    cluster_url_target(u, addr, sizeof addr);
+    struct rpc_server_config sc = {
+        .listen = addr,
+        .tls = u->tls ? tls : NULL,
+        .insecure = !u->tls,
+        .threads = (int)cfg->server_threads,
+        .max_recv_bytes = max_recv,
+    };
+    struct rpc_server *srv = rpc_server_create(&sc, rerr, sizeof rerr);
+    if (!srv)
+        snprintf(err, errlen, "%s listener %s: %s", what, addr, rerr);
+    return srv;
+}
+
+static int mkdir_p(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return -1;
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return mkdir(buf, 0700) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+struct craft_server *craft_server_start(const struct craftd_config *cfg, char *err, size_t errlen)
+{
+    struct craft_server *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->cfg = *cfg;
+    if (cfg->initial_cluster == cfg->default_cluster)
+        s->cfg.initial_cluster = s->cfg.default_cluster;
+    if (cfg->data_dir == cfg->default_data_dir)
+        s->cfg.data_dir = s->cfg.default_data_dir;
+    cfg = &s->cfg;
+
+    struct rpc_tls peer_tls = {cfg->peer_trusted_ca_file, cfg->peer_cert_file, cfg->peer_key_file};
+    struct rpc_tls client_tls = {cfg->trusted_ca_file, cfg->cert_file, cfg->key_file};
+    char sub[256];
+
+    if (mkdir_p(cfg->data_dir) != 0) {
+        snprintf(err, errlen, "cannot create data directory %s: %s", cfg->data_dir,
+                 strerror(errno));
+        goto fail;
+    }
+    s->store = memstore_create();
+    if (!s->store) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    struct peer_config pc = {
+        .cluster = &cfg->cluster,
+        .self_id = cfg->self_id,
+        .tls = cfg->listen_peer.tls ? &peer_tls : NULL,
+        .insecure = !cfg->listen_peer.tls,
+        .send_timeout_ms = (int)cfg->peer_send_timeout_ms,
+        .client_urls = cfg->advertise_client_urls,
+    };
+    s->peer = peer_create(&pc, sub, sizeof sub);
+    if (!s->peer) {
+        snprintf(err, errlen, "peer service: %s", sub);
+        goto fail;
+    }
+    s->peer_srv = listen_on(&cfg->listen_peer, &peer_tls, cfg, PEER_DEFAULT_MAX_RECV_BYTES, "peer",
+                            err, errlen);
+    if (!s->peer_srv || peer_register(s->peer, s->peer_srv) != 0)
+        goto fail;
+    /* Client requests may carry a little framing over --max-request-bytes of payload. */
+    s->client_srv = listen_on(&cfg->listen_client, &client_tls, cfg,
+                              cfg->max_request_bytes + 1024, "client", err, errlen);
+    if (!s->client_srv ||
+        rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Put",
+                                      &craft__node__put_request__descriptor, handle_put, s) ||
+        rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Get",
+                                      &craft__node__get_request__descriptor, handle_get, s) ||
+        rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Status",
+                                      &craft__node__status_request__descriptor, handle_status, s))
+        goto fail;
+
+    uint64_t ids[CLUSTER_MAX_MEMBERS];
+    for (size_t i = 0; i < cfg->cluster.n; i++)
+        ids[i] = cfg->cluster.members[i].id;
+    struct raft_node_config nc;
+    raft_node_config_default(&nc);
+    nc.id = cfg->self_id;
+    nc.peers = ids;
+    nc.n_peers = cfg->cluster.n;
+    nc.data_dir = cfg->data_dir;
+    nc.fsm = memstore_fsm(s->store);
+    nc.transport = peer_transport(s->peer);
+    nc.heartbeat_ms = cfg->heartbeat_ms;
+    nc.election_ms = cfg->election_ms;
+    nc.max_append_entries = cfg->max_append_entries;
+    nc.max_append_bytes = cfg->max_append_bytes;
+    nc.max_inflight_msgs = cfg->max_inflight_msgs;
+    nc.max_inflight_bytes = cfg->max_inflight_bytes;
+    nc.max_entry_bytes = (uint32_t)cfg->max_request_bytes + 64;
+    nc.max_pending = cfg->max_pending;
+    nc.wal_segment_bytes = cfg->wal_segment_bytes;
+    nc.on_role = on_role;
+    nc.on_role_arg = s;
+    s->node = raft_node_start(&nc, sub, sizeof sub);
+    if (!s->node) {
+        snprintf(err, errlen, "%s", sub);
+        goto fail;
+    }
+    peer_attach(s->peer, s->node);
+    if (rpc_server_start(s->peer_srv) != 0 || rpc_server_start(s->client_srv) != 0) {
+        snprintf(err, errlen, "cannot start the listeners");
+        goto fail;
+    }
+    logf_(s, "member %016llx of cluster %016llx serving clients on %s, peers on port %d",
+          (unsigned long long)cfg->self_id, (unsigned long long)cfg->cluster.id,
+          cfg->advertise_client_urls, cfg->listen_peer.port);
+    return s;
+fail:
+    craft_server_stop(s);
+    return NULL;
+}
+
+void craft_server_stop(struct craft_server *s)
+{
+    if (!s)
+        return;
+    /* Clients first (no new writes), then the node (its pending writes fail and their calls
+     * complete as no-ops on closed handles), then the peers. */
+    if (s->client_srv)
+        rpc_server_shutdown(s->client_srv, 500);
+    if (s->peer)
+        peer_attach(s->peer, NULL);
+    if (s->node)
+        raft_node_stop(s->node);
+    if (s->peer_srv)
+        rpc_server_shutdown(s->peer_srv, 0);
+    peer_destroy(s->peer);
+    memstore_destroy(s->store);
+    free(s);
+}
+
+struct raft_node *craft_server_node(struct craft_server *s) { return s->node; }

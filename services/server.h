@@ -1,0 +1,32 @@
+/* server.h: one craft member, everything craftd runs, as a library: the state machine, the Raft
+ * node, the peer service on the peer URL and the client API on the client URL, both over mutual
+ * TLS (plaintext only with --insecure-plaintext).
+ *
+ * What it promises:
+ * - craft_server_start() returns a serving member or NULL with one clear sentence in err (bad
+ *   certificate files, a port in use, a data directory locked by another process, a damaged log).
+ * - The client API (services/proto/nodepb.proto, craft.node.Node) answers Put once the write is
+ *   applied, with FAILED_PRECONDITION "not leader; leader is NAME at URLS" on a follower,
+ *   UNAVAILABLE "no leader" when none is known, RESOURCE_EXHAUSTED when too many writes are
+ *   pending, DEADLINE_EXCEEDED when the write did not commit in --proposal-timeout (outcome
+ *   unknown), INVALID_ARGUMENT for an empty key or a request over --max-request-bytes.
+ * - One log line (stderr) per role, term or leader change.
+ * - craft_server_stop() stops the client API, completes every pending write (UNAVAILABLE), stops
+ *   the node and the peer service, and frees everything. Several servers may run in one process.
+ */
+#ifndef CRAFT_SERVICES_SERVER_H
+#define CRAFT_SERVICES_SERVER_H
+
+#include <stddef.h>
+
+#include "raft/node.h"
+#include "services/craftd_flags.h"
+
+struct craft_server;
+
+struct craft_server *craft_server_start(const struct craftd_config *cfg, char *err, size_t errlen);
+void craft_server_stop(struct craft_server *s);
+
+struct raft_node *craft_server_node(struct craft_server *s);
+
+#endif

@@ -1,0 +1,163 @@
+/* craftd's command line and --initial-cluster parsing: good input gives the right config, every
+ * kind of bad input a clear error naming what is wrong. */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "services/cluster.h"
+#include "services/craftd_flags.h"
+
+static struct craftd_config cfg;
+static char err[512];
+
+/* Parses a NULL-terminated argument list (argv[0] supplied). */
+static int parse(const char *first, ...)
+{
+    const char *argv[64] = {"craftd"};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a = first; a && argc < 63; a = va_arg(ap, const char *))
+        argv[argc++] = a;
+    va_end(ap);
+    err[0] = '\0';
+    return craftd_flags_parse(argc, (char **)argv, &cfg, err, sizeof err);
+}
+
+#define TLS_FLAGS                                                                           \
+    "--cert-file", "c.pem", "--key-file", "k.pem", "--trusted-ca-file", "ca.pem",           \
+        "--peer-cert-file", "c.pem", "--peer-key-file", "k.pem", "--peer-trusted-ca-file", \
+        "ca.pem"
+#define CLUSTER3 "n1=https://127.0.0.1:2380,n2=https://127.0.0.1:2480,n3=https://127.0.0.1:2580"
+
+Test(flags, full_etcd_style_config)
+{
+    cr_assert_eq(parse("--name", "n2", "--data-dir", "/tmp/d2", "--listen-client-urls",
+                       "https://127.0.0.1:2479", "--advertise-client-urls",
+                       "https://127.0.0.1:2479", "--listen-peer-urls", "https://127.0.0.1:2480",
+                       "--initial-advertise-peer-urls=https://127.0.0.1:2480", "--initial-cluster",
+                       CLUSTER3, "--initial-cluster-state", "new", "--heartbeat-interval=50",
+                       "--election-timeout", "300", "--client-cert-auth", TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert_str_eq(cfg.name, "n2");
+    cr_assert_str_eq(cfg.data_dir, "/tmp/d2");
+    cr_assert_eq(cfg.listen_client.port, 2479);
+    cr_assert(cfg.listen_client.tls);
+    cr_assert_eq(cfg.heartbeat_ms, 50);
+    cr_assert_eq(cfg.election_ms, 300);
+    cr_assert_eq(cfg.cluster.n, 3);
+    cr_assert_eq(cfg.self_id, cfg.cluster.members[1].id);
+    cr_assert_eq(cfg.max_request_bytes, 1572864, "etcd's default request limit");
+}
+
+Test(flags, defaults_match_etcd)
+{
+    cr_assert_eq(parse("--initial-cluster", "default=https://127.0.0.1:2380", TLS_FLAGS, NULL), 0,
+                 "%s", err);
+    cr_assert_eq(cfg.heartbeat_ms, 100);
+    cr_assert_eq(cfg.election_ms, 1000);
+    cr_assert_str_eq(cfg.data_dir, "default.craft");
+    cr_assert_eq(cfg.listen_client.port, 2379);
+    cr_assert_eq(cfg.listen_peer.port, 2380);
+}
+
+static void refused(const char *want, int rc)
+{
+    cr_assert_eq(rc, -1, "accepted, wanted an error containing '%s'", want);
+    cr_assert(strstr(err, want), "error '%s' does not mention '%s'", err, want);
+}
+
+Test(flags, bad_input_gets_clear_errors)
+{
+    refused("unknown flag '--bogus'", parse("--bogus", "1", NULL));
+    refused("needs a value", parse("--name", NULL));
+    refused("whole number", parse("--heartbeat-interval", "fast", TLS_FLAGS, NULL));
+    refused("whole number", parse("--heartbeat-interval", "-5", TLS_FLAGS, NULL));
+    refused("whole number", parse("--election-timeout", "99999999999", TLS_FLAGS, NULL));
+    refused("at least twice", parse("--heartbeat-interval", "100", "--election-timeout", "150",
+                                    TLS_FLAGS, NULL));
+    refused("plaintext is refused", parse("--listen-client-urls", "http://127.0.0.1:2379",
+                                          "--advertise-client-urls", "http://127.0.0.1:2379",
+                                          TLS_FLAGS, NULL));
+    refused("--cert-file", parse("--peer-cert-file", "c", "--peer-key-file", "k",
+                                 "--peer-trusted-ca-file", "ca", NULL));
+    refused("--peer-cert-file", parse("--cert-file", "c", "--key-file", "k", "--trusted-ca-file",
+                                      "ca", NULL));
+    refused("not a member", parse("--name", "n9", "--initial-cluster", CLUSTER3, TLS_FLAGS, NULL));
+    refused("disagrees", parse("--name", "n1", "--initial-cluster", CLUSTER3,
+                               "--listen-peer-urls", "https://127.0.0.1:9999", TLS_FLAGS, NULL));
+    refused("new or existing", parse("--initial-cluster-state", "maybe", TLS_FLAGS, NULL));
+    refused("not supported", parse("--client-cert-auth=false", TLS_FLAGS, NULL));
+    refused("one URL", parse("--listen-client-urls", "https://a:1,https://b:2", TLS_FLAGS, NULL));
+    refused("unexpected argument", parse("stray", NULL));
+    refused("true or false", parse("--insecure-plaintext=maybe", NULL));
+}
+
+Test(flags, insecure_plaintext_is_explicit)
+{
+    cr_assert_eq(parse("--insecure-plaintext", "--listen-client-urls", "http://127.0.0.1:2379",
+                       "--listen-peer-urls", "http://127.0.0.1:2380", NULL),
+                 0, "%s", err);
+    cr_assert_not(cfg.listen_client.tls);
+    cr_assert(cfg.insecure_plaintext);
+}
+
+Test(cluster, parses_and_derives_stable_ids)
+{
+    struct cluster a, b, c;
+    cr_assert_eq(cluster_parse(CLUSTER3, "tok", &a, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(cluster_parse(CLUSTER3, "tok", &b, err, sizeof err), 0);
+    cr_assert_eq(cluster_parse(CLUSTER3, "other", &c, err, sizeof err), 0);
+    cr_assert_eq(a.n, 3);
+    cr_assert_str_eq(a.members[2].name, "n3");
+    cr_assert_str_eq(a.members[2].peer_url.host, "127.0.0.1");
+    cr_assert_eq(a.members[2].peer_url.port, 2580);
+    cr_assert_eq(a.id, b.id, "same flags, same cluster id");
+    cr_assert_neq(a.id, c.id, "another token, another cluster");
+    cr_assert_neq(a.members[0].id, c.members[0].id);
+    cr_assert_neq(a.members[0].id, a.members[1].id);
+    for (size_t i = 0; i < a.n; i++)
+        cr_assert_neq(a.members[i].id, 0);
+    /* Member order does not change the cluster id. */
+    cr_assert_eq(cluster_parse("n3=https://127.0.0.1:2580,n1=https://127.0.0.1:2380,"
+                               "n2=https://127.0.0.1:2480",
+                               "tok", &b, err, sizeof err),
+                 0);
+    cr_assert_eq(a.id, b.id);
+    cr_assert_eq(cluster_parse("v6=https://[::1]:2380", "tok", &b, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(b.members[0].peer_url.host, "::1");
+    char t[64];
+    cluster_url_target(&b.members[0].peer_url, t, sizeof t);
+    cr_assert_str_eq(t, "[::1]:2380");
+}
+
+Test(cluster, refuses_bad_specs)
+{
+    struct cluster c;
+    const char *bad[] = {"",
+                         "n1",
+                         "n1=",
+                         "=https://h:1",
+                         "n1=ftp://h:1",
+                         "n1=https://h",
+                         "n1=https://h:0",
+                         "n1=https://h:70000",
+                         "n1=https://h:12x",
+                         "n1=https://h:1,n1=https://h:2",
+                         "bad name=https://h:1",
+                         "n1=https://[::1:1",
+                         "n1=https://ho$t:1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        cr_assert_eq(cluster_parse(bad[i], "t", &c, err, sizeof err), -1, "accepted '%s'", bad[i]);
+        cr_assert_neq(err[0], '\0', "no message for '%s'", bad[i]);
+    }
+    char many[64 * 40] = "";
+    for (int i = 0; i < 65; i++) {
+        char item[40];
+        snprintf(item, sizeof item, "%sm%d=https://h:%d", i ? "," : "", i, 1000 + i);
+        strcat(many, item);
+    }
+    cr_assert_eq(cluster_parse(many, "t", &c, err, sizeof err), -1);
+    cr_assert(strstr(err, "more than"), "%s", err);
+}
