@@ -68,6 +68,11 @@ struct raft_node_config {
     uint32_t max_pending;        /* proposals accepted but not yet completed; default 65536 */
     uint32_t max_apply_batch;    /* entries per fsm apply() call; default 1024 */
     uint64_t wal_segment_bytes;  /* default 64 MiB */
+    /* Per-peer outbox between the driver and that peer's replicator (docs/node.md). When a slow
+     * or unreachable peer lets it fill, the oldest messages are dropped: Raft tolerates loss and
+     * the core's flow control re-probes. 0 = default: 4096 messages, 64 MiB of payload. */
+    uint32_t outbox_msgs;
+    size_t outbox_bytes;
 
     /* Observer for logs and tests: called without the node mutex on every role, term or known
      * leader change, from the driver thread. May be NULL. */
@@ -84,7 +89,9 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg, char *err,
  * before this returns), closes the log and frees the node. */
 void raft_node_stop(struct raft_node *n);
 
-/* Hand a message received from a peer to the node (any thread). Malformed input is dropped. */
+/* Hand a message received from a peer to the node (any thread). Malformed input is dropped, and
+ * so is everything once raft_node_stop has begun; the transport must stop calling it before
+ * raft_node_stop returns (the node is freed then). */
 void raft_node_step(struct raft_node *n, const struct raft_msg *m);
 
 /* Completion of a proposal: exactly once, on the applier thread (success) or on whichever thread

@@ -1,0 +1,657 @@
+/* node_core.c: start-up and recovery, shutdown, the driver thread (Ready/Advance loop and the
+ * hand-off to the write-ahead log), the ticker thread, and the small entry points (step, status,
+ * transfer). Proposals and the applier live in node_prop.c, the replicators in node_peer.c.
+ *
+ * The driver is the only thread that calls raft_ready()/raft_advance() and the only one that does
+ * storage work. Per ready it:
+ *   1. takes the ready under n->mu, notes the committed range for the applier, releases n->mu;
+ *   2. copies the messages into the per-peer outboxes: they leave at once, before this ready's
+ *      write is durable. That is the leader's parallel write of thesis §10.2.1; the core holds back
+ *      every message that needs durability (vote grants, append acks) until raft_persisted();
+ *   3. does the storage work with no node lock held: truncation (waits for the WAL writer), then
+ *      the hard state (synchronous write+fsync), then wal_append of the entries (a non-blocking
+ *      enqueue; the WAL's writer thread makes them durable with group commit);
+ *   4. records (persist_seq, last index written) and calls raft_advance().
+ * The WAL's on_durable callback only bumps a counter and wakes the driver, which then reports
+ * raft_persisted() for every record whose entries are now durable. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "raft/node_int.h"
+
+/* Entries per wal_append call: far below the WAL's queue bound, so one call can always fit once
+ * the writer drains (a bigger batch than the whole queue would never be accepted). */
+#define NODE_WAL_CHUNK 1024
+
+const char *raft_node_strerror(int code)
+{
+    switch (code) {
+    case RAFT_NODE_OK: return "ok";
+    case RAFT_NODE_EINVAL: return "invalid argument";
+    case RAFT_NODE_ENOTLEADER: return "not the leader";
+    case RAFT_NODE_ESHUTDOWN: return "node shutting down";
+    case RAFT_NODE_EBUSY: return "too many pending proposals or leadership transfer in progress";
+    case RAFT_NODE_ETIMEDOUT: return "proposal timed out";
+    case RAFT_NODE_ELOST: return "leadership lost before the entry committed";
+    case RAFT_NODE_EIO: return "storage or state machine failure";
+    case RAFT_NODE_ETOOBIG: return "proposal too big";
+    case RAFT_NODE_ENOMEM: return "out of memory";
+    default: return "unknown error";
+    }
+}
+
+void raft_node_config_default(struct raft_node_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->heartbeat_ms = 100;
+    cfg->election_ms = 1000;
+    cfg->pre_vote = true;
+    cfg->check_quorum = true;
+    cfg->max_entry_bytes = (3u << 19) + (64u << 10); /* 1.5 MiB + 64 KiB, like etcd */
+    cfg->max_pending = 65536;
+    cfg->max_apply_batch = 1024;
+    cfg->wal_segment_bytes = 64ull << 20;
+    cfg->outbox_msgs = 4096;
+    cfg->outbox_bytes = 64u << 20;
+}
+
+int64_t node_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void node_cond_init(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void ns_to_ts(int64_t ns, struct timespec *ts)
+{
+    ts->tv_sec = (time_t)(ns / 1000000000);
+    ts->tv_nsec = (long)(ns % 1000000000);
+}
+
+void node_log(struct raft_node *n, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "craft node %" PRIu64 ": %s\n", n->cfg.id, buf);
+}
+
+void node_fail_locked(struct raft_node *n, int code, const char *what)
+{
+    if (n->fatal)
+        return;
+    n->fatal = code;
+    /* Fail-stop: a node that cannot persist must not vote, acknowledge or lead. It stops ticking,
+     * stepping and sending; the others elect a leader without it. Pending proposals are failed by
+     * the driver (it sees fatal && !fatal_reported). Restarting the process recovers from disk. */
+    node_log(n, "stopping writes after a failure: %s", what);
+    pthread_cond_broadcast(&n->driver_cv);
+    pthread_cond_broadcast(&n->apply_cv);
+}
+
+/* ---- WAL callbacks (writer thread, no WAL lock held) ---- */
+
+static void node_on_durable(void *arg, uint64_t index, uint64_t term, int err)
+{
+    struct raft_node *n = arg;
+    (void)index;
+    (void)term;
+    /* The index is not trusted here (it may predate a truncation, wal.h): the driver reads
+     * wal_durable_index(), which the WAL keeps consistent with truncation. Taking n->mu is safe:
+     * nobody holding it waits for the writer. */
+    pthread_mutex_lock(&n->mu);
+    n->durable_gen++;
+    if (err < 0) {
+        char what[160];
+        snprintf(what, sizeof what, "log write failed: %s", strerror(-err));
+        node_fail_locked(n, RAFT_NODE_EIO, what);
+    }
+    pthread_cond_signal(&n->driver_cv);
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void node_on_wal_log(void *arg, const char *msg)
+{
+    node_log(arg, "wal: %s", msg);
+}
+
+/* ---- driver ---- */
+
+/* n->mu held: report every ready whose writes are now durable. Records are in seq order and
+ * their `need` never decreases (a truncation clamps the older ones), so a prefix is done. */
+static void persist_progress_locked(struct raft_node *n)
+{
+    if (!n->n_precs)
+        return;
+    uint64_t durable = wal_durable_index(n->w), seq = 0;
+    size_t k = 0;
+    while (k < n->n_precs && n->precs[k].need <= durable)
+        seq = n->precs[k++].seq;
+    if (!k)
+        return;
+    memmove(n->precs, n->precs + k, (n->n_precs - k) * sizeof(*n->precs));
+    n->n_precs -= k;
+    int rc = raft_persisted(n->r, seq);
+    if (rc)
+        node_log(n, "raft_persisted(%" PRIu64 "): %s", seq, raft_strerror(rc));
+}
+
+static int precs_push(struct raft_node *n, uint64_t seq, uint64_t need)
+{
+    if (n->n_precs == n->cap_precs) {
+        size_t cap = n->cap_precs ? n->cap_precs * 2 : 64;
+        struct node_persist *p = realloc(n->precs, cap * sizeof(*p));
+        if (!p)
+            return RAFT_NODE_ENOMEM;
+        n->precs = p;
+        n->cap_precs = cap;
+    }
+    n->precs[n->n_precs++] = (struct node_persist){seq, need};
+    return 0;
+}
+
+/* Enqueue entries with the WAL, waiting (not spinning, not dropping) while its queue is full:
+ * back-pressure from the disk reaches the core because the driver stops taking readies. */
+static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_t cnt)
+{
+    size_t done = 0;
+    while (done < cnt) {
+        size_t k = cnt - done < NODE_WAL_CHUNK ? cnt - done : NODE_WAL_CHUNK;
+        pthread_mutex_lock(&n->mu);
+        uint64_t gen = n->durable_gen;
+        pthread_mutex_unlock(&n->mu);
+        int rc = wal_append(n->w, e + done, k);
+        if (rc == -EAGAIN) {
+            pthread_mutex_lock(&n->mu);
+            while (n->durable_gen == gen && !n->stopping && !n->fatal)
+                pthread_cond_wait(&n->driver_cv, &n->mu);
+            bool quit = n->stopping || n->fatal;
+            pthread_mutex_unlock(&n->mu);
+            if (quit)
+                return RAFT_NODE_ESHUTDOWN;
+            continue;
+        }
+        if (rc) {
+            char what[300];
+            snprintf(what, sizeof what, "wal_append %" PRIu64 ": %s", e[done].index,
+                     wal_errmsg());
+            pthread_mutex_lock(&n->mu);
+            node_fail_locked(n, RAFT_NODE_EIO, what);
+            pthread_mutex_unlock(&n->mu);
+            return RAFT_NODE_EIO;
+        }
+        done += k;
+    }
+    return 0;
+}
+
+/* The storage part of one ready, no lock held. Order: truncate (the disk stays a prefix of the
+ * log), hard state, entries. The hard state goes before the entries so the log on disk never
+ * holds a term above the saved currentTerm (raft_new refuses such a log); it is synchronous, so
+ * once the WAL reports the entries durable the whole ready is. On success *need is the index the
+ * WAL must report durable. */
+static int store_ready(struct raft_node *n, const struct raft_ready *rd, uint64_t *need)
+{
+    if (rd->truncate_from && rd->truncate_from <= n->wal_last) {
+        if (wal_truncate_suffix(n->w, rd->truncate_from)) {
+            char what[300];
+            snprintf(what, sizeof what, "wal_truncate_suffix %" PRIu64 ": %s", rd->truncate_from,
+                     wal_errmsg());
+            pthread_mutex_lock(&n->mu);
+            node_fail_locked(n, RAFT_NODE_EIO, what);
+            pthread_mutex_unlock(&n->mu);
+            return RAFT_NODE_EIO;
+        }
+        n->wal_last = rd->truncate_from - 1;
+        /* Older readies' entries at or past the cut are gone; they are "done" once what is left
+         * below the cut is durable (the core clamps its own records the same way). */
+        for (size_t i = 0; i < n->n_precs; i++)
+            if (n->precs[i].need > n->wal_last)
+                n->precs[i].need = n->wal_last;
+    }
+    if (rd->hs_changed && wal_save_hard_state(n->w, &rd->hs)) {
+        char what[300];
+        snprintf(what, sizeof what, "wal_save_hard_state: %s", wal_errmsg());
+        pthread_mutex_lock(&n->mu);
+        node_fail_locked(n, RAFT_NODE_EIO, what);
+        pthread_mutex_unlock(&n->mu);
+        return RAFT_NODE_EIO;
+    }
+    if (rd->n_entries) {
+        int rc = wal_append_all(n, rd->entries, rd->n_entries);
+        if (rc)
+            return rc;
+        n->wal_last = rd->entries[rd->n_entries - 1].index;
+    }
+    *need = n->wal_last;
+    return 0;
+}
+
+static void *driver_main(void *arg)
+{
+    struct raft_node *n = arg;
+    pthread_mutex_lock(&n->mu);
+    for (;;) {
+        persist_progress_locked(n);
+        if (n->stopping)
+            break;
+        if (n->fatal) {
+            if (!n->fatal_reported) {
+                n->fatal_reported = true;
+                struct node_done_list l = {0};
+                node_props_fail_all_locked(n, n->fatal, &l);
+                pthread_mutex_unlock(&n->mu);
+                node_done_run(&l);
+                pthread_mutex_lock(&n->mu);
+                continue;
+            }
+            pthread_cond_wait(&n->driver_cv, &n->mu);
+            continue;
+        }
+        if (!raft_has_ready(n->r)) {
+            pthread_cond_wait(&n->driver_cv, &n->mu);
+            continue;
+        }
+        struct raft_ready rd;
+        int rc = raft_ready(n->r, &rd);
+        if (rc) {
+            /* Out of memory inside the core; it may already have taken the storage part, so
+             * continuing could acknowledge what was never written. Stop writes instead. */
+            raft_advance(n->r, &rd);
+            node_fail_locked(n, RAFT_NODE_ENOMEM, "raft_ready failed: out of memory");
+            continue;
+        }
+        if (rd.n_committed) {
+            n->apply_to = rd.committed[rd.n_committed - 1].index;
+            pthread_cond_signal(&n->apply_cv);
+        }
+        bool role_changed =
+            rd.role != n->rep_role || rd.term != n->rep_term || rd.leader_id != n->rep_leader;
+        n->rep_role = rd.role;
+        n->rep_term = rd.term;
+        n->rep_leader = rd.leader_id;
+        pthread_mutex_unlock(&n->mu);
+
+        /* Messages first: none of them waits for this ready's write (see the file comment). */
+        node_route_msgs(n, &rd);
+        if (role_changed && n->cfg.on_role)
+            n->cfg.on_role(n->cfg.on_role_arg, n->cfg.id, rd.role, rd.term, rd.leader_id);
+        uint64_t need = 0;
+        int src = rd.persist_seq ? store_ready(n, &rd, &need) : 0;
+
+        pthread_mutex_lock(&n->mu);
+        if (rd.persist_seq && src == 0 && precs_push(n, rd.persist_seq, need))
+            node_fail_locked(n, RAFT_NODE_ENOMEM, "out of memory tracking writes");
+        raft_advance(n->r, &rd);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+/* ---- ticker ---- */
+
+static void *ticker_main(void *arg)
+{
+    struct raft_node *n = arg;
+    int64_t period = (int64_t)n->tick_ms * 1000000;
+    int64_t next = node_now_ns() + period;
+    pthread_mutex_lock(&n->mu);
+    while (!n->stopping) {
+        struct timespec ts;
+        ns_to_ts(next, &ts);
+        pthread_cond_timedwait(&n->tick_cv, &n->mu, &ts);
+        if (n->stopping)
+            break;
+        int64_t now = node_now_ns();
+        if (now < next)
+            continue; /* spurious wake-up */
+        /* One tick per wake-up: after a stall (a paused VM) ticks are not replayed in a burst,
+         * which would fire elections at once (timeouts are lower bounds anyway). */
+        next += period;
+        if (next <= now)
+            next = now + period;
+        if (!n->fatal) {
+            raft_tick(n->r);
+            if (raft_has_ready(n->r))
+                pthread_cond_signal(&n->driver_cv);
+        }
+        /* Proposal timeouts are checked once per tick (heartbeat_ms / 2 granularity). */
+        struct node_done_list l = {0};
+        node_props_expire_locked(n, now, &l);
+        if (l.n) {
+            pthread_mutex_unlock(&n->mu);
+            node_done_run(&l);
+            pthread_mutex_lock(&n->mu);
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+/* ---- start / stop ---- */
+
+static int load_log(struct raft_node *n, struct raft_restore *rs, char *err, size_t errlen)
+{
+    memset(rs, 0, sizeof(*rs));
+    wal_load_hard_state(n->w, &rs->hs);
+    uint64_t first = wal_first_index(n->w), last = wal_last_index(n->w);
+    if (last == 0)
+        return 0;
+    if (first != 1) {
+        /* Log compaction (snapshots) is a later issue; a compacted log cannot be loaded yet. */
+        snprintf(err, errlen, "%s: log starts at %" PRIu64 " and no snapshot support yet",
+                 n->data_dir, first);
+        return RAFT_NODE_EINVAL;
+    }
+    struct raft_entry *all = calloc((size_t)last, sizeof(*all));
+    if (!all) {
+        snprintf(err, errlen, "out of memory loading %" PRIu64 " entries", last);
+        return RAFT_NODE_ENOMEM;
+    }
+    size_t have = 0;
+    while (have < last) {
+        struct raft_entry *chunk;
+        size_t k;
+        int rc = wal_read_range(n->w, have + 1, last, 64u << 20, &chunk, &k);
+        if (rc || k == 0) {
+            snprintf(err, errlen, "%s: reading entry %zu: %s", n->data_dir, have + 1,
+                     rc ? wal_errmsg() : "no entries returned");
+            wal_entries_free(all, have);
+            return RAFT_NODE_EIO;
+        }
+        memcpy(all + have, chunk, k * sizeof(*chunk));
+        free(chunk); /* the payloads now belong to `all` */
+        have += k;
+    }
+    rs->entries = all;
+    rs->n_entries = have;
+    return 0;
+}
+
+static void node_free(struct raft_node *n)
+{
+    if (n->w)
+        wal_close(n->w);
+    raft_free(n->r);
+    node_props_free(&n->props);
+    free(n->peers);
+    free(n->precs);
+    free(n->peer_ids);
+    free(n->data_dir);
+    pthread_cond_destroy(&n->driver_cv);
+    pthread_cond_destroy(&n->apply_cv);
+    pthread_cond_destroy(&n->tick_cv);
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+}
+
+/* Stops whatever threads run, fails the pending proposals and frees the node. */
+static void node_teardown(struct raft_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    n->stopping = true;
+    pthread_cond_broadcast(&n->driver_cv);
+    pthread_cond_broadcast(&n->apply_cv);
+    pthread_cond_broadcast(&n->tick_cv);
+    pthread_mutex_unlock(&n->mu);
+    if (n->ticker_started)
+        pthread_join(n->ticker, NULL);
+    if (n->driver_started)
+        pthread_join(n->driver, NULL);
+    if (n->applier_started)
+        pthread_join(n->applier, NULL);
+    /* The driver is gone, so nothing routes into the outboxes any more. */
+    node_peers_stop(n);
+    struct node_done_list l = {0};
+    pthread_mutex_lock(&n->mu);
+    node_props_fail_all_locked(n, RAFT_NODE_ESHUTDOWN, &l);
+    pthread_mutex_unlock(&n->mu);
+    node_done_run(&l);
+    node_free(n); /* wal_close may still call on_durable: n->mu is alive until after it */
+}
+
+static bool config_ok(const struct raft_node_config *c, char *err, size_t errlen)
+{
+    const char *why = NULL;
+    if (!c->id)
+        why = "id must be nonzero";
+    else if (!c->peers || !c->n_peers || c->n_peers > RAFT_MAX_NODES)
+        why = "peers must list 1..64 members";
+    else if (!c->data_dir || !*c->data_dir)
+        why = "data_dir is required";
+    else if (!c->fsm || !c->fsm->apply || !c->fsm->applied_index)
+        why = "fsm with apply and applied_index is required";
+    else if (!c->transport || !c->transport->send)
+        why = "transport with send is required";
+    else if (c->heartbeat_ms < 2)
+        why = "heartbeat_ms must be at least 2";
+    else if (c->election_ms < 2 * c->heartbeat_ms)
+        why = "election_ms must be at least 2 * heartbeat_ms";
+    else if (!c->max_pending || !c->max_apply_batch || !c->max_entry_bytes)
+        why = "max_pending, max_apply_batch and max_entry_bytes must be nonzero";
+    if (why) {
+        snprintf(err, errlen, "bad node configuration: %s", why);
+        return false;
+    }
+    bool self = false;
+    for (size_t i = 0; i < c->n_peers; i++)
+        self |= c->peers[i] == c->id;
+    if (!self) {
+        snprintf(err, errlen, "bad node configuration: id %" PRIu64 " is not among the peers",
+                 c->id);
+        return false;
+    }
+    return true;
+}
+
+struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *err, size_t errlen)
+{
+    char dummy[8];
+    if (!err) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    if (!cfg_in) {
+        snprintf(err, errlen, "no configuration");
+        return NULL;
+    }
+    struct raft_node_config c = *cfg_in, d;
+    raft_node_config_default(&d);
+    /* 0 = default for the tunables (node.h). */
+    if (!c.heartbeat_ms)
+        c.heartbeat_ms = d.heartbeat_ms;
+    if (!c.election_ms)
+        c.election_ms = d.election_ms;
+    if (!c.max_entry_bytes)
+        c.max_entry_bytes = d.max_entry_bytes;
+    if (!c.max_pending)
+        c.max_pending = d.max_pending;
+    if (!c.max_apply_batch)
+        c.max_apply_batch = d.max_apply_batch;
+    if (!c.wal_segment_bytes)
+        c.wal_segment_bytes = d.wal_segment_bytes;
+    if (!c.outbox_msgs)
+        c.outbox_msgs = d.outbox_msgs;
+    if (!c.outbox_bytes)
+        c.outbox_bytes = d.outbox_bytes;
+    if (!config_ok(&c, err, errlen))
+        return NULL;
+
+    struct raft_node *n = calloc(1, sizeof(*n));
+    if (!n) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&n->mu, NULL);
+    node_cond_init(&n->driver_cv);
+    node_cond_init(&n->apply_cv);
+    node_cond_init(&n->tick_cv);
+    n->peer_ids = malloc(c.n_peers * sizeof(uint64_t));
+    n->data_dir = strdup(c.data_dir);
+    if (!n->peer_ids || !n->data_dir || node_props_init(&n->props, c.max_pending)) {
+        snprintf(err, errlen, "out of memory");
+        node_free(n);
+        return NULL;
+    }
+    memcpy(n->peer_ids, c.peers, c.n_peers * sizeof(uint64_t));
+    c.peers = n->peer_ids;
+    c.data_dir = n->data_dir;
+    n->cfg = c;
+
+    /* Clock mapping: the core counts ticks. One tick is half a heartbeat, so the leader's
+     * heartbeat (heartbeat_tick = 2) fires every heartbeat_ms, and election_tick rounds
+     * election_ms to whole ticks; the core randomises the timeout in [election_ms,
+     * 2 * election_ms) (Raft paper §5.2). Half-heartbeat ticks keep the rounding error of both
+     * below heartbeat_ms / 2. */
+    n->tick_ms = c.heartbeat_ms / 2;
+    struct raft_config rc;
+    raft_config_default(&rc);
+    rc.id = c.id;
+    rc.peers = c.peers;
+    rc.n_peers = c.n_peers;
+    rc.seed = c.seed ? c.seed : (uint64_t)node_now_ns() ^ ((uint64_t)getpid() << 32);
+    rc.heartbeat_tick = 2;
+    rc.election_tick = (c.election_ms + n->tick_ms / 2) / n->tick_ms;
+    if (rc.election_tick <= rc.heartbeat_tick)
+        rc.election_tick = rc.heartbeat_tick + 1;
+    rc.pre_vote = c.pre_vote;
+    rc.check_quorum = c.check_quorum;
+    if (c.max_append_entries)
+        rc.max_append_entries = c.max_append_entries;
+    if (c.max_append_bytes)
+        rc.max_append_bytes = c.max_append_bytes;
+    if (c.max_inflight_msgs)
+        rc.max_inflight_msgs = c.max_inflight_msgs;
+    if (c.max_inflight_bytes)
+        rc.max_inflight_bytes = c.max_inflight_bytes;
+    rc.max_entry_bytes = c.max_entry_bytes;
+
+    struct wal_options wo;
+    wal_options_init(&wo);
+    wo.segment_size = c.wal_segment_bytes;
+    if (wo.max_entry_bytes < c.max_entry_bytes)
+        wo.max_entry_bytes = c.max_entry_bytes;
+    wo.on_durable = node_on_durable;
+    wo.on_durable_arg = n;
+    wo.log = node_on_wal_log;
+    wo.log_arg = n;
+    if (wal_open(&n->w, c.data_dir, &wo, err, errlen)) {
+        n->w = NULL;
+        node_free(n);
+        return NULL;
+    }
+    struct raft_restore rs;
+    int rcode = load_log(n, &rs, err, errlen);
+    if (rcode) {
+        node_free(n);
+        return NULL;
+    }
+    rcode = raft_new(&rc, &rs, &n->r);
+    wal_entries_free((struct raft_entry *)rs.entries, rs.n_entries);
+    if (rcode) {
+        snprintf(err, errlen, "%s: cannot start the core from the stored log: %s", c.data_dir,
+                 raft_strerror(rcode));
+        n->r = NULL;
+        node_free(n);
+        return NULL;
+    }
+    n->wal_last = wal_last_index(n->w);
+    struct raft_status st;
+    raft_status_get(n->r, &st);
+    n->rep_role = st.role;
+    n->rep_term = st.term;
+    n->rep_leader = st.leader_id;
+
+    /* A state machine that keeps its data (and applied index) across restarts replays only the
+     * tail of the log (fsm.h); an in-memory one returns 0 and replays everything. */
+    n->applied = c.fsm->applied_index(c.fsm->ctx);
+    const struct raft_entry *e = n->applied ? raft_log_get(n->r, n->applied) : NULL;
+    n->applied_term = e ? e->term : 0;
+
+    int prc = node_peers_start(n);
+    if (prc == 0 && pthread_create(&n->driver, NULL, driver_main, n) == 0)
+        n->driver_started = true;
+    if (n->driver_started && node_applier_start(n) == 0)
+        n->applier_started = true;
+    if (n->applier_started && pthread_create(&n->ticker, NULL, ticker_main, n) == 0)
+        n->ticker_started = true;
+    if (!n->ticker_started) {
+        snprintf(err, errlen, "cannot start the node's threads");
+        node_teardown(n);
+        return NULL;
+    }
+    return n;
+}
+
+void raft_node_stop(struct raft_node *n)
+{
+    if (n)
+        node_teardown(n);
+}
+
+/* ---- small entry points ---- */
+
+void raft_node_step(struct raft_node *n, const struct raft_msg *m)
+{
+    if (!n || !m)
+        return;
+    pthread_mutex_lock(&n->mu);
+    if (!n->stopping && !n->fatal) {
+        raft_step(n->r, m); /* bad input is refused by the core with an error code: dropped */
+        if (raft_has_ready(n->r))
+            pthread_cond_signal(&n->driver_cv);
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+int raft_node_transfer_leader(struct raft_node *n, uint64_t to)
+{
+    if (!n)
+        return RAFT_NODE_EINVAL;
+    pthread_mutex_lock(&n->mu);
+    int rc;
+    if (n->stopping)
+        rc = RAFT_NODE_ESHUTDOWN;
+    else if (n->fatal)
+        rc = RAFT_NODE_EIO;
+    else {
+        rc = raft_transfer_leader(n->r, to);
+        switch (rc) {
+        case RAFT_OK: break;
+        case RAFT_ENOTLEADER: rc = RAFT_NODE_ENOTLEADER; break;
+        default: rc = RAFT_NODE_EINVAL; break;
+        }
+        if (raft_has_ready(n->r))
+            pthread_cond_signal(&n->driver_cv);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return rc;
+}
+
+void raft_node_status_get(struct raft_node *n, struct raft_node_status *st)
+{
+    memset(st, 0, sizeof(*st));
+    pthread_mutex_lock(&n->mu);
+    raft_status_get(n->r, &st->core);
+    st->applied_index = n->applied;
+    st->durable_index = wal_durable_index(n->w);
+    st->pending = (uint32_t)n->props.count;
+    pthread_mutex_unlock(&n->mu);
+}

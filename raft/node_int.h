@@ -1,0 +1,148 @@
+/* node_int.h: the state of one craft node and the helpers its files share (node_core.c: start,
+ * stop, driver, ticker; node_peer.c: outboxes and replicators; node_prop.c: proposals and the
+ * applier). Not part of the contract (node.h is); nothing outside raft/node_*.c includes this.
+ *
+ * Locks (docs/node.md has the full picture):
+ *   n->mu      the node mutex: the core (struct raft), the proposal table, the applier cursor,
+ *              the persist records' companion state, flags. Never held while calling into the WAL
+ *              (except wal_durable_index, a lock-free atomic read), the transport, the state
+ *              machine or a user callback.
+ *   peer->mu   one per peer: that peer's outbox only. Never held together with n->mu.
+ * The WAL writer's on_durable callback takes n->mu; that cannot deadlock because no thread holding
+ * n->mu ever waits for the writer (wal_truncate_suffix, wal_close and friends are called with no
+ * node lock held). */
+#ifndef CRAFT_RAFT_NODE_INT_H
+#define CRAFT_RAFT_NODE_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "raft/node.h"
+#include "raft/wal.h"
+
+/* ---- proposals (node_prop.c) ---- */
+
+/* A proposal accepted by the core and not yet completed. It sits in a hash table by log index
+ * (several may share an index after leader changes: each is told apart by its term) and, when it
+ * has a timeout, in a min-heap by deadline. Whoever removes it from the table under n->mu owns its
+ * completion: that is what makes completion exactly-once. */
+struct node_prop {
+    uint64_t index, term;
+    int64_t deadline_ns; /* CLOCK_MONOTONIC; 0 = no timeout */
+    size_t heap_pos;     /* SIZE_MAX when not in the heap */
+    raft_node_done_fn cb;
+    void *arg;
+    struct node_prop *next; /* hash chain */
+};
+
+struct node_props {
+    struct node_prop **buckets;
+    size_t mask; /* buckets - 1, a power of two minus one */
+    struct node_prop **heap;
+    size_t n_heap, cap_heap;
+    size_t count;
+};
+
+/* A completion decided under n->mu, run after it is released. */
+struct node_done {
+    struct node_prop *p;
+    int err;
+    uint64_t index;
+    struct raft_fsm_result res;
+};
+
+struct node_done_list {
+    struct node_done *v;
+    size_t n, cap;
+};
+
+/* ---- peers (node_peer.c) ---- */
+
+struct node_peer {
+    struct raft_node *node;
+    uint64_t id;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+    /* The outbox: deep copies of messages waiting for the replicator, oldest first. */
+    struct raft_msg *box;
+    size_t n, cap;
+    size_t bytes;     /* payload bytes in box */
+    uint64_t dropped; /* messages dropped because the outbox overflowed */
+};
+
+/* A ready whose storage work has been handed to the WAL: it is durable once the WAL's durable
+ * index reaches `need` (its hard state, if any, was saved synchronously before this record). */
+struct node_persist {
+    uint64_t seq;
+    uint64_t need;
+};
+
+struct raft_node {
+    struct raft_node_config cfg; /* defaults filled; peers and data_dir point at our copies */
+    uint64_t *peer_ids;
+    char *data_dir;
+    unsigned tick_ms;
+
+    pthread_mutex_t mu;
+    pthread_cond_t driver_cv; /* the driver: core has work, WAL made progress, stop */
+    pthread_cond_t apply_cv;  /* the applier: more committed entries, stop */
+    pthread_cond_t tick_cv;   /* the ticker: stop */
+
+    struct raft *r;
+    struct wal *w;
+    bool stopping;
+    int fatal;            /* 0, or the RAFT_NODE_E* code that stopped the node (EIO) */
+    bool fatal_reported;  /* pending proposals were failed after `fatal` was set */
+    uint64_t durable_gen; /* bumped by every on_durable: the driver's back-pressure wait */
+
+    /* Driver-only state (no lock needed: only the driver thread touches it). */
+    struct node_persist *precs;
+    size_t n_precs, cap_precs;
+    uint64_t wal_last; /* last index handed to the WAL */
+    uint8_t rep_role;
+    uint64_t rep_term, rep_leader;
+
+    /* Applier cursor (n->mu). */
+    uint64_t apply_to;     /* highest committed index the core has handed out */
+    uint64_t applied;      /* highest index handed to the state machine (or skipped) */
+    uint64_t applied_term; /* term of that entry (0 if unknown) */
+
+    struct node_props props;
+
+    struct node_peer *peers; /* every member but this one */
+    size_t n_peers;
+
+    pthread_t driver, applier, ticker;
+    bool driver_started, applier_started, ticker_started;
+};
+
+/* node_core.c */
+int64_t node_now_ns(void);
+void node_cond_init(pthread_cond_t *cv); /* CLOCK_MONOTONIC */
+void node_log(struct raft_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* n->mu held: stop accepting writes after a storage or state machine failure. */
+void node_fail_locked(struct raft_node *n, int code, const char *what);
+
+/* node_peer.c */
+int node_peers_start(struct raft_node *n);
+void node_peers_stop(struct raft_node *n);
+/* Driver: copy rd's messages into the outboxes (no lock held). */
+void node_route_msgs(struct raft_node *n, const struct raft_ready *rd);
+
+/* node_prop.c */
+int node_props_init(struct node_props *t, uint32_t max_pending);
+void node_props_free(struct node_props *t);
+/* n->mu held: move every pending proposal to `out` with error `err`. */
+void node_props_fail_all_locked(struct raft_node *n, int err, struct node_done_list *out);
+/* n->mu held: move proposals whose deadline passed to `out` (RAFT_NODE_ETIMEDOUT). */
+void node_props_expire_locked(struct raft_node *n, int64_t now, struct node_done_list *out);
+/* No lock held: run the completions and free them. */
+void node_done_run(struct node_done_list *l);
+int node_applier_start(struct raft_node *n);
+
+#endif

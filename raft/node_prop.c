@@ -1,0 +1,480 @@
+/* node_prop.c: proposals (the pending table, timeouts, completion) and the applier thread.
+ *
+ * Exactly-once completion: a proposal lives in the pending table from the moment the core accepts
+ * it (same critical section as raft_propose) until one thread removes it under n->mu - the applier
+ * (applied: success, or ELOST when another entry committed at its index), the ticker (timeout),
+ * the driver (storage failure) or raft_node_stop (shutdown). The remover runs the callback after
+ * dropping n->mu. A proposal that timed out and commits later is simply not found any more.
+ *
+ * Leadership changes: a proposal stays pending when its node steps down, because the entry may
+ * still commit (a new leader may have it: Raft paper §5.4.2 / Figure 8). It is decided when its
+ * index is applied - success if the applied entry has the proposal's term, ELOST if not - or
+ * earlier, as soon as an entry of a higher term is applied at a lower index: terms never decrease
+ * along the log, so every later index then holds a term above the proposal's (Log Matching,
+ * §5.3). Its timeout, if any, still bounds the wait when the cluster cannot commit at all.
+ *
+ * The applier copies up to max_apply_batch committed entries out of the core's in-memory log
+ * under n->mu (no queue of its own to bound: the core already holds them), applies them without
+ * any lock, then completes the matching proposals. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "raft/node_int.h"
+
+/* ---- the pending table ---- */
+
+int node_props_init(struct node_props *t, uint32_t max_pending)
+{
+    memset(t, 0, sizeof(*t));
+    size_t nb = 64;
+    while (nb < max_pending / 2 && nb < (1u << 20))
+        nb *= 2;
+    t->buckets = calloc(nb, sizeof(*t->buckets));
+    if (!t->buckets)
+        return RAFT_NODE_ENOMEM;
+    t->mask = nb - 1;
+    return 0;
+}
+
+void node_props_free(struct node_props *t)
+{
+    /* Only called once every proposal has been completed (raft_node_stop fails them all). */
+    free(t->buckets);
+    free(t->heap);
+    memset(t, 0, sizeof(*t));
+}
+
+static size_t bucket_of(const struct node_props *t, uint64_t index)
+{
+    return (size_t)((index * 0x9E3779B97F4A7C15ull) >> 32) & t->mask;
+}
+
+static void heap_swap(struct node_props *t, size_t a, size_t b)
+{
+    struct node_prop *x = t->heap[a];
+    t->heap[a] = t->heap[b];
+    t->heap[b] = x;
+    t->heap[a]->heap_pos = a;
+    t->heap[b]->heap_pos = b;
+}
+
+static void heap_up(struct node_props *t, size_t i)
+{
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (t->heap[up]->deadline_ns <= t->heap[i]->deadline_ns)
+            break;
+        heap_swap(t, i, up);
+        i = up;
+    }
+}
+
+static void heap_down(struct node_props *t, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < t->n_heap && t->heap[l]->deadline_ns < t->heap[m]->deadline_ns)
+            m = l;
+        if (r < t->n_heap && t->heap[r]->deadline_ns < t->heap[m]->deadline_ns)
+            m = r;
+        if (m == i)
+            return;
+        heap_swap(t, i, m);
+        i = m;
+    }
+}
+
+static int props_insert(struct node_props *t, struct node_prop *p)
+{
+    if (p->deadline_ns) {
+        if (t->n_heap == t->cap_heap) {
+            size_t cap = t->cap_heap ? t->cap_heap * 2 : 64;
+            struct node_prop **h = realloc(t->heap, cap * sizeof(*h));
+            if (!h)
+                return RAFT_NODE_ENOMEM;
+            t->heap = h;
+            t->cap_heap = cap;
+        }
+        p->heap_pos = t->n_heap;
+        t->heap[t->n_heap++] = p;
+        heap_up(t, p->heap_pos);
+    } else {
+        p->heap_pos = SIZE_MAX;
+    }
+    size_t b = bucket_of(t, p->index);
+    p->next = t->buckets[b];
+    t->buckets[b] = p;
+    t->count++;
+    return 0;
+}
+
+static void props_remove(struct node_props *t, struct node_prop *p)
+{
+    struct node_prop **pp = &t->buckets[bucket_of(t, p->index)];
+    while (*pp != p)
+        pp = &(*pp)->next;
+    *pp = p->next;
+    if (p->heap_pos != SIZE_MAX) {
+        size_t i = p->heap_pos;
+        t->n_heap--;
+        if (i != t->n_heap) {
+            t->heap[i] = t->heap[t->n_heap];
+            t->heap[i]->heap_pos = i;
+            heap_down(t, i);
+            heap_up(t, i);
+        }
+        p->heap_pos = SIZE_MAX;
+    }
+    t->count--;
+}
+
+static void done_push(struct node_done_list *l, struct node_prop *p, int err, uint64_t index,
+                      struct raft_fsm_result *res)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        struct node_done *v = realloc(l->v, cap * sizeof(*v));
+        if (!v) {
+            /* Cannot defer: complete in place. Callers hold n->mu, so this breaks the "no lock
+             * in callbacks" rule only under memory exhaustion, never exactly-once. */
+            struct raft_fsm_result zero = {0};
+            p->cb(p->arg, err, index, 0, res ? res : &zero);
+            if (res)
+                free(res->data);
+            free(p);
+            return;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    struct node_done *d = &l->v[l->n++];
+    d->p = p;
+    d->err = err;
+    d->index = index;
+    if (res) {
+        d->res = *res;
+        res->data = NULL; /* moved */
+    } else {
+        memset(&d->res, 0, sizeof(d->res));
+    }
+}
+
+void node_done_run(struct node_done_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        struct node_done *d = &l->v[i];
+        d->p->cb(d->p->arg, d->err, d->index, 0, &d->res);
+        free(d->res.data); /* NULL if the proposer stole it */
+        free(d->p);
+    }
+    free(l->v);
+    memset(l, 0, sizeof(*l));
+}
+
+void node_props_fail_all_locked(struct raft_node *n, int err, struct node_done_list *out)
+{
+    struct node_props *t = &n->props;
+    for (size_t b = 0; b <= t->mask && t->count; b++) {
+        while (t->buckets[b]) {
+            struct node_prop *p = t->buckets[b];
+            props_remove(t, p);
+            done_push(out, p, err, p->index, NULL);
+        }
+    }
+}
+
+void node_props_expire_locked(struct raft_node *n, int64_t now, struct node_done_list *out)
+{
+    struct node_props *t = &n->props;
+    while (t->n_heap && t->heap[0]->deadline_ns <= now) {
+        struct node_prop *p = t->heap[0];
+        props_remove(t, p);
+        done_push(out, p, RAFT_NODE_ETIMEDOUT, p->index, NULL);
+    }
+}
+
+/* ---- proposing ---- */
+
+int raft_node_propose(struct raft_node *n, const void *data, size_t len, int timeout_ms,
+                      raft_node_done_fn cb, void *arg, uint64_t *leader_id)
+{
+    if (leader_id)
+        *leader_id = 0;
+    if (!n || !cb || (len && !data))
+        return RAFT_NODE_EINVAL;
+    if (len > n->cfg.max_entry_bytes)
+        return RAFT_NODE_ETOOBIG;
+    struct node_prop *p = calloc(1, sizeof(*p));
+    if (!p)
+        return RAFT_NODE_ENOMEM;
+    p->cb = cb;
+    p->arg = arg;
+    if (timeout_ms > 0)
+        p->deadline_ns = node_now_ns() + (int64_t)timeout_ms * 1000000;
+
+    int rc;
+    uint64_t hint = 0;
+    pthread_mutex_lock(&n->mu);
+    if (n->stopping) {
+        rc = RAFT_NODE_ESHUTDOWN;
+    } else if (n->fatal) {
+        rc = RAFT_NODE_EIO;
+    } else if (n->props.count >= n->cfg.max_pending) {
+        rc = RAFT_NODE_EBUSY;
+    } else {
+        rc = raft_propose(n->r, RAFT_ENTRY_NORMAL, data, (uint32_t)len, &p->index, &p->term,
+                          &hint);
+        switch (rc) {
+        case RAFT_OK:
+            rc = props_insert(&n->props, p);
+            /* On ENOMEM the entry is in the log but nobody waits for it: harmless. */
+            pthread_cond_signal(&n->driver_cv);
+            break;
+        case RAFT_ENOTLEADER: rc = RAFT_NODE_ENOTLEADER; break;
+        case RAFT_EBUSY: rc = RAFT_NODE_EBUSY; break;
+        case RAFT_ETOOBIG: rc = RAFT_NODE_ETOOBIG; break;
+        case RAFT_ENOMEM: rc = RAFT_NODE_ENOMEM; break;
+        default: rc = RAFT_NODE_EINVAL; break;
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    if (rc) {
+        free(p);
+        if (rc == RAFT_NODE_ENOTLEADER && leader_id)
+            *leader_id = hint;
+    }
+    return rc;
+}
+
+struct node_waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int err;
+    uint64_t index;
+    struct raft_fsm_result res;
+};
+
+static void waiter_done(void *arg, int err, uint64_t index, uint64_t leader_id,
+                        struct raft_fsm_result *res)
+{
+    (void)leader_id;
+    struct node_waiter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->err = err;
+    w->index = index;
+    if (res) {
+        w->res = *res;
+        res->data = NULL; /* the waiter owns it now */
+    }
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int raft_node_propose_wait(struct raft_node *n, const void *data, size_t len, int timeout_ms,
+                           struct raft_fsm_result *res, uint64_t *index, uint64_t *leader_id)
+{
+    struct node_waiter w = {.done = false};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    int rc = raft_node_propose(n, data, len, timeout_ms, waiter_done, &w, leader_id);
+    if (rc == 0) {
+        /* The proposal's own timeout (enforced by the ticker) bounds this wait. */
+        pthread_mutex_lock(&w.mu);
+        while (!w.done)
+            pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+        rc = w.err;
+        if (index)
+            *index = w.index;
+        if (res)
+            *res = w.res;
+        else
+            free(w.res.data);
+    }
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    return rc;
+}
+
+/* ---- the applier ---- */
+
+/* n->mu held: after entry (index, term) was applied, decide the proposals it settles. */
+static void settle_locked(struct raft_node *n, uint64_t index, uint64_t term,
+                          struct raft_fsm_result *res, struct node_done_list *out)
+{
+    struct node_props *t = &n->props;
+    struct node_prop **pp = &t->buckets[bucket_of(t, index)];
+    bool used = false;
+    while (*pp) {
+        struct node_prop *p = *pp;
+        if (p->index != index) {
+            pp = &p->next;
+            continue;
+        }
+        props_remove(t, p); /* unlinks *pp: do not advance */
+        if (p->term == term && !used) {
+            done_push(out, p, 0, index, res);
+            used = true;
+        } else {
+            done_push(out, p, RAFT_NODE_ELOST, index, NULL);
+        }
+    }
+}
+
+/* n->mu held: an entry of `term` was applied; every pending proposal of a lower term sits at a
+ * higher index (lower ones were settled) that must now hold a term >= `term`: it is lost. */
+static void settle_lower_terms_locked(struct raft_node *n, uint64_t term,
+                                      struct node_done_list *out)
+{
+    struct node_props *t = &n->props;
+    for (size_t b = 0; b <= t->mask && t->count; b++) {
+        struct node_prop **pp = &t->buckets[b];
+        while (*pp) {
+            struct node_prop *p = *pp;
+            if (p->term < term) {
+                props_remove(t, p);
+                done_push(out, p, RAFT_NODE_ELOST, p->index, NULL);
+            } else {
+                pp = &p->next;
+            }
+        }
+    }
+}
+
+/* A batch of committed entries copied out of the core: one allocation for the entries (all of
+ * them, for settling) and one blob for the NORMAL payloads passed to the state machine. */
+struct apply_batch {
+    struct raft_entry *all; /* lo..hi, payloads not copied (data NULL) */
+    struct raft_entry *normal;
+    size_t n_all, n_normal;
+    uint8_t *blob;
+};
+
+/* n->mu held. */
+static int batch_copy_locked(struct raft_node *n, uint64_t lo, uint64_t hi, struct apply_batch *b)
+{
+    memset(b, 0, sizeof(*b));
+    size_t cnt = (size_t)(hi - lo + 1), bytes = 0, nn = 0;
+    for (uint64_t i = lo; i <= hi; i++) {
+        const struct raft_entry *e = raft_log_get(n->r, i);
+        if (!e)
+            return RAFT_NODE_EIO; /* committed entries are never dropped: cannot happen */
+        if (e->type == RAFT_ENTRY_NORMAL) {
+            bytes += e->len;
+            nn++;
+        }
+    }
+    b->all = calloc(cnt, sizeof(*b->all));
+    b->normal = nn ? calloc(nn, sizeof(*b->normal)) : NULL;
+    b->blob = bytes ? malloc(bytes) : NULL;
+    if (!b->all || (nn && !b->normal) || (bytes && !b->blob)) {
+        free(b->all);
+        free(b->normal);
+        free(b->blob);
+        return RAFT_NODE_ENOMEM;
+    }
+    uint8_t *p = b->blob;
+    for (uint64_t i = lo; i <= hi; i++) {
+        const struct raft_entry *e = raft_log_get(n->r, i);
+        struct raft_entry *a = &b->all[b->n_all++];
+        *a = *e;
+        a->data = NULL;
+        if (e->type == RAFT_ENTRY_NORMAL) {
+            struct raft_entry *x = &b->normal[b->n_normal++];
+            *x = *e;
+            if (e->len) {
+                memcpy(p, e->data, e->len);
+                x->data = p;
+                p += e->len;
+            } else {
+                x->data = NULL;
+            }
+        }
+    }
+    return 0;
+}
+
+static void batch_free(struct apply_batch *b)
+{
+    free(b->all);
+    free(b->normal);
+    free(b->blob);
+}
+
+static void *applier_main(void *arg)
+{
+    struct raft_node *n = arg;
+    struct raft_fsm *fsm = n->cfg.fsm;
+    struct raft_fsm_result *results = calloc(n->cfg.max_apply_batch, sizeof(*results));
+    pthread_mutex_lock(&n->mu);
+    if (!results)
+        node_fail_locked(n, RAFT_NODE_ENOMEM, "out of memory starting the applier");
+    for (;;) {
+        while (!n->stopping && !n->fatal && n->apply_to <= n->applied)
+            pthread_cond_wait(&n->apply_cv, &n->mu);
+        if (n->stopping || n->fatal)
+            break;
+        uint64_t lo = n->applied + 1, hi = n->apply_to;
+        if (hi - lo + 1 > n->cfg.max_apply_batch)
+            hi = lo + n->cfg.max_apply_batch - 1;
+        struct apply_batch b;
+        int rc = batch_copy_locked(n, lo, hi, &b);
+        if (rc) {
+            node_fail_locked(n, rc, "applier: cannot copy committed entries");
+            break;
+        }
+        pthread_mutex_unlock(&n->mu);
+
+        if (b.n_normal) {
+            memset(results, 0, b.n_normal * sizeof(*results));
+            rc = fsm->apply(fsm->ctx, b.normal, b.n_normal, hi, results);
+        }
+
+        pthread_mutex_lock(&n->mu);
+        if (rc < 0) {
+            /* fsm.h: a failing apply is fatal; the state machine is now behind the log. */
+            for (size_t i = 0; i < b.n_normal; i++)
+                free(results[i].data);
+            batch_free(&b);
+            node_fail_locked(n, RAFT_NODE_EIO, "state machine apply() failed");
+            break;
+        }
+        struct node_done_list l = {0};
+        size_t k = 0; /* position in results (NORMAL entries only) */
+        for (size_t i = 0; i < b.n_all; i++) {
+            const struct raft_entry *e = &b.all[i];
+            struct raft_fsm_result *res = e->type == RAFT_ENTRY_NORMAL ? &results[k++] : NULL;
+            if (n->props.count)
+                settle_locked(n, e->index, e->term, res, &l);
+            if (res) {
+                free(res->data); /* nobody waited for it here (NULL when moved) */
+                res->data = NULL;
+            }
+        }
+        uint64_t last_term = b.all[b.n_all - 1].term;
+        if (last_term > n->applied_term) {
+            if (n->props.count)
+                settle_lower_terms_locked(n, last_term, &l);
+            n->applied_term = last_term;
+        }
+        n->applied = hi;
+        raft_applied(n->r, hi);
+        batch_free(&b);
+        if (l.n) {
+            pthread_mutex_unlock(&n->mu);
+            node_done_run(&l);
+            pthread_mutex_lock(&n->mu);
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    free(results);
+    return NULL;
+}
+
+int node_applier_start(struct raft_node *n)
+{
+    return pthread_create(&n->applier, NULL, applier_main, n) ? RAFT_NODE_ENOMEM : 0;
+}

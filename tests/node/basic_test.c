@@ -1,0 +1,124 @@
+/* basic_test.c: a 3-member cluster elects exactly one leader; 10,000 concurrent proposals commit
+ * and every member applies the same sequence. */
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/node/cluster.h"
+
+TestSuite(node_basic, .timeout = 120);
+
+Test(node_basic, three_members_elect_exactly_one_leader)
+{
+    struct cluster c;
+    cluster_init(&c, 3, 50, 300);
+    cluster_start_all(&c);
+    int l = cluster_wait_leader(&c, 5000);
+    cr_assert_geq(l, 0, "no leader within 5 s");
+    uint64_t lid = c.m[l].id;
+
+    /* Exactly one member is leader and the others follow it, as seen by the nodes themselves. */
+    int leaders = 0;
+    for (size_t i = 0; i < 3; i++) {
+        struct raft_node_status st;
+        cr_assert(cluster_status(&c, i, &st));
+        leaders += st.core.role == RAFT_LEADER;
+        if (st.core.role != RAFT_LEADER)
+            cr_assert_eq(st.core.leader_id, lid, "member %zu follows %" PRIu64 ", not %" PRIu64, i,
+                         st.core.leader_id, lid);
+    }
+    cr_assert_eq(leaders, 1);
+
+    /* The leader's no-op commits everywhere (it needs a majority of fsyncs). */
+    struct raft_node_status st;
+    for (int tries = 0; tries < 500; tries++) {
+        cr_assert(cluster_status(&c, (size_t)l, &st));
+        if (st.core.commit_index >= 1)
+            break;
+        cluster_wait_role_event(&c, cluster_role_gen(&c), 10); /* bounded poll */
+    }
+    cr_assert_geq(st.core.commit_index, 1);
+    cr_assert_geq(st.durable_index, 1);
+    cluster_destroy(&c);
+}
+
+Test(node_basic, ten_thousand_proposals_same_sequence_everywhere)
+{
+    struct cluster c;
+    cluster_init(&c, 3, 50, 300);
+    cluster_start_all(&c);
+    cr_assert_geq(cluster_wait_leader(&c, 5000), 0);
+
+    const size_t total = 10000;
+    struct loadgen lg;
+    int64_t t0 = cl_now_ms();
+    loadgen_start(&lg, &c, 8, 64, total, 20000);
+    cr_assert(loadgen_wait_acked(&lg, total, 60000), "only %zu of %zu acknowledged",
+              loadgen_acked(&lg), total);
+    int64_t ms = cl_now_ms() - t0;
+    loadgen_stop(&lg);
+    cr_log_info("%zu proposals in %" PRId64 " ms (%.0f/s)", total, ms, total * 1000.0 / (ms ? ms : 1));
+
+    size_t failed = 0;
+    for (int k = 0; k < 16; k++)
+        failed += lg.errs[k];
+    cr_assert_eq(failed, 0, "%zu proposals failed in a stable cluster", failed);
+    cr_assert_eq(lg.bad_result, 0, "a completion carried another proposal's result");
+    cr_assert(loadgen_exactly_once(&lg));
+    cr_assert_eq(lg.n_acked, total);
+
+    /* Every member applies the same sequence: same ids at the same indexes, same checksum. */
+    size_t n0 = 0;
+    uint64_t *idx0 = NULL, *ids0 = NULL;
+    for (size_t i = 0; i < 3; i++) {
+        cr_assert(memfsm_wait_count(c.m[i].fsm, total, 20000), "member %zu applied %zu", i,
+                  memfsm_count(c.m[i].fsm));
+        size_t n;
+        uint64_t *idx, *ids = memfsm_ids(c.m[i].fsm, &n, &idx);
+        cr_assert_eq(n, total, "member %zu applied %zu entries", i, n);
+        cr_assert_neq(memfsm_checksum(c.m[i].fsm), 0, "member %zu saw entries out of order", i);
+        if (i == 0) {
+            ids0 = ids;
+            idx0 = idx;
+            n0 = n;
+        } else {
+            cr_assert_eq(n, n0);
+            cr_assert_eq(memcmp(ids, ids0, n * sizeof(*ids)), 0, "member %zu differs", i);
+            cr_assert_eq(memcmp(idx, idx0, n * sizeof(*idx)), 0, "member %zu differs", i);
+            cr_assert_eq(memfsm_checksum(c.m[i].fsm), memfsm_checksum(c.m[0].fsm));
+            free(ids);
+            free(idx);
+        }
+    }
+    /* And each acknowledged proposal is in it exactly once, at the index it was told. */
+    uint8_t *seen = calloc(lg.next_id + 1, 1);
+    for (size_t k = 0; k < n0; k++) {
+        cr_assert(ids0[k] >= 1 && ids0[k] <= lg.next_id);
+        cr_assert_eq(seen[ids0[k]]++, 0, "id %" PRIu64 " applied twice", ids0[k]);
+    }
+    for (size_t k = 0; k < lg.n_acked; k++) {
+        cr_assert(seen[lg.acked[k]]);
+        size_t lo = 0, hi = n0; /* idx0 is increasing: binary search the acked index */
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (idx0[mid] < lg.acked_index[k])
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        cr_assert(lo < n0 && idx0[lo] == lg.acked_index[k] && ids0[lo] == lg.acked[k],
+                  "acked id %" PRIu64 " not at its index %" PRIu64, lg.acked[k],
+                  lg.acked_index[k]);
+    }
+    size_t calls, maxb;
+    memfsm_batches(c.m[0].fsm, &calls, &maxb);
+    cr_log_info("member 1: %zu apply calls, largest batch %zu", calls, maxb);
+    cr_assert_leq(maxb, 1024);
+    free(seen);
+    free(ids0);
+    free(idx0);
+    loadgen_free(&lg);
+    cluster_destroy(&c);
+}

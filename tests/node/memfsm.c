@@ -1,0 +1,191 @@
+/* memfsm.c: see memfsm.h. */
+#include "tests/node/memfsm.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct memfsm {
+    struct raft_fsm fsm;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t *ids, *idx;
+    size_t n, cap;
+    uint64_t last_index, prev_index;
+    uint64_t checksum;
+    size_t calls, max_batch;
+    bool order_error;
+};
+
+static int mf_apply(void *ctx, const struct raft_entry *e, size_t n, uint64_t last_index,
+                    struct raft_fsm_result *res)
+{
+    struct memfsm *m = ctx;
+    pthread_mutex_lock(&m->mu);
+    if (m->n + n > m->cap) {
+        size_t cap = m->cap ? m->cap : 1024;
+        while (cap < m->n + n)
+            cap *= 2;
+        uint64_t *a = realloc(m->ids, cap * sizeof(*a));
+        if (a)
+            m->ids = a;
+        uint64_t *b = realloc(m->idx, cap * sizeof(*b));
+        if (b)
+            m->idx = b;
+        if (!a || !b) {
+            pthread_mutex_unlock(&m->mu);
+            return -ENOMEM;
+        }
+        m->cap = cap;
+    }
+    m->calls++;
+    if (n > m->max_batch)
+        m->max_batch = n;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t id = 0;
+        if (e[i].len >= 8)
+            memcpy(&id, e[i].data, 8);
+        /* fsm.h: strictly increasing indexes, NORMAL only. */
+        if (e[i].index <= m->prev_index || e[i].type != RAFT_ENTRY_NORMAL)
+            m->order_error = true;
+        m->prev_index = e[i].index;
+        m->ids[m->n] = id;
+        m->idx[m->n] = e[i].index;
+        m->n++;
+        m->checksum = (m->checksum ^ id ^ (e[i].index << 40)) * 0x100000001B3ull;
+        res[i].code = 0;
+        res[i].data = malloc(8);
+        if (res[i].data) {
+            memcpy(res[i].data, &id, 8);
+            res[i].len = 8;
+        }
+    }
+    if (last_index < e[n - 1].index)
+        m->order_error = true;
+    m->last_index = last_index;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    return 0;
+}
+
+static uint64_t mf_applied_index(void *ctx)
+{
+    (void)ctx;
+    return 0; /* nothing survives a restart */
+}
+
+struct memfsm *memfsm_new(void)
+{
+    struct memfsm *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->cv, &a);
+    pthread_condattr_destroy(&a);
+    m->fsm.ctx = m;
+    m->fsm.apply = mf_apply;
+    m->fsm.applied_index = mf_applied_index;
+    return m;
+}
+
+void memfsm_free(struct memfsm *m)
+{
+    if (!m)
+        return;
+    free(m->ids);
+    free(m->idx);
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+struct raft_fsm *memfsm_fsm(struct memfsm *m)
+{
+    return &m->fsm;
+}
+
+static bool wait_until(struct memfsm *m, size_t count, uint64_t index, int timeout_ms)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    dl.tv_sec += dl.tv_nsec / 1000000000L;
+    dl.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&m->mu);
+    int rc = 0;
+    while ((m->n < count || m->last_index < index) && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&m->cv, &m->mu, &dl);
+    bool ok = m->n >= count && m->last_index >= index;
+    pthread_mutex_unlock(&m->mu);
+    return ok;
+}
+
+bool memfsm_wait_count(struct memfsm *m, size_t count, int timeout_ms)
+{
+    return wait_until(m, count, 0, timeout_ms);
+}
+
+bool memfsm_wait_index(struct memfsm *m, uint64_t index, int timeout_ms)
+{
+    return wait_until(m, 0, index, timeout_ms);
+}
+
+size_t memfsm_count(struct memfsm *m)
+{
+    pthread_mutex_lock(&m->mu);
+    size_t n = m->n;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
+uint64_t memfsm_last_index(struct memfsm *m)
+{
+    pthread_mutex_lock(&m->mu);
+    uint64_t v = m->last_index;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+uint64_t memfsm_checksum(struct memfsm *m)
+{
+    pthread_mutex_lock(&m->mu);
+    uint64_t v = m->order_error ? 0 : m->checksum;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+uint64_t *memfsm_ids(struct memfsm *m, size_t *n, uint64_t **idx)
+{
+    pthread_mutex_lock(&m->mu);
+    *n = m->n;
+    uint64_t *a = malloc((m->n ? m->n : 1) * sizeof(*a));
+    if (a && m->n)
+        memcpy(a, m->ids, m->n * sizeof(*a));
+    if (idx) {
+        *idx = malloc((m->n ? m->n : 1) * sizeof(**idx));
+        if (*idx && m->n)
+            memcpy(*idx, m->idx, m->n * sizeof(**idx));
+    }
+    pthread_mutex_unlock(&m->mu);
+    return a;
+}
+
+void memfsm_batches(struct memfsm *m, size_t *calls, size_t *max_batch)
+{
+    pthread_mutex_lock(&m->mu);
+    *calls = m->calls;
+    *max_batch = m->max_batch;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void memfsm_payload(uint8_t *buf, size_t len, uint64_t id)
+{
+    memset(buf, (int)(id & 0xff), len);
+    memcpy(buf, &id, 8);
+}

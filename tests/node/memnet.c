@@ -1,0 +1,355 @@
+/* memnet.c: see memnet.h. One mutex for the whole network (tests are small); each endpoint has a
+ * delivery thread that steps messages into its node with the mutex released. */
+#include "tests/node/memnet.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Inbound bound per endpoint: beyond it send() waits up to MEMNET_SEND_WAIT_MS and then fails,
+ * as a real transport with a full window would (transport.h: "may block for a bounded time"). */
+#define MEMNET_QUEUE_MAX 2048
+#define MEMNET_SEND_WAIT_MS 100
+
+struct batch {
+    struct batch *next;
+    size_t n;
+    struct raft_msg *m; /* deep copies; entries of each in one allocation */
+};
+
+struct endpoint {
+    struct memnet *net;
+    uint64_t id;
+    struct raft_transport tr;
+    struct raft_node *node;
+    bool partitioned, stalled, in_step, stop;
+    struct batch *head, *tail;
+    size_t queued; /* messages in the queue */
+    pthread_cond_t cv;    /* delivery thread: work or stop */
+    pthread_cond_t space; /* senders: room in the queue */
+    pthread_cond_t idle;  /* detach: no step running */
+    pthread_t thread;
+};
+
+struct memnet {
+    pthread_mutex_t mu;
+    struct endpoint *ep[MEMNET_MAX];
+    size_t n_ep;
+    unsigned drop_permille;
+    uint64_t rng;
+    struct memnet_stats st;
+};
+
+static void cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void batch_free(struct batch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        free(b->m[i].entries);
+    free(b->m);
+    free(b);
+}
+
+static struct endpoint *find(struct memnet *net, uint64_t id)
+{
+    for (size_t i = 0; i < net->n_ep; i++)
+        if (net->ep[i]->id == id)
+            return net->ep[i];
+    return NULL;
+}
+
+static void drop_queue(struct endpoint *ep)
+{
+    while (ep->head) {
+        struct batch *b = ep->head;
+        ep->head = b->next;
+        ep->net->st.dropped += b->n;
+        batch_free(b);
+    }
+    ep->tail = NULL;
+    ep->queued = 0;
+    pthread_cond_broadcast(&ep->space);
+}
+
+static void *deliver_main(void *arg)
+{
+    struct endpoint *ep = arg;
+    struct memnet *net = ep->net;
+    pthread_mutex_lock(&net->mu);
+    for (;;) {
+        while (!ep->stop && (!ep->head || ep->stalled || !ep->node))
+        {
+            if (ep->head && (!ep->node || ep->partitioned))
+                drop_queue(ep);
+            else
+                pthread_cond_wait(&ep->cv, &net->mu);
+        }
+        if (ep->stop)
+            break;
+        struct batch *b = ep->head;
+        ep->head = b->next;
+        if (!ep->head)
+            ep->tail = NULL;
+        ep->queued -= b->n;
+        pthread_cond_broadcast(&ep->space);
+        if (ep->partitioned) {
+            net->st.dropped += b->n;
+            batch_free(b);
+            continue;
+        }
+        struct raft_node *node = ep->node;
+        ep->in_step = true;
+        pthread_mutex_unlock(&net->mu);
+        for (size_t i = 0; i < b->n; i++)
+            raft_node_step(node, &b->m[i]);
+        size_t cnt = b->n;
+        batch_free(b);
+        pthread_mutex_lock(&net->mu);
+        ep->in_step = false;
+        net->st.delivered += cnt;
+        pthread_cond_broadcast(&ep->idle);
+    }
+    pthread_mutex_unlock(&net->mu);
+    return NULL;
+}
+
+static int copy_msgs(const struct raft_msg *in, size_t n, struct raft_msg **out)
+{
+    struct raft_msg *m = calloc(n, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        m[i] = in[i];
+        m[i].entries = NULL;
+        if (!in[i].n_entries)
+            continue;
+        size_t bytes = 0;
+        for (uint32_t k = 0; k < in[i].n_entries; k++)
+            bytes += in[i].entries[k].len;
+        size_t head = in[i].n_entries * sizeof(struct raft_entry);
+        uint8_t *blob = malloc(head + bytes);
+        if (!blob) {
+            for (size_t j = 0; j < i; j++)
+                free(m[j].entries);
+            free(m);
+            return -ENOMEM;
+        }
+        struct raft_entry *e = (struct raft_entry *)blob;
+        uint8_t *p = blob + head;
+        for (uint32_t k = 0; k < in[i].n_entries; k++) {
+            e[k] = in[i].entries[k];
+            if (e[k].len) {
+                memcpy(p, in[i].entries[k].data, e[k].len);
+                e[k].data = p;
+                p += e[k].len;
+            }
+        }
+        m[i].entries = e;
+    }
+    *out = m;
+    return 0;
+}
+
+static uint64_t rnd(struct memnet *net)
+{
+    uint64_t x = net->rng += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n)
+{
+    struct endpoint *from = ctx;
+    struct memnet *net = from->net;
+    struct raft_msg *m;
+    if (copy_msgs(msgs, n, &m))
+        return -ENOMEM;
+    struct batch *b = calloc(1, sizeof(*b));
+    if (!b) {
+        for (size_t i = 0; i < n; i++)
+            free(m[i].entries);
+        free(m);
+        return -ENOMEM;
+    }
+    b->m = m;
+    b->n = n;
+
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_nsec += MEMNET_SEND_WAIT_MS * 1000000L;
+    dl.tv_sec += dl.tv_nsec / 1000000000L;
+    dl.tv_nsec %= 1000000000L;
+
+    pthread_mutex_lock(&net->mu);
+    net->st.send_calls++;
+    net->st.sent += n;
+    struct endpoint *dst = find(net, to);
+    int rc = 0;
+    if (!dst || !dst->node || dst->partitioned || from->partitioned) {
+        rc = -EHOSTUNREACH;
+    } else {
+        if (net->drop_permille) {
+            size_t keep = 0;
+            for (size_t i = 0; i < b->n; i++) {
+                if (rnd(net) % 1000 < net->drop_permille) {
+                    free(b->m[i].entries);
+                    net->st.dropped++;
+                } else {
+                    b->m[keep++] = b->m[i];
+                }
+            }
+            b->n = keep;
+        }
+        while (rc == 0 && dst->queued + b->n > MEMNET_QUEUE_MAX && dst->queued > 0) {
+            if (pthread_cond_timedwait(&dst->space, &net->mu, &dl) == ETIMEDOUT)
+                rc = -EAGAIN;
+            if (!dst->node || dst->partitioned || from->partitioned)
+                rc = -EHOSTUNREACH;
+        }
+    }
+    if (rc == 0 && b->n) {
+        if (dst->tail)
+            dst->tail->next = b;
+        else
+            dst->head = b;
+        dst->tail = b;
+        dst->queued += b->n;
+        pthread_cond_signal(&dst->cv);
+        b = NULL;
+    } else if (rc) {
+        net->st.send_failed++;
+        net->st.dropped += b->n;
+    }
+    pthread_mutex_unlock(&net->mu);
+    if (b)
+        batch_free(b);
+    return rc;
+}
+
+struct memnet *memnet_new(void)
+{
+    struct memnet *net = calloc(1, sizeof(*net));
+    if (!net)
+        return NULL;
+    pthread_mutex_init(&net->mu, NULL);
+    net->rng = 42;
+    return net;
+}
+
+struct raft_transport *memnet_transport(struct memnet *net, uint64_t id)
+{
+    pthread_mutex_lock(&net->mu);
+    struct endpoint *ep = find(net, id);
+    if (!ep && net->n_ep < MEMNET_MAX) {
+        ep = calloc(1, sizeof(*ep));
+        if (ep) {
+            ep->net = net;
+            ep->id = id;
+            ep->tr.ctx = ep;
+            ep->tr.send = ep_send;
+            ep->tr.close_peer = NULL;
+            pthread_cond_init(&ep->cv, NULL);
+            cond_init_mono(&ep->space);
+            pthread_cond_init(&ep->idle, NULL);
+            if (pthread_create(&ep->thread, NULL, deliver_main, ep) != 0) {
+                free(ep);
+                ep = NULL;
+            } else {
+                net->ep[net->n_ep++] = ep;
+            }
+        }
+    }
+    pthread_mutex_unlock(&net->mu);
+    return ep ? &ep->tr : NULL;
+}
+
+void memnet_attach(struct memnet *net, uint64_t id, struct raft_node *n)
+{
+    memnet_transport(net, id);
+    pthread_mutex_lock(&net->mu);
+    struct endpoint *ep = find(net, id);
+    ep->node = n;
+    pthread_cond_signal(&ep->cv);
+    pthread_mutex_unlock(&net->mu);
+}
+
+void memnet_detach(struct memnet *net, uint64_t id)
+{
+    pthread_mutex_lock(&net->mu);
+    struct endpoint *ep = find(net, id);
+    if (ep) {
+        ep->node = NULL;
+        drop_queue(ep);
+        while (ep->in_step)
+            pthread_cond_wait(&ep->idle, &net->mu);
+    }
+    pthread_mutex_unlock(&net->mu);
+}
+
+void memnet_partition(struct memnet *net, uint64_t id, bool on)
+{
+    pthread_mutex_lock(&net->mu);
+    struct endpoint *ep = find(net, id);
+    if (ep) {
+        ep->partitioned = on;
+        pthread_cond_signal(&ep->cv);
+        pthread_cond_broadcast(&ep->space);
+    }
+    pthread_mutex_unlock(&net->mu);
+}
+
+void memnet_stall(struct memnet *net, uint64_t id, bool on)
+{
+    pthread_mutex_lock(&net->mu);
+    struct endpoint *ep = find(net, id);
+    if (ep) {
+        ep->stalled = on;
+        pthread_cond_signal(&ep->cv);
+    }
+    pthread_mutex_unlock(&net->mu);
+}
+
+void memnet_set_drop(struct memnet *net, unsigned permille)
+{
+    pthread_mutex_lock(&net->mu);
+    net->drop_permille = permille;
+    pthread_mutex_unlock(&net->mu);
+}
+
+void memnet_stats(struct memnet *net, struct memnet_stats *out)
+{
+    pthread_mutex_lock(&net->mu);
+    *out = net->st;
+    pthread_mutex_unlock(&net->mu);
+}
+
+void memnet_free(struct memnet *net)
+{
+    if (!net)
+        return;
+    for (size_t i = 0; i < net->n_ep; i++) {
+        struct endpoint *ep = net->ep[i];
+        pthread_mutex_lock(&net->mu);
+        ep->stop = true;
+        pthread_cond_signal(&ep->cv);
+        pthread_mutex_unlock(&net->mu);
+        pthread_join(ep->thread, NULL);
+        drop_queue(ep);
+        pthread_cond_destroy(&ep->cv);
+        pthread_cond_destroy(&ep->space);
+        pthread_cond_destroy(&ep->idle);
+        free(ep);
+    }
+    pthread_mutex_destroy(&net->mu);
+    free(net);
+}

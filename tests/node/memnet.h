@@ -1,0 +1,40 @@
+/* memnet.h: an in-memory transport for whole clusters in one process (tests only).
+ *
+ * Every member has an endpoint with an inbound queue and its own delivery thread, which hands the
+ * queued messages to the member's node with raft_node_step() - so delivery is asynchronous and
+ * ordered per link, as over a real stream. Faults: partition (a member's links are cut both ways),
+ * stall (a member's inbound link stops delivering: senders' messages queue up to a bound, then
+ * send() blocks for a bounded time and fails - a slow follower), and random drops. */
+#ifndef CRAFT_TESTS_NODE_MEMNET_H
+#define CRAFT_TESTS_NODE_MEMNET_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "raft/node.h"
+
+#define MEMNET_MAX 16
+
+struct memnet;
+
+struct memnet *memnet_new(void);
+/* All nodes must be detached first. */
+void memnet_free(struct memnet *net);
+/* The transport for member `id` (created on first use; lives until memnet_free). */
+struct raft_transport *memnet_transport(struct memnet *net, uint64_t id);
+/* Deliver to `n` from now on. */
+void memnet_attach(struct memnet *net, uint64_t id, struct raft_node *n);
+/* Stop delivering to id: drops its queue and returns once no raft_node_step() on it is running,
+ * so the node may then be stopped and freed. */
+void memnet_detach(struct memnet *net, uint64_t id);
+void memnet_partition(struct memnet *net, uint64_t id, bool on);
+void memnet_stall(struct memnet *net, uint64_t id, bool on);
+/* Drop each message with probability permille/1000. */
+void memnet_set_drop(struct memnet *net, unsigned permille);
+
+struct memnet_stats {
+    uint64_t sent, delivered, dropped, send_calls, send_failed;
+};
+void memnet_stats(struct memnet *net, struct memnet_stats *out);
+
+#endif
