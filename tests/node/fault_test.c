@@ -371,3 +371,75 @@ Test(node_fault, lossy_network_still_commits_the_same_sequence)
     loadgen_free(&lg);
     cluster_destroy(&c);
 }
+
+struct eio_tally {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t done, ok, eio, other;
+};
+
+static void eio_cb(void *arg, int err, uint64_t index, uint64_t leader_id,
+                   struct raft_fsm_result *res)
+{
+    (void)index;
+    (void)leader_id;
+    (void)res;
+    struct eio_tally *t = arg;
+    pthread_mutex_lock(&t->mu);
+    t->done++;
+    if (err == 0)
+        t->ok++;
+    else if (err == RAFT_NODE_EIO)
+        t->eio++;
+    else
+        t->other++;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+Test(node_fault, failing_state_machine_stops_the_member_not_the_cluster)
+{
+    struct cluster c;
+    cluster_init(&c, 3, 50, 300);
+    cluster_start_all(&c);
+    int l = cluster_wait_leader(&c, 5000);
+    cr_assert_geq(l, 0);
+    struct raft_node_status st;
+    cr_assert(cluster_status(&c, (size_t)l, &st));
+    /* The leader's state machine fails a few entries from now. */
+    memfsm_fail_from(c.m[l].fsm, st.core.last_index + 5);
+    struct eio_tally t = {.done = 0};
+    pthread_mutex_init(&t.mu, NULL);
+    pthread_cond_init(&t.cv, NULL);
+    uint8_t buf[64];
+    for (int k = 0; k < 20; k++) {
+        memfsm_payload(buf, sizeof buf, probe_id++);
+        cr_assert_eq(cluster_propose(&c, (size_t)l, buf, sizeof buf, 0, eio_cb, &t, NULL), 0);
+    }
+    /* No timeout was given: the failure itself must complete every proposal. */
+    pthread_mutex_lock(&t.mu);
+    while (t.done < 20)
+        pthread_cond_wait(&t.cv, &t.mu);
+    pthread_mutex_unlock(&t.mu);
+    cr_assert_eq(t.other, 0);
+    cr_assert_gt(t.eio, 0);
+    cr_assert_eq(t.ok + t.eio, 20);
+    memfsm_payload(buf, sizeof buf, probe_id++);
+    cr_assert_eq(cluster_propose(&c, (size_t)l, buf, sizeof buf, 0, eio_cb, &t, NULL),
+                 RAFT_NODE_EIO);
+    /* The failed member went silent (fail-stop); the other two elect a leader and serve. */
+    int64_t t0 = cl_now_ms();
+    int rc = -1;
+    while (rc != 0 && cl_now_ms() - t0 < 5000) {
+        uint64_t gen = cluster_role_gen(&c);
+        int nl = cluster_leader(&c);
+        if (nl >= 0 && nl != l)
+            rc = cluster_propose_wait(&c, (size_t)nl, probe_id++, 500, NULL, NULL);
+        if (rc)
+            cluster_wait_role_event(&c, gen, 20);
+    }
+    cr_assert_eq(rc, 0, "the others did not take over from the failed member");
+    cluster_destroy(&c);
+    pthread_cond_destroy(&t.cv);
+    pthread_mutex_destroy(&t.mu);
+}

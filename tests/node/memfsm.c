@@ -17,6 +17,7 @@ struct memfsm {
     uint64_t checksum;
     size_t calls, max_batch;
     bool order_error;
+    uint64_t fail_from;
 };
 
 static int mf_apply(void *ctx, const struct raft_entry *e, size_t n, uint64_t last_index,
@@ -24,6 +25,10 @@ static int mf_apply(void *ctx, const struct raft_entry *e, size_t n, uint64_t la
 {
     struct memfsm *m = ctx;
     pthread_mutex_lock(&m->mu);
+    if (m->fail_from && last_index >= m->fail_from) {
+        pthread_mutex_unlock(&m->mu);
+        return -EIO;
+    }
     if (m->n + n > m->cap) {
         size_t cap = m->cap ? m->cap : 1024;
         while (cap < m->n + n)
@@ -181,6 +186,13 @@ void memfsm_batches(struct memfsm *m, size_t *calls, size_t *max_batch)
     pthread_mutex_lock(&m->mu);
     *calls = m->calls;
     *max_batch = m->max_batch;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void memfsm_fail_from(struct memfsm *m, uint64_t index)
+{
+    pthread_mutex_lock(&m->mu);
+    m->fail_from = index;
     pthread_mutex_unlock(&m->mu);
 }
 

@@ -31,6 +31,9 @@ uint64_t *memfsm_ids(struct memfsm *m, size_t *n, uint64_t **idx);
 /* Number of apply() calls and the largest batch seen. */
 void memfsm_batches(struct memfsm *m, size_t *calls, size_t *max_batch);
 
+/* Make apply() fail (return -EIO) for any batch reaching index >= `index` (0 = never). */
+void memfsm_fail_from(struct memfsm *m, uint64_t index);
+
 /* Payload helpers: `len` >= 8 bytes, id in the first 8. */
 void memfsm_payload(uint8_t *buf, size_t len, uint64_t id);
 
