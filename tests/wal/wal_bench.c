@@ -4,7 +4,12 @@
  *   bazel run -c opt //tests/wal:wal-bench -- [--dir DIR] [--seconds S] [--size BYTES]
  *
  * Each appender thread takes the next index under a small lock (as the Raft leader assigns
- * indexes), appends one entry, and blocks in wal_wait_durable; latency is append-to-durable. */
+ * indexes), appends one entry, and blocks in wal_wait_durable; latency is append-to-durable.
+ *
+ * --async: N appenders are N appends kept in flight without a thread each, the way the node
+ * runtime uses the log: entries are appended by whoever holds the lock, and durability arrives
+ * through the on_durable callback, which records each entry's latency and appends the next one
+ * for that appender. This measures group commit without N blocked threads to wake per batch. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -137,6 +142,62 @@ static void *appender(void *p)
     return NULL;
 }
 
+/* ---- async appenders: N appends in flight, completions via on_durable ---- */
+
+struct async_run {
+    struct wal *w;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t next, oldest; /* in flight: [oldest, next) */
+    double *start;         /* ring of append times, by index % cap */
+    size_t cap;
+    struct lat l;
+    int stop, errors;
+    uint32_t size;
+    uint8_t *payload;
+};
+
+/* Appends k entries (indexes next..next+k-1); called with a->mu held. */
+static void async_append(struct async_run *a, size_t k)
+{
+    struct raft_entry es[256];
+    while (k > 0) {
+        size_t m = k < 256 ? k : 256;
+        double t = now_s();
+        for (size_t i = 0; i < m; i++) {
+            es[i] = (struct raft_entry){a->next + i, 1, RAFT_ENTRY_NORMAL, a->size, a->payload};
+            a->start[(a->next + i) % a->cap] = t;
+        }
+        if (wal_append(a->w, es, m) != 0) {
+            a->errors++;
+            a->stop = 1;
+            return;
+        }
+        a->next += m;
+        k -= m;
+    }
+}
+
+static void async_durable(void *arg, uint64_t index, uint64_t term, int err)
+{
+    (void)term;
+    struct async_run *a = arg;
+    double t = now_s();
+    pthread_mutex_lock(&a->mu);
+    if (err) {
+        a->errors++;
+        a->stop = 1;
+    }
+    size_t done = 0;
+    for (; a->oldest <= index && a->oldest < a->next; a->oldest++, done++)
+        lat_add(&a->l, t - a->start[a->oldest % a->cap]);
+    if (!a->stop)
+        async_append(a, done); /* each finished appender appends again */
+    if (a->oldest == a->next)
+        pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
 static int nosync;
 static int fake_fdatasync(int fd)
 {
@@ -190,8 +251,54 @@ static void wal_run(const char *dir, int threads, double seconds, size_t size, d
     free(r.payload);
 }
 
+static void async_run(const char *dir, int inflight, double seconds, size_t size, double *rate,
+                      struct lat *all, int *errors)
+{
+    char sub[4150];
+    snprintf(sub, sizeof sub, "%s/wal-async-%d", dir, inflight);
+    struct async_run a = {.next = 1, .oldest = 1, .cap = (size_t)inflight + 1, .size = (uint32_t)size};
+    pthread_mutex_init(&a.mu, NULL);
+    pthread_cond_init(&a.cv, NULL);
+    a.start = calloc(a.cap, sizeof *a.start);
+    a.payload = malloc(size);
+    memset(a.payload, 0x5a, size);
+    char err[1024];
+    struct wal_options o;
+    wal_options_init(&o);
+    o.on_durable = async_durable;
+    o.on_durable_arg = &a;
+    if (nosync)
+        o.io = &nosync_io;
+    if (wal_open(&a.w, sub, &o, err, sizeof err) != 0) {
+        fprintf(stderr, "wal_open: %s\n", err);
+        exit(1);
+    }
+    double start = now_s();
+    pthread_mutex_lock(&a.mu);
+    async_append(&a, (size_t)inflight);
+    pthread_mutex_unlock(&a.mu);
+    struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    nanosleep(&ts, NULL); /* the measurement window */
+    pthread_mutex_lock(&a.mu);
+    a.stop = 1;
+    while (a.oldest != a.next && !a.errors)
+        pthread_cond_wait(&a.cv, &a.mu); /* drain what is in flight */
+    size_t n = a.l.n;
+    pthread_mutex_unlock(&a.mu);
+    *rate = (double)n / (now_s() - start);
+    *errors = a.errors;
+    wal_close(a.w);
+    for (size_t k = 0; k < a.l.n; k++)
+        lat_add(all, a.l.v[k]);
+    free(a.l.v);
+    free(a.start);
+    free(a.payload);
+    rm_dir(sub);
+}
+
 int main(int argc, char **argv)
 {
+    int async = 0;
     const char *dir = NULL;
     double seconds = 3;
     size_t size = 256;
@@ -202,10 +309,13 @@ int main(int argc, char **argv)
             seconds = atof(argv[++i]);
         else if (!strcmp(argv[i], "--nosync"))
             nosync = 1;
+        else if (!strcmp(argv[i], "--async"))
+            async = 1;
         else if (!strcmp(argv[i], "--size") && i + 1 < argc)
             size = (size_t)atol(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--dir DIR] [--seconds S] [--size BYTES]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--dir DIR] [--seconds S] [--size BYTES] [--async] [--nosync]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -239,10 +349,14 @@ int main(int argc, char **argv)
         printf("%-22s %12.0f %10.3f %10.3f %10s %12s\n", "raw write+fdatasync", raw_rate,
                pct(&raw, 0.5) * 1e3, pct(&raw, 0.99) * 1e3, "", "");
         int errors;
-        wal_run(dir, threads[i], seconds, size, &rate, &l, &errors);
+        if (async)
+            async_run(dir, threads[i], seconds, size, &rate, &l, &errors);
+        else
+            wal_run(dir, threads[i], seconds, size, &rate, &l, &errors);
         qsort(l.v, l.n, sizeof *l.v, cmp_d);
         char name[64];
-        snprintf(name, sizeof name, "wal, %d appender%s", threads[i], threads[i] > 1 ? "s" : "");
+        snprintf(name, sizeof name, "wal, %d %s", threads[i],
+                 async ? "in flight" : threads[i] > 1 ? "appenders" : "appender");
         printf("%-22s %12.0f %10.3f %10.3f %10.1f %12.0f%s\n", name, rate, pct(&l, 0.5) * 1e3,
                pct(&l, 0.99) * 1e3, rate / raw_rate, raw_rate, errors ? "  (errors!)" : "");
         fflush(stdout);
