@@ -721,12 +721,11 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
     args[na].type = GRPC_ARG_INTEGER;
     args[na].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[na++].value.integer = size_arg(cfg->max_send_bytes);
-    /* Reconnect quickly after a peer restarts: gRPC's defaults back off up to 2 minutes. */
+    /* Reconnect quickly after a peer restarts: gRPC's defaults back off up to 2 minutes.
+     * (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: it is also the connect
+     * timeout, and a short one fails TLS handshakes on a loaded machine.) */
     args[na].type = GRPC_ARG_INTEGER;
     args[na].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
-    args[na++].value.integer = 100;
-    args[na].type = GRPC_ARG_INTEGER;
-    args[na].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
     args[na++].value.integer = 100;
     args[na].type = GRPC_ARG_INTEGER;
     args[na].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;

@@ -406,6 +406,10 @@ static void stream_deliver_close(struct rpc_call *c, grpc_status_code st)
     pthread_mutex_lock(&c->mu);
     bool deliver = !c->close_delivered;
     c->close_delivered = true;
+    if (st != GRPC_STATUS_OK) { /* dead from the handler's view: sends and finish say so */
+        c->dead = true;
+        stream_drop_queue(c);
+    }
     pthread_mutex_unlock(&c->mu);
     if (deliver && c->reg->sh.on_close)
         c->reg->sh.on_close(C2S(c), st, c->user);
@@ -456,7 +460,10 @@ static void on_stream_recv(struct rpc_tag *t, bool ok)
             grpc_byte_buffer_destroy(bb);
         pthread_mutex_lock(&c->mu);
         c->reading = false;
-        st = ok ? stream_end_status(c) : GRPC_STATUS_CANCELLED;
+        /* The end of the reads is either the client's half-close or the call dying; the
+         * close event may come later, so ask gRPC which one it was. */
+        st = ok && !grpc_call_failed_before_recv_message(c->gc) ? stream_end_status(c)
+                                                                : GRPC_STATUS_CANCELLED;
         pthread_mutex_unlock(&c->mu);
     }
     if (ended)

@@ -125,17 +125,35 @@ Test(rpc_unary, oversized_messages_are_resource_exhausted, .timeout = 60)
     rpc_server_shutdown(srv, 1000);
 }
 
+struct late_run {
+    struct tt_latch done;
+    grpc_status_code status;
+};
+
+static void on_late(struct rpc_result *res, void *arg)
+{
+    struct late_run *lr = arg;
+    lr->status = res->status;
+    tt_latch_add(&lr->done, 1);
+}
+
 Test(rpc_unary, deadline_exceeded_then_late_completion, .timeout = 60)
 {
     struct rpc_server *srv = tt_server_start("server", 0, NULL);
     struct rpc_channel *ch = tt_channel(rpc_server_port(srv), "a", "client", NULL);
     struct rpc_result r;
-    cr_assert_eq(rpc_channel_call(ch, TT_HOLD, "slow", 4, 200, &r), 0);
-    cr_assert_eq(r.status, GRPC_STATUS_DEADLINE_EXCEEDED, "status %d: %s", r.status, r.message);
+    /* connect first, so the deadline below is spent in the handler, not the TLS handshake */
+    cr_assert_eq(rpc_channel_call(ch, TT_ECHO, "warm", 4, DEADLINE, &r), 0);
+    cr_assert_eq(r.status, GRPC_STATUS_OK);
     rpc_result_free(&r);
-    /* the handler got the call and completes it only now, after the caller gave up */
+    struct late_run lr;
+    tt_latch_init(&lr.done);
+    cr_assert_eq(rpc_channel_call_async(ch, TT_HOLD, "slow", 4, 1500, on_late, &lr), 0);
+    tt_wait_held(1, 0); /* the handler has it and sits on it */
+    cr_assert_eq(tt_latch_wait(&lr.done, 1, 20000), 1);
+    cr_assert_eq(lr.status, GRPC_STATUS_DEADLINE_EXCEEDED, "status %d", lr.status);
+    /* the handler completes it only now, after the caller gave up */
     pthread_mutex_lock(&tt_held.mu);
-    cr_assert_eq(tt_held.ncalls, 1);
     struct rpc_call *late = tt_held.calls[0];
     tt_held.ncalls = 0;
     pthread_mutex_unlock(&tt_held.mu);
@@ -145,8 +163,18 @@ Test(rpc_unary, deadline_exceeded_then_late_completion, .timeout = 60)
     cr_assert_eq(rpc_channel_call(ch, TT_ECHO, "ok", 2, DEADLINE, &r), 0);
     cr_assert_eq(r.status, GRPC_STATUS_OK);
     rpc_result_free(&r);
+    /* a blocking call gets DEADLINE_EXCEEDED too */
+    cr_assert_eq(rpc_channel_call(ch, TT_HOLD, "slow", 4, 300, &r), 0);
+    cr_assert_eq(r.status, GRPC_STATUS_DEADLINE_EXCEEDED, "status %d: %s", r.status, r.message);
+    rpc_result_free(&r);
     rpc_channel_destroy(ch);
     rpc_server_shutdown(srv, 1000);
+    /* the call above may or may not have reached the handler: complete whatever it holds */
+    pthread_mutex_lock(&tt_held.mu);
+    for (int i = 0; i < tt_held.ncalls; i++)
+        cr_assert_eq(rpc_call_reply(tt_held.calls[i], "x", 1), RPC_ECLOSED);
+    tt_held.ncalls = 0;
+    pthread_mutex_unlock(&tt_held.mu);
 }
 
 Test(rpc_unary, peer_identity_cn_and_sans, .timeout = 60)

@@ -43,6 +43,8 @@ struct tt_held {
     grpc_status_code last_close;
 };
 extern struct tt_held tt_held;
+/* Waits (at most 20 s, then fails the test) until the server holds that many. */
+void tt_wait_held(int calls, int streams);
 
 /* Methods of the test service:
  *   /craft.echo.Echo/Echo      raw bytes echoed
@@ -59,6 +61,10 @@ extern struct tt_held tt_held;
 #define TT_HOLD "/craft.echo.Echo/Hold"
 #define TT_STREAM "/craft.echo.Echo/Stream"
 #define TT_HOLD_STREAM "/craft.echo.Echo/HoldStream"
+/*   /craft.echo.Echo/Sink      bidi; on_message blocks its server thread until tt_gate_open()
+ *                              (so the server stops reading), then ends the stream OK */
+#define TT_SINK "/craft.echo.Echo/Sink"
+void tt_gate_open(void);
 
 /* Starts the test service. server_cert NULL: insecure. cfg may be NULL (defaults); its tls,
  * insecure and listen fields are overwritten (listen = "127.0.0.1:<port>", port 0 = any). */
