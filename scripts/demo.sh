@@ -36,7 +36,7 @@ fi
 bash scripts/deps.sh
 echo "demo: building craftd and craftctl"
 bazel build //services:craftd //services:craftctl 2>&1 | tail -1
-bin=$(bazel info bazel-bin 2>/dev/null)/services
+bin=bazel-bin/services
 stop_cluster
 
 mkdir -p "$data"
@@ -86,8 +86,8 @@ set -x
 { set +x; } 2>/dev/null
 cat <<TXT
 
-demo: the cluster is still running. Try:
-  ${ctl[*]} put k v
-  ${ctl[*]} get k
+demo: the cluster is still running. From $top, try:
+  ctl="bazel-bin/services/craftctl --endpoints $endpoints --cacert demo-data/certs/ca.pem --cert demo-data/certs/client.pem --key demo-data/certs/client-key.pem"
+  \$ctl put k v; \$ctl get k; \$ctl status
 demo: stop it with: bash scripts/demo.sh stop
 TXT
