@@ -64,7 +64,8 @@ struct raft_node_config {
     uint32_t max_inflight_msgs;
     size_t max_inflight_bytes;
 
-    uint32_t max_entry_bytes;    /* largest proposal payload; default 1.5 MiB + 64 KiB */
+    uint32_t max_entry_bytes;    /* largest proposal payload; default 1.5 MiB + 64 KiB; at most
+                                  * 32 MiB and half of wal_segment_bytes */
     uint32_t max_pending;        /* proposals accepted but not yet completed; default 65536 */
     uint32_t max_apply_batch;    /* entries per fsm apply() call; default 1024 */
     uint64_t wal_segment_bytes;  /* default 64 MiB */

@@ -25,9 +25,13 @@
 
 #include "raft/node_int.h"
 
-/* Entries per wal_append call: far below the WAL's queue bound, so one call can always fit once
- * the writer drains (a bigger batch than the whole queue would never be accepted). */
+/* Entries and payload bytes per wal_append call: far below the WAL's queue bounds (65536 entries,
+ * 64 MiB), so one call always fits once the writer drains - a batch bigger than the whole queue
+ * would never be accepted. A chunk holds at least one entry, and max_entry_bytes is capped at
+ * NODE_MAX_ENTRY_BYTES so that one entry always fits too. */
 #define NODE_WAL_CHUNK 1024
+#define NODE_WAL_CHUNK_BYTES (16u << 20)
+#define NODE_MAX_ENTRY_BYTES (32u << 20)
 
 const char *raft_node_strerror(int code)
 {
@@ -173,7 +177,10 @@ static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_
 {
     size_t done = 0;
     while (done < cnt) {
-        size_t k = cnt - done < NODE_WAL_CHUNK ? cnt - done : NODE_WAL_CHUNK;
+        size_t k = 0, bytes = 0;
+        while (done + k < cnt && k < NODE_WAL_CHUNK &&
+               (k == 0 || bytes + e[done + k].len <= NODE_WAL_CHUNK_BYTES))
+            bytes += e[done + k++].len;
         pthread_mutex_lock(&n->mu);
         uint64_t gen = n->durable_gen;
         pthread_mutex_unlock(&n->mu);
@@ -446,6 +453,11 @@ static bool config_ok(const struct raft_node_config *c, char *err, size_t errlen
         why = "election_ms must be at least 2 * heartbeat_ms";
     else if (!c->max_pending || !c->max_apply_batch || !c->max_entry_bytes)
         why = "max_pending, max_apply_batch and max_entry_bytes must be nonzero";
+    else if (c->max_entry_bytes > NODE_MAX_ENTRY_BYTES ||
+             c->max_entry_bytes > c->wal_segment_bytes / 2)
+        /* The WAL refuses an entry that does not fit its queue or a segment; the node would
+         * have to treat that as a storage failure. */
+        why = "max_entry_bytes must be at most 32 MiB and half of wal_segment_bytes";
     if (why) {
         snprintf(err, errlen, "bad node configuration: %s", why);
         return false;
