@@ -1,0 +1,1305 @@
+/* kv_store.c: the etcd KV state machine over LMDB (see kv_store.h; docs/kv.md has the layout).
+ *
+ * LMDB layout: named database "kv" maps each key to a record of four little-endian int64
+ * (create_revision, mod_revision, version, lease) followed by the value bytes; database
+ * "meta" holds "format" (KV_FORMAT) and "state" (applied index, revision, compacted revision:
+ * three little-endian 64-bit words), written in the same transaction as the data. */
+#include "services/kvstore/kv_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <lmdb.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "services/kvstore/kv_internal.h"
+
+#define KV_FORMAT "craft-kv-1"
+#define REC_HDR 32
+#define STATE_LEN 24
+
+struct kv_store {
+    struct raft_fsm fsm;
+    MDB_env *env;
+    MDB_dbi kv, meta;
+    int lock_fd;
+    size_t maxkey;            /* LMDB's key size limit */
+    _Atomic uint64_t applied; /* read by any thread */
+    int64_t rev, compact;     /* owned by the applier thread (and open) */
+    uint64_t fail_at;
+};
+
+/* ---- little-endian records ---- */
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+struct kv_rec {
+    int64_t create, mod, version, lease;
+    const uint8_t *val;
+    size_t vlen;
+};
+
+static int rec_decode(const MDB_val *v, struct kv_rec *r)
+{
+    if (v->mv_size < REC_HDR)
+        return -1;
+    const uint8_t *p = v->mv_data;
+    r->create = (int64_t)get64(p);
+    r->mod = (int64_t)get64(p + 8);
+    r->version = (int64_t)get64(p + 16);
+    r->lease = (int64_t)get64(p + 24);
+    r->val = p + REC_HDR;
+    r->vlen = v->mv_size - REC_HDR;
+    return 0;
+}
+
+/* ---- response building (malloc'd trees, freed with protobuf_c_message_free_unpacked) ---- */
+
+static void *dup_bytes(const void *p, size_t n)
+{
+    if (n == 0)
+        return NULL;
+    void *d = malloc(n);
+    if (d)
+        memcpy(d, p, n);
+    return d;
+}
+
+static void msg_free(void *m)
+{
+    if (m)
+        protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static Etcdserverpb__ResponseHeader *header_new(int64_t rev)
+{
+    Etcdserverpb__ResponseHeader *h = malloc(sizeof *h);
+    if (h) {
+        etcdserverpb__response_header__init(h);
+        h->revision = rev;
+    }
+    return h;
+}
+
+static Mvccpb__KeyValue *kv_new(const void *key, size_t klen, const struct kv_rec *r,
+                                bool with_value)
+{
+    Mvccpb__KeyValue *kv = malloc(sizeof *kv);
+    if (!kv)
+        return NULL;
+    mvccpb__key_value__init(kv);
+    kv->create_revision = r->create;
+    kv->mod_revision = r->mod;
+    kv->version = r->version;
+    kv->lease = r->lease;
+    kv->key.data = dup_bytes(key, klen);
+    kv->key.len = klen;
+    if (with_value) {
+        kv->value.data = dup_bytes(r->val, r->vlen);
+        kv->value.len = r->vlen;
+    }
+    if ((klen && !kv->key.data) || (kv->value.len && !kv->value.data)) {
+        msg_free(kv);
+        return NULL;
+    }
+    return kv;
+}
+
+/* A growable array of KeyValue pointers. */
+struct kv_list {
+    Mvccpb__KeyValue **v;
+    size_t n, cap;
+};
+
+static int list_push(struct kv_list *l, Mvccpb__KeyValue *kv)
+{
+    if (!kv)
+        return -1;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 16;
+        void *v = realloc(l->v, cap * sizeof *l->v);
+        if (!v) {
+            msg_free(kv);
+            return -1;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = kv;
+    return 0;
+}
+
+static void list_free(struct kv_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        msg_free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+/* ---- execution context: one LMDB transaction (read or write) ---- */
+
+struct kv_ctx {
+    struct kv_store *s;
+    MDB_txn *txn;
+    int64_t rev;     /* revision before this request */
+    int64_t compact; /* compacted revision (updated by a Compact) */
+    bool changed;    /* the request wrote a key: it creates revision rev + 1 */
+    int sys;         /* the LMDB or errno code that stopped the request (rc -1) */
+};
+
+/* Return values of the exec functions: 0 done; 1 an etcd error in *err (nothing written by
+ * this call); -1 storage failure or out of memory in ctx->sys (the transaction is dead). */
+#define EXEC_OK 0
+#define EXEC_REQ 1
+#define EXEC_SYS (-1)
+
+static int sys_fail(struct kv_ctx *c, int code)
+{
+    c->sys = code;
+    return EXEC_SYS;
+}
+
+static int req_fail(struct kv_err *err, int code, const char *msg)
+{
+    kv_fail(err, code, msg);
+    return EXEC_REQ;
+}
+
+static int64_t cur_rev(const struct kv_ctx *c) { return c->rev + (c->changed ? 1 : 0); }
+
+/* The keys a request names: one key, [key, end), or every key >= key (end "\0"). etcd's
+ * mkGteRange: a one-byte "\0" range_end means "to the end". */
+enum { SPAN_POINT, SPAN_RANGE, SPAN_FROM };
+struct kv_span {
+    const uint8_t *k, *e;
+    size_t kn, en;
+    int kind;
+};
+
+static struct kv_span mkspan(ProtobufCBinaryData key, ProtobufCBinaryData end)
+{
+    struct kv_span sp = {key.data, end.data, key.len, end.len, SPAN_RANGE};
+    if (end.len == 0)
+        sp.kind = SPAN_POINT;
+    else if (end.len == 1 && end.data[0] == 0)
+        sp.kind = SPAN_FROM;
+    return sp;
+}
+
+/* Calls cb for each stored key in the span, in key order; cb returns 0 to go on, 1 to stop,
+ * -1 to fail (its own reason in c->sys). Keys longer than LMDB's limit are never stored, so a
+ * start key past it is sought by its prefix and the keys before it skipped. */
+typedef int (*span_cb)(void *arg, const MDB_val *k, const struct kv_rec *r);
+
+static int span_walk(struct kv_ctx *c, const struct kv_span *sp, span_cb cb, void *arg)
+{
+    MDB_val k, v;
+    struct kv_rec r;
+    int rc;
+    if (sp->kind == SPAN_POINT) {
+        if (sp->kn == 0 || sp->kn > c->s->maxkey)
+            return 0;
+        k.mv_data = (void *)sp->k;
+        k.mv_size = sp->kn;
+        rc = mdb_get(c->txn, c->s->kv, &k, &v);
+        if (rc == MDB_NOTFOUND)
+            return 0;
+        if (rc)
+            return sys_fail(c, rc);
+        if (rec_decode(&v, &r))
+            return sys_fail(c, MDB_CORRUPTED);
+        return cb(arg, &k, &r) < 0 ? EXEC_SYS : 0;
+    }
+    if (sp->kind == SPAN_RANGE && kv_bytes_cmp(sp->k, sp->kn, sp->e, sp->en) >= 0)
+        return 0; /* empty range */
+    MDB_cursor *cur;
+    if ((rc = mdb_cursor_open(c->txn, c->s->kv, &cur)))
+        return sys_fail(c, rc);
+    k.mv_data = (void *)sp->k;
+    k.mv_size = sp->kn < c->s->maxkey ? sp->kn : c->s->maxkey;
+    int out = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (kv_bytes_cmp(k.mv_data, k.mv_size, sp->k, sp->kn) < 0)
+            continue;
+        if (sp->kind == SPAN_RANGE && kv_bytes_cmp(k.mv_data, k.mv_size, sp->e, sp->en) >= 0)
+            break;
+        if (rec_decode(&v, &r)) {
+            out = sys_fail(c, MDB_CORRUPTED);
+            break;
+        }
+        int x = cb(arg, &k, &r);
+        if (x < 0) {
+            out = EXEC_SYS;
+            break;
+        }
+        if (x > 0)
+            break;
+    }
+    if (out == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        out = sys_fail(c, rc);
+    mdb_cursor_close(cur);
+    return out;
+}
+
+/* ---- Range ---- */
+
+struct range_walk {
+    struct kv_ctx *c;
+    struct kv_list kvs;
+    int64_t count;
+    size_t want;     /* materialise at most this many (SIZE_MAX: all) */
+    bool with_value; /* copy values (also for keys_only sorted by value) */
+};
+
+static int range_cb(void *arg, const MDB_val *k, const struct kv_rec *r)
+{
+    struct range_walk *w = arg;
+    w->count++;
+    if (w->kvs.n < w->want &&
+        list_push(&w->kvs, kv_new(k->mv_data, k->mv_size, r, w->with_value)))
+        return w->c->sys = ENOMEM, -1;
+    return 0;
+}
+
+struct sort_item {
+    Mvccpb__KeyValue *kv;
+    size_t idx; /* key order: ties keep it, so the sort is stable and deterministic */
+};
+
+static int cmp_i64(int64_t a, int64_t b) { return a < b ? -1 : a > b; }
+
+static int sort_cmp(const void *pa, const void *pb, void *arg)
+{
+    const struct sort_item *a = pa, *b = pb;
+    const Etcdserverpb__RangeRequest *r = arg;
+    int c = 0;
+    switch (r->sort_target) {
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__KEY:
+        c = kv_bytes_cmp(a->kv->key.data, a->kv->key.len, b->kv->key.data, b->kv->key.len);
+        break;
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__VERSION:
+        c = cmp_i64(a->kv->version, b->kv->version);
+        break;
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__CREATE:
+        c = cmp_i64(a->kv->create_revision, b->kv->create_revision);
+        break;
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__MOD:
+        c = cmp_i64(a->kv->mod_revision, b->kv->mod_revision);
+        break;
+    case ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__VALUE:
+        c = kv_bytes_cmp(a->kv->value.data, a->kv->value.len, b->kv->value.data,
+                         b->kv->value.len);
+        break;
+    default:
+        break;
+    }
+    if (r->sort_order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__DESCEND)
+        c = -c;
+    return c ? c : (a->idx < b->idx ? -1 : a->idx > b->idx);
+}
+
+static bool filtered_out(const Etcdserverpb__RangeRequest *r, const Mvccpb__KeyValue *kv)
+{
+    return (r->max_mod_revision && kv->mod_revision > r->max_mod_revision) ||
+           (r->min_mod_revision && kv->mod_revision < r->min_mod_revision) ||
+           (r->max_create_revision && kv->create_revision > r->max_create_revision) ||
+           (r->min_create_revision && kv->create_revision < r->min_create_revision);
+}
+
+/* etcd's applierV3backend.Range over the state c->txn sees; revision checks are the
+ * caller's. header.revision = rev. */
+static int range_exec(struct kv_ctx *c, const Etcdserverpb__RangeRequest *r, int64_t rev,
+                      Etcdserverpb__RangeResponse **out)
+{
+    bool filters = r->min_mod_revision || r->max_mod_revision || r->min_create_revision ||
+                   r->max_create_revision;
+    int order = r->sort_order;
+    if (order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE &&
+        r->sort_target != ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__KEY)
+        order = ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__ASCEND; /* as etcd does */
+    bool sorting = order != ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__NONE;
+    struct range_walk w = {.c = c, .want = SIZE_MAX};
+    if (r->count_only)
+        w.want = 0;
+    else if (r->limit > 0 && !sorting && !filters && (uint64_t)r->limit < SIZE_MAX)
+        w.want = (size_t)r->limit + 1; /* one more tells `more` */
+    w.with_value = !r->keys_only ||
+                   (sorting && r->sort_target == ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__VALUE);
+    struct kv_span sp = mkspan(r->key, r->range_end);
+    if (span_walk(c, &sp, range_cb, &w)) {
+        list_free(&w.kvs);
+        return EXEC_SYS;
+    }
+    if (filters) {
+        size_t j = 0;
+        for (size_t i = 0; i < w.kvs.n; i++) {
+            if (filtered_out(r, w.kvs.v[i]))
+                msg_free(w.kvs.v[i]);
+            else
+                w.kvs.v[j++] = w.kvs.v[i];
+        }
+        w.kvs.n = j;
+    }
+    if (sorting && w.kvs.n > 1 &&
+        !(order == ETCDSERVERPB__RANGE_REQUEST__SORT_ORDER__ASCEND &&
+          r->sort_target == ETCDSERVERPB__RANGE_REQUEST__SORT_TARGET__KEY)) {
+        struct sort_item *it = malloc(w.kvs.n * sizeof *it);
+        if (!it) {
+            list_free(&w.kvs);
+            return sys_fail(c, ENOMEM);
+        }
+        for (size_t i = 0; i < w.kvs.n; i++)
+            it[i] = (struct sort_item){w.kvs.v[i], i};
+        Etcdserverpb__RangeRequest eff = *r;
+        eff.sort_order = order;
+        qsort_r(it, w.kvs.n, sizeof *it, sort_cmp, &eff);
+        for (size_t i = 0; i < w.kvs.n; i++)
+            w.kvs.v[i] = it[i].kv;
+        free(it);
+    }
+    Etcdserverpb__RangeResponse *resp = malloc(sizeof *resp);
+    if (!resp || !(resp->header = (etcdserverpb__range_response__init(resp), header_new(rev)))) {
+        free(resp);
+        list_free(&w.kvs);
+        return sys_fail(c, ENOMEM);
+    }
+    if (r->limit > 0 && w.kvs.n > (uint64_t)r->limit) {
+        for (size_t i = (size_t)r->limit; i < w.kvs.n; i++)
+            msg_free(w.kvs.v[i]);
+        w.kvs.n = (size_t)r->limit;
+        resp->more = true;
+    }
+    if (r->keys_only)
+        for (size_t i = 0; i < w.kvs.n; i++) {
+            free(w.kvs.v[i]->value.data);
+            w.kvs.v[i]->value.data = NULL;
+            w.kvs.v[i]->value.len = 0;
+        }
+    resp->count = w.count;
+    resp->n_kvs = w.kvs.n;
+    resp->kvs = w.kvs.v;
+    if (resp->n_kvs == 0) {
+        free(resp->kvs);
+        resp->kvs = NULL;
+    }
+    *out = resp;
+    return EXEC_OK;
+}
+
+/* ---- Put ---- */
+
+static int get_one(struct kv_ctx *c, ProtobufCBinaryData key, MDB_val *v, struct kv_rec *r,
+                   bool *found)
+{
+    *found = false;
+    if (key.len == 0 || key.len > c->s->maxkey)
+        return 0;
+    MDB_val k = {key.len, key.data};
+    int rc = mdb_get(c->txn, c->s->kv, &k, v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return sys_fail(c, rc);
+    if (rec_decode(v, r))
+        return sys_fail(c, MDB_CORRUPTED);
+    *found = true;
+    return 0;
+}
+
+static int put_exec(struct kv_ctx *c, const Etcdserverpb__PutRequest *p,
+                    Etcdserverpb__PutResponse **out, struct kv_err *err)
+{
+    MDB_val old;
+    struct kv_rec prev = {0};
+    bool found;
+    if (get_one(c, p->key, &old, &prev, &found))
+        return EXEC_SYS;
+    if ((p->ignore_value || p->ignore_lease) && !found)
+        return req_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_KEY_NOT_FOUND);
+    Etcdserverpb__PutResponse *resp = malloc(sizeof *resp);
+    if (!resp)
+        return sys_fail(c, ENOMEM);
+    etcdserverpb__put_response__init(resp);
+    int64_t rev = c->rev + 1;
+    /* Copies of what the write may move: the previous value lives in a page LMDB reuses. */
+    if ((p->prev_kv && found && !(resp->prev_kv = kv_new(p->key.data, p->key.len, &prev, true))) ||
+        !(resp->header = header_new(rev))) {
+        msg_free(resp);
+        return sys_fail(c, ENOMEM);
+    }
+    uint8_t *oldval = NULL;
+    const uint8_t *val = p->value.data;
+    size_t vlen = p->value.len;
+    if (p->ignore_value) {
+        vlen = prev.vlen;
+        if (vlen && !(oldval = dup_bytes(prev.val, vlen))) {
+            msg_free(resp);
+            return sys_fail(c, ENOMEM);
+        }
+        val = oldval;
+    }
+    MDB_val k = {p->key.len, p->key.data}, v = {REC_HDR + vlen, NULL};
+    int rc = mdb_put(c->txn, c->s->kv, &k, &v, MDB_RESERVE);
+    if (rc) {
+        free(oldval);
+        msg_free(resp);
+        return sys_fail(c, rc);
+    }
+    uint8_t *d = v.mv_data;
+    put64(d, (uint64_t)(found ? prev.create : rev));
+    put64(d + 8, (uint64_t)rev);
+    put64(d + 16, (uint64_t)(found ? prev.version + 1 : 1));
+    put64(d + 24, 0); /* leases are not supported: never attached */
+    if (vlen)
+        memcpy(d + REC_HDR, val, vlen);
+    free(oldval);
+    c->changed = true;
+    *out = resp;
+    return EXEC_OK;
+}
+
+/* ---- DeleteRange ---- */
+
+struct del_walk {
+    struct kv_ctx *c;
+    struct kv_list kvs; /* every deleted pair (keys; values only when prev_kv) */
+    bool with_value;
+};
+
+static int del_cb(void *arg, const MDB_val *k, const struct kv_rec *r)
+{
+    struct del_walk *w = arg;
+    if (list_push(&w->kvs, kv_new(k->mv_data, k->mv_size, r, w->with_value)))
+        return w->c->sys = ENOMEM, -1;
+    return 0;
+}
+
+static int delete_exec(struct kv_ctx *c, const Etcdserverpb__DeleteRangeRequest *d,
+                       Etcdserverpb__DeleteRangeResponse **out)
+{
+    struct del_walk w = {.c = c, .with_value = d->prev_kv};
+    struct kv_span sp = mkspan(d->key, d->range_end);
+    if (span_walk(c, &sp, del_cb, &w)) {
+        list_free(&w.kvs);
+        return EXEC_SYS;
+    }
+    /* Deleting after the walk keeps the cursor out of a tree that changes under it. */
+    for (size_t i = 0; i < w.kvs.n; i++) {
+        MDB_val k = {w.kvs.v[i]->key.len, w.kvs.v[i]->key.data};
+        int rc = mdb_del(c->txn, c->s->kv, &k, NULL);
+        if (rc) {
+            list_free(&w.kvs);
+            return sys_fail(c, rc);
+        }
+    }
+    if (w.kvs.n)
+        c->changed = true;
+    Etcdserverpb__DeleteRangeResponse *resp = malloc(sizeof *resp);
+    if (!resp || !(etcdserverpb__delete_range_response__init(resp),
+                   resp->header = header_new(cur_rev(c)))) {
+        free(resp);
+        list_free(&w.kvs);
+        return sys_fail(c, ENOMEM);
+    }
+    resp->deleted = (int64_t)w.kvs.n;
+    if (d->prev_kv && w.kvs.n) {
+        resp->n_prev_kvs = w.kvs.n;
+        resp->prev_kvs = w.kvs.v;
+    } else {
+        list_free(&w.kvs);
+    }
+    *out = resp;
+    return EXEC_OK;
+}
+
+/* ---- Compare and Txn ---- */
+
+struct cmp_walk {
+    const Etcdserverpb__Compare *cmp;
+    bool any, ok;
+};
+
+static bool compare_kv(const Etcdserverpb__Compare *c, const Mvccpb__KeyValue *kv)
+{
+    int res = 0;
+    int64_t want = 0;
+    switch (c->target) {
+    case ETCDSERVERPB__COMPARE__COMPARE_TARGET__VALUE: {
+        /* a target_union of another kind compares against the empty value, as in etcd */
+        ProtobufCBinaryData v = {0, NULL};
+        if (c->target_union_case == ETCDSERVERPB__COMPARE__TARGET_UNION_VALUE)
+            v = c->value;
+        res = kv_bytes_cmp(kv->value.data, kv->value.len, v.data, v.len);
+        break;
+    }
+    case ETCDSERVERPB__COMPARE__COMPARE_TARGET__CREATE:
+        if (c->target_union_case == ETCDSERVERPB__COMPARE__TARGET_UNION_CREATE_REVISION)
+            want = c->create_revision;
+        res = cmp_i64(kv->create_revision, want);
+        break;
+    case ETCDSERVERPB__COMPARE__COMPARE_TARGET__MOD:
+        if (c->target_union_case == ETCDSERVERPB__COMPARE__TARGET_UNION_MOD_REVISION)
+            want = c->mod_revision;
+        res = cmp_i64(kv->mod_revision, want);
+        break;
+    case ETCDSERVERPB__COMPARE__COMPARE_TARGET__VERSION:
+        if (c->target_union_case == ETCDSERVERPB__COMPARE__TARGET_UNION_VERSION)
+            want = c->version;
+        res = cmp_i64(kv->version, want);
+        break;
+    case ETCDSERVERPB__COMPARE__COMPARE_TARGET__LEASE:
+        if (c->target_union_case == ETCDSERVERPB__COMPARE__TARGET_UNION_LEASE)
+            want = c->lease;
+        res = cmp_i64(kv->lease, want);
+        break;
+    default:
+        break;
+    }
+    switch (c->result) {
+    case ETCDSERVERPB__COMPARE__COMPARE_RESULT__EQUAL:
+        return res == 0;
+    case ETCDSERVERPB__COMPARE__COMPARE_RESULT__NOT_EQUAL:
+        return res != 0;
+    case ETCDSERVERPB__COMPARE__COMPARE_RESULT__GREATER:
+        return res > 0;
+    case ETCDSERVERPB__COMPARE__COMPARE_RESULT__LESS:
+        return res < 0;
+    default:
+        return true; /* unreachable: validation rejects unknown results */
+    }
+}
+
+static int cmp_cb(void *arg, const MDB_val *k, const struct kv_rec *r)
+{
+    struct cmp_walk *w = arg;
+    Mvccpb__KeyValue kv = MVCCPB__KEY_VALUE__INIT;
+    kv.key.data = k->mv_data;
+    kv.key.len = k->mv_size;
+    kv.value.data = (uint8_t *)r->val;
+    kv.value.len = r->vlen;
+    kv.create_revision = r->create;
+    kv.mod_revision = r->mod;
+    kv.version = r->version;
+    kv.lease = r->lease;
+    w->any = true;
+    if (!compare_kv(w->cmp, &kv)) {
+        w->ok = false;
+        return 1;
+    }
+    return 0;
+}
+
+/* etcd's applyCompare: every key in the range must satisfy it; no key at all compares the
+ * zero KeyValue, except that a VALUE compare on missing keys always fails. */
+static int compare_one(struct kv_ctx *c, const Etcdserverpb__Compare *cmp, bool *ok)
+{
+    struct cmp_walk w = {cmp, false, true};
+    struct kv_span sp = mkspan(cmp->key, cmp->range_end);
+    if (span_walk(c, &sp, cmp_cb, &w))
+        return EXEC_SYS;
+    if (!w.any) {
+        Mvccpb__KeyValue zero = MVCCPB__KEY_VALUE__INIT;
+        w.ok = cmp->target != ETCDSERVERPB__COMPARE__COMPARE_TARGET__VALUE &&
+               compare_kv(cmp, &zero);
+    }
+    *ok = w.ok;
+    return 0;
+}
+
+/* The branch taken by each txn on the executed path, in pre-order (etcd's compareToPath):
+ * all compares are evaluated against the state before the txn writes anything. */
+struct path {
+    bool *v;
+    size_t n, cap, pos;
+};
+
+static int path_build(struct kv_ctx *c, const Etcdserverpb__TxnRequest *t, struct path *p)
+{
+    bool ok = true;
+    for (size_t i = 0; i < t->n_compare && ok; i++)
+        if (compare_one(c, t->compare[i], &ok))
+            return EXEC_SYS;
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? 2 * p->cap : 8;
+        bool *v = realloc(p->v, cap * sizeof *v);
+        if (!v)
+            return sys_fail(c, ENOMEM);
+        p->v = v;
+        p->cap = cap;
+    }
+    p->v[p->n++] = ok;
+    Etcdserverpb__RequestOp **ops = ok ? t->success : t->failure;
+    size_t n = ok ? t->n_success : t->n_failure;
+    for (size_t i = 0; i < n; i++)
+        if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN &&
+            path_build(c, ops[i]->request_txn, p))
+            return EXEC_SYS;
+    return 0;
+}
+
+/* Responses of the Ranges with an explicit revision, evaluated before any write: such a read
+ * is of the state at the txn's start even when it comes after a write in the txn. */
+struct preread {
+    Etcdserverpb__RangeResponse **v;
+    size_t n, pos;
+};
+
+/* etcd's checkRequests, run over the executed path before anything is written:
+ * pass 0: puts (ignore_value/ignore_lease on a missing key, a lease); pass 1: range
+ * revisions; pass 2: evaluate the Ranges with a revision. */
+static int path_check(struct kv_ctx *c, const Etcdserverpb__TxnRequest *t, struct path *p,
+                      int pass, struct preread *pre, struct kv_err *err)
+{
+    bool ok = p->v[p->pos++];
+    Etcdserverpb__RequestOp **ops = ok ? t->success : t->failure;
+    size_t n = ok ? t->n_success : t->n_failure;
+    for (size_t i = 0; i < n; i++) {
+        const Etcdserverpb__RequestOp *op = ops[i];
+        int rc = 0;
+        if (op->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN) {
+            rc = path_check(c, op->request_txn, p, pass, pre, err);
+        } else if (pass == 0 && op->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT) {
+            const Etcdserverpb__PutRequest *q = op->request_put;
+            if (q->ignore_value || q->ignore_lease) {
+                MDB_val v;
+                struct kv_rec r;
+                bool found;
+                if (get_one(c, q->key, &v, &r, &found))
+                    return EXEC_SYS;
+                if (!found)
+                    rc = req_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_KEY_NOT_FOUND);
+            }
+            if (rc == 0 && q->lease != 0)
+                rc = req_fail(err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
+        } else if (op->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE) {
+            const Etcdserverpb__RangeRequest *q = op->request_range;
+            if (pass == 1 && q->revision > c->rev)
+                rc = req_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_FUTURE_REV);
+            else if (pass == 1 && q->revision != 0 && q->revision < c->rev)
+                /* etcd: revision < first revision; with no history that is every older one,
+                 * and (as in etcd) a negative revision inside a txn */
+                rc = req_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
+            else if (pass == 2 && q->revision != 0) {
+                Etcdserverpb__RangeResponse *resp;
+                if (range_exec(c, q, c->rev, &resp))
+                    return EXEC_SYS;
+                pre->v[pre->n++] = resp;
+            }
+        }
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static size_t count_ranges(const Etcdserverpb__TxnRequest *t)
+{
+    size_t n = 0;
+    for (int b = 0; b < 2; b++) {
+        Etcdserverpb__RequestOp **ops = b ? t->failure : t->success;
+        size_t m = b ? t->n_failure : t->n_success;
+        for (size_t i = 0; i < m; i++) {
+            if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE)
+                n++;
+            else if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN)
+                n += count_ranges(ops[i]->request_txn);
+        }
+    }
+    return n;
+}
+
+/* Executes the path in order (etcd's applyTxn); every response header carries the revision
+ * as of that step. Cannot fail with EXEC_REQ: path_check found those errors first. */
+static int path_exec(struct kv_ctx *c, const Etcdserverpb__TxnRequest *t, struct path *p,
+                     struct preread *pre, Etcdserverpb__TxnResponse **out, struct kv_err *err)
+{
+    bool ok = p->v[p->pos++];
+    Etcdserverpb__RequestOp **ops = ok ? t->success : t->failure;
+    size_t n = ok ? t->n_success : t->n_failure;
+    Etcdserverpb__TxnResponse *resp = malloc(sizeof *resp);
+    if (!resp)
+        return sys_fail(c, ENOMEM);
+    etcdserverpb__txn_response__init(resp);
+    resp->succeeded = ok;
+    /* etcd gives a nested txn's response an empty header; the caller sets the top one's */
+    if (!(resp->header = header_new(0)) ||
+        (n && !(resp->responses = calloc(n, sizeof *resp->responses)))) {
+        msg_free(resp);
+        return sys_fail(c, ENOMEM);
+    }
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        Etcdserverpb__ResponseOp *ro = malloc(sizeof *ro);
+        if (!ro) {
+            rc = sys_fail(c, ENOMEM);
+            break;
+        }
+        etcdserverpb__response_op__init(ro);
+        resp->responses[resp->n_responses++] = ro;
+        const Etcdserverpb__RequestOp *op = ops[i];
+        switch (op->request_case) {
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE:
+            ro->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE;
+            if (op->request_range->revision != 0) {
+                ro->response_range = pre->v[pre->pos];
+                pre->v[pre->pos++] = NULL;
+                ro->response_range->header->revision = cur_rev(c);
+            } else {
+                rc = range_exec(c, op->request_range, cur_rev(c), &ro->response_range);
+            }
+            break;
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT:
+            ro->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_PUT;
+            rc = put_exec(c, op->request_put, &ro->response_put, err);
+            break;
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE:
+            ro->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE;
+            rc = delete_exec(c, op->request_delete_range, &ro->response_delete_range);
+            break;
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN:
+            ro->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_TXN;
+            rc = path_exec(c, op->request_txn, p, pre, &ro->response_txn, err);
+            break;
+        default:
+            break;
+        }
+        if (rc) /* a failed step leaves its oneof unset so the free below stays correct */
+            ro->response_case = ETCDSERVERPB__RESPONSE_OP__RESPONSE__NOT_SET;
+    }
+    if (rc) {
+        msg_free(resp);
+        return rc;
+    }
+    *out = resp;
+    return 0;
+}
+
+static int txn_exec(struct kv_ctx *c, const Etcdserverpb__TxnRequest *t,
+                    Etcdserverpb__TxnResponse **out, struct kv_err *err)
+{
+    struct path p = {0};
+    struct preread pre = {0};
+    int rc = path_build(c, t, &p);
+    if (rc == 0 && !kv_txn_is_readonly(t)) {
+        p.pos = 0;
+        rc = path_check(c, t, &p, 0, NULL, err);
+    }
+    if (rc == 0) {
+        p.pos = 0;
+        rc = path_check(c, t, &p, 1, NULL, err);
+    }
+    size_t nr = rc == 0 ? count_ranges(t) : 0;
+    if (nr && !(pre.v = calloc(nr, sizeof *pre.v)))
+        rc = sys_fail(c, ENOMEM);
+    if (rc == 0 && nr) {
+        p.pos = 0;
+        rc = path_check(c, t, &p, 2, &pre, err);
+    }
+    if (rc == 0) {
+        p.pos = 0;
+        rc = path_exec(c, t, &p, &pre, out, err);
+    }
+    if (rc == 0)
+        (*out)->header->revision = cur_rev(c);
+    for (size_t i = 0; i < pre.n; i++)
+        msg_free(pre.v[i]);
+    free(pre.v);
+    free(p.v);
+    return rc;
+}
+
+/* ---- Compact ---- */
+
+static int compact_exec(struct kv_ctx *c, const Etcdserverpb__CompactionRequest *r,
+                        Etcdserverpb__CompactionResponse **out, struct kv_err *err)
+{
+    /* etcd's order: at or below the compacted revision first, then the future */
+    if (r->revision <= c->compact)
+        return req_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
+    if (r->revision > c->rev)
+        return req_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_FUTURE_REV);
+    Etcdserverpb__CompactionResponse *resp = malloc(sizeof *resp);
+    if (!resp || !(etcdserverpb__compaction_response__init(resp),
+                   resp->header = header_new(c->rev))) {
+        free(resp);
+        return sys_fail(c, ENOMEM);
+    }
+    c->compact = r->revision; /* no history to drop yet: only the bound moves */
+    *out = resp;
+    return EXEC_OK;
+}
+
+/* ---- apply ---- */
+
+static int state_write(struct kv_store *s, MDB_txn *txn, uint64_t applied, int64_t rev,
+                       int64_t compact)
+{
+    uint8_t b[STATE_LEN];
+    put64(b, applied);
+    put64(b + 8, (uint64_t)rev);
+    put64(b + 16, (uint64_t)compact);
+    MDB_val k = {5, "state"}, v = {sizeof b, b};
+    return mdb_put(txn, s->meta, &k, &v, 0);
+}
+
+static int state_read(struct kv_store *s, MDB_txn *txn, uint64_t *applied, int64_t *rev,
+                      int64_t *compact)
+{
+    MDB_val k = {5, "state"}, v;
+    int rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc)
+        return rc;
+    if (v.mv_size != STATE_LEN)
+        return MDB_CORRUPTED;
+    const uint8_t *p = v.mv_data;
+    if (applied)
+        *applied = get64(p);
+    if (rev)
+        *rev = (int64_t)get64(p + 8);
+    if (compact)
+        *compact = (int64_t)get64(p + 16);
+    return 0;
+}
+
+/* Packs a Result for one entry into res. 0, or -ENOMEM. */
+static int result_set(struct raft_fsm_result *res, Craft__Kv__Result *r)
+{
+    size_t n = craft__kv__result__get_packed_size(r);
+    uint8_t *b = malloc(n ? n : 1);
+    if (!b)
+        return -ENOMEM;
+    craft__kv__result__pack(r, b);
+    res->code = (int)r->code;
+    res->data = b;
+    res->len = n;
+    return 0;
+}
+
+static int result_error(struct raft_fsm_result *res, int code, const char *msg, int64_t rev)
+{
+    Craft__Kv__Result r = CRAFT__KV__RESULT__INIT;
+    r.code = (uint32_t)code;
+    r.message = (char *)msg;
+    r.revision = rev;
+    return result_set(res, &r);
+}
+
+/* Applies one entry inside txn. 0 with *res filled (success or an etcd error); or the LMDB /
+ * errno code that killed txn (MDB_MAP_FULL: the caller isolates the entry; else fatal). */
+static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry *e,
+                       struct raft_fsm_result *res)
+{
+    Craft__Kv__Command *cmd = craft__kv__command__unpack(NULL, e->len, e->data);
+    if (!cmd)
+        return result_error(res, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND, s->rev) ? ENOMEM : 0;
+    struct kv_ctx c = {.s = s, .txn = txn, .rev = s->rev, .compact = s->compact};
+    struct kv_err err = {0};
+    Craft__Kv__Result r = CRAFT__KV__RESULT__INIT;
+    int rc = EXEC_REQ;
+    switch (cmd->op_case) {
+    case CRAFT__KV__COMMAND__OP_PUT:
+        if (kv_validate_put(cmd->put, &err) == 0) {
+            if (cmd->put->lease != 0) /* no lease exists; etcd checks this before the rest */
+                kv_fail(&err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
+            else
+                rc = put_exec(&c, cmd->put, &r.put, &err);
+        }
+        r.resp_case = CRAFT__KV__RESULT__RESP_PUT;
+        break;
+    case CRAFT__KV__COMMAND__OP_DELETE_RANGE:
+        if (kv_validate_delete_range(cmd->delete_range, &err) == 0)
+            rc = delete_exec(&c, cmd->delete_range, &r.delete_range);
+        r.resp_case = CRAFT__KV__RESULT__RESP_DELETE_RANGE;
+        break;
+    case CRAFT__KV__COMMAND__OP_TXN:
+        if (kv_validate_txn_limits(cmd->txn, 0, false, &err) == 0)
+            rc = txn_exec(&c, cmd->txn, &r.txn, &err);
+        r.resp_case = CRAFT__KV__RESULT__RESP_TXN;
+        break;
+    case CRAFT__KV__COMMAND__OP_COMPACTION:
+        if (kv_validate_compaction(cmd->compaction, &err) == 0)
+            rc = compact_exec(&c, cmd->compaction, &r.compaction, &err);
+        r.resp_case = CRAFT__KV__RESULT__RESP_COMPACTION;
+        break;
+    default:
+        kv_fail(&err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
+        break;
+    }
+    craft__kv__command__free_unpacked(cmd, NULL);
+    /* the union's members all sit in one place: whichever response was built */
+    ProtobufCMessage *resp = (ProtobufCMessage *)r.put;
+    if (rc == EXEC_SYS)
+        return c.sys ? c.sys : EIO;
+    int out;
+    if (rc == EXEC_REQ) {
+        /* Nothing was written: etcd's checks all run before the first write of a request. */
+        out = result_error(res, err.code, err.msg, s->rev);
+    } else {
+        s->rev = cur_rev(&c);
+        s->compact = c.compact;
+        r.revision = s->rev;
+        out = result_set(res, &r);
+        msg_free(resp);
+    }
+    return out ? ENOMEM : 0;
+}
+
+static void results_clear(struct raft_fsm_result *res, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(res[i].data);
+        res[i] = (struct raft_fsm_result){0};
+    }
+}
+
+static int fatal(int rc)
+{
+    if (rc == ENOMEM)
+        return -ENOMEM;
+    return -EIO; /* an LMDB error (I/O, corruption, ...) or errno: stop applying */
+}
+
+/* The slow path after MDB_MAP_FULL: one transaction per entry, so the entry that does not fit
+ * gets its error result and every other entry still applies. */
+static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_t n,
+                          uint64_t last_index, struct raft_fsm_result *results)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t idx = i + 1 == n ? last_index : es[i].index;
+        int64_t rev0 = s->rev, compact0 = s->compact;
+        MDB_txn *txn;
+        int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+        if (rc)
+            return fatal(rc);
+        rc = apply_entry(s, txn, &es[i], &results[i]);
+        if (rc == 0 && (rc = state_write(s, txn, idx, s->rev, s->compact)) == 0)
+            rc = mdb_txn_commit(txn);
+        else
+            mdb_txn_abort(txn);
+        if (rc == MDB_MAP_FULL) {
+            s->rev = rev0;
+            s->compact = compact0;
+            results_clear(&results[i], 1);
+            if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+                return fatal(rc);
+            if ((rc = state_write(s, txn, idx, s->rev, s->compact)) == 0)
+                rc = mdb_txn_commit(txn);
+            else
+                mdb_txn_abort(txn);
+            if (rc == 0)
+                rc = result_error(&results[i], KV_CODE_RESOURCE_EXHAUSTED, KV_ERR_NO_SPACE,
+                                  s->rev) ? ENOMEM : 0;
+        }
+        if (rc) {
+            s->rev = rev0;
+            s->compact = compact0;
+            return fatal(rc);
+        }
+        atomic_store(&s->applied, idx);
+    }
+    return 0;
+}
+
+static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t last_index,
+                     struct raft_fsm_result *results)
+{
+    struct kv_store *s = ctx;
+    uint64_t applied = atomic_load(&s->applied);
+    /* The runtime never repeats an applied entry; if it did, applying twice would corrupt
+     * the revisions, so such entries only get an error. */
+    size_t skip = 0;
+    while (skip < n && es[skip].index <= applied) {
+        if (result_error(&results[skip], KV_CODE_FAILED_PRECONDITION,
+                         "craft: entry already applied", s->rev))
+            return -ENOMEM;
+        skip++;
+    }
+    es += skip, results += skip, n -= skip;
+    if (last_index <= applied)
+        return 0;
+    int64_t rev0 = s->rev, compact0 = s->compact;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return fatal(rc);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (s->fail_at && es[i].index == s->fail_at)
+            rc = EIO;
+        else
+            rc = apply_entry(s, txn, &es[i], &results[i]);
+    }
+    if (rc == 0)
+        rc = state_write(s, txn, last_index, s->rev, s->compact);
+    if (rc == 0)
+        rc = mdb_txn_commit(txn); /* a failed commit frees txn too */
+    else
+        mdb_txn_abort(txn);
+    if (rc == 0) {
+        atomic_store(&s->applied, last_index);
+        return 0;
+    }
+    /* Nothing of the batch is stored: forget its effects and results. */
+    s->rev = rev0;
+    s->compact = compact0;
+    results_clear(results, n);
+    if (rc == MDB_MAP_FULL)
+        return apply_isolated(s, es, n, last_index, results);
+    return fatal(rc);
+}
+
+static uint64_t fsm_applied_index(void *ctx)
+{
+    return atomic_load(&((struct kv_store *)ctx)->applied);
+}
+
+static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_t *index,
+                              uint64_t *term)
+{
+    (void)ctx, (void)w, (void)index, (void)term;
+    return -ENOSYS; /* the snapshot issue brings them */
+}
+
+static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64_t index,
+                                uint64_t term)
+{
+    (void)ctx, (void)r, (void)index, (void)term;
+    return -ENOSYS;
+}
+
+/* ---- reads from any thread ---- */
+
+static int read_begin(struct kv_store *s, struct kv_ctx *c, struct kv_err *err)
+{
+    *c = (struct kv_ctx){.s = s};
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &c->txn);
+    if (rc == MDB_READERS_FULL)
+        return kv_fail(err, KV_CODE_UNAVAILABLE, "etcdserver: too many requests");
+    if (rc == 0 && (rc = state_read(s, c->txn, NULL, &c->rev, &c->compact)))
+        mdb_txn_abort(c->txn);
+    if (rc) {
+        char m[128];
+        snprintf(m, sizeof m, "craft: kv store read: %s", mdb_strerror(rc));
+        return kv_fail(err, KV_CODE_INTERNAL, m);
+    }
+    return 0;
+}
+
+static int read_fail(struct kv_ctx *c, struct kv_err *err)
+{
+    char m[128];
+    if (c->sys == ENOMEM)
+        return kv_fail(err, KV_CODE_RESOURCE_EXHAUSTED, "craft: out of memory");
+    snprintf(m, sizeof m, "craft: kv store read: %s", mdb_strerror(c->sys));
+    return kv_fail(err, c->sys == MDB_CORRUPTED ? KV_CODE_DATA_LOSS : KV_CODE_INTERNAL, m);
+}
+
+int kv_store_range(struct kv_store *s, const Etcdserverpb__RangeRequest *r,
+                   Etcdserverpb__RangeResponse **out, struct kv_err *err)
+{
+    struct kv_ctx c;
+    if (kv_validate_range(r, err) || read_begin(s, &c, err))
+        return -1;
+    int rc = 0;
+    /* etcd's rangeKeys: a future revision first; then, with no history kept, any older one
+     * (revision <= 0 means the current one) */
+    if (r->revision > c.rev)
+        rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_FUTURE_REV);
+    else if (r->revision > 0 && r->revision < c.rev)
+        rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
+    else if (range_exec(&c, r, c.rev, out))
+        rc = read_fail(&c, err);
+    mdb_txn_abort(c.txn);
+    return rc;
+}
+
+int kv_store_txn_read(struct kv_store *s, const Etcdserverpb__TxnRequest *r,
+                      Etcdserverpb__TxnResponse **out, struct kv_err *err)
+{
+    struct kv_ctx c;
+    if (!kv_txn_is_readonly(r))
+        return kv_fail(err, KV_CODE_INVALID_ARGUMENT, "craft: txn is not read-only");
+    if (kv_validate_txn_limits(r, 0, false, err) || read_begin(s, &c, err))
+        return -1;
+    int rc = txn_exec(&c, r, out, err);
+    if (rc == EXEC_SYS)
+        read_fail(&c, err);
+    mdb_txn_abort(c.txn);
+    return rc ? -1 : 0;
+}
+
+int kv_store_status(struct kv_store *s, int64_t *rev, int64_t *compact_rev, int64_t *db_size,
+                    int64_t *db_size_in_use)
+{
+    struct kv_ctx c;
+    if (read_begin(s, &c, NULL))
+        return -1;
+    MDB_envinfo info;
+    MDB_stat st;
+    mdb_env_info(s->env, &info);
+    mdb_env_stat(s->env, &st);
+    /* Free pages: the values of LMDB's free-page database (dbi 0) are page-number lists whose
+     * first word is their length. */
+    size_t free_pages = 0;
+    MDB_cursor *cur;
+    if (mdb_cursor_open(c.txn, 0, &cur) == 0) {
+        MDB_val k, v;
+        for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+            if (v.mv_size >= sizeof(size_t)) {
+                size_t cnt;
+                memcpy(&cnt, v.mv_data, sizeof cnt);
+                free_pages += cnt;
+            }
+        mdb_cursor_close(cur);
+    }
+    int64_t pages = (int64_t)info.me_last_pgno + 1;
+    if (rev)
+        *rev = c.rev;
+    if (compact_rev)
+        *compact_rev = c.compact;
+    if (db_size)
+        *db_size = pages * st.ms_psize;
+    if (db_size_in_use)
+        *db_size_in_use = (pages - (int64_t)free_pages) * st.ms_psize;
+    mdb_txn_abort(c.txn);
+    return 0;
+}
+
+uint64_t kv_store_applied_index(struct kv_store *s) { return atomic_load(&s->applied); }
+
+/* ---- open / close ---- */
+
+static struct kv_store *open_fail(struct kv_store *s, char *err, size_t errlen, const char *dir,
+                                  const char *what, const char *why)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "kv store %s: %s: %s", dir, what, why);
+    if (s->env)
+        mdb_env_close(s->env);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
+    free(s);
+    return NULL;
+}
+
+struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts, char *err,
+                               size_t errlen)
+{
+    struct kv_store_opts o = opts ? *opts : (struct kv_store_opts){0};
+    struct kv_store *s = calloc(1, sizeof *s);
+    if (!s) {
+        if (err && errlen)
+            snprintf(err, errlen, "kv store: out of memory");
+        return NULL;
+    }
+    s->lock_fd = -1;
+    if (!dir || !*dir)
+        return open_fail(s, err, errlen, "", "open", "no directory given");
+    if (!o.map_size)
+        o.map_size = KV_DEFAULT_MAP_SIZE;
+    if (o.map_size < (64u << 10) || o.map_size > ((uint64_t)1 << 44))
+        return open_fail(s, err, errlen, dir, "map size", "must be between 64 KiB and 16 TiB");
+    if (!o.max_readers)
+        o.max_readers = 512;
+    struct stat st;
+    if (stat(dir, &st))
+        return open_fail(s, err, errlen, dir, "stat", strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return open_fail(s, err, errlen, dir, "open", "not a directory");
+    /* LMDB lets several processes share an environment; two state machines writing one store
+     * would corrupt it, so an exclusive flock keeps every other opener out (a second open in
+     * this process too: flock locks belong to the open file description). */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/kv.lock", dir);
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd < 0)
+        return open_fail(s, err, errlen, dir, "kv.lock", strerror(errno));
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB))
+        return open_fail(s, err, errlen, dir, "kv.lock",
+                         errno == EWOULDBLOCK ? "locked: the store is open elsewhere"
+                                              : strerror(errno));
+    int rc;
+    if ((rc = mdb_env_create(&s->env)))
+        return open_fail(s, err, errlen, dir, "mdb_env_create", mdb_strerror(rc));
+    if ((rc = mdb_env_set_mapsize(s->env, (size_t)o.map_size)) ||
+        (rc = mdb_env_set_maxreaders(s->env, o.max_readers)) ||
+        (rc = mdb_env_set_maxdbs(s->env, 4)))
+        return open_fail(s, err, errlen, dir, "configure", mdb_strerror(rc));
+    /* MDB_NOTLS: read transactions are not tied to threads (gRPC handlers hop threads). */
+    if ((rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600))) {
+        const char *why = rc == MDB_INVALID ? "data.mdb is not an LMDB file (corrupt?)"
+                                            : mdb_strerror(rc);
+        return open_fail(s, err, errlen, dir, "open data.mdb", why);
+    }
+    s->maxkey = (size_t)mdb_env_get_maxkeysize(s->env);
+    if (s->maxkey > KV_MAX_KEY)
+        s->maxkey = KV_MAX_KEY;
+    MDB_txn *txn;
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return open_fail(s, err, errlen, dir, "begin", mdb_strerror(rc));
+    const char *what = "open databases";
+    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) == 0 &&
+        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, &s->kv)) == 0) {
+        MDB_val k = {6, "format"}, v;
+        what = "format";
+        rc = mdb_get(txn, s->meta, &k, &v);
+        if (rc == MDB_NOTFOUND) {
+            v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
+            if ((rc = mdb_put(txn, s->meta, &k, &v, 0)) == 0)
+                rc = state_write(s, txn, 0, 0, 0);
+        } else if (rc == 0 && (v.mv_size != strlen(KV_FORMAT) ||
+                               memcmp(v.mv_data, KV_FORMAT, v.mv_size) != 0)) {
+            mdb_txn_abort(txn);
+            return open_fail(s, err, errlen, dir, "format", "not a craft KV store (format "
+                                                            "record differs)");
+        }
+        uint64_t applied = 0;
+        if (rc == 0) {
+            what = "state record";
+            rc = state_read(s, txn, &applied, &s->rev, &s->compact);
+        }
+        atomic_store(&s->applied, applied);
+    }
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return open_fail(s, err, errlen, dir, what,
+                         rc == MDB_INCOMPATIBLE ? "not a craft KV store" : mdb_strerror(rc));
+    s->fail_at = o.fail_at_index;
+    s->fsm = (struct raft_fsm){s, fsm_apply, fsm_applied_index, fsm_snapshot_write,
+                               fsm_snapshot_restore};
+    return s;
+}
+
+void kv_store_close(struct kv_store *s)
+{
+    if (!s)
+        return;
+    mdb_env_close(s->env);
+    close(s->lock_fd);
+    free(s);
+}
+
+struct raft_fsm *kv_store_fsm(struct kv_store *s) { return &s->fsm; }

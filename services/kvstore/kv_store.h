@@ -1,0 +1,154 @@
+/* kv_store.h: the etcd v3 KV state machine of craft, stored in LMDB, behind raft/fsm.h.
+ *
+ * What it promises
+ * - Semantics of etcd 3.4's KV API (docs/kv.md lists each rule and every deviation): one
+ *   store-wide revision, +1 per write transaction that changes a key (a Put always; a
+ *   DeleteRange or Txn only when it deleted or wrote something); per key create_revision,
+ *   mod_revision and version (a delete resets it); Range with range_end, "\0" from-key, limit,
+ *   count_only, keys_only, sort order/target and min/max revision filters; Put with prev_kv and
+ *   ignore_value; DeleteRange with prev_kv; Txn compares (VALUE, VERSION, CREATE, MOD, LEASE)
+ *   and nested requests under one revision; Compact. There is no multi-version history yet: a
+ *   read at 0 < revision < current gets "required revision has been compacted".
+ * - Storage: one LMDB environment in `dir` (data.mdb, lock.mdb, plus kv.lock, an flock that
+ *   keeps a second process or a second open in this process out). Each apply() call is one
+ *   LMDB write transaction that also stores the applied index, the revision and the compacted
+ *   revision, so after a restart applied_index() is exact and the runtime replays only the log
+ *   tail; a batch is all or nothing. The data can exceed RAM (LMDB is mmap'd).
+ * - Results: every applied entry gets raft_fsm_result.code = a gRPC status code (0 = OK) and
+ *   data = a packed craft.kv.Result (services/proto/etcd/kvcmd.proto) with the etcd response
+ *   or etcd's error message. Bad commands (undecodable bytes, invalid requests, unknown enum
+ *   values) and a full map (MDB_MAP_FULL: "etcdserver: mvcc: database space exceeded") are
+ *   per-entry error results that change nothing; apply() fails (negative) only on an I/O
+ *   error, corruption of the store or out of memory.
+ * - Threads: apply() from the node's applier thread only; kv_store_range, kv_store_txn_read and
+ *   kv_store_status from any thread at any time, concurrently with apply (each reads one LMDB
+ *   read transaction: a consistent state as of the last committed batch). kv_store_close only
+ *   when nothing else uses the store.
+ * - Errors: functions return 0 or -1 and fill a struct kv_err with the gRPC status code and
+ *   the message etcd gives for that case; nothing here exits or aborts on bad input.
+ *
+ * How the KV service uses it (one write): decode the client's request; kv_validate_put (or
+ * _delete_range/_txn/_compaction), answering a failure with status (err.code, err.msg);
+ * kv_cmd_encode_put to get the log command; propose it; when the proposal completes, pass
+ * the fsm result's data to kv_result_decode; if result->code != 0 answer status (code,
+ * message), else fill result->put->header (cluster_id, member_id, raft_term; revision is set)
+ * and send result->put; free the result with craft__kv__result__free_unpacked(result, NULL).
+ * Reads: kv_validate_range, then (after ReadIndex, or at once when serializable)
+ * kv_store_range; a Txn for which kv_txn_is_readonly() is true may be served the same way
+ * with kv_store_txn_read instead of going through the log.
+ */
+#ifndef CRAFT_SERVICES_KV_STORE_H
+#define CRAFT_SERVICES_KV_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "raft/fsm.h"
+#include "services/proto/etcd/kvcmd.pb-c.h"
+#include "services/proto/etcd/rpc.pb-c.h"
+
+/* gRPC status codes the store reports (the values of grpc_status_code). */
+enum {
+    KV_OK = 0,
+    KV_CODE_INVALID_ARGUMENT = 3,
+    KV_CODE_NOT_FOUND = 5,
+    KV_CODE_RESOURCE_EXHAUSTED = 8,
+    KV_CODE_FAILED_PRECONDITION = 9,
+    KV_CODE_OUT_OF_RANGE = 11,
+    KV_CODE_INTERNAL = 13,
+    KV_CODE_UNAVAILABLE = 14,
+    KV_CODE_DATA_LOSS = 15,
+};
+
+/* etcd's messages (rpctypes/error.go), for callers and tests that match on them. */
+#define KV_ERR_EMPTY_KEY "etcdserver: key is not provided"
+#define KV_ERR_KEY_NOT_FOUND "etcdserver: key not found"
+#define KV_ERR_VALUE_PROVIDED "etcdserver: value is provided"
+#define KV_ERR_LEASE_PROVIDED "etcdserver: lease is provided"
+#define KV_ERR_TOO_MANY_OPS "etcdserver: too many operations in txn request"
+#define KV_ERR_DUPLICATE_KEY "etcdserver: duplicate key given in txn request"
+#define KV_ERR_COMPACTED "etcdserver: mvcc: required revision has been compacted"
+#define KV_ERR_FUTURE_REV "etcdserver: mvcc: required revision is a future revision"
+#define KV_ERR_NO_SPACE "etcdserver: mvcc: database space exceeded"
+#define KV_ERR_LEASE_NOT_FOUND "etcdserver: requested lease not found"
+/* craft's own (etcd has no equivalent; see docs/kv.md). */
+#define KV_ERR_KEY_TOO_LONG "etcdserver: key is too long (craft: at most 511 bytes)"
+#define KV_ERR_BAD_ENUM "etcdserver: unknown enum value in request"
+#define KV_ERR_TXN_TOO_DEEP "etcdserver: txn nested too deeply"
+#define KV_ERR_BAD_COMMAND "craft: malformed KV command in the log"
+
+#define KV_MAX_KEY 511          /* LMDB's compiled-in key size limit (Debian's liblmdb) */
+#define KV_MAX_TXN_DEPTH 64     /* nesting bound of Txn inside Txn (etcd has none) */
+#define KV_DEFAULT_MAX_TXN_OPS 128
+#define KV_DEFAULT_MAP_SIZE (2ull << 30) /* etcd's default --quota-backend-bytes */
+
+struct kv_err {
+    int code;      /* gRPC status code; 0 = OK */
+    char msg[160]; /* etcd's message, or a craft one for storage errors */
+};
+
+struct kv_store_opts {
+    /* Largest size the data file may grow to (LMDB map size), bytes; 0 = 2 GiB. Writes past
+     * it get KV_ERR_NO_SPACE. Give every member the same value (docs/kv.md: why). */
+    uint64_t map_size;
+    /* Concurrent read transactions (readers in flight); 0 = 512. */
+    unsigned max_readers;
+    /* Tests only: apply() fails with -EIO when it reaches the entry with this index, after
+     * having applied the entries before it in the same (then aborted) transaction. 0 = off. */
+    uint64_t fail_at_index;
+};
+
+struct kv_store;
+
+/* Opens (creating dir's files if needed) the store in `dir`, which must exist. NULL with a
+ * one-line reason in err[errlen] when the files are corrupt, not an LMDB store of craft, locked
+ * by another user, unwritable, or the options are invalid. opts may be NULL (defaults). */
+struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts, char *err,
+                               size_t errlen);
+void kv_store_close(struct kv_store *s);
+/* The fsm table over s (valid while s lives). Snapshots are not implemented yet (-ENOSYS). */
+struct raft_fsm *kv_store_fsm(struct kv_store *s);
+
+/* Validation before proposing (etcd's v3rpc checks, in etcd's order), so that invalid requests
+ * never enter the log. 0, or -1 with *err = {InvalidArgument/NotFound, etcd's message}.
+ * max_txn_ops: etcd's --max-txn-ops (0 = 128). apply() repeats every check except
+ * max_txn_ops (a member-local flag must not decide a replicated outcome). */
+int kv_validate_range(const Etcdserverpb__RangeRequest *r, struct kv_err *err);
+int kv_validate_put(const Etcdserverpb__PutRequest *r, struct kv_err *err);
+int kv_validate_delete_range(const Etcdserverpb__DeleteRangeRequest *r, struct kv_err *err);
+int kv_validate_txn(const Etcdserverpb__TxnRequest *r, unsigned max_txn_ops, struct kv_err *err);
+int kv_validate_compaction(const Etcdserverpb__CompactionRequest *r, struct kv_err *err);
+/* true when no branch (at any depth) of the txn holds a Put or DeleteRange. */
+bool kv_txn_is_readonly(const Etcdserverpb__TxnRequest *r);
+
+/* A log command in a malloc'd buffer (*out, *len), for raft proposal. 0 or -1 (no memory). */
+int kv_cmd_encode_put(const Etcdserverpb__PutRequest *r, uint8_t **out, size_t *len);
+int kv_cmd_encode_delete_range(const Etcdserverpb__DeleteRangeRequest *r, uint8_t **out,
+                               size_t *len);
+int kv_cmd_encode_txn(const Etcdserverpb__TxnRequest *r, uint8_t **out, size_t *len);
+int kv_cmd_encode_compaction(const Etcdserverpb__CompactionRequest *r, uint8_t **out,
+                             size_t *len);
+/* The Result of an applied entry (raft_fsm_result data/len); NULL if it does not decode.
+ * Free with craft__kv__result__free_unpacked(res, NULL). */
+Craft__Kv__Result *kv_result_decode(const void *data, size_t len);
+
+/* Serves a Range from the state as of the last applied batch (call kv_validate_range first).
+ * 0 with *out (free with etcdserverpb__range_response__free_unpacked(*out, NULL)), or -1 with
+ * *err (future / compacted revision, storage error). header.revision is set. */
+int kv_store_range(struct kv_store *s, const Etcdserverpb__RangeRequest *r,
+                   Etcdserverpb__RangeResponse **out, struct kv_err *err);
+/* Serves a read-only Txn (kv_txn_is_readonly) the same way; -1 with *err when it is not read
+ * only, or for the errors a Txn gets from apply. Free with
+ * etcdserverpb__txn_response__free_unpacked. */
+int kv_store_txn_read(struct kv_store *s, const Etcdserverpb__TxnRequest *r,
+                      Etcdserverpb__TxnResponse **out, struct kv_err *err);
+
+/* Current revision, compacted revision, data file size and bytes in use (file size minus
+ * LMDB's free pages), as of the last applied batch. Any pointer may be NULL. 0 or -1. */
+int kv_store_status(struct kv_store *s, int64_t *rev, int64_t *compact_rev, int64_t *db_size,
+                    int64_t *db_size_in_use);
+/* Index of the last applied entry (what fsm applied_index returns). */
+uint64_t kv_store_applied_index(struct kv_store *s);
+
+#endif
