@@ -371,3 +371,56 @@ Test(rpc_life, completing_twice_is_refused, .timeout = 60)
     rpc_server_shutdown(srv, 1000);
     free(run.fired);
 }
+
+/* Client side whose on_message blocks until released: the client stops reading. */
+static pthread_mutex_t cgate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cgate_cv = PTHREAD_COND_INITIALIZER;
+static bool cgate_open;
+
+static void cs_msg_blocking(struct rpc_client_stream *s, const uint8_t *d, size_t l, void *arg)
+{
+    pthread_mutex_lock(&cgate_mu);
+    while (!cgate_open)
+        pthread_cond_wait(&cgate_cv, &cgate_mu);
+    pthread_mutex_unlock(&cgate_mu);
+    cs_msg(s, d, l, arg);
+}
+
+Test(rpc_life, bounded_server_send_queue, .timeout = 60)
+{
+    struct rpc_server_config scfg = {.stream_queue = 4, .max_send_bytes = 8u << 20};
+    struct rpc_server *srv = tt_server_start("server", 0, &scfg);
+    struct rpc_channel_config cfg = {.max_recv_bytes = 8u << 20};
+    struct rpc_channel *ch = tt_channel(rpc_server_port(srv), "a", "client", &cfg);
+    struct cs_run r = {0};
+    tt_latch_init(&r.closed);
+    static const struct rpc_client_stream_handler h = {cs_msg_blocking, cs_close};
+    struct rpc_client_stream *s = rpc_channel_stream_open(ch, TT_HOLD_STREAM, &h, &r);
+    cr_assert_eq(rpc_client_stream_send(s, "s", 1, 1000), 0);
+    tt_wait_held(0, 1);
+    pthread_mutex_lock(&tt_held.mu);
+    struct rpc_stream *ss = tt_held.streams[0];
+    tt_held.nstreams = 0;
+    pthread_mutex_unlock(&tt_held.mu);
+    /* the client reads nothing, so the server's writes stall and its queue fills; the server
+     * side never blocks, it says RPC_EFULL */
+    size_t big = 1u << 20;
+    uint8_t *buf = calloc(1, big);
+    int rc = 0, sent = 0;
+    while (sent < 256 && (rc = rpc_stream_send(ss, buf, big)) == 0)
+        sent++;
+    cr_assert_eq(rc, RPC_EFULL, "sent %d: %s", sent, rpc_strerror(rc));
+    free(buf);
+    cr_assert_eq(rpc_stream_finish(ss, GRPC_STATUS_OK, NULL), 0);
+    /* released, the client gets every queued message, then the status */
+    pthread_mutex_lock(&cgate_mu);
+    cgate_open = true;
+    pthread_cond_broadcast(&cgate_cv);
+    pthread_mutex_unlock(&cgate_mu);
+    cr_assert_eq(tt_latch_wait(&r.closed, 1, 30000), 1);
+    cr_assert_eq(r.status, GRPC_STATUS_OK);
+    cr_assert_eq(atomic_load(&r.msgs), sent);
+    cr_assert_eq(rpc_client_stream_close(s), RPC_ECLOSED);
+    rpc_channel_destroy(ch);
+    rpc_server_shutdown(srv, 1000);
+}
