@@ -345,8 +345,9 @@ int main(int argc, char **argv)
             return usage();
         const char *v = argv[++i];
         if (!strcmp(f, "--endpoints")) {
-            char *copy = strdup(v), *save = NULL;
-            for (char *e = strtok_r(copy, ",", &save); e && o.n_eps < MAX_EP;
+            /* Split in place (argv is writable): nothing to free. */
+            char *save = NULL;
+            for (char *e = strtok_r(argv[i], ",", &save); e && o.n_eps < MAX_EP;
                  e = strtok_r(NULL, ",", &save))
                 o.eps[o.n_eps++] = e;
         } else if (!strcmp(f, "--cacert")) {

@@ -48,7 +48,7 @@ static const struct flag flags[] = {
     {"peer-client-cert-auth", BOOL, 0, 0, 0, 0, "true", "require peer certificates (craft: always true)"},
     {"heartbeat-interval", UINT, U4(heartbeat_ms), 1, 60000, "100", "ms between leader heartbeats"},
     {"election-timeout", UINT, U4(election_ms), 2, 600000, "1000", "ms without a leader before an election"},
-    {"max-request-bytes", UINT, U8(max_request_bytes), 1024, 64u << 20, "1572864", "largest client request"},
+    {"max-request-bytes", UINT, U8(max_request_bytes), 1024, (32u << 20) - 1024, "1572864", "largest client request"},
     {"insecure-plaintext", BOOL, F(insecure_plaintext), 0, 0, 0, "false", "allow http:// URLs (tests and demos only)"},
     {"proposal-timeout", UINT, U4(proposal_timeout_ms), 1, 600000, "5000", "ms a write may wait to commit"},
     {"max-append-entries", UINT, U4(max_append_entries), 1, 1u << 20, "64", "entries per AppendEntries"},
@@ -232,6 +232,13 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
         check_tls("peer", cfg->listen_peer.tls, cfg->insecure_plaintext, cfg->peer_cert_file,
                   cfg->peer_key_file, cfg->peer_trusted_ca_file, "peer-", err, errlen))
         return -1;
+    /* A log entry must fit twice in a segment (the runtime refuses otherwise, raft/node.h). */
+    if (cfg->wal_segment_bytes < 2 * (cfg->max_request_bytes + 1024))
+        return fail(err, errlen,
+                    "--wal-segment-bytes (%llu) must be at least twice --max-request-bytes (%llu) "
+                    "plus framing",
+                    (unsigned long long)cfg->wal_segment_bytes,
+                    (unsigned long long)cfg->max_request_bytes);
     if (strcmp(cfg->initial_cluster_state, "new") && strcmp(cfg->initial_cluster_state, "existing"))
         return fail(err, errlen, "--initial-cluster-state must be new or existing, not '%s'",
                     cfg->initial_cluster_state);

@@ -232,7 +232,7 @@ Test(cluster, five_members_serve_with_two_down_and_fail_cleanly_with_three_down,
             down++;
         }
     for (int i = 0; i < 20; i++) {
-        char key[16];
+        char key[32];
         snprintf(key, sizeof key, "two-down-%d", i);
         cr_assert_eq(put_anywhere(key, "v", 5000, NULL), GRPC_STATUS_OK);
     }
@@ -285,7 +285,7 @@ Test(cluster, paused_follower_does_not_slow_the_others, .fini = teardown, .timeo
     static char big[200000];
     memset(big, 'b', sizeof big - 1);
     for (int i = 0; i < 20; i++) {
-        char key[16];
+        char key[32];
         snprintf(key, sizeof key, "big/%d", i);
         cr_assert_eq(hc_put(&C, l, key, big, 5000, NULL), GRPC_STATUS_OK);
     }

@@ -54,12 +54,13 @@ pid=$!
 pids+=("$pid")
 cli=("$ctl" --endpoints "https://127.0.0.1:$cp" --cacert "$dir/c/ca.pem" --cert "$dir/c/cl.pem" --key "$dir/c/cl-key.pem")
 ok=0
-for _ in $(seq 200); do
-    if "${cli[@]}" put k v >/dev/null 2>&1; then ok=1; break; fi
+deadline=$((SECONDS + 30))
+while [ $SECONDS -lt $deadline ]; do
+    if timeout 5 "${cli[@]}" put k v >/dev/null 2>&1; then ok=1; break; fi
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
 done
-if [ $ok = 1 ] && [ "$("${cli[@]}" get k)" = v ]; then echo "ok: single member serves"; else
+if [ $ok = 1 ] && [ "$(timeout 5 "${cli[@]}" get k)" = v ]; then echo "ok: single member serves"; else
     echo "FAIL: single member did not serve"; cat "$dir/d1.log"; fails=$((fails + 1)); fi
 
 # The same data directory, or the same port, while it runs.
@@ -81,8 +82,9 @@ if [ $rc -eq 0 ] && grep -q "stopped" "$dir/d1.log"; then echo "ok: SIGTERM -> c
 pid=$!
 pids+=("$pid")
 got=""
-for _ in $(seq 200); do
-    got=$("${cli[@]}" get k 2>/dev/null) && [ "$got" = v ] && break
+deadline=$((SECONDS + 30))
+while [ $SECONDS -lt $deadline ]; do
+    got=$(timeout 5 "${cli[@]}" get k 2>/dev/null) && [ "$got" = v ] && break
     sleep 0.05
 done
 if [ "$got" = v ]; then echo "ok: restart recovers the write"; else echo "FAIL: after restart got '$got'"; fails=$((fails + 1)); fi

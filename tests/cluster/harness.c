@@ -78,8 +78,11 @@ void hc_setup(struct hc *c, int n, int heartbeat_ms, int election_ms)
         run(cmd);
         m->client_port = free_port();
         m->peer_port = free_port();
-        snprintf(m->data_dir, sizeof m->data_dir, "%s/%s.data", c->dir, m->name);
-        snprintf(m->log, sizeof m->log, "%s/%s.log", c->dir, m->name);
+        char dir[sizeof c->dir], name[sizeof m->name]; /* copies: no overlap with *c */
+        memcpy(dir, c->dir, sizeof dir);
+        memcpy(name, m->name, sizeof name);
+        snprintf(m->data_dir, sizeof m->data_dir, "%s/%s.data", dir, name);
+        snprintf(m->log, sizeof m->log, "%s/%s.log", dir, name);
     }
     snprintf(c->ca, sizeof c->ca, "%s/ca.pem", c->certs);
     snprintf(c->cert, sizeof c->cert, "%s/client.pem", c->certs);

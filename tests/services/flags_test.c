@@ -91,6 +91,9 @@ Test(flags, bad_input_gets_clear_errors)
     refused("one URL", parse("--listen-client-urls", "https://a:1,https://b:2", TLS_FLAGS, NULL));
     refused("unexpected argument", parse("stray", NULL));
     refused("true or false", parse("--insecure-plaintext=maybe", NULL));
+    refused("at least twice --max-request-bytes",
+            parse("--wal-segment-bytes", "1048576", "--max-request-bytes", "1000000", TLS_FLAGS, NULL));
+    refused("whole number", parse("--max-request-bytes", "67108864", TLS_FLAGS, NULL));
 }
 
 Test(flags, insecure_plaintext_is_explicit)
