@@ -304,9 +304,15 @@ int raft_recv_append_resp(struct raft *r, const struct raft_msg *m)
         }
         uint64_t next = next_from_hint(r, m);
         if (next <= pr->match)
-            next = pr->match + 1;
+            next = pr->match + 1; /* never below what the follower acknowledged */
+        bool moved = pr->state != RAFT_PROGRESS_PROBE || next != pr->next;
         become_probe(r, pr, next);
-        raft_send_append(r, pr, true);
+        /* Retry at once only if the hint moved us; otherwise wait for the heartbeat, so a
+         * follower that keeps refusing the same probe cannot start a message storm. */
+        if (moved)
+            raft_send_append(r, pr, true);
+        else
+            pr->probe_sent = true;
         return 0;
     }
 

@@ -392,6 +392,19 @@ static void net_send(struct sim *s, const struct raft_msg *m)
     char d[128];
     if (s->o.trace)
         describe(d, sizeof(d), m);
+    /* Durability before acknowledgement: a vote grant needs its term and vote on disk, an
+     * append ack the acknowledged entries. */
+    const struct node *src = a >= 0 && a < s->n ? &s->nodes[a] : NULL;
+    if (src && m->type == RAFT_MSG_VOTE_RESP && m->granted &&
+        (src->dhs.term != m->term || src->dhs.voted_for != m->to))
+        violation(s, "Durability: n%d grants its vote to n%d in term %llu before it is durable "
+                  "(disk: term %llu vote %llu)", a + 1, b + 1, (unsigned long long)m->term,
+                  (unsigned long long)src->dhs.term, (unsigned long long)src->dhs.voted_for);
+    if (src && m->type == RAFT_MSG_APPEND_RESP && !m->reject && m->match_index > src->dn)
+        violation(s, "Durability: n%d acknowledges index %llu with %zu entries durable", a + 1,
+                  (unsigned long long)m->match_index, src->dn);
+    if (s->nn > 200000)
+        violation(s, "message storm: %zu messages in flight", s->nn);
     if (b < 0 || b >= s->n || !connected(s, a, b) || chance(s, s->o.drop)) {
         s->st.dropped++;
         if (s->o.trace)
@@ -903,9 +916,14 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
     o.max_delay = delays[(pick >> 16) % 3];
     o.pre_vote = ((pick >> 24) % 4) != 0; /* a quarter of the runs without pre-vote */
     o.check_quorum = ((pick >> 32) % 4) != 0;
-    o.max_append_entries = ((pick >> 40) % 2) ? 64 : 4;
-    o.max_inflight_msgs = ((pick >> 48) % 2) ? 64 : 2;
+    static const uint32_t batch[] = {64, 4, 1, 1};
+    o.max_append_entries = batch[(pick >> 40) % 4];
+    /* A tiny window only with real batches, so catching up after healing stays well inside
+     * the liveness bound. */
+    o.max_inflight_msgs = ((pick >> 48) % 2) || o.max_append_entries == 1 ? 64 : 2;
     o.disk_max = ((pick >> 56) % 2) ? 3 : 25; /* slow disks: crashes lose more */
+    static const unsigned evs[] = {20, 50, 100};
+    unsigned ev = evs[(pick >> 60) % 3]; /* ms between fault decisions */
     struct sim *s = sim_new(&o);
     if (!s) {
         snprintf(msg, msglen, "bad options");
@@ -913,9 +931,9 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
     }
     if (tr)
         fprintf(tr, "seed=%llu nodes=%d drop=%.2f dup=%.2f delay=1..%u pre_vote=%d "
-                    "check_quorum=%d max_append=%u max_inflight=%u disk=1..%u\n",
+                    "check_quorum=%d max_append=%u max_inflight=%u disk=1..%u faults every %u ms\n",
                 (unsigned long long)seed, nodes, o.drop, o.dup, o.max_delay, o.pre_vote,
-                o.check_quorum, o.max_append_entries, o.max_inflight_msgs, o.disk_max);
+                o.check_quorum, o.max_append_entries, o.max_inflight_msgs, o.disk_max, ev);
 
     const uint64_t chaos_ms = 6000, live_bound = 10000;
     uint64_t value = 1000;
@@ -930,29 +948,28 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
             if (s->nodes[i].up)
                 sim_propose(s, i, value++, NULL);
         }
-        if (s->now % 50 == 0) {
+        if (s->now % ev == 0) {
+            /* Faults. Crashing or cutting off the leader right after it accepted entries is what
+             * builds the mixed-term logs of Figure 8. */
             uint64_t r = rnd(s) % 100;
-            int i = (int)(rnd(s) % (uint64_t)nodes);
-            if (r < 6) {
+            int i = (int)(rnd(s) % (uint64_t)nodes), l = sim_leader(s);
+            if (r < 8)
                 sim_crash(s, i);
-            } else if (r < 20) {
+            else if (r < 14 && l >= 0)
+                sim_crash(s, l);
+            else if (r < 32)
                 sim_restart(s, i);
-            } else if (r < 26) {
+            else if (r < 38) {
                 int g[SIM_MAX_NODES];
                 for (int k = 0; k < nodes; k++)
                     g[k] = (int)(rnd(s) % 2);
                 sim_partition(s, g);
-            } else if (r < 30) {
-                int l = sim_leader(s);
-                if (l >= 0)
-                    sim_disconnect(s, l); /* isolate the leader */
-            } else if (r < 38) {
+            } else if (r < 44 && l >= 0)
+                sim_disconnect(s, l);
+            else if (r < 54)
                 sim_heal(s);
-            } else if (r < 40) {
-                int l = sim_leader(s);
-                if (l >= 0)
-                    sim_transfer(s, l, i);
-            }
+            else if (r < 56 && l >= 0)
+                sim_transfer(s, l, i);
         }
     }
 
