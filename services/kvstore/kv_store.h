@@ -79,7 +79,7 @@ enum {
 #define KV_ERR_BAD_COMMAND "craft: malformed KV command in the log"
 
 #define KV_MAX_KEY 511          /* LMDB's compiled-in key size limit (Debian's liblmdb) */
-#define KV_MAX_TXN_DEPTH 64     /* nesting bound of Txn inside Txn (etcd has none) */
+#define KV_MAX_TXN_DEPTH 256    /* nesting bound of Txn inside Txn (etcd has none) */
 #define KV_DEFAULT_MAX_TXN_OPS 128
 #define KV_DEFAULT_MAP_SIZE (2ull << 30) /* etcd's default --quota-backend-bytes */
 
