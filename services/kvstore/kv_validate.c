@@ -142,7 +142,8 @@ struct kv_ivalset {
 
 int kv_bytes_cmp(const void *a, size_t an, const void *b, size_t bn)
 {
-    int c = memcmp(a, b, an < bn ? an : bn);
+    size_t n = an < bn ? an : bn;
+    int c = n ? memcmp(a, b, n) : 0; /* an empty ProtobufCBinaryData may have NULL data */
     if (c)
         return c;
     return an < bn ? -1 : an > bn;
