@@ -881,6 +881,23 @@ static int state_read(struct kv_store *s, MDB_txn *txn, uint64_t *applied, int64
     return 0;
 }
 
+static bool has_ignore_put(const Etcdserverpb__TxnRequest *t)
+{
+    for (int b = 0; b < 2; b++) {
+        Etcdserverpb__RequestOp **ops = b ? t->failure : t->success;
+        size_t n = b ? t->n_failure : t->n_success;
+        for (size_t i = 0; i < n; i++) {
+            const Etcdserverpb__RequestOp *op = ops[i];
+            if ((op->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT &&
+                 (op->request_put->ignore_value || op->request_put->ignore_lease)) ||
+                (op->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN &&
+                 has_ignore_put(op->request_txn)))
+                return true;
+        }
+    }
+    return false;
+}
+
 /* Packs a Result for one entry into res. 0, or -ENOMEM. */
 static int result_set(struct raft_fsm_result *res, Craft__Kv__Result *r)
 {
@@ -932,8 +949,30 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
         r.resp_case = CRAFT__KV__RESULT__RESP_DELETE_RANGE;
         break;
     case CRAFT__KV__COMMAND__OP_TXN:
-        if (kv_validate_txn_limits(cmd->txn, 0, false, &err) == 0)
+        if (kv_validate_txn_limits(cmd->txn, 0, false, &err) == 0) {
+            /* A put with ignore_value/ignore_lease can still find its key gone at execution
+             * time, after the checks: a from-key delete earlier in the txn, which etcd's
+             * duplicate-key rule lets through (etcd 3.4 panics there). The txn then fails as
+             * a whole, so its earlier writes run in a child transaction that can be undone;
+             * only such txns pay for one. */
+            MDB_txn *child = NULL;
+            if (has_ignore_put(cmd->txn)) {
+                int x = mdb_txn_begin(s->env, txn, 0, &child);
+                if (x) {
+                    craft__kv__command__free_unpacked(cmd, NULL);
+                    return x;
+                }
+                c.txn = child;
+            }
             rc = txn_exec(&c, cmd->txn, &r.txn, &err);
+            if (child && rc == EXEC_OK && (c.sys = mdb_txn_commit(child)) != 0) {
+                msg_free(r.txn);
+                r.txn = NULL;
+                rc = EXEC_SYS;
+            } else if (child && rc != EXEC_OK) {
+                mdb_txn_abort(child);
+            }
+        }
         r.resp_case = CRAFT__KV__RESULT__RESP_TXN;
         break;
     case CRAFT__KV__COMMAND__OP_COMPACTION:
@@ -952,7 +991,8 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
         return c.sys ? c.sys : EIO;
     int out;
     if (rc == EXEC_REQ) {
-        /* Nothing was written: etcd's checks all run before the first write of a request. */
+        /* Nothing was written: etcd's checks all run before the first write of a request,
+         * and the one error that can come later (above) undoes its child transaction. */
         out = result_error(res, err.code, err.msg, s->rev);
     } else {
         s->rev = cur_rev(&c);

@@ -464,3 +464,34 @@ Test(kv_txn, read_only_txn_served_without_the_log)
     cr_assert_null(resp);
     kb_free(t);
 }
+
+Test(kv_txn, ignore_value_put_after_from_key_delete_fails_whole_txn)
+{
+    kvt_put_ok(&T, "a", "1");
+    kvt_put_ok(&T, "b", "2"); /* rev 2 */
+    /* etcd's duplicate-key rule lets a from-key delete and a later put of a key in it through;
+     * with ignore_value the put then finds no key (etcd 3.4 panics): craft fails the whole
+     * txn with "key not found" and undoes the delete. */
+    Etcdserverpb__TxnRequest *t = kb_txn(), *s1 = kb_txn(), *s2 = kb_txn();
+    kb_put(t, 0, "c", "3", false);
+    kb_del(s1, 0, "a", KVT_FROM, false);
+    kb_sub(t, 0, s1);
+    kb_put_req(s2, 0, "b", NULL)->ignore_value = 1;
+    kb_sub(t, 0, s2);
+    struct kv_err err;
+    cr_assert_eq(kv_validate_txn(t, 0, &err), 0);
+    Craft__Kv__Result *r = kvt_txn(&T, t);
+    cr_assert_eq(r->code, KV_CODE_INVALID_ARGUMENT);
+    cr_assert_str_eq(r->message, KV_ERR_KEY_NOT_FOUND);
+    FREE_RES(r);
+    kb_free(t);
+    cr_assert_eq(kvt_rev(&T), 2);
+    Etcdserverpb__RangeRequest q;
+    kvt_range_req(&q, "a", KVT_FROM);
+    Etcdserverpb__RangeResponse *resp = kvt_range(&T, &q);
+    cr_assert_str_eq(kvt_keys(resp->kvs, resp->n_kvs, true), "a=1,b=2");
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    /* and the store goes on */
+    kvt_put_ok(&T, "c", "3");
+    cr_assert_eq(kvt_rev(&T), 3);
+}

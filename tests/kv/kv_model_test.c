@@ -1,0 +1,822 @@
+/* kv_model_test.c: randomized operation sequences, each op compared with a small reference
+ * model (plain sorted arrays, the etcd rules written out the obvious way): every response
+ * (kvs, count, more, deleted, prev_kvs, succeeded, revisions, errors) and the final state.
+ * Writes are applied in batches of 1-6 entries, and the store is reopened now and then.
+ * Reproducible: the failing seed and op number are in the assertion message; set KV_MODEL_SEED
+ * to run only that seed. */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tests/kv/kv_txn_build.h"
+
+#define SEQS 200
+#define OPS 200
+
+/* ---- output format shared by the model and the store's responses ---- */
+
+struct out {
+    char b[16384];
+    size_t n;
+};
+
+static void outf(struct out *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (o->n < sizeof o->b)
+        o->n += (size_t)vsnprintf(o->b + o->n, sizeof o->b - o->n, fmt, ap);
+    va_end(ap);
+}
+
+static void out_kv(struct out *o, const char *k, size_t kn, const char *v, size_t vn, int64_t c,
+                   int64_t m, int64_t ver)
+{
+    outf(o, "{%.*s=%.*s c%lld m%lld v%lld}", (int)kn, k, (int)vn, v ? v : "", (long long)c,
+         (long long)m, (long long)ver);
+}
+
+static void out_pkv(struct out *o, const Mvccpb__KeyValue *kv)
+{
+    out_kv(o, (const char *)kv->key.data, kv->key.len, (const char *)kv->value.data,
+           kv->value.len, kv->create_revision, kv->mod_revision, kv->version);
+}
+
+static void out_range(struct out *o, const Etcdserverpb__RangeResponse *r)
+{
+    outf(o, "R(rev%lld count%lld more%d [", (long long)r->header->revision, (long long)r->count,
+         (int)r->more);
+    for (size_t i = 0; i < r->n_kvs; i++)
+        out_pkv(o, r->kvs[i]);
+    outf(o, "])");
+}
+
+static void out_txn(struct out *o, const Etcdserverpb__TxnResponse *t)
+{
+    outf(o, "T(rev%lld ok%d [", (long long)t->header->revision, (int)t->succeeded);
+    for (size_t i = 0; i < t->n_responses; i++) {
+        const Etcdserverpb__ResponseOp *r = t->responses[i];
+        switch (r->response_case) {
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_RANGE:
+            out_range(o, r->response_range);
+            break;
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_PUT:
+            outf(o, "P(rev%lld ", (long long)r->response_put->header->revision);
+            if (r->response_put->prev_kv)
+                out_pkv(o, r->response_put->prev_kv);
+            outf(o, ")");
+            break;
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_DELETE_RANGE:
+            outf(o, "D(rev%lld n%lld [", (long long)r->response_delete_range->header->revision,
+                 (long long)r->response_delete_range->deleted);
+            for (size_t j = 0; j < r->response_delete_range->n_prev_kvs; j++)
+                out_pkv(o, r->response_delete_range->prev_kvs[j]);
+            outf(o, "])");
+            break;
+        case ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_TXN:
+            out_txn(o, r->response_txn);
+            break;
+        default:
+            outf(o, "?");
+        }
+    }
+    outf(o, "])");
+}
+
+static void out_result(struct out *o, const Craft__Kv__Result *r)
+{
+    if (r->code) {
+        outf(o, "E(%u %s)@%lld", r->code, r->message, (long long)r->revision);
+        return;
+    }
+    switch (r->resp_case) {
+    case CRAFT__KV__RESULT__RESP_PUT:
+        outf(o, "P(rev%lld ", (long long)r->put->header->revision);
+        if (r->put->prev_kv)
+            out_pkv(o, r->put->prev_kv);
+        outf(o, ")");
+        break;
+    case CRAFT__KV__RESULT__RESP_DELETE_RANGE:
+        outf(o, "D(rev%lld n%lld [", (long long)r->delete_range->header->revision,
+             (long long)r->delete_range->deleted);
+        for (size_t j = 0; j < r->delete_range->n_prev_kvs; j++)
+            out_pkv(o, r->delete_range->prev_kvs[j]);
+        outf(o, "])");
+        break;
+    case CRAFT__KV__RESULT__RESP_TXN:
+        out_txn(o, r->txn);
+        break;
+    case CRAFT__KV__RESULT__RESP_COMPACTION:
+        outf(o, "C(rev%lld)", (long long)r->compaction->header->revision);
+        break;
+    default:
+        outf(o, "?");
+    }
+    outf(o, "@%lld", (long long)r->revision);
+}
+
+/* ---- the reference model ---- */
+
+#define MAXK 32
+struct mkv {
+    char key[16], val[16];
+    int64_t create, mod, ver;
+};
+struct model {
+    struct mkv kv[MAXK]; /* sorted by key */
+    int n;
+    int64_t rev, compact;
+};
+
+static const char *KEYS[] = {"a", "aa", "ab", "b", "ba", "bb", "c", "ca", "d", "e"};
+#define NKEYS 10
+
+/* A span as etcd reads key/range_end: end NULL = the key; KVT_FROM = every key >= key. */
+static bool in_span(const char *k, const char *key, const char *end)
+{
+    if (!end)
+        return strcmp(k, key) == 0;
+    if (strcmp(end, KVT_FROM) == 0)
+        return strcmp(k, key) >= 0;
+    return strcmp(k, key) >= 0 && strcmp(k, end) < 0;
+}
+
+static const char *bstr(ProtobufCBinaryData b, char *buf)
+{
+    if (b.len == 0)
+        return NULL;
+    if (b.len == 1 && b.data[0] == 0)
+        return KVT_FROM;
+    memcpy(buf, b.data, b.len);
+    buf[b.len] = 0;
+    return buf;
+}
+
+static struct mkv *m_get(struct model *m, const char *k)
+{
+    for (int i = 0; i < m->n; i++)
+        if (strcmp(m->kv[i].key, k) == 0)
+            return &m->kv[i];
+    return NULL;
+}
+
+static void m_put(struct model *m, const char *k, const char *v, int64_t rev)
+{
+    struct mkv *e = m_get(m, k);
+    if (!e) {
+        int i = m->n++;
+        while (i > 0 && strcmp(m->kv[i - 1].key, k) > 0) {
+            m->kv[i] = m->kv[i - 1];
+            i--;
+        }
+        e = &m->kv[i];
+        memset(e, 0, sizeof *e);
+        snprintf(e->key, sizeof e->key, "%s", k);
+        e->create = rev;
+    }
+    snprintf(e->val, sizeof e->val, "%s", v);
+    e->mod = rev;
+    e->ver++;
+}
+
+static void out_m(struct out *o, const struct mkv *e, bool with_value)
+{
+    out_kv(o, e->key, strlen(e->key), with_value ? e->val : "", with_value ? strlen(e->val) : 0,
+           e->create, e->mod, e->ver);
+}
+
+static const Etcdserverpb__RangeRequest *g_sort_req;
+static int m_sort_cmp(const void *pa, const void *pb)
+{
+    const struct mkv *a = *(const struct mkv *const *)pa, *b = *(const struct mkv *const *)pb;
+    int c = 0;
+    switch ((int)g_sort_req->sort_target) {
+    case 0: c = strcmp(a->key, b->key); break;
+    case 1: c = (a->ver > b->ver) - (a->ver < b->ver); break;
+    case 2: c = (a->create > b->create) - (a->create < b->create); break;
+    case 3: c = (a->mod > b->mod) - (a->mod < b->mod); break;
+    case 4: c = strcmp(a->val, b->val); break;
+    }
+    int order = g_sort_req->sort_order;
+    if (order == 0 && g_sort_req->sort_target != 0)
+        order = 1;
+    if (order == 2)
+        c = -c;
+    return c ? c : strcmp(a->key, b->key); /* ties in key order */
+}
+
+static void m_range(struct model *m, const Etcdserverpb__RangeRequest *r, int64_t hdr_rev,
+                    struct out *o)
+{
+    char kb[16], eb[16];
+    const char *key = bstr(r->key, kb), *end = bstr(r->range_end, eb);
+    struct mkv *sel[MAXK];
+    int n = 0, count = 0;
+    for (int i = 0; i < m->n; i++) {
+        struct mkv *e = &m->kv[i];
+        if (!in_span(e->key, key, end))
+            continue;
+        count++;
+        if ((r->min_mod_revision && e->mod < r->min_mod_revision) ||
+            (r->max_mod_revision && e->mod > r->max_mod_revision) ||
+            (r->min_create_revision && e->create < r->min_create_revision) ||
+            (r->max_create_revision && e->create > r->max_create_revision))
+            continue;
+        sel[n++] = e;
+    }
+    if (r->count_only)
+        n = 0;
+    g_sort_req = r;
+    qsort(sel, (size_t)n, sizeof sel[0], m_sort_cmp);
+    bool more = false;
+    if (r->limit > 0 && n > r->limit) {
+        n = (int)r->limit;
+        more = true;
+    }
+    outf(o, "R(rev%lld count%d more%d [", (long long)hdr_rev, count, (int)more);
+    for (int i = 0; i < n; i++)
+        out_m(o, sel[i], !r->keys_only);
+    outf(o, "])");
+}
+
+static int m_delete(struct model *m, const char *key, const char *end, bool prev, struct out *o)
+{
+    int j = 0, deleted = 0;
+    for (int i = 0; i < m->n; i++) {
+        if (in_span(m->kv[i].key, key, end)) {
+            if (prev && o)
+                out_m(o, &m->kv[i], true);
+            deleted++;
+        } else {
+            m->kv[j++] = m->kv[i];
+        }
+    }
+    m->n = j;
+    return deleted;
+}
+
+/* etcd's duplicate-key rule over string sets (see kv_validate.c for the rule in words). */
+struct sset {
+    char k[64][16];
+    int n;
+};
+struct dset {
+    char b[64][16], e[64][16];
+    bool point[64];
+    int n;
+};
+static bool ss_has(const struct sset *s, const char *k)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->k[i], k))
+            return true;
+    return false;
+}
+static void ss_add(struct sset *s, const char *k)
+{
+    if (!ss_has(s, k))
+        snprintf(s->k[s->n++], 16, "%s", k);
+}
+static bool ds_hit(const struct dset *d, const char *k)
+{
+    for (int i = 0; i < d->n; i++) {
+        if (d->point[i] ? !strcmp(d->b[i], k)
+                        : (strcmp(d->b[i], k) <= 0 &&
+                           /* the "\0" end compares as the byte string "\0": below every key */
+                           (strcmp(d->e[i], KVT_FROM) != 0 && strcmp(k, d->e[i]) < 0)))
+            return true;
+    }
+    return false;
+}
+static bool m_dups(Etcdserverpb__RequestOp **ops, size_t n, struct sset *puts, struct dset *dels)
+{
+    char kb[16], eb[16];
+    for (size_t i = 0; i < n; i++)
+        if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE) {
+            const char *k = bstr(ops[i]->request_delete_range->key, kb);
+            const char *e = bstr(ops[i]->request_delete_range->range_end, eb);
+            int j = dels->n++;
+            snprintf(dels->b[j], 16, "%s", k);
+            snprintf(dels->e[j], 16, "%s", e ? e : "");
+            dels->point[j] = e == NULL;
+        }
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i]->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN)
+            continue;
+        Etcdserverpb__TxnRequest *t = ops[i]->request_txn;
+        struct sset pt = {0}, pe = {0};
+        struct dset dt = {0}, de = {0};
+        if (m_dups(t->success, t->n_success, &pt, &dt) || m_dups(t->failure, t->n_failure, &pe, &de))
+            return true;
+        for (int j = 0; j < pt.n; j++) {
+            if (ss_has(puts, pt.k[j]) || ds_hit(dels, pt.k[j]))
+                return true;
+            ss_add(puts, pt.k[j]);
+        }
+        for (int j = 0; j < pe.n; j++) {
+            if ((ss_has(puts, pe.k[j]) && !ss_has(&pt, pe.k[j])) || ds_hit(dels, pe.k[j]))
+                return true;
+            ss_add(puts, pe.k[j]);
+        }
+        for (int j = 0; j < dt.n; j++)
+            dels->point[dels->n] = dt.point[j], memcpy(dels->b[dels->n], dt.b[j], 16),
+            memcpy(dels->e[dels->n++], dt.e[j], 16);
+        for (int j = 0; j < de.n; j++)
+            dels->point[dels->n] = de.point[j], memcpy(dels->b[dels->n], de.b[j], 16),
+            memcpy(dels->e[dels->n++], de.e[j], 16);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i]->request_case != ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT)
+            continue;
+        const char *k = bstr(ops[i]->request_put->key, kb);
+        if (ss_has(puts, k) || ds_hit(dels, k))
+            return true;
+        ss_add(puts, k);
+    }
+    return false;
+}
+
+static bool m_compare(struct model *pre, const Etcdserverpb__Compare *c)
+{
+    char kb[16], eb[16], vb[16];
+    const char *key = bstr(c->key, kb), *end = bstr(c->range_end, eb);
+    bool any = false;
+    struct mkv zero = {{0}, {0}, 0, 0, 0};
+    for (int i = 0; i <= pre->n; i++) {
+        struct mkv *e;
+        if (i < pre->n) {
+            e = &pre->kv[i];
+            if (!in_span(e->key, key, end))
+                continue;
+            any = true;
+        } else {
+            if (any)
+                break;
+            if (c->target == ETCDSERVERPB__COMPARE__COMPARE_TARGET__VALUE)
+                return false;
+            e = &zero;
+        }
+        int res;
+        switch (c->target) {
+        case 0: res = (e->ver > c->version) - (e->ver < c->version); break;
+        case 1: res = (e->create > c->create_revision) - (e->create < c->create_revision); break;
+        case 2: res = (e->mod > c->mod_revision) - (e->mod < c->mod_revision); break;
+        case 4: res = (0 > c->lease) - (0 < c->lease); break;
+        default: {
+            const char *v = bstr(c->value, vb);
+            res = strcmp(e->val, v ? v : "");
+            res = (res > 0) - (res < 0);
+        }
+        }
+        bool ok = c->result == 0 ? res == 0 : c->result == 1 ? res > 0 : c->result == 2 ? res < 0 : res != 0;
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+struct mtx {
+    struct model *live, pre;
+    bool path[64];
+    int np, pos;
+    bool changed, failed;
+    int64_t rev0;
+};
+
+static void m_path(struct mtx *x, const Etcdserverpb__TxnRequest *t)
+{
+    bool ok = true;
+    for (size_t i = 0; i < t->n_compare && ok; i++)
+        ok = m_compare(&x->pre, t->compare[i]);
+    x->path[x->np++] = ok;
+    Etcdserverpb__RequestOp **ops = ok ? t->success : t->failure;
+    size_t n = ok ? t->n_success : t->n_failure;
+    for (size_t i = 0; i < n; i++)
+        if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN)
+            m_path(x, ops[i]->request_txn);
+}
+
+/* pass 0: put checks; 1: range revisions. Returns an error string or NULL. */
+static const char *m_check(struct mtx *x, const Etcdserverpb__TxnRequest *t, int pass)
+{
+    bool ok = x->path[x->pos++];
+    Etcdserverpb__RequestOp **ops = ok ? t->success : t->failure;
+    size_t n = ok ? t->n_success : t->n_failure;
+    char kb[16];
+    for (size_t i = 0; i < n; i++) {
+        const char *e = NULL;
+        if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN)
+            e = m_check(x, ops[i]->request_txn, pass);
+        else if (pass == 0 && ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT &&
+                 ops[i]->request_put->ignore_value &&
+                 !m_get(&x->pre, bstr(ops[i]->request_put->key, kb)))
+            e = "3 " KV_ERR_KEY_NOT_FOUND;
+        else if (pass == 1 && ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE) {
+            int64_t rv = ops[i]->request_range->revision;
+            if (rv > x->rev0)
+                e = "11 " KV_ERR_FUTURE_REV;
+            else if (rv != 0 && rv < x->rev0)
+                e = "11 " KV_ERR_COMPACTED;
+        }
+        if (e)
+            return e;
+    }
+    return NULL;
+}
+
+static void m_exec(struct mtx *x, const Etcdserverpb__TxnRequest *t, struct out *o, bool top)
+{
+    bool ok = x->path[x->pos++];
+    Etcdserverpb__RequestOp **ops = ok ? t->success : t->failure;
+    size_t n = ok ? t->n_success : t->n_failure;
+    struct out body = {.n = 0};
+    char kb[16], eb[16], vb[16];
+    for (size_t i = 0; i < n; i++) {
+        const Etcdserverpb__RequestOp *op = ops[i];
+        int64_t cur = x->rev0 + x->changed;
+        switch (op->request_case) {
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE:
+            m_range(op->request_range->revision ? &x->pre : x->live, op->request_range, cur, &body);
+            break;
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT: {
+            const Etcdserverpb__PutRequest *p = op->request_put;
+            const char *k = bstr(p->key, kb);
+            struct mkv *e = m_get(x->live, k);
+            if (p->ignore_value && !e) { /* gone since the checks: the whole txn fails */
+                x->failed = true;
+                break;
+            }
+            outf(&body, "P(rev%lld ", (long long)(x->rev0 + 1));
+            if (p->prev_kv && e)
+                out_m(&body, e, true);
+            outf(&body, ")");
+            const char *v = p->ignore_value ? (e ? e->val : "") : bstr(p->value, vb);
+            char vcopy[16];
+            snprintf(vcopy, sizeof vcopy, "%s", v ? v : "");
+            m_put(x->live, k, vcopy, x->rev0 + 1);
+            x->changed = true;
+            break;
+        }
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE: {
+            const Etcdserverpb__DeleteRangeRequest *d = op->request_delete_range;
+            struct out prev = {.n = 0};
+            int nd = m_delete(x->live, bstr(d->key, kb), bstr(d->range_end, eb), d->prev_kv, &prev);
+            if (nd)
+                x->changed = true;
+            outf(&body, "D(rev%lld n%d [%s])", (long long)(x->rev0 + x->changed), nd, prev.b);
+            break;
+        }
+        case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN:
+            m_exec(x, op->request_txn, &body, false);
+            break;
+        default:
+            break;
+        }
+    }
+    outf(o, "T(rev%lld ok%d [%s])", top ? (long long)(x->rev0 + x->changed) : 0LL, (int)ok,
+         body.n ? body.b : "");
+}
+
+/* Applies one command to the model; writes the expected result string. */
+static void m_apply(struct model *m, const Craft__Kv__Command *c, struct out *o)
+{
+    char kb[16], eb[16], vb[16];
+    switch (c->op_case) {
+    case CRAFT__KV__COMMAND__OP_PUT: {
+        const Etcdserverpb__PutRequest *p = c->put;
+        const char *k = bstr(p->key, kb);
+        struct mkv *e = m_get(m, k);
+        if (p->ignore_value && p->value.len) {
+            outf(o, "E(3 %s)@%lld", KV_ERR_VALUE_PROVIDED, (long long)m->rev);
+            return;
+        }
+        if (p->ignore_value && !e) {
+            outf(o, "E(3 %s)@%lld", KV_ERR_KEY_NOT_FOUND, (long long)m->rev);
+            return;
+        }
+        outf(o, "P(rev%lld ", (long long)(m->rev + 1));
+        if (p->prev_kv && e)
+            out_m(o, e, true);
+        outf(o, ")");
+        const char *v = p->ignore_value ? e->val : bstr(p->value, vb);
+        char vcopy[16];
+        snprintf(vcopy, sizeof vcopy, "%s", v ? v : "");
+        m_put(m, k, vcopy, ++m->rev);
+        outf(o, "@%lld", (long long)m->rev);
+        return;
+    }
+    case CRAFT__KV__COMMAND__OP_DELETE_RANGE: {
+        const Etcdserverpb__DeleteRangeRequest *d = c->delete_range;
+        struct out prev = {.n = 0};
+        int n = m_delete(m, bstr(d->key, kb), bstr(d->range_end, eb), d->prev_kv, &prev);
+        if (n)
+            m->rev++;
+        outf(o, "D(rev%lld n%d [%s])@%lld", (long long)m->rev, n, prev.b, (long long)m->rev);
+        return;
+    }
+    case CRAFT__KV__COMMAND__OP_COMPACTION: {
+        int64_t r = c->compaction->revision;
+        if (r <= m->compact)
+            outf(o, "E(11 %s)@%lld", KV_ERR_COMPACTED, (long long)m->rev);
+        else if (r > m->rev)
+            outf(o, "E(11 %s)@%lld", KV_ERR_FUTURE_REV, (long long)m->rev);
+        else {
+            m->compact = r;
+            outf(o, "C(rev%lld)@%lld", (long long)m->rev, (long long)m->rev);
+        }
+        return;
+    }
+    case CRAFT__KV__COMMAND__OP_TXN: {
+        const Etcdserverpb__TxnRequest *t = c->txn;
+        struct sset ps = {0};
+        struct dset ds = {0};
+        struct sset ps2 = {0};
+        struct dset ds2 = {0};
+        if (m_dups(t->success, t->n_success, &ps, &ds) || m_dups(t->failure, t->n_failure, &ps2, &ds2)) {
+            outf(o, "E(3 %s)@%lld", KV_ERR_DUPLICATE_KEY, (long long)m->rev);
+            return;
+        }
+        static struct mtx x;
+        memset(&x, 0, sizeof x);
+        x.live = m;
+        x.pre = *m;
+        x.rev0 = m->rev;
+        m_path(&x, t);
+        const char *err = NULL;
+        if (!kv_txn_is_readonly(t)) {
+            x.pos = 0;
+            err = m_check(&x, t, 0);
+        }
+        if (!err) {
+            x.pos = 0;
+            err = m_check(&x, t, 1);
+        }
+        if (err) {
+            outf(o, "E(%s)@%lld", err, (long long)m->rev);
+            return;
+        }
+        x.pos = 0;
+        struct out body = {.n = 0};
+        m_exec(&x, t, &body, true);
+        if (x.failed) {
+            *m = x.pre;
+            outf(o, "E(3 %s)@%lld", KV_ERR_KEY_NOT_FOUND, (long long)m->rev);
+            return;
+        }
+        outf(o, "%s", body.b);
+        if (x.changed)
+            m->rev++;
+        outf(o, "@%lld", (long long)m->rev);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+/* ---- random generation ---- */
+
+static uint64_t rng;
+static uint64_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static int rn(int n) { return (int)(rnd() % (uint64_t)n); }
+static const char *rkey(void) { return KEYS[rn(NKEYS)]; }
+static const char *rend(void)
+{
+    int x = rn(10);
+    return x < 4 ? NULL : x < 6 ? KVT_FROM : rkey();
+}
+static const char *rval(void)
+{
+    static const char *V[] = {"", "x", "y", "z", "xy", "zz"};
+    return V[rn(6)];
+}
+static int64_t rrev(struct model *m)
+{
+    int x = rn(8);
+    return x < 4 ? 0 : x == 4 ? m->rev : x == 5 ? m->rev + 1 : x == 6 ? m->rev - 1 : -1;
+}
+
+static void rand_range(Etcdserverpb__RangeRequest *r, struct model *m)
+{
+    r->limit = rn(3) ? 0 : rn(4);
+    r->sort_order = rn(3) ? 0 : rn(3);
+    r->sort_target = rn(3) ? 0 : rn(5);
+    r->keys_only = rn(5) == 0;
+    r->count_only = rn(8) == 0;
+    if (rn(5) == 0)
+        r->min_mod_revision = rn((int)m->rev + 2);
+    if (rn(5) == 0)
+        r->max_mod_revision = rn((int)m->rev + 2);
+    if (rn(6) == 0)
+        r->min_create_revision = rn((int)m->rev + 2);
+    if (rn(6) == 0)
+        r->max_create_revision = rn((int)m->rev + 2);
+}
+
+static void rand_ops(Etcdserverpb__TxnRequest *t, int branch, struct model *m, int depth)
+{
+    int n = rn(4);
+    for (int i = 0; i < n; i++) {
+        int x = rn(10);
+        if (x < 4) {
+            Etcdserverpb__PutRequest *p = kb_put_req(t, branch, rkey(), rval());
+            p->prev_kv = rn(2);
+            if (rn(8) == 0) {
+                free(p->value.data);
+                p->value = (ProtobufCBinaryData){0, NULL};
+                p->ignore_value = 1;
+            }
+        } else if (x < 6) {
+            kb_del(t, branch, rkey(), rend(), rn(2));
+        } else if (x < 9 || depth >= 2) {
+            Etcdserverpb__RangeRequest *r = kb_range(t, branch, rkey(), rend());
+            rand_range(r, m);
+            r->revision = rn(4) ? 0 : rrev(m);
+        } else {
+            Etcdserverpb__TxnRequest *s = kb_txn();
+            int nc = rn(3);
+            for (int j = 0; j < nc; j++) {
+                int tg = rn(5);
+                kb_cmp(s, rkey(), rn(4) ? NULL : rend(), tg, rn(4), rn((int)m->rev + 2), rval());
+            }
+            rand_ops(s, 0, m, depth + 1);
+            rand_ops(s, 1, m, depth + 1);
+            kb_sub(t, branch, s);
+        }
+    }
+}
+
+static Etcdserverpb__TxnRequest *rand_txn(struct model *m)
+{
+    Etcdserverpb__TxnRequest *t = kb_txn();
+    int nc = rn(3);
+    for (int j = 0; j < nc; j++) {
+        int tg = rn(5);
+        int64_t num = rn((int)m->rev + 2);
+        kb_cmp(t, rkey(), rn(4) ? NULL : rend(), tg, rn(4), num, rval());
+    }
+    rand_ops(t, 0, m, 0);
+    rand_ops(t, 1, m, 0);
+    return t;
+}
+
+/* ---- the run ---- */
+
+struct pending {
+    uint8_t *cmd;
+    size_t len;
+    char want[16384];
+};
+
+static void flush(struct kvt *t, struct pending *p, int n, uint64_t seed, int op)
+{
+    if (!n)
+        return;
+    struct raft_entry es[8];
+    struct raft_fsm_result res[8] = {{0}};
+    for (int i = 0; i < n; i++)
+        es[i] = (struct raft_entry){.index = ++t->index, .term = 1, .type = RAFT_ENTRY_NORMAL,
+                                    .len = (uint32_t)p[i].len, .data = p[i].cmd};
+    struct raft_fsm *f = kv_store_fsm(t->s);
+    cr_assert_eq(f->apply(f->ctx, es, (size_t)n, t->index, res), 0);
+    for (int i = 0; i < n; i++) {
+        Craft__Kv__Result *r = kv_result_decode(res[i].data, res[i].len);
+        cr_assert(r);
+        static struct out got;
+        got.n = 0;
+        got.b[0] = 0;
+        out_result(&got, r);
+        cr_assert_str_eq(got.b, p[i].want, "seed %llu, op %d (batch entry %d)\n got  %s\n want %s",
+                         (unsigned long long)seed, op - n + i + 1, i, got.b, p[i].want);
+        craft__kv__result__free_unpacked(r, NULL);
+        free(res[i].data);
+        free(p[i].cmd);
+    }
+}
+
+static void run_seed(uint64_t seed)
+{
+    struct kvt t;
+    kvt_open(&t, NULL);
+    static struct model m;
+    memset(&m, 0, sizeof m);
+    rng = seed * 2654435761u + 88172645463325252ull;
+    static struct pending pend[6];
+    int np = 0, batch = 1 + rn(6);
+    for (int op = 0; op < OPS; op++) {
+        int x = rn(100);
+        if (x < 20) { /* a read, served outside the log */
+            flush(&t, pend, np, seed, op), np = 0;
+            Etcdserverpb__RangeRequest r;
+            kvt_range_req(&r, rkey(), rend());
+            rand_range(&r, &m);
+            r.revision = rrev(&m);
+            static struct out want, got;
+            want.n = got.n = 0;
+            want.b[0] = got.b[0] = 0;
+            if (r.revision > m.rev)
+                outf(&want, "E(11 %s)", KV_ERR_FUTURE_REV);
+            else if (r.revision > 0 && r.revision < m.rev)
+                outf(&want, "E(11 %s)", KV_ERR_COMPACTED);
+            else
+                m_range(&m, &r, m.rev, &want);
+            Etcdserverpb__RangeResponse *resp = NULL;
+            struct kv_err err;
+            if (kv_store_range(t.s, &r, &resp, &err))
+                outf(&got, "E(%d %s)", err.code, err.msg);
+            else {
+                out_range(&got, resp);
+                etcdserverpb__range_response__free_unpacked(resp, NULL);
+            }
+                cr_assert_str_eq(got.b, want.b, "seed %llu, op %d (range)\n got  %s\n want %s",
+                             (unsigned long long)seed, op, got.b, want.b);
+            continue;
+        }
+        if (x == 20) { /* a restart */
+            flush(&t, pend, np, seed, op), np = 0;
+            kvt_reopen(&t);
+            cr_assert_eq(kv_store_applied_index(t.s), t.index);
+            continue;
+        }
+        Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
+        Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
+        Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
+        Etcdserverpb__CompactionRequest cp = ETCDSERVERPB__COMPACTION_REQUEST__INIT;
+        Etcdserverpb__TxnRequest *tx = NULL;
+        if (x < 55) {
+            p.key = kvt_bin(rkey());
+            p.value = kvt_bin(rval());
+            p.prev_kv = rn(2);
+            if (rn(6) == 0) {
+                p.ignore_value = 1;
+                if (rn(3))
+                    p.value = (ProtobufCBinaryData){0, NULL};
+            }
+            c.op_case = CRAFT__KV__COMMAND__OP_PUT;
+            c.put = &p;
+        } else if (x < 70) {
+            d.key = kvt_bin(rkey());
+            d.range_end = kvt_bin(rend());
+            d.prev_kv = rn(2);
+            c.op_case = CRAFT__KV__COMMAND__OP_DELETE_RANGE;
+            c.delete_range = &d;
+        } else if (x < 95) {
+            tx = rand_txn(&m);
+            c.op_case = CRAFT__KV__COMMAND__OP_TXN;
+            c.txn = tx;
+        } else {
+            cp.revision = m.compact - 1 + rn((int)(m.rev - m.compact) + 3);
+            c.op_case = CRAFT__KV__COMMAND__OP_COMPACTION;
+            c.compaction = &cp;
+        }
+        struct pending *pe = &pend[np++];
+        pe->len = craft__kv__command__get_packed_size(&c);
+        pe->cmd = malloc(pe->len + 1);
+        craft__kv__command__pack(&c, pe->cmd);
+        struct out want = {.n = 0};
+        want.b[0] = 0;
+        m_apply(&m, &c, &want);
+        memcpy(pe->want, want.b, want.n + 1);
+        if (tx)
+            kb_free(tx);
+        if (np == batch) {
+            flush(&t, pend, np, seed, op + 1), np = 0;
+            batch = 1 + rn(6);
+        }
+    }
+    flush(&t, pend, np, seed, OPS);
+    /* the final state, key by key */
+    Etcdserverpb__RangeRequest all;
+    kvt_range_req(&all, KVT_FROM, KVT_FROM);
+    Etcdserverpb__RangeResponse *resp = kvt_range(&t, &all);
+    static struct out got, want;
+    got.n = want.n = 0;
+    out_range(&got, resp);
+    m_range(&m, &all, m.rev, &want);
+    cr_assert_str_eq(got.b, want.b, "seed %llu: final state", (unsigned long long)seed);
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    int64_t rev, comp;
+    cr_assert_eq(kv_store_status(t.s, &rev, &comp, NULL, NULL), 0);
+    cr_assert_eq(rev, m.rev, "seed %llu", (unsigned long long)seed);
+    cr_assert_eq(comp, m.compact, "seed %llu", (unsigned long long)seed);
+    kvt_close(&t);
+}
+
+Test(kv_model, random_sequences_match_the_reference_model, .timeout = 280)
+{
+    const char *only = getenv("KV_MODEL_SEED");
+    if (only) {
+        run_seed(strtoull(only, NULL, 10));
+        return;
+    }
+    for (uint64_t seed = 1; seed <= SEQS; seed++)
+        run_seed(seed);
+}
