@@ -10,6 +10,8 @@
 
 #include "tests/rpc/util.h"
 
+TestSuite(rpc_life, .fini = tt_leak_check);
+
 #define DEADLINE 10000
 
 struct cb_run {

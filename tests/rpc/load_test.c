@@ -8,6 +8,8 @@
 
 #include "tests/rpc/util.h"
 
+TestSuite(rpc_load, .fini = tt_leak_check);
+
 struct async_run {
     long n;
     atomic_long *fired;   /* per call: how many times its callback ran */

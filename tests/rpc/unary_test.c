@@ -9,6 +9,11 @@
 #include "rpc/proto/echo.pb-c.h"
 #include "tests/rpc/util.h"
 
+TestSuite(rpc_unary, .fini = tt_leak_check);
+TestSuite(rpc_refuse, .fini = tt_leak_check);
+TestSuite(rpc_config, .fini = tt_leak_check);
+TestSuite(rpc_codec, .fini = tt_leak_check);
+
 #define DEADLINE 10000
 
 Test(rpc_unary, echo_over_mtls, .timeout = 60)

@@ -27,6 +27,15 @@ __attribute__((constructor)) static void no_openssl_atexit(void)
     OPENSSL_init_crypto(OPENSSL_INIT_NO_ATEXIT, NULL);
 }
 
+/* Present only when linked with a sanitizer runtime that has LeakSanitizer. */
+extern int __lsan_do_recoverable_leak_check(void) __attribute__((weak));
+
+void tt_leak_check(void)
+{
+    if (__lsan_do_recoverable_leak_check)
+        cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "LeakSanitizer found leaks (above)");
+}
+
 /* ---- certificates ------------------------------------------------------------------- */
 
 static char certs_dir[512];
@@ -76,6 +85,9 @@ ReportHook(PRE_ALL)(struct criterion_test_set *set)
 {
     (void)set;
     make_certs();
+    /* Bazel's env gives the runner (this process) a suppression for Criterion's own leaks;
+     * the test processes, started afresh from here, get full leak checking. */
+    setenv("LSAN_OPTIONS", "", 1);
 }
 
 ReportHook(POST_ALL)(struct criterion_global_stats *stats)
