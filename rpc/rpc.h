@@ -207,8 +207,9 @@ struct rpc_channel_config {
     int threads;                 /* callback threads; default 1, at most 64 */
     size_t max_recv_bytes;       /* default 4 MiB; larger replies: RESOURCE_EXHAUSTED */
     size_t max_send_bytes;       /* default 4 MiB; larger requests: RESOURCE_EXHAUSTED */
-    int max_inflight;            /* async calls + open streams; default 65536; beyond it
-                                    rpc_channel_call_async returns RPC_EFULL */
+    int max_inflight;            /* calls in flight (async and blocking) + open streams;
+                                    default 65536; beyond it calls return RPC_EFULL and
+                                    rpc_channel_stream_open returns NULL */
     int stream_queue;            /* outgoing messages queued per client stream; default 1024 */
     bool wait_for_ready;         /* false (default): a call made while the server is
                                     unreachable fails UNAVAILABLE at once; true: it waits
@@ -233,8 +234,9 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
 void rpc_channel_destroy(struct rpc_channel *ch);
 
 /* Blocking unary call; deadline_ms <= 0 means none. Fills *out (free with rpc_result_free)
- * and returns 0 whenever the call ran, whatever its status; RPC_ECLOSED/RPC_EINVAL/
- * RPC_ENOMEM when it could not start (then out->status says so too). Safe from callbacks. */
+ * and returns 0 whenever the call ran, whatever its status; RPC_ECLOSED/RPC_EFULL/RPC_EINVAL/
+ * RPC_ENOMEM when it could not start (then out->status says so too). It waits on a private
+ * completion queue, so it is safe from any thread, channel callbacks included. */
 int rpc_channel_call(struct rpc_channel *ch, const char *method, const void *req, size_t len,
                      int deadline_ms, struct rpc_result *out);
 /* Same with protobuf-c messages: on OK, *resp is the decoded reply (free with
