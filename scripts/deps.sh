@@ -11,7 +11,7 @@ PACKAGES=(
     liblmdb-dev                               # the KV store
     clang libclang-rt-14-dev                  # libFuzzer targets
     etcd-server etcd-client                   # the real-world peer and client
-    iproute2 procps                           # integration and fault tests
+    iproute2 iptables procps                  # integration and fault tests (partitions)
 )
 
 missing=()

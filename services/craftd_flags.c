@@ -49,6 +49,8 @@ static const struct flag flags[] = {
     {"heartbeat-interval", UINT, U4(heartbeat_ms), 1, 60000, "100", "ms between leader heartbeats"},
     {"election-timeout", UINT, U4(election_ms), 2, 600000, "1000", "ms without a leader before an election"},
     {"max-request-bytes", UINT, U8(max_request_bytes), 1024, (32u << 20) - 1024, "1572864", "largest client request"},
+    {"quota-backend-bytes", UINT, U8(quota_backend_bytes), 1u << 20, 1ull << 40, "2147483648", "largest size of the KV data file"},
+    {"max-txn-ops", UINT, U4(max_txn_ops), 1, 1u << 20, "128", "operations per Txn"},
     {"insecure-plaintext", BOOL, F(insecure_plaintext), 0, 0, 0, "false", "allow http:// URLs (tests and demos only)"},
     {"proposal-timeout", UINT, U4(proposal_timeout_ms), 1, 600000, "5000", "ms a write may wait to commit"},
     {"max-append-entries", UINT, U4(max_append_entries), 1, 1u << 20, "64", "entries per AppendEntries"},
@@ -163,6 +165,8 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->heartbeat_ms = 100;
     cfg->election_ms = 1000;
     cfg->max_request_bytes = 1572864; /* etcd's 1.5 MiB */
+    cfg->quota_backend_bytes = 2ull << 30;
+    cfg->max_txn_ops = 128;
     cfg->proposal_timeout_ms = 5000;
     cfg->max_append_entries = 64;
     cfg->max_append_bytes = 1u << 20;

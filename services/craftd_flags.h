@@ -31,6 +31,8 @@ struct craftd_config {
     const char *peer_cert_file, *peer_key_file, *peer_trusted_ca_file;
     unsigned heartbeat_ms, election_ms;
     uint64_t max_request_bytes;
+    uint64_t quota_backend_bytes;
+    uint32_t max_txn_ops;
 
     /* craft's own */
     bool insecure_plaintext;

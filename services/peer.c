@@ -509,6 +509,29 @@ void peer_client_urls(struct peer *p, uint64_t id, char *buf, size_t len)
     pthread_mutex_unlock(&p->urls_lock);
 }
 
+int peer_call_async(struct peer *p, uint64_t to, const char *method, const void *req, size_t len,
+                    int deadline_ms, rpc_done_fn cb, void *arg)
+{
+    for (size_t i = 0; i < p->n_out; i++)
+        if (p->out[i].m->id == to)
+            return rpc_channel_call_async(p->out[i].ch, method, req, len, deadline_ms, cb, arg);
+    return RPC_EINVAL;
+}
+
+uint64_t peer_call_member(struct peer *p, struct rpc_call *call)
+{
+    if (p->insecure)
+        return 1;
+    struct rpc_peer id;
+    if (rpc_call_peer_identity(call, &id) != 0)
+        return 0;
+    const struct cluster_member *m =
+        cluster_find_cert(&p->cluster, id.cn, (const char(*)[256])id.sans, id.nsans);
+    return m && m->id != p->self_id ? m->id : 0;
+}
+
+uint64_t peer_cluster_id(struct peer *p) { return p->cluster.id; }
+
 void peer_stats_get(struct peer *p, struct peer_stats *out)
 {
     out->batches_sent = atomic_load(&p->batches_sent);

@@ -60,6 +60,20 @@ int peer_register(struct peer *p, struct rpc_server *srv);
 /* Where received messages go. NULL detaches (waiting for deliveries in progress). */
 void peer_attach(struct peer *p, struct raft_node *node);
 
+/* An async unary call to member `to` on its peer port (e.g. Peer.Forward), over the same mutual
+ * TLS channel as the Raft stream. 0 and cb fires once (rpc.h rpc_channel_call_async rules), or
+ * an rpc error at once (unknown member, channel full). */
+int peer_call_async(struct peer *p, uint64_t to, const char *method, const void *req, size_t len,
+                    int deadline_ms, rpc_done_fn cb, void *arg);
+
+/* The member a unary call on the peer port comes from: its verified certificate must name a
+ * member of the cluster other than this one. Returns the member's id, or 0 (refuse the call).
+ * With insecure (tests only) every caller is accepted and 1 is returned. */
+uint64_t peer_call_member(struct peer *p, struct rpc_call *call);
+
+/* The cluster id every peer message carries. */
+uint64_t peer_cluster_id(struct peer *p);
+
 /* The --advertise-client-urls member `id` told us (copied into buf; "" if not known yet). */
 void peer_client_urls(struct peer *p, uint64_t id, char *buf, size_t len);
 
