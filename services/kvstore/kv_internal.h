@@ -11,5 +11,7 @@ int kv_bytes_cmp(const void *a, size_t an, const void *b, size_t bn);
 /* kv_validate_txn with the op budget optional (limited = false at apply time). */
 int kv_validate_txn_limits(const Etcdserverpb__TxnRequest *r, unsigned max_txn_ops, bool limited,
                            struct kv_err *err);
+/* kv_check_txn_wire for a log command's bytes (a Command holding a TxnRequest). */
+int kv_check_cmd_wire(const void *data, size_t len, struct kv_err *err);
 
 #endif

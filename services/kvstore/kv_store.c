@@ -926,6 +926,9 @@ static int result_error(struct raft_fsm_result *res, int code, const char *msg, 
 static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry *e,
                        struct raft_fsm_result *res)
 {
+    struct kv_err werr;
+    if (kv_check_cmd_wire(e->data, e->len, &werr)) /* before unpack recurses into it */
+        return result_error(res, werr.code, werr.msg, s->rev) ? ENOMEM : 0;
     Craft__Kv__Command *cmd = craft__kv__command__unpack(NULL, e->len, e->data);
     if (!cmd)
         return result_error(res, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND, s->rev) ? ENOMEM : 0;

@@ -119,6 +119,11 @@ int kv_validate_put(const Etcdserverpb__PutRequest *r, struct kv_err *err);
 int kv_validate_delete_range(const Etcdserverpb__DeleteRangeRequest *r, struct kv_err *err);
 int kv_validate_txn(const Etcdserverpb__TxnRequest *r, unsigned max_txn_ops, struct kv_err *err);
 int kv_validate_compaction(const Etcdserverpb__CompactionRequest *r, struct kv_err *err);
+/* For the serialized TxnRequest as received, before protobuf-c unpacks it: protobuf-c
+ * unpacks nested messages recursively, so deeply nested Txns (4 bytes a level) would overflow
+ * the stack. 0, or -1 with *err (InvalidArgument; KV_ERR_TXN_TOO_DEEP beyond
+ * KV_MAX_TXN_DEPTH levels). apply() runs the same check on every command. */
+int kv_check_txn_wire(const void *data, size_t len, struct kv_err *err);
 /* true when no branch (at any depth) of the txn holds a Put or DeleteRange. */
 bool kv_txn_is_readonly(const Etcdserverpb__TxnRequest *r);
 

@@ -495,3 +495,54 @@ Test(kv_txn, ignore_value_put_after_from_key_delete_fails_whole_txn)
     kvt_put_ok(&T, "c", "3");
     cr_assert_eq(kvt_rev(&T), 3);
 }
+
+/* 20,000 levels of Txn in RequestOp in Txn, as raw protobuf: refused before any unpacking
+ * (protobuf-c would recurse 40,000 frames deep; a 1.5 MiB request can nest ten times more). */
+Test(kv_txn, deeply_nested_wire_txn_is_refused_without_unpacking)
+{
+    size_t levels = 20000, cap = levels * 8 + 16, n = 0;
+    uint8_t *buf = malloc(cap), *tmp = malloc(cap);
+    /* build from the inside out: txn = {2: op}, op = {4: txn} */
+    for (size_t i = 0; i < levels; i++) {
+        for (int f = 0; f < 2; f++) {
+            uint8_t hdr[12];
+            size_t h = 0;
+            hdr[h++] = f == 0 ? (4 << 3 | 2) : (2 << 3 | 2);
+            size_t v = n;
+            do {
+                hdr[h++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+                v >>= 7;
+            } while (v);
+            memcpy(tmp, hdr, h);
+            memcpy(tmp + h, buf, n);
+            n += h;
+            memcpy(buf, tmp, n);
+        }
+    }
+    struct kv_err err;
+    cr_assert_eq(kv_check_txn_wire(buf, n, &err), -1);
+    cr_assert_str_eq(err.msg, KV_ERR_TXN_TOO_DEEP);
+    /* the same as a log command (Command field 3) */
+    uint8_t hdr[12];
+    size_t h = 0, v = n;
+    hdr[h++] = 3 << 3 | 2;
+    do {
+        hdr[h++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    memcpy(tmp, hdr, h);
+    memcpy(tmp + h, buf, n);
+    Craft__Kv__Result *r = kvt_apply(&T, tmp, n + h, NULL);
+    cr_assert_str_eq(r->message, KV_ERR_TXN_TOO_DEEP);
+    FREE_RES(r);
+    /* a shallow one passes; garbage does not */
+    Etcdserverpb__TxnRequest *t = kb_txn();
+    kb_sub(t, 0, kb_txn());
+    size_t len = etcdserverpb__txn_request__get_packed_size(t);
+    etcdserverpb__txn_request__pack(t, buf);
+    cr_assert_eq(kv_check_txn_wire(buf, len, &err), 0);
+    kb_free(t);
+    cr_assert_eq(kv_check_txn_wire("\x12\x7f", 2, &err), -1);
+    free(buf);
+    free(tmp);
+}
