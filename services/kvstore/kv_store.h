@@ -27,8 +27,9 @@
  * - Errors: functions return 0 or -1 and fill a struct kv_err with the gRPC status code and
  *   the message etcd gives for that case; nothing here exits or aborts on bad input.
  *
- * How the KV service uses it (one write): decode the client's request; kv_validate_put (or
- * _delete_range/_txn/_compaction), answering a failure with status (err.code, err.msg);
+ * How the KV service uses it (one write): for a Txn, kv_check_txn_wire on the raw bytes before
+ * unpacking; decode the client's request; kv_validate_put (or _delete_range/_txn/_compaction),
+ * answering a failure with status (err.code, err.msg);
  * kv_cmd_encode_put to get the log command; propose it; when the proposal completes, pass
  * the fsm result's data to kv_result_decode; if result->code != 0 answer status (code,
  * message), else fill result->put->header (cluster_id, member_id, raft_term; revision is set)
