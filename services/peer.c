@@ -11,6 +11,8 @@
 #include "services/proto/raftpb.pb-c.h"
 
 #define PEER_METHOD "/craft.raft.Peer/Raft"
+#define HELLO_METHOD "/craft.raft.Peer/Hello"
+#define HELLO_RETRY_MS 500
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
 /* Protobuf framing per message and per entry, over-estimated so a Batch never exceeds the
@@ -54,6 +56,13 @@ struct peer {
     char client_urls[URLS_MAX];                           /* ours */
     pthread_mutex_t urls_lock;
     char member_urls[CLUSTER_MAX_MEMBERS][URLS_MAX];      /* theirs, by cluster index */
+
+    /* Hello: a thread calls every peer whose URLs are unknown, every HELLO_RETRY_MS, until
+     * each has answered (the answers arrive on channel threads). */
+    pthread_t hello_thread;
+    bool hello_started, stopping;
+    pthread_cond_t hello_cv;   /* stopping, or all peers known (with urls_lock) */
+    int hello_inflight;        /* calls whose callback has not run yet */
 
     atomic_uint_fast64_t batches_sent, msgs_sent, send_failures;
     atomic_uint_fast64_t batches_received, msgs_received, msgs_dropped, streams_refused;
@@ -401,6 +410,111 @@ static void in_close(struct rpc_stream *s, grpc_status_code status, void *user)
     free(in);
 }
 
+/* ---- Hello: exchanging client URLs ------------------------------------------------------ */
+
+static void set_member_urls(struct peer *p, uint64_t id, const char *urls)
+{
+    if (!urls || !*urls || id == p->self_id)
+        return;
+    pthread_mutex_lock(&p->urls_lock);
+    for (size_t i = 0; i < p->cluster.n; i++)
+        if (p->cluster.members[i].id == id)
+            snprintf(p->member_urls[i], URLS_MAX, "%s", urls);
+    pthread_mutex_unlock(&p->urls_lock);
+}
+
+static void handle_hello(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    struct peer *p = ctx;
+    const Craft__Raft__PeerHello *h = (const Craft__Raft__PeerHello *)m;
+    uint64_t from = peer_call_member(p, call);
+    if (!from) {
+        rpc_call_fail(call, GRPC_STATUS_PERMISSION_DENIED, "only cluster members may call Hello");
+        return;
+    }
+    if (h->cluster_id != p->cluster.id) {
+        rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "cluster id mismatch");
+        return;
+    }
+    set_member_urls(p, p->insecure ? h->member_id : from, h->client_urls);
+    Craft__Raft__PeerHello r = CRAFT__RAFT__PEER_HELLO__INIT;
+    r.cluster_id = p->cluster.id;
+    r.client_urls = p->client_urls;
+    r.member_id = p->self_id;
+    rpc_call_reply_msg(call, &r.base);
+}
+
+struct hello_call {
+    struct peer *p;
+    uint64_t to;
+};
+
+static void hello_done(struct rpc_result *res, void *arg)
+{
+    struct hello_call *hc = arg;
+    struct peer *p = hc->p;
+    if (res->status == GRPC_STATUS_OK) {
+        Craft__Raft__PeerHello *h = (Craft__Raft__PeerHello *)rpc_msg_unpack(
+            &craft__raft__peer_hello__descriptor, res->data, res->len);
+        if (h && h->cluster_id == p->cluster.id)
+            set_member_urls(p, hc->to, h->client_urls);
+        if (h)
+            protobuf_c_message_free_unpacked(&h->base, NULL);
+    }
+    pthread_mutex_lock(&p->urls_lock);
+    p->hello_inflight--;
+    pthread_cond_broadcast(&p->hello_cv);
+    pthread_mutex_unlock(&p->urls_lock);
+    free(hc);
+}
+
+static void *hello_main(void *arg)
+{
+    struct peer *p = arg;
+    Craft__Raft__PeerHello h = CRAFT__RAFT__PEER_HELLO__INIT;
+    h.cluster_id = p->cluster.id;
+    h.client_urls = p->client_urls;
+    h.member_id = p->self_id;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (rpc_msg_pack(&h.base, &buf, &len) != 0)
+        return NULL;
+    pthread_mutex_lock(&p->urls_lock);
+    while (!p->stopping) {
+        size_t unknown = 0;
+        for (size_t i = 0; i < p->n_out; i++) {
+            size_t k = (size_t)(p->out[i].m - p->cluster.members);
+            if (p->member_urls[k][0] || p->hello_inflight >= (int)p->n_out)
+                continue;
+            unknown++;
+            struct hello_call *hc = malloc(sizeof *hc);
+            if (!hc)
+                continue;
+            *hc = (struct hello_call){p, p->out[i].m->id};
+            p->hello_inflight++;
+            pthread_mutex_unlock(&p->urls_lock);
+            int rc = rpc_channel_call_async(p->out[i].ch, HELLO_METHOD, buf, len, HELLO_RETRY_MS,
+                                            hello_done, hc);
+            pthread_mutex_lock(&p->urls_lock);
+            if (rc != 0) {
+                p->hello_inflight--;
+                free(hc);
+            }
+        }
+        if (!unknown && p->hello_inflight == 0)
+            break; /* every peer's URLs are known */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += (long)HELLO_RETRY_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&p->hello_cv, &p->urls_lock, &until);
+    }
+    pthread_mutex_unlock(&p->urls_lock);
+    free(buf);
+    return NULL;
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------- */
 
 struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen)
@@ -428,6 +542,7 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
     p->send_timeout_ms = cfg->send_timeout_ms ? cfg->send_timeout_ms : PEER_DEFAULT_SEND_TIMEOUT_MS;
     pthread_rwlock_init(&p->node_lock, NULL);
     pthread_mutex_init(&p->urls_lock, NULL);
+    pthread_cond_init(&p->hello_cv, NULL);
     snprintf(p->client_urls, sizeof p->client_urls, "%s", cfg->client_urls ? cfg->client_urls : "");
     for (size_t i = 0; i < p->cluster.n; i++)
         if (p->cluster.members[i].id == p->self_id)
@@ -466,6 +581,7 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
         }
         p->n_out++;
     }
+    p->hello_started = pthread_create(&p->hello_thread, NULL, hello_main, p) == 0;
     return p;
 }
 
@@ -473,12 +589,21 @@ void peer_destroy(struct peer *p)
 {
     if (!p)
         return;
+    if (p->hello_started) {
+        pthread_mutex_lock(&p->urls_lock);
+        p->stopping = true;
+        pthread_cond_broadcast(&p->hello_cv);
+        pthread_mutex_unlock(&p->urls_lock);
+        pthread_join(p->hello_thread, NULL);
+    }
+    /* Destroying the channels fires the callbacks of Hello calls still in flight. */
     for (size_t i = 0; i < p->n_out; i++) {
         out_release(&p->out[i]);
         rpc_channel_destroy(p->out[i].ch);
     }
     pthread_rwlock_destroy(&p->node_lock);
     pthread_mutex_destroy(&p->urls_lock);
+    pthread_cond_destroy(&p->hello_cv);
     free(p);
 }
 
@@ -487,7 +612,10 @@ struct raft_transport *peer_transport(struct peer *p) { return &p->transport; }
 int peer_register(struct peer *p, struct rpc_server *srv)
 {
     static const struct rpc_stream_handler h = {in_open, in_message, in_close};
-    return rpc_server_register_stream(srv, PEER_METHOD, &h, p);
+    if (rpc_server_register_stream(srv, PEER_METHOD, &h, p) != 0)
+        return -1;
+    return rpc_server_register_unary_msg(srv, HELLO_METHOD, &craft__raft__peer_hello__descriptor,
+                                         handle_hello, p);
 }
 
 void peer_attach(struct peer *p, struct raft_node *node)

@@ -13,6 +13,9 @@
  *   FAILED_PRECONDITION. A message whose `from` is not the authenticated member, or whose `to`
  *   is not this member, is dropped. A Batch that does not decode ends the stream with
  *   INVALID_ARGUMENT. With insecure (plaintext, tests only) the claimed `from` is trusted.
+ * - Client URLs: every member calls Peer.Hello on each peer (retrying every 500 ms until it has
+ *   answered once) so that each member knows every other member's --advertise-client-urls,
+ *   for MemberList and for telling clients where the leader is.
  * - Messages received before a node is attached, or after it is detached, are dropped; detach
  *   waits for deliveries in progress, so the node can then be stopped safely.
  */
@@ -54,7 +57,7 @@ void peer_destroy(struct peer *p);
 /* The transport to give the node runtime (valid while p lives). */
 struct raft_transport *peer_transport(struct peer *p);
 
-/* Registers Peer.Raft on srv (before rpc_server_start). */
+/* Registers Peer.Raft and Peer.Hello on srv (before rpc_server_start). */
 int peer_register(struct peer *p, struct rpc_server *srv);
 
 /* Where received messages go. NULL detaches (waiting for deliveries in progress). */
