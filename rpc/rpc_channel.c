@@ -650,20 +650,6 @@ int rpc_client_stream_cancel(struct rpc_client_stream *s) { return cs_release_us
 
 /* ---- channel lifecycle -------------------------------------------------------------- */
 
-static int clamp_int(int v, int def, int lo, int hi)
-{
-    if (v <= 0)
-        return def;
-    return v < lo ? lo : v > hi ? hi : v;
-}
-
-static int size_arg(size_t v)
-{
-    if (v == 0)
-        return (int)RPC_DEFAULT_MAX_MSG;
-    return v > (size_t)0x7fffffff ? 0x7fffffff : (int)v;
-}
-
 struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, char *err,
                                        size_t errlen)
 {
@@ -685,7 +671,7 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
             return NULL;
     }
     struct rpc_channel *ch = calloc(1, sizeof *ch);
-    int n = clamp_int(cfg->threads, RPC_DEFAULT_CHANNEL_THREADS, 1, RPC_MAX_THREADS);
+    int n = rpc_clamp_int(cfg->threads, RPC_DEFAULT_CHANNEL_THREADS, 1, RPC_MAX_THREADS);
     if (ch) {
         ch->cqs = calloc((size_t)n, sizeof *ch->cqs);
         ch->th = calloc((size_t)n, sizeof *ch->th);
@@ -701,8 +687,8 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
         return NULL;
     }
     ch->nthreads = n;
-    ch->max_inflight = clamp_int(cfg->max_inflight, RPC_DEFAULT_MAX_INFLIGHT, 1, 1 << 24);
-    ch->stream_queue = clamp_int(cfg->stream_queue, RPC_DEFAULT_STREAM_QUEUE, 1, 1 << 20);
+    ch->max_inflight = rpc_clamp_int(cfg->max_inflight, RPC_DEFAULT_MAX_INFLIGHT, 1, 1 << 24);
+    ch->stream_queue = rpc_clamp_int(cfg->stream_queue, RPC_DEFAULT_STREAM_QUEUE, 1, 1 << 20);
     ch->md_flags = cfg->wait_for_ready ? (GRPC_INITIAL_METADATA_WAIT_FOR_READY |
                                           GRPC_INITIAL_METADATA_WAIT_FOR_READY_EXPLICITLY_SET)
                                        : 0;
@@ -711,16 +697,16 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
     ch->calls.next = ch->calls.prev = &ch->calls;
 
     grpc_init();
-    int backoff_max = clamp_int(cfg->reconnect_max_ms, RPC_DEFAULT_RECONNECT_MAX_MS, 100, 600000);
+    int backoff_max = rpc_clamp_int(cfg->reconnect_max_ms, RPC_DEFAULT_RECONNECT_MAX_MS, 100, 600000);
     grpc_arg args[7];
     memset(args, 0, sizeof args);
     int na = 0;
     args[na].type = GRPC_ARG_INTEGER;
     args[na].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[na++].value.integer = size_arg(cfg->max_recv_bytes);
+    args[na++].value.integer = rpc_size_arg(cfg->max_recv_bytes);
     args[na].type = GRPC_ARG_INTEGER;
     args[na].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-    args[na++].value.integer = size_arg(cfg->max_send_bytes);
+    args[na++].value.integer = rpc_size_arg(cfg->max_send_bytes);
     /* Reconnect quickly after a peer restarts: gRPC's defaults back off up to 2 minutes.
      * (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS stays at its default: it is also the connect
      * timeout, and a short one fails TLS handshakes on a loaded machine.) */

@@ -334,3 +334,17 @@ int rpc_peer_from_call(grpc_call *gc, struct rpc_peer *out)
     grpc_auth_context_release(ac);
     return 0;
 }
+
+int rpc_clamp_int(int v, int def, int lo, int hi)
+{
+    if (v <= 0)
+        return def;
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+int rpc_size_arg(size_t v)
+{
+    if (v == 0)
+        return (int)RPC_DEFAULT_MAX_MSG;
+    return v > (size_t)0x7fffffff ? 0x7fffffff : (int)v;
+}

@@ -47,4 +47,9 @@ void rpc_slice_to_str(grpc_slice s, char *buf, size_t n);
 
 gpr_timespec rpc_deadline(int ms);
 
+/* A config field: 0 (or negative) picks def, anything else is clamped to [lo, hi]. */
+int rpc_clamp_int(int v, int def, int lo, int hi);
+/* A message-size config field as gRPC's int channel argument (0 = RPC_DEFAULT_MAX_MSG). */
+int rpc_size_arg(size_t v);
+
 #endif

@@ -743,20 +743,6 @@ static void on_shutdown(struct rpc_tag *t, bool ok)
     pthread_mutex_unlock(&srv->mu);
 }
 
-static int clamp_int(int v, int def, int lo, int hi)
-{
-    if (v <= 0)
-        return def;
-    return v < lo ? lo : v > hi ? hi : v;
-}
-
-static int size_arg(size_t v)
-{
-    if (v == 0)
-        return (int)RPC_DEFAULT_MAX_MSG;
-    return v > (size_t)0x7fffffff ? 0x7fffffff : (int)v;
-}
-
 struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *err,
                                      size_t errlen)
 {
@@ -783,8 +769,8 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
         rpc_errf(err, errlen, "server: out of memory");
         return NULL;
     }
-    srv->nthreads = clamp_int(cfg->threads, RPC_DEFAULT_SERVER_THREADS, 1, RPC_MAX_THREADS);
-    srv->stream_queue = clamp_int(cfg->stream_queue, RPC_DEFAULT_STREAM_QUEUE, 1, 1 << 20);
+    srv->nthreads = rpc_clamp_int(cfg->threads, RPC_DEFAULT_SERVER_THREADS, 1, RPC_MAX_THREADS);
+    srv->stream_queue = rpc_clamp_int(cfg->stream_queue, RPC_DEFAULT_STREAM_QUEUE, 1, 1 << 20);
     srv->w = calloc((size_t)srv->nthreads, sizeof *srv->w);
     pthread_mutex_init(&srv->mu, NULL);
     pthread_condattr_t ca;
@@ -807,13 +793,13 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[0].value.integer = size_arg(cfg->max_recv_bytes);
+    args[0].value.integer = rpc_size_arg(cfg->max_recv_bytes);
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-    args[1].value.integer = size_arg(cfg->max_send_bytes);
+    args[1].value.integer = rpc_size_arg(cfg->max_send_bytes);
     args[2].type = GRPC_ARG_INTEGER;
     args[2].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
-    args[2].value.integer = clamp_int(cfg->max_streams, RPC_DEFAULT_MAX_STREAMS, 1, 1 << 24);
+    args[2].value.integer = rpc_clamp_int(cfg->max_streams, RPC_DEFAULT_MAX_STREAMS, 1, 1 << 24);
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = GRPC_ARG_ALLOW_REUSEPORT; /* a port held by someone else must be an error */
     args[3].value.integer = 0;
