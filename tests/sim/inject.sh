@@ -1,0 +1,51 @@
+#!/bin/bash
+# Prove the simulator has teeth: build a copy of the core with one classic Raft bug injected
+# (outside the repository, so nothing in the tree changes), sweep seeds, print the first failing
+# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F> [seeds] [nodes]
+#   A  commit rule counts replicas of old-term entries (Figure 8 / §5.4.2)
+#   B  votedFor not reset when the term changes
+#   C  vote granted without the log up-to-date check (§5.4.1)
+#   D  append acknowledged before the entries are durable
+#   F  vote granted without persisting votedFor
+set -euo pipefail
+bug=${1:?bug letter}; seeds=${2:-2000}; nodes=${3:-3}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/raft" "$work/tests/sim"
+cp "$root"/raft/entry.h "$root"/raft/raft.h "$root"/raft/raft_*.c "$root"/raft/raft_*.h "$work/raft/"
+cp "$root"/tests/sim/sim.c "$root"/tests/sim/sim.h "$root"/tests/sim/craft_sim.c "$work/tests/sim/"
+case $bug in
+A) f=raft/raft_append.c
+   old='raft_log_term(&r->log, n, &t) && t == r->hs.term'
+   new='raft_log_term(&r->log, n, &t)' ;;
+B) f=raft/raft_core.c
+   old='        r->hs.voted_for = 0; /* votedFor belongs to one term (Figure 2) */'
+   new='' ;;
+C) f=raft/raft_vote.c
+   old='bool grant = can_vote && log_up_to_date(r, m->last_log_index, m->last_log_term);'
+   new='bool grant = can_vote || !log_up_to_date(r, 0, 0);' ;;
+D) f=raft/raft_append.c
+   old='    return raft_send_after_persist(r, &resp);'
+   new='    return raft_send(r, &resp);' ;;
+F) f=raft/raft_vote.c
+   old='        r->hs_dirty = true;
+    }
+    /* Granting'
+   new='    }
+    /* Granting' ;;
+*) echo "unknown bug '$bug'" >&2; exit 2 ;;
+esac
+python3 - "$work/$f" "$old" "$new" <<'PY'
+import sys
+p, old, new = sys.argv[1:]
+s = open(p).read()
+if s.count(old) != 1:
+    sys.exit("inject.sh: pattern not found exactly once in " + p)
+open(p, "w").write(s.replace(old, new))
+PY
+gcc -std=c11 -O2 -D_GNU_SOURCE -I"$work" "$work"/raft/raft_*.c "$work"/tests/sim/sim.c \
+    "$work"/tests/sim/craft_sim.c -o "$work/craft-sim"
+echo "bug $bug injected into $f; sweeping $seeds seeds with $nodes nodes"
+"$work/craft-sim" --nodes "$nodes" --seeds "$seeds" | { grep -E '^seed|^seeds=' || true; } | \
+    awk '/^seeds=/{print; next} n++ < 3'
