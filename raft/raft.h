@@ -11,6 +11,7 @@
  *                raft_transfer_leader()  hand leadership to a named, up-to-date peer (TimeoutNow)
  *                raft_persisted()        the storage writes of ready `seq` (and all before) are durable
  *                raft_applied()          the state machine has applied up to index i
+ *                raft_read_index()       start a linearizable read (ReadIndex, thesis §6.4)
  *
  *   effects out: while (raft_has_ready(r)) {
  *                    raft_ready(r, &rd);
@@ -83,8 +84,10 @@ enum raft_msg_type {
     RAFT_MSG_APPEND = 5,        /* AppendEntries; a heartbeat is one with no entries */
     RAFT_MSG_APPEND_RESP = 6,
     RAFT_MSG_TIMEOUT_NOW = 7,   /* leadership transfer: campaign now (thesis §3.10) */
-    /* reserved for later issues: 8/9 InstallSnapshot request/response, 10/11 ReadIndex. */
-    RAFT_MSG_TYPE_MAX = 7,
+    /* 8/9 reserved for InstallSnapshot request/response (later issue): refused for now. */
+    RAFT_MSG_READ_INDEX = 10,      /* follower -> leader: run a ReadIndex round for ctx */
+    RAFT_MSG_READ_INDEX_RESP = 11, /* leader -> follower: ctx + read_index (0 = failed) */
+    RAFT_MSG_TYPE_MAX = 11,
 };
 
 const char *raft_msg_type_name(int type);
@@ -120,6 +123,16 @@ struct raft_msg {
     uint64_t reject_index;
     uint64_t conflict_term;
     uint64_t conflict_index;
+
+    /* ReadIndex (thesis §6.4).
+     * APPEND: ctx = the leader's newest read round (0 = none yet); APPEND_RESP: ctx echoes the
+     * round of the AppendEntries it answers - an acknowledgement in the leader's term of a
+     * message sent after the round began, which is what confirms leadership for its reads.
+     * READ_INDEX: ctx = the requester's read id (nonzero); READ_INDEX_RESP: ctx echoes it and
+     * read_index is the leader's confirmed read index, or 0 if the read failed (not the leader,
+     * leadership lost, too many reads). */
+    uint64_t ctx;
+    uint64_t read_index;
 };
 
 /* Per-peer replication state on a leader (compare etcd-io/raft tracker, canonical/raft progress). */
@@ -149,6 +162,11 @@ struct raft_config {
     /* Input bounds: larger inbound messages / proposals are refused with RAFT_ETOOBIG. */
     uint32_t max_msg_entries;   /* default 4096 entries in one received AppendEntries */
     uint32_t max_entry_bytes;   /* default 64 MiB payload per entry */
+
+    /* ReadIndex: reads (local and forwarded from followers) waiting in the core at once. A local
+     * read over the bound gets RAFT_EBUSY, a follower's is answered as failed. Default 1024; 0 is
+     * taken as the default. */
+    uint32_t max_read_pending;
 };
 
 #define RAFT_MAX_NODES 64
@@ -189,7 +207,32 @@ int raft_persisted(struct raft *r, uint64_t seq);
 /* The state machine applied every committed entry up to index (bookkeeping for snapshots). */
 int raft_applied(struct raft *r, uint64_t index);
 
+/* Linearizable read (ReadIndex, Raft thesis §6.4). ctx is the caller's nonzero id for the read.
+ * Returns 0 when the read is under way: exactly one struct raft_read_state {ctx, index} for it
+ * comes out in a later ready. index != 0: every entry committed anywhere in the cluster before
+ * this call has an index <= index, so once the local state machine has applied up to index,
+ * reading it is linearizable.
+ * index == 0: the read failed (leadership changed, the leader did not answer, or it was not
+ * confirmed within an election timeout, election_tick ticks); the caller may retry.
+ *   Leader: records index = its commit index - but only once an entry of its own term has
+ *     committed (thesis §6.4 step 1: before that its commit index may be stale; reads wait for
+ *     the no-op of raft_become_leader) - then confirms leadership with a heartbeat round sent at
+ *     once: every AppendEntries carries the newest round number, followers echo it, and when a
+ *     majority (the leader included) has acknowledged a round >= the read's, the read is
+ *     released. A single-member cluster releases as soon as its own-term entry is committed.
+ *   Follower: sends RAFT_MSG_READ_INDEX to its leader, which runs the same round and answers
+ *     with the index; the answer is released as the read state.
+ * Leadership loss (any role change, or a follower's term or leader changing) fails every read
+ * pending in the core at once. Errors: RAFT_EINVAL (ctx 0), RAFT_ENOTLEADER (no leader known;
+ * nothing is released), RAFT_EBUSY (max_read_pending reads already waiting), RAFT_ENOMEM. */
+int raft_read_index(struct raft *r, uint64_t ctx);
+
 /* ---- effects ---- */
+struct raft_read_state {
+    uint64_t ctx;   /* as given to raft_read_index() */
+    uint64_t index; /* read index; 0 = the read failed */
+};
+
 struct raft_ready {
     /* Storage work, to be written in this order, then reported with raft_persisted(persist_seq).
      * persist_seq == 0 means this ready has no storage work. */
@@ -208,6 +251,11 @@ struct raft_ready {
      * handed out, so an applied entry is always in the local durable log. */
     struct raft_entry *committed;
     size_t n_committed;
+
+    /* Reads settled since the last ready (raft_read_index), in the order they settled. The
+     * caller serves read `ctx` once it has applied `index`; index 0 means the read failed. */
+    struct raft_read_state *read_states;
+    size_t n_read_states;
 
     /* Soft state, for the caller's information. */
     uint64_t commit_index;

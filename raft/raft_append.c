@@ -89,7 +89,8 @@ static bool send_one(struct raft *r, struct raft_progress *pr, bool allow_empty)
                          .term = r->hs.term,
                          .prev_index = prev,
                          .prev_term = prev_term,
-                         .commit = r->commit};
+                         .commit = r->commit,
+                         .ctx = r->read_round};
     if (n) {
         m.entries = calloc(n, sizeof(*m.entries));
         if (!m.entries)
@@ -158,18 +159,26 @@ void raft_bcast_heartbeat(struct raft *r)
             send_one(r, pr, true);
             continue;
         }
-        /* Heartbeat anchored at match, which the follower is known to hold, so it never fails
-         * the consistency check because of reordering; it carries commit up to match. */
-        uint64_t t = 0;
-        raft_log_term(&r->log, pr->match, &t);
-        struct raft_msg m = {.type = RAFT_MSG_APPEND,
-                             .to = pr->id,
-                             .term = r->hs.term,
-                             .prev_index = pr->match,
-                             .prev_term = t,
-                             .commit = r->commit < pr->match ? r->commit : pr->match};
-        raft_send(r, &m);
+        raft_send_heartbeat(r, pr);
     }
+}
+
+/* Heartbeat anchored at match, which the follower is known to hold, so it never fails the
+ * consistency check because of reordering; it carries commit up to match, and the newest read
+ * round (raft_read.c). Also sent on its own, without the stall bookkeeping of the periodic
+ * heartbeat, to confirm leadership for a read at once. */
+void raft_send_heartbeat(struct raft *r, struct raft_progress *pr)
+{
+    uint64_t t = 0;
+    raft_log_term(&r->log, pr->match, &t);
+    struct raft_msg m = {.type = RAFT_MSG_APPEND,
+                         .to = pr->id,
+                         .term = r->hs.term,
+                         .prev_index = pr->match,
+                         .prev_term = t,
+                         .commit = r->commit < pr->match ? r->commit : pr->match,
+                         .ctx = r->read_round};
+    raft_send(r, &m);
 }
 
 static int cmp_desc(const void *a, const void *b)
@@ -187,8 +196,10 @@ void raft_maybe_commit(struct raft *r)
         m[i] = r->peers[i] == r->id ? r->persisted_index : r->progress[i].match;
     qsort(m, r->n_peers, sizeof(m[0]), cmp_desc);
     uint64_t n = m[raft_quorum(r) - 1], t;
-    if (n > r->commit && raft_log_term(&r->log, n, &t) && t == r->hs.term)
+    if (n > r->commit && raft_log_term(&r->log, n, &t) && t == r->hs.term) {
         r->commit = n;
+        raft_read_on_commit(r); /* reads waiting for our first commit in this term */
+    }
 }
 
 /* ---- follower side ---- */
@@ -223,7 +234,9 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
         raft_become_follower(r, r->hs.term, m->from);
     r->election_elapsed = 0;
 
-    struct raft_msg resp = {.type = RAFT_MSG_APPEND_RESP, .to = m->from, .term = r->hs.term};
+    /* ctx echoes the leader's read round (raft_read.c), accepted or not. */
+    struct raft_msg resp = {
+        .type = RAFT_MSG_APPEND_RESP, .to = m->from, .term = r->hs.term, .ctx = m->ctx};
     uint64_t last = raft_log_last_index(&r->log), t;
     if (m->prev_index > last) {
         resp.reject = true;
@@ -296,6 +309,7 @@ int raft_recv_append_resp(struct raft *r, const struct raft_msg *m)
     if (m->reject) {
         if (m->reject_index > last || m->conflict_index == 0)
             return RAFT_EINVAL;
+        raft_read_ack(r, pr, m->ctx); /* a refusal in our term confirms it as well */
         if (pr->state == RAFT_PROGRESS_REPLICATE) {
             if (m->reject_index <= pr->match)
                 return 0; /* stale */
@@ -318,6 +332,7 @@ int raft_recv_append_resp(struct raft *r, const struct raft_msg *m)
 
     if (m->match_index > last)
         return RAFT_EINVAL;
+    raft_read_ack(r, pr, m->ctx);
     if (m->match_index > pr->match) {
         pr->match = m->match_index;
         if (pr->state == RAFT_PROGRESS_PROBE)

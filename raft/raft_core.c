@@ -30,8 +30,10 @@ const char *raft_role_name(int role)
 
 const char *raft_msg_type_name(int type)
 {
-    static const char *names[] = {"none",        "vote",   "vote_resp",   "prevote",
-                                  "prevote_resp", "append", "append_resp", "timeout_now"};
+    static const char *names[] = {"none",         "vote",       "vote_resp",
+                                  "prevote",      "prevote_resp", "append",
+                                  "append_resp",  "timeout_now", "?",
+                                  "?",            "read_index", "read_index_resp"};
     return type >= 0 && type <= RAFT_MSG_TYPE_MAX ? names[type] : "?";
 }
 
@@ -48,6 +50,7 @@ void raft_config_default(struct raft_config *cfg)
     cfg->max_inflight_bytes = 16u << 20;
     cfg->max_msg_entries = 4096;
     cfg->max_entry_bytes = 64u << 20;
+    cfg->max_read_pending = 1024;
 }
 
 /* splitmix64: the core's only randomness, seeded by the caller so runs replay exactly. */
@@ -112,6 +115,8 @@ int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struc
         return RAFT_ENOMEM;
     r->cfg = *cfg;
     r->cfg.peers = NULL;
+    if (!r->cfg.max_read_pending)
+        r->cfg.max_read_pending = 1024;
     r->id = cfg->id;
     r->rng = cfg->seed ^ (cfg->id * 0x2545F4914F6CDD1Dull);
     r->n_peers = cfg->n_peers;
@@ -178,6 +183,7 @@ void raft_free(struct raft *r)
     free(r->out);
     free(r->held);
     free(r->recs);
+    raft_read_free(r);
     free(r->progress);
     free(r->votes);
     free(r->peers);
@@ -188,6 +194,10 @@ void raft_free(struct raft *r)
 
 void raft_become_follower(struct raft *r, uint64_t term, uint64_t leader)
 {
+    /* Pending reads belong to one leadership (ours, or the leader we asked): settle them before
+     * the term moves, so a deposed leader's answers to its followers carry its old term. */
+    if (r->role != RAFT_FOLLOWER || term != r->hs.term || leader != r->leader_id)
+        raft_read_fail_all(r);
     set_term(r, term);
     r->role = RAFT_FOLLOWER;
     r->leader_id = leader;
@@ -201,6 +211,7 @@ void raft_become_precandidate(struct raft *r)
 {
     /* Ask whether we could win before bumping the term: a node that cannot win (partitioned,
      * stale log) never disturbs the cluster's term (thesis §9.6). */
+    raft_read_fail_all(r);
     r->role = RAFT_PRECANDIDATE;
     r->leader_id = 0;
     memset(r->votes, 0, r->n_peers);
@@ -221,6 +232,7 @@ void raft_become_precandidate(struct raft *r)
 
 void raft_become_candidate(struct raft *r, bool transfer)
 {
+    raft_read_fail_all(r);
     set_term(r, r->hs.term + 1);
     r->hs.voted_for = r->id;
     r->hs_dirty = true;
@@ -271,6 +283,7 @@ void raft_become_leader(struct raft *r)
     for (size_t i = 0; i < r->n_peers; i++) {
         raft_progress_reset(r, &r->progress[i], last + 1);
         r->progress[i].match = 0;
+        r->progress[i].read_ack = 0;
         r->progress[i].recent_active = r->peers[i] == r->id;
     }
     /* A no-op of the new term lets entries of older terms commit (§5.4.2, §8). */
@@ -296,6 +309,7 @@ int raft_tick(struct raft *r)
 {
     if (!r)
         return RAFT_EINVAL;
+    raft_read_tick(r);
     if (r->role != RAFT_LEADER) {
         if (++r->election_elapsed >= r->randomized_timeout)
             campaign(r);
@@ -331,8 +345,8 @@ int raft_tick(struct raft *r)
 
 static int validate(const struct raft *r, const struct raft_msg *m)
 {
-    if (m->type == RAFT_MSG_NONE || m->type > RAFT_MSG_TYPE_MAX)
-        return RAFT_EINVAL;
+    if (m->type == RAFT_MSG_NONE || m->type > RAFT_MSG_TYPE_MAX || m->type == 8 || m->type == 9)
+        return RAFT_EINVAL; /* 8/9: InstallSnapshot, not yet */
     if (m->to != r->id || m->from == r->id || raft_peer_index(r, m->from) == r->n_peers)
         return RAFT_EUNKNOWN;
     if (m->n_entries && m->type != RAFT_MSG_APPEND)
@@ -382,6 +396,11 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         case RAFT_MSG_PREVOTE:
             resp.type = m->type == RAFT_MSG_VOTE ? RAFT_MSG_VOTE_RESP : RAFT_MSG_PREVOTE_RESP;
             return raft_send(r, &resp);
+        case RAFT_MSG_READ_INDEX:
+            /* Fail the read at once; our term tells the sender its leader is gone. */
+            resp.type = RAFT_MSG_READ_INDEX_RESP;
+            resp.ctx = m->ctx;
+            return raft_send(r, &resp);
         default:
             return 0;
         }
@@ -406,6 +425,10 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         /* The leader found us up to date: campaign at once, without pre-vote (thesis §3.10). */
         raft_become_candidate(r, true);
         return 0;
+    case RAFT_MSG_READ_INDEX:
+        return raft_recv_read_index(r, m);
+    case RAFT_MSG_READ_INDEX_RESP:
+        return raft_recv_read_index_resp(r, m);
     }
     return RAFT_EINVAL;
 }

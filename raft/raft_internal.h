@@ -33,6 +33,18 @@ struct raft_progress {
     size_t inflight_bytes;
     uint64_t hb_match; /* match at the previous heartbeat: detects a stalled pipeline */
     unsigned stall;    /* heartbeats in a row with appends in flight and no progress */
+    uint64_t read_ack; /* highest read round the peer echoed in this term (raft_read.c) */
+};
+
+/* A read waiting in the core (raft_read.c). On a leader: from = 0 for a local read, else the
+ * follower that asked; round = 0 while it waits for the leader's first commit in its term. On a
+ * follower: a read forwarded to the leader, waiting for its answer. */
+struct raft_read {
+    uint64_t ctx;
+    uint64_t from;
+    uint64_t index;
+    uint64_t round;
+    uint64_t started; /* r->ticks when it arrived: it fails after election_tick ticks */
 };
 
 /* A message waiting for storage write `seq` to be reported durable. */
@@ -95,6 +107,16 @@ struct raft {
     uint64_t transferee;
     unsigned transfer_elapsed;
 
+    /* ReadIndex (raft_read.c). reads: pending, oldest first (so also by round on a leader);
+     * read_out: settled, for the next ready. read_round only grows for the core's lifetime, so
+     * an echo of round R always answers a message sent after round R began. */
+    struct raft_read *reads;
+    size_t n_reads, cap_reads;
+    struct raft_read_state *read_out;
+    size_t n_read_out, cap_read_out;
+    uint64_t read_round;
+    uint64_t ticks; /* raft_tick() calls, for read expiry */
+
     /* Soft state last reported in a ready, so a change makes a ready. */
     uint8_t rep_role;
     uint64_t rep_leader, rep_term, rep_commit;
@@ -142,5 +164,19 @@ void raft_bcast_heartbeat(struct raft *r);
 void raft_maybe_commit(struct raft *r);
 void raft_progress_reset(struct raft *r, struct raft_progress *pr, uint64_t next);
 void raft_send_timeout_now(struct raft *r, uint64_t to);
+void raft_send_heartbeat(struct raft *r, struct raft_progress *pr);
+
+/* raft_read.c */
+int raft_recv_read_index(struct raft *r, const struct raft_msg *m);
+int raft_recv_read_index_resp(struct raft *r, const struct raft_msg *m);
+/* A follower echoed read round m->ctx (leader, same term). */
+void raft_read_ack(struct raft *r, struct raft_progress *pr, uint64_t round);
+/* The commit index moved (leader): start the rounds of reads that waited for it. */
+void raft_read_on_commit(struct raft *r);
+/* Leadership, term or known leader is about to change: fail every pending read. */
+void raft_read_fail_all(struct raft *r);
+/* One tick: fail reads pending for an election timeout. */
+void raft_read_tick(struct raft *r);
+void raft_read_free(struct raft *r);
 
 #endif

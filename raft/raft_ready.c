@@ -150,7 +150,7 @@ static uint64_t apply_limit(const struct raft *r)
 
 bool raft_has_ready(const struct raft *r)
 {
-    return r->n_out || r->hs_dirty || r->pending_truncate ||
+    return r->n_out || r->n_read_out || r->hs_dirty || r->pending_truncate ||
            r->readied_last < raft_log_last_index(&r->log) || apply_limit(r) > r->delivered ||
            r->rep_role != r->role || r->rep_leader != r->leader_id || r->rep_term != r->hs.term ||
            r->rep_commit != r->commit;
@@ -248,6 +248,11 @@ int raft_ready(struct raft *r, struct raft_ready *rd)
     rd->n_msgs = r->n_out;
     r->n_out = 0;
 
+    rd->read_states = r->read_out; /* handed over whole; a new array grows on demand */
+    rd->n_read_states = r->n_read_out;
+    r->read_out = NULL;
+    r->n_read_out = r->cap_read_out = 0;
+
     rd->commit_index = r->commit;
     rd->term = r->hs.term;
     rd->leader_id = r->leader_id;
@@ -269,6 +274,7 @@ void raft_advance(struct raft *r, struct raft_ready *rd)
     for (size_t i = 0; i < rd->n_msgs; i++)
         raft_msg_free(&rd->msgs[i]);
     free(rd->msgs);
+    free(rd->read_states);
     memset(rd, 0, sizeof(*rd));
 }
 

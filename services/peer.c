@@ -174,6 +174,8 @@ static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft_
     pm->reject_index = m->reject_index;
     pm->conflict_term = m->conflict_term;
     pm->conflict_index = m->conflict_index;
+    pm->ctx = m->ctx;
+    pm->read_index = m->read_index;
     for (uint32_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
         craft__raft__entry__init(&pe[i]);
@@ -334,6 +336,8 @@ static bool pb_to_msg(const Craft__Raft__Message *pm, struct raft_msg *m, struct
     m->reject_index = pm->reject_index;
     m->conflict_term = pm->conflict_term;
     m->conflict_index = pm->conflict_index;
+    m->ctx = pm->ctx;
+    m->read_index = pm->read_index;
     for (size_t i = 0; i < pm->n_entries; i++) {
         const Craft__Raft__Entry *pe = pm->entries[i];
         if (pe->type > RAFT_ENTRY_CONFIG || pe->data.len > UINT32_MAX)
