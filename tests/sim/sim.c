@@ -96,6 +96,15 @@ struct gslot {
     uint64_t term, hash, value, commit_term;
 };
 
+/* A linearizable read (raft_read_index) issued by the workload. ctx = its position + 1. */
+struct simread {
+    int node;
+    uint64_t start;
+    uint64_t min_index; /* highest index known committed anywhere when the read started */
+    bool settled;       /* released (or lost with its node's crash) */
+    uint64_t index;     /* released index (0 = failed or lost) */
+};
+
 struct lmslot {
     struct {
         uint64_t term, prefix;
@@ -122,6 +131,10 @@ struct sim {
     int violations;
     char vmsg[512];
     struct sim_stats st;
+    /* reads */
+    struct simread *reads;
+    size_t nreads, rcap;
+    uint64_t max_commit; /* highest commit index any node has reached */
 };
 
 static uint64_t rnd(struct sim *s)
@@ -316,6 +329,8 @@ static void check_node(struct sim *s, int i)
             }
         }
         nd->seen_commit = st.commit_index;
+        if (st.commit_index > s->max_commit)
+            s->max_commit = st.commit_index;
     }
     if (st.commit_index < nd->seen_commit)
         violation(s, "n%d commit index went back from %llu to %llu", i + 1,
@@ -366,19 +381,84 @@ static void describe(char *buf, size_t len, const struct raft_msg *m)
         snprintf(buf, len, "%s", m->granted ? "granted" : "rejected");
         break;
     case RAFT_MSG_APPEND:
-        snprintf(buf, len, "prev=%llu/%llu n=%u commit=%llu", (unsigned long long)m->prev_index,
-                 (unsigned long long)m->prev_term, m->n_entries, (unsigned long long)m->commit);
+        snprintf(buf, len, "prev=%llu/%llu n=%u commit=%llu round=%llu",
+                 (unsigned long long)m->prev_index, (unsigned long long)m->prev_term, m->n_entries,
+                 (unsigned long long)m->commit, (unsigned long long)m->ctx);
         break;
     case RAFT_MSG_APPEND_RESP:
         if (m->reject)
-            snprintf(buf, len, "reject at=%llu hint=%llu/%llu", (unsigned long long)m->reject_index,
-                     (unsigned long long)m->conflict_term, (unsigned long long)m->conflict_index);
+            snprintf(buf, len, "reject at=%llu hint=%llu/%llu round=%llu",
+                     (unsigned long long)m->reject_index, (unsigned long long)m->conflict_term,
+                     (unsigned long long)m->conflict_index, (unsigned long long)m->ctx);
         else
-            snprintf(buf, len, "ok match=%llu", (unsigned long long)m->match_index);
+            snprintf(buf, len, "ok match=%llu round=%llu", (unsigned long long)m->match_index,
+                     (unsigned long long)m->ctx);
+        break;
+    case RAFT_MSG_READ_INDEX:
+        snprintf(buf, len, "ctx=%llu", (unsigned long long)m->ctx);
+        break;
+    case RAFT_MSG_READ_INDEX_RESP:
+        snprintf(buf, len, "ctx=%llu index=%llu", (unsigned long long)m->ctx,
+                 (unsigned long long)m->read_index);
         break;
     default:
         buf[0] = 0;
     }
+}
+
+/* Highest index committed anywhere so far: every client write acknowledged until now is at or
+ * below it. */
+static uint64_t global_commit(struct sim *s)
+{
+    uint64_t c = s->max_commit;
+    for (int i = 0; i < s->n; i++) {
+        if (!s->nodes[i].up)
+            continue;
+        struct raft_status st;
+        raft_status_get(s->nodes[i].r, &st);
+        if (st.commit_index > c)
+            c = st.commit_index;
+    }
+    return c;
+}
+
+/* Linearizability of reads (thesis §6.4): a read released with index i must cover every write
+ * acknowledged before the read began, i.e. i >= the highest index committed anywhere at its start;
+ * and it must name a committed index. Each read is released exactly once, by the node it was
+ * issued on. */
+static void read_released(struct sim *s, int i, const struct raft_read_state *rs)
+{
+    if (rs->ctx == 0 || rs->ctx > s->nreads) {
+        violation(s, "n%d released unknown read ctx %llu", i + 1, (unsigned long long)rs->ctx);
+        return;
+    }
+    struct simread *rd = &s->reads[rs->ctx - 1];
+    if (rd->node != i || rd->settled) {
+        violation(s, "read %llu (issued on n%d) released %s on n%d", (unsigned long long)rs->ctx,
+                  rd->node + 1, rd->settled ? "twice" : "elsewhere", i + 1);
+        return;
+    }
+    rd->settled = true;
+    rd->index = rs->index;
+    if (!rs->index) {
+        s->st.reads_failed++;
+        trace(s, "n%d read %llu failed", i + 1, (unsigned long long)rs->ctx);
+        return;
+    }
+    s->st.reads_ok++;
+    uint64_t gc = global_commit(s);
+    trace(s, "n%d read %llu released index=%llu (needs >= %llu)", i + 1,
+          (unsigned long long)rs->ctx, (unsigned long long)rs->index,
+          (unsigned long long)rd->min_index);
+    if (rs->index < rd->min_index)
+        violation(s, "Linearizable read: n%d read %llu started at t=%llu released index %llu, "
+                  "but index %llu was committed before it started", i + 1,
+                  (unsigned long long)rs->ctx, (unsigned long long)rd->start,
+                  (unsigned long long)rs->index, (unsigned long long)rd->min_index);
+    else if (rs->index > gc)
+        violation(s, "n%d read %llu released index %llu beyond any commit (%llu)", i + 1,
+                  (unsigned long long)rs->ctx, (unsigned long long)rs->index,
+                  (unsigned long long)gc);
 }
 
 static void net_send(struct sim *s, const struct raft_msg *m)
@@ -475,6 +555,8 @@ static void process_ready(struct sim *s, int i)
             nd->applied = e->index;
             raft_applied(nd->r, e->index);
         }
+        for (size_t k = 0; k < rd.n_read_states; k++)
+            read_released(s, i, &rd.read_states[k]);
         if (s->o.trace && rd.n_committed)
             trace(s, "n%d applies %llu..%llu", i + 1, (unsigned long long)rd.committed[0].index,
                   (unsigned long long)rd.committed[rd.n_committed - 1].index);
@@ -606,6 +688,7 @@ void sim_free(struct sim *s)
     free(s->leader_of);
     free(s->committed);
     free(s->applied);
+    free(s->reads);
     free(s);
 }
 
@@ -727,6 +810,9 @@ void sim_crash(struct sim *s, int i)
         return;
     trace(s, "n%d CRASH (%zu unpersisted writes lost)", i + 1, s->nodes[i].wn);
     stop_node(s, i);
+    for (size_t k = 0; k < s->nreads; k++) /* its reads die with it (a client sees an error) */
+        if (s->reads[k].node == i)
+            s->reads[k].settled = true;
 }
 
 void sim_restart(struct sim *s, int i)
@@ -844,6 +930,49 @@ int sim_propose(struct sim *s, int i, uint64_t value, uint64_t *index)
     return rc;
 }
 
+int sim_read(struct sim *s, int i, uint64_t *ctx)
+{
+    if (!s->nodes[i].up)
+        return RAFT_ESTATE;
+    uint64_t c = s->nreads + 1;
+    int rc = raft_read_index(s->nodes[i].r, c);
+    if (rc == 0) {
+        GROW(s->reads, s->rcap, s->nreads + 1);
+        s->reads[s->nreads++] = (struct simread){i, s->now, global_commit(s), false, 0};
+        s->st.reads_started++;
+        trace(s, "n%d read %llu starts (needs >= %llu)", i + 1, (unsigned long long)c,
+              (unsigned long long)s->reads[s->nreads - 1].min_index);
+        if (ctx)
+            *ctx = c;
+    }
+    process_ready(s, i);
+    return rc;
+}
+
+int sim_read_state(const struct sim *s, uint64_t ctx, uint64_t *index)
+{
+    if (ctx == 0 || ctx > s->nreads)
+        return -1;
+    if (index)
+        *index = s->reads[ctx - 1].index;
+    return s->reads[ctx - 1].settled;
+}
+
+/* Every read accepted must settle within an election timeout of ticks (plus slack): a read that
+ * hangs would hang its client. */
+static void check_reads_settle(struct sim *s)
+{
+    uint64_t bound = (uint64_t)(s->o.election_tick + 3) * s->o.tick_ms;
+    for (size_t k = 0; k < s->nreads; k++) {
+        struct simread *rd = &s->reads[k];
+        if (!rd->settled && s->now - rd->start > bound) {
+            violation(s, "read %zu on n%d started at t=%llu never settled", k + 1, rd->node + 1,
+                      (unsigned long long)rd->start);
+            rd->settled = true;
+        }
+    }
+}
+
 int sim_n_applied(struct sim *s, uint64_t index, uint64_t *value)
 {
     int cnt = 0;
@@ -948,6 +1077,16 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
             if (s->nodes[i].up)
                 sim_propose(s, i, value++, NULL);
         }
+        if (chance(s, 1.0 / 8)) {
+            /* Reads, on the leader or anywhere (a follower asks its leader). */
+            int i = sim_leader(s);
+            if (i < 0 || chance(s, 0.5))
+                i = (int)(rnd(s) % (uint64_t)nodes);
+            if (s->nodes[i].up)
+                sim_read(s, i, NULL);
+        }
+        if (s->now % 100 == 0)
+            check_reads_settle(s);
         if (s->now % ev == 0) {
             /* Faults. Crashing or cutting off the leader right after it accepted entries is what
              * builds the mixed-term logs of Figure 8. */
@@ -1004,6 +1143,27 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
         if (!ok && !s->violations)
             violation(s, "liveness: no new entry committed on all %d nodes within %llu ms of "
                          "healing", nodes, (unsigned long long)live_bound);
+        /* Healed and stable: a read on every node succeeds (retried if a round fails), and
+         * nothing stays pending. */
+        for (int i = 0; i < nodes && ok && !s->violations; i++) {
+            uint64_t t0 = s->now;
+            bool done = false;
+            while (!done && s->now - t0 < 3000 && !s->violations) {
+                uint64_t ctx = 0;
+                if (sim_read(s, i, &ctx) != 0) {
+                    sim_run(s, 20);
+                    continue;
+                }
+                while (sim_read_state(s, ctx, NULL) == 0 && s->now - t0 < 3000)
+                    step_ms(s);
+                done = s->reads[ctx - 1].settled && s->reads[ctx - 1].index;
+            }
+            if (!done && !s->violations)
+                violation(s, "liveness: no read succeeded on n%d within 3000 ms of a stable "
+                             "cluster", i + 1);
+        }
+        sim_run(s, (uint64_t)(s->o.election_tick + 4) * s->o.tick_ms);
+        check_reads_settle(s);
     }
     int bad = s->violations > 0;
     snprintf(msg, msglen, "%s", bad ? s->vmsg : "ok");

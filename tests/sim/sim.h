@@ -43,6 +43,7 @@ struct sim_stats {
     uint64_t append_rejects;      /* APPEND_RESP with reject, delivered */
     uint64_t delivered;
     uint64_t dropped;
+    uint64_t reads_started, reads_ok, reads_failed; /* raft_read_index through sim_read */
 };
 
 struct sim;
@@ -73,6 +74,13 @@ int sim_leader(struct sim *s);
 int sim_wait_leader(struct sim *s, uint64_t max_ms);
 /* Propose value on node i: raft_propose()'s return code; *index on success. */
 int sim_propose(struct sim *s, int i, uint64_t value, uint64_t *index);
+/* raft_read_index() on node i with a fresh ctx (*ctx), then process its ready. The checker
+ * verifies every release: index >= the highest index committed anywhere when the read started
+ * (linearizability, thesis §6.4), index committed, released once, on that node. */
+int sim_read(struct sim *s, int i, uint64_t *ctx);
+/* 0 pending, 1 settled (released, or lost in a crash), -1 unknown ctx. *index (may be NULL): the
+ * released read index, 0 if it failed or is pending. */
+int sim_read_state(const struct sim *s, uint64_t ctx, uint64_t *index);
 /* How many nodes applied `index`; *value = its value (entry payload) if any did. */
 int sim_n_applied(struct sim *s, uint64_t index, uint64_t *value);
 /* 6.824 one(): submit value to a leader (retrying any node that accepts), wait until `expected`
