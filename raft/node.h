@@ -16,6 +16,8 @@
  * - Every proposal completes exactly once: with the state machine's result after it is applied,
  *   or with an error (not leader, with the leader's id; shutting down; too many pending; timeout;
  *   leadership lost before commit).
+ * - Linearizable reads without log writes (raft_node_read_index, ReadIndex): concurrent reads
+ *   share one leadership-confirming round; every read completes exactly once.
  * - A restart with the same data directory recovers the log and hard state and rejoins.
  * Errors: functions return 0 or a negative RAFT_NODE_E* code and fill err where given.
  */
@@ -67,6 +69,7 @@ struct raft_node_config {
     uint32_t max_entry_bytes;    /* largest proposal payload; default 1.5 MiB + 64 KiB; at most
                                   * 32 MiB and half of wal_segment_bytes */
     uint32_t max_pending;        /* proposals accepted but not yet completed; default 65536 */
+    uint32_t max_pending_reads;  /* raft_node_read_index calls not yet completed; default 65536 */
     uint32_t max_apply_batch;    /* entries per fsm apply() call; default 1024 */
     uint64_t wal_segment_bytes;  /* default 64 MiB */
     /* Per-peer outbox between the driver and that peer's replicator (docs/node.md). When a slow
@@ -113,6 +116,23 @@ int raft_node_propose(struct raft_node *n, const void *data, size_t len, int tim
 int raft_node_propose_wait(struct raft_node *n, const void *data, size_t len, int timeout_ms,
                            struct raft_fsm_result *res, uint64_t *index, uint64_t *leader_id);
 
+/* Linearizable read barrier (ReadIndex, Raft thesis §6.4; docs/node.md). cb fires exactly once:
+ * err == 0 when this member has applied everything that was committed (anywhere) when the read
+ * began, so a read of the local state machine now is linearizable; read_index is the index it
+ * waited for. Or an error: RAFT_NODE_ELOST when leadership changed, or could not be confirmed
+ * within an election timeout, while its round was under way (retry); _ENOTLEADER when no leader
+ * is known; _ETIMEDOUT; _ESHUTDOWN (before raft_node_stop returns); _EIO after a storage failure.
+ * timeout_ms <= 0 means no timeout of its own. Batching: a read that arrives while no round is
+ * under way starts one at once; every read that arrives while one is under way joins the next,
+ * so one round confirms many reads. On the leader a round is one heartbeat round to a majority
+ * (sent at once); on a follower it is one request to the leader for its read index, after which
+ * the member waits until its own applied index reaches it. cb runs on a node thread, without the
+ * node mutex; it must not block for long. Returns 0 (cb will fire) or an error at once (cb never
+ * fires): _ENOTLEADER (no leader known), _EBUSY (max_pending_reads waiting), _ESHUTDOWN, _EIO,
+ * _EINVAL, _ENOMEM. */
+typedef void (*raft_node_read_fn)(void *arg, int err, uint64_t read_index);
+int raft_node_read_index(struct raft_node *n, int timeout_ms, raft_node_read_fn cb, void *arg);
+
 /* Hand leadership to `to` (leader only). */
 int raft_node_transfer_leader(struct raft_node *n, uint64_t to);
 
@@ -121,6 +141,8 @@ struct raft_node_status {
     uint64_t applied_index;  /* last index handed to the state machine */
     uint64_t durable_index;  /* last index durable in the local log */
     uint32_t pending;        /* proposals waiting */
+    uint32_t reads_pending;  /* raft_node_read_index calls waiting */
+    uint64_t read_rounds;    /* ReadIndex rounds started since start (each serves a batch) */
 };
 void raft_node_status_get(struct raft_node *n, struct raft_node_status *st);
 

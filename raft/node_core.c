@@ -41,8 +41,8 @@ const char *raft_node_strerror(int code)
     case RAFT_NODE_ENOTLEADER: return "not the leader";
     case RAFT_NODE_ESHUTDOWN: return "node shutting down";
     case RAFT_NODE_EBUSY: return "too many pending proposals or leadership transfer in progress";
-    case RAFT_NODE_ETIMEDOUT: return "proposal timed out";
-    case RAFT_NODE_ELOST: return "leadership lost before the entry committed";
+    case RAFT_NODE_ETIMEDOUT: return "timed out";
+    case RAFT_NODE_ELOST: return "leadership lost before the entry committed or the read confirmed";
     case RAFT_NODE_EIO: return "storage or state machine failure";
     case RAFT_NODE_ETOOBIG: return "proposal too big";
     case RAFT_NODE_ENOMEM: return "out of memory";
@@ -59,6 +59,7 @@ void raft_node_config_default(struct raft_node_config *cfg)
     cfg->check_quorum = true;
     cfg->max_entry_bytes = (3u << 19) + (64u << 10); /* 1.5 MiB + 64 KiB, like etcd */
     cfg->max_pending = 65536;
+    cfg->max_pending_reads = 65536;
     cfg->max_apply_batch = 1024;
     cfg->wal_segment_bytes = 64ull << 20;
     cfg->outbox_msgs = 4096;
@@ -263,9 +264,12 @@ static void *driver_main(void *arg)
             if (!n->fatal_reported) {
                 n->fatal_reported = true;
                 struct node_done_list l = {0};
+                struct node_read_done_list rl = {0};
                 node_props_fail_all_locked(n, n->fatal, &l);
+                node_reads_fail_all_locked(n, n->fatal, &rl);
                 pthread_mutex_unlock(&n->mu);
                 node_done_run(&l);
+                node_read_done_run(&rl);
                 pthread_mutex_lock(&n->mu);
                 continue;
             }
@@ -289,6 +293,9 @@ static void *driver_main(void *arg)
             n->apply_to = rd.committed[rd.n_committed - 1].index;
             pthread_cond_signal(&n->apply_cv);
         }
+        struct node_read_done_list rl = {0};
+        if (rd.n_read_states || n->reads.queued)
+            node_reads_on_ready_locked(n, &rd, &rl);
         bool role_changed =
             rd.role != n->rep_role || rd.term != n->rep_term || rd.leader_id != n->rep_leader;
         n->rep_role = rd.role;
@@ -298,6 +305,7 @@ static void *driver_main(void *arg)
 
         /* Messages first: none of them waits for this ready's write (see the file comment). */
         node_route_msgs(n, &rd);
+        node_read_done_run(&rl);
         if (role_changed && n->cfg.on_role)
             n->cfg.on_role(n->cfg.on_role_arg, n->cfg.id, rd.role, rd.term, rd.leader_id);
         uint64_t need = 0;
@@ -341,10 +349,13 @@ static void *ticker_main(void *arg)
         }
         /* Proposal timeouts are checked once per tick (heartbeat_ms / 2 granularity). */
         struct node_done_list l = {0};
+        struct node_read_done_list rl = {0};
         node_props_expire_locked(n, now, &l);
-        if (l.n) {
+        node_reads_expire_locked(n, now, &rl);
+        if (l.n || rl.n) {
             pthread_mutex_unlock(&n->mu);
             node_done_run(&l);
+            node_read_done_run(&rl);
             pthread_mutex_lock(&n->mu);
         }
     }
@@ -398,6 +409,7 @@ static void node_free(struct raft_node *n)
         wal_close(n->w);
     raft_free(n->r);
     node_props_free(&n->props);
+    node_reads_free(&n->reads);
     free(n->peers);
     free(n->precs);
     free(n->peer_ids);
@@ -427,10 +439,13 @@ static void node_teardown(struct raft_node *n)
     /* The driver is gone, so nothing routes into the outboxes any more. */
     node_peers_stop(n);
     struct node_done_list l = {0};
+    struct node_read_done_list rl = {0};
     pthread_mutex_lock(&n->mu);
     node_props_fail_all_locked(n, RAFT_NODE_ESHUTDOWN, &l);
+    node_reads_fail_all_locked(n, RAFT_NODE_ESHUTDOWN, &rl);
     pthread_mutex_unlock(&n->mu);
     node_done_run(&l);
+    node_read_done_run(&rl);
     node_free(n); /* wal_close may still call on_durable: n->mu is alive until after it */
 }
 
@@ -451,7 +466,8 @@ static bool config_ok(const struct raft_node_config *c, char *err, size_t errlen
         why = "heartbeat_ms must be at least 2";
     else if (c->election_ms < 2 * c->heartbeat_ms)
         why = "election_ms must be at least 2 * heartbeat_ms";
-    else if (!c->max_pending || !c->max_apply_batch || !c->max_entry_bytes)
+    else if (!c->max_pending || !c->max_pending_reads || !c->max_apply_batch ||
+             !c->max_entry_bytes)
         why = "max_pending, max_apply_batch and max_entry_bytes must be nonzero";
     else if (c->max_entry_bytes > NODE_MAX_ENTRY_BYTES ||
              c->max_entry_bytes > c->wal_segment_bytes / 2)
@@ -495,6 +511,8 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
         c.max_entry_bytes = d.max_entry_bytes;
     if (!c.max_pending)
         c.max_pending = d.max_pending;
+    if (!c.max_pending_reads)
+        c.max_pending_reads = d.max_pending_reads;
     if (!c.max_apply_batch)
         c.max_apply_batch = d.max_apply_batch;
     if (!c.wal_segment_bytes)
@@ -665,5 +683,7 @@ void raft_node_status_get(struct raft_node *n, struct raft_node_status *st)
     st->applied_index = n->applied;
     st->durable_index = wal_durable_index(n->w);
     st->pending = (uint32_t)n->props.count;
+    st->reads_pending = (uint32_t)n->reads.count;
+    st->read_rounds = n->reads.rounds;
     pthread_mutex_unlock(&n->mu);
 }

@@ -1,10 +1,11 @@
 /* node_int.h: the state of one craft node and the helpers its files share (node_core.c: start,
  * stop, driver, ticker; node_peer.c: outboxes and replicators; node_prop.c: proposals and the
- * applier). Not part of the contract (node.h is); nothing outside raft/node_*.c includes this.
+ * applier; node_read.c: linearizable reads). Not part of the contract (node.h is); nothing outside
+ * raft/node_*.c includes this.
  *
  * Locks (docs/node.md has the full picture):
- *   n->mu      the node mutex: the core (struct raft), the proposal table, the applier cursor,
- *              the persist records' companion state, flags. Never held while calling into the WAL
+ *   n->mu      the node mutex: the core (struct raft), the proposal and read tables, the applier
+ *              cursor, the persist records' companion state, flags. Never held while calling into the WAL
  *              (except wal_durable_index, a lock-free atomic read), the transport, the state
  *              machine or a user callback.
  *   peer->mu   one per peer: that peer's outbox only. Never held together with n->mu.
@@ -55,6 +56,58 @@ struct node_done {
 
 struct node_done_list {
     struct node_done *v;
+    size_t n, cap;
+};
+
+/* ---- reads (node_read.c) ---- */
+
+/* A linearizable read waiting for its completion. It belongs to one batch (doubly linked) and,
+ * with a timeout, to a min-heap by deadline. As for proposals, whoever unlinks it under n->mu owns
+ * its completion. */
+struct node_read {
+    raft_node_read_fn cb;
+    void *arg;
+    int64_t deadline_ns; /* 0 = no timeout */
+    size_t heap_pos;     /* SIZE_MAX when not in the heap */
+    struct node_read_batch *batch;
+    struct node_read *prev, *next;
+};
+
+enum node_batch_state {
+    NODE_BATCH_QUEUED,  /* joins the next round */
+    NODE_BATCH_ROUND,   /* its round (core read ctx) is in flight */
+    NODE_BATCH_INDEXED, /* read index known: waits for the applier to reach it */
+};
+
+/* The reads that share one core ReadIndex round. */
+struct node_read_batch {
+    uint8_t state;  /* enum node_batch_state */
+    uint64_t ctx;   /* ROUND: the id given to raft_read_index */
+    uint64_t index; /* INDEXED: the read index */
+    struct node_read *head;
+    size_t n;
+    struct node_read_batch *next; /* INDEXED list, by index */
+};
+
+struct node_reads {
+    struct node_read_batch *queued;  /* NULL = none */
+    struct node_read_batch *round;   /* NULL = no round in flight (at most one) */
+    struct node_read_batch *indexed; /* ascending index */
+    struct node_read **heap;
+    size_t n_heap, cap_heap;
+    size_t count;      /* reads waiting, in every state */
+    uint64_t next_ctx; /* ids for raft_read_index */
+    uint64_t rounds;   /* rounds started (raft_node_status.read_rounds) */
+};
+
+struct node_read_done {
+    struct node_read *rd;
+    int err;
+    uint64_t index;
+};
+
+struct node_read_done_list {
+    struct node_read_done *v;
     size_t n, cap;
 };
 
@@ -113,6 +166,7 @@ struct raft_node {
     uint64_t applied_term; /* term of that entry (0 if unknown) */
 
     struct node_props props;
+    struct node_reads reads;
 
     struct node_peer *peers; /* every member but this one */
     size_t n_peers;
@@ -144,5 +198,16 @@ void node_props_expire_locked(struct raft_node *n, int64_t now, struct node_done
 /* No lock held: run the completions and free them. */
 void node_done_run(struct node_done_list *l);
 int node_applier_start(struct raft_node *n);
+
+/* node_read.c (every *_locked with n->mu held; completions go to `out`, run with no lock) */
+void node_reads_free(struct node_reads *t);
+/* The driver took ready rd: settle the rounds it names, start the next round. */
+void node_reads_on_ready_locked(struct raft_node *n, const struct raft_ready *rd,
+                                struct node_read_done_list *out);
+/* The applier advanced n->applied: complete the reads whose index it reached. */
+void node_reads_applied_locked(struct raft_node *n, struct node_read_done_list *out);
+void node_reads_expire_locked(struct raft_node *n, int64_t now, struct node_read_done_list *out);
+void node_reads_fail_all_locked(struct raft_node *n, int err, struct node_read_done_list *out);
+void node_read_done_run(struct node_read_done_list *l);
 
 #endif

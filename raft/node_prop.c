@@ -463,9 +463,12 @@ static void *applier_main(void *arg)
         n->applied = hi;
         raft_applied(n->r, hi);
         batch_free(&b);
-        if (l.n) {
+        struct node_read_done_list rl = {0};
+        node_reads_applied_locked(n, &rl); /* linearizable reads waiting for this index */
+        if (l.n || rl.n) {
             pthread_mutex_unlock(&n->mu);
             node_done_run(&l);
+            node_read_done_run(&rl);
             pthread_mutex_lock(&n->mu);
         }
     }
