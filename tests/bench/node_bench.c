@@ -193,7 +193,7 @@ static void cluster_start(struct cluster3 *c, const char *certs, const struct va
              "b1=https://127.0.0.1:%d,b2=https://127.0.0.1:%d,b3=https://127.0.0.1:%d", pp[0], pp[1],
              pp[2]);
     for (int i = 0; i < 3; i++) {
-        char name[8], data[300], lc[64], lp[64], cert[400], key[400], ca[400], inflight[16],
+        char name[16], data[300], lc[64], lp[64], cert[400], key[400], ca[400], inflight[16],
             entries[16];
         snprintf(name, sizeof name, "b%d", i + 1);
         snprintf(data, sizeof data, "%s/%s", c->dir, name);
