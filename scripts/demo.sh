@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh: the main job. Installs what is missing, builds, starts a local 3-member craft cluster
-# over mutual TLS, writes and reads keys, shows every member's status, runs a short pipelined
-# write load, and leaves the cluster running.
+# over mutual TLS, writes and reads keys with etcd's own etcdctl, shows `etcdctl endpoint status`
+# and `member list`, runs a short pipelined write load, and leaves the cluster running.
 #   bash scripts/demo.sh          start (or restart) the demo cluster
 #   bash scripts/demo.sh stop     stop it (SIGTERM: clean shutdown)
 # Everything lives in demo-data/ at the top of the repository (certificates, data, logs).
@@ -71,23 +71,30 @@ for i in 0 1 2; do
 done
 echo "demo: started ${names[*]} (logs: $data/n*.log)"
 
-ctl=("$bin/craftctl" --endpoints "$endpoints" --cacert "$data/certs/ca.pem"
-    --cert "$data/certs/client.pem" --key "$data/certs/client-key.pem")
+export ETCDCTL_API=3
+tls=(--cacert "$data/certs/ca.pem" --cert "$data/certs/client.pem" --key "$data/certs/client-key.pem")
+ctl=("$bin/craftctl" --endpoints "$endpoints" "${tls[@]}")
 for _ in $(seq 100); do
     "${ctl[@]}" status 2>/dev/null | grep -q ', leader, ' && break
     sleep 0.1
 done
+first=${endpoints%%,*}
 set -x
-"${ctl[@]}" status
-"${ctl[@]}" put greeting "hello from craft"
-"${ctl[@]}" get greeting
+etcdctl --endpoints "$first" "${tls[@]}" put greeting "hello from craft"
+etcdctl --endpoints "$endpoints" "${tls[@]}" get greeting
+etcdctl --endpoints "$first" "${tls[@]}" put /app/color blue
+etcdctl --endpoints "$first" "${tls[@]}" put /app/size 42
+etcdctl --endpoints "$first" "${tls[@]}" get /app/ --prefix
+etcdctl --endpoints "$endpoints" "${tls[@]}" endpoint status -w table
+etcdctl --endpoints "$first" "${tls[@]}" member list -w table
 "${ctl[@]}" load 20000 64 256
 "${ctl[@]}" status
 { set +x; } 2>/dev/null
 cat <<TXT
 
 demo: the cluster is still running. From $top, try:
-  ctl="bazel-bin/services/craftctl --endpoints $endpoints --cacert demo-data/certs/ca.pem --cert demo-data/certs/client.pem --key demo-data/certs/client-key.pem"
-  \$ctl put k v; \$ctl get k; \$ctl status
+  export ETCDCTL_API=3 ENDPOINTS=$endpoints
+  etcdctl --endpoints \$ENDPOINTS --cacert demo-data/certs/ca.pem --cert demo-data/certs/client.pem --key demo-data/certs/client-key.pem put k v
+  etcdctl --endpoints \$ENDPOINTS --cacert demo-data/certs/ca.pem --cert demo-data/certs/client.pem --key demo-data/certs/client-key.pem get k
 demo: stop it with: bash scripts/demo.sh stop
 TXT

@@ -1,12 +1,13 @@
-/* craftctl: a client for craftd's node API (craft.node.Node).
+/* craftctl: craft's operator tool. Reads and writes use the etcd v3 KV API (etcdctl works too);
+ * status uses craft's own craft.node.Node/Status.
  *
  *   craftctl [--endpoints URL[,URL...]] [--cacert F --cert F --key F | --insecure] CMD ...
- *     put KEY VALUE        write through the leader (followers redirect; craftctl follows)
- *     get KEY              read one member's applied state (the first endpoint)
+ *     put KEY VALUE        write through the first endpoint (a follower forwards to the leader)
+ *     get KEY              linearizable read from the first endpoint
  *     status               one line per endpoint: name, role, term, leader, commit, applied
  *     load N INFLIGHT [VALUE_BYTES]
- *                          N pipelined writes, INFLIGHT at a time, to the leader; prints
- *                          writes/s and latency percentiles
+ *                          N pipelined writes, INFLIGHT at a time, to the first endpoint;
+ *                          prints writes/s and latency percentiles
  *
  * Exit status: 0 ok, 1 the request failed, 2 bad usage. Errors name the endpoint and the gRPC
  * status. Endpoints default to https://127.0.0.1:2379.
@@ -19,6 +20,7 @@
 
 #include "rpc/rpc.h"
 #include "services/cluster.h"
+#include "services/proto/etcd/rpc.pb-c.h"
 #include "services/proto/nodepb.pb-c.h"
 
 #define MAX_EP 16
@@ -67,11 +69,9 @@ static struct rpc_channel *dial(const struct opts *o, const char *url, char *err
     return rpc_channel_create(&cc, err, errlen);
 }
 
-/* Blocking call on url; 0 with *resp on OK, else prints the failure and returns 1. A
- * FAILED_PRECONDITION "not leader; leader is NAME at URL" is reported through *redirect. */
+/* Blocking call on url; 0 with *resp on OK, else prints the failure and returns 1. */
 static int call(const struct opts *o, const char *url, const char *method, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp, char *redirect,
-                size_t rlen)
+                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp)
 {
     char err[512];
     struct rpc_channel *ch = dial(o, url, err, sizeof err);
@@ -83,15 +83,7 @@ static int call(const struct opts *o, const char *url, const char *method, const
     rpc_channel_call_msg(ch, method, req, desc, DEADLINE_MS, resp, &res);
     rpc_channel_destroy(ch);
     int rc = 0;
-    const char *at = strstr(res.message, " at ");
-    if (res.status == GRPC_STATUS_FAILED_PRECONDITION && redirect && at &&
-        strncmp(res.message, "not leader", 10) == 0) {
-        snprintf(redirect, rlen, "%s", at + 4);
-        char *comma = strchr(redirect, ',');
-        if (comma)
-            *comma = '\0';
-        rc = 1;
-    } else if (res.status != GRPC_STATUS_OK) {
+    if (res.status != GRPC_STATUS_OK) {
         fprintf(stderr, "craftctl: %s: %s (gRPC status %d)\n", url, res.message, res.status);
         rc = 1;
     }
@@ -101,44 +93,34 @@ static int call(const struct opts *o, const char *url, const char *method, const
 
 static int cmd_put(const struct opts *o, const char *key, const char *val)
 {
-    Craft__Node__PutRequest req = CRAFT__NODE__PUT_REQUEST__INIT;
+    Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
     req.key.data = (uint8_t *)key;
     req.key.len = strlen(key);
     req.value.data = (uint8_t *)val;
     req.value.len = strlen(val);
-    char url[1024];
-    snprintf(url, sizeof url, "%s", o->eps[0]);
-    for (int hop = 0; hop <= MAX_REDIRECTS; hop++) {
-        ProtobufCMessage *resp = NULL;
-        char redirect[1024] = "";
-        if (call(o, url, "/craft.node.Node/Put", &req.base, &craft__node__put_reply__descriptor,
-                 &resp, redirect, sizeof redirect) == 0) {
-            Craft__Node__PutReply *r = (Craft__Node__PutReply *)resp;
-            printf("OK index=%llu\n", (unsigned long long)r->index);
-            protobuf_c_message_free_unpacked(resp, NULL);
-            return 0;
-        }
-        if (!*redirect)
-            return 1;
-        snprintf(url, sizeof url, "%s", redirect);
-    }
-    fprintf(stderr, "craftctl: too many redirects\n");
-    return 1;
+    ProtobufCMessage *resp = NULL;
+    if (call(o, o->eps[0], "/etcdserverpb.KV/Put", &req.base, &etcdserverpb__put_response__descriptor,
+             &resp) != 0)
+        return 1;
+    Etcdserverpb__PutResponse *r = (Etcdserverpb__PutResponse *)resp;
+    printf("OK revision=%lld\n", (long long)(r->header ? r->header->revision : 0));
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return 0;
 }
 
 static int cmd_get(const struct opts *o, const char *key)
 {
-    Craft__Node__GetRequest req = CRAFT__NODE__GET_REQUEST__INIT;
+    Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
     req.key.data = (uint8_t *)key;
     req.key.len = strlen(key);
     ProtobufCMessage *resp = NULL;
-    if (call(o, o->eps[0], "/craft.node.Node/Get", &req.base, &craft__node__get_reply__descriptor,
-             &resp, NULL, 0) != 0)
+    if (call(o, o->eps[0], "/etcdserverpb.KV/Range", &req.base,
+             &etcdserverpb__range_response__descriptor, &resp) != 0)
         return 1;
-    Craft__Node__GetReply *r = (Craft__Node__GetReply *)resp;
-    int rc = r->found ? 0 : 1;
-    if (r->found)
-        printf("%.*s\n", (int)r->value.len, (const char *)r->value.data);
+    Etcdserverpb__RangeResponse *r = (Etcdserverpb__RangeResponse *)resp;
+    int rc = r->n_kvs ? 0 : 1;
+    if (r->n_kvs)
+        printf("%.*s\n", (int)r->kvs[0]->value.len, (const char *)r->kvs[0]->value.data);
     else
         fprintf(stderr, "craftctl: key not found\n");
     protobuf_c_message_free_unpacked(resp, NULL);
@@ -158,16 +140,17 @@ static int cmd_status(const struct opts *o)
         Craft__Node__StatusRequest req = CRAFT__NODE__STATUS_REQUEST__INIT;
         ProtobufCMessage *resp = NULL;
         if (call(o, o->eps[i], "/craft.node.Node/Status", &req.base,
-                 &craft__node__status_reply__descriptor, &resp, NULL, 0) != 0) {
+                 &craft__node__status_reply__descriptor, &resp) != 0) {
             rc = 1;
             continue;
         }
         Craft__Node__StatusReply *r = (Craft__Node__StatusReply *)resp;
-        printf("%s, %s, id=%016llx, %s, term=%llu, leader=%s, commit=%llu, applied=%llu, keys=%llu\n",
+        printf("%s, %s, id=%016llx, %s, term=%llu, leader=%s, commit=%llu, applied=%llu, "
+               "revision=%lld\n",
                o->eps[i], r->name, (unsigned long long)r->member_id, role_name(r->role),
                (unsigned long long)r->term, *r->leader_name ? r->leader_name : "none",
                (unsigned long long)r->commit_index, (unsigned long long)r->applied_index,
-               (unsigned long long)r->keys);
+               (long long)r->revision);
         protobuf_c_message_free_unpacked(resp, NULL);
     }
     return rc;
@@ -229,7 +212,7 @@ static void load_issue(struct load *l)
 
         char key[32];
         snprintf(key, sizeof key, "load/%08ld", seq);
-        Craft__Node__PutRequest req = CRAFT__NODE__PUT_REQUEST__INIT;
+        Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
         req.key.data = (uint8_t *)key;
         req.key.len = strlen(key);
         req.value.data = l->value;
@@ -240,7 +223,7 @@ static void load_issue(struct load *l)
         int rc = c && rpc_msg_pack(&req.base, &buf, &len) == 0 ? 0 : -1;
         if (rc == 0) {
             *c = (struct load_call){l, seq, now_us()};
-            rc = rpc_channel_call_async(l->ch, "/craft.node.Node/Put", buf, len, DEADLINE_MS,
+            rc = rpc_channel_call_async(l->ch, "/etcdserverpb.KV/Put", buf, len, DEADLINE_MS,
                                         load_done, c);
             free(buf);
         }
@@ -263,41 +246,10 @@ static int cmp_i64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The leader's client URL, found by asking the endpoints' Status. */
-static int find_leader(const struct opts *o, char *url, size_t len)
-{
-    for (int i = 0; i < o->n_eps; i++) {
-        Craft__Node__StatusRequest req = CRAFT__NODE__STATUS_REQUEST__INIT;
-        ProtobufCMessage *resp = NULL;
-        if (call(o, o->eps[i], "/craft.node.Node/Status", &req.base,
-                 &craft__node__status_reply__descriptor, &resp, NULL, 0) != 0)
-            continue;
-        Craft__Node__StatusReply *r = (Craft__Node__StatusReply *)resp;
-        int found = 0;
-        if (r->role == 3) {
-            snprintf(url, len, "%s", o->eps[i]);
-            found = 1;
-        } else if (*r->leader_client_urls) {
-            snprintf(url, len, "%s", r->leader_client_urls);
-            char *comma = strchr(url, ',');
-            if (comma)
-                *comma = '\0';
-            found = 1;
-        }
-        protobuf_c_message_free_unpacked(resp, NULL);
-        if (found)
-            return 0;
-    }
-    return -1;
-}
-
 static int cmd_load(const struct opts *o, long n, long inflight, long vbytes)
 {
-    char url[1024], err[512];
-    if (find_leader(o, url, sizeof url) != 0) {
-        fprintf(stderr, "craftctl: no endpoint knows a leader\n");
-        return 1;
-    }
+    char err[512];
+    const char *url = o->eps[0];
     struct load l = {.total = n, .window = inflight, .vlen = (size_t)vbytes};
     pthread_mutex_init(&l.mu, NULL);
     pthread_cond_init(&l.cv, NULL);

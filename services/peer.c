@@ -17,7 +17,7 @@
 #define BACKOFF_MAX_MS 1000
 /* Protobuf framing per message and per entry, over-estimated so a Batch never exceeds the
  * receiver's limit. */
-#define MSG_OVERHEAD 128
+#define MSG_OVERHEAD 256
 #define ENTRY_OVERHEAD 32
 
 /* One client stream's liveness, shared by the replicator thread that owns the stream and the

@@ -10,13 +10,15 @@
 #include <time.h>
 
 #include "rpc/rpc.h"
-#include "services/memstore.h"
+#include "services/kv_service.h"
+#include "services/kvstore/kv_store.h"
 #include "services/peer.h"
 #include "services/proto/nodepb.pb-c.h"
 
 struct craft_server {
     struct craftd_config cfg;
-    struct memstore *store;
+    struct kv_store *store;
+    struct kv_service *kv;
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
@@ -54,118 +56,6 @@ static void on_role(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_
 
 /* ---- client API ---------------------------------------------------------------------- */
 
-static void fail_not_leader(struct craft_server *s, struct rpc_call *call, uint64_t leader)
-{
-    if (!leader) {
-        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "no leader");
-        return;
-    }
-    char urls[1024], msg[1200];
-    peer_client_urls(s->peer, leader, urls, sizeof urls);
-    snprintf(msg, sizeof msg, "not leader; leader is %s at %s", member_name(s, leader),
-             *urls ? urls : "(unknown URL)");
-    rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, msg);
-}
-
-struct put_ctx {
-    struct craft_server *s;
-    struct rpc_call *call;
-};
-
-static void fail_node_error(struct craft_server *s, struct rpc_call *call, int err, uint64_t leader)
-{
-    switch (err) {
-    case RAFT_NODE_ENOTLEADER:
-        fail_not_leader(s, call, leader);
-        break;
-    case RAFT_NODE_EBUSY:
-        rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many requests pending");
-        break;
-    case RAFT_NODE_ETIMEDOUT:
-        rpc_call_fail(call, GRPC_STATUS_DEADLINE_EXCEEDED, "request timed out");
-        break;
-    case RAFT_NODE_ETOOBIG:
-        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "request is too large");
-        break;
-    case RAFT_NODE_ELOST:
-        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "leader changed; outcome unknown");
-        break;
-    default:
-        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, raft_node_strerror(err));
-    }
-}
-
-static void put_done(void *arg, int err, uint64_t index, uint64_t leader,
-                     struct raft_fsm_result *res)
-{
-    struct put_ctx *pc = arg;
-    if (err) {
-        fail_node_error(pc->s, pc->call, err, leader);
-    } else if (res && res->code == MEMSTORE_EBADCMD) {
-        rpc_call_fail(pc->call, GRPC_STATUS_INTERNAL, "command did not decode");
-    } else {
-        Craft__Node__PutReply r = CRAFT__NODE__PUT_REPLY__INIT;
-        r.index = index;
-        if (res && res->code == MEMSTORE_HAD_PREV) {
-            r.had_prev = true;
-            r.prev_value.data = res->data;
-            r.prev_value.len = res->len;
-        }
-        rpc_call_reply_msg(pc->call, &r.base);
-    }
-    free(pc);
-}
-
-static void handle_put(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
-{
-    struct craft_server *s = ctx;
-    const Craft__Node__PutRequest *req = (const Craft__Node__PutRequest *)m;
-    if (req->key.len == 0) {
-        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "key is not provided");
-        return;
-    }
-    uint8_t *cmd;
-    size_t len;
-    struct put_ctx *pc = malloc(sizeof *pc);
-    if (!pc || memstore_encode_put(req->key.data, req->key.len, req->value.data, req->value.len,
-                                   &cmd, &len) != 0) {
-        free(pc);
-        rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        return;
-    }
-    pc->s = s;
-    pc->call = call;
-    uint64_t leader = 0;
-    int rc = raft_node_propose(s->node, cmd, len, (int)s->cfg.proposal_timeout_ms, put_done, pc,
-                               &leader);
-    free(cmd);
-    if (rc != 0) {
-        free(pc);
-        fail_node_error(s, call, rc, leader);
-    }
-}
-
-static void handle_get(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
-{
-    struct craft_server *s = ctx;
-    const Craft__Node__GetRequest *req = (const Craft__Node__GetRequest *)m;
-    if (req->key.len == 0) {
-        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "key is not provided");
-        return;
-    }
-    Craft__Node__GetReply r = CRAFT__NODE__GET_REPLY__INIT;
-    uint8_t *val = NULL;
-    size_t vlen = 0;
-    r.applied_index = memstore_applied(s->store);
-    if (memstore_get(s->store, req->key.data, req->key.len, &val, &vlen)) {
-        r.found = true;
-        r.value.data = val;
-        r.value.len = vlen;
-    }
-    rpc_call_reply_msg(call, &r.base);
-    free(val);
-}
-
 static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 {
     (void)m;
@@ -188,7 +78,9 @@ static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void
     r.applied_index = st.applied_index;
     r.last_index = st.core.last_index;
     r.durable_index = st.durable_index;
-    r.keys = memstore_keys(s->store);
+    int64_t rev = 0;
+    kv_store_status(s->store, &rev, NULL, NULL, NULL);
+    r.revision = rev;
     rpc_call_reply_msg(call, &r.base);
 }
 
@@ -244,16 +136,20 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
 
     struct rpc_tls peer_tls = {cfg->peer_trusted_ca_file, cfg->peer_cert_file, cfg->peer_key_file};
     struct rpc_tls client_tls = {cfg->trusted_ca_file, cfg->cert_file, cfg->key_file};
-    char sub[256];
+    char sub[512], raft_dir[4200], kv_dir[4200];
 
-    if (mkdir_p(cfg->data_dir) != 0) {
+    /* <data-dir>/raft: the write-ahead log and hard state; <data-dir>/kv: the LMDB store. */
+    snprintf(raft_dir, sizeof raft_dir, "%s/raft", cfg->data_dir);
+    snprintf(kv_dir, sizeof kv_dir, "%s/kv", cfg->data_dir);
+    if (mkdir_p(raft_dir) != 0 || mkdir_p(kv_dir) != 0) {
         snprintf(err, errlen, "cannot create data directory %s: %s", cfg->data_dir,
                  strerror(errno));
         goto fail;
     }
-    s->store = memstore_create();
+    struct kv_store_opts ko = {.map_size = cfg->quota_backend_bytes};
+    s->store = kv_store_open(kv_dir, &ko, sub, sizeof sub);
     if (!s->store) {
-        snprintf(err, errlen, "out of memory");
+        snprintf(err, errlen, "KV store %s: %s", kv_dir, sub);
         goto fail;
     }
     struct peer_config pc = {
@@ -269,18 +165,18 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         snprintf(err, errlen, "peer service: %s", sub);
         goto fail;
     }
-    s->peer_srv = listen_on(&cfg->listen_peer, &peer_tls, cfg, PEER_DEFAULT_MAX_RECV_BYTES, "peer",
-                            err, errlen);
+    /* The peer port carries Raft batches and forwarded client writes. */
+    size_t peer_max = PEER_DEFAULT_MAX_RECV_BYTES;
+    if (cfg->max_request_bytes + (64u << 10) > peer_max)
+        peer_max = cfg->max_request_bytes + (64u << 10);
+    s->peer_srv = listen_on(&cfg->listen_peer, &peer_tls, cfg, peer_max, "peer", err, errlen);
     if (!s->peer_srv || peer_register(s->peer, s->peer_srv) != 0)
         goto fail;
-    /* Client requests may carry a little framing over --max-request-bytes of payload. */
+    /* As etcd: gRPC takes up to 512 KiB over --max-request-bytes, so a request just over the
+     * limit gets etcd's "request is too large" from the service, not a transport error. */
     s->client_srv = listen_on(&cfg->listen_client, &client_tls, cfg,
-                              cfg->max_request_bytes + 1024, "client", err, errlen);
+                              cfg->max_request_bytes + (512u << 10), "client", err, errlen);
     if (!s->client_srv ||
-        rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Put",
-                                      &craft__node__put_request__descriptor, handle_put, s) ||
-        rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Get",
-                                      &craft__node__get_request__descriptor, handle_get, s) ||
         rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Status",
                                       &craft__node__status_request__descriptor, handle_status, s))
         goto fail;
@@ -293,8 +189,8 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     nc.id = cfg->self_id;
     nc.peers = ids;
     nc.n_peers = cfg->cluster.n;
-    nc.data_dir = cfg->data_dir;
-    nc.fsm = memstore_fsm(s->store);
+    nc.data_dir = raft_dir;
+    nc.fsm = kv_store_fsm(s->store);
     nc.transport = peer_transport(s->peer);
     nc.heartbeat_ms = cfg->heartbeat_ms;
     nc.election_ms = cfg->election_ms;
@@ -303,6 +199,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     nc.max_inflight_msgs = cfg->max_inflight_msgs;
     nc.max_inflight_bytes = cfg->max_inflight_bytes;
     nc.max_entry_bytes = (uint32_t)cfg->max_request_bytes + 1024; /* + command framing */
+    /* Followers forward client writes here: the peer port must take a full request. */
     nc.max_pending = cfg->max_pending;
     nc.wal_segment_bytes = cfg->wal_segment_bytes;
     nc.on_role = on_role;
@@ -310,6 +207,24 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     s->node = raft_node_start(&nc, sub, sizeof sub);
     if (!s->node) {
         snprintf(err, errlen, "%s", sub);
+        goto fail;
+    }
+    struct kv_service_config kc = {
+        .node = s->node,
+        .store = s->store,
+        .peer = s->peer,
+        .cluster = &cfg->cluster,
+        .self_id = cfg->self_id,
+        .client_urls = cfg->advertise_client_urls,
+        .timeout_ms = cfg->proposal_timeout_ms,
+        .max_request_bytes = cfg->max_request_bytes,
+        .max_txn_ops = cfg->max_txn_ops,
+        .quota_bytes = cfg->quota_backend_bytes,
+    };
+    s->kv = kv_service_create(&kc);
+    if (!s->kv || kv_service_register_client(s->kv, s->client_srv) != 0 ||
+        kv_service_register_peer(s->kv, s->peer_srv) != 0) {
+        snprintf(err, errlen, "cannot set up the KV service");
         goto fail;
     }
     peer_attach(s->peer, s->node);
@@ -341,7 +256,8 @@ void craft_server_stop(struct craft_server *s)
     if (s->peer_srv)
         rpc_server_shutdown(s->peer_srv, 0);
     peer_destroy(s->peer);
-    memstore_destroy(s->store);
+    kv_service_destroy(s->kv);
+    kv_store_close(s->store);
     free(s);
 }
 

@@ -27,7 +27,7 @@ static int leader_or_die(int timeout_ms)
 
 /* Puts on whichever member leads, retrying through elections, until deadline. */
 static grpc_status_code put_anywhere(const char *key, const char *val, int timeout_ms,
-                                     uint64_t *index)
+                                     int64_t *index)
 {
     int64_t until = hc_now_ms() + timeout_ms;
     grpc_status_code st = GRPC_STATUS_UNAVAILABLE;
@@ -62,13 +62,14 @@ Test(cluster, three_members_elect_one_leader, .fini = teardown, .timeout = 60)
         protobuf_c_message_free_unpacked(&st->base, NULL);
     }
     cr_assert_eq(leaders, 1);
-    /* A follower refuses writes and names the leader. */
+    /* A follower forwards a write to the leader; every member then reads it (linearizably). */
     int f = (l + 1) % 3;
-    cr_assert_eq(hc_put(&C, f, "k", "v", 2000, NULL), GRPC_STATUS_FAILED_PRECONDITION);
-    cr_assert_eq(hc_put(&C, l, "k", "v", 2000, NULL), GRPC_STATUS_OK);
-    char v[16];
-    cr_assert_eq(hc_get(&C, l, "k", v, sizeof v), 1);
-    cr_assert_str_eq(v, "v");
+    cr_assert_eq(hc_put(&C, f, "k", "v", 3000, NULL), GRPC_STATUS_OK);
+    for (int i = 0; i < 3; i++) {
+        char v[16];
+        cr_assert_eq(hc_get(&C, i, "k", v, sizeof v, false), 1, "%s lacks k", C.m[i].name);
+        cr_assert_str_eq(v, "v");
+    }
 }
 
 /* ---- pipelined writers --------------------------------------------------------------- */
@@ -104,7 +105,7 @@ Test(cluster, writes_replicate_to_every_member, .fini = teardown, .timeout = 120
     hc_setup(&C, 3, 50, 300);
     hc_start_all(&C);
     int l = leader_or_die(10000);
-    uint64_t last = 0;
+    int64_t last = 0;
     char key[32], val[32];
     for (int i = 0; i < 300; i++) {
         snprintf(key, sizeof key, "key/%04d", i);
@@ -112,18 +113,20 @@ Test(cluster, writes_replicate_to_every_member, .fini = teardown, .timeout = 120
         cr_assert_eq(hc_put(&C, l, key, val, 3000, &last), GRPC_STATUS_OK, "put %d", i);
     }
     for (int m = 0; m < 3; m++) {
-        cr_assert(hc_wait_applied(&C, m, last, 10000), "%s did not apply %llu", C.m[m].name,
-                  (unsigned long long)last);
+        cr_assert(hc_wait_revision(&C, m, last, 10000), "%s did not reach revision %lld",
+                  C.m[m].name, (long long)last);
         for (int i = 0; i < 300; i += 37) {
             snprintf(key, sizeof key, "key/%04d", i);
             snprintf(val, sizeof val, "value-%d", i * 7);
             char got[32];
-            cr_assert_eq(hc_get(&C, m, key, got, sizeof got), 1, "%s lacks %s", C.m[m].name, key);
+            cr_assert_eq(hc_get(&C, m, key, got, sizeof got, true), 1, "%s lacks %s", C.m[m].name,
+                         key);
             cr_assert_str_eq(got, val);
         }
         Craft__Node__StatusReply *st;
         cr_assert_eq(hc_status(&C, m, &st), 0);
-        cr_assert_eq(st->keys, 300, "%s has %llu keys", C.m[m].name, (unsigned long long)st->keys);
+        cr_assert_eq(st->revision, last, "%s is at revision %lld", C.m[m].name,
+                     (long long)st->revision);
         protobuf_c_message_free_unpacked(&st->base, NULL);
     }
 }
@@ -133,7 +136,7 @@ Test(cluster, leader_kill9_fails_over_within_1s_and_rejoins, .fini = teardown, .
     hc_setup(&C, 3, 50, 300);
     hc_start_all(&C);
     int l = leader_or_die(10000);
-    uint64_t idx;
+    int64_t idx;
     cr_assert_eq(put_anywhere("before", "1", 5000, &idx), GRPC_STATUS_OK);
 
     static struct writers w;
@@ -147,7 +150,7 @@ Test(cluster, leader_kill9_fails_over_within_1s_and_rejoins, .fini = teardown, .
     int64_t killed_at = hc_now_ms();
     hc_signal(&C, l, SIGKILL);
     /* A new leader must accept a write within 1 s of the kill. */
-    uint64_t fidx;
+    int64_t fidx;
     grpc_status_code st = put_anywhere("after-kill", "2", 5000, &fidx);
     int64_t failover = hc_now_ms() - killed_at;
     cr_assert_eq(st, GRPC_STATUS_OK);
@@ -163,11 +166,11 @@ Test(cluster, leader_kill9_fails_over_within_1s_and_rejoins, .fini = teardown, .
     hc_start(&C, l);
     int nl = leader_or_die(10000);
     cr_assert_eq(put_anywhere("after-restart", "3", 5000, &idx), GRPC_STATUS_OK);
-    cr_assert(hc_wait_applied(&C, l, idx, 15000), "restarted member did not catch up");
+    cr_assert(hc_wait_revision(&C, l, idx, 15000), "restarted member did not catch up");
     for (long i = 0; i < 20000; i++)
         if (w.acked_keys[i][0]) {
             char got[32];
-            cr_assert_eq(hc_get(&C, l, w.acked_keys[i], got, sizeof got), 1,
+            cr_assert_eq(hc_get(&C, l, w.acked_keys[i], got, sizeof got, true), 1,
                          "acked %s missing on the restarted member", w.acked_keys[i]);
         }
     (void)nl;
@@ -199,16 +202,16 @@ Test(cluster, no_acknowledged_write_lost_after_kill9_of_every_member, .fini = te
     hc_start_all(&C);
     int l = leader_or_die(15000);
     /* A write that commits in the new term commits every earlier entry (Raft §5.4.2). */
-    uint64_t idx;
+    int64_t idx;
     cr_assert_eq(put_anywhere("fence", "f", 10000, &idx), GRPC_STATUS_OK);
     l = leader_or_die(5000);
-    cr_assert(hc_wait_applied(&C, l, idx, 10000));
+    cr_assert(hc_wait_revision(&C, l, idx, 10000));
     long checked = 0;
     for (int k = 0; k < 2; k++)
         for (long i = 0; i < 20000; i++)
             if (w[k].acked_keys[i][0]) {
                 char got[32];
-                cr_assert_eq(hc_get(&C, l, w[k].acked_keys[i], got, sizeof got), 1,
+                cr_assert_eq(hc_get(&C, l, w[k].acked_keys[i], got, sizeof got, true), 1,
                              "acknowledged write %s was lost", w[k].acked_keys[i]);
                 cr_assert_str_eq(got, w[k].acked_keys[i]);
                 checked++;
@@ -296,7 +299,7 @@ Test(cluster, paused_follower_does_not_slow_the_others, .fini = teardown, .timeo
     cr_assert_gt(during, before * 0.3);
     cr_assert_gt(after_fill, before * 0.3);
     hc_signal(&C, slow, SIGCONT);
-    uint64_t idx;
+    int64_t idx;
     cr_assert_eq(hc_put(&C, l, "resumed", "r", 3000, &idx), GRPC_STATUS_OK);
-    cr_assert(hc_wait_applied(&C, slow, idx, 15000), "the resumed follower did not catch up");
+    cr_assert(hc_wait_revision(&C, slow, idx, 15000), "the resumed follower did not catch up");
 }

@@ -23,7 +23,7 @@ expect() { # want-exit, want-text, description, craftd args...
     shift 3
     out=$(timeout 20 "$craftd" "$@" 2>&1 </dev/null)
     rc=$?
-    if [ $rc -eq "$want" ] && grep -q -- "$text" <<<"$out"; then
+    if [ $rc -eq "$want" ] && grep -qE -- "$text" <<<"$out"; then
         echo "ok: $what -> $rc: $(head -1 <<<"$out")"
     else
         echo "FAIL: $what: exit $rc (want $want), output: $out"
@@ -65,7 +65,7 @@ if [ $ok = 1 ] && [ "$(timeout 5 "${cli[@]}" get k)" = v ]; then echo "ok: singl
 
 # The same data directory, or the same port, while it runs.
 pp2=$(port) cp2=$(port)
-expect 1 "in use by another process" "data directory held by another craftd" --data-dir "$dir/d1" --name n1 \
+expect 1 "in use by another process|open elsewhere" "data directory held by another craftd" --data-dir "$dir/d1" --name n1 \
     --listen-client-urls "https://127.0.0.1:$cp2" --listen-peer-urls "https://127.0.0.1:$pp2" \
     --initial-cluster "n1=https://127.0.0.1:$pp2" "${tls[@]}"
 expect 1 "listener" "client port in use" --data-dir "$dir/d2" "${base[@]}" "${tls[@]}"

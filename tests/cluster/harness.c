@@ -239,13 +239,13 @@ int hc_wait_leader(struct hc *c, int timeout_ms)
     return -1;
 }
 
-bool hc_wait_applied(struct hc *c, int i, uint64_t index, int timeout_ms)
+bool hc_wait_revision(struct hc *c, int i, int64_t rev, int timeout_ms)
 {
     int64_t until = hc_now_ms() + timeout_ms;
     do {
         Craft__Node__StatusReply *st;
         if (hc_status(c, i, &st) == 0) {
-            bool ok = st->applied_index >= index;
+            bool ok = st->revision >= rev;
             protobuf_c_message_free_unpacked(&st->base, NULL);
             if (ok)
                 return true;
@@ -256,44 +256,46 @@ bool hc_wait_applied(struct hc *c, int i, uint64_t index, int timeout_ms)
 }
 
 grpc_status_code hc_put(struct hc *c, int i, const char *key, const char *val, int deadline_ms,
-                        uint64_t *index)
+                        int64_t *rev)
 {
-    Craft__Node__PutRequest req = CRAFT__NODE__PUT_REQUEST__INIT;
+    Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
     req.key.data = (uint8_t *)key;
     req.key.len = strlen(key);
     req.value.data = (uint8_t *)val;
     req.value.len = strlen(val);
     ProtobufCMessage *resp = NULL;
     struct rpc_result res;
-    rpc_channel_call_msg(hc_channel(c, i), "/craft.node.Node/Put", &req.base,
-                         &craft__node__put_reply__descriptor, deadline_ms, &resp, &res);
+    rpc_channel_call_msg(hc_channel(c, i), "/etcdserverpb.KV/Put", &req.base,
+                         &etcdserverpb__put_response__descriptor, deadline_ms, &resp, &res);
     grpc_status_code st = res.status;
     rpc_result_free(&res);
     if (st == GRPC_STATUS_OK) {
-        if (index)
-            *index = ((Craft__Node__PutReply *)resp)->index;
+        Etcdserverpb__PutResponse *r = (Etcdserverpb__PutResponse *)resp;
+        if (rev)
+            *rev = r->header ? r->header->revision : 0;
         protobuf_c_message_free_unpacked(resp, NULL);
     }
     return st;
 }
 
-int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen)
+int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen, bool serializable)
 {
-    Craft__Node__GetRequest req = CRAFT__NODE__GET_REQUEST__INIT;
+    Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
     req.key.data = (uint8_t *)key;
     req.key.len = strlen(key);
+    req.serializable = serializable;
     ProtobufCMessage *resp = NULL;
     struct rpc_result res;
-    rpc_channel_call_msg(hc_channel(c, i), "/craft.node.Node/Get", &req.base,
-                         &craft__node__get_reply__descriptor, 2000, &resp, &res);
+    rpc_channel_call_msg(hc_channel(c, i), "/etcdserverpb.KV/Range", &req.base,
+                         &etcdserverpb__range_response__descriptor, 3000, &resp, &res);
     grpc_status_code st = res.status;
     rpc_result_free(&res);
     if (st != GRPC_STATUS_OK)
         return -1;
-    Craft__Node__GetReply *r = (Craft__Node__GetReply *)resp;
-    int found = r->found ? 1 : 0;
+    Etcdserverpb__RangeResponse *r = (Etcdserverpb__RangeResponse *)resp;
+    int found = r->n_kvs ? 1 : 0;
     if (found && val)
-        snprintf(val, vlen, "%.*s", (int)r->value.len, (const char *)r->value.data);
+        snprintf(val, vlen, "%.*s", (int)r->kvs[0]->value.len, (const char *)r->kvs[0]->value.data);
     protobuf_c_message_free_unpacked(resp, NULL);
     return found;
 }

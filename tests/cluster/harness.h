@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "rpc/rpc.h"
+#include "services/proto/etcd/rpc.pb-c.h"
 #include "services/proto/nodepb.pb-c.h"
 
 #define HC_MAX 7
@@ -50,14 +51,16 @@ int hc_status(struct hc *c, int i, Craft__Node__StatusReply **out);
 /* Index of the member that is leader and is recognised by every running member that answers,
  * waiting up to timeout_ms; -1 if none. */
 int hc_wait_leader(struct hc *c, int timeout_ms);
-/* Waits until member i has applied at least index; false on timeout. */
-bool hc_wait_applied(struct hc *c, int i, uint64_t index, int timeout_ms);
+/* Waits until member i's KV store has reached revision rev; false on timeout. */
+bool hc_wait_revision(struct hc *c, int i, int64_t rev, int timeout_ms);
 
-/* Blocking Put on member i; returns the gRPC status, *index set on OK. */
+/* Blocking etcd KV Put on member i (any member: followers forward); returns the gRPC status,
+ * *rev set to the write's revision on OK. */
 grpc_status_code hc_put(struct hc *c, int i, const char *key, const char *val, int deadline_ms,
-                        uint64_t *index);
-/* Blocking Get on member i: 1 found (value copied to val), 0 not found, -1 failed. */
-int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen);
+                        int64_t *rev);
+/* Blocking etcd KV Range of one key on member i (linearizable unless serializable): 1 found
+ * (value copied to val), 0 not found, -1 failed. */
+int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen, bool serializable);
 
 struct rpc_channel *hc_channel(struct hc *c, int i);
 int64_t hc_now_ms(void);

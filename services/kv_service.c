@@ -1,0 +1,615 @@
+/* kv_service.c: etcd v3 KV/Maintenance/Cluster over a craft node (see kv_service.h). */
+#include "services/kv_service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "services/proto/raftpb.pb-c.h"
+
+#define FORWARD_METHOD "/craft.raft.Peer/Forward"
+
+/* etcd's client-facing errors (etcd 3.4 api/v3rpc/rpctypes/error.go). */
+#define ERR_NO_LEADER "etcdserver: no leader"
+#define ERR_TIMEOUT "etcdserver: request timed out"
+#define ERR_TOO_LARGE "etcdserver: request is too large"
+#define ERR_TOO_MANY "etcdserver: too many requests"
+#define ERR_LEADER_CHANGED "etcdserver: leader changed"
+#define ERR_STOPPED "etcdserver: server stopped"
+
+struct kv_service {
+    struct kv_service_config cfg;
+    struct cluster cluster;
+};
+
+enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE };
+
+/* One client call waiting for the log or for a read index. */
+struct op {
+    struct kv_service *s;
+    struct rpc_call *call;
+    enum op_kind kind;
+    uint8_t *cmd; /* writes: the log command (forwarding needs it after propose fails) */
+    size_t cmd_len;
+    ProtobufCMessage *req; /* reads: the decoded request, freed with the op */
+};
+
+static void op_free(struct op *o)
+{
+    free(o->cmd);
+    if (o->req)
+        protobuf_c_message_free_unpacked(o->req, NULL);
+    free(o);
+}
+
+static void fail(struct rpc_call *call, int code, const char *msg)
+{
+    rpc_call_fail(call, (grpc_status_code)code, msg);
+}
+
+/* A node error as etcd would say it. */
+static void fail_node(struct rpc_call *call, int err)
+{
+    switch (err) {
+    case RAFT_NODE_ENOTLEADER:
+        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+        break;
+    case RAFT_NODE_EBUSY:
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_TOO_MANY);
+        break;
+    case RAFT_NODE_ETIMEDOUT:
+        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_TIMEOUT);
+        break;
+    case RAFT_NODE_ELOST:
+        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_LEADER_CHANGED);
+        break;
+    case RAFT_NODE_ETOOBIG:
+        fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE);
+        break;
+    case RAFT_NODE_ESHUTDOWN:
+        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_STOPPED);
+        break;
+    default:
+        fail(call, GRPC_STATUS_UNAVAILABLE, raft_node_strerror(err));
+    }
+}
+
+static void fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
+{
+    struct raft_node_status st;
+    raft_node_status_get(s->cfg.node, &st);
+    h->cluster_id = s->cluster.id;
+    h->member_id = s->cfg.self_id;
+    h->raft_term = st.core.term;
+}
+
+/* ---- writes --------------------------------------------------------------------------- */
+
+/* Answers the client from an applied entry's result (a packed craft.kv.Result). */
+static void reply_result(struct op *o, const uint8_t *data, size_t len)
+{
+    Craft__Kv__Result *r = kv_result_decode(data, len);
+    if (!r) {
+        fail(o->call, GRPC_STATUS_INTERNAL, "craft: undecodable state machine result");
+        return;
+    }
+    if (r->code) {
+        fail(o->call, (int)r->code, r->message);
+        craft__kv__result__free_unpacked(r, NULL);
+        return;
+    }
+    ProtobufCMessage *resp = NULL;
+    Etcdserverpb__ResponseHeader **hp = NULL;
+    switch (o->kind) {
+    case OP_PUT:
+        resp = r->put ? &r->put->base : NULL;
+        hp = r->put ? &r->put->header : NULL;
+        break;
+    case OP_DELETE:
+        resp = r->delete_range ? &r->delete_range->base : NULL;
+        hp = r->delete_range ? &r->delete_range->header : NULL;
+        break;
+    case OP_TXN:
+        resp = r->txn ? &r->txn->base : NULL;
+        hp = r->txn ? &r->txn->header : NULL;
+        break;
+    case OP_COMPACT:
+        resp = r->compaction ? &r->compaction->base : NULL;
+        hp = r->compaction ? &r->compaction->header : NULL;
+        break;
+    default:
+        break;
+    }
+    if (!resp) {
+        fail(o->call, GRPC_STATUS_INTERNAL, "craft: state machine result of the wrong kind");
+        craft__kv__result__free_unpacked(r, NULL);
+        return;
+    }
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    Etcdserverpb__ResponseHeader *orig = *hp;
+    h.revision = orig ? orig->revision : r->revision;
+    fill_header(o->s, &h);
+    *hp = &h;
+    rpc_call_reply_msg(o->call, resp);
+    *hp = orig; /* the unpacked message frees its own header */
+    craft__kv__result__free_unpacked(r, NULL);
+}
+
+static void on_applied(void *arg, int err, uint64_t index, uint64_t leader,
+                       struct raft_fsm_result *res)
+{
+    (void)index, (void)leader;
+    struct op *o = arg;
+    if (err)
+        fail_node(o->call, err);
+    else
+        reply_result(o, res->data, res->len);
+    op_free(o);
+}
+
+static void on_forwarded(struct rpc_result *res, void *arg)
+{
+    struct op *o = arg;
+    if (res->status != GRPC_STATUS_OK) {
+        /* The leader could not be reached or refused: the client may retry. */
+        fail(o->call, GRPC_STATUS_UNAVAILABLE,
+             res->status == GRPC_STATUS_DEADLINE_EXCEEDED ? ERR_TIMEOUT : ERR_NO_LEADER);
+    } else {
+        Craft__Raft__ForwardReply *fr = (Craft__Raft__ForwardReply *)rpc_msg_unpack(
+            &craft__raft__forward_reply__descriptor, res->data, res->len);
+        if (!fr)
+            fail(o->call, GRPC_STATUS_INTERNAL, "craft: undecodable reply from the leader");
+        else if (fr->code)
+            fail(o->call, (int)fr->code, fr->message);
+        else
+            reply_result(o, fr->result.data, fr->result.len);
+        if (fr)
+            protobuf_c_message_free_unpacked(&fr->base, NULL);
+    }
+    op_free(o);
+}
+
+static void forward(struct op *o, uint64_t leader)
+{
+    Craft__Raft__ForwardRequest fr = CRAFT__RAFT__FORWARD_REQUEST__INIT;
+    fr.cluster_id = o->s->cluster.id;
+    fr.command.data = o->cmd;
+    fr.command.len = o->cmd_len;
+    uint8_t *buf;
+    size_t len;
+    int rc = rpc_msg_pack(&fr.base, &buf, &len);
+    if (rc == 0) {
+        /* The leader's own timeout answers first; the extra second covers the hop. */
+        rc = peer_call_async(o->s->cfg.peer, leader, FORWARD_METHOD, buf, len,
+                             (int)o->s->cfg.timeout_ms + 1000, on_forwarded, o);
+        free(buf);
+    }
+    if (rc != 0) {
+        fail(o->call, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+        op_free(o);
+    }
+}
+
+/* etcd's quota check: a write that could grow the store refuses to enter the log once the
+ * data in use plus this request's cost would pass --quota-backend-bytes, so every member's apply
+ * stays within its map (members applying a full store in different batch shapes could
+ * otherwise disagree). Deletes and compaction stay allowed, to make room. */
+static bool over_quota(struct kv_service *s, enum op_kind kind, size_t len)
+{
+    if ((kind != OP_PUT && kind != OP_TXN) || !s->cfg.quota_bytes)
+        return false;
+    int64_t in_use = 0;
+    if (kv_store_status(s->cfg.store, NULL, NULL, NULL, &in_use) != 0)
+        return false;
+    /* LMDB pages, copy-on-write and the key index cost more than the raw bytes: 2x. */
+    return (uint64_t)in_use + 2 * (uint64_t)len > s->cfg.quota_bytes;
+}
+
+/* Takes ownership of cmd. */
+static void write_start(struct kv_service *s, struct rpc_call *call, enum op_kind kind,
+                        uint8_t *cmd, size_t len)
+{
+    if (len > s->cfg.max_request_bytes) {
+        free(cmd);
+        fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE);
+        return;
+    }
+    if (over_quota(s, kind, len)) {
+        free(cmd);
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, KV_ERR_NO_SPACE);
+        return;
+    }
+    struct op *o = calloc(1, sizeof *o);
+    if (!o) {
+        free(cmd);
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    *o = (struct op){s, call, kind, cmd, len, NULL};
+    uint64_t leader = 0;
+    int rc = raft_node_propose(s->cfg.node, cmd, len, (int)s->cfg.timeout_ms, on_applied, o,
+                               &leader);
+    if (rc == RAFT_NODE_ENOTLEADER && leader && leader != s->cfg.self_id) {
+        forward(o, leader);
+        return;
+    }
+    if (rc != 0) {
+        fail_node(call, rc);
+        op_free(o);
+    }
+}
+
+static int check_valid(struct rpc_call *call, int rc, const struct kv_err *err)
+{
+    if (rc != 0)
+        fail(call, err->code, err->msg);
+    return rc;
+}
+
+static void handle_put(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    const Etcdserverpb__PutRequest *r = (const Etcdserverpb__PutRequest *)m;
+    struct kv_err err;
+    uint8_t *cmd;
+    size_t len;
+    if (check_valid(call, kv_validate_put(r, &err), &err))
+        return;
+    if (kv_cmd_encode_put(r, &cmd, &len) != 0) {
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    write_start(ctx, call, OP_PUT, cmd, len);
+}
+
+static void handle_delete_range(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    const Etcdserverpb__DeleteRangeRequest *r = (const Etcdserverpb__DeleteRangeRequest *)m;
+    struct kv_err err;
+    uint8_t *cmd;
+    size_t len;
+    if (check_valid(call, kv_validate_delete_range(r, &err), &err))
+        return;
+    if (kv_cmd_encode_delete_range(r, &cmd, &len) != 0) {
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    write_start(ctx, call, OP_DELETE, cmd, len);
+}
+
+static void handle_compact(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    const Etcdserverpb__CompactionRequest *r = (const Etcdserverpb__CompactionRequest *)m;
+    struct kv_err err;
+    uint8_t *cmd;
+    size_t len;
+    if (check_valid(call, kv_validate_compaction(r, &err), &err))
+        return;
+    if (kv_cmd_encode_compaction(r, &cmd, &len) != 0) {
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    write_start(ctx, call, OP_COMPACT, cmd, len);
+}
+
+/* ---- reads ----------------------------------------------------------------------------- */
+
+static void serve_read(struct op *o)
+{
+    struct kv_service *s = o->s;
+    struct kv_err err;
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT, *orig;
+    if (o->kind == OP_RANGE) {
+        Etcdserverpb__RangeResponse *resp;
+        if (kv_store_range(s->cfg.store, (const Etcdserverpb__RangeRequest *)o->req, &resp, &err)) {
+            fail(o->call, err.code, err.msg);
+            return;
+        }
+        orig = resp->header;
+        h.revision = orig ? orig->revision : 0;
+        fill_header(s, &h);
+        resp->header = &h;
+        rpc_call_reply_msg(o->call, &resp->base);
+        resp->header = orig;
+        etcdserverpb__range_response__free_unpacked(resp, NULL);
+    } else {
+        Etcdserverpb__TxnResponse *resp;
+        if (kv_store_txn_read(s->cfg.store, (const Etcdserverpb__TxnRequest *)o->req, &resp,
+                              &err)) {
+            fail(o->call, err.code, err.msg);
+            return;
+        }
+        orig = resp->header;
+        h.revision = orig ? orig->revision : 0;
+        fill_header(s, &h);
+        resp->header = &h;
+        rpc_call_reply_msg(o->call, &resp->base);
+        resp->header = orig;
+        etcdserverpb__txn_response__free_unpacked(resp, NULL);
+    }
+}
+
+static void on_read_index(void *arg, int err, uint64_t index)
+{
+    (void)index;
+    struct op *o = arg;
+    if (err)
+        fail_node(o->call, err);
+    else
+        serve_read(o);
+    op_free(o);
+}
+
+/* Takes ownership of req. */
+static void read_start(struct kv_service *s, struct rpc_call *call, enum op_kind kind,
+                       ProtobufCMessage *req, bool serializable)
+{
+    struct op *o = calloc(1, sizeof *o);
+    if (!o) {
+        protobuf_c_message_free_unpacked(req, NULL);
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    *o = (struct op){s, call, kind == OP_RANGE ? OP_RANGE : OP_TXN, NULL, 0, req};
+    if (serializable) {
+        serve_read(o);
+        op_free(o);
+        return;
+    }
+    int rc = raft_node_read_index(s->cfg.node, (int)s->cfg.timeout_ms, on_read_index, o);
+    if (rc != 0) {
+        fail_node(call, rc);
+        op_free(o);
+    }
+}
+
+/* Range and Txn keep their decoded request past the handler (a read waits for its index), so
+ * they decode it themselves. */
+static void handle_range(struct rpc_call *call, const uint8_t *data, size_t len, void *ctx)
+{
+    Etcdserverpb__RangeRequest *r = (Etcdserverpb__RangeRequest *)rpc_msg_unpack(
+        &etcdserverpb__range_request__descriptor, data, len);
+    if (!r) {
+        fail(call, GRPC_STATUS_INVALID_ARGUMENT, "grpc: error unmarshalling request");
+        return;
+    }
+    struct kv_err err;
+    if (check_valid(call, kv_validate_range(r, &err), &err)) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
+    read_start(ctx, call, OP_RANGE, &r->base, r->serializable);
+}
+
+static void handle_txn(struct rpc_call *call, const uint8_t *data, size_t len, void *ctx)
+{
+    struct kv_service *s = ctx;
+    struct kv_err werr;
+    /* protobuf-c unpacks nested Txns recursively: bound the depth on the raw bytes first. */
+    if (kv_check_txn_wire(data, len, &werr) != 0) {
+        fail(call, werr.code, werr.msg);
+        return;
+    }
+    Etcdserverpb__TxnRequest *r = (Etcdserverpb__TxnRequest *)rpc_msg_unpack(
+        &etcdserverpb__txn_request__descriptor, data, len);
+    if (!r) {
+        fail(call, GRPC_STATUS_INVALID_ARGUMENT, "grpc: error unmarshalling request");
+        return;
+    }
+    struct kv_err err;
+    if (check_valid(call, kv_validate_txn(r, s->cfg.max_txn_ops, &err), &err)) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
+    if (kv_txn_is_readonly(r)) {
+        read_start(s, call, OP_TXN, &r->base, false);
+        return;
+    }
+    uint8_t *cmd;
+    size_t clen;
+    int rc = kv_cmd_encode_txn(r, &cmd, &clen);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (rc != 0) {
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    write_start(s, call, OP_TXN, cmd, clen);
+}
+
+/* ---- Maintenance.Status, Cluster.MemberList ----------------------------------------------- */
+
+static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    (void)m;
+    struct kv_service *s = ctx;
+    struct raft_node_status st;
+    raft_node_status_get(s->cfg.node, &st);
+    int64_t rev = 0, db = 0, in_use = 0;
+    kv_store_status(s->cfg.store, &rev, NULL, &db, &in_use);
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    h.cluster_id = s->cluster.id;
+    h.member_id = s->cfg.self_id;
+    h.revision = rev;
+    h.raft_term = st.core.term;
+    Etcdserverpb__StatusResponse r = ETCDSERVERPB__STATUS_RESPONSE__INIT;
+    r.header = &h;
+    r.version = (char *)KV_SERVICE_VERSION;
+    r.dbsize = db;
+    r.dbsizeinuse = in_use;
+    r.leader = st.core.leader_id;
+    r.raftindex = st.core.commit_index;
+    r.raftterm = st.core.term;
+    r.raftappliedindex = st.applied_index;
+    rpc_call_reply_msg(call, &r.base);
+}
+
+static void handle_member_list(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    (void)m;
+    struct kv_service *s = ctx;
+    size_t n = s->cluster.n;
+    Etcdserverpb__Member *ms = calloc(n, sizeof *ms);
+    Etcdserverpb__Member **mp = calloc(n, sizeof *mp);
+    char(*peer_urls)[CLUSTER_HOST_MAX + 32] = calloc(n, sizeof *peer_urls);
+    char(*client_urls)[1024] = calloc(n, sizeof *client_urls);
+    char **pu = calloc(n, sizeof *pu), **cu = calloc(n, sizeof *cu);
+    if (!ms || !mp || !peer_urls || !client_urls || !pu || !cu) {
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct cluster_member *c = &s->cluster.members[i];
+        char target[CLUSTER_HOST_MAX + 16];
+        cluster_url_target(&c->peer_url, target, sizeof target);
+        snprintf(peer_urls[i], sizeof peer_urls[i], "%s://%s", c->peer_url.tls ? "https" : "http",
+                 target);
+        if (c->id == s->cfg.self_id)
+            snprintf(client_urls[i], sizeof client_urls[i], "%s", s->cfg.client_urls);
+        else
+            peer_client_urls(s->cfg.peer, c->id, client_urls[i], sizeof client_urls[i]);
+        etcdserverpb__member__init(&ms[i]);
+        ms[i].id = c->id;
+        ms[i].name = (char *)c->name;
+        pu[i] = peer_urls[i];
+        ms[i].n_peerurls = 1;
+        ms[i].peerurls = &pu[i];
+        cu[i] = client_urls[i];
+        ms[i].n_clienturls = client_urls[i][0] ? 1 : 0; /* unknown until the member spoke */
+        ms[i].clienturls = &cu[i];
+        mp[i] = &ms[i];
+    }
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    fill_header(s, &h);
+    Etcdserverpb__MemberListResponse r = ETCDSERVERPB__MEMBER_LIST_RESPONSE__INIT;
+    r.header = &h;
+    r.n_members = n;
+    r.members = mp;
+    rpc_call_reply_msg(call, &r.base);
+out:
+    free(ms);
+    free(mp);
+    free(peer_urls);
+    free(client_urls);
+    free(pu);
+    free(cu);
+}
+
+/* ---- Peer.Forward: the leader's side of a forwarded write ----------------------------------- */
+
+static void reply_forward(struct rpc_call *call, int code, const char *msg, const void *result,
+                          size_t len, uint64_t index, uint64_t term)
+{
+    Craft__Raft__ForwardReply r = CRAFT__RAFT__FORWARD_REPLY__INIT;
+    r.code = (uint32_t)code;
+    r.message = (char *)(msg ? msg : "");
+    r.result.data = (uint8_t *)result;
+    r.result.len = len;
+    r.index = index;
+    r.term = term;
+    rpc_call_reply_msg(call, &r.base);
+}
+
+/* Node errors in the client's terms, for the follower to relay. */
+static void reply_forward_error(struct rpc_call *call, int err)
+{
+    int code = GRPC_STATUS_UNAVAILABLE;
+    const char *msg = raft_node_strerror(err);
+    switch (err) {
+    case RAFT_NODE_ENOTLEADER:
+        msg = ERR_LEADER_CHANGED; /* it was leader when the follower asked */
+        break;
+    case RAFT_NODE_EBUSY:
+        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        msg = ERR_TOO_MANY;
+        break;
+    case RAFT_NODE_ETIMEDOUT:
+        msg = ERR_TIMEOUT;
+        break;
+    case RAFT_NODE_ELOST:
+        msg = ERR_LEADER_CHANGED;
+        break;
+    case RAFT_NODE_ETOOBIG:
+        code = GRPC_STATUS_INVALID_ARGUMENT;
+        msg = ERR_TOO_LARGE;
+        break;
+    case RAFT_NODE_ESHUTDOWN:
+        msg = ERR_STOPPED;
+        break;
+    }
+    reply_forward(call, code, msg, NULL, 0, 0, 0);
+}
+
+static void on_forward_applied(void *arg, int err, uint64_t index, uint64_t leader,
+                               struct raft_fsm_result *res)
+{
+    (void)leader;
+    struct rpc_call *call = arg;
+    if (err)
+        reply_forward_error(call, err);
+    else
+        reply_forward(call, 0, NULL, res->data, res->len, index, 0);
+}
+
+static void handle_forward(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    struct kv_service *s = ctx;
+    const Craft__Raft__ForwardRequest *r = (const Craft__Raft__ForwardRequest *)m;
+    if (!peer_call_member(s->cfg.peer, call)) {
+        fail(call, GRPC_STATUS_PERMISSION_DENIED, "only cluster members may forward writes");
+        return;
+    }
+    if (r->cluster_id != s->cluster.id) {
+        fail(call, GRPC_STATUS_FAILED_PRECONDITION, "cluster id mismatch");
+        return;
+    }
+    if (r->command.len > s->cfg.max_request_bytes) {
+        reply_forward(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE, NULL, 0, 0, 0);
+        return;
+    }
+    int rc = raft_node_propose(s->cfg.node, r->command.data, r->command.len, (int)s->cfg.timeout_ms,
+                               on_forward_applied, call, NULL);
+    if (rc != 0)
+        reply_forward_error(call, rc);
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+struct kv_service *kv_service_create(const struct kv_service_config *cfg)
+{
+    struct kv_service *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->cfg = *cfg;
+    s->cluster = *cfg->cluster;
+    s->cfg.cluster = &s->cluster;
+    return s;
+}
+
+int kv_service_register_client(struct kv_service *s, struct rpc_server *srv)
+{
+    int rc = 0;
+    rc |= rpc_server_register_unary(srv, "/etcdserverpb.KV/Range", handle_range, s);
+    rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.KV/Put",
+                                        &etcdserverpb__put_request__descriptor, handle_put, s);
+    rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.KV/DeleteRange",
+                                        &etcdserverpb__delete_range_request__descriptor,
+                                        handle_delete_range, s);
+    rc |= rpc_server_register_unary(srv, "/etcdserverpb.KV/Txn", handle_txn, s);
+    rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.KV/Compact",
+                                        &etcdserverpb__compaction_request__descriptor,
+                                        handle_compact, s);
+    rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.Maintenance/Status",
+                                        &etcdserverpb__status_request__descriptor, handle_status, s);
+    rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.Cluster/MemberList",
+                                        &etcdserverpb__member_list_request__descriptor,
+                                        handle_member_list, s);
+    return rc ? -1 : 0;
+}
+
+int kv_service_register_peer(struct kv_service *s, struct rpc_server *srv)
+{
+    return rpc_server_register_unary_msg(srv, FORWARD_METHOD,
+                                         &craft__raft__forward_request__descriptor, handle_forward,
+                                         s);
+}
+
+void kv_service_destroy(struct kv_service *s) { free(s); }

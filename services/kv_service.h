@@ -1,0 +1,61 @@
+/* kv_service.h: etcd v3's KV, Maintenance.Status and Cluster.MemberList gRPC services over a
+ * craft node and its KV state machine (services/kvstore), so etcdctl and etcd client libraries
+ * work unchanged.
+ *
+ * What it promises:
+ * - Any member serves any request. Writes (Put, DeleteRange, Txn with writes, Compact) are
+ *   validated (invalid requests never enter the log), proposed on the leader, and answered once
+ *   applied; a follower forwards the write to the leader over the mutual-TLS peer connection
+ *   (Peer.Forward) and relays the answer, so clients never need to find the leader.
+ * - Reads (Range, read-only Txn) are linearizable by default: the member waits for a ReadIndex
+ *   (raft/node.h raft_node_read_index: one leadership-confirming heartbeat round shared by every
+ *   read waiting at that moment; a follower asks the leader for the index) and serves from its
+ *   own state once it has applied that far. serializable=true Ranges are served at once from
+ *   local state and may be stale.
+ * - Writes that would grow the store past --quota-backend-bytes are refused before they enter the
+ *   log (deletes and compaction are still accepted, to make room).
+ * - Every response carries etcd's ResponseHeader: cluster_id, member_id (this member), revision,
+ *   raft_term. Errors use etcd's gRPC codes and messages ("etcdserver: no leader",
+ *   "etcdserver: request timed out", "etcdserver: request is too large", "etcdserver: too many
+ *   requests", the store's validation and revision errors).
+ */
+#ifndef CRAFT_SERVICES_KV_SERVICE_H
+#define CRAFT_SERVICES_KV_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "raft/node.h"
+#include "rpc/rpc.h"
+#include "services/cluster.h"
+#include "services/kvstore/kv_store.h"
+#include "services/peer.h"
+
+/* The etcd API level craft serves, reported by Maintenance.Status (etcdctl endpoint status). */
+#define KV_SERVICE_VERSION "3.4.0"
+
+struct kv_service_config {
+    struct raft_node *node;
+    struct kv_store *store;
+    struct peer *peer;
+    const struct cluster *cluster; /* copied */
+    uint64_t self_id;
+    const char *client_urls;       /* this member's --advertise-client-urls */
+    unsigned timeout_ms;           /* a write's or read's wait for commit/read index */
+    size_t max_request_bytes;      /* etcd's --max-request-bytes */
+    unsigned max_txn_ops;          /* etcd's --max-txn-ops; 0 = 128 */
+    uint64_t quota_bytes;          /* etcd's --quota-backend-bytes: writes past it are refused
+                                      ("database space exceeded"); 0 = no check */
+};
+
+struct kv_service;
+
+struct kv_service *kv_service_create(const struct kv_service_config *cfg);
+/* Registers KV, Maintenance.Status and Cluster.MemberList on the client server. */
+int kv_service_register_client(struct kv_service *s, struct rpc_server *client_srv);
+/* Registers Peer.Forward on the peer server. */
+int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
+/* After both servers are shut down and the node stopped (their calls have completed). */
+void kv_service_destroy(struct kv_service *s);
+
+#endif
