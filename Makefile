@@ -16,3 +16,8 @@ build:
 
 clean:
 	bazel clean
+
+# craft vs etcd side by side (scripts/bench.sh; about 4 minutes). Longer runs:
+#   make bench BENCH_ARGS="--seconds 20 --rounds 5"
+bench:
+	bash scripts/bench.sh $(BENCH_ARGS)

@@ -878,6 +878,10 @@ int main(int argc, char **argv)
             .threads = (int)o.threads,
             .max_inflight = (int)o.inflight + 4,
             .wait_for_ready = true,
+            /* gRPC shares one TCP connection among channels whose target and arguments are
+             * equal (its global subchannel pool); a receive limit that differs by a few bytes
+             * per channel keeps them apart, so --conns N really opens N connections. */
+            .max_recv_bytes = RPC_DEFAULT_MAX_MSG + (size_t)made,
         };
         c->ch = rpc_channel_create(&cc, err, sizeof err);
         if (!c->ch) {

@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# bench.sh: craft vs etcd, side by side on this machine, with the same client (craft-bench).
+#
+#   bash scripts/bench.sh [--seconds S] [--rounds R] [--workloads a,b,...] [--only craft|etcd] [--keep DIR]
+#
+# Starts a 3-member craft cluster (craftd) and a 3-member etcd cluster (Debian's etcd 3.4), both
+# on loopback with mutual TLS on client and peer traffic (real certificates from certs/craft-certs,
+# no --peer-auto-tls) and fsync on (both defaults), each in its own temporary data directory. Then
+# runs every workload R times, alternating craft, etcd, craft, etcd..., S seconds per run, and
+# prints one table of medians with the ratios craft/etcd. Both clusters are stopped on exit
+# (trap), whatever happens. Workloads (key 16 B, value 256 B):
+#   put-1        puts, 1 connection x 1 in flight, to the leader (latency floor)
+#   put-64       puts, 4 connections x 16, spread over the 3 members (followers forward)
+#   put-1024     puts, 16 connections x 64, spread over the 3 members
+#   lread-1024   linearizable ranges (1 key), 16 x 64, over 10,000 preloaded keys
+#   sread-1024   serializable ranges, 16 x 64, same keys
+#   mix-1024     90% linearizable ranges / 10% puts, 16 x 64, same keys
+# Defaults: 5 s x 3 rounds, about 4 minutes in all on 2 cores. Everything (certificates, data,
+# logs, raw JSON results) lives in a temporary directory removed at the end unless --keep DIR.
+# Environment: BAZEL_STARTUP (e.g. --output_base=...) is passed to bazel before its command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+
+seconds=5 rounds=3 keep="" only=""
+all_workloads="put-1,put-64,put-1024,lread-1024,sread-1024,mix-1024"
+workloads=$all_workloads
+die() { echo "bench: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --seconds) [ $# -ge 2 ] || die "--seconds needs a value"; seconds=$2; shift 2 ;;
+    --rounds) [ $# -ge 2 ] || die "--rounds needs a value"; rounds=$2; shift 2 ;;
+    --workloads) [ $# -ge 2 ] || die "--workloads needs a value"; workloads=$2; shift 2 ;;
+    --only) [ $# -ge 2 ] || die "--only needs a value"; only=$2; shift 2 ;;
+    --keep) [ $# -ge 2 ] || die "--keep needs a value"; keep=$2; shift 2 ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (--help)" ;;
+    esac
+done
+[[ "$seconds" =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk "BEGIN{exit !($seconds > 0 && $seconds <= 600)}" ||
+    die "--seconds must be in (0, 600]"
+[[ "$rounds" =~ ^[0-9]+$ ]] && [ "$rounds" -ge 1 ] && [ "$rounds" -le 50 ] || die "--rounds must be 1..50"
+for w in ${workloads//,/ }; do
+    [[ ",$all_workloads," == *",$w,"* ]] || die "unknown workload '$w' ($all_workloads)"
+done
+case "$only" in "" | craft | etcd) ;; *) die "--only craft or --only etcd" ;; esac
+systems=(craft etcd)
+[ -n "$only" ] && systems=("$only")
+
+bash scripts/deps.sh
+read -r -a bzl <<<"${BAZEL_STARTUP:-}"
+echo "bench: building craftd and craft-bench (-c opt)"
+bazel "${bzl[@]}" build -c opt //services:craftd //bench:craft-bench 2>&1 | tail -1
+bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
+craftd=$bin/services/craftd
+cbench=$bin/bench/craft-bench
+command -v etcd >/dev/null || die "etcd not found (apt-get install etcd-server)"
+
+if [ -n "$keep" ]; then
+    mkdir -p "$keep"
+    dir=$(cd "$keep" && pwd)
+else
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/craft-bench.XXXXXX")
+fi
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]+"${pids[@]}"}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]+"${pids[@]}"}"; do
+        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    [ -n "$keep" ] || rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Ports: craft 4x379/4x380, etcd 5x379/5x380 (x = 1, 2, 3), loopback only.
+craft_client=(41379 42379 43379) craft_peer=(41380 42380 43380)
+etcd_client=(51379 52379 53379) etcd_peer=(51380 52380 53380)
+for p in "${craft_client[@]}" "${craft_peer[@]}" "${etcd_client[@]}" "${etcd_peer[@]}"; do
+    if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then die "port $p is in use"; fi
+done
+
+echo "bench: certificates in $dir/certs"
+certs/craft-certs ca "$dir/certs" >/dev/null
+certs/craft-certs client "$dir/certs" client >/dev/null
+for n in n1 n2 n3 e1 e2 e3; do
+    certs/craft-certs node "$dir/certs" $n --dns localhost --ip 127.0.0.1 >/dev/null
+done
+c=$dir/certs
+tls=(--cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem")
+
+craft_eps="" etcd_eps="" craft_cluster="" etcd_cluster=""
+for i in 0 1 2; do
+    craft_eps+="${craft_eps:+,}https://127.0.0.1:${craft_client[$i]}"
+    etcd_eps+="${etcd_eps:+,}https://127.0.0.1:${etcd_client[$i]}"
+    craft_cluster+="${craft_cluster:+,}n$((i + 1))=https://127.0.0.1:${craft_peer[$i]}"
+    etcd_cluster+="${etcd_cluster:+,}e$((i + 1))=https://127.0.0.1:${etcd_peer[$i]}"
+done
+
+start_craft() {
+    local i n
+    for i in 0 1 2; do
+        n=n$((i + 1))
+        "$craftd" --name $n --data-dir "$dir/craft/$n" \
+            --listen-client-urls "https://127.0.0.1:${craft_client[$i]}" \
+            --advertise-client-urls "https://127.0.0.1:${craft_client[$i]}" \
+            --listen-peer-urls "https://127.0.0.1:${craft_peer[$i]}" \
+            --initial-advertise-peer-urls "https://127.0.0.1:${craft_peer[$i]}" \
+            --initial-cluster "$craft_cluster" --initial-cluster-token craft-bench \
+            --cert-file "$c/$n.pem" --key-file "$c/$n-key.pem" --trusted-ca-file "$c/ca.pem" \
+            --peer-cert-file "$c/$n.pem" --peer-key-file "$c/$n-key.pem" \
+            --peer-trusted-ca-file "$c/ca.pem" >"$dir/craft-$n.log" 2>&1 &
+        pids+=($!)
+        disown $!
+        echo $! >"$dir/craft-$n.pid"
+    done
+}
+
+start_etcd() {
+    local i n
+    for i in 0 1 2; do
+        n=e$((i + 1))
+        etcd --name $n --data-dir "$dir/etcd/$n" \
+            --listen-client-urls "https://127.0.0.1:${etcd_client[$i]}" \
+            --advertise-client-urls "https://127.0.0.1:${etcd_client[$i]}" \
+            --listen-peer-urls "https://127.0.0.1:${etcd_peer[$i]}" \
+            --initial-advertise-peer-urls "https://127.0.0.1:${etcd_peer[$i]}" \
+            --initial-cluster "$etcd_cluster" --initial-cluster-token etcd-bench \
+            --initial-cluster-state new \
+            --cert-file "$c/$n.pem" --key-file "$c/$n-key.pem" --trusted-ca-file "$c/ca.pem" \
+            --client-cert-auth \
+            --peer-cert-file "$c/$n.pem" --peer-key-file "$c/$n-key.pem" \
+            --peer-trusted-ca-file "$c/ca.pem" --peer-client-cert-auth \
+            --logger zap --log-outputs stderr >"$dir/etcd-$n.log" 2>&1 &
+        pids+=($!)
+        disown $!
+        echo $! >"$dir/etcd-$n.pid"
+    done
+}
+
+# The client URL of the current leader of the cluster behind $1 (endpoints), via etcdctl.
+leader_of() {
+    ETCDCTL_API=3 etcdctl --endpoints "$1" "${tls[@]}" --command-timeout 3s endpoint status -w json 2>/dev/null |
+        python3 2>/dev/null -c '
+import json, sys
+for s in json.load(sys.stdin):
+    st = s["Status"]
+    if st.get("leader") and st["header"].get("member_id") == st["leader"]:
+        print(s["Endpoint"]); break'
+}
+
+wait_leader() { # name endpoints
+    local l=""
+    for _ in $(seq 150); do
+        l=$(leader_of "$2" || true)
+        [ -n "$l" ] && { echo "$l"; return 0; }
+        sleep 0.2
+    done
+    echo "bench: $1 has no leader after 30 s; logs in $dir (use --keep DIR to keep them)" >&2
+    return 1
+}
+
+mkdir -p "$dir/craft" "$dir/etcd" "$dir/results"
+echo "bench: starting craft (client ports ${craft_client[*]}) and etcd (${etcd_client[*]})"
+start_craft
+start_etcd
+craft_leader=$(wait_leader craft "$craft_eps")
+etcd_leader=$(wait_leader etcd "$etcd_eps")
+echo "bench: craft leader $craft_leader, etcd leader $etcd_leader"
+
+eps_of() { [ "$1" = craft ] && echo "$craft_eps" || echo "$etcd_eps"; }
+leader_url() { [ "$1" = craft ] && echo "$craft_leader" || echo "$etcd_leader"; }
+
+# Reads need data: 10,000 keys written once into each cluster.
+read_keys=10000
+for s in "${systems[@]}"; do
+    echo "bench: preloading $read_keys keys into $s"
+    "$cbench" --endpoints "$(eps_of "$s")" "${tls[@]}" --conns 4 --inflight 64 \
+        --key-space $read_keys --preload --total 1 --quiet >/dev/null
+done
+
+# workload -> craft-bench arguments (besides endpoints and TLS)
+args_of() {
+    local common=(--duration "$seconds" --key-size 16 --val-size 256 --quiet --json)
+    case "$1" in
+    put-1) echo "${common[*]} --conns 1 --inflight 1 --mix put=1 --key-space 100000" ;;
+    put-64) echo "${common[*]} --conns 4 --inflight 16 --mix put=1 --key-space 100000" ;;
+    put-1024) echo "${common[*]} --conns 16 --inflight 64 --mix put=1 --key-space 100000" ;;
+    lread-1024) echo "${common[*]} --conns 16 --inflight 64 --mix range=1 --key-space $read_keys" ;;
+    sread-1024) echo "${common[*]} --conns 16 --inflight 64 --mix srange=1 --key-space $read_keys" ;;
+    mix-1024) echo "${common[*]} --conns 16 --inflight 64 --mix range=90,put=10 --key-space $read_keys" ;;
+    esac
+}
+
+for w in ${workloads//,/ }; do
+    for r in $(seq "$rounds"); do
+        for s in "${systems[@]}"; do
+            eps=$(eps_of "$s")
+            [ "$w" = put-1 ] && eps=$(leader_url "$s")
+            out=$dir/results/$w.$s.$r.json
+            read -r -a a <<<"$(args_of "$w")"
+            "$cbench" --endpoints "$eps" "${tls[@]}" "${a[@]}" >"$out" 2>"$dir/results/$w.$s.$r.err" || true
+            python3 - "$out" "$w" "$s" "$r" <<'PY'
+import json, sys
+path, w, s, r = sys.argv[1:]
+try:
+    j = json.load(open(path))
+    t = j["total"]
+    print(f"bench: {w:<11} {s:<5} round {r}: {t['ops_per_sec']:>10,.0f} ops/s  p50 {t['p50_ms']:.3f} ms"
+          f"  p99 {t['p99_ms']:.3f} ms  errors {j['errors']}")
+except Exception as e:
+    print(f"bench: {w} {s} round {r}: no result ({e}); see {path[:-5]}.err")
+PY
+        done
+    done
+done
+
+echo
+python3 - "$dir/results" "$workloads" "$rounds" "${systems[*]}" <<'PY'
+import json, os, statistics, sys
+d, workloads, rounds, systems = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), sys.argv[4].split()
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+rows = []
+for w in workloads:
+    row = {"w": w}
+    for s in systems:
+        runs = []
+        for r in range(1, rounds + 1):
+            try:
+                runs.append(json.load(open(os.path.join(d, f"{w}.{s}.{r}.json"))))
+            except Exception:
+                pass
+        row[s] = {
+            "ops": med([j["total"]["ops_per_sec"] for j in runs]),
+            "p50": med([j["total"]["p50_ms"] for j in runs]),
+            "p99": med([j["total"]["p99_ms"] for j in runs]),
+            "err": sum(j["errors"] for j in runs),
+            "n": len(runs),
+        }
+    rows.append(row)
+def f_ops(x): return "-" if x != x else f"{x:,.0f}"
+def f_ms(x): return "-" if x != x else f"{x:.2f}"
+def ratio(a, b): return "-" if (a != a or b != b or b == 0) else f"{a / b:.2f}x"
+if systems == ["craft", "etcd"]:
+    print(f"| workload | craft ops/s | etcd ops/s | craft/etcd ops | craft p50 ms | etcd p50 ms | craft/etcd p50 | craft p99 ms | etcd p99 ms | errors craft/etcd |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        c, e = r["craft"], r["etcd"]
+        print(f"| {r['w']} | {f_ops(c['ops'])} | {f_ops(e['ops'])} | {ratio(c['ops'], e['ops'])} | "
+              f"{f_ms(c['p50'])} | {f_ms(e['p50'])} | {ratio(c['p50'], e['p50'])} | "
+              f"{f_ms(c['p99'])} | {f_ms(e['p99'])} | {c['err']}/{e['err']} |")
+else:
+    s = systems[0]
+    print(f"| workload | {s} ops/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        x = r[s]
+        print(f"| {r['w']} | {f_ops(x['ops'])} | {f_ms(x['p50'])} | {f_ms(x['p99'])} | {x['err']} |")
+print(f"\nmedians of {rounds} round(s) of each workload; runs alternate between systems; "
+      f"p50/p99 are medians of the per-run percentiles")
+PY
+[ -n "$keep" ] && echo "bench: certificates, logs and raw results kept in $dir"
