@@ -246,49 +246,54 @@ static int check_valid(struct rpc_call *call, int rc, const struct kv_err *err)
     return rc;
 }
 
-static void handle_put(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+/* Validates, encodes and proposes one decoded write request (Put, DeleteRange, Compact). */
+static void write_request(struct kv_service *s, struct rpc_call *call, enum op_kind kind,
+                          const ProtobufCMessage *m)
 {
-    const Etcdserverpb__PutRequest *r = (const Etcdserverpb__PutRequest *)m;
     struct kv_err err;
-    uint8_t *cmd;
-    size_t len;
-    if (check_valid(call, kv_validate_put(r, &err), &err))
+    uint8_t *cmd = NULL;
+    size_t len = 0;
+    int rc, enc;
+    switch (kind) {
+    case OP_PUT:
+        rc = kv_validate_put((const Etcdserverpb__PutRequest *)m, &err);
+        enc = rc ? 0 : kv_cmd_encode_put((const Etcdserverpb__PutRequest *)m, &cmd, &len);
+        break;
+    case OP_DELETE:
+        rc = kv_validate_delete_range((const Etcdserverpb__DeleteRangeRequest *)m, &err);
+        enc = rc ? 0
+                 : kv_cmd_encode_delete_range((const Etcdserverpb__DeleteRangeRequest *)m, &cmd,
+                                              &len);
+        break;
+    default: /* OP_COMPACT */
+        rc = kv_validate_compaction((const Etcdserverpb__CompactionRequest *)m, &err);
+        enc = rc ? 0
+                 : kv_cmd_encode_compaction((const Etcdserverpb__CompactionRequest *)m, &cmd,
+                                            &len);
+        break;
+    }
+    if (check_valid(call, rc, &err))
         return;
-    if (kv_cmd_encode_put(r, &cmd, &len) != 0) {
+    if (enc != 0) {
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    write_start(ctx, call, OP_PUT, cmd, len);
+    write_start(s, call, kind, cmd, len);
+}
+
+static void handle_put(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    write_request(ctx, call, OP_PUT, m);
 }
 
 static void handle_delete_range(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 {
-    const Etcdserverpb__DeleteRangeRequest *r = (const Etcdserverpb__DeleteRangeRequest *)m;
-    struct kv_err err;
-    uint8_t *cmd;
-    size_t len;
-    if (check_valid(call, kv_validate_delete_range(r, &err), &err))
-        return;
-    if (kv_cmd_encode_delete_range(r, &cmd, &len) != 0) {
-        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        return;
-    }
-    write_start(ctx, call, OP_DELETE, cmd, len);
+    write_request(ctx, call, OP_DELETE, m);
 }
 
 static void handle_compact(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 {
-    const Etcdserverpb__CompactionRequest *r = (const Etcdserverpb__CompactionRequest *)m;
-    struct kv_err err;
-    uint8_t *cmd;
-    size_t len;
-    if (check_valid(call, kv_validate_compaction(r, &err), &err))
-        return;
-    if (kv_cmd_encode_compaction(r, &cmd, &len) != 0) {
-        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        return;
-    }
-    write_start(ctx, call, OP_COMPACT, cmd, len);
+    write_request(ctx, call, OP_COMPACT, m);
 }
 
 /* ---- reads ----------------------------------------------------------------------------- */
