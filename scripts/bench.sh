@@ -15,6 +15,8 @@
 #   lread-1024   linearizable ranges (1 key), 16 x 64, over 10,000 preloaded keys
 #   sread-1024   serializable ranges, 16 x 64, same keys
 #   mix-1024     90% linearizable ranges / 10% puts, 16 x 64, same keys
+# The table also gives server CPU per operation (user + system time of the 3 server processes
+# during a run, over its successful operations), steadier than ops/s on a shared machine.
 # Defaults: 5 s x 3 rounds, about 4 minutes in all on 2 cores. Everything (certificates, data,
 # logs, raw JSON results) lives in a temporary directory removed at the end unless --keep DIR.
 # Environment: BAZEL_STARTUP (e.g. --output_base=...) is passed to bazel before its command.
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
     --workloads) [ $# -ge 2 ] || die "--workloads needs a value"; workloads=$2; shift 2 ;;
     --only) [ $# -ge 2 ] || die "--only needs a value"; only=$2; shift 2 ;;
     --keep) [ $# -ge 2 ] || die "--keep needs a value"; keep=$2; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (--help)" ;;
     esac
 done
@@ -194,6 +196,18 @@ args_of() {
     esac
 }
 
+# CPU time (user + system, clock ticks) used so far by the 3 server processes of $1: on a shared
+# 2-core machine throughput swings with other load, CPU per operation much less.
+clk=$(getconf CLK_TCK)
+cpu_ticks() {
+    local t=0 p v
+    for p in $(cat "$dir/$1"-*.pid); do
+        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        t=$((t + v))
+    done
+    echo $t
+}
+
 for w in ${workloads//,/ }; do
     for r in $(seq "$rounds"); do
         for s in "${systems[@]}"; do
@@ -201,15 +215,18 @@ for w in ${workloads//,/ }; do
             [ "$w" = put-1 ] && eps=$(leader_url "$s")
             out=$dir/results/$w.$s.$r.json
             read -r -a a <<<"$(args_of "$w")"
+            t0=$(cpu_ticks "$s")
             "$cbench" --endpoints "$eps" "${tls[@]}" "${a[@]}" >"$out" 2>"$dir/results/$w.$s.$r.err" || true
-            python3 - "$out" "$w" "$s" "$r" <<'PY'
+            echo $(($(cpu_ticks "$s") - t0)) >"$dir/results/$w.$s.$r.cpu"
+            python3 - "$out" "$w" "$s" "$r" "$clk" <<'PY'
 import json, sys
-path, w, s, r = sys.argv[1:]
+path, w, s, r, clk = sys.argv[1:]
 try:
     j = json.load(open(path))
     t = j["total"]
+    cpu = int(open(path[:-5] + ".cpu").read()) * 1e6 / int(clk) / max(t["ops"], 1)
     print(f"bench: {w:<11} {s:<5} round {r}: {t['ops_per_sec']:>10,.0f} ops/s  p50 {t['p50_ms']:.3f} ms"
-          f"  p99 {t['p99_ms']:.3f} ms  errors {j['errors']}")
+          f"  p99 {t['p99_ms']:.3f} ms  server CPU {cpu:.0f} us/op  errors {j['errors']}")
 except Exception as e:
     print(f"bench: {w} {s} round {r}: no result ({e}); see {path[:-5]}.err")
 PY
@@ -218,25 +235,30 @@ PY
 done
 
 echo
-python3 - "$dir/results" "$workloads" "$rounds" "${systems[*]}" <<'PY'
+python3 - "$dir/results" "$workloads" "$rounds" "${systems[*]}" "$clk" <<'PY'
 import json, os, statistics, sys
 d, workloads, rounds, systems = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), sys.argv[4].split()
+clk = int(sys.argv[5])
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 rows = []
 for w in workloads:
     row = {"w": w}
     for s in systems:
-        runs = []
+        runs, cpus = [], []
         for r in range(1, rounds + 1):
             try:
-                runs.append(json.load(open(os.path.join(d, f"{w}.{s}.{r}.json"))))
+                j = json.load(open(os.path.join(d, f"{w}.{s}.{r}.json")))
+                runs.append(j)
+                ticks = int(open(os.path.join(d, f"{w}.{s}.{r}.cpu")).read())
+                cpus.append(ticks * 1e6 / clk / max(j["total"]["ops"], 1))
             except Exception:
                 pass
         row[s] = {
             "ops": med([j["total"]["ops_per_sec"] for j in runs]),
             "p50": med([j["total"]["p50_ms"] for j in runs]),
             "p99": med([j["total"]["p99_ms"] for j in runs]),
+            "cpu": med(cpus),
             "err": sum(j["errors"] for j in runs),
             "n": len(runs),
         }
@@ -245,21 +267,24 @@ def f_ops(x): return "-" if x != x else f"{x:,.0f}"
 def f_ms(x): return "-" if x != x else f"{x:.2f}"
 def ratio(a, b): return "-" if (a != a or b != b or b == 0) else f"{a / b:.2f}x"
 if systems == ["craft", "etcd"]:
-    print(f"| workload | craft ops/s | etcd ops/s | craft/etcd ops | craft p50 ms | etcd p50 ms | craft/etcd p50 | craft p99 ms | etcd p99 ms | errors craft/etcd |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| workload | craft ops/s | etcd ops/s | craft/etcd ops | craft p50 ms | etcd p50 ms | craft/etcd p50 "
+          "| craft p99 ms | etcd p99 ms | server CPU us/op craft / etcd | errors craft/etcd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, e = r["craft"], r["etcd"]
         print(f"| {r['w']} | {f_ops(c['ops'])} | {f_ops(e['ops'])} | {ratio(c['ops'], e['ops'])} | "
               f"{f_ms(c['p50'])} | {f_ms(e['p50'])} | {ratio(c['p50'], e['p50'])} | "
-              f"{f_ms(c['p99'])} | {f_ms(e['p99'])} | {c['err']}/{e['err']} |")
+              f"{f_ms(c['p99'])} | {f_ms(e['p99'])} | {f_ops(c['cpu'])} / {f_ops(e['cpu'])} | "
+              f"{c['err']}/{e['err']} |")
 else:
     s = systems[0]
-    print(f"| workload | {s} ops/s | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|")
+    print(f"| workload | {s} ops/s | p50 ms | p99 ms | server CPU us/op | errors |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         x = r[s]
-        print(f"| {r['w']} | {f_ops(x['ops'])} | {f_ms(x['p50'])} | {f_ms(x['p99'])} | {x['err']} |")
+        print(f"| {r['w']} | {f_ops(x['ops'])} | {f_ms(x['p50'])} | {f_ms(x['p99'])} | {f_ops(x['cpu'])} | {x['err']} |")
 print(f"\nmedians of {rounds} round(s) of each workload; runs alternate between systems; "
-      f"p50/p99 are medians of the per-run percentiles")
+      f"p50/p99 are medians of the per-run percentiles; server CPU = user+system time of the "
+      f"3 server processes during a run / successful ops")
 PY
 [ -n "$keep" ] && echo "bench: certificates, logs and raw results kept in $dir"
