@@ -932,7 +932,9 @@ int main(int argc, char **argv)
             hist_reset(&b->hist[i]);
         b->preloading = false;
     }
+    bool ran = false;
     if (rc == 0 && !interrupted) {
+        ran = true;
         atomic_store(&b->record, true);
         int64_t ns = run_phase(b, o.duration, o.total_set ? o.total : 0, !o.quiet, "craft-bench",
                                &progress_buf);
@@ -944,6 +946,10 @@ int main(int argc, char **argv)
             any_ok = any_ok || atomic_load(&b->hist[i].count) > 0;
         if (!any_ok)
             rc = 1;
+    }
+    if (rc == 0 && !ran) {
+        fprintf(stderr, "craft-bench: interrupted before the run\n");
+        rc = 1;
     }
     for (long long i = 0; i < made; i++) {
         rpc_channel_destroy(b->conns[i].ch);
