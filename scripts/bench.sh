@@ -287,4 +287,6 @@ print(f"\nmedians of {rounds} round(s) of each workload; runs alternate between 
       f"p50/p99 are medians of the per-run percentiles; server CPU = user+system time of the "
       f"3 server processes during a run / successful ops")
 PY
-[ -n "$keep" ] && echo "bench: certificates, logs and raw results kept in $dir"
+if [ -n "$keep" ]; then
+    echo "bench: certificates, logs and raw results kept in $dir"
+fi
