@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh: the main job. Installs what is missing, builds, starts a local 3-member craft cluster
 # over mutual TLS, writes and reads keys with etcd's own etcdctl, shows `etcdctl endpoint status`
-# and `member list`, runs a short pipelined write load, and leaves the cluster running.
+# and `member list`, runs a short craft-bench (pipelined puts and linearizable reads over every
+# member), and leaves the cluster running.
 #   bash scripts/demo.sh          start (or restart) the demo cluster
 #   bash scripts/demo.sh stop     stop it (SIGTERM: clean shutdown)
 # Everything lives in demo-data/ at the top of the repository (certificates, data, logs).
@@ -34,8 +35,8 @@ if [ "${1:-}" = stop ]; then
 fi
 
 bash scripts/deps.sh
-echo "demo: building craftd and craftctl"
-bazel build //services:craftd //services:craftctl 2>&1 | tail -1
+echo "demo: building craftd, craftctl and craft-bench"
+bazel build //services:craftd //services:craftctl //bench:craft-bench 2>&1 | tail -1
 bin=bazel-bin/services
 stop_cluster
 
@@ -87,7 +88,8 @@ etcdctl --endpoints "$first" "${tls[@]}" put /app/size 42
 etcdctl --endpoints "$first" "${tls[@]}" get /app/ --prefix
 etcdctl --endpoints "$endpoints" "${tls[@]}" endpoint status -w table
 etcdctl --endpoints "$first" "${tls[@]}" member list -w table
-"${ctl[@]}" load 20000 64 256
+bazel-bin/bench/craft-bench --endpoints "$endpoints" "${tls[@]}" --conns 4 --inflight 64 \
+    --duration 5 --mix put=50,range=50 --key-space 10000 --quiet
 "${ctl[@]}" status
 { set +x; } 2>/dev/null
 cat <<TXT

@@ -5,18 +5,14 @@
  *     put KEY VALUE        write through the first endpoint (a follower forwards to the leader)
  *     get KEY              linearizable read from the first endpoint
  *     status               one line per endpoint: name, role, term, leader, commit, applied
- *     load N INFLIGHT [VALUE_BYTES]
- *                          N pipelined writes, INFLIGHT at a time, to the first endpoint;
- *                          prints writes/s and latency percentiles
+ * Load generation is craft-bench's job (bench/craft_bench.c).
  *
  * Exit status: 0 ok, 1 the request failed, 2 bad usage. Errors name the endpoint and the gRPC
  * status. Endpoints default to https://127.0.0.1:2379.
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "rpc/rpc.h"
 #include "services/cluster.h"
@@ -25,7 +21,6 @@
 
 #define MAX_EP 16
 #define DEADLINE_MS 10000
-#define MAX_REDIRECTS 5
 
 struct opts {
     struct rpc_tls tls;
@@ -34,18 +29,11 @@ struct opts {
     int n_eps;
 };
 
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static int usage(void)
 {
     fprintf(stderr,
             "usage: craftctl [--endpoints URL,...] [--cacert F --cert F --key F | --insecure]\n"
-            "                put KEY VALUE | get KEY | status | load N INFLIGHT [VALUE_BYTES]\n");
+            "                put KEY VALUE | get KEY | status\n");
     return 2;
 }
 
@@ -156,133 +144,6 @@ static int cmd_status(const struct opts *o)
     return rc;
 }
 
-/* ---- load: pipelined writes ------------------------------------------------------------ */
-
-struct load {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct rpc_channel *ch;
-    long total, issued, done, failed, inflight, window;
-    int64_t *lat; /* per write, microseconds */
-    uint8_t *value;
-    size_t vlen;
-    char first_error[320];
-};
-
-struct load_call {
-    struct load *l;
-    long seq;
-    int64_t start;
-};
-
-static void load_issue(struct load *l);
-
-static void load_done(struct rpc_result *res, void *arg)
-{
-    struct load_call *c = arg;
-    struct load *l = c->l;
-    int64_t lat = now_us() - c->start;
-    pthread_mutex_lock(&l->mu);
-    l->lat[c->seq] = lat;
-    l->done++;
-    l->inflight--;
-    if (res->status != GRPC_STATUS_OK) {
-        if (!l->failed++)
-            snprintf(l->first_error, sizeof l->first_error, "%.256s (status %d)", res->message,
-                     res->status);
-    }
-    pthread_mutex_unlock(&l->mu);
-    free(c);
-    load_issue(l);
-    pthread_cond_broadcast(&l->cv);
-}
-
-/* Issues writes until INFLIGHT are outstanding or all are issued. */
-static void load_issue(struct load *l)
-{
-    for (;;) {
-        pthread_mutex_lock(&l->mu);
-        if (l->issued >= l->total || l->inflight >= l->window) {
-            pthread_mutex_unlock(&l->mu);
-            return;
-        }
-        long seq = l->issued++;
-        l->inflight++;
-        pthread_mutex_unlock(&l->mu);
-
-        char key[32];
-        snprintf(key, sizeof key, "load/%08ld", seq);
-        Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
-        req.key.data = (uint8_t *)key;
-        req.key.len = strlen(key);
-        req.value.data = l->value;
-        req.value.len = l->vlen;
-        uint8_t *buf;
-        size_t len;
-        struct load_call *c = malloc(sizeof *c);
-        int rc = c && rpc_msg_pack(&req.base, &buf, &len) == 0 ? 0 : -1;
-        if (rc == 0) {
-            *c = (struct load_call){l, seq, now_us()};
-            rc = rpc_channel_call_async(l->ch, "/etcdserverpb.KV/Put", buf, len, DEADLINE_MS,
-                                        load_done, c);
-            free(buf);
-        }
-        if (rc != 0) {
-            free(c);
-            pthread_mutex_lock(&l->mu);
-            l->inflight--;
-            l->done++;
-            if (!l->failed++)
-                snprintf(l->first_error, sizeof l->first_error, "cannot start a call");
-            pthread_mutex_unlock(&l->mu);
-            pthread_cond_broadcast(&l->cv);
-        }
-    }
-}
-
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static int cmd_load(const struct opts *o, long n, long inflight, long vbytes)
-{
-    char err[512];
-    const char *url = o->eps[0];
-    struct load l = {.total = n, .window = inflight, .vlen = (size_t)vbytes};
-    pthread_mutex_init(&l.mu, NULL);
-    pthread_cond_init(&l.cv, NULL);
-    l.lat = calloc((size_t)n, sizeof *l.lat);
-    l.value = malloc((size_t)vbytes + 1);
-    if (!l.lat || !l.value) {
-        fprintf(stderr, "craftctl: out of memory\n");
-        return 1;
-    }
-    memset(l.value, 'x', (size_t)vbytes);
-    l.ch = dial(o, url, err, sizeof err);
-    if (!l.ch) {
-        fprintf(stderr, "craftctl: %s\n", err);
-        return 1;
-    }
-    int64_t t0 = now_us();
-    load_issue(&l);
-    pthread_mutex_lock(&l.mu);
-    while (l.done < l.total)
-        pthread_cond_wait(&l.cv, &l.mu);
-    pthread_mutex_unlock(&l.mu);
-    double secs = (double)(now_us() - t0) / 1e6;
-    rpc_channel_destroy(l.ch);
-    qsort(l.lat, (size_t)n, sizeof *l.lat, cmp_i64);
-    printf("load: %ld writes of %ld bytes, %ld in flight, to %s\n", n, vbytes, inflight, url);
-    printf("load: %.0f writes/s, p50 %.2f ms, p99 %.2f ms, max %.2f ms, %ld failed%s%s\n",
-           (double)n / secs, (double)l.lat[n / 2] / 1000.0, (double)l.lat[n * 99 / 100] / 1000.0,
-           (double)l.lat[n - 1] / 1000.0, l.failed, l.failed ? ": " : "", l.first_error);
-    free(l.lat);
-    free(l.value);
-    return l.failed ? 1 : 0;
-}
-
 int main(int argc, char **argv)
 {
     struct opts o = {0};
@@ -329,14 +190,5 @@ int main(int argc, char **argv)
         return cmd_get(&o, argv[i]);
     if (!strcmp(cmd, "status") && nargs == 0)
         return cmd_status(&o);
-    if (!strcmp(cmd, "load") && (nargs == 2 || nargs == 3)) {
-        long n = atol(argv[i]), inflight = atol(argv[i + 1]);
-        long vb = nargs == 3 ? atol(argv[i + 2]) : 256;
-        if (n < 1 || n > 100000000 || inflight < 1 || inflight > 65536 || vb < 0 || vb > (1 << 20)) {
-            fprintf(stderr, "craftctl: load N (1..1e8) INFLIGHT (1..65536) [VALUE_BYTES (0..1MiB)]\n");
-            return 2;
-        }
-        return cmd_load(&o, n, inflight, vb);
-    }
     return usage();
 }
