@@ -23,6 +23,30 @@
 #include "raft/node.h"
 #include "raft/wal.h"
 
+/* ---- timeouts (node_timer.c) ---- */
+
+/* A deadline, embedded in anything that waits with a timeout (proposals, reads) and kept in a
+ * min-heap by deadline so the ticker finds the expired ones at once. */
+struct node_timer {
+    int64_t deadline_ns; /* CLOCK_MONOTONIC; 0 = no timeout (never in the heap) */
+    size_t heap_pos;     /* SIZE_MAX when not in the heap */
+};
+
+struct node_timer_heap {
+    struct node_timer **v;
+    size_t n, cap;
+};
+
+/* Adds t when it has a deadline (else only marks it absent). 0 or RAFT_NODE_ENOMEM. */
+int node_timer_add(struct node_timer_heap *h, struct node_timer *t);
+/* Removes t if it is in the heap. */
+void node_timer_remove(struct node_timer_heap *h, struct node_timer *t);
+/* The earliest timer if its deadline is <= now, else NULL. */
+struct node_timer *node_timer_due(const struct node_timer_heap *h, int64_t now);
+void node_timer_heap_free(struct node_timer_heap *h);
+
+#define NODE_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
 /* ---- proposals (node_prop.c) ---- */
 
 /* A proposal accepted by the core and not yet completed. It sits in a hash table by log index
@@ -31,8 +55,7 @@
  * completion: that is what makes completion exactly-once. */
 struct node_prop {
     uint64_t index, term;
-    int64_t deadline_ns; /* CLOCK_MONOTONIC; 0 = no timeout */
-    size_t heap_pos;     /* SIZE_MAX when not in the heap */
+    struct node_timer timer;
     raft_node_done_fn cb;
     void *arg;
     struct node_prop *next; /* hash chain */
@@ -41,8 +64,7 @@ struct node_prop {
 struct node_props {
     struct node_prop **buckets;
     size_t mask; /* buckets - 1, a power of two minus one */
-    struct node_prop **heap;
-    size_t n_heap, cap_heap;
+    struct node_timer_heap timers;
     size_t count;
 };
 
@@ -67,8 +89,7 @@ struct node_done_list {
 struct node_read {
     raft_node_read_fn cb;
     void *arg;
-    int64_t deadline_ns; /* 0 = no timeout */
-    size_t heap_pos;     /* SIZE_MAX when not in the heap */
+    struct node_timer timer;
     struct node_read_batch *batch;
     struct node_read *prev, *next;
 };
@@ -93,8 +114,7 @@ struct node_reads {
     struct node_read_batch *queued;  /* NULL = none */
     struct node_read_batch *round;   /* NULL = no round in flight (at most one) */
     struct node_read_batch *indexed; /* ascending index */
-    struct node_read **heap;
-    size_t n_heap, cap_heap;
+    struct node_timer_heap timers;
     size_t count;      /* reads waiting, in every state */
     uint64_t next_ctx; /* ids for raft_read_index */
     uint64_t rounds;   /* rounds started (raft_node_status.read_rounds) */

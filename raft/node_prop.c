@@ -41,7 +41,7 @@ void node_props_free(struct node_props *t)
 {
     /* Only called once every proposal has been completed (raft_node_stop fails them all). */
     free(t->buckets);
-    free(t->heap);
+    node_timer_heap_free(&t->timers);
     memset(t, 0, sizeof(*t));
 }
 
@@ -50,58 +50,11 @@ static size_t bucket_of(const struct node_props *t, uint64_t index)
     return (size_t)((index * 0x9E3779B97F4A7C15ull) >> 32) & t->mask;
 }
 
-static void heap_swap(struct node_props *t, size_t a, size_t b)
-{
-    struct node_prop *x = t->heap[a];
-    t->heap[a] = t->heap[b];
-    t->heap[b] = x;
-    t->heap[a]->heap_pos = a;
-    t->heap[b]->heap_pos = b;
-}
-
-static void heap_up(struct node_props *t, size_t i)
-{
-    while (i > 0) {
-        size_t up = (i - 1) / 2;
-        if (t->heap[up]->deadline_ns <= t->heap[i]->deadline_ns)
-            break;
-        heap_swap(t, i, up);
-        i = up;
-    }
-}
-
-static void heap_down(struct node_props *t, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < t->n_heap && t->heap[l]->deadline_ns < t->heap[m]->deadline_ns)
-            m = l;
-        if (r < t->n_heap && t->heap[r]->deadline_ns < t->heap[m]->deadline_ns)
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(t, i, m);
-        i = m;
-    }
-}
-
 static int props_insert(struct node_props *t, struct node_prop *p)
 {
-    if (p->deadline_ns) {
-        if (t->n_heap == t->cap_heap) {
-            size_t cap = t->cap_heap ? t->cap_heap * 2 : 64;
-            struct node_prop **h = realloc(t->heap, cap * sizeof(*h));
-            if (!h)
-                return RAFT_NODE_ENOMEM;
-            t->heap = h;
-            t->cap_heap = cap;
-        }
-        p->heap_pos = t->n_heap;
-        t->heap[t->n_heap++] = p;
-        heap_up(t, p->heap_pos);
-    } else {
-        p->heap_pos = SIZE_MAX;
-    }
+    int rc = node_timer_add(&t->timers, &p->timer);
+    if (rc)
+        return rc;
     size_t b = bucket_of(t, p->index);
     p->next = t->buckets[b];
     t->buckets[b] = p;
@@ -115,17 +68,7 @@ static void props_remove(struct node_props *t, struct node_prop *p)
     while (*pp != p)
         pp = &(*pp)->next;
     *pp = p->next;
-    if (p->heap_pos != SIZE_MAX) {
-        size_t i = p->heap_pos;
-        t->n_heap--;
-        if (i != t->n_heap) {
-            t->heap[i] = t->heap[t->n_heap];
-            t->heap[i]->heap_pos = i;
-            heap_down(t, i);
-            heap_up(t, i);
-        }
-        p->heap_pos = SIZE_MAX;
-    }
+    node_timer_remove(&t->timers, &p->timer);
     t->count--;
 }
 
@@ -187,8 +130,9 @@ void node_props_fail_all_locked(struct raft_node *n, int err, struct node_done_l
 void node_props_expire_locked(struct raft_node *n, int64_t now, struct node_done_list *out)
 {
     struct node_props *t = &n->props;
-    while (t->n_heap && t->heap[0]->deadline_ns <= now) {
-        struct node_prop *p = t->heap[0];
+    struct node_timer *due;
+    while ((due = node_timer_due(&t->timers, now))) {
+        struct node_prop *p = NODE_CONTAINER_OF(due, struct node_prop, timer);
         props_remove(t, p);
         done_push(out, p, RAFT_NODE_ETIMEDOUT, p->index, NULL);
     }
@@ -211,7 +155,7 @@ int raft_node_propose(struct raft_node *n, const void *data, size_t len, int tim
     p->cb = cb;
     p->arg = arg;
     if (timeout_ms > 0)
-        p->deadline_ns = node_now_ns() + (int64_t)timeout_ms * 1000000;
+        p->timer.deadline_ns = node_now_ns() + (int64_t)timeout_ms * 1000000;
 
     int rc;
     uint64_t hint = 0;

@@ -23,77 +23,6 @@
 
 #include "raft/node_int.h"
 
-/* ---- deadline heap ---- */
-
-static void heap_swap(struct node_reads *t, size_t a, size_t b)
-{
-    struct node_read *x = t->heap[a];
-    t->heap[a] = t->heap[b];
-    t->heap[b] = x;
-    t->heap[a]->heap_pos = a;
-    t->heap[b]->heap_pos = b;
-}
-
-static void heap_up(struct node_reads *t, size_t i)
-{
-    while (i > 0) {
-        size_t up = (i - 1) / 2;
-        if (t->heap[up]->deadline_ns <= t->heap[i]->deadline_ns)
-            break;
-        heap_swap(t, i, up);
-        i = up;
-    }
-}
-
-static void heap_down(struct node_reads *t, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < t->n_heap && t->heap[l]->deadline_ns < t->heap[m]->deadline_ns)
-            m = l;
-        if (r < t->n_heap && t->heap[r]->deadline_ns < t->heap[m]->deadline_ns)
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(t, i, m);
-        i = m;
-    }
-}
-
-static int heap_insert(struct node_reads *t, struct node_read *rd)
-{
-    rd->heap_pos = SIZE_MAX;
-    if (!rd->deadline_ns)
-        return 0;
-    if (t->n_heap == t->cap_heap) {
-        size_t cap = t->cap_heap ? t->cap_heap * 2 : 64;
-        struct node_read **h = realloc(t->heap, cap * sizeof(*h));
-        if (!h)
-            return RAFT_NODE_ENOMEM;
-        t->heap = h;
-        t->cap_heap = cap;
-    }
-    rd->heap_pos = t->n_heap;
-    t->heap[t->n_heap++] = rd;
-    heap_up(t, rd->heap_pos);
-    return 0;
-}
-
-static void heap_remove(struct node_reads *t, struct node_read *rd)
-{
-    if (rd->heap_pos == SIZE_MAX)
-        return;
-    size_t i = rd->heap_pos;
-    t->n_heap--;
-    if (i != t->n_heap) {
-        t->heap[i] = t->heap[t->n_heap];
-        t->heap[i]->heap_pos = i;
-        heap_down(t, i);
-        heap_up(t, i);
-    }
-    rd->heap_pos = SIZE_MAX;
-}
-
 /* ---- batches ---- */
 
 static struct node_read_batch *batch_new(void)
@@ -153,7 +82,7 @@ static void batch_complete(struct node_reads *t, struct node_read_batch *b, int 
     while (b->head) {
         struct node_read *rd = b->head;
         batch_unlink(b, rd);
-        heap_remove(t, rd);
+        node_timer_remove(&t->timers, &rd->timer);
         t->count--;
         done_push(out, rd, err, index);
     }
@@ -213,7 +142,7 @@ int raft_node_read_index(struct raft_node *n, int timeout_ms, raft_node_read_fn 
     rd->cb = cb;
     rd->arg = arg;
     if (timeout_ms > 0)
-        rd->deadline_ns = node_now_ns() + (int64_t)timeout_ms * 1000000;
+        rd->timer.deadline_ns = node_now_ns() + (int64_t)timeout_ms * 1000000;
 
     struct node_reads *t = &n->reads;
     int rc = 0;
@@ -230,14 +159,14 @@ int raft_node_read_index(struct raft_node *n, int timeout_ms, raft_node_read_fn 
         rc = RAFT_NODE_ENOTLEADER;
     else if (!t->queued && !(t->queued = batch_new()))
         rc = RAFT_NODE_ENOMEM;
-    else if ((rc = heap_insert(t, rd)) == 0) {
+    else if ((rc = node_timer_add(&t->timers, &rd->timer)) == 0) {
         batch_add(t->queued, rd);
         t->count++;
         rc = start_round_locked(n);
         if (rc) {
             /* No round was in flight, so this read is the only one queued: refuse it now. */
             batch_unlink(t->queued, rd);
-            heap_remove(t, rd);
+            node_timer_remove(&t->timers, &rd->timer);
             t->count--;
             free(t->queued);
             t->queued = NULL;
@@ -297,10 +226,11 @@ void node_reads_applied_locked(struct raft_node *n, struct node_read_done_list *
 void node_reads_expire_locked(struct raft_node *n, int64_t now, struct node_read_done_list *out)
 {
     struct node_reads *t = &n->reads;
-    while (t->n_heap && t->heap[0]->deadline_ns <= now) {
-        struct node_read *rd = t->heap[0];
+    struct node_timer *due;
+    while ((due = node_timer_due(&t->timers, now))) {
+        struct node_read *rd = NODE_CONTAINER_OF(due, struct node_read, timer);
         struct node_read_batch *b = rd->batch;
-        heap_remove(t, rd);
+        node_timer_remove(&t->timers, &rd->timer);
         batch_unlink(b, rd);
         t->count--;
         done_push(out, rd, RAFT_NODE_ETIMEDOUT, 0);
@@ -347,6 +277,6 @@ void node_reads_free(struct node_reads *t)
         t->indexed = b->next;
         free(b);
     }
-    free(t->heap);
+    node_timer_heap_free(&t->timers);
     memset(t, 0, sizeof(*t));
 }
