@@ -47,31 +47,42 @@ static void fail(struct rpc_call *call, int code, const char *msg)
     rpc_call_fail(call, (grpc_status_code)code, msg);
 }
 
-/* A node error as etcd would say it. */
-static void fail_node(struct rpc_call *call, int err)
+/* A node error as etcd would say it: the gRPC code and message for the client. */
+static void node_error(int err, int *code, const char **msg)
 {
+    *code = GRPC_STATUS_UNAVAILABLE;
     switch (err) {
     case RAFT_NODE_ENOTLEADER:
-        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+        *msg = ERR_NO_LEADER;
         break;
     case RAFT_NODE_EBUSY:
-        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_TOO_MANY);
+        *code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        *msg = ERR_TOO_MANY;
         break;
     case RAFT_NODE_ETIMEDOUT:
-        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_TIMEOUT);
+        *msg = ERR_TIMEOUT;
         break;
     case RAFT_NODE_ELOST:
-        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_LEADER_CHANGED);
+        *msg = ERR_LEADER_CHANGED;
         break;
     case RAFT_NODE_ETOOBIG:
-        fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE);
+        *code = GRPC_STATUS_INVALID_ARGUMENT;
+        *msg = ERR_TOO_LARGE;
         break;
     case RAFT_NODE_ESHUTDOWN:
-        fail(call, GRPC_STATUS_UNAVAILABLE, ERR_STOPPED);
+        *msg = ERR_STOPPED;
         break;
     default:
-        fail(call, GRPC_STATUS_UNAVAILABLE, raft_node_strerror(err));
+        *msg = raft_node_strerror(err);
     }
+}
+
+static void fail_node(struct rpc_call *call, int err)
+{
+    int code;
+    const char *msg;
+    node_error(err, &code, &msg);
+    fail(call, code, msg);
 }
 
 static void fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
@@ -516,30 +527,11 @@ static void reply_forward(struct rpc_call *call, int code, const char *msg, cons
 /* Node errors in the client's terms, for the follower to relay. */
 static void reply_forward_error(struct rpc_call *call, int err)
 {
-    int code = GRPC_STATUS_UNAVAILABLE;
-    const char *msg = raft_node_strerror(err);
-    switch (err) {
-    case RAFT_NODE_ENOTLEADER:
+    int code;
+    const char *msg;
+    node_error(err, &code, &msg);
+    if (err == RAFT_NODE_ENOTLEADER)
         msg = ERR_LEADER_CHANGED; /* it was leader when the follower asked */
-        break;
-    case RAFT_NODE_EBUSY:
-        code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        msg = ERR_TOO_MANY;
-        break;
-    case RAFT_NODE_ETIMEDOUT:
-        msg = ERR_TIMEOUT;
-        break;
-    case RAFT_NODE_ELOST:
-        msg = ERR_LEADER_CHANGED;
-        break;
-    case RAFT_NODE_ETOOBIG:
-        code = GRPC_STATUS_INVALID_ARGUMENT;
-        msg = ERR_TOO_LARGE;
-        break;
-    case RAFT_NODE_ESHUTDOWN:
-        msg = ERR_STOPPED;
-        break;
-    }
     reply_forward(call, code, msg, NULL, 0, 0, 0);
 }
 
