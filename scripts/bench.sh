@@ -19,7 +19,8 @@
 # during a run, over its successful operations), steadier than ops/s on a shared machine.
 # Defaults: 5 s x 3 rounds, about 4 minutes in all on 2 cores. Everything (certificates, data,
 # logs, raw JSON results) lives in a temporary directory removed at the end unless --keep DIR.
-# Environment: BAZEL_STARTUP (e.g. --output_base=...) is passed to bazel before its command.
+# Environment: BAZEL_STARTUP (e.g. --output_base=...) is passed to bazel before its command;
+# BENCH_PORT_OFFSET (e.g. 100) shifts every port, so two benchmarks can run side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -78,8 +79,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Ports: craft 4x379/4x380, etcd 5x379/5x380 (x = 1, 2, 3), loopback only.
-craft_client=(41379 42379 43379) craft_peer=(41380 42380 43380)
-etcd_client=(51379 52379 53379) etcd_peer=(51380 52380 53380)
+# BENCH_PORT_OFFSET (default 0) shifts them all, so two benchmarks can run on one machine.
+o=${BENCH_PORT_OFFSET:-0}
+craft_client=($((41379 + o)) $((42379 + o)) $((43379 + o)))
+craft_peer=($((41380 + o)) $((42380 + o)) $((43380 + o)))
+etcd_client=($((51379 + o)) $((52379 + o)) $((53379 + o)))
+etcd_peer=($((51380 + o)) $((52380 + o)) $((53380 + o)))
 for p in "${craft_client[@]}" "${craft_peer[@]}" "${etcd_client[@]}" "${etcd_peer[@]}"; do
     if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then die "port $p is in use"; fi
 done
