@@ -20,7 +20,8 @@
 # Defaults: 5 s x 3 rounds, about 4 minutes in all on 2 cores. Everything (certificates, data,
 # logs, raw JSON results) lives in a temporary directory removed at the end unless --keep DIR.
 # Environment: BAZEL_STARTUP (e.g. --output_base=...) is passed to bazel before its command;
-# BENCH_PORT_OFFSET (e.g. 100) shifts every port, so two benchmarks can run side by side.
+# BENCH_PORT_OFFSET (e.g. 100) shifts every port, so two benchmarks can run side by side;
+# CRAFTD_FLAGS (e.g. "--backend-sync-interval 0") adds flags to every craftd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -118,7 +119,7 @@ start_craft() {
             --initial-cluster "$craft_cluster" --initial-cluster-token craft-bench \
             --cert-file "$c/$n.pem" --key-file "$c/$n-key.pem" --trusted-ca-file "$c/ca.pem" \
             --peer-cert-file "$c/$n.pem" --peer-key-file "$c/$n-key.pem" \
-            --peer-trusted-ca-file "$c/ca.pem" >"$dir/craft-$n.log" 2>&1 &
+            --peer-trusted-ca-file "$c/ca.pem" ${CRAFTD_FLAGS:-} >"$dir/craft-$n.log" 2>&1 &
         pids+=($!)
         disown $!
         echo $! >"$dir/craft-$n.pid"

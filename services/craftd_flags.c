@@ -59,6 +59,7 @@ static const struct flag flags[] = {
     {"max-inflight-bytes", UINT, U8(max_inflight_bytes), 1024, 1ull << 34, "16777216", "payload bytes in flight per follower"},
     {"max-pending", UINT, U4(max_pending), 1, 1u << 24, "65536", "writes accepted but not yet applied"},
     {"wal-segment-bytes", UINT, U8(wal_segment_bytes), 1u << 16, 1ull << 32, "67108864", "log segment size"},
+    {"backend-sync-interval", UINT, U4(backend_sync_ms), 0, 60000, "100", "ms the KV store may hold applied writes unsynced (the log has them; 0 = sync every batch)"},
     {"peer-send-timeout", UINT, U4(peer_send_timeout_ms), 1, 60000, "50", "ms a replicator waits for room in a peer's stream"},
     {"server-threads", UINT, U4(server_threads), 1, 64, "2", "gRPC completion-queue threads per listener"},
 };
@@ -174,6 +175,7 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_inflight_bytes = 16u << 20;
     cfg->max_pending = 65536;
     cfg->wal_segment_bytes = 64u << 20;
+    cfg->backend_sync_ms = 100;
     cfg->peer_send_timeout_ms = 50;
     cfg->server_threads = 2;
     raw.listen_client = "https://127.0.0.1:2379";

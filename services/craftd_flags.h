@@ -43,6 +43,7 @@ struct craftd_config {
     uint64_t max_inflight_bytes;
     uint32_t max_pending;
     uint64_t wal_segment_bytes;
+    unsigned backend_sync_ms; /* 0 = sync the KV store with every applied batch */
     unsigned peer_send_timeout_ms;
     unsigned server_threads;
 

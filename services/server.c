@@ -146,12 +146,16 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
                  strerror(errno));
         goto fail;
     }
-    struct kv_store_opts ko = {.map_size = cfg->quota_backend_bytes};
+    struct kv_store_opts ko = {.map_size = cfg->quota_backend_bytes,
+                               .sync_every_batch = cfg->backend_sync_ms == 0,
+                               .sync_interval_ms = cfg->backend_sync_ms};
     s->store = kv_store_open(kv_dir, &ko, sub, sizeof sub);
     if (!s->store) {
         snprintf(err, errlen, "KV store %s: %s", kv_dir, sub);
         goto fail;
     }
+    if (*kv_store_open_note(s->store))
+        logf_(s, "kv store %s: %s", kv_dir, kv_store_open_note(s->store));
     struct peer_config pc = {
         .cluster = &cfg->cluster,
         .self_id = cfg->self_id,

@@ -14,4 +14,14 @@ int kv_validate_txn_limits(const Etcdserverpb__TxnRequest *r, unsigned max_txn_o
 /* kv_check_txn_wire for a log command's bytes (a Command holding a TxnRequest). */
 int kv_check_cmd_wire(const void *data, size_t len, struct kv_err *err);
 
+/* kv_mark.c: kv.state, which says whether the store may hold writes not yet synced (kv_store.h
+ * "Durability"). */
+enum kv_mark { KV_MARK_NONE, KV_MARK_CLEAN, KV_MARK_DIRTY, KV_MARK_BAD };
+/* This boot of the machine (/proc/sys/kernel/random/boot_id). 0 or -1. */
+int kv_boot_id(char *buf, size_t len);
+/* KV_MARK_DIRTY fills boot with the boot id it names; BAD = unreadable or not ours. */
+enum kv_mark kv_mark_read(const char *dir, char *boot, size_t len);
+/* Durably replaces the mark: "dirty since boot" (boot non-NULL) or "clean". 0 or an errno. */
+int kv_mark_write(const char *dir, const char *boot);
+
 #endif

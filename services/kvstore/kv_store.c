@@ -9,12 +9,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "services/kvstore/kv_internal.h"
@@ -32,6 +34,19 @@ struct kv_store {
     _Atomic uint64_t applied; /* read by any thread */
     int64_t rev, compact;     /* owned by the applier thread (and open) */
     uint64_t fail_at;
+    char dir[4096];
+    char note[200];            /* what open had to do, for the operator; "" = nothing */
+
+    /* Background sync (kv_store.h "Durability"); lazy = commits do not fdatasync. */
+    bool lazy;
+    unsigned sync_ms;
+    pthread_t syncer;
+    bool syncer_started, sync_init;
+    char boot[80];             /* this boot's id ("" = unknown) */
+    pthread_mutex_t sync_mu;
+    pthread_cond_t sync_cv;
+    bool stopping;             /* sync_mu */
+    _Atomic int sync_err;      /* sticky: a failed sync stops apply (fail-stop, like the WAL) */
 };
 
 /* ---- little-endian records ---- */
@@ -1067,6 +1082,8 @@ static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t 
                      struct raft_fsm_result *results)
 {
     struct kv_store *s = ctx;
+    if (atomic_load(&s->sync_err))
+        return -EIO; /* the store's writes may not reach the disk: stop, the log has them */
     uint64_t applied = atomic_load(&s->applied);
     /* The runtime never repeats an applied entry; if it did, applying twice would corrupt
      * the revisions, so such entries only get an error. */
@@ -1237,11 +1254,118 @@ static struct kv_store *open_fail(struct kv_store *s, char *err, size_t errlen, 
 {
     if (err && errlen)
         snprintf(err, errlen, "kv store %s: %s: %s", dir, what, why);
+    if (s->syncer_started) {
+        pthread_mutex_lock(&s->sync_mu);
+        s->stopping = true;
+        pthread_cond_signal(&s->sync_cv);
+        pthread_mutex_unlock(&s->sync_mu);
+        pthread_join(s->syncer, NULL);
+    }
     if (s->env)
         mdb_env_close(s->env);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
+    if (s->sync_init) {
+        pthread_mutex_destroy(&s->sync_mu);
+        pthread_cond_destroy(&s->sync_cv);
+    }
     free(s);
+    return NULL;
+}
+
+/* ---- durability (kv_store.h "Durability", kv_mark.c) ---- */
+
+/* Before LMDB opens the files: a store left dirty by another boot of the machine may be torn
+ * (its writes were never synced, and the kernel wrote them back in no particular order), so it
+ * is removed and the node rebuilds it from the Raft log (applied index 0). Returns NULL, or why
+ * the files could not be removed. Sets s->lazy, s->boot and s->note. */
+static const char *distrust_after_machine_crash(struct kv_store *s, const struct kv_store_opts *o)
+{
+    char last[80] = "";
+    s->lazy = !o->sync_every_batch;
+    if (o->boot_id)
+        snprintf(s->boot, sizeof s->boot, "%s", o->boot_id);
+    else if (kv_boot_id(s->boot, sizeof s->boot) != 0)
+        s->boot[0] = 0;
+    if (!s->boot[0] && s->lazy) {
+        /* Without a boot id the two kinds of crash look alike: sync every batch instead. */
+        s->lazy = false;
+        snprintf(s->note, sizeof s->note,
+                 "no boot id in /proc: syncing every applied batch (slower writes)");
+    }
+    enum kv_mark m = kv_mark_read(s->dir, last, sizeof last);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/data.mdb", s->dir);
+    struct stat st;
+    bool trust = stat(path, &st) != 0 || m == KV_MARK_NONE || m == KV_MARK_CLEAN ||
+                 /* only the process died: the page cache kept every write, in order */
+                 (m == KV_MARK_DIRTY && s->boot[0] && !strcmp(s->boot, last));
+    /* (NONE with a data file: a store from before kv.state, which synced every batch.) */
+    if (!trust) {
+        if (unlink(path) != 0)
+            return strerror(errno);
+        snprintf(path, sizeof path, "%s/lock.mdb", s->dir);
+        if (unlink(path) != 0 && errno != ENOENT)
+            return strerror(errno);
+        snprintf(s->note, sizeof s->note, "%s: store discarded, rebuilding it from the Raft log",
+                 m == KV_MARK_BAD ? "kv.state is unreadable"
+                                  : "the machine restarted while the store held unsynced writes");
+    }
+    /* Dirty, durably, before LMDB's first unsynced commit (open itself commits). */
+    int rc = s->lazy ? kv_mark_write(s->dir, s->boot) : 0;
+    return rc ? strerror(rc) : NULL;
+}
+
+static void *syncer_main(void *arg)
+{
+    struct kv_store *s = arg;
+    uint64_t synced = atomic_load(&s->applied);
+    pthread_mutex_lock(&s->sync_mu);
+    while (!s->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += (long)(s->sync_ms % 1000) * 1000000L;
+        ts.tv_sec += s->sync_ms / 1000 + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->sync_cv, &s->sync_mu, &ts);
+        uint64_t applied = atomic_load(&s->applied);
+        if (s->stopping || applied == synced || atomic_load(&s->sync_err))
+            continue;
+        pthread_mutex_unlock(&s->sync_mu);
+        int rc = mdb_env_sync(s->env, 1);
+        pthread_mutex_lock(&s->sync_mu);
+        if (rc)
+            atomic_store(&s->sync_err, rc);
+        else
+            synced = applied;
+    }
+    pthread_mutex_unlock(&s->sync_mu);
+    return NULL;
+}
+
+/* After a successful open. Every batch: sync what an earlier lazy run may have left in the
+ * page cache, then mark the store clean (every later commit syncs). Lazy: start the syncer.
+ * NULL or why not. */
+static const char *start_syncing(struct kv_store *s)
+{
+    if (!s->lazy) {
+        int rc = mdb_env_sync(s->env, 1);
+        if (rc)
+            return mdb_strerror(rc);
+        rc = kv_mark_write(s->dir, NULL);
+        return rc ? strerror(rc) : NULL;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->sync_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&s->sync_mu, NULL);
+    s->sync_init = true;
+    if (pthread_create(&s->syncer, NULL, syncer_main, s) != 0)
+        return "cannot start the sync thread";
+    pthread_setname_np(s->syncer, "kv-sync");
+    s->syncer_started = true;
     return NULL;
 }
 
@@ -1260,6 +1384,9 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
         return open_fail(s, err, errlen, "", "open", "no directory given");
     if (!o.map_size)
         o.map_size = KV_DEFAULT_MAP_SIZE;
+    s->sync_ms = o.sync_interval_ms ? o.sync_interval_ms : KV_DEFAULT_SYNC_MS;
+    if (s->sync_ms > KV_MAX_SYNC_MS)
+        return open_fail(s, err, errlen, dir, "sync interval", "must be at most 60000 ms");
     if (o.map_size < (64u << 10) || o.map_size > ((uint64_t)1 << 44))
         return open_fail(s, err, errlen, dir, "map size", "must be between 64 KiB and 16 TiB");
     if (!o.max_readers)
@@ -1281,6 +1408,10 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
         return open_fail(s, err, errlen, dir, "kv.lock",
                          errno == EWOULDBLOCK ? "locked: the store is open elsewhere"
                                               : strerror(errno));
+    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    const char *why = distrust_after_machine_crash(s, &o);
+    if (why)
+        return open_fail(s, err, errlen, dir, "discard unsynced store", why);
     int rc;
     if ((rc = mdb_env_create(&s->env)))
         return open_fail(s, err, errlen, dir, "mdb_env_create", mdb_strerror(rc));
@@ -1289,12 +1420,13 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
         (rc = mdb_env_set_maxdbs(s->env, 4)))
         return open_fail(s, err, errlen, dir, "configure", mdb_strerror(rc));
     /* MDB_NOTLS: read transactions are not tied to threads (gRPC handlers hop threads).
-     * MDB_NOMETASYNC: one fdatasync per applied batch instead of two (data, then meta page).
-     * LMDB keeps its integrity; a system crash may undo the last transaction, and the applied
-     * index stored in it rolls back with it, so the node replays those entries from the Raft
-     * log, which made them durable first. (Log compaction must sync the store before dropping
-     * entries: docs/kv.md.) */
-    if ((rc = mdb_env_open(s->env, dir, MDB_NOTLS | MDB_NOMETASYNC, 0600))) {
+     * Lazy (the default): MDB_NOSYNC, commits only reach the page cache and the syncer thread
+     * flushes them; the reply to a write then waits for one fdatasync (the Raft log's), not two.
+     * Every batch: MDB_NOMETASYNC, one fdatasync per batch (data; the meta page rides on the
+     * next). Either way the applied index is stored in the batch's own transaction, so whatever
+     * the store lost is replayed from the Raft log, which made it durable first. */
+    unsigned flags = MDB_NOTLS | (s->lazy ? MDB_NOSYNC : MDB_NOMETASYNC);
+    if ((rc = mdb_env_open(s->env, dir, flags, 0600))) {
         const char *why = rc == MDB_INVALID ? "data.mdb is not an LMDB file (corrupt?)"
                                             : mdb_strerror(rc);
         return open_fail(s, err, errlen, dir, "open data.mdb", why);
@@ -1338,6 +1470,8 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
     s->fail_at = o.fail_at_index;
     s->fsm = (struct raft_fsm){s, fsm_apply, fsm_applied_index, fsm_snapshot_write,
                                fsm_snapshot_restore};
+    if ((why = start_syncing(s)))
+        return open_fail(s, err, errlen, dir, "start syncing", why);
     return s;
 }
 
@@ -1345,9 +1479,26 @@ void kv_store_close(struct kv_store *s)
 {
     if (!s)
         return;
+    if (s->syncer_started) {
+        pthread_mutex_lock(&s->sync_mu);
+        s->stopping = true;
+        pthread_cond_signal(&s->sync_cv);
+        pthread_mutex_unlock(&s->sync_mu);
+        pthread_join(s->syncer, NULL);
+    }
+    /* A clean close: everything on disk, so the next open trusts the store whatever happens to
+     * the machine in between. */
+    if (s->lazy && !atomic_load(&s->sync_err) && mdb_env_sync(s->env, 1) == 0)
+        kv_mark_write(s->dir, NULL);
     mdb_env_close(s->env);
     close(s->lock_fd);
+    if (s->sync_init) {
+        pthread_mutex_destroy(&s->sync_mu);
+        pthread_cond_destroy(&s->sync_cv);
+    }
     free(s);
 }
+
+const char *kv_store_open_note(const struct kv_store *s) { return s->note; }
 
 struct raft_fsm *kv_store_fsm(struct kv_store *s) { return &s->fsm; }

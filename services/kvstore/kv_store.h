@@ -10,10 +10,22 @@
  *   and nested requests under one revision; Compact. There is no multi-version history yet: a
  *   read at 0 < revision < current gets "required revision has been compacted".
  * - Storage: one LMDB environment in `dir` (data.mdb, lock.mdb, plus kv.lock, an flock that
- *   keeps a second process or a second open in this process out). Each apply() call is one
+ *   keeps a second process or a second open in this process out, and kv.state, below). Each apply() call is one
  *   LMDB write transaction that also stores the applied index, the revision and the compacted
  *   revision, so after a restart applied_index() is exact and the runtime replays only the log
  *   tail; a batch is all or nothing. The data can exceed RAM (LMDB is mmap'd).
+ * - Durability: the Raft log makes entries durable before they commit, so the store need
+ *   not sync before a write is answered. By default apply() commits without fdatasync (LMDB
+ *   MDB_NOSYNC: visible to readers at once, on disk later) and a background thread syncs every
+ *   sync_interval_ms; a write's reply then waits for one fdatasync, the log's. A process crash
+ *   loses nothing (the page cache keeps every write, in order; the applied index is in the
+ *   same transaction). A *machine* crash may leave the file torn, since ext4 does not keep
+ *   write order: the file kv.state says "dirty since boot <id>" while unsynced commits may
+ *   exist and "clean" after close's final sync, and open discards a store left dirty by
+ *   another boot (or with an unreadable kv.state) and starts empty at applied index 0, so the
+ *   node replays the log from its first entry (kv_store_open_note says so). That relies on the
+ *   log still starting at index 1; log compaction will have to keep a synced snapshot of the
+ *   store to rebuild from instead. sync_every_batch restores one fdatasync per batch.
  * - Results: every applied entry gets raft_fsm_result.code = a gRPC status code (0 = OK) and
  *   data = a packed craft.kv.Result (services/proto/etcd/kvcmd.proto) with the etcd response
  *   or etcd's error message. Bad commands (undecodable bytes, invalid requests, unknown enum
@@ -83,6 +95,8 @@ enum {
 #define KV_MAX_TXN_DEPTH 256    /* nesting bound of Txn inside Txn (etcd has none) */
 #define KV_DEFAULT_MAX_TXN_OPS 128
 #define KV_DEFAULT_MAP_SIZE (2ull << 30) /* etcd's default --quota-backend-bytes */
+#define KV_DEFAULT_SYNC_MS 100 /* like etcd's --backend-batch-interval */
+#define KV_MAX_SYNC_MS 60000
 
 struct kv_err {
     int code;      /* gRPC status code; 0 = OK */
@@ -95,6 +109,13 @@ struct kv_store_opts {
     uint64_t map_size;
     /* Concurrent read transactions (readers in flight); 0 = 512. */
     unsigned max_readers;
+    /* Durability (see "Durability" above). false: applied batches are synced in the
+     * background every sync_interval_ms (0 = 100 ms, at most 60,000); true: every batch's
+     * commit waits for its fdatasync. */
+    bool sync_every_batch;
+    unsigned sync_interval_ms;
+    /* Tests only: the machine's boot id to assume (NULL = /proc/sys/kernel/random/boot_id). */
+    const char *boot_id;
     /* Tests only: apply() fails with -EIO when it reaches the entry with this index, after
      * having applied the entries before it in the same (then aborted) transaction. 0 = off. */
     uint64_t fail_at_index;
@@ -107,7 +128,11 @@ struct kv_store;
  * by another user, unwritable, or the options are invalid. opts may be NULL (defaults). */
 struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts, char *err,
                                size_t errlen);
+/* Syncs, marks the store clean and closes it. */
 void kv_store_close(struct kv_store *s);
+/* What open had to do that the operator should hear about (one line; "" = nothing), e.g. a
+ * store discarded after a machine crash, to be rebuilt from the Raft log. */
+const char *kv_store_open_note(const struct kv_store *s);
 /* The fsm table over s (valid while s lives). Snapshots are not implemented yet (-ENOSYS). */
 struct raft_fsm *kv_store_fsm(struct kv_store *s);
 
