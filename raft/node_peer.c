@@ -14,6 +14,8 @@
  * term and commit index, and Raft tolerates loss - a follower that misses appends rejects the
  * next one (or the leader sees no progress for two heartbeats) and the core re-probes it from its
  * match index (raft_append.c). */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -190,6 +192,9 @@ int node_peers_start(struct raft_node *n)
         if (pthread_create(&p->thread, NULL, replicator_main, p) != 0)
             return RAFT_NODE_ENOMEM;
         p->started = true;
+        char name[16];
+        snprintf(name, sizeof name, "raft-rep-%" PRIx64, p->id & 0xffff);
+        pthread_setname_np(p->thread, name);
     }
     return 0;
 }

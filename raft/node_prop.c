@@ -423,5 +423,8 @@ static void *applier_main(void *arg)
 
 int node_applier_start(struct raft_node *n)
 {
-    return pthread_create(&n->applier, NULL, applier_main, n) ? RAFT_NODE_ENOMEM : 0;
+    if (pthread_create(&n->applier, NULL, applier_main, n))
+        return RAFT_NODE_ENOMEM;
+    pthread_setname_np(n->applier, "raft-apply");
+    return 0;
 }

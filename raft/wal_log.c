@@ -1345,8 +1345,10 @@ int wal_open(struct wal **out, const char *dir, const struct wal_options *opts, 
         w->last_term = w->durable_term = term_of(w, last);
         if (pthread_create(&w->writer, NULL, writer_main, w) != 0)
             rc = seterr(-EAGAIN, "cannot start the writer thread");
-        else
+        else {
             w->writer_started = 1;
+            pthread_setname_np(w->writer, "wal-writer");
+        }
     }
     if (rc != 0) {
         if (err && errlen)

@@ -895,6 +895,7 @@ int rpc_server_start(struct rpc_server *srv)
             fprintf(stderr, "rpc: cannot start server thread %d\n", i);
             return RPC_ENOMEM;
         }
+        pthread_setname_np(srv->w[i].th, "rpc-server");
         srv->nstarted++;
         for (int k = 0; k < ACCEPTS_PER_THREAD; k++)
             request_one(&srv->w[i]);
