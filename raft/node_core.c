@@ -2,8 +2,15 @@
  * hand-off to the write-ahead log), the ticker thread, and the small entry points (step, status,
  * transfer). Proposals and the applier live in node_prop.c, the replicators in node_peer.c.
  *
- * The driver is the only thread that calls raft_ready()/raft_advance() and the only one that does
- * storage work. Per ready it:
+ * Who drives: one thread at a time calls raft_ready()/raft_advance() and does the storage work;
+ * it holds the right to drive (n->driving). To keep thread wake-ups off the commit path, the
+ * thread that gives the core work drives it itself when nobody else is: the transport thread that
+ * delivers a message (raft_node_step), the proposer, the ticker, and the WAL writer once entries
+ * are durable (its callback reports raft_persisted() and sends the acks at once). Such inline
+ * drivers never block: a ready whose storage could wait (a full WAL queue, a truncation, a hard
+ * state write, or anything from the WAL writer's own thread) is handed with the right to drive to
+ * the driver thread, which may wait; an inline driver also hands over after NODE_INLINE_READIES
+ * readies so that no caller is kept long. Per ready the driver:
  *   1. takes the ready under n->mu, notes the committed range for the applier, releases n->mu;
  *   2. copies the messages into the per-peer outboxes: they leave at once, before this ready's
  *      write is durable. That is the leader's parallel write of thesis §10.2.1; the core holds back
@@ -12,8 +19,7 @@
  *      the hard state (synchronous write+fsync), then wal_append of the entries (a non-blocking
  *      enqueue; the WAL's writer thread makes them durable with group commit);
  *   4. records (persist_seq, last index written) and calls raft_advance().
- * The WAL's on_durable callback only bumps a counter and wakes the driver, which then reports
- * raft_persisted() for every record whose entries are now durable. */
+ * Whoever drives next reports raft_persisted() for every record whose entries are now durable. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -32,6 +38,12 @@
 #define NODE_WAL_CHUNK 1024
 #define NODE_WAL_CHUNK_BYTES (16u << 20)
 #define NODE_MAX_ENTRY_BYTES (32u << 20)
+
+/* Readies an inline driver (a caller's thread) takes before leaving the rest to the driver thread. */
+#define NODE_INLINE_READIES 4
+
+/* store_ready: the rest of this ready's storage must be done by a thread that may wait. */
+#define NODE_HANDOFF 1
 
 const char *raft_node_strerror(int code)
 {
@@ -128,7 +140,9 @@ static void node_on_durable(void *arg, uint64_t index, uint64_t term, int err)
         snprintf(what, sizeof what, "log write failed: %s", strerror(-err));
         node_fail_locked(n, RAFT_NODE_EIO, what);
     }
-    pthread_cond_signal(&n->driver_cv);
+    if (n->wal_waiting)
+        pthread_cond_signal(&n->driver_cv); /* the driver thread waits for room in the queue */
+    node_kick_locked(n, NODE_DRIVE_NOSTORE);
     pthread_mutex_unlock(&n->mu);
 }
 
@@ -173,10 +187,12 @@ static int precs_push(struct raft_node *n, uint64_t seq, uint64_t need)
 }
 
 /* Enqueue entries with the WAL, waiting (not spinning, not dropping) while its queue is full:
- * back-pressure from the disk reaches the core because the driver stops taking readies. */
-static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_t cnt)
+ * back-pressure from the disk reaches the core because the driver stops taking readies. Without
+ * may_wait, a full queue returns NODE_HANDOFF instead, *done entries having been enqueued. */
+static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_t cnt,
+                          size_t *donep, bool may_wait, bool direct)
 {
-    size_t done = 0;
+    size_t done = *donep;
     while (done < cnt) {
         size_t k = 0, bytes = 0;
         while (done + k < cnt && k < NODE_WAL_CHUNK &&
@@ -185,11 +201,21 @@ static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_
         pthread_mutex_lock(&n->mu);
         uint64_t gen = n->durable_gen;
         pthread_mutex_unlock(&n->mu);
-        int rc = wal_append(n->w, e + done, k);
+        /* direct: an idle log is written in this thread (wal_append_now), one chunk at most. */
+        int rc = direct && done == 0 && k == cnt ? wal_append_now(n->w, e, k)
+                                                 : wal_append(n->w, e + done, k);
+        if (rc == 1)
+            rc = 0;
+        if (rc == -EAGAIN && !may_wait) {
+            *donep = done;
+            return NODE_HANDOFF;
+        }
         if (rc == -EAGAIN) {
             pthread_mutex_lock(&n->mu);
+            n->wal_waiting = true;
             while (n->durable_gen == gen && !n->stopping && !n->fatal)
                 pthread_cond_wait(&n->driver_cv, &n->mu);
+            n->wal_waiting = false;
             bool quit = n->stopping || n->fatal;
             pthread_mutex_unlock(&n->mu);
             if (quit)
@@ -206,7 +232,9 @@ static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_
             return RAFT_NODE_EIO;
         }
         done += k;
+        n->wal_last = e[done - 1].index;
     }
+    *donep = done;
     return 0;
 }
 
@@ -214,10 +242,20 @@ static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_
  * log), hard state, entries. The hard state goes before the entries so the log on disk never
  * holds a term above the saved currentTerm (raft_new refuses such a log); it is synchronous, so
  * once the WAL reports the entries durable the whole ready is. On success *need is the index the
- * WAL must report durable. */
-static int store_ready(struct raft_node *n, const struct raft_ready *rd, uint64_t *need)
+ * WAL must report durable. *done counts the entries already enqueued (a ready handed over midway
+ * resumes there; truncation and hard state then happened already). Without may_wait, returns
+ * NODE_HANDOFF at the first step that could block. */
+static bool ready_needs_wait(const struct raft_node *n, const struct raft_ready *rd)
 {
-    if (rd->truncate_from && rd->truncate_from <= n->wal_last) {
+    return rd->hs_changed || (rd->truncate_from && rd->truncate_from <= n->wal_last);
+}
+
+static int store_ready(struct raft_node *n, const struct raft_ready *rd, uint64_t *need,
+                       size_t *done, bool may_wait, bool direct)
+{
+    if (*done == 0 && ready_needs_wait(n, rd) && !may_wait)
+        return NODE_HANDOFF;
+    if (*done == 0 && rd->truncate_from && rd->truncate_from <= n->wal_last) {
         if (wal_truncate_suffix(n->w, rd->truncate_from)) {
             char what[300];
             snprintf(what, sizeof what, "wal_truncate_suffix %" PRIu64 ": %s", rd->truncate_from,
@@ -234,7 +272,7 @@ static int store_ready(struct raft_node *n, const struct raft_ready *rd, uint64_
             if (n->precs[i].need > n->wal_last)
                 n->precs[i].need = n->wal_last;
     }
-    if (rd->hs_changed && wal_save_hard_state(n->w, &rd->hs)) {
+    if (*done == 0 && rd->hs_changed && wal_save_hard_state(n->w, &rd->hs)) {
         char what[300];
         snprintf(what, sizeof what, "wal_save_hard_state: %s", wal_errmsg());
         pthread_mutex_lock(&n->mu);
@@ -243,13 +281,106 @@ static int store_ready(struct raft_node *n, const struct raft_ready *rd, uint64_
         return RAFT_NODE_EIO;
     }
     if (rd->n_entries) {
-        int rc = wal_append_all(n, rd->entries, rd->n_entries);
+        int rc = wal_append_all(n, rd->entries, rd->n_entries, done, may_wait, direct);
         if (rc)
             return rc;
-        n->wal_last = rd->entries[rd->n_entries - 1].index;
     }
     *need = n->wal_last;
     return 0;
+}
+
+/* n->mu held, n->driving ours. Takes and processes one ready; returns false when there was
+ * none, or when its storage was handed to the driver thread (the right to drive went with it). */
+static bool drive_once_locked(struct raft_node *n, enum node_drive_mode mode, bool direct)
+{
+    persist_progress_locked(n);
+    if (n->stopping || n->fatal || !raft_has_ready(n->r))
+        return false;
+    struct raft_ready rd;
+    int rc = raft_ready(n->r, &rd);
+    if (rc) {
+        /* Out of memory inside the core; it may already have taken the storage part, so
+         * continuing could acknowledge what was never written. Stop writes instead. */
+        raft_advance(n->r, &rd);
+        node_fail_locked(n, RAFT_NODE_ENOMEM, "raft_ready failed: out of memory");
+        return false;
+    }
+    if (rd.n_committed) {
+        n->apply_to = rd.committed[rd.n_committed - 1].index;
+        pthread_cond_signal(&n->apply_cv);
+    }
+    struct node_read_done_list rl = {0};
+    if (rd.n_read_states || n->reads.queued)
+        node_reads_on_ready_locked(n, &rd, &rl);
+    bool role_changed =
+        rd.role != n->rep_role || rd.term != n->rep_term || rd.leader_id != n->rep_leader;
+    n->rep_role = rd.role;
+    n->rep_term = rd.term;
+    n->rep_leader = rd.leader_id;
+    pthread_mutex_unlock(&n->mu);
+
+    /* Messages first: none of them waits for this ready's write (see the file comment). */
+    node_route_msgs(n, &rd);
+    node_read_done_run(&rl);
+    if (role_changed && n->cfg.on_role)
+        n->cfg.on_role(n->cfg.on_role_arg, n->cfg.id, rd.role, rd.term, rd.leader_id);
+    uint64_t need = 0;
+    size_t done = 0;
+    int src = 0;
+    if (rd.persist_seq)
+        src = mode == NODE_DRIVE_NOSTORE
+                  ? NODE_HANDOFF
+                  : store_ready(n, &rd, &need, &done, mode == NODE_DRIVE_THREAD, direct);
+
+    pthread_mutex_lock(&n->mu);
+    if (src == NODE_HANDOFF) {
+        n->handoff = rd;
+        n->handoff_done = done;
+        n->has_handoff = true;
+        pthread_cond_signal(&n->driver_cv);
+        return false;
+    }
+    if (rd.persist_seq && src == 0 && precs_push(n, rd.persist_seq, need))
+        node_fail_locked(n, RAFT_NODE_ENOMEM, "out of memory tracking writes");
+    raft_advance(n->r, &rd);
+    return true;
+}
+
+void node_kick_locked(struct raft_node *n, enum node_drive_mode mode)
+{
+    if (n->driving || n->stopping || n->fatal)
+        return; /* whoever drives looks at the core again before letting go */
+    n->driving = true;
+    int k = 0;
+    /* A caller's thread writes an idle log itself only for its first ready (one fsync), so it is
+     * never kept long; the driver thread always may (the etcd raftNode way). */
+    while (drive_once_locked(n, mode, mode == NODE_DRIVE_THREAD || k == 0))
+        if (++k == NODE_INLINE_READIES && mode != NODE_DRIVE_THREAD) {
+            /* Enough for one caller: the driver thread takes over if more is there. */
+            n->driving = false;
+            pthread_cond_signal(&n->driver_cv);
+            return;
+        }
+    if (!n->has_handoff) {
+        n->driving = false;
+        if (n->stopping)
+            pthread_cond_broadcast(&n->driver_cv); /* the driver thread waits to exit */
+    }
+}
+
+/* Driver thread, n->mu held, n->driving ours: the storage an inline driver left, then go on. */
+static void finish_handoff_locked(struct raft_node *n)
+{
+    struct raft_ready rd = n->handoff;
+    size_t done = n->handoff_done;
+    n->has_handoff = false;
+    pthread_mutex_unlock(&n->mu);
+    uint64_t need = 0;
+    int src = store_ready(n, &rd, &need, &done, true, true);
+    pthread_mutex_lock(&n->mu);
+    if (src == 0 && precs_push(n, rd.persist_seq, need))
+        node_fail_locked(n, RAFT_NODE_ENOMEM, "out of memory tracking writes");
+    raft_advance(n->r, &rd);
 }
 
 static void *driver_main(void *arg)
@@ -257,9 +388,20 @@ static void *driver_main(void *arg)
     struct raft_node *n = arg;
     pthread_mutex_lock(&n->mu);
     for (;;) {
-        persist_progress_locked(n);
-        if (n->stopping)
-            break;
+        if (n->has_handoff) {
+            finish_handoff_locked(n); /* even when stopping: the ready must be advanced */
+            while (drive_once_locked(n, NODE_DRIVE_THREAD, true))
+                ;
+            if (!n->has_handoff)
+                n->driving = false;
+            continue;
+        }
+        if (n->stopping) {
+            if (!n->driving)
+                break;
+            pthread_cond_wait(&n->driver_cv, &n->mu); /* an inline driver is finishing */
+            continue;
+        }
         if (n->fatal) {
             if (!n->fatal_reported) {
                 n->fatal_reported = true;
@@ -276,45 +418,17 @@ static void *driver_main(void *arg)
             pthread_cond_wait(&n->driver_cv, &n->mu);
             continue;
         }
-        if (!raft_has_ready(n->r)) {
+        if (n->driving) {
+            pthread_cond_wait(&n->driver_cv, &n->mu); /* someone drives inline */
+            continue;
+        }
+        /* Durable progress or work nobody drove yet; else sleep. The WAL callback, proposers,
+         * deliveries and the ticker drive inline and wake this thread only when they hand over. */
+        uint64_t gen = n->durable_gen;
+        node_kick_locked(n, NODE_DRIVE_THREAD);
+        if (!n->driving && !n->stopping && !n->fatal && gen == n->durable_gen &&
+            !raft_has_ready(n->r))
             pthread_cond_wait(&n->driver_cv, &n->mu);
-            continue;
-        }
-        struct raft_ready rd;
-        int rc = raft_ready(n->r, &rd);
-        if (rc) {
-            /* Out of memory inside the core; it may already have taken the storage part, so
-             * continuing could acknowledge what was never written. Stop writes instead. */
-            raft_advance(n->r, &rd);
-            node_fail_locked(n, RAFT_NODE_ENOMEM, "raft_ready failed: out of memory");
-            continue;
-        }
-        if (rd.n_committed) {
-            n->apply_to = rd.committed[rd.n_committed - 1].index;
-            pthread_cond_signal(&n->apply_cv);
-        }
-        struct node_read_done_list rl = {0};
-        if (rd.n_read_states || n->reads.queued)
-            node_reads_on_ready_locked(n, &rd, &rl);
-        bool role_changed =
-            rd.role != n->rep_role || rd.term != n->rep_term || rd.leader_id != n->rep_leader;
-        n->rep_role = rd.role;
-        n->rep_term = rd.term;
-        n->rep_leader = rd.leader_id;
-        pthread_mutex_unlock(&n->mu);
-
-        /* Messages first: none of them waits for this ready's write (see the file comment). */
-        node_route_msgs(n, &rd);
-        node_read_done_run(&rl);
-        if (role_changed && n->cfg.on_role)
-            n->cfg.on_role(n->cfg.on_role_arg, n->cfg.id, rd.role, rd.term, rd.leader_id);
-        uint64_t need = 0;
-        int src = rd.persist_seq ? store_ready(n, &rd, &need) : 0;
-
-        pthread_mutex_lock(&n->mu);
-        if (rd.persist_seq && src == 0 && precs_push(n, rd.persist_seq, need))
-            node_fail_locked(n, RAFT_NODE_ENOMEM, "out of memory tracking writes");
-        raft_advance(n->r, &rd);
     }
     pthread_mutex_unlock(&n->mu);
     return NULL;
@@ -344,8 +458,7 @@ static void *ticker_main(void *arg)
             next = now + period;
         if (!n->fatal) {
             raft_tick(n->r);
-            if (raft_has_ready(n->r))
-                pthread_cond_signal(&n->driver_cv);
+            node_kick_locked(n, NODE_DRIVE_INLINE);
         }
         /* Proposal timeouts are checked once per tick (heartbeat_ms / 2 granularity). */
         struct node_done_list l = {0};
@@ -649,8 +762,7 @@ void raft_node_step(struct raft_node *n, const struct raft_msg *m)
     pthread_mutex_lock(&n->mu);
     if (!n->stopping && !n->fatal) {
         raft_step(n->r, m); /* bad input is refused by the core with an error code: dropped */
-        if (raft_has_ready(n->r))
-            pthread_cond_signal(&n->driver_cv);
+        node_kick_locked(n, NODE_DRIVE_INLINE);
     }
     pthread_mutex_unlock(&n->mu);
 }
@@ -672,8 +784,7 @@ int raft_node_transfer_leader(struct raft_node *n, uint64_t to)
         case RAFT_ENOTLEADER: rc = RAFT_NODE_ENOTLEADER; break;
         default: rc = RAFT_NODE_EINVAL; break;
         }
-        if (raft_has_ready(n->r))
-            pthread_cond_signal(&n->driver_cv);
+        node_kick_locked(n, NODE_DRIVE_INLINE);
     }
     pthread_mutex_unlock(&n->mu);
     return rc;

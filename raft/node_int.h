@@ -8,7 +8,7 @@
  *              cursor, the persist records' companion state, flags. Never held while calling into the WAL
  *              (except wal_durable_index, a lock-free atomic read), the transport, the state
  *              machine or a user callback.
- *   peer->mu   one per peer: that peer's outbox only. Never held together with n->mu.
+ *   peer->mu   one per peer: that peer's outbox and its busy flag. Never held together with n->mu.
  * The WAL writer's on_durable callback takes n->mu; that cannot deadlock because no thread holding
  * n->mu ever waits for the writer (wal_truncate_suffix, wal_close and friends are called with no
  * node lock held). */
@@ -144,6 +144,7 @@ struct node_peer {
     /* The outbox: deep copies of messages waiting for the replicator, oldest first. */
     struct raft_msg *box;
     size_t n, cap;
+    bool busy;        /* a thread is inside send()/try_send() for this peer */
     size_t bytes;     /* payload bytes in box */
     uint64_t dropped; /* messages dropped because the outbox overflowed */
 };
@@ -173,7 +174,15 @@ struct raft_node {
     bool fatal_reported;  /* pending proposals were failed after `fatal` was set */
     uint64_t durable_gen; /* bumped by every on_durable: the driver's back-pressure wait */
 
-    /* Driver-only state (no lock needed: only the driver thread touches it). */
+    /* The right to drive (node_core.c "Who drives"): whoever sets `driving` under n->mu owns
+     * the ready/advance cycle and the driver-only state below until it clears it. */
+    bool driving;
+    bool wal_waiting;           /* the driver thread waits for room in the WAL queue */
+    bool has_handoff;           /* an inline driver left this ready's storage to the driver thread */
+    struct raft_ready handoff;  /* valid while has_handoff */
+    size_t handoff_done;        /* entries of it already handed to the WAL */
+
+    /* Driver-only state (owned by whoever drives). */
     struct node_persist *precs;
     size_t n_precs, cap_precs;
     uint64_t wal_last; /* last index handed to the WAL */
@@ -201,6 +210,13 @@ void node_cond_init(pthread_cond_t *cv); /* CLOCK_MONOTONIC */
 void node_log(struct raft_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* n->mu held: stop accepting writes after a storage or state machine failure. */
 void node_fail_locked(struct raft_node *n, int code, const char *what);
+/* n->mu held: the core may have a ready. Drives it in the calling thread when nobody else is
+ * driving (never blocking: storage that would wait goes to the driver thread), else leaves it to
+ * whoever drives. NODE_DRIVE_NOSTORE: hand every storage step to the driver thread (the WAL
+ * writer calls this from its callback and must not wait on itself). May release and retake
+ * n->mu. */
+enum node_drive_mode { NODE_DRIVE_THREAD, NODE_DRIVE_INLINE, NODE_DRIVE_NOSTORE };
+void node_kick_locked(struct raft_node *n, enum node_drive_mode mode);
 
 /* node_peer.c */
 int node_peers_start(struct raft_node *n);

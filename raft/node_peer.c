@@ -1,7 +1,10 @@
 /* node_peer.c: one outbox and one replicator thread per peer.
  *
- * The driver copies each ready's messages for peer P into P's outbox (under P's own mutex, never
- * with the node mutex held) and signals P's replicator. The replicator takes everything queued in
+ * The driving thread (node_core.c "Who drives") first offers each ready's messages for peer P to
+ * the transport's non-blocking try_send when nothing is queued for P and no send to P is in
+ * progress: on the commit path that saves waking the replicator. Otherwise, and for whatever
+ * try_send did not take, it copies them into P's outbox (under P's own mutex, never with the
+ * node mutex held) and signals P's replicator. The replicator takes everything queued in
  * one go and hands it to transport->send() as one batch, so a burst of AppendEntries, heartbeats
  * and responses to one peer costs one send call. Batching by entries and bytes inside each
  * AppendEntries, and the pipeline window by messages and bytes, are the core's job (raft.h flow
@@ -130,6 +133,30 @@ static void outbox_push(struct raft_node *n, struct node_peer *p, const struct r
     free(cp);
 }
 
+/* The fast path: when nothing is queued for p and its replicator is not sending, the thread
+ * that made the messages hands them to the transport itself (try_send never blocks), saving a
+ * thread wake-up on the commit path; whatever does not fit goes to the outbox, after them. Only
+ * the thread driving the node routes messages, so nothing can be queued for p meanwhile. */
+static size_t try_send_now(struct raft_node *n, struct node_peer *p, const struct raft_msg *m,
+                           size_t cnt)
+{
+    const struct raft_transport *t = n->cfg.transport;
+    if (!t->try_send)
+        return 0;
+    pthread_mutex_lock(&p->mu);
+    bool idle = !p->n && !p->busy && !p->stop;
+    p->busy = p->busy || idle;
+    pthread_mutex_unlock(&p->mu);
+    if (!idle)
+        return 0;
+    long sent = t->try_send(t->ctx, p->id, m, cnt);
+    pthread_mutex_lock(&p->mu);
+    p->busy = false;
+    pthread_mutex_unlock(&p->mu);
+    /* Unreachable: dropped, as the replicator would (the core retries). */
+    return sent < 0 ? cnt : (size_t)sent;
+}
+
 void node_route_msgs(struct raft_node *n, const struct raft_ready *rd)
 {
     if (!rd->n_msgs)
@@ -137,8 +164,9 @@ void node_route_msgs(struct raft_node *n, const struct raft_ready *rd)
     for (size_t i = 0; i < n->n_peers; i++) {
         const struct raft_msg *first;
         size_t cnt = raft_ready_msgs_to(rd, n->peers[i].id, &first);
-        if (cnt)
-            outbox_push(n, &n->peers[i], first, cnt);
+        size_t sent = cnt ? try_send_now(n, &n->peers[i], first, cnt) : 0;
+        if (cnt > sent)
+            outbox_push(n, &n->peers[i], first + sent, cnt - sent);
     }
 }
 
@@ -150,7 +178,7 @@ static void *replicator_main(void *arg)
     size_t spare_cap = 0;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && !p->n)
+        while (!p->stop && (!p->n || p->busy))
             pthread_cond_wait(&p->cv, &p->mu);
         if (p->stop)
             break;
@@ -161,6 +189,7 @@ static void *replicator_main(void *arg)
         p->cap = spare_cap;
         p->n = 0;
         p->bytes = 0;
+        p->busy = true;
         pthread_mutex_unlock(&p->mu);
 
         /* Returns an error when the peer is unreachable: the messages are lost, which Raft
@@ -170,6 +199,7 @@ static void *replicator_main(void *arg)
         spare = batch;
         spare_cap = cap;
         pthread_mutex_lock(&p->mu);
+        p->busy = false;
     }
     pthread_mutex_unlock(&p->mu);
     free(spare);

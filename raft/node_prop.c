@@ -173,7 +173,7 @@ int raft_node_propose(struct raft_node *n, const void *data, size_t len, int tim
         case RAFT_OK:
             rc = props_insert(&n->props, p);
             /* On ENOMEM the entry is in the log but nobody waits for it: harmless. */
-            pthread_cond_signal(&n->driver_cv);
+            node_kick_locked(n, NODE_DRIVE_INLINE);
             break;
         case RAFT_ENOTLEADER: rc = RAFT_NODE_ENOTLEADER; break;
         case RAFT_EBUSY: rc = RAFT_NODE_EBUSY; break;

@@ -126,8 +126,7 @@ static int start_round_locked(struct raft_node *n)
     t->round->state = NODE_BATCH_ROUND;
     t->round->ctx = ctx;
     t->rounds++;
-    pthread_cond_signal(&n->driver_cv); /* the heartbeats (or the request) leave now */
-    return 0;
+    return 0; /* the heartbeats (or the request) leave with the ready: the caller drives */
 }
 
 /* ---- entry points ---- */
@@ -163,6 +162,8 @@ int raft_node_read_index(struct raft_node *n, int timeout_ms, raft_node_read_fn 
         batch_add(t->queued, rd);
         t->count++;
         rc = start_round_locked(n);
+        if (rc == 0)
+            node_kick_locked(n, NODE_DRIVE_INLINE); /* rd may be done and freed after this */
         if (rc) {
             /* No round was in flight, so this read is the only one queued: refuse it now. */
             batch_unlink(t->queued, rd);

@@ -190,8 +190,10 @@ static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft_
     pm->entries = m->n_entries ? pep : NULL;
 }
 
-/* Packs msgs[0..n) into one Batch and queues it. 0 or a negative rpc code. */
-static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg *msgs, size_t n)
+/* Packs msgs[0..n) into one Batch and queues it, waiting up to timeout_ms for room. 0 or a
+ * negative rpc code. */
+static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg *msgs, size_t n,
+                      int timeout_ms)
 {
     size_t n_entries = 0;
     for (size_t i = 0; i < n; i++)
@@ -224,7 +226,7 @@ static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg 
         b.client_urls = p->client_urls;
     rc = rpc_msg_pack(&b.base, &buf, &len);
     if (rc == 0) {
-        rc = rpc_client_stream_send(st, buf, len, p->send_timeout_ms);
+        rc = rpc_client_stream_send(st, buf, len, timeout_ms);
         o->told_urls = o->told_urls || rc == 0;
         free(buf);
     }
@@ -236,23 +238,26 @@ out:
     return rc;
 }
 
-static int transport_send(void *arg, uint64_t to, const struct raft_msg *msgs, size_t n)
+/* Queues msgs in Batches of at most max_batch_bytes (a single larger message goes alone; the
+ * core bounds messages well below the receiver's limit). Returns how many messages were queued
+ * (fewer than n only when the stream stayed full for timeout_ms), or -1: unreachable. */
+static long send_msgs(struct peer *p, uint64_t to, const struct raft_msg *msgs, size_t n,
+                      int timeout_ms)
 {
-    struct peer *p = arg;
     struct peer_out *o = NULL;
     for (size_t i = 0; i < p->n_out; i++)
         if (p->out[i].m->id == to)
             o = &p->out[i];
     if (!o)
         return -1;
-    /* Split into Batches of at most max_batch_bytes (a single larger message goes alone; the
-     * core bounds messages well below the receiver's limit). */
     size_t i = 0;
     while (i < n) {
         size_t j = i, bytes = 0;
         while (j < n && (j == i || bytes + msg_size(&msgs[j]) <= p->max_batch_bytes))
             bytes += msg_size(&msgs[j++]);
-        int rc = send_batch(p, o, msgs + i, j - i);
+        int rc = send_batch(p, o, msgs + i, j - i, timeout_ms);
+        if (rc == RPC_EFULL && timeout_ms == 0)
+            return (long)i; /* the replicator sends the rest, waiting for room */
         if (rc != 0) {
             atomic_fetch_add(&p->send_failures, 1);
             return -1;
@@ -261,7 +266,18 @@ static int transport_send(void *arg, uint64_t to, const struct raft_msg *msgs, s
         atomic_fetch_add(&p->msgs_sent, j - i);
         i = j;
     }
-    return 0;
+    return (long)n;
+}
+
+static int transport_send(void *arg, uint64_t to, const struct raft_msg *msgs, size_t n)
+{
+    struct peer *p = arg;
+    return send_msgs(p, to, msgs, n, p->send_timeout_ms) == (long)n ? 0 : -1;
+}
+
+static long transport_try_send(void *arg, uint64_t to, const struct raft_msg *msgs, size_t n)
+{
+    return send_msgs(arg, to, msgs, n, 0);
 }
 
 static void transport_close_peer(void *arg, uint64_t to)
@@ -553,6 +569,7 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
             snprintf(p->member_urls[i], URLS_MAX, "%s", p->client_urls);
     p->transport.ctx = p;
     p->transport.send = transport_send;
+    p->transport.try_send = transport_try_send;
     p->transport.close_peer = transport_close_peer;
 
     for (size_t i = 0; i < p->cluster.n; i++) {

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -25,6 +26,7 @@ struct endpoint {
     struct raft_transport tr;
     struct raft_node *node;
     bool partitioned, stalled, in_step, stop;
+    atomic_uint try_calls;
     struct batch *head, *tail;
     size_t queued; /* messages in the queue */
     pthread_cond_t cv;    /* delivery thread: work or stop */
@@ -167,7 +169,9 @@ static uint64_t rnd(struct memnet *net)
     return x ^ (x >> 31);
 }
 
-static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n)
+/* may_wait false (try_send): a full queue returns 1 at once, nothing sent. */
+static int ep_send_mode(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n,
+                        bool may_wait)
 {
     struct endpoint *from = ctx;
     struct memnet *net = from->net;
@@ -211,6 +215,10 @@ static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n
             b->n = keep;
         }
         while (rc == 0 && dst->queued + b->n > MEMNET_QUEUE_MAX && dst->queued > 0) {
+            if (!may_wait) {
+                rc = 1;
+                break;
+            }
             if (pthread_cond_timedwait(&dst->space, &net->mu, &dl) == ETIMEDOUT)
                 rc = -EAGAIN;
             if (!dst->node || dst->partitioned || from->partitioned)
@@ -226,7 +234,7 @@ static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n
         dst->queued += b->n;
         pthread_cond_signal(&dst->cv);
         b = NULL;
-    } else if (rc) {
+    } else if (rc < 0) {
         net->st.send_failed++;
         net->st.dropped += b->n;
     }
@@ -234,6 +242,21 @@ static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n
     if (b)
         batch_free(b);
     return rc;
+}
+
+static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n)
+{
+    return ep_send_mode(ctx, to, msgs, n, true);
+}
+
+/* Every other call is refused as "full", so both the inline path and the replicator's run. */
+static long ep_try_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n)
+{
+    struct endpoint *from = ctx;
+    if (atomic_fetch_add(&from->try_calls, 1) % 2)
+        return 0;
+    int rc = ep_send_mode(ctx, to, msgs, n, false);
+    return rc < 0 ? rc : rc == 1 ? 0 : (long)n;
 }
 
 struct memnet *memnet_new(void)
@@ -257,6 +280,7 @@ struct raft_transport *memnet_transport(struct memnet *net, uint64_t id)
             ep->id = id;
             ep->tr.ctx = ep;
             ep->tr.send = ep_send;
+            ep->tr.try_send = ep_try_send;
             ep->tr.close_peer = NULL;
             pthread_cond_init(&ep->cv, NULL);
             cond_init_mono(&ep->space);

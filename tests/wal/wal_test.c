@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -723,5 +724,146 @@ Test(wal, close_flushes_queued_entries)
     w = tu_open(dir, NULL);
     cr_assert_eq(wal_last_index(w), 50);
     tu_expect_entry(w, 50, 1, len_of(50), 0);
+    wal_close(w);
+}
+
+/* ---- wal_append_now: the caller writes an idle log itself ---- */
+
+static pthread_t cb_thread;
+static atomic_int cb_in_caller;
+
+static void on_durable_thread(void *arg, uint64_t index, uint64_t term, int err)
+{
+    on_durable(arg, index, term, err);
+    if (pthread_equal(pthread_self(), cb_thread))
+        atomic_fetch_add(&cb_in_caller, 1);
+}
+
+Test(wal, append_now_writes_an_idle_log_in_the_calling_thread)
+{
+    struct wal_options o;
+    small_opts(&o, 1 << 20);
+    o.on_durable = on_durable_thread;
+    atomic_store(&cb_last, 0);
+    atomic_store(&cb_in_caller, 0);
+    cb_thread = pthread_self();
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 20; i++) {
+        struct raft_entry e;
+        tu_entry(&e, i, 1, len_of(i), i);
+        cr_assert_eq(wal_append_now(w, &e, 1), 1, "an idle log is written by the caller");
+        free(e.data);
+        /* Durable on return, and the callback already ran here, not on the writer thread. */
+        cr_assert_eq(wal_durable_index(w), i);
+        cr_assert_eq(atomic_load(&cb_last), i);
+    }
+    cr_assert_eq(atomic_load(&cb_in_caller), 20);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 20);
+    for (uint64_t i = 1; i <= 20; i++)
+        tu_expect_entry(w, i, 1, len_of(i), i);
+    wal_close(w);
+}
+
+/* A direct write parked inside its fdatasync, so that another append arrives meanwhile. */
+static sem_t sync_entered, sync_release;
+static atomic_int park_next_sync, in_io, io_overlap;
+
+static ssize_t gate_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+    if (atomic_fetch_add(&in_io, 1) != 0)
+        atomic_fetch_add(&io_overlap, 1);
+    ssize_t r = pwrite(fd, buf, len, off);
+    atomic_fetch_sub(&in_io, 1);
+    return r;
+}
+
+static int gate_fdatasync(int fd)
+{
+    if (atomic_fetch_add(&in_io, 1) != 0)
+        atomic_fetch_add(&io_overlap, 1);
+    if (atomic_exchange(&park_next_sync, 0)) {
+        sem_post(&sync_entered);
+        sem_wait(&sync_release);
+    }
+    int r = fdatasync(fd);
+    atomic_fetch_sub(&in_io, 1);
+    return r;
+}
+
+static const struct wal_io gate_io = {gate_pwrite, gate_fdatasync, NULL, NULL};
+
+struct now_arg {
+    struct wal *w;
+    uint64_t index;
+    int rc;
+};
+
+static void *append_now_thread(void *p)
+{
+    struct now_arg *a = p;
+    struct raft_entry e;
+    tu_entry(&e, a->index, 1, 50, 3);
+    a->rc = wal_append_now(a->w, &e, 1);
+    free(e.data);
+    return NULL;
+}
+
+Test(wal, appends_during_a_direct_write_queue_behind_it)
+{
+    struct wal_options o;
+    small_opts(&o, 1 << 20);
+    o.io = &gate_io;
+    o.on_durable = on_durable;
+    atomic_store(&cb_last, 0);
+    atomic_store(&cb_regress, 0);
+    atomic_store(&io_overlap, 0);
+    sem_init(&sync_entered, 0, 0);
+    sem_init(&sync_release, 0, 0);
+    struct wal *w = tu_open(dir, &o);
+    atomic_store(&park_next_sync, 1);
+    struct now_arg a = {w, 1, -99};
+    pthread_t t;
+    pthread_create(&t, NULL, append_now_thread, &a);
+    sem_wait(&sync_entered); /* entry 1 is being written by that thread */
+    struct raft_entry e[2];
+    tu_entry(&e[0], 2, 1, 50, 3);
+    tu_entry(&e[1], 3, 1, 50, 3);
+    cr_assert_eq(wal_append(w, &e[0], 1), 0, "queued behind the direct write");
+    cr_assert_eq(wal_append_now(w, &e[1], 1), 0, "not idle: queued, not written here");
+    cr_assert_eq(wal_durable_index(w), 0);
+    sem_post(&sync_release);
+    pthread_join(t, NULL);
+    cr_assert_eq(a.rc, 1);
+    cr_assert_eq(wal_wait_durable(w, 3), 0);
+    wal_close(w);
+    cr_assert_eq(atomic_load(&io_overlap), 0, "the writer thread wrote during a direct write");
+    cr_assert_eq(atomic_load(&cb_last), 3);
+    cr_assert_eq(atomic_load(&cb_regress), 0);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 3);
+    for (uint64_t i = 1; i <= 3; i++)
+        tu_expect_entry(w, i, 1, 50, 3);
+    wal_close(w);
+    free(e[0].data);
+    free(e[1].data);
+}
+
+Test(wal, append_now_reports_a_failed_sync_and_drops_the_entries)
+{
+    struct wal_options o;
+    failing_opts(&o, 1 << 20);
+    struct wal *w = tu_open(dir, &o);
+    tu_append_sync(w, 1, 1, 10, 0);
+    atomic_store(&fail_fdatasync, 1);
+    struct raft_entry e;
+    tu_entry(&e, 2, 1, 10, 0);
+    cr_assert_eq(wal_append_now(w, &e, 1), -EIO);
+    cr_assert_eq(wal_durable_index(w), 1);
+    cr_assert_eq(wal_last_index(w), 1, "the failed entry left the log");
+    atomic_store(&fail_fdatasync, 0);
+    cr_assert_eq(wal_append_now(w, &e, 1), 1, "a retry after the disk recovers");
+    free(e.data);
     wal_close(w);
 }
