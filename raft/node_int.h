@@ -189,6 +189,12 @@ struct raft_node {
     uint8_t rep_role;
     uint64_t rep_term, rep_leader;
 
+    /* Applying: one thread at a time holds `applying` (n->mu) - the applier thread, or a thread
+     * that drove a commit and found the applier idle (node_apply_inline_locked) - and with it
+     * apply_results (max_apply_batch slots). */
+    bool applying;
+    struct raft_fsm_result *apply_results;
+
     /* Applier cursor (n->mu). */
     uint64_t apply_to;     /* highest committed index the core has handed out */
     uint64_t applied;      /* highest index handed to the state machine (or skipped) */
@@ -233,6 +239,9 @@ void node_props_fail_all_locked(struct raft_node *n, int err, struct node_done_l
 void node_props_expire_locked(struct raft_node *n, int64_t now, struct node_done_list *out);
 /* No lock held: run the completions and free them. */
 void node_done_run(struct node_done_list *l);
+/* n->mu held: when committed entries wait and nobody applies, applies one batch in the calling
+ * thread (saving the applier thread's wake-up before a reply); else leaves them to the applier. */
+void node_apply_inline_locked(struct raft_node *n);
 int node_applier_start(struct raft_node *n);
 
 /* node_read.c (every *_locked with n->mu held; completions go to `out`, run with no lock) */

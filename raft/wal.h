@@ -89,12 +89,6 @@ void wal_close(struct wal *w);
  * (not contiguous, bad type), -EMSGSIZE (payload too large), -EAGAIN (queue full), or the error
  * that made the handle unusable. */
 int wal_append(struct wal *w, const struct raft_entry *entries, size_t n);
-/* Like wal_append, except when the log is idle (nothing queued, no write in progress): then the
- * calling thread writes and syncs the entries itself and returns 1 once they are durable (the
- * on_durable callback has run, in this thread), saving the writer thread's wake-up when latency
- * matters most. Appends from other threads meanwhile queue for the writer thread. An I/O error
- * is returned (negative) after the same handling as a failed writer batch. 0: enqueued. */
-int wal_append_now(struct wal *w, const struct raft_entry *entries, size_t n);
 /* Blocks until `index` is durable (0) or is no longer in the log because its batch failed or was
  * truncated (the failure's error, or -ECANCELED). */
 int wal_wait_durable(struct wal *w, uint64_t index);

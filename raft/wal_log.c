@@ -10,7 +10,6 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -608,44 +607,13 @@ static void drop_queue_from(struct wal *w, struct pend *prev)
     }
 }
 
-/* w->mu held, after write_batch(list) returned rc (writer thread or wal_append_now): account
- * for the batch, then, with the lock released, notify and free. Returns with w->mu held. */
-static void batch_finish_locked(struct wal *w, struct pend *list, int rc)
-{
-    for (struct pend *q = list; q; q = q->next) {
-        w->q_entries--;
-        w->q_bytes -= q->rec_len;
-    }
-    w->inflight = NULL;
-    if (rc == 0 && w->broken)
-        rc = seterr(-ENOMEM, "%s", w->broken_msg);
-    if (rc != 0) {
-        /* Entries queued meanwhile follow the failed ones: they go too. */
-        drop_queue_from(w, NULL);
-        atomic_store(&w->last, atomic_load(&w->durable));
-        w->last_term = w->durable_term;
-    }
-    w->in_flight = 0;
-    pthread_cond_broadcast(&w->idle_cv);
-    if (w->qhead || w->stopping)
-        pthread_cond_signal(&w->work_cv); /* after a direct write: the writer's turn */
-    uint64_t d = atomic_load(&w->durable), dt = w->durable_term;
-    pthread_mutex_unlock(&w->mu);
-
-    wake_waiters(w, rc, tl_err);
-    if (w->o.on_durable)
-        w->o.on_durable(w->o.on_durable_arg, d, dt, rc);
-    pend_free_list(list); /* off the lock and after the wake-up: appenders come first */
-    pthread_mutex_lock(&w->mu);
-}
-
 static void *writer_main(void *arg)
 {
     struct wal *w = arg;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while ((!w->stopping && (!w->qhead || w->broken)) || w->in_flight)
-            pthread_cond_wait(&w->work_cv, &w->mu); /* in_flight: a wal_append_now caller writes */
+        while (!w->stopping && (!w->qhead || w->broken))
+            pthread_cond_wait(&w->work_cv, &w->mu);
         if (!w->qhead || w->broken)
             break;
         struct pend *list = w->qhead;
@@ -657,7 +625,29 @@ static void *writer_main(void *arg)
         int rc = write_batch(w, list);
 
         pthread_mutex_lock(&w->mu);
-        batch_finish_locked(w, list, rc);
+        for (struct pend *q = list; q; q = q->next) {
+            w->q_entries--;
+            w->q_bytes -= q->rec_len;
+        }
+        w->inflight = NULL;
+        if (rc == 0 && w->broken)
+            rc = seterr(-ENOMEM, "%s", w->broken_msg);
+        if (rc != 0) {
+            /* Entries queued meanwhile follow the failed ones: they go too. */
+            drop_queue_from(w, NULL);
+            atomic_store(&w->last, atomic_load(&w->durable));
+            w->last_term = w->durable_term;
+        }
+        w->in_flight = 0;
+        pthread_cond_broadcast(&w->idle_cv);
+        uint64_t d = atomic_load(&w->durable), dt = w->durable_term;
+        pthread_mutex_unlock(&w->mu);
+
+        wake_waiters(w, rc, tl_err);
+        if (w->o.on_durable)
+            w->o.on_durable(w->o.on_durable_arg, d, dt, rc);
+        pend_free_list(list); /* off the lock and after the wake-up: appenders come first */
+        pthread_mutex_lock(&w->mu);
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -674,7 +664,7 @@ void wal_options_init(struct wal_options *o)
     o->max_entry_bytes = 16u << 20;
 }
 
-static int append(struct wal *w, const struct raft_entry *e, size_t n, bool now)
+int wal_append(struct wal *w, const struct raft_entry *e, size_t n)
 {
     if (n == 0)
         return 0;
@@ -735,48 +725,22 @@ static int append(struct wal *w, const struct raft_entry *e, size_t n, bool now)
              w->q_bytes + bytes > w->o.max_pending_bytes)
         rc = seterr(-EAGAIN, "append: queue full (%zu entries, %zu bytes pending)",
                     w->q_entries, w->q_bytes);
-    /* Idle (nothing queued or being written): the caller may write the batch itself, saving
-     * the writer thread's wake-up on the latency path; appends meanwhile queue behind it. */
-    bool direct = rc == 0 && now && !w->qhead && !w->in_flight;
     if (rc == 0) {
-        if (direct) {
-            w->inflight = head;
-            w->in_flight = 1;
-        } else {
-            if (w->qtail)
-                w->qtail->next = head;
-            else
-                w->qhead = head;
-            w->qtail = tail;
-            pthread_cond_signal(&w->work_cv);
-        }
+        if (w->qtail)
+            w->qtail->next = head;
+        else
+            w->qhead = head;
+        w->qtail = tail;
         w->q_entries += n;
         w->q_bytes += bytes;
         w->last_term = tail->term;
         atomic_store(&w->last, tail->index);
+        pthread_cond_signal(&w->work_cv);
     }
     pthread_mutex_unlock(&w->mu);
-    if (rc != 0) {
+    if (rc != 0)
         pend_free_list(head);
-        return rc;
-    }
-    if (!direct)
-        return 0;
-    rc = write_batch(w, head);
-    pthread_mutex_lock(&w->mu);
-    batch_finish_locked(w, head, rc);
-    pthread_mutex_unlock(&w->mu);
-    return rc == 0 ? 1 : rc;
-}
-
-int wal_append(struct wal *w, const struct raft_entry *e, size_t n)
-{
-    return append(w, e, n, false);
-}
-
-int wal_append_now(struct wal *w, const struct raft_entry *e, size_t n)
-{
-    return append(w, e, n, true);
+    return rc;
 }
 
 int wal_wait_durable(struct wal *w, uint64_t index)
