@@ -1,7 +1,9 @@
 /* fsm.h: the pluggable state machine a craft node feeds committed entries to.
  *
  * What an implementation promises the node runtime:
- * - apply() is called by the node's single applier thread only, with committed RAFT_ENTRY_NORMAL
+ * - apply() calls never overlap (the runtime applies from one thread at a time - its applier
+ *   thread, or the thread that drove a small commit - with a lock hand-off between them, so the
+ *   machine needs no locking of its own against apply), with committed RAFT_ENTRY_NORMAL
  *   entries in strictly increasing index order and without gaps between calls (NOOP and CONFIG
  *   entries are consumed by the runtime and never reach apply; the runtime still reports their
  *   index through `last_index` so the machine can record progress). It is deterministic: the same

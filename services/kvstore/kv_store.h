@@ -32,7 +32,7 @@
  *   values) and a full map (MDB_MAP_FULL: "etcdserver: mvcc: database space exceeded") are
  *   per-entry error results that change nothing; apply() fails (negative) only on an I/O
  *   error, corruption of the store or out of memory.
- * - Threads: apply() from the node's applier thread only; kv_store_range, kv_store_txn_read and
+ * - Threads: apply() calls never overlap (fsm.h: the node applies from one thread at a time); kv_store_range, kv_store_txn_read and
  *   kv_store_status from any thread at any time, concurrently with apply (each reads one LMDB
  *   read transaction: a consistent state as of the last committed batch). kv_store_close only
  *   when nothing else uses the store.
