@@ -130,7 +130,7 @@ static struct rpc_client_stream *out_stream(struct peer_out *o)
         return NULL;
     atomic_init(&c->refs, 2);
     atomic_init(&c->dead, false);
-    static const struct rpc_client_stream_handler h = {out_on_message, out_on_close};
+    static const struct rpc_client_stream_handler h = {out_on_message, out_on_close, NULL};
     o->st = rpc_channel_stream_open(o->ch, PEER_METHOD, &h, c);
     if (!o->st) {
         free(c);
@@ -615,7 +615,7 @@ struct raft_transport *peer_transport(struct peer *p) { return &p->transport; }
 
 int peer_register(struct peer *p, struct rpc_server *srv)
 {
-    static const struct rpc_stream_handler h = {in_open, in_message, in_close};
+    static const struct rpc_stream_handler h = {in_open, in_message, in_close, NULL};
     if (rpc_server_register_stream(srv, PEER_METHOD, &h, p) != 0)
         return -1;
     return rpc_server_register_unary_msg(srv, HELLO_METHOD, &craft__raft__peer_hello__descriptor,
