@@ -63,16 +63,23 @@ int peer_register(struct peer *p, struct rpc_server *srv);
 /* Where received messages go. NULL detaches (waiting for deliveries in progress). */
 void peer_attach(struct peer *p, struct raft_node *node);
 
-/* An async unary call to member `to` on its peer port (e.g. Peer.Forward), over the same mutual
+/* An async unary call to member `to` on its peer port (e.g. Peer.Hello), over the same mutual
  * TLS channel as the Raft stream. 0 and cb fires once (rpc.h rpc_channel_call_async rules), or
  * an rpc error at once (unknown member, channel full). */
 int peer_call_async(struct peer *p, uint64_t to, const char *method, const void *req, size_t len,
                     int deadline_ms, rpc_done_fn cb, void *arg);
 
-/* The member a unary call on the peer port comes from: its verified certificate must name a
- * member of the cluster other than this one. Returns the member's id, or 0 (refuse the call).
- * With insecure (tests only) every caller is accepted and 1 is returned. */
+/* Opens a client stream to member `to` on the same channel (e.g. Peer.Forwards; rpc.h rules:
+ * give the handle back with close or cancel). NULL for an unknown member or a full channel.
+ * Streams still open when peer_destroy runs get on_close(CANCELLED) before it returns. */
+struct rpc_client_stream *peer_stream_open(struct peer *p, uint64_t to, const char *method,
+                                           const struct rpc_client_stream_handler *h, void *arg);
+
+/* The member a unary call (or a stream) on the peer port comes from: its verified certificate
+ * must name a member of the cluster other than this one. Returns the member's id, or 0 (refuse
+ * it). With insecure (tests only) every caller is accepted and 1 is returned. */
 uint64_t peer_call_member(struct peer *p, struct rpc_call *call);
+uint64_t peer_stream_member(struct peer *p, struct rpc_stream *s);
 
 /* The cluster id every peer message carries. */
 uint64_t peer_cluster_id(struct peer *p);
