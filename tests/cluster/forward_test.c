@@ -76,7 +76,8 @@ static void on_done(void *arg, int err, const struct fwd_answer *a)
     atomic_fetch_add(&rec.fired[i], 1);
     rec.err[i] = err;
     if (err == FWD_OK && a->len < sizeof rec.result[i]) {
-        memcpy(rec.result[i], a->result, a->len);
+        if (a->len)
+            memcpy(rec.result[i], a->result, a->len);
         rec.result[i][a->len] = '\0';
     }
     pthread_mutex_lock(&rec.mu);
@@ -160,7 +161,7 @@ static void teardown(void)
 
 static int submit(long i, int deadline_ms)
 {
-    char cmd[16];
+    char cmd[24];
     int n = snprintf(cmd, sizeof cmd, "c%ld", i);
     return fwd_submit(fwd[1], cl.members[0].id, (const uint8_t *)cmd, (size_t)n, deadline_ms,
                       on_done, (void *)(intptr_t)i);
@@ -183,7 +184,7 @@ Test(forward, twenty_thousand_forwards_complete_once_packed_into_batches, .init 
     }
     cr_assert(wait_done(MAXN, 60000), "only %d of %d completed", rec.done, MAXN);
     for (long i = 0; i < MAXN; i++) {
-        char want[16];
+        char want[24];
         snprintf(want, sizeof want, "c%ld", i);
         cr_assert_eq(atomic_load(&rec.fired[i]), 1, "forward %ld completed %d times", i,
                      atomic_load(&rec.fired[i]));
