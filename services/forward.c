@@ -300,8 +300,14 @@ static struct out_stream *out_stream_get(struct fwd_out *o)
         s->itemp = calloc((size_t)f->max_items, sizeof *s->itemp);
     }
     static const struct rpc_client_stream_handler h = {os_message, os_close, os_sent};
-    if (s && s->slot && s->items && s->itemp)
+    if (s && s->slot && s->items && s->itemp) {
+        /* Ready before the open: a stream that fails at once runs os_close on a channel thread
+         * right away (which then waits for o->mu). */
+        atomic_init(&s->refs, 2);
+        s->o = o;
+        s->next_id = s->next_send = 1;
         s->st = peer_stream_open(f->peer, o->member, FORWARDS_METHOD, &h, s);
+    }
     if (!s || !s->st) {
         if (s) {
             atomic_init(&s->refs, 1);
@@ -310,9 +316,6 @@ static struct out_stream *out_stream_get(struct fwd_out *o)
         backoff(o, now);
         return NULL;
     }
-    atomic_init(&s->refs, 2);
-    s->o = o;
-    s->next_id = s->next_send = 1;
     o->cur = s;
     o->opened_ms = now;
     atomic_fetch_add(&f->streams_opened, 1);
