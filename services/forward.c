@@ -687,16 +687,9 @@ struct fwd *fwd_create(const struct fwd_config *cfg)
     return f;
 }
 
-void fwd_destroy(struct fwd *f)
+void fwd_stop(struct fwd *f)
 {
-    if (!f)
-        return;
-    pthread_mutex_lock(&f->tmu);
     atomic_store(&f->stopping, true);
-    pthread_cond_signal(&f->tcv);
-    pthread_mutex_unlock(&f->tmu);
-    if (f->timer_started)
-        pthread_join(f->timer, NULL);
     for (size_t i = 0; i < f->n_out; i++) {
         struct fwd_out *o = &f->out[i];
         struct fwd_op *list = NULL;
@@ -705,8 +698,21 @@ void fwd_destroy(struct fwd *f)
             retire(o, o->cur, FWD_ESHUTDOWN, &list);
         pthread_mutex_unlock(&o->mu);
         complete(list);
-        pthread_mutex_destroy(&o->mu);
     }
+}
+
+void fwd_destroy(struct fwd *f)
+{
+    if (!f)
+        return;
+    fwd_stop(f);
+    pthread_mutex_lock(&f->tmu);
+    pthread_cond_signal(&f->tcv);
+    pthread_mutex_unlock(&f->tmu);
+    if (f->timer_started)
+        pthread_join(f->timer, NULL);
+    for (size_t i = 0; i < f->n_out; i++)
+        pthread_mutex_destroy(&f->out[i].mu);
     pthread_mutex_destroy(&f->tmu);
     pthread_cond_destroy(&f->tcv);
     free(f);

@@ -84,7 +84,10 @@ struct fwd_config {
 struct fwd;
 
 struct fwd *fwd_create(const struct fwd_config *cfg);
-/* Fails every forward still waiting (FWD_ESHUTDOWN), stops the deadline thread and frees. */
+/* Fails every forward still waiting (FWD_ESHUTDOWN) and refuses new ones; answers arriving
+ * afterwards are dropped. Call it before stopping what done callbacks use (the node). */
+void fwd_stop(struct fwd *f);
+/* fwd_stop, then stops the deadline thread and frees. */
 void fwd_destroy(struct fwd *f);
 
 /* Registers Peer.Forwards on the peer server (before it starts). */

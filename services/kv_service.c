@@ -657,6 +657,12 @@ void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out)
     fwd_stats_get(s->fwd, out);
 }
 
+void kv_service_stop_forwarding(struct kv_service *s)
+{
+    if (s)
+        fwd_stop(s->fwd);
+}
+
 void kv_service_destroy(struct kv_service *s)
 {
     if (!s)

@@ -64,6 +64,9 @@ int kv_service_register_client(struct kv_service *s, struct rpc_server *client_s
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
 /* Forwarding counters (services/forward.h). */
 void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out);
+/* Fails the writes this member is forwarding ("etcdserver: server stopped") and drops answers
+ * that arrive later: call it before stopping the node, whose status the answers read. */
+void kv_service_stop_forwarding(struct kv_service *s);
 /* After both servers are shut down, the node stopped and the peer destroyed (their calls and
  * streams have completed). */
 void kv_service_destroy(struct kv_service *s);

@@ -250,6 +250,7 @@ void craft_server_stop(struct craft_server *s)
      * complete as no-ops on closed handles), then the peers. */
     if (s->client_srv)
         rpc_server_shutdown(s->client_srv, 500);
+    kv_service_stop_forwarding(s->kv); /* before the node goes: answers read its status */
     if (s->peer)
         peer_attach(s->peer, NULL);
     if (s->node)
