@@ -138,6 +138,11 @@ struct rpc_stream_handler {
     void *(*on_open)(struct rpc_stream *s, void *ctx);
     void (*on_message)(struct rpc_stream *s, const uint8_t *data, size_t len, void *user);
     void (*on_close)(struct rpc_stream *s, grpc_status_code status, void *user);
+    /* Optional: a write completed and no message is queued behind it, so one sent now goes
+     * out at once. A sender that gathers what arrives while a message is being written can
+     * send it all as one message from here (no timer). Same thread as the other callbacks;
+     * never after on_close nor after rpc_stream_finish. */
+    void (*on_sent)(struct rpc_stream *s, void *user);
 };
 
 /* Creates a server bound to cfg->listen (not yet serving). NULL + err on failure. */
@@ -258,6 +263,9 @@ struct rpc_client_stream_handler {
     void (*on_message)(struct rpc_client_stream *s, const uint8_t *data, size_t len, void *arg);
     void (*on_close)(struct rpc_client_stream *s, grpc_status_code status, const char *msg,
                      void *arg);
+    /* Optional, as rpc_stream_handler.on_sent: a write completed and nothing is queued behind
+     * it. Never after on_close, nor once the handle was given back (close/cancel). */
+    void (*on_sent)(struct rpc_client_stream *s, void *arg);
 };
 /* Opens a stream (no deadline; it lives until closed, cancelled or the channel goes). NULL
  * when the channel is closing or full. */

@@ -498,8 +498,13 @@ static void on_cs_send(struct rpc_tag *t, bool ok)
     }
     if (!s->writing && s->hclose_requested && !s->hclose_sent && !s->dead)
         cs_start_hclose(s);
+    /* The user still holds the handle and on_close (this thread) has not run. */
+    bool drained = ok && !s->writing && !s->dead && s->user_holds && !s->hclose_requested &&
+                   !s->close_delivered;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    if (drained && s->h.on_sent)
+        s->h.on_sent(s, s->arg);
     cs_done_pending(s);
 }
 

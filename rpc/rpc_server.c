@@ -493,7 +493,13 @@ static void on_stream_write(struct rpc_tag *t, bool ok)
         c->read_paused = false;
         stream_start_recv(c);
     }
+    /* The user's handle and context are alive: the handler has not finished the stream and
+     * on_close (delivered on this thread) has not run. */
+    bool drained = ok && !c->writing && !c->dead && !c->closed && !c->finish_requested &&
+                   !c->close_delivered;
     pthread_mutex_unlock(&c->mu);
+    if (drained && c->reg->sh.on_sent)
+        c->reg->sh.on_sent(C2S(c), c->user);
     call_done_pending(c);
 }
 

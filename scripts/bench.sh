@@ -21,7 +21,8 @@
 # logs, raw JSON results) lives in a temporary directory removed at the end unless --keep DIR.
 # Environment: BAZEL_STARTUP (e.g. --output_base=...) is passed to bazel before its command;
 # BENCH_PORT_OFFSET (e.g. 100) shifts every port, so two benchmarks can run side by side;
-# CRAFTD_FLAGS (e.g. "--backend-sync-interval 0") adds flags to every craftd.
+# CRAFTD_FLAGS (e.g. "--backend-sync-interval 0") adds flags to every craftd;
+# BENCH_CRAFTD runs that craftd binary instead of the tree's (before/after comparisons).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --workloads) [ $# -ge 2 ] || die "--workloads needs a value"; workloads=$2; shift 2 ;;
     --only) [ $# -ge 2 ] || die "--only needs a value"; only=$2; shift 2 ;;
     --keep) [ $# -ge 2 ] || die "--keep needs a value"; keep=$2; shift 2 ;;
-    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (--help)" ;;
     esac
 done
@@ -56,7 +57,8 @@ read -r -a bzl <<<"${BAZEL_STARTUP:-}"
 echo "bench: building craftd and craft-bench (-c opt)"
 bazel "${bzl[@]}" build -c opt //services:craftd //bench:craft-bench 2>&1 | tail -1
 bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
-craftd=$bin/services/craftd
+craftd=${BENCH_CRAFTD:-$bin/services/craftd}
+[ -x "$craftd" ] || die "no craftd at $craftd"
 cbench=$bin/bench/craft-bench
 command -v etcd >/dev/null || die "etcd not found (apt-get install etcd-server)"
 

@@ -6,12 +6,15 @@
 #   scripts/test.sh --config=asan
 # With CRAFT_TEST_ASAN=1 (CI sets it) the suite runs twice, in the default build and under
 # ASan+UBSan, and the closing line adds both runs up.
+# BAZEL_STARTUP (e.g. --output_base=/root/.cache/bazel-mine) is passed to bazel before its
+# command, so two engineers on one machine do not share (and lock) one Bazel server.
 # Exit status: 0 only when nothing failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh || { echo "0 passed, 1 failed"; exit 1; }
 
+read -r -a bzl <<<"${BAZEL_STARTUP:-}"
 passed=0 failed=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -19,10 +22,10 @@ trap 'rm -f "$log"' EXIT
 # Runs `bazel test //...` with the given arguments and adds its cases to passed/failed.
 run_suite() {
     local p0=$passed f0=$failed
-    bazel test --keep_going "$@" //... 2>&1 | tee "$log"
+    bazel "${bzl[@]}" test --keep_going "$@" //... 2>&1 | tee "$log"
     local bazel_rc=${PIPESTATUS[0]}
     local testlogs target status logf synth p f t
-    testlogs=$(bazel info bazel-testlogs "$@" 2>/dev/null)
+    testlogs=$(bazel "${bzl[@]}" info bazel-testlogs "$@" 2>/dev/null)
     # One line per test target in Bazel's summary: "//pkg:name   PASSED in 1.2s" (or FAILED,
     # TIMEOUT, NO STATUS, FAILED TO BUILD, ...; "(cached)" may precede the status).
     while read -r target status; do

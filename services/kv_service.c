@@ -5,9 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "services/forward.h"
 #include "services/proto/raftpb.pb-c.h"
 
-#define FORWARD_METHOD "/craft.raft.Peer/Forward"
+#define FORWARD_METHOD "/craft.raft.Peer/Forward" /* unary: still served for older members */
 
 /* etcd's client-facing errors (etcd 3.4 api/v3rpc/rpctypes/error.go). */
 #define ERR_NO_LEADER "etcdserver: no leader"
@@ -20,6 +21,7 @@
 struct kv_service {
     struct kv_service_config cfg;
     struct cluster cluster;
+    struct fwd *fwd; /* Peer.Forwards, both sides */
 };
 
 enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE };
@@ -158,47 +160,30 @@ static void on_applied(void *arg, int err, uint64_t index, uint64_t leader,
     op_free(o);
 }
 
-static void on_forwarded(struct rpc_result *res, void *arg)
+static void on_forwarded(void *arg, int err, const struct fwd_answer *a)
 {
     struct op *o = arg;
-    if (res->status != GRPC_STATUS_OK) {
-        /* The leader could not be reached or refused: the client may retry. */
+    if (err == FWD_OK && a->code)
+        fail(o->call, (int)a->code, a->message);
+    else if (err == FWD_OK)
+        reply_result(o, a->result, a->len);
+    else /* the leader could not be reached or did not answer in time: the client may retry */
         fail(o->call, GRPC_STATUS_UNAVAILABLE,
-             res->status == GRPC_STATUS_DEADLINE_EXCEEDED ? ERR_TIMEOUT : ERR_NO_LEADER);
-    } else {
-        Craft__Raft__ForwardReply *fr = (Craft__Raft__ForwardReply *)rpc_msg_unpack(
-            &craft__raft__forward_reply__descriptor, res->data, res->len);
-        if (!fr)
-            fail(o->call, GRPC_STATUS_INTERNAL, "craft: undecodable reply from the leader");
-        else if (fr->code)
-            fail(o->call, (int)fr->code, fr->message);
-        else
-            reply_result(o, fr->result.data, fr->result.len);
-        if (fr)
-            protobuf_c_message_free_unpacked(&fr->base, NULL);
-    }
+             err == FWD_ETIMEDOUT ? ERR_TIMEOUT : err == FWD_ESHUTDOWN ? ERR_STOPPED : ERR_NO_LEADER);
     op_free(o);
 }
 
 static void forward(struct op *o, uint64_t leader)
 {
-    Craft__Raft__ForwardRequest fr = CRAFT__RAFT__FORWARD_REQUEST__INIT;
-    fr.cluster_id = o->s->cluster.id;
-    fr.command.data = o->cmd;
-    fr.command.len = o->cmd_len;
-    uint8_t *buf;
-    size_t len;
-    int rc = rpc_msg_pack(&fr.base, &buf, &len);
-    if (rc == 0) {
-        /* The leader's own timeout answers first; the extra second covers the hop. */
-        rc = peer_call_async(o->s->cfg.peer, leader, FORWARD_METHOD, buf, len,
-                             (int)o->s->cfg.timeout_ms + 1000, on_forwarded, o);
-        free(buf);
-    }
-    if (rc != 0) {
+    /* The leader's own timeout answers first; the extra second covers the hop. */
+    int rc = fwd_submit(o->s->fwd, leader, o->cmd, o->cmd_len, (int)o->s->cfg.timeout_ms + 1000,
+                        on_forwarded, o);
+    if (rc == FWD_EBUSY)
+        fail(o->call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_TOO_MANY);
+    else if (rc != FWD_OK)
         fail(o->call, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
+    if (rc != FWD_OK)
         op_free(o);
-    }
 }
 
 /* etcd's quota check: a write that could grow the store refuses to enter the log once the
@@ -509,7 +494,52 @@ out:
     free(cu);
 }
 
-/* ---- Peer.Forward: the leader's side of a forwarded write ----------------------------------- */
+/* ---- Peer.Forwards and Peer.Forward: the leader's side of a forwarded write ------------------ */
+
+/* A node error in the client's terms, for the follower to relay. */
+static void forward_error(int err, int *code, const char **msg)
+{
+    node_error(err, code, msg);
+    if (err == RAFT_NODE_ENOTLEADER)
+        *msg = ERR_LEADER_CHANGED; /* it was leader when the follower sent it */
+}
+
+static void answer_item(struct fwd_item *item, int code, const char *msg)
+{
+    fwd_reply(item, &(struct fwd_answer){(uint32_t)code, msg, NULL, 0, 0});
+}
+
+static void on_item_applied(void *arg, int err, uint64_t index, uint64_t leader,
+                            struct raft_fsm_result *res)
+{
+    (void)leader;
+    int code;
+    const char *msg;
+    if (err) {
+        forward_error(err, &code, &msg);
+        answer_item(arg, code, msg);
+    } else {
+        fwd_reply(arg, &(struct fwd_answer){0, NULL, res->data, res->len, index});
+    }
+}
+
+/* One item of a Peer.Forwards batch (the stream is already authorized and of this cluster). */
+static void propose_item(void *ctx, struct fwd_item *item, const uint8_t *cmd, size_t len)
+{
+    struct kv_service *s = ctx;
+    if (len > s->cfg.max_request_bytes) {
+        answer_item(item, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE);
+        return;
+    }
+    int rc = raft_node_propose(s->cfg.node, cmd, len, (int)s->cfg.timeout_ms, on_item_applied,
+                               item, NULL);
+    if (rc != 0) {
+        int code;
+        const char *msg;
+        forward_error(rc, &code, &msg);
+        answer_item(item, code, msg);
+    }
+}
 
 static void reply_forward(struct rpc_call *call, int code, const char *msg, const void *result,
                           size_t len, uint64_t index, uint64_t term)
@@ -524,14 +554,11 @@ static void reply_forward(struct rpc_call *call, int code, const char *msg, cons
     rpc_call_reply_msg(call, &r.base);
 }
 
-/* Node errors in the client's terms, for the follower to relay. */
 static void reply_forward_error(struct rpc_call *call, int err)
 {
     int code;
     const char *msg;
-    node_error(err, &code, &msg);
-    if (err == RAFT_NODE_ENOTLEADER)
-        msg = ERR_LEADER_CHANGED; /* it was leader when the follower asked */
+    forward_error(err, &code, &msg);
     reply_forward(call, code, msg, NULL, 0, 0, 0);
 }
 
@@ -546,6 +573,7 @@ static void on_forward_applied(void *arg, int err, uint64_t index, uint64_t lead
         reply_forward(call, 0, NULL, res->data, res->len, index, 0);
 }
 
+/* Unary Peer.Forward: one write per call, as members before Peer.Forwards send them. */
 static void handle_forward(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 {
     struct kv_service *s = ctx;
@@ -578,6 +606,19 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     s->cfg = *cfg;
     s->cluster = *cfg->cluster;
     s->cfg.cluster = &s->cluster;
+    struct fwd_config fc = {
+        .peer = cfg->peer,
+        .cluster = &s->cluster,
+        .propose = propose_item,
+        .propose_ctx = s,
+        /* A Put's result can carry a prev_kv as large as a request. */
+        .max_answer_bytes = cfg->max_request_bytes + (64u << 10),
+    };
+    s->fwd = fwd_create(&fc);
+    if (!s->fwd) {
+        free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -604,9 +645,28 @@ int kv_service_register_client(struct kv_service *s, struct rpc_server *srv)
 
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *srv)
 {
+    if (fwd_register(s->fwd, srv) != 0)
+        return -1;
     return rpc_server_register_unary_msg(srv, FORWARD_METHOD,
                                          &craft__raft__forward_request__descriptor, handle_forward,
                                          s);
 }
 
-void kv_service_destroy(struct kv_service *s) { free(s); }
+void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out)
+{
+    fwd_stats_get(s->fwd, out);
+}
+
+void kv_service_stop_forwarding(struct kv_service *s)
+{
+    if (s)
+        fwd_stop(s->fwd);
+}
+
+void kv_service_destroy(struct kv_service *s)
+{
+    if (!s)
+        return;
+    fwd_destroy(s->fwd);
+    free(s);
+}

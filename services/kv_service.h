@@ -6,7 +6,13 @@
  * - Any member serves any request. Writes (Put, DeleteRange, Txn with writes, Compact) are
  *   validated (invalid requests never enter the log), proposed on the leader, and answered once
  *   applied; a follower forwards the write to the leader over the mutual-TLS peer connection
- *   (Peer.Forward) and relays the answer, so clients never need to find the leader.
+ *   and relays the answer, so clients never need to find the leader. Forwarded writes travel
+ *   batched on one ordered stream per leader (Peer.Forwards, services/forward.h: at most
+ *   FWD_DEFAULT_MAX_INFLIGHT waiting per stream, beyond that "etcdserver: too many requests");
+ *   each waits at most the proposal timeout + 1 s; a broken stream fails its writes with
+ *   UNAVAILABLE "etcdserver: no leader", a leader that lost its leadership answers "etcdserver:
+ *   leader changed". The leader also still serves unary Peer.Forward (one write per call) for
+ *   members of older versions during an upgrade.
  * - Reads (Range, read-only Txn) are linearizable by default: the member waits for a ReadIndex
  *   (raft/node.h raft_node_read_index: one leadership-confirming heartbeat round shared by every
  *   read waiting at that moment; a follower asks the leader for the index) and serves from its
@@ -28,6 +34,7 @@
 #include "raft/node.h"
 #include "rpc/rpc.h"
 #include "services/cluster.h"
+#include "services/forward.h"
 #include "services/kvstore/kv_store.h"
 #include "services/peer.h"
 
@@ -53,9 +60,15 @@ struct kv_service;
 struct kv_service *kv_service_create(const struct kv_service_config *cfg);
 /* Registers KV, Maintenance.Status and Cluster.MemberList on the client server. */
 int kv_service_register_client(struct kv_service *s, struct rpc_server *client_srv);
-/* Registers Peer.Forward on the peer server. */
+/* Registers Peer.Forwards and Peer.Forward on the peer server. */
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
-/* After both servers are shut down and the node stopped (their calls have completed). */
+/* Forwarding counters (services/forward.h). */
+void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out);
+/* Fails the writes this member is forwarding ("etcdserver: server stopped") and drops answers
+ * that arrive later: call it before stopping the node, whose status the answers read. */
+void kv_service_stop_forwarding(struct kv_service *s);
+/* After both servers are shut down, the node stopped and the peer destroyed (their calls and
+ * streams have completed). */
 void kv_service_destroy(struct kv_service *s);
 
 #endif

@@ -130,7 +130,7 @@ static struct rpc_client_stream *out_stream(struct peer_out *o)
         return NULL;
     atomic_init(&c->refs, 2);
     atomic_init(&c->dead, false);
-    static const struct rpc_client_stream_handler h = {out_on_message, out_on_close};
+    static const struct rpc_client_stream_handler h = {out_on_message, out_on_close, NULL};
     o->st = rpc_channel_stream_open(o->ch, PEER_METHOD, &h, c);
     if (!o->st) {
         free(c);
@@ -587,7 +587,9 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
             .insecure = cfg->insecure,
             .threads = 1,
             .max_send_bytes = p->max_recv_bytes + (64u << 10),
-            .max_recv_bytes = 1u << 20,
+            /* Peer.Forwards answers carry state machine results (a Put's prev_kv can be a
+             * whole request's size). */
+            .max_recv_bytes = p->max_recv_bytes + (64u << 10),
             .stream_queue = cfg->stream_queue ? cfg->stream_queue : PEER_DEFAULT_STREAM_QUEUE,
             .reconnect_max_ms = BACKOFF_MAX_MS,
         };
@@ -632,7 +634,7 @@ struct raft_transport *peer_transport(struct peer *p) { return &p->transport; }
 
 int peer_register(struct peer *p, struct rpc_server *srv)
 {
-    static const struct rpc_stream_handler h = {in_open, in_message, in_close};
+    static const struct rpc_stream_handler h = {in_open, in_message, in_close, NULL};
     if (rpc_server_register_stream(srv, PEER_METHOD, &h, p) != 0)
         return -1;
     return rpc_server_register_unary_msg(srv, HELLO_METHOD, &craft__raft__peer_hello__descriptor,
@@ -667,16 +669,38 @@ int peer_call_async(struct peer *p, uint64_t to, const char *method, const void 
     return RPC_EINVAL;
 }
 
+struct rpc_client_stream *peer_stream_open(struct peer *p, uint64_t to, const char *method,
+                                           const struct rpc_client_stream_handler *h, void *arg)
+{
+    for (size_t i = 0; i < p->n_out; i++)
+        if (p->out[i].m->id == to)
+            return rpc_channel_stream_open(p->out[i].ch, method, h, arg);
+    return NULL;
+}
+
+static uint64_t member_of(struct peer *p, int rc, const struct rpc_peer *id)
+{
+    if (rc != 0)
+        return 0;
+    const struct cluster_member *m =
+        cluster_find_cert(&p->cluster, id->cn, (const char(*)[256])id->sans, id->nsans);
+    return m && m->id != p->self_id ? m->id : 0;
+}
+
 uint64_t peer_call_member(struct peer *p, struct rpc_call *call)
 {
     if (p->insecure)
         return 1;
     struct rpc_peer id;
-    if (rpc_call_peer_identity(call, &id) != 0)
-        return 0;
-    const struct cluster_member *m =
-        cluster_find_cert(&p->cluster, id.cn, (const char(*)[256])id.sans, id.nsans);
-    return m && m->id != p->self_id ? m->id : 0;
+    return member_of(p, rpc_call_peer_identity(call, &id), &id);
+}
+
+uint64_t peer_stream_member(struct peer *p, struct rpc_stream *s)
+{
+    if (p->insecure)
+        return 1;
+    struct rpc_peer id;
+    return member_of(p, rpc_stream_peer_identity(s, &id), &id);
 }
 
 uint64_t peer_cluster_id(struct peer *p) { return p->cluster.id; }

@@ -13,6 +13,10 @@
  *   FAILED_PRECONDITION. A message whose `from` is not the authenticated member, or whose `to`
  *   is not this member, is dropped. A Batch that does not decode ends the stream with
  *   INVALID_ARGUMENT. With insecure (plaintext, tests only) the claimed `from` is trusted.
+ * - Forwarded client writes use the same channels: services/forward.h opens one Peer.Forwards
+ *   stream per leader through peer_stream_open and authorizes incoming ones with
+ *   peer_stream_member (the Peer.Raft rule above); unary Peer.Forward (older members) is
+ *   authorized with peer_call_member.
  * - Client URLs: every member calls Peer.Hello on each peer (retrying every 500 ms until it has
  *   answered once) so that each member knows every other member's --advertise-client-urls,
  *   for MemberList and for telling clients where the leader is.
@@ -63,16 +67,23 @@ int peer_register(struct peer *p, struct rpc_server *srv);
 /* Where received messages go. NULL detaches (waiting for deliveries in progress). */
 void peer_attach(struct peer *p, struct raft_node *node);
 
-/* An async unary call to member `to` on its peer port (e.g. Peer.Forward), over the same mutual
+/* An async unary call to member `to` on its peer port (e.g. Peer.Hello), over the same mutual
  * TLS channel as the Raft stream. 0 and cb fires once (rpc.h rpc_channel_call_async rules), or
  * an rpc error at once (unknown member, channel full). */
 int peer_call_async(struct peer *p, uint64_t to, const char *method, const void *req, size_t len,
                     int deadline_ms, rpc_done_fn cb, void *arg);
 
-/* The member a unary call on the peer port comes from: its verified certificate must name a
- * member of the cluster other than this one. Returns the member's id, or 0 (refuse the call).
- * With insecure (tests only) every caller is accepted and 1 is returned. */
+/* Opens a client stream to member `to` on the same channel (e.g. Peer.Forwards; rpc.h rules:
+ * give the handle back with close or cancel). NULL for an unknown member or a full channel.
+ * Streams still open when peer_destroy runs get on_close(CANCELLED) before it returns. */
+struct rpc_client_stream *peer_stream_open(struct peer *p, uint64_t to, const char *method,
+                                           const struct rpc_client_stream_handler *h, void *arg);
+
+/* The member a unary call (or a stream) on the peer port comes from: its verified certificate
+ * must name a member of the cluster other than this one. Returns the member's id, or 0 (refuse
+ * it). With insecure (tests only) every caller is accepted and 1 is returned. */
 uint64_t peer_call_member(struct peer *p, struct rpc_call *call);
+uint64_t peer_stream_member(struct peer *p, struct rpc_stream *s);
 
 /* The cluster id every peer message carries. */
 uint64_t peer_cluster_id(struct peer *p);

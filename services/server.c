@@ -87,7 +87,7 @@ static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void
 /* ---- lifecycle ----------------------------------------------------------------------- */
 
 static struct rpc_server *listen_on(const struct cluster_url *u, const struct rpc_tls *tls,
-                                    const struct craftd_config *cfg, size_t max_recv,
+                                    const struct craftd_config *cfg, size_t max_msg,
                                     const char *what, char *err, size_t errlen)
 {
     char addr[CLUSTER_HOST_MAX + 16], rerr[256];
@@ -97,7 +97,8 @@ static struct rpc_server *listen_on(const struct cluster_url *u, const struct rp
         .tls = u->tls ? tls : NULL,
         .insecure = !u->tls,
         .threads = (int)cfg->server_threads,
-        .max_recv_bytes = max_recv,
+        .max_recv_bytes = max_msg,
+        .max_send_bytes = max_msg,
     };
     struct rpc_server *srv = rpc_server_create(&sc, rerr, sizeof rerr);
     if (!srv)
@@ -169,7 +170,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         snprintf(err, errlen, "peer service: %s", sub);
         goto fail;
     }
-    /* The peer port carries Raft batches and forwarded client writes. */
+    /* The peer port carries Raft batches, forwarded client writes and their results. */
     size_t peer_max = PEER_DEFAULT_MAX_RECV_BYTES;
     if (cfg->max_request_bytes + (64u << 10) > peer_max)
         peer_max = cfg->max_request_bytes + (64u << 10);
@@ -253,6 +254,7 @@ void craft_server_stop(struct craft_server *s)
      * complete as no-ops on closed handles), then the peers. */
     if (s->client_srv)
         rpc_server_shutdown(s->client_srv, 500);
+    kv_service_stop_forwarding(s->kv); /* before the node goes: answers read its status */
     if (s->peer)
         peer_attach(s->peer, NULL);
     if (s->node)
@@ -266,3 +268,8 @@ void craft_server_stop(struct craft_server *s)
 }
 
 struct raft_node *craft_server_node(struct craft_server *s) { return s->node; }
+
+void craft_server_fwd_stats(struct craft_server *s, struct fwd_stats *out)
+{
+    kv_service_fwd_stats(s->kv, out);
+}

@@ -21,6 +21,7 @@
 
 #include "raft/node.h"
 #include "services/craftd_flags.h"
+#include "services/forward.h"
 
 struct craft_server;
 
@@ -28,5 +29,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
 void craft_server_stop(struct craft_server *s);
 
 struct raft_node *craft_server_node(struct craft_server *s);
+/* Counters of the member's write forwarding (tests). */
+void craft_server_fwd_stats(struct craft_server *s, struct fwd_stats *out);
 
 #endif

@@ -129,7 +129,7 @@ static struct rpc_server *start_server(const char *listen, const struct rpc_tls 
         fprintf(stderr, "rpc-bench: %s\n", err);
         exit(1);
     }
-    static const struct rpc_stream_handler sh = {NULL, s_message, s_close};
+    static const struct rpc_stream_handler sh = {NULL, s_message, s_close, NULL};
     if (rpc_server_register_unary(srv, M_ECHO, h_echo, NULL) != 0 ||
         rpc_server_register_stream(srv, M_STREAM, &sh, NULL) != 0 || rpc_server_start(srv) != 0) {
         fprintf(stderr, "rpc-bench: cannot start the server\n");
@@ -319,7 +319,7 @@ static struct row run_mode(const struct rpc_channel_config *ccfg, const char *mo
             pthread_cond_wait(&r.cv, &r.mu);
         pthread_mutex_unlock(&r.mu);
     } else {
-        static const struct rpc_client_stream_handler h = {stream_msg, stream_close};
+        static const struct rpc_client_stream_handler h = {stream_msg, stream_close, NULL};
         struct rpc_client_stream *s = rpc_channel_stream_open(ch, M_STREAM, &h, &r);
         if (!s) {
             fprintf(stderr, "rpc-bench: cannot open a stream\n");

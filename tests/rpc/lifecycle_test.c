@@ -100,7 +100,7 @@ static void cs_close(struct rpc_client_stream *s, grpc_status_code st, const cha
     tt_latch_add(&r->closed, 1);
 }
 
-static const struct rpc_client_stream_handler cs_h = {cs_msg, cs_close};
+static const struct rpc_client_stream_handler cs_h = {cs_msg, cs_close, NULL};
 
 Test(rpc_life, reconnect_after_server_restart, .timeout = 60)
 {
@@ -396,7 +396,7 @@ Test(rpc_life, bounded_server_send_queue, .timeout = 60)
     struct rpc_channel *ch = tt_channel(rpc_server_port(srv), "a", "client", &cfg);
     struct cs_run r = {0};
     tt_latch_init(&r.closed);
-    static const struct rpc_client_stream_handler h = {cs_msg_blocking, cs_close};
+    static const struct rpc_client_stream_handler h = {cs_msg_blocking, cs_close, NULL};
     struct rpc_client_stream *s = rpc_channel_stream_open(ch, TT_HOLD_STREAM, &h, &r);
     cr_assert_eq(rpc_client_stream_send(s, "s", 1, 1000), 0);
     tt_wait_held(0, 1);
@@ -425,4 +425,110 @@ Test(rpc_life, bounded_server_send_queue, .timeout = 60)
     cr_assert_eq(rpc_client_stream_close(s), RPC_ECLOSED);
     rpc_channel_destroy(ch);
     rpc_server_shutdown(srv, 1000);
+}
+
+/* on_sent: a server stream that answers each request with a burst of three messages gets one
+ * on_sent per burst (the writes complete on the stream's own thread, after on_message has queued
+ * all three), never after on_close; a client gets on_sent once its message is written. */
+#define BURST_METHOD "/craft.echo.Echo/Burst"
+
+struct burst {
+    atomic_int sent, after_close, closed;
+    struct tt_latch drained;
+};
+static struct burst burst;
+
+static void burst_message(struct rpc_stream *s, const uint8_t *d, size_t n, void *user)
+{
+    (void)d, (void)n, (void)user;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(rpc_stream_send(s, "b", 1), 0);
+}
+
+static void burst_sent(struct rpc_stream *s, void *user)
+{
+    (void)s, (void)user;
+    if (atomic_load(&burst.closed))
+        atomic_fetch_add(&burst.after_close, 1);
+    atomic_fetch_add(&burst.sent, 1);
+    tt_latch_add(&burst.drained, 1);
+}
+
+static void burst_close(struct rpc_stream *s, grpc_status_code st, void *user)
+{
+    (void)st, (void)user;
+    atomic_store(&burst.closed, 1);
+    rpc_stream_finish(s, GRPC_STATUS_OK, NULL);
+}
+
+struct client_sent {
+    atomic_int sent;
+    struct tt_latch latch;
+};
+
+static void cs_sent(struct rpc_client_stream *s, void *arg)
+{
+    (void)s;
+    struct client_sent *c = arg;
+    atomic_fetch_add(&c->sent, 1);
+    tt_latch_add(&c->latch, 1);
+}
+
+static struct client_sent client_sent;
+static struct cs_run burst_run;
+
+static void bcs_msg(struct rpc_client_stream *s, const uint8_t *d, size_t l, void *arg)
+{
+    (void)arg;
+    cs_msg(s, d, l, &burst_run);
+}
+
+static void bcs_close(struct rpc_client_stream *s, grpc_status_code st, const char *m, void *arg)
+{
+    (void)arg;
+    cs_close(s, st, m, &burst_run);
+}
+
+static void bcs_sent(struct rpc_client_stream *s, void *arg)
+{
+    (void)arg;
+    cs_sent(s, &client_sent);
+}
+
+Test(rpc_life, on_sent_fires_once_the_send_queue_drains, .timeout = 60)
+{
+    memset(&burst, 0, sizeof burst);
+    tt_latch_init(&burst.drained);
+    memset(&client_sent, 0, sizeof client_sent);
+    tt_latch_init(&client_sent.latch);
+    memset(&burst_run, 0, sizeof burst_run);
+    tt_latch_init(&burst_run.closed);
+
+    struct tt_tls tls;
+    tt_tls(&tls, "a", "server");
+    struct rpc_server_config sc = {.listen = "127.0.0.1:0", .tls = &tls.tls, .threads = 1};
+    char err[256];
+    struct rpc_server *srv = rpc_server_create(&sc, err, sizeof err);
+    cr_assert(srv, "%s", err);
+    static const struct rpc_stream_handler h = {NULL, burst_message, burst_close, burst_sent};
+    cr_assert_eq(rpc_server_register_stream(srv, BURST_METHOD, &h, NULL), 0);
+    cr_assert_eq(rpc_server_start(srv), 0);
+    struct rpc_channel *ch = tt_channel(rpc_server_port(srv), "a", "client", NULL);
+    static const struct rpc_client_stream_handler ch_h = {bcs_msg, bcs_close, bcs_sent};
+    struct rpc_client_stream *s = rpc_channel_stream_open(ch, BURST_METHOD, &ch_h, NULL);
+    cr_assert(s);
+    for (int round = 1; round <= 5; round++) {
+        cr_assert_eq(rpc_client_stream_send(s, "q", 1, 1000), 0);
+        cr_assert_eq(tt_latch_wait(&client_sent.latch, round, 10000), round);
+        cr_assert_eq(tt_latch_wait(&burst.drained, round, 10000), round);
+    }
+    /* Three messages per burst, one on_sent per burst (not one per message). */
+    cr_assert_eq(atomic_load(&burst.sent), 5);
+    cr_assert_eq(atomic_load(&client_sent.sent), 5);
+    cr_assert_eq(rpc_client_stream_close(s), 0);
+    cr_assert_eq(tt_latch_wait(&burst_run.closed, 1, 10000), 1);
+    cr_assert_eq(atomic_load(&burst_run.msgs), 15);
+    rpc_channel_destroy(ch);
+    rpc_server_shutdown(srv, 1000);
+    cr_assert_eq(atomic_load(&burst.after_close), 0);
 }

@@ -161,7 +161,7 @@ Test(rpc_load, bidi_stream_keeps_order, .timeout = 120)
     struct stream_run run = {0};
     tt_latch_init(&run.got);
     tt_latch_init(&run.closed);
-    static const struct rpc_client_stream_handler h = {cs_message, cs_close};
+    static const struct rpc_client_stream_handler h = {cs_message, cs_close, NULL};
     struct rpc_client_stream *s = rpc_channel_stream_open(ch, TT_STREAM, &h, &run);
     cr_assert(s);
     uint8_t buf[32];
@@ -193,7 +193,7 @@ Test(rpc_load, concurrent_streams_each_keep_order, .timeout = 120)
     long n = tt_scaled(2000, 100);
     struct stream_run runs[NS];
     struct rpc_client_stream *ss[NS];
-    static const struct rpc_client_stream_handler h = {cs_message, cs_close};
+    static const struct rpc_client_stream_handler h = {cs_message, cs_close, NULL};
     for (int k = 0; k < NS; k++) {
         memset(&runs[k], 0, sizeof runs[k]);
         tt_latch_init(&runs[k].got);

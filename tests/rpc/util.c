@@ -326,8 +326,8 @@ struct rpc_server *tt_server_start(const char *server_cert, int port,
     char err[256] = "";
     struct rpc_server *srv = rpc_server_create(cfg, err, sizeof err);
     cr_assert(srv, "server create: %s", err);
-    static const struct rpc_stream_handler echo_sh = {s_open, s_message, s_close};
-    static const struct rpc_stream_handler hold_sh = {hs_open, hs_message, hs_close};
+    static const struct rpc_stream_handler echo_sh = {s_open, s_message, s_close, NULL};
+    static const struct rpc_stream_handler hold_sh = {hs_open, hs_message, hs_close, NULL};
     cr_assert_eq(rpc_server_register_unary(srv, TT_ECHO, h_echo, NULL), 0);
     cr_assert_eq(rpc_server_register_unary_msg(srv, TT_ECHO_MSG, &craft__echo__echo_request__descriptor,
                                                h_echo_msg, NULL),
@@ -337,7 +337,7 @@ struct rpc_server *tt_server_start(const char *server_cert, int port,
     cr_assert_eq(rpc_server_register_unary(srv, TT_HOLD, h_hold, NULL), 0);
     cr_assert_eq(rpc_server_register_stream(srv, TT_STREAM, &echo_sh, NULL), 0);
     cr_assert_eq(rpc_server_register_stream(srv, TT_HOLD_STREAM, &hold_sh, NULL), 0);
-    static const struct rpc_stream_handler sink_sh = {NULL, sink_message, sink_close};
+    static const struct rpc_stream_handler sink_sh = {NULL, sink_message, sink_close, NULL};
     cr_assert_eq(rpc_server_register_stream(srv, TT_SINK, &sink_sh, NULL), 0);
     cr_assert_eq(rpc_server_register_unary(srv, TT_ECHO, h_echo, NULL), RPC_EINVAL,
                  "duplicate registration must be refused");
