@@ -9,6 +9,7 @@ PACKAGES=(
     libprotobuf-c-dev protobuf-c-compiler     # messages
     libcriterion-dev                          # unit tests
     liblmdb-dev                               # the KV store
+    libgoogle-perftools-dev                   # tcmalloc for craftd
     clang libclang-rt-14-dev                  # libFuzzer targets
     etcd-server etcd-client                   # the real-world peer and client
     iproute2 iptables procps                  # integration and fault tests (partitions)
