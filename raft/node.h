@@ -145,5 +145,8 @@ struct raft_node_status {
     uint64_t read_rounds;    /* ReadIndex rounds started since start (each serves a batch) */
 };
 void raft_node_status_get(struct raft_node *n, struct raft_node_status *st);
+/* The current term as last seen by the runtime (the one on_role reported), without taking the
+ * node lock: for hot paths such as every client reply's header. */
+uint64_t raft_node_term(struct raft_node *n);
 
 #endif

@@ -314,6 +314,7 @@ static bool drive_once_locked(struct raft_node *n, enum node_drive_mode mode)
     n->rep_role = rd.role;
     n->rep_term = rd.term;
     n->rep_leader = rd.leader_id;
+    atomic_store_explicit(&n->term_seen, rd.term, memory_order_relaxed);
     pthread_mutex_unlock(&n->mu);
 
     /* Messages first: none of them waits for this ready's write (see the file comment). */
@@ -794,6 +795,11 @@ int raft_node_transfer_leader(struct raft_node *n, uint64_t to)
     }
     pthread_mutex_unlock(&n->mu);
     return rc;
+}
+
+uint64_t raft_node_term(struct raft_node *n)
+{
+    return atomic_load_explicit(&n->term_seen, memory_order_relaxed);
 }
 
 void raft_node_status_get(struct raft_node *n, struct raft_node_status *st)

@@ -16,6 +16,7 @@
 #define CRAFT_RAFT_NODE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -188,6 +189,7 @@ struct raft_node {
     uint64_t wal_last; /* last index handed to the WAL */
     uint8_t rep_role;
     uint64_t rep_term, rep_leader;
+    _Atomic uint64_t term_seen; /* rep_term, readable without n->mu (raft_node_term) */
 
     /* Applying: one thread at a time holds `applying` (n->mu) - the applier thread, or a thread
      * that drove a commit and found the applier idle (node_apply_inline_locked) - and with it

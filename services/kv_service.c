@@ -89,11 +89,9 @@ static void fail_node(struct rpc_call *call, int err)
 
 static void fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
 {
-    struct raft_node_status st;
-    raft_node_status_get(s->cfg.node, &st);
     h->cluster_id = s->cluster.id;
     h->member_id = s->cfg.self_id;
-    h->raft_term = st.core.term;
+    h->raft_term = raft_node_term(s->cfg.node); /* every reply: no node lock (node.h) */
 }
 
 /* ---- writes --------------------------------------------------------------------------- */
