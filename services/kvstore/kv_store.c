@@ -47,6 +47,7 @@ struct kv_store {
     pthread_cond_t sync_cv;
     bool stopping;             /* sync_mu */
     _Atomic int sync_err;      /* sticky: a failed sync stops apply (fail-stop, like the WAL) */
+    bool fail_sync;            /* tests: every sync fails with EIO */
 };
 
 /* ---- little-endian records ---- */
@@ -1316,6 +1317,26 @@ static const char *distrust_after_machine_crash(struct kv_store *s, const struct
     return rc ? strerror(rc) : NULL;
 }
 
+/* One flush of everything committed so far. A failure is sticky: apply() refuses from then on
+ * (the node fail-stops, the Raft log still has the entries) and close will not mark the store
+ * clean, so a machine crash afterwards rebuilds it. */
+static int sync_store(struct kv_store *s)
+{
+    int rc = atomic_load(&s->sync_err);
+    if (rc)
+        return rc;
+    rc = s->fail_sync ? EIO : mdb_env_sync(s->env, 1);
+    if (rc)
+        atomic_store(&s->sync_err, rc);
+    return rc;
+}
+
+int kv_store_sync(struct kv_store *s)
+{
+    int rc = sync_store(s);
+    return rc ? -rc : 0;
+}
+
 static void *syncer_main(void *arg)
 {
     struct kv_store *s = arg;
@@ -1332,11 +1353,9 @@ static void *syncer_main(void *arg)
         if (s->stopping || applied == synced || atomic_load(&s->sync_err))
             continue;
         pthread_mutex_unlock(&s->sync_mu);
-        int rc = mdb_env_sync(s->env, 1);
+        int rc = sync_store(s);
         pthread_mutex_lock(&s->sync_mu);
-        if (rc)
-            atomic_store(&s->sync_err, rc);
-        else
+        if (rc == 0)
             synced = applied;
     }
     pthread_mutex_unlock(&s->sync_mu);
@@ -1468,6 +1487,7 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
         return open_fail(s, err, errlen, dir, what,
                          rc == MDB_INCOMPATIBLE ? "not a craft KV store" : mdb_strerror(rc));
     s->fail_at = o.fail_at_index;
+    s->fail_sync = o.fail_sync;
     s->fsm = (struct raft_fsm){s, fsm_apply, fsm_applied_index, fsm_snapshot_write,
                                fsm_snapshot_restore};
     if ((why = start_syncing(s)))
@@ -1488,7 +1508,7 @@ void kv_store_close(struct kv_store *s)
     }
     /* A clean close: everything on disk, so the next open trusts the store whatever happens to
      * the machine in between. */
-    if (s->lazy && !atomic_load(&s->sync_err) && mdb_env_sync(s->env, 1) == 0)
+    if (s->lazy && sync_store(s) == 0)
         kv_mark_write(s->dir, NULL);
     mdb_env_close(s->env);
     close(s->lock_fd);

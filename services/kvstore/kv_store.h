@@ -116,6 +116,8 @@ struct kv_store_opts {
     unsigned sync_interval_ms;
     /* Tests only: the machine's boot id to assume (NULL = /proc/sys/kernel/random/boot_id). */
     const char *boot_id;
+    /* Tests only: every background or explicit sync fails with EIO. */
+    bool fail_sync;
     /* Tests only: apply() fails with -EIO when it reaches the entry with this index, after
      * having applied the entries before it in the same (then aborted) transaction. 0 = off. */
     uint64_t fail_at_index;
@@ -130,6 +132,11 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
                                size_t errlen);
 /* Syncs, marks the store clean and closes it. */
 void kv_store_close(struct kv_store *s);
+/* Flushes every applied batch to disk now (the background thread does it every
+ * sync_interval_ms; log compaction will call this before dropping entries). 0, or a negative
+ * errno; a failure is sticky: apply() then fails with -EIO and close does not mark the store
+ * clean. */
+int kv_store_sync(struct kv_store *s);
 /* What open had to do that the operator should hear about (one line; "" = nothing), e.g. a
  * store discarded after a machine crash, to be rebuilt from the Raft log. */
 const char *kv_store_open_note(const struct kv_store *s);

@@ -5,6 +5,7 @@
  * Process crashes are real (a forked child exits without closing); machine crashes are simulated
  * by opening with another boot id. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,4 +166,35 @@ Test(kv_durability, sync_interval_is_bounded)
     cr_assert_null(kv_store_open(dir, &o, err, sizeof err));
     cr_assert(strstr(err, "sync interval"), "%s", err);
     rmdir(dir);
+}
+
+Test(kv_durability, failed_sync_stops_apply_and_the_store_is_not_marked_clean)
+{
+    struct kvt t;
+    struct kv_store_opts o = {.boot_id = "boot-A", .sync_interval_ms = 60000, .fail_sync = true};
+    kvt_open(&t, &o);
+    put_keys(&t, 0, 3);
+    cr_assert_eq(kv_store_sync(t.s), -EIO);
+    /* Sticky: the next batch is refused (the node fail-stops; its log keeps the entries). */
+    Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
+    p.key = kvt_bin("after");
+    uint8_t *cmd;
+    size_t len;
+    cr_assert_eq(kv_cmd_encode_put(&p, &cmd, &len), 0);
+    struct raft_entry e = {.index = ++t.index, .term = 1, .type = RAFT_ENTRY_NORMAL,
+                           .data = cmd, .len = (uint32_t)len};
+    struct raft_fsm_result res = {0};
+    struct raft_fsm *f = kv_store_fsm(t.s);
+    cr_assert_eq(f->apply(f->ctx, &e, 1, e.index, &res), -EIO);
+    free(cmd);
+    free(res.data);
+    /* Close could not sync, so it must not say clean: after a machine crash the store is
+     * discarded, not trusted. */
+    kv_store_close(t.s);
+    t.opts.fail_sync = false;
+    open_as(&t, "boot-B");
+    cr_assert(strstr(kv_store_open_note(t.s), "machine restarted"), "note: %s",
+              kv_store_open_note(t.s));
+    cr_assert_eq(count_keys(&t), 0);
+    kvt_close(&t);
 }
