@@ -289,6 +289,9 @@ int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen, bool se
     rpc_channel_call_msg(hc_channel(c, i), "/etcdserverpb.KV/Range", &req.base,
                          &etcdserverpb__range_response__descriptor, 3000, &resp, &res);
     grpc_status_code st = res.status;
+    if (st != GRPC_STATUS_OK) /* say why: a failed read must not look like a lost write */
+        fprintf(stderr, "hc_get %s on %s: status %d: %s\n", key, c->m[i].name, (int)st,
+                res.message);
     rpc_result_free(&res);
     if (st != GRPC_STATUS_OK)
         return -1;
