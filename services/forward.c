@@ -219,17 +219,20 @@ static void out_flush(struct fwd_out *o, struct out_stream *s, struct fwd_op **l
     uint8_t *buf;
     size_t len;
     int rc = rpc_msg_pack(&b.base, &buf, &len);
+    /* Counted before the send, as the answers are (they may arrive before this returns). */
+    atomic_fetch_add(&f->batches_sent, 1);
+    atomic_fetch_add(&f->items_sent, n);
     if (rc == 0) {
         rc = rpc_client_stream_send(s->st, buf, len, 0);
         free(buf);
     }
     if (rc != 0) {
+        atomic_fetch_sub(&f->batches_sent, 1);
+        atomic_fetch_sub(&f->items_sent, n);
         retire(o, s, FWD_ENOLEADER, list);
         return;
     }
     s->writing = true;
-    atomic_fetch_add(&f->batches_sent, 1);
-    atomic_fetch_add(&f->items_sent, n);
 }
 
 static void os_message(struct rpc_client_stream *st, const uint8_t *data, size_t len, void *arg)
@@ -482,6 +485,10 @@ static void in_flush(struct fwd_in *in)
     Craft__Raft__ForwardReplyBatch b = CRAFT__RAFT__FORWARD_REPLY_BATCH__INIT;
     b.n_items = n;
     b.items = in->itemp;
+    /* Counted before the send: the follower may complete these before this thread returns, and
+     * whoever has seen an answer arrive must also see it counted here. */
+    atomic_fetch_add(&f->answer_batches_sent, 1);
+    atomic_fetch_add(&f->answers_sent, n);
     int rc = rpc_stream_send_msg(in->st, &b.base);
     while (in->head != a) { /* sent or not, these are done with */
         struct answer *d = in->head;
@@ -492,14 +499,14 @@ static void in_flush(struct fwd_in *in)
     if (!in->head)
         in->tail = NULL;
     if (rc != 0) {
+        atomic_fetch_sub(&f->answer_batches_sent, 1);
+        atomic_fetch_sub(&f->answers_sent, n);
         /* The stream is dead or we are out of memory: ending it makes the follower fail what
          * waits on it at once rather than at each deadline. */
         in_end(in, GRPC_STATUS_UNAVAILABLE, "cannot send forward answers");
         return;
     }
     in->writing = true;
-    atomic_fetch_add(&f->answer_batches_sent, 1);
-    atomic_fetch_add(&f->answers_sent, n);
 }
 
 static struct answer *answer_new(struct fwd *f, uint64_t id, const struct fwd_answer *ans)
