@@ -355,61 +355,59 @@ static bool apply_once_locked(struct raft_node *n)
 {
     struct raft_fsm *fsm = n->cfg.fsm;
     struct raft_fsm_result *results = n->apply_results;
-    {
-        uint64_t lo = n->applied + 1, hi = n->apply_to;
-        if (hi - lo + 1 > n->cfg.max_apply_batch)
-            hi = lo + n->cfg.max_apply_batch - 1;
-        struct apply_batch b;
-        int rc = batch_copy_locked(n, lo, hi, &b);
-        if (rc) {
-            node_fail_locked(n, rc, "applier: cannot copy committed entries");
-            return false;
-        }
-        pthread_mutex_unlock(&n->mu);
+    uint64_t lo = n->applied + 1, hi = n->apply_to;
+    if (hi - lo + 1 > n->cfg.max_apply_batch)
+        hi = lo + n->cfg.max_apply_batch - 1;
+    struct apply_batch b;
+    int rc = batch_copy_locked(n, lo, hi, &b);
+    if (rc) {
+        node_fail_locked(n, rc, "applier: cannot copy committed entries");
+        return false;
+    }
+    pthread_mutex_unlock(&n->mu);
 
-        if (b.n_normal) {
-            memset(results, 0, b.n_normal * sizeof(*results));
-            rc = fsm->apply(fsm->ctx, b.normal, b.n_normal, hi, results);
-        }
+    if (b.n_normal) {
+        memset(results, 0, b.n_normal * sizeof(*results));
+        rc = fsm->apply(fsm->ctx, b.normal, b.n_normal, hi, results);
+    }
 
-        pthread_mutex_lock(&n->mu);
-        if (rc < 0) {
-            /* fsm.h: a failing apply is fatal; the state machine is now behind the log. */
-            for (size_t i = 0; i < b.n_normal; i++)
-                free(results[i].data);
-            batch_free(&b);
-            node_fail_locked(n, RAFT_NODE_EIO, "state machine apply() failed");
-            return false;
-        }
-        struct node_done_list l = {0};
-        size_t k = 0; /* position in results (NORMAL entries only) */
-        for (size_t i = 0; i < b.n_all; i++) {
-            const struct raft_entry *e = &b.all[i];
-            struct raft_fsm_result *res = e->type == RAFT_ENTRY_NORMAL ? &results[k++] : NULL;
-            if (n->props.count)
-                settle_locked(n, e->index, e->term, res, &l);
-            if (res) {
-                free(res->data); /* nobody waited for it here (NULL when moved) */
-                res->data = NULL;
-            }
-        }
-        uint64_t last_term = b.all[b.n_all - 1].term;
-        if (last_term > n->applied_term) {
-            if (n->props.count)
-                settle_lower_terms_locked(n, last_term, &l);
-            n->applied_term = last_term;
-        }
-        n->applied = hi;
-        raft_applied(n->r, hi);
+    pthread_mutex_lock(&n->mu);
+    if (rc < 0) {
+        /* fsm.h: a failing apply is fatal; the state machine is now behind the log. */
+        for (size_t i = 0; i < b.n_normal; i++)
+            free(results[i].data);
         batch_free(&b);
-        struct node_read_done_list rl = {0};
-        node_reads_applied_locked(n, &rl); /* linearizable reads waiting for this index */
-        if (l.n || rl.n) {
-            pthread_mutex_unlock(&n->mu);
-            node_done_run(&l);
-            node_read_done_run(&rl);
-            pthread_mutex_lock(&n->mu);
+        node_fail_locked(n, RAFT_NODE_EIO, "state machine apply() failed");
+        return false;
+    }
+    struct node_done_list l = {0};
+    size_t k = 0; /* position in results (NORMAL entries only) */
+    for (size_t i = 0; i < b.n_all; i++) {
+        const struct raft_entry *e = &b.all[i];
+        struct raft_fsm_result *res = e->type == RAFT_ENTRY_NORMAL ? &results[k++] : NULL;
+        if (n->props.count)
+            settle_locked(n, e->index, e->term, res, &l);
+        if (res) {
+            free(res->data); /* nobody waited for it here (NULL when moved) */
+            res->data = NULL;
         }
+    }
+    uint64_t last_term = b.all[b.n_all - 1].term;
+    if (last_term > n->applied_term) {
+        if (n->props.count)
+            settle_lower_terms_locked(n, last_term, &l);
+        n->applied_term = last_term;
+    }
+    n->applied = hi;
+    raft_applied(n->r, hi);
+    batch_free(&b);
+    struct node_read_done_list rl = {0};
+    node_reads_applied_locked(n, &rl); /* linearizable reads waiting for this index */
+    if (l.n || rl.n) {
+        pthread_mutex_unlock(&n->mu);
+        node_done_run(&l);
+        node_read_done_run(&rl);
+        pthread_mutex_lock(&n->mu);
     }
     return true;
 }

@@ -1250,18 +1250,21 @@ uint64_t kv_store_applied_index(struct kv_store *s) { return atomic_load(&s->app
 
 /* ---- open / close ---- */
 
-static struct kv_store *open_fail(struct kv_store *s, char *err, size_t errlen, const char *dir,
-                                  const char *what, const char *why)
+static void stop_syncer(struct kv_store *s)
 {
-    if (err && errlen)
-        snprintf(err, errlen, "kv store %s: %s: %s", dir, what, why);
-    if (s->syncer_started) {
-        pthread_mutex_lock(&s->sync_mu);
-        s->stopping = true;
-        pthread_cond_signal(&s->sync_cv);
-        pthread_mutex_unlock(&s->sync_mu);
-        pthread_join(s->syncer, NULL);
-    }
+    if (!s->syncer_started)
+        return;
+    pthread_mutex_lock(&s->sync_mu);
+    s->stopping = true;
+    pthread_cond_signal(&s->sync_cv);
+    pthread_mutex_unlock(&s->sync_mu);
+    pthread_join(s->syncer, NULL);
+    s->syncer_started = false;
+}
+
+/* Frees whatever open set up (the syncer already stopped). */
+static void store_free(struct kv_store *s)
+{
     if (s->env)
         mdb_env_close(s->env);
     if (s->lock_fd >= 0)
@@ -1271,6 +1274,15 @@ static struct kv_store *open_fail(struct kv_store *s, char *err, size_t errlen, 
         pthread_cond_destroy(&s->sync_cv);
     }
     free(s);
+}
+
+static struct kv_store *open_fail(struct kv_store *s, char *err, size_t errlen, const char *dir,
+                                  const char *what, const char *why)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "kv store %s: %s: %s", dir, what, why);
+    stop_syncer(s);
+    store_free(s);
     return NULL;
 }
 
@@ -1499,24 +1511,12 @@ void kv_store_close(struct kv_store *s)
 {
     if (!s)
         return;
-    if (s->syncer_started) {
-        pthread_mutex_lock(&s->sync_mu);
-        s->stopping = true;
-        pthread_cond_signal(&s->sync_cv);
-        pthread_mutex_unlock(&s->sync_mu);
-        pthread_join(s->syncer, NULL);
-    }
+    stop_syncer(s);
     /* A clean close: everything on disk, so the next open trusts the store whatever happens to
      * the machine in between. */
     if (s->lazy && sync_store(s) == 0)
         kv_mark_write(s->dir, NULL);
-    mdb_env_close(s->env);
-    close(s->lock_fd);
-    if (s->sync_init) {
-        pthread_mutex_destroy(&s->sync_mu);
-        pthread_cond_destroy(&s->sync_cv);
-    }
-    free(s);
+    store_free(s);
 }
 
 const char *kv_store_open_note(const struct kv_store *s) { return s->note; }

@@ -362,20 +362,9 @@ Test(cluster, leader_kill9_under_forwarded_writes_fails_each_pending_write_once,
     for (int i = 0; i < NKILL; i++) {
         char key[32];
         snprintf(key, sizeof key, "kill/%05d", i);
-        Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
-        put.key.data = (uint8_t *)key;
-        put.key.len = strlen(key);
-        put.value.data = (uint8_t *)key;
-        put.value.len = strlen(key);
-        uint8_t *buf;
-        size_t len;
-        cr_assert_eq(rpc_msg_pack(&put.base, &buf, &len), 0);
         struct kill_call *c = malloc(sizeof *c);
         *c = (struct kill_call){&r, i};
-        cr_assert_eq(rpc_channel_call_async(hc_channel(&C, f), "/etcdserverpb.KV/Put", buf, len,
-                                            20000, on_kill_put, c),
-                     0);
-        free(buf);
+        cr_assert_eq(hc_put_async(&C, f, key, key, 20000, on_kill_put, c), 0);
         if (i == NKILL / 2) { /* half sent: wait for some answers, then kill the leader */
             pthread_mutex_lock(&r.mu);
             while (r.done < 50)

@@ -278,6 +278,25 @@ grpc_status_code hc_put(struct hc *c, int i, const char *key, const char *val, i
     return st;
 }
 
+int hc_put_async(struct hc *c, int i, const char *key, const char *val, int deadline_ms,
+                 rpc_done_fn cb, void *arg)
+{
+    Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
+    req.key.data = (uint8_t *)key;
+    req.key.len = strlen(key);
+    req.value.data = (uint8_t *)val;
+    req.value.len = strlen(val);
+    uint8_t *buf;
+    size_t len;
+    int rc = rpc_msg_pack(&req.base, &buf, &len);
+    if (rc != 0)
+        return rc;
+    rc = rpc_channel_call_async(hc_channel(c, i), "/etcdserverpb.KV/Put", buf, len, deadline_ms,
+                                cb, arg);
+    free(buf);
+    return rc;
+}
+
 int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen, bool serializable)
 {
     Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;

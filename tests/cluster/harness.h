@@ -58,6 +58,9 @@ bool hc_wait_revision(struct hc *c, int i, int64_t rev, int timeout_ms);
  * *rev set to the write's revision on OK. */
 grpc_status_code hc_put(struct hc *c, int i, const char *key, const char *val, int deadline_ms,
                         int64_t *rev);
+/* The same Put, async (rpc_channel_call_async rules: 0 and cb fires once, or an rpc error). */
+int hc_put_async(struct hc *c, int i, const char *key, const char *val, int deadline_ms,
+                 rpc_done_fn cb, void *arg);
 /* Blocking etcd KV Range of one key on member i (linearizable unless serializable): 1 found
  * (value copied to val), 0 not found, -1 failed. */
 int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen, bool serializable);

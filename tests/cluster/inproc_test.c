@@ -285,20 +285,9 @@ Test(inproc, thousands_of_concurrent_writes_through_a_follower,
     for (int i = 0; i < NFWD; i++) {
         char key[32];
         snprintf(key, sizeof key, "fwd/%05d", i);
-        Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
-        put.key.data = (uint8_t *)key;
-        put.key.len = strlen(key);
-        put.value.data = (uint8_t *)key;
-        put.value.len = strlen(key);
-        uint8_t *buf;
-        size_t len;
-        cr_assert_eq(rpc_msg_pack(&put.base, &buf, &len), 0);
         struct fwd_call *c = malloc(sizeof *c);
         *c = (struct fwd_call){&r, i};
-        cr_assert_eq(rpc_channel_call_async(hc_channel(&C, f), "/etcdserverpb.KV/Put", buf, len,
-                                            30000, on_put, c),
-                     0);
-        free(buf);
+        cr_assert_eq(hc_put_async(&C, f, key, key, 30000, on_put, c), 0);
     }
     pthread_mutex_lock(&r.mu);
     while (r.done < NFWD)

@@ -14,17 +14,6 @@
 
 #include "tests/kv/kv_test_util.h"
 
-static int64_t count_keys(struct kvt *t)
-{
-    Etcdserverpb__RangeRequest r;
-    kvt_range_req(&r, KVT_FROM, KVT_FROM);
-    r.count_only = 1;
-    Etcdserverpb__RangeResponse *resp = kvt_range(t, &r);
-    int64_t n = resp->count;
-    etcdserverpb__range_response__free_unpacked(resp, NULL);
-    return n;
-}
-
 static void put_keys(struct kvt *t, int first, int n)
 {
     for (int i = first; i < first + n; i++) {
@@ -75,7 +64,7 @@ Test(kv_durability, clean_close_survives_a_machine_restart)
     kv_store_close(t.s);
     open_as(&t, "boot-B");
     cr_assert_eq(kv_store_applied_index(t.s), applied);
-    cr_assert_eq(count_keys(&t), 10);
+    cr_assert_eq(kvt_count(&t), 10);
     cr_assert_str_empty(kv_store_open_note(t.s));
     kvt_close(&t);
 }
@@ -89,7 +78,7 @@ Test(kv_durability, process_crash_keeps_unsynced_writes)
     put_keys(&t, 0, 5);
     crash_after_puts(&t, 5, 20);
     open_as(&t, "boot-A");
-    cr_assert_eq(count_keys(&t), 25);
+    cr_assert_eq(kvt_count(&t), 25);
     cr_assert_eq(kv_store_applied_index(t.s), 25);
     cr_assert_str_empty(kv_store_open_note(t.s));
     kvt_close(&t);
@@ -105,14 +94,14 @@ Test(kv_durability, machine_crash_with_unsynced_writes_discards_the_store)
     open_as(&t, "boot-B");
     /* Empty at applied index 0: the node replays the whole log into it. */
     cr_assert_eq(kv_store_applied_index(t.s), 0);
-    cr_assert_eq(count_keys(&t), 0);
+    cr_assert_eq(kvt_count(&t), 0);
     cr_assert(strstr(kv_store_open_note(t.s), "machine restarted"), "note: %s",
               kv_store_open_note(t.s));
     /* The rebuilt store works, and a clean close makes it trusted again. */
     put_keys(&t, 0, 3);
     kv_store_close(t.s);
     open_as(&t, "boot-C");
-    cr_assert_eq(count_keys(&t), 3);
+    cr_assert_eq(kvt_count(&t), 3);
     cr_assert_str_empty(kv_store_open_note(t.s));
     kvt_close(&t);
 }
@@ -125,7 +114,7 @@ Test(kv_durability, sync_every_batch_survives_a_machine_crash)
     crash_after_puts(&t, 0, 10);
     t.opts.sync_every_batch = false; /* the next run may change the flag */
     open_as(&t, "boot-B");
-    cr_assert_eq(count_keys(&t), 10);
+    cr_assert_eq(kvt_count(&t), 10);
     cr_assert_str_empty(kv_store_open_note(t.s));
     kvt_close(&t);
 }
@@ -150,7 +139,7 @@ Test(kv_durability, unreadable_state_file_discards_an_existing_store)
         open_as(&t, "boot-A");
         cr_assert(strstr(kv_store_open_note(t.s), "kv.state is unreadable"), "case %zu: %s", i,
                   kv_store_open_note(t.s));
-        cr_assert_eq(count_keys(&t), 0);
+        cr_assert_eq(kvt_count(&t), 0);
         put_keys(&t, 0, 1);
         kv_store_close(t.s);
     }
@@ -195,6 +184,6 @@ Test(kv_durability, failed_sync_stops_apply_and_the_store_is_not_marked_clean)
     open_as(&t, "boot-B");
     cr_assert(strstr(kv_store_open_note(t.s), "machine restarted"), "note: %s",
               kv_store_open_note(t.s));
-    cr_assert_eq(count_keys(&t), 0);
+    cr_assert_eq(kvt_count(&t), 0);
     kvt_close(&t);
 }

@@ -55,17 +55,6 @@ static void free_results(struct raft_fsm_result *res, int n)
         free(res[i].data);
 }
 
-static int64_t count_keys(struct kvt *t)
-{
-    Etcdserverpb__RangeRequest r;
-    kvt_range_req(&r, KVT_FROM, KVT_FROM);
-    r.count_only = 1;
-    Etcdserverpb__RangeResponse *resp = kvt_range(t, &r);
-    int64_t n = resp->count;
-    etcdserverpb__range_response__free_unpacked(resp, NULL);
-    return n;
-}
-
 Test(kv_storage, restart_keeps_applied_index_and_state_exactly)
 {
     struct kvt t;
@@ -88,7 +77,7 @@ Test(kv_storage, restart_keeps_applied_index_and_state_exactly)
     struct raft_fsm *f = kv_store_fsm(t.s);
     cr_assert_eq(f->applied_index(f->ctx), 23);
     cr_assert_eq(kvt_rev(&t), 20);
-    cr_assert_eq(count_keys(&t), 15);
+    cr_assert_eq(kvt_count(&t), 15);
     Etcdserverpb__RangeRequest q;
     kvt_range_req(&q, "key0007", NULL);
     Etcdserverpb__RangeResponse *resp = kvt_range(&t, &q);
@@ -119,7 +108,7 @@ Test(kv_storage, failed_batch_is_all_or_nothing)
         cr_assert_null(res[i].data, "no result may survive a failed batch");
     cr_assert_eq(kv_store_applied_index(t.s), 5);
     cr_assert_eq(kvt_rev(&t), 5);
-    cr_assert_eq(count_keys(&t), 5);
+    cr_assert_eq(kvt_count(&t), 5);
     /* after a restart (without the fault) the runtime replays from index 6 */
     t.opts.fail_at_index = 0;
     kvt_reopen(&t);
@@ -128,7 +117,7 @@ Test(kv_storage, failed_batch_is_all_or_nothing)
     cr_assert_eq(apply_batch(&t, 5, 5, "b", 0, res), 0);
     free_results(res, 5);
     cr_assert_eq(kvt_rev(&t), 10);
-    cr_assert_eq(count_keys(&t), 10);
+    cr_assert_eq(kvt_count(&t), 10);
     kvt_close(&t);
 }
 
@@ -156,7 +145,7 @@ Test(kv_storage, malformed_commands_are_entry_errors)
     cr_assert_str_eq(r->message, KV_ERR_EMPTY_KEY);
     FREE_RES(r);
     cr_assert_eq(kvt_rev(&t), 1);
-    cr_assert_eq(count_keys(&t), 1);
+    cr_assert_eq(kvt_count(&t), 1);
     cr_assert_eq(kv_store_applied_index(t.s), t.index);
     kvt_close(&t);
 }
@@ -187,7 +176,7 @@ Test(kv_storage, full_map_is_an_entry_error_and_the_store_stays_usable)
     cr_assert_str_eq(r->message, KV_ERR_NO_SPACE);
     FREE_RES(r);
     cr_assert_eq(kvt_rev(&t), i, "the failed put made no revision");
-    cr_assert_eq(count_keys(&t), i);
+    cr_assert_eq(kvt_count(&t), i);
     cr_assert_eq(kv_store_applied_index(t.s), t.index, "the failed entry still counts as applied");
 
     /* a batch that mixes fitting and non-fitting entries: each gets its own result */
@@ -236,7 +225,7 @@ Test(kv_storage, full_map_is_an_entry_error_and_the_store_stays_usable)
     cr_assert_leq(size, 1 << 20);
     cr_assert_leq(used, size);
     kvt_reopen(&t);
-    cr_assert_eq(count_keys(&t), 4); /* small1, small2, tick, again */
+    cr_assert_eq(kvt_count(&t), 4); /* small1, small2, tick, again */
     free(big);
     kvt_close(&t);
 }

@@ -173,3 +173,14 @@ int64_t kvt_rev(struct kvt *t)
     cr_assert_eq(kv_store_status(t->s, &rev, NULL, NULL, NULL), 0);
     return rev;
 }
+
+int64_t kvt_count(struct kvt *t)
+{
+    Etcdserverpb__RangeRequest r;
+    kvt_range_req(&r, KVT_FROM, KVT_FROM);
+    r.count_only = 1;
+    Etcdserverpb__RangeResponse *resp = kvt_range(t, &r);
+    int64_t n = resp->count;
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    return n;
+}

@@ -48,5 +48,7 @@ Etcdserverpb__RangeResponse *kvt_range(struct kvt *t, const Etcdserverpb__RangeR
 /* Keys of a response, joined by ',' into a static buffer (values with '=' if with_values). */
 const char *kvt_keys(Mvccpb__KeyValue **kvs, size_t n, bool with_values);
 int64_t kvt_rev(struct kvt *t);
+/* How many keys the store holds (a count_only Range over everything). */
+int64_t kvt_count(struct kvt *t);
 
 #endif
