@@ -34,7 +34,10 @@
  *   unbounded buffer.
  * - gRPC init: every server and channel calls grpc_init() when created and grpc_shutdown()
  *   when destroyed (gRPC reference-counts them); the caller needs no global init. Create and
- *   destroy them after fork(), never before.
+ *   destroy them after fork(), never before. The first one sets GRPC_POLL_STRATEGY=poll
+ *   unless the environment names an engine (the thread waiting on a queue reads its calls'
+ *   sockets; see docs/rpc.md), so create the first one before starting threads that read
+ *   the environment.
  * - Errors: functions return 0 or a negative RPC_E* code; create functions return NULL and
  *   write a one-line reason into err[errlen]. Nothing here exits or aborts on bad input.
  *

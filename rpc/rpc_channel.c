@@ -36,6 +36,7 @@ struct rpc_channel {
     struct cnode calls; /* sentinel of the live-call list */
     int active;
     bool closing;
+    struct rpc_tag watch; /* the standing connectivity watch, see arm_watch_locked */
 };
 
 /* ---- slots and the live-call list --------------------------------------------------- */
@@ -655,6 +656,29 @@ int rpc_client_stream_cancel(struct rpc_client_stream *s) { return cs_release_us
 
 /* ---- channel lifecycle -------------------------------------------------------------- */
 
+/* A standing connectivity watch on the first queue keeps that queue's pollset among the
+ * channel's interested parties. Calls fail fast while the channel is down, so a reconnect
+ * often has no call waiting on it; under the poll engine (rpc_grpc_init) nobody would then
+ * read its socket and each step of the connect and TLS handshake would wait for gRPC's 5 s
+ * backup poller. Re-armed on every change until the channel closes; grpc_channel_destroy
+ * completes the last one (state SHUTDOWN) before the queues drain. */
+static void arm_watch_locked(struct rpc_channel *ch)
+{
+    grpc_connectivity_state st = grpc_channel_check_connectivity_state(ch->gch, 0);
+    grpc_channel_watch_connectivity_state(ch->gch, st, gpr_inf_future(GPR_CLOCK_MONOTONIC),
+                                          ch->cqs[0], &ch->watch);
+}
+
+static void on_watch(struct rpc_tag *t, bool ok)
+{
+    (void)ok;
+    struct rpc_channel *ch = RPC_CONTAINER_OF(t, struct rpc_channel, watch);
+    pthread_mutex_lock(&ch->mu);
+    if (!ch->closing)
+        arm_watch_locked(ch);
+    pthread_mutex_unlock(&ch->mu);
+}
+
 struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, char *err,
                                        size_t errlen)
 {
@@ -701,7 +725,7 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
     pthread_cond_init(&ch->cv, NULL);
     ch->calls.next = ch->calls.prev = &ch->calls;
 
-    grpc_init();
+    rpc_grpc_init();
     int backoff_max = rpc_clamp_int(cfg->reconnect_max_ms, RPC_DEFAULT_RECONNECT_MAX_MS, 100, 600000);
     grpc_arg args[7];
     memset(args, 0, sizeof args);
@@ -759,6 +783,10 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
         pthread_setname_np(ch->th[i], "rpc-channel"); /* names show in top -H, perf, gdb */
         ch->nstarted++;
     }
+    ch->watch.fn = on_watch;
+    pthread_mutex_lock(&ch->mu);
+    arm_watch_locked(ch);
+    pthread_mutex_unlock(&ch->mu);
     return ch;
 }
 

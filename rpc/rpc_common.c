@@ -1,6 +1,7 @@
 /* Pieces shared by the server and the channel: errors, the completion-queue loop, PEM
  * loading and checking (OpenSSL), the byte-buffer codec and peer identity. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,19 @@ void rpc_errf(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+}
+
+static void choose_poll_engine(void)
+{
+    /* Read by gRPC at its first grpc_init; an operator's own choice wins. */
+    setenv("GRPC_POLL_STRATEGY", "poll", 0);
+}
+
+void rpc_grpc_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, choose_poll_engine);
+    grpc_init();
 }
 
 void *rpc_cq_loop(void *arg)

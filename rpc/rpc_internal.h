@@ -18,6 +18,13 @@ struct rpc_tag {
     void (*fn)(struct rpc_tag *t, bool ok);
 };
 
+/* grpc_init(), after choosing gRPC's "poll" engine unless GRPC_POLL_STRATEGY is set: with
+ * it the thread that waits on a completion queue also reads the sockets of that queue's
+ * calls, so a message is handled by the thread that received it. Under the default epoll1
+ * engine one thread polls for the whole process and wakes the queue's thread for each
+ * event; docs/benchmarks.md measures the difference. */
+void rpc_grpc_init(void);
+
 /* Runs until the queue is shut down and drained. arg is a grpc_completion_queue *. */
 void *rpc_cq_loop(void *arg);
 

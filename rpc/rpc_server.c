@@ -794,7 +794,7 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
         return NULL;
     }
 
-    grpc_init();
+    rpc_grpc_init();
     grpc_arg args[4];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
