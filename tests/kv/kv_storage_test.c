@@ -300,8 +300,8 @@ Test(kv_storage, second_open_is_refused_while_locked)
  * writes the same value to keys a and b (a txn), so a read that sees them differ saw half. */
 struct reader_arg {
     struct kv_store *s;
-    _Atomic int stop;
-    long reads, torn;
+    _Atomic int *stop;
+    _Atomic long reads, torn;
 };
 
 static void *reader(void *p)
@@ -309,7 +309,7 @@ static void *reader(void *p)
     struct reader_arg *a = p;
     Etcdserverpb__RangeRequest r;
     kvt_range_req(&r, "a", "c");
-    while (!a->stop) {
+    while (!*a->stop) {
         Etcdserverpb__RangeResponse *resp = NULL;
         struct kv_err err;
         if (kv_store_range(a->s, &r, &resp, &err) == 0) {
@@ -330,11 +330,15 @@ Test(kv_storage, concurrent_reads_see_whole_batches)
 {
     struct kvt t;
     kvt_open(&t, NULL);
-    struct reader_arg a = {.s = t.s};
+    _Atomic int stop = 0;
+    struct reader_arg a[2] = {{.s = t.s, .stop = &stop}, {.s = t.s, .stop = &stop}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
-        cr_assert_eq(pthread_create(&th[i], NULL, reader, &a), 0);
-    for (int i = 0; i < 300; i++) {
+        cr_assert_eq(pthread_create(&th[i], NULL, reader, &a[i]), 0);
+    /* At least 300 batches, and on until each reader has read 50 times while batches were being
+     * written (an unsynced apply is fast enough to finish 300 before a reader starts); bounded. */
+    int i;
+    for (i = 0; i < 300 || ((a[0].reads < 50 || a[1].reads < 50) && i < 1000000); i++) {
         char v[16];
         snprintf(v, sizeof v, "%d", i);
         Etcdserverpb__TxnRequest *x = kb_txn();
@@ -345,10 +349,13 @@ Test(kv_storage, concurrent_reads_see_whole_batches)
         FREE_RES(r);
         kb_free(x);
     }
-    a.stop = 1;
-    for (int i = 0; i < 2; i++)
-        pthread_join(th[i], NULL);
-    cr_assert_eq(a.torn, 0);
-    cr_assert_gt(a.reads, 0);
+    stop = 1;
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(a[k].torn, 0, "reader %d saw %ld torn batches", k, (long)a[k].torn);
+        cr_assert_geq(a[k].reads, 50, "reader %d read %ld times in %d batches", k,
+                      (long)a[k].reads, i);
+    }
     kvt_close(&t);
 }
