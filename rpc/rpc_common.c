@@ -48,16 +48,17 @@ void rpc_errf(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static void choose_poll_engine(void)
+static void grpc_first_init(void)
 {
     /* Read by gRPC at its first grpc_init; an operator's own choice wins. */
     setenv("GRPC_POLL_STRATEGY", "poll", 0);
+    rpc_absl_deadlock_detection_off();
 }
 
 void rpc_grpc_init(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, choose_poll_engine);
+    pthread_once(&once, grpc_first_init);
     grpc_init();
 }
 

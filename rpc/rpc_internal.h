@@ -22,8 +22,11 @@ struct rpc_tag {
  * it the thread that waits on a completion queue also reads the sockets of that queue's
  * calls, so a message is handled by the thread that received it. Under the default epoll1
  * engine one thread polls for the whole process and wakes the queue's thread for each
- * event; docs/benchmarks.md measures the difference. */
+ * event; docs/benchmarks.md measures the difference. The first call also turns off the
+ * deadlock detector of gRPC's abseil mutexes (rpc_absl.cc). */
 void rpc_grpc_init(void);
+/* rpc_absl.cc: absl::SetMutexDeadlockDetectionMode(kIgnore). */
+void rpc_absl_deadlock_detection_off(void);
 
 /* Runs until the queue is shut down and drained. arg is a grpc_completion_queue *. */
 void *rpc_cq_loop(void *arg);
