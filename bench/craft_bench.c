@@ -14,7 +14,9 @@
  *   and in total, successful ops, ops/s and latency p50/p90/p99/p99.9/max from a log-linear
  *   histogram (128 sub-buckets per power of two: under 1% relative error, fixed 35 KiB per
  *   operation type whatever the run length), and failed calls counted by gRPC status code with
- *   the first message of each. --json prints one JSON object instead of the table.
+ *   the first message of each, and the client's own CPU time (user + system of this process
+ *   over the run) per call: on a machine where client and servers share the cores, that is
+ *   the part of the machine the client took. --json prints one JSON object instead.
  *   Latency is from just before the call starts to its completion callback; ops/s is
  *   successful calls divided by the time from the start to the last completion. Connections
  *   are established (one blocking call each) before the clock starts.
@@ -38,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 #include "rpc/rpc.h"
 #include "services/cluster.h"
@@ -733,7 +736,17 @@ static void print_row(const char *name, const struct hist_snap *s, double secs)
            ms(s->max));
 }
 
-static void report(struct bench *b, double secs)
+/* CPU time (user + system) this process has used, in microseconds. */
+static double self_cpu_us(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+static void report(struct bench *b, double secs, double cpu_us)
 {
     const struct opts *o = b->o;
     static struct hist_snap per[N_OPS], all;
@@ -744,6 +757,8 @@ static void report(struct bench *b, double secs)
         hist_add_to(&b->hist[i], &all);
     }
     uint64_t nerr = total_errors(b);
+    uint64_t calls = all.count + nerr;
+    double cpu_per_call = calls ? cpu_us / (double)calls : 0;
     if (o->json) {
         printf("{\"endpoints\":[");
         for (int i = 0; i < o->n_eps; i++) {
@@ -756,7 +771,7 @@ static void report(struct bench *b, double secs)
         printf(",\"key_size\":%lld,\"val_size\":%lld,\"key_space\":%lld,\"seconds\":%.3f,",
                o->key_size, o->val_size, o->key_space, secs);
         print_row_json("total", &all, secs);
-        printf(",\"by_op\":{");
+        printf(",\"client_cpu_us_per_call\":%.1f,\"by_op\":{", cpu_per_call);
         bool first = true;
         for (int i = 0; i < N_OPS; i++) {
             if (!o->weight[i])
@@ -797,6 +812,8 @@ static void report(struct bench *b, double secs)
         }
         if (shown > 1)
             print_row("total", &all, secs);
+        printf("client CPU: %.1f us per call (user + system of craft-bench, %.2f s)\n",
+               cpu_per_call, cpu_us / 1e6);
         if (!nerr) {
             printf("errors: none\n");
         } else {
@@ -936,10 +953,12 @@ int main(int argc, char **argv)
     if (rc == 0 && !interrupted) {
         ran = true;
         atomic_store(&b->record, true);
+        double cpu0 = self_cpu_us();
         int64_t ns = run_phase(b, o.duration, o.total_set ? o.total : 0, !o.quiet, "craft-bench",
                                &progress_buf);
+        double cpu = self_cpu_us() - cpu0;
         atomic_store(&b->record, false);
-        report(b, (double)ns / 1e9);
+        report(b, (double)ns / 1e9, cpu);
         rc = total_errors(b) ? 1 : 0;
         bool any_ok = false;
         for (int i = 0; i < N_OPS; i++)

@@ -43,6 +43,8 @@ assert set(j["by_op"]) == {"put", "range", "srange", "txn"}, j["by_op"]
 assert sum(v["ops"] for v in j["by_op"].values()) == 400
 assert all(v["ops"] > 0 and v["p50_ms"] > 0 and v["max_ms"] >= v["p99_ms"] >= v["p50_ms"]
            for v in j["by_op"].values()), j["by_op"]
+# a gRPC call costs the client microseconds of CPU, not nothing and not seconds
+assert 0 < j["client_cpu_us_per_call"] < 1e5, j["client_cpu_us_per_call"]
 PY
 then echo "ok: mixed --total 400 over 3 connections, all four operations, JSON consistent"
 else fail "mixed run: exit $rc, output: $out"; fi
@@ -55,7 +57,8 @@ start=$SECONDS
 out=$(timeout 60 "${b[@]}" --duration 1.5 --inflight 4 --quiet)
 rc=$?
 took=$((SECONDS - start))
-if [ $rc -eq 0 ] && [ $took -le 10 ] && grep -q "errors: none" <<<"$out" && grep -qE "^put +[0-9]+" <<<"$out"; then
+if [ $rc -eq 0 ] && [ $took -le 10 ] && grep -q "errors: none" <<<"$out" && grep -qE "^put +[0-9]+" <<<"$out" &&
+    grep -qE "^client CPU: [0-9.]+ us per call" <<<"$out"; then
     echo "ok: --duration 1.5 run in ${took}s: $(grep -E '^put' <<<"$out")"
 else fail "duration run: exit $rc after ${took}s, output: $out"; fi
 

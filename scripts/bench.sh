@@ -16,7 +16,8 @@
 #   sread-1024   serializable ranges, 16 x 64, same keys
 #   mix-1024     90% linearizable ranges / 10% puts, 16 x 64, same keys
 # The table also gives server CPU per operation (user + system time of the 3 server processes
-# during a run, over its successful operations), steadier than ops/s on a shared machine.
+# during a run, over its successful operations), steadier than ops/s on a shared machine, and
+# the client's CPU per call (craft-bench's own): client and servers share the cores.
 # Defaults: 5 s x 3 rounds, about 4 minutes in all on 2 cores. Everything (certificates, data,
 # logs, raw JSON results) lives in a temporary directory removed at the end unless --keep DIR.
 # Environment: BAZEL_STARTUP (e.g. --output_base=...) is passed to bazel before its command;
@@ -234,7 +235,8 @@ try:
     t = j["total"]
     cpu = int(open(path[:-5] + ".cpu").read()) * 1e6 / int(clk) / max(t["ops"], 1)
     print(f"bench: {w:<11} {s:<5} round {r}: {t['ops_per_sec']:>10,.0f} ops/s  p50 {t['p50_ms']:.3f} ms"
-          f"  p99 {t['p99_ms']:.3f} ms  server CPU {cpu:.0f} us/op  errors {j['errors']}")
+          f"  p99 {t['p99_ms']:.3f} ms  server CPU {cpu:.0f} us/op"
+          f"  client CPU {j.get('client_cpu_us_per_call', float('nan')):.0f} us/op  errors {j['errors']}")
 except Exception as e:
     print(f"bench: {w} {s} round {r}: no result ({e}); see {path[:-5]}.err")
 PY
@@ -267,6 +269,7 @@ for w in workloads:
             "p50": med([j["total"]["p50_ms"] for j in runs]),
             "p99": med([j["total"]["p99_ms"] for j in runs]),
             "cpu": med(cpus),
+            "ccpu": med([j.get("client_cpu_us_per_call", float("nan")) for j in runs]),
             "err": sum(j["errors"] for j in runs),
             "n": len(runs),
         }
@@ -276,24 +279,26 @@ def f_ms(x): return "-" if x != x else f"{x:.2f}"
 def ratio(a, b): return "-" if (a != a or b != b or b == 0) else f"{a / b:.2f}x"
 if systems == ["craft", "etcd"]:
     print("| workload | craft ops/s | etcd ops/s | craft/etcd ops | craft p50 ms | etcd p50 ms | craft/etcd p50 "
-          "| craft p99 ms | etcd p99 ms | server CPU us/op craft / etcd | errors craft/etcd |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| craft p99 ms | etcd p99 ms | server CPU us/op craft / etcd | client CPU us/op craft / etcd "
+          "| errors craft/etcd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, e = r["craft"], r["etcd"]
         print(f"| {r['w']} | {f_ops(c['ops'])} | {f_ops(e['ops'])} | {ratio(c['ops'], e['ops'])} | "
               f"{f_ms(c['p50'])} | {f_ms(e['p50'])} | {ratio(c['p50'], e['p50'])} | "
               f"{f_ms(c['p99'])} | {f_ms(e['p99'])} | {f_ops(c['cpu'])} / {f_ops(e['cpu'])} | "
-              f"{c['err']}/{e['err']} |")
+              f"{f_ops(c['ccpu'])} / {f_ops(e['ccpu'])} | {c['err']}/{e['err']} |")
 else:
     s = systems[0]
-    print(f"| workload | {s} ops/s | p50 ms | p99 ms | server CPU us/op | errors |")
-    print("|---|---|---|---|---|---|")
+    print(f"| workload | {s} ops/s | p50 ms | p99 ms | server CPU us/op | client CPU us/op | errors |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         x = r[s]
-        print(f"| {r['w']} | {f_ops(x['ops'])} | {f_ms(x['p50'])} | {f_ms(x['p99'])} | {f_ops(x['cpu'])} | {x['err']} |")
+        print(f"| {r['w']} | {f_ops(x['ops'])} | {f_ms(x['p50'])} | {f_ms(x['p99'])} | {f_ops(x['cpu'])} "
+              f"| {f_ops(x['ccpu'])} | {x['err']} |")
 print(f"\nmedians of {rounds} round(s) of each workload; runs alternate between systems; "
       f"p50/p99 are medians of the per-run percentiles; server CPU = user+system time of the "
-      f"3 server processes during a run / successful ops")
+      f"3 server processes during a run / successful ops; client CPU = craft-bench's own per call")
 PY
 if [ -n "$keep" ]; then
     echo "bench: certificates, logs and raw results kept in $dir"
