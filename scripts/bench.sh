@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
     --workloads) [ $# -ge 2 ] || die "--workloads needs a value"; workloads=$2; shift 2 ;;
     --only) [ $# -ge 2 ] || die "--only needs a value"; only=$2; shift 2 ;;
     --keep) [ $# -ge 2 ] || die "--keep needs a value"; keep=$2; shift 2 ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (--help)" ;;
     esac
 done

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The benchmark scripts' front doors: --help exits 0; every bad argument exits 2 with one line
+# naming the problem, before anything is installed, built or started.
+set -uo pipefail
+ab=$1 bench=$2
+fails=0
+expect() { # want-exit, want-text, description, command...
+    local want=$1 text=$2 what=$3 out rc
+    shift 3
+    out=$(timeout 20 "$@" 2>&1 </dev/null)
+    rc=$?
+    if [ $rc -eq "$want" ] && grep -qE -- "$text" <<<"$out"; then
+        echo "ok: $what -> $rc: $(head -1 <<<"$out")"
+    else
+        echo "FAIL: $what: exit $rc (want $want, text /$text/), output: $out"
+        fails=$((fails + 1))
+    fi
+}
+expect 0 "VARIANT" "bench-ab --help" bash "$ab" --help
+expect 2 "at least one variant" "bench-ab without variants" bash "$ab"
+expect 2 "unknown workload 'nope'" "bench-ab bad workload" bash "$ab" --workload nope -
+expect 2 "--rounds must be" "bench-ab rounds 0" bash "$ab" --rounds 0 -
+expect 2 "--rounds must be" "bench-ab rounds not a number" bash "$ab" --rounds x -
+expect 2 "--seconds must be" "bench-ab seconds 0" bash "$ab" --seconds 0 -
+expect 2 "--seconds needs a value" "bench-ab seconds missing" bash "$ab" --seconds
+expect 2 "unknown flag '--frob'" "bench-ab unknown flag" bash "$ab" --frob -
+expect 2 "is not an executable" "bench-ab missing craftd" bash "$ab" "CRAFTD=/nonexistent/craftd"
+expect 2 "'FOO=1' is not" "bench-ab unknown variant word" bash "$ab" - "FOO=1"
+expect 2 "'DATA=relative' is not" "bench-ab relative data dir" bash "$ab" "DATA=relative"
+expect 0 "--workloads" "bench --help" bash "$bench" --help
+expect 2 "unknown workload 'put-2'" "bench bad workload" bash "$bench" --workloads put-1,put-2
+expect 2 "--rounds must be" "bench rounds 99" bash "$bench" --rounds 99
+expect 2 "--only craft or --only etcd" "bench --only" bash "$bench" --only zookeeper
+expect 2 "unknown argument '--frob'" "bench unknown flag" bash "$bench" --frob
+echo "$fails failed"
+[ $fails -eq 0 ]
