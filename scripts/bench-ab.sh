@@ -58,6 +58,7 @@ for v in "${variants[@]}"; do
     done
 done
 
+. scripts/bench-lib.sh
 bash scripts/deps.sh
 read -r -a bzl <<<"${BAZEL_STARTUP:-}"
 bazel "${bzl[@]}" build -c opt //services:craftd //bench:craft-bench 2>&1 | tail -1
@@ -66,17 +67,8 @@ bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/craft-ab.XXXXXX")
 pids=()
 datas=()
-stop_members() {
-    local p
-    for p in "${pids[@]+"${pids[@]}"}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]+"${pids[@]}"}"; do
-        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    pids=()
-}
 cleanup() {
-    stop_members
+    bench_stop_pids
     local d
     for d in "${datas[@]+"${datas[@]}"}"; do rm -rf "$d"; done
     rm -rf "$dir"
@@ -91,9 +83,7 @@ for p in "${client[@]}" "${peer[@]}"; do
     if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then die "port $p is in use"; fi
 done
 c=$dir/certs
-certs/craft-certs ca "$c" >/dev/null
-certs/craft-certs client "$c" client >/dev/null
-for n in n1 n2 n3; do certs/craft-certs node "$c" $n --dns localhost --ip 127.0.0.1 >/dev/null; done
+bench_certs "$c" n1 n2 n3
 tls=(--cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem")
 eps="https://127.0.0.1:${client[0]},https://127.0.0.1:${client[1]},https://127.0.0.1:${client[2]}"
 cluster="n1=https://127.0.0.1:${peer[0]},n2=https://127.0.0.1:${peer[1]},n3=https://127.0.0.1:${peer[2]}"
@@ -117,13 +107,7 @@ parse_variant() {
 leader_url() {
     local l=""
     for _ in $(seq 150); do
-        l=$(ETCDCTL_API=3 etcdctl --endpoints "$eps" "${tls[@]}" --command-timeout 3s endpoint status \
-            -w json 2>/dev/null | python3 -c '
-import json, sys
-for s in json.load(sys.stdin):
-    st = s["Status"]
-    if st.get("leader") and st["header"].get("member_id") == st["leader"]:
-        print(s["Endpoint"]); break' 2>/dev/null || true)
+        l=$(bench_leader_of "$eps" "${tls[@]}" || true)
         [ -n "$l" ] && { echo "$l"; return 0; }
         sleep 0.2
     done
@@ -131,11 +115,6 @@ for s in json.load(sys.stdin):
 }
 
 clk=$(getconf CLK_TCK)
-cpu_ticks() {
-    local t=0 p
-    for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
-    echo $t
-}
 
 mkdir -p "$dir/results"
 for r in $(seq "$rounds"); do
@@ -145,17 +124,8 @@ for r in $(seq "$rounds"); do
         datas+=("$data")
         for k in 0 1 2; do
             n=n$((k + 1))
-            env "${envs[@]+"${envs[@]}"}" "$craftd" --name $n --data-dir "$data/$n" \
-                --listen-client-urls "https://127.0.0.1:${client[$k]}" \
-                --advertise-client-urls "https://127.0.0.1:${client[$k]}" \
-                --listen-peer-urls "https://127.0.0.1:${peer[$k]}" \
-                --initial-advertise-peer-urls "https://127.0.0.1:${peer[$k]}" \
-                --initial-cluster "$cluster" --initial-cluster-token craft-ab \
-                --cert-file "$c/$n.pem" --key-file "$c/$n-key.pem" --trusted-ca-file "$c/ca.pem" \
-                --peer-cert-file "$c/$n.pem" --peer-key-file "$c/$n-key.pem" \
-                --peer-trusted-ca-file "$c/ca.pem" "${flags[@]+"${flags[@]}"}" \
-                >"$dir/v$i-r$r-$n.log" 2>&1 &
-            pids+=($!)
+            pids+=("$(bench_craftd "$dir/v$i-r$r-$n.log" $n "$data/$n" "${client[$k]}" "${peer[$k]}" \
+                "$cluster" craft-ab "$c" env "${envs[@]+"${envs[@]}"}" "$craftd" "${flags[@]+"${flags[@]}"}")")
         done
         leader=$(leader_url) || die "variant $i has no leader after 30 s (see $dir/v$i-r$r-*.log)"
         targets=$eps
@@ -165,11 +135,11 @@ for r in $(seq "$rounds"); do
                 --key-space 10000 --preload --total 1 --quiet >/dev/null
         fi
         out=$dir/results/v$i-r$r.json
-        t0=$(cpu_ticks)
+        t0=$(bench_cpu_ticks "${pids[@]}")
         env "${envs[@]+"${envs[@]}"}" "$cbench" --endpoints "$targets" "${tls[@]}" "${load[@]}" \
             --duration "$seconds" --json --quiet >"$out" || true
-        echo $(($(cpu_ticks) - t0)) >"$dir/results/v$i-r$r.cpu"
-        stop_members
+        echo $(($(bench_cpu_ticks "${pids[@]}") - t0)) >"$dir/results/v$i-r$r.cpu"
+        bench_stop_pids
         rm -rf "$data"
         python3 - "$out" "$r" "$i" "${variants[$i]}" "$clk" <<'PY'
 import json, sys

@@ -53,6 +53,7 @@ case "$only" in "" | craft | etcd) ;; *) die "--only craft or --only etcd" ;; es
 systems=(craft etcd)
 [ -n "$only" ] && systems=("$only")
 
+. scripts/bench-lib.sh
 bash scripts/deps.sh
 read -r -a bzl <<<"${BAZEL_STARTUP:-}"
 echo "bench: building craftd and craft-bench (-c opt)"
@@ -71,12 +72,7 @@ else
 fi
 pids=()
 cleanup() {
-    local p
-    for p in "${pids[@]+"${pids[@]}"}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]+"${pids[@]}"}"; do
-        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
+    bench_stop_pids
     [ -n "$keep" ] || rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -94,11 +90,7 @@ for p in "${craft_client[@]}" "${craft_peer[@]}" "${etcd_client[@]}" "${etcd_pee
 done
 
 echo "bench: certificates in $dir/certs"
-certs/craft-certs ca "$dir/certs" >/dev/null
-certs/craft-certs client "$dir/certs" client >/dev/null
-for n in n1 n2 n3 e1 e2 e3; do
-    certs/craft-certs node "$dir/certs" $n --dns localhost --ip 127.0.0.1 >/dev/null
-done
+bench_certs "$dir/certs" n1 n2 n3 e1 e2 e3
 c=$dir/certs
 tls=(--cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem")
 
@@ -111,21 +103,14 @@ for i in 0 1 2; do
 done
 
 start_craft() {
-    local i n
+    local i n pid
     for i in 0 1 2; do
         n=n$((i + 1))
-        "$craftd" --name $n --data-dir "$dir/craft/$n" \
-            --listen-client-urls "https://127.0.0.1:${craft_client[$i]}" \
-            --advertise-client-urls "https://127.0.0.1:${craft_client[$i]}" \
-            --listen-peer-urls "https://127.0.0.1:${craft_peer[$i]}" \
-            --initial-advertise-peer-urls "https://127.0.0.1:${craft_peer[$i]}" \
-            --initial-cluster "$craft_cluster" --initial-cluster-token craft-bench \
-            --cert-file "$c/$n.pem" --key-file "$c/$n-key.pem" --trusted-ca-file "$c/ca.pem" \
-            --peer-cert-file "$c/$n.pem" --peer-key-file "$c/$n-key.pem" \
-            --peer-trusted-ca-file "$c/ca.pem" ${CRAFTD_FLAGS:-} >"$dir/craft-$n.log" 2>&1 &
-        pids+=($!)
-        disown $!
-        echo $! >"$dir/craft-$n.pid"
+        # shellcheck disable=SC2086
+        pid=$(bench_craftd "$dir/craft-$n.log" $n "$dir/craft/$n" "${craft_client[$i]}" "${craft_peer[$i]}" \
+            "$craft_cluster" craft-bench "$c" "$craftd" ${CRAFTD_FLAGS:-})
+        pids+=("$pid")
+        echo "$pid" >"$dir/craft-$n.pid"
     done
 }
 
@@ -151,21 +136,10 @@ start_etcd() {
     done
 }
 
-# The client URL of the current leader of the cluster behind $1 (endpoints), via etcdctl.
-leader_of() {
-    ETCDCTL_API=3 etcdctl --endpoints "$1" "${tls[@]}" --command-timeout 3s endpoint status -w json 2>/dev/null |
-        python3 2>/dev/null -c '
-import json, sys
-for s in json.load(sys.stdin):
-    st = s["Status"]
-    if st.get("leader") and st["header"].get("member_id") == st["leader"]:
-        print(s["Endpoint"]); break'
-}
-
 wait_leader() { # name endpoints
     local l=""
     for _ in $(seq 150); do
-        l=$(leader_of "$2" || true)
+        l=$(bench_leader_of "$2" "${tls[@]}" || true)
         [ -n "$l" ] && { echo "$l"; return 0; }
         sleep 0.2
     done
@@ -209,12 +183,8 @@ args_of() {
 # 2-core machine throughput swings with other load, CPU per operation much less.
 clk=$(getconf CLK_TCK)
 cpu_ticks() {
-    local t=0 p v
-    for p in $(cat "$dir/$1"-*.pid); do
-        v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        t=$((t + v))
-    done
-    echo $t
+    # shellcheck disable=SC2046
+    bench_cpu_ticks $(cat "$dir/$1"-*.pid)
 }
 
 for w in ${workloads//,/ }; do
