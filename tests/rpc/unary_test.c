@@ -5,6 +5,10 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
 
 #include "rpc/proto/echo.pb-c.h"
 #include "tests/rpc/util.h"
@@ -408,4 +412,65 @@ Test(rpc_codec, pack_unpack_and_malformed, .timeout = 30)
     cr_assert_null(rpc_msg_unpack(&craft__echo__echo_request__descriptor, overrun, sizeof overrun));
     free(buf);
     cr_assert_str_eq(rpc_strerror(RPC_EFULL), "queue full");
+}
+
+/* A client that half-closes without sending the request (raw gRPC core, which rpc/'s channel
+ * never does): unary methods are registered with gRPC, which reads the request before handing
+ * over the call, so this reaches our accept with no payload. The caller gets INVALID_ARGUMENT
+ * and the handler never runs. */
+Test(rpc_unary, missing_request_is_invalid_argument, .timeout = 60)
+{
+    struct rpc_server *srv = tt_server_start(NULL, 0, NULL); /* plaintext: raw core client */
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", rpc_server_port(srv));
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, creds, NULL);
+    grpc_channel_credentials_release(creds);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_slice method = grpc_slice_from_static_string(TT_ECHO);
+    gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_millis(DEADLINE, GPR_TIMESPAN));
+    grpc_call *call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method, NULL,
+                                               deadline, NULL);
+    cr_assert_not_null(call);
+    grpc_metadata_array md_init, md_trail;
+    grpc_metadata_array_init(&md_init);
+    grpc_metadata_array_init(&md_trail);
+    grpc_status_code status = GRPC_STATUS_OK;
+    grpc_slice details = grpc_empty_slice();
+    grpc_byte_buffer *reply = NULL;
+    grpc_op ops[5];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT; /* no GRPC_OP_SEND_MESSAGE */
+    ops[2].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[2].data.recv_initial_metadata.recv_initial_metadata = &md_init;
+    ops[3].op = GRPC_OP_RECV_MESSAGE;
+    ops[3].data.recv_message.recv_message = &reply;
+    ops[4].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[4].data.recv_status_on_client.trailing_metadata = &md_trail;
+    ops[4].data.recv_status_on_client.status = &status;
+    ops[4].data.recv_status_on_client.status_details = &details;
+    int tag = 1;
+    cr_assert_eq(grpc_call_start_batch(call, ops, 5, &tag, NULL), GRPC_CALL_OK);
+    grpc_event ev = grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    cr_assert_eq(ev.type, GRPC_OP_COMPLETE);
+    cr_assert_eq(status, GRPC_STATUS_INVALID_ARGUMENT, "status %d", status);
+    char *msg = grpc_slice_to_c_string(details);
+    cr_assert(strstr(msg, "no request message"), "details: %s", msg);
+    gpr_free(msg);
+    cr_assert_null(reply);
+    cr_assert_eq(atomic_load(&tt_counts.echo), 0, "the handler must never see it");
+
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&md_init);
+    grpc_metadata_array_destroy(&md_trail);
+    grpc_call_unref(call);
+    grpc_channel_destroy(ch);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(cq);
+    rpc_server_shutdown(srv, 1000);
 }
