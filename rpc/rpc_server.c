@@ -19,7 +19,9 @@
 
 #include "rpc/rpc_internal.h"
 
-#define ACCEPTS_PER_THREAD 32 /* outstanding accepts per queue and registered method: absorbs bursts */
+/* Outstanding accepts per queue, for each registered unary method and for everything else:
+ * absorbs bursts. */
+#define ACCEPTS_PER_THREAD 32
 
 enum reg_kind { REG_UNARY, REG_UNARY_MSG, REG_STREAM };
 
