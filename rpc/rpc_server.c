@@ -34,7 +34,7 @@ struct method_reg {
     const ProtobufCMessageDescriptor *desc;
     struct rpc_stream_handler sh;
     void *ctx;
-    void *grpc_method; /* unary: gRPC's handle for a registered method (grpc_server_register_method) */
+    void *grpc_method; /* unary: gRPC's handle from grpc_server_register_method */
 };
 
 struct worker {
