@@ -66,11 +66,10 @@ bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/craft-ab.XXXXXX")
 pids=()
-datas=()
+data=""
 cleanup() {
     bench_stop_pids
-    local d
-    for d in "${datas[@]+"${datas[@]}"}"; do rm -rf "$d"; done
+    [ -z "$data" ] || rm -rf "$data" # a DATA= directory outside $dir
     rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -104,16 +103,6 @@ parse_variant() {
     done
 }
 
-leader_url() {
-    local l=""
-    for _ in $(seq 150); do
-        l=$(bench_leader_of "$eps" "${tls[@]}" || true)
-        [ -n "$l" ] && { echo "$l"; return 0; }
-        sleep 0.2
-    done
-    return 1
-}
-
 clk=$(getconf CLK_TCK)
 
 mkdir -p "$dir/results"
@@ -121,13 +110,12 @@ for r in $(seq "$rounds"); do
     for i in "${!variants[@]}"; do
         parse_variant "${variants[$i]}"
         rm -rf "$data"
-        datas+=("$data")
         for k in 0 1 2; do
             n=n$((k + 1))
             pids+=("$(bench_craftd "$dir/v$i-r$r-$n.log" $n "$data/$n" "${client[$k]}" "${peer[$k]}" \
                 "$cluster" craft-ab "$c" env "${envs[@]+"${envs[@]}"}" "$craftd" "${flags[@]+"${flags[@]}"}")")
         done
-        leader=$(leader_url) || die "variant $i has no leader after 30 s (see $dir/v$i-r$r-*.log)"
+        leader=$(bench_wait_leader "$eps" "${tls[@]}") || die "variant $i has no leader after 30 s (see $dir/v$i-r$r-*.log)"
         targets=$eps
         [ -n "$to_leader" ] && targets=$leader
         if [[ "$workload" == *read* ]]; then

@@ -21,18 +21,23 @@ bench_certs() {
     for n in "$@"; do certs/craft-certs node "$d" "$n" --dns localhost --ip 127.0.0.1 >/dev/null; done
 }
 
-# The client URL of the current leader of the cluster behind endpoints $1 (etcdctl's TLS flags
-# follow), or nothing.
-bench_leader_of() {
-    local eps=$1
+# The client URL of the leader of the cluster behind endpoints $1 (etcdctl's TLS flags follow),
+# asking every 0.2 s for up to 30 s; status 1 if no member is leader by then.
+bench_wait_leader() {
+    local eps=$1 l
     shift
-    ETCDCTL_API=3 etcdctl --endpoints "$eps" "$@" --command-timeout 3s endpoint status -w json 2>/dev/null |
-        python3 2>/dev/null -c '
+    for _ in $(seq 150); do
+        l=$(ETCDCTL_API=3 etcdctl --endpoints "$eps" "$@" --command-timeout 3s endpoint status -w json \
+            2>/dev/null | python3 2>/dev/null -c '
 import json, sys
 for s in json.load(sys.stdin):
     st = s["Status"]
     if st.get("leader") and st["header"].get("member_id") == st["leader"]:
-        print(s["Endpoint"]); break'
+        print(s["Endpoint"]); break' || true)
+        [ -n "$l" ] && { echo "$l"; return 0; }
+        sleep 0.2
+    done
+    return 1
 }
 
 # User + system CPU time (clock ticks) the processes named by the arguments have used so far.

@@ -137,12 +137,7 @@ start_etcd() {
 }
 
 wait_leader() { # name endpoints
-    local l=""
-    for _ in $(seq 150); do
-        l=$(bench_leader_of "$2" "${tls[@]}" || true)
-        [ -n "$l" ] && { echo "$l"; return 0; }
-        sleep 0.2
-    done
+    bench_wait_leader "$2" "${tls[@]}" && return 0
     echo "bench: $1 has no leader after 30 s; logs in $dir (use --keep DIR to keep them)" >&2
     return 1
 }
