@@ -238,7 +238,7 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
         check_tls("peer", cfg->listen_peer.tls, cfg->insecure_plaintext, cfg->peer_cert_file,
                   cfg->peer_key_file, cfg->peer_trusted_ca_file, "peer-", err, errlen))
         return -1;
-    /* A log entry must fit twice in a segment (the runtime refuses otherwise, raft/node.h). */
+    /* A log entry must fit twice in a segment (the runtime refuses otherwise, raft/node/node.h). */
     if (cfg->wal_segment_bytes < 2 * (cfg->max_request_bytes + 1024))
         return fail(err, errlen,
                     "--wal-segment-bytes (%llu) must be at least twice --max-request-bytes (%llu) "

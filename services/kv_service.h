@@ -14,7 +14,7 @@
  *   leader changed". The leader also still serves unary Peer.Forward (one write per call) for
  *   members of older versions during an upgrade.
  * - Reads (Range, read-only Txn) are linearizable by default: the member waits for a ReadIndex
- *   (raft/node.h raft_node_read_index: one leadership-confirming heartbeat round shared by every
+ *   (raft/node/node.h raft_node_read_index: one leadership-confirming heartbeat round shared by every
  *   read waiting at that moment; a follower asks the leader for the index) and serves from its
  *   own state once it has applied that far. serializable=true Ranges are served at once from
  *   local state and may be stale.
@@ -31,7 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/node.h"
+#include "raft/node/node.h"
 #include "rpc/rpc.h"
 #include "services/cluster.h"
 #include "services/forward.h"

@@ -30,8 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/node.h"
-#include "raft/transport.h"
+#include "raft/node/node.h"
+#include "raft/node/transport.h"
 #include "rpc/rpc.h"
 #include "services/cluster.h"
 

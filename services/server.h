@@ -19,7 +19,7 @@
 
 #include <stddef.h>
 
-#include "raft/node.h"
+#include "raft/node/node.h"
 #include "services/craftd_flags.h"
 #include "services/forward.h"
 

@@ -1,4 +1,4 @@
-/* kv_store.h: the etcd v3 KV state machine of craft, stored in LMDB, behind raft/fsm.h.
+/* kv_store.h: the etcd v3 KV state machine of craft, stored in LMDB, behind raft/node/fsm.h.
  *
  * What it promises
  * - Semantics of etcd 3.4's KV API (docs/kv.md lists each rule and every deviation): one
@@ -57,7 +57,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/fsm.h"
+#include "raft/node/fsm.h"
 #include "services/proto/etcd/kvcmd.pb-c.h"
 #include "services/proto/etcd/rpc.pb-c.h"
 

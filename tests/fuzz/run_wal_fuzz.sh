@@ -19,7 +19,7 @@ work="$(mktemp -d "${TEST_TMPDIR:-/tmp}/walfuzz.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 "$cc" -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
     -fno-sanitize-recover=undefined -I"$root" \
-    "$root/tests/fuzz/wal_decode_fuzz.c" "$root/raft/wal_format.c" "$root/raft/crc32c.c" \
+    "$root/tests/fuzz/wal_decode_fuzz.c" "$root/raft/wal/wal_format.c" "$root/raft/wal/crc32c.c" \
     -lpthread -o "$work/wal_decode_fuzz"
 mkdir "$work/new"
 cd "$work"

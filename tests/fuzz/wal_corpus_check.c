@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/wal.h"
+#include "raft/wal/wal.h"
 
 static uint8_t *load(const char *name, size_t *len)
 {

@@ -1,4 +1,4 @@
-/* Fuzz target for the WAL's on-disk decoders (raft/wal_format.c): any byte string is decoded as a
+/* Fuzz target for the WAL's on-disk decoders (raft/wal/wal_format.c): any byte string is decoded as a
  * segment (as the newest segment and as an older one) and as a small file. The decoder must
  * return 0 or -EBADMSG with a message, report offsets inside the buffer, and never read outside
  * it (ASan) or hit undefined behaviour (UBSan). Built two ways: with clang's libFuzzer
@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/wal.h"
-#include "raft/wal_int.h"
+#include "raft/wal/wal.h"
+#include "raft/wal/wal_internal.h"
 
 struct walk {
     uint64_t next;

@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/node.h"
+#include "raft/node/node.h"
 #include "tests/node/memfsm.h"
 #include "tests/node/memnet.h"
 

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/fsm.h"
+#include "raft/node/fsm.h"
 
 struct memfsm;
 

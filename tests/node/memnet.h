@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "raft/node.h"
+#include "raft/node/node.h"
 
 #define MEMNET_MAX 16
 

@@ -1,11 +1,11 @@
-/* Focused unit tests of the Raft core (raft/raft.h), driving one core by hand: vote rules, the
+/* Focused unit tests of the Raft core (raft/core/raft.h), driving one core by hand: vote rules, the
  * up-to-date check, votedFor reset, durability ordering, fast-backup hints, the commit rule for
  * old-term entries, flow control bounds, pre-vote, check-quorum, and rejection of bad input. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/raft.h"
+#include "raft/core/raft.h"
 
 #define MAXM 512
 

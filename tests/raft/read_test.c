@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/raft.h"
+#include "raft/core/raft.h"
 
 #define MAXM 256
 #define MAXR 64

@@ -14,32 +14,33 @@ bug=${1:?bug letter}; seeds=${2:-2000}; nodes=${3:-3}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/raft" "$work/tests/sim"
-cp "$root"/raft/entry.h "$root"/raft/raft.h "$root"/raft/raft_*.c "$root"/raft/raft_*.h "$work/raft/"
+mkdir -p "$work/raft/core" "$work/tests/sim"
+cp "$root"/raft/entry.h "$work/raft/"
+cp "$root"/raft/core/*.c "$root"/raft/core/*.h "$work/raft/core/"
 cp "$root"/tests/sim/sim.c "$root"/tests/sim/sim.h "$root"/tests/sim/craft_sim.c "$work/tests/sim/"
 case $bug in
-A) f=raft/raft_append.c
+A) f=raft/core/raft_append.c
    old='raft_log_term(&r->log, n, &t) && t == r->hs.term'
    new='raft_log_term(&r->log, n, &t)' ;;
-B) f=raft/raft_core.c
+B) f=raft/core/raft_core.c
    old='        r->hs.voted_for = 0; /* votedFor belongs to one term (Figure 2) */'
    new='' ;;
-C) f=raft/raft_vote.c
+C) f=raft/core/raft_vote.c
    old='bool grant = can_vote && log_up_to_date(r, m->last_log_index, m->last_log_term);'
    new='bool grant = can_vote || !log_up_to_date(r, 0, 0);' ;;
-D) f=raft/raft_append.c
+D) f=raft/core/raft_append.c
    old='    return raft_send_after_persist(r, &resp);'
    new='    return raft_send(r, &resp);' ;;
-F) f=raft/raft_vote.c
+F) f=raft/core/raft_vote.c
    old='        r->hs_dirty = true;
     }
     /* Granting'
    new='    }
     /* Granting' ;;
-R) f=raft/raft_read.c
+R) f=raft/core/raft_read.c
    old='uint64_t confirmed = acks[raft_quorum(r) - 1];'
    new='uint64_t confirmed = acks[0];' ;;
-S) f=raft/raft_read.c
+S) f=raft/core/raft_read.c
    old='return r->commit && raft_log_term(&r->log, r->commit, &t) && t == r->hs.term;'
    new='(void)t; return true;' ;;
 *) echo "unknown bug '$bug'" >&2; exit 2 ;;
@@ -52,7 +53,7 @@ if s.count(old) != 1:
     sys.exit("inject.sh: pattern not found exactly once in " + p)
 open(p, "w").write(s.replace(old, new))
 PY
-gcc -std=c11 -O2 -D_GNU_SOURCE -I"$work" "$work"/raft/raft_*.c "$work"/tests/sim/sim.c \
+gcc -std=c11 -O2 -D_GNU_SOURCE -I"$work" "$work"/raft/core/*.c "$work"/tests/sim/sim.c \
     "$work"/tests/sim/craft_sim.c -o "$work/craft-sim"
 echo "bug $bug injected into $f; sweeping $seeds seeds with $nodes nodes"
 "$work/craft-sim" --nodes "$nodes" --seeds "$seeds" | { grep -E '^seed|^seeds=' || true; } | \

@@ -1,4 +1,4 @@
-/* sim.h: a deterministic, single-threaded cluster simulator for the Raft core (raft/raft.h).
+/* sim.h: a deterministic, single-threaded cluster simulator for the Raft core (raft/core/raft.h).
  *
  * N cores run in one thread on virtual time (1 unit = 1 ms). A seeded PRNG drives everything:
  * message delay (so reordering), drops, duplicates, partitions, disk write latency, crashes that
@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "raft/raft.h"
+#include "raft/core/raft.h"
 
 #define SIM_MAX_NODES 9
 

@@ -2,7 +2,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 
-#include "raft/crc32c.h"
+#include "raft/wal/crc32c.h"
 
 static const struct {
     const char *name;

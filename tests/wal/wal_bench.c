@@ -1,4 +1,4 @@
-/* wal-bench: group-commit throughput and durable latency of raft/wal.h, side by side with the raw
+/* wal-bench: group-commit throughput and durable latency of raft/wal/wal.h, side by side with the raw
  * rate of one 256-byte pwrite + fdatasync on the same disk in the same run.
  *
  *   bazel run -c opt //tests/wal:wal-bench -- [--dir DIR] [--seconds S] [--size BYTES]
@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "raft/wal.h"
+#include "raft/wal/wal.h"
 
 static double now_s(void)
 {

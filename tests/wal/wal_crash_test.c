@@ -11,7 +11,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "raft/wal.h"
+#include "raft/wal/wal.h"
 #include "tests/wal/wal_test_util.h"
 
 #define SEG_SIZE 4096

@@ -11,7 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "raft/wal.h"
+#include "raft/wal/wal.h"
 #include "tests/wal/wal_test_util.h"
 
 static char *dir;

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/wal.h"
+#include "raft/wal/wal.h"
 
 /* A fresh directory under $TEST_TMPDIR (or /tmp); the caller removes it with tu_rmtree. */
 char *tu_mkdtemp(void);

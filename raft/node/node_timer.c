@@ -1,8 +1,8 @@
-/* node_timer.c: the runtime's deadline heap (see struct node_timer in node_int.h), shared by
+/* node_timer.c: the runtime's deadline heap (see struct node_timer in node_internal.h), shared by
  * waiting proposals and waiting reads. */
 #include <stdlib.h>
 
-#include "raft/node_int.h"
+#include "raft/node/node_internal.h"
 
 static void swap(struct node_timer_heap *h, size_t a, size_t b)
 {

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/raft_internal.h"
+#include "raft/core/raft_internal.h"
 
 uint64_t raft_log_last_index(const struct raft_log *l)
 {

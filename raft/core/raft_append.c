@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/raft_internal.h"
+#include "raft/core/raft_internal.h"
 
 void raft_progress_reset(struct raft *r, struct raft_progress *pr, uint64_t next)
 {

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/node_int.h"
+#include "raft/node/node_internal.h"
 
 /* ---- batches ---- */
 

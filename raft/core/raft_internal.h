@@ -3,7 +3,7 @@
 #ifndef CRAFT_RAFT_RAFT_INTERNAL_H
 #define CRAFT_RAFT_RAFT_INTERNAL_H
 
-#include "raft/raft.h"
+#include "raft/core/raft.h"
 
 /* The in-memory log: entries offset+1 .. offset+n. offset (and offset_term) stay 0 until log
  * compaction exists; then they describe the snapshot the log starts after. */

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/raft_internal.h"
+#include "raft/core/raft_internal.h"
 
 void raft_msg_free(struct raft_msg *m)
 {

@@ -1,5 +1,5 @@
 /* crc32c.c: CRC-32C, hardware (SSE4.2) with a slicing-by-8 software fallback. */
-#include "raft/crc32c.h"
+#include "raft/wal/crc32c.h"
 
 #include <pthread.h>
 #include <string.h>

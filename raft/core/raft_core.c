@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/raft_internal.h"
+#include "raft/core/raft_internal.h"
 
 const char *raft_strerror(int rc)
 {

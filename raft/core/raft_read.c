@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/raft_internal.h"
+#include "raft/core/raft_internal.h"
 
 static int push_state(struct raft *r, uint64_t ctx, uint64_t index)
 {

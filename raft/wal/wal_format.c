@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "raft/crc32c.h"
-#include "raft/wal.h"
-#include "raft/wal_int.h"
+#include "raft/wal/crc32c.h"
+#include "raft/wal/wal.h"
+#include "raft/wal/wal_internal.h"
 
 /* Record header layout (see docs/wal.md):
  *   0 u32 header crc (over bytes 4..31)   4 u32 payload length   8 u64 index   16 u64 term

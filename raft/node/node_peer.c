@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raft/node_int.h"
+#include "raft/node/node_internal.h"
 
 static size_t msg_bytes(const struct raft_msg *m)
 {

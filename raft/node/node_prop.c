@@ -20,7 +20,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "raft/node_int.h"
+#include "raft/node/node_internal.h"
 
 /* ---- the pending table ---- */
 

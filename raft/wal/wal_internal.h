@@ -1,7 +1,7 @@
-/* wal_int.h: the on-disk format shared by the WAL's files (private to //raft:wal).
+/* wal_internal.h: the on-disk format shared by the WAL's files (private to //raft:wal).
  * docs/wal.md describes every byte. All integers are little-endian. */
-#ifndef CRAFT_RAFT_WAL_INT_H
-#define CRAFT_RAFT_WAL_INT_H
+#ifndef CRAFT_RAFT_WAL_WAL_INTERNAL_H
+#define CRAFT_RAFT_WAL_WAL_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>

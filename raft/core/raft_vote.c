@@ -3,7 +3,7 @@
  * (prospective term, may be higher) and a granted PreVote response (echoes term + 1). */
 #include <string.h>
 
-#include "raft/raft_internal.h"
+#include "raft/core/raft_internal.h"
 
 /* §5.4.1: grant only to a candidate whose log is at least as up to date as ours: a later last
  * term wins; with equal last terms the longer log wins. */

@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "raft/node_int.h"
+#include "raft/node/node_internal.h"
 
 /* Entries and payload bytes per wal_append call: far below the WAL's queue bounds (65536 entries,
  * 64 MiB), so one call always fits once the writer drains - a batch bigger than the whole queue

@@ -19,9 +19,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "raft/crc32c.h"
-#include "raft/wal.h"
-#include "raft/wal_int.h"
+#include "raft/wal/crc32c.h"
+#include "raft/wal/wal.h"
+#include "raft/wal/wal_internal.h"
 
 #define SEG_NAME_DIGITS 20
 #define SEG_SUFFIX ".seg"

@@ -28,9 +28,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/fsm.h"
-#include "raft/raft.h"
-#include "raft/transport.h"
+#include "raft/node/fsm.h"
+#include "raft/core/raft.h"
+#include "raft/node/transport.h"
 
 enum {
     RAFT_NODE_OK = 0,

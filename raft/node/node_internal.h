@@ -1,7 +1,7 @@
-/* node_int.h: the state of one craft node and the helpers its files share (node_core.c: start,
+/* node_internal.h: the state of one craft node and the helpers its files share (node_core.c: start,
  * stop, driver, ticker; node_peer.c: outboxes and replicators; node_prop.c: proposals and the
  * applier; node_read.c: linearizable reads). Not part of the contract (node.h is); nothing outside
- * raft/node_*.c includes this.
+ * raft/node/ includes this.
  *
  * Locks (docs/node.md has the full picture):
  *   n->mu      the node mutex: the core (struct raft), the proposal and read tables, the applier
@@ -12,8 +12,8 @@
  * The WAL writer's on_durable callback takes n->mu; that cannot deadlock because no thread holding
  * n->mu ever waits for the writer (wal_truncate_suffix, wal_close and friends are called with no
  * node lock held). */
-#ifndef CRAFT_RAFT_NODE_INT_H
-#define CRAFT_RAFT_NODE_INT_H
+#ifndef CRAFT_RAFT_NODE_NODE_INTERNAL_H
+#define CRAFT_RAFT_NODE_NODE_INTERNAL_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -21,8 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/node.h"
-#include "raft/wal.h"
+#include "raft/node/node.h"
+#include "raft/wal/wal.h"
 
 /* ---- timeouts (node_timer.c) ---- */
 
