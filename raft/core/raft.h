@@ -137,9 +137,9 @@ struct raft_msg {
 
 /* Per-peer replication state on a leader (compare etcd-io/raft tracker, canonical/raft progress). */
 enum raft_progress_state {
-    RAFT_PROGRESS_PROBE = 0,     /* one AppendEntries at a time until a match is found */
-    RAFT_PROGRESS_REPLICATE = 1, /* pipelined: many in flight, bounded by count and bytes */
-    RAFT_PROGRESS_SNAPSHOT = 2,  /* reserved for InstallSnapshot (later issue) */
+    RAFT_PROGRESS_PROBE = 0,    /* one AppendEntries at a time until a match is found */
+    RAFT_PROGRESS_PIPELINE = 1, /* pipelined: many in flight, bounded by count and bytes */
+    RAFT_PROGRESS_SNAPSHOT = 2, /* reserved for InstallSnapshot (the snapshot issue) */
 };
 
 struct raft_config {
@@ -167,6 +167,14 @@ struct raft_config {
      * read over the bound gets RAFT_EBUSY, a follower's is answered as failed. Default 1024; 0 is
      * taken as the default. */
     uint32_t max_read_pending;
+
+    /* Decision trace: one line per decision the core takes (a vote granted or refused and why,
+     * a role change and its cause, the commit index moving, a refused append, a probe moved
+     * back), without a trailing newline. Compiled in only when the core is built with RAFT_WITH_TRACE
+     * defined (//raft/core:core_trace, which the simulator's craft-sim uses for --seed X);
+     * otherwise the calls compile to nothing and these fields are ignored. NULL: no trace. */
+    void (*trace)(void *arg, const char *line);
+    void *trace_arg;
 };
 
 #define RAFT_MAX_NODES 64

@@ -1,80 +1,35 @@
 /* raft_append.c: AppendEntries, both sides, with per-follower flow control.
  *
- * Leader side: each follower has a progress in PROBE (one append at a time, until the follower's
- * log is found to match) or REPLICATE (pipelined: next runs ahead of match, bounded by an
+ * Leader side: each follower has a progress (progress.h) in PROBE (one append at a time, until
+ * the follower's log is found to match) or PIPELINE (next runs ahead of match, bounded by an
  * in-flight window of max_inflight_msgs messages and max_inflight_bytes payload bytes). Each
  * append carries at most max_append_entries entries / max_append_bytes bytes (at least one entry).
  * A rejection drops the follower back to PROBE at the point its conflict hint names; a pipeline
- * that makes no progress over two heartbeats (lost messages) is re-probed from match + 1.
+ * that makes no progress over two heartbeats (lost messages) is re-probed from match + 1. This
+ * file decides what to send; progress.c keeps the bookkeeping.
  *
  * Follower side: the consistency check of Figure 2, truncation of a conflicting suffix, and the
  * fast-backup hint (§5.3): on a mismatch at prev_index the reply names the conflicting term and
  * the first index of that term, so the leader skips a whole term per round trip. */
 #include <assert.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "raft/core/raft_internal.h"
 
-void raft_progress_reset(struct raft *r, struct raft_progress *pr, uint64_t next)
-{
-    (void)r;
-    pr->state = RAFT_PROGRESS_PROBE;
-    pr->next = next;
-    pr->probe_sent = false;
-    pr->ring_start = pr->ring_count = 0;
-    pr->inflight_bytes = 0;
-    pr->stall = 0;
-    pr->hb_match = pr->match;
-}
-
-static bool inflight_full(const struct raft *r, const struct raft_progress *pr)
-{
-    return pr->ring_count >= r->cfg.max_inflight_msgs ||
-           pr->inflight_bytes >= r->cfg.max_inflight_bytes;
-}
-
-static void inflight_add(struct raft *r, struct raft_progress *pr, uint64_t last, size_t bytes)
-{
-    assert(pr->ring_count < r->cfg.max_inflight_msgs);
-    uint32_t pos = (pr->ring_start + pr->ring_count) % r->cfg.max_inflight_msgs;
-    pr->ring[pos] = (struct raft_inflight){last, bytes};
-    pr->ring_count++;
-    pr->inflight_bytes += bytes;
-}
-
-/* Everything up to `match` has arrived: free those window slots. */
-static void inflight_free_to(struct raft *r, struct raft_progress *pr, uint64_t match)
-{
-    while (pr->ring_count && pr->ring[pr->ring_start].last <= match) {
-        pr->inflight_bytes -= pr->ring[pr->ring_start].bytes;
-        pr->ring_start = (pr->ring_start + 1) % r->cfg.max_inflight_msgs;
-        pr->ring_count--;
-    }
-}
-
-static void become_probe(struct raft *r, struct raft_progress *pr, uint64_t next)
-{
-    raft_progress_reset(r, pr, next);
-}
-
-static void become_replicate(struct raft *r, struct raft_progress *pr)
-{
-    raft_progress_reset(r, pr, pr->match + 1);
-    pr->state = RAFT_PROGRESS_REPLICATE;
-}
-
 /* Build and queue one AppendEntries from pr->next. Returns false if nothing was sent. */
-static bool send_one(struct raft *r, struct raft_progress *pr, bool allow_empty)
+static bool send_one(struct raft *r, struct progress *pr, bool allow_empty)
 {
+    assert(r->role == RAFT_LEADER);
     uint64_t last = raft_log_last_index(&r->log);
     uint64_t prev = pr->next - 1, prev_term;
     if (!raft_log_term(&r->log, prev, &prev_term))
         return false; /* would need a snapshot (later issue) */
     size_t n = 0, bytes = 0;
     size_t room = r->cfg.max_append_bytes;
-    if (pr->state == RAFT_PROGRESS_REPLICATE && r->cfg.max_inflight_bytes - pr->inflight_bytes < room)
-        room = r->cfg.max_inflight_bytes - pr->inflight_bytes;
+    if (pr->state == RAFT_PROGRESS_PIPELINE && progress_window_room(&pr->window) < room)
+        room = progress_window_room(&pr->window);
     while (pr->next + n <= last && n < r->cfg.max_append_entries) {
         size_t len = raft_log_at(&r->log, pr->next + n)->len;
         if (n && bytes + len > room)
@@ -105,61 +60,53 @@ static bool send_one(struct raft *r, struct raft_progress *pr, bool allow_empty)
     }
     if (raft_send(r, &m))
         return false;
-    if (pr->state == RAFT_PROGRESS_PROBE) {
-        pr->probe_sent = true;
-    } else if (n) {
-        pr->next += n;
-        inflight_add(r, pr, pr->next - 1, bytes);
-    }
+    progress_sent(pr, (uint32_t)n, bytes);
     return true;
 }
 
-void raft_send_append(struct raft *r, struct raft_progress *pr, bool allow_empty)
+void raft_send_append(struct raft *r, struct progress *pr, bool allow_empty)
 {
+    assert(r->role == RAFT_LEADER);
     if (pr->id == r->id)
         return;
     if (pr->state == RAFT_PROGRESS_PROBE) {
-        if (!pr->probe_sent)
+        if (progress_can_send(pr))
             send_one(r, pr, allow_empty);
         return;
     }
-    /* REPLICATE: fill the window (optimistic pipelining). */
-    while (!inflight_full(r, pr) && pr->next <= raft_log_last_index(&r->log))
+    /* PIPELINE: fill the window (optimistic pipelining); SNAPSHOT: nothing. */
+    while (progress_can_send(pr) && pr->next <= raft_log_last_index(&r->log))
         if (!send_one(r, pr, false))
             break;
 }
 
 void raft_bcast_append(struct raft *r)
 {
+    assert(r->role == RAFT_LEADER);
     for (size_t i = 0; i < r->n_peers; i++)
         raft_send_append(r, &r->progress[i], false);
 }
 
 void raft_send_timeout_now(struct raft *r, uint64_t to)
 {
+    assert(r->role == RAFT_LEADER);
     struct raft_msg m = {.type = RAFT_MSG_TIMEOUT_NOW, .to = to, .term = r->hs.term};
     raft_send(r, &m);
 }
 
 void raft_bcast_heartbeat(struct raft *r)
 {
+    assert(r->role == RAFT_LEADER);
     for (size_t i = 0; i < r->n_peers; i++) {
-        struct raft_progress *pr = &r->progress[i];
+        struct progress *pr = &r->progress[i];
         if (pr->id == r->id)
             continue;
-        if (pr->state == RAFT_PROGRESS_REPLICATE) {
-            pr->stall = pr->ring_count && pr->match == pr->hb_match ? pr->stall + 1 : 0;
-            pr->hb_match = pr->match;
-            if (pr->stall >= 2)
-                become_probe(r, pr, pr->match + 1); /* appends were lost: resend from match */
-        }
-        if (pr->state == RAFT_PROGRESS_PROBE) {
-            /* The probe doubles as the heartbeat; a lost probe is retried here. */
-            pr->probe_sent = false;
+        /* In PROBE the probe doubles as the heartbeat (a lost probe is retried here); a stalled
+         * pipeline has just been dropped to PROBE. */
+        if (progress_on_heartbeat(pr))
             send_one(r, pr, true);
-            continue;
-        }
-        raft_send_heartbeat(r, pr);
+        else
+            raft_send_heartbeat(r, pr);
     }
 }
 
@@ -167,8 +114,9 @@ void raft_bcast_heartbeat(struct raft *r)
  * consistency check because of reordering; it carries commit up to match, and the newest read
  * round (raft_read.c). Also sent on its own, without the stall bookkeeping of the periodic
  * heartbeat, to confirm leadership for a read at once. */
-void raft_send_heartbeat(struct raft *r, struct raft_progress *pr)
+void raft_send_heartbeat(struct raft *r, struct progress *pr)
 {
+    assert(r->role == RAFT_LEADER);
     uint64_t t = 0;
     raft_log_term(&r->log, pr->match, &t);
     struct raft_msg m = {.type = RAFT_MSG_APPEND,
@@ -191,12 +139,14 @@ static int cmp_desc(const void *a, const void *b)
  * term; older entries then commit with it. The leader's own copy counts once persisted. */
 void raft_maybe_commit(struct raft *r)
 {
+    assert(r->role == RAFT_LEADER);
     uint64_t m[RAFT_MAX_NODES];
     for (size_t i = 0; i < r->n_peers; i++)
         m[i] = r->peers[i] == r->id ? r->persisted_index : r->progress[i].match;
     qsort(m, r->n_peers, sizeof(m[0]), cmp_desc);
     uint64_t n = m[raft_quorum(r) - 1], t;
     if (n > r->commit && raft_log_term(&r->log, n, &t) && t == r->hs.term) {
+        RAFT_TRACE(r, "commit %" PRIu64 " -> %" PRIu64 " (stored on a majority)", r->commit, n);
         r->commit = n;
         raft_read_on_commit(r); /* reads waiting for our first commit in this term */
     }
@@ -232,6 +182,7 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
         return RAFT_EINVAL; /* two leaders in one term: impossible from a correct peer */
     if (r->role != RAFT_FOLLOWER || r->leader_id != m->from)
         raft_become_follower(r, r->hs.term, m->from);
+    assert(r->role == RAFT_FOLLOWER && r->leader_id == m->from);
     r->election_elapsed = 0;
 
     /* ctx echoes the leader's read round (raft_read.c), accepted or not. */
@@ -239,6 +190,8 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
         .type = RAFT_MSG_APPEND_RESP, .to = m->from, .term = r->hs.term, .ctx = m->ctx};
     uint64_t last = raft_log_last_index(&r->log), t;
     if (m->prev_index > last) {
+        RAFT_TRACE(r, "refuses append at %" PRIu64 " from n%" PRIu64 ": our log ends at %" PRIu64,
+                   m->prev_index, m->from, last);
         resp.reject = true;
         resp.reject_index = m->prev_index;
         resp.conflict_term = 0;
@@ -250,6 +203,8 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
     if (t != m->prev_term) {
         if (m->prev_index <= r->commit)
             return RAFT_EINVAL; /* committed entries never conflict with a real leader */
+        RAFT_TRACE(r, "refuses append at %" PRIu64 " from n%" PRIu64 ": term %" PRIu64
+                      " there, not %" PRIu64, m->prev_index, m->from, t, m->prev_term);
         resp.reject = true;
         resp.reject_index = m->prev_index;
         resp.conflict_term = t;
@@ -266,6 +221,8 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
         if (t != e->term) {
             if (e->index <= r->commit)
                 return RAFT_EINVAL;
+            RAFT_TRACE(r, "truncates its log from %" PRIu64 " (term %" PRIu64 " conflicts)",
+                       e->index, t);
             raft_truncate_from(r, e->index);
             break;
         }
@@ -277,8 +234,11 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
     }
     uint64_t verified = m->prev_index + m->n_entries;
     uint64_t c = m->commit < verified ? m->commit : verified;
-    if (c > r->commit)
+    if (c > r->commit) {
+        RAFT_TRACE(r, "commit %" PRIu64 " -> %" PRIu64 " (leader n%" PRIu64 ")", r->commit, c,
+                   m->from);
         r->commit = c;
+    }
     resp.match_index = verified;
     /* The ack means "stored": it waits for the entries to be durable. */
     return raft_send_after_persist(r, &resp);
@@ -298,53 +258,34 @@ static uint64_t next_from_hint(const struct raft *r, const struct raft_msg *m)
     return next;
 }
 
+/* To be called on an APPEND_RESP of our term; anything but a leader ignores it. */
 int raft_recv_append_resp(struct raft *r, const struct raft_msg *m)
 {
     if (r->role != RAFT_LEADER)
         return 0;
-    struct raft_progress *pr = &r->progress[raft_peer_index(r, m->from)];
+    struct progress *pr = &r->progress[raft_peer_index(r, m->from)];
     uint64_t last = raft_log_last_index(&r->log);
-    pr->recent_active = true;
+    progress_heard(pr);
 
     if (m->reject) {
         if (m->reject_index > last || m->conflict_index == 0)
             return RAFT_EINVAL;
         raft_read_ack(r, pr, m->ctx); /* a refusal in our term confirms it as well */
-        if (pr->state == RAFT_PROGRESS_REPLICATE) {
-            if (m->reject_index <= pr->match)
-                return 0; /* stale */
-        } else if (m->reject_index != pr->next - 1) {
-            return 0; /* answer to an older probe */
-        }
-        uint64_t next = next_from_hint(r, m);
-        if (next <= pr->match)
-            next = pr->match + 1; /* never below what the follower acknowledged */
-        bool moved = pr->state != RAFT_PROGRESS_PROBE || next != pr->next;
-        become_probe(r, pr, next);
-        /* Retry at once only if the hint moved us; otherwise wait for the heartbeat, so a
-         * follower that keeps refusing the same probe cannot start a message storm. */
-        if (moved)
+        /* Retry at once only if the hint moved next; a refusal of the same probe waits for the
+         * heartbeat (progress_rejected). */
+        if (progress_rejected(pr, m->reject_index, next_from_hint(r, m)) == PROGRESS_REJECT_MOVED) {
+            RAFT_TRACE(r, "n%" PRIu64 " refused the append at %" PRIu64 ": probes from %" PRIu64,
+                       m->from, m->reject_index, pr->next);
             raft_send_append(r, pr, true);
-        else
-            pr->probe_sent = true;
+        }
         return 0;
     }
 
     if (m->match_index > last)
         return RAFT_EINVAL;
     raft_read_ack(r, pr, m->ctx);
-    if (m->match_index > pr->match) {
-        pr->match = m->match_index;
-        if (pr->state == RAFT_PROGRESS_PROBE)
-            become_replicate(r, pr);
-        else
-            inflight_free_to(r, pr, pr->match);
-        if (pr->next <= pr->match)
-            pr->next = pr->match + 1;
+    if (progress_acked(pr, m->match_index))
         raft_maybe_commit(r);
-    } else if (pr->state == RAFT_PROGRESS_PROBE) {
-        pr->probe_sent = false;
-    }
     if (r->transferee == m->from && pr->match == last)
         raft_send_timeout_now(r, m->from);
     else

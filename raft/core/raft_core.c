@@ -2,6 +2,9 @@
  * term rules that apply to every message (Raft paper Figure 2, "Rules for Servers"), proposals and
  * leadership transfer. The RPC handlers live in raft_vote.c and raft_append.c. */
 #include <assert.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,6 +55,22 @@ void raft_config_default(struct raft_config *cfg)
     cfg->max_entry_bytes = 64u << 20;
     cfg->max_read_pending = 1024;
 }
+
+#ifdef RAFT_WITH_TRACE
+void raft_trace(const struct raft *r, const char *fmt, ...)
+{
+    if (!r->cfg.trace)
+        return;
+    char line[320];
+    int k = snprintf(line, sizeof line, "n%" PRIu64 " %s term=%" PRIu64 ": ", r->id,
+                     raft_role_name(r->role), r->hs.term);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + k, sizeof line - (size_t)k, fmt, ap);
+    va_end(ap);
+    r->cfg.trace(r->cfg.trace_arg, line);
+}
+#endif
 
 /* splitmix64: the core's only randomness, seeded by the caller so runs replay exactly. */
 uint64_t raft_rand(struct raft *r)
@@ -132,9 +151,8 @@ int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struc
         if (!r->peers[i] || (i && r->peers[i] == r->peers[i - 1]))
             goto inval;
         self |= r->peers[i] == r->id;
-        r->progress[i].id = r->peers[i];
-        r->progress[i].ring = calloc(cfg->max_inflight_msgs, sizeof(struct raft_inflight));
-        if (!r->progress[i].ring)
+        if (progress_init(&r->progress[i], r->peers[i], cfg->max_inflight_msgs,
+                          cfg->max_inflight_bytes))
             goto nomem;
     }
     if (!self)
@@ -179,7 +197,7 @@ void raft_free(struct raft *r)
         raft_msg_free(&r->held[i].m);
     if (r->progress)
         for (size_t i = 0; i < r->n_peers; i++)
-            free(r->progress[i].ring);
+            progress_free(&r->progress[i]);
     free(r->out);
     free(r->held);
     free(r->recs);
@@ -196,8 +214,13 @@ void raft_become_follower(struct raft *r, uint64_t term, uint64_t leader)
 {
     /* Pending reads belong to one leadership (ours, or the leader we asked): settle them before
      * the term moves, so a deposed leader's answers to its followers carry its old term. */
-    if (r->role != RAFT_FOLLOWER || term != r->hs.term || leader != r->leader_id)
+    if (r->role != RAFT_FOLLOWER || term != r->hs.term || leader != r->leader_id) {
+        if (leader)
+            RAFT_TRACE(r, "follows n%" PRIu64 " in term %" PRIu64, leader, term);
+        else
+            RAFT_TRACE(r, "becomes a follower in term %" PRIu64 ", no leader known", term);
         raft_read_fail_all(r);
+    }
     set_term(r, term);
     r->role = RAFT_FOLLOWER;
     r->leader_id = leader;
@@ -211,6 +234,8 @@ void raft_become_precandidate(struct raft *r)
 {
     /* Ask whether we could win before bumping the term: a node that cannot win (partitioned,
      * stale log) never disturbs the cluster's term (thesis §9.6). */
+    assert(r->role != RAFT_LEADER);
+    RAFT_TRACE(r, "election timeout: pre-vote for term %" PRIu64, r->hs.term + 1);
     raft_read_fail_all(r);
     r->role = RAFT_PRECANDIDATE;
     r->leader_id = 0;
@@ -232,6 +257,9 @@ void raft_become_precandidate(struct raft *r)
 
 void raft_become_candidate(struct raft *r, bool transfer)
 {
+    assert(r->role != RAFT_LEADER);
+    RAFT_TRACE(r, "campaigns for term %" PRIu64 "%s", r->hs.term + 1,
+               transfer ? " (leadership transfer)" : "");
     raft_read_fail_all(r);
     set_term(r, r->hs.term + 1);
     r->hs.voted_for = r->id;
@@ -260,6 +288,7 @@ void raft_become_candidate(struct raft *r, bool transfer)
 
 static void count_self_and_maybe_win(struct raft *r)
 {
+    assert(r->role == RAFT_PRECANDIDATE || r->role == RAFT_CANDIDATE);
     size_t granted = 0;
     for (size_t i = 0; i < r->n_peers; i++)
         granted += r->votes[i] == 1;
@@ -274,18 +303,15 @@ static void count_self_and_maybe_win(struct raft *r)
 void raft_become_leader(struct raft *r)
 {
     assert(r->role == RAFT_CANDIDATE);
+    RAFT_TRACE(r, "wins the election with a majority of votes");
     r->role = RAFT_LEADER;
     r->leader_id = r->id;
     r->transferee = 0;
     r->heartbeat_elapsed = 0;
     r->election_elapsed = 0;
     uint64_t last = raft_log_last_index(&r->log);
-    for (size_t i = 0; i < r->n_peers; i++) {
-        raft_progress_reset(r, &r->progress[i], last + 1);
-        r->progress[i].match = 0;
-        r->progress[i].read_ack = 0;
-        r->progress[i].recent_active = r->peers[i] == r->id;
-    }
+    for (size_t i = 0; i < r->n_peers; i++)
+        progress_reset_leader(&r->progress[i], last, r->peers[i] == r->id);
     /* A no-op of the new term lets entries of older terms commit (§5.4.2, §8). */
     struct raft_entry noop = {.index = last + 1, .term = r->hs.term, .type = RAFT_ENTRY_NOOP};
     raft_log_append(&r->log, &noop);
@@ -315,8 +341,10 @@ int raft_tick(struct raft *r)
             campaign(r);
         return 0;
     }
-    if (r->transferee && ++r->transfer_elapsed >= r->cfg.election_tick)
+    if (r->transferee && ++r->transfer_elapsed >= r->cfg.election_tick) {
+        RAFT_TRACE(r, "transfer to n%" PRIu64 " timed out: proposals resume", r->transferee);
         r->transferee = 0; /* target did not take over in time: resume (thesis §3.10) */
+    }
     if (++r->election_elapsed >= r->cfg.election_tick) {
         r->election_elapsed = 0;
         if (r->cfg.check_quorum) {
@@ -324,11 +352,12 @@ int raft_tick(struct raft *r)
              * an election timeout steps down, so clients can find the real leader. */
             size_t active = 0;
             for (size_t i = 0; i < r->n_peers; i++) {
-                struct raft_progress *pr = &r->progress[i];
-                active += pr->id == r->id || pr->recent_active;
-                pr->recent_active = false;
+                bool heard = progress_take_active(&r->progress[i]);
+                active += r->peers[i] == r->id || heard;
             }
             if (active < raft_quorum(r)) {
+                RAFT_TRACE(r, "steps down (check-quorum): heard from %zu of %zu in an election "
+                              "timeout, needs %zu", active, r->n_peers, raft_quorum(r));
                 raft_become_follower(r, r->hs.term, 0);
                 return 0;
             }
@@ -375,12 +404,19 @@ int raft_step(struct raft *r, const struct raft_msg *m)
              * the election (TimeoutNow). */
             bool in_lease = r->cfg.check_quorum && r->leader_id &&
                             r->election_elapsed < r->cfg.election_tick;
-            if (in_lease && !m->transfer)
+            if (in_lease && !m->transfer) {
+                RAFT_TRACE(r, "ignores %s from n%" PRIu64 " for term %" PRIu64
+                              ": leader n%" PRIu64 " heard within the lease",
+                           raft_msg_type_name(m->type), m->from, m->term, r->leader_id);
                 return 0;
+            }
         }
         if (m->type == RAFT_MSG_PREVOTE || (m->type == RAFT_MSG_PREVOTE_RESP && m->granted)) {
             /* A pre-vote carries a prospective term: it never changes ours. */
         } else {
+            RAFT_TRACE(r, "sees the newer term %" PRIu64 " in %s from n%" PRIu64 "%s", m->term,
+                       raft_msg_type_name(m->type), m->from,
+                       r->role == RAFT_FOLLOWER ? "" : ": steps down");
             raft_become_follower(r, m->term, m->type == RAFT_MSG_APPEND ? m->from : 0);
         }
     } else if (m->term < r->hs.term) {
@@ -423,6 +459,7 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         if (m->from != r->leader_id && r->leader_id)
             return RAFT_EINVAL;
         /* The leader found us up to date: campaign at once, without pre-vote (thesis §3.10). */
+        RAFT_TRACE(r, "TimeoutNow from n%" PRIu64, m->from);
         raft_become_candidate(r, true);
         return 0;
     case RAFT_MSG_READ_INDEX:
@@ -475,9 +512,10 @@ int raft_transfer_leader(struct raft *r, uint64_t to)
         return RAFT_EUNKNOWN;
     if (to == r->id)
         return RAFT_ESTATE;
+    RAFT_TRACE(r, "transfers leadership to n%" PRIu64, to);
     r->transferee = to;
     r->transfer_elapsed = 0;
-    struct raft_progress *pr = &r->progress[i];
+    struct progress *pr = &r->progress[i];
     if (pr->match == raft_log_last_index(&r->log))
         raft_send_timeout_now(r, to);
     else
@@ -528,12 +566,12 @@ int raft_progress_get(const struct raft *r, uint64_t peer, struct raft_progress_
     size_t i = raft_peer_index(r, peer);
     if (i == r->n_peers)
         return RAFT_EUNKNOWN;
-    const struct raft_progress *pr = &r->progress[i];
+    const struct progress *pr = &r->progress[i];
     out->state = pr->state;
     out->match = pr->id == r->id ? r->persisted_index : pr->match;
     out->next = pr->next;
-    out->inflight_msgs = pr->ring_count;
-    out->inflight_bytes = pr->inflight_bytes;
+    out->inflight_msgs = progress_window_count(&pr->window);
+    out->inflight_bytes = progress_window_bytes(&pr->window);
     return 0;
 }
 

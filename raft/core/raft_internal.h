@@ -3,6 +3,7 @@
 #ifndef CRAFT_RAFT_RAFT_INTERNAL_H
 #define CRAFT_RAFT_RAFT_INTERNAL_H
 
+#include "raft/core/progress.h"
 #include "raft/core/raft.h"
 
 /* The in-memory log: entries offset+1 .. offset+n. offset (and offset_term) stay 0 until log
@@ -12,28 +13,6 @@ struct raft_log {
     size_t n, cap;
     uint64_t offset;
     uint64_t offset_term;
-};
-
-/* One AppendEntries in flight to a follower in REPLICATE: the last index it carries and its
- * payload bytes. A ring bounded by max_inflight_msgs. */
-struct raft_inflight {
-    uint64_t last;
-    size_t bytes;
-};
-
-struct raft_progress {
-    uint64_t id;
-    uint64_t match; /* highest index known replicated (and persisted) on the peer */
-    uint64_t next;  /* next index to send */
-    uint8_t state;  /* enum raft_progress_state */
-    bool probe_sent;    /* PROBE: one append outstanding; wait for a reply or the heartbeat */
-    bool recent_active; /* heard from it since the last check-quorum round (§6.2 thesis) */
-    struct raft_inflight *ring;
-    uint32_t ring_start, ring_count;
-    size_t inflight_bytes;
-    uint64_t hb_match; /* match at the previous heartbeat: detects a stalled pipeline */
-    unsigned stall;    /* heartbeats in a row with appends in flight and no progress */
-    uint64_t read_ack; /* highest read round the peer echoed in this term (raft_read.c) */
 };
 
 /* A read waiting in the core (raft_read.c). On a leader: from = 0 for a local read, else the
@@ -103,7 +82,7 @@ struct raft {
     int8_t *votes;
 
     /* Leader. progress[i] belongs to peers[i]; the entry for self is kept but unused. */
-    struct raft_progress *progress;
+    struct progress *progress;
     uint64_t transferee;
     unsigned transfer_elapsed;
 
@@ -121,6 +100,24 @@ struct raft {
     uint8_t rep_role;
     uint64_t rep_leader, rep_term, rep_commit;
 };
+
+/* The decision trace (raft.h, raft_config.trace): compiled in with RAFT_WITH_TRACE, else nothing is
+ * evaluated, though the format is still checked against its arguments. */
+#ifdef RAFT_WITH_TRACE
+void raft_trace(const struct raft *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define RAFT_TRACE(r, ...) raft_trace((r), __VA_ARGS__)
+#else
+static inline __attribute__((format(printf, 1, 2))) void raft_trace_off(const char *fmt, ...)
+{
+    (void)fmt;
+}
+#define RAFT_TRACE(r, ...)                                                                        \
+    do {                                                                                          \
+        (void)(r);                                                                                \
+        if (0)                                                                                    \
+            raft_trace_off(__VA_ARGS__);                                                          \
+    } while (0)
+#endif
 
 /* raft_log.c */
 uint64_t raft_log_last_index(const struct raft_log *l);
@@ -158,19 +155,18 @@ int raft_recv_vote_resp(struct raft *r, const struct raft_msg *m);
 /* raft_append.c */
 int raft_recv_append(struct raft *r, const struct raft_msg *m);
 int raft_recv_append_resp(struct raft *r, const struct raft_msg *m);
-void raft_send_append(struct raft *r, struct raft_progress *pr, bool allow_empty);
+void raft_send_append(struct raft *r, struct progress *pr, bool allow_empty);
 void raft_bcast_append(struct raft *r);
 void raft_bcast_heartbeat(struct raft *r);
 void raft_maybe_commit(struct raft *r);
-void raft_progress_reset(struct raft *r, struct raft_progress *pr, uint64_t next);
 void raft_send_timeout_now(struct raft *r, uint64_t to);
-void raft_send_heartbeat(struct raft *r, struct raft_progress *pr);
+void raft_send_heartbeat(struct raft *r, struct progress *pr);
 
 /* raft_read.c */
 int raft_recv_read_index(struct raft *r, const struct raft_msg *m);
 int raft_recv_read_index_resp(struct raft *r, const struct raft_msg *m);
 /* A follower echoed read round m->ctx (leader, same term). */
-void raft_read_ack(struct raft *r, struct raft_progress *pr, uint64_t round);
+void raft_read_ack(struct raft *r, struct progress *pr, uint64_t round);
 /* The commit index moved (leader): start the rounds of reads that waited for it. */
 void raft_read_on_commit(struct raft *r);
 /* Leadership, term or known leader is about to change: fail every pending read. */

@@ -23,6 +23,7 @@
  * 0), and a read not settled within an election timeout (election_tick ticks: lost messages, a
  * leader cut off from its majority without check-quorum) fails the same way. So every accepted
  * read is released exactly once. */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,6 +118,7 @@ static void release(struct raft *r)
  * than at the next heartbeat tick (read latency is one round trip). */
 static void start_round(struct raft *r)
 {
+    assert(r->role == RAFT_LEADER);
     uint64_t round = ++r->read_round;
     for (size_t i = 0; i < r->n_reads; i++) {
         if (!r->reads[i].round) {
@@ -132,6 +134,7 @@ static void start_round(struct raft *r)
 
 static int leader_read(struct raft *r, uint64_t ctx, uint64_t from)
 {
+    assert(r->role == RAFT_LEADER);
     if (r->n_reads >= r->cfg.max_read_pending)
         return RAFT_EBUSY;
     struct raft_read rd = {.ctx = ctx, .from = from, .started = r->ticks};
@@ -198,12 +201,13 @@ int raft_recv_read_index_resp(struct raft *r, const struct raft_msg *m)
     return 0; /* a duplicate, or the read already expired */
 }
 
-void raft_read_ack(struct raft *r, struct raft_progress *pr, uint64_t round)
+void raft_read_ack(struct raft *r, struct progress *pr, uint64_t round)
 {
-    if (round > r->read_round || round <= pr->read_ack)
-        return; /* nothing new (or a round we never started: ignore) */
-    pr->read_ack = round;
-    release(r);
+    assert(r->role == RAFT_LEADER);
+    if (round > r->read_round)
+        return; /* a round we never started: ignore */
+    if (progress_read_acked(pr, round))
+        release(r);
 }
 
 void raft_read_on_commit(struct raft *r)

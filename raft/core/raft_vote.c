@@ -1,6 +1,8 @@
 /* raft_vote.c: RequestVote and PreVote, both sides (Raft paper §5.2, §5.4.1; thesis §9.6).
  * raft_step() has already applied the term rules, so here m->term == our term, except a PreVote
  * (prospective term, may be higher) and a granted PreVote response (echoes term + 1). */
+#include <assert.h>
+#include <inttypes.h>
 #include <string.h>
 
 #include "raft/core/raft_internal.h"
@@ -28,6 +30,12 @@ int raft_recv_vote(struct raft *r, const struct raft_msg *m)
         .granted = grant,
         .term = grant && pre ? m->term : r->hs.term,
     };
+    RAFT_TRACE(r, "%s %s to n%" PRIu64 " for term %" PRIu64 "%s", grant ? "grants" : "refuses",
+               pre ? "pre-vote" : "vote", m->from, m->term,
+               grant      ? ""
+               : !can_vote ? (r->hs.voted_for ? ": already voted in this term"
+                                              : ": a leader of this term is known")
+                           : ": its log is behind ours (§5.4.1)");
     if (!grant || pre)
         return raft_send(r, &resp);
     if (r->hs.voted_for != m->from) {
@@ -70,6 +78,8 @@ int raft_recv_vote_resp(struct raft *r, const struct raft_msg *m)
             raft_become_leader(r);
     } else if (rejected >= raft_quorum(r)) {
         /* Cannot win this round: wait as a follower for a new timeout. */
+        RAFT_TRACE(r, "loses the %s: refused by %zu of %zu", pre ? "pre-vote" : "election",
+                   rejected, r->n_peers);
         raft_become_follower(r, r->hs.term, 0);
     }
     return 0;

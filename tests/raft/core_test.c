@@ -444,7 +444,7 @@ Test(flow, window_bounded_by_count_and_batches_by_entries)
     cr_assert_eq(raft_step(r, &ack), 0);
     struct raft_progress_info pi;
     cr_assert_eq(raft_progress_get(r, 2, &pi), 0);
-    cr_assert_eq(pi.state, RAFT_PROGRESS_REPLICATE);
+    cr_assert_eq(pi.state, RAFT_PROGRESS_PIPELINE);
     for (uint64_t v = 0; v < 10; v++)
         cr_assert_eq(raft_propose(r, RAFT_ENTRY_NORMAL, &v, sizeof(v), NULL, NULL, NULL), 0);
     drain(r, true, &o);

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Prove the simulator has teeth: build a copy of the core with one classic Raft bug injected
 # (outside the repository, so nothing in the tree changes), sweep seeds, print the first failing
-# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|R|S> [seeds] [nodes]
+# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|P|R|S> [seeds] [nodes]
 #   A  commit rule counts replicas of old-term entries (Figure 8 / §5.4.2)
 #   B  votedFor not reset when the term changes
 #   C  vote granted without the log up-to-date check (§5.4.1)
@@ -9,6 +9,7 @@
 #   F  vote granted without persisting votedFor
 #   R  ReadIndex: a read released without a majority confirming the leader (§6.4 step 3)
 #   S  ReadIndex: a new leader answers before committing an entry of its term (§6.4 step 1)
+#   P  progress: appends still in flight counted as stored (match taken from next, not the ack)
 set -euo pipefail
 bug=${1:?bug letter}; seeds=${2:-2000}; nodes=${3:-3}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,6 +41,9 @@ F) f=raft/core/raft_vote.c
 R) f=raft/core/raft_read.c
    old='uint64_t confirmed = acks[raft_quorum(r) - 1];'
    new='uint64_t confirmed = acks[0];' ;;
+P) f=raft/core/progress.c
+   old='    pr->match = match_index;'
+   new='    pr->match = pr->next - 1 > match_index ? pr->next - 1 : match_index;' ;;
 S) f=raft/core/raft_read.c
    old='return r->commit && raft_log_term(&r->log, r->commit, &t) && t == r->hs.term;'
    new='(void)t; return true;' ;;

@@ -164,6 +164,13 @@ static void trace(struct sim *s, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The core's decision trace (raft_config.trace), interleaved with the simulator's events. Only
+ * cores built with RAFT_WITH_TRACE (craft-sim) call it. */
+static void core_trace(void *arg, const char *line)
+{
+    trace(arg, "  core %s", line);
+}
+
 static void violation(struct sim *s, const char *fmt, ...)
 {
     if (s->violations++ == 0) {
@@ -619,6 +626,10 @@ static void start_node(struct sim *s, int i)
     c.heartbeat_tick = s->o.heartbeat_tick;
     c.max_append_entries = s->o.max_append_entries;
     c.max_inflight_msgs = s->o.max_inflight_msgs;
+    if (s->o.trace) {
+        c.trace = core_trace;
+        c.trace_arg = s;
+    }
     struct raft_restore rs = {.hs = nd->dhs, .entries = nd->dlog, .n_entries = nd->dn};
     int rc = raft_new(&c, &rs, &nd->r);
     if (rc) {
