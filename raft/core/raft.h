@@ -170,9 +170,9 @@ struct raft_config {
 
     /* Decision trace: one line per decision the core takes (a vote granted or refused and why,
      * a role change and its cause, the commit index moving, a refused append, a probe moved
-     * back), without a trailing newline. Compiled in only when the core is built with RAFT_WITH_TRACE
-     * defined (//raft/core:core_trace, which the simulator's craft-sim uses for --seed X);
-     * otherwise the calls compile to nothing and these fields are ignored. NULL: no trace. */
+     * back), without a trailing newline. Compiled in only when the core is built with
+     * RAFT_WITH_TRACE defined (//raft/core:core_trace, which the simulator's craft-sim uses for
+     * --seed X); otherwise the calls compile to nothing and these fields are ignored. */
     void (*trace)(void *arg, const char *line);
     void *trace_arg;
 };

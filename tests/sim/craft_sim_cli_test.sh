@@ -11,9 +11,11 @@ out=$("$SIM" --nodes 5 --seed 7) || fail "--seed 7 exited $?"
 echo "$out" | grep -q "becomes leader" || fail "replay has no readable trace"
 # The core's own decisions are in the replay (RAFT_WITH_TRACE): votes with their reasons, the
 # election won, the commit index moving.
-echo "$out" | grep -Eq "core n[0-9] [a-z]+ term=[0-9]+: grants vote to n[0-9]" || fail "no vote decisions in the trace"
+echo "$out" | grep -Eq "core n[0-9] [a-z]+ term=[0-9]+: grants vote to n[0-9]" ||
+    fail "no vote decisions in the trace"
 echo "$out" | grep -q "wins the election" || fail "no election decision in the trace"
-echo "$out" | grep -Eq "core n[0-9] leader term=[0-9]+: commit [0-9]+ -> [0-9]+" || fail "no commit decision in the trace"
+echo "$out" | grep -Eq "core n[0-9] leader term=[0-9]+: commit [0-9]+ -> [0-9]+" ||
+    fail "no commit decision in the trace"
 echo "$out" | tail -n 1 | grep -q "result: ok" || fail "replay did not report a result"
 
 for args in "--bogus" "--nodes 0 --seeds 1" "--nodes 99 --seeds 1" "--nodes x --seeds 1" \
