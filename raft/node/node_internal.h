@@ -1,7 +1,8 @@
 /* node_internal.h: the state of one craft node and the helpers its files share (node_core.c: start,
- * stop, driver, ticker; node_peer.c: outboxes and replicators; node_prop.c: proposals and the
- * applier; node_read.c: linearizable reads). Not part of the contract (node.h is); nothing outside
- * raft/node/ includes this.
+ * stop, ticker, small entry points; node_driver.c: the Ready/Advance cycle, the WAL hand-off and
+ * the driver thread; node_peer.c: outboxes and replicators; node_prop.c: proposals and the
+ * applier; node_read.c: linearizable reads; node_timer.c: the deadline heap). Not part of the
+ * contract (node.h is); nothing outside raft/node/ includes this.
  *
  * Locks (docs/node.md has the full picture):
  *   n->mu      the node mutex: the core (struct raft), the proposal and read tables, the applier
@@ -175,7 +176,7 @@ struct raft_node {
     bool fatal_reported;  /* pending proposals were failed after `fatal` was set */
     uint64_t durable_gen; /* bumped by every on_durable: the driver's back-pressure wait */
 
-    /* The right to drive (node_core.c "Who drives"): whoever sets `driving` under n->mu owns
+    /* The right to drive (node_driver.c "Who drives"): whoever sets `driving` under n->mu owns
      * the ready/advance cycle and the driver-only state below until it clears it. */
     bool driving;
     bool wal_waiting;           /* the driver thread waits for room in the WAL queue */
@@ -218,6 +219,8 @@ void node_cond_init(pthread_cond_t *cv); /* CLOCK_MONOTONIC */
 void node_log(struct raft_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* n->mu held: stop accepting writes after a storage or state machine failure. */
 void node_fail_locked(struct raft_node *n, int code, const char *what);
+
+/* node_driver.c */
 /* n->mu held: the core may have a ready. Drives it in the calling thread when nobody else is
  * driving (never blocking: storage that would wait goes to the driver thread), else leaves it to
  * whoever drives. NODE_DRIVE_NOSTORE: hand every storage step to the driver thread (the WAL
@@ -225,6 +228,15 @@ void node_fail_locked(struct raft_node *n, int code, const char *what);
  * n->mu. */
 enum node_drive_mode { NODE_DRIVE_THREAD, NODE_DRIVE_INLINE, NODE_DRIVE_NOSTORE };
 void node_kick_locked(struct raft_node *n, enum node_drive_mode mode);
+/* The WAL's on_durable callback (writer thread, no WAL lock held; takes n->mu): notes the
+ * progress, fails the node on a write error and drives inline without storage. */
+void node_on_durable(void *arg, uint64_t index, uint64_t term, int err);
+/* The WAL's log callback (notices such as a torn tail cut at open; no node lock needed): one
+ * line to stderr. */
+void node_on_wal_log(void *arg, const char *msg);
+/* raft_node_start, no lock held, once the core and the peers exist: starts the driver thread.
+ * 0 or RAFT_NODE_ENOMEM. */
+int node_driver_start(struct raft_node *n);
 
 /* node_peer.c */
 int node_peers_start(struct raft_node *n);

@@ -1,6 +1,6 @@
 /* node_peer.c: one outbox and one replicator thread per peer.
  *
- * The driving thread (node_core.c "Who drives") first offers each ready's messages for peer P to
+ * The driving thread (node_driver.c "Who drives") first offers each ready's messages for peer P to
  * the transport's non-blocking try_send when nothing is queued for P and no send to P is in
  * progress: on the commit path that saves waking the replicator. Otherwise, and for whatever
  * try_send did not take, it copies them into P's outbox (under P's own mutex, never with the
