@@ -152,6 +152,13 @@ static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_
     return 0;
 }
 
+/* Whether rd's storage has a step that waits: truncating what was handed to the WAL (it waits
+ * for the writer) or the synchronous hard-state write. */
+static bool ready_needs_wait(const struct raft_node *n, const struct raft_ready *rd)
+{
+    return rd->hs_changed || (rd->truncate_from && rd->truncate_from <= n->wal_last);
+}
+
 /* The storage part of one ready, no lock held. Order: truncate (the disk stays a prefix of the
  * log), hard state, entries. The hard state goes before the entries so the log on disk never
  * holds a term above the saved currentTerm (raft_new refuses such a log); it is synchronous, so
@@ -159,11 +166,6 @@ static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_
  * WAL must report durable. *done counts the entries already enqueued (a ready handed over midway
  * resumes there; truncation and hard state then happened already). Without may_wait, returns
  * NODE_HANDOFF at the first step that could block. */
-static bool ready_needs_wait(const struct raft_node *n, const struct raft_ready *rd)
-{
-    return rd->hs_changed || (rd->truncate_from && rd->truncate_from <= n->wal_last);
-}
-
 static int store_ready(struct raft_node *n, const struct raft_ready *rd, uint64_t *need,
                        size_t *done, bool may_wait)
 {
