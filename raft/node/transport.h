@@ -1,8 +1,8 @@
 /* transport.h: how a craft node exchanges Raft messages with its peers.
  *
  * The runtime (node.h) never touches the network; it is handed a struct raft_transport. The
- * gRPC peer service (services/peer_*) is one implementation; tests use an in-memory one that
- * can drop, delay, stall and partition. The contract:
+ * gRPC peer service (services/peer.h, services/peer.c) is one implementation; tests use an
+ * in-memory one that can drop, delay, stall and partition. The contract:
  * - send() and try_send() for peer `to` are never called concurrently (the runtime serializes
  *   them per peer), so an implementation may keep per-peer state without locking against other
  *   calls for the same peer. Messages to one peer are delivered in the order given, or not at all
