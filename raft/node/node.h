@@ -133,7 +133,11 @@ int raft_node_propose_wait(struct raft_node *n, const void *data, size_t len, in
 typedef void (*raft_node_read_fn)(void *arg, int err, uint64_t read_index);
 int raft_node_read_index(struct raft_node *n, int timeout_ms, raft_node_read_fn cb, void *arg);
 
-/* Hand leadership to `to` (leader only). */
+/* Hand leadership to `to` (leader only; etcd's MoveLeader). Returns 0 once the transfer has begun:
+ * the leader catches `to` up, then tells it to campaign at once, and refuses proposals with _EBUSY
+ * until `to` takes over or an election timeout passes without it. Errors, at once: _ENOTLEADER
+ * (this member is not the leader), _EINVAL (`to` is not a member, or is this member), _ESHUTDOWN,
+ * _EIO. */
 int raft_node_transfer_leader(struct raft_node *n, uint64_t to);
 
 struct raft_node_status {
