@@ -172,7 +172,8 @@ struct raft_config {
      * a role change and its cause, the commit index moving, a refused append, a probe moved
      * back), without a trailing newline. Compiled in only when the core is built with
      * RAFT_WITH_TRACE defined (//raft/core:core_trace, which the simulator's craft-sim uses for
-     * --seed X); otherwise the calls compile to nothing and these fields are ignored. */
+     * --seed X); otherwise the calls compile to nothing and these fields are ignored. NULL: no
+     * trace. */
     void (*trace)(void *arg, const char *line);
     void *trace_arg;
 };
