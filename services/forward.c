@@ -12,20 +12,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "services/backoff.h"
+#include "services/clock.h"
 #include "services/proto/raftpb.pb-c.h"
 
 #define FORWARDS_METHOD "/craft.raft.Peer/Forwards"
-#define BACKOFF_MIN_MS 50
-#define BACKOFF_MAX_MS 1000
 #define ITEM_OVERHEAD 32 /* protobuf framing of one item, over-estimated */
 #define DEFAULT_MAX_ANSWER_BYTES (4u << 20)
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- state ---------------------------------------------------------------------------- */
 
@@ -61,9 +54,9 @@ struct fwd_out {
     struct fwd *f;
     uint64_t member;
     pthread_mutex_t mu;
-    struct out_stream *cur; /* NULL: opened by the next submit, from next_attempt_ms on */
-    int64_t opened_ms, next_attempt_ms;
-    int backoff_ms;
+    struct out_stream *cur; /* NULL: opened by the next submit, once the backoff is ready */
+    int64_t opened_ms;      /* when the last stream was opened */
+    struct backoff backoff;
 };
 
 /* One accepted Peer.Forwards stream on the leader. Every unanswered item holds a reference, so
@@ -155,17 +148,6 @@ static void out_stream_unref(struct out_stream *s)
     free(s);
 }
 
-static void backoff(struct fwd_out *o, int64_t now)
-{
-    /* A stream that lived a while was a good connection: back off from scratch. */
-    if (now - o->opened_ms > 2 * BACKOFF_MAX_MS)
-        o->backoff_ms = 0;
-    o->backoff_ms = o->backoff_ms ? o->backoff_ms * 2 : BACKOFF_MIN_MS;
-    if (o->backoff_ms > BACKOFF_MAX_MS)
-        o->backoff_ms = BACKOFF_MAX_MS;
-    o->next_attempt_ms = now + o->backoff_ms;
-}
-
 /* The stream is done for: every forward on it completes with err, the handle goes back to rpc,
  * and the next submit opens a new stream (after the backoff). Caller holds o->mu. */
 static void retire(struct fwd_out *o, struct out_stream *s, int err, struct fwd_op **list)
@@ -181,7 +163,7 @@ static void retire(struct fwd_out *o, struct out_stream *s, int err, struct fwd_
     s->st = NULL;
     if (o->cur == s) {
         o->cur = NULL;
-        backoff(o, now_ms());
+        backoff_ended(&o->backoff, o->opened_ms, clock_now_ms());
         out_stream_unref(s);
     }
 }
@@ -293,8 +275,8 @@ static struct out_stream *out_stream_get(struct fwd_out *o)
     struct fwd *f = o->f;
     if (o->cur)
         return o->cur;
-    int64_t now = now_ms();
-    if (now < o->next_attempt_ms)
+    int64_t now = clock_now_ms();
+    if (!backoff_ready(&o->backoff, now))
         return NULL;
     struct out_stream *s = calloc(1, sizeof *s);
     if (s) {
@@ -316,7 +298,10 @@ static struct out_stream *out_stream_get(struct fwd_out *o)
             atomic_init(&s->refs, 1);
             out_stream_unref(s);
         }
-        backoff(o, now);
+        /* Charged like the end of the last stream, as it always was here (peer.c counts a
+         * failed open as a plain failure): after a stream that lived longer than
+         * BACKOFF_GOOD_MS, or before any, failed opens retry after BACKOFF_MIN_MS each time. */
+        backoff_ended(&o->backoff, o->opened_ms, now);
         return NULL;
     }
     o->cur = s;
@@ -347,7 +332,7 @@ int fwd_submit(struct fwd *f, uint64_t leader, const uint8_t *cmd, size_t len, i
     struct fwd_op *op = malloc(sizeof *op + len);
     if (!op)
         return FWD_ENOMEM;
-    *op = (struct fwd_op){.deadline_ms = now_ms() + deadline_ms, .done = done, .arg = arg,
+    *op = (struct fwd_op){.deadline_ms = clock_now_ms() + deadline_ms, .done = done, .arg = arg,
                           .len = len};
     memcpy(op->cmd, cmd, len);
     int64_t deadline = op->deadline_ms;
@@ -404,7 +389,7 @@ static void *timer_main(void *arg)
     struct fwd *f = arg;
     pthread_mutex_lock(&f->tmu);
     while (!atomic_load(&f->stopping)) {
-        int64_t now = now_ms();
+        int64_t now = clock_now_ms();
         if (now < f->next_wake) {
             if (f->next_wake == INT64_MAX) {
                 pthread_cond_wait(&f->tcv, &f->tmu);

@@ -8,13 +8,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "services/backoff.h"
+#include "services/clock.h"
 #include "services/proto/raftpb.pb-c.h"
 
 #define PEER_METHOD "/craft.raft.Peer/Raft"
 #define HELLO_METHOD "/craft.raft.Peer/Hello"
 #define HELLO_RETRY_MS 500
-#define BACKOFF_MIN_MS 50
-#define BACKOFF_MAX_MS 1000
 /* Protobuf framing per message and per entry, over-estimated so a Batch never exceeds the
  * receiver's limit. */
 #define MSG_OVERHEAD 256
@@ -33,8 +33,8 @@ struct peer_out {
     /* Touched only by the replicator thread of this peer (transport.h). */
     struct rpc_client_stream *st;
     struct out_stream_ctx *ctx;
-    int64_t opened_ms, next_attempt_ms;
-    int backoff_ms;
+    int64_t opened_ms;
+    struct backoff backoff;
     bool told_urls; /* this stream's first Batch carried our client URLs */
 };
 
@@ -68,13 +68,6 @@ struct peer {
     atomic_uint_fast64_t batches_received, msgs_received, msgs_dropped, streams_refused;
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void ctx_unref(struct out_stream_ctx *c)
 {
     if (atomic_fetch_sub(&c->refs, 1) == 1)
@@ -107,23 +100,20 @@ static void out_release(struct peer_out *o)
     o->ctx = NULL;
 }
 
-/* A usable stream to o, or NULL while backing off after failures. */
+/* A usable stream to o, or NULL while backing off after failures. A stream found dead counts
+ * as ended now (backoff.h: one that lived a while starts the backoff from scratch); a stream
+ * that cannot be opened is one more failure. A stream given back by close_peer leaves the
+ * backoff as it was. */
 static struct rpc_client_stream *out_stream(struct peer_out *o)
 {
-    int64_t now = now_ms();
+    int64_t now = clock_now_ms();
     if (o->st && !atomic_load(&o->ctx->dead))
         return o->st;
     if (o->st) {
-        /* A stream that lived a while was a good connection: start backing off from scratch. */
-        if (now - o->opened_ms > 2 * BACKOFF_MAX_MS)
-            o->backoff_ms = 0;
         out_release(o);
-        o->backoff_ms = o->backoff_ms ? o->backoff_ms * 2 : BACKOFF_MIN_MS;
-        if (o->backoff_ms > BACKOFF_MAX_MS)
-            o->backoff_ms = BACKOFF_MAX_MS;
-        o->next_attempt_ms = now + o->backoff_ms;
+        backoff_ended(&o->backoff, o->opened_ms, now);
     }
-    if (now < o->next_attempt_ms)
+    if (!backoff_ready(&o->backoff, now))
         return NULL;
     struct out_stream_ctx *c = calloc(1, sizeof *c);
     if (!c)
@@ -134,10 +124,7 @@ static struct rpc_client_stream *out_stream(struct peer_out *o)
     o->st = rpc_channel_stream_open(o->ch, PEER_METHOD, &h, c);
     if (!o->st) {
         free(c);
-        o->backoff_ms = o->backoff_ms ? o->backoff_ms * 2 : BACKOFF_MIN_MS;
-        if (o->backoff_ms > BACKOFF_MAX_MS)
-            o->backoff_ms = BACKOFF_MAX_MS;
-        o->next_attempt_ms = now + o->backoff_ms;
+        backoff_failed(&o->backoff, now);
         return NULL;
     }
     o->ctx = c;
