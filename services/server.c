@@ -204,7 +204,6 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     nc.max_inflight_msgs = cfg->max_inflight_msgs;
     nc.max_inflight_bytes = cfg->max_inflight_bytes;
     nc.max_entry_bytes = (uint32_t)cfg->max_request_bytes + 1024; /* + command framing */
-    /* Followers forward client writes here: the peer port must take a full request. */
     nc.max_pending = cfg->max_pending;
     nc.wal_segment_bytes = cfg->wal_segment_bytes;
     nc.on_role = on_role;

@@ -5,11 +5,11 @@
  * What it promises:
  * - craft_server_start() returns a serving member or NULL with one clear sentence in err (bad
  *   certificate files, a port in use, a data directory locked by another process, a damaged log).
- * - The client API (services/proto/nodepb.proto, craft.node.Node) answers Put once the write is
- *   applied, with FAILED_PRECONDITION "not leader; leader is NAME at URLS" on a follower,
- *   UNAVAILABLE "no leader" when none is known, RESOURCE_EXHAUSTED when too many writes are
- *   pending, DEADLINE_EXCEEDED when the write did not commit in --proposal-timeout (outcome
- *   unknown), INVALID_ARGUMENT for an empty key or a request over --max-request-bytes.
+ * - The client API is etcd v3's KV, Maintenance.Status and Cluster.MemberList, served by
+ *   services/kv_service.h: any member answers any request (a follower forwards writes to the
+ *   leader and relays the answer), with etcd's gRPC codes and messages. Beside it,
+ *   craft.node.Node/Status (services/proto/nodepb.proto) tells this member's role, term, leader
+ *   and indexes.
  * - One log line (stderr) per role, term or leader change.
  * - craft_server_stop() stops the client API, completes every pending write (UNAVAILABLE), stops
  *   the node and the peer service, and frees everything. Several servers may run in one process.
