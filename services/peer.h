@@ -91,7 +91,11 @@ uint64_t peer_cluster_id(struct peer *p);
 /* The --advertise-client-urls member `id` told us (copied into buf; "" if not known yet). */
 void peer_client_urls(struct peer *p, uint64_t id, char *buf, size_t len);
 
-/* Counters for status and tests. */
+/* Counters since peer_create, over all peers (for tests and metrics). Outgoing: Batches and
+ * messages queued on a stream, and send()/try_send() calls that failed (the peer unreachable, in
+ * backoff, or its queue full past the timeout). Incoming: Batches accepted from a member of this
+ * cluster, their messages handed to the node or dropped (no node attached, a malformed message,
+ * or a wrong sender or recipient), and Peer.Raft streams refused for their certificate. */
 struct peer_stats {
     uint64_t batches_sent, msgs_sent, send_failures;
     uint64_t batches_received, msgs_received, msgs_dropped, streams_refused;
