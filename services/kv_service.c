@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "services/forward.h"
+#include "services/kvstore/kv_cmd.h"
 #include "services/proto/raftpb.pb-c.h"
 
 #define FORWARD_METHOD "/craft.raft.Peer/Forward" /* unary: still served for older members */

@@ -11,8 +11,6 @@ int kv_bytes_cmp(const void *a, size_t an, const void *b, size_t bn);
 /* kv_validate_txn with the op budget optional (limited = false at apply time). */
 int kv_validate_txn_limits(const Etcdserverpb__TxnRequest *r, unsigned max_txn_ops, bool limited,
                            struct kv_err *err);
-/* kv_check_txn_wire for a log command's bytes (a Command holding a TxnRequest). */
-int kv_check_cmd_wire(const void *data, size_t len, struct kv_err *err);
 
 /* kv_mark.c: kv.state, which says whether the store may hold writes not yet synced (kv_store.h
  * "Durability"). */

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "services/kvstore/kv_cmd.h"
 #include "services/kvstore/kv_internal.h"
 
 #define KV_FORMAT "craft-kv-1"

@@ -39,13 +39,14 @@
  * - Errors: functions return 0 or -1 and fill a struct kv_err with the gRPC status code and
  *   the message etcd gives for that case; nothing here exits or aborts on bad input.
  *
- * How the KV service uses it (one write): for a Txn, kv_check_txn_wire on the raw bytes before
- * unpacking; decode the client's request; kv_validate_put (or _delete_range/_txn/_compaction),
- * answering a failure with status (err.code, err.msg);
- * kv_cmd_encode_put to get the log command; propose it; when the proposal completes, pass
- * the fsm result's data to kv_result_decode; if result->code != 0 answer status (code,
- * message), else fill result->put->header (cluster_id, member_id, raft_term; revision is set)
- * and send result->put; free the result with craft__kv__result__free_unpacked(result, NULL).
+ * How the KV service uses it (one write; the codec functions are kv_cmd.h's): for a Txn,
+ * kv_check_txn_wire on the raw bytes before unpacking; decode the client's request;
+ * kv_validate_put (or _delete_range/_txn/_compaction), answering a failure with status
+ * (err.code, err.msg); kv_cmd_encode_put to get the log command; propose it; when the
+ * proposal completes, pass the fsm result's data to kv_result_decode; if result->code != 0
+ * answer status (code, message), else fill result->put->header (cluster_id, member_id,
+ * raft_term; revision is set) and send result->put; free the result with
+ * craft__kv__result__free_unpacked(result, NULL).
  * Reads: kv_validate_range, then (after ReadIndex, or at once when serializable)
  * kv_store_range; a Txn for which kv_txn_is_readonly() is true may be served the same way
  * with kv_store_txn_read instead of going through the log.
@@ -58,7 +59,6 @@
 #include <stdint.h>
 
 #include "raft/node/fsm.h"
-#include "services/proto/etcd/kvcmd.pb-c.h"
 #include "services/proto/etcd/rpc.pb-c.h"
 
 /* gRPC status codes the store reports (the values of grpc_status_code). */
@@ -152,24 +152,8 @@ int kv_validate_put(const Etcdserverpb__PutRequest *r, struct kv_err *err);
 int kv_validate_delete_range(const Etcdserverpb__DeleteRangeRequest *r, struct kv_err *err);
 int kv_validate_txn(const Etcdserverpb__TxnRequest *r, unsigned max_txn_ops, struct kv_err *err);
 int kv_validate_compaction(const Etcdserverpb__CompactionRequest *r, struct kv_err *err);
-/* For the serialized TxnRequest as received, before protobuf-c unpacks it: protobuf-c
- * unpacks nested messages recursively, so deeply nested Txns (4 bytes a level) would overflow
- * the stack. 0, or -1 with *err (InvalidArgument; KV_ERR_TXN_TOO_DEEP beyond
- * KV_MAX_TXN_DEPTH levels). apply() runs the same check on every command. */
-int kv_check_txn_wire(const void *data, size_t len, struct kv_err *err);
 /* true when no branch (at any depth) of the txn holds a Put or DeleteRange. */
 bool kv_txn_is_readonly(const Etcdserverpb__TxnRequest *r);
-
-/* A log command in a malloc'd buffer (*out, *len), for raft proposal. 0 or -1 (no memory). */
-int kv_cmd_encode_put(const Etcdserverpb__PutRequest *r, uint8_t **out, size_t *len);
-int kv_cmd_encode_delete_range(const Etcdserverpb__DeleteRangeRequest *r, uint8_t **out,
-                               size_t *len);
-int kv_cmd_encode_txn(const Etcdserverpb__TxnRequest *r, uint8_t **out, size_t *len);
-int kv_cmd_encode_compaction(const Etcdserverpb__CompactionRequest *r, uint8_t **out,
-                             size_t *len);
-/* The Result of an applied entry (raft_fsm_result data/len); NULL if it does not decode.
- * Free with craft__kv__result__free_unpacked(res, NULL). */
-Craft__Kv__Result *kv_result_decode(const void *data, size_t len);
 
 /* Serves a Range from the state as of the last applied batch (call kv_validate_range first).
  * 0 with *out (free with etcdserverpb__range_response__free_unpacked(*out, NULL)), or -1 with

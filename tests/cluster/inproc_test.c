@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "rpc/rpc.h"
+#include "services/kvstore/kv_cmd.h"
 #include "services/kvstore/kv_store.h"
 #include "services/proto/etcd/rpc.pb-c.h"
 #include "services/server.h"

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "services/kvstore/kv_cmd.h"
 #include "tests/kv/kv_test_util.h"
 
 static void put_keys(struct kvt *t, int first, int n)

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "services/kvstore/kv_cmd.h"
 #include "tests/kv/kv_txn_build.h"
 
 #define SEQS 200

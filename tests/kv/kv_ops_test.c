@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "services/kvstore/kv_cmd.h"
 #include "tests/kv/kv_test_util.h"
 
 static struct kvt T;

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "services/kvstore/kv_cmd.h"
 #include "tests/kv/kv_txn_build.h"
 
 #define FREE_RES(r) craft__kv__result__free_unpacked((r), NULL)

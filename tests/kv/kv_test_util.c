@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "services/kvstore/kv_cmd.h"
+
 void kvt_open(struct kvt *t, const struct kv_store_opts *opts)
 {
     memset(t, 0, sizeof *t);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "services/kvstore/kv_cmd.h"
 #include "services/kvstore/kv_store.h"
 
 struct kvt {

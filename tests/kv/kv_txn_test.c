@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "services/kvstore/kv_cmd.h"
 #include "tests/kv/kv_txn_build.h"
 
 static struct kvt T;
