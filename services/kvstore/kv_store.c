@@ -33,6 +33,9 @@ struct kv_store {
     int lock_fd;
     size_t maxkey;            /* LMDB's key size limit */
     _Atomic uint64_t applied; /* read by any thread */
+    _Atomic int64_t in_use;   /* bytes in use after the last commit (kv_store_size_in_use) */
+    MDB_txn *stat_txn;        /* publish_in_use's read txn, reset between uses: it keeps its
+                                 reader slot (one of max_readers), so apply never waits for one */
     int64_t rev, compact;     /* owned by the applier thread (and open) */
     uint64_t fail_at;
     char dir[4096];
@@ -866,6 +869,41 @@ static int compact_exec(struct kv_ctx *c, const Etcdserverpb__CompactionRequest 
     return EXEC_OK;
 }
 
+/* ---- bytes in use ---- */
+
+/* Bytes in use in txn's snapshot. Every page below the end of the file is one of the two meta
+ * pages, a page of a B-tree (LMDB's free-page list's own, its main database's, "kv", "meta") or
+ * a free page; LMDB's own audit (mdb_audit) checks that sum. So the pages in use are the trees'
+ * page counts, which each database record keeps (O(1)), plus the metas: the file's pages minus
+ * the free ones without walking the free list, whose length grows with the store. A new named
+ * database must join dbis (a DUPSORT one would need its sub-databases counted too). -1 only
+ * for a txn LMDB refuses. */
+static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
+{
+    const MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->kv, s->meta};
+    int64_t pages = 2; /* NUM_METAS */
+    MDB_stat st = {0};
+    for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
+        if (mdb_stat(txn, dbis[i], &st))
+            return -1;
+        pages += (int64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
+    }
+    return pages * (int64_t)st.ms_psize;
+}
+
+/* After every commit, on the thread that committed (open, then the applier): the quota check
+ * reads s->in_use on each write instead of opening a read transaction. If LMDB refuses the
+ * read (only when the environment has failed, which stops apply too) the value stays. */
+static void publish_in_use(struct kv_store *s)
+{
+    if (mdb_txn_renew(s->stat_txn) != 0)
+        return;
+    int64_t n = size_in_use(s, s->stat_txn);
+    mdb_txn_reset(s->stat_txn);
+    if (n >= 0)
+        atomic_store(&s->in_use, n);
+}
+
 /* ---- apply ---- */
 
 static int state_write(struct kv_store *s, MDB_txn *txn, uint64_t applied, int64_t rev,
@@ -1075,6 +1113,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
             s->compact = compact0;
             return fatal(rc);
         }
+        publish_in_use(s);
         atomic_store(&s->applied, idx);
     }
     return 0;
@@ -1117,6 +1156,7 @@ static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t 
     else
         mdb_txn_abort(txn);
     if (rc == 0) {
+        publish_in_use(s);
         atomic_store(&s->applied, last_index);
         return 0;
     }
@@ -1219,33 +1259,24 @@ int kv_store_status(struct kv_store *s, int64_t *rev, int64_t *compact_rev, int6
     MDB_stat st;
     mdb_env_info(s->env, &info);
     mdb_env_stat(s->env, &st);
-    /* Free pages: the values of LMDB's free-page database (dbi 0) are page-number lists whose
-     * first word is their length. */
-    size_t free_pages = 0;
-    MDB_cursor *cur;
-    if (mdb_cursor_open(c.txn, 0, &cur) == 0) {
-        MDB_val k, v;
-        for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-            if (v.mv_size >= sizeof(size_t)) {
-                size_t cnt;
-                memcpy(&cnt, v.mv_data, sizeof cnt);
-                free_pages += cnt;
-            }
-        mdb_cursor_close(cur);
-    }
-    int64_t pages = (int64_t)info.me_last_pgno + 1;
+    /* The same computation as the applier's, on this snapshot: equal to kv_store_size_in_use
+     * once no batch is being applied. */
+    int64_t in_use = size_in_use(s, c.txn);
+    mdb_txn_abort(c.txn);
+    if (in_use < 0)
+        return -1;
     if (rev)
         *rev = c.rev;
     if (compact_rev)
         *compact_rev = c.compact;
     if (db_size)
-        *db_size = pages * st.ms_psize;
+        *db_size = ((int64_t)info.me_last_pgno + 1) * st.ms_psize;
     if (db_size_in_use)
-        *db_size_in_use = (pages - (int64_t)free_pages) * st.ms_psize;
-    mdb_txn_abort(c.txn);
+        *db_size_in_use = in_use;
     return 0;
 }
+
+int64_t kv_store_size_in_use(const struct kv_store *s) { return atomic_load(&s->in_use); }
 
 uint64_t kv_store_applied_index(struct kv_store *s) { return atomic_load(&s->applied); }
 
@@ -1266,6 +1297,8 @@ static void stop_syncer(struct kv_store *s)
 /* Frees whatever open set up (the syncer already stopped). */
 static void store_free(struct kv_store *s)
 {
+    if (s->stat_txn)
+        mdb_txn_abort(s->stat_txn); /* before the environment it belongs to */
     if (s->env)
         mdb_env_close(s->env);
     if (s->lock_fd >= 0)
@@ -1499,6 +1532,11 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
     if (rc)
         return open_fail(s, err, errlen, dir, what,
                          rc == MDB_INCOMPATIBLE ? "not a craft KV store" : mdb_strerror(rc));
+    /* The size in use of the store as found: a restart has applied nothing yet. */
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->stat_txn)))
+        return open_fail(s, err, errlen, dir, "begin", mdb_strerror(rc));
+    mdb_txn_reset(s->stat_txn); /* publish_in_use renews it */
+    publish_in_use(s);
     s->fail_at = o.fail_at_index;
     s->fail_sync = o.fail_sync;
     s->fsm = (struct raft_fsm){s, fsm_apply, fsm_applied_index, fsm_snapshot_write,

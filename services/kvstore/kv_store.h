@@ -32,10 +32,11 @@
  *   values) and a full map (MDB_MAP_FULL: "etcdserver: mvcc: database space exceeded") are
  *   per-entry error results that change nothing; apply() fails (negative) only on an I/O
  *   error, corruption of the store or out of memory.
- * - Threads: apply() calls never overlap (fsm.h: the node applies from one thread at a time); kv_store_range, kv_store_txn_read and
- *   kv_store_status from any thread at any time, concurrently with apply (each reads one LMDB
- *   read transaction: a consistent state as of the last committed batch). kv_store_close only
- *   when nothing else uses the store.
+ * - Threads: apply() calls never overlap (fsm.h: the node applies from one thread at a time);
+ *   kv_store_range, kv_store_txn_read and kv_store_status from any thread at any time,
+ *   concurrently with apply (each reads one LMDB read transaction: a consistent state as of the
+ *   last committed batch), kv_store_size_in_use too (an atomic the applier publishes).
+ *   kv_store_close only when nothing else uses the store.
  * - Errors: functions return 0 or -1 and fill a struct kv_err with the gRPC status code and
  *   the message etcd gives for that case; nothing here exits or aborts on bad input.
  *
@@ -170,6 +171,10 @@ int kv_store_txn_read(struct kv_store *s, const Etcdserverpb__TxnRequest *r,
  * LMDB's free pages), as of the last applied batch. Any pointer may be NULL. 0 or -1. */
 int kv_store_status(struct kv_store *s, int64_t *rev, int64_t *compact_rev, int64_t *db_size,
                     int64_t *db_size_in_use);
+/* kv_store_status's db_size_in_use in O(1), from any thread (the quota check reads it on every
+ * write): computed after each applied batch commits and once at open, so it is that of the
+ * last applied batch; a call racing apply may get the batch before. */
+int64_t kv_store_size_in_use(const struct kv_store *s);
 /* Index of the last applied entry (what fsm applied_index returns). */
 uint64_t kv_store_applied_index(struct kv_store *s);
 

@@ -1,7 +1,8 @@
 /* kv_storage_test.c: the LMDB side of the store: batches are one transaction (all or nothing),
  * the applied index survives a restart exactly, a full map is a per-entry error that leaves the
- * store usable, bad log bytes are per-entry errors, bad files at open are clear errors, and
- * reads see whole batches while apply runs. */
+ * store usable, bad log bytes are per-entry errors, bad files at open are clear errors, reads
+ * see whole batches while apply runs, and the bytes in use (kv_store_size_in_use) are current
+ * after every batch and after a restart. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <lmdb.h>
@@ -358,5 +359,136 @@ Test(kv_storage, concurrent_reads_see_whole_batches)
         cr_assert_geq(a[k].reads, 50, "reader %d read %ld times in %d batches", k,
                       (long)a[k].reads, i);
     }
+    kvt_close(&t);
+}
+
+/* ---- bytes in use (kv_store_size_in_use, the quota check's number) ---- */
+
+/* The bytes in use the long way: the file's pages minus those on LMDB's free list, walked record
+ * by record (each record's value is a page list whose first word is its length). The store must
+ * be closed: a process must not open one LMDB environment twice. */
+static int64_t walked_in_use(const char *dir)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 4), 0);
+    cr_assert_eq(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    cr_assert_eq(mdb_cursor_open(txn, 0, &cur), 0);
+    int64_t free_pages = 0;
+    MDB_val k, v;
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        size_t n;
+        cr_assert_geq(v.mv_size, sizeof n);
+        memcpy(&n, v.mv_data, sizeof n);
+        free_pages += (int64_t)n;
+    }
+    mdb_cursor_close(cur);
+    MDB_envinfo info;
+    MDB_stat st;
+    mdb_env_info(env, &info);
+    mdb_env_stat(env, &st);
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return ((int64_t)info.me_last_pgno + 1 - free_pages) * (int64_t)st.ms_psize;
+}
+
+/* The accessor agrees with kv_store_status, and returns its value in use. */
+static int64_t in_use_now(struct kvt *t)
+{
+    int64_t in_use = kv_store_size_in_use(t->s), size, status_in_use;
+    cr_assert_eq(kv_store_status(t->s, NULL, NULL, &size, &status_in_use), 0);
+    cr_assert_eq(in_use, status_in_use, "accessor %lld, status %lld", (long long)in_use,
+                 (long long)status_in_use);
+    cr_assert_leq(in_use, size);
+    return in_use;
+}
+
+/* Closes the store, checks its last number against the file walked page by page, reopens it and
+ * checks that open computes the same number before anything is applied. */
+static int64_t in_use_across_restart(struct kvt *t)
+{
+    int64_t in_use = in_use_now(t);
+    kv_store_close(t->s);
+    t->s = NULL;
+    cr_assert_eq(walked_in_use(t->dir), in_use, "the file's pages minus its free pages");
+    char err[256];
+    t->s = kv_store_open(t->dir, &t->opts, err, sizeof err);
+    cr_assert(t->s, "reopen: %s", err);
+    cr_assert_eq(kv_store_size_in_use(t->s), in_use, "right after open");
+    return in_use;
+}
+
+Test(kv_storage, size_in_use_follows_puts_deletes_compaction_and_restart)
+{
+    struct kvt t;
+    kvt_open(&t, NULL);
+    int64_t prev = in_use_across_restart(&t);
+    cr_assert_gt(prev, 0, "a new store has its meta pages and databases");
+    /* 3000-byte values: one overflow page each, so every put grows the store by a page. */
+    char val[3001];
+    memset(val, 'v', sizeof val - 1);
+    val[sizeof val - 1] = '\0';
+    struct raft_fsm_result res[50];
+    for (int b = 0; b < 4; b++) {
+        cr_assert_eq(apply_batch(&t, b * 50, 50, val, 0, res), 0);
+        free_results(res, 50);
+        int64_t now = in_use_now(&t);
+        cr_assert_geq(now, prev + 50 * 3000, "batch %d: %lld after %lld", b, (long long)now,
+                      (long long)prev);
+        prev = now;
+    }
+    int64_t full = in_use_across_restart(&t);
+
+    /* Deleting half the keys puts their pages on the free list: the number drops at once. */
+    Craft__Kv__Result *r = kvt_del(&t, "key0000", "key0100", false);
+    cr_assert_eq(r->code, 0, "%s", r->message);
+    cr_assert_eq(r->delete_range->deleted, 100);
+    FREE_RES(r);
+    int64_t after_del = in_use_now(&t), size;
+    cr_assert_lt(after_del, full - 100 * 3000, "%lld after %lld", (long long)after_del,
+                 (long long)full);
+    cr_assert_eq(kv_store_status(t.s, NULL, NULL, &size, NULL), 0);
+    cr_assert_gt(size, after_del, "the free pages stay in the file");
+    r = kvt_compact(&t, kvt_rev(&t));
+    cr_assert_eq(r->code, 0, "%s", r->message);
+    FREE_RES(r);
+    in_use_now(&t);
+    /* With a long free list now, the walked file agrees and a restart computes the same. */
+    int64_t after = in_use_across_restart(&t);
+    cr_assert_lt(after, full);
+    /* Puts reuse the freed pages and the number grows again. */
+    kvt_put_ok(&t, "again", val);
+    cr_assert_gt(in_use_now(&t), after);
+    kvt_close(&t);
+}
+
+/* A batch that overflows the map goes one entry per transaction (apply_isolated); the number
+ * is published there too. */
+Test(kv_storage, size_in_use_after_a_batch_that_filled_the_map)
+{
+    struct kvt t;
+    struct kv_store_opts o = {.map_size = 1 << 20};
+    kvt_open(&t, &o);
+    int64_t before = in_use_now(&t);
+    size_t vlen = 100 << 10;
+    char *big = malloc(vlen + 1);
+    memset(big, 'x', vlen);
+    big[vlen] = '\0';
+    struct raft_fsm_result res[12];
+    cr_assert_eq(apply_batch(&t, 0, 12, big, 0, res), 0);
+    int ok = 0, full = 0;
+    for (int i = 0; i < 12; i++) {
+        ok += res[i].code == 0;
+        full += res[i].code == KV_CODE_RESOURCE_EXHAUSTED;
+    }
+    free_results(res, 12);
+    cr_assert(ok > 0 && full > 0 && ok + full == 12, "%d fitted, %d did not", ok, full);
+    cr_assert_geq(in_use_now(&t), before + ok * (int64_t)vlen);
+    in_use_across_restart(&t);
+    free(big);
     kvt_close(&t);
 }
