@@ -7,9 +7,6 @@
 
 #include "services/forward.h"
 #include "services/kvstore/kv_cmd.h"
-#include "services/proto/raftpb.pb-c.h"
-
-#define FORWARD_METHOD "/craft.raft.Peer/Forward" /* unary: still served for older members */
 
 /* etcd's client-facing errors (etcd 3.4 api/v3rpc/rpctypes/error.go). */
 #define ERR_NO_LEADER "etcdserver: no leader"
@@ -492,7 +489,7 @@ out:
     free(cu);
 }
 
-/* ---- Peer.Forwards and Peer.Forward: the leader's side of a forwarded write ------------------ */
+/* ---- Peer.Forwards: the leader's side of a forwarded write ------------------------------- */
 
 /* A node error in the client's terms, for the follower to relay. */
 static void forward_error(int err, int *code, const char **msg)
@@ -537,61 +534,6 @@ static void propose_item(void *ctx, struct fwd_item *item, const uint8_t *cmd, s
         forward_error(rc, &code, &msg);
         answer_item(item, code, msg);
     }
-}
-
-static void reply_forward(struct rpc_call *call, int code, const char *msg, const void *result,
-                          size_t len, uint64_t index, uint64_t term)
-{
-    Craft__Raft__ForwardReply r = CRAFT__RAFT__FORWARD_REPLY__INIT;
-    r.code = (uint32_t)code;
-    r.message = (char *)(msg ? msg : "");
-    r.result.data = (uint8_t *)result;
-    r.result.len = len;
-    r.index = index;
-    r.term = term;
-    rpc_call_reply_msg(call, &r.base);
-}
-
-static void reply_forward_error(struct rpc_call *call, int err)
-{
-    int code;
-    const char *msg;
-    forward_error(err, &code, &msg);
-    reply_forward(call, code, msg, NULL, 0, 0, 0);
-}
-
-static void on_forward_applied(void *arg, int err, uint64_t index, uint64_t leader,
-                               struct raft_fsm_result *res)
-{
-    (void)leader;
-    struct rpc_call *call = arg;
-    if (err)
-        reply_forward_error(call, err);
-    else
-        reply_forward(call, 0, NULL, res->data, res->len, index, 0);
-}
-
-/* Unary Peer.Forward: one write per call, as members before Peer.Forwards send them. */
-static void handle_forward(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
-{
-    struct kv_service *s = ctx;
-    const Craft__Raft__ForwardRequest *r = (const Craft__Raft__ForwardRequest *)m;
-    if (!peer_call_member(s->cfg.peer, call)) {
-        fail(call, GRPC_STATUS_PERMISSION_DENIED, "only cluster members may forward writes");
-        return;
-    }
-    if (r->cluster_id != s->cluster.id) {
-        fail(call, GRPC_STATUS_FAILED_PRECONDITION, "cluster id mismatch");
-        return;
-    }
-    if (r->command.len > s->cfg.max_request_bytes) {
-        reply_forward(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE, NULL, 0, 0, 0);
-        return;
-    }
-    int rc = raft_node_propose(s->cfg.node, r->command.data, r->command.len, (int)s->cfg.timeout_ms,
-                               on_forward_applied, call, NULL);
-    if (rc != 0)
-        reply_forward_error(call, rc);
 }
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
@@ -643,11 +585,7 @@ int kv_service_register_client(struct kv_service *s, struct rpc_server *srv)
 
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *srv)
 {
-    if (fwd_register(s->fwd, srv) != 0)
-        return -1;
-    return rpc_server_register_unary_msg(srv, FORWARD_METHOD,
-                                         &craft__raft__forward_request__descriptor, handle_forward,
-                                         s);
+    return fwd_register(s->fwd, srv) != 0 ? -1 : 0;
 }
 
 void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out)

@@ -11,8 +11,7 @@
  *   FWD_DEFAULT_MAX_INFLIGHT waiting per stream, beyond that "etcdserver: too many requests");
  *   each waits at most the proposal timeout + 1 s; a broken stream fails its writes with
  *   UNAVAILABLE "etcdserver: no leader", a leader that lost its leadership answers "etcdserver:
- *   leader changed". The leader also still serves unary Peer.Forward (one write per call) for
- *   members of older versions during an upgrade.
+ *   leader changed".
  * - Reads (Range, read-only Txn) are linearizable by default: the member waits for a ReadIndex
  *   (raft/node/node.h raft_node_read_index: one leadership-confirming heartbeat round shared by every
  *   read waiting at that moment; a follower asks the leader for the index) and serves from its
@@ -60,7 +59,7 @@ struct kv_service;
 struct kv_service *kv_service_create(const struct kv_service_config *cfg);
 /* Registers KV, Maintenance.Status and Cluster.MemberList on the client server. */
 int kv_service_register_client(struct kv_service *s, struct rpc_server *client_srv);
-/* Registers Peer.Forwards and Peer.Forward on the peer server. */
+/* Registers Peer.Forwards on the peer server. */
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
 /* Forwarding counters (services/forward.h). */
 void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out);
