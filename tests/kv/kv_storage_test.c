@@ -434,6 +434,7 @@ Test(kv_storage, size_in_use_follows_puts_deletes_compaction_and_restart)
     val[sizeof val - 1] = '\0';
     struct raft_fsm_result res[50];
     for (int b = 0; b < 4; b++) {
+        memset(res, 0, sizeof res); /* fsm.h: the caller zeroes the results */
         cr_assert_eq(apply_batch(&t, b * 50, 50, val, 0, res), 0);
         free_results(res, 50);
         int64_t now = in_use_now(&t);
@@ -478,7 +479,7 @@ Test(kv_storage, size_in_use_after_a_batch_that_filled_the_map)
     char *big = malloc(vlen + 1);
     memset(big, 'x', vlen);
     big[vlen] = '\0';
-    struct raft_fsm_result res[12];
+    struct raft_fsm_result res[12] = {{0}};
     cr_assert_eq(apply_batch(&t, 0, 12, big, 0, res), 0);
     int ok = 0, full = 0;
     for (int i = 0; i < 12; i++) {
