@@ -119,17 +119,24 @@ static grpc_status_code put(const char *key, size_t n, char *msg, size_t msglen)
     return st;
 }
 
+/* A call that must succeed; its decoded reply. */
+static ProtobufCMessage *call_ok(const char *method, const ProtobufCMessage *req,
+                                 const ProtobufCMessageDescriptor *resp_desc)
+{
+    ProtobufCMessage *resp = NULL;
+    struct rpc_result res;
+    rpc_channel_call_msg(ch, method, req, resp_desc, 10000, &resp, &res);
+    cr_assert_eq(res.status, GRPC_STATUS_OK, "%s: %s", method, res.message);
+    rpc_result_free(&res);
+    return resp;
+}
+
 /* Maintenance.Status, as etcdctl endpoint status asks it. */
 static Etcdserverpb__StatusResponse *status(void)
 {
     Etcdserverpb__StatusRequest req = ETCDSERVERPB__STATUS_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    struct rpc_result res;
-    rpc_channel_call_msg(ch, "/etcdserverpb.Maintenance/Status", &req.base,
-                         &etcdserverpb__status_response__descriptor, 10000, &resp, &res);
-    cr_assert_eq(res.status, GRPC_STATUS_OK, "status: %s", res.message);
-    rpc_result_free(&res);
-    return (Etcdserverpb__StatusResponse *)resp;
+    return (Etcdserverpb__StatusResponse *)call_ok("/etcdserverpb.Maintenance/Status", &req.base,
+                                                   &etcdserverpb__status_response__descriptor);
 }
 
 Test(kv_quota, writes_past_the_quota_are_refused_before_the_log_and_deletes_make_room,
@@ -163,12 +170,8 @@ Test(kv_quota, writes_past_the_quota_are_refused_before_the_log_and_deletes_make
     del.key.len = 3;
     del.range_end.data = (uint8_t *)"bih";
     del.range_end.len = 3;
-    ProtobufCMessage *resp = NULL;
-    struct rpc_result res;
-    rpc_channel_call_msg(ch, "/etcdserverpb.KV/DeleteRange", &del.base,
-                         &etcdserverpb__delete_range_response__descriptor, 10000, &resp, &res);
-    cr_assert_eq(res.status, GRPC_STATUS_OK, "delete: %s", res.message);
-    rpc_result_free(&res);
+    ProtobufCMessage *resp = call_ok("/etcdserverpb.KV/DeleteRange", &del.base,
+                                     &etcdserverpb__delete_range_response__descriptor);
     cr_assert_eq(((Etcdserverpb__DeleteRangeResponse *)resp)->deleted, stored);
     protobuf_c_message_free_unpacked(resp, NULL);
     Etcdserverpb__StatusResponse *freed = status();
