@@ -15,8 +15,8 @@
  *   INVALID_ARGUMENT. With insecure (plaintext, tests only) the claimed `from` is trusted.
  * - Forwarded client writes use the same channels: services/forward.h opens one Peer.Forwards
  *   stream per leader through peer_stream_open and authorizes incoming ones with
- *   peer_stream_member (the Peer.Raft rule above); unary Peer.Forward (older members) is
- *   authorized with peer_call_member.
+ *   peer_stream_member (the Peer.Raft rule above). Unary calls between members (Peer.Hello)
+ *   are authorized with peer_call_member.
  * - Client URLs: every member calls Peer.Hello on each peer (retrying every 500 ms until it has
  *   answered once) so that each member knows every other member's --advertise-client-urls,
  *   for MemberList and for telling clients where the leader is.
