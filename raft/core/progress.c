@@ -91,6 +91,8 @@ void progress_reset_leader(struct progress *pr, uint64_t last, bool active)
 static void reset_to(struct progress *pr, uint8_t state, uint64_t next)
 {
     assert(next > pr->match);
+    if (state != RAFT_PROGRESS_SNAPSHOT)
+        pr->pending_snapshot = 0;
     pr->state = state;
     pr->next = next;
     pr->probe_sent = false;
@@ -110,9 +112,20 @@ void progress_become_pipeline(struct progress *pr)
     reset_to(pr, RAFT_PROGRESS_PIPELINE, pr->match + 1);
 }
 
-void progress_become_snapshot(struct progress *pr)
+void progress_become_snapshot(struct progress *pr, uint64_t index)
 {
+    assert(index > pr->match);
+    pr->pending_snapshot = index;
     reset_to(pr, RAFT_PROGRESS_SNAPSHOT, pr->match + 1);
+}
+
+void progress_snapshot_done(struct progress *pr, bool ok)
+{
+    if (pr->state != RAFT_PROGRESS_SNAPSHOT)
+        return;
+    uint64_t after = pr->pending_snapshot + 1;
+    progress_become_probe(pr, ok ? after : pr->match + 1);
+    pr->probe_sent = ok;
 }
 
 bool progress_can_send(const struct progress *pr)
@@ -143,10 +156,16 @@ bool progress_acked(struct progress *pr, uint64_t match_index)
         return false;
     }
     pr->match = match_index;
-    if (pr->state != RAFT_PROGRESS_PIPELINE)
+    if (pr->state == RAFT_PROGRESS_SNAPSHOT) {
+        if (pr->match >= pr->pending_snapshot)
+            progress_become_pipeline(pr);
+        else
+            pr->next = pr->match + 1; /* still waiting for the snapshot */
+    } else if (pr->state == RAFT_PROGRESS_PROBE) {
         progress_become_pipeline(pr);
-    else
+    } else {
         window_free_to(&pr->window, pr->match);
+    }
     if (pr->next <= pr->match)
         pr->next = pr->match + 1;
     CHECK(pr);
@@ -156,7 +175,9 @@ bool progress_acked(struct progress *pr, uint64_t match_index)
 enum progress_reject progress_rejected(struct progress *pr, uint64_t reject_index,
                                        uint64_t hint_next)
 {
-    if (pr->state == RAFT_PROGRESS_PIPELINE) {
+    if (pr->state == RAFT_PROGRESS_SNAPSHOT) {
+        return PROGRESS_REJECT_STALE; /* the snapshot's fate decides (progress_snapshot_failed) */
+    } else if (pr->state == RAFT_PROGRESS_PIPELINE) {
         if (reject_index <= pr->match)
             return PROGRESS_REJECT_STALE; /* refuses an append older than what was acked */
     } else if (reject_index != pr->next - 1) {
@@ -219,6 +240,9 @@ static const char *state_name(uint8_t s)
 
 int progress_format(const struct progress *pr, char *buf, size_t len)
 {
+    if (pr->state == RAFT_PROGRESS_SNAPSHOT)
+        return snprintf(buf, len, "match=%" PRIu64 " next=%" PRIu64 " SNAPSHOT %" PRIu64,
+                        pr->match, pr->next, pr->pending_snapshot);
     return snprintf(buf, len, "match=%" PRIu64 " next=%" PRIu64 " %s%s inflight=%" PRIu32 "/%zuB",
                     pr->match, pr->next, state_name(pr->state),
                     pr->state == RAFT_PROGRESS_PROBE && pr->probe_sent ? " (sent)" : "",
@@ -231,6 +255,8 @@ bool progress_ok(const struct progress *pr)
     if (pr->match >= pr->next || w->count > w->max_msgs)
         return false;
     if (pr->state != RAFT_PROGRESS_PIPELINE && (w->count || w->bytes))
+        return false;
+    if ((pr->state == RAFT_PROGRESS_SNAPSHOT) != (pr->pending_snapshot > pr->match))
         return false;
     /* Each slot in flight lies in (match, next), in increasing order. */
     uint64_t prev = pr->match;

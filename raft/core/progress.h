@@ -17,9 +17,10 @@
  *             ahead of match, as long as the window has room (max_inflight_msgs messages and
  *             max_inflight_bytes payload bytes). A rejection, or two heartbeats with appends in
  *             flight and no progress (lost messages), drop back to PROBE.
- *   SNAPSHOT  the entries the follower needs have been compacted away: a snapshot is on its way
- *             and no appends are sent until it is acknowledged. Reserved: nothing enters it
- *             until log compaction exists; progress_can_send is false in it.
+ *   SNAPSHOT  the entries the follower needs have been compacted away: the snapshot at
+ *             pending_snapshot (> match) is on its way and no appends are sent. An
+ *             acknowledgement that reaches pending_snapshot moves to PIPELINE; the end of the
+ *             transfer (progress_snapshot_done) to PROBE; refusals are ignored meanwhile.
  *
  * Transitions are the functions below; nothing outside this module writes a progress's fields. */
 #ifndef CRAFT_RAFT_CORE_PROGRESS_H
@@ -55,6 +56,7 @@ struct progress {
     uint64_t hb_match; /* match at the previous heartbeat: detects a stalled pipeline */
     unsigned stall;    /* heartbeats in a row with appends in flight and no progress */
     uint64_t read_ack; /* highest read round the follower echoed in this term (raft_read.c) */
+    uint64_t pending_snapshot; /* SNAPSHOT: the index of the snapshot on its way */
 };
 
 /* ---- the window ---- */
@@ -80,8 +82,13 @@ void progress_reset_leader(struct progress *pr, uint64_t last, bool active);
 void progress_become_probe(struct progress *pr, uint64_t next);
 /* To PIPELINE from match + 1, the window emptied. */
 void progress_become_pipeline(struct progress *pr);
-/* To SNAPSHOT (reserved, see above): nothing is sent until the snapshot is acknowledged. */
-void progress_become_snapshot(struct progress *pr);
+/* To SNAPSHOT with the snapshot at index (> match) on its way. */
+void progress_become_snapshot(struct progress *pr, uint64_t index);
+/* The transfer of the pending snapshot ended (SNAPSHOT only; otherwise nothing). Failed: back to
+ * PROBE from match + 1, to find out what the follower needs now. Done: to PROBE just after the
+ * snapshot, the probe counted as outstanding - the follower's acknowledgement, or failing that
+ * the next heartbeat's probe, moves it on (so a lost acknowledgement cannot leave it waiting). */
+void progress_snapshot_done(struct progress *pr, bool ok);
 
 /* May an append carrying entries go out now? PROBE: no probe outstanding; PIPELINE: the window
  * has room; SNAPSHOT: never. */
@@ -91,8 +98,9 @@ bool progress_can_send(const struct progress *pr);
  * the append takes a window slot. */
 void progress_sent(struct progress *pr, uint32_t n, size_t bytes);
 /* The follower acknowledged everything up to match_index. Returns true if match moved: then the
- * follower leaves PROBE for PIPELINE, the window frees what it covered, next stays > match. An
- * acknowledgement that did not move match re-arms a probe (the follower answered it). */
+ * follower leaves PROBE for PIPELINE (SNAPSHOT: once match reaches the pending snapshot), the
+ * window frees what it covered, next stays > match. An acknowledgement that did not move match
+ * re-arms a probe (the follower answered it). */
 bool progress_acked(struct progress *pr, uint64_t match_index);
 
 enum progress_reject {

@@ -12,10 +12,13 @@
  *                raft_persisted()        the storage writes of ready `seq` (and all before) are durable
  *                raft_applied()          the state machine has applied up to index i
  *                raft_read_index()       start a linearizable read (ReadIndex, thesis §6.4)
+ *                raft_compact()          a snapshot of the state machine exists: drop the log prefix
+ *                raft_report_snapshot()  a snapshot transfer to a follower failed (or finished)
  *
  *   effects out: while (raft_has_ready(r)) {
  *                    raft_ready(r, &rd);
- *                    write rd.truncate_from / rd.entries / rd.hs (in ready order; group commit ok);
+ *                    install rd.snapshot, then write rd.truncate_from / rd.entries / rd.hs
+ *                      (in ready order; group commit ok);
  *                    send rd.msgs (any time: none of them waits for this ready's write);
  *                    apply rd.committed (in order);
  *                    raft_advance(r, &rd);                  frees rd; it does NOT mean "persisted"
@@ -34,9 +37,17 @@
  * the ready, is deep-copied, and stays valid until raft_advance(); other events may be stepped in
  * between (their effects go to the next ready). raft_step() and raft_propose() copy their inputs.
  *
- * Storage: the core keeps the whole log in memory for now (raft_new() loads it). Log compaction
- * with snapshots is a later issue: then the core will keep only a suffix and read older entries
- * through a synchronous callback in struct raft_config; the `snapshot_*` fields below reserve room.
+ * Storage and snapshots (Raft paper §7, thesis chapter 5): the core keeps in memory the log after
+ * its offset - the whole log, until the caller compacts it. Once the state machine has a durable
+ * snapshot covering index S, raft_compact() drops entries up to a chosen point at or below S
+ * (keeping some after it lets a follower that is only a little behind get entries, not a
+ * snapshot). A follower that needs a dropped entry is sent RAFT_MSG_SNAPSHOT, which names the
+ * snapshot (index, term); the snapshot's bytes travel outside the core (the caller streams them),
+ * and the follower's caller steps the message into its core only once it holds the complete,
+ * verified snapshot. The follower's core then either finds that entry in its log (keeps its log,
+ * moves commit) or discards its whole log and hands rd.snapshot out as storage work: restore the
+ * state machine from it and make the stored log start after it. Its acknowledgement waits, like
+ * any other, until that work is durable.
  *
  * Errors: functions return 0 or a negative RAFT_E* code. Bad input from outside (a malformed
  * message, an unknown sender, an index out of range) is dropped with an error code; the core never
@@ -84,7 +95,10 @@ enum raft_msg_type {
     RAFT_MSG_APPEND = 5,        /* AppendEntries; a heartbeat is one with no entries */
     RAFT_MSG_APPEND_RESP = 6,
     RAFT_MSG_TIMEOUT_NOW = 7,   /* leadership transfer: campaign now (thesis §3.10) */
-    /* 8/9 reserved for InstallSnapshot request/response (later issue): refused for now. */
+    /* InstallSnapshot (§7): leader -> follower, naming the snapshot in snapshot_index/term and
+     * the leader's commit; answered with an APPEND_RESP (match_index = how far the follower's
+     * log now matches). Type 9 is reserved. */
+    RAFT_MSG_SNAPSHOT = 8,
     RAFT_MSG_READ_INDEX = 10,      /* follower -> leader: run a ReadIndex round for ctx */
     RAFT_MSG_READ_INDEX_RESP = 11, /* leader -> follower: ctx + read_index (0 = failed) */
     RAFT_MSG_TYPE_MAX = 11,
@@ -133,13 +147,17 @@ struct raft_msg {
      * leadership lost, too many reads). */
     uint64_t ctx;
     uint64_t read_index;
+
+    /* SNAPSHOT: the last index and term the snapshot covers. */
+    uint64_t snapshot_index;
+    uint64_t snapshot_term;
 };
 
 /* Per-peer replication state on a leader (compare etcd-io/raft tracker, canonical/raft progress). */
 enum raft_progress_state {
     RAFT_PROGRESS_PROBE = 0,    /* one AppendEntries at a time until a match is found */
     RAFT_PROGRESS_PIPELINE = 1, /* pipelined: many in flight, bounded by count and bytes */
-    RAFT_PROGRESS_SNAPSHOT = 2, /* reserved for InstallSnapshot (the snapshot issue) */
+    RAFT_PROGRESS_SNAPSHOT = 2, /* a snapshot is on its way; no appends until it is acknowledged */
 };
 
 struct raft_config {
@@ -183,13 +201,16 @@ struct raft_config {
 /* Fill defaults; the caller then sets id, peers, n_peers, seed. */
 void raft_config_default(struct raft_config *cfg);
 
-/* What storage held at start-up. Entries must be contiguous from snapshot_index + 1. */
+/* What storage held at start-up: the hard state, the newest durable snapshot (0/0: none) and the
+ * stored log. Entries are contiguous; they may start at or before snapshot_index + 1 (entries kept
+ * for catching up followers). The state machine must already hold the snapshot: the core counts
+ * everything up to snapshot_index as committed and applied. */
 struct raft_restore {
     struct raft_hard_state hs;
     const struct raft_entry *entries;
     size_t n_entries;
-    uint64_t snapshot_index; /* reserved (log compaction): must be 0 for now */
-    uint64_t snapshot_term;  /* reserved */
+    uint64_t snapshot_index;
+    uint64_t snapshot_term;
 };
 
 struct raft;
@@ -215,6 +236,18 @@ int raft_campaign(struct raft *r);
 int raft_persisted(struct raft *r, uint64_t seq);
 /* The state machine applied every committed entry up to index (bookkeeping for snapshots). */
 int raft_applied(struct raft *r, uint64_t index);
+/* The state machine has a durable snapshot covering every entry up to snapshot_index (at most the
+ * applied index, and not below the previous snapshot): it becomes the snapshot sent to followers
+ * that need an entry the log no longer holds. Entries below first_kept are dropped from memory
+ * (first_kept in [first index in memory, snapshot_index + 1]); the caller may drop them from
+ * storage too. RAFT_ESTATE if snapshot_index is beyond the applied index, below the previous
+ * snapshot or outside the log; RAFT_EINVAL for a bad first_kept. */
+int raft_compact(struct raft *r, uint64_t snapshot_index, uint64_t first_kept);
+/* Leader: the transfer of the snapshot sent to `peer` ended. ok = false (the stream broke, the
+ * follower refused it): the follower goes back to probing at once, which sends the snapshot
+ * again if it still needs one. ok = true (the follower has all of it): it probes from just after
+ * the snapshot at the next heartbeat, unless its acknowledgement arrives first. */
+int raft_report_snapshot(struct raft *r, uint64_t peer, bool ok);
 
 /* Linearizable read (ReadIndex, Raft thesis §6.4). ctx is the caller's nonzero id for the read.
  * Returns 0 when the read is under way: exactly one struct raft_read_state {ctx, index} for it
@@ -244,8 +277,14 @@ struct raft_read_state {
 
 struct raft_ready {
     /* Storage work, to be written in this order, then reported with raft_persisted(persist_seq).
-     * persist_seq == 0 means this ready has no storage work. */
+     * persist_seq == 0 means this ready has no storage work.
+     * snapshot.index != 0: first install the snapshot received for (index, term) - restore the
+     * state machine from it and replace the stored log with an empty one that starts after
+     * index. Entries delivered for applying before it and not yet applied are obsolete. */
     uint64_t persist_seq;
+    struct {
+        uint64_t index, term;
+    } snapshot;
     bool hs_changed;
     struct raft_hard_state hs;   /* current hard state (write it when hs_changed) */
     uint64_t truncate_from;      /* nonzero: delete stored entries >= this index first */
@@ -293,6 +332,9 @@ struct raft_status {
     uint64_t last_term;
     uint64_t persisted_index; /* last index durable and matching the in-memory log */
     uint64_t transferee;      /* leadership transfer target, 0 = none */
+    uint64_t first_index;     /* first entry held in memory (last_index + 1 when none) */
+    uint64_t snapshot_index;  /* newest snapshot (raft_compact, restore or install); 0 = none */
+    uint64_t snapshot_term;
 };
 void raft_status_get(const struct raft *r, struct raft_status *st);
 

@@ -18,6 +18,26 @@
 
 #include "raft/core/raft_internal.h"
 
+/* The follower needs entries the log no longer holds: send it the snapshot (§7). Its bytes go
+ * outside the core; the follower's caller steps this message in once it holds all of them. */
+static bool send_snapshot(struct raft *r, struct progress *pr)
+{
+    if (!r->snap_index || r->snap_index <= pr->match)
+        return false; /* cannot happen: the log only drops what a snapshot covers */
+    struct raft_msg m = {.type = RAFT_MSG_SNAPSHOT,
+                         .to = pr->id,
+                         .term = r->hs.term,
+                         .commit = r->commit,
+                         .snapshot_index = r->snap_index,
+                         .snapshot_term = r->snap_term};
+    if (raft_send(r, &m))
+        return false;
+    RAFT_TRACE(r, "n%" PRIu64 " needs %" PRIu64 ", compacted: sends snapshot %" PRIu64, pr->id,
+               pr->next, r->snap_index);
+    progress_become_snapshot(pr, r->snap_index);
+    return true;
+}
+
 /* Build and queue one AppendEntries from pr->next. Returns false if nothing was sent. */
 static bool send_one(struct raft *r, struct progress *pr, bool allow_empty)
 {
@@ -25,7 +45,7 @@ static bool send_one(struct raft *r, struct progress *pr, bool allow_empty)
     uint64_t last = raft_log_last_index(&r->log);
     uint64_t prev = pr->next - 1, prev_term;
     if (!raft_log_term(&r->log, prev, &prev_term))
-        return false; /* would need a snapshot (later issue) */
+        return send_snapshot(r, pr);
     size_t n = 0, bytes = 0;
     size_t room = r->cfg.max_append_bytes;
     if (pr->state == RAFT_PROGRESS_PIPELINE && progress_window_room(&pr->window) < room)
@@ -117,12 +137,13 @@ void raft_bcast_heartbeat(struct raft *r)
 void raft_send_heartbeat(struct raft *r, struct progress *pr)
 {
     assert(r->role == RAFT_LEADER);
-    uint64_t t = 0;
-    raft_log_term(&r->log, pr->match, &t);
+    uint64_t t = 0, at = pr->match;
+    if (!raft_log_term(&r->log, at, &t))
+        at = 0; /* match was compacted away: anchor at the empty prefix, which always matches */
     struct raft_msg m = {.type = RAFT_MSG_APPEND,
                          .to = pr->id,
                          .term = r->hs.term,
-                         .prev_index = pr->match,
+                         .prev_index = at,
                          .prev_term = t,
                          .commit = r->commit < pr->match ? r->commit : pr->match,
                          .ctx = r->read_round};
@@ -198,8 +219,14 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
         resp.conflict_index = last + 1;
         return raft_send(r, &resp);
     }
-    if (!raft_log_term(&r->log, m->prev_index, &t))
-        return RAFT_EINVAL; /* before our log start: snapshot territory (later issue) */
+    if (m->prev_index < r->log.offset) {
+        /* Our log starts after prev_index, which a snapshot covers: committed, so it matches
+         * the leader's. Acknowledge what we know matches - the commit index - and let the
+         * leader go on from there (entries in this message are not checked, nor kept). */
+        resp.match_index = r->commit;
+        return raft_send_after_persist(r, &resp);
+    }
+    raft_log_term(&r->log, m->prev_index, &t);
     if (t != m->prev_term) {
         if (m->prev_index <= r->commit)
             return RAFT_EINVAL; /* committed entries never conflict with a real leader */
@@ -241,6 +268,43 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
     }
     resp.match_index = verified;
     /* The ack means "stored": it waits for the entries to be durable. */
+    return raft_send_after_persist(r, &resp);
+}
+
+/* InstallSnapshot, follower side (§7, Figure 13). The caller holds the complete, verified
+ * snapshot the message names. */
+int raft_recv_snapshot(struct raft *r, const struct raft_msg *m)
+{
+    if (m->n_entries || !m->snapshot_index || !m->snapshot_term || m->snapshot_term > m->term ||
+        m->commit < m->snapshot_index)
+        return RAFT_EINVAL;
+    if (r->role == RAFT_LEADER)
+        return RAFT_EINVAL; /* two leaders in one term */
+    if (r->role != RAFT_FOLLOWER || r->leader_id != m->from)
+        raft_become_follower(r, r->hs.term, m->from);
+    assert(r->role == RAFT_FOLLOWER && r->leader_id == m->from);
+    r->election_elapsed = 0;
+    struct raft_msg resp = {.type = RAFT_MSG_APPEND_RESP, .to = m->from, .term = r->hs.term};
+    uint64_t t;
+    if (m->snapshot_index <= r->commit) {
+        /* Nothing new: we already hold (at least) that committed prefix. */
+        RAFT_TRACE(r, "ignores snapshot %" PRIu64 ": commit is already %" PRIu64,
+                   m->snapshot_index, r->commit);
+        resp.match_index = r->commit;
+    } else if (raft_log_term(&r->log, m->snapshot_index, &t) && t == m->snapshot_term) {
+        /* Our log holds the snapshot's last entry: it and everything before it are committed,
+         * and the entries after it stay (§7: "retain log entries following it"). */
+        RAFT_TRACE(r, "snapshot %" PRIu64 " is in our log: commit %" PRIu64 " -> %" PRIu64,
+                   m->snapshot_index, r->commit, m->snapshot_index);
+        r->commit = m->snapshot_index;
+        resp.match_index = m->snapshot_index;
+    } else {
+        RAFT_TRACE(r, "installs snapshot %" PRIu64 " (term %" PRIu64 "), discarding its log",
+                   m->snapshot_index, m->snapshot_term);
+        raft_install_snapshot(r, m->snapshot_index, m->snapshot_term);
+        resp.match_index = m->snapshot_index;
+    }
+    /* The ack claims the snapshot (or the log up to match) is stored: it waits until it is. */
     return raft_send_after_persist(r, &resp);
 }
 

@@ -35,7 +35,7 @@ const char *raft_msg_type_name(int type)
 {
     static const char *names[] = {"none",         "vote",       "vote_resp",
                                   "prevote",      "prevote_resp", "append",
-                                  "append_resp",  "timeout_now", "?",
+                                  "append_resp",  "timeout_now", "snapshot",
                                   "?",            "read_index", "read_index_resp"};
     return type >= 0 && type <= RAFT_MSG_TYPE_MAX ? names[type] : "?";
 }
@@ -112,6 +112,45 @@ static void set_term(struct raft *r, uint64_t term)
     }
 }
 
+/* Load the stored log after the snapshot (§7): everything up to snapshot_index is committed and
+ * applied (the state machine restored it). Stored entries at or below the snapshot (kept for
+ * catching up followers) are kept in memory after the first of them, whose term anchors the log;
+ * where they overlap the snapshot they must agree with it. */
+static int restore_log(struct raft *r, const struct raft_restore *rs)
+{
+    raft_log_free(&r->log);
+    r->hs = rs->hs;
+    const struct raft_entry *e = rs->entries;
+    size_t n = rs->n_entries, k = 0;
+    uint64_t snap = rs->snapshot_index;
+    if (n && (e[0].index == 0 || e[0].index > snap + 1))
+        return RAFT_EINVAL; /* a gap between the snapshot and the log */
+    uint64_t prev_term = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].index != e[0].index + i || e[i].term < prev_term || e[i].term > rs->hs.term ||
+            (e[i].len && !e[i].data) || e[i].term == 0)
+            return RAFT_EINVAL;
+        if (e[i].index == snap && e[i].term != rs->snapshot_term)
+            return RAFT_EINVAL; /* the log disagrees with the snapshot */
+        prev_term = e[i].term;
+    }
+    if (n && e[0].index <= snap) {
+        r->log.offset = e[0].index; /* entries up to e[0] are covered by the snapshot */
+        r->log.offset_term = e[0].term;
+        k = 1;
+    } else {
+        r->log.offset = snap;
+        r->log.offset_term = rs->snapshot_term;
+    }
+    for (; k < n; k++)
+        if (raft_log_append(&r->log, &e[k]))
+            return RAFT_ENOMEM;
+    r->snap_index = snap;
+    r->snap_term = rs->snapshot_term;
+    r->commit = r->applied = r->delivered = snap;
+    return 0;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -126,7 +165,8 @@ int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struc
         !cfg->max_append_entries || !cfg->max_inflight_msgs || !cfg->max_append_bytes ||
         !cfg->max_inflight_bytes || !cfg->max_msg_entries)
         return RAFT_EINVAL;
-    if (rs && (rs->snapshot_index || rs->snapshot_term || (rs->n_entries && !rs->entries)))
+    if (rs && ((rs->n_entries && !rs->entries) || (!rs->snapshot_index != !rs->snapshot_term) ||
+               rs->snapshot_term > rs->hs.term))
         return RAFT_EINVAL;
 
     struct raft *r = calloc(1, sizeof(*r));
@@ -158,18 +198,10 @@ int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struc
     if (!self)
         goto inval;
 
-    if (rs) {
-        r->hs = rs->hs;
-        uint64_t prev_term = 0;
-        for (size_t i = 0; i < rs->n_entries; i++) {
-            const struct raft_entry *e = &rs->entries[i];
-            if (e->index != i + 1 || e->term < prev_term || e->term > rs->hs.term ||
-                (e->len && !e->data))
-                goto inval;
-            prev_term = e->term;
-            if (raft_log_append(&r->log, e))
-                goto nomem;
-        }
+    int rc = rs ? restore_log(r, rs) : 0;
+    if (rc) {
+        raft_free(r);
+        return rc;
     }
     r->persisted_hs = r->hs;
     r->persisted_index = r->readied_last = raft_log_last_index(&r->log);
@@ -374,8 +406,8 @@ int raft_tick(struct raft *r)
 
 static int validate(const struct raft *r, const struct raft_msg *m)
 {
-    if (m->type == RAFT_MSG_NONE || m->type > RAFT_MSG_TYPE_MAX || m->type == 8 || m->type == 9)
-        return RAFT_EINVAL; /* 8/9: InstallSnapshot, not yet */
+    if (m->type == RAFT_MSG_NONE || m->type > RAFT_MSG_TYPE_MAX || m->type == 9)
+        return RAFT_EINVAL; /* 9: reserved */
     if (m->to != r->id || m->from == r->id || raft_peer_index(r, m->from) == r->n_peers)
         return RAFT_EUNKNOWN;
     if (m->n_entries && m->type != RAFT_MSG_APPEND)
@@ -417,13 +449,15 @@ int raft_step(struct raft *r, const struct raft_msg *m)
             RAFT_TRACE(r, "sees the newer term %" PRIu64 " in %s from n%" PRIu64 "%s", m->term,
                        raft_msg_type_name(m->type), m->from,
                        r->role == RAFT_FOLLOWER ? "" : ": steps down");
-            raft_become_follower(r, m->term, m->type == RAFT_MSG_APPEND ? m->from : 0);
+            bool from_leader = m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_SNAPSHOT;
+            raft_become_follower(r, m->term, from_leader ? m->from : 0);
         }
     } else if (m->term < r->hs.term) {
         /* Answer stale senders with our term so they step down (Figure 2); ignore the rest. */
         struct raft_msg resp = {.to = m->from, .term = r->hs.term};
         switch (m->type) {
         case RAFT_MSG_APPEND:
+        case RAFT_MSG_SNAPSHOT:
             resp.type = RAFT_MSG_APPEND_RESP;
             resp.reject = true;
             resp.reject_index = m->prev_index;
@@ -453,6 +487,8 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         return raft_recv_append(r, m);
     case RAFT_MSG_APPEND_RESP:
         return raft_recv_append_resp(r, m);
+    case RAFT_MSG_SNAPSHOT:
+        return raft_recv_snapshot(r, m);
     case RAFT_MSG_TIMEOUT_NOW:
         if (r->role == RAFT_LEADER)
             return 0;
@@ -523,6 +559,47 @@ int raft_transfer_leader(struct raft *r, uint64_t to)
     return 0;
 }
 
+int raft_compact(struct raft *r, uint64_t snapshot_index, uint64_t first_kept)
+{
+    if (!r)
+        return RAFT_EINVAL;
+    uint64_t t;
+    if (snapshot_index > r->applied || snapshot_index < r->snap_index ||
+        !raft_log_term(&r->log, snapshot_index, &t))
+        return RAFT_ESTATE;
+    if (first_kept <= r->log.offset || first_kept > snapshot_index + 1)
+        return RAFT_EINVAL;
+    if (snapshot_index > r->snap_index)
+        RAFT_TRACE(r, "snapshot at %" PRIu64 " (term %" PRIu64 "), log kept from %" PRIu64,
+                   snapshot_index, t, first_kept);
+    r->snap_index = snapshot_index;
+    r->snap_term = t;
+    /* Entries up to snapshot_index were applied, so delivered, persisted and committed. */
+    if (first_kept - 1 > r->log.offset)
+        raft_log_compact(&r->log, first_kept - 1);
+    return 0;
+}
+
+int raft_report_snapshot(struct raft *r, uint64_t peer, bool ok)
+{
+    if (!r)
+        return RAFT_EINVAL;
+    if (r->role != RAFT_LEADER)
+        return RAFT_ESTATE;
+    size_t i = raft_peer_index(r, peer);
+    if (i == r->n_peers || peer == r->id)
+        return RAFT_EUNKNOWN;
+    struct progress *pr = &r->progress[i];
+    if (pr->state != RAFT_PROGRESS_SNAPSHOT)
+        return 0; /* already acknowledged, or a report of an older transfer */
+    RAFT_TRACE(r, "snapshot %" PRIu64 " to n%" PRIu64 " %s", pr->pending_snapshot, peer,
+               ok ? "delivered: probes after it" : "failed: probes again");
+    progress_snapshot_done(pr, ok);
+    if (!ok)
+        raft_send_append(r, pr, true);
+    return 0;
+}
+
 int raft_campaign(struct raft *r)
 {
     if (!r)
@@ -557,6 +634,9 @@ void raft_status_get(const struct raft *r, struct raft_status *st)
     st->last_term = raft_log_last_term(&r->log);
     st->persisted_index = r->persisted_index;
     st->transferee = r->transferee;
+    st->first_index = r->log.offset + 1;
+    st->snapshot_index = r->snap_index;
+    st->snapshot_term = r->snap_term;
 }
 
 int raft_progress_get(const struct raft *r, uint64_t peer, struct raft_progress_info *out)

@@ -6,8 +6,9 @@
 #include "raft/core/progress.h"
 #include "raft/core/raft.h"
 
-/* The in-memory log: entries offset+1 .. offset+n. offset (and offset_term) stay 0 until log
- * compaction exists; then they describe the snapshot the log starts after. */
+/* The in-memory log: entries offset+1 .. offset+n. offset and offset_term name the entry just
+ * before the first one held (0/0 for a log that was never compacted): the term of that entry is
+ * still known, so an append whose prev_index is offset is checked like any other. */
 struct raft_log {
     struct raft_entry *e;
     size_t n, cap;
@@ -53,6 +54,11 @@ struct raft {
     uint64_t leader_id;
 
     struct raft_log log;
+    /* The newest snapshot of the state machine (§7): raft_compact, restore or install. Always
+     * snap_index >= log.offset: the log never drops an entry no snapshot covers. */
+    uint64_t snap_index, snap_term;
+    /* A received snapshot the next ready hands to storage (rd.snapshot); index 0 = none. */
+    uint64_t install_index, install_term;
     uint64_t commit;
     uint64_t applied;   /* reported by raft_applied() */
     uint64_t delivered; /* last index handed out in ready.committed */
@@ -128,6 +134,10 @@ const struct raft_entry *raft_log_at(const struct raft_log *l, uint64_t index);
 int raft_log_append(struct raft_log *l, const struct raft_entry *e); /* deep copy */
 void raft_log_truncate(struct raft_log *l, uint64_t from);           /* drop >= from */
 void raft_log_free(struct raft_log *l);
+/* Drop entries <= upto (offset < upto <= last): the log then starts after upto. */
+void raft_log_compact(struct raft_log *l, uint64_t upto);
+/* Drop every entry; the log starts after (index, term). */
+void raft_log_reset(struct raft_log *l, uint64_t index, uint64_t term);
 uint64_t raft_log_first_of_term(const struct raft_log *l, uint64_t index);
 uint64_t raft_log_last_of_term(const struct raft_log *l, uint64_t term);
 int raft_entry_copy(struct raft_entry *dst, const struct raft_entry *src);
@@ -146,6 +156,8 @@ uint64_t raft_rand(struct raft *r);
 int raft_send(struct raft *r, struct raft_msg *m); /* takes ownership of m->entries */
 int raft_send_after_persist(struct raft *r, struct raft_msg *m);
 void raft_truncate_from(struct raft *r, uint64_t index);
+/* Follower: replace the whole log by the snapshot (index, term) and hand it to storage. */
+void raft_install_snapshot(struct raft *r, uint64_t index, uint64_t term);
 void raft_msg_free(struct raft_msg *m);
 
 /* raft_vote.c */
@@ -154,6 +166,7 @@ int raft_recv_vote_resp(struct raft *r, const struct raft_msg *m);
 
 /* raft_append.c */
 int raft_recv_append(struct raft *r, const struct raft_msg *m);
+int raft_recv_snapshot(struct raft *r, const struct raft_msg *m);
 int raft_recv_append_resp(struct raft *r, const struct raft_msg *m);
 void raft_send_append(struct raft *r, struct progress *pr, bool allow_empty);
 void raft_bcast_append(struct raft *r);

@@ -1,6 +1,5 @@
-/* raft_log.c: the core's in-memory log. The whole log stays in memory until log compaction
- * (a later issue) lets it start after a snapshot at `offset`. Each entry owns a copy of its
- * payload. */
+/* raft_log.c: the core's in-memory log: entries after `offset` (everything, until the caller
+ * compacts it after a snapshot). Each entry owns a copy of its payload. */
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +82,27 @@ void raft_log_truncate(struct raft_log *l, uint64_t from)
         free(l->e[l->n - 1].data);
         l->n--;
     }
+}
+
+void raft_log_compact(struct raft_log *l, uint64_t upto)
+{
+    assert(upto > l->offset && upto <= raft_log_last_index(l));
+    size_t k = (size_t)(upto - l->offset);
+    l->offset_term = l->e[k - 1].term;
+    for (size_t i = 0; i < k; i++)
+        free(l->e[i].data);
+    memmove(l->e, l->e + k, (l->n - k) * sizeof(*l->e));
+    l->n -= k;
+    l->offset = upto;
+}
+
+void raft_log_reset(struct raft_log *l, uint64_t index, uint64_t term)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->e[i].data);
+    l->n = 0;
+    l->offset = index;
+    l->offset_term = term;
 }
 
 void raft_log_free(struct raft_log *l)

@@ -40,7 +40,7 @@ int raft_send(struct raft *r, struct raft_msg *m)
  * handed to storage, it will be in the next ready (last_seq + 1). */
 static uint64_t current_seq(const struct raft *r)
 {
-    bool pending = r->hs_dirty || r->pending_truncate ||
+    bool pending = r->hs_dirty || r->pending_truncate || r->install_index ||
                    r->readied_last < raft_log_last_index(&r->log);
     return pending ? r->last_seq + 1 : r->last_seq;
 }
@@ -100,6 +100,28 @@ void raft_truncate_from(struct raft *r, uint64_t index)
             r->recs[i].covered = index - 1;
 }
 
+void raft_install_snapshot(struct raft *r, uint64_t index, uint64_t term)
+{
+    assert(r->role == RAFT_FOLLOWER && index > r->commit);
+    /* Entries up to our commit index are the same in every log (and in the snapshot); above it
+     * nothing we stored may count as durable any more, since storage is replaced. */
+    uint64_t keep = r->commit;
+    raft_log_reset(&r->log, index, term);
+    r->snap_index = index;
+    r->snap_term = term;
+    r->install_index = index;
+    r->install_term = term;
+    r->pending_truncate = 0; /* the install replaces the whole stored log */
+    r->readied_last = index;
+    if (r->persisted_index > keep)
+        r->persisted_index = keep;
+    for (size_t i = 0; i < r->n_recs; i++)
+        if (r->recs[i].covered > keep)
+            r->recs[i].covered = keep;
+    /* The state machine is restored from the snapshot: nothing below it is delivered again. */
+    r->commit = r->delivered = r->applied = index;
+}
+
 int raft_persisted(struct raft *r, uint64_t seq)
 {
     if (!r)
@@ -150,7 +172,7 @@ static uint64_t apply_limit(const struct raft *r)
 
 bool raft_has_ready(const struct raft *r)
 {
-    return r->n_out || r->n_read_out || r->hs_dirty || r->pending_truncate ||
+    return r->n_out || r->n_read_out || r->hs_dirty || r->pending_truncate || r->install_index ||
            r->readied_last < raft_log_last_index(&r->log) || apply_limit(r) > r->delivered ||
            r->rep_role != r->role || r->rep_leader != r->leader_id || r->rep_term != r->hs.term ||
            r->rep_commit != r->commit;
@@ -168,7 +190,8 @@ static int copy_range(const struct raft *r, uint64_t lo, uint64_t hi, struct raf
     if (!e)
         return RAFT_ENOMEM;
     for (size_t i = 0; i < cnt; i++) {
-        int rc = raft_entry_copy(&e[i], raft_log_at(&r->log, lo + i));
+        const struct raft_entry *src = raft_log_at(&r->log, lo + i);
+        int rc = src ? raft_entry_copy(&e[i], src) : RAFT_ESTATE; /* never: compacted too far */
         if (rc) {
             raft_entries_free(e, i);
             return rc;
@@ -212,7 +235,7 @@ int raft_ready(struct raft *r, struct raft_ready *rd)
     uint64_t last = raft_log_last_index(&r->log);
     int rc;
 
-    if (r->hs_dirty || r->pending_truncate || r->readied_last < last) {
+    if (r->hs_dirty || r->pending_truncate || r->install_index || r->readied_last < last) {
         if (r->n_recs == r->cap_recs) {
             size_t cap = r->cap_recs ? r->cap_recs * 2 : 16;
             struct raft_persist_rec *n = realloc(r->recs, cap * sizeof(*n));
@@ -225,6 +248,9 @@ int raft_ready(struct raft *r, struct raft_ready *rd)
         if (rc)
             return rc;
         rd->persist_seq = ++r->last_seq;
+        rd->snapshot.index = r->install_index;
+        rd->snapshot.term = r->install_term;
+        r->install_index = r->install_term = 0;
         rd->hs_changed = r->hs_dirty;
         rd->truncate_from = r->pending_truncate;
         r->recs[r->n_recs++] = (struct raft_persist_rec){rd->persist_seq, last, r->hs};

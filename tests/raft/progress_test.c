@@ -154,15 +154,50 @@ Test(progress, an_idle_or_moving_pipeline_does_not_stall)
     cr_assert_eq(P.state, RAFT_PROGRESS_PIPELINE);
 }
 
-Test(progress, snapshot_state_sends_nothing)
+Test(progress, snapshot_state_sends_nothing_until_the_snapshot_is_acked)
 {
     progress_acked(&P, 10);
     progress_sent(&P, 1, 10);
-    progress_become_snapshot(&P);
+    progress_become_snapshot(&P, 20);
     cr_assert_eq(P.state, RAFT_PROGRESS_SNAPSHOT);
+    cr_assert_eq(P.pending_snapshot, 20);
     cr_assert_not(progress_can_send(&P));
     cr_assert_not(progress_on_heartbeat(&P));
     cr_assert_eq(progress_window_count(&P.window), 0);
+    cr_assert(progress_ok(&P));
+    cr_assert_eq(progress_rejected(&P, 10, 5), PROGRESS_REJECT_STALE, "refusals wait");
+    /* An ack below the snapshot moves match but keeps waiting. */
+    cr_assert(progress_acked(&P, 15));
+    cr_assert_eq(P.state, RAFT_PROGRESS_SNAPSHOT);
+    cr_assert(progress_ok(&P));
+    cr_assert(progress_acked(&P, 20));
+    cr_assert_eq(P.state, RAFT_PROGRESS_PIPELINE);
+    cr_assert_eq(P.next, 21);
+    cr_assert(progress_ok(&P));
+}
+
+Test(progress, a_failed_snapshot_goes_back_to_probe_at_once)
+{
+    progress_become_snapshot(&P, 30);
+    progress_snapshot_done(&P, false);
+    cr_assert_eq(P.state, RAFT_PROGRESS_PROBE);
+    cr_assert_eq(P.next, 1);
+    cr_assert(progress_can_send(&P));
+    cr_assert(progress_ok(&P));
+    progress_snapshot_done(&P, false); /* not in SNAPSHOT: nothing */
+    cr_assert_eq(P.state, RAFT_PROGRESS_PROBE);
+}
+
+Test(progress, a_delivered_snapshot_probes_after_it_at_the_heartbeat)
+{
+    progress_become_snapshot(&P, 30);
+    progress_snapshot_done(&P, true);
+    cr_assert_eq(P.state, RAFT_PROGRESS_PROBE);
+    cr_assert_eq(P.next, 31);
+    cr_assert_not(progress_can_send(&P), "waits for the ack or the heartbeat");
+    cr_assert(progress_on_heartbeat(&P), "a lost ack is replaced by the heartbeat's probe");
+    cr_assert(progress_acked(&P, 30));
+    cr_assert_eq(P.state, RAFT_PROGRESS_PIPELINE);
     cr_assert(progress_ok(&P));
 }
 

@@ -642,3 +642,107 @@ Test(scenario, LeaderTransfer)
     one(s, 99, 3);
     done(s);
 }
+
+/* ---------------- snapshots and log compaction (paper §7) ---------------- */
+
+/* A follower cut off while the leader commits and compacts far past it catches up by snapshot,
+ * then by entries; its restart afterwards starts from the installed snapshot. */
+Test(scenario, SnapshotCatchUp)
+{
+    struct sim *s = mk(3, 71);
+    int l = sim_wait_leader(s, 2000);
+    cr_assert_geq(l, 0);
+    int f = (l + 1) % 3;
+    one(s, 1, 3);
+    sim_disconnect(s, f);
+    for (uint64_t v = 2; v <= 60; v++)
+        one(s, v, 2);
+    sim_run(s, 50); /* let the leader's disk go idle */
+    cr_assert_eq(sim_compact(s, l, 0, 5), 0);
+    struct raft_status ls = st_of(s, l);
+    cr_assert_gt(ls.snapshot_index, st_of(s, f).last_index + 5, "the follower needs the snapshot");
+    cr_assert_gt(ls.first_index, st_of(s, f).last_index + 1, "entries it needs are gone");
+    sim_connect(s, f);
+    uint64_t idx = one(s, 61, 3);
+    cr_assert_geq(sim_stats(s)->snapshots_installed, 1);
+    struct raft_status fs = st_of(s, f);
+    cr_assert_eq(fs.snapshot_index, ls.snapshot_index, "the follower holds the leader's snapshot");
+    cr_assert_geq(fs.commit_index, idx);
+    /* Restarted, it comes back from the snapshot plus the log after it. */
+    sim_crash(s, f);
+    sim_restart(s, f);
+    cr_assert_eq(st_of(s, f).snapshot_index, ls.snapshot_index);
+    cr_assert_eq(st_of(s, f).first_index, ls.snapshot_index + 1);
+    one(s, 62, 3);
+    done(s);
+}
+
+/* A follower only a little behind the compaction point gets entries, not a snapshot: the
+ * catch-up entries kept before the snapshot cover it. */
+Test(scenario, SnapshotKeepsCatchUpEntries)
+{
+    struct sim *s = mk(3, 72);
+    int l = sim_wait_leader(s, 2000);
+    cr_assert_geq(l, 0);
+    int f = (l + 2) % 3;
+    one(s, 1, 3);
+    sim_disconnect(s, f);
+    for (uint64_t v = 2; v <= 6; v++)
+        one(s, v, 2);
+    sim_run(s, 50);
+    cr_assert_eq(sim_compact(s, l, 0, 20), 0);
+    cr_assert_leq(st_of(s, l).first_index, st_of(s, f).last_index + 1);
+    sim_connect(s, f);
+    one(s, 7, 3);
+    cr_assert_eq(sim_stats(s)->snapshots_delivered, 0, "a snapshot went out");
+    cr_assert_eq(sim_stats(s)->snapshots_installed, 0);
+    done(s);
+}
+
+/* The core refuses to compact past what the state machine applied, or behind its snapshot. */
+Test(scenario, CompactionBounds)
+{
+    struct sim *s = mk(3, 73);
+    int l = sim_wait_leader(s, 2000);
+    cr_assert_geq(l, 0);
+    for (uint64_t v = 1; v <= 10; v++)
+        one(s, v, 3);
+    sim_run(s, 50);
+    struct raft *r = sim_raft(s, l);
+    struct raft_status st = st_of(s, l);
+    cr_assert_eq(raft_compact(r, st.applied_index + 1, 1), RAFT_ESTATE, "past applied");
+    cr_assert_eq(raft_compact(r, st.applied_index, st.applied_index + 2), RAFT_EINVAL);
+    cr_assert_eq(raft_compact(r, st.applied_index, st.applied_index - 2), 0);
+    cr_assert_eq(raft_compact(r, st.applied_index - 1, st.applied_index - 1), RAFT_ESTATE,
+                 "behind the snapshot");
+    cr_assert_eq(raft_compact(r, st.applied_index, 1), RAFT_EINVAL, "below the first entry");
+    one(s, 11, 3);
+    done(s);
+}
+
+/* Snapshots lost on the way (the follower keeps crashing and the network drops) are sent again
+ * until one lands; every node ends with the same state. */
+Test(scenario, SnapshotResentAfterLoss)
+{
+    struct sim *s = mk(5, 74);
+    int l = sim_wait_leader(s, 2000);
+    cr_assert_geq(l, 0);
+    int f = (l + 1) % 5;
+    one(s, 1, 5);
+    sim_crash(s, f);
+    for (uint64_t v = 2; v <= 40; v++)
+        one(s, v, 4);
+    sim_run(s, 50);
+    cr_assert_eq(sim_compact(s, l, 0, 0), 0);
+    sim_set_unreliable(s, true);
+    for (int k = 0; k < 5; k++) {
+        sim_restart(s, f);
+        sim_run(s, 30 + 20 * (uint64_t)k);
+        sim_crash(s, f);
+    }
+    sim_set_unreliable(s, false);
+    sim_restart(s, f);
+    one(s, 41, 5);
+    cr_assert_geq(sim_stats(s)->snapshots_installed, 1);
+    done(s);
+}

@@ -74,14 +74,14 @@ int main(int argc, char **argv)
 
     char msg[600];
     if (have_seed) {
-        int bad = sim_chaos((int)nodes, seed, stdout, msg, sizeof(msg));
+        int bad = sim_chaos((int)nodes, seed, stdout, msg, sizeof(msg), NULL);
         printf("seed=%llu nodes=%llu result: %s\n", seed, nodes, bad ? msg : "ok");
         return bad;
     }
     unsigned long long violations = 0;
     for (unsigned long long k = 0; k < seeds; k++) {
         unsigned long long x = first + k;
-        if (sim_chaos((int)nodes, x, NULL, msg, sizeof(msg))) {
+        if (sim_chaos((int)nodes, x, NULL, msg, sizeof(msg), NULL)) {
             violations++;
             printf("seed %llu: VIOLATION %s\n  replay: craft-sim --nodes %llu --seed %llu\n", x,
                    msg, nodes, x);

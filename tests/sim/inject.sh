@@ -1,7 +1,7 @@
 #!/bin/bash
 # Prove the simulator has teeth: build a copy of the core with one classic Raft bug injected
 # (outside the repository, so nothing in the tree changes), sweep seeds, print the first failing
-# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|P|R|S> [seeds] [nodes]
+# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|I|K|P|Q|R|S> [seeds] [nodes]
 #   A  commit rule counts replicas of old-term entries (Figure 8 / §5.4.2)
 #   B  votedFor not reset when the term changes
 #   C  vote granted without the log up-to-date check (§5.4.1)
@@ -10,6 +10,11 @@
 #   R  ReadIndex: a read released without a majority confirming the leader (§6.4 step 3)
 #   S  ReadIndex: a new leader answers before committing an entry of its term (§6.4 step 1)
 #   P  progress: appends still in flight counted as stored (match taken from next, not the ack)
+#   I  InstallSnapshot: a snapshot at or below the commit index is installed anyway (§7)
+#   K  compaction: the log is compacted past the applied index
+#   Q  InstallSnapshot: the follower acknowledges the snapshot before it is durable
+# The copy is built with NDEBUG, so the simulator's checker, not an assert in the core, has to
+# catch the bug.
 set -euo pipefail
 bug=${1:?bug letter}; seeds=${2:-2000}; nodes=${3:-3}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,7 +35,18 @@ C) f=raft/core/raft_vote.c
    old='bool grant = can_vote && log_up_to_date(r, m->last_log_index, m->last_log_term);'
    new='bool grant = can_vote || !log_up_to_date(r, 0, 0);' ;;
 D) f=raft/core/raft_append.c
-   old='    return raft_send_after_persist(r, &resp);'
+   old='    /* The ack means "stored": it waits for the entries to be durable. */
+    return raft_send_after_persist(r, &resp);'
+   new='    return raft_send(r, &resp);' ;;
+I) f=raft/core/raft_append.c
+   old='    if (m->snapshot_index <= r->commit) {'
+   new='    if (false) {' ;;
+K) f=raft/core/raft_core.c
+   old='    if (snapshot_index > r->applied || snapshot_index < r->snap_index ||'
+   new='    if (snapshot_index < r->snap_index ||' ;;
+Q) f=raft/core/raft_append.c
+   old='    /* The ack claims the snapshot (or the log up to match) is stored: it waits until it is. */
+    return raft_send_after_persist(r, &resp);'
    new='    return raft_send(r, &resp);' ;;
 F) f=raft/core/raft_vote.c
    old='        r->hs_dirty = true;
@@ -57,7 +73,7 @@ if s.count(old) != 1:
     sys.exit("inject.sh: pattern not found exactly once in " + p)
 open(p, "w").write(s.replace(old, new))
 PY
-gcc -std=c11 -O2 -D_GNU_SOURCE -I"$work" "$work"/raft/core/*.c "$work"/tests/sim/sim.c \
+gcc -std=c11 -O2 -DNDEBUG -D_GNU_SOURCE -I"$work" "$work"/raft/core/*.c "$work"/tests/sim/sim.c \
     "$work"/tests/sim/craft_sim.c -o "$work/craft-sim"
 echo "bug $bug injected into $f; sweeping $seeds seeds with $nodes nodes"
 "$work/craft-sim" --nodes "$nodes" --seeds "$seeds" | { grep -E '^seed|^seeds=' || true; } | \

@@ -54,8 +54,15 @@ static uint64_t entry_value(const struct raft_entry *e)
 
 /* ---- state ---- */
 
+/* A snapshot of the simulated state machine: the last index and term it covers and the hash
+ * chain of every entry applied up to it (the "state"). */
+struct snap {
+    uint64_t index, term, chain;
+};
+
 struct write {
     uint64_t seq, due;
+    struct snap install; /* index != 0: replace the stored snapshot and log first */
     bool hs_changed;
     struct raft_hard_state hs;
     uint64_t trunc;
@@ -68,8 +75,11 @@ struct node {
     bool up;
     int group;
     unsigned phase;
-    /* durable storage */
+    /* durable storage: hard state, snapshot, log entries doff+1 .. doff+dn (doff_term is the
+     * term of entry doff, which a snapshot covers) */
     struct raft_hard_state dhs;
+    struct snap dsnap;
+    uint64_t doff, doff_term;
     struct raft_entry *dlog;
     size_t dn, dcap;
     /* storage writes issued but not yet durable, in order */
@@ -79,21 +89,29 @@ struct node {
     /* the log as emitted to storage (view), with Log Matching prefix hashes */
     uint64_t *vterm, *vprefix;
     size_t vn, vcap;
-    /* state machine */
-    uint64_t applied;
+    /* state machine: applied index and the hash chain of what it applied; the newest snapshot
+     * in memory (taken, restored or installed); a received snapshot waiting for the core */
+    uint64_t applied, chain;
+    struct snap msnap, rx;
     /* checker */
     uint64_t seen_commit;
     uint64_t lead_term; /* term in which we last saw it leading, checked for completeness */
 };
 
+/* A message in flight. A SNAPSHOT carries the sender's snapshot (its bytes, in a real cluster);
+ * report = not a message but the sender's transport noticing that the snapshot it sent to m.to
+ * was lost (raft_report_snapshot). */
 struct netmsg {
     uint64_t due;
     struct raft_msg m;
+    struct snap snap;
+    bool report;
 };
 
 struct gslot {
     bool set;
     uint64_t term, hash, value, commit_term;
+    uint64_t chain; /* applied: hash chain of entries 1 .. index */
 };
 
 /* A linearizable read (raft_read_index) issued by the workload. ctx = its position + 1. */
@@ -119,7 +137,7 @@ struct sim {
     struct node nodes[SIM_MAX_NODES];
     struct netmsg *net;
     size_t nn, ncap;
-    struct raft_msg *due;
+    struct netmsg *due;
     size_t duecap;
     /* checker */
     uint64_t *leader_of;
@@ -250,12 +268,51 @@ static void view_append(struct sim *s, int i, const struct raft_entry *e)
     sl->n++;
 }
 
-static void view_rebuild(struct sim *s, int i)
+/* The node's log now starts after (index, term), which a snapshot covers: its view continues
+ * from the prefix hash some log had for that entry. A snapshot of an entry no log ever held is
+ * itself a violation. */
+static void view_reset_at(struct sim *s, int i, uint64_t index, uint64_t term)
 {
     struct node *nd = &s->nodes[i];
     nd->vn = 0;
+    if (!index)
+        return;
+    GROW(nd->vterm, nd->vcap, index);
+    nd->vprefix = xrealloc(nd->vprefix, nd->vcap * sizeof(uint64_t));
+    uint64_t prefix = 0;
+    bool found = false;
+    for (size_t k = 0; index < s->lmcap && k < s->lm[index].n; k++)
+        if (s->lm[index].v[k].term == term) {
+            prefix = s->lm[index].v[k].prefix;
+            found = true;
+        }
+    if (!found)
+        violation(s, "n%d log starts after %llu/%llu, an entry no log ever held", i + 1,
+                  (unsigned long long)index, (unsigned long long)term);
+    nd->vterm[index - 1] = term;
+    nd->vprefix[index - 1] = prefix;
+    nd->vn = index;
+}
+
+static void view_rebuild(struct sim *s, int i)
+{
+    struct node *nd = &s->nodes[i];
+    view_reset_at(s, i, nd->doff, nd->doff_term);
     for (size_t k = 0; k < nd->dn; k++)
         view_append(s, i, &nd->dlog[k]);
+}
+
+/* State Machine Safety for snapshots: a snapshot at index must hold exactly what every node
+ * applied up to index (the same hash chain). */
+static void check_snapshot(struct sim *s, int i, const struct snap *sn, const char *what)
+{
+    if (!sn->index)
+        return;
+    const struct gslot *g = sn->index < s->acap ? &s->applied[sn->index] : NULL;
+    if (!g || !g->set || g->chain != sn->chain || g->term != sn->term)
+        violation(s, "State Machine Safety: n%d %s a snapshot at %llu/%llu whose state differs "
+                  "from what was applied up to it", i + 1, what, (unsigned long long)sn->index,
+                  (unsigned long long)sn->term);
 }
 
 /* Leader Completeness (§5.4): an entry committed in term T is in every leader's log for terms
@@ -267,6 +324,8 @@ static void check_has_committed(struct sim *s, int i, uint64_t index)
     struct gslot *g = &s->committed[index];
     if (!g->set || g->commit_term >= st.term)
         return;
+    if (index <= st.snapshot_index)
+        return; /* in its snapshot, which check_snapshot verified */
     const struct raft_entry *e = raft_log_get(s->nodes[i].r, index);
     if (!e || e->term != g->term || entry_hash(e) != g->hash)
         violation(s, "Leader Completeness: leader n%d (term %llu) lacks entry %llu committed "
@@ -312,6 +371,8 @@ static void check_node(struct sim *s, int i)
     /* Newly committed entries: the same index never commits two different entries. */
     if (st.commit_index > nd->seen_commit) {
         for (uint64_t k = nd->seen_commit + 1; k <= st.commit_index; k++) {
+            if (k <= st.snapshot_index)
+                continue; /* committed through a snapshot, which check_snapshot verified */
             const struct raft_entry *e = raft_log_get(nd->r, k);
             if (!e) {
                 violation(s, "n%d committed index %llu missing from its log", i + 1,
@@ -321,7 +382,7 @@ static void check_node(struct sim *s, int i)
             struct gslot *g = gslot(&s->committed, &s->ccap, k);
             uint64_t h = entry_hash(e);
             if (!g->set) {
-                *g = (struct gslot){true, e->term, h, entry_value(e), st.term};
+                *g = (struct gslot){true, e->term, h, entry_value(e), st.term, 0};
                 for (int j = 0; j < s->n; j++) /* leaders of later terms must hold it */
                     if (s->nodes[j].up && j != i) {
                         struct raft_status sj;
@@ -404,6 +465,11 @@ static void describe(char *buf, size_t len, const struct raft_msg *m)
     case RAFT_MSG_READ_INDEX:
         snprintf(buf, len, "ctx=%llu", (unsigned long long)m->ctx);
         break;
+    case RAFT_MSG_SNAPSHOT:
+        snprintf(buf, len, "snapshot=%llu/%llu commit=%llu",
+                 (unsigned long long)m->snapshot_index, (unsigned long long)m->snapshot_term,
+                 (unsigned long long)m->commit);
+        break;
     case RAFT_MSG_READ_INDEX_RESP:
         snprintf(buf, len, "ctx=%llu index=%llu", (unsigned long long)m->ctx,
                  (unsigned long long)m->read_index);
@@ -468,6 +534,27 @@ static void read_released(struct sim *s, int i, const struct raft_read_state *rs
                   (unsigned long long)gc);
 }
 
+static struct netmsg *net_push(struct sim *s, uint64_t due)
+{
+    GROW(s->net, s->ncap, s->nn + 1);
+    struct netmsg *nm = &s->net[s->nn++];
+    memset(nm, 0, sizeof(*nm));
+    nm->due = due;
+    return nm;
+}
+
+/* The transfer of the snapshot m carried ended (delivered, or lost): its sender's transport
+ * learns it a little later, as a stream's end or its error. */
+static void snapshot_report(struct sim *s, const struct raft_msg *m, bool ok)
+{
+    if (m->type != RAFT_MSG_SNAPSHOT)
+        return;
+    struct netmsg *nm = net_push(s, s->now + 20);
+    nm->report = true;
+    nm->m = (struct raft_msg){.type = RAFT_MSG_SNAPSHOT, .from = m->from, .to = m->to,
+                              .granted = ok};
+}
+
 static void net_send(struct sim *s, const struct raft_msg *m)
 {
     s->st.sent_total++;
@@ -487,9 +574,16 @@ static void net_send(struct sim *s, const struct raft_msg *m)
         violation(s, "Durability: n%d grants its vote to n%d in term %llu before it is durable "
                   "(disk: term %llu vote %llu)", a + 1, b + 1, (unsigned long long)m->term,
                   (unsigned long long)src->dhs.term, (unsigned long long)src->dhs.voted_for);
-    if (src && m->type == RAFT_MSG_APPEND_RESP && !m->reject && m->match_index > src->dn)
-        violation(s, "Durability: n%d acknowledges index %llu with %zu entries durable", a + 1,
-                  (unsigned long long)m->match_index, src->dn);
+    if (src && m->type == RAFT_MSG_APPEND_RESP && !m->reject &&
+        m->match_index > src->doff + src->dn)
+        violation(s, "Durability: n%d acknowledges index %llu with its log durable to %llu",
+                  a + 1, (unsigned long long)m->match_index,
+                  (unsigned long long)(src->doff + src->dn));
+    if (src && m->type == RAFT_MSG_SNAPSHOT &&
+        (src->msnap.index != m->snapshot_index || src->msnap.term != m->snapshot_term))
+        violation(s, "n%d sends snapshot %llu/%llu but holds %llu/%llu", a + 1,
+                  (unsigned long long)m->snapshot_index, (unsigned long long)m->snapshot_term,
+                  (unsigned long long)src->msnap.index, (unsigned long long)src->msnap.term);
     if (s->nn > 200000)
         violation(s, "message storm: %zu messages in flight", s->nn);
     if (b < 0 || b >= s->n || !connected(s, a, b) || chance(s, s->o.drop)) {
@@ -497,14 +591,15 @@ static void net_send(struct sim *s, const struct raft_msg *m)
         if (s->o.trace)
             trace(s, "n%d -> n%d %s term=%llu %s DROPPED", a + 1, b + 1,
                   raft_msg_type_name(m->type), (unsigned long long)m->term, d);
+        snapshot_report(s, m, false);
         return;
     }
     int copies = chance(s, s->o.dup) ? 2 : 1;
     for (int c = 0; c < copies; c++) {
-        GROW(s->net, s->ncap, s->nn + 1);
-        struct netmsg *nm = &s->net[s->nn++];
-        nm->due = s->now + rnd_range(s, s->o.min_delay, s->o.max_delay);
+        struct netmsg *nm = net_push(s, s->now + rnd_range(s, s->o.min_delay, s->o.max_delay));
         msg_copy(&nm->m, m);
+        if (m->type == RAFT_MSG_SNAPSHOT)
+            nm->snap = src->msnap;
     }
     if (s->o.trace)
         trace(s, "n%d -> n%d %s term=%llu %s%s", a + 1, b + 1, raft_msg_type_name(m->type),
@@ -520,6 +615,25 @@ static void process_ready(struct sim *s, int i)
         if (rc) {
             violation(s, "n%d raft_ready failed: %s", i + 1, raft_strerror(rc));
             return;
+        }
+        struct snap install = {0};
+        if (rd.snapshot.index) {
+            /* Install the received snapshot: the state machine is restored from it now; the
+             * stored snapshot and log are replaced when this write is durable. */
+            if (rd.snapshot.index != nd->rx.index || rd.snapshot.term != nd->rx.term)
+                violation(s, "n%d installs snapshot %llu/%llu but received %llu/%llu", i + 1,
+                          (unsigned long long)rd.snapshot.index,
+                          (unsigned long long)rd.snapshot.term, (unsigned long long)nd->rx.index,
+                          (unsigned long long)nd->rx.term);
+            install = nd->rx;
+            s->st.snapshots_installed++;
+            check_snapshot(s, i, &install, "installs");
+            trace(s, "n%d installs snapshot %llu/%llu", i + 1,
+                  (unsigned long long)install.index, (unsigned long long)install.term);
+            nd->applied = install.index;
+            nd->chain = install.chain;
+            nd->msnap = install;
+            view_reset_at(s, i, install.index, install.term);
         }
         if (rd.persist_seq) {
             if (rd.truncate_from) {
@@ -538,8 +652,8 @@ static void process_ready(struct sim *s, int i)
             if (due < nd->last_due)
                 due = nd->last_due; /* one disk: writes finish in order */
             nd->last_due = due;
-            *w = (struct write){rd.persist_seq, due, rd.hs_changed, rd.hs, rd.truncate_from,
-                                rd.entries, rd.n_entries};
+            *w = (struct write){rd.persist_seq, due,    install,    rd.hs_changed, rd.hs,
+                                rd.truncate_from, rd.entries, rd.n_entries};
             rd.entries = NULL; /* the write owns them now */
             rd.n_entries = 0;
         }
@@ -553,12 +667,14 @@ static void process_ready(struct sim *s, int i)
             /* State Machine Safety: no two nodes apply different entries at one index. */
             struct gslot *g = gslot(&s->applied, &s->acap, e->index);
             uint64_t h = entry_hash(e);
+            nd->chain = mix64(nd->chain ^ h);
             if (!g->set)
-                *g = (struct gslot){true, e->term, h, entry_value(e), 0};
-            else if (g->term != e->term || g->hash != h)
+                *g = (struct gslot){true, e->term, h, entry_value(e), 0, nd->chain};
+            else if (g->term != e->term || g->hash != h || g->chain != nd->chain)
                 violation(s, "State Machine Safety: n%d applies term %llu at %llu, another node "
-                          "applied term %llu", i + 1, (unsigned long long)e->term,
-                          (unsigned long long)e->index, (unsigned long long)g->term);
+                          "applied term %llu (or a different history before it)", i + 1,
+                          (unsigned long long)e->term, (unsigned long long)e->index,
+                          (unsigned long long)g->term);
             nd->applied = e->index;
             raft_applied(nd->r, e->index);
         }
@@ -587,10 +703,18 @@ static void disk_complete(struct sim *s, int i)
     struct write w = nd->w[0];
     memmove(nd->w, nd->w + 1, (nd->wn - 1) * sizeof(*nd->w));
     nd->wn--;
+    if (w.install.index) {
+        nd->dsnap = w.install;
+        for (size_t k = 0; k < nd->dn; k++)
+            free(nd->dlog[k].data);
+        nd->dn = 0;
+        nd->doff = w.install.index;
+        nd->doff_term = w.install.term;
+    }
     if (w.hs_changed)
         nd->dhs = w.hs;
     if (w.trunc) {
-        while (nd->dn >= w.trunc) {
+        while (nd->dn && nd->doff + nd->dn >= w.trunc) {
             free(nd->dlog[nd->dn - 1].data);
             nd->dn--;
         }
@@ -630,7 +754,11 @@ static void start_node(struct sim *s, int i)
         c.trace = core_trace;
         c.trace_arg = s;
     }
-    struct raft_restore rs = {.hs = nd->dhs, .entries = nd->dlog, .n_entries = nd->dn};
+    struct raft_restore rs = {.hs = nd->dhs,
+                              .entries = nd->dlog,
+                              .n_entries = nd->dn,
+                              .snapshot_index = nd->dsnap.index,
+                              .snapshot_term = nd->dsnap.term};
     int rc = raft_new(&c, &rs, &nd->r);
     if (rc) {
         violation(s, "n%d raft_new: %s", i + 1, raft_strerror(rc));
@@ -639,8 +767,12 @@ static void start_node(struct sim *s, int i)
         return;
     }
     nd->up = true;
-    nd->applied = 0; /* the state machine is volatile: replayed from the log */
-    nd->seen_commit = 0;
+    /* The state machine is volatile: restored from the stored snapshot, then the log replays. */
+    nd->applied = nd->dsnap.index;
+    nd->chain = nd->dsnap.chain;
+    nd->msnap = nd->dsnap;
+    nd->rx = (struct snap){0};
+    nd->seen_commit = nd->dsnap.index;
     nd->lead_term = 0;
     nd->last_due = 0;
     view_rebuild(s, i);
@@ -705,12 +837,28 @@ void sim_free(struct sim *s)
 
 /* ---- time ---- */
 
-static void deliver(struct sim *s, struct raft_msg *m)
+static void deliver(struct sim *s, struct netmsg *nm)
 {
+    struct raft_msg *m = &nm->m;
     int a = (int)m->from - 1, b = (int)m->to - 1;
+    if (nm->report) {
+        if (s->nodes[a].up) {
+            trace(s, "n%d: the snapshot sent to n%d was %s", a + 1, b + 1,
+                  m->granted ? "delivered" : "lost");
+            raft_report_snapshot(s->nodes[a].r, m->to, m->granted);
+            process_ready(s, a);
+        }
+        return;
+    }
     if (!connected(s, a, b)) {
         s->st.dropped++;
+        snapshot_report(s, m, false);
         return;
+    }
+    if (m->type == RAFT_MSG_SNAPSHOT) {
+        s->nodes[b].rx = nm->snap; /* the whole snapshot arrived and checks out */
+        s->st.snapshots_delivered++;
+        snapshot_report(s, m, true);
     }
     s->st.delivered++;
     if (m->type == RAFT_MSG_APPEND_RESP && m->reject)
@@ -736,7 +884,7 @@ static void step_ms(struct sim *s)
     for (size_t k = 0; k < s->nn; k++) {
         if (s->net[k].due <= s->now) {
             GROW(s->due, s->duecap, ndue + 1);
-            s->due[ndue++] = s->net[k].m;
+            s->due[ndue++] = s->net[k];
         } else {
             s->net[keep++] = s->net[k];
         }
@@ -744,7 +892,7 @@ static void step_ms(struct sim *s)
     s->nn = keep;
     for (size_t k = 0; k < ndue; k++) {
         deliver(s, &s->due[k]);
-        msg_free(&s->due[k]);
+        msg_free(&s->due[k].m);
     }
     for (int i = 0; i < s->n; i++) {
         struct node *nd = &s->nodes[i];
@@ -865,6 +1013,49 @@ int sim_leader(struct sim *s)
         }
     }
     return best;
+}
+
+int sim_compact(struct sim *s, int i, uint64_t index, uint64_t catchup)
+{
+    struct node *nd = &s->nodes[i];
+    if (!nd->up)
+        return RAFT_ESTATE;
+    if (!index)
+        index = nd->applied;
+    /* A snapshot is taken of applied state with the disk idle, so the stored log and snapshot
+     * change in the order a real node's would (no earlier write still pending behind it). A
+     * request past the applied index goes to the core regardless: it must refuse it. */
+    if (index <= nd->msnap.index || (nd->wn && index <= nd->applied))
+        return RAFT_ESTATE;
+    struct raft_status st;
+    raft_status_get(nd->r, &st);
+    uint64_t first_kept = index + 1 > catchup ? index + 1 - catchup : 1;
+    if (first_kept < st.first_index)
+        first_kept = st.first_index;
+    int rc = raft_compact(nd->r, index, first_kept);
+    trace(s, "n%d snapshot at %llu, log kept from %llu: %s", i + 1, (unsigned long long)index,
+          (unsigned long long)first_kept, raft_strerror(rc));
+    if (rc)
+        return rc;
+    raft_status_get(nd->r, &st);
+    s->st.snapshots_taken++;
+    nd->msnap = (struct snap){index, st.snapshot_term, nd->chain};
+    check_snapshot(s, i, &nd->msnap, "takes");
+    nd->dsnap = nd->msnap; /* written and synced before the log drops anything */
+    /* The stored log drops what the core dropped. */
+    size_t drop = first_kept - 1 > nd->doff ? (size_t)(first_kept - 1 - nd->doff) : 0;
+    if (drop > nd->dn)
+        drop = nd->dn;
+    if (drop) {
+        nd->doff_term = nd->dlog[drop - 1].term;
+        for (size_t k = 0; k < drop; k++)
+            free(nd->dlog[k].data);
+        memmove(nd->dlog, nd->dlog + drop, (nd->dn - drop) * sizeof(*nd->dlog));
+        nd->dn -= drop;
+        nd->doff += drop;
+    }
+    process_ready(s, i);
+    return 0;
 }
 
 int sim_transfer(struct sim *s, int from, int to)
@@ -1041,7 +1232,8 @@ const char *sim_violation(const struct sim *s)
 
 /* ---- the randomized run ---- */
 
-int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
+int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen,
+              struct sim_stats *stats)
 {
     struct sim_opts o;
     sim_opts_default(&o, nodes, seed);
@@ -1120,6 +1312,22 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
                 sim_heal(s);
             else if (r < 56 && l >= 0)
                 sim_transfer(s, l, i);
+            else if (r < 68) {
+                /* Snapshots and log compaction, on the leader as often as anywhere else, with
+                 * none, a few or many entries kept for catching up: a follower that was down
+                 * or cut off then needs a snapshot, or entries, or both. */
+                static const uint64_t keep[] = {0, 3, 30};
+                int who = r < 62 && l >= 0 ? l : i;
+                /* Now and then ask at the commit index, which may not be applied yet: the core
+                 * must refuse to drop what the state machine has not got. */
+                uint64_t at = 0;
+                if (r >= 66 && s->nodes[who].up) {
+                    struct raft_status st;
+                    raft_status_get(s->nodes[who].r, &st);
+                    at = st.commit_index;
+                }
+                sim_compact(s, who, at, keep[rnd(s) % 3]);
+            }
         }
     }
 
@@ -1178,6 +1386,8 @@ int sim_chaos(int nodes, uint64_t seed, FILE *tr, char *msg, size_t msglen)
     }
     int bad = s->violations > 0;
     snprintf(msg, msglen, "%s", bad ? s->vmsg : "ok");
+    if (stats)
+        *stats = s->st;
     sim_free(s);
     return bad;
 }

@@ -44,6 +44,9 @@ struct sim_stats {
     uint64_t delivered;
     uint64_t dropped;
     uint64_t reads_started, reads_ok, reads_failed; /* raft_read_index through sim_read */
+    uint64_t snapshots_taken;     /* sim_compact calls the core accepted */
+    uint64_t snapshots_delivered; /* RAFT_MSG_SNAPSHOT (with its snapshot) that arrived */
+    uint64_t snapshots_installed; /* rd.snapshot installs */
 };
 
 struct sim;
@@ -86,6 +89,11 @@ int sim_n_applied(struct sim *s, uint64_t index, uint64_t *value);
 /* 6.824 one(): submit value to a leader (retrying any node that accepts), wait until `expected`
  * nodes applied it. Returns the index, or 0 after max_ms. */
 uint64_t sim_one(struct sim *s, uint64_t value, int expected, bool retry, uint64_t max_ms);
+/* Snapshot node i's state machine at `index` (0: its applied index) and compact its log (core
+ * and storage), keeping `catchup` entries before the snapshot (raft_compact's return code).
+ * RAFT_ESTATE when it is down, has writes pending, nothing new was applied, or index is past the
+ * applied index. */
+int sim_compact(struct sim *s, int i, uint64_t index, uint64_t catchup);
 /* raft_transfer_leader() on node `from` toward node `to`, then process its ready. */
 int sim_transfer(struct sim *s, int from, int to);
 /* Number of leaders among up nodes in group 0 (the "connected" part). */
@@ -100,6 +108,7 @@ const char *sim_violation(const struct sim *s);
 /* One randomized chaos run for craft-sim and the seed tests: faults and a workload for a while,
  * then heal everything and require a leader and a new commit on every node within a bound.
  * Returns 0, or 1 with the reason in msg. */
-int sim_chaos(int nodes, uint64_t seed, FILE *trace, char *msg, size_t msglen);
+int sim_chaos(int nodes, uint64_t seed, FILE *trace, char *msg, size_t msglen,
+              struct sim_stats *stats);
 
 #endif
