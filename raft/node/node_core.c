@@ -419,6 +419,11 @@ void raft_node_step(struct raft_node *n, const struct raft_msg *m)
 {
     if (!n || !m)
         return;
+    /* The runtime does not receive snapshots yet (no transfer, nothing to install): an
+     * InstallSnapshot from a peer is dropped here, before the core could accept it and ask for
+     * an install this node cannot carry out. Its own core never compacts, so never sends one. */
+    if (m->type == RAFT_MSG_SNAPSHOT)
+        return;
     pthread_mutex_lock(&n->mu);
     if (!n->stopping && !n->fatal) {
         raft_step(n->r, m); /* bad input is refused by the core with an error code: dropped */
