@@ -1,6 +1,7 @@
 /* peer.c: the Raft peer service over rpc/ (see peer.h for the contract). */
 #include "services/peer.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -56,6 +57,8 @@ struct peer {
     char client_urls[URLS_MAX];                           /* ours */
     pthread_mutex_t urls_lock;
     char member_urls[CLUSTER_MAX_MEMBERS][URLS_MAX];      /* theirs, by cluster index */
+    bool hello_answered[CLUSTER_MAX_MEMBERS]; /* answered our Hello (urls_lock) */
+    uint64_t said_we_ran;                     /* a member that answered you_have_run, or 0 */
 
     /* Hello: a thread calls every peer whose URLs are unknown, every HELLO_RETRY_MS, until
      * each has answered (the answers arrive on channel threads). */
@@ -448,6 +451,9 @@ static void handle_hello(struct rpc_call *call, const ProtobufCMessage *m, void 
     r.cluster_id = p->cluster.id;
     r.client_urls = p->client_urls;
     r.member_id = p->self_id;
+    pthread_rwlock_rdlock(&p->node_lock);
+    r.you_have_run = p->node && raft_node_has_run(p->node, p->insecure ? h->member_id : from);
+    pthread_rwlock_unlock(&p->node_lock);
     rpc_call_reply_msg(call, &r.base);
 }
 
@@ -463,8 +469,16 @@ static void hello_done(struct rpc_result *res, void *arg)
     if (res->status == GRPC_STATUS_OK) {
         Craft__Raft__PeerHello *h = (Craft__Raft__PeerHello *)rpc_msg_unpack(
             &craft__raft__peer_hello__descriptor, res->data, res->len);
-        if (h && h->cluster_id == p->cluster.id)
+        bool ours = h && h->cluster_id == p->cluster.id;
+        if (ours)
             set_member_urls(p, hc->to, h->client_urls);
+        pthread_mutex_lock(&p->urls_lock);
+        for (size_t i = 0; ours && i < p->cluster.n; i++)
+            if (p->cluster.members[i].id == hc->to)
+                p->hello_answered[i] = true;
+        if (ours && h->you_have_run && !p->said_we_ran)
+            p->said_we_ran = hc->to;
+        pthread_mutex_unlock(&p->urls_lock);
         if (h)
             protobuf_c_message_free_unpacked(&h->base, NULL);
     }
@@ -491,7 +505,8 @@ static void *hello_main(void *arg)
         size_t unknown = 0;
         for (size_t i = 0; i < p->n_out; i++) {
             size_t k = (size_t)(p->out[i].m - p->cluster.members);
-            if (p->member_urls[k][0] || p->hello_inflight >= (int)p->n_out)
+            if ((p->member_urls[k][0] && p->hello_answered[k]) ||
+                p->hello_inflight >= (int)p->n_out)
                 continue;
             unknown++;
             struct hello_call *hc = malloc(sizeof *hc);
@@ -633,6 +648,29 @@ void peer_attach(struct peer *p, struct raft_node *node)
     pthread_rwlock_wrlock(&p->node_lock);
     p->node = node;
     pthread_rwlock_unlock(&p->node_lock);
+}
+
+int peer_wait_hello(struct peer *p, int timeout_ms, uint64_t *has_run_says)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    until.tv_sec += until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&p->urls_lock);
+    size_t answered = 0;
+    for (;;) {
+        answered = 0;
+        for (size_t i = 0; i < p->n_out; i++)
+            answered += p->hello_answered[p->out[i].m - p->cluster.members];
+        if (answered == p->n_out || p->said_we_ran || p->stopping ||
+            pthread_cond_timedwait(&p->hello_cv, &p->urls_lock, &until) == ETIMEDOUT)
+            break;
+    }
+    *has_run_says = p->said_we_ran;
+    pthread_mutex_unlock(&p->urls_lock);
+    return (int)answered;
 }
 
 void peer_client_urls(struct peer *p, uint64_t id, char *buf, size_t len)

@@ -102,4 +102,11 @@ struct peer_stats {
 };
 void peer_stats_get(struct peer *p, struct peer_stats *out);
 
+/* Waits up to timeout_ms until every other member has answered this member's Hello (the Hello
+ * thread retries every 500 ms), or one said it has seen this member run before (PeerHello
+ * you_have_run). Returns how many answered; *has_run_says is the id of a member that said so, or
+ * 0. For a start with an empty data directory: a nonzero *has_run_says means this member lost
+ * its disk (services/server.c refuses to start). */
+int peer_wait_hello(struct peer *p, int timeout_ms, uint64_t *has_run_says);
+
 #endif

@@ -1,6 +1,7 @@
 /* server.c: one craft member (see server.h). */
 #include "services/server.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -121,6 +122,47 @@ static int mkdir_p(const char *path)
     return mkdir(buf, 0700) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* True when dir is missing or empty: this member has never stored Raft state there. */
+static bool dir_is_empty(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return errno == ENOENT;
+    struct dirent *de;
+    bool empty = true;
+    while (empty && (de = readdir(d)) != NULL)
+        empty = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
+/* A member starting with no Raft state asks its peers whether they have seen it run before
+ * (etcd refuses the same start with "member ... has already been bootstrapped"). One that has
+ * run lost its disk: its votes went with it, so rejoining as itself with term 0 and no vote could
+ * let it vote twice in a term (Raft paper Figure 2). It waits up to an election timeout for the
+ * answers; peers that do not answer in time are not waited for (as etcd), and that is logged. */
+static int check_not_bootstrapped(struct craft_server *s, char *err, size_t errlen)
+{
+    const struct craftd_config *cfg = &s->cfg;
+    uint64_t says = 0;
+    int answered = peer_wait_hello(s->peer, (int)cfg->election_ms, &says);
+    if (says) {
+        const struct cluster_member *m = cluster_find_id(&cfg->cluster, says);
+        snprintf(err, errlen,
+                 "member %s has already been bootstrapped: member %s has seen it run, but its "
+                 "data directory %s holds no Raft state (a lost or wiped disk). Starting it "
+                 "again as itself could let it vote twice in one term. Remove the member and add "
+                 "it back as a new one, with an empty data directory",
+                 cfg->name, m ? m->name : "?", cfg->data_dir);
+        return -1;
+    }
+    if (answered < (int)cfg->cluster.n - 1)
+        logf_(s, "new data directory: %d of %zu peers answered within %u ms whether this member "
+                 "ran before; starting as a new member",
+              answered, cfg->cluster.n - 1, cfg->election_ms);
+    return 0;
+}
+
 struct craft_server *craft_server_start(const struct craftd_config *cfg, char *err, size_t errlen)
 {
     struct craft_server *s = calloc(1, sizeof *s);
@@ -142,6 +184,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     /* <data-dir>/raft: the write-ahead log and hard state; <data-dir>/kv: the LMDB store. */
     snprintf(raft_dir, sizeof raft_dir, "%s/raft", cfg->data_dir);
     snprintf(kv_dir, sizeof kv_dir, "%s/kv", cfg->data_dir);
+    bool fresh = dir_is_empty(raft_dir);
     if (mkdir_p(raft_dir) != 0 || mkdir_p(kv_dir) != 0) {
         snprintf(err, errlen, "cannot create data directory %s: %s", cfg->data_dir,
                  strerror(errno));
@@ -184,6 +227,9 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     if (!s->client_srv ||
         rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Status",
                                       &craft__node__status_request__descriptor, handle_status, s))
+        goto fail;
+
+    if (fresh && cfg->cluster.n > 1 && check_not_bootstrapped(s, err, errlen))
         goto fail;
 
     uint64_t ids[CLUSTER_MAX_MEMBERS];

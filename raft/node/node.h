@@ -149,6 +149,11 @@ struct raft_node_status {
     uint64_t read_rounds;    /* ReadIndex rounds started since start (each serves a batch) */
 };
 void raft_node_status_get(struct raft_node *n, struct raft_node_status *st);
+/* Whether peer `id` has been seen running with durable Raft state: it granted this node a vote,
+ * acknowledged entries, or led it (remembered in the data directory, across restarts). A peer that
+ * has, and starts again with an empty data directory, lost state it may have voted with: it must
+ * not rejoin as itself (services/server.c asks its peers before starting). */
+bool raft_node_has_run(struct raft_node *n, uint64_t id);
 /* The current term as last seen by the runtime (the one on_role reported), without taking the
  * node lock: for hot paths such as every client reply's header. */
 uint64_t raft_node_term(struct raft_node *n);

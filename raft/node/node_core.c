@@ -362,6 +362,10 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
         node_free(n);
         return NULL;
     }
+    if (node_members_load(n, err, errlen)) {
+        node_free(n);
+        return NULL;
+    }
     struct raft_restore rs;
     int rcode = load_log(n, &rs, err, errlen);
     if (rcode) {
@@ -424,6 +428,7 @@ void raft_node_step(struct raft_node *n, const struct raft_msg *m)
      * an install this node cannot carry out. Its own core never compacts, so never sends one. */
     if (m->type == RAFT_MSG_SNAPSHOT)
         return;
+    node_members_note(n, m);
     pthread_mutex_lock(&n->mu);
     if (!n->stopping && !n->fatal) {
         raft_step(n->r, m); /* bad input is refused by the core with an error code: dropped */

@@ -1,8 +1,9 @@
 /* node_internal.h: the state of one craft node and the helpers its files share (node_core.c: start,
  * stop, ticker, small entry points; node_driver.c: the Ready/Advance cycle, the WAL hand-off and
  * the driver thread; node_peer.c: outboxes and replicators; node_prop.c: proposals and the
- * applier; node_read.c: linearizable reads; node_timer.c: the deadline heap). Not part of the
- * contract (node.h is); nothing outside raft/node/ includes this.
+ * applier; node_read.c: linearizable reads; node_timer.c: the deadline heap; node_members.c:
+ * the peers seen running). Not part of the contract (node.h is); nothing outside raft/node/
+ * includes this.
  *
  * Locks (docs/node.md has the full picture):
  *   n->mu      the node mutex: the core (struct raft), the proposal and read tables, the applier
@@ -211,6 +212,10 @@ struct raft_node {
 
     pthread_t driver, applier, ticker;
     bool driver_started, applier_started, ticker_started;
+
+    /* Per peer slot (peer_ids order): whether it has been seen running with durable state
+     * (node_members.c); atomics, so the check needs no lock. */
+    _Atomic uint8_t ran[RAFT_MAX_NODES];
 };
 
 /* node_core.c */
@@ -219,6 +224,13 @@ void node_cond_init(pthread_cond_t *cv); /* CLOCK_MONOTONIC */
 void node_log(struct raft_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* n->mu held: stop accepting writes after a storage or state machine failure. */
 void node_fail_locked(struct raft_node *n, int code, const char *what);
+
+/* node_members.c */
+/* Read the markers of the peers seen running (start-up, before any message arrives). */
+int node_members_load(struct raft_node *n, char *err, size_t errlen);
+/* Any thread, no lock: a message from a peer arrived; the first one proving the peer has durable
+ * state creates its marker (a file and a directory sync, once per peer). */
+void node_members_note(struct raft_node *n, const struct raft_msg *m);
 
 /* node_driver.c */
 /* n->mu held: the core may have a ready. Drives it in the calling thread when nobody else is

@@ -164,3 +164,34 @@ Test(node_basic, install_snapshot_from_a_peer_is_dropped)
     cr_assert_gt(st.core.commit_index, before.core.commit_index);
     cluster_destroy(&c);
 }
+
+/* raft_node_has_run: a leader remembers, across its own restart, the followers that acknowledged
+ * its entries; a member that never ran is not remembered. */
+Test(node_basic, members_seen_running_are_remembered_across_restart)
+{
+    struct cluster c;
+    cluster_init(&c, 3, 50, 300);
+    cluster_start(&c, 0);
+    cluster_start(&c, 1);
+    int l = cluster_wait_leader(&c, 5000);
+    cr_assert_geq(l, 0);
+    size_t other = l == 0 ? 1 : 0;
+    cr_assert_eq(cluster_propose_wait(&c, (size_t)l, 1, 5000, NULL, NULL), 0);
+    pthread_rwlock_rdlock(&c.m[l].rw);
+    bool ran_other = raft_node_has_run(c.m[l].node, c.ids[other]);
+    bool ran_never = raft_node_has_run(c.m[l].node, c.ids[2]);
+    pthread_rwlock_unlock(&c.m[l].rw);
+    cr_assert(ran_other, "the leader does not know its follower ran");
+    cr_assert_not(ran_never, "member 2 never started");
+    /* Both members also know each other: the follower was led by the leader. */
+    pthread_rwlock_rdlock(&c.m[other].rw);
+    cr_assert(raft_node_has_run(c.m[other].node, c.ids[l]));
+    pthread_rwlock_unlock(&c.m[other].rw);
+    cluster_stop(&c, (size_t)l);
+    cluster_start(&c, (size_t)l);
+    pthread_rwlock_rdlock(&c.m[l].rw);
+    cr_assert(raft_node_has_run(c.m[l].node, c.ids[other]), "forgotten across a restart");
+    cr_assert_not(raft_node_has_run(c.m[l].node, c.ids[2]));
+    pthread_rwlock_unlock(&c.m[l].rw);
+    cluster_destroy(&c);
+}
