@@ -2,7 +2,7 @@
 # The benchmark scripts' front doors: --help exits 0; every bad argument exits 2 with one line
 # naming the problem, before anything is installed, built or started.
 set -uo pipefail
-ab=$1 bench=$2
+ab=$1 bench=$2 soak=$3
 fails=0
 expect() { # want-exit, want-text, description, command...
     local want=$1 text=$2 what=$3 out rc
@@ -32,5 +32,12 @@ expect 2 "unknown workload 'put-2'" "bench bad workload" bash "$bench" --workloa
 expect 2 "--rounds must be" "bench rounds 99" bash "$bench" --rounds 99
 expect 2 "--only craft or --only etcd" "bench --only" bash "$bench" --only zookeeper
 expect 2 "unknown argument '--frob'" "bench unknown flag" bash "$bench" --frob
+expect 0 "--restart" "bench-soak --help" bash "$soak" --help
+expect 2 "--seconds must be" "bench-soak seconds 0" bash "$soak" --seconds 0
+expect 2 "--seconds must be" "bench-soak seconds too long" bash "$soak" --seconds 4000
+expect 2 "--every must be" "bench-soak every beyond seconds" bash "$soak" --seconds 5 --every 9
+expect 2 "--every needs a value" "bench-soak every missing" bash "$soak" --every
+expect 2 "is not an executable" "bench-soak missing craftd" bash "$soak" CRAFTD=/nonexistent
+expect 2 "unknown argument 'FLAG=x'" "bench-soak flag without dashes" bash "$soak" FLAG=x
 echo "$fails failed"
 [ $fails -eq 0 ]
