@@ -20,6 +20,8 @@
  * - wal_truncate_suffix and wal_compact_prefix are crash-safe: after a crash at any point the log
  *   reopens either as before or as after, or (truncation only) as the old log cut somewhere between
  *   the two lengths, which is still a prefix of the old log.
+ * - The term of the entry just before the first stored one is kept (wal_term_at(first - 1)), across
+ *   compaction and reopen, so the caller can anchor its log after a snapshot.
  * - wal_save_hard_state is durable and atomic before it returns.
  * - The data directory is locked (flock on <dir>/LOCK); a second opener, in this or another process,
  *   is refused.
@@ -95,8 +97,12 @@ int wal_wait_durable(struct wal *w, uint64_t index);
 uint64_t wal_durable_index(struct wal *w);
 
 uint64_t wal_first_index(struct wal *w); /* first entry kept; last+1 when the log is empty */
-uint64_t wal_last_index(struct wal *w);  /* last entry appended (queued or durable); 0 if none */
-/* Term of entry `index`; -ENOENT outside [first, last]. */
+uint64_t wal_last_index(struct wal *w);  /* last entry appended (queued or durable); first-1 if none */
+/* Term of entry `index` in [first, last], and also of first - 1, the entry just before the first
+ * stored one (0 for entry 0; after wal_compact_prefix the last entry deleted), so that an append
+ * at prev_index == first - 1 can be checked. -ENOENT outside [first - 1, last], and for first - 1
+ * in a log compacted by a build that did not record that term (first-index marker version 1,
+ * docs/wal.md). */
 int wal_term_at(struct wal *w, uint64_t index, uint64_t *term);
 /* Reads one entry (queued entries included). out->data is malloc'd (NULL when len == 0): free() it.
  * -ENOENT outside [first, last]; -EIO and a message if the disk no longer holds what was written. */

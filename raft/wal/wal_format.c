@@ -1,5 +1,5 @@
-/* wal_format.c: encoding and decoding of segments, records and the small files. No I/O here, so
- * the decoder can be fuzzed on byte buffers. */
+/* wal_format.c: encoding and decoding of segments, records and the small files (hard state,
+ * first-index marker). No I/O here, so the decoders can be fuzzed on byte buffers. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,26 +42,54 @@ void wal_record_set_batch_pos(uint8_t *rec, uint32_t pos)
     wal_put32(rec, crc32c(0, rec + 4, WAL_REC_HEADER_SIZE - 4));
 }
 
-void wal_encode_small(uint8_t buf[WAL_SMALL_FILE_SIZE], const char magic[4], uint64_t a,
-                      uint64_t b)
+void wal_encode_small(uint8_t buf[WAL_SMALL_FILE_SIZE], const char magic[4], uint32_t version,
+                      uint64_t a, uint64_t b)
 {
     memset(buf, 0, WAL_SMALL_FILE_SIZE);
     memcpy(buf, magic, 4);
-    wal_put32(buf + 4, WAL_VERSION);
+    wal_put32(buf + 4, version);
     wal_put64(buf + 8, a);
     wal_put64(buf + 16, b);
     wal_put32(buf + 24, crc32c(0, buf, 24));
 }
 
-int wal_decode_small(const uint8_t *buf, size_t len, const char magic[4], uint64_t *a,
-                     uint64_t *b)
+int wal_decode_small(const uint8_t *buf, size_t len, const char magic[4], uint32_t max_version,
+                     uint32_t *version, uint64_t *a, uint64_t *b)
 {
     if (len != WAL_SMALL_FILE_SIZE || memcmp(buf, magic, 4) != 0 ||
-        wal_get32(buf + 4) != WAL_VERSION || wal_get32(buf + 24) != crc32c(0, buf, 24) ||
-        wal_get32(buf + 28) != 0)
+        wal_get32(buf + 24) != crc32c(0, buf, 24) || wal_get32(buf + 28) != 0)
         return -EBADMSG;
+    /* Checked after the checksum: an intact file of an unknown version is not damage. */
+    uint32_t v = wal_get32(buf + 4);
+    if (v == 0 || v > max_version)
+        return -ENOTSUP;
+    *version = v;
     *a = wal_get64(buf + 8);
     *b = wal_get64(buf + 16);
+    return 0;
+}
+
+void wal_encode_first(uint8_t buf[WAL_SMALL_FILE_SIZE], uint64_t first, uint64_t prev_term)
+{
+    /* Version 1 says all there is to say about a log starting at 1, and older builds can still
+     * open a directory that was never compacted or reset. */
+    uint32_t v = first == 1 && prev_term == 0 ? 1 : WAL_FIRST_VERSION;
+    wal_encode_small(buf, WAL_FIRST_MAGIC, v, first, prev_term);
+}
+
+int wal_decode_first(const uint8_t *buf, size_t len, struct wal_first_marker *m)
+{
+    uint32_t v;
+    uint64_t first, term;
+    int rc = wal_decode_small(buf, len, WAL_FIRST_MAGIC, WAL_FIRST_VERSION, &v, &first, &term);
+    if (rc != 0)
+        return rc;
+    /* Version 1 wrote 0 where version 2 keeps the term. */
+    if (first == 0 || (v == 1 && term != 0) || (first == 1 && term != 0))
+        return -EBADMSG;
+    m->first = first;
+    m->prev_term = term;
+    m->prev_known = v >= 2 || first == 1;
     return 0;
 }
 

@@ -9,8 +9,11 @@
 #include "raft/entry.h"
 
 #define WAL_SEG_MAGIC "CRFTWSEG" /* 8 bytes, no terminator on disk */
-#define WAL_VERSION 1u
-#define WAL_SMALL_FILE_SIZE 32  /* hard state and first-index marker */
+#define WAL_VERSION 1u             /* segments, hard state */
+#define WAL_FIRST_VERSION 2u       /* first-index marker; 2 added the term before the first index */
+#define WAL_SMALL_FILE_SIZE 32     /* hard state, first-index marker */
+#define WAL_HS_MAGIC "CRHS"
+#define WAL_FIRST_MAGIC "CRFI"
 #define WAL_MAX_BATCH_POS 0xFFFFFFu /* batch_pos is 24 bits on disk */
 #define WAL_SECTOR 512           /* the unit a torn write is assumed to lose or keep */
 
@@ -44,11 +47,26 @@ void wal_encode_record(uint8_t *rec, const struct raft_entry *e);
 /* Sets the record's position within its write and recomputes the header checksum. */
 void wal_record_set_batch_pos(uint8_t *rec, uint32_t pos);
 
-/* Small atomic files (hard state, first-index marker): 4-byte magic, version, two u64 values,
- * checksum. */
-void wal_encode_small(uint8_t buf[WAL_SMALL_FILE_SIZE], const char magic[4], uint64_t a,
-                      uint64_t b);
-int wal_decode_small(const uint8_t *buf, size_t len, const char magic[4], uint64_t *a,
-                     uint64_t *b);
+/* Small atomic files (hard state, first-index marker): 4-byte magic, version, two
+ * u64 values, checksum. */
+void wal_encode_small(uint8_t buf[WAL_SMALL_FILE_SIZE], const char magic[4], uint32_t version,
+                      uint64_t a, uint64_t b);
+/* 0 with the version and values; -EBADMSG for a bad size, magic, checksum or reserved bytes;
+ * -ENOTSUP for an intact file whose version is 0 or above max_version (a newer writer's). */
+int wal_decode_small(const uint8_t *buf, size_t len, const char magic[4], uint32_t max_version,
+                     uint32_t *version, uint64_t *a, uint64_t *b);
+
+/* The first-index marker: the log's first index and the term of the entry just before it.
+ * Version 1 (older builds) carried no term: prev_known is 0 then, except at first == 1, where the
+ * term of entry 0 is 0 by definition. */
+struct wal_first_marker {
+    uint64_t first;
+    uint64_t prev_term;
+    int prev_known;
+};
+/* Writes version 1 when it can express the marker (first == 1), else version 2. */
+void wal_encode_first(uint8_t buf[WAL_SMALL_FILE_SIZE], uint64_t first, uint64_t prev_term);
+/* As wal_decode_small; also -EBADMSG when first is 0, or first is 1 with a nonzero term. */
+int wal_decode_first(const uint8_t *buf, size_t len, struct wal_first_marker *m);
 
 #endif

@@ -29,8 +29,6 @@
 #define HARD_STATE_FILE "hardstate"
 #define FIRST_FILE "first"
 #define LOCK_FILE "LOCK"
-#define HS_MAGIC "CRHS"
-#define FIRST_MAGIC "CRFI"
 #define MAX_SEGMENT_SIZE (1ull << 30) /* record offsets are kept as u32 */
 #define MIN_SEGMENT_SIZE 4096ull
 
@@ -73,6 +71,8 @@ struct wal {
     struct seg **segs;
     size_t nsegs, segcap;
     uint64_t first_index;
+    uint64_t prev_term; /* term of entry first_index - 1, when prev_known */
+    int prev_known;     /* 0 only for a log compacted by a build whose marker had no term */
     uint64_t last_term, durable_term;
     _Atomic uint64_t last, durable;
     struct pend *qhead, *qtail, *inflight;
@@ -206,9 +206,10 @@ static int write_small(struct wal *w, const char *name, const uint8_t buf[WAL_SM
     return 0;
 }
 
-/* 1 and the values when the file exists and is valid, 0 when absent, <0 when damaged. */
-static int read_small(struct wal *w, const char *name, const char magic[4], uint64_t *a,
-                      uint64_t *b)
+/* Reads dir/name (at most one byte more than a small file, so an oversized one is seen): 1 and
+ * *len when present, 0 when absent, <0 when unreadable. */
+static int read_small(struct wal *w, const char *name, uint8_t buf[WAL_SMALL_FILE_SIZE + 1],
+                      size_t *len)
 {
     int fd = openat(w->dirfd, name, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -216,16 +217,25 @@ static int read_small(struct wal *w, const char *name, const char magic[4], uint
             return 0;
         return seterr(-errno, "%s/%s: open: %s", w->dir, name, strerror(errno));
     }
-    uint8_t buf[WAL_SMALL_FILE_SIZE + 1];
-    ssize_t n = pread(fd, buf, sizeof buf, 0);
+    ssize_t n = pread(fd, buf, WAL_SMALL_FILE_SIZE + 1, 0);
     int e = errno;
     close(fd);
     if (n < 0)
         return seterr(-e, "%s/%s: read: %s", w->dir, name, strerror(e));
-    if (wal_decode_small(buf, (size_t)n, magic, a, b) != 0)
-        return seterr(-EBADMSG, "%s/%s: offset 0: corrupt (%zd bytes, bad size, magic or checksum)",
-                      w->dir, name, n);
+    *len = (size_t)n;
     return 1;
+}
+
+/* The error for a small file its decoder refused with rc. */
+static int small_error(struct wal *w, const char *name, const uint8_t *buf, size_t len, int rc)
+{
+    if (rc == -ENOTSUP)
+        return seterr(rc, "%s/%s: offset 4: unsupported version %" PRIu32
+                          " (written by a newer build?)",
+                      w->dir, name, wal_get32(buf + 4));
+    return seterr(-EBADMSG, "%s/%s: offset 0: corrupt (%zu bytes, bad size, magic, checksum or "
+                            "values)",
+                  w->dir, name, len);
 }
 
 /* ---- segments ---- */
@@ -386,8 +396,11 @@ static struct pend *pend_find(struct wal *w, uint64_t index)
     return NULL;
 }
 
+/* Term of entry index in [first - 1, last]; 0 below that, or for first - 1 when unknown. */
 static uint64_t term_of(struct wal *w, uint64_t index)
 {
+    if (index + 1 == w->first_index)
+        return w->prev_known ? w->prev_term : 0;
     if (index < w->first_index || index == 0)
         return 0;
     if (index <= written_last(w)) {
@@ -787,8 +800,14 @@ int wal_term_at(struct wal *w, uint64_t index, uint64_t *term)
 {
     int rc = 0;
     pthread_mutex_lock(&w->mu);
-    if (index == 0 || index < w->first_index || index > atomic_load(&w->last))
-        rc = seterr(-ENOENT, "entry %" PRIu64 " is not in the log", index);
+    uint64_t first = w->first_index, last = atomic_load(&w->last);
+    if (index + 1 == first && !w->prev_known)
+        rc = seterr(-ENOENT, "the term of entry %" PRIu64 ", just before the first stored entry, is "
+                             "unknown: the log was compacted by a build that did not record it",
+                    index);
+    else if (index + 1 < first || index > last)
+        rc = seterr(-ENOENT, "entry %" PRIu64 " is not in the log [%" PRIu64 ", %" PRIu64 "]",
+                    index, first, last);
     else
         *term = term_of(w, index);
     pthread_mutex_unlock(&w->mu);
@@ -956,9 +975,12 @@ int wal_compact_prefix(struct wal *w, uint64_t index)
         rc = seterr(-EIO, "wal unusable: %s", w->broken_msg);
     } else if (j > 0) {
         /* The marker naming the new first index is durable before any segment goes: a crash in
-         * between leaves segments that open deletes, never a log with a hole at its start. */
+         * between leaves segments that open deletes, never a log with a hole at its start. It
+         * also keeps the term of the last entry deleted, which anchors the log after a restart.
+         * segs[j - 1] is complete (only the newest segment can be empty), so that term is known. */
+        uint64_t first = w->segs[j]->first, prev_term = term_of(w, first - 1);
         uint8_t buf[WAL_SMALL_FILE_SIZE];
-        wal_encode_small(buf, FIRST_MAGIC, w->segs[j]->first, 0);
+        wal_encode_first(buf, first, prev_term);
         if (step(w, "compact", 0)) {
             rc = seterr(-EINTR, "compact stopped by the test hook");
         } else if ((rc = write_small(w, FIRST_FILE, buf)) != 0) {
@@ -982,7 +1004,9 @@ int wal_compact_prefix(struct wal *w, uint64_t index)
                     seg_free(w->segs[i]);
                 memmove(w->segs, w->segs + j, (w->nsegs - j) * sizeof *w->segs);
                 w->nsegs -= j;
-                w->first_index = w->segs[0]->first;
+                w->first_index = first;
+                w->prev_term = prev_term;
+                w->prev_known = 1;
             }
         }
     }
@@ -993,7 +1017,7 @@ int wal_compact_prefix(struct wal *w, uint64_t index)
 int wal_save_hard_state(struct wal *w, const struct raft_hard_state *hs)
 {
     uint8_t buf[WAL_SMALL_FILE_SIZE];
-    wal_encode_small(buf, HS_MAGIC, hs->term, hs->voted_for);
+    wal_encode_small(buf, WAL_HS_MAGIC, WAL_VERSION, hs->term, hs->voted_for);
     pthread_mutex_lock(&w->hsmu);
     int rc = write_small(w, HARD_STATE_FILE, buf);
     if (rc == 0)
@@ -1174,19 +1198,27 @@ static int load_segment(struct wal *w, uint64_t first, int is_last, struct seg *
 
 static int recover(struct wal *w)
 {
-    uint64_t hs_term, hs_vote, marker = 0, unused;
-    int rc = read_small(w, HARD_STATE_FILE, HS_MAGIC, &hs_term, &hs_vote);
+    uint8_t buf[WAL_SMALL_FILE_SIZE + 1];
+    size_t len;
+    uint32_t version;
+    uint64_t hs_term, hs_vote;
+    int rc = read_small(w, HARD_STATE_FILE, buf, &len);
     if (rc < 0)
         return rc;
     if (rc == 1) {
+        if ((rc = wal_decode_small(buf, len, WAL_HS_MAGIC, WAL_VERSION, &version, &hs_term,
+                                   &hs_vote)) != 0)
+            return small_error(w, HARD_STATE_FILE, buf, len, rc);
         w->hs.term = hs_term;
         w->hs.voted_for = hs_vote;
     }
-    int have_marker = read_small(w, FIRST_FILE, FIRST_MAGIC, &marker, &unused);
+    struct wal_first_marker m = {0};
+    int have_marker = read_small(w, FIRST_FILE, buf, &len);
     if (have_marker < 0)
         return have_marker;
-    if (have_marker && marker == 0)
-        return seterr(-EBADMSG, "%s/%s: first index 0 is invalid", w->dir, FIRST_FILE);
+    if (have_marker && (rc = wal_decode_first(buf, len, &m)) != 0)
+        return small_error(w, FIRST_FILE, buf, len, rc);
+    uint64_t marker = m.first;
 
     uint64_t *firsts = NULL;
     size_t n = 0;
@@ -1199,8 +1231,7 @@ static int recover(struct wal *w)
                                     ": segments are missing",
                           w->dir, FIRST_FILE, marker);
         /* A new log. The marker goes first: a directory with segments but no marker is damaged. */
-        uint8_t buf[WAL_SMALL_FILE_SIZE];
-        wal_encode_small(buf, FIRST_MAGIC, 1, 0);
+        wal_encode_first(buf, 1, 0);
         struct seg *s;
         if ((rc = write_small(w, FIRST_FILE, buf)) != 0 || (rc = seg_create(w, 1, &s)) != 0)
             return rc;
@@ -1209,6 +1240,7 @@ static int recover(struct wal *w)
             return seterr(-ENOMEM, "out of memory");
         }
         w->first_index = 1;
+        w->prev_known = 1; /* entry 0 has term 0 */
         return 0;
     }
     if (!have_marker) {
@@ -1263,8 +1295,13 @@ static int recover(struct wal *w)
         }
     }
     free(firsts);
-    if (rc == 0)
+    if (rc == 0) {
+        /* The marker's term is for the entry just before the marker, which is the first entry
+         * unless the first segment starts below the marker (tolerated above; no step makes it). */
         w->first_index = w->segs[0]->first;
+        w->prev_known = w->first_index == 1 || (w->first_index == marker && m.prev_known);
+        w->prev_term = w->first_index == marker ? m.prev_term : 0;
+    }
     return rc;
 }
 

@@ -38,8 +38,8 @@ def record(index, term, payload, typ=0, batch_pos=0):
     return struct.pack("<I", crc32c(rest)) + rest + payload
 
 
-def small(magic, a, b):
-    h = magic + struct.pack("<IQQ", 1, a, b)
+def small(magic, a, b, version=1):
+    h = magic + struct.pack("<IQQ", version, a, b)
     return h + struct.pack("<II", crc32c(h), 0)
 
 
@@ -63,7 +63,13 @@ def main():
         "bad_magic": b"XXXXWSEG" + seg_header(1)[8:] + record(1, 1, b"q"),
         "header_only_short": seg_header(9)[:20],
         "hard_state": small(b"CRHS", 7, 3),
+        # Version 1 of the marker (older builds): no term before the first index.
         "first_marker": small(b"CRFI", 100, 0),
+        # Version 2: the term of entry first - 1 in the second value.
+        "first_marker_v2": small(b"CRFI", 100, 6, 2),
+        "first_marker_v2_at_1": small(b"CRFI", 1, 0, 2),
+        "first_marker_v3": small(b"CRFI", 100, 6, 3),
+        "first_marker_v1_with_term": small(b"CRFI", 100, 6),
     }
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:

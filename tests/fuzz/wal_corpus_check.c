@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "raft/wal/wal.h"
+#include "raft/wal/wal_internal.h"
 
 static uint8_t *load(const char *name, size_t *len)
 {
@@ -53,4 +54,33 @@ Test(corpus, seeds_decode_as_the_spec_says)
     cr_assert_eq(decode("bad_magic", 1, 1, &r, err), -EBADMSG);
     cr_assert_eq(decode("header_only_short", 9, 1, &r, err), -EBADMSG);
     cr_assert(strstr(err, "truncated"), "%s", err);
+}
+
+Test(corpus, small_file_seeds_decode_as_the_spec_says)
+{
+    size_t len;
+    uint8_t *buf;
+    uint32_t v;
+    uint64_t a, b;
+    buf = load("hard_state", &len);
+    cr_assert_eq(wal_decode_small(buf, len, WAL_HS_MAGIC, WAL_VERSION, &v, &a, &b), 0);
+    cr_assert(v == 1 && a == 7 && b == 3);
+    cr_assert_eq(wal_decode_small(buf, len - 1, WAL_HS_MAGIC, WAL_VERSION, &v, &a, &b), -EBADMSG);
+    cr_assert_eq(wal_decode_small(buf, len, WAL_FIRST_MAGIC, 2, &v, &a, &b), -EBADMSG,
+                 "another file's magic");
+
+    struct wal_first_marker m;
+    buf = load("first_marker", &len);
+    cr_assert_eq(wal_decode_first(buf, len, &m), 0);
+    cr_assert(m.first == 100 && !m.prev_known, "version 1 carries no term");
+    buf = load("first_marker_v2", &len);
+    cr_assert_eq(wal_decode_first(buf, len, &m), 0);
+    cr_assert(m.first == 100 && m.prev_known && m.prev_term == 6);
+    buf = load("first_marker_v2_at_1", &len);
+    cr_assert_eq(wal_decode_first(buf, len, &m), 0);
+    cr_assert(m.first == 1 && m.prev_known && m.prev_term == 0);
+    buf = load("first_marker_v3", &len);
+    cr_assert_eq(wal_decode_first(buf, len, &m), -ENOTSUP, "a newer version is not damage");
+    buf = load("first_marker_v1_with_term", &len);
+    cr_assert_eq(wal_decode_first(buf, len, &m), -EBADMSG, "version 1 always wrote 0 there");
 }

@@ -1,8 +1,10 @@
 /* Fuzz target for the WAL's on-disk decoders (raft/wal/wal_format.c): any byte string is decoded as a
- * segment (as the newest segment and as an older one) and as a small file. The decoder must
- * return 0 or -EBADMSG with a message, report offsets inside the buffer, and never read outside
- * it (ASan) or hit undefined behaviour (UBSan). Built two ways: with clang's libFuzzer
- * (run_wal_fuzz.sh) and as a plain corpus replay with the default toolchain (replay_main.c). */
+ * segment (as the newest segment and as an older one) and as each small file (hard state,
+ * first-index marker of either version). The segment decoder must return 0 or
+ * -EBADMSG with a message and report offsets inside the buffer; the small-file decoders 0,
+ * -EBADMSG or -ENOTSUP; none may read outside the buffer (ASan) or hit undefined behaviour
+ * (UBSan). Built two ways: with clang's libFuzzer (run_wal_fuzz.sh) and as a plain corpus
+ * replay with the default toolchain (replay_main.c). */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -48,8 +50,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         res.count != w.next - first || (!is_last && res.dirty_end != res.end)))
             abort();
     }
+    /* The small files: 0 only for exactly 32 bytes, and what the decoders accept holds the
+     * invariants recovery relies on. */
+    uint32_t v;
     uint64_t a, b;
-    (void)wal_decode_small(data, size, "CRHS", &a, &b);
-    (void)wal_decode_small(data, size, "CRFI", &a, &b);
+    int rc = wal_decode_small(data, size, WAL_HS_MAGIC, WAL_VERSION, &v, &a, &b);
+    if (rc != 0 && rc != -EBADMSG && rc != -ENOTSUP)
+        abort();
+    if (rc == 0 && (size != WAL_SMALL_FILE_SIZE || v != WAL_VERSION))
+        abort();
+    struct wal_first_marker m;
+    rc = wal_decode_first(data, size, &m);
+    if (rc != 0 && rc != -EBADMSG && rc != -ENOTSUP)
+        abort();
+    if (rc == 0 && (size != WAL_SMALL_FILE_SIZE || m.first == 0 ||
+                    (m.first == 1 && (m.prev_term != 0 || !m.prev_known)) ||
+                    (!m.prev_known && m.prev_term != 0)))
+        abort();
     return 0;
 }

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "raft/wal/crc32c.h"
 #include "raft/wal/wal.h"
 #include "tests/wal/wal_test_util.h"
 
@@ -724,4 +725,112 @@ Test(wal, close_flushes_queued_entries)
     cr_assert_eq(wal_last_index(w), 50);
     tu_expect_entry(w, 50, 1, len_of(50), 0);
     wal_close(w);
+}
+
+/* ---- the term before the first entry, and the marker that keeps it ---- */
+
+Test(wal, term_before_the_first_entry_survives_compaction_and_reopen)
+{
+    struct wal_options o;
+    small_opts(&o, 4096);
+    struct wal *w = tu_open(dir, &o);
+    uint64_t t = 99;
+    cr_assert_eq(wal_term_at(w, 0, &t), 0, "entry 0 has term 0");
+    cr_assert_eq(t, 0);
+    for (uint64_t i = 1; i <= 300; i++)
+        tu_append_sync(w, i, term_of(i), len_of(i), 0);
+    cr_assert_eq(wal_compact_prefix(w, 150), 0, "%s", wal_errmsg());
+    uint64_t first = wal_first_index(w);
+    cr_assert(first > 1);
+    cr_assert_eq(wal_term_at(w, first - 1, &t), 0, "%s", wal_errmsg());
+    cr_assert_eq(t, term_of(first - 1));
+    cr_assert_eq(wal_term_at(w, first - 2, &t), -ENOENT);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_first_index(w), first);
+    t = 0;
+    cr_assert_eq(wal_term_at(w, first - 1, &t), 0, "%s", wal_errmsg());
+    cr_assert_eq(t, term_of(first - 1), "term %llu of entry %llu", (unsigned long long)t,
+                 (unsigned long long)first - 1);
+    /* Truncating to empty leaves the log ending there, with that term. */
+    cr_assert_eq(wal_truncate_suffix(w, first), 0, "%s", wal_errmsg());
+    cr_assert_eq(wal_last_index(w), first - 1);
+    struct raft_entry e;
+    tu_entry(&e, first, term_of(first - 1) - 1, 1, 0);
+    cr_assert_eq(wal_append(w, &e, 1), -EINVAL, "below the term before the first entry");
+    free(e.data);
+    wal_close(w);
+}
+
+/* A first-index marker as the version 1 format wrote it (docs/wal.md): no term. */
+static void write_marker(uint32_t version, uint64_t first, uint64_t b)
+{
+    uint8_t buf[32] = "CRFI";
+    for (int i = 0; i < 4; i++)
+        buf[4 + i] = (uint8_t)(version >> (8 * i));
+    for (int i = 0; i < 8; i++) {
+        buf[8 + i] = (uint8_t)(first >> (8 * i));
+        buf[16 + i] = (uint8_t)(b >> (8 * i));
+    }
+    uint32_t crc = crc32c(0, buf, 24);
+    for (int i = 0; i < 4; i++)
+        buf[24 + i] = (uint8_t)(crc >> (8 * i));
+    char *p = tu_path(dir, "first");
+    int fd = open(p, O_WRONLY | O_TRUNC);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, buf, sizeof buf), (ssize_t)sizeof buf);
+    close(fd);
+    free(p);
+}
+
+static uint8_t marker_version(void)
+{
+    char *p = tu_path(dir, "first");
+    int fd = open(p, O_RDONLY);
+    uint8_t v = 0;
+    cr_assert_eq(pread(fd, &v, 1, 4), 1);
+    close(fd);
+    free(p);
+    return v;
+}
+
+Test(wal, version_1_marker_still_opens_and_a_newer_one_is_refused)
+{
+    struct wal_options o;
+    small_opts(&o, 4096);
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 300; i++)
+        tu_append_sync(w, i, term_of(i), len_of(i), 0);
+    wal_close(w);
+    cr_assert_eq(marker_version(), 1, "a log from 1 keeps the marker older builds read");
+    /* An old uncompacted log: the term before entry 1 is 0 by definition. */
+    write_marker(1, 1, 0);
+    w = tu_open(dir, &o);
+    uint64_t t = 9;
+    cr_assert_eq(wal_term_at(w, 0, &t), 0);
+    cr_assert_eq(t, 0);
+    cr_assert_eq(wal_compact_prefix(w, 150), 0, "%s", wal_errmsg());
+    uint64_t first = wal_first_index(w);
+    wal_close(w);
+    cr_assert_eq(marker_version(), 2, "compaction records the term: version 2");
+    /* An old compacted log: it opens, but the term before its first entry is unknown. */
+    write_marker(1, first, 0);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_first_index(w), first);
+    cr_assert_eq(wal_last_index(w), 300);
+    cr_assert_eq(wal_term_at(w, first - 1, &t), -ENOENT);
+    cr_assert(strstr(wal_errmsg(), "unknown"), "%s", wal_errmsg());
+    for (uint64_t i = first; i <= 300; i++)
+        tu_expect_entry(w, i, term_of(i), len_of(i), 0);
+    tu_append_sync(w, 301, term_of(301), 5, 0);
+    wal_close(w);
+    /* A marker from a newer build is refused by name, not taken for damage. */
+    write_marker(3, first, 7);
+    char err[512] = "";
+    cr_assert_eq(wal_open(&w, dir, &o, err, sizeof err), -ENOTSUP);
+    cr_assert(strstr(err, "first") && strstr(err, "unsupported version 3"), "%s", err);
+    /* A version 1 marker with a term is not something version 1 wrote. */
+    write_marker(1, first, 7);
+    cr_assert_eq(wal_open(&w, dir, &o, err, sizeof err), -EBADMSG);
+    cr_assert(strstr(err, "first") && strstr(err, "corrupt"), "%s", err);
 }
