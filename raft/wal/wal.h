@@ -17,11 +17,11 @@
  *   after it: the durable index stays where it was, the failed entries are no longer in the log
  *   (wal_last_index() drops back to the durable index) and the caller may append them again later;
  *   the next batch first zeroes what the failed one may have left on disk.
- * - wal_truncate_suffix and wal_compact_prefix are crash-safe: after a crash at any point the log
- *   reopens either as before or as after, or (truncation only) as the old log cut somewhere between
- *   the two lengths, which is still a prefix of the old log.
+ * - wal_truncate_suffix, wal_compact_prefix and wal_reset are crash-safe: after a crash at any
+ *   point the log reopens either as before or as after, or (truncation only) as the old log cut
+ *   somewhere between the two lengths, which is still a prefix of the old log.
  * - The term of the entry just before the first stored one is kept (wal_term_at(first - 1)), across
- *   compaction and reopen, so the caller can anchor its log after a snapshot.
+ *   compaction, reset and reopen, so the caller can anchor its log after a snapshot.
  * - wal_save_hard_state is durable and atomic before it returns.
  * - The data directory is locked (flock on <dir>/LOCK); a second opener, in this or another process,
  *   is refused.
@@ -45,8 +45,10 @@ struct wal;
  * every entry up to `index` (whose term is `term`) is durable. On failure err < 0: entries above
  * `index` were dropped and must be appended again. Because the callback runs unlocked, it may arrive
  * after a concurrent wal_truncate_suffix has already removed `index`: compare `term` with your own
- * log before trusting it (as etcd's raft does). It must not call wal_close, wal_truncate_suffix or
- * wal_compact_prefix (they wait for the writer), nor block on a lock held by a caller of those. */
+ * log before trusting it (as etcd's raft does); likewise it may arrive after a wal_reset, for an
+ * index at or below the reset point. It must not call wal_close, wal_truncate_suffix,
+ * wal_compact_prefix or wal_reset (they wait for the writer), nor block on a lock held by a caller
+ * of those. */
 typedef void (*wal_durable_fn)(void *arg, uint64_t index, uint64_t term, int err);
 /* Receives notices (a torn tail cut at open, leftover files removed). Default: stderr. */
 typedef void (*wal_log_fn)(void *arg, const char *msg);
@@ -58,8 +60,9 @@ struct wal_io {
     int (*fsync)(int fd);
     int (*fallocate)(int fd, off_t off, off_t len); /* returns 0 or an errno value */
 };
-/* Test hook: called before each disk step of truncation and compaction (op is "truncate" or
- * "compact", step counts from 0); a nonzero return stops the operation there, as a crash would.
+/* Test hook: called before each disk step of truncation, compaction and reset (op is "truncate",
+ * "compact" or "reset", step counts from 0; wal_open calls it with "reset", from step 1, when it
+ * finishes an interrupted reset); a nonzero return stops the operation there, as a crash would.
  * The handle is then unusable except for wal_close. */
 typedef int (*wal_step_fn)(void *arg, const char *op, int step);
 
@@ -92,17 +95,19 @@ void wal_close(struct wal *w);
  * that made the handle unusable. */
 int wal_append(struct wal *w, const struct raft_entry *entries, size_t n);
 /* Blocks until `index` is durable (0) or is no longer in the log because its batch failed or was
- * truncated (the failure's error, or -ECANCELED). */
+ * truncated (the failure's error, or -ECANCELED). A wait in progress when a wal_reset happens
+ * returns -ECANCELED; one begun after it returns 0 for indexes up to the reset point, which the
+ * caller's snapshot covers. */
 int wal_wait_durable(struct wal *w, uint64_t index);
 uint64_t wal_durable_index(struct wal *w);
 
 uint64_t wal_first_index(struct wal *w); /* first entry kept; last+1 when the log is empty */
 uint64_t wal_last_index(struct wal *w);  /* last entry appended (queued or durable); first-1 if none */
 /* Term of entry `index` in [first, last], and also of first - 1, the entry just before the first
- * stored one (0 for entry 0; after wal_compact_prefix the last entry deleted), so that an append
- * at prev_index == first - 1 can be checked. -ENOENT outside [first - 1, last], and for first - 1
- * in a log compacted by a build that did not record that term (first-index marker version 1,
- * docs/wal.md). */
+ * stored one (0 for entry 0; after wal_compact_prefix the last entry deleted; after wal_reset the
+ * reset term), so that an append at prev_index == first - 1 can be checked. -ENOENT outside
+ * [first - 1, last], and for first - 1 in a log compacted by a build that did not record that term
+ * (first-index marker version 1, docs/wal.md). */
 int wal_term_at(struct wal *w, uint64_t index, uint64_t *term);
 /* Reads one entry (queued entries included). out->data is malloc'd (NULL when len == 0): free() it.
  * -ENOENT outside [first, last]; -EIO and a message if the disk no longer holds what was written. */
@@ -121,6 +126,18 @@ int wal_truncate_suffix(struct wal *w, uint64_t index);
 /* Deletes whole segments whose entries are all < index (for snapshots). The last segment is never
  * deleted, so wal_first_index() may stay below index. */
 int wal_compact_prefix(struct wal *w, uint64_t index);
+/* Replaces the whole log with an empty one that continues after (index, term), as when a snapshot
+ * up to index is installed: afterwards wal_first_index() == index + 1, wal_last_index() ==
+ * wal_durable_index() == index, wal_term_at(index) gives term, and the next append must be
+ * index + 1 with a term >= term. Every entry is discarded, whether index lies beyond the last
+ * entry, inside the log or below its first entry. Waits for a batch being written, drops queued
+ * entries (their waiters get -ECANCELED), then replaces the files; durable on return.
+ * (0, 0) is a log empty from 1; otherwise term must be >= 1 and index < UINT64_MAX (-EINVAL).
+ * A failure before the change is committed (writing the 32-byte journal on a full disk) leaves
+ * the log as before, minus the queued entries, and the handle usable; a failure after it leaves
+ * the handle unusable (later calls return -EIO) and the next wal_open finishes the reset. Either
+ * way the error is returned and the log reopens as before or as after, never a mix. */
+int wal_reset(struct wal *w, uint64_t index, uint64_t term);
 
 /* Replaces the hard state durably and atomically (write + fsync + rename + directory fsync). */
 int wal_save_hard_state(struct wal *w, const struct raft_hard_state *hs);

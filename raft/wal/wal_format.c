@@ -1,5 +1,6 @@
 /* wal_format.c: encoding and decoding of segments, records and the small files (hard state,
- * first-index marker). No I/O here, so the decoders can be fuzzed on byte buffers. */
+ * first-index marker, reset journal). No I/O here, so the decoders can be fuzzed on byte
+ * buffers. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -91,6 +92,25 @@ int wal_decode_first(const uint8_t *buf, size_t len, struct wal_first_marker *m)
     m->prev_term = term;
     m->prev_known = v >= 2 || first == 1;
     return 0;
+}
+
+int wal_reset_args_ok(uint64_t index, uint64_t term)
+{
+    return index != UINT64_MAX && (index == 0) == (term == 0);
+}
+
+void wal_encode_reset(uint8_t buf[WAL_SMALL_FILE_SIZE], uint64_t index, uint64_t term)
+{
+    wal_encode_small(buf, WAL_RESET_MAGIC, WAL_VERSION, index, term);
+}
+
+int wal_decode_reset(const uint8_t *buf, size_t len, uint64_t *index, uint64_t *term)
+{
+    uint32_t v;
+    int rc = wal_decode_small(buf, len, WAL_RESET_MAGIC, WAL_VERSION, &v, index, term);
+    if (rc == 0 && !wal_reset_args_ok(*index, *term))
+        rc = -EBADMSG;
+    return rc;
 }
 
 /* Size of the valid record at off whose index is > min_index (any index when min_index == 0 and

@@ -9,11 +9,12 @@
 #include "raft/entry.h"
 
 #define WAL_SEG_MAGIC "CRFTWSEG" /* 8 bytes, no terminator on disk */
-#define WAL_VERSION 1u             /* segments, hard state */
+#define WAL_VERSION 1u             /* segments, hard state, reset journal */
 #define WAL_FIRST_VERSION 2u       /* first-index marker; 2 added the term before the first index */
-#define WAL_SMALL_FILE_SIZE 32     /* hard state, first-index marker */
+#define WAL_SMALL_FILE_SIZE 32     /* hard state, first-index marker, reset journal */
 #define WAL_HS_MAGIC "CRHS"
 #define WAL_FIRST_MAGIC "CRFI"
+#define WAL_RESET_MAGIC "CRRS"
 #define WAL_MAX_BATCH_POS 0xFFFFFFu /* batch_pos is 24 bits on disk */
 #define WAL_SECTOR 512           /* the unit a torn write is assumed to lose or keep */
 
@@ -47,7 +48,7 @@ void wal_encode_record(uint8_t *rec, const struct raft_entry *e);
 /* Sets the record's position within its write and recomputes the header checksum. */
 void wal_record_set_batch_pos(uint8_t *rec, uint32_t pos);
 
-/* Small atomic files (hard state, first-index marker): 4-byte magic, version, two
+/* Small atomic files (hard state, first-index marker, reset journal): 4-byte magic, version, two
  * u64 values, checksum. */
 void wal_encode_small(uint8_t buf[WAL_SMALL_FILE_SIZE], const char magic[4], uint32_t version,
                       uint64_t a, uint64_t b);
@@ -68,5 +69,13 @@ struct wal_first_marker {
 void wal_encode_first(uint8_t buf[WAL_SMALL_FILE_SIZE], uint64_t first, uint64_t prev_term);
 /* As wal_decode_small; also -EBADMSG when first is 0, or first is 1 with a nonzero term. */
 int wal_decode_first(const uint8_t *buf, size_t len, struct wal_first_marker *m);
+
+/* The reset journal: the (index, term) a wal_reset is replacing the log with. */
+void wal_encode_reset(uint8_t buf[WAL_SMALL_FILE_SIZE], uint64_t index, uint64_t term);
+/* As wal_decode_small; also -EBADMSG for arguments wal_reset refuses (wal_reset_args_ok). */
+int wal_decode_reset(const uint8_t *buf, size_t len, uint64_t *index, uint64_t *term);
+/* Whether (index, term) may be a reset point: entry 0 has term 0, every real entry a term >= 1
+ * (Raft's terms start at 1), and index + 1 must exist. */
+int wal_reset_args_ok(uint64_t index, uint64_t term);
 
 #endif

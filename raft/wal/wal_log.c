@@ -28,6 +28,7 @@
 #define TMP_SUFFIX ".tmp"
 #define HARD_STATE_FILE "hardstate"
 #define FIRST_FILE "first"
+#define RESET_FILE "reset"
 #define LOCK_FILE "LOCK"
 #define MAX_SEGMENT_SIZE (1ull << 30) /* record offsets are kept as u32 */
 #define MIN_SEGMENT_SIZE 4096ull
@@ -75,6 +76,7 @@ struct wal {
     int prev_known;     /* 0 only for a log compacted by a build whose marker had no term */
     uint64_t last_term, durable_term;
     _Atomic uint64_t last, durable;
+    _Atomic uint64_t resets; /* completed wal_reset calls: waiters across one are cancelled */
     struct pend *qhead, *qtail, *inflight;
     size_t q_entries, q_bytes; /* queued + being written */
     char broken_msg[1024];
@@ -318,8 +320,11 @@ static int segs_push(struct wal *w, struct seg *s)
 }
 
 /* Creates a preallocated segment starting at `first`. It appears under its final name only once
- * its header is durable, so a segment file never has a missing or partial header after a crash. */
-static int seg_create(struct wal *w, uint64_t first, struct seg **out)
+ * its header is durable, so a segment file never has a missing or partial header after a crash.
+ * With may_defer, a failed preallocation is left to the writer to retry (as at open) rather than
+ * failing: a reset, which has just freed the old segments, must not fail for want of space that
+ * only later appends need. */
+static int seg_create(struct wal *w, uint64_t first, int may_defer, struct seg **out)
 {
     char name[64], tmp[80];
     seg_name(name, sizeof name, first);
@@ -330,7 +335,13 @@ static int seg_create(struct wal *w, uint64_t first, struct seg **out)
     uint8_t hdr[WAL_SEG_HEADER_SIZE];
     wal_encode_seg_header(hdr, first);
     int rc = io_allocate(w, fd, w->o.segment_size);
+    int prealloc = rc == 0;
     const char *what = "preallocate";
+    if (rc != 0 && may_defer) {
+        notice(w, "%s/%s: cannot preallocate %" PRIu64 " bytes now (%s); will retry", w->dir,
+               name, w->o.segment_size, strerror(-rc));
+        rc = 0;
+    }
     if (rc == 0) {
         what = "write header";
         rc = io_write(w, fd, hdr, sizeof hdr, 0);
@@ -359,7 +370,7 @@ static int seg_create(struct wal *w, uint64_t first, struct seg **out)
     }
     s->end = s->dirty = WAL_SEG_HEADER_SIZE;
     s->size = w->o.segment_size;
-    s->prealloc = 1;
+    s->prealloc = prealloc;
     *out = s;
     return 0;
 }
@@ -437,6 +448,8 @@ static int decode_one(const uint8_t *rec, size_t len, uint64_t index, struct raf
 
 static int read_locked(struct wal *w, uint64_t index, struct raft_entry *out)
 {
+    if (w->broken) /* memory may no longer describe the files (a reset stopped half way) */
+        return seterr(-EIO, "wal unusable: %s", w->broken_msg);
     if (index < w->first_index || index > atomic_load(&w->last) || index == 0)
         return seterr(-ENOENT, "entry %" PRIu64 " is not in the log [%" PRIu64 ", %" PRIu64 "]",
                       index, w->first_index, atomic_load(&w->last));
@@ -556,7 +569,7 @@ static int write_batch(struct wal *w, struct pend *list)
         if (len == 0) {
             /* The next record does not fit: rotate. s is already synced (every chunk is). */
             struct seg *ns;
-            if ((rc = seg_create(w, p->index, &ns)) != 0)
+            if ((rc = seg_create(w, p->index, 0, &ns)) != 0)
                 return rc;
             pthread_mutex_lock(&w->mu);
             rc = segs_push(w, ns);
@@ -591,14 +604,19 @@ static void pend_free_list(struct pend *p)
     }
 }
 
+/* What waiters of entries no longer in the log are told. */
+static void set_drop_err(struct wal *w, int err, const char *msg)
+{
+    pthread_mutex_lock(&w->dmu);
+    atomic_store(&w->drop_err, err);
+    snprintf(w->drop_msg, sizeof w->drop_msg, "%s", msg);
+    pthread_mutex_unlock(&w->dmu);
+}
+
 static void wake_waiters(struct wal *w, int err, const char *msg)
 {
-    if (err) {
-        pthread_mutex_lock(&w->dmu);
-        atomic_store(&w->drop_err, err);
-        snprintf(w->drop_msg, sizeof w->drop_msg, "%s", msg);
-        pthread_mutex_unlock(&w->dmu);
-    }
+    if (err)
+        set_drop_err(w, err, msg);
     atomic_fetch_add(&w->dseq, 1);
     syscall(SYS_futex, &w->dseq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
@@ -618,6 +636,17 @@ static void drop_queue_from(struct wal *w, struct pend *prev)
     } else {
         w->qhead = w->qtail = NULL;
     }
+}
+
+/* mu held: forgets every queued entry; the log then ends with the batch being written, if any. */
+static void drop_queue_all(struct wal *w)
+{
+    drop_queue_from(w, NULL);
+    struct pend *t = w->inflight;
+    while (t && t->next)
+        t = t->next;
+    atomic_store(&w->last, t ? t->index : atomic_load(&w->durable));
+    w->last_term = t ? t->term : w->durable_term;
 }
 
 static void *writer_main(void *arg)
@@ -758,13 +787,20 @@ int wal_append(struct wal *w, const struct raft_entry *e, size_t n)
 
 int wal_wait_durable(struct wal *w, uint64_t index)
 {
+    uint64_t resets = atomic_load(&w->resets);
     for (;;) {
         /* Read the sequence before the state: a change after this read makes the futex wait
          * return at once, so no wake-up is lost. */
         uint32_t seq = atomic_load(&w->dseq);
-        if (atomic_load(&w->durable) >= index)
+        uint64_t durable = atomic_load(&w->durable), last = atomic_load(&w->last);
+        /* A reset moves durable forward without writing what was queued. It counts itself
+         * before moving durable, so reading the count after durable never misses it. */
+        if (atomic_load(&w->resets) != resets)
+            return seterr(-ECANCELED, "entry %" PRIu64 " was discarded by wal_reset before this "
+                                      "wait saw it durable", index);
+        if (durable >= index)
             return 0;
-        if (atomic_load(&w->last) < index) {
+        if (last < index) {
             int rc = atomic_load(&w->drop_err);
             if (rc == 0 || rc == -ECANCELED)
                 return seterr(-ECANCELED, "entry %" PRIu64 " was removed from the log before it "
@@ -801,7 +837,9 @@ int wal_term_at(struct wal *w, uint64_t index, uint64_t *term)
     int rc = 0;
     pthread_mutex_lock(&w->mu);
     uint64_t first = w->first_index, last = atomic_load(&w->last);
-    if (index + 1 == first && !w->prev_known)
+    if (w->broken)
+        rc = seterr(-EIO, "wal unusable: %s", w->broken_msg);
+    else if (index + 1 == first && !w->prev_known)
         rc = seterr(-ENOENT, "the term of entry %" PRIu64 ", just before the first stored entry, is "
                              "unknown: the log was compacted by a build that did not record it",
                     index);
@@ -1033,7 +1071,7 @@ void wal_load_hard_state(struct wal *w, struct raft_hard_state *hs)
     pthread_mutex_unlock(&w->hsmu);
 }
 
-/* ---- open and recovery ---- */
+/* ---- open ---- */
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -1064,8 +1102,9 @@ static int lock_dir(struct wal *w)
     return 0;
 }
 
-/* Lists segment names (sorted first indexes) and removes leftover temporary files. */
-static int scan_dir(struct wal *w, uint64_t **firsts, size_t *n)
+/* Lists segment names (sorted first indexes). With remove_tmp (open only: at run time the hard
+ * state may be mid-write) it also removes leftover temporary files. */
+static int scan_dir(struct wal *w, int remove_tmp, uint64_t **firsts, size_t *n)
 {
     int fd = dup(w->dirfd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
@@ -1082,7 +1121,7 @@ static int scan_dir(struct wal *w, uint64_t **firsts, size_t *n)
     while ((de = readdir(d)) != NULL) {
         size_t len = strlen(de->d_name);
         uint64_t first;
-        if (len > strlen(TMP_SUFFIX) &&
+        if (remove_tmp && len > strlen(TMP_SUFFIX) &&
             strcmp(de->d_name + len - strlen(TMP_SUFFIX), TMP_SUFFIX) == 0) {
             /* A file never renamed into place: its operation did not happen. */
             notice(w, "%s/%s: removing an unfinished temporary file", w->dir, de->d_name);
@@ -1196,6 +1235,157 @@ static int load_segment(struct wal *w, uint64_t first, int is_last, struct seg *
     return 0;
 }
 
+/* ---- reset: the log replaced by an empty one (a snapshot installed) ---- */
+
+static int reset_stopped(void)
+{
+    return seterr(-EINTR, "reset stopped by the test hook");
+}
+
+static void drop_segments(struct wal *w)
+{
+    for (size_t i = 0; i < w->nsegs; i++)
+        seg_free(w->segs[i]);
+    w->nsegs = 0;
+}
+
+/* Finishes a reset whose journal (RESET_FILE) is durable: deletes every segment, writes the marker
+ * {index + 1, term}, creates the empty segment index + 1, and removes the journal last. Each step
+ * may be repeated and open repeats them all while the journal exists, so a crash anywhere leaves a
+ * reset that the next open finishes. No append can slip in before the journal is gone: wal_reset
+ * holds mu throughout. mu held, or called by open. */
+static int reset_finish(struct wal *w, uint64_t index, uint64_t term)
+{
+    int k = 1, rc;
+    uint64_t *firsts;
+    size_t n;
+    if (step(w, "reset", k++))
+        return reset_stopped();
+    if ((rc = scan_dir(w, 0, &firsts, &n)) != 0)
+        return rc;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        char name[64];
+        seg_name(name, sizeof name, firsts[i]);
+        if (step(w, "reset", k++))
+            rc = reset_stopped();
+        else if (unlinkat(w->dirfd, name, 0) != 0 && errno != ENOENT)
+            rc = seterr(-errno, "%s/%s: unlink: %s", w->dir, name, strerror(errno));
+    }
+    free(firsts);
+    if (rc == 0 && (rc = io_sync(w, w->dirfd)) != 0)
+        seterr(rc, "%s: fsync directory: %s", w->dir, strerror(-rc));
+    if (rc != 0)
+        return rc;
+    /* Closing the old segments releases their space before the new one is made. */
+    drop_segments(w);
+    uint8_t buf[WAL_SMALL_FILE_SIZE];
+    wal_encode_first(buf, index + 1, term);
+    if (step(w, "reset", k++))
+        return reset_stopped();
+    if ((rc = write_small(w, FIRST_FILE, buf)) != 0)
+        return rc;
+    if (step(w, "reset", k++))
+        return reset_stopped();
+    struct seg *s;
+    if ((rc = seg_create(w, index + 1, 1, &s)) != 0)
+        return rc;
+    if (segs_push(w, s) != 0) {
+        seg_free(s);
+        return seterr(-ENOMEM, "out of memory");
+    }
+    if (step(w, "reset", k++))
+        return reset_stopped();
+    if (unlinkat(w->dirfd, RESET_FILE, 0) != 0)
+        return seterr(-errno, "%s/%s: unlink: %s", w->dir, RESET_FILE, strerror(errno));
+    if ((rc = io_sync(w, w->dirfd)) != 0)
+        return seterr(rc, "%s: fsync directory: %s", w->dir, strerror(-rc));
+    return 0;
+}
+
+/* After a failed journal write: 0 when no journal can appear at the next open (then nothing
+ * changed), else the error. write_small may fail after its rename (in the directory fsync), and a
+ * journal left behind would make the next open discard entries appended meanwhile. */
+static int reset_undo_journal(struct wal *w)
+{
+    if (faccessat(w->dirfd, RESET_FILE, F_OK, 0) != 0 && errno == ENOENT)
+        return 0; /* never renamed into place */
+    int rc = unlinkat(w->dirfd, RESET_FILE, 0) == 0 ? io_sync(w, w->dirfd) : -errno;
+    return rc == 0 ? 0 : seterr(rc, "%s/%s: removing after a failed write: %s", w->dir, RESET_FILE,
+                                strerror(-rc));
+}
+
+int wal_reset(struct wal *w, uint64_t index, uint64_t term)
+{
+    if (!wal_reset_args_ok(index, term))
+        return seterr(-EINVAL, "reset: (index %" PRIu64 ", term %" PRIu64 ") is no log position: "
+                               "entry 0 has term 0, every later entry a term >= 1, and the index "
+                               "must be below 2^64-1",
+                      index, term);
+    int rc = 0;
+    pthread_mutex_lock(&w->mu);
+    /* Queued entries go whatever happens below (the caller is replacing the log), and before
+     * waiting for the batch in flight, so that the writer never writes what is about to be
+     * discarded; the second drop takes what was appended during the wait. */
+    drop_queue_all(w);
+    set_drop_err(w, -ECANCELED, "replaced by wal_reset"); /* for waiters woken by that batch */
+    wait_idle(w);
+    drop_queue_all(w);
+    if (w->broken) {
+        rc = seterr(-EIO, "wal unusable: %s", w->broken_msg);
+    } else {
+        /* The journal is the commit point: before it is durable the files are as before, after
+         * it open finishes the reset (reset_finish). */
+        uint8_t buf[WAL_SMALL_FILE_SIZE];
+        wal_encode_reset(buf, index, term);
+        if (step(w, "reset", 0)) {
+            rc = reset_stopped();
+        } else if ((rc = write_small(w, RESET_FILE, buf)) != 0) {
+            char msg[sizeof tl_err];
+            snprintf(msg, sizeof msg, "%s", tl_err);
+            int urc = reset_undo_journal(w);
+            if (urc != 0)
+                break_wal(w, urc);
+            seterr(rc, "%s", msg);
+        } else {
+            /* Committed. Count the reset before moving durable: see wal_wait_durable. */
+            atomic_fetch_add(&w->resets, 1);
+            w->first_index = index + 1;
+            w->prev_term = term;
+            w->prev_known = 1;
+            w->durable_term = w->last_term = term;
+            atomic_store(&w->durable, index);
+            atomic_store(&w->last, index);
+            rc = reset_finish(w, index, term);
+            if (rc != 0 && rc != -EINTR)
+                break_wal(w, rc); /* memory and files disagree until open finishes the reset */
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    wake_waiters(w, -ECANCELED, "replaced by wal_reset");
+    return rc;
+}
+
+/* ---- recovery ---- */
+
+/* Finishes a reset whose journal survived a crash or a failure; 0 when there is none. */
+static int recover_reset(struct wal *w)
+{
+    uint8_t buf[WAL_SMALL_FILE_SIZE + 1];
+    size_t len;
+    uint64_t index, term;
+    int rc = read_small(w, RESET_FILE, buf, &len);
+    if (rc <= 0)
+        return rc;
+    if ((rc = wal_decode_reset(buf, len, &index, &term)) != 0)
+        return small_error(w, RESET_FILE, buf, len, rc);
+    notice(w, "%s: finishing an interrupted reset of the log to entry %" PRIu64 " (term %" PRIu64
+              ")",
+           w->dir, index, term);
+    rc = reset_finish(w, index, term);
+    drop_segments(w); /* the usual recovery below loads the new segment */
+    return rc;
+}
+
 static int recover(struct wal *w)
 {
     uint8_t buf[WAL_SMALL_FILE_SIZE + 1];
@@ -1212,6 +1402,8 @@ static int recover(struct wal *w)
         w->hs.term = hs_term;
         w->hs.voted_for = hs_vote;
     }
+    if ((rc = recover_reset(w)) != 0)
+        return rc;
     struct wal_first_marker m = {0};
     int have_marker = read_small(w, FIRST_FILE, buf, &len);
     if (have_marker < 0)
@@ -1222,7 +1414,7 @@ static int recover(struct wal *w)
 
     uint64_t *firsts = NULL;
     size_t n = 0;
-    if ((rc = scan_dir(w, &firsts, &n)) != 0)
+    if ((rc = scan_dir(w, 1, &firsts, &n)) != 0)
         return rc;
     if (n == 0) {
         free(firsts);
@@ -1233,7 +1425,7 @@ static int recover(struct wal *w)
         /* A new log. The marker goes first: a directory with segments but no marker is damaged. */
         wal_encode_first(buf, 1, 0);
         struct seg *s;
-        if ((rc = write_small(w, FIRST_FILE, buf)) != 0 || (rc = seg_create(w, 1, &s)) != 0)
+        if ((rc = write_small(w, FIRST_FILE, buf)) != 0 || (rc = seg_create(w, 1, 0, &s)) != 0)
             return rc;
         if (segs_push(w, s) != 0) {
             seg_free(s);

@@ -70,6 +70,9 @@ def main():
         "first_marker_v2_at_1": small(b"CRFI", 1, 0, 2),
         "first_marker_v3": small(b"CRFI", 100, 6, 3),
         "first_marker_v1_with_term": small(b"CRFI", 100, 6),
+        "reset_journal": small(b"CRRS", 5000, 20),
+        "reset_journal_empty": small(b"CRRS", 0, 0),
+        "reset_journal_term_0": small(b"CRRS", 5000, 0),
     }
     for name, data in seeds.items():
         with open(os.path.join(out, name), "wb") as f:

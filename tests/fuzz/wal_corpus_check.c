@@ -83,4 +83,13 @@ Test(corpus, small_file_seeds_decode_as_the_spec_says)
     cr_assert_eq(wal_decode_first(buf, len, &m), -ENOTSUP, "a newer version is not damage");
     buf = load("first_marker_v1_with_term", &len);
     cr_assert_eq(wal_decode_first(buf, len, &m), -EBADMSG, "version 1 always wrote 0 there");
+
+    buf = load("reset_journal", &len);
+    cr_assert_eq(wal_decode_reset(buf, len, &a, &b), 0);
+    cr_assert(a == 5000 && b == 20);
+    buf = load("reset_journal_empty", &len);
+    cr_assert_eq(wal_decode_reset(buf, len, &a, &b), 0);
+    cr_assert(a == 0 && b == 0);
+    buf = load("reset_journal_term_0", &len);
+    cr_assert_eq(wal_decode_reset(buf, len, &a, &b), -EBADMSG, "entries after 0 have a term");
 }

@@ -1,6 +1,6 @@
 /* Fuzz target for the WAL's on-disk decoders (raft/wal/wal_format.c): any byte string is decoded as a
  * segment (as the newest segment and as an older one) and as each small file (hard state,
- * first-index marker of either version). The segment decoder must return 0 or
+ * first-index marker of either version, reset journal). The segment decoder must return 0 or
  * -EBADMSG with a message and report offsets inside the buffer; the small-file decoders 0,
  * -EBADMSG or -ENOTSUP; none may read outside the buffer (ASan) or hit undefined behaviour
  * (UBSan). Built two ways: with clang's libFuzzer (run_wal_fuzz.sh) and as a plain corpus
@@ -66,6 +66,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == 0 && (size != WAL_SMALL_FILE_SIZE || m.first == 0 ||
                     (m.first == 1 && (m.prev_term != 0 || !m.prev_known)) ||
                     (!m.prev_known && m.prev_term != 0)))
+        abort();
+    rc = wal_decode_reset(data, size, &a, &b);
+    if (rc != 0 && rc != -EBADMSG && rc != -ENOTSUP)
+        abort();
+    if (rc == 0 && (size != WAL_SMALL_FILE_SIZE || !wal_reset_args_ok(a, b)))
         abort();
     return 0;
 }

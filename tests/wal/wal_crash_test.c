@@ -1,10 +1,12 @@
 /* Crash simulation: a log is written once, then copies of it are cut, bit-flipped, zeroed or
  * stripped of segments, and reopened. Recovery must return exactly the entries that survive
- * intact when the damage is at the tail, and an error naming the file otherwise. Truncation and
- * compaction are stopped after every step and reopened. All randomness is seeded. */
+ * intact when the damage is at the tail, and an error naming the file otherwise. Truncation,
+ * compaction and reset are stopped after every step and reopened; reset also fails at every I/O
+ * call. All randomness is seeded. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -491,6 +493,290 @@ Test(crash, compaction_stopped_at_every_step)
         free(d);
     }
     cr_assert(completed && stop_at == 5, "marker + 3 unlinks, then done (%d)", stop_at);
+}
+
+/* ---- reset stopped at each step, and failing at each I/O call ---- */
+
+/* The reset points tried: past the end, inside the log, at an index whose successor names an
+ * existing segment file, and back to an empty log from 1. */
+struct reset_case {
+    uint64_t index, term;
+};
+
+static size_t reset_cases(struct reset_case *c)
+{
+    c[0] = (struct reset_case){n_entries + 100, 9};
+    c[1] = (struct reset_case){segs[1].first + 3, 3};
+    c[2] = (struct reset_case){segs[2].first - 1, 4};
+    c[3] = (struct reset_case){0, 0};
+    return 4;
+}
+
+static int reset_stop_at, open_stop_at;
+
+static int reset_hook(void *arg, const char *op, int step)
+{
+    (void)arg;
+    cr_assert_str_eq(op, "reset");
+    return step >= reset_stop_at;
+}
+
+static int open_hook(void *arg, const char *op, int step)
+{
+    (void)arg;
+    cr_assert_str_eq(op, "reset");
+    cr_assert(step >= 1, "open only finishes a committed reset (step %d)", step);
+    return step >= open_stop_at;
+}
+
+static void expect_no_leftovers(const char *dir, const char *what)
+{
+    char *p = tu_path(dir, "reset");
+    cr_assert_neq(access(p, F_OK), 0, "%s: the reset journal is left behind", what);
+    free(p);
+}
+
+/* The log as it was before the reset: the pristine one. */
+static void expect_before(struct wal *w, const char *what)
+{
+    cr_assert_eq(wal_first_index(w), 1, "%s: first %llu", what,
+                 (unsigned long long)wal_first_index(w));
+    cr_assert_eq(wal_last_index(w), n_entries, "%s: last %llu", what,
+                 (unsigned long long)wal_last_index(w));
+    check_log_matches(w, 1, n_entries, what);
+}
+
+/* The log as wal_reset(c) leaves it: empty after (index, term), one segment file. */
+static void expect_after(struct wal *w, const char *dir, const struct reset_case *c,
+                         const char *what)
+{
+    cr_assert_eq(wal_first_index(w), c->index + 1, "%s: first %llu", what,
+                 (unsigned long long)wal_first_index(w));
+    cr_assert_eq(wal_last_index(w), c->index, "%s: last %llu", what,
+                 (unsigned long long)wal_last_index(w));
+    uint64_t t = 77;
+    cr_assert_eq(wal_term_at(w, c->index, &t), 0, "%s: %s", what, wal_errmsg());
+    cr_assert_eq(t, c->term, "%s: term %llu", what, (unsigned long long)t);
+    char **names;
+    size_t n = tu_segments(dir, &names);
+    char want[32];
+    snprintf(want, sizeof want, "%020llu.seg", (unsigned long long)c->index + 1);
+    cr_assert(n == 1 && strcmp(names[0], want) == 0, "%s: %zu segments, first %s", what, n,
+              n ? names[0] : "-");
+    tu_free_names(names, n);
+    expect_no_leftovers(dir, what);
+}
+
+/* Reopens (no hooks) and checks the log is before or after as `after` says; then that it takes
+ * an entry and keeps it. */
+static void reopen_and_check(const char *dir, const struct reset_case *c, int after,
+                             const char *what)
+{
+    struct wal_options o;
+    opts(&o);
+    struct wal *w = tu_open(dir, &o);
+    if (after)
+        expect_after(w, dir, c, what);
+    else
+        expect_before(w, what);
+    uint64_t next = wal_last_index(w) + 1;
+    tu_append_sync(w, next, 99, 11, 6);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), next, "%s", what);
+    tu_expect_entry(w, next, 99, 11, 6);
+    wal_close(w);
+}
+
+Test(crash, reset_stopped_at_every_step)
+{
+    struct reset_case cases[4];
+    size_t nc = reset_cases(cases);
+    for (size_t ci = 0; ci < nc; ci++) {
+        const struct reset_case *c = &cases[ci];
+        int completed = 0;
+        for (reset_stop_at = 0; !completed && reset_stop_at < 64; reset_stop_at++) {
+            char what[96];
+            snprintf(what, sizeof what, "reset to %llu stopped at step %d",
+                     (unsigned long long)c->index, reset_stop_at);
+            char *d = copy();
+            struct wal_options o;
+            opts(&o);
+            o.step_hook = reset_hook;
+            struct wal *w = tu_open(d, &o);
+            int rc = wal_reset(w, c->index, c->term);
+            completed = rc == 0;
+            cr_assert(rc == 0 || rc == -EINTR, "%s: rc %d %s", what, rc, wal_errmsg());
+            wal_close(w);
+            /* Step 0 comes before the journal, the commit point: only then is it "before". */
+            reopen_and_check(d, c, reset_stop_at > 0, what);
+            tu_rmtree(d);
+            free(d);
+        }
+        /* Steps 0..n_segs+4: journal, commit, one unlink per segment, marker, new segment,
+         * journal removal; the run at n_segs+5 completes and the loop counts once more. */
+        cr_assert(completed && reset_stop_at == (int)n_segs + 6, "reset took %d steps",
+                  reset_stop_at);
+    }
+}
+
+Test(crash, reset_stopped_then_open_stopped_while_finishing_it)
+{
+    struct reset_case cases[4];
+    reset_cases(cases);
+    const struct reset_case *c = &cases[0];
+    int steps = (int)n_segs + 4; /* the last step that stops a reset */
+    for (reset_stop_at = 1; reset_stop_at <= steps; reset_stop_at++) {
+        int opened = 0;
+        for (open_stop_at = 1; !opened && open_stop_at < 64; open_stop_at++) {
+            char what[96];
+            snprintf(what, sizeof what, "reset stopped at %d, open stopped at %d", reset_stop_at,
+                     open_stop_at);
+            char *d = copy();
+            struct wal_options o;
+            opts(&o);
+            o.step_hook = reset_hook;
+            struct wal *w = tu_open(d, &o);
+            cr_assert_eq(wal_reset(w, c->index, c->term), -EINTR, "%s", what);
+            wal_close(w);
+            o.step_hook = open_hook;
+            char err[512] = "";
+            int rc = wal_open(&w, d, &o, err, sizeof err);
+            opened = rc == 0;
+            if (opened)
+                wal_close(w);
+            else
+                cr_assert(rc == -EINTR && strstr(err, "stopped"), "%s: rc %d %s", what, rc, err);
+            reopen_and_check(d, c, 1, what);
+            tu_rmtree(d);
+            free(d);
+        }
+        cr_assert(opened && open_stop_at > 3, "finishing at open has several steps (%d)",
+                  open_stop_at);
+    }
+}
+
+/* Fault injection for resets: the n-th call of one kind fails (transient), or every call from
+ * the n-th on (a disk that stays full). Calls are counted only while a kind is armed. */
+enum fault_kind { FAULT_NONE, FAULT_PWRITE, FAULT_FSYNC, FAULT_FALLOCATE };
+static atomic_int fault_kind, fault_at, fault_calls, fault_persist;
+
+static int fault_now(enum fault_kind k)
+{
+    if (atomic_load(&fault_kind) != (int)k)
+        return 0;
+    int call = atomic_fetch_add(&fault_calls, 1) + 1;
+    return atomic_load(&fault_persist) ? call >= atomic_load(&fault_at)
+                                       : call == atomic_load(&fault_at);
+}
+
+static ssize_t fault_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+    if (fault_now(FAULT_PWRITE)) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return pwrite(fd, buf, len, off);
+}
+
+static int fault_fsync(int fd)
+{
+    if (fault_now(FAULT_FSYNC)) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+static int fault_fallocate(int fd, off_t off, off_t len)
+{
+    return fault_now(FAULT_FALLOCATE) ? ENOSPC : posix_fallocate(fd, off, len);
+}
+
+static const struct wal_io fault_io = {fault_pwrite, NULL, fault_fsync, fault_fallocate};
+
+static void fault_arm(enum fault_kind k, int at, int persist)
+{
+    atomic_store(&fault_calls, 0);
+    atomic_store(&fault_at, at);
+    atomic_store(&fault_persist, persist);
+    atomic_store(&fault_kind, (int)k);
+}
+
+Test(crash, reset_failing_at_every_io_call_opens_before_or_after)
+{
+    struct reset_case cases[4];
+    reset_cases(cases);
+    const struct reset_case *c = &cases[0];
+    static const char *const kinds[] = {NULL, "pwrite", "fsync", "fallocate"};
+    for (int k = FAULT_PWRITE; k <= FAULT_FALLOCATE; k++) {
+        for (int persist = 0; persist <= 1; persist++) {
+            int seen_before = 0, seen_after_failure = 0, done = 0;
+            for (int at = 1; !done && at < 64; at++) {
+                char what[96];
+                snprintf(what, sizeof what, "%s %s from call %d", kinds[k],
+                         persist ? "failing" : "failing once", at);
+                char *d = copy();
+                struct wal_options o;
+                opts(&o);
+                o.io = &fault_io;
+                fault_arm(FAULT_NONE, 0, 0);
+                struct wal *w = tu_open(d, &o);
+                fault_arm((enum fault_kind)k, at, persist);
+                int rc = wal_reset(w, c->index, c->term);
+                done = atomic_load(&fault_calls) < at; /* every call of the kind succeeded */
+                fault_arm(FAULT_NONE, 0, 0);
+                if (done || k == FAULT_FALLOCATE)
+                    cr_assert_eq(rc, 0, "%s: a deferred preallocation is no failure: %s", what,
+                                 wal_errmsg());
+                int appended = 0;
+                if (rc != 0) {
+                    cr_assert(wal_errmsg()[0], "%s: no message", what);
+                    /* Usable (nothing committed: the log is as before) or refusing: never an
+                     * append to a log that the next open would replace. */
+                    struct raft_entry e;
+                    tu_entry(&e, n_entries + 1, 99, 11, 6);
+                    int arc = wal_append(w, &e, 1);
+                    free(e.data);
+                    cr_assert(arc == 0 || arc == -EIO, "%s: append %d", what, arc);
+                    if (arc == 0) {
+                        cr_assert_eq(wal_last_index(w), n_entries + 1, "%s", what);
+                        cr_assert_eq(wal_wait_durable(w, n_entries + 1), 0, "%s", what);
+                        appended = 1;
+                    }
+                }
+                wal_close(w);
+                /* The disk may still be full at the next start: preallocation stays failing. */
+                opts(&o);
+                o.io = &fault_io;
+                fault_arm(FAULT_FALLOCATE, 1, 1);
+                w = tu_open(d, &o);
+                fault_arm(FAULT_NONE, 0, 0);
+                int after = wal_first_index(w) != 1;
+                if (rc == 0 || appended)
+                    cr_assert_eq(after, rc == 0, "%s: reopened %s", what,
+                                 after ? "after the reset" : "before it");
+                if (after) {
+                    expect_after(w, d, c, what);
+                    seen_after_failure += rc != 0;
+                } else {
+                    cr_assert_eq(wal_last_index(w), n_entries + (uint64_t)appended, "%s", what);
+                    check_log_matches(w, 1, n_entries, what);
+                    if (appended)
+                        tu_expect_entry(w, n_entries + 1, 99, 11, 6);
+                    seen_before++;
+                }
+                wal_close(w);
+                tu_rmtree(d);
+                free(d);
+            }
+            cr_assert(done, "%s never stopped failing", kinds[k]);
+            /* Writes and syncs fail on both sides of the commit point. */
+            if (k != FAULT_FALLOCATE)
+                cr_assert(seen_before && seen_after_failure, "%s: before %d, after %d", kinds[k],
+                          seen_before, seen_after_failure);
+        }
+    }
 }
 
 /* ---- the decoder on arbitrary bytes ---- */

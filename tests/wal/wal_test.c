@@ -4,10 +4,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -592,23 +594,39 @@ static void *truncate_thread(void *p)
     return NULL;
 }
 
+/* Opens a log whose fdatasync is gated, with some prefix of 1..10 in flight and the rest of
+ * 1..20 queued. */
+static struct wal *open_with_a_batch_in_flight(struct wal_options *o)
+{
+    small_opts(o, 1 << 20);
+    o->io = &gated_io;
+    gate_set(1);
+    gate_entered = 0;
+    struct wal *w = tu_open(dir, o);
+    append_range(w, 1, 10, 1, 0);
+    gate_wait_entered(1);
+    append_range(w, 11, 20, 1, 0);
+    return w;
+}
+
+/* Runs fn(arg) on a thread, opens the gate, and waits for fn, which must itself wait for the
+ * batch the gate holds. */
+static void run_as_the_gate_opens(void *(*fn)(void *), void *arg)
+{
+    pthread_t t;
+    pthread_create(&t, NULL, fn, arg);
+    gate_set(0);
+    pthread_join(t, NULL);
+}
+
 Test(wal, truncation_with_writes_in_flight_and_queued)
 {
     struct wal_options o;
-    small_opts(&o, 1 << 20);
-    o.io = &gated_io;
-    gate_set(1);
-    gate_entered = 0;
-    struct wal *w = tu_open(dir, &o);
-    append_range(w, 1, 10, 1, 0);
-    gate_wait_entered(1); /* some prefix of 1..10 is in flight */
-    append_range(w, 11, 20, 1, 0);
-    /* Queued entries above the point can be cut without touching the disk... */
+    struct wal *w = open_with_a_batch_in_flight(&o);
+    /* Queued entries above the point can be cut without touching the disk, but the truncation
+     * must first wait for the batch in flight. */
     struct trunc_arg a = {w, 15, -1};
-    pthread_t t;
-    pthread_create(&t, NULL, truncate_thread, &a);
-    gate_set(0); /* ...but the truncation must first wait for the batch in flight */
-    pthread_join(t, NULL);
+    run_as_the_gate_opens(truncate_thread, &a);
     cr_assert_eq(a.rc, 0, "%s", wal_errmsg());
     cr_assert_eq(wal_last_index(w), 14);
     cr_assert_eq(wal_wait_durable(w, 15), -ECANCELED);
@@ -622,9 +640,7 @@ Test(wal, truncation_with_writes_in_flight_and_queued)
     gate_wait_entered(1);
     append_range(w, 19, 25, 2, 3);
     a.index = 8;
-    pthread_create(&t, NULL, truncate_thread, &a);
-    gate_set(0);
-    pthread_join(t, NULL);
+    run_as_the_gate_opens(truncate_thread, &a);
     cr_assert_eq(a.rc, 0, "%s", wal_errmsg());
     cr_assert_eq(wal_last_index(w), 7);
     cr_assert_eq(wal_durable_index(w), 7);
@@ -727,18 +743,279 @@ Test(wal, close_flushes_queued_entries)
     wal_close(w);
 }
 
-/* ---- the term before the first entry, and the marker that keeps it ---- */
+/* ---- reset (a snapshot installed) and the term before the first entry ---- */
+
+/* Opens a log of 4 KiB segments holding entries 1..n (term_of, len_of, salt 0). */
+static struct wal *open_filled(struct wal_options *o, uint64_t n)
+{
+    small_opts(o, 4096);
+    struct wal *w = tu_open(dir, o);
+    for (uint64_t i = 1; i <= n; i++)
+        tu_append_sync(w, i, term_of(i), len_of(i), 0);
+    return w;
+}
+
+/* Asserts that appending entry (index, term) is refused: it does not continue the log. */
+static void expect_append_refused(struct wal *w, uint64_t index, uint64_t term, const char *why)
+{
+    struct raft_entry e;
+    tu_entry(&e, index, term, 3, 0);
+    cr_assert_eq(wal_append(w, &e, 1), -EINVAL, "%s", why);
+    free(e.data);
+}
+
+/* Appends `index` to a log just reset to index - 1, closes, reopens, and checks that entry is the
+ * whole log. Returns the reopened handle. */
+static struct wal *append_sole_entry_and_reopen(struct wal *w, struct wal_options *o,
+                                                uint64_t index, uint64_t term)
+{
+    tu_append_sync(w, index, term, len_of(index), 8);
+    wal_close(w);
+    w = tu_open(dir, o);
+    cr_assert_eq(wal_first_index(w), index);
+    cr_assert_eq(wal_last_index(w), index);
+    tu_expect_entry(w, index, term, len_of(index), 8);
+    return w;
+}
+
+static size_t segment_count(void)
+{
+    char **names;
+    size_t n = tu_segments(dir, &names);
+    tu_free_names(names, n);
+    return n;
+}
+
+/* Asserts the log is the empty one wal_reset(index, term) leaves, with one segment file. */
+static void expect_reset_log(struct wal *w, uint64_t index, uint64_t term)
+{
+    cr_assert_eq(wal_first_index(w), index + 1);
+    cr_assert_eq(wal_last_index(w), index);
+    cr_assert_eq(wal_durable_index(w), index);
+    uint64_t t = 0;
+    cr_assert_eq(wal_term_at(w, index, &t), 0, "%s", wal_errmsg());
+    cr_assert_eq(t, term);
+    cr_assert_eq(wal_term_at(w, index + 1, &t), -ENOENT);
+    if (index > 0)
+        cr_assert_eq(wal_term_at(w, index - 1, &t), -ENOENT);
+    struct raft_entry e;
+    cr_assert_eq(wal_read(w, index, &e), -ENOENT, "the reset point is not an entry");
+    char **names;
+    size_t n = tu_segments(dir, &names);
+    char want[32];
+    snprintf(want, sizeof want, "%020llu.seg", (unsigned long long)index + 1);
+    cr_assert(n == 1 && strcmp(names[0], want) == 0, "%zu segments, first %s, want only %s", n,
+              n ? names[0] : "-", want);
+    tu_free_names(names, n);
+    char *p = tu_path(dir, "reset");
+    cr_assert_neq(access(p, F_OK), 0, "the reset journal is left behind");
+    free(p);
+}
+
+Test(wal, reset_forward_past_the_end_then_append_and_reopen)
+{
+    struct wal_options o;
+    struct wal *w = open_filled(&o, 100);
+    cr_assert(segment_count() > 3);
+    cr_assert_eq(wal_reset(w, 5000, 20), 0, "%s", wal_errmsg());
+    expect_reset_log(w, 5000, 20);
+    struct raft_entry e;
+    cr_assert_eq(wal_read(w, 50, &e), -ENOENT, "old entries are gone");
+    /* The next append must be 5001, at a term no lower than the reset's. */
+    expect_append_refused(w, 5001, 19, "term below the reset term");
+    expect_append_refused(w, 101, 20, "the old log's next index");
+    for (uint64_t i = 5001; i <= 5150; i++)
+        tu_append_sync(w, i, 20 + (i > 5100), len_of(i), 2);
+    wal_close(w);
+
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_first_index(w), 5001);
+    cr_assert_eq(wal_last_index(w), 5150);
+    uint64_t t = 0;
+    cr_assert_eq(wal_term_at(w, 5000, &t), 0, "the reset term survives reopen: %s", wal_errmsg());
+    cr_assert_eq(t, 20);
+    for (uint64_t i = 5001; i <= 5150; i++)
+        tu_expect_entry(w, i, 20 + (i > 5100), len_of(i), 2);
+    /* Truncating everything appended since goes back to the reset point and its term. */
+    cr_assert_eq(wal_truncate_suffix(w, 5001), 0, "%s", wal_errmsg());
+    cr_assert_eq(wal_last_index(w), 5000);
+    expect_append_refused(w, 5001, 19, "the reset term still bounds appends");
+    wal_close(w);
+    w = tu_open(dir, &o);
+    expect_reset_log(w, 5000, 20);
+    wal_close(w);
+}
+
+Test(wal, reset_backward_discards_every_entry)
+{
+    struct wal_options o;
+    struct wal *w = open_filled(&o, 120);
+    /* Inside the log, and at an index whose successor names an existing segment file. */
+    char **names;
+    size_t n = tu_segments(dir, &names);
+    uint64_t at = strtoull(names[2], NULL, 10) - 1;
+    tu_free_names(names, n);
+    cr_assert_eq(wal_reset(w, at, 9), 0, "%s", wal_errmsg());
+    expect_reset_log(w, at, 9);
+    w = append_sole_entry_and_reopen(w, &o, at + 1, 9);
+    /* Below the first index too: the WAL does not judge, it replaces. */
+    cr_assert_eq(wal_reset(w, 3, 2), 0, "%s", wal_errmsg());
+    expect_reset_log(w, 3, 2);
+    /* And (0, 0): an empty log from 1, as new. */
+    cr_assert_eq(wal_reset(w, 0, 0), 0, "%s", wal_errmsg());
+    expect_reset_log(w, 0, 0);
+    wal_close(append_sole_entry_and_reopen(w, &o, 1, 1));
+}
+
+Test(wal, reset_refuses_bad_arguments_and_changes_nothing)
+{
+    struct wal *w = tu_open(dir, NULL);
+    for (uint64_t i = 1; i <= 5; i++)
+        tu_append_sync(w, i, 2, 10, 0);
+    static const uint64_t bad[][2] = {{0, 1}, {7, 0}, {UINT64_MAX, 3}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        cr_assert_eq(wal_reset(w, bad[k][0], bad[k][1]), -EINVAL, "reset(%llu, %llu)",
+                     (unsigned long long)bad[k][0], (unsigned long long)bad[k][1]);
+        cr_assert(strstr(wal_errmsg(), "reset"), "%s", wal_errmsg());
+        cr_assert_eq(wal_first_index(w), 1);
+        cr_assert_eq(wal_last_index(w), 5);
+    }
+    tu_append_sync(w, 6, 2, 10, 0);
+    wal_close(w);
+    w = tu_open(dir, NULL);
+    cr_assert_eq(wal_last_index(w), 6);
+    for (uint64_t i = 1; i <= 6; i++)
+        tu_expect_entry(w, i, 2, 10, 0);
+    wal_close(w);
+}
+
+struct reset_arg {
+    struct wal *w;
+    uint64_t index, term;
+    int rc;
+};
+
+static void *reset_thread(void *p)
+{
+    struct reset_arg *a = p;
+    a->rc = wal_reset(a->w, a->index, a->term);
+    return NULL;
+}
+
+Test(wal, reset_waits_for_the_batch_in_flight_and_drops_the_queue)
+{
+    struct wal_options o;
+    struct wal *w = open_with_a_batch_in_flight(&o);
+    struct reset_arg a = {w, 12, 3, -1};
+    run_as_the_gate_opens(reset_thread, &a);
+    cr_assert_eq(a.rc, 0, "%s", wal_errmsg());
+    /* Below 12 or not, every queued entry was dropped and its waiter told so. */
+    for (uint64_t i = 13; i <= 20; i++)
+        cr_assert_eq(wal_wait_durable(w, i), -ECANCELED, "entry %llu", (unsigned long long)i);
+    wal_close(append_sole_entry_and_reopen(w, &o, 13, 3));
+}
+
+/* An on_durable callback that can be held, keeping the writer from taking the queue. */
+static atomic_int cb_hold, cb_held;
+
+static void holding_on_durable(void *arg, uint64_t index, uint64_t term, int err)
+{
+    (void)arg;
+    (void)index;
+    (void)term;
+    (void)err;
+    pthread_mutex_lock(&gate_mu);
+    atomic_fetch_add(&cb_held, 1);
+    pthread_cond_broadcast(&gate_cv);
+    while (atomic_load(&cb_hold))
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+struct waiter {
+    struct wal *w;
+    uint64_t index;
+    atomic_int tid;
+    int rc;
+};
+
+static void *wait_thread(void *p)
+{
+    struct waiter *a = p;
+    atomic_store(&a->tid, (int)syscall(SYS_gettid));
+    a->rc = wal_wait_durable(a->w, a->index);
+    return NULL;
+}
+
+/* Returns once the waiter is asleep in the kernel. After publishing its tid it runs only
+ * wal_wait_durable, whose one blocking call is the futex wait, so state S in
+ * /proc/self/task/<tid>/stat means the wait is in progress. The kernel's own view of the thread
+ * is the signal: no timed sleep. */
+static void wait_until_asleep(struct waiter *a)
+{
+    while (atomic_load(&a->tid) == 0)
+        sched_yield();
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", atomic_load(&a->tid));
+    for (;;) {
+        FILE *f = fopen(path, "r");
+        cr_assert_not_null(f, "%s", path);
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *p = strrchr(buf, ')'); /* the state follows the command name */
+        if (p && p[1] == ' ' && p[2] == 'S')
+            return;
+        sched_yield();
+    }
+}
+
+Test(wal, reset_forward_cancels_waits_in_progress_on_queued_entries)
+{
+    struct wal_options o;
+    small_opts(&o, 1 << 20);
+    o.on_durable = holding_on_durable;
+    atomic_store(&cb_hold, 1);
+    atomic_store(&cb_held, 0);
+    struct wal *w = tu_open(dir, &o);
+    append_range(w, 1, 1, 1, 0);
+    pthread_mutex_lock(&gate_mu);
+    while (atomic_load(&cb_held) == 0)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    /* The writer sits in the callback: 2..10 stay queued, and nothing else wakes waiters. */
+    append_range(w, 2, 10, 1, 0);
+    struct waiter a = {.w = w, .index = 5};
+    pthread_t t;
+    pthread_create(&t, NULL, wait_thread, &a);
+    wait_until_asleep(&a);
+    /* Forward past the waited index: durable jumps to 1000, yet entry 5 was never written. */
+    cr_assert_eq(wal_reset(w, 1000, 4), 0, "%s", wal_errmsg());
+    pthread_join(t, NULL);
+    cr_assert_eq(a.rc, -ECANCELED, "a wait across a reset must not report a dropped entry durable");
+    /* A wait begun after the reset: the snapshot covers index 5. */
+    cr_assert_eq(wal_wait_durable(w, 5), 0);
+    cr_assert_eq(wal_wait_durable(w, 1001), -ECANCELED);
+    expect_reset_log(w, 1000, 4);
+    pthread_mutex_lock(&gate_mu);
+    atomic_store(&cb_hold, 0);
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+    tu_append_sync(w, 1001, 4, 9, 9);
+    wal_close(w);
+    w = tu_open(dir, NULL);
+    cr_assert_eq(wal_last_index(w), 1001, "none of 2..10 was written after the reset");
+    tu_expect_entry(w, 1001, 4, 9, 9);
+    wal_close(w);
+}
 
 Test(wal, term_before_the_first_entry_survives_compaction_and_reopen)
 {
     struct wal_options o;
-    small_opts(&o, 4096);
-    struct wal *w = tu_open(dir, &o);
+    struct wal *w = open_filled(&o, 300);
     uint64_t t = 99;
     cr_assert_eq(wal_term_at(w, 0, &t), 0, "entry 0 has term 0");
     cr_assert_eq(t, 0);
-    for (uint64_t i = 1; i <= 300; i++)
-        tu_append_sync(w, i, term_of(i), len_of(i), 0);
     cr_assert_eq(wal_compact_prefix(w, 150), 0, "%s", wal_errmsg());
     uint64_t first = wal_first_index(w);
     cr_assert(first > 1);
@@ -755,10 +1032,7 @@ Test(wal, term_before_the_first_entry_survives_compaction_and_reopen)
     /* Truncating to empty leaves the log ending there, with that term. */
     cr_assert_eq(wal_truncate_suffix(w, first), 0, "%s", wal_errmsg());
     cr_assert_eq(wal_last_index(w), first - 1);
-    struct raft_entry e;
-    tu_entry(&e, first, term_of(first - 1) - 1, 1, 0);
-    cr_assert_eq(wal_append(w, &e, 1), -EINVAL, "below the term before the first entry");
-    free(e.data);
+    expect_append_refused(w, first, term_of(first - 1) - 1, "below the term before first");
     wal_close(w);
 }
 
@@ -797,10 +1071,7 @@ static uint8_t marker_version(void)
 Test(wal, version_1_marker_still_opens_and_a_newer_one_is_refused)
 {
     struct wal_options o;
-    small_opts(&o, 4096);
-    struct wal *w = tu_open(dir, &o);
-    for (uint64_t i = 1; i <= 300; i++)
-        tu_append_sync(w, i, term_of(i), len_of(i), 0);
+    struct wal *w = open_filled(&o, 300);
     wal_close(w);
     cr_assert_eq(marker_version(), 1, "a log from 1 keeps the marker older builds read");
     /* An old uncompacted log: the term before entry 1 is 0 by definition. */
@@ -833,4 +1104,35 @@ Test(wal, version_1_marker_still_opens_and_a_newer_one_is_refused)
     write_marker(1, first, 7);
     cr_assert_eq(wal_open(&w, dir, &o, err, sizeof err), -EBADMSG);
     cr_assert(strstr(err, "first") && strstr(err, "corrupt"), "%s", err);
+}
+
+Test(wal, reset_on_a_full_disk_defers_preallocation)
+{
+    struct wal_options o;
+    failing_opts(&o, 1 << 20);
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 5; i++)
+        tu_append_sync(w, i, 1, 100, 0);
+    /* With no room to preallocate, the reset still completes (it has just freed the old
+     * segments); the writer retries, and appends fail until there is room. */
+    atomic_store(&fail_fallocate, 1);
+    cr_assert_eq(wal_reset(w, 50, 2), 0, "%s", wal_errmsg());
+    expect_reset_log(w, 50, 2);
+    struct raft_entry e;
+    tu_entry(&e, 51, 2, 10, 0);
+    cr_assert_eq(wal_append(w, &e, 1), 0);
+    cr_assert_eq(wal_wait_durable(w, 51), -ENOSPC);
+    free(e.data);
+    cr_assert_eq(wal_last_index(w), 50);
+    wal_close(w);
+    /* Reopening on the still-full disk works too. */
+    w = tu_open(dir, &o);
+    expect_reset_log(w, 50, 2);
+    atomic_store(&fail_fallocate, 0);
+    tu_append_sync(w, 51, 2, 10, 0);
+    wal_close(w);
+    w = tu_open(dir, &o);
+    cr_assert_eq(wal_last_index(w), 51);
+    tu_expect_entry(w, 51, 2, 10, 0);
+    wal_close(w);
 }
