@@ -158,6 +158,16 @@ static int check_usable(struct snap_store *s)
     return 0;
 }
 
+/* What snap_create and snap_recv_begin check before anything else. */
+static int check_start(struct snap_store *s, uint64_t index, uint64_t term)
+{
+    int rc = check_usable(s);
+    if (rc == 0 && (index == 0 || term == 0))
+        rc = seterr(-EINVAL, "snapshot index %" PRIu64 " and term %" PRIu64
+                    " must both be positive", index, term);
+    return rc;
+}
+
 /* ---- names ---- */
 
 static void snap_name(char buf[SNAP_NAME_MAX], uint64_t index, uint64_t term)
@@ -503,12 +513,9 @@ int snap_create(struct snap_store *s, uint64_t index, uint64_t term, const void 
                 size_t config_len, struct snap_writer **out)
 {
     *out = NULL;
-    int rc = check_usable(s);
+    int rc = check_start(s, index, term);
     if (rc != 0)
         return rc;
-    if (index == 0 || term == 0)
-        return seterr(-EINVAL, "snapshot index %" PRIu64 " and term %" PRIu64
-                      " must both be positive", index, term);
     if (config_len > SNAP_MAX_CONFIG)
         return seterr(-EMSGSIZE, "configuration of %zu bytes exceeds the limit of %u", config_len,
                       SNAP_MAX_CONFIG);
@@ -776,12 +783,9 @@ int snap_recv_begin(struct snap_store *s, uint64_t index, uint64_t term, uint64_
                     uint64_t *offset)
 {
     *offset = 0;
-    int rc = check_usable(s);
+    int rc = check_start(s, index, term);
     if (rc != 0)
         return rc;
-    if (index == 0 || term == 0)
-        return seterr(-EINVAL, "snapshot index %" PRIu64 " and term %" PRIu64
-                      " must both be positive", index, term);
     if (total_len < MIN_FILE)
         return seterr(-EINVAL, "snapshot of %" PRIu64 " bytes: the smallest is %d", total_len,
                       MIN_FILE);
