@@ -134,8 +134,9 @@ void snap_file_close(struct snap_file *f);
 
 /* ---- writing ---- */
 
-/* Starts writing the snapshot (index, term) with its configuration blob (config_len <=
- * SNAP_MAX_CONFIG; config may be NULL when config_len is 0). The payload follows through
+/* Starts writing the snapshot (index, term) - or, with both 0, one named at snap_commit_as - with
+ * its configuration blob (config_len <= SNAP_MAX_CONFIG; config may be NULL when config_len is
+ * 0). The payload follows through
  * snap_write or snap_writer_fd, then snap_commit or snap_abort. An existing snapshot of the same
  * name is replaced at commit. -EBUSY if one of that name is being written already. */
 int snap_create(struct snap_store *s, uint64_t index, uint64_t term, const void *config,
@@ -152,6 +153,11 @@ int snap_writer_fd(struct snap_writer *w);
  * temporary file is removed, unless the error came after the rename (directory fsync): then the
  * complete file is in place but may not survive a crash. */
 int snap_commit(struct snap_writer *w);
+/* For a producer that learns which state it wrote only once it has written it (fsm.h's
+ * snapshot_write reports its index at the end): snap_create with index and term both 0, then
+ * name it here; otherwise as snap_commit. -EINVAL (and w freed) for a writer created with an
+ * index, or a zero index or term. */
+int snap_commit_as(struct snap_writer *w, uint64_t index, uint64_t term);
 /* Drops an unfinished snapshot: removes its temporary file and frees w. */
 void snap_abort(struct snap_writer *w);
 

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,7 @@ struct snap_store {
     struct snap_options o;
     struct snap_io io;
     _Atomic int broken; /* a test hook stopped an operation: behave as a crashed process */
+    _Atomic uint64_t pending; /* names the temporary files of snapshots named at commit */
     pthread_mutex_t mu; /* renames, deletions and the transfer state */
     struct recv_state rx;
 };
@@ -513,7 +515,8 @@ int snap_create(struct snap_store *s, uint64_t index, uint64_t term, const void 
                 size_t config_len, struct snap_writer **out)
 {
     *out = NULL;
-    int rc = check_start(s, index, term);
+    bool deferred = index == 0 && term == 0; /* named at snap_commit_as */
+    int rc = deferred ? check_usable(s) : check_start(s, index, term);
     if (rc != 0)
         return rc;
     if (config_len > SNAP_MAX_CONFIG)
@@ -529,8 +532,13 @@ int snap_create(struct snap_store *s, uint64_t index, uint64_t term, const void 
         return seterr(-ENOMEM, "out of memory");
     w->s = s;
     w->h = (struct snap_header){index, term, (uint32_t)config_len, 0};
-    snap_name(w->name, index, term);
-    snprintf(w->tmp, sizeof w->tmp, "%016" PRIx64 "-%016" PRIx64 TMP_SUFFIX, term, index);
+    if (deferred) {
+        snprintf(w->tmp, sizeof w->tmp, "pending-%016" PRIx64 TMP_SUFFIX,
+                 atomic_fetch_add(&s->pending, 1));
+    } else {
+        snap_name(w->name, index, term);
+        snprintf(w->tmp, sizeof w->tmp, "%016" PRIx64 "-%016" PRIx64 TMP_SUFFIX, term, index);
+    }
     if (step(s, "create", 0)) {
         free(w);
         return -ECANCELED;
@@ -677,10 +685,28 @@ static int commit_finish_file(struct snap_writer *w)
     return 0;
 }
 
+int snap_commit_as(struct snap_writer *w, uint64_t index, uint64_t term)
+{
+    if (w->h.index || w->h.term || !index || !term) {
+        int rc = seterr(-EINVAL, "snap_commit_as(%" PRIu64 ", %" PRIu64 "): only for a snapshot "
+                        "created without index and term, and both must be positive", index, term);
+        snap_abort(w);
+        return rc;
+    }
+    w->h.index = index;
+    w->h.term = term;
+    snap_name(w->name, index, term);
+    return snap_commit(w);
+}
+
 int snap_commit(struct snap_writer *w)
 {
     struct snap_store *s = w->s;
     int rc = w->err ? w->err : check_usable(s);
+    if (rc == 0 && !w->h.index) {
+        snap_abort(w);
+        return seterr(-EINVAL, "a snapshot created without index and term needs snap_commit_as");
+    }
     if (rc == 0 && w->fd_given)
         rc = measure_fd_payload(w);
     if (rc == 0)

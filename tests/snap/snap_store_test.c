@@ -467,3 +467,38 @@ Test(store, a_full_disk_fails_the_snapshot_and_leaves_the_store_working)
     st_expect_in(s, 2, 1, 5, 5000, 2);
     snap_store_close(s);
 }
+
+/* A producer that learns its index only after writing (fsm.h's snapshot_write) creates the
+ * snapshot unnamed and names it at commit; two unnamed ones can be written at once; a plain
+ * commit of an unnamed one, or naming a named one, is refused and leaves nothing behind. */
+Test(store, a_snapshot_named_at_commit)
+{
+    struct snap_store *s = st_open(dir, NULL);
+    struct snap_writer *a, *b, *c;
+    cr_assert_eq(snap_create(s, 0, 0, "cfg", 3, &a), 0, "%s", snap_errmsg());
+    cr_assert_eq(snap_create(s, 0, 0, NULL, 0, &b), 0, "%s", snap_errmsg());
+    cr_assert_eq(snap_write(a, "payload", 7), 0);
+    cr_assert_eq(snap_write(b, "x", 1), 0);
+    cr_assert_eq(snap_commit_as(a, 42, 7), 0, "%s", snap_errmsg());
+    cr_assert_eq(snap_commit(b), -EINVAL, "an unnamed snapshot committed without a name");
+    cr_assert_eq(snap_create(s, 5, 2, NULL, 0, &c), 0);
+    cr_assert_eq(snap_commit_as(c, 6, 2), -EINVAL, "a named snapshot renamed");
+    struct snap_file *f;
+    cr_assert_eq(snap_open(s, 42, 7, &f), 0, "%s", snap_errmsg());
+    cr_assert_eq(snap_file_header(f)->config_len, 3);
+    cr_assert_eq(snap_file_header(f)->payload_len, 7);
+    char buf[16];
+    cr_assert_eq(snap_file_read(f, buf, sizeof buf), 7);
+    cr_assert_eq(memcmp(buf, "payload", 7), 0);
+    snap_file_close(f);
+    struct snap_info *list;
+    size_t n;
+    cr_assert_eq(snap_list(s, &list, &n), 0);
+    cr_assert_eq(n, 1, "only the named one is in the store");
+    free(list);
+    snap_store_close(s);
+    /* No temporary file was left behind for the refused ones. */
+    s = st_open(dir, NULL);
+    cr_assert_eq(tu_notice_count, 0, "leftovers: %s", tu_last_notice);
+    snap_store_close(s);
+}
