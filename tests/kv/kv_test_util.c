@@ -2,6 +2,7 @@
 #include "tests/kv/kv_test_util.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,4 +186,85 @@ int64_t kvt_count(struct kvt *t)
     int64_t n = resp->count;
     etcdserverpb__range_response__free_unpacked(resp, NULL);
     return n;
+}
+
+char *kvt_dump(struct kvt *t)
+{
+    int64_t rev, compact;
+    cr_assert_eq(kv_store_status(t->s, &rev, &compact, NULL, NULL), 0);
+    Etcdserverpb__RangeRequest r;
+    kvt_range_req(&r, KVT_FROM, KVT_FROM);
+    Etcdserverpb__RangeResponse *resp = kvt_range(t, &r);
+    size_t cap = 256, o = 0;
+    for (size_t i = 0; i < resp->n_kvs; i++)
+        cap += resp->kvs[i]->key.len + resp->kvs[i]->value.len + 80;
+    char *s = malloc(cap);
+    cr_assert(s);
+    o += (size_t)snprintf(s, cap, "rev %lld compact %lld applied %llu|", (long long)rev,
+                          (long long)compact,
+                          (unsigned long long)kv_store_applied_index(t->s));
+    for (size_t i = 0; i < resp->n_kvs; i++) {
+        const Mvccpb__KeyValue *kv = resp->kvs[i];
+        o += (size_t)snprintf(s + o, cap - o, "%.*s=%.*s %lld/%lld/%lld,", (int)kv->key.len,
+                              (const char *)kv->key.data, (int)kv->value.len,
+                              (const char *)kv->value.data, (long long)kv->create_revision,
+                              (long long)kv->mod_revision, (long long)kv->version);
+    }
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    return s;
+}
+
+int kvt_buf_write(void *arg, const void *p, size_t n)
+{
+    struct kvt_buf *b = arg;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        uint8_t *d = realloc(b->data, cap);
+        if (!d)
+            return -ENOMEM;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+long kvt_buf_read(void *arg, void *p, size_t n)
+{
+    struct kvt_buf *b = arg;
+    size_t left = b->limit - b->pos;
+    if (n > left)
+        n = left;
+    if (b->max_read && n > b->max_read)
+        n = b->max_read;
+    if (n)
+        memcpy(p, b->data + b->pos, n);
+    b->pos += n;
+    return (long)n;
+}
+
+void kvt_snapshot(struct kvt *t, struct kvt_buf *b, uint64_t *index, uint64_t *term)
+{
+    b->len = b->pos = 0;
+    char err[256] = "";
+    struct raft_snapshot_writer w = {kvt_buf_write, b, err, sizeof err};
+    struct raft_fsm *f = kv_store_fsm(t->s);
+    int rc = f->snapshot_write(f->ctx, &w, index, term);
+    cr_assert_eq(rc, 0, "snapshot_write: %d %s", rc, err);
+    b->limit = b->len;
+}
+
+int kvt_restore(struct kvt *t, const uint8_t *p, size_t len, uint64_t index, uint64_t term,
+                char *err, size_t errlen)
+{
+    struct kvt_buf b = {.data = (uint8_t *)p, .len = len, .limit = len};
+    struct raft_snapshot_reader r = {kvt_buf_read, &b, err, errlen};
+    struct raft_fsm *f = kv_store_fsm(t->s);
+    int rc = f->snapshot_restore(f->ctx, &r, index, term);
+    if (rc == 0)
+        t->index = kv_store_applied_index(t->s);
+    return rc;
 }

@@ -52,4 +52,22 @@ int64_t kvt_rev(struct kvt *t);
 /* How many keys the store holds (a count_only Range over everything). */
 int64_t kvt_count(struct kvt *t);
 
+/* The whole state as text (malloc'd): "rev R compact C applied I|key=value c/m/v,...". */
+char *kvt_dump(struct kvt *t);
+
+/* A growable byte buffer, with a snapshot sink and source over it. max_read > 0 caps each
+ * read (short reads); pos is where the next read starts, limit where the input ends. */
+struct kvt_buf {
+    uint8_t *data;
+    size_t len, cap, pos, limit, max_read;
+};
+int kvt_buf_write(void *arg, const void *p, size_t n);
+long kvt_buf_read(void *arg, void *p, size_t n);
+/* snapshot_write into b (emptied first), asserting success. */
+void kvt_snapshot(struct kvt *t, struct kvt_buf *b, uint64_t *index, uint64_t *term);
+/* snapshot_restore from p[len]; the fsm's return, with its reason in err. On success t->index
+ * follows the store's applied index, so kvt_apply goes on from index + 1. */
+int kvt_restore(struct kvt *t, const uint8_t *p, size_t len, uint64_t index, uint64_t term,
+                char *err, size_t errlen);
+
 #endif

@@ -1,0 +1,99 @@
+/* kv_snap.h: the KV store's snapshot payload (docs/kv.md "Snapshots"): its byte format, an
+ * encoder that streams it out through a write callback, and a decoder that checks every byte it
+ * pulls from a read callback. No LMDB here (kv_store.c walks and fills the databases), so the
+ * fuzz target (tests/fuzz/kv_snap_fuzz.c) can build the decoder alone.
+ *
+ * Format, version 1 (integers little-endian):
+ *   header   "CRKVSNAP" | u32 version = 1 | u32 flags = 0 | u64 applied index | u64 term of the
+ *            entry at that index (0 = the store does not know it) | i64 revision | i64 compacted
+ *            revision                                                              (48 bytes)
+ *   records  one per key, keys strictly increasing (bytewise, a proper prefix first: LMDB's
+ *            order): u32 key length (1..511) | u32 value length | key | i64 create_revision |
+ *            i64 mod_revision | i64 version | i64 lease | value
+ *   trailer  "CRKVEND1" | u64 number of records | u32 CRC-32C of every byte before this field |
+ *            u32 0                                                                  (24 bytes)
+ *   and nothing after the trailer.
+ * The bytes after a record's key (32 + value length) are exactly the store's LMDB record, so
+ * neither side reformats them.
+ *
+ * What the decoder accepts, and nothing else: the magic, version 1, flags 0; 0 <= compacted <=
+ * revision; per record 1 <= create_revision <= mod_revision <= revision, 1 <= version <=
+ * mod_revision - create_revision + 1 (a version grows by at most one per revision), lease 0 (the
+ * store has no leases); the trailer's count and CRC; the end of input right after it. Any other
+ * input is -EBADMSG with a one-line reason; a read callback's error is passed on. An accepted
+ * payload re-encodes to the same bytes (the fuzz target checks it).
+ */
+#ifndef CRAFT_SERVICES_KV_SNAP_H
+#define CRAFT_SERVICES_KV_SNAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KV_SNAP_MAGIC "CRKVSNAP"
+#define KV_SNAP_END_MAGIC "CRKVEND1"
+#define KV_SNAP_VERSION 1
+#define KV_SNAP_HEADER 48
+#define KV_SNAP_TRAILER 24
+#define KV_SNAP_REC_HEAD 8  /* key length, value length */
+#define KV_SNAP_REC_FIXED 32 /* create, mod, version, lease: the start of the LMDB record */
+#define KV_SNAP_MAX_KEY 511
+
+/* What the header carries: the state the records are a copy of. */
+struct kv_snap_meta {
+    uint64_t index; /* applied index */
+    uint64_t term;  /* term of the entry at index; 0 = not known */
+    int64_t rev, compact;
+};
+
+/* One decoded record; the pointers are valid until the next call on the decoder. */
+struct kv_snap_rec {
+    const uint8_t *key;
+    size_t klen;
+    const uint8_t *rec; /* create, mod, version, lease (i64 each), then the value */
+    size_t rlen;        /* 32 + value length */
+};
+
+/* Sink: writes all len bytes, returns 0 or a negative errno. Source: returns the number of bytes
+ * read (> 0), 0 at the end of the input, or a negative errno; short reads are fine. */
+typedef int (*kv_snap_write_fn)(void *arg, const void *buf, size_t len);
+typedef long (*kv_snap_read_fn)(void *arg, void *buf, size_t len);
+
+static inline void kv_le_put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint64_t kv_le_get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* Encoder: header, then the records in key order, then finish (which writes the trailer and
+ * flushes). Writes are buffered; each function returns 0 or a negative errno (the sink's, or
+ * -EINVAL for a record the format cannot hold). NULL from new = out of memory. */
+struct kv_snap_enc;
+struct kv_snap_enc *kv_snap_enc_new(kv_snap_write_fn write, void *arg);
+int kv_snap_enc_header(struct kv_snap_enc *e, const struct kv_snap_meta *m);
+int kv_snap_enc_record(struct kv_snap_enc *e, const void *key, size_t klen, const void *rec,
+                       size_t rlen);
+/* *len (may be NULL) receives the payload's length in bytes. */
+int kv_snap_enc_finish(struct kv_snap_enc *e, uint64_t *len);
+void kv_snap_enc_free(struct kv_snap_enc *e);
+
+/* Decoder: header once, then next until it returns 0 (the trailer checked, the input ended) or
+ * a negative errno (-EBADMSG: not a valid payload; -ENOMEM; the source's error) with a reason in
+ * err. After an error only free is valid. NULL from new = out of memory. */
+struct kv_snap_dec;
+struct kv_snap_dec *kv_snap_dec_new(kv_snap_read_fn read, void *arg);
+int kv_snap_dec_header(struct kv_snap_dec *d, struct kv_snap_meta *m, char *err, size_t errlen);
+/* 1 with *r filled, 0 at the verified end, or a negative errno. */
+int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, size_t errlen);
+/* Bytes consumed so far (the payload's length once next returned 0). */
+uint64_t kv_snap_dec_offset(const struct kv_snap_dec *d);
+void kv_snap_dec_free(struct kv_snap_dec *d);
+
+#endif
