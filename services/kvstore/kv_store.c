@@ -2,8 +2,9 @@
  *
  * LMDB layout: named database "kv" maps each key to a record of four little-endian int64
  * (create_revision, mod_revision, version, lease) followed by the value bytes; database
- * "meta" holds "format" (KV_FORMAT) and "state" (applied index, revision, compacted revision:
- * three little-endian 64-bit words), written in the same transaction as the data. */
+ * "meta" holds "format" (KV_FORMAT) and "state" (applied index, revision, compacted revision,
+ * term of the entry at the applied index: little-endian 64-bit words; stores from before the
+ * term have only the first three), written in the same transaction as the data. */
 #include "services/kvstore/kv_store.h"
 
 #include <errno.h>
@@ -21,10 +22,12 @@
 
 #include "services/kvstore/kv_cmd.h"
 #include "services/kvstore/kv_internal.h"
+#include "services/kvstore/kv_snap.h"
 
 #define KV_FORMAT "craft-kv-1"
 #define REC_HDR 32
-#define STATE_LEN 24
+#define STATE_LEN 32
+#define STATE_LEN_V1 24 /* before the term was recorded */
 
 struct kv_store {
     struct raft_fsm fsm;
@@ -54,21 +57,7 @@ struct kv_store {
     bool fail_sync;            /* tests: every sync fails with EIO */
 };
 
-/* ---- little-endian records ---- */
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
+/* ---- little-endian records (kv_le_put64/kv_le_get64: kv_snap.h) ---- */
 
 struct kv_rec {
     int64_t create, mod, version, lease;
@@ -81,10 +70,10 @@ static int rec_decode(const MDB_val *v, struct kv_rec *r)
     if (v->mv_size < REC_HDR)
         return -1;
     const uint8_t *p = v->mv_data;
-    r->create = (int64_t)get64(p);
-    r->mod = (int64_t)get64(p + 8);
-    r->version = (int64_t)get64(p + 16);
-    r->lease = (int64_t)get64(p + 24);
+    r->create = (int64_t)kv_le_get64(p);
+    r->mod = (int64_t)kv_le_get64(p + 8);
+    r->version = (int64_t)kv_le_get64(p + 16);
+    r->lease = (int64_t)kv_le_get64(p + 24);
     r->val = p + REC_HDR;
     r->vlen = v->mv_size - REC_HDR;
     return 0;
@@ -486,10 +475,10 @@ static int put_exec(struct kv_ctx *c, const Etcdserverpb__PutRequest *p,
         return sys_fail(c, rc);
     }
     uint8_t *d = v.mv_data;
-    put64(d, (uint64_t)(found ? prev.create : rev));
-    put64(d + 8, (uint64_t)rev);
-    put64(d + 16, (uint64_t)(found ? prev.version + 1 : 1));
-    put64(d + 24, 0); /* leases are not supported: never attached */
+    kv_le_put64(d, (uint64_t)(found ? prev.create : rev));
+    kv_le_put64(d + 8, (uint64_t)rev);
+    kv_le_put64(d + 16, (uint64_t)(found ? prev.version + 1 : 1));
+    kv_le_put64(d + 24, 0); /* leases are not supported: never attached */
     if (vlen)
         memcpy(d + REC_HDR, val, vlen);
     free(oldval);
@@ -906,33 +895,34 @@ static void publish_in_use(struct kv_store *s)
 
 /* ---- apply ---- */
 
-static int state_write(struct kv_store *s, MDB_txn *txn, uint64_t applied, int64_t rev,
+/* The "state" record: applied index, revision, compacted revision, then the term of the entry
+ * at the applied index (0 = not known: it was a NOOP/CONFIG entry the runtime filtered out, or
+ * the record predates snapshots and has only the first three words). Snapshots report it. */
+static int state_write(MDB_txn *txn, MDB_dbi meta, uint64_t applied, uint64_t term, int64_t rev,
                        int64_t compact)
 {
     uint8_t b[STATE_LEN];
-    put64(b, applied);
-    put64(b + 8, (uint64_t)rev);
-    put64(b + 16, (uint64_t)compact);
+    kv_le_put64(b, applied);
+    kv_le_put64(b + 8, (uint64_t)rev);
+    kv_le_put64(b + 16, (uint64_t)compact);
+    kv_le_put64(b + 24, term);
     MDB_val k = {5, "state"}, v = {sizeof b, b};
-    return mdb_put(txn, s->meta, &k, &v, 0);
+    return mdb_put(txn, meta, &k, &v, 0);
 }
 
-static int state_read(struct kv_store *s, MDB_txn *txn, uint64_t *applied, int64_t *rev,
-                      int64_t *compact)
+static int state_read(MDB_txn *txn, MDB_dbi meta, struct kv_snap_meta *st)
 {
     MDB_val k = {5, "state"}, v;
-    int rc = mdb_get(txn, s->meta, &k, &v);
+    int rc = mdb_get(txn, meta, &k, &v);
     if (rc)
         return rc;
-    if (v.mv_size != STATE_LEN)
+    if (v.mv_size != STATE_LEN && v.mv_size != STATE_LEN_V1)
         return MDB_CORRUPTED;
     const uint8_t *p = v.mv_data;
-    if (applied)
-        *applied = get64(p);
-    if (rev)
-        *rev = (int64_t)get64(p + 8);
-    if (compact)
-        *compact = (int64_t)get64(p + 16);
+    st->index = kv_le_get64(p);
+    st->rev = (int64_t)kv_le_get64(p + 8);
+    st->compact = (int64_t)kv_le_get64(p + 16);
+    st->term = v.mv_size == STATE_LEN ? kv_le_get64(p + 24) : 0;
     return 0;
 }
 
@@ -1084,13 +1074,14 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
 {
     for (size_t i = 0; i < n; i++) {
         uint64_t idx = i + 1 == n ? last_index : es[i].index;
+        uint64_t term = idx == es[i].index ? es[i].term : 0;
         int64_t rev0 = s->rev, compact0 = s->compact;
         MDB_txn *txn;
         int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
         if (rc)
             return fatal(rc);
         rc = apply_entry(s, txn, &es[i], &results[i]);
-        if (rc == 0 && (rc = state_write(s, txn, idx, s->rev, s->compact)) == 0)
+        if (rc == 0 && (rc = state_write(txn, s->meta, idx, term, s->rev, s->compact)) == 0)
             rc = mdb_txn_commit(txn);
         else
             mdb_txn_abort(txn);
@@ -1100,7 +1091,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
             results_clear(&results[i], 1);
             if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
                 return fatal(rc);
-            if ((rc = state_write(s, txn, idx, s->rev, s->compact)) == 0)
+            if ((rc = state_write(txn, s->meta, idx, term, s->rev, s->compact)) == 0)
                 rc = mdb_txn_commit(txn);
             else
                 mdb_txn_abort(txn);
@@ -1138,6 +1129,9 @@ static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t 
     es += skip, results += skip, n -= skip;
     if (last_index <= applied)
         return 0;
+    /* The term of last_index is known only when it is the last entry's own index (trailing
+     * NOOP/CONFIG entries come as last_index alone). */
+    uint64_t term = n && es[n - 1].index == last_index ? es[n - 1].term : 0;
     int64_t rev0 = s->rev, compact0 = s->compact;
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -1150,7 +1144,7 @@ static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t 
             rc = apply_entry(s, txn, &es[i], &results[i]);
     }
     if (rc == 0)
-        rc = state_write(s, txn, last_index, s->rev, s->compact);
+        rc = state_write(txn, s->meta, last_index, term, s->rev, s->compact);
     if (rc == 0)
         rc = mdb_txn_commit(txn); /* a failed commit frees txn too */
     else
@@ -1196,13 +1190,16 @@ static int read_begin(struct kv_store *s, struct kv_ctx *c, struct kv_err *err)
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &c->txn);
     if (rc == MDB_READERS_FULL)
         return kv_fail(err, KV_CODE_UNAVAILABLE, "etcdserver: too many requests");
-    if (rc == 0 && (rc = state_read(s, c->txn, NULL, &c->rev, &c->compact)))
+    struct kv_snap_meta st;
+    if (rc == 0 && (rc = state_read(c->txn, s->meta, &st)))
         mdb_txn_abort(c->txn);
     if (rc) {
         char m[128];
         snprintf(m, sizeof m, "craft: kv store read: %s", mdb_strerror(rc));
         return kv_fail(err, KV_CODE_INTERNAL, m);
     }
+    c->rev = st.rev;
+    c->compact = st.compact;
     return 0;
 }
 
@@ -1511,19 +1508,21 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
         if (rc == MDB_NOTFOUND) {
             v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
             if ((rc = mdb_put(txn, s->meta, &k, &v, 0)) == 0)
-                rc = state_write(s, txn, 0, 0, 0);
+                rc = state_write(txn, s->meta, 0, 0, 0, 0);
         } else if (rc == 0 && (v.mv_size != strlen(KV_FORMAT) ||
                                memcmp(v.mv_data, KV_FORMAT, v.mv_size) != 0)) {
             mdb_txn_abort(txn);
             return open_fail(s, err, errlen, dir, "format", "not a craft KV store (format "
                                                             "record differs)");
         }
-        uint64_t applied = 0;
+        struct kv_snap_meta st = {0};
         if (rc == 0) {
             what = "state record";
-            rc = state_read(s, txn, &applied, &s->rev, &s->compact);
+            rc = state_read(txn, s->meta, &st);
         }
-        atomic_store(&s->applied, applied);
+        atomic_store(&s->applied, st.index);
+        s->rev = st.rev;
+        s->compact = st.compact;
     }
     if (rc == 0)
         rc = mdb_txn_commit(txn);
