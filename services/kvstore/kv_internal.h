@@ -19,6 +19,8 @@ enum kv_mark { KV_MARK_NONE, KV_MARK_CLEAN, KV_MARK_DIRTY, KV_MARK_BAD };
 int kv_boot_id(char *buf, size_t len);
 /* KV_MARK_DIRTY fills boot with the boot id it names; BAD = unreadable or not ours. */
 enum kv_mark kv_mark_read(const char *dir, char *boot, size_t len);
+/* fsync of a directory, so that a rename in it is durable. 0 or an errno. */
+int kv_sync_dir(const char *dir);
 /* Durably replaces the mark: "dirty since boot" (boot non-NULL) or "clean". 0 or an errno. */
 int kv_mark_write(const char *dir, const char *boot);
 

@@ -57,7 +57,7 @@ enum kv_mark kv_mark_read(const char *dir, char *boot, size_t len)
     return KV_MARK_DIRTY;
 }
 
-static int fsync_dir(const char *dir)
+int kv_sync_dir(const char *dir)
 {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0)
@@ -89,7 +89,7 @@ int kv_mark_write(const char *dir, const char *boot)
     if (rc == 0 && rename(tmp, path))
         rc = errno;
     if (rc == 0)
-        rc = fsync_dir(dir);
+        rc = kv_sync_dir(dir);
     if (rc)
         unlink(tmp);
     return rc;

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,8 @@
 #include "services/kvstore/kv_internal.h"
 #include "services/kvstore/kv_snap.h"
 
+_Static_assert(KV_SNAP_MAX_KEY == KV_MAX_KEY, "snapshots hold every key the store holds");
+
 #define KV_FORMAT "craft-kv-1"
 #define REC_HDR 32
 #define STATE_LEN 32
@@ -31,8 +34,16 @@
 
 struct kv_store {
     struct raft_fsm fsm;
+    /* A snapshot restore replaces env (and the dbis and stat_txn that belong to it) while
+     * readers may be in flight: whoever uses env holds env_lock shared, the swap holds it
+     * exclusively. env is NULL only after a restore failed to open the new environment. */
+    pthread_rwlock_t env_lock;
+    bool env_lock_init;
     MDB_env *env;
     MDB_dbi kv, meta;
+    unsigned env_flags;
+    uint64_t map_size;
+    unsigned max_readers;
     int lock_fd;
     size_t maxkey;            /* LMDB's key size limit */
     _Atomic uint64_t applied; /* read by any thread */
@@ -41,11 +52,16 @@ struct kv_store {
                                  reader slot (one of max_readers), so apply never waits for one */
     int64_t rev, compact;     /* owned by the applier thread (and open) */
     uint64_t fail_at;
+    int (*step_hook)(void *arg, const char *op, uint64_t n); /* tests */
+    void *step_arg;
+    uint64_t restore_txn_bytes;
     char dir[4096];
     char note[200];            /* what open had to do, for the operator; "" = nothing */
 
     /* Background sync (kv_store.h "Durability"); lazy = commits do not fdatasync. */
     bool lazy;
+    bool mark_pending;         /* applier: kv.state says clean; mark it dirty before the next
+                                  unsynced commit (after a restore) */
     unsigned sync_ms;
     pthread_t syncer;
     bool syncer_started, sync_init;
@@ -54,6 +70,8 @@ struct kv_store {
     pthread_cond_t sync_cv;
     bool stopping;             /* sync_mu */
     _Atomic int sync_err;      /* sticky: a failed sync stops apply (fail-stop, like the WAL) */
+    _Atomic uint64_t commits;  /* applied batches committed, for the syncer (the applied index
+                                  can go down: a restore of an older snapshot) */
     bool fail_sync;            /* tests: every sync fails with EIO */
 };
 
@@ -1105,17 +1123,22 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
             return fatal(rc);
         }
         publish_in_use(s);
+        atomic_fetch_add(&s->commits, 1);
         atomic_store(&s->applied, idx);
     }
     return 0;
 }
 
-static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t last_index,
-                     struct raft_fsm_result *results)
+static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n,
+                       uint64_t last_index, struct raft_fsm_result *results)
 {
-    struct kv_store *s = ctx;
-    if (atomic_load(&s->sync_err))
-        return -EIO; /* the store's writes may not reach the disk: stop, the log has them */
+    /* A restore left every byte synced and kv.state clean, so a machine crash until now keeps
+     * the restored store; the first unsynced commit needs the dirty mark first. */
+    if (s->mark_pending) {
+        if (kv_mark_write(s->dir, s->boot))
+            return -EIO;
+        s->mark_pending = false;
+    }
     uint64_t applied = atomic_load(&s->applied);
     /* The runtime never repeats an applied entry; if it did, applying twice would corrupt
      * the revisions, so such entries only get an error. */
@@ -1151,6 +1174,7 @@ static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t 
         mdb_txn_abort(txn);
     if (rc == 0) {
         publish_in_use(s);
+        atomic_fetch_add(&s->commits, 1);
         atomic_store(&s->applied, last_index);
         return 0;
     }
@@ -1163,37 +1187,46 @@ static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t 
     return fatal(rc);
 }
 
+static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t last_index,
+                     struct raft_fsm_result *results)
+{
+    struct kv_store *s = ctx;
+    int rc = -EIO;
+    pthread_rwlock_rdlock(&s->env_lock);
+    /* A failed sync: the store's writes may not reach the disk, so stop (the log has them).
+     * No env: a restore could not open the store it installed; the next start will. */
+    if (!atomic_load(&s->sync_err) && s->env)
+        rc = apply_batch(s, es, n, last_index, results);
+    pthread_rwlock_unlock(&s->env_lock);
+    return rc;
+}
+
 static uint64_t fsm_applied_index(void *ctx)
 {
     return atomic_load(&((struct kv_store *)ctx)->applied);
 }
 
-static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_t *index,
-                              uint64_t *term)
-{
-    (void)ctx, (void)w, (void)index, (void)term;
-    return -ENOSYS; /* the snapshot issue brings them */
-}
-
-static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64_t index,
-                                uint64_t term)
-{
-    (void)ctx, (void)r, (void)index, (void)term;
-    return -ENOSYS;
-}
-
 /* ---- reads from any thread ---- */
 
+/* Begins a read transaction, holding env_lock shared until read_end (a restore swaps the
+ * environment under the write lock). */
 static int read_begin(struct kv_store *s, struct kv_ctx *c, struct kv_err *err)
 {
     *c = (struct kv_ctx){.s = s};
+    pthread_rwlock_rdlock(&s->env_lock);
+    if (!s->env) {
+        pthread_rwlock_unlock(&s->env_lock);
+        return kv_fail(err, KV_CODE_UNAVAILABLE, "craft: kv store unavailable after a failed "
+                                                 "snapshot restore");
+    }
     int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &c->txn);
-    if (rc == MDB_READERS_FULL)
-        return kv_fail(err, KV_CODE_UNAVAILABLE, "etcdserver: too many requests");
     struct kv_snap_meta st;
     if (rc == 0 && (rc = state_read(c->txn, s->meta, &st)))
         mdb_txn_abort(c->txn);
     if (rc) {
+        pthread_rwlock_unlock(&s->env_lock);
+        if (rc == MDB_READERS_FULL)
+            return kv_fail(err, KV_CODE_UNAVAILABLE, "etcdserver: too many requests");
         char m[128];
         snprintf(m, sizeof m, "craft: kv store read: %s", mdb_strerror(rc));
         return kv_fail(err, KV_CODE_INTERNAL, m);
@@ -1201,6 +1234,12 @@ static int read_begin(struct kv_store *s, struct kv_ctx *c, struct kv_err *err)
     c->rev = st.rev;
     c->compact = st.compact;
     return 0;
+}
+
+static void read_end(struct kv_ctx *c)
+{
+    mdb_txn_abort(c->txn);
+    pthread_rwlock_unlock(&c->s->env_lock);
 }
 
 static int read_fail(struct kv_ctx *c, struct kv_err *err)
@@ -1227,7 +1266,7 @@ int kv_store_range(struct kv_store *s, const Etcdserverpb__RangeRequest *r,
         rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
     else if (range_exec(&c, r, c.rev, out))
         rc = read_fail(&c, err);
-    mdb_txn_abort(c.txn);
+    read_end(&c);
     return rc;
 }
 
@@ -1242,7 +1281,7 @@ int kv_store_txn_read(struct kv_store *s, const Etcdserverpb__TxnRequest *r,
     int rc = txn_exec(&c, r, out, err);
     if (rc == EXEC_SYS)
         read_fail(&c, err);
-    mdb_txn_abort(c.txn);
+    read_end(&c);
     return rc ? -1 : 0;
 }
 
@@ -1259,7 +1298,7 @@ int kv_store_status(struct kv_store *s, int64_t *rev, int64_t *compact_rev, int6
     /* The same computation as the applier's, on this snapshot: equal to kv_store_size_in_use
      * once no batch is being applied. */
     int64_t in_use = size_in_use(s, c.txn);
-    mdb_txn_abort(c.txn);
+    read_end(&c);
     if (in_use < 0)
         return -1;
     if (rev)
@@ -1291,13 +1330,24 @@ static void stop_syncer(struct kv_store *s)
     s->syncer_started = false;
 }
 
-/* Frees whatever open set up (the syncer already stopped). */
-static void store_free(struct kv_store *s)
+/* Closes the environment and the read transaction that belongs to it (nobody else using them:
+ * env_lock held exclusively, or the store being freed). */
+static void env_close(struct kv_store *s)
 {
     if (s->stat_txn)
         mdb_txn_abort(s->stat_txn); /* before the environment it belongs to */
+    s->stat_txn = NULL;
     if (s->env)
         mdb_env_close(s->env);
+    s->env = NULL;
+}
+
+/* Frees whatever open set up (the syncer already stopped). */
+static void store_free(struct kv_store *s)
+{
+    env_close(s);
+    if (s->env_lock_init)
+        pthread_rwlock_destroy(&s->env_lock);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     if (s->sync_init) {
@@ -1368,7 +1418,9 @@ static int sync_store(struct kv_store *s)
     int rc = atomic_load(&s->sync_err);
     if (rc)
         return rc;
-    rc = s->fail_sync ? EIO : mdb_env_sync(s->env, 1);
+    pthread_rwlock_rdlock(&s->env_lock);
+    rc = s->fail_sync || !s->env ? EIO : mdb_env_sync(s->env, 1);
+    pthread_rwlock_unlock(&s->env_lock);
     if (rc)
         atomic_store(&s->sync_err, rc);
     return rc;
@@ -1383,7 +1435,7 @@ int kv_store_sync(struct kv_store *s)
 static void *syncer_main(void *arg)
 {
     struct kv_store *s = arg;
-    uint64_t synced = atomic_load(&s->applied);
+    uint64_t synced = atomic_load(&s->commits);
     pthread_mutex_lock(&s->sync_mu);
     while (!s->stopping) {
         struct timespec ts;
@@ -1392,14 +1444,14 @@ static void *syncer_main(void *arg)
         ts.tv_sec += s->sync_ms / 1000 + ts.tv_nsec / 1000000000L;
         ts.tv_nsec %= 1000000000L;
         pthread_cond_timedwait(&s->sync_cv, &s->sync_mu, &ts);
-        uint64_t applied = atomic_load(&s->applied);
-        if (s->stopping || applied == synced || atomic_load(&s->sync_err))
+        uint64_t commits = atomic_load(&s->commits);
+        if (s->stopping || commits == synced || atomic_load(&s->sync_err))
             continue;
         pthread_mutex_unlock(&s->sync_mu);
         int rc = sync_store(s);
         pthread_mutex_lock(&s->sync_mu);
         if (rc == 0)
-            synced = applied;
+            synced = commits;
     }
     pthread_mutex_unlock(&s->sync_mu);
     return NULL;
@@ -1431,6 +1483,110 @@ static const char *start_syncing(struct kv_store *s)
     return NULL;
 }
 
+/* ---- the LMDB environment: opened by open, and again by a restore ---- */
+
+/* A new environment with the store's limits, not yet opened. 0 or an LMDB code. */
+static int env_create(const struct kv_store *s, MDB_env **env)
+{
+    int rc = mdb_env_create(env);
+    if (rc)
+        return rc;
+    if ((rc = mdb_env_set_mapsize(*env, (size_t)s->map_size)) ||
+        (rc = mdb_env_set_maxreaders(*env, s->max_readers)) ||
+        (rc = mdb_env_set_maxdbs(*env, 4))) {
+        mdb_env_close(*env);
+        *env = NULL;
+    }
+    return rc;
+}
+
+/* Opens s->dir's environment into s->env: the databases and the format record (both created
+ * in a new store), the state, the size in use. NULL, or why not with *what naming the step
+ * (env_close then undoes what was done). */
+static const char *env_load(struct kv_store *s, const char **what)
+{
+    int rc;
+    *what = "configure";
+    if ((rc = env_create(s, &s->env)))
+        return mdb_strerror(rc);
+    *what = "open data.mdb";
+    if ((rc = mdb_env_open(s->env, s->dir, s->env_flags, 0600)))
+        return rc == MDB_INVALID ? "data.mdb is not an LMDB file (corrupt?)" : mdb_strerror(rc);
+    s->maxkey = (size_t)mdb_env_get_maxkeysize(s->env);
+    if (s->maxkey > KV_MAX_KEY)
+        s->maxkey = KV_MAX_KEY;
+    MDB_txn *txn;
+    *what = "begin";
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return mdb_strerror(rc);
+    *what = "open databases";
+    struct kv_snap_meta st = {0};
+    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) == 0 &&
+        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, &s->kv)) == 0) {
+        MDB_val k = {6, "format"}, v;
+        *what = "format";
+        rc = mdb_get(txn, s->meta, &k, &v);
+        if (rc == MDB_NOTFOUND) {
+            v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
+            if ((rc = mdb_put(txn, s->meta, &k, &v, 0)) == 0)
+                rc = state_write(txn, s->meta, 0, 0, 0, 0);
+        } else if (rc == 0 && (v.mv_size != strlen(KV_FORMAT) ||
+                               memcmp(v.mv_data, KV_FORMAT, v.mv_size) != 0)) {
+            mdb_txn_abort(txn);
+            return "not a craft KV store (format record differs)";
+        }
+        if (rc == 0) {
+            *what = "state record";
+            rc = state_read(txn, s->meta, &st);
+        }
+    }
+    if (rc == 0)
+        rc = mdb_txn_commit(txn);
+    else
+        mdb_txn_abort(txn);
+    if (rc)
+        return rc == MDB_INCOMPATIBLE ? "not a craft KV store" : mdb_strerror(rc);
+    atomic_store(&s->applied, st.index);
+    s->rev = st.rev;
+    s->compact = st.compact;
+    /* The size in use of the store as found: nothing has been applied to it yet. */
+    *what = "begin";
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->stat_txn)))
+        return mdb_strerror(rc);
+    mdb_txn_reset(s->stat_txn); /* publish_in_use renews it */
+    publish_in_use(s);
+    return NULL;
+}
+
+#define RESTORE_DIR "kv.restore"
+/* A restore commits the new store every so many bytes: LMDB holds a write transaction's dirty
+ * pages in memory. */
+#define RESTORE_TXN_BYTES (64u << 20)
+
+/* A restore that did not finish leaves kv.restore behind: a new store, half built or whole,
+ * that never took the place of data.mdb (the rename is the switch), so the store in dir is the
+ * old one and the leftover goes. NULL, or why it cannot. */
+static const char *remove_restore_leftover(const char *dir)
+{
+    char path[4200];
+    const char *files[] = {"data.mdb", "lock.mdb"};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/" RESTORE_DIR "/%s", dir, files[i]);
+        if (unlink(path) != 0 && errno != ENOENT && errno != ENOTDIR)
+            return strerror(errno);
+    }
+    snprintf(path, sizeof path, "%s/" RESTORE_DIR, dir);
+    if (rmdir(path) != 0 && errno != ENOENT)
+        return errno == ENOTEMPTY ? RESTORE_DIR " holds files craft did not put there"
+                                  : strerror(errno);
+    return NULL;
+}
+
+static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_t *index,
+                              uint64_t *term);
+static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64_t index,
+                                uint64_t term);
+
 struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts, char *err,
                                size_t errlen)
 {
@@ -1442,17 +1598,22 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
         return NULL;
     }
     s->lock_fd = -1;
+    /* Writers first: a restore waiting to swap the environment is not starved by reads. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&s->env_lock, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    s->env_lock_init = true;
     if (!dir || !*dir)
         return open_fail(s, err, errlen, "", "open", "no directory given");
-    if (!o.map_size)
-        o.map_size = KV_DEFAULT_MAP_SIZE;
+    s->map_size = o.map_size ? o.map_size : KV_DEFAULT_MAP_SIZE;
     s->sync_ms = o.sync_interval_ms ? o.sync_interval_ms : KV_DEFAULT_SYNC_MS;
     if (s->sync_ms > KV_MAX_SYNC_MS)
         return open_fail(s, err, errlen, dir, "sync interval", "must be at most 60000 ms");
-    if (o.map_size < (64u << 10) || o.map_size > ((uint64_t)1 << 44))
+    if (s->map_size < (64u << 10) || s->map_size > ((uint64_t)1 << 44))
         return open_fail(s, err, errlen, dir, "map size", "must be between 64 KiB and 16 TiB");
-    if (!o.max_readers)
-        o.max_readers = 512;
+    s->max_readers = o.max_readers ? o.max_readers : 512;
     struct stat st;
     if (stat(dir, &st))
         return open_fail(s, err, errlen, dir, "stat", strerror(errno));
@@ -1471,73 +1632,26 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
                          errno == EWOULDBLOCK ? "locked: the store is open elsewhere"
                                               : strerror(errno));
     snprintf(s->dir, sizeof s->dir, "%s", dir);
-    const char *why = distrust_after_machine_crash(s, &o);
+    const char *why = remove_restore_leftover(dir);
     if (why)
+        return open_fail(s, err, errlen, dir, "remove an unfinished restore", why);
+    if ((why = distrust_after_machine_crash(s, &o)))
         return open_fail(s, err, errlen, dir, "discard unsynced store", why);
-    int rc;
-    if ((rc = mdb_env_create(&s->env)))
-        return open_fail(s, err, errlen, dir, "mdb_env_create", mdb_strerror(rc));
-    if ((rc = mdb_env_set_mapsize(s->env, (size_t)o.map_size)) ||
-        (rc = mdb_env_set_maxreaders(s->env, o.max_readers)) ||
-        (rc = mdb_env_set_maxdbs(s->env, 4)))
-        return open_fail(s, err, errlen, dir, "configure", mdb_strerror(rc));
     /* MDB_NOTLS: read transactions are not tied to threads (gRPC handlers hop threads).
      * Lazy (the default): MDB_NOSYNC, commits only reach the page cache and the syncer thread
      * flushes them; the reply to a write then waits for one fdatasync (the Raft log's), not two.
      * Every batch: MDB_NOMETASYNC, one fdatasync per batch (data; the meta page rides on the
      * next). Either way the applied index is stored in the batch's own transaction, so whatever
      * the store lost is replayed from the Raft log, which made it durable first. */
-    unsigned flags = MDB_NOTLS | (s->lazy ? MDB_NOSYNC : MDB_NOMETASYNC);
-    if ((rc = mdb_env_open(s->env, dir, flags, 0600))) {
-        const char *why = rc == MDB_INVALID ? "data.mdb is not an LMDB file (corrupt?)"
-                                            : mdb_strerror(rc);
-        return open_fail(s, err, errlen, dir, "open data.mdb", why);
-    }
-    s->maxkey = (size_t)mdb_env_get_maxkeysize(s->env);
-    if (s->maxkey > KV_MAX_KEY)
-        s->maxkey = KV_MAX_KEY;
-    MDB_txn *txn;
-    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-        return open_fail(s, err, errlen, dir, "begin", mdb_strerror(rc));
-    const char *what = "open databases";
-    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) == 0 &&
-        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, &s->kv)) == 0) {
-        MDB_val k = {6, "format"}, v;
-        what = "format";
-        rc = mdb_get(txn, s->meta, &k, &v);
-        if (rc == MDB_NOTFOUND) {
-            v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
-            if ((rc = mdb_put(txn, s->meta, &k, &v, 0)) == 0)
-                rc = state_write(txn, s->meta, 0, 0, 0, 0);
-        } else if (rc == 0 && (v.mv_size != strlen(KV_FORMAT) ||
-                               memcmp(v.mv_data, KV_FORMAT, v.mv_size) != 0)) {
-            mdb_txn_abort(txn);
-            return open_fail(s, err, errlen, dir, "format", "not a craft KV store (format "
-                                                            "record differs)");
-        }
-        struct kv_snap_meta st = {0};
-        if (rc == 0) {
-            what = "state record";
-            rc = state_read(txn, s->meta, &st);
-        }
-        atomic_store(&s->applied, st.index);
-        s->rev = st.rev;
-        s->compact = st.compact;
-    }
-    if (rc == 0)
-        rc = mdb_txn_commit(txn);
-    else
-        mdb_txn_abort(txn);
-    if (rc)
-        return open_fail(s, err, errlen, dir, what,
-                         rc == MDB_INCOMPATIBLE ? "not a craft KV store" : mdb_strerror(rc));
-    /* The size in use of the store as found: a restart has applied nothing yet. */
-    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->stat_txn)))
-        return open_fail(s, err, errlen, dir, "begin", mdb_strerror(rc));
-    mdb_txn_reset(s->stat_txn); /* publish_in_use renews it */
-    publish_in_use(s);
+    s->env_flags = MDB_NOTLS | (s->lazy ? MDB_NOSYNC : MDB_NOMETASYNC);
+    const char *what;
+    if ((why = env_load(s, &what)))
+        return open_fail(s, err, errlen, dir, what, why);
     s->fail_at = o.fail_at_index;
     s->fail_sync = o.fail_sync;
+    s->step_hook = o.step_hook;
+    s->step_arg = o.step_arg;
+    s->restore_txn_bytes = o.restore_txn_bytes ? o.restore_txn_bytes : RESTORE_TXN_BYTES;
     s->fsm = (struct raft_fsm){s, fsm_apply, fsm_applied_index, fsm_snapshot_write,
                                fsm_snapshot_restore};
     if ((why = start_syncing(s)))
@@ -1560,3 +1674,255 @@ void kv_store_close(struct kv_store *s)
 const char *kv_store_open_note(const struct kv_store *s) { return s->note; }
 
 struct raft_fsm *kv_store_fsm(struct kv_store *s) { return &s->fsm; }
+
+/* ---- snapshots (the payload: kv_snap.h; the design and crash analysis: docs/kv.md) ---- */
+
+/* true when the test hook asks to stop before op. */
+static bool step(struct kv_store *s, const char *op, uint64_t n)
+{
+    return s->step_hook && s->step_hook(s->step_arg, op, n) != 0;
+}
+
+__attribute__((format(printf, 4, 5))) static int snap_fail(char *err, size_t errlen, int rc,
+                                                           const char *fmt, ...)
+{
+    if (err && errlen) {
+        char what[300];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof what, fmt, ap);
+        va_end(ap);
+        snprintf(err, errlen, "kv snapshot: %s", what);
+    }
+    return rc;
+}
+
+static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_t *index,
+                              uint64_t *term)
+{
+    struct kv_store *s = ctx;
+    struct kv_snap_enc *e = kv_snap_enc_new(w->write, w->arg);
+    if (!e)
+        return snap_fail(w->err, w->errlen, -ENOMEM, "write: out of memory");
+    pthread_rwlock_rdlock(&s->env_lock);
+    /* One read transaction: the header (index, term, revisions) and every record are one
+     * committed state, while apply goes on committing (an LMDB reader never blocks the writer).
+     * The price: LMDB cannot reuse the pages of that state until the transaction ends, so the
+     * data file grows instead while a snapshot is written. */
+    MDB_txn *txn = NULL;
+    MDB_cursor *cur = NULL;
+    struct kv_snap_meta st;
+    int rc, lrc = s->env ? mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) : EIO;
+    if (lrc == 0 && (lrc = state_read(txn, s->meta, &st)) == 0)
+        lrc = mdb_cursor_open(txn, s->kv, &cur);
+    if (lrc) {
+        rc = snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
+                       mdb_strerror(lrc));
+        goto out;
+    }
+    rc = kv_snap_enc_header(e, &st);
+    uint64_t n = 0;
+    MDB_val k, v;
+    lrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    for (; rc == 0 && lrc == 0; lrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (v.mv_size < REC_HDR) {
+            lrc = MDB_CORRUPTED;
+            break;
+        }
+        rc = kv_snap_enc_record(e, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
+        if (rc == 0 && step(s, "snapshot-record", ++n)) {
+            rc = snap_fail(w->err, w->errlen, -EIO, "write: stopped by the test hook");
+            goto out;
+        }
+    }
+    if (rc == 0 && lrc != MDB_NOTFOUND) {
+        rc = snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
+                       mdb_strerror(lrc));
+        goto out;
+    }
+    if (rc == 0)
+        rc = kv_snap_enc_finish(e, NULL);
+    if (rc) {
+        snap_fail(w->err, w->errlen, rc, "write: %s", strerror(-rc));
+        goto out;
+    }
+    *index = st.index;
+    *term = st.term;
+out:
+    if (cur)
+        mdb_cursor_close(cur);
+    if (txn)
+        mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&s->env_lock);
+    kv_snap_enc_free(e);
+    return rc;
+}
+
+/* Builds the restored store in dir/kv.restore from the payload and syncs it (steps counted in
+ * *n). 0, or a negative errno with the reason in r->err; the caller removes what was built. */
+static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uint64_t index,
+                         uint64_t term, uint64_t *n)
+{
+    char *err = r->err, tmp[4200];
+    size_t errlen = r->errlen;
+    snprintf(tmp, sizeof tmp, "%s/" RESTORE_DIR, s->dir);
+    if (step(s, "build", (*n)++))
+        return snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at build");
+    const char *why = remove_restore_leftover(s->dir); /* an earlier failed attempt's */
+    if (why)
+        return snap_fail(err, errlen, -EIO, "restore: %s: %s", tmp, why);
+    if (mkdir(tmp, 0700))
+        return snap_fail(err, errlen, -errno, "restore: %s: %s", tmp, strerror(errno));
+    struct kv_snap_dec *d = kv_snap_dec_new(r->read, r->arg);
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi kv, meta;
+    struct kv_snap_meta m;
+    int rc, lrc;
+    if (!d) {
+        rc = snap_fail(err, errlen, -ENOMEM, "restore: out of memory");
+        goto out;
+    }
+    if ((rc = kv_snap_dec_header(d, &m, err, errlen)))
+        goto out;
+    if (m.index != index || (m.term && m.term != term)) {
+        rc = snap_fail(err, errlen, -EBADMSG,
+                       "restore: the payload is the state at index %llu (term %llu), not at "
+                       "index %llu (term %llu)", (unsigned long long)m.index,
+                       (unsigned long long)m.term, (unsigned long long)index,
+                       (unsigned long long)term);
+        goto out;
+    }
+    /* Written without syncs, then synced once, whole, before it can take the old one's place. */
+    MDB_val fk = {6, "format"}, fv = {strlen(KV_FORMAT), KV_FORMAT};
+    if ((lrc = env_create(s, &env)) ||
+        (lrc = mdb_env_open(env, tmp, MDB_NOTLS | MDB_NOSYNC, 0600)) ||
+        (lrc = mdb_txn_begin(env, NULL, 0, &txn)) ||
+        (lrc = mdb_dbi_open(txn, "meta", MDB_CREATE, &meta)) ||
+        (lrc = mdb_dbi_open(txn, "kv", MDB_CREATE, &kv)) ||
+        (lrc = mdb_put(txn, meta, &fk, &fv, 0)))
+        goto lmdb;
+    size_t pending = 0;
+    struct kv_snap_rec rec;
+    while ((rc = kv_snap_dec_next(d, &rec, err, errlen)) == 1) {
+        MDB_val k = {rec.klen, (void *)rec.key}, v = {rec.rlen, (void *)rec.rec};
+        /* The decoder checked the keys come in LMDB's order: each one goes at the end. */
+        if ((lrc = mdb_put(txn, kv, &k, &v, MDB_APPEND)))
+            goto lmdb;
+        pending += rec.klen + rec.rlen;
+        if (pending >= s->restore_txn_bytes) {
+            if (step(s, "build-commit", (*n)++)) {
+                rc = snap_fail(err, errlen, -EIO, "restore: stopped by the test hook");
+                goto out;
+            }
+            lrc = mdb_txn_commit(txn);
+            txn = NULL;
+            if (lrc || (lrc = mdb_txn_begin(env, NULL, 0, &txn)))
+                goto lmdb;
+            pending = 0;
+        }
+    }
+    if (rc < 0)
+        goto out; /* the decoder's reason is in err */
+    if ((lrc = state_write(txn, meta, index, term, m.rev, m.compact)))
+        goto lmdb;
+    lrc = mdb_txn_commit(txn);
+    txn = NULL;
+    if (lrc)
+        goto lmdb;
+    if (step(s, "sync-new", (*n)++)) {
+        rc = snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at sync-new");
+        goto out;
+    }
+    if ((lrc = mdb_env_sync(env, 1)))
+        goto lmdb;
+    rc = 0;
+    goto out;
+lmdb:
+    if (lrc == MDB_MAP_FULL)
+        rc = snap_fail(err, errlen, -ENOSPC, "restore: the state does not fit in the map size "
+                       "(%llu bytes)", (unsigned long long)s->map_size);
+    else
+        rc = snap_fail(err, errlen, -EIO, "restore: building %s: %s", tmp, mdb_strerror(lrc));
+out:
+    if (txn)
+        mdb_txn_abort(txn);
+    if (env)
+        mdb_env_close(env);
+    kv_snap_dec_free(d);
+    return rc;
+}
+
+/* After the rename nothing can bring the old store back (its name is gone): a failure stops
+ * this one (apply refuses, as after a failed sync) and the next start opens the new one. */
+static int restore_broken(struct kv_store *s, char *err, size_t errlen, int rc, const char *what)
+{
+    atomic_store(&s->sync_err, EIO);
+    return snap_fail(err, errlen, rc, "restore: %s; the new store is in place on disk: restart "
+                     "the member", what);
+}
+
+static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64_t index,
+                                uint64_t term)
+{
+    struct kv_store *s = ctx;
+    char *err = r->err;
+    size_t errlen = r->errlen;
+    uint64_t n = 0;
+    int rc;
+    if (atomic_load(&s->sync_err) || !s->env)
+        return snap_fail(err, errlen, -EIO, "restore: the store stopped after a failed sync or "
+                         "restore; restart the member");
+    /* 1. The old store synced and marked clean. From here to the end both the old and the new
+     * store are whole on disk, so a machine crash at any step keeps whichever one data.mdb
+     * names instead of discarding it as possibly torn (kv.state). */
+    if (step(s, "sync-old", n++))
+        return snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at sync-old");
+    if ((rc = sync_store(s)))
+        return snap_fail(err, errlen, -EIO, "restore: syncing the current store: %s",
+                         mdb_strerror(rc));
+    if (s->lazy && (rc = kv_mark_write(s->dir, NULL)))
+        return snap_fail(err, errlen, -rc, "restore: marking the store clean: %s",
+                         strerror(rc));
+    /* 2. The new store beside the old one, synced; 3. the rename over data.mdb is the switch.
+     * The old environment keeps its (now unlinked) file open, so reads go on meanwhile. */
+    char from[4200], to[4200];
+    snprintf(from, sizeof from, "%s/" RESTORE_DIR "/data.mdb", s->dir);
+    snprintf(to, sizeof to, "%s/data.mdb", s->dir);
+    rc = restore_build(s, r, index, term, &n);
+    if (rc == 0 && step(s, "rename", n++))
+        rc = snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at rename");
+    else if (rc == 0 && rename(from, to))
+        rc = snap_fail(err, errlen, -errno, "restore: rename %s: %s", from, strerror(errno));
+    if (rc) {
+        /* The old store is untouched (the leftover, if this fails to remove it, goes at open);
+         * its next unsynced commit marks it dirty again. */
+        remove_restore_leftover(s->dir);
+        s->mark_pending = s->lazy;
+        return rc;
+    }
+    if (step(s, "fsync-dir", n++))
+        return restore_broken(s, err, errlen, -EIO, "stopped by the test hook at fsync-dir");
+    if ((rc = kv_sync_dir(s->dir)))
+        return restore_broken(s, err, errlen, -rc, "fsync of the directory failed");
+    /* 4. The running store becomes the new one: readers wait for the swap, not longer. */
+    if (step(s, "switch", n++))
+        return restore_broken(s, err, errlen, -EIO, "stopped by the test hook at switch");
+    pthread_rwlock_wrlock(&s->env_lock);
+    env_close(s);
+    const char *what, *why = env_load(s, &what);
+    if (why)
+        env_close(s);
+    pthread_rwlock_unlock(&s->env_lock);
+    if (why) {
+        char m[200];
+        snprintf(m, sizeof m, "opening the new store: %s: %s", what, why);
+        return restore_broken(s, err, errlen, -EIO, m);
+    }
+    /* 5. Tidying: a failure only leaves kv.restore's lock file, which the next open removes.
+     * kv.state stays clean (true: all is synced) until the next apply marks it dirty. */
+    if (!step(s, "cleanup", n++))
+        remove_restore_leftover(s->dir);
+    s->mark_pending = s->lazy;
+    return 0;
+}

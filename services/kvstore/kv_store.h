@@ -26,6 +26,19 @@
  *   node replays the log from its first entry (kv_store_open_note says so). That relies on the
  *   log still starting at index 1; log compaction will have to keep a synced snapshot of the
  *   store to rebuild from instead. sync_every_batch restores one fdatasync per batch.
+ * - Snapshots (fsm.h snapshot_write/snapshot_restore; docs/kv.md "Snapshots"): the payload
+ *   (kv_snap.h) is a logical dump, written from one LMDB read transaction while apply goes on,
+ *   of every key's record plus the applied index, the term of that entry (recorded by apply
+ *   when the batch's last entry is at last_index; 0 = not known) and the revisions, with a
+ *   CRC-32C; restore checks all of it and refuses anything else (-EBADMSG, the reason in the
+ *   reader's err). Restore syncs the old store and marks it clean, builds the new one in
+ *   dir/kv.restore, syncs it, renames its data.mdb over dir/data.mdb, fsyncs dir, then swaps
+ *   the open environment (readers wait only for that swap); a crash at any step leaves the old
+ *   store or the new one, whole and synced, and open removes a leftover kv.restore. On 0 the
+ *   new state is durable (kv.state stays clean until the next apply marks it dirty, so even a
+ *   machine crash keeps it), applied_index() is the snapshot's and apply continues at
+ *   index + 1. A failure before the rename leaves the old store serving; one after it stops
+ *   the store (like a failed sync) and the next start opens the new one.
  * - Results: every applied entry gets raft_fsm_result.code = a gRPC status code (0 = OK) and
  *   data = a packed craft.kv.Result (services/proto/etcd/kvcmd.proto) with the etcd response
  *   or etcd's error message. Bad commands (undecodable bytes, invalid requests, unknown enum
@@ -36,6 +49,8 @@
  *   kv_store_range, kv_store_txn_read and kv_store_status from any thread at any time,
  *   concurrently with apply (each reads one LMDB read transaction: a consistent state as of the
  *   last committed batch), kv_store_size_in_use too (an atomic the applier publishes).
+ *   The fsm's snapshot_write from any thread, concurrently with apply and reads; its
+ *   snapshot_restore with neither apply nor snapshot_write running, reads welcome.
  *   kv_store_close only when nothing else uses the store.
  * - Errors: functions return 0 or -1 and fill a struct kv_err with the gRPC status code and
  *   the message etcd gives for that case; nothing here exits or aborts on bad input.
@@ -122,6 +137,17 @@ struct kv_store_opts {
     /* Tests only: apply() fails with -EIO when it reaches the entry with this index, after
      * having applied the entries before it in the same (then aborted) transaction. 0 = off. */
     uint64_t fail_at_index;
+    /* Tests only: called after each record a snapshot write has written (op "snapshot-record",
+     * n = records so far), and before each step of a restore (op "sync-old", "build",
+     * "build-commit" (every restore_txn_bytes of records), "sync-new", "rename", "fsync-dir", "switch",
+     * "cleanup"; n counts the calls). A nonzero return fails the operation there as a
+     * failure of that step would; the hook may also block (holding a snapshot write midway)
+     * or end the process (a crash before that step). */
+    int (*step_hook)(void *arg, const char *op, uint64_t n);
+    void *step_arg;
+    /* Tests only: bytes of records per write transaction while a restore builds the new
+     * store (0 = 64 MiB), so that small tests go through several. */
+    uint64_t restore_txn_bytes;
 };
 
 struct kv_store;
@@ -141,7 +167,7 @@ int kv_store_sync(struct kv_store *s);
 /* What open had to do that the operator should hear about (one line; "" = nothing), e.g. a
  * store discarded after a machine crash, to be rebuilt from the Raft log. */
 const char *kv_store_open_note(const struct kv_store *s);
-/* The fsm table over s (valid while s lives). Snapshots are not implemented yet (-ENOSYS). */
+/* The fsm table over s (valid while s lives), snapshots included ("Snapshots" above). */
 struct raft_fsm *kv_store_fsm(struct kv_store *s);
 
 /* Validation before proposing (etcd's v3rpc checks, in etcd's order), so that invalid requests
