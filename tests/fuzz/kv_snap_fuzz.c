@@ -1,0 +1,132 @@
+/* Fuzz target for the KV snapshot payload decoder (services/kvstore/kv_snap.c), the code that
+ * reads a snapshot's bytes before a restore lets any of them into LMDB. Any byte string is
+ * decoded twice, once in reads as large as asked and once in reads of 1 to 13 bytes; both must
+ * reach the same verdict: 0 (accepted) or -EBADMSG with a message, never a crash, an
+ * out-of-bounds read (ASan) or undefined behaviour (UBSan). What is accepted must obey the
+ * format's rules (keys strictly increasing, records at least 32 bytes) and re-encode to
+ * exactly the input: the format has one encoding per state. Built with clang's libFuzzer
+ * (run_kv_snap_fuzz.sh) and as a corpus replay with the default toolchain (replay_main.c). */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "services/kvstore/kv_snap.h"
+
+struct src {
+    const uint8_t *data;
+    size_t len, pos;
+    unsigned step; /* 0: as much as asked; else reads of 1..13 bytes in turn */
+};
+
+static long src_read(void *arg, void *buf, size_t n)
+{
+    struct src *s = arg;
+    size_t left = s->len - s->pos;
+    if (n > left)
+        n = left;
+    if (s->step) {
+        size_t cap = 1 + s->step++ % 13;
+        if (n > cap)
+            n = cap;
+    }
+    if (n)
+        memcpy(buf, s->data + s->pos, n);
+    s->pos += n;
+    return (long)n;
+}
+
+struct sink {
+    uint8_t *data;
+    size_t len, cap;
+};
+
+static int sink_write(void *arg, const void *buf, size_t n)
+{
+    struct sink *k = arg;
+    if (k->len + n > k->cap) {
+        size_t cap = k->cap ? k->cap * 2 : 1024;
+        while (cap < k->len + n)
+            cap *= 2;
+        uint8_t *d = realloc(k->data, cap);
+        if (!d)
+            abort();
+        k->data = d;
+        k->cap = cap;
+    }
+    memcpy(k->data + k->len, buf, n);
+    k->len += n;
+    return 0;
+}
+
+struct verdict {
+    int rc;
+    uint64_t count;
+    char err[256];
+};
+
+/* Decodes data; with enc non-NULL, re-encodes what it accepts. */
+static void decode(const uint8_t *data, size_t size, unsigned step, struct kv_snap_enc *enc,
+                   struct verdict *v)
+{
+    struct src s = {data, size, 0, step};
+    struct kv_snap_dec *d = kv_snap_dec_new(src_read, &s);
+    if (!d)
+        abort();
+    struct kv_snap_meta m;
+    v->err[0] = 0;
+    v->count = 0;
+    v->rc = kv_snap_dec_header(d, &m, v->err, sizeof v->err);
+    if (v->rc == 0 && enc && kv_snap_enc_header(enc, &m) != 0)
+        abort();
+    uint8_t prev[KV_SNAP_MAX_KEY];
+    size_t prev_len = 0;
+    struct kv_snap_rec r;
+    while (v->rc == 0 && (v->rc = kv_snap_dec_next(d, &r, v->err, sizeof v->err)) == 1) {
+        if (r.klen == 0 || r.klen > KV_SNAP_MAX_KEY || r.rlen < KV_SNAP_REC_FIXED)
+            abort();
+        if (v->count > 0) {
+            int c = memcmp(prev, r.key, prev_len < r.klen ? prev_len : r.klen);
+            if (c > 0 || (c == 0 && prev_len >= r.klen))
+                abort(); /* not strictly increasing */
+        }
+        memcpy(prev, r.key, r.klen);
+        prev_len = r.klen;
+        if (enc && kv_snap_enc_record(enc, r.key, r.klen, r.rec, r.rlen) != 0)
+            abort();
+        v->count++;
+        v->rc = 0;
+    }
+    if (v->rc == 0 && kv_snap_dec_offset(d) != size)
+        abort(); /* accepted, so the payload is the whole input */
+    kv_snap_dec_free(d);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct verdict a, b;
+    decode(data, size, 0, NULL, &a);
+    decode(data, size, 1, NULL, &b);
+    if (a.rc != 0 && (a.rc != -EBADMSG || a.err[0] == 0 || !memchr(a.err, 0, sizeof a.err)))
+        abort();
+    /* Read sizes must not change the verdict, the reason or what was read. */
+    if (a.rc != b.rc || a.count != b.count || strcmp(a.err, b.err) != 0)
+        abort();
+    if (a.rc != 0)
+        return 0;
+    /* Accepted: once more through the encoder (only now: its buffer is large). */
+    struct sink out = {0};
+    struct kv_snap_enc *enc = kv_snap_enc_new(sink_write, &out);
+    if (!enc)
+        abort();
+    decode(data, size, 0, enc, &b);
+    uint64_t len = 0;
+    if (b.rc != 0 || kv_snap_enc_finish(enc, &len) != 0 || len != size || out.len != size ||
+        memcmp(out.data, data, size) != 0)
+        abort();
+    kv_snap_enc_free(enc);
+    free(out.data);
+    return 0;
+}

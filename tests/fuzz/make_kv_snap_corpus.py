@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus for the KV snapshot payload fuzzer (tests/fuzz/corpus/kv_snap/).
+
+A second encoder of the format in services/kvstore/kv_snap.h (and docs/kv.md "Snapshots"),
+written from the spec, so kv_snap_corpus_check also checks the C decoder against another
+reading of it. Valid payloads and ones that each break one rule. Run from the repository root:
+    python3 tests/fuzz/make_kv_snap_corpus.py
+"""
+import os
+import struct
+
+from make_wal_corpus import crc32c  # CRC-32C, the same checksum
+
+
+def header(index, term, rev, compact, version=1, flags=0, magic=b"CRKVSNAP"):
+    return magic + struct.pack("<IIQQqq", version, flags, index, term, rev, compact)
+
+
+def record(key, create, mod, version, value=b"", lease=0):
+    return (struct.pack("<II", len(key), len(value)) + key +
+            struct.pack("<qqqq", create, mod, version, lease) + value)
+
+
+def payload(head, recs, count=None, pad=0):
+    body = head + b"".join(recs) + b"CRKVEND1" + struct.pack("<Q", len(recs) if count is None
+                                                             else count)
+    return body + struct.pack("<II", crc32c(body), pad)
+
+
+def main():
+    out = "tests/fuzz/corpus/kv_snap"
+    os.makedirs(out, exist_ok=True)
+    h = header(42, 3, 9, 2)
+    three = [record(b"a", 1, 4, 2, b"one"), record(b"ab", 2, 2, 1), record(b"b", 5, 9, 5, b"five")]
+    valid = payload(h, three)
+    seeds = {
+        "empty_store": payload(header(0, 0, 0, 0), []),
+        "three_keys": valid,
+        "term_unknown": payload(header(7, 0, 1, 0), [record(b"k", 1, 1, 1, b"v")]),
+        "binary_keys_and_value": payload(
+            header(100, 4, 300, 300),
+            [record(b"\x00", 1, 1, 1, bytes(range(256))),
+             record(b"\x00\x00", 2, 300, 299, b"x" * 2000),
+             record(b"\xff" * 511, 7, 8, 2)]),
+        "bad_magic": payload(header(42, 3, 9, 2, magic=b"CRKVSNAQ"), three),
+        "version_2": payload(header(42, 3, 9, 2, version=2), three),
+        "compacted_past_revision": payload(header(1, 1, 3, 4), []),
+        "keys_out_of_order": payload(h, [three[1], three[0]]),
+        "key_too_long": payload(h, [record(b"k" * 512, 1, 1, 1)]),
+        "revision_past_header": payload(h, [record(b"a", 1, 10, 1)]),
+        "version_too_high": payload(h, [record(b"a", 2, 3, 3)]),
+        "lease_set": payload(h, [record(b"a", 1, 1, 1, lease=5)]),
+        "count_wrong": payload(h, three, count=2),
+        "crc_wrong": valid[:-8] + struct.pack("<II", crc32c(valid[:-8]) ^ 1, 0),
+        "byte_after_end": valid + b"\x00",
+        "truncated_in_record": valid[:70],
+    }
+    for name, data in seeds.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    main()
