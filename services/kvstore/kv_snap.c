@@ -181,18 +181,37 @@ void kv_snap_dec_free(struct kv_snap_dec *d)
 
 uint64_t kv_snap_dec_offset(const struct kv_snap_dec *d) { return d->offset; }
 
-static int dec_fail(struct kv_snap_dec *d, int rc, char *err, size_t errlen, const char *fmt, ...)
+static void vfail(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+    if (!err || !errlen)
+        return;
+    int n = snprintf(err, errlen, "kv snapshot: ");
+    if (n >= 0 && (size_t)n < errlen)
+        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+}
+
+int kv_snap_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(err, errlen, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* The decoder's reasons also say where: the offset of the first byte not accepted. */
+__attribute__((format(printf, 5, 6))) static int dec_fail(struct kv_snap_dec *d, int rc,
+                                                          char *err, size_t errlen,
+                                                          const char *fmt, ...)
 {
     d->state = DEC_FAILED;
-    if (err && errlen) {
-        char what[200];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(what, sizeof what, fmt, ap);
-        va_end(ap);
-        snprintf(err, errlen, "KV snapshot: %s (at byte %llu)", what,
-                 (unsigned long long)d->offset);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(err, errlen, fmt, ap);
+    va_end(ap);
+    size_t n = err && errlen ? strlen(err) : 0;
+    if (err && n + 1 < errlen)
+        snprintf(err + n, errlen - n, " (at byte %llu)", (unsigned long long)d->offset);
     return rc;
 }
 

@@ -72,6 +72,11 @@ static inline uint64_t kv_le_get64(const uint8_t *p)
     return v;
 }
 
+/* Fills err (errlen bytes; NULL = not wanted) with "kv snapshot: " and the formatted reason,
+ * and returns rc: the decoder and the store's snapshot functions word their reasons alike. */
+__attribute__((format(printf, 4, 5))) int kv_snap_fail(char *err, size_t errlen, int rc,
+                                                       const char *fmt, ...);
+
 /* Encoder: header, then the records in key order, then finish (which writes the trailer and
  * flushes). Writes are buffered; each function returns 0 or a negative errno (the sink's, or
  * -EINVAL for a record the format cannot hold). NULL from new = out of memory. */

@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1683,27 +1682,13 @@ static bool step(struct kv_store *s, const char *op, uint64_t n)
     return s->step_hook && s->step_hook(s->step_arg, op, n) != 0;
 }
 
-__attribute__((format(printf, 4, 5))) static int snap_fail(char *err, size_t errlen, int rc,
-                                                           const char *fmt, ...)
-{
-    if (err && errlen) {
-        char what[300];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(what, sizeof what, fmt, ap);
-        va_end(ap);
-        snprintf(err, errlen, "kv snapshot: %s", what);
-    }
-    return rc;
-}
-
 static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_t *index,
                               uint64_t *term)
 {
     struct kv_store *s = ctx;
     struct kv_snap_enc *e = kv_snap_enc_new(w->write, w->arg);
     if (!e)
-        return snap_fail(w->err, w->errlen, -ENOMEM, "write: out of memory");
+        return kv_snap_fail(w->err, w->errlen, -ENOMEM, "write: out of memory");
     pthread_rwlock_rdlock(&s->env_lock);
     /* One read transaction: the header (index, term, revisions) and every record are one
      * committed state, while apply goes on committing (an LMDB reader never blocks the writer).
@@ -1716,8 +1701,8 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
     if (lrc == 0 && (lrc = state_read(txn, s->meta, &st)) == 0)
         lrc = mdb_cursor_open(txn, s->kv, &cur);
     if (lrc) {
-        rc = snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
-                       mdb_strerror(lrc));
+        rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
+                          mdb_strerror(lrc));
         goto out;
     }
     rc = kv_snap_enc_header(e, &st);
@@ -1731,19 +1716,19 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
         }
         rc = kv_snap_enc_record(e, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
         if (rc == 0 && step(s, "snapshot-record", ++n)) {
-            rc = snap_fail(w->err, w->errlen, -EIO, "write: stopped by the test hook");
+            rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: stopped by the test hook");
             goto out;
         }
     }
     if (rc == 0 && lrc != MDB_NOTFOUND) {
-        rc = snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
-                       mdb_strerror(lrc));
+        rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
+                          mdb_strerror(lrc));
         goto out;
     }
     if (rc == 0)
         rc = kv_snap_enc_finish(e, NULL);
     if (rc) {
-        snap_fail(w->err, w->errlen, rc, "write: %s", strerror(-rc));
+        kv_snap_fail(w->err, w->errlen, rc, "write: %s", strerror(-rc));
         goto out;
     }
     *index = st.index;
@@ -1767,12 +1752,12 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     size_t errlen = r->errlen;
     snprintf(tmp, sizeof tmp, "%s/" RESTORE_DIR, s->dir);
     if (step(s, "build", (*n)++))
-        return snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at build");
+        return kv_snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at build");
     const char *why = remove_restore_leftover(s->dir); /* an earlier failed attempt's */
     if (why)
-        return snap_fail(err, errlen, -EIO, "restore: %s: %s", tmp, why);
+        return kv_snap_fail(err, errlen, -EIO, "restore: %s: %s", tmp, why);
     if (mkdir(tmp, 0700))
-        return snap_fail(err, errlen, -errno, "restore: %s: %s", tmp, strerror(errno));
+        return kv_snap_fail(err, errlen, -errno, "restore: %s: %s", tmp, strerror(errno));
     struct kv_snap_dec *d = kv_snap_dec_new(r->read, r->arg);
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
@@ -1780,17 +1765,17 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     struct kv_snap_meta m;
     int rc, lrc;
     if (!d) {
-        rc = snap_fail(err, errlen, -ENOMEM, "restore: out of memory");
+        rc = kv_snap_fail(err, errlen, -ENOMEM, "restore: out of memory");
         goto out;
     }
     if ((rc = kv_snap_dec_header(d, &m, err, errlen)))
         goto out;
     if (m.index != index || (m.term && m.term != term)) {
-        rc = snap_fail(err, errlen, -EBADMSG,
-                       "restore: the payload is the state at index %llu (term %llu), not at "
-                       "index %llu (term %llu)", (unsigned long long)m.index,
-                       (unsigned long long)m.term, (unsigned long long)index,
-                       (unsigned long long)term);
+        rc = kv_snap_fail(err, errlen, -EBADMSG,
+                          "restore: the payload is the state at index %llu (term %llu), not at "
+                          "index %llu (term %llu)", (unsigned long long)m.index,
+                          (unsigned long long)m.term, (unsigned long long)index,
+                          (unsigned long long)term);
         goto out;
     }
     /* Written without syncs, then synced once, whole, before it can take the old one's place. */
@@ -1812,7 +1797,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
         pending += rec.klen + rec.rlen;
         if (pending >= s->restore_txn_bytes) {
             if (step(s, "build-commit", (*n)++)) {
-                rc = snap_fail(err, errlen, -EIO, "restore: stopped by the test hook");
+                rc = kv_snap_fail(err, errlen, -EIO, "restore: stopped by the test hook");
                 goto out;
             }
             lrc = mdb_txn_commit(txn);
@@ -1831,7 +1816,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     if (lrc)
         goto lmdb;
     if (step(s, "sync-new", (*n)++)) {
-        rc = snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at sync-new");
+        rc = kv_snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at sync-new");
         goto out;
     }
     if ((lrc = mdb_env_sync(env, 1)))
@@ -1840,10 +1825,10 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     goto out;
 lmdb:
     if (lrc == MDB_MAP_FULL)
-        rc = snap_fail(err, errlen, -ENOSPC, "restore: the state does not fit in the map size "
-                       "(%llu bytes)", (unsigned long long)s->map_size);
+        rc = kv_snap_fail(err, errlen, -ENOSPC, "restore: the state does not fit in the map size "
+                          "(%llu bytes)", (unsigned long long)s->map_size);
     else
-        rc = snap_fail(err, errlen, -EIO, "restore: building %s: %s", tmp, mdb_strerror(lrc));
+        rc = kv_snap_fail(err, errlen, -EIO, "restore: building %s: %s", tmp, mdb_strerror(lrc));
 out:
     if (txn)
         mdb_txn_abort(txn);
@@ -1858,8 +1843,8 @@ out:
 static int restore_broken(struct kv_store *s, char *err, size_t errlen, int rc, const char *what)
 {
     atomic_store(&s->sync_err, EIO);
-    return snap_fail(err, errlen, rc, "restore: %s; the new store is in place on disk: restart "
-                     "the member", what);
+    return kv_snap_fail(err, errlen, rc, "restore: %s; the new store is in place on disk: restart "
+                        "the member", what);
 }
 
 static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64_t index,
@@ -1871,19 +1856,19 @@ static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint6
     uint64_t n = 0;
     int rc;
     if (atomic_load(&s->sync_err) || !s->env)
-        return snap_fail(err, errlen, -EIO, "restore: the store stopped after a failed sync or "
-                         "restore; restart the member");
+        return kv_snap_fail(err, errlen, -EIO, "restore: the store stopped after a failed sync or "
+                            "restore; restart the member");
     /* 1. The old store synced and marked clean. From here to the end both the old and the new
      * store are whole on disk, so a machine crash at any step keeps whichever one data.mdb
      * names instead of discarding it as possibly torn (kv.state). */
     if (step(s, "sync-old", n++))
-        return snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at sync-old");
+        return kv_snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at sync-old");
     if ((rc = sync_store(s)))
-        return snap_fail(err, errlen, -EIO, "restore: syncing the current store: %s",
-                         mdb_strerror(rc));
+        return kv_snap_fail(err, errlen, -EIO, "restore: syncing the current store: %s",
+                            mdb_strerror(rc));
     if (s->lazy && (rc = kv_mark_write(s->dir, NULL)))
-        return snap_fail(err, errlen, -rc, "restore: marking the store clean: %s",
-                         strerror(rc));
+        return kv_snap_fail(err, errlen, -rc, "restore: marking the store clean: %s",
+                            strerror(rc));
     /* 2. The new store beside the old one, synced; 3. the rename over data.mdb is the switch.
      * The old environment keeps its (now unlinked) file open, so reads go on meanwhile. */
     char from[4200], to[4200];
@@ -1891,9 +1876,9 @@ static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint6
     snprintf(to, sizeof to, "%s/data.mdb", s->dir);
     rc = restore_build(s, r, index, term, &n);
     if (rc == 0 && step(s, "rename", n++))
-        rc = snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at rename");
+        rc = kv_snap_fail(err, errlen, -EIO, "restore: stopped by the test hook at rename");
     else if (rc == 0 && rename(from, to))
-        rc = snap_fail(err, errlen, -errno, "restore: rename %s: %s", from, strerror(errno));
+        rc = kv_snap_fail(err, errlen, -errno, "restore: rename %s: %s", from, strerror(errno));
     if (rc) {
         /* The old store is untouched (the leftover, if this fails to remove it, goes at open);
          * its next unsynced commit marks it dirty again. */

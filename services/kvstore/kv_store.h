@@ -139,9 +139,9 @@ struct kv_store_opts {
     uint64_t fail_at_index;
     /* Tests only: called after each record a snapshot write has written (op "snapshot-record",
      * n = records so far), and before each step of a restore (op "sync-old", "build",
-     * "build-commit" (every restore_txn_bytes of records), "sync-new", "rename", "fsync-dir", "switch",
-     * "cleanup"; n counts the calls). A nonzero return fails the operation there as a
-     * failure of that step would; the hook may also block (holding a snapshot write midway)
+     * "build-commit" (every restore_txn_bytes of records), "sync-new", "rename", "fsync-dir",
+     * "switch", "cleanup"; n counts the calls). A nonzero return fails the operation there as
+     * a failure of that step would; the hook may also block (holding a snapshot write midway)
      * or end the process (a crash before that step). */
     int (*step_hook)(void *arg, const char *op, uint64_t n);
     void *step_arg;
