@@ -78,6 +78,18 @@ struct raft_node_config {
     uint32_t outbox_msgs;
     size_t outbox_bytes;
 
+    /* Snapshots and log compaction (docs/node.md "Snapshots"). snap_dir NULL: none - the log
+     * grows for ever and InstallSnapshot from a peer is dropped. Otherwise the fsm must implement
+     * snapshot_write and snapshot_restore, and the transport send_snapshot. */
+    const char *snap_dir;              /* the snapshot store's directory (raft/snap/snap.h) */
+    uint64_t snapshot_count;           /* applied entries between snapshots; default 10000
+                                        * (etcd 3.6's --snapshot-count); 0 = default */
+    uint64_t snapshot_catchup_entries; /* entries kept before a snapshot for followers a little
+                                        * behind; default 5000 (etcd's
+                                        * --snapshot-catchup-entries) */
+    unsigned max_snapshots;            /* snapshot files kept; default 5 (etcd's --max-snapshots) */
+    unsigned max_snapshot_sends;       /* transfers to followers at once; default 2 */
+
     /* Observer for logs and tests: called without the node mutex on every role, term or known
      * leader change, from the driver thread. May be NULL. */
     void (*on_role)(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_t leader_id);
@@ -97,6 +109,18 @@ void raft_node_stop(struct raft_node *n);
  * so is everything once raft_node_stop has begun; the transport must stop calling it before
  * raft_node_stop returns (the node is freed then). */
 void raft_node_step(struct raft_node *n, const struct raft_msg *m);
+
+/* A snapshot the transport has received whole from the leader into this node's snapshot store
+ * (raft_node_snap_store, snap_recv_*), verified there, with the leader's RAFT_MSG_SNAPSHOT that
+ * names it: stepped into the core, which may install it (the driver restores the state machine
+ * from it and resets the log). Dropped unless the store holds that snapshot. */
+void raft_node_step_snapshot(struct raft_node *n, const struct raft_msg *m);
+/* The node's snapshot store (NULL without snap_dir), for the transport's receiving side. */
+struct snap_store *raft_node_snap_store(struct raft_node *n);
+/* Take a snapshot now (tests, operators) instead of waiting for snapshot_count entries; returns
+ * once it is written and the log compacted: 0, RAFT_NODE_EINVAL without snapshots, or an error.
+ * *index (may be NULL) receives the snapshot's index. */
+int raft_node_snapshot_now(struct raft_node *n, uint64_t *index);
 
 /* Completion of a proposal: exactly once, on the applier thread (success) or on whichever thread
  * detected the failure; it must not block for long or call raft_node_stop. On success err == 0,

@@ -48,6 +48,10 @@ void raft_node_config_default(struct raft_node_config *cfg)
     cfg->wal_segment_bytes = 64ull << 20;
     cfg->outbox_msgs = 4096;
     cfg->outbox_bytes = 64u << 20;
+    cfg->snapshot_count = 10000;
+    cfg->snapshot_catchup_entries = 5000;
+    cfg->max_snapshots = 5;
+    cfg->max_snapshot_sends = 2;
 }
 
 int64_t node_now_ns(void)
@@ -143,28 +147,31 @@ static int load_log(struct raft_node *n, struct raft_restore *rs, char *err, siz
 {
     memset(rs, 0, sizeof(*rs));
     wal_load_hard_state(n->w, &rs->hs);
+    int rc = node_snap_load(n, rs, err, errlen); /* may reset the log to the snapshot */
+    if (rc)
+        return rc;
     uint64_t first = wal_first_index(n->w), last = wal_last_index(n->w);
-    if (last == 0)
+    if (last < first)
         return 0;
-    if (first != 1) {
-        /* Log compaction (snapshots) is a later issue; a compacted log cannot be loaded yet. */
-        snprintf(err, errlen, "%s: log starts at %" PRIu64 " and no snapshot support yet",
-                 n->data_dir, first);
+    if (first != 1 && !rs->snapshot_index) {
+        snprintf(err, errlen, "%s: the log starts at %" PRIu64 " and there is no snapshot%s",
+                 n->data_dir, first, n->cfg.snap_dir ? "" : " store (no snap_dir)");
         return RAFT_NODE_EINVAL;
     }
-    struct raft_entry *all = calloc((size_t)last, sizeof(*all));
+    size_t count = (size_t)(last - first + 1);
+    struct raft_entry *all = calloc(count, sizeof(*all));
     if (!all) {
-        snprintf(err, errlen, "out of memory loading %" PRIu64 " entries", last);
+        snprintf(err, errlen, "out of memory loading %zu entries", count);
         return RAFT_NODE_ENOMEM;
     }
     size_t have = 0;
-    while (have < last) {
+    while (have < count) {
         struct raft_entry *chunk;
         size_t k;
-        int rc = wal_read_range(n->w, have + 1, last, 64u << 20, &chunk, &k);
+        rc = wal_read_range(n->w, first + have, last, 64u << 20, &chunk, &k);
         if (rc || k == 0) {
-            snprintf(err, errlen, "%s: reading entry %zu: %s", n->data_dir, have + 1,
-                     rc ? wal_errmsg() : "no entries returned");
+            snprintf(err, errlen, "%s: reading entry %" PRIu64 ": %s", n->data_dir,
+                     first + have, rc ? wal_errmsg() : "no entries returned");
             wal_entries_free(all, have);
             return RAFT_NODE_EIO;
         }
@@ -192,6 +199,7 @@ static void node_free(struct raft_node *n)
     pthread_cond_destroy(&n->driver_cv);
     pthread_cond_destroy(&n->apply_cv);
     pthread_cond_destroy(&n->tick_cv);
+    pthread_cond_destroy(&n->snap_cv);
     pthread_mutex_destroy(&n->mu);
     free(n);
 }
@@ -211,6 +219,9 @@ static void node_teardown(struct raft_node *n)
         pthread_join(n->driver, NULL);
     if (n->applier_started)
         pthread_join(n->applier, NULL);
+    /* The snapshot thread and any snapshot senders (they call into the core and the
+     * transport), before the peers they belong to go. */
+    node_snap_stop(n);
     /* The driver is gone, so nothing routes into the outboxes any more. */
     node_peers_stop(n);
     struct node_done_list l = {0};
@@ -237,6 +248,10 @@ static bool config_ok(const struct raft_node_config *c, char *err, size_t errlen
         why = "fsm with apply and applied_index is required";
     else if (!c->transport || !c->transport->send)
         why = "transport with send is required";
+    else if (c->snap_dir && (!c->fsm->snapshot_write || !c->fsm->snapshot_restore ||
+                             !c->transport->send_snapshot))
+        why = "snapshots need an fsm with snapshot_write and snapshot_restore and a transport "
+              "with send_snapshot";
     else if (c->heartbeat_ms < 2)
         why = "heartbeat_ms must be at least 2";
     else if (c->election_ms < 2 * c->heartbeat_ms)
@@ -296,6 +311,10 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
         c.outbox_msgs = d.outbox_msgs;
     if (!c.outbox_bytes)
         c.outbox_bytes = d.outbox_bytes;
+    if (!c.snapshot_count)
+        c.snapshot_count = d.snapshot_count;
+    if (!c.max_snapshot_sends)
+        c.max_snapshot_sends = d.max_snapshot_sends;
     if (!config_ok(&c, err, errlen))
         return NULL;
 
@@ -308,6 +327,7 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
     node_cond_init(&n->driver_cv);
     node_cond_init(&n->apply_cv);
     node_cond_init(&n->tick_cv);
+    node_cond_init(&n->snap_cv);
     n->peer_ids = malloc(c.n_peers * sizeof(uint64_t));
     n->data_dir = strdup(c.data_dir);
     if (!n->peer_ids || !n->data_dir || node_props_init(&n->props, c.max_pending)) {
@@ -392,9 +412,11 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
      * tail of the log (fsm.h); an in-memory one returns 0 and replays everything. */
     n->applied = c.fsm->applied_index(c.fsm->ctx);
     const struct raft_entry *e = n->applied ? raft_log_get(n->r, n->applied) : NULL;
-    n->applied_term = e ? e->term : 0;
+    n->applied_term = e ? e->term : n->applied == st.snapshot_index ? st.snapshot_term : 0;
 
     int prc = node_peers_start(n);
+    if (prc == 0)
+        prc = node_snap_start(n);
     if (prc == 0 && node_driver_start(n) == 0)
         n->driver_started = true;
     if (n->driver_started && node_applier_start(n) == 0)

@@ -156,7 +156,8 @@ static int wal_append_all(struct raft_node *n, const struct raft_entry *e, size_
  * for the writer) or the synchronous hard-state write. */
 static bool ready_needs_wait(const struct raft_node *n, const struct raft_ready *rd)
 {
-    return rd->hs_changed || (rd->truncate_from && rd->truncate_from <= n->wal_last);
+    return rd->hs_changed || rd->snapshot.index ||
+           (rd->truncate_from && rd->truncate_from <= n->wal_last);
 }
 
 /* The storage part of one ready, no lock held. Order: truncate (the disk stays a prefix of the
@@ -171,14 +172,9 @@ static int store_ready(struct raft_node *n, const struct raft_ready *rd, uint64_
 {
     if (*done == 0 && ready_needs_wait(n, rd) && !may_wait)
         return NODE_HANDOFF;
-    if (rd->snapshot.index) {
-        /* Cannot happen: raft_node_step drops InstallSnapshot and this node never compacts.
-         * Should it, stopping is the only safe answer: the core would count an install as done. */
-        pthread_mutex_lock(&n->mu);
-        node_fail_locked(n, RAFT_NODE_EIO, "snapshot install requested, not supported yet");
-        pthread_mutex_unlock(&n->mu);
-        return RAFT_NODE_EIO;
-    }
+    if (*done == 0 && rd->snapshot.index &&
+        node_snap_install(n, rd->snapshot.index, rd->snapshot.term))
+        return RAFT_NODE_EIO; /* the node has stopped writes (node_snap_install says why) */
     if (*done == 0 && rd->truncate_from && rd->truncate_from <= n->wal_last) {
         if (wal_truncate_suffix(n->w, rd->truncate_from)) {
             char what[300];

@@ -150,6 +150,11 @@ struct node_peer {
     bool busy;        /* a thread is inside send()/try_send() for this peer */
     size_t bytes;     /* payload bytes in box */
     uint64_t dropped; /* messages dropped because the outbox overflowed */
+    /* InstallSnapshot to this peer (node_snap.c; n->mu): one transfer at a time. */
+    bool snap_sending;      /* a sender thread runs (or has ended and awaits its join) */
+    bool snap_joinable;
+    pthread_t snap_thread;
+    struct raft_msg snap_msg;
 };
 
 /* A ready whose storage work has been handed to the WAL: it is durable once the WAL's durable
@@ -213,6 +218,20 @@ struct raft_node {
     pthread_t driver, applier, ticker;
     bool driver_started, applier_started, ticker_started;
 
+    /* Snapshots (node_snap.c), n->mu unless said otherwise. */
+    struct snap_store *snaps;  /* NULL: snapshots off */
+    pthread_t snap_thread;     /* takes snapshots in the background */
+    bool snap_thread_started;
+    pthread_cond_t snap_cv;    /* the snapshot thread: a snapshot is due or asked for, stop;
+                                * senders: a transfer slot freed */
+    uint64_t snap_index;       /* newest snapshot taken or installed */
+    bool snapshotting;         /* fsm->snapshot_write is running */
+    bool installing;           /* the driver restores the fsm: no apply, no snapshot_write */
+    uint64_t snap_asked;       /* raft_node_snapshot_now requests made / served */
+    uint64_t snap_served;
+    int snap_result;           /* of the last snapshot taken for a request */
+    unsigned snap_sends;       /* transfers running */
+
     /* Per peer slot (peer_ids order): whether it has been seen running with durable state
      * (node_members.c); atomics, so the check needs no lock. */
     _Atomic uint8_t ran[RAFT_MAX_NODES];
@@ -231,6 +250,20 @@ int node_members_load(struct raft_node *n, char *err, size_t errlen);
 /* Any thread, no lock: a message from a peer arrived; the first one proving the peer has durable
  * state creates its marker (a file and a directory sync, once per peer). */
 void node_members_note(struct raft_node *n, const struct raft_msg *m);
+
+/* node_snap.c */
+/* Start-up, before the core exists: open the store, load the newest valid snapshot, restore the
+ * fsm from it if the fsm is behind it, and reset the log if the log ends before it. Fills the
+ * snapshot fields of rs (the log's entries are loaded afterwards). */
+int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size_t errlen);
+int node_snap_start(struct raft_node *n);  /* the background snapshot thread */
+void node_snap_stop(struct raft_node *n);  /* stops it and every sender; closes the store */
+/* n->mu held: the applied index moved; wakes the snapshot thread when one is due. */
+void node_snap_applied_locked(struct raft_node *n);
+/* No lock: a RAFT_MSG_SNAPSHOT from the core for peer p (routed here instead of the transport). */
+void node_snap_send(struct raft_node *n, struct node_peer *p, const struct raft_msg *m);
+/* Driver thread, no lock: install rd->snapshot (restore the fsm, reset the log). 0 or EIO. */
+int node_snap_install(struct raft_node *n, uint64_t index, uint64_t term);
 
 /* node_driver.c */
 /* n->mu held: the core may have a ready. Drives it in the calling thread when nobody else is

@@ -164,9 +164,20 @@ void node_route_msgs(struct raft_node *n, const struct raft_ready *rd)
     for (size_t i = 0; i < n->n_peers; i++) {
         const struct raft_msg *first;
         size_t cnt = raft_ready_msgs_to(rd, n->peers[i].id, &first);
-        size_t sent = cnt ? try_send_now(n, &n->peers[i], first, cnt) : 0;
-        if (cnt > sent)
-            outbox_push(n, &n->peers[i], first + sent, cnt - sent);
+        /* InstallSnapshot goes to its own sender thread (node_snap.c), not the outbox: it
+         * carries a whole file. The messages around it keep their order. */
+        size_t k = 0;
+        while (k < cnt) {
+            size_t run = 0;
+            while (k + run < cnt && first[k + run].type != RAFT_MSG_SNAPSHOT)
+                run++;
+            size_t sent = run ? try_send_now(n, &n->peers[i], first + k, run) : 0;
+            if (run > sent)
+                outbox_push(n, &n->peers[i], first + k + sent, run - sent);
+            k += run;
+            if (k < cnt)
+                node_snap_send(n, &n->peers[i], &first[k++]);
+        }
     }
 }
 

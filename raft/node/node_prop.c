@@ -400,6 +400,7 @@ static bool apply_once_locked(struct raft_node *n)
     }
     n->applied = hi;
     raft_applied(n->r, hi);
+    node_snap_applied_locked(n); /* a snapshot may be due */
     batch_free(&b);
     struct node_read_done_list rl = {0};
     node_reads_applied_locked(n, &rl); /* linearizable reads waiting for this index */
@@ -418,12 +419,14 @@ static bool apply_once_locked(struct raft_node *n)
 
 void node_apply_inline_locked(struct raft_node *n)
 {
-    if (n->applying || n->stopping || n->fatal || n->apply_to <= n->applied ||
+    if (n->applying || n->installing || n->stopping || n->fatal || n->apply_to <= n->applied ||
         n->apply_to - n->applied > NODE_INLINE_APPLY_MAX || !n->apply_results)
         return;
     n->applying = true;
     apply_once_locked(n);
     n->applying = false;
+    if (n->installing)
+        pthread_cond_broadcast(&n->snap_cv); /* the install waits for the applier to let go */
     /* More committed meanwhile (or a stop waits): the applier thread's turn. */
     if (n->apply_to > n->applied || n->stopping)
         pthread_cond_broadcast(&n->apply_cv);
@@ -434,13 +437,16 @@ static void *applier_main(void *arg)
     struct raft_node *n = arg;
     pthread_mutex_lock(&n->mu);
     for (;;) {
-        while (!n->stopping && !n->fatal && (n->apply_to <= n->applied || n->applying))
+        while (!n->stopping && !n->fatal &&
+               (n->apply_to <= n->applied || n->applying || n->installing))
             pthread_cond_wait(&n->apply_cv, &n->mu);
         if (n->stopping || n->fatal)
             break;
         n->applying = true;
         bool ok = apply_once_locked(n);
         n->applying = false;
+        if (n->installing)
+            pthread_cond_broadcast(&n->snap_cv);
         if (!ok)
             break;
     }

@@ -17,6 +17,7 @@
  *   that peer, to save the hand-off to the replicator thread on the commit path.
  * - Received messages are handed to the node with raft_node_step() from any transport thread.
  * - close_peer(), if set, is called when the replicator for `to` stops (shutdown, removal).
+ * - send_snapshot(), needed with snapshots, carries one snapshot file to one peer (below).
  */
 #ifndef CRAFT_RAFT_TRANSPORT_H
 #define CRAFT_RAFT_TRANSPORT_H
@@ -26,11 +27,20 @@
 
 #include "raft/core/raft.h"
 
+struct snap_file;
+
 struct raft_transport {
     void *ctx;
     int (*send)(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n);
     long (*try_send)(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n); /* or NULL */
     void (*close_peer)(void *ctx, uint64_t to);
+    /* InstallSnapshot (needed when the node has a snapshot store): deliver the snapshot file f
+     * (raft/snap/snap.h: read it with snap_file_chunk) to `to` and, once the receiver holds it
+     * whole and verified, hand m (RAFT_MSG_SNAPSHOT naming it) to the receiving node with
+     * raft_node_step_snapshot. Blocks on a thread of the node's own for the whole transfer;
+     * resumes where the receiver says it stands; bounds its rate so heartbeats and other peers'
+     * traffic still flow. 0 when delivered, a negative code when the transfer failed. */
+    int (*send_snapshot)(void *ctx, uint64_t to, const struct raft_msg *m, struct snap_file *f);
 };
 
 #endif

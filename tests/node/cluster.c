@@ -123,6 +123,7 @@ void cluster_init(struct cluster *c, size_t n, unsigned heartbeat_ms, unsigned e
         m->slot = i;
         m->id = i + 1;
         cr_assert(asprintf(&m->dir, "%s/n%zu", c->base, i + 1) > 0);
+        cr_assert(asprintf(&m->snap_dir, "%s/n%zu-snap", c->base, i + 1) > 0);
         pthread_rwlock_init(&m->rw, NULL);
     }
 }
@@ -136,6 +137,7 @@ void cluster_start(struct cluster *c, size_t slot)
     struct raft_node_config cfg = c->tmpl;
     cfg.id = m->id;
     cfg.data_dir = m->dir;
+    cfg.snap_dir = c->snapshots ? m->snap_dir : NULL;
     cfg.fsm = memfsm_fsm(m->fsm);
     cfg.transport = memnet_transport(c->net, m->id);
     cfg.seed = 0x5eed0000 + m->id * 7919 + (uint64_t)cl_now_ms();
@@ -197,6 +199,7 @@ void cluster_destroy(struct cluster *c)
     for (size_t i = 0; i < c->n; i++) {
         memfsm_free(c->m[i].fsm);
         free(c->m[i].dir);
+        free(c->m[i].snap_dir);
         pthread_rwlock_destroy(&c->m[i].rw);
     }
     rmtree(c->base);

@@ -28,6 +28,7 @@ struct cluster_member {
     size_t slot;
     uint64_t id;
     char *dir;
+    char *snap_dir; /* its snapshot store, used when the cluster has `snapshots` on */
     pthread_rwlock_t rw;     /* guards `node` against a concurrent cluster_stop */
     struct raft_node *node;  /* NULL when stopped */
     struct memfsm *fsm;      /* kept after stop for inspection, replaced on start */
@@ -44,6 +45,7 @@ struct cluster {
     char *base;
     struct memnet *net;
     struct raft_node_config tmpl; /* tests may tweak before starting members */
+    bool snapshots;               /* members get a snapshot store (tmpl.snapshot_* apply) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     uint64_t role_gen; /* bumped on every on_role */

@@ -18,6 +18,8 @@ struct memfsm {
     size_t calls, max_batch;
     bool order_error;
     uint64_t fail_from;
+    uint64_t base;      /* index of the snapshot last restored (applied_index()) */
+    size_t snapshots;   /* snapshot_write calls that succeeded */
 };
 
 static int mf_apply(void *ctx, const struct raft_entry *e, size_t n, uint64_t last_index,
@@ -77,8 +79,112 @@ static int mf_apply(void *ctx, const struct raft_entry *e, size_t n, uint64_t la
 
 static uint64_t mf_applied_index(void *ctx)
 {
-    (void)ctx;
-    return 0; /* nothing survives a restart */
+    struct memfsm *m = ctx;
+    pthread_mutex_lock(&m->mu);
+    uint64_t base = m->base; /* nothing survives a restart; a restored snapshot counts */
+    pthread_mutex_unlock(&m->mu);
+    return base;
+}
+
+/* Snapshot payload: "MFS1", then last_index, prev_index, checksum, n, then n (index, id)
+ * pairs, all u64 in host order (tests only: never leaves the process). */
+#define MF_MAGIC 0x3153464du
+static int mf_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_t *index,
+                             uint64_t *term)
+{
+    struct memfsm *m = ctx;
+    pthread_mutex_lock(&m->mu);
+    size_t n = m->n;
+    uint64_t head[5] = {MF_MAGIC, m->last_index, m->prev_index, m->checksum, n};
+    uint64_t *pairs = malloc((n ? n : 1) * 2 * sizeof(uint64_t));
+    if (pairs)
+        for (size_t i = 0; i < n; i++) {
+            pairs[2 * i] = m->idx[i];
+            pairs[2 * i + 1] = m->ids[i];
+        }
+    *index = m->last_index;
+    *term = 0; /* the runtime knows it */
+    pthread_mutex_unlock(&m->mu);
+    if (!pairs)
+        return -ENOMEM;
+    int rc = w->write(w->arg, head, sizeof head);
+    if (rc == 0 && n)
+        rc = w->write(w->arg, pairs, n * 2 * sizeof(uint64_t));
+    free(pairs);
+    if (rc == 0) {
+        pthread_mutex_lock(&m->mu);
+        m->snapshots++;
+        pthread_mutex_unlock(&m->mu);
+    }
+    return rc;
+}
+
+static int read_full(struct raft_snapshot_reader *r, void *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        long k = r->read(r->arg, (uint8_t *)buf + got, len - got);
+        if (k <= 0)
+            return k < 0 ? (int)k : -EBADMSG;
+        got += (size_t)k;
+    }
+    return 0;
+}
+
+static int mf_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64_t index,
+                               uint64_t term)
+{
+    struct memfsm *m = ctx;
+    (void)term;
+    uint64_t head[5];
+    int rc = read_full(r, head, sizeof head);
+    if (rc)
+        return rc;
+    if (head[0] != MF_MAGIC || head[1] != index || head[4] > (1u << 24))
+        return -EBADMSG;
+    size_t n = (size_t)head[4];
+    uint64_t *pairs = malloc((n ? n : 1) * 2 * sizeof(uint64_t));
+    uint64_t *ids = malloc((n ? n : 1) * sizeof(uint64_t));
+    uint64_t *idx = malloc((n ? n : 1) * sizeof(uint64_t));
+    char extra;
+    if (!pairs || !ids || !idx)
+        rc = -ENOMEM;
+    else if ((rc = read_full(r, pairs, n * 2 * sizeof(uint64_t))) == 0 &&
+             r->read(r->arg, &extra, 1) != 0)
+        rc = -EBADMSG; /* longer than it says */
+    if (rc) {
+        free(pairs);
+        free(ids);
+        free(idx);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        idx[i] = pairs[2 * i];
+        ids[i] = pairs[2 * i + 1];
+    }
+    free(pairs);
+    pthread_mutex_lock(&m->mu);
+    free(m->ids);
+    free(m->idx);
+    m->ids = ids;
+    m->idx = idx;
+    m->n = m->cap = n ? n : 1;
+    m->n = n;
+    m->last_index = head[1];
+    m->prev_index = head[2];
+    m->checksum = head[3];
+    m->base = index;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    return 0;
+}
+
+size_t memfsm_snapshots(struct memfsm *m)
+{
+    pthread_mutex_lock(&m->mu);
+    size_t k = m->snapshots;
+    pthread_mutex_unlock(&m->mu);
+    return k;
 }
 
 struct memfsm *memfsm_new(void)
@@ -95,6 +201,8 @@ struct memfsm *memfsm_new(void)
     m->fsm.ctx = m;
     m->fsm.apply = mf_apply;
     m->fsm.applied_index = mf_applied_index;
+    m->fsm.snapshot_write = mf_snapshot_write;
+    m->fsm.snapshot_restore = mf_snapshot_restore;
     return m;
 }
 

@@ -2,7 +2,9 @@
  * the 64-bit id (the first 8 bytes of the payload) of every entry applied, keeps a running
  * checksum over them, and answers each entry with an 8-byte result holding that id, so a test can
  * check that completions carry the right result. It keeps nothing across restarts
- * (applied_index() == 0): a restarted member replays its whole log. */
+ * (applied_index() == 0): a restarted member replays its whole log, or restores a snapshot
+ * (snapshot_write / snapshot_restore carry the whole record; applied_index() is then the
+ * snapshot's index). */
 #ifndef CRAFT_TESTS_NODE_MEMFSM_H
 #define CRAFT_TESTS_NODE_MEMFSM_H
 
@@ -30,6 +32,9 @@ uint64_t memfsm_checksum(struct memfsm *m);
 uint64_t *memfsm_ids(struct memfsm *m, size_t *n, uint64_t **idx);
 /* Number of apply() calls and the largest batch seen. */
 void memfsm_batches(struct memfsm *m, size_t *calls, size_t *max_batch);
+
+/* Successful snapshot_write calls. */
+size_t memfsm_snapshots(struct memfsm *m);
 
 /* Make apply() fail (return -EIO) for any batch reaching index >= `index` (0 = never). */
 void memfsm_fail_from(struct memfsm *m, uint64_t index);

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "raft/snap/snap.h"
+
 /* Inbound bound per endpoint: beyond it send() waits up to MEMNET_SEND_WAIT_MS and then fails,
  * as a real transport with a full window would (transport.h: "may block for a bounded time"). */
 #define MEMNET_QUEUE_MAX 2048
@@ -26,6 +28,7 @@ struct endpoint {
     struct raft_transport tr;
     struct raft_node *node;
     bool partitioned, stalled, in_step, stop;
+    unsigned snap_users; /* snapshot transfers into this endpoint's node running */
     atomic_uint try_calls;
     struct batch *head, *tail;
     size_t queued; /* messages in the queue */
@@ -40,6 +43,7 @@ struct memnet {
     struct endpoint *ep[MEMNET_MAX];
     size_t n_ep;
     unsigned drop_permille;
+    unsigned snap_cuts; /* the next snap_cuts transfers break after their first chunk */
     uint64_t rng;
     struct memnet_stats st;
 };
@@ -244,6 +248,62 @@ static int ep_send_mode(void *ctx, uint64_t to, const struct raft_msg *msgs, siz
     return rc;
 }
 
+/* InstallSnapshot: the file goes chunk by chunk straight into the receiver's snapshot store,
+ * resuming where the receiver stands, then the message is stepped there. Synchronous, on the
+ * sender's snapshot thread. */
+#define MEMNET_SNAP_CHUNK (8u << 10)
+static int ep_send_snapshot(void *ctx, uint64_t to, const struct raft_msg *m, struct snap_file *f)
+{
+    struct endpoint *from = ctx;
+    struct memnet *net = from->net;
+    pthread_mutex_lock(&net->mu);
+    struct endpoint *dst = find(net, to);
+    if (!dst || !dst->node || dst->partitioned || from->partitioned) {
+        pthread_mutex_unlock(&net->mu);
+        return -EHOSTUNREACH;
+    }
+    struct raft_node *node = dst->node;
+    dst->snap_users++;
+    bool cut = net->snap_cuts > 0;
+    if (cut)
+        net->snap_cuts--;
+    net->st.snapshots++;
+    pthread_mutex_unlock(&net->mu);
+
+    int rc = -EIO;
+    struct snap_store *store = raft_node_snap_store(node);
+    uint8_t *buf = malloc(MEMNET_SNAP_CHUNK);
+    uint64_t total = snap_file_size(f), off = 0;
+    if (store && buf &&
+        snap_recv_begin(store, m->snapshot_index, m->snapshot_term, total, &off) == 0) {
+        int got = 0;
+        while (off < total) {
+            size_t len = 0;
+            pthread_mutex_lock(&net->mu);
+            bool gone = !dst->node || dst->partitioned || from->partitioned;
+            pthread_mutex_unlock(&net->mu);
+            if (gone || snap_file_chunk(f, off, buf, MEMNET_SNAP_CHUNK, &len) || !len)
+                break;
+            got = snap_recv_chunk(store, off, buf, len);
+            if (got < 0)
+                break;
+            off += len;
+            if (cut && off < total)
+                break; /* the connection broke: the receiver keeps what it has */
+        }
+        if (got == 1) {
+            raft_node_step_snapshot(node, m);
+            rc = 0;
+        }
+    }
+    free(buf);
+    pthread_mutex_lock(&net->mu);
+    dst->snap_users--;
+    pthread_cond_broadcast(&dst->idle);
+    pthread_mutex_unlock(&net->mu);
+    return rc;
+}
+
 static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n)
 {
     return ep_send_mode(ctx, to, msgs, n, true);
@@ -282,6 +342,7 @@ struct raft_transport *memnet_transport(struct memnet *net, uint64_t id)
             ep->tr.send = ep_send;
             ep->tr.try_send = ep_try_send;
             ep->tr.close_peer = NULL;
+            ep->tr.send_snapshot = ep_send_snapshot;
             pthread_cond_init(&ep->cv, NULL);
             cond_init_mono(&ep->space);
             pthread_cond_init(&ep->idle, NULL);
@@ -314,7 +375,7 @@ void memnet_detach(struct memnet *net, uint64_t id)
     if (ep) {
         ep->node = NULL;
         drop_queue(ep);
-        while (ep->in_step)
+        while (ep->in_step || ep->snap_users)
             pthread_cond_wait(&ep->idle, &net->mu);
     }
     pthread_mutex_unlock(&net->mu);
@@ -347,6 +408,13 @@ void memnet_set_drop(struct memnet *net, unsigned permille)
 {
     pthread_mutex_lock(&net->mu);
     net->drop_permille = permille;
+    pthread_mutex_unlock(&net->mu);
+}
+
+void memnet_cut_snapshots(struct memnet *net, unsigned n)
+{
+    pthread_mutex_lock(&net->mu);
+    net->snap_cuts = n;
     pthread_mutex_unlock(&net->mu);
 }
 

@@ -4,7 +4,9 @@
  * queued messages to the member's node with raft_node_step() - so delivery is asynchronous and
  * ordered per link, as over a real stream. Faults: partition (a member's links are cut both ways),
  * stall (a member's inbound link stops delivering: senders' messages queue up to a bound, then
- * send() blocks for a bounded time and fails - a slow follower), and random drops. */
+ * send() blocks for a bounded time and fails - a slow follower), and random drops. Snapshots
+ * (send_snapshot) go chunk by chunk into the receiver's snapshot store; transfers can be made to
+ * break midway (memnet_cut_snapshots). */
 #ifndef CRAFT_TESTS_NODE_MEMNET_H
 #define CRAFT_TESTS_NODE_MEMNET_H
 
@@ -32,8 +34,12 @@ void memnet_stall(struct memnet *net, uint64_t id, bool on);
 /* Drop each message with probability permille/1000. */
 void memnet_set_drop(struct memnet *net, unsigned permille);
 
+/* The next n snapshot transfers break after their first chunk (the receiver keeps it). */
+void memnet_cut_snapshots(struct memnet *net, unsigned n);
+
 struct memnet_stats {
     uint64_t sent, delivered, dropped, send_calls, send_failed;
+    uint64_t snapshots; /* snapshot transfers begun */
 };
 void memnet_stats(struct memnet *net, struct memnet_stats *out);
 

@@ -1,0 +1,409 @@
+/* node_snap.c: snapshots in the runtime (Raft paper §7; docs/node.md "Snapshots").
+ *
+ * - Taking: a background thread ("raft-snap") writes the state machine's snapshot into the
+ *   snapshot store (raft/snap/snap.h) every snapshot_count applied entries, without stopping
+ *   apply (fsm.h: snapshot_write runs beside apply), then compacts the core's log
+ *   (raft_compact, keeping snapshot_catchup_entries) and the WAL's (wal_compact_prefix). The
+ *   snapshot is durable (snap_commit) before anything is dropped.
+ * - Start-up: the newest snapshot that verifies (a damaged newer one is skipped, and named); the
+ *   state machine is restored from it if it is behind it (a store discarded after a machine
+ *   crash, or a new disk); the log must reach back to it.
+ * - Sending: the core's RAFT_MSG_SNAPSHOT for a follower starts a sender thread for that
+ *   follower (one per follower, max_snapshot_sends at once) which hands the file to the
+ *   transport; the outcome goes back to the core (raft_report_snapshot), a failure after a pause
+ *   so a follower that cannot take it is not flooded.
+ * - Installing (follower): the transport receives the file into the store and steps the message
+ *   (raft_node_step_snapshot); when the core asks for the install (rd.snapshot), the driver
+ *   stops the applier and the snapshot thread, restores the state machine, resets the WAL to
+ *   start after the snapshot, and moves the applied index to it. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "raft/node/node_internal.h"
+#include "raft/snap/snap.h"
+
+static void snap_log(void *arg, const char *msg)
+{
+    node_log(arg, "snapshots: %s", msg);
+}
+
+static long reader_read(void *arg, void *buf, size_t len)
+{
+    return snap_file_read(arg, buf, len);
+}
+
+static int writer_write(void *arg, const void *buf, size_t len)
+{
+    return snap_write(arg, buf, len);
+}
+
+/* Restores the state machine from the verified snapshot (index, term) of the store. */
+static int restore_fsm(struct raft_node *n, uint64_t index, uint64_t term, char *err,
+                       size_t errlen)
+{
+    struct snap_file *f;
+    int rc = snap_open(n->snaps, index, term, &f);
+    if (rc) {
+        snprintf(err, errlen, "%s", snap_errmsg());
+        return rc;
+    }
+    char why[256] = "";
+    struct raft_snapshot_reader rd = {reader_read, f, why, sizeof why};
+    struct raft_fsm *fsm = n->cfg.fsm;
+    rc = fsm->snapshot_restore(fsm->ctx, &rd, index, term);
+    snap_file_close(f);
+    if (rc)
+        snprintf(err, errlen, "restoring the state machine from snapshot %" PRIu64 "/%" PRIu64
+                              ": %s", index, term, why[0] ? why : strerror(rc < 0 ? -rc : rc));
+    return rc;
+}
+
+int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size_t errlen)
+{
+    if (!n->cfg.snap_dir)
+        return 0;
+    struct snap_options o;
+    snap_options_init(&o);
+    o.max_snapshots = n->cfg.max_snapshots;
+    o.log = snap_log;
+    o.log_arg = n;
+    char sub[512];
+    if (snap_store_open(&n->snaps, n->cfg.snap_dir, &o, sub, sizeof sub)) {
+        snprintf(err, errlen, "snapshot store %s: %s", n->cfg.snap_dir, sub);
+        n->snaps = NULL;
+        return RAFT_NODE_EIO;
+    }
+    struct snap_file *f;
+    int rc = snap_load_newest(n->snaps, 1, &f);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc) {
+        snprintf(err, errlen, "snapshot store %s: %s", n->cfg.snap_dir, snap_errmsg());
+        return RAFT_NODE_EIO;
+    }
+    uint64_t index = snap_file_header(f)->index, term = snap_file_header(f)->term;
+    snap_file_close(f);
+    struct raft_fsm *fsm = n->cfg.fsm;
+    if (fsm->applied_index(fsm->ctx) < index) {
+        node_log(n, "restoring the state machine from snapshot %" PRIu64 " (term %" PRIu64 ")",
+                 index, term);
+        if (restore_fsm(n, index, term, sub, sizeof sub)) {
+            snprintf(err, errlen, "%s: %s", n->cfg.snap_dir, sub);
+            return RAFT_NODE_EIO;
+        }
+    }
+    /* The log must continue the snapshot. One that ends before it, or disagrees with it there,
+     * is superseded by it (a crash between an install's restore and its log reset): the
+     * snapshot only holds committed entries. One that starts after it lost entries. */
+    uint64_t first = wal_first_index(n->w), last = wal_last_index(n->w), t = 0;
+    if (last < index || (first <= index && (wal_term_at(n->w, index, &t) || t != term))) {
+        node_log(n, "the log ends before snapshot %" PRIu64 " or disagrees with it: reset to it",
+                 index);
+        if (wal_reset(n->w, index, term)) {
+            snprintf(err, errlen, "%s: resetting the log to snapshot %" PRIu64 ": %s",
+                     n->data_dir, index, wal_errmsg());
+            return RAFT_NODE_EIO;
+        }
+    } else if (first > index + 1) {
+        snprintf(err, errlen,
+                 "%s: the log starts at %" PRIu64 " but the newest usable snapshot in %s ends "
+                 "at %" PRIu64 ": entries in between are missing",
+                 n->data_dir, first, n->cfg.snap_dir, index);
+        return RAFT_NODE_EIO;
+    }
+    rs->snapshot_index = index;
+    rs->snapshot_term = term;
+    n->snap_index = index;
+    return 0;
+}
+
+/* ---- taking snapshots ---- */
+
+static bool due_locked(const struct raft_node *n)
+{
+    return !n->installing && !n->fatal &&
+           (n->snap_asked > n->snap_served ||
+            n->applied >= n->snap_index + n->cfg.snapshot_count);
+}
+
+void node_snap_applied_locked(struct raft_node *n)
+{
+    if (n->snaps && n->applied >= n->snap_index + n->cfg.snapshot_count)
+        pthread_cond_broadcast(&n->snap_cv);
+}
+
+/* No lock held, n->snapshotting ours: one snapshot, then the compaction it allows. */
+static int take(struct raft_node *n, uint64_t *out_index)
+{
+    struct raft_fsm *fsm = n->cfg.fsm;
+    struct snap_writer *w;
+    int rc = snap_create(n->snaps, 0, 0, NULL, 0, &w);
+    if (rc) {
+        node_log(n, "snapshot: %s", snap_errmsg());
+        return RAFT_NODE_EIO;
+    }
+    char why[256] = "";
+    struct raft_snapshot_writer wr = {writer_write, w, why, sizeof why};
+    uint64_t index = 0, term = 0;
+    rc = fsm->snapshot_write(fsm->ctx, &wr, &index, &term);
+    pthread_mutex_lock(&n->mu);
+    if (!rc && !term) {
+        /* The machine saw that entry only as a batch's trailing NOOP/CONFIG (fsm.h). */
+        const struct raft_entry *e = raft_log_get(n->r, index);
+        struct raft_status st;
+        raft_status_get(n->r, &st);
+        term = e ? e->term : st.snapshot_index == index ? st.snapshot_term : 0;
+    }
+    uint64_t prev = n->snap_index;
+    pthread_mutex_unlock(&n->mu);
+    if (rc || !term || index <= prev) {
+        snap_abort(w);
+        if (rc || !term)
+            node_log(n, "snapshot failed: %s", rc ? why : "the term of its index is unknown");
+        *out_index = prev;
+        return rc ? RAFT_NODE_EIO : 0; /* nothing new applied since the last one: not an error */
+    }
+    if (snap_commit_as(w, index, term)) {
+        node_log(n, "snapshot %" PRIu64 ": %s", index, snap_errmsg());
+        return RAFT_NODE_EIO;
+    }
+    /* Durable: now the log before it may go, less the catch-up entries. */
+    pthread_mutex_lock(&n->mu);
+    struct raft_status st;
+    raft_status_get(n->r, &st);
+    uint64_t keep = n->cfg.snapshot_catchup_entries;
+    uint64_t first_kept = index + 1 > keep ? index + 1 - keep : 1;
+    if (first_kept < st.first_index)
+        first_kept = st.first_index;
+    rc = index > n->snap_index ? raft_compact(n->r, index, first_kept) : RAFT_ESTATE;
+    if (rc == 0)
+        n->snap_index = index;
+    pthread_mutex_unlock(&n->mu);
+    *out_index = index;
+    if (rc) /* an install overtook it: its snapshot is newer */
+        return 0;
+    if (first_kept > 1 && wal_compact_prefix(n->w, first_kept)) {
+        node_log(n, "compacting the log to %" PRIu64 ": %s", first_kept, wal_errmsg());
+        return RAFT_NODE_EIO;
+    }
+    return 0;
+}
+
+static void *snap_main(void *arg)
+{
+    struct raft_node *n = arg;
+    pthread_mutex_lock(&n->mu);
+    for (;;) {
+        while (!n->stopping && !due_locked(n))
+            pthread_cond_wait(&n->snap_cv, &n->mu);
+        if (n->stopping)
+            break;
+        uint64_t asked = n->snap_asked;
+        n->snapshotting = true;
+        pthread_mutex_unlock(&n->mu);
+        uint64_t index = 0;
+        int rc = take(n, &index);
+        pthread_mutex_lock(&n->mu);
+        n->snapshotting = false;
+        if (rc && n->applied >= n->snap_index + n->cfg.snapshot_count)
+            n->snap_index = n->applied; /* no retry before snapshot_count more entries */
+        n->snap_served = asked;
+        n->snap_result = rc;
+        pthread_cond_broadcast(&n->snap_cv); /* requesters, an install waiting for us */
+    }
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+int node_snap_start(struct raft_node *n)
+{
+    if (!n->snaps)
+        return 0;
+    if (pthread_create(&n->snap_thread, NULL, snap_main, n))
+        return RAFT_NODE_ENOMEM;
+    n->snap_thread_started = true;
+    pthread_setname_np(n->snap_thread, "raft-snap");
+    return 0;
+}
+
+int raft_node_snapshot_now(struct raft_node *n, uint64_t *index)
+{
+    if (!n || !n->snaps)
+        return RAFT_NODE_EINVAL;
+    pthread_mutex_lock(&n->mu);
+    uint64_t mine = ++n->snap_asked;
+    pthread_cond_broadcast(&n->snap_cv);
+    while (n->snap_served < mine && !n->stopping && !n->fatal)
+        pthread_cond_wait(&n->snap_cv, &n->mu);
+    int rc = n->stopping ? RAFT_NODE_ESHUTDOWN : n->fatal ? n->fatal : n->snap_result;
+    if (index)
+        *index = n->snap_index;
+    pthread_mutex_unlock(&n->mu);
+    return rc;
+}
+
+/* ---- sending snapshots ---- */
+
+static void *sender_main(void *arg)
+{
+    struct node_peer *p = arg;
+    struct raft_node *n = p->node;
+    const struct raft_transport *t = n->cfg.transport;
+    pthread_mutex_lock(&n->mu);
+    while (!n->stopping && n->snap_sends >= n->cfg.max_snapshot_sends)
+        pthread_cond_wait(&n->snap_cv, &n->mu);
+    int rc = RAFT_NODE_ESHUTDOWN;
+    if (!n->stopping) {
+        n->snap_sends++;
+        pthread_mutex_unlock(&n->mu);
+        struct snap_file *f;
+        rc = snap_open(n->snaps, p->snap_msg.snapshot_index, p->snap_msg.snapshot_term, &f);
+        if (rc == 0) {
+            rc = t->send_snapshot(t->ctx, p->id, &p->snap_msg, f);
+            snap_file_close(f);
+        } else {
+            node_log(n, "snapshot for %016" PRIx64 ": %s", p->id, snap_errmsg());
+        }
+        pthread_mutex_lock(&n->mu);
+        n->snap_sends--;
+        pthread_cond_broadcast(&n->snap_cv);
+    }
+    if (rc && !n->stopping) {
+        /* Pause before the core sends it again, so a follower that cannot take it (down,
+         * refusing, out of disk) is not sent the snapshot in a tight loop. */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += n->cfg.election_ms / 1000;
+        ts.tv_nsec += (long)(n->cfg.election_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        while (!n->stopping && pthread_cond_timedwait(&n->snap_cv, &n->mu, &ts) != ETIMEDOUT)
+            ;
+    }
+    /* Done before the report: the core may answer it with the next snapshot for this peer at
+     * once, which the driver thread then routes here (it joins this thread, never this thread
+     * itself, hence no inline drive from here). */
+    p->snap_sending = false;
+    p->snap_joinable = true;
+    if (!n->stopping && !n->fatal) {
+        raft_report_snapshot(n->r, p->id, rc == 0);
+        pthread_cond_signal(&n->driver_cv);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+void node_snap_send(struct raft_node *n, struct node_peer *p, const struct raft_msg *m)
+{
+    pthread_mutex_lock(&n->mu);
+    if (!n->snaps || p->snap_sending || n->stopping) {
+        /* One transfer per follower: the core sends the message again after this one's
+         * outcome is reported. */
+        pthread_mutex_unlock(&n->mu);
+        return;
+    }
+    if (p->snap_joinable) {
+        pthread_join(p->snap_thread, NULL); /* it has ended: it cleared snap_sending */
+        p->snap_joinable = false;
+    }
+    p->snap_msg = *m;
+    p->snap_msg.entries = NULL;
+    p->snap_msg.n_entries = 0;
+    p->snap_sending = pthread_create(&p->snap_thread, NULL, sender_main, p) == 0;
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* ---- installing (follower) ---- */
+
+void raft_node_step_snapshot(struct raft_node *n, const struct raft_msg *m)
+{
+    if (!n || !m || m->type != RAFT_MSG_SNAPSHOT || !n->snaps)
+        return;
+    struct snap_file *f;
+    if (snap_open(n->snaps, m->snapshot_index, m->snapshot_term, &f)) {
+        node_log(n, "InstallSnapshot %" PRIu64 "/%" PRIu64 " from %016" PRIx64
+                    " without the snapshot in the store: dropped (%s)",
+                 m->snapshot_index, m->snapshot_term, m->from, snap_errmsg());
+        return;
+    }
+    snap_file_close(f);
+    node_members_note(n, m);
+    pthread_mutex_lock(&n->mu);
+    if (!n->stopping && !n->fatal) {
+        raft_step(n->r, m);
+        node_kick_locked(n, NODE_DRIVE_INLINE);
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+struct snap_store *raft_node_snap_store(struct raft_node *n)
+{
+    return n ? n->snaps : NULL;
+}
+
+int node_snap_install(struct raft_node *n, uint64_t index, uint64_t term)
+{
+    pthread_mutex_lock(&n->mu);
+    n->installing = true; /* no new apply or snapshot_write starts */
+    while (n->applying || n->snapshotting)
+        pthread_cond_wait(&n->snap_cv, &n->mu);
+    pthread_mutex_unlock(&n->mu);
+
+    char why[512];
+    int rc = restore_fsm(n, index, term, why, sizeof why);
+    if (rc == 0 && wal_reset(n->w, index, term)) {
+        snprintf(why, sizeof why, "resetting the log to snapshot %" PRIu64 ": %s", index,
+                 wal_errmsg());
+        rc = RAFT_NODE_EIO;
+    }
+    pthread_mutex_lock(&n->mu);
+    n->installing = false;
+    struct node_read_done_list rl = {0};
+    if (rc) {
+        node_fail_locked(n, RAFT_NODE_EIO, why);
+    } else {
+        node_log(n, "installed snapshot %" PRIu64 " (term %" PRIu64 ")", index, term);
+        n->applied = n->apply_to = index;
+        n->applied_term = term;
+        if (index > n->snap_index)
+            n->snap_index = index;
+        n->wal_last = index;
+        /* Older readies' writes above the snapshot were dropped with the log: they are "done"
+         * once the reset is (the core clamped its own records the same way). */
+        for (size_t i = 0; i < n->n_precs; i++)
+            if (n->precs[i].need > index)
+                n->precs[i].need = index;
+        node_reads_applied_locked(n, &rl);
+    }
+    pthread_cond_broadcast(&n->apply_cv);
+    pthread_cond_broadcast(&n->snap_cv);
+    pthread_mutex_unlock(&n->mu);
+    node_read_done_run(&rl);
+    return rc ? RAFT_NODE_EIO : 0;
+}
+
+void node_snap_stop(struct raft_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    pthread_cond_broadcast(&n->snap_cv);
+    pthread_mutex_unlock(&n->mu);
+    if (n->snap_thread_started)
+        pthread_join(n->snap_thread, NULL);
+    n->snap_thread_started = false;
+    for (size_t i = 0; i < n->n_peers; i++) {
+        struct node_peer *p = &n->peers[i];
+        pthread_mutex_lock(&n->mu);
+        bool join = p->snap_sending || p->snap_joinable;
+        pthread_mutex_unlock(&n->mu);
+        if (join)
+            pthread_join(p->snap_thread, NULL);
+        p->snap_sending = p->snap_joinable = false;
+    }
+    snap_store_close(n->snaps);
+    n->snaps = NULL;
+}
