@@ -62,6 +62,12 @@ static const struct flag flags[] = {
     {"backend-sync-interval", UINT, U4(backend_sync_ms), 0, 60000, "100", "ms the KV store may hold applied writes unsynced (the log has them; 0 = sync every batch)"},
     {"peer-send-timeout", UINT, U4(peer_send_timeout_ms), 1, 60000, "50", "ms a replicator waits for room in a peer's stream"},
     {"server-threads", UINT, U4(server_threads), 1, 64, "2", "gRPC completion-queue threads per listener"},
+    {"snapshot-count", UINT, U8(snapshot_count), 1, 1ull << 32, "10000", "applied entries between snapshots (then the log before them is compacted)"},
+    {"snapshot-catchup-entries", UINT, U8(snapshot_catchup_entries), 1, 1ull << 32, "5000", "entries kept before a snapshot for followers a little behind"},
+    {"max-snapshots", UINT, U4(max_snapshots), 1, 10000, "5", "snapshot files kept in <data-dir>/snap"},
+    {"max-snapshot-sends", UINT, U4(max_snapshot_sends), 1, 64, "2", "snapshot transfers to followers at once"},
+    {"snapshot-chunk-bytes", UINT, U4(snapshot_chunk_bytes), 4096, 8u << 20, "1048576", "bytes per snapshot transfer call"},
+    {"snapshot-send-rate", UINT, U8(snapshot_send_rate), 0, 1ull << 40, "33554432", "bytes per second of one snapshot transfer (0 = unbounded)"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
 
@@ -178,6 +184,12 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->backend_sync_ms = 100;
     cfg->peer_send_timeout_ms = 50;
     cfg->server_threads = 2;
+    cfg->snapshot_count = 10000;
+    cfg->snapshot_catchup_entries = 5000;
+    cfg->max_snapshots = 5;
+    cfg->max_snapshot_sends = 2;
+    cfg->snapshot_chunk_bytes = 1u << 20;
+    cfg->snapshot_send_rate = 32u << 20;
     raw.listen_client = "https://127.0.0.1:2379";
     raw.listen_peer = "https://127.0.0.1:2380";
 

@@ -46,6 +46,12 @@ struct craftd_config {
     unsigned backend_sync_ms; /* 0 = sync the KV store with every applied batch */
     unsigned peer_send_timeout_ms;
     unsigned server_threads;
+    uint64_t snapshot_count;           /* etcd's --snapshot-count */
+    uint64_t snapshot_catchup_entries; /* etcd's --snapshot-catchup-entries */
+    uint32_t max_snapshots;            /* etcd's --max-snapshots */
+    uint32_t max_snapshot_sends;
+    uint32_t snapshot_chunk_bytes;
+    uint64_t snapshot_send_rate;       /* bytes per second; 0 = unbounded */
 
     /* derived */
     struct cluster cluster;

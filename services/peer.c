@@ -2,6 +2,7 @@
 #include "services/peer.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -11,11 +12,14 @@
 
 #include "services/backoff.h"
 #include "services/clock.h"
+#include "raft/snap/snap.h"
 #include "services/proto/raftpb.pb-c.h"
 
 #define PEER_METHOD "/craft.raft.Peer/Raft"
 #define HELLO_METHOD "/craft.raft.Peer/Hello"
 #define HELLO_RETRY_MS 500
+#define SNAPSHOT_METHOD "/craft.raft.Peer/Snapshot"
+#define SNAPSHOT_CALL_MS 10000 /* one chunk's round trip, at most */
 /* Protobuf framing per message and per entry, over-estimated so a Batch never exceeds the
  * receiver's limit. */
 #define MSG_OVERHEAD 256
@@ -69,6 +73,10 @@ struct peer {
 
     atomic_uint_fast64_t batches_sent, msgs_sent, send_failures;
     atomic_uint_fast64_t batches_received, msgs_received, msgs_dropped, streams_refused;
+
+    size_t snapshot_chunk;  /* bytes per Peer.Snapshot call */
+    uint64_t snapshot_rate; /* bytes per second per transfer; 0 = unbounded */
+    atomic_uint_fast64_t snapshots_sent, snapshots_failed;
 };
 
 static void ctx_unref(struct out_stream_ctx *c)
@@ -166,6 +174,8 @@ static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft_
     pm->conflict_index = m->conflict_index;
     pm->ctx = m->ctx;
     pm->read_index = m->read_index;
+    pm->snapshot_index = m->snapshot_index;
+    pm->snapshot_term = m->snapshot_term;
     for (uint32_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
         craft__raft__entry__init(&pe[i]);
@@ -344,6 +354,8 @@ static bool pb_to_msg(const Craft__Raft__Message *pm, struct raft_msg *m, struct
     m->conflict_index = pm->conflict_index;
     m->ctx = pm->ctx;
     m->read_index = pm->read_index;
+    m->snapshot_index = pm->snapshot_index;
+    m->snapshot_term = pm->snapshot_term;
     for (size_t i = 0; i < pm->n_entries; i++) {
         const Craft__Raft__Entry *pe = pm->entries[i];
         if (pe->type > RAFT_ENTRY_CONFIG || pe->data.len > UINT32_MAX)
@@ -537,6 +549,145 @@ static void *hello_main(void *arg)
     return NULL;
 }
 
+/* ---- Snapshot: InstallSnapshot's bytes ------------------------------------------------------ */
+
+/* Sender (transport send_snapshot, on the node's sender thread): where the receiver stands, then
+ * chunks from there, each acknowledged before the next (the receiver writes them in order), at
+ * most snapshot_rate bytes per second so the transfer leaves room for heartbeats and the other
+ * peers' replication. */
+static int transport_send_snapshot(void *ctx, uint64_t to, const struct raft_msg *m,
+                                   struct snap_file *f)
+{
+    struct peer *p = ctx;
+    struct peer_out *o = NULL;
+    for (size_t i = 0; i < p->n_out; i++)
+        if (p->out[i].m->id == to)
+            o = &p->out[i];
+    if (!o)
+        return -EINVAL;
+    Craft__Raft__Message pm;
+    msg_to_pb(m, &pm, NULL, NULL);
+    Craft__Raft__SnapshotChunk c = CRAFT__RAFT__SNAPSHOT_CHUNK__INIT;
+    c.cluster_id = p->cluster.id;
+    c.msg = &pm;
+    c.total = snap_file_size(f);
+    uint8_t *buf = malloc(p->snapshot_chunk);
+    if (!buf)
+        return -ENOMEM;
+    int64_t t0 = clock_now_ms();
+    uint64_t sent = 0, off = 0;
+    bool asked = false;
+    int rc = -EIO;
+    for (;;) {
+        pthread_mutex_lock(&p->urls_lock);
+        bool stopping = p->stopping;
+        pthread_mutex_unlock(&p->urls_lock);
+        if (stopping)
+            break;
+        size_t n = 0;
+        if (asked && snap_file_chunk(f, off, buf, p->snapshot_chunk, &n))
+            break;
+        c.offset = off;
+        c.data.data = buf;
+        c.data.len = asked ? n : 0; /* the first call only asks where to start */
+        Craft__Raft__SnapshotAck *ack = NULL;
+        struct rpc_result res;
+        int crc = rpc_channel_call_msg(o->ch, SNAPSHOT_METHOD, &c.base,
+                                       &craft__raft__snapshot_ack__descriptor, SNAPSHOT_CALL_MS,
+                                       (ProtobufCMessage **)&ack, &res);
+        if (crc != 0 || res.status != GRPC_STATUS_OK || !ack) {
+            rpc_result_free(&res);
+            break; /* the node reports the failure; the next transfer resumes */
+        }
+        rpc_result_free(&res);
+        bool done = ack->done;
+        uint64_t next = ack->next_offset;
+        protobuf_c_message_free_unpacked(&ack->base, NULL);
+        if (done) {
+            rc = 0;
+            break;
+        }
+        if (next > c.total || (asked && n == 0))
+            break;
+        sent += asked ? n : 0;
+        off = next;
+        asked = true;
+        /* Pace: never ahead of snapshot_rate bytes per second since the transfer began. */
+        if (p->snapshot_rate) {
+            int64_t due = t0 + (int64_t)(sent * 1000 / p->snapshot_rate);
+            int64_t now = clock_now_ms();
+            if (due > now) {
+                struct timespec ts = {(due - now) / 1000, (long)((due - now) % 1000) * 1000000L};
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    free(buf);
+    atomic_fetch_add(rc == 0 ? &p->snapshots_sent : &p->snapshots_failed, 1);
+    return rc;
+}
+
+/* Receiver: one chunk into the node's snapshot store (raft/snap: kept aside, verified whole),
+ * and the leader's message to the node once the snapshot is complete. */
+static void handle_snapshot(struct rpc_call *call, const ProtobufCMessage *msg, void *ctx)
+{
+    struct peer *p = ctx;
+    const Craft__Raft__SnapshotChunk *c = (const Craft__Raft__SnapshotChunk *)msg;
+    uint64_t from = peer_call_member(p, call);
+    struct raft_msg m;
+    if (!from) {
+        rpc_call_fail(call, GRPC_STATUS_PERMISSION_DENIED, "only cluster members may send snapshots");
+        return;
+    }
+    if (c->cluster_id != p->cluster.id) {
+        rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "cluster id mismatch");
+        return;
+    }
+    if (!c->msg || c->msg->n_entries || !pb_to_msg(c->msg, &m, NULL) ||
+        m.type != RAFT_MSG_SNAPSHOT || m.to != p->self_id || (!p->insecure && m.from != from) ||
+        !m.snapshot_index || !m.snapshot_term) {
+        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "not a snapshot for this member");
+        return;
+    }
+    pthread_rwlock_rdlock(&p->node_lock);
+    struct snap_store *s = p->node ? raft_node_snap_store(p->node) : NULL;
+    if (!s) {
+        pthread_rwlock_unlock(&p->node_lock);
+        rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "this member takes no snapshots");
+        return;
+    }
+    Craft__Raft__SnapshotAck ack = CRAFT__RAFT__SNAPSHOT_ACK__INIT;
+    struct snap_progress pg;
+    snap_recv_progress(s, &pg);
+    bool same = pg.active && pg.index == m.snapshot_index && pg.term == m.snapshot_term &&
+                pg.total_len == c->total;
+    int rc = 0;
+    uint64_t at = pg.received;
+    if (!same || c->data.len == 0)
+        rc = snap_recv_begin(s, m.snapshot_index, m.snapshot_term, c->total, &at);
+    if (rc == 0 && c->data.len && c->offset == at) {
+        rc = snap_recv_chunk(s, c->offset, c->data.data, c->data.len);
+        if (rc == 1) {
+            raft_node_step_snapshot(p->node, &m);
+            ack.done = true;
+            rc = 0;
+        }
+        at = c->offset + c->data.len;
+    }
+    pthread_rwlock_unlock(&p->node_lock);
+    if (rc < 0) {
+        char why[300];
+        snprintf(why, sizeof why, "snapshot %" PRIu64 "/%" PRIu64 ": %s", m.snapshot_index,
+                 m.snapshot_term, snap_errmsg());
+        rpc_call_fail(call, rc == -EFBIG || rc == -ENOSPC ? GRPC_STATUS_RESOURCE_EXHAUSTED
+                                                          : GRPC_STATUS_FAILED_PRECONDITION,
+                      why);
+        return;
+    }
+    ack.next_offset = at;
+    rpc_call_reply_msg(call, &ack.base);
+}
+
 /* ---- lifecycle ---------------------------------------------------------------------- */
 
 struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen)
@@ -573,6 +724,10 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
     p->transport.send = transport_send;
     p->transport.try_send = transport_try_send;
     p->transport.close_peer = transport_close_peer;
+    p->transport.send_snapshot = transport_send_snapshot;
+    p->snapshot_chunk = cfg->snapshot_chunk_bytes ? cfg->snapshot_chunk_bytes
+                                                  : PEER_DEFAULT_SNAPSHOT_CHUNK;
+    p->snapshot_rate = cfg->snapshot_rate;
 
     for (size_t i = 0; i < p->cluster.n; i++) {
         const struct cluster_member *m = &p->cluster.members[i];
@@ -637,7 +792,10 @@ struct raft_transport *peer_transport(struct peer *p) { return &p->transport; }
 int peer_register(struct peer *p, struct rpc_server *srv)
 {
     static const struct rpc_stream_handler h = {in_open, in_message, in_close, NULL};
-    if (rpc_server_register_stream(srv, PEER_METHOD, &h, p) != 0)
+    if (rpc_server_register_stream(srv, PEER_METHOD, &h, p) != 0 ||
+        rpc_server_register_unary_msg(srv, SNAPSHOT_METHOD,
+                                      &craft__raft__snapshot_chunk__descriptor, handle_snapshot,
+                                      p) != 0)
         return -1;
     return rpc_server_register_unary_msg(srv, HELLO_METHOD, &craft__raft__peer_hello__descriptor,
                                          handle_hello, p);
@@ -739,4 +897,6 @@ void peer_stats_get(struct peer *p, struct peer_stats *out)
     out->msgs_received = atomic_load(&p->msgs_received);
     out->msgs_dropped = atomic_load(&p->msgs_dropped);
     out->streams_refused = atomic_load(&p->streams_refused);
+    out->snapshots_sent = atomic_load(&p->snapshots_sent);
+    out->snapshots_failed = atomic_load(&p->snapshots_failed);
 }

@@ -17,6 +17,12 @@
  *   stream per leader through peer_stream_open and authorizes incoming ones with
  *   peer_stream_member (the Peer.Raft rule above). Unary calls between members (Peer.Hello)
  *   are authorized with peer_call_member.
+ * - Snapshots (InstallSnapshot): send_snapshot streams a snapshot file to a peer with Peer.Snapshot,
+ *   one chunk (snapshot_chunk_bytes, default 1 MiB) per call, each acknowledged with where the
+ *   receiver stands, so a transfer resumes after a dropped connection or a restart; paced to
+ *   snapshot_rate bytes per second. The receiving side writes the chunks into its node's snapshot
+ *   store (raft/snap/snap.h: kept aside, verified whole) and hands the leader's message to the
+ *   node only then; a chunk from anyone but the named leader is refused.
  * - Client URLs: every member calls Peer.Hello on each peer (retrying every 500 ms until it has
  *   answered once) so that each member knows every other member's --advertise-client-urls,
  *   for MemberList and for telling clients where the leader is.
@@ -39,6 +45,7 @@
 #define PEER_DEFAULT_SEND_TIMEOUT_MS 50         /* wait for room in a peer's stream queue */
 #define PEER_DEFAULT_STREAM_QUEUE 256           /* Batches queued per peer stream */
 #define PEER_DEFAULT_MAX_RECV_BYTES (16u << 20) /* largest Batch accepted */
+#define PEER_DEFAULT_SNAPSHOT_CHUNK (1u << 20)  /* bytes per Peer.Snapshot call */
 
 struct peer_config {
     const struct cluster *cluster; /* copied */
@@ -50,6 +57,8 @@ struct peer_config {
     int stream_queue;              /* 0 = default */
     size_t max_recv_bytes;         /* 0 = default */
     const char *client_urls;       /* this member's --advertise-client-urls, told to peers */
+    size_t snapshot_chunk_bytes;   /* 0 = default; at most max_recv_bytes - 64 KiB */
+    uint64_t snapshot_rate;        /* snapshot bytes per second per transfer; 0 = unbounded */
 };
 
 struct peer;
@@ -99,6 +108,7 @@ void peer_client_urls(struct peer *p, uint64_t id, char *buf, size_t len);
 struct peer_stats {
     uint64_t batches_sent, msgs_sent, send_failures;
     uint64_t batches_received, msgs_received, msgs_dropped, streams_refused;
+    uint64_t snapshots_sent, snapshots_failed; /* InstallSnapshot transfers (Peer.Snapshot) */
 };
 void peer_stats_get(struct peer *p, struct peer_stats *out);
 

@@ -182,10 +182,12 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     char sub[512], raft_dir[4200], kv_dir[4200];
 
     /* <data-dir>/raft: the write-ahead log and hard state; <data-dir>/kv: the LMDB store. */
+    char snap_dir[4200];
     snprintf(raft_dir, sizeof raft_dir, "%s/raft", cfg->data_dir);
     snprintf(kv_dir, sizeof kv_dir, "%s/kv", cfg->data_dir);
+    snprintf(snap_dir, sizeof snap_dir, "%s/snap", cfg->data_dir);
     bool fresh = dir_is_empty(raft_dir);
-    if (mkdir_p(raft_dir) != 0 || mkdir_p(kv_dir) != 0) {
+    if (mkdir_p(raft_dir) != 0 || mkdir_p(kv_dir) != 0 || mkdir_p(snap_dir) != 0) {
         snprintf(err, errlen, "cannot create data directory %s: %s", cfg->data_dir,
                  strerror(errno));
         goto fail;
@@ -207,6 +209,8 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         .insecure = !cfg->listen_peer.tls,
         .send_timeout_ms = (int)cfg->peer_send_timeout_ms,
         .client_urls = cfg->advertise_client_urls,
+        .snapshot_chunk_bytes = cfg->snapshot_chunk_bytes,
+        .snapshot_rate = cfg->snapshot_send_rate,
     };
     s->peer = peer_create(&pc, sub, sizeof sub);
     if (!s->peer) {
@@ -252,6 +256,11 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     nc.max_entry_bytes = (uint32_t)cfg->max_request_bytes + 1024; /* + command framing */
     nc.max_pending = cfg->max_pending;
     nc.wal_segment_bytes = cfg->wal_segment_bytes;
+    nc.snap_dir = snap_dir;
+    nc.snapshot_count = cfg->snapshot_count;
+    nc.snapshot_catchup_entries = cfg->snapshot_catchup_entries;
+    nc.max_snapshots = cfg->max_snapshots;
+    nc.max_snapshot_sends = cfg->max_snapshot_sends;
     nc.on_role = on_role;
     nc.on_role_arg = s;
     s->node = raft_node_start(&nc, sub, sizeof sub);

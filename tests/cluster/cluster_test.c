@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
 
 #include "tests/cluster/harness.h"
 
@@ -400,37 +398,6 @@ Test(cluster, leader_kill9_under_forwarded_writes_fails_each_pending_write_once,
     cr_assert_eq(st, GRPC_STATUS_OK);
 }
 
-/* Waits (bounded poll, as the harness does for every process event) for member i to exit on its
- * own; returns its exit status, or -1 if it is still running after timeout_ms. */
-static int wait_exit(int i, int timeout_ms)
-{
-    int64_t until = hc_now_ms() + timeout_ms;
-    while (hc_now_ms() < until) {
-        int st;
-        pid_t r = waitpid(C.m[i].pid, &st, WNOHANG);
-        if (r == C.m[i].pid) {
-            C.m[i].pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        }
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    return -1;
-}
-
-static bool log_has(int i, const char *needle)
-{
-    FILE *f = fopen(C.m[i].log, "r");
-    if (!f)
-        return false;
-    char line[2048];
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f))
-        found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
-
 /* A member whose data directory was wiped (a lost disk) and that is started again with the same
  * flags must not rejoin as itself with term 0 and no vote: it could vote twice in a term. Its
  * peers remember it ran; it exits 1 with etcd's wording, and the others keep serving. */
@@ -448,12 +415,12 @@ Test(cluster, member_that_lost_its_disk_is_refused, .fini = teardown, .timeout =
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", C.m[f].data_dir);
     cr_assert_eq(system(cmd), 0);
     hc_start(&C, f);
-    int code = wait_exit(f, 15000);
+    int code = hc_wait_exit(&C, f, 15000);
     if (code != 1)
         hc_dump_log(&C, f);
     cr_assert_eq(code, 1, "the wiped member exited %d, want 1 (still running: -1)", code);
-    cr_assert(log_has(f, "has already been bootstrapped"), "no explanation in its log");
-    cr_assert(log_has(f, "add it back as a new one"), "no advice in its log");
+    cr_assert(hc_log_has(&C, f, "has already been bootstrapped"), "no explanation in its log");
+    cr_assert(hc_log_has(&C, f, "add it back as a new one"), "no advice in its log");
     /* The two others still make a majority and serve. */
     cr_assert_eq(put_anywhere("after", "2", 10000, NULL), GRPC_STATUS_OK);
 }
@@ -469,5 +436,5 @@ Test(cluster, late_first_start_of_a_member_is_accepted, .fini = teardown, .timeo
     cr_assert_eq(put_anywhere("early", "1", 15000, &rev), GRPC_STATUS_OK);
     hc_start(&C, 2);
     cr_assert(hc_wait_revision(&C, 2, rev, 15000), "the late member did not catch up");
-    cr_assert_eq(wait_exit(2, 0), -1, "the late member exited");
+    cr_assert_eq(hc_wait_exit(&C, 2, 0), -1, "the late member exited");
 }

@@ -322,6 +322,35 @@ int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen, bool se
     return found;
 }
 
+bool hc_log_has(struct hc *c, int i, const char *needle)
+{
+    FILE *f = fopen(c->m[i].log, "r");
+    if (!f)
+        return false;
+    char line[2048];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+int hc_wait_exit(struct hc *c, int i, int timeout_ms)
+{
+    int64_t until = hc_now_ms() + timeout_ms;
+    do {
+        int st;
+        pid_t r = waitpid(c->m[i].pid, &st, WNOHANG);
+        if (r == c->m[i].pid) {
+            c->m[i].pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    } while (hc_now_ms() < until);
+    return -1;
+}
+
 void hc_dump_log(struct hc *c, int i)
 {
     char cmd[700];

@@ -69,5 +69,10 @@ struct rpc_channel *hc_channel(struct hc *c, int i);
 int64_t hc_now_ms(void);
 /* Pulls the last lines of member i's log into the test output (for failures). */
 void hc_dump_log(struct hc *c, int i);
+/* Whether member i's log has a line containing needle. */
+bool hc_log_has(struct hc *c, int i, const char *needle);
+/* Waits (bounded poll) for member i to exit on its own; its exit status (128 + signal if killed
+ * by one), or -1 if it still runs after timeout_ms. */
+int hc_wait_exit(struct hc *c, int i, int timeout_ms);
 
 #endif
