@@ -7,6 +7,7 @@
 
 #include "services/forward.h"
 #include "services/kvstore/kv_cmd.h"
+#include "services/maint_snapshot.h"
 
 /* etcd's client-facing errors (etcd 3.4 api/v3rpc/rpctypes/error.go). */
 #define ERR_NO_LEADER "etcdserver: no leader"
@@ -20,6 +21,7 @@ struct kv_service {
     struct kv_service_config cfg;
     struct cluster cluster;
     struct fwd *fwd; /* Peer.Forwards, both sides */
+    struct maint_snapshot snap; /* Maintenance.Snapshot */
 };
 
 enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE };
@@ -559,6 +561,9 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
         free(s);
         return NULL;
     }
+    s->snap.fsm = kv_store_fsm(cfg->store);
+    s->snap.cluster_id = s->cluster.id;
+    s->snap.member_id = cfg->self_id;
     return s;
 }
 
@@ -580,6 +585,7 @@ int kv_service_register_client(struct kv_service *s, struct rpc_server *srv)
     rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.Cluster/MemberList",
                                         &etcdserverpb__member_list_request__descriptor,
                                         handle_member_list, s);
+    rc |= maint_snapshot_register(srv, &s->snap);
     return rc ? -1 : 0;
 }
 
