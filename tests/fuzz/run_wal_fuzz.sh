@@ -9,7 +9,7 @@
 set -eu
 seconds="${1:-20}"
 root="${TEST_SRCDIR:+$TEST_SRCDIR/craft}"
-root="${root:-.}"
+root="$(cd "${root:-.}" && pwd)" # absolute: the run below happens in the scratch directory
 cc="${CLANG:-clang}"
 if ! command -v "$cc" >/dev/null 2>&1; then
     echo "run_wal_fuzz: $cc not found: install clang and libclang-rt-14-dev" >&2
