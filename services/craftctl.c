@@ -5,6 +5,10 @@
  *     put KEY VALUE        write through the first endpoint (a follower forwards to the leader)
  *     get KEY              linearizable read from the first endpoint
  *     status               one line per endpoint: name, role, term, leader, commit, applied
+ *   craftctl snapshot restore FILE --name N --initial-cluster C --initial-cluster-token T
+ *            --data-dir D [--quota-backend-bytes B]
+ *                          a new member's data directory from `etcdctl snapshot save` of a craft
+ *                          member (services/snap_restore.h; etcdutl's restore for etcd)
  * Load generation is craft-bench's job (bench/craft_bench.c).
  *
  * Exit status: 0 ok, 1 the request failed, 2 bad usage. Errors name the endpoint and the gRPC
@@ -16,6 +20,7 @@
 
 #include "rpc/rpc.h"
 #include "services/cluster.h"
+#include "services/snap_restore.h"
 #include "services/proto/etcd/rpc.pb-c.h"
 #include "services/proto/nodepb.pb-c.h"
 
@@ -33,7 +38,9 @@ static int usage(void)
 {
     fprintf(stderr,
             "usage: craftctl [--endpoints URL,...] [--cacert F --cert F --key F | --insecure]\n"
-            "                put KEY VALUE | get KEY | status\n");
+            "                put KEY VALUE | get KEY | status\n"
+            "       craftctl snapshot restore FILE --name N --initial-cluster C\n"
+            "                --initial-cluster-token T --data-dir D [--quota-backend-bytes B]\n");
     return 2;
 }
 
@@ -144,8 +151,76 @@ static int cmd_status(const struct opts *o)
     return rc;
 }
 
+/* snapshot restore FILE --name N --initial-cluster C --initial-cluster-token T --data-dir D */
+static int cmd_restore(int argc, char **argv)
+{
+    const char *file = NULL, *name = NULL, *spec = NULL, *token = NULL, *dir = NULL;
+    unsigned long long quota = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char **dst = !strcmp(a, "--name")                    ? &name
+                           : !strcmp(a, "--initial-cluster")       ? &spec
+                           : !strcmp(a, "--initial-cluster-token") ? &token
+                           : !strcmp(a, "--data-dir")              ? &dir
+                                                                   : NULL;
+        if (dst || !strcmp(a, "--quota-backend-bytes")) {
+            if (!v) {
+                fprintf(stderr, "craftctl: %s needs a value\n", a);
+                return 2;
+            }
+            if (dst) {
+                *dst = v;
+            } else {
+                char *end;
+                quota = strtoull(v, &end, 10);
+                if (!*v || *end || *v == '-' || quota < (1u << 20)) {
+                    fprintf(stderr, "craftctl: --quota-backend-bytes wants bytes >= 1 MiB\n");
+                    return 2;
+                }
+            }
+            i++;
+        } else if (a[0] == '-' || file) {
+            fprintf(stderr, "craftctl: snapshot restore: unexpected '%s'\n", a);
+            return 2;
+        } else {
+            file = a;
+        }
+    }
+    if (!file || !name || !spec || !token || !dir) {
+        fprintf(stderr, "craftctl: snapshot restore needs FILE, --name, --initial-cluster, "
+                        "--initial-cluster-token and --data-dir\n");
+        return 2;
+    }
+    char err[600];
+    struct cluster c;
+    if (cluster_parse(spec, token, &c, err, sizeof err) != 0) {
+        fprintf(stderr, "craftctl: --initial-cluster: %s\n", err);
+        return 2;
+    }
+    if (!cluster_find_name(&c, name)) {
+        fprintf(stderr, "craftctl: --name %s is not in --initial-cluster\n", name);
+        return 2;
+    }
+    struct snap_restore_info info;
+    if (snap_restore(file, dir, quota, &info, err, sizeof err) != 0) {
+        fprintf(stderr, "craftctl: snapshot restore: %s\n", err);
+        return 1;
+    }
+    printf("restored %s into %s: revision %lld, the log starts after index %llu (term %llu)\n"
+           "start the member with --name %s --data-dir %s --initial-cluster %s "
+           "--initial-cluster-token %s\n",
+           file, dir, (long long)info.revision, (unsigned long long)info.index,
+           (unsigned long long)info.term, name, dir, spec, token);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && !strcmp(argv[1], "snapshot")) {
+        if (strcmp(argv[2], "restore") != 0)
+            return usage();
+        return cmd_restore(argc - 3, argv + 3);
+    }
     struct opts o = {0};
     int i = 1;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
