@@ -1,6 +1,6 @@
 /* Snapshots with real craftd processes (issue 13): a follower down while far more than
- * --snapshot-count entries commit catches up by snapshot; a receiver killed with SIGKILL in the
- * middle of a transfer resumes it after its restart; every member killed right after compacting
+ * --snapshot-count entries commit catches up by snapshot; a receiver, or the sending leader,
+ * killed with SIGKILL in the middle of a transfer; every member killed right after compacting
  * loses no acknowledged write; a restarted member comes back from its snapshot. */
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -129,6 +129,41 @@ Test(snapshot, receiver_killed_mid_transfer_resumes, .fini = teardown, .timeout 
     }
     cr_assert(hc_log_has(&C, f, "installed snapshot"));
     assert_keys(f, 300, 13);
+}
+
+/* The leader dies in the middle of sending a snapshot: the new leader sends its own (the
+ * follower's partial transfer of the old one is discarded or resumed, as the store decides), and
+ * the follower catches up. */
+Test(snapshot, sender_killed_mid_transfer, .fini = teardown, .timeout = 240)
+{
+    hc_setup(&C, 3, 50, 300);
+    snprintf(C.extra_flags, sizeof C.extra_flags,
+             "--snapshot-count 50 --snapshot-catchup-entries 5 --snapshot-send-rate 65536 "
+             "--snapshot-chunk-bytes 4096");
+    hc_start_all(&C);
+    int l = leader_or_die(10000);
+    int f = (l + 1) % 3;
+    hc_signal(&C, f, SIGKILL);
+    int64_t rev = put_keys(l, 0, 300, 1000);
+    hc_start(&C, f);
+    int64_t until = hc_now_ms() + 30000;
+    while (!has_file(f, ".partial") && hc_now_ms() < until) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL); /* bounded poll of the file system: no event to wait on */
+    }
+    cr_assert(has_file(f, ".partial"), "no transfer began within 30 s");
+    hc_signal(&C, l, SIGKILL); /* the sender, in the middle of it */
+    int nl = leader_or_die(20000);
+    cr_assert_neq(nl, l);
+    if (!hc_wait_revision(&C, f, rev, 90000)) {
+        hc_dump_log(&C, nl);
+        hc_dump_log(&C, f);
+        cr_assert_fail("%s did not catch up from the new leader", C.m[f].name);
+    }
+    assert_keys(f, 300, 13);
+    /* The old leader comes back and catches up too. */
+    hc_start(&C, l);
+    cr_assert(hc_wait_revision(&C, l, rev, 60000));
 }
 
 Test(snapshot, kill9_of_every_member_right_after_compaction_loses_nothing, .fini = teardown,
