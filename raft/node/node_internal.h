@@ -225,6 +225,7 @@ struct raft_node {
     pthread_cond_t snap_cv;    /* the snapshot thread: a snapshot is due or asked for, stop;
                                 * senders: a transfer slot freed */
     uint64_t snap_index;       /* newest snapshot taken or installed */
+    uint64_t snap_retry_at;    /* after a failed snapshot: applied index of the next try */
     bool snapshotting;         /* fsm->snapshot_write is running */
     bool installing;           /* the driver restores the fsm: no apply, no snapshot_write */
     uint64_t snap_asked;       /* raft_node_snapshot_now requests made / served */

@@ -126,12 +126,14 @@ static bool due_locked(const struct raft_node *n)
 {
     return !n->installing && !n->fatal &&
            (n->snap_asked > n->snap_served ||
-            n->applied >= n->snap_index + n->cfg.snapshot_count);
+            (n->applied >= n->snap_index + n->cfg.snapshot_count &&
+             n->applied >= n->snap_retry_at));
 }
 
 void node_snap_applied_locked(struct raft_node *n)
 {
-    if (n->snaps && n->applied >= n->snap_index + n->cfg.snapshot_count)
+    if (n->snaps && n->applied >= n->snap_index + n->cfg.snapshot_count &&
+        n->applied >= n->snap_retry_at)
         pthread_cond_broadcast(&n->snap_cv);
 }
 
@@ -208,8 +210,8 @@ static void *snap_main(void *arg)
         int rc = take(n, &index);
         pthread_mutex_lock(&n->mu);
         n->snapshotting = false;
-        if (rc && n->applied >= n->snap_index + n->cfg.snapshot_count)
-            n->snap_index = n->applied; /* no retry before snapshot_count more entries */
+        if (rc)
+            n->snap_retry_at = n->applied + n->cfg.snapshot_count; /* not in a loop */
         n->snap_served = asked;
         n->snap_result = rc;
         pthread_cond_broadcast(&n->snap_cv); /* requesters, an install waiting for us */

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -20,6 +21,7 @@ struct memfsm {
     uint64_t fail_from;
     uint64_t base;      /* index of the snapshot last restored (applied_index()) */
     size_t snapshots;   /* snapshot_write calls that succeeded */
+    bool snap_fail;     /* snapshot_write fails with -ENOSPC (a full disk) */
 };
 
 static int mf_apply(void *ctx, const struct raft_entry *e, size_t n, uint64_t last_index,
@@ -94,6 +96,11 @@ static int mf_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_t
 {
     struct memfsm *m = ctx;
     pthread_mutex_lock(&m->mu);
+    if (m->snap_fail) {
+        pthread_mutex_unlock(&m->mu);
+        snprintf(w->err, w->errlen, "memfsm: no space left (injected)");
+        return -ENOSPC;
+    }
     size_t n = m->n;
     uint64_t head[5] = {MF_MAGIC, m->last_index, m->prev_index, m->checksum, n};
     uint64_t *pairs = malloc((n ? n : 1) * 2 * sizeof(uint64_t));
@@ -177,6 +184,13 @@ static int mf_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64
     pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->mu);
     return 0;
+}
+
+void memfsm_fail_snapshots(struct memfsm *m, bool on)
+{
+    pthread_mutex_lock(&m->mu);
+    m->snap_fail = on;
+    pthread_mutex_unlock(&m->mu);
 }
 
 size_t memfsm_snapshots(struct memfsm *m)

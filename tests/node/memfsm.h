@@ -35,6 +35,8 @@ void memfsm_batches(struct memfsm *m, size_t *calls, size_t *max_batch);
 
 /* Successful snapshot_write calls. */
 size_t memfsm_snapshots(struct memfsm *m);
+/* Make snapshot_write fail with -ENOSPC (a full disk), or stop doing so. */
+void memfsm_fail_snapshots(struct memfsm *m, bool on);
 
 /* Make apply() fail (return -EIO) for any batch reaching index >= `index` (0 = never). */
 void memfsm_fail_from(struct memfsm *m, uint64_t index);

@@ -152,3 +152,29 @@ Test(node_snapshot, members_restart_from_their_snapshot)
     assert_same_history(&c);
     cluster_destroy(&c);
 }
+
+/* A snapshot that cannot be written (a full disk) is logged and retried later; the member keeps
+ * serving, keeps its log (nothing is compacted without a snapshot), and snapshots again once it
+ * can. */
+Test(node_snapshot, a_failing_snapshot_leaves_the_member_serving)
+{
+    struct cluster c;
+    setup(&c, 100, 10);
+    cluster_start_all(&c);
+    int l = cluster_wait_leader(&c, 5000);
+    cr_assert_geq(l, 0);
+    memfsm_fail_snapshots(c.m[l].fsm, true);
+    propose_n(&c, 500);
+    struct raft_node_status st = status(&c, (size_t)l);
+    cr_assert_eq(st.core.snapshot_index, 0, "a snapshot was taken with a full disk");
+    cr_assert_eq(st.core.first_index, 1, "the log was compacted without a snapshot");
+    cr_assert_eq(memfsm_snapshots(c.m[l].fsm), 0);
+    memfsm_fail_snapshots(c.m[l].fsm, false);
+    propose_n(&c, 300);
+    uint64_t idx = 0;
+    cr_assert_eq(raft_node_snapshot_now(c.m[l].node, &idx), 0);
+    cr_assert_gt(idx, 500);
+    cr_assert_gt(status(&c, (size_t)l).core.first_index, 1);
+    assert_same_history(&c);
+    cluster_destroy(&c);
+}
