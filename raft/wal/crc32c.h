@@ -1,6 +1,7 @@
 /* crc32c.h: CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of every WAL
- * record, snapshot file (raft/snap) and KV snapshot payload. crc32c() uses the SSE4.2 CRC32 instruction when the CPU has it (detected once at run
- * time) and a table-driven software version otherwise; both give identical results.
+ * record, snapshot file (raft/snap) and KV snapshot payload. crc32c() uses the SSE4.2 CRC32
+ * instruction when the CPU has it (detected once at run time) and a table-driven software
+ * version otherwise; both give identical results.
  * The checksum of a buffer is crc32c(0, buf, len); pass a previous result as `crc` to extend it. */
 #ifndef CRAFT_RAFT_CRC32C_H
 #define CRAFT_RAFT_CRC32C_H
