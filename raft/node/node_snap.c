@@ -40,20 +40,14 @@ static int writer_write(void *arg, const void *buf, size_t len)
     return snap_write(arg, buf, len);
 }
 
-/* Restores the state machine from the verified snapshot (index, term) of the store. */
-static int restore_fsm(struct raft_node *n, uint64_t index, uint64_t term, char *err,
-                       size_t errlen)
+/* Restores the state machine from f, a verified snapshot (index, term) of the store; closes f. */
+static int restore_fsm(struct raft_node *n, struct snap_file *f, char *err, size_t errlen)
 {
-    struct snap_file *f;
-    int rc = snap_open(n->snaps, index, term, &f);
-    if (rc) {
-        snprintf(err, errlen, "%s", snap_errmsg());
-        return rc;
-    }
+    uint64_t index = snap_file_header(f)->index, term = snap_file_header(f)->term;
     char why[256] = "";
     struct raft_snapshot_reader rd = {reader_read, f, why, sizeof why};
     struct raft_fsm *fsm = n->cfg.fsm;
-    rc = fsm->snapshot_restore(fsm->ctx, &rd, index, term);
+    int rc = fsm->snapshot_restore(fsm->ctx, &rd, index, term);
     snap_file_close(f);
     if (rc)
         snprintf(err, errlen, "restoring the state machine from snapshot %" PRIu64 "/%" PRIu64
@@ -85,15 +79,17 @@ int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size
         return RAFT_NODE_EIO;
     }
     uint64_t index = snap_file_header(f)->index, term = snap_file_header(f)->term;
-    snap_file_close(f);
     struct raft_fsm *fsm = n->cfg.fsm;
     if (fsm->applied_index(fsm->ctx) < index) {
+        /* The file verified as it was loaded: restore from it as it is, not a second read. */
         node_log(n, "restoring the state machine from snapshot %" PRIu64 " (term %" PRIu64 ")",
                  index, term);
-        if (restore_fsm(n, index, term, sub, sizeof sub)) {
+        if (restore_fsm(n, f, sub, sizeof sub)) {
             snprintf(err, errlen, "%s: %s", n->cfg.snap_dir, sub);
             return RAFT_NODE_EIO;
         }
+    } else {
+        snap_file_close(f);
     }
     /* The log must continue the snapshot. One that ends before it, or disagrees with it there,
      * is superseded by it (a crash between an install's restore and its log reset): the
@@ -326,14 +322,23 @@ void raft_node_step_snapshot(struct raft_node *n, const struct raft_msg *m)
 {
     if (!n || !m || m->type != RAFT_MSG_SNAPSHOT || !n->snaps)
         return;
-    struct snap_file *f;
-    if (snap_open(n->snaps, m->snapshot_index, m->snapshot_term, &f)) {
+    /* Only its presence: the store installs only files it verified whole, and the install reads
+     * it again through a verifying reader (a full read here would be a third one, on the
+     * transport's thread). */
+    struct snap_info *list;
+    size_t cnt = 0;
+    bool have = false;
+    if (snap_list(n->snaps, &list, &cnt) == 0) {
+        for (size_t i = 0; i < cnt && !have; i++)
+            have = list[i].index == m->snapshot_index && list[i].term == m->snapshot_term;
+        free(list);
+    }
+    if (!have) {
         node_log(n, "InstallSnapshot %" PRIu64 "/%" PRIu64 " from %016" PRIx64
-                    " without the snapshot in the store: dropped (%s)",
-                 m->snapshot_index, m->snapshot_term, m->from, snap_errmsg());
+                    " without the snapshot in the store: dropped",
+                 m->snapshot_index, m->snapshot_term, m->from);
         return;
     }
-    snap_file_close(f);
     node_members_note(n, m);
     pthread_mutex_lock(&n->mu);
     if (!n->stopping && !n->fatal) {
@@ -357,7 +362,13 @@ int node_snap_install(struct raft_node *n, uint64_t index, uint64_t term)
     pthread_mutex_unlock(&n->mu);
 
     char why[512];
-    int rc = restore_fsm(n, index, term, why, sizeof why);
+    struct snap_file *f;
+    int rc = snap_open(n->snaps, index, term, &f);
+    if (rc)
+        snprintf(why, sizeof why, "snapshot %" PRIu64 "/%" PRIu64 ": %s", index, term,
+                 snap_errmsg());
+    else
+        rc = restore_fsm(n, f, why, sizeof why);
     if (rc == 0 && wal_reset(n->w, index, term)) {
         snprintf(why, sizeof why, "resetting the log to snapshot %" PRIu64 ": %s", index,
                  wal_errmsg());
