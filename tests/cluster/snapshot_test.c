@@ -101,25 +101,34 @@ Test(snapshot, follower_down_catches_up_by_snapshot, .fini = teardown, .timeout 
     assert_keys(f, 500, 11);
 }
 
-Test(snapshot, receiver_killed_mid_transfer_resumes, .fini = teardown, .timeout = 240)
+/* A 3-member cluster where follower `off` (relative to the leader) was down while 300 KiB of
+ * writes went in, and is now receiving a slow snapshot (64 KiB/s in 4 KiB chunks): returns once
+ * its partial file exists, with the leader in *l, the follower in *f and the last revision. */
+static int64_t start_slow_transfer(int off, int *l, int *f)
 {
     hc_setup(&C, 3, 50, 300);
-    /* A slow transfer (64 KiB/s in 4 KiB chunks) of a snapshot of about 300 KiB. */
     snprintf(C.extra_flags, sizeof C.extra_flags,
              "--snapshot-count 50 --snapshot-catchup-entries 5 --snapshot-send-rate 65536 "
              "--snapshot-chunk-bytes 4096");
     hc_start_all(&C);
-    int l = leader_or_die(10000);
-    int f = (l + 2) % 3;
-    hc_signal(&C, f, SIGKILL);
-    int64_t rev = put_keys(l, 0, 300, 1000);
-    hc_start(&C, f);
+    *l = leader_or_die(10000);
+    *f = (*l + off) % 3;
+    hc_signal(&C, *f, SIGKILL);
+    int64_t rev = put_keys(*l, 0, 300, 1000);
+    hc_start(&C, *f);
     int64_t until = hc_now_ms() + 30000;
-    while (!has_file(f, ".partial") && hc_now_ms() < until) {
+    while (!has_file(*f, ".partial") && hc_now_ms() < until) {
         struct timespec ts = {0, 20 * 1000000L};
         nanosleep(&ts, NULL); /* bounded poll of the file system: no event to wait on */
     }
-    cr_assert(has_file(f, ".partial"), "no transfer began within 30 s");
+    cr_assert(has_file(*f, ".partial"), "no transfer began within 30 s");
+    return rev;
+}
+
+Test(snapshot, receiver_killed_mid_transfer_resumes, .fini = teardown, .timeout = 240)
+{
+    int l, f;
+    int64_t rev = start_slow_transfer(2, &l, &f);
     hc_signal(&C, f, SIGKILL); /* in the middle of it */
     hc_start(&C, f);
     if (!hc_wait_revision(&C, f, rev, 90000)) {
@@ -136,22 +145,8 @@ Test(snapshot, receiver_killed_mid_transfer_resumes, .fini = teardown, .timeout 
  * the follower catches up. */
 Test(snapshot, sender_killed_mid_transfer, .fini = teardown, .timeout = 240)
 {
-    hc_setup(&C, 3, 50, 300);
-    snprintf(C.extra_flags, sizeof C.extra_flags,
-             "--snapshot-count 50 --snapshot-catchup-entries 5 --snapshot-send-rate 65536 "
-             "--snapshot-chunk-bytes 4096");
-    hc_start_all(&C);
-    int l = leader_or_die(10000);
-    int f = (l + 1) % 3;
-    hc_signal(&C, f, SIGKILL);
-    int64_t rev = put_keys(l, 0, 300, 1000);
-    hc_start(&C, f);
-    int64_t until = hc_now_ms() + 30000;
-    while (!has_file(f, ".partial") && hc_now_ms() < until) {
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL); /* bounded poll of the file system: no event to wait on */
-    }
-    cr_assert(has_file(f, ".partial"), "no transfer began within 30 s");
+    int l, f;
+    int64_t rev = start_slow_transfer(1, &l, &f);
     hc_signal(&C, l, SIGKILL); /* the sender, in the middle of it */
     int nl = leader_or_die(20000);
     cr_assert_neq(nl, l);
