@@ -62,6 +62,8 @@
 
 #include "raft/entry.h"
 
+#define RAFT_MAX_NODES 64
+
 enum {
     RAFT_OK = 0,
     RAFT_EINVAL = -1,     /* malformed message or argument */
@@ -71,6 +73,7 @@ enum {
     RAFT_EUNKNOWN = -5,   /* message from/to a node that is not in the configuration */
     RAFT_ETOOBIG = -6,    /* a bound was exceeded (entries per message, payload size) */
     RAFT_ESTATE = -7,     /* call not valid now (e.g. transfer to self, persisted seq unknown) */
+    RAFT_EPENDING = -8,   /* a configuration change is still in progress */
 };
 
 const char *raft_strerror(int rc);
@@ -148,9 +151,35 @@ struct raft_msg {
     uint64_t ctx;
     uint64_t read_index;
 
-    /* SNAPSHOT: the last index and term the snapshot covers. */
+    /* SNAPSHOT: the last index and term the snapshot covers, and the cluster configuration in
+     * force at snapshot_index (raft_conf_encode; conf_len 0 = not given: the receiver keeps its
+     * own). The leader's core fills conf from its snapshot; a receiving runtime may fill it from
+     * the snapshot file's metadata instead of the wire. */
     uint64_t snapshot_index;
     uint64_t snapshot_term;
+    uint8_t *conf;
+    uint32_t conf_len;
+};
+
+/* ---- cluster configuration (Raft paper §6, thesis chapter 4) ----
+ * A configuration names the voters and the learners (non-voting members that receive the log and
+ * snapshots but never count in a quorum and never campaign). While a change of voters is under
+ * way the configuration is joint: `old` holds C_old and `voters` C_new, and elections and
+ * commitment need a majority of each. Configurations travel in RAFT_ENTRY_CONFIG log entries
+ * (and snapshots) encoded by raft_conf_encode, with an opaque context the caller attaches (craft
+ * puts the member table with names and URLs there).
+ *
+ * When a configuration takes effect: when its entry is appended to a member's log, not when it
+ * commits (paper §6, LogCabin) - every member uses the newest configuration in its log, and
+ * reverts to the previous one if that entry is truncated away. Chosen over etcd-io/raft's
+ * take-effect-on-apply because it needs no "wait until applied before campaigning" rule and keeps
+ * the whole decision inside the core, where the simulator checks it; the cost is the scan back
+ * to the previous configuration on truncation (rare, bounded by the log in memory). */
+struct raft_conf {
+    uint32_t n_voters, n_old, n_learners;
+    uint64_t voters[RAFT_MAX_NODES];   /* C_new, or the only configuration */
+    uint64_t old[RAFT_MAX_NODES];      /* C_old while joint; n_old == 0 otherwise */
+    uint64_t learners[RAFT_MAX_NODES];
 };
 
 /* Per-peer replication state on a leader (compare etcd-io/raft tracker, canonical/raft progress). */
@@ -162,8 +191,10 @@ enum raft_progress_state {
 
 struct raft_config {
     uint64_t id;           /* this node; nonzero */
-    const uint64_t *peers; /* every voter including this node; copied by raft_new() */
-    size_t n_peers;        /* 1 .. RAFT_MAX_NODES */
+    const uint64_t *peers; /* the voters of the initial configuration; copied by raft_new(). A
+                            * snapshot's configuration (raft_restore.conf) and configuration
+                            * entries in the log take precedence. */
+    size_t n_peers;        /* 1 .. RAFT_MAX_NODES (0 allowed when raft_restore.conf is given) */
     uint64_t seed;         /* seeds the core's private PRNG (election timeout jitter) */
 
     unsigned election_tick;  /* default 10; timeout is random in [election_tick, 2*election_tick) */
@@ -196,7 +227,6 @@ struct raft_config {
     void *trace_arg;
 };
 
-#define RAFT_MAX_NODES 64
 
 /* Fill defaults; the caller then sets id, peers, n_peers, seed. */
 void raft_config_default(struct raft_config *cfg);
@@ -211,6 +241,10 @@ struct raft_restore {
     size_t n_entries;
     uint64_t snapshot_index;
     uint64_t snapshot_term;
+    /* The configuration in force at snapshot_index (raft_conf_encode), or NULL/0: the voters of
+     * raft_config.peers. Configuration entries in the log after it override it. */
+    const uint8_t *conf;
+    uint32_t conf_len;
 };
 
 struct raft;
@@ -230,6 +264,39 @@ int raft_propose(struct raft *r, uint8_t type, const void *data, uint32_t len, u
 /* Leader only: catch `to` up, then send it TimeoutNow. Proposals get RAFT_EBUSY until the transfer
  * completes or is abandoned after one election timeout. */
 int raft_transfer_leader(struct raft *r, uint64_t to);
+/* Leader only: change the configuration to `target` (n_old must be 0; ids in any order), with
+ * ctx (copied, may be NULL) carried in the entry. A change of voters goes through joint
+ * consensus: the leader appends C_old,new at once and, once that commits, C_new by itself (a
+ * single-member change takes the same path); a change of learners or of ctx alone is one entry.
+ * A leader that is not in C_new keeps leading (without counting itself toward C_new) until C_new
+ * commits, then steps down. *index and *term (may be NULL) name the first entry of the change; the
+ * change is complete when raft_conf_get reports index >= that with no joint part, and that entry
+ * committed. Errors: RAFT_ENOTLEADER (+ hint), RAFT_EBUSY (transfer under way), RAFT_EPENDING
+ * (the previous change has not finished: one at a time), RAFT_EINVAL (empty voters, zero or
+ * duplicate ids, a learner also a voter, a voter turned learner, more than RAFT_MAX_NODES),
+ * RAFT_ETOOBIG (ctx over max_entry_bytes). */
+int raft_propose_conf(struct raft *r, const struct raft_conf *target, const void *ctx,
+                      uint32_t ctx_len, uint64_t *index, uint64_t *term, uint64_t *leader_hint);
+/* The configuration in force (the newest in the log), the index of the entry that carries it
+ * (0: it came from the snapshot or raft_config.peers) and whether that entry has committed. */
+void raft_conf_get(const struct raft *r, struct raft_conf *out, uint64_t *index, bool *committed);
+/* The encoded configuration (with its ctx) in force at index, for a snapshot's metadata: index
+ * in [snapshot_index, last index]. Returns a pointer valid until the next event, or NULL. */
+const uint8_t *raft_conf_blob_at(const struct raft *r, uint64_t index, uint32_t *len);
+/* Whether id votes (in C_new or, while joint, C_old). */
+bool raft_conf_is_voter(const struct raft_conf *c, uint64_t id);
+/* Whether id is a member at all (voter, old voter or learner). */
+bool raft_conf_is_member(const struct raft_conf *c, uint64_t id);
+/* Encode c with ctx into a new buffer (free()). 0, RAFT_EINVAL (c invalid), RAFT_ENOMEM. */
+int raft_conf_encode(const struct raft_conf *c, const void *ctx, uint32_t ctx_len, uint8_t **out,
+                     uint32_t *len);
+/* Decode bytes from outside (log entries and snapshots from peers, files). On success *ctx
+ * points into p. RAFT_EINVAL for anything malformed: a bad version, counts over RAFT_MAX_NODES,
+ * no voters, zero, unsorted or duplicate ids, a learner that is also a voter, a length that does
+ * not add up. */
+int raft_conf_decode(const uint8_t *p, size_t len, struct raft_conf *out, const uint8_t **ctx,
+                     uint32_t *ctx_len);
+
 /* Start an election now (tests, operator tooling); skips pre-vote. */
 int raft_campaign(struct raft *r);
 /* All storage writes of readies with persist_seq <= seq are durable. */
@@ -335,6 +402,9 @@ struct raft_status {
     uint64_t first_index;     /* first entry held in memory (last_index + 1 when none) */
     uint64_t snapshot_index;  /* newest snapshot (raft_compact, restore or install); 0 = none */
     uint64_t snapshot_term;
+    bool voter;               /* this member votes in the configuration in force */
+    bool conf_joint;          /* a joint configuration is in force */
+    uint64_t conf_index;      /* the entry carrying it (raft_conf_get) */
 };
 void raft_status_get(const struct raft *r, struct raft_status *st);
 

@@ -30,6 +30,13 @@ static bool send_snapshot(struct raft *r, struct progress *pr)
                          .commit = r->commit,
                          .snapshot_index = r->snap_index,
                          .snapshot_term = r->snap_term};
+    if (r->snap_conf.len) {
+        m.conf = malloc(r->snap_conf.len);
+        if (!m.conf)
+            return false;
+        memcpy(m.conf, r->snap_conf.blob, r->snap_conf.len);
+        m.conf_len = r->snap_conf.len;
+    }
     if (raft_send(r, &m))
         return false;
     RAFT_TRACE(r, "n%" PRIu64 " needs %" PRIu64 ", compacted: sends snapshot %" PRIu64, pr->id,
@@ -150,12 +157,6 @@ void raft_send_heartbeat(struct raft *r, struct progress *pr)
     raft_send(r, &m);
 }
 
-static int cmp_desc(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x > y ? -1 : x < y;
-}
-
 /* Figure 8 / §5.4.2: the highest index stored on a majority commits only if it is of the current
  * term; older entries then commit with it. The leader's own copy counts once persisted. */
 void raft_maybe_commit(struct raft *r)
@@ -164,12 +165,13 @@ void raft_maybe_commit(struct raft *r)
     uint64_t m[RAFT_MAX_NODES];
     for (size_t i = 0; i < r->n_peers; i++)
         m[i] = r->peers[i] == r->id ? r->persisted_index : r->progress[i].match;
-    qsort(m, r->n_peers, sizeof(m[0]), cmp_desc);
-    uint64_t n = m[raft_quorum(r) - 1], t;
+    /* While joint: stored on a majority of C_new and of C_old (§6). */
+    uint64_t n = raft_quorum_index(r, m), t;
     if (n > r->commit && raft_log_term(&r->log, n, &t) && t == r->hs.term) {
         RAFT_TRACE(r, "commit %" PRIu64 " -> %" PRIu64 " (stored on a majority)", r->commit, n);
         r->commit = n;
         raft_read_on_commit(r); /* reads waiting for our first commit in this term */
+        raft_conf_on_commit(r); /* may leave a joint configuration, or step down */
     }
 }
 
@@ -189,6 +191,9 @@ static int check_entries(const struct raft *r, const struct raft_msg *m)
             return RAFT_EINVAL;
         if (e->len > r->cfg.max_entry_bytes)
             return RAFT_ETOOBIG;
+        struct raft_conf c;
+        if (e->type == RAFT_ENTRY_CONFIG && raft_conf_decode(e->data, e->len, &c, NULL, NULL))
+            return RAFT_EINVAL;
         t = e->term;
     }
     return 0;
@@ -254,11 +259,14 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
             break;
         }
     }
+    uint64_t first_new = i < m->n_entries ? m->entries[i].index : 0;
     for (; i < m->n_entries; i++) {
         rc = raft_log_append(&r->log, &m->entries[i]);
         if (rc)
             return rc;
     }
+    if (first_new && (rc = raft_conf_on_append(r, first_new)) != 0)
+        return rc; /* a configuration takes effect once appended (raft.h) */
     uint64_t verified = m->prev_index + m->n_entries;
     uint64_t c = m->commit < verified ? m->commit : verified;
     if (c > r->commit) {
@@ -277,6 +285,9 @@ int raft_recv_snapshot(struct raft *r, const struct raft_msg *m)
 {
     if (m->n_entries || !m->snapshot_index || !m->snapshot_term || m->snapshot_term > m->term ||
         m->commit < m->snapshot_index)
+        return RAFT_EINVAL;
+    struct raft_conf sc;
+    if (m->conf_len && raft_conf_decode(m->conf, m->conf_len, &sc, NULL, NULL))
         return RAFT_EINVAL;
     if (r->role == RAFT_LEADER)
         return RAFT_EINVAL; /* two leaders in one term */
@@ -301,6 +312,25 @@ int raft_recv_snapshot(struct raft *r, const struct raft_msg *m)
     } else {
         RAFT_TRACE(r, "installs snapshot %" PRIu64 " (term %" PRIu64 "), discarding its log",
                    m->snapshot_index, m->snapshot_term);
+        if (m->conf_len) {
+            /* The snapshot's configuration replaces ours with the log (§7: the snapshot
+             * carries "the latest configuration as of the last included index"). */
+            uint8_t *b = malloc(m->conf_len);
+            if (!b)
+                return RAFT_ENOMEM;
+            memcpy(b, m->conf, m->conf_len);
+            free(r->snap_conf.blob);
+            r->snap_conf = (struct raft_conf_rec){sc, b, m->conf_len};
+        } else {
+            /* Not given: keep the configuration in force (a caller without configurations). */
+            uint8_t *b = r->conf.len ? malloc(r->conf.len) : NULL;
+            if (r->conf.len && !b)
+                return RAFT_ENOMEM;
+            if (b)
+                memcpy(b, r->conf.blob, r->conf.len);
+            free(r->snap_conf.blob);
+            r->snap_conf = (struct raft_conf_rec){r->conf.c, b, r->conf.len};
+        }
         raft_install_snapshot(r, m->snapshot_index, m->snapshot_term);
         resp.match_index = m->snapshot_index;
     }
@@ -348,8 +378,11 @@ int raft_recv_append_resp(struct raft *r, const struct raft_msg *m)
     if (m->match_index > last)
         return RAFT_EINVAL;
     raft_read_ack(r, pr, m->ctx);
-    if (progress_acked(pr, m->match_index))
+    if (progress_acked(pr, m->match_index)) {
         raft_maybe_commit(r);
+        if (r->role != RAFT_LEADER)
+            return 0; /* stepped down: a committed configuration left it out */
+    }
     if (r->transferee == m->from && pr->match == last)
         raft_send_timeout_now(r, m->from);
     else

@@ -21,6 +21,7 @@ const char *raft_strerror(int rc)
     case RAFT_EUNKNOWN: return "unknown node";
     case RAFT_ETOOBIG: return "bound exceeded";
     case RAFT_ESTATE: return "not valid in the current state";
+    case RAFT_EPENDING: return "a configuration change is in progress";
     default: return "unknown error";
     }
 }
@@ -89,11 +90,6 @@ size_t raft_peer_index(const struct raft *r, uint64_t id)
     return r->n_peers;
 }
 
-size_t raft_quorum(const struct raft *r)
-{
-    return r->n_peers / 2 + 1;
-}
-
 static void reset_election_timer(struct raft *r)
 {
     r->election_elapsed = 0;
@@ -132,6 +128,9 @@ static int restore_log(struct raft *r, const struct raft_restore *rs)
             return RAFT_EINVAL;
         if (e[i].index == snap && e[i].term != rs->snapshot_term)
             return RAFT_EINVAL; /* the log disagrees with the snapshot */
+        if (e[i].type > RAFT_ENTRY_CONFIG ||
+            (e[i].type == RAFT_ENTRY_CONFIG && raft_conf_decode(e[i].data, e[i].len, &(struct raft_conf){0}, NULL, NULL)))
+            return RAFT_EINVAL;
         prev_term = e[i].term;
     }
     if (n && e[0].index <= snap) {
@@ -148,7 +147,7 @@ static int restore_log(struct raft *r, const struct raft_restore *rs)
     r->snap_index = snap;
     r->snap_term = rs->snapshot_term;
     r->commit = r->applied = r->delivered = snap;
-    return 0;
+    return raft_conf_on_truncate(r); /* the newest configuration entry in the log, if any */
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -157,9 +156,33 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The configuration in force at the snapshot (or at the start): the restored one, else the
+ * initial voters of cfg->peers. */
+static int initial_conf(const struct raft_config *cfg, const struct raft_restore *rs,
+                        struct raft_conf *c, uint8_t **blob, uint32_t *len)
+{
+    if (rs && rs->conf_len) {
+        if (raft_conf_decode(rs->conf, rs->conf_len, c, NULL, NULL))
+            return RAFT_EINVAL;
+        *blob = malloc(rs->conf_len);
+        if (!*blob)
+            return RAFT_ENOMEM;
+        memcpy(*blob, rs->conf, rs->conf_len);
+        *len = rs->conf_len;
+        return 0;
+    }
+    if (!cfg->peers || !cfg->n_peers || cfg->n_peers > RAFT_MAX_NODES)
+        return RAFT_EINVAL;
+    memset(c, 0, sizeof(*c));
+    memcpy(c->voters, cfg->peers, cfg->n_peers * sizeof(uint64_t));
+    c->n_voters = (uint32_t)cfg->n_peers;
+    qsort(c->voters, c->n_voters, sizeof(uint64_t), cmp_u64);
+    return raft_conf_encode(c, NULL, 0, blob, len); /* EINVAL for zero or duplicate ids */
+}
+
 int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struct raft **out)
 {
-    if (!cfg || !out || !cfg->id || !cfg->peers || !cfg->n_peers || cfg->n_peers > RAFT_MAX_NODES)
+    if (!cfg || !out || !cfg->id)
         return RAFT_EINVAL;
     if (!cfg->election_tick || !cfg->heartbeat_tick || cfg->heartbeat_tick >= cfg->election_tick ||
         !cfg->max_append_entries || !cfg->max_inflight_msgs || !cfg->max_append_bytes ||
@@ -178,27 +201,13 @@ int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struc
         r->cfg.max_read_pending = 1024;
     r->id = cfg->id;
     r->rng = cfg->seed ^ (cfg->id * 0x2545F4914F6CDD1Dull);
-    r->n_peers = cfg->n_peers;
-    r->peers = malloc(cfg->n_peers * sizeof(uint64_t));
-    r->votes = calloc(cfg->n_peers, 1);
-    r->progress = calloc(cfg->n_peers, sizeof(*r->progress));
-    if (!r->peers || !r->votes || !r->progress)
-        goto nomem;
-    memcpy(r->peers, cfg->peers, cfg->n_peers * sizeof(uint64_t));
-    qsort(r->peers, r->n_peers, sizeof(uint64_t), cmp_u64);
-    bool self = false;
-    for (size_t i = 0; i < r->n_peers; i++) {
-        if (!r->peers[i] || (i && r->peers[i] == r->peers[i - 1]))
-            goto inval;
-        self |= r->peers[i] == r->id;
-        if (progress_init(&r->progress[i], r->peers[i], cfg->max_inflight_msgs,
-                          cfg->max_inflight_bytes))
-            goto nomem;
-    }
-    if (!self)
-        goto inval;
-
-    int rc = rs ? restore_log(r, rs) : 0;
+    /* The member list follows the configuration (raft_conf.c); this member need not be in it -
+     * one that was removed restarts as a non-voter. */
+    int rc = initial_conf(cfg, rs, &r->snap_conf.c, &r->snap_conf.blob, &r->snap_conf.len);
+    if (!rc)
+        rc = raft_conf_adopt(r, &r->snap_conf.c, r->snap_conf.blob, r->snap_conf.len, 0);
+    if (!rc && rs)
+        rc = restore_log(r, rs);
     if (rc) {
         raft_free(r);
         return rc;
@@ -210,12 +219,6 @@ int raft_new(const struct raft_config *cfg, const struct raft_restore *rs, struc
     reset_election_timer(r);
     *out = r;
     return 0;
-inval:
-    raft_free(r);
-    return RAFT_EINVAL;
-nomem:
-    raft_free(r);
-    return RAFT_ENOMEM;
 }
 
 void raft_free(struct raft *r)
@@ -234,6 +237,7 @@ void raft_free(struct raft *r)
     free(r->held);
     free(r->recs);
     raft_read_free(r);
+    raft_conf_free(r);
     free(r->progress);
     free(r->votes);
     free(r->peers);
@@ -275,7 +279,7 @@ void raft_become_precandidate(struct raft *r)
     reset_election_timer(r);
     r->votes[raft_peer_index(r, r->id)] = 1; /* a pre-vote needs nothing durable */
     for (size_t i = 0; i < r->n_peers; i++) {
-        if (r->peers[i] == r->id)
+        if (r->peers[i] == r->id || !raft_is_voter(r, r->peers[i]))
             continue;
         struct raft_msg m = {.type = RAFT_MSG_PREVOTE,
                              .to = r->peers[i],
@@ -301,7 +305,7 @@ void raft_become_candidate(struct raft *r, bool transfer)
     memset(r->votes, 0, r->n_peers);
     reset_election_timer(r);
     for (size_t i = 0; i < r->n_peers; i++) {
-        if (r->peers[i] == r->id)
+        if (r->peers[i] == r->id || !raft_is_voter(r, r->peers[i]))
             continue;
         struct raft_msg m = {.type = RAFT_MSG_VOTE,
                              .to = r->peers[i],
@@ -321,10 +325,7 @@ void raft_become_candidate(struct raft *r, bool transfer)
 static void count_self_and_maybe_win(struct raft *r)
 {
     assert(r->role == RAFT_PRECANDIDATE || r->role == RAFT_CANDIDATE);
-    size_t granted = 0;
-    for (size_t i = 0; i < r->n_peers; i++)
-        granted += r->votes[i] == 1;
-    if (granted >= raft_quorum(r)) {
+    if (raft_quorum_has(r, r->votes, 1)) {
         if (r->role == RAFT_PRECANDIDATE)
             raft_become_candidate(r, false);
         else if (r->role == RAFT_CANDIDATE)
@@ -356,10 +357,8 @@ void raft_become_leader(struct raft *r)
 static void campaign(struct raft *r)
 {
     if (r->cfg.pre_vote)
-        raft_become_precandidate(r);
+        raft_become_precandidate(r); /* a lone voter wins its pre-vote at once */
     else
-        raft_become_candidate(r, false);
-    if (r->n_peers == 1 && r->role == RAFT_PRECANDIDATE)
         raft_become_candidate(r, false);
 }
 
@@ -369,8 +368,17 @@ int raft_tick(struct raft *r)
         return RAFT_EINVAL;
     raft_read_tick(r);
     if (r->role != RAFT_LEADER) {
-        if (++r->election_elapsed >= r->randomized_timeout)
+        if (++r->election_elapsed < r->randomized_timeout)
+            return 0;
+        if (raft_is_voter(r, r->id)) {
             campaign(r);
+        } else {
+            /* A learner or a removed member never campaigns (thesis §4.2.1); it only forgets a
+             * leader it no longer hears from. */
+            if (r->role != RAFT_FOLLOWER || r->leader_id)
+                raft_become_follower(r, r->hs.term, 0);
+            r->election_elapsed = 0;
+        }
         return 0;
     }
     if (r->transferee && ++r->transfer_elapsed >= r->cfg.election_tick) {
@@ -382,14 +390,16 @@ int raft_tick(struct raft *r)
         if (r->cfg.check_quorum) {
             /* Check-quorum (thesis §6.2): a leader that has not heard from a majority within
              * an election timeout steps down, so clients can find the real leader. */
+            int8_t heard[RAFT_MAX_NODES];
             size_t active = 0;
             for (size_t i = 0; i < r->n_peers; i++) {
-                bool heard = progress_take_active(&r->progress[i]);
-                active += r->peers[i] == r->id || heard;
+                bool h = progress_take_active(&r->progress[i]);
+                heard[i] = r->peers[i] == r->id || h;
+                active += (size_t)heard[i];
             }
-            if (active < raft_quorum(r)) {
-                RAFT_TRACE(r, "steps down (check-quorum): heard from %zu of %zu in an election "
-                              "timeout, needs %zu", active, r->n_peers, raft_quorum(r));
+            if (!raft_quorum_has(r, heard, 1)) {
+                RAFT_TRACE(r, "steps down (check-quorum): heard from %zu of %zu members in an "
+                              "election timeout, not a majority", active, r->n_peers);
                 raft_become_follower(r, r->hs.term, 0);
                 return 0;
             }
@@ -408,8 +418,17 @@ static int validate(const struct raft *r, const struct raft_msg *m)
 {
     if (m->type == RAFT_MSG_NONE || m->type > RAFT_MSG_TYPE_MAX || m->type == 9)
         return RAFT_EINVAL; /* 9: reserved */
-    if (m->to != r->id || m->from == r->id || raft_peer_index(r, m->from) == r->n_peers)
+    if (m->to != r->id || !m->from || m->from == r->id)
         return RAFT_EUNKNOWN;
+    /* A leader or candidate this member does not know yet may be real: its configuration (in
+     * entries this member has not received) may include us, and it is how we catch up. Only
+     * answers to our own requests must come from members. */
+    bool answer = m->type == RAFT_MSG_APPEND_RESP || m->type == RAFT_MSG_VOTE_RESP ||
+                  m->type == RAFT_MSG_PREVOTE_RESP;
+    if (answer && raft_peer_index(r, m->from) == r->n_peers)
+        return RAFT_EUNKNOWN;
+    if (m->conf_len && (m->type != RAFT_MSG_SNAPSHOT || !m->conf))
+        return RAFT_EINVAL;
     if (m->n_entries && m->type != RAFT_MSG_APPEND)
         return RAFT_EINVAL;
     if (m->n_entries > r->cfg.max_msg_entries)
@@ -490,7 +509,7 @@ int raft_step(struct raft *r, const struct raft_msg *m)
     case RAFT_MSG_SNAPSHOT:
         return raft_recv_snapshot(r, m);
     case RAFT_MSG_TIMEOUT_NOW:
-        if (r->role == RAFT_LEADER)
+        if (r->role == RAFT_LEADER || !raft_is_voter(r, r->id))
             return 0;
         if (m->from != r->leader_id && r->leader_id)
             return RAFT_EINVAL;
@@ -546,8 +565,8 @@ int raft_transfer_leader(struct raft *r, uint64_t to)
     size_t i = raft_peer_index(r, to);
     if (i == r->n_peers)
         return RAFT_EUNKNOWN;
-    if (to == r->id)
-        return RAFT_ESTATE;
+    if (to == r->id || !raft_is_voter(r, to))
+        return RAFT_ESTATE; /* a learner cannot lead */
     RAFT_TRACE(r, "transfers leadership to n%" PRIu64, to);
     r->transferee = to;
     r->transfer_elapsed = 0;
@@ -572,6 +591,9 @@ int raft_compact(struct raft *r, uint64_t snapshot_index, uint64_t first_kept)
     if (snapshot_index > r->snap_index)
         RAFT_TRACE(r, "snapshot at %" PRIu64 " (term %" PRIu64 "), log kept from %" PRIu64,
                    snapshot_index, t, first_kept);
+    int rc = raft_conf_on_compact(r, snapshot_index); /* before snap_index moves */
+    if (rc)
+        return rc;
     r->snap_index = snapshot_index;
     r->snap_term = t;
     /* Entries up to snapshot_index were applied, so delivered, persisted and committed. */
@@ -604,7 +626,7 @@ int raft_campaign(struct raft *r)
 {
     if (!r)
         return RAFT_EINVAL;
-    if (r->role == RAFT_LEADER)
+    if (r->role == RAFT_LEADER || !raft_is_voter(r, r->id))
         return RAFT_ESTATE;
     raft_become_candidate(r, false);
     return 0;
@@ -637,6 +659,9 @@ void raft_status_get(const struct raft *r, struct raft_status *st)
     st->first_index = r->log.offset + 1;
     st->snapshot_index = r->snap_index;
     st->snapshot_term = r->snap_term;
+    st->voter = raft_is_voter(r, r->id);
+    st->conf_joint = r->conf.c.n_old > 0;
+    st->conf_index = r->conf_index;
 }
 
 int raft_progress_get(const struct raft *r, uint64_t peer, struct raft_progress_info *out)

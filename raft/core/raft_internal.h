@@ -40,11 +40,26 @@ struct raft_persist_rec {
     struct raft_hard_state hs;
 };
 
+/* A configuration with its encoding (raft_conf_encode: conf + the caller's ctx). */
+struct raft_conf_rec {
+    struct raft_conf c;
+    uint8_t *blob;
+    uint32_t len;
+};
+
 struct raft {
     struct raft_config cfg;
     uint64_t id;
-    uint64_t *peers; /* voters including self */
+    /* Members: every id of the configuration in force (voters, old voters, learners) and self,
+     * sorted; progress[] and votes[] are parallel to it (raft_conf.c rebuilds all three when the
+     * configuration changes). Who counts in a quorum is conf's business, not this list's. */
+    uint64_t *peers;
     size_t n_peers;
+    /* The configuration in force: the newest configuration entry in the log (conf_index), or
+     * snap_conf (conf_index 0) when the log after the snapshot holds none (raft_conf.c). */
+    struct raft_conf_rec conf;
+    uint64_t conf_index;
+    struct raft_conf_rec snap_conf; /* in force at snap_index */
     uint64_t rng; /* splitmix64 state, seeded from cfg.seed */
 
     /* Hard state and role (Figure 2). */
@@ -145,7 +160,6 @@ void raft_entries_free(struct raft_entry *e, size_t n);
 
 /* raft_core.c */
 size_t raft_peer_index(const struct raft *r, uint64_t id); /* n_peers if unknown */
-size_t raft_quorum(const struct raft *r);
 void raft_become_follower(struct raft *r, uint64_t term, uint64_t leader);
 void raft_become_candidate(struct raft *r, bool transfer);
 void raft_become_precandidate(struct raft *r);
@@ -159,6 +173,32 @@ void raft_truncate_from(struct raft *r, uint64_t index);
 /* Follower: replace the whole log by the snapshot (index, term) and hand it to storage. */
 void raft_install_snapshot(struct raft *r, uint64_t index, uint64_t term);
 void raft_msg_free(struct raft_msg *m);
+
+/* raft_conf.c */
+/* Make (c, blob) the configuration in force, carried by the entry at index (0: snap_conf), and
+ * rebuild the member list. The blob is copied. */
+int raft_conf_adopt(struct raft *r, const struct raft_conf *c, const uint8_t *blob, uint32_t len,
+                    uint64_t index);
+/* Entries were appended from index `from` on: adopt the newest configuration among them. */
+int raft_conf_on_append(struct raft *r, uint64_t from);
+/* The log was truncated (or reset): fall back to the newest configuration left in it. */
+int raft_conf_on_truncate(struct raft *r);
+/* The snapshot moved to snap_index: snap_conf becomes the configuration in force there. */
+int raft_conf_on_compact(struct raft *r, uint64_t snapshot_index);
+bool raft_is_voter(const struct raft *r, uint64_t id);
+/* Election / check-quorum: do the members whose flag equals `want` make a majority of the voters
+ * and, while joint, of the old voters? flags are per member slot. */
+bool raft_quorum_has(const struct raft *r, const int8_t *flags, int8_t want);
+/* Can the members whose flag equals `want` no longer be outvoted, i.e. is a majority of either
+ * voter set already flagged? (An election lost.) */
+bool raft_quorum_lost(const struct raft *r, const int8_t *flags, int8_t want);
+/* Commit and reads: the highest v such that a majority of the voters (and of the old voters,
+ * while joint) have vals[slot] >= v. vals are per member slot. */
+uint64_t raft_quorum_index(const struct raft *r, const uint64_t *vals);
+/* Leader, after its commit index moved: leave a committed joint configuration (append C_new),
+ * and step down once a C_new without this member has committed. */
+void raft_conf_on_commit(struct raft *r);
+void raft_conf_free(struct raft *r);
 
 /* raft_vote.c */
 int raft_recv_vote(struct raft *r, const struct raft_msg *m);

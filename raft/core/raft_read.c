@@ -89,12 +89,6 @@ static bool committed_in_term(const struct raft *r)
     return r->commit && raft_log_term(&r->log, r->commit, &t) && t == r->hs.term;
 }
 
-static int cmp_desc(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x > y ? -1 : x < y;
-}
-
 /* Leader: release every read whose round a majority (the leader included) has acknowledged.
  * reads[] is in round order, with the reads still waiting for the first commit (round 0) last. */
 static void release(struct raft *r)
@@ -104,8 +98,7 @@ static void release(struct raft *r)
     uint64_t acks[RAFT_MAX_NODES];
     for (size_t i = 0; i < r->n_peers; i++)
         acks[i] = r->peers[i] == r->id ? r->read_round : r->progress[i].read_ack;
-    qsort(acks, r->n_peers, sizeof(acks[0]), cmp_desc);
-    uint64_t confirmed = acks[raft_quorum(r) - 1];
+    uint64_t confirmed = raft_quorum_index(r, acks); /* both majorities while joint */
     size_t k = 0;
     while (k < r->n_reads && r->reads[k].round && r->reads[k].round <= confirmed) {
         answer(r, &r->reads[k], r->reads[k].index);

@@ -11,6 +11,9 @@ void raft_msg_free(struct raft_msg *m)
     raft_entries_free(m->entries, m->n_entries);
     m->entries = NULL;
     m->n_entries = 0;
+    free(m->conf);
+    m->conf = NULL;
+    m->conf_len = 0;
 }
 
 static int push_out(struct raft *r, const struct raft_msg *m)
@@ -98,6 +101,7 @@ void raft_truncate_from(struct raft *r, uint64_t index)
     for (size_t i = 0; i < r->n_recs; i++)
         if (r->recs[i].covered >= index)
             r->recs[i].covered = index - 1;
+    raft_conf_on_truncate(r); /* a configuration entry may have gone with the suffix */
 }
 
 void raft_install_snapshot(struct raft *r, uint64_t index, uint64_t term)
@@ -120,6 +124,7 @@ void raft_install_snapshot(struct raft *r, uint64_t index, uint64_t term)
             r->recs[i].covered = keep;
     /* The state machine is restored from the snapshot: nothing below it is delivered again. */
     r->commit = r->delivered = r->applied = index;
+    raft_conf_on_truncate(r); /* the log is empty: the snapshot's configuration is in force */
 }
 
 int raft_persisted(struct raft *r, uint64_t seq)
@@ -202,22 +207,53 @@ static int copy_range(const struct raft *r, uint64_t lo, uint64_t hi, struct raf
     return 0;
 }
 
-/* Group messages by destination (counting sort over peer slots; stable per destination). */
+struct keyed_msg {
+    struct raft_msg m;
+    size_t seq;
+};
+
+static int cmp_keyed(const void *a, const void *b)
+{
+    const struct keyed_msg *x = a, *y = b;
+    if (x->m.to != y->m.to)
+        return x->m.to < y->m.to ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Group messages by destination, keeping their order per destination: a counting sort over
+ * member slots, or - when some go to a non-member (the leader of a configuration this member has
+ * not seen yet, a member just removed), which is rare - a sort by (id, position). */
 static int sort_msgs(struct raft *r, struct raft_msg *in, size_t n, struct raft_msg **out)
 {
     *out = NULL;
     if (!n)
         return 0;
     struct raft_msg *m = malloc(n * sizeof(*m));
-    size_t *count = calloc(r->n_peers + 1, sizeof(*count));
+    size_t *count = calloc(r->n_peers + 2, sizeof(*count));
     if (!m || !count) {
         free(m);
         free(count);
         return RAFT_ENOMEM;
     }
-    /* peers[] is sorted by id (raft_new), so slot order is destination order. */
     for (size_t i = 0; i < n; i++)
         count[raft_peer_index(r, in[i].to) + 1]++;
+    if (count[r->n_peers + 1]) {
+        free(count);
+        struct keyed_msg *k = malloc(n * sizeof(*k));
+        if (!k) {
+            free(m);
+            return RAFT_ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++)
+            k[i] = (struct keyed_msg){in[i], i};
+        qsort(k, n, sizeof(*k), cmp_keyed);
+        for (size_t i = 0; i < n; i++)
+            m[i] = k[i].m;
+        free(k);
+        *out = m;
+        return 0;
+    }
+    /* peers[] is sorted by id (raft_conf.c), so slot order is destination order. */
     for (size_t i = 1; i <= r->n_peers; i++)
         count[i] += count[i - 1];
     for (size_t i = 0; i < n; i++)

@@ -66,20 +66,16 @@ int raft_recv_vote_resp(struct raft *r, const struct raft_msg *m)
         return RAFT_EUNKNOWN;
     if (r->votes[i] == 0)
         r->votes[i] = m->granted ? 1 : -1;
-    size_t granted = 0, rejected = 0;
-    for (size_t k = 0; k < r->n_peers; k++) {
-        granted += r->votes[k] == 1;
-        rejected += r->votes[k] == -1;
-    }
-    if (granted >= raft_quorum(r)) {
+    /* While joint, winning needs a majority of C_new and of C_old (§6); a majority of either
+     * refusing loses. */
+    if (raft_quorum_has(r, r->votes, 1)) {
         if (pre)
             raft_become_candidate(r, false);
         else
             raft_become_leader(r);
-    } else if (rejected >= raft_quorum(r)) {
+    } else if (raft_quorum_lost(r, r->votes, -1)) {
         /* Cannot win this round: wait as a follower for a new timeout. */
-        RAFT_TRACE(r, "loses the %s: refused by %zu of %zu", pre ? "pre-vote" : "election",
-                   rejected, r->n_peers);
+        RAFT_TRACE(r, "loses the %s: refused by a majority", pre ? "pre-vote" : "election");
         raft_become_follower(r, r->hs.term, 0);
     }
     return 0;

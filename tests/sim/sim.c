@@ -426,6 +426,11 @@ static void msg_copy(struct raft_msg *dst, const struct raft_msg *src)
             }
         }
     }
+    dst->conf = NULL;
+    if (src->conf_len) {
+        dst->conf = xrealloc(NULL, src->conf_len);
+        memcpy(dst->conf, src->conf, src->conf_len);
+    }
 }
 
 static void msg_free(struct raft_msg *m)
@@ -434,6 +439,8 @@ static void msg_free(struct raft_msg *m)
         free(m->entries[k].data);
     free(m->entries);
     m->entries = NULL;
+    free(m->conf);
+    m->conf = NULL;
 }
 
 static void describe(char *buf, size_t len, const struct raft_msg *m)
