@@ -382,6 +382,11 @@ int raft_recv_append_resp(struct raft *r, const struct raft_msg *m)
         raft_maybe_commit(r);
         if (r->role != RAFT_LEADER)
             return 0; /* stepped down: a committed configuration left it out */
+        /* A commit may have appended C_new, which rebuilds the member list: find pr again. */
+        size_t i = raft_peer_index(r, m->from);
+        if (i == r->n_peers)
+            return 0; /* it is no longer a member */
+        pr = &r->progress[i];
     }
     if (r->transferee == m->from && pr->match == last)
         raft_send_timeout_now(r, m->from);

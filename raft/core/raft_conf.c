@@ -355,6 +355,29 @@ void raft_conf_free(struct raft *r)
     r->conf.blob = r->snap_conf.blob = NULL;
 }
 
+/* A member may campaign if it votes in the configuration in force or - while that one is not
+ * known to be committed - in the one before it. The second case is a leader that appended a C_new
+ * without itself and lost leadership before C_new reached the others: they are still in
+ * C_old,new, whose C_old majority may need it, and its longer log means only it can win - so it
+ * must be able to, then finish the change (commit C_new, counting only C_new's majority) and step
+ * down (§6). Its commit index may not say the joint entry committed (a restart forgets it), so
+ * the rule looks one configuration back, not at the commit index. Without it the cluster can
+ * stall for ever (the simulator found both cases). A removed member that never learns C_new
+ * committed may keep trying; pre-vote and the leader lease keep that from disturbing anyone, and
+ * the runtime stops a removed member. */
+bool raft_may_campaign(const struct raft *r)
+{
+    if (raft_is_voter(r, r->id))
+        return true;
+    if (!r->conf_index || r->conf_index <= r->commit)
+        return false; /* the configuration in force is committed */
+    const struct raft_entry *e = newest_conf_entry(r, r->snap_index, r->conf_index - 1);
+    struct raft_conf c;
+    if (!e)
+        return raft_conf_is_voter(&r->snap_conf.c, r->id);
+    return raft_conf_decode(e->data, e->len, &c, NULL, NULL) == 0 && raft_conf_is_voter(&c, r->id);
+}
+
 /* ---- quorums ---- */
 
 bool raft_is_voter(const struct raft *r, uint64_t id)

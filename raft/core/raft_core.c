@@ -370,7 +370,7 @@ int raft_tick(struct raft *r)
     if (r->role != RAFT_LEADER) {
         if (++r->election_elapsed < r->randomized_timeout)
             return 0;
-        if (raft_is_voter(r, r->id)) {
+        if (raft_may_campaign(r)) {
             campaign(r);
         } else {
             /* A learner or a removed member never campaigns (thesis §4.2.1); it only forgets a
@@ -509,7 +509,7 @@ int raft_step(struct raft *r, const struct raft_msg *m)
     case RAFT_MSG_SNAPSHOT:
         return raft_recv_snapshot(r, m);
     case RAFT_MSG_TIMEOUT_NOW:
-        if (r->role == RAFT_LEADER || !raft_is_voter(r, r->id))
+        if (r->role == RAFT_LEADER || !raft_may_campaign(r))
             return 0;
         if (m->from != r->leader_id && r->leader_id)
             return RAFT_EINVAL;
@@ -626,7 +626,7 @@ int raft_campaign(struct raft *r)
 {
     if (!r)
         return RAFT_EINVAL;
-    if (r->role == RAFT_LEADER || !raft_is_voter(r, r->id))
+    if (r->role == RAFT_LEADER || !raft_may_campaign(r))
         return RAFT_ESTATE;
     raft_become_candidate(r, false);
     return 0;

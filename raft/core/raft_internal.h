@@ -186,6 +186,8 @@ int raft_conf_on_truncate(struct raft *r);
 /* The snapshot moved to snap_index: snap_conf becomes the configuration in force there. */
 int raft_conf_on_compact(struct raft *r, uint64_t snapshot_index);
 bool raft_is_voter(const struct raft *r, uint64_t id);
+/* Whether this member may start an election (raft_conf.c explains the committed-voter case). */
+bool raft_may_campaign(const struct raft *r);
 /* Election / check-quorum: do the members whose flag equals `want` make a majority of the voters
  * and, while joint, of the old voters? flags are per member slot. */
 bool raft_quorum_has(const struct raft *r, const int8_t *flags, int8_t want);

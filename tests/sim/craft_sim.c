@@ -1,8 +1,10 @@
 /* craft-sim: run the Raft simulator over many seeds, or replay one seed with a trace.
  *   craft-sim --nodes N --seeds S [--first F]   runs seeds F .. F+S-1; last line "seeds=S violations=V"
  *   craft-sim --nodes N --seed X                replays seed X with a readable trace on stdout
+ *   --members: membership changes during the chaos (sim_chaos_members)
  * Exit 0 if no violation, 1 if any, 2 on bad flags. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,8 +15,9 @@ static int usage(const char *why)
 {
     fprintf(stderr,
             "craft-sim: %s\n"
-            "usage: craft-sim [--nodes N] (--seeds S [--first F] | --seed X)\n"
+            "usage: craft-sim [--nodes N] [--members] (--seeds S [--first F] | --seed X)\n"
             "  --nodes N   cluster size, 1..%d (default 3)\n"
+            "  --members   random membership changes (add, remove, promote, replace)\n"
             "  --seeds S   run S seeds (F .. F+S-1), print a summary line\n"
             "  --first F   first seed of a --seeds run (default 1)\n"
             "  --seed X    replay one seed with a readable trace\n",
@@ -35,10 +38,14 @@ static int parse_u64(const char *s, unsigned long long *out)
 int main(int argc, char **argv)
 {
     unsigned long long nodes = 3, seeds = 0, first = 1, seed = 0;
-    bool have_seeds = false, have_seed = false;
+    bool have_seeds = false, have_seed = false, members = false;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         unsigned long long *dst = NULL;
+        if (!strcmp(f, "--members")) {
+            members = true;
+            continue;
+        }
         if (!strcmp(f, "--nodes"))
             dst = &nodes;
         else if (!strcmp(f, "--seeds"))
@@ -73,18 +80,21 @@ int main(int argc, char **argv)
         return usage("--seeds must be at least 1");
 
     char msg[600];
+    int (*run)(int, uint64_t, FILE *, char *, size_t, struct sim_stats *) =
+        members ? sim_chaos_members : sim_chaos;
+    const char *mflag = members ? " --members" : "";
     if (have_seed) {
-        int bad = sim_chaos((int)nodes, seed, stdout, msg, sizeof(msg), NULL);
+        int bad = run((int)nodes, seed, stdout, msg, sizeof(msg), NULL);
         printf("seed=%llu nodes=%llu result: %s\n", seed, nodes, bad ? msg : "ok");
         return bad;
     }
     unsigned long long violations = 0;
     for (unsigned long long k = 0; k < seeds; k++) {
         unsigned long long x = first + k;
-        if (sim_chaos((int)nodes, x, NULL, msg, sizeof(msg), NULL)) {
+        if (run((int)nodes, x, NULL, msg, sizeof(msg), NULL)) {
             violations++;
-            printf("seed %llu: VIOLATION %s\n  replay: craft-sim --nodes %llu --seed %llu\n", x,
-                   msg, nodes, x);
+            printf("seed %llu: VIOLATION %s\n  replay: craft-sim --nodes %llu%s --seed %llu\n",
+                   x, msg, nodes, mflag, x);
             fflush(stdout);
         }
     }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Prove the simulator has teeth: build a copy of the core with one classic Raft bug injected
 # (outside the repository, so nothing in the tree changes), sweep seeds, print the first failing
-# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|I|K|P|Q|R|S> [seeds] [nodes]
+# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|I|J|K|L|P|Q|R|S|T> [seeds] [nodes]
 #   A  commit rule counts replicas of old-term entries (Figure 8 / §5.4.2)
 #   B  votedFor not reset when the term changes
 #   C  vote granted without the log up-to-date check (§5.4.1)
@@ -13,10 +13,15 @@
 #   I  InstallSnapshot: a snapshot at or below the commit index is installed anyway (§7)
 #   K  compaction: the log is compacted past the applied index
 #   Q  InstallSnapshot: the follower acknowledges the snapshot before it is durable
+#   J  membership: during the joint phase an entry commits with only the new majority (§6)
+#   T  membership: a second change is accepted while the previous one is still in flight
+#   L  membership: a leader removed by C_new keeps leading and serves reads on its own
+# J, T and L sweep with membership changes (craft-sim --members).
 # The copy is built with NDEBUG, so the simulator's checker, not an assert in the core, has to
 # catch the bug.
 set -euo pipefail
 bug=${1:?bug letter}; seeds=${2:-2000}; nodes=${3:-3}
+members=; f2=
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -55,8 +60,25 @@ F) f=raft/core/raft_vote.c
    new='    }
     /* Granting' ;;
 R) f=raft/core/raft_read.c
-   old='uint64_t confirmed = acks[raft_quorum(r) - 1];'
-   new='uint64_t confirmed = acks[0];' ;;
+   old='uint64_t confirmed = raft_quorum_index(r, acks);'
+   new='uint64_t confirmed = r->read_round;' ;;
+J) f=raft/core/raft_conf.c members=--members
+   old='    return a < b ? a : b; /* joint: both majorities (§6) */'
+   new='    (void)b; return a;' ;;
+T) f=raft/core/raft_conf.c members=--members
+   old='    if (cur->n_old || r->conf_index > r->commit)
+        return RAFT_EPENDING;'
+   new='    if (cur->n_old)
+        return RAFT_EPENDING;' ;;
+L) f=raft/core/raft_conf.c members=--members
+   old='        raft_become_follower(r, r->hs.term, 0);
+    }
+}'
+   new='    }
+}'
+   f2=raft/core/raft_read.c
+   old2='uint64_t confirmed = raft_quorum_index(r, acks);'
+   new2='uint64_t confirmed = raft_is_voter(r, r->id) ? raft_quorum_index(r, acks) : r->read_round;' ;;
 P) f=raft/core/progress.c
    old='    pr->match = match_index;'
    new='    pr->match = pr->next - 1 > match_index ? pr->next - 1 : match_index;' ;;
@@ -73,8 +95,18 @@ if s.count(old) != 1:
     sys.exit("inject.sh: pattern not found exactly once in " + p)
 open(p, "w").write(s.replace(old, new))
 PY
+if [ -n "$f2" ]; then
+python3 - "$work/$f2" "$old2" "$new2" <<'PY'
+import sys
+p, old, new = sys.argv[1:]
+s = open(p).read()
+if s.count(old) != 1:
+    sys.exit("inject.sh: pattern not found exactly once in " + p)
+open(p, "w").write(s.replace(old, new))
+PY
+fi
 gcc -std=c11 -O2 -DNDEBUG -D_GNU_SOURCE -I"$work" "$work"/raft/core/*.c "$work"/tests/sim/sim.c \
     "$work"/tests/sim/craft_sim.c -o "$work/craft-sim"
 echo "bug $bug injected into $f; sweeping $seeds seeds with $nodes nodes"
-"$work/craft-sim" --nodes "$nodes" --seeds "$seeds" | { grep -E '^seed|^seeds=' || true; } | \
+"$work/craft-sim" --nodes "$nodes" $members --seeds "$seeds" | { grep -E '^seed|^seeds=' || true; } | \
     awk '/^seeds=/{print; next} n++ < 3'

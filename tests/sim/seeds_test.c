@@ -21,27 +21,40 @@ static unsigned long seeds(void)
     return 2000;
 }
 
-static void sweep(int nodes, unsigned long n)
+static void sweep_with(int nodes, unsigned long n, bool members)
 {
-    unsigned long bad = 0, installs = 0, taken = 0;
+    unsigned long bad = 0, installs = 0, taken = 0, changes = 0;
     char msg[600], first[900] = "";
     for (unsigned long seed = 1; seed <= n; seed++) {
         struct sim_stats st;
-        int rc = sim_chaos(nodes, seed, NULL, msg, sizeof(msg), &st);
+        int rc = members ? sim_chaos_members(nodes, seed, NULL, msg, sizeof(msg), &st)
+                         : sim_chaos(nodes, seed, NULL, msg, sizeof(msg), &st);
         installs += st.snapshots_installed;
         taken += st.snapshots_taken;
+        changes += st.conf_committed;
         if (rc) {
             if (!bad++)
-                snprintf(first, sizeof(first), "seed %lu: %s; replay: craft-sim --nodes %d --seed %lu",
-                         seed, msg, nodes, seed);
+                snprintf(first, sizeof(first),
+                         "seed %lu: %s; replay: craft-sim --nodes %d%s --seed %lu", seed, msg,
+                         nodes, members ? " --members" : "", seed);
         }
     }
-    printf("nodes=%d seeds=%lu violations=%lu snapshots taken=%lu installed=%lu\n", nodes, n, bad,
-           taken, installs);
+    printf("nodes=%d%s seeds=%lu violations=%lu snapshots taken=%lu installed=%lu "
+           "configurations committed=%lu\n", nodes, members ? " members" : "", n, bad, taken,
+           installs, changes);
     cr_assert_eq(bad, 0, "%lu of %lu seeds failed; first %s", bad, n, first);
     /* The sweep really drives snapshots: followers install them, not only leaders take them
      * (about one install per two seeds at three nodes). */
-    cr_assert_geq(installs, n / 8, "only %lu snapshot installs in %lu seeds", installs, n);
+    if (nodes > 1)
+        cr_assert_geq(installs, n / 8, "only %lu snapshot installs in %lu seeds", installs, n);
+    /* And membership: configurations really change (several per seed on average). */
+    if (members)
+        cr_assert_geq(changes, n, "only %lu configurations committed in %lu seeds", changes, n);
+}
+
+static void sweep(int nodes, unsigned long n)
+{
+    sweep_with(nodes, n, false);
 }
 
 Test(seeds, three_nodes, .timeout = 900)
@@ -58,6 +71,29 @@ Test(seeds, seven_nodes, .timeout = 900)
 {
     unsigned long n = seeds() / 4;
     sweep(7, n ? n : 1);
+}
+
+/* Membership changes under crashes and partitions: 2,000 seeds per starting size by default
+ * (the seven-node start a quarter), each with two spare nodes to add. */
+Test(members, from_one_node, .timeout = 900)
+{
+    sweep_with(1, seeds(), true);
+}
+
+Test(members, from_three_nodes, .timeout = 900)
+{
+    sweep_with(3, seeds(), true);
+}
+
+Test(members, from_five_nodes, .timeout = 900)
+{
+    sweep_with(5, seeds(), true);
+}
+
+Test(members, from_seven_nodes, .timeout = 900)
+{
+    unsigned long n = seeds() / 4;
+    sweep_with(7, n ? n : 1, true);
 }
 
 /* Same seed, same run: the trace of a replay is byte-identical. */

@@ -19,7 +19,9 @@
 #define SIM_MAX_NODES 9
 
 struct sim_opts {
-    int nodes;     /* 1 .. SIM_MAX_NODES */
+    int nodes;     /* voters of the initial configuration, 1 .. SIM_MAX_NODES */
+    int spares;    /* more nodes, started outside the configuration (to be added); nodes + spares
+                    * <= SIM_MAX_NODES. Node i < nodes + spares. */
     uint64_t seed;
     FILE *trace;   /* non-NULL: print a readable event trace */
 
@@ -47,6 +49,8 @@ struct sim_stats {
     uint64_t snapshots_taken;     /* sim_compact calls the core accepted */
     uint64_t snapshots_delivered; /* RAFT_MSG_SNAPSHOT (with its snapshot) that arrived */
     uint64_t snapshots_installed; /* rd.snapshot installs */
+    uint64_t conf_proposed;       /* raft_propose_conf calls the core accepted */
+    uint64_t conf_committed;      /* configuration entries seen committed (joint and final) */
 };
 
 struct sim;
@@ -94,6 +98,10 @@ uint64_t sim_one(struct sim *s, uint64_t value, int expected, bool retry, uint64
  * RAFT_ESTATE when it is down, has writes pending, nothing new was applied, or index is past the
  * applied index. */
 int sim_compact(struct sim *s, int i, uint64_t index, uint64_t catchup);
+/* raft_propose_conf() on node i with target (no ctx), then process its ready. */
+int sim_change(struct sim *s, int i, const struct raft_conf *target);
+/* Node count (nodes + spares). */
+int sim_size(const struct sim *s);
 /* raft_transfer_leader() on node `from` toward node `to`, then process its ready. */
 int sim_transfer(struct sim *s, int from, int to);
 /* Number of leaders among up nodes in group 0 (the "connected" part). */
@@ -110,5 +118,9 @@ const char *sim_violation(const struct sim *s);
  * Returns 0, or 1 with the reason in msg. */
 int sim_chaos(int nodes, uint64_t seed, FILE *trace, char *msg, size_t msglen,
               struct sim_stats *stats);
+/* The same with membership changes during the chaos (add, remove, promote, replace, learners),
+ * two spare nodes to add, and liveness then required of the final configuration's members. */
+int sim_chaos_members(int nodes, uint64_t seed, FILE *trace, char *msg, size_t msglen,
+                      struct sim_stats *stats);
 
 #endif
