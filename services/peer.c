@@ -176,6 +176,8 @@ static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft_
     pm->read_index = m->read_index;
     pm->snapshot_index = m->snapshot_index;
     pm->snapshot_term = m->snapshot_term;
+    pm->conf.data = m->conf;
+    pm->conf.len = m->conf_len;
     for (uint32_t i = 0; i < m->n_entries; i++) {
         const struct raft_entry *e = &m->entries[i];
         craft__raft__entry__init(&pe[i]);
@@ -356,6 +358,10 @@ static bool pb_to_msg(const Craft__Raft__Message *pm, struct raft_msg *m, struct
     m->read_index = pm->read_index;
     m->snapshot_index = pm->snapshot_index;
     m->snapshot_term = pm->snapshot_term;
+    if (pm->conf.len > UINT32_MAX)
+        return false;
+    m->conf = pm->conf.len ? pm->conf.data : NULL; /* valid while pm is; the core copies it */
+    m->conf_len = (uint32_t)pm->conf.len;
     for (size_t i = 0; i < pm->n_entries; i++) {
         const Craft__Raft__Entry *pe = pm->entries[i];
         if (pe->type > RAFT_ENTRY_CONFIG || pe->data.len > UINT32_MAX)

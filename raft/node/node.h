@@ -43,6 +43,7 @@ enum {
     RAFT_NODE_EIO = -7,        /* storage failed; the node stops accepting writes */
     RAFT_NODE_ETOOBIG = -8,    /* payload over max_entry_bytes */
     RAFT_NODE_ENOMEM = -9,
+    RAFT_NODE_EPENDING = -10,  /* a configuration change is still in progress */
 };
 const char *raft_node_strerror(int code);
 
@@ -163,6 +164,22 @@ int raft_node_read_index(struct raft_node *n, int timeout_ms, raft_node_read_fn 
  * (this member is not the leader), _EINVAL (`to` is not a member, or is this member), _ESHUTDOWN,
  * _EIO. */
 int raft_node_transfer_leader(struct raft_node *n, uint64_t to);
+
+/* Change the cluster configuration (leader only; raft.h "cluster configuration": joint consensus
+ * for any change of voters, learners that never vote). target lists the voters and learners
+ * wanted; ctx (copied) rides in the entry - craft's services put the member table there. Blocks
+ * until the new configuration is in force and committed (C_old,new then C_new for a change of
+ * voters), at most timeout_ms (<= 0: no limit of its own). Returns 0; or at once
+ * _ENOTLEADER (*leader_id set if not NULL), _EPENDING (the previous change has not finished),
+ * _EBUSY (leadership transfer), _EINVAL (a bad target: no voters, duplicates, a voter turned
+ * learner, a learner also a voter), _ETOOBIG, _ESHUTDOWN, _EIO; or later _ELOST (leadership
+ * changed first: the change may or may not complete) or _ETIMEDOUT (it may still complete). */
+int raft_node_change_conf(struct raft_node *n, const struct raft_conf *target, const void *ctx,
+                          size_t ctx_len, int timeout_ms, uint64_t *leader_id);
+/* The configuration in force (the newest in the log: raft_conf_get) and a copy of its ctx
+ * (*ctx malloc'd, free() it; NULL when empty). *committed: whether its entry has committed. */
+int raft_node_conf_get(struct raft_node *n, struct raft_conf *out, uint8_t **ctx, size_t *ctx_len,
+                       bool *committed);
 
 struct raft_node_status {
     struct raft_status core; /* role, term, leader, commit, last index, ... */

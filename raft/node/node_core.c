@@ -30,6 +30,7 @@ const char *raft_node_strerror(int code)
     case RAFT_NODE_EIO: return "storage or state machine failure";
     case RAFT_NODE_ETOOBIG: return "proposal too big";
     case RAFT_NODE_ENOMEM: return "out of memory";
+    case RAFT_NODE_EPENDING: return "a configuration change is in progress";
     default: return "unknown error";
     }
 }
@@ -195,11 +196,13 @@ static void node_free(struct raft_node *n)
     free(n->precs);
     free(n->apply_results);
     free(n->peer_ids);
+    free(n->boot_conf);
     free(n->data_dir);
     pthread_cond_destroy(&n->driver_cv);
     pthread_cond_destroy(&n->apply_cv);
     pthread_cond_destroy(&n->tick_cv);
     pthread_cond_destroy(&n->snap_cv);
+    pthread_cond_destroy(&n->conf_cv);
     pthread_mutex_destroy(&n->mu);
     free(n);
 }
@@ -328,6 +331,7 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
     node_cond_init(&n->apply_cv);
     node_cond_init(&n->tick_cv);
     node_cond_init(&n->snap_cv);
+    node_cond_init(&n->conf_cv);
     n->peer_ids = malloc(c.n_peers * sizeof(uint64_t));
     n->data_dir = strdup(c.data_dir);
     if (!n->peer_ids || !n->data_dir || node_props_init(&n->props, c.max_pending)) {
@@ -394,6 +398,9 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
     }
     rcode = raft_new(&rc, &rs, &n->r);
     wal_entries_free((struct raft_entry *)rs.entries, rs.n_entries);
+    free(n->boot_conf);
+    n->boot_conf = NULL;
+    n->boot_conf_len = 0;
     if (rcode) {
         snprintf(err, errlen, "%s: cannot start the core from the stored log: %s", c.data_dir,
                  raft_strerror(rcode));
@@ -477,6 +484,112 @@ int raft_node_transfer_leader(struct raft_node *n, uint64_t to)
         default: rc = RAFT_NODE_EINVAL; break;
         }
         node_kick_locked(n, NODE_DRIVE_INLINE);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return rc;
+}
+
+int raft_node_change_conf(struct raft_node *n, const struct raft_conf *target, const void *ctx,
+                          size_t ctx_len, int timeout_ms, uint64_t *leader_id)
+{
+    if (!n || !target || (ctx_len && !ctx))
+        return RAFT_NODE_EINVAL;
+    if (ctx_len > n->cfg.max_entry_bytes)
+        return RAFT_NODE_ETOOBIG;
+    int64_t deadline = timeout_ms > 0 ? node_now_ns() + (int64_t)timeout_ms * 1000000 : 0;
+    pthread_mutex_lock(&n->mu);
+    int rc;
+    uint64_t index = 0, term = 0, hint = 0;
+    if (n->stopping) {
+        rc = RAFT_NODE_ESHUTDOWN;
+    } else if (n->fatal) {
+        rc = RAFT_NODE_EIO;
+    } else {
+        rc = raft_propose_conf(n->r, target, ctx, (uint32_t)ctx_len, &index, &term, &hint);
+        switch (rc) {
+        case RAFT_OK: break;
+        case RAFT_ENOTLEADER: rc = RAFT_NODE_ENOTLEADER; break;
+        case RAFT_EPENDING: rc = RAFT_NODE_EPENDING; break;
+        case RAFT_EBUSY: rc = RAFT_NODE_EBUSY; break;
+        case RAFT_ETOOBIG: rc = RAFT_NODE_ETOOBIG; break;
+        case RAFT_ENOMEM: rc = RAFT_NODE_ENOMEM; break;
+        default: rc = RAFT_NODE_EINVAL; break;
+        }
+        if (rc == 0)
+            node_kick_locked(n, NODE_DRIVE_INLINE);
+    }
+    if (leader_id)
+        *leader_id = hint;
+    /* Wait until the configuration in force is final (not joint), carried by an entry at or after
+     * ours, and committed - in the term we proposed in (a new leader may finish it, but then we
+     * no longer know: ELOST). */
+    n->conf_waiters++;
+    while (rc == 0) {
+        struct raft_conf c;
+        uint64_t ci;
+        bool committed;
+        raft_conf_get(n->r, &c, &ci, &committed);
+        struct raft_status st;
+        raft_status_get(n->r, &st);
+        if (!c.n_old && ci >= index && committed)
+            break;
+        if (n->stopping) {
+            rc = RAFT_NODE_ESHUTDOWN;
+        } else if (n->fatal) {
+            rc = RAFT_NODE_EIO;
+        } else if (st.term != term || (st.role != RAFT_LEADER && !(ci >= index && committed))) {
+            /* A leader outside C_new steps down when C_new commits: that is success, above. */
+            rc = RAFT_NODE_ELOST;
+        } else if (deadline && node_now_ns() >= deadline) {
+            rc = RAFT_NODE_ETIMEDOUT;
+        } else if (deadline) {
+            int64_t left = deadline - node_now_ns();
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += left / 1000000000;
+            ts.tv_nsec += left % 1000000000;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&n->conf_cv, &n->mu, &ts);
+        } else {
+            pthread_cond_wait(&n->conf_cv, &n->mu);
+        }
+    }
+    n->conf_waiters--;
+    pthread_mutex_unlock(&n->mu);
+    return rc;
+}
+
+int raft_node_conf_get(struct raft_node *n, struct raft_conf *out, uint8_t **ctx, size_t *ctx_len,
+                       bool *committed)
+{
+    if (!n || !out)
+        return RAFT_NODE_EINVAL;
+    pthread_mutex_lock(&n->mu);
+    uint64_t ci;
+    raft_conf_get(n->r, out, &ci, committed);
+    int rc = 0;
+    if (ctx) {
+        *ctx = NULL;
+        *ctx_len = 0;
+        struct raft_status st;
+        raft_status_get(n->r, &st);
+        uint32_t len = 0;
+        const uint8_t *blob = raft_conf_blob_at(n->r, st.last_index, &len);
+        const uint8_t *c = NULL;
+        uint32_t cl = 0;
+        struct raft_conf tmp;
+        if (blob && raft_conf_decode(blob, len, &tmp, &c, &cl) == 0 && cl) {
+            *ctx = malloc(cl);
+            if (*ctx) {
+                memcpy(*ctx, c, cl);
+                *ctx_len = cl;
+            } else {
+                rc = RAFT_NODE_ENOMEM;
+            }
+        }
     }
     pthread_mutex_unlock(&n->mu);
     return rc;

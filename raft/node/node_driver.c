@@ -239,6 +239,8 @@ static bool drive_once_locked(struct raft_node *n, enum node_drive_mode mode)
     n->rep_term = rd.term;
     n->rep_leader = rd.leader_id;
     atomic_store_explicit(&n->term_seen, rd.term, memory_order_relaxed);
+    if (n->conf_waiters)
+        pthread_cond_broadcast(&n->conf_cv); /* raft_node_change_conf watches commit and role */
     pthread_mutex_unlock(&n->mu);
 
     /* Messages first: none of them waits for this ready's write (see the file comment). */

@@ -168,6 +168,10 @@ struct raft_node {
     struct raft_node_config cfg; /* defaults filled; peers and data_dir point at our copies */
     uint64_t *peer_ids;
     char *data_dir;
+    uint8_t *boot_conf; /* the newest snapshot's configuration, for raft_new (start-up only) */
+    pthread_cond_t conf_cv; /* raft_node_change_conf callers: a ready was taken */
+    unsigned conf_waiters;
+    uint32_t boot_conf_len;
     unsigned tick_ms;
 
     pthread_mutex_t mu;

@@ -79,6 +79,19 @@ int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size
         return RAFT_NODE_EIO;
     }
     uint64_t index = snap_file_header(f)->index, term = snap_file_header(f)->term;
+    /* The cluster configuration in force at the snapshot (empty in files written before
+     * membership changes existed: the core then starts from cfg.peers). */
+    uint32_t clen = snap_file_header(f)->config_len;
+    if (clen) {
+        n->boot_conf = malloc(clen);
+        if (!n->boot_conf) {
+            snap_file_close(f);
+            snprintf(err, errlen, "out of memory");
+            return RAFT_NODE_ENOMEM;
+        }
+        memcpy(n->boot_conf, snap_file_config(f), clen);
+        n->boot_conf_len = clen;
+    }
     struct raft_fsm *fsm = n->cfg.fsm;
     if (fsm->applied_index(fsm->ctx) < index) {
         /* The file verified as it was loaded: restore from it as it is, not a second read. */
@@ -112,6 +125,8 @@ int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size
     }
     rs->snapshot_index = index;
     rs->snapshot_term = term;
+    rs->conf = n->boot_conf;
+    rs->conf_len = n->boot_conf_len;
     n->snap_index = index;
     return 0;
 }
@@ -134,12 +149,36 @@ void node_snap_applied_locked(struct raft_node *n)
 }
 
 /* No lock held, n->snapshotting ours: one snapshot, then the compaction it allows. */
+/* n->mu held: a copy of the configuration in force at index (raft_conf_blob_at), or NULL. */
+static uint8_t *conf_at_locked(struct raft_node *n, uint64_t index, uint32_t *len)
+{
+    const uint8_t *b = raft_conf_blob_at(n->r, index, len);
+    uint8_t *c = b && *len ? malloc(*len) : NULL;
+    if (c)
+        memcpy(c, b, *len);
+    return c;
+}
+
 static int take(struct raft_node *n, uint64_t *out_index)
 {
     struct raft_fsm *fsm = n->cfg.fsm;
     struct snap_writer *w;
-    int rc = snap_create(n->snaps, 0, 0, NULL, 0, &w);
+    /* The snapshot carries the configuration in force at its index (§7). The index is known only
+     * once the state machine has written it, so take the configuration at the applied index now
+     * and check below that none changed in between (if one did, this snapshot is dropped and
+     * the next one carries it). */
+    pthread_mutex_lock(&n->mu);
+    uint64_t from = n->applied;
+    uint32_t clen = 0;
+    uint8_t *conf = conf_at_locked(n, from, &clen);
+    pthread_mutex_unlock(&n->mu);
+    if (!conf) {
+        node_log(n, "snapshot: the configuration at %" PRIu64 " is unknown", from);
+        return RAFT_NODE_EIO;
+    }
+    int rc = snap_create(n->snaps, 0, 0, conf, clen, &w);
     if (rc) {
+        free(conf);
         node_log(n, "snapshot: %s", snap_errmsg());
         return RAFT_NODE_EIO;
     }
@@ -156,7 +195,18 @@ static int take(struct raft_node *n, uint64_t *out_index)
         term = e ? e->term : st.snapshot_index == index ? st.snapshot_term : 0;
     }
     uint64_t prev = n->snap_index;
+    uint32_t nlen = 0;
+    const uint8_t *now = !rc && term ? raft_conf_blob_at(n->r, index, &nlen) : NULL;
+    bool conf_moved = !rc && term && (!now || nlen != clen || memcmp(now, conf, clen));
     pthread_mutex_unlock(&n->mu);
+    free(conf);
+    if (conf_moved) {
+        snap_abort(w);
+        node_log(n, "snapshot at %" PRIu64 ": the configuration changed while it was written; "
+                    "the next one will carry it", index);
+        *out_index = prev;
+        return 0;
+    }
     if (rc || !term || index <= prev) {
         snap_abort(w);
         if (rc || !term)
@@ -260,7 +310,12 @@ static void *sender_main(void *arg)
         struct snap_file *f;
         rc = snap_open(n->snaps, p->snap_msg.snapshot_index, p->snap_msg.snapshot_term, &f);
         if (rc == 0) {
-            rc = t->send_snapshot(t->ctx, p->id, &p->snap_msg, f);
+            /* The configuration travels with the message, from the file's metadata: the same
+             * bytes the core named (the file was written with raft_conf_blob_at). */
+            struct raft_msg m = p->snap_msg;
+            m.conf = (uint8_t *)snap_file_config(f);
+            m.conf_len = snap_file_header(f)->config_len;
+            rc = t->send_snapshot(t->ctx, p->id, &m, f);
             snap_file_close(f);
         } else {
             node_log(n, "snapshot for %016" PRIx64 ": %s", p->id, snap_errmsg());
@@ -312,6 +367,8 @@ void node_snap_send(struct raft_node *n, struct node_peer *p, const struct raft_
     p->snap_msg = *m;
     p->snap_msg.entries = NULL;
     p->snap_msg.n_entries = 0;
+    p->snap_msg.conf = NULL; /* the core's copy dies with the ready; the file has it */
+    p->snap_msg.conf_len = 0;
     p->snap_sending = pthread_create(&p->snap_thread, NULL, sender_main, p) == 0;
     pthread_mutex_unlock(&n->mu);
 }
