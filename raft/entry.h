@@ -9,7 +9,7 @@
 enum raft_entry_type {
     RAFT_ENTRY_NORMAL = 0, /* an application command for the state machine */
     RAFT_ENTRY_NOOP = 1,   /* appended by each new leader (Raft paper §8) */
-    RAFT_ENTRY_CONFIG = 2, /* a membership change (later issue) */
+    RAFT_ENTRY_CONFIG = 2, /* a cluster configuration (raft.h raft_conf_encode) */
 };
 
 struct raft_entry {

@@ -14,6 +14,7 @@
  *                raft_read_index()       start a linearizable read (ReadIndex, thesis §6.4)
  *                raft_compact()          a snapshot of the state machine exists: drop the log prefix
  *                raft_report_snapshot()  a snapshot transfer to a follower failed (or finished)
+ *                raft_propose_conf()     change the cluster configuration (joint consensus)
  *
  *   effects out: while (raft_has_ready(r)) {
  *                    raft_ready(r, &rd);
