@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/evp.h>
 
@@ -69,6 +70,13 @@ static bool valid_name(const char *s)
     return true;
 }
 
+/* Two URLs name the same listener: same port, same host ignoring case; the scheme is not
+ * compared, since one address cannot serve two members whatever the scheme. */
+static bool same_address(const struct cluster_url *a, const struct cluster_url *b)
+{
+    return a->port == b->port && strcasecmp(a->host, b->host) == 0;
+}
+
 int cluster_parse_url(const char *url, struct cluster_url *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -88,6 +96,17 @@ int cluster_parse_url(const char *url, struct cluster_url *out, char *err, size_
         if (!host_end || host_end[1] != ':')
             return fail(err, errlen, "URL '%s': bad IPv6 address (want [addr]:port)", url);
         colon = host_end + 1;
+        /* Hex digits, ':' and '.' (an embedded IPv4), at least one ':': what is between the
+         * brackets must read back the same from cluster_url_string(), which brackets a host
+         * exactly when it contains ':'. */
+        bool has_colon = false;
+        for (const char *q = host; q < host_end; q++) {
+            if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.')
+                return fail(err, errlen, "URL '%s': bad IPv6 address", url);
+            has_colon |= *q == ':';
+        }
+        if (!has_colon)
+            return fail(err, errlen, "URL '%s': bad IPv6 address", url);
     } else {
         colon = strrchr(p, ':');
         if (!colon)
@@ -103,7 +122,9 @@ int cluster_parse_url(const char *url, struct cluster_url *out, char *err, size_
     memcpy(out->host, host, hl);
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    if (end == colon + 1 || (*end && strcmp(end, "/") != 0) || port < 1 || port > 65535)
+    /* Digits only: strtol alone would also take " 80" and "+80". */
+    if (!isdigit((unsigned char)colon[1]) || (*end && strcmp(end, "/") != 0) || port < 1 ||
+        port > 65535)
         return fail(err, errlen, "URL '%s': port must be 1..65535", url);
     out->port = (int)port;
     return 0;
@@ -115,6 +136,13 @@ void cluster_url_target(const struct cluster_url *u, char *buf, size_t len)
         snprintf(buf, len, "[%s]:%d", u->host, u->port);
     else
         snprintf(buf, len, "%s:%d", u->host, u->port);
+}
+
+void cluster_url_string(const struct cluster_url *u, char *buf, size_t len)
+{
+    char target[CLUSTER_HOST_MAX + 16];
+    cluster_url_target(u, target, sizeof target);
+    snprintf(buf, len, "%s://%s", u->tls ? "https" : "http", target);
 }
 
 int cluster_parse(const char *spec, const char *token, struct cluster *out, char *err,
@@ -159,12 +187,18 @@ int cluster_parse(const char *spec, const char *token, struct cluster *out, char
             rc = fail(err, errlen, "cannot hash a member id (OpenSSL)");
             break;
         }
-        for (size_t i = 0; i < out->n; i++)
+        for (size_t i = 0; i < out->n; i++) {
             if (out->members[i].id == m->id) {
                 rc = fail(err, errlen, "member ids of '%s' and '%s' collide", out->members[i].name,
                           m->name);
                 break;
             }
+            if (same_address(&out->members[i].peer_url, &m->peer_url)) { /* as etcd refuses */
+                rc = fail(err, errlen, "--initial-cluster members '%s' and '%s' have the same "
+                          "peer URL", out->members[i].name, m->name);
+                break;
+            }
+        }
         if (rc)
             break;
         out->n++;
@@ -213,3 +247,4 @@ const struct cluster_member *cluster_find_cert(const struct cluster *c, const ch
         m = cluster_find_name(c, sans[i]);
     return m;
 }
+

@@ -3,7 +3,8 @@
  * What it promises:
  * - cluster_parse() turns etcd's `--initial-cluster` syntax (`name=https://host:port,...`) into a
  *   validated member table, or a clear error naming the bad part: empty or duplicate names, a
- *   URL that is not http(s)://host:port, a port out of range, more than CLUSTER_MAX_MEMBERS.
+ *   URL that is not http(s)://host:port, a port out of range, two members on one peer
+ *   address, more than CLUSTER_MAX_MEMBERS.
  * - Member ids are stable and derived, like etcd's: the first 8 bytes of SHA-256 over the
  *   member's name and the cluster token, never 0. The cluster id is derived from the sorted
  *   member ids and the token, so members started with a different --initial-cluster or token
@@ -19,6 +20,8 @@
 #define CLUSTER_MAX_MEMBERS 64
 #define CLUSTER_NAME_MAX 64
 #define CLUSTER_HOST_MAX 256
+/* Room for cluster_url_string(): "https://[" host "]:65535" and the NUL. */
+#define CLUSTER_URL_MAX (CLUSTER_HOST_MAX + 20)
 
 struct cluster_url {
     bool tls;                     /* https:// */
@@ -42,6 +45,10 @@ struct cluster {
 int cluster_parse_url(const char *url, struct cluster_url *out, char *err, size_t errlen);
 /* "host:port" for gRPC (IPv6 hosts in brackets). */
 void cluster_url_target(const struct cluster_url *u, char *buf, size_t len);
+/* The canonical URL, "https://host:port" (or http://; IPv6 hosts in brackets, no trailing "/",
+ * the port without leading zeros): cluster_parse_url() reads it back to the same struct. buf
+ * should hold CLUSTER_URL_MAX bytes. */
+void cluster_url_string(const struct cluster_url *u, char *buf, size_t len);
 
 /* Parses --initial-cluster with --initial-cluster-token `token`. 0 or -1 with err filled. */
 int cluster_parse(const char *spec, const char *token, struct cluster *out, char *err,
@@ -55,5 +62,6 @@ const struct cluster_member *cluster_find_cert(const struct cluster *c, const ch
                                                const char (*sans)[256], int nsans);
 
 uint64_t cluster_member_id(const char *name, const char *token);
+
 
 #endif
