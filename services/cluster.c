@@ -1,7 +1,9 @@
-/* cluster.c: --initial-cluster parsing and derived member/cluster ids (see cluster.h). */
+/* cluster.c: --initial-cluster parsing, derived member/cluster ids, and the member table as data:
+ * its checks, binary encoding and edits (see cluster.h). */
 #include "services/cluster.h"
 
 #include <ctype.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -248,3 +250,272 @@ const struct cluster_member *cluster_find_cert(const struct cluster *c, const ch
     return m;
 }
 
+/* ---- The member table as data: checks, binary encoding, edits ---- */
+
+/* Like fail(), with a code. */
+static int failc(int code, char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* u is a URL cluster_parse_url() could have produced: host a NUL-terminated string inside its
+ * buffer, and its canonical string reads back as the same URL. */
+static bool url_consistent(const struct cluster_url *u)
+{
+    if (!memchr(u->host, '\0', sizeof u->host) || u->port < 1 || u->port > 65535)
+        return false;
+    char s[CLUSTER_URL_MAX];
+    struct cluster_url back;
+    cluster_url_string(u, s, sizeof s);
+    return cluster_parse_url(s, &back, NULL, 0) == 0 && back.tls == u->tls &&
+           back.port == u->port && strcmp(back.host, u->host) == 0;
+}
+
+int cluster_check(const struct cluster *c, char *err, size_t errlen)
+{
+    if (c->n < 1 || c->n > CLUSTER_MAX_MEMBERS)
+        return failc(CLUSTER_EINVAL, err, errlen, "member count %zu outside 1..%d", c->n,
+                     CLUSTER_MAX_MEMBERS);
+    if (c->id == 0)
+        return failc(CLUSTER_EINVAL, err, errlen, "cluster id is 0");
+    for (size_t i = 0; i < c->n; i++) {
+        const struct cluster_member *m = &c->members[i];
+        if (m->id == 0)
+            return failc(CLUSTER_EINVAL, err, errlen, "member %zu: id is 0", i);
+        if (!memchr(m->name, '\0', sizeof m->name) || !valid_name(m->name))
+            return failc(CLUSTER_EINVAL, err, errlen,
+                         "member %zu: bad name (1..%d of letters, digits, - _ .)", i,
+                         CLUSTER_NAME_MAX - 1);
+        if (!url_consistent(&m->peer_url))
+            return failc(CLUSTER_EINVAL, err, errlen, "member %zu ('%s'): bad peer URL", i,
+                         m->name);
+        for (size_t j = 0; j < i; j++) {
+            const struct cluster_member *o = &c->members[j];
+            if (o->id == m->id)
+                return failc(CLUSTER_EINVAL, err, errlen,
+                             "members %zu ('%s') and %zu ('%s') have the same id %016" PRIx64, j,
+                             o->name, i, m->name, m->id);
+            if (strcmp(o->name, m->name) == 0)
+                return failc(CLUSTER_EINVAL, err, errlen, "members %zu and %zu are both named '%s'",
+                             j, i, m->name);
+            if (same_address(&o->peer_url, &m->peer_url))
+                return failc(CLUSTER_EINVAL, err, errlen,
+                             "members %zu ('%s') and %zu ('%s') have the same peer address", j,
+                             o->name, i, m->name);
+        }
+    }
+    return 0;
+}
+
+/* Encoding, version 1 (all integers little-endian):
+ *   u8 version (1) | u64 cluster id | u8 member count (1..CLUSTER_MAX_MEMBERS)
+ *   then per member: u64 id | u8 name length (1..CLUSTER_NAME_MAX-1) | name
+ *                    | u16 URL length (1..CLUSTER_URL_MAX-1) | canonical peer URL
+ * and nothing after the last member. */
+#define CLUSTER_FORMAT_VERSION 1
+
+static uint8_t *put_u64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        *p++ = (uint8_t)(v >> (8 * i));
+    return p;
+}
+
+int cluster_encode(const struct cluster *c, uint8_t **out, size_t *len)
+{
+    if (cluster_check(c, NULL, 0) != 0)
+        return CLUSTER_EINVAL;
+    char urls[CLUSTER_MAX_MEMBERS][CLUSTER_URL_MAX];
+    size_t size = 1 + 8 + 1;
+    for (size_t i = 0; i < c->n; i++) {
+        cluster_url_string(&c->members[i].peer_url, urls[i], sizeof urls[i]);
+        size += 8 + 1 + strlen(c->members[i].name) + 2 + strlen(urls[i]);
+    }
+    uint8_t *buf = malloc(size), *p = buf;
+    if (!buf)
+        return CLUSTER_ENOMEM;
+    *p++ = CLUSTER_FORMAT_VERSION;
+    p = put_u64(p, c->id);
+    *p++ = (uint8_t)c->n;
+    for (size_t i = 0; i < c->n; i++) {
+        size_t nl = strlen(c->members[i].name), ul = strlen(urls[i]);
+        p = put_u64(p, c->members[i].id);
+        *p++ = (uint8_t)nl;
+        memcpy(p, c->members[i].name, nl);
+        p += nl;
+        *p++ = (uint8_t)ul;
+        *p++ = (uint8_t)(ul >> 8);
+        memcpy(p, urls[i], ul);
+        p += ul;
+    }
+    *out = buf;
+    *len = size;
+    return 0;
+}
+
+struct reader {
+    const uint8_t *p;
+    size_t len, pos;
+};
+
+static bool get(struct reader *r, void *dst, size_t n)
+{
+    if (r->len - r->pos < n)
+        return false;
+    if (n)
+        memcpy(dst, r->p + r->pos, n);
+    r->pos += n;
+    return true;
+}
+
+static bool get_u64(struct reader *r, uint64_t *v)
+{
+    uint8_t b[8];
+    if (!get(r, b, 8))
+        return false;
+    *v = 0;
+    for (int i = 7; i >= 0; i--)
+        *v = *v << 8 | b[i];
+    return true;
+}
+
+/* A decoding error: "cluster table: ..." in printable ASCII (the bytes came from outside). */
+static int bad(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        int k = snprintf(err, errlen, "cluster table: ");
+        if (k >= 0 && (size_t)k < errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+            va_end(ap);
+        }
+        for (char *q = err; *q; q++)
+            if (*q < 0x20 || *q > 0x7e)
+                *q = '?';
+    }
+    return CLUSTER_EBADMSG;
+}
+
+int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err, size_t errlen)
+{
+    static const uint8_t none[1];
+    struct reader r = {p ? p : none, p ? len : 0, 0};
+    struct cluster *c = calloc(1, sizeof *c); /* out is written only on success */
+    if (!c)
+        return failc(CLUSTER_ENOMEM, err, errlen, "out of memory");
+    int rc = 0;
+    uint8_t version, count;
+    if (!get(&r, &version, 1)) {
+        rc = bad(err, errlen, "empty");
+        goto out;
+    }
+    if (version != CLUSTER_FORMAT_VERSION) {
+        rc = bad(err, errlen, "format version %u (this build reads %d)", version,
+                 CLUSTER_FORMAT_VERSION);
+        goto out;
+    }
+    if (!get_u64(&r, &c->id) || !get(&r, &count, 1)) {
+        rc = bad(err, errlen, "truncated in the header");
+        goto out;
+    }
+    if (count < 1 || count > CLUSTER_MAX_MEMBERS) {
+        rc = bad(err, errlen, "member count %u outside 1..%d", count, CLUSTER_MAX_MEMBERS);
+        goto out;
+    }
+    for (size_t i = 0; i < count; i++) {
+        struct cluster_member *m = &c->members[i];
+        uint8_t nl, ul2[2];
+        char url[CLUSTER_URL_MAX], canon[CLUSTER_URL_MAX], uerr[128];
+        if (!get_u64(&r, &m->id) || !get(&r, &nl, 1)) {
+            rc = bad(err, errlen, "truncated in member %zu", i);
+            goto out;
+        }
+        if (nl < 1 || nl > CLUSTER_NAME_MAX - 1) {
+            rc = bad(err, errlen, "member %zu: name length %u outside 1..%d", i, nl,
+                     CLUSTER_NAME_MAX - 1);
+            goto out;
+        }
+        if (!get(&r, m->name, nl) || !get(&r, ul2, 2)) {
+            rc = bad(err, errlen, "truncated in member %zu", i);
+            goto out;
+        }
+        size_t ul = (size_t)ul2[0] | (size_t)ul2[1] << 8;
+        if (strlen(m->name) != nl || !valid_name(m->name)) {
+            rc = bad(err, errlen, "member %zu: bad name '%s' (letters, digits, - _ .)", i, m->name);
+            goto out;
+        }
+        if (ul < 1 || ul > CLUSTER_URL_MAX - 1) {
+            rc = bad(err, errlen, "member %zu ('%s'): peer URL length %zu outside 1..%d", i,
+                     m->name, ul, CLUSTER_URL_MAX - 1);
+            goto out;
+        }
+        if (!get(&r, url, ul)) {
+            rc = bad(err, errlen, "truncated in member %zu ('%s')", i, m->name);
+            goto out;
+        }
+        url[ul] = '\0';
+        if (strlen(url) != ul) {
+            rc = bad(err, errlen, "member %zu ('%s'): peer URL contains a NUL byte", i, m->name);
+            goto out;
+        }
+        if (cluster_parse_url(url, &m->peer_url, uerr, sizeof uerr) != 0) {
+            rc = bad(err, errlen, "member %zu ('%s'): %s", i, m->name, uerr);
+            goto out;
+        }
+        cluster_url_string(&m->peer_url, canon, sizeof canon);
+        if (strcmp(canon, url) != 0) {
+            rc = bad(err, errlen, "member %zu ('%s'): peer URL '%s' is not canonical ('%s')", i,
+                     m->name, url, canon);
+            goto out;
+        }
+        c->n++;
+    }
+    if (r.pos != r.len) {
+        rc = bad(err, errlen, "%zu bytes after the last member", r.len - r.pos);
+        goto out;
+    }
+    char cerr[256];
+    if (cluster_check(c, cerr, sizeof cerr) != 0) {
+        rc = bad(err, errlen, "%s", cerr);
+        goto out;
+    }
+    memcpy(out, c, sizeof *c);
+out:
+    free(c);
+    return rc;
+}
+
+const char *cluster_strerror(int code)
+{
+    switch (code) {
+    case 0:
+        return "ok";
+    case CLUSTER_ENOTFOUND:
+        return "etcdserver: member not found";
+    case CLUSTER_EEXIST:
+        return "etcdserver: member ID already exist";
+    case CLUSTER_EURLEXISTS:
+        return "etcdserver: Peer URLs already exists";
+    case CLUSTER_EBADURL:
+        return "etcdserver: given member URLs are invalid";
+    case CLUSTER_EBADNAME:
+        return "craft: bad member name";
+    case CLUSTER_EFULL:
+        return "craft: too many members";
+    case CLUSTER_ELAST:
+        return "craft: cannot remove the only member";
+    case CLUSTER_EBADMSG:
+        return "craft: malformed member table";
+    case CLUSTER_ENOMEM:
+        return "craft: out of memory";
+    default:
+        return "craft: invalid member table";
+    }
+}

@@ -8,7 +8,32 @@
  * - Member ids are stable and derived, like etcd's: the first 8 bytes of SHA-256 over the
  *   member's name and the cluster token, never 0. The cluster id is derived from the sorted
  *   member ids and the token, so members started with a different --initial-cluster or token
- *   refuse each other.
+ *   refuse each other. The cluster id is fixed at creation: membership changes keep it.
+ * - The member table travels as data (each configuration-change log entry carries the whole
+ *   table after the change, and so do snapshots). cluster_encode() writes it in a compact
+ *   versioned format (below); cluster_decode() reads bytes from outside and accepts exactly
+ *   what cluster_encode() can write: every length, count, name, id and URL is checked, the URL
+ *   must be in canonical form, nothing may follow the last member. So an accepted encoding
+ *   re-encodes to the same bytes, and anything else gets a clear error, never a crash or a
+ *   read past `len`.
+ * - A valid table (cluster_check()) has 1..CLUSTER_MAX_MEMBERS members, a nonzero cluster id,
+ *   nonzero distinct member ids, distinct valid names and distinct peer addresses (host,
+ *   compared ignoring case, and port; the scheme is not compared). cluster_parse() and
+ *   cluster_decode() only ever produce valid tables.
+ * - Order: the encoding keeps the table's order (cluster_parse() keeps that of
+ *   --initial-cluster), so every member decoding the same bytes has the same table, index for
+ *   index.
+ *
+ * Encoding, format version 1, integers little-endian:
+ *   u8  version (1)
+ *   u64 cluster id (nonzero)
+ *   u8  member count (1..CLUSTER_MAX_MEMBERS)
+ *   per member, in table order:
+ *     u64 id (nonzero)
+ *     u8  name length (1..CLUSTER_NAME_MAX-1), then the name (letters, digits, - _ .)
+ *     u16 URL length (1..CLUSTER_URL_MAX-1), then the peer URL as cluster_url_string() writes
+ *         it ("https://host:port", "https://[::1]:port", or http://)
+ *   nothing after the last member. No checksum: log entries and snapshots carry their own.
  */
 #ifndef CRAFT_SERVICES_CLUSTER_H
 #define CRAFT_SERVICES_CLUSTER_H
@@ -62,6 +87,35 @@ const struct cluster_member *cluster_find_cert(const struct cluster *c, const ch
                                                const char (*sans)[256], int nsans);
 
 uint64_t cluster_member_id(const char *name, const char *token);
+
+/* Error codes (always negative; err, where given, says more). etcd's gRPC code for each is
+ * given so the Cluster service can answer as etcd does. */
+enum {
+    CLUSTER_EINVAL = -1,     /* bad --initial-cluster or URL; a table cluster_check() refuses */
+    CLUSTER_ENOTFOUND = -2,  /* "etcdserver: member not found" (NotFound) */
+    CLUSTER_EEXIST = -3,     /* "etcdserver: member ID already exist" (FailedPrecondition) */
+    CLUSTER_EURLEXISTS = -4, /* "etcdserver: Peer URLs already exists" (FailedPrecondition) */
+    CLUSTER_EBADURL = -5,    /* "etcdserver: given member URLs are invalid" (InvalidArgument) */
+    CLUSTER_EBADNAME = -6,   /* craft's own: a name etcd has no rule for (InvalidArgument) */
+    CLUSTER_EFULL = -7,      /* craft's own: already CLUSTER_MAX_MEMBERS (FailedPrecondition) */
+    CLUSTER_ELAST = -8,      /* craft's own: removing the only member (FailedPrecondition) */
+    CLUSTER_EBADMSG = -9,    /* cluster_decode(): malformed bytes */
+    CLUSTER_ENOMEM = -10,    /* out of memory (or OpenSSL could not hash) */
+};
+
+/* The fixed string for a code: etcd's exact message for ENOTFOUND, EEXIST, EURLEXISTS and
+ * EBADURL; a short "craft: ..." one otherwise. */
+const char *cluster_strerror(int code);
+
+/* 0 if c is a valid table (see above), else CLUSTER_EINVAL and err says what is wrong. */
+int cluster_check(const struct cluster *c, char *err, size_t errlen);
+
+/* Encodes a valid table into a new malloc'ed buffer (*out, *len; the caller frees it).
+ * CLUSTER_EINVAL if cluster_check() refuses c, CLUSTER_ENOMEM; *out untouched on error. */
+int cluster_encode(const struct cluster *c, uint8_t **out, size_t *len);
+/* Decodes len bytes from outside. 0, or CLUSTER_EBADMSG with err "cluster table: <reason>" in
+ * printable ASCII (or CLUSTER_ENOMEM). *out is written only on success. */
+int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err, size_t errlen);
 
 
 #endif

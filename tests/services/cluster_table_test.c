@@ -1,4 +1,6 @@
-/* The member table as data (services/cluster.h): canonical peer URLs first. */
+/* The member table as data (services/cluster.h): canonical peer URLs and the binary encoding
+ * that configuration changes and snapshots carry. Round trips keep every field and the bytes;
+ * every malformed encoding gets its own error and changes nothing. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,45 @@
 static char err[512];
 
 #define TOKEN "tok"
+#define CLUSTER3 "n1=https://127.0.0.1:2380,n2=https://127.0.0.1:2480,n3=https://127.0.0.1:2580"
+
+static struct cluster parsed(const char *spec)
+{
+    struct cluster c;
+    cr_assert_eq(cluster_parse(spec, TOKEN, &c, err, sizeof err), 0, "%s: %s", spec, err);
+    return c;
+}
+
+static void assert_same_table(const struct cluster *a, const struct cluster *b)
+{
+    cr_assert_eq(a->id, b->id);
+    cr_assert_eq(a->n, b->n);
+    for (size_t i = 0; i < a->n; i++) {
+        const struct cluster_member *x = &a->members[i], *y = &b->members[i];
+        cr_assert_eq(x->id, y->id, "member %zu", i);
+        cr_assert_str_eq(x->name, y->name, "member %zu", i);
+        cr_assert_eq(x->peer_url.tls, y->peer_url.tls, "member %zu", i);
+        cr_assert_str_eq(x->peer_url.host, y->peer_url.host, "member %zu", i);
+        cr_assert_eq(x->peer_url.port, y->peer_url.port, "member %zu", i);
+    }
+}
+
+/* Encodes c, decodes it, checks the copy equals c and re-encodes to the same bytes. */
+static void round_trip(const struct cluster *c)
+{
+    uint8_t *b = NULL, *b2 = NULL;
+    size_t len = 0, len2 = 0;
+    cr_assert_eq(cluster_encode(c, &b, &len), 0);
+    struct cluster d;
+    memset(&d, 0xa5, sizeof d);
+    cr_assert_eq(cluster_decode(b, len, &d, err, sizeof err), 0, "%s", err);
+    assert_same_table(c, &d);
+    cr_assert_eq(cluster_encode(&d, &b2, &len2), 0);
+    cr_assert_eq(len2, len);
+    cr_assert_eq(memcmp(b, b2, len), 0, "one encoding per table");
+    free(b);
+    free(b2);
+}
 
 /* ---- canonical URLs ---- */
 
@@ -59,4 +100,271 @@ Test(cluster_url, initial_cluster_refuses_one_address_for_two_members)
     struct cluster c;
     cr_assert_eq(cluster_parse("a=https://h:1,b=http://H:1", TOKEN, &c, err, sizeof err), -1);
     cr_assert(strstr(err, "'a' and 'b' have the same peer URL"), "%s", err);
+}
+
+/* ---- the encoding ---- */
+
+/* A hand-written encoding, to pin the documented layout. */
+struct bytes {
+    uint8_t b[32768];
+    size_t n;
+};
+
+static void put_u8(struct bytes *w, unsigned v)
+{
+    w->b[w->n++] = (uint8_t)v;
+}
+
+static void put_u64(struct bytes *w, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        put_u8(w, (unsigned)(v >> (8 * i)) & 0xff);
+}
+
+static void put_raw(struct bytes *w, const void *p, size_t n)
+{
+    memcpy(w->b + w->n, p, n);
+    w->n += n;
+}
+
+/* One member: id, u8-prefixed name, u16-prefixed URL (lengths given, so they can lie). */
+static void put_member(struct bytes *w, uint64_t id, const char *name, size_t nl, const char *url,
+                       size_t ul)
+{
+    put_u64(w, id);
+    put_u8(w, (unsigned)nl);
+    put_raw(w, name, strlen(name));
+    put_u8(w, ul & 0xff);
+    put_u8(w, (unsigned)(ul >> 8));
+    put_raw(w, url, strlen(url));
+}
+
+static void put_header(struct bytes *w, unsigned version, uint64_t cid, unsigned count)
+{
+    w->n = 0;
+    put_u8(w, version);
+    put_u64(w, cid);
+    put_u8(w, count);
+}
+
+#define M1 0x0102030405060708ull
+#define M2 0x1112131415161718ull
+#define CID 0xa1a2a3a4a5a6a7a8ull
+
+/* The valid two-member table the malformed cases below start from. */
+static void put_valid2(struct bytes *w)
+{
+    put_header(w, 1, CID, 2);
+    put_member(w, M1, "alpha", 5, "https://10.0.0.1:2380", 21);
+    put_member(w, M2, "beta", 4, "https://[fd00::2]:2380", 22);
+}
+
+Test(cluster_codec, layout_is_as_documented)
+{
+    struct cluster c;
+    memset(&c, 0, sizeof c);
+    c.id = CID;
+    c.n = 2;
+    c.members[0].id = M1;
+    strcpy(c.members[0].name, "alpha");
+    cr_assert_eq(cluster_parse_url("https://10.0.0.1:2380/", &c.members[0].peer_url, err, sizeof err),
+                 0);
+    c.members[1].id = M2;
+    strcpy(c.members[1].name, "beta");
+    cr_assert_eq(cluster_parse_url("https://[fd00::2]:2380", &c.members[1].peer_url, err, sizeof err),
+                 0);
+    uint8_t *b;
+    size_t len;
+    cr_assert_eq(cluster_encode(&c, &b, &len), 0);
+    struct bytes want;
+    put_valid2(&want);
+    cr_assert_eq(len, want.n);
+    cr_assert_eq(len, 1 + 8 + 1 + (8 + 1 + 5 + 2 + 21) + (8 + 1 + 4 + 2 + 22));
+    cr_assert_eq(memcmp(b, want.b, len), 0);
+    cr_assert_eq(b[0], 1, "version byte");
+    cr_assert_eq(b[1], 0xa8, "cluster id, little-endian");
+    cr_assert_eq(b[10], 0x08, "first member id, little-endian");
+    free(b);
+    round_trip(&c);
+}
+
+Test(cluster_codec, round_trips)
+{
+    struct cluster c = parsed(CLUSTER3);
+    round_trip(&c);
+    c = parsed("solo=http://[::1]:2380");
+    round_trip(&c);
+
+    /* A full table at every limit: 64 members, 63-character names, 255-character hosts, IPv6,
+     * http and https, port 65535. */
+    memset(&c, 0, sizeof c);
+    c.id = 42;
+    char host[CLUSTER_HOST_MAX];
+    for (int i = 0; i < CLUSTER_MAX_MEMBERS; i++) {
+        struct cluster_member *m = &c.members[i];
+        snprintf(m->name, sizeof m->name, "%0*d", CLUSTER_NAME_MAX - 1, i);
+        m->id = cluster_member_id(m->name, TOKEN);
+        m->peer_url.tls = i % 2;
+        if (i % 3 == 0) {
+            memset(host, 'a', CLUSTER_HOST_MAX - 1);
+            host[CLUSTER_HOST_MAX - 1] = '\0';
+        } else if (i % 3 == 1) {
+            snprintf(host, sizeof host, "fd00::%x", i);
+        } else {
+            snprintf(host, sizeof host, "10.0.0.%d", i);
+        }
+        strcpy(m->peer_url.host, host);
+        m->peer_url.port = 65535 - i;
+        c.n++;
+    }
+    cr_assert_eq(cluster_check(&c, err, sizeof err), 0, "%s", err);
+    round_trip(&c);
+}
+
+Test(cluster_codec, encode_refuses_invalid_tables)
+{
+    const struct cluster good = parsed(CLUSTER3);
+    struct cluster c;
+    uint8_t *b = (uint8_t *)"untouched";
+    size_t len = 7;
+#define REFUSED(edit, why)                                                          \
+    do {                                                                            \
+        c = good;                                                                   \
+        edit;                                                                       \
+        cr_assert_eq(cluster_check(&c, err, sizeof err), CLUSTER_EINVAL, "%s", why); \
+        cr_assert(strstr(err, why), "'%s' does not mention '%s'", err, why);        \
+        cr_assert_eq(cluster_encode(&c, &b, &len), CLUSTER_EINVAL, "%s", why);      \
+        cr_assert_str_eq((char *)b, "untouched");                                   \
+        cr_assert_eq(len, 7);                                                       \
+    } while (0)
+    REFUSED(c.n = 0, "member count 0");
+    REFUSED(c.n = CLUSTER_MAX_MEMBERS + 1, "member count 65");
+    REFUSED(c.id = 0, "cluster id is 0");
+    REFUSED(c.members[1].id = 0, "member 1: id is 0");
+    REFUSED(c.members[2].id = c.members[0].id, "members 0 ('n1') and 2 ('n3') have the same id");
+    REFUSED(strcpy(c.members[2].name, "n1"), "members 0 and 2 are both named 'n1'");
+    REFUSED(c.members[1].name[0] = '\0', "member 1: bad name");
+    REFUSED(strcpy(c.members[1].name, "a b"), "member 1: bad name");
+    REFUSED(memset(c.members[1].name, 'x', sizeof c.members[1].name), "member 1: bad name");
+    REFUSED(c.members[2].peer_url.port = 2380, "members 0 ('n1') and 2 ('n3') have the same peer");
+    REFUSED(c.members[2].peer_url.port = 0, "member 2 ('n3'): bad peer URL");
+    REFUSED(c.members[2].peer_url.port = 65536, "member 2 ('n3'): bad peer URL");
+    REFUSED(strcpy(c.members[2].peer_url.host, "a b"), "member 2 ('n3'): bad peer URL");
+    REFUSED(memset(c.members[2].peer_url.host, 'h', CLUSTER_HOST_MAX), "member 2 ('n3'): bad peer");
+#undef REFUSED
+}
+
+/* Decoding w must fail with an error containing `why`, leaving `out` as it was. */
+static void refused(const struct bytes *w, const char *why)
+{
+    struct cluster out, before;
+    memset(&out, 0x5a, sizeof out);
+    before = out;
+    err[0] = '\0';
+    cr_assert_eq(cluster_decode(w->b, w->n, &out, err, sizeof err), CLUSTER_EBADMSG,
+                 "accepted; wanted '%s'", why);
+    cr_assert(strstr(err, why), "error '%s' does not mention '%s'", err, why);
+    cr_assert_eq(strncmp(err, "cluster table: ", 15), 0, "%s", err);
+    for (const char *q = err; *q; q++)
+        cr_assert(*q >= 0x20 && *q <= 0x7e, "unprintable byte in '%s'", err);
+    cr_assert_eq(memcmp(&out, &before, sizeof out), 0, "out written on error (%s)", why);
+}
+
+Test(cluster_codec, decode_accepts_the_valid_base)
+{
+    struct bytes w;
+    put_valid2(&w);
+    struct cluster c;
+    cr_assert_eq(cluster_decode(w.b, w.n, &c, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.id, CID);
+    cr_assert_eq(c.n, 2);
+    cr_assert_eq(c.members[0].id, M1);
+    cr_assert_str_eq(c.members[0].name, "alpha");
+    cr_assert_str_eq(c.members[0].peer_url.host, "10.0.0.1");
+    cr_assert(c.members[0].peer_url.tls);
+    cr_assert_eq(c.members[1].id, M2);
+    cr_assert_str_eq(c.members[1].peer_url.host, "fd00::2");
+    cr_assert_eq(c.members[1].peer_url.port, 2380);
+}
+
+Test(cluster_codec, decode_refuses_every_malformation)
+{
+    struct bytes w;
+
+    w.n = 0;
+    refused(&w, "empty");
+    struct cluster out;
+    cr_assert_eq(cluster_decode(NULL, 0, &out, err, sizeof err), CLUSTER_EBADMSG);
+
+    /* Cut anywhere: every proper prefix of a valid encoding is refused. */
+    struct bytes valid;
+    put_valid2(&valid);
+    for (size_t cut = 1; cut < valid.n; cut++) {
+        w = valid;
+        w.n = cut;
+        refused(&w, "truncated");
+    }
+    w = valid;
+    put_u8(&w, 0);
+    refused(&w, "1 bytes after the last member");
+
+    put_header(&w, 0, CID, 1);
+    refused(&w, "format version 0 (this build reads 1)");
+    put_header(&w, 2, CID, 1);
+    refused(&w, "format version 2");
+    put_header(&w, 1, 0, 1);
+    put_member(&w, M1, "alpha", 5, "https://h:1", 11);
+    refused(&w, "cluster id is 0");
+    put_header(&w, 1, CID, 0);
+    refused(&w, "member count 0 outside 1..64");
+    put_header(&w, 1, CID, 65);
+    refused(&w, "member count 65 outside 1..64");
+
+    /* Each field of a second member. Names and URLs are byte strings (S() keeps an embedded
+     * NUL); a declared length of -1 is the true one, another value is a lie. */
+#define S(lit) lit, sizeof(lit) - 1
+    const struct {
+        uint64_t id;
+        const char *name;
+        size_t nraw;
+        long nl;
+        const char *url;
+        size_t uraw;
+        long ul;
+        const char *why;
+    } cases[] = {
+        {0, S("gamma"), -1, S("https://h:1"), -1, "member 1: id is 0"},
+        {M1, S("gamma"), -1, S("https://h:1"), -1, "have the same id"},
+        {3, S("alpha"), -1, S("https://h:1"), -1, "both named 'alpha'"},
+        {3, S(""), -1, S("https://h:1"), -1, "member 1: name length 0 outside 1..63"},
+        {3, S("gamma"), 64, S("https://h:1"), -1, "member 1: name length 64 outside 1..63"},
+        {3, S("gamma"), 255, S("https://h:1"), -1, "member 1: name length 255 outside 1..63"},
+        {3, S("a\0b"), -1, S("https://h:1"), -1, "member 1: bad name 'a'"},
+        {3, S("a b"), -1, S("https://h:1"), -1, "member 1: bad name 'a b'"},
+        {3, S("a\nb"), -1, S("https://h:1"), -1, "member 1: bad name 'a?b'"},
+        {3, S("gamma"), -1, S(""), -1, "member 1 ('gamma'): peer URL length 0 outside 1..275"},
+        {3, S("gamma"), -1, S(""), CLUSTER_URL_MAX, "peer URL length 276 outside 1..275"},
+        {3, S("gamma"), -1, S(""), 0xffff, "peer URL length 65535 outside"},
+        {3, S("gamma"), -1, S("https://h:1\0"), -1, "peer URL contains a NUL byte"},
+        {3, S("gamma"), -1, S("ftp://h:1"), -1, "must start with https:// or http://"},
+        {3, S("gamma"), -1, S("https://h:0"), -1, "port must be 1..65535"},
+        {3, S("gamma"), -1, S("https://h:1/"), -1, "'https://h:1/' is not canonical ('https://h:1')"},
+        {3, S("gamma"), -1, S("https://h:01"), -1, "not canonical"},
+        {3, S("gamma"), -1, S("https://h\x01:1"), -1, "URL 'https://h?:1': bad host"},
+        {3, S("gamma"), -1, S("https://10.0.0.1:2380"), -1, "have the same peer address"},
+        {3, S("gamma"), -1, S("http://10.0.0.1:2380"), -1, "have the same peer address"},
+    };
+#undef S
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        put_header(&w, 1, CID, 2);
+        put_member(&w, M1, "alpha", 5, "https://10.0.0.1:2380", 21);
+        put_u64(&w, cases[i].id);
+        put_u8(&w, (unsigned)(cases[i].nl < 0 ? (long)cases[i].nraw : cases[i].nl));
+        put_raw(&w, cases[i].name, cases[i].nraw);
+        size_t ul = cases[i].ul < 0 ? cases[i].uraw : (size_t)cases[i].ul;
+        put_u8(&w, ul & 0xff);
+        put_u8(&w, (unsigned)(ul >> 8));
+        put_raw(&w, cases[i].url, cases[i].uraw);
+        refused(&w, cases[i].why);
+    }
 }
