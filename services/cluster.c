@@ -519,3 +519,89 @@ const char *cluster_strerror(int code)
         return "craft: invalid member table";
     }
 }
+
+/* Fails with code and its etcd string, word for word: etcd's clients match on the text. */
+static int fail_etcd(int code, char *err, size_t errlen)
+{
+    return failc(code, err, errlen, "%s", cluster_strerror(code));
+}
+
+/* Parses a peer URL given to an edit; refuses one whose canonical form would not read back
+ * (the table must stay encodable). */
+static int edit_url(const char *url, struct cluster_url *u, char *err, size_t errlen)
+{
+    if (!url || cluster_parse_url(url, u, NULL, 0) != 0 || !url_consistent(u))
+        return fail_etcd(CLUSTER_EBADURL, err, errlen);
+    return 0;
+}
+
+/* The index of the member other than `except` listening on u's address, or -1. */
+static long address_user(const struct cluster *c, const struct cluster_url *u, uint64_t except)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->members[i].id != except && same_address(&c->members[i].peer_url, u))
+            return (long)i;
+    return -1;
+}
+
+int cluster_add(struct cluster *c, const char *name, const char *peer_url, const char *token,
+                char *err, size_t errlen)
+{
+    if (!name || !valid_name(name))
+        return failc(CLUSTER_EBADNAME, err, errlen,
+                     "craft: bad member name '%.*s' (1..%d of letters, digits, - _ .)",
+                     CLUSTER_NAME_MAX, name ? name : "", CLUSTER_NAME_MAX - 1);
+    struct cluster_url u;
+    int rc = edit_url(peer_url, &u, err, errlen);
+    if (rc)
+        return rc;
+    uint64_t id = cluster_member_id(name, token ? token : "");
+    if (!id)
+        return failc(CLUSTER_ENOMEM, err, errlen, "craft: cannot hash a member id (OpenSSL)");
+    if (cluster_find_id(c, id))
+        return fail_etcd(CLUSTER_EEXIST, err, errlen);
+    if (cluster_find_name(c, name))
+        return failc(CLUSTER_EEXIST, err, errlen, "craft: member name '%s' already in use", name);
+    if (address_user(c, &u, 0) >= 0)
+        return fail_etcd(CLUSTER_EURLEXISTS, err, errlen);
+    if (c->n >= CLUSTER_MAX_MEMBERS)
+        return failc(CLUSTER_EFULL, err, errlen, "craft: too many members (at most %d)",
+                     CLUSTER_MAX_MEMBERS);
+    struct cluster_member *m = &c->members[c->n];
+    memset(m, 0, sizeof *m);
+    m->id = id;
+    snprintf(m->name, sizeof m->name, "%s", name);
+    m->peer_url = u;
+    c->n++;
+    return 0;
+}
+
+int cluster_remove(struct cluster *c, uint64_t id, char *err, size_t errlen)
+{
+    const struct cluster_member *m = cluster_find_id(c, id);
+    if (!m)
+        return fail_etcd(CLUSTER_ENOTFOUND, err, errlen);
+    if (c->n == 1)
+        return fail_etcd(CLUSTER_ELAST, err, errlen);
+    size_t i = (size_t)(m - c->members);
+    memmove(&c->members[i], &c->members[i + 1], (c->n - i - 1) * sizeof c->members[0]);
+    c->n--;
+    memset(&c->members[c->n], 0, sizeof c->members[0]);
+    return 0;
+}
+
+int cluster_update_peer_url(struct cluster *c, uint64_t id, const char *peer_url, char *err,
+                            size_t errlen)
+{
+    struct cluster_url u;
+    int rc = edit_url(peer_url, &u, err, errlen);
+    if (rc)
+        return rc;
+    const struct cluster_member *m = cluster_find_id(c, id);
+    if (!m)
+        return fail_etcd(CLUSTER_ENOTFOUND, err, errlen);
+    if (address_user(c, &u, id) >= 0)
+        return fail_etcd(CLUSTER_EURLEXISTS, err, errlen);
+    c->members[m - c->members].peer_url = u;
+    return 0;
+}

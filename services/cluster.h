@@ -18,11 +18,17 @@
  *   read past `len`.
  * - A valid table (cluster_check()) has 1..CLUSTER_MAX_MEMBERS members, a nonzero cluster id,
  *   nonzero distinct member ids, distinct valid names and distinct peer addresses (host,
- *   compared ignoring case, and port; the scheme is not compared). cluster_parse() and
- *   cluster_decode() only ever produce valid tables.
- * - Order: the encoding keeps the table's order (cluster_parse() keeps that of
- *   --initial-cluster), so every member decoding the same bytes has the same table, index for
- *   index.
+ *   compared ignoring case, and port; the scheme is not compared). cluster_parse(),
+ *   cluster_decode() and the edits below only ever produce valid tables.
+ * - Order: members stay in a stable order, not sorted by id: cluster_parse() keeps the order of
+ *   --initial-cluster, cluster_add() appends, cluster_remove() closes the gap keeping the order
+ *   of the rest, cluster_update_peer_url() edits in place, and the encoding keeps the order.
+ *   Every member applying the same log therefore has the same table, index for index.
+ *   cluster_remove() moves entries: pointers into members[] do not survive it.
+ * - The edits (cluster_add, cluster_remove, cluster_update_peer_url) validate as etcd's
+ *   ValidateConfigurationChange does and leave the table unchanged when they refuse. Where
+ *   etcd has an error for the case, err is etcd's string word for word (etcd's clients match
+ *   on the text) and cluster_strerror(code) returns the same string.
  *
  * Encoding, format version 1, integers little-endian:
  *   u8  version (1)
@@ -117,5 +123,20 @@ int cluster_encode(const struct cluster *c, uint8_t **out, size_t *len);
  * printable ASCII (or CLUSTER_ENOMEM). *out is written only on success. */
 int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err, size_t errlen);
 
+/* Adds member `name` with peer URL `peer_url` and the id cluster_member_id(name, token), as
+ * c->members[c->n - 1]. Checked in this order: CLUSTER_EBADNAME (empty, too long, or a
+ * character other than letters, digits, - _ .); CLUSTER_EBADURL (not http(s)://host:port);
+ * CLUSTER_EEXIST (the id is in the table; or, with a craft message, the name - possible only
+ * if the table's ids came from another token); CLUSTER_EURLEXISTS (another member has that
+ * host and port); CLUSTER_EFULL. */
+int cluster_add(struct cluster *c, const char *name, const char *peer_url, const char *token,
+                char *err, size_t errlen);
+/* Removes member `id`: CLUSTER_ENOTFOUND, or CLUSTER_ELAST for the only member (Raft cannot
+ * have an empty configuration). */
+int cluster_remove(struct cluster *c, uint64_t id, char *err, size_t errlen);
+/* Gives member `id` a new peer URL: CLUSTER_EBADURL, CLUSTER_ENOTFOUND, or CLUSTER_EURLEXISTS
+ * if another member has that host and port (its own current URL is allowed). */
+int cluster_update_peer_url(struct cluster *c, uint64_t id, const char *peer_url, char *err,
+                            size_t errlen);
 
 #endif

@@ -1,6 +1,7 @@
-/* The member table as data (services/cluster.h): canonical peer URLs and the binary encoding
- * that configuration changes and snapshots carry. Round trips keep every field and the bytes;
- * every malformed encoding gets its own error and changes nothing. */
+/* The member table as data (services/cluster.h): canonical peer URLs, the binary encoding that
+ * configuration changes and snapshots carry, and the edits behind etcd's MemberAdd, MemberRemove
+ * and MemberUpdate. Round trips keep every field and the bytes; every malformed encoding and every
+ * refused edit gets its own error (etcd's exact string where etcd has one) and changes nothing. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,4 +368,168 @@ Test(cluster_codec, decode_refuses_every_malformation)
         put_raw(&w, cases[i].url, cases[i].uraw);
         refused(&w, cases[i].why);
     }
+}
+
+/* ---- the edits ---- */
+
+/* The edit must return `code` with err exactly `msg` (or containing it, for craft's own), and
+ * leave the table as it was. */
+#define EDIT_REFUSED(c, call, code, msg, exact)                                            \
+    do {                                                                                   \
+        struct cluster before_ = *(c);                                                     \
+        err[0] = '\0';                                                                     \
+        cr_assert_eq((call), (code), "%s", #call);                                         \
+        if (exact)                                                                         \
+            cr_assert_str_eq(err, msg);                                                    \
+        else                                                                               \
+            cr_assert(strstr(err, msg), "'%s' does not mention '%s'", err, msg);           \
+        cr_assert_eq(memcmp(&before_, (c), sizeof before_), 0, "%s changed the table", #call); \
+    } while (0)
+
+Test(cluster_edit, strings_are_etcds)
+{
+    cr_assert_str_eq(cluster_strerror(CLUSTER_ENOTFOUND), "etcdserver: member not found");
+    cr_assert_str_eq(cluster_strerror(CLUSTER_EEXIST), "etcdserver: member ID already exist");
+    cr_assert_str_eq(cluster_strerror(CLUSTER_EURLEXISTS), "etcdserver: Peer URLs already exists");
+    cr_assert_str_eq(cluster_strerror(CLUSTER_EBADURL), "etcdserver: given member URLs are invalid");
+}
+
+Test(cluster_edit, add_appends_a_derived_member)
+{
+    struct cluster c = parsed(CLUSTER3);
+    uint64_t cid = c.id;
+    cr_assert_eq(cluster_add(&c, "n4", "https://127.0.0.1:2680", TOKEN, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(c.n, 4);
+    cr_assert_eq(c.id, cid, "the cluster id does not change");
+    cr_assert_str_eq(c.members[3].name, "n4");
+    cr_assert_eq(c.members[3].id, cluster_member_id("n4", TOKEN));
+    cr_assert_eq(c.members[3].peer_url.port, 2680);
+    cr_assert_str_eq(c.members[0].name, "n1", "the others keep their places");
+    cr_assert_str_eq(c.members[2].name, "n3");
+    /* The same as if n4 had been in --initial-cluster (but for the cluster id). */
+    struct cluster p = parsed(CLUSTER3 ",n4=https://127.0.0.1:2680");
+    p.id = cid;
+    assert_same_table(&c, &p);
+    round_trip(&c);
+}
+
+Test(cluster_edit, add_refusals)
+{
+    struct cluster c = parsed(CLUSTER3);
+    char *e = err;
+    size_t el = sizeof err;
+    EDIT_REFUSED(&c, cluster_add(&c, "", "https://h:1", TOKEN, e, el), CLUSTER_EBADNAME,
+                 "craft: bad member name ''", 0);
+    EDIT_REFUSED(&c, cluster_add(&c, NULL, "https://h:1", TOKEN, e, el), CLUSTER_EBADNAME,
+                 "bad member name", 0);
+    EDIT_REFUSED(&c, cluster_add(&c, "a b", "https://h:1", TOKEN, e, el), CLUSTER_EBADNAME,
+                 "bad member name 'a b'", 0);
+    char longname[CLUSTER_NAME_MAX + 1];
+    memset(longname, 'x', CLUSTER_NAME_MAX);
+    longname[CLUSTER_NAME_MAX] = '\0';
+    EDIT_REFUSED(&c, cluster_add(&c, longname, "https://h:1", TOKEN, e, el), CLUSTER_EBADNAME,
+                 "bad member name", 0);
+    const char *bad_urls[] = {"ftp://h:1", "https://h", "https://h:70000", "https://[x]:1",
+                              "https://h:1/path", ""};
+    for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++)
+        EDIT_REFUSED(&c, cluster_add(&c, "n4", bad_urls[i], TOKEN, e, el), CLUSTER_EBADURL,
+                     "etcdserver: given member URLs are invalid", 1);
+    EDIT_REFUSED(&c, cluster_add(&c, "n4", NULL, TOKEN, e, el), CLUSTER_EBADURL,
+                 "etcdserver: given member URLs are invalid", 1);
+    EDIT_REFUSED(&c, cluster_add(&c, "n2", "https://h:1", TOKEN, e, el), CLUSTER_EEXIST,
+                 "etcdserver: member ID already exist", 1);
+    /* The name under another token: a different id, but names must stay unique. */
+    EDIT_REFUSED(&c, cluster_add(&c, "n2", "https://h:1", "other", e, el), CLUSTER_EEXIST,
+                 "craft: member name 'n2' already in use", 1);
+    EDIT_REFUSED(&c, cluster_add(&c, "n4", "https://127.0.0.1:2480", TOKEN, e, el),
+                 CLUSTER_EURLEXISTS, "etcdserver: Peer URLs already exists", 1);
+    EDIT_REFUSED(&c, cluster_add(&c, "n4", "http://127.0.0.1:2480/", TOKEN, e, el),
+                 CLUSTER_EURLEXISTS, "etcdserver: Peer URLs already exists", 1);
+    struct cluster h = parsed("a=https://Node-A.example:2380");
+    EDIT_REFUSED(&h, cluster_add(&h, "b", "https://node-a.EXAMPLE:2380", TOKEN, e, el),
+                 CLUSTER_EURLEXISTS, "etcdserver: Peer URLs already exists", 1);
+
+    /* A full table. */
+    for (int i = 4; i <= CLUSTER_MAX_MEMBERS; i++) {
+        char name[16], url[64];
+        snprintf(name, sizeof name, "n%d", i);
+        snprintf(url, sizeof url, "https://127.0.0.1:%d", 3000 + i);
+        cr_assert_eq(cluster_add(&c, name, url, TOKEN, e, el), 0, "%s: %s", name, err);
+    }
+    cr_assert_eq(c.n, CLUSTER_MAX_MEMBERS);
+    EDIT_REFUSED(&c, cluster_add(&c, "one-more", "https://127.0.0.1:9999", TOKEN, e, el),
+                 CLUSTER_EFULL, "craft: too many members (at most 64)", 1);
+    round_trip(&c);
+}
+
+Test(cluster_edit, remove_keeps_the_order_of_the_rest)
+{
+    struct cluster c = parsed(CLUSTER3 ",n4=https://127.0.0.1:2680");
+    uint64_t n2 = c.members[1].id;
+    cr_assert_eq(cluster_remove(&c, n2, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.n, 3);
+    cr_assert_null(cluster_find_id(&c, n2));
+    cr_assert_str_eq(c.members[0].name, "n1");
+    cr_assert_str_eq(c.members[1].name, "n3");
+    cr_assert_str_eq(c.members[2].name, "n4");
+    cr_assert_eq(c.members[3].id, 0, "the freed slot is cleared");
+    round_trip(&c);
+    /* Removed, it can be added again (its address is free too). */
+    cr_assert_eq(cluster_add(&c, "n2", "https://127.0.0.1:2480", TOKEN, err, sizeof err), 0, "%s",
+                 err);
+    cr_assert_eq(c.members[3].id, n2);
+    cr_assert_eq(cluster_remove(&c, c.members[3].id, err, sizeof err), 0);
+    cr_assert_eq(cluster_remove(&c, c.members[2].id, err, sizeof err), 0, "the last entry");
+    cr_assert_eq(c.n, 2);
+    cr_assert_str_eq(c.members[1].name, "n3");
+}
+
+Test(cluster_edit, remove_refusals)
+{
+    struct cluster c = parsed(CLUSTER3);
+    EDIT_REFUSED(&c, cluster_remove(&c, 12345, err, sizeof err), CLUSTER_ENOTFOUND,
+                 "etcdserver: member not found", 1);
+    EDIT_REFUSED(&c, cluster_remove(&c, 0, err, sizeof err), CLUSTER_ENOTFOUND,
+                 "etcdserver: member not found", 1);
+    struct cluster one = parsed("solo=https://h:1");
+    EDIT_REFUSED(&one, cluster_remove(&one, one.members[0].id, err, sizeof err), CLUSTER_ELAST,
+                 "craft: cannot remove the only member", 1);
+}
+
+Test(cluster_edit, update_peer_url)
+{
+    struct cluster c = parsed(CLUSTER3);
+    uint64_t n2 = c.members[1].id;
+    cr_assert_eq(cluster_update_peer_url(&c, n2, "http://[fd00::2]:2480", err, sizeof err), 0,
+                 "%s", err);
+    cr_assert_str_eq(c.members[1].peer_url.host, "fd00::2");
+    cr_assert(!c.members[1].peer_url.tls);
+    cr_assert_eq(c.members[1].id, n2, "id and place kept");
+    cr_assert_str_eq(c.members[1].name, "n2");
+    round_trip(&c);
+    /* Its own address again (say https after http) is not a conflict. */
+    cr_assert_eq(cluster_update_peer_url(&c, n2, "https://[FD00::2]:2480", err, sizeof err), 0,
+                 "%s", err);
+    cr_assert(c.members[1].peer_url.tls);
+    cr_assert_str_eq(c.members[1].peer_url.host, "FD00::2");
+    round_trip(&c);
+}
+
+Test(cluster_edit, update_refusals)
+{
+    struct cluster c = parsed(CLUSTER3);
+    uint64_t n2 = c.members[1].id;
+    EDIT_REFUSED(&c, cluster_update_peer_url(&c, 999, "https://h:1", err, sizeof err),
+                 CLUSTER_ENOTFOUND, "etcdserver: member not found", 1);
+    EDIT_REFUSED(&c, cluster_update_peer_url(&c, n2, "https://127.0.0.1:2580", err, sizeof err),
+                 CLUSTER_EURLEXISTS, "etcdserver: Peer URLs already exists", 1);
+    EDIT_REFUSED(&c, cluster_update_peer_url(&c, n2, "https://h", err, sizeof err),
+                 CLUSTER_EBADURL, "etcdserver: given member URLs are invalid", 1);
+    EDIT_REFUSED(&c, cluster_update_peer_url(&c, n2, NULL, err, sizeof err), CLUSTER_EBADURL,
+                 "etcdserver: given member URLs are invalid", 1);
+    /* A bad URL for an unknown member: the URL is checked first, as etcd parses the request
+     * before it validates the change. */
+    EDIT_REFUSED(&c, cluster_update_peer_url(&c, 999, "nope", err, sizeof err), CLUSTER_EBADURL,
+                 "etcdserver: given member URLs are invalid", 1);
 }
