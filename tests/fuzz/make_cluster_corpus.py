@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus for the member table fuzzer (tests/fuzz/corpus/cluster/).
+
+A second encoder of the format in services/cluster.h ("Encoding, format version 1"), and of the
+member and cluster ids of cluster_member_id() and cluster_parse(), written from the header, so
+cluster_corpus_check also checks the C code against another reading of it. Valid tables and
+tables that each break one rule. Run from the repository root:
+    python3 tests/fuzz/make_cluster_corpus.py
+"""
+import hashlib
+import os
+import struct
+
+
+def member_id(name, token):
+    d = hashlib.sha256(b"craft-member\0" + name.encode() + b"\0" + token.encode()).digest()
+    return int.from_bytes(d[:8], "big") or 1
+
+
+def cluster_id(ids, token):
+    b = b"".join(i.to_bytes(8, "big") for i in sorted(ids))
+    d = hashlib.sha256(b"craft-cluster\0" + b + token.encode()).digest()
+    return int.from_bytes(d[:8], "big") or 1
+
+
+def member(mid, name, url, name_len=None, url_len=None):
+    name, url = name.encode() if isinstance(name, str) else name, url.encode() if isinstance(url, str) else url
+    return (struct.pack("<QB", mid, len(name) if name_len is None else name_len) + name +
+            struct.pack("<H", len(url) if url_len is None else url_len) + url)
+
+
+def table(cid, members, version=1, count=None):
+    return (struct.pack("<BQB", version, cid, len(members) if count is None else count) +
+            b"".join(members))
+
+
+def initial(spec, token):
+    """The table cluster_parse(spec, token) builds, encoded."""
+    pairs = [item.split("=", 1) for item in spec.split(",")]
+    ids = [member_id(n, token) for n, _ in pairs]
+    return table(cluster_id(ids, token), [member(i, n, u) for i, (n, u) in zip(ids, pairs)])
+
+
+def main():
+    out = "tests/fuzz/corpus/cluster"
+    os.makedirs(out, exist_ok=True)
+    three = initial("n1=https://127.0.0.1:2380,n2=https://127.0.0.1:2480,"
+                    "n3=https://127.0.0.1:2580", "tok")
+    a = member(0x0102030405060708, "alpha", "https://10.0.0.1:2380")
+    b = member(0x1112131415161718, "beta", "https://[fd00::2]:2380")
+    cid = 0xA1A2A3A4A5A6A7A8
+    full = []
+    for i in range(64):
+        name = "%063d" % i
+        host = ["a" * 255, "fd00::%x" % i, "10.0.0.%d" % i][i % 3]
+        host = "[%s]" % host if ":" in host else host
+        full.append(member(member_id(name, "tok"), name,
+                           "%s://%s:%d" % ("https" if i % 2 else "http", host, 65535 - i)))
+    seeds = {
+        "one_member": initial("solo=https://127.0.0.1:2380", "tok"),
+        "three_members": three,
+        "ipv6_and_http": table(cid, [a, b, member(3, "c-3.x_y", "http://node.example.com:80")]),
+        "full_table": table(42, full),
+        "version_2": table(cid, [a], version=2),
+        "cluster_id_zero": table(0, [a]),
+        "count_zero": table(cid, []),
+        "count_65": table(cid, [a], count=65),
+        "member_id_zero": table(cid, [a, member(0, "beta", "https://h:1")]),
+        "duplicate_id": table(cid, [a, member(0x0102030405060708, "beta", "https://h:1")]),
+        "duplicate_name": table(cid, [a, member(2, "alpha", "https://h:1")]),
+        "duplicate_address": table(cid, [a, member(2, "beta", "http://10.0.0.1:2380")]),
+        "name_too_long": table(cid, [member(1, "n" * 64, "https://h:1")]),
+        "name_bad_char": table(cid, [member(1, "a/b", "https://h:1")]),
+        "url_too_long": table(cid, [member(1, "a", "https://h:1", url_len=1000)]),
+        "url_with_nul": table(cid, [member(1, "a", b"https://h:1\0")]),
+        "url_not_canonical": table(cid, [member(1, "a", "https://h:1/")]),
+        "url_bad_port": table(cid, [member(1, "a", "https://h:65536")]),
+        "byte_after_end": three + b"\0",
+        "truncated_in_member": three[:40],
+    }
+    for name, data in seeds.items():
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    main()
