@@ -406,6 +406,7 @@ struct raft_status {
     bool voter;               /* this member votes in the configuration in force */
     bool conf_joint;          /* a joint configuration is in force */
     uint64_t conf_index;      /* the entry carrying it (raft_conf_get) */
+    uint64_t conf_gen;        /* bumped whenever the configuration in force changes */
 };
 void raft_status_get(const struct raft *r, struct raft_status *st);
 

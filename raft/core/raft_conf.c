@@ -266,6 +266,7 @@ int raft_conf_adopt(struct raft *r, const struct raft_conf *c, const uint8_t *bl
     free(old.blob);
     uint64_t prev = r->conf_index;
     r->conf_index = index;
+    r->conf_gen++;
     if (prev != index)
         RAFT_TRACE(r, "configuration at %" PRIu64 ": %u voters%s%s, %u learners", index,
                    c->n_voters, c->n_old ? ", joint with old voters: " : "",

@@ -662,6 +662,7 @@ void raft_status_get(const struct raft *r, struct raft_status *st)
     st->voter = raft_is_voter(r, r->id);
     st->conf_joint = r->conf.c.n_old > 0;
     st->conf_index = r->conf_index;
+    st->conf_gen = r->conf_gen;
 }
 
 int raft_progress_get(const struct raft *r, uint64_t peer, struct raft_progress_info *out)

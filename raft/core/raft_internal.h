@@ -59,6 +59,7 @@ struct raft {
      * snap_conf (conf_index 0) when the log after the snapshot holds none (raft_conf.c). */
     struct raft_conf_rec conf;
     uint64_t conf_index;
+    uint64_t conf_gen; /* raft_conf_adopt calls, for callers that watch for changes */
     struct raft_conf_rec snap_conf; /* in force at snap_index */
     uint64_t rng; /* splitmix64 state, seeded from cfg.seed */
 

@@ -91,6 +91,14 @@ struct raft_node_config {
     unsigned max_snapshots;            /* snapshot files kept; default 5 (etcd's --max-snapshots) */
     unsigned max_snapshot_sends;       /* transfers to followers at once; default 2 */
 
+    /* The configuration in force changed (an entry appended or truncated away, a snapshot
+     * installed; once at start): called from the driving thread without the node mutex, before
+     * the ready that carries the change has its messages routed - so a transport can learn a new
+     * member's address (from ctx: the entry's context, craft's member table) before the first
+     * message to it. May be NULL. */
+    void (*on_conf)(void *arg, const struct raft_conf *conf, const uint8_t *ctx, size_t ctx_len);
+    void *on_conf_arg;
+
     /* Observer for logs and tests: called without the node mutex on every role, term or known
      * leader change, from the driver thread. May be NULL. */
     void (*on_role)(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_t leader_id);

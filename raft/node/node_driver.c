@@ -241,8 +241,36 @@ static bool drive_once_locked(struct raft_node *n, enum node_drive_mode mode)
     atomic_store_explicit(&n->term_seen, rd.term, memory_order_relaxed);
     if (n->conf_waiters)
         pthread_cond_broadcast(&n->conf_cv); /* raft_node_change_conf watches commit and role */
+    /* A new configuration: tell the owner (and later start or stop replicators) before this
+     * ready's messages, which may be the first to a new member, are routed. */
+    struct raft_status cst;
+    raft_status_get(n->r, &cst);
+    struct raft_conf conf;
+    uint8_t *cctx = NULL;
+    uint32_t cctx_len = 0;
+    bool conf_changed = cst.conf_gen != n->conf_gen_seen;
+    if (conf_changed) {
+        n->conf_gen_seen = cst.conf_gen;
+        raft_conf_get(n->r, &conf, NULL, NULL);
+        uint32_t blen = 0;
+        const uint8_t *blob = raft_conf_blob_at(n->r, cst.last_index, &blen);
+        const uint8_t *c = NULL;
+        struct raft_conf tmp;
+        if (blob && raft_conf_decode(blob, blen, &tmp, &c, &cctx_len) == 0 && cctx_len) {
+            cctx = malloc(cctx_len);
+            if (cctx)
+                memcpy(cctx, c, cctx_len);
+            else
+                cctx_len = 0;
+        }
+    }
     pthread_mutex_unlock(&n->mu);
 
+    if (conf_changed) {
+        if (n->cfg.on_conf)
+            n->cfg.on_conf(n->cfg.on_conf_arg, &conf, cctx, cctx_len);
+        free(cctx);
+    }
     /* Messages first: none of them waits for this ready's write (see the file comment). */
     node_route_msgs(n, &rd);
     node_read_done_run(&rl);

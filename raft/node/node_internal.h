@@ -171,6 +171,7 @@ struct raft_node {
     uint8_t *boot_conf; /* the newest snapshot's configuration, for raft_new (start-up only) */
     pthread_cond_t conf_cv; /* raft_node_change_conf callers: a ready was taken */
     unsigned conf_waiters;
+    uint64_t conf_gen_seen; /* driver: the core's conf_gen last reported through on_conf */
     uint32_t boot_conf_len;
     unsigned tick_ms;
 
