@@ -157,6 +157,18 @@ struct node_peer {
     struct raft_msg snap_msg;
 };
 
+/* ---- members seen running (node_members.c) ---- */
+
+/* Ids the table can hold: every member a configuration can have, plus former members whose
+ * markers are still in the data directory. A slot, once given an id, keeps it. */
+#define NODE_RAN_SLOTS (4 * RAFT_MAX_NODES)
+
+struct node_ran {
+    _Atomic uint64_t id;    /* 0 = free */
+    _Atomic uint8_t state;  /* RAN_UNKNOWN, RAN_WRITING, RAN_KNOWN (node_members.c) */
+    _Atomic bool member;    /* a peer now (node_members_set_peer): its messages may mark it */
+};
+
 /* A ready whose storage work has been handed to the WAL: it is durable once the WAL's durable
  * index reaches `need` (its hard state, if any, was saved synchronously before this record). */
 struct node_persist {
@@ -238,9 +250,9 @@ struct raft_node {
     int snap_result;           /* of the last snapshot taken for a request */
     unsigned snap_sends;       /* transfers running */
 
-    /* Per peer slot (peer_ids order): whether it has been seen running with durable state
-     * (node_members.c); atomics, so the check needs no lock. */
-    _Atomic uint8_t ran[RAFT_MAX_NODES];
+    /* Members seen running with durable state, by id (node_members.c): atomics, so the check
+     * needs no lock. */
+    struct node_ran ran[NODE_RAN_SLOTS];
 };
 
 /* node_core.c */
@@ -256,6 +268,9 @@ int node_members_load(struct raft_node *n, char *err, size_t errlen);
 /* Any thread, no lock: a message from a peer arrived; the first one proving the peer has durable
  * state creates its marker (a file and a directory sync, once per peer). */
 void node_members_note(struct raft_node *n, const struct raft_msg *m);
+/* node_peer.c: `id` is a peer now, or no longer; only a peer's messages create its marker. An id
+ * the table has no room for is logged and not kept. */
+void node_members_set_peer(struct raft_node *n, uint64_t id, bool member);
 
 /* node_snap.c */
 /* Start-up, before the core exists: open the store, load the newest valid snapshot, restore the

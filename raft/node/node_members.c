@@ -6,8 +6,15 @@
  * entries on disk), and anything a leader sends (it counted its own vote only once durable). The
  * first such message from a peer creates an empty marker file `member-<id>.ran` in the data
  * directory (created, then the directory synced), once per peer for the directory's lifetime. A
- * restart reads the markers back from the file names; nothing else is stored, so there is no
- * file content to parse. */
+ * restart reads the markers back from the file names - of every id, not only the configured
+ * peers: a former member may be added again - and nothing else is stored, so there is no file
+ * content to parse.
+ *
+ * In memory the markers are a fixed table by id (n->ran, NODE_RAN_SLOTS) read and extended
+ * without a lock: a slot is claimed by a compare-and-swap of its id from 0, always the first
+ * free slot, and never given back, so a scan that reaches a free slot has seen every id and two
+ * threads adding the same id meet in the same slot. Only a peer's messages create its marker
+ * (`member`, kept by node_peers_set); any id's marker answers raft_node_has_run. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -23,12 +30,34 @@
 
 enum { RAN_UNKNOWN = 0, RAN_WRITING = 1, RAN_KNOWN = 2 };
 
-static size_t slot_of(const struct raft_node *n, uint64_t id)
+/* The slot of `id`, claiming a free one for it if `add`; NULL if absent (or the table is full). */
+static struct node_ran *ran_slot(struct raft_node *n, uint64_t id, bool add)
 {
-    for (size_t i = 0; i < n->cfg.n_peers; i++)
-        if (n->peer_ids[i] == id)
-            return i;
-    return SIZE_MAX;
+    if (!id)
+        return NULL; /* 0 marks a free slot */
+    for (size_t i = 0; i < NODE_RAN_SLOTS; i++) {
+        struct node_ran *r = &n->ran[i];
+        uint64_t cur = atomic_load(&r->id);
+        if (cur == id)
+            return r;
+        if (cur)
+            continue;
+        if (!add)
+            return NULL;
+        if (atomic_compare_exchange_strong(&r->id, &cur, id) || cur == id)
+            return r;
+    }
+    if (add)
+        node_log(n, "more than %d members seen: whether %016" PRIx64 " has run is not kept",
+                 NODE_RAN_SLOTS, id);
+    return NULL;
+}
+
+void node_members_set_peer(struct raft_node *n, uint64_t id, bool member)
+{
+    struct node_ran *r = ran_slot(n, id, member);
+    if (r)
+        atomic_store(&r->member, member);
 }
 
 /* "member-0123456789abcdef.ran" -> id; false for any other name. */
@@ -57,12 +86,17 @@ int node_members_load(struct raft_node *n, char *err, size_t errlen)
         snprintf(err, errlen, "%s: opendir: %s", n->data_dir, strerror(errno));
         return RAFT_NODE_EIO;
     }
+    /* The configured peers take their slots first, so that former members' markers cannot
+     * crowd them out of the table. */
+    for (size_t i = 0; i < n->cfg.n_peers; i++)
+        if (n->cfg.peers[i] != n->cfg.id)
+            ran_slot(n, n->cfg.peers[i], true);
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         uint64_t id;
-        size_t i;
-        if (parse_name(de->d_name, &id) && (i = slot_of(n, id)) != SIZE_MAX)
-            atomic_store(&n->ran[i], RAN_KNOWN);
+        struct node_ran *r;
+        if (parse_name(de->d_name, &id) && id != n->cfg.id && (r = ran_slot(n, id, true)))
+            atomic_store(&r->state, RAN_KNOWN);
     }
     closedir(d);
     return 0;
@@ -83,11 +117,11 @@ void node_members_note(struct raft_node *n, const struct raft_msg *m)
 {
     if (!proves_durable_state(m))
         return;
-    size_t i = slot_of(n, m->from);
-    if (i == SIZE_MAX || m->from == n->cfg.id)
-        return;
+    struct node_ran *r = m->from != n->cfg.id ? ran_slot(n, m->from, false) : NULL;
+    if (!r || !atomic_load(&r->member))
+        return; /* not a peer (any more) */
     uint8_t expect = RAN_UNKNOWN;
-    if (!atomic_compare_exchange_strong(&n->ran[i], &expect, RAN_WRITING))
+    if (!atomic_compare_exchange_strong(&r->state, &expect, RAN_WRITING))
         return; /* known, or another thread is writing it */
     char name[64], path[4400];
     snprintf(name, sizeof name, RAN_PREFIX "%016" PRIx64 RAN_SUFFIX, m->from);
@@ -103,14 +137,14 @@ void node_members_note(struct raft_node *n, const struct raft_msg *m)
     if (!ok) {
         node_log(n, "cannot record that member %016" PRIx64 " has run (%s: %s); will retry",
                  m->from, path, strerror(errno));
-        atomic_store(&n->ran[i], RAN_UNKNOWN);
+        atomic_store(&r->state, RAN_UNKNOWN);
         return;
     }
-    atomic_store(&n->ran[i], RAN_KNOWN);
+    atomic_store(&r->state, RAN_KNOWN);
 }
 
 bool raft_node_has_run(struct raft_node *n, uint64_t id)
 {
-    size_t i = n ? slot_of(n, id) : SIZE_MAX;
-    return i != SIZE_MAX && atomic_load(&n->ran[i]) == RAN_KNOWN;
+    struct node_ran *r = n && id ? ran_slot(n, id, false) : NULL;
+    return r && atomic_load(&r->state) == RAN_KNOWN;
 }

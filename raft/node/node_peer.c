@@ -233,6 +233,7 @@ int node_peers_start(struct raft_node *n)
         if (pthread_create(&p->thread, NULL, replicator_main, p) != 0)
             return RAFT_NODE_ENOMEM;
         p->started = true;
+        node_members_set_peer(n, p->id, true);
         char name[16];
         snprintf(name, sizeof name, "raft-rep-%" PRIx64, p->id & 0xffff);
         pthread_setname_np(p->thread, name);
