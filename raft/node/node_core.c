@@ -192,7 +192,6 @@ static void node_free(struct raft_node *n)
     raft_free(n->r);
     node_props_free(&n->props);
     node_reads_free(&n->reads);
-    free(n->peers);
     free(n->precs);
     free(n->apply_results);
     free(n->peer_ids);
@@ -203,6 +202,8 @@ static void node_free(struct raft_node *n)
     pthread_cond_destroy(&n->tick_cv);
     pthread_cond_destroy(&n->snap_cv);
     pthread_cond_destroy(&n->conf_cv);
+    pthread_mutex_destroy(&n->peers_mu);
+    pthread_mutex_destroy(&n->peers_set_mu);
     pthread_mutex_destroy(&n->mu);
     free(n);
 }
@@ -327,6 +328,8 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
         return NULL;
     }
     pthread_mutex_init(&n->mu, NULL);
+    pthread_mutex_init(&n->peers_mu, NULL);
+    pthread_mutex_init(&n->peers_set_mu, NULL);
     node_cond_init(&n->driver_cv);
     node_cond_init(&n->apply_cv);
     node_cond_init(&n->tick_cv);

@@ -11,6 +11,9 @@
  *              (except wal_durable_index, a lock-free atomic read), the transport, the state
  *              machine or a user callback.
  *   peer->mu   one per peer: that peer's outbox and its busy flag. Never held together with n->mu.
+ *   peers_mu   the peer table (n->peers), held by the thread routing a ready while it routes
+ *              (it takes peer->mu and n->mu inside it); peers_set_mu, outermost, serializes
+ *              node_peers_set. Neither is ever taken with n->mu or a peer->mu held.
  * The WAL writer's on_durable callback takes n->mu; that cannot deadlock because no thread holding
  * n->mu ever waits for the writer (wal_truncate_suffix, wal_close and friends are called with no
  * node lock held). */
@@ -136,11 +139,15 @@ struct node_read_done_list {
 
 /* ---- peers (node_peer.c) ---- */
 
+struct node_snap_sender;
+
+/* One peer: its outbox and its replicator thread. Heap-allocated; it lives from the
+ * node_peers_set that adds it until the one that removes it (or the node's stop), which joins
+ * its replicator before freeing it. */
 struct node_peer {
     struct raft_node *node;
     uint64_t id;
     pthread_t thread;
-    bool started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop;
@@ -150,11 +157,23 @@ struct node_peer {
     bool busy;        /* a thread is inside send()/try_send() for this peer */
     size_t bytes;     /* payload bytes in box */
     uint64_t dropped; /* messages dropped because the outbox overflowed */
-    /* InstallSnapshot to this peer (node_snap.c; n->mu): one transfer at a time. */
-    bool snap_sending;      /* a sender thread runs (or has ended and awaits its join) */
-    bool snap_joinable;
-    pthread_t snap_thread;
-    struct raft_msg snap_msg;
+    /* InstallSnapshot to this peer (node_snap.c; n->mu): its latest transfer, or NULL. */
+    struct node_snap_sender *snd;
+};
+
+/* One InstallSnapshot transfer's thread (node_snap.c), n->mu for the flags. Its own allocation,
+ * not the peer's, so a transfer still running when its peer is removed goes on without it (an
+ * orphan, no longer paused after a failure) and is joined later instead of holding up the
+ * removal for the length of a transfer. */
+struct node_snap_sender {
+    struct raft_node *n;
+    uint64_t to;
+    struct raft_msg msg;
+    pthread_t thread;
+    bool running;  /* the thread has not finished (cleared under n->mu just before it ends) */
+    bool joinable; /* the thread was created and not joined yet */
+    bool orphan;   /* its peer was removed: in n->snap_orphans */
+    struct node_snap_sender *next; /* n->snap_orphans */
 };
 
 /* ---- members seen running (node_members.c) ---- */
@@ -229,7 +248,13 @@ struct raft_node {
     struct node_props props;
     struct node_reads reads;
 
-    struct node_peer *peers; /* every member but this one */
+    /* The peers: every member of the configuration but this one (node_peers_set). The table
+     * is written with both peers_set_mu and peers_mu held, and read with either: the thread
+     * routing a ready holds peers_mu for the whole of node_route_msgs (one lock per ready,
+     * not per message), so a peer it found stays alive until it is done with it. */
+    pthread_mutex_t peers_set_mu; /* one node_peers_set at a time */
+    pthread_mutex_t peers_mu;
+    struct node_peer *peers[RAFT_MAX_NODES];
     size_t n_peers;
 
     pthread_t driver, applier, ticker;
@@ -249,6 +274,7 @@ struct raft_node {
     uint64_t snap_served;
     int snap_result;           /* of the last snapshot taken for a request */
     unsigned snap_sends;       /* transfers running */
+    struct node_snap_sender *snap_orphans; /* transfers whose peer was removed, to be joined */
 
     /* Members seen running with durable state, by id (node_members.c): atomics, so the check
      * needs no lock. */
@@ -283,6 +309,12 @@ void node_snap_stop(struct raft_node *n);  /* stops it and every sender; closes 
 void node_snap_applied_locked(struct raft_node *n);
 /* No lock: a RAFT_MSG_SNAPSHOT from the core for peer p (routed here instead of the transport). */
 void node_snap_send(struct raft_node *n, struct node_peer *p, const struct raft_msg *m);
+/* n->mu held: p is being removed; its transfer, if any, becomes an orphan: it ends on its own
+ * (a wait for a slot or a pause ends at once, a transfer in progress when the transport
+ * returns) and is joined by a later node_snap_reap_locked, node_snap_send or node_snap_stop. */
+void node_snap_orphan_locked(struct raft_node *n, struct node_peer *p);
+/* n->mu held: joins and frees the orphans that have ended. */
+void node_snap_reap_locked(struct raft_node *n);
 /* Driver thread, no lock: install rd->snapshot (restore the fsm, reset the log). 0 or EIO. */
 int node_snap_install(struct raft_node *n, uint64_t index, uint64_t term);
 
@@ -305,8 +337,23 @@ void node_on_wal_log(void *arg, const char *msg);
 int node_driver_start(struct raft_node *n);
 
 /* node_peer.c */
+/* Start-up: the peers of cfg.peers (node_peers_set). 0 or RAFT_NODE_ENOMEM. */
 int node_peers_start(struct raft_node *n);
+/* Shutdown, once nothing routes any more (the driver and the snapshot senders are joined):
+ * stops and frees every peer, calling close_peer for each. */
 void node_peers_stop(struct raft_node *n);
+/* Makes the peers exactly ids[0..k) (every member of a new configuration; this node's own id
+ * and duplicates are skipped): starts an outbox and a replicator for each new id, and for each
+ * id no longer listed wakes its replicator, joins it, drops its queued messages, calls the
+ * transport's close_peer and frees it; its snapshot transfer, if one runs, goes on as an orphan
+ * (node_snap.c). Messages routed afterwards to an id that is no longer a peer are dropped.
+ * Called by the driving thread after taking a ready whose configuration changed, before routing
+ * its messages, with no node lock held (tests call it from their own thread: it is safe against
+ * routing, try_send, snapshot senders and every other user of the peers); not concurrently with
+ * raft_node_stop. It waits for a removed peer's replicator, which may be inside the transport's
+ * send (bounded by the transport). 0; RAFT_NODE_EINVAL for an id 0 or more than RAFT_MAX_NODES
+ * peers; RAFT_NODE_ENOMEM when a replicator cannot start (the peers are then unchanged). */
+int node_peers_set(struct raft_node *n, const uint64_t *ids, size_t k);
 /* Driver: copy rd's messages into the outboxes (no lock held). */
 void node_route_msgs(struct raft_node *n, const struct raft_ready *rd);
 

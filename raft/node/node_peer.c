@@ -16,7 +16,16 @@
  * full, appends), so on overflow the OLDEST messages are dropped: the newest carry the freshest
  * term and commit index, and Raft tolerates loss - a follower that misses appends rejects the
  * next one (or the leader sees no progress for two heartbeats) and the core re-probes it from its
- * match index (raft_append.c). */
+ * match index (raft_append.c).
+ *
+ * Peers come and go (node_peers_set, once the core reports a new configuration): the table
+ * n->peers holds pointers to heap-allocated peers, replaced under n->peers_mu, which the routing
+ * thread holds for the whole of node_route_msgs - one uncontended lock per ready, none per
+ * message. A removed peer leaves the table first, so nothing routes to it any more; then its
+ * replicator is woken and joined, its outbox dropped, the transport's close_peer called, and it
+ * is freed. Messages the core still addresses to it are dropped like any message to an id
+ * that is not a peer. A snapshot transfer to it in progress carries on as an orphan
+ * (node_snap.c) rather than holding up the removal for the length of a transfer. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,9 +170,13 @@ void node_route_msgs(struct raft_node *n, const struct raft_ready *rd)
 {
     if (!rd->n_msgs)
         return;
+    /* Held while routing, so node_peers_set cannot free a peer under us. Messages to an id that
+     * is not a peer (any more: the core may still address a member just removed) are dropped. */
+    pthread_mutex_lock(&n->peers_mu);
     for (size_t i = 0; i < n->n_peers; i++) {
+        struct node_peer *p = n->peers[i];
         const struct raft_msg *first;
-        size_t cnt = raft_ready_msgs_to(rd, n->peers[i].id, &first);
+        size_t cnt = raft_ready_msgs_to(rd, p->id, &first);
         /* InstallSnapshot goes to its own sender thread (node_snap.c), not the outbox: it
          * carries a whole file. The messages around it keep their order. */
         size_t k = 0;
@@ -171,14 +184,15 @@ void node_route_msgs(struct raft_node *n, const struct raft_ready *rd)
             size_t run = 0;
             while (k + run < cnt && first[k + run].type != RAFT_MSG_SNAPSHOT)
                 run++;
-            size_t sent = run ? try_send_now(n, &n->peers[i], first + k, run) : 0;
+            size_t sent = run ? try_send_now(n, p, first + k, run) : 0;
             if (run > sent)
-                outbox_push(n, &n->peers[i], first + k + sent, run - sent);
+                outbox_push(n, p, first + k + sent, run - sent);
             k += run;
             if (k < cnt)
-                node_snap_send(n, &n->peers[i], &first[k++]);
+                node_snap_send(n, p, &first[k++]);
         }
     }
+    pthread_mutex_unlock(&n->peers_mu);
 }
 
 static void *replicator_main(void *arg)
@@ -217,47 +231,131 @@ static void *replicator_main(void *arg)
     return NULL;
 }
 
+/* A new peer with its replicator running, or NULL. */
+static struct node_peer *peer_new(struct raft_node *n, uint64_t id)
+{
+    struct node_peer *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->node = n;
+    p->id = id;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (pthread_create(&p->thread, NULL, replicator_main, p) != 0) {
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        return NULL;
+    }
+    char name[16];
+    snprintf(name, sizeof name, "raft-rep-%" PRIx64, id & 0xffff);
+    pthread_setname_np(p->thread, name);
+    return p;
+}
+
+/* p is in no table any more, so nothing routes to it: stop its replicator (it may first finish
+ * a send in progress), drop what is queued, tell the transport, free it. */
+static void peer_free(struct raft_node *n, struct node_peer *p, bool close)
+{
+    pthread_mutex_lock(&p->mu);
+    p->stop = true;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    msgs_free(p->box, p->n);
+    free(p->box);
+    if (close && n->cfg.transport->close_peer)
+        n->cfg.transport->close_peer(n->cfg.transport->ctx, p->id);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+static struct node_peer *peer_find(struct node_peer *const *v, size_t cnt, uint64_t id)
+{
+    for (size_t i = 0; i < cnt; i++)
+        if (v[i]->id == id)
+            return v[i];
+    return NULL;
+}
+
+int node_peers_set(struct raft_node *n, const uint64_t *ids, size_t k)
+{
+    if (!ids && k)
+        return RAFT_NODE_EINVAL;
+    struct node_peer *next[RAFT_MAX_NODES], *added[RAFT_MAX_NODES], *gone[RAFT_MAX_NODES];
+    size_t nn = 0, na = 0, ng = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (!ids[i])
+            return RAFT_NODE_EINVAL;
+        bool dup = ids[i] == n->cfg.id;
+        for (size_t j = 0; j < i && !dup; j++)
+            dup = ids[j] == ids[i];
+        if (!dup && ++nn > RAFT_MAX_NODES)
+            return RAFT_NODE_EINVAL;
+    }
+    nn = 0;
+
+    pthread_mutex_lock(&n->peers_set_mu);
+    /* Only node_peers_set writes the table and it holds peers_set_mu: reading it here needs no
+     * peers_mu. The new peers start before the table changes, so a failure changes nothing. */
+    for (size_t i = 0; i < k; i++) {
+        if (ids[i] == n->cfg.id || peer_find(next, nn, ids[i]))
+            continue;
+        struct node_peer *p = peer_find(n->peers, n->n_peers, ids[i]);
+        if (!p) {
+            p = peer_new(n, ids[i]);
+            if (!p) {
+                while (na)
+                    peer_free(n, added[--na], false);
+                pthread_mutex_unlock(&n->peers_set_mu);
+                return RAFT_NODE_ENOMEM;
+            }
+            added[na++] = p;
+        }
+        next[nn++] = p;
+    }
+    for (size_t i = 0; i < n->n_peers; i++)
+        if (!peer_find(next, nn, n->peers[i]->id))
+            gone[ng++] = n->peers[i];
+    for (size_t i = 0; i < na; i++)
+        node_members_set_peer(n, added[i]->id, true);
+
+    pthread_mutex_lock(&n->peers_mu); /* waits for a routing in progress to finish */
+    memcpy(n->peers, next, nn * sizeof(*next));
+    n->n_peers = nn;
+    pthread_mutex_unlock(&n->peers_mu);
+
+    /* No thread can reach the removed peers through the table now. A snapshot sender holds no
+     * pointer to its peer, only its own state, which the orphan list keeps. */
+    pthread_mutex_lock(&n->mu);
+    for (size_t i = 0; i < ng; i++)
+        node_snap_orphan_locked(n, gone[i]);
+    node_snap_reap_locked(n);
+    pthread_mutex_unlock(&n->mu);
+    for (size_t i = 0; i < ng; i++) {
+        node_members_set_peer(n, gone[i]->id, false);
+        peer_free(n, gone[i], true);
+    }
+    pthread_mutex_unlock(&n->peers_set_mu);
+    return 0;
+}
+
 int node_peers_start(struct raft_node *n)
 {
-    n->peers = calloc(n->cfg.n_peers, sizeof(*n->peers));
-    if (!n->peers)
-        return RAFT_NODE_ENOMEM;
-    for (size_t i = 0; i < n->cfg.n_peers; i++) {
-        if (n->cfg.peers[i] == n->cfg.id)
-            continue;
-        struct node_peer *p = &n->peers[n->n_peers++];
-        p->node = n;
-        p->id = n->cfg.peers[i];
-        pthread_mutex_init(&p->mu, NULL);
-        pthread_cond_init(&p->cv, NULL);
-        if (pthread_create(&p->thread, NULL, replicator_main, p) != 0)
-            return RAFT_NODE_ENOMEM;
-        p->started = true;
-        node_members_set_peer(n, p->id, true);
-        char name[16];
-        snprintf(name, sizeof name, "raft-rep-%" PRIx64, p->id & 0xffff);
-        pthread_setname_np(p->thread, name);
-    }
-    return 0;
+    return node_peers_set(n, n->cfg.peers, n->cfg.n_peers);
 }
 
 void node_peers_stop(struct raft_node *n)
 {
-    for (size_t i = 0; i < n->n_peers; i++) {
-        struct node_peer *p = &n->peers[i];
-        if (p->started) {
-            pthread_mutex_lock(&p->mu);
-            p->stop = true;
-            pthread_cond_signal(&p->cv);
-            pthread_mutex_unlock(&p->mu);
-            pthread_join(p->thread, NULL);
-            if (n->cfg.transport->close_peer)
-                n->cfg.transport->close_peer(n->cfg.transport->ctx, p->id);
-        }
-        msgs_free(p->box, p->n);
-        free(p->box);
-        pthread_cond_destroy(&p->cv);
-        pthread_mutex_destroy(&p->mu);
-    }
+    pthread_mutex_lock(&n->peers_set_mu);
+    pthread_mutex_lock(&n->peers_mu);
+    size_t cnt = n->n_peers;
+    struct node_peer *v[RAFT_MAX_NODES];
+    memcpy(v, n->peers, cnt * sizeof(*v));
     n->n_peers = 0;
+    pthread_mutex_unlock(&n->peers_mu);
+    for (size_t i = 0; i < cnt; i++)
+        peer_free(n, v[i], true);
+    pthread_mutex_unlock(&n->peers_set_mu);
 }

@@ -297,36 +297,37 @@ int raft_node_snapshot_now(struct raft_node *n, uint64_t *index)
 
 static void *sender_main(void *arg)
 {
-    struct node_peer *p = arg;
-    struct raft_node *n = p->node;
+    struct node_snap_sender *s = arg;
+    struct raft_node *n = s->n;
     const struct raft_transport *t = n->cfg.transport;
     pthread_mutex_lock(&n->mu);
-    while (!n->stopping && n->snap_sends >= n->cfg.max_snapshot_sends)
+    while (!n->stopping && !s->orphan && n->snap_sends >= n->cfg.max_snapshot_sends)
         pthread_cond_wait(&n->snap_cv, &n->mu);
     int rc = RAFT_NODE_ESHUTDOWN;
-    if (!n->stopping) {
+    if (!n->stopping && !s->orphan) {
         n->snap_sends++;
         pthread_mutex_unlock(&n->mu);
         struct snap_file *f;
-        rc = snap_open(n->snaps, p->snap_msg.snapshot_index, p->snap_msg.snapshot_term, &f);
+        rc = snap_open(n->snaps, s->msg.snapshot_index, s->msg.snapshot_term, &f);
         if (rc == 0) {
             /* The configuration travels with the message, from the file's metadata: the same
              * bytes the core named (the file was written with raft_conf_blob_at). */
-            struct raft_msg m = p->snap_msg;
+            struct raft_msg m = s->msg;
             m.conf = (uint8_t *)snap_file_config(f);
             m.conf_len = snap_file_header(f)->config_len;
-            rc = t->send_snapshot(t->ctx, p->id, &m, f);
+            rc = t->send_snapshot(t->ctx, s->to, &m, f);
             snap_file_close(f);
         } else {
-            node_log(n, "snapshot for %016" PRIx64 ": %s", p->id, snap_errmsg());
+            node_log(n, "snapshot for %016" PRIx64 ": %s", s->to, snap_errmsg());
         }
         pthread_mutex_lock(&n->mu);
         n->snap_sends--;
         pthread_cond_broadcast(&n->snap_cv);
     }
-    if (rc && !n->stopping) {
+    if (rc && !n->stopping && !s->orphan) {
         /* Pause before the core sends it again, so a follower that cannot take it (down,
-         * refusing, out of disk) is not sent the snapshot in a tight loop. */
+         * refusing, out of disk) is not sent the snapshot in a tight loop. A removal ends it:
+         * no snapshot goes to a former peer anyway. */
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_sec += n->cfg.election_ms / 1000;
@@ -335,41 +336,87 @@ static void *sender_main(void *arg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
         }
-        while (!n->stopping && pthread_cond_timedwait(&n->snap_cv, &n->mu, &ts) != ETIMEDOUT)
+        while (!n->stopping && !s->orphan &&
+               pthread_cond_timedwait(&n->snap_cv, &n->mu, &ts) != ETIMEDOUT)
             ;
     }
     /* Done before the report: the core may answer it with the next snapshot for this peer at
      * once, which the driver thread then routes here (it joins this thread, never this thread
-     * itself, hence no inline drive from here). */
-    p->snap_sending = false;
-    p->snap_joinable = true;
+     * itself, hence no inline drive from here). An orphan reports too: a core that no longer
+     * has the peer ignores it (RAFT_EUNKNOWN), one that has it again needs it to send the next
+     * snapshot (node_snap_send holds a new transfer back while this one runs). */
+    s->running = false;
     if (!n->stopping && !n->fatal) {
-        raft_report_snapshot(n->r, p->id, rc == 0);
+        raft_report_snapshot(n->r, s->to, rc == 0);
         pthread_cond_signal(&n->driver_cv);
     }
     pthread_mutex_unlock(&n->mu);
     return NULL;
 }
 
+/* Joins and frees the orphans that have ended (their threads hold no lock any more: `running`
+ * is cleared last, under n->mu). */
+void node_snap_reap_locked(struct raft_node *n)
+{
+    struct node_snap_sender **pp = &n->snap_orphans;
+    while (*pp) {
+        struct node_snap_sender *s = *pp;
+        if (s->running) {
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        if (s->joinable)
+            pthread_join(s->thread, NULL);
+        free(s);
+    }
+}
+
+void node_snap_orphan_locked(struct raft_node *n, struct node_peer *p)
+{
+    struct node_snap_sender *s = p->snd;
+    p->snd = NULL;
+    if (s) {
+        s->orphan = true;
+        s->next = n->snap_orphans;
+        n->snap_orphans = s;
+        pthread_cond_broadcast(&n->snap_cv); /* out of a wait for a slot or a pause */
+    }
+}
+
 void node_snap_send(struct raft_node *n, struct node_peer *p, const struct raft_msg *m)
 {
     pthread_mutex_lock(&n->mu);
-    if (!n->snaps || p->snap_sending || n->stopping) {
+    node_snap_reap_locked(n);
+    bool busy = p->snd && p->snd->running;
+    for (struct node_snap_sender *o = n->snap_orphans; o && !busy; o = o->next)
+        busy = o->to == p->id; /* a transfer from before a removal and a re-add still runs */
+    if (!n->snaps || busy || n->stopping) {
         /* One transfer per follower: the core sends the message again after this one's
          * outcome is reported. */
         pthread_mutex_unlock(&n->mu);
         return;
     }
-    if (p->snap_joinable) {
-        pthread_join(p->snap_thread, NULL); /* it has ended: it cleared snap_sending */
-        p->snap_joinable = false;
+    struct node_snap_sender *s = p->snd;
+    if (!s) {
+        s = calloc(1, sizeof(*s));
+        if (!s) {
+            pthread_mutex_unlock(&n->mu);
+            return;
+        }
+        s->n = n;
+        s->to = p->id;
+        p->snd = s;
+    } else if (s->joinable) {
+        pthread_join(s->thread, NULL); /* it has ended: it cleared `running` */
+        s->joinable = false;
     }
-    p->snap_msg = *m;
-    p->snap_msg.entries = NULL;
-    p->snap_msg.n_entries = 0;
-    p->snap_msg.conf = NULL; /* the core's copy dies with the ready; the file has it */
-    p->snap_msg.conf_len = 0;
-    p->snap_sending = pthread_create(&p->snap_thread, NULL, sender_main, p) == 0;
+    s->msg = *m;
+    s->msg.entries = NULL;
+    s->msg.n_entries = 0;
+    s->msg.conf = NULL; /* the core's copy dies with the ready; the file has it */
+    s->msg.conf_len = 0;
+    s->running = s->joinable = pthread_create(&s->thread, NULL, sender_main, s) == 0;
     pthread_mutex_unlock(&n->mu);
 }
 
@@ -465,14 +512,29 @@ void node_snap_stop(struct raft_node *n)
     if (n->snap_thread_started)
         pthread_join(n->snap_thread, NULL);
     n->snap_thread_started = false;
+    /* Every sender, the peers' and the orphans': `stopping` ends their waits; a transfer in
+     * progress ends when the transport returns. Nothing starts new ones (the driver is gone,
+     * node_peers_set is not called concurrently with the stop). */
+    pthread_mutex_lock(&n->peers_mu);
+    pthread_mutex_lock(&n->mu);
+    struct node_snap_sender *all = n->snap_orphans;
+    n->snap_orphans = NULL;
     for (size_t i = 0; i < n->n_peers; i++) {
-        struct node_peer *p = &n->peers[i];
-        pthread_mutex_lock(&n->mu);
-        bool join = p->snap_sending || p->snap_joinable;
-        pthread_mutex_unlock(&n->mu);
-        if (join)
-            pthread_join(p->snap_thread, NULL);
-        p->snap_sending = p->snap_joinable = false;
+        struct node_snap_sender *s = n->peers[i]->snd;
+        n->peers[i]->snd = NULL;
+        if (s) {
+            s->next = all;
+            all = s;
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    pthread_mutex_unlock(&n->peers_mu);
+    while (all) {
+        struct node_snap_sender *s = all;
+        all = s->next;
+        if (s->joinable)
+            pthread_join(s->thread, NULL);
+        free(s);
     }
     snap_store_close(n->snaps);
     n->snaps = NULL;

@@ -16,7 +16,9 @@
  *   driver, a transport thread delivering a message, the WAL writer) when nothing is queued for
  *   that peer, to save the hand-off to the replicator thread on the commit path.
  * - Received messages are handed to the node with raft_node_step() from any transport thread.
- * - close_peer(), if set, is called when the replicator for `to` stops (shutdown, removal).
+ * - close_peer(), if set, is called when the replicator for `to` stops (shutdown, removal),
+ *   once per replicator; after a removal, send() and try_send() are no longer called for `to`
+ *   (until it is added again), but a send_snapshot() to it already under way may still run.
  * - send_snapshot(), needed with snapshots, carries one snapshot file to one peer (below).
  */
 #ifndef CRAFT_RAFT_TRANSPORT_H
