@@ -22,6 +22,15 @@ struct batch {
     struct raft_msg *m; /* deep copies; entries of each in one allocation */
 };
 
+/* What one endpoint sent to one id (net->mu). */
+struct link {
+    uint64_t to;
+    uint64_t msgs;   /* messages queued for delivery to `to` */
+    unsigned closes; /* close_peer(to) calls */
+};
+
+#define MEMNET_LINKS (2 * MEMNET_MAX)
+
 struct endpoint {
     struct memnet *net;
     uint64_t id;
@@ -36,6 +45,8 @@ struct endpoint {
     pthread_cond_t space; /* senders: room in the queue */
     pthread_cond_t idle;  /* detach: no step running */
     pthread_t thread;
+    struct link links[MEMNET_LINKS];
+    size_t n_links;
 };
 
 struct memnet {
@@ -44,6 +55,9 @@ struct memnet {
     size_t n_ep;
     unsigned drop_permille;
     unsigned snap_cuts; /* the next snap_cuts transfers break after their first chunk */
+    bool snap_hold;     /* transfers wait after their first chunk until released */
+    unsigned snap_held; /* transfers waiting there */
+    pthread_cond_t snap_cv; /* snap_hold cleared, snap_held changed */
     uint64_t rng;
     struct memnet_stats st;
 };
@@ -71,6 +85,19 @@ static struct endpoint *find(struct memnet *net, uint64_t id)
         if (net->ep[i]->id == id)
             return net->ep[i];
     return NULL;
+}
+
+/* net->mu held: from's counters for `to`, or NULL when MEMNET_LINKS ids are taken. */
+static struct link *link_of(struct endpoint *from, uint64_t to)
+{
+    for (size_t i = 0; i < from->n_links; i++)
+        if (from->links[i].to == to)
+            return &from->links[i];
+    if (from->n_links == MEMNET_LINKS)
+        return NULL;
+    struct link *l = &from->links[from->n_links++];
+    l->to = to;
+    return l;
 }
 
 static void drop_queue(struct endpoint *ep)
@@ -230,6 +257,9 @@ static int ep_send_mode(void *ctx, uint64_t to, const struct raft_msg *msgs, siz
         }
     }
     if (rc == 0 && b->n) {
+        struct link *l = link_of(from, to);
+        if (l)
+            l->msgs += b->n;
         if (dst->tail)
             dst->tail->next = b;
         else
@@ -288,6 +318,15 @@ static int ep_send_snapshot(void *ctx, uint64_t to, const struct raft_msg *m, st
             if (got < 0)
                 break;
             off += len;
+            pthread_mutex_lock(&net->mu);
+            if (net->snap_hold && off < total) {
+                net->snap_held++;
+                pthread_cond_broadcast(&net->snap_cv);
+                while (net->snap_hold && dst->node)
+                    pthread_cond_wait(&net->snap_cv, &net->mu);
+                net->snap_held--;
+            }
+            pthread_mutex_unlock(&net->mu);
             if (cut && off < total)
                 break; /* the connection broke: the receiver keeps what it has */
         }
@@ -302,6 +341,16 @@ static int ep_send_snapshot(void *ctx, uint64_t to, const struct raft_msg *m, st
     pthread_cond_broadcast(&dst->idle);
     pthread_mutex_unlock(&net->mu);
     return rc;
+}
+
+static void ep_close_peer(void *ctx, uint64_t to)
+{
+    struct endpoint *from = ctx;
+    pthread_mutex_lock(&from->net->mu);
+    struct link *l = link_of(from, to);
+    if (l)
+        l->closes++;
+    pthread_mutex_unlock(&from->net->mu);
 }
 
 static int ep_send(void *ctx, uint64_t to, const struct raft_msg *msgs, size_t n)
@@ -325,6 +374,7 @@ struct memnet *memnet_new(void)
     if (!net)
         return NULL;
     pthread_mutex_init(&net->mu, NULL);
+    pthread_cond_init(&net->snap_cv, NULL);
     net->rng = 42;
     return net;
 }
@@ -341,7 +391,7 @@ struct raft_transport *memnet_transport(struct memnet *net, uint64_t id)
             ep->tr.ctx = ep;
             ep->tr.send = ep_send;
             ep->tr.try_send = ep_try_send;
-            ep->tr.close_peer = NULL;
+            ep->tr.close_peer = ep_close_peer;
             ep->tr.send_snapshot = ep_send_snapshot;
             pthread_cond_init(&ep->cv, NULL);
             cond_init_mono(&ep->space);
@@ -375,6 +425,7 @@ void memnet_detach(struct memnet *net, uint64_t id)
     if (ep) {
         ep->node = NULL;
         drop_queue(ep);
+        pthread_cond_broadcast(&net->snap_cv); /* a held transfer into it gives up */
         while (ep->in_step || ep->snap_users)
             pthread_cond_wait(&ep->idle, &net->mu);
     }
@@ -418,6 +469,55 @@ void memnet_cut_snapshots(struct memnet *net, unsigned n)
     pthread_mutex_unlock(&net->mu);
 }
 
+void memnet_hold_snapshots(struct memnet *net, bool on)
+{
+    pthread_mutex_lock(&net->mu);
+    net->snap_hold = on;
+    pthread_cond_broadcast(&net->snap_cv);
+    pthread_mutex_unlock(&net->mu);
+}
+
+bool memnet_wait_snapshots_held(struct memnet *net, unsigned n, int timeout_ms)
+{
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    dl.tv_sec += dl.tv_nsec / 1000000000L;
+    dl.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&net->mu);
+    while (net->snap_held < n && pthread_cond_timedwait(&net->snap_cv, &net->mu, &dl) != ETIMEDOUT)
+        ;
+    bool ok = net->snap_held >= n;
+    pthread_mutex_unlock(&net->mu);
+    return ok;
+}
+
+static void link_get(struct memnet *net, uint64_t from, uint64_t to, struct link *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&net->mu);
+    struct endpoint *ep = find(net, from);
+    for (size_t i = 0; ep && i < ep->n_links; i++)
+        if (ep->links[i].to == to)
+            *out = ep->links[i];
+    pthread_mutex_unlock(&net->mu);
+}
+
+uint64_t memnet_link_msgs(struct memnet *net, uint64_t from, uint64_t to)
+{
+    struct link l;
+    link_get(net, from, to, &l);
+    return l.msgs;
+}
+
+unsigned memnet_closes(struct memnet *net, uint64_t from, uint64_t to)
+{
+    struct link l;
+    link_get(net, from, to, &l);
+    return l.closes;
+}
+
 void memnet_stats(struct memnet *net, struct memnet_stats *out)
 {
     pthread_mutex_lock(&net->mu);
@@ -442,6 +542,7 @@ void memnet_free(struct memnet *net)
         pthread_cond_destroy(&ep->idle);
         free(ep);
     }
+    pthread_cond_destroy(&net->snap_cv);
     pthread_mutex_destroy(&net->mu);
     free(net);
 }

@@ -6,7 +6,9 @@
  * stall (a member's inbound link stops delivering: senders' messages queue up to a bound, then
  * send() blocks for a bounded time and fails - a slow follower), and random drops. Snapshots
  * (send_snapshot) go chunk by chunk into the receiver's snapshot store; transfers can be made to
- * break midway (memnet_cut_snapshots). */
+ * break midway (memnet_cut_snapshots) or wait midway until released (memnet_hold_snapshots).
+ * Each endpoint counts, per destination id, the messages it queued there and its close_peer
+ * calls. */
 #ifndef CRAFT_TESTS_NODE_MEMNET_H
 #define CRAFT_TESTS_NODE_MEMNET_H
 
@@ -36,6 +38,16 @@ void memnet_set_drop(struct memnet *net, unsigned permille);
 
 /* The next n snapshot transfers break after their first chunk (the receiver keeps it). */
 void memnet_cut_snapshots(struct memnet *net, unsigned n);
+
+/* While on, every snapshot transfer waits after its first chunk until it is turned off. */
+void memnet_hold_snapshots(struct memnet *net, bool on);
+/* Wait (bounded) until n transfers wait at the hold. */
+bool memnet_wait_snapshots_held(struct memnet *net, unsigned n, int timeout_ms);
+
+/* Messages `from` queued for delivery to `to` (accepted by send or try_send). */
+uint64_t memnet_link_msgs(struct memnet *net, uint64_t from, uint64_t to);
+/* close_peer(to) calls made on `from`'s transport. */
+unsigned memnet_closes(struct memnet *net, uint64_t from, uint64_t to);
 
 struct memnet_stats {
     uint64_t sent, delivered, dropped, send_calls, send_failed;
