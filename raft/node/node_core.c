@@ -272,14 +272,9 @@ static bool config_ok(const struct raft_node_config *c, char *err, size_t errlen
         snprintf(err, errlen, "bad node configuration: %s", why);
         return false;
     }
-    bool self = false;
-    for (size_t i = 0; i < c->n_peers; i++)
-        self |= c->peers[i] == c->id;
-    if (!self) {
-        snprintf(err, errlen, "bad node configuration: id %" PRIu64 " is not among the peers",
-                 c->id);
-        return false;
-    }
+    /* This member need not be among the peers: one that joins an existing cluster starts
+     * outside the configuration (it never campaigns) until the leader's log or snapshot brings
+     * the configuration that adds it; one that was removed restarts as a non-voter. */
     return true;
 }
 

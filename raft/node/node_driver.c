@@ -249,9 +249,15 @@ static bool drive_once_locked(struct raft_node *n, enum node_drive_mode mode)
     uint8_t *cctx = NULL;
     uint32_t cctx_len = 0;
     bool conf_changed = cst.conf_gen != n->conf_gen_seen;
+    /* The leader may be outside our configuration: a leader that removed itself keeps leading
+     * until C_new commits, which needs our acknowledgements - so it stays a peer while it leads. */
+    bool peers_changed = conf_changed || rd.leader_id != n->peer_leader;
+    if (peers_changed) {
+        n->peer_leader = rd.leader_id;
+        raft_conf_get(n->r, &conf, NULL, NULL);
+    }
     if (conf_changed) {
         n->conf_gen_seen = cst.conf_gen;
-        raft_conf_get(n->r, &conf, NULL, NULL);
         uint32_t blen = 0;
         const uint8_t *blob = raft_conf_blob_at(n->r, cst.last_index, &blen);
         const uint8_t *c = NULL;
@@ -266,10 +272,34 @@ static bool drive_once_locked(struct raft_node *n, enum node_drive_mode mode)
     }
     pthread_mutex_unlock(&n->mu);
 
-    if (conf_changed) {
-        if (n->cfg.on_conf)
-            n->cfg.on_conf(n->cfg.on_conf_arg, &conf, cctx, cctx_len);
-        free(cctx);
+    if (conf_changed && n->cfg.on_conf)
+        n->cfg.on_conf(n->cfg.on_conf_arg, &conf, cctx, cctx_len);
+    free(cctx);
+    if (peers_changed) {
+        /* Replicators follow the configuration in force: one per member (voter, old voter or
+         * learner) but this one, and the leader. A joint configuration keeps C_old's members
+         * until C_new. */
+        uint64_t ids[3 * RAFT_MAX_NODES + 1];
+        size_t k = 0;
+        if (rd.leader_id)
+            ids[k++] = rd.leader_id;
+        for (uint32_t i = 0; i < conf.n_voters; i++)
+            ids[k++] = conf.voters[i];
+        for (uint32_t i = 0; i < conf.n_old; i++)
+            ids[k++] = conf.old[i];
+        for (uint32_t i = 0; i < conf.n_learners; i++)
+            ids[k++] = conf.learners[i];
+        size_t u = 0;
+        for (size_t i = 0; i < k; i++) { /* unique (the sets overlap while joint) */
+            bool dup = false;
+            for (size_t j = 0; j < u && !dup; j++)
+                dup = ids[j] == ids[i];
+            if (!dup)
+                ids[u++] = ids[i];
+        }
+        int prc = node_peers_set(n, ids, u);
+        if (prc)
+            node_log(n, "configuration change: peers not updated: %s", raft_node_strerror(prc));
     }
     /* Messages first: none of them waits for this ready's write (see the file comment). */
     node_route_msgs(n, &rd);

@@ -203,6 +203,7 @@ struct raft_node {
     pthread_cond_t conf_cv; /* raft_node_change_conf callers: a ready was taken */
     unsigned conf_waiters;
     uint64_t conf_gen_seen; /* driver: the core's conf_gen last reported through on_conf */
+    uint64_t peer_leader;   /* driver: the leader the peer set was last built with */
     uint32_t boot_conf_len;
     unsigned tick_ms;
 
