@@ -1,4 +1,5 @@
-/* cluster.h: the static description of a craft cluster, as etcd's flags give it.
+/* cluster.h: a craft cluster's members, as etcd's flags give them and membership changes edit
+ * them.
  *
  * What it promises:
  * - cluster_parse() turns etcd's `--initial-cluster` syntax (`name=https://host:port,...`) into a

@@ -23,8 +23,12 @@ def cluster_id(ids, token):
     return int.from_bytes(d[:8], "big") or 1
 
 
+def raw(s):
+    return s.encode() if isinstance(s, str) else s
+
+
 def member(mid, name, url, name_len=None, url_len=None):
-    name, url = name.encode() if isinstance(name, str) else name, url.encode() if isinstance(url, str) else url
+    name, url = raw(name), raw(url)
     return (struct.pack("<QB", mid, len(name) if name_len is None else name_len) + name +
             struct.pack("<H", len(url) if url_len is None else url_len) + url)
 

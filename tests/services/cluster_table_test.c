@@ -168,12 +168,12 @@ Test(cluster_codec, layout_is_as_documented)
     c.n = 2;
     c.members[0].id = M1;
     strcpy(c.members[0].name, "alpha");
-    cr_assert_eq(cluster_parse_url("https://10.0.0.1:2380/", &c.members[0].peer_url, err, sizeof err),
-                 0);
+    cr_assert_eq(
+        cluster_parse_url("https://10.0.0.1:2380/", &c.members[0].peer_url, err, sizeof err), 0);
     c.members[1].id = M2;
     strcpy(c.members[1].name, "beta");
-    cr_assert_eq(cluster_parse_url("https://[fd00::2]:2380", &c.members[1].peer_url, err, sizeof err),
-                 0);
+    cr_assert_eq(
+        cluster_parse_url("https://[fd00::2]:2380", &c.members[1].peer_url, err, sizeof err), 0);
     uint8_t *b;
     size_t len;
     cr_assert_eq(cluster_encode(&c, &b, &len), 0);
@@ -349,7 +349,8 @@ Test(cluster_codec, decode_refuses_every_malformation)
         {3, S("gamma"), -1, S("https://h:1\0"), -1, "peer URL contains a NUL byte"},
         {3, S("gamma"), -1, S("ftp://h:1"), -1, "must start with https:// or http://"},
         {3, S("gamma"), -1, S("https://h:0"), -1, "port must be 1..65535"},
-        {3, S("gamma"), -1, S("https://h:1/"), -1, "'https://h:1/' is not canonical ('https://h:1')"},
+        {3, S("gamma"), -1, S("https://h:1/"), -1,
+         "'https://h:1/' is not canonical ('https://h:1')"},
         {3, S("gamma"), -1, S("https://h:01"), -1, "not canonical"},
         {3, S("gamma"), -1, S("https://h\x01:1"), -1, "URL 'https://h?:1': bad host"},
         {3, S("gamma"), -1, S("https://10.0.0.1:2380"), -1, "have the same peer address"},
@@ -391,7 +392,8 @@ Test(cluster_edit, strings_are_etcds)
     cr_assert_str_eq(cluster_strerror(CLUSTER_ENOTFOUND), "etcdserver: member not found");
     cr_assert_str_eq(cluster_strerror(CLUSTER_EEXIST), "etcdserver: member ID already exist");
     cr_assert_str_eq(cluster_strerror(CLUSTER_EURLEXISTS), "etcdserver: Peer URLs already exists");
-    cr_assert_str_eq(cluster_strerror(CLUSTER_EBADURL), "etcdserver: given member URLs are invalid");
+    cr_assert_str_eq(cluster_strerror(CLUSTER_EBADURL),
+                     "etcdserver: given member URLs are invalid");
 }
 
 Test(cluster_edit, add_appends_a_derived_member)
