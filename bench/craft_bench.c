@@ -16,7 +16,9 @@
  *   operation type whatever the run length), and failed calls counted by gRPC status code with
  *   the first message of each, and the client's own CPU time (user + system of this process
  *   over the run) per call: on a machine where client and servers share the cores, that is
- *   the part of the machine the client took. --json prints one JSON object instead.
+ *   the part of the machine the client took; and the longest time between two successful
+ *   completions (the unavailability a leader change or a membership change causes under load).
+ *   --json prints one JSON object instead.
  *   Latency is from just before the call starts to its completion callback; ops/s is
  *   successful calls divided by the time from the start to the last completion. Connections
  *   are established (one blocking call each) before the clock starts.
@@ -432,6 +434,8 @@ struct bench {
     atomic_llong issued;
     struct hist hist[N_OPS];
     _Atomic uint64_t errs[N_CODES + 1];
+    _Atomic int64_t last_ok_ns; /* time of the newest successful completion (0: none yet) */
+    _Atomic int64_t max_gap_ns; /* longest time between two successful completions */
     pthread_mutex_t err_mu;
     char err_msg[N_CODES + 1][256]; /* first message per code */
 };
@@ -488,9 +492,16 @@ static void on_done(struct rpc_result *res, void *arg)
     struct bench *b = c->b;
     int64_t t = now_ns();
     if (atomic_load_explicit(&b->record, memory_order_relaxed)) {
-        if (res->status == GRPC_STATUS_OK)
+        if (res->status == GRPC_STATUS_OK) {
             hist_record(&b->hist[s->op], (uint64_t)(t - s->t0));
-        else
+            int64_t prev = atomic_exchange_explicit(&b->last_ok_ns, t, memory_order_relaxed);
+            int64_t gap = prev && t > prev ? t - prev : 0;
+            int64_t max = atomic_load_explicit(&b->max_gap_ns, memory_order_relaxed);
+            while (gap > max && !atomic_compare_exchange_weak_explicit(
+                                    &b->max_gap_ns, &max, gap, memory_order_relaxed,
+                                    memory_order_relaxed))
+                ;
+        } else
             note_error(b, (int)res->status, res->message);
     }
     pthread_mutex_lock(&c->mu);
@@ -771,7 +782,8 @@ static void report(struct bench *b, double secs, double cpu_us)
         printf(",\"key_size\":%lld,\"val_size\":%lld,\"key_space\":%lld,\"seconds\":%.3f,",
                o->key_size, o->val_size, o->key_space, secs);
         print_row_json("total", &all, secs);
-        printf(",\"client_cpu_us_per_call\":%.1f,\"by_op\":{", cpu_per_call);
+        printf(",\"client_cpu_us_per_call\":%.1f,\"max_gap_ms\":%.1f,\"by_op\":{", cpu_per_call,
+               (double)atomic_load(&b->max_gap_ns) / 1e6);
         bool first = true;
         for (int i = 0; i < N_OPS; i++) {
             if (!o->weight[i])
@@ -814,6 +826,8 @@ static void report(struct bench *b, double secs, double cpu_us)
             print_row("total", &all, secs);
         printf("client CPU: %.1f us per call (user + system of craft-bench, %.2f s)\n",
                cpu_per_call, cpu_us / 1e6);
+        printf("longest gap between successful calls: %.1f ms\n",
+               (double)atomic_load(&b->max_gap_ns) / 1e6);
         if (!nerr) {
             printf("errors: none\n");
         } else {

@@ -45,6 +45,8 @@ assert all(v["ops"] > 0 and v["p50_ms"] > 0 and v["max_ms"] >= v["p99_ms"] >= v[
            for v in j["by_op"].values()), j["by_op"]
 # a gRPC call costs the client microseconds of CPU, not nothing and not seconds
 assert 0 < j["client_cpu_us_per_call"] < 1e5, j["client_cpu_us_per_call"]
+# the longest pause between successes is at most the run and at least one call's latency
+assert 0 < j["max_gap_ms"] <= j["seconds"] * 1000, j["max_gap_ms"]
 PY
 then echo "ok: mixed --total 400 over 3 connections, all four operations, JSON consistent"
 else fail "mixed run: exit $rc, output: $out"; fi
