@@ -142,9 +142,10 @@ void cluster_url_target(const struct cluster_url *u, char *buf, size_t len)
 
 void cluster_url_string(const struct cluster_url *u, char *buf, size_t len)
 {
-    char target[CLUSTER_HOST_MAX + 16];
-    cluster_url_target(u, target, sizeof target);
-    snprintf(buf, len, "%s://%s", u->tls ? "https" : "http", target);
+    /* Scheme, then the target written in place (a bounded buffer either way). */
+    int k = snprintf(buf, len, "%s://", u->tls ? "https" : "http");
+    if (k > 0 && (size_t)k < len)
+        cluster_url_target(u, buf + k, len - (size_t)k);
 }
 
 int cluster_parse(const char *spec, const char *token, struct cluster *out, char *err,
