@@ -189,6 +189,15 @@ int raft_node_change_conf(struct raft_node *n, const struct raft_conf *target, c
 int raft_node_conf_get(struct raft_node *n, struct raft_conf *out, uint8_t **ctx, size_t *ctx_len,
                        bool *committed);
 
+/* Leader only: this leader's view of member `id` (a voter or learner; this member too): *match
+ * the highest log index known stored on it (raft_progress_info.match), *last_index this leader's
+ * last index, *heard_ms_ago how long since this node last received any message from it (-1:
+ * never since start; 0 for this member). Any out-pointer may be NULL. 0, RAFT_NODE_ENOTLEADER, or
+ * RAFT_NODE_EINVAL (not a member). For etcd's rules on membership changes: a learner "in sync"
+ * (match >= 90% of the leader's) and members "started" (heard from recently). */
+int raft_node_progress(struct raft_node *n, uint64_t id, uint64_t *match, uint64_t *last_index,
+                       int64_t *heard_ms_ago);
+
 struct raft_node_status {
     struct raft_status core; /* role, term, leader, commit, last index, ... */
     uint64_t applied_index;  /* last index handed to the state machine */

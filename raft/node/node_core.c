@@ -458,10 +458,60 @@ void raft_node_step(struct raft_node *n, const struct raft_msg *m)
     node_members_note(n, m);
     pthread_mutex_lock(&n->mu);
     if (!n->stopping && !n->fatal) {
+        node_note_heard_locked(n, m->from);
         raft_step(n->r, m); /* bad input is refused by the core with an error code: dropped */
         node_kick_locked(n, NODE_DRIVE_INLINE);
     }
     pthread_mutex_unlock(&n->mu);
+}
+
+/* n->mu held: a message from `from` arrived now. */
+void node_note_heard_locked(struct raft_node *n, uint64_t from)
+{
+    if (!from)
+        return;
+    int64_t now = node_now_ns() / 1000000;
+    struct node_heard *slot = &n->heard[0];
+    for (size_t i = 0; i < sizeof n->heard / sizeof n->heard[0]; i++) {
+        if (n->heard[i].id == from) {
+            slot = &n->heard[i];
+            break;
+        }
+        if (n->heard[i].ms < slot->ms)
+            slot = &n->heard[i];
+    }
+    slot->id = from;
+    slot->ms = now;
+}
+
+int raft_node_progress(struct raft_node *n, uint64_t id, uint64_t *match, uint64_t *last_index,
+                       int64_t *heard_ms_ago)
+{
+    if (!n)
+        return RAFT_NODE_EINVAL;
+    pthread_mutex_lock(&n->mu);
+    struct raft_status st;
+    raft_status_get(n->r, &st);
+    struct raft_progress_info pi;
+    int rc = 0;
+    if (st.role != RAFT_LEADER)
+        rc = RAFT_NODE_ENOTLEADER;
+    else if (raft_progress_get(n->r, id, &pi) != 0)
+        rc = RAFT_NODE_EINVAL;
+    if (rc == 0) {
+        int64_t ago = id == n->cfg.id ? 0 : -1;
+        for (size_t i = 0; ago < 0 && i < sizeof n->heard / sizeof n->heard[0]; i++)
+            if (n->heard[i].id == id)
+                ago = node_now_ns() / 1000000 - n->heard[i].ms;
+        if (match)
+            *match = pi.match;
+        if (last_index)
+            *last_index = st.last_index;
+        if (heard_ms_ago)
+            *heard_ms_ago = ago;
+    }
+    pthread_mutex_unlock(&n->mu);
+    return rc;
 }
 
 int raft_node_transfer_leader(struct raft_node *n, uint64_t to)

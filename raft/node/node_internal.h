@@ -280,10 +280,15 @@ struct raft_node {
     /* Members seen running with durable state, by id (node_members.c): atomics, so the check
      * needs no lock. */
     struct node_ran ran[NODE_RAN_SLOTS];
+
+    /* When a message from each peer last arrived (raft_node_progress), by id, n->mu; when full,
+     * the oldest entry makes room. */
+    struct node_heard { uint64_t id; int64_t ms; } heard[2 * RAFT_MAX_NODES];
 };
 
 /* node_core.c */
 int64_t node_now_ns(void);
+void node_note_heard_locked(struct raft_node *n, uint64_t from);
 void node_cond_init(pthread_cond_t *cv); /* CLOCK_MONOTONIC */
 void node_log(struct raft_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* n->mu held: stop accepting writes after a storage or state machine failure. */
