@@ -56,6 +56,20 @@ uint64_t cluster_member_id(const char *name, const char *token)
     return digest_id(parts, lens, 3);
 }
 
+uint64_t cluster_member_id_url(const char *peer_url, const char *token)
+{
+    struct cluster_url u;
+    if (!peer_url || cluster_parse_url(peer_url, &u, NULL, 0) != 0)
+        return 0;
+    char canon[CLUSTER_URL_MAX];
+    cluster_url_string(&u, canon, sizeof canon);
+    if (!token)
+        token = "";
+    const void *parts[] = {"craft-member-url", canon, token};
+    size_t lens[] = {17, strlen(canon) + 1, strlen(token)};
+    return digest_id(parts, lens, 3);
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -228,6 +242,8 @@ int cluster_parse(const char *spec, const char *token, struct cluster *out, char
 
 const struct cluster_member *cluster_find_name(const struct cluster *c, const char *name)
 {
+    if (!name || !*name)
+        return NULL; /* unnamed members have no name to find them by */
     for (size_t i = 0; i < c->n; i++)
         if (strcmp(c->members[i].name, name) == 0)
             return &c->members[i];
@@ -238,6 +254,14 @@ const struct cluster_member *cluster_find_id(const struct cluster *c, uint64_t i
 {
     for (size_t i = 0; i < c->n; i++)
         if (c->members[i].id == id)
+            return &c->members[i];
+    return NULL;
+}
+
+const struct cluster_member *cluster_find_url(const struct cluster *c, const struct cluster_url *u)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (same_address(&c->members[i].peer_url, u))
             return &c->members[i];
     return NULL;
 }
@@ -289,9 +313,9 @@ int cluster_check(const struct cluster *c, char *err, size_t errlen)
         const struct cluster_member *m = &c->members[i];
         if (m->id == 0)
             return failc(CLUSTER_EINVAL, err, errlen, "member %zu: id is 0", i);
-        if (!memchr(m->name, '\0', sizeof m->name) || !valid_name(m->name))
+        if (!memchr(m->name, '\0', sizeof m->name) || (m->name[0] && !valid_name(m->name)))
             return failc(CLUSTER_EINVAL, err, errlen,
-                         "member %zu: bad name (1..%d of letters, digits, - _ .)", i,
+                         "member %zu: bad name (\"\" or 1..%d of letters, digits, - _ .)", i,
                          CLUSTER_NAME_MAX - 1);
         if (!url_consistent(&m->peer_url))
             return failc(CLUSTER_EINVAL, err, errlen, "member %zu ('%s'): bad peer URL", i,
@@ -302,7 +326,7 @@ int cluster_check(const struct cluster *c, char *err, size_t errlen)
                 return failc(CLUSTER_EINVAL, err, errlen,
                              "members %zu ('%s') and %zu ('%s') have the same id %016" PRIx64, j,
                              o->name, i, m->name, m->id);
-            if (strcmp(o->name, m->name) == 0)
+            if (m->name[0] && strcmp(o->name, m->name) == 0)
                 return failc(CLUSTER_EINVAL, err, errlen, "members %zu and %zu are both named '%s'",
                              j, i, m->name);
             if (same_address(&o->peer_url, &m->peer_url))
@@ -316,7 +340,7 @@ int cluster_check(const struct cluster *c, char *err, size_t errlen)
 
 /* Encoding, version 1 (all integers little-endian):
  *   u8 version (1) | u64 cluster id | u8 member count (1..CLUSTER_MAX_MEMBERS)
- *   then per member: u64 id | u8 name length (1..CLUSTER_NAME_MAX-1) | name
+ *   then per member: u64 id | u8 name length (0..CLUSTER_NAME_MAX-1; 0 = unnamed) | name
  *                    | u16 URL length (1..CLUSTER_URL_MAX-1) | canonical peer URL
  * and nothing after the last member. */
 #define CLUSTER_FORMAT_VERSION 1
@@ -438,8 +462,8 @@ int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err,
             rc = bad(err, errlen, "truncated in member %zu", i);
             goto out;
         }
-        if (nl < 1 || nl > CLUSTER_NAME_MAX - 1) {
-            rc = bad(err, errlen, "member %zu: name length %u outside 1..%d", i, nl,
+        if (nl > CLUSTER_NAME_MAX - 1) {
+            rc = bad(err, errlen, "member %zu: name length %u outside 0..%d", i, nl,
                      CLUSTER_NAME_MAX - 1);
             goto out;
         }
@@ -448,7 +472,7 @@ int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err,
             goto out;
         }
         size_t ul = (size_t)ul2[0] | (size_t)ul2[1] << 8;
-        if (strlen(m->name) != nl || !valid_name(m->name)) {
+        if (strlen(m->name) != nl || (nl && !valid_name(m->name))) {
             rc = bad(err, errlen, "member %zu: bad name '%s' (letters, digits, - _ .)", i, m->name);
             goto out;
         }
@@ -574,6 +598,51 @@ int cluster_add(struct cluster *c, const char *name, const char *peer_url, const
     snprintf(m->name, sizeof m->name, "%s", name);
     m->peer_url = u;
     c->n++;
+    return 0;
+}
+
+int cluster_add_unnamed(struct cluster *c, const char *peer_url, const char *token, char *err,
+                        size_t errlen)
+{
+    struct cluster_url u;
+    int rc = edit_url(peer_url, &u, err, errlen);
+    if (rc)
+        return rc;
+    uint64_t id = cluster_member_id_url(peer_url, token ? token : "");
+    if (!id)
+        return failc(CLUSTER_ENOMEM, err, errlen, "craft: cannot hash a member id (OpenSSL)");
+    if (cluster_find_id(c, id))
+        return fail_etcd(CLUSTER_EEXIST, err, errlen);
+    if (address_user(c, &u, 0) >= 0)
+        return fail_etcd(CLUSTER_EURLEXISTS, err, errlen);
+    if (c->n >= CLUSTER_MAX_MEMBERS)
+        return failc(CLUSTER_EFULL, err, errlen, "craft: too many members (at most %d)",
+                     CLUSTER_MAX_MEMBERS);
+    struct cluster_member *m = &c->members[c->n];
+    memset(m, 0, sizeof *m);
+    m->id = id;
+    m->peer_url = u;
+    c->n++;
+    return 0;
+}
+
+int cluster_set_name(struct cluster *c, uint64_t id, const char *name, char *err, size_t errlen)
+{
+    const struct cluster_member *m = cluster_find_id(c, id);
+    if (!m)
+        return fail_etcd(CLUSTER_ENOTFOUND, err, errlen);
+    if (!name || !valid_name(name))
+        return failc(CLUSTER_EBADNAME, err, errlen,
+                     "craft: bad member name '%.*s' (1..%d of letters, digits, - _ .)",
+                     CLUSTER_NAME_MAX, name ? name : "", CLUSTER_NAME_MAX - 1);
+    if (strcmp(m->name, name) == 0)
+        return 0;
+    if (m->name[0])
+        return failc(CLUSTER_EEXIST, err, errlen, "craft: member %016" PRIx64 " is already named '%s'",
+                     id, m->name);
+    if (cluster_find_name(c, name))
+        return failc(CLUSTER_EEXIST, err, errlen, "craft: member name '%s' already in use", name);
+    snprintf(c->members[m - c->members].name, sizeof m->name, "%s", name);
     return 0;
 }
 

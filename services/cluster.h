@@ -10,6 +10,10 @@
  *   member's name and the cluster token, never 0. The cluster id is derived from the sorted
  *   member ids and the token, so members started with a different --initial-cluster or token
  *   refuse each other. The cluster id is fixed at creation: membership changes keep it.
+ * - Unnamed members: etcd's MemberAdd carries only peer URLs, so a member added that way is in
+ *   the table with the name "" (not yet published) and the id cluster_member_id_url(its peer
+ *   URL, token) until it starts and its name is bound (cluster_set_name; etcd's "publish").
+ *   cluster_find_name() never matches "", so a certificate can never name an unnamed member.
  * - The member table travels as data (each configuration-change log entry carries the whole
  *   table after the change, and so do snapshots). cluster_encode() writes it in a compact
  *   versioned format (below); cluster_decode() reads bytes from outside and accepts exactly
@@ -18,8 +22,9 @@
  *   re-encodes to the same bytes, and anything else gets a clear error, never a crash or a
  *   read past `len`.
  * - A valid table (cluster_check()) has 1..CLUSTER_MAX_MEMBERS members, a nonzero cluster id,
- *   nonzero distinct member ids, distinct valid names and distinct peer addresses (host,
- *   compared ignoring case, and port; the scheme is not compared). cluster_parse(),
+ *   nonzero distinct member ids, names that are valid or "" (unnamed; any number of those),
+ *   distinct non-empty names and distinct peer addresses (host, compared ignoring case, and
+ *   port; the scheme is not compared). cluster_parse(),
  *   cluster_decode() and the edits below only ever produce valid tables.
  * - Order: members stay in a stable order, not sorted by id: cluster_parse() keeps the order of
  *   --initial-cluster, cluster_add() appends, cluster_remove() closes the gap keeping the order
@@ -37,7 +42,8 @@
  *   u8  member count (1..CLUSTER_MAX_MEMBERS)
  *   per member, in table order:
  *     u64 id (nonzero)
- *     u8  name length (1..CLUSTER_NAME_MAX-1), then the name (letters, digits, - _ .)
+ *     u8  name length (0..CLUSTER_NAME_MAX-1; 0 = unnamed), then the name (letters, digits,
+ *         - _ .)
  *     u16 URL length (1..CLUSTER_URL_MAX-1), then the peer URL as cluster_url_string() writes
  *         it ("https://host:port", "https://[::1]:port", or http://)
  *   nothing after the last member. No checksum: log entries and snapshots carry their own.
@@ -86,14 +92,27 @@ void cluster_url_string(const struct cluster_url *u, char *buf, size_t len);
 int cluster_parse(const char *spec, const char *token, struct cluster *out, char *err,
                   size_t errlen);
 
+/* The member named `name`; NULL for "" (unnamed members are never found by name). */
 const struct cluster_member *cluster_find_name(const struct cluster *c, const char *name);
 const struct cluster_member *cluster_find_id(const struct cluster *c, uint64_t id);
-/* The member a verified certificate names: its CN or any SAN equals a member's name. NULL if
- * none does. */
+/* The member listening on u's address (host ignoring case, and port; not the scheme), or NULL. */
+const struct cluster_member *cluster_find_url(const struct cluster *c, const struct cluster_url *u);
+/* The member a verified certificate names: its CN or any SAN equals a (non-empty) member name.
+ * NULL if none does. */
 const struct cluster_member *cluster_find_cert(const struct cluster *c, const char *cn,
                                                const char (*sans)[256], int nsans);
 
+/* A named member's id: SHA-256 over "craft-member", the name (with its NUL) and the token;
+ * the first 8 bytes, big-endian, never 0 (1 instead). 0 only if OpenSSL cannot hash. */
 uint64_t cluster_member_id(const char *name, const char *token);
+/* An unnamed member's id (one added by peer URL, as etcd's MemberAdd): SHA-256 over
+ * "craft-member-url" (its NUL included, so no name can produce the same input), the canonical
+ * peer URL (cluster_url_string(), NUL included) and the token; the first 8 bytes, big-endian,
+ * never 0. peer_url is canonicalized first, so "https://H:2380/" and "https://H:2380" give the
+ * same id; 0 if it does not parse (or OpenSSL cannot hash). The id depends only on the URL and
+ * the token: a member removed and added back at the same URL gets the same id again, so a
+ * caller that wants a fresh id then should vary the token it passes. */
+uint64_t cluster_member_id_url(const char *peer_url, const char *token);
 
 /* Error codes (always negative; err, where given, says more). etcd's gRPC code for each is
  * given so the Cluster service can answer as etcd does. */
@@ -132,6 +151,15 @@ int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err,
  * host and port); CLUSTER_EFULL. */
 int cluster_add(struct cluster *c, const char *name, const char *peer_url, const char *token,
                 char *err, size_t errlen);
+/* Adds an unnamed member (etcd's MemberAdd: peer URLs only) with peer URL `peer_url` and the id
+ * cluster_member_id_url(peer_url, token), as c->members[c->n - 1]. CLUSTER_EBADURL,
+ * CLUSTER_EEXIST (that id is in the table), CLUSTER_EURLEXISTS, CLUSTER_EFULL, as cluster_add. */
+int cluster_add_unnamed(struct cluster *c, const char *peer_url, const char *token, char *err,
+                        size_t errlen);
+/* Binds `name` to member `id` (etcd's publish of a started member's attributes): 0 if it is
+ * unnamed (or already has exactly that name); CLUSTER_ENOTFOUND; CLUSTER_EBADNAME (not a valid
+ * name); CLUSTER_EEXIST (another member has that name, or this one another name). */
+int cluster_set_name(struct cluster *c, uint64_t id, const char *name, char *err, size_t errlen);
 /* Removes member `id`: CLUSTER_ENOTFOUND, or CLUSTER_ELAST for the only member (Raft cannot
  * have an empty configuration). */
 int cluster_remove(struct cluster *c, uint64_t id, char *err, size_t errlen);

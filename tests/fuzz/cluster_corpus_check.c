@@ -62,6 +62,17 @@ Test(cluster_corpus, valid_seeds_decode_as_the_spec_says)
     cr_assert_eq(cluster_parse("solo=https://127.0.0.1:2380", "tok", &p, err, sizeof err), 0);
     encodes_to_seed(&p, "one_member");
 
+    /* etcd's MemberAdd: three_members plus a member with no name and a URL-derived id. */
+    struct cluster added;
+    cr_assert_eq(cluster_parse(spec3, "tok", &added, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(decode("unnamed_member", &c, err), 0, "%s", err);
+    cr_assert_eq(c.n, 4);
+    cr_assert_eq(c.id, added.id, "the cluster id stays");
+    cr_assert_str_eq(c.members[3].name, "");
+    cr_assert_eq(c.members[3].id, cluster_member_id_url("https://127.0.0.1:2680", "tok"));
+    cr_assert_eq(cluster_add_unnamed(&added, "https://127.0.0.1:2680", "tok", err, sizeof err), 0);
+    encodes_to_seed(&added, "unnamed_member");
+
     cr_assert_eq(decode("ipv6_and_http", &c, err), 0, "%s", err);
     cr_assert(c.id == 0xa1a2a3a4a5a6a7a8ull && c.n == 3);
     cr_assert_eq(c.members[0].id, 0x0102030405060708ull);

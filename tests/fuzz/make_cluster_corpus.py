@@ -17,6 +17,12 @@ def member_id(name, token):
     return int.from_bytes(d[:8], "big") or 1
 
 
+def member_id_url(canonical_url, token):
+    """cluster_member_id_url(): an unnamed member's id, from its canonical peer URL."""
+    d = hashlib.sha256(b"craft-member-url\0" + canonical_url.encode() + b"\0" + token.encode()).digest()
+    return int.from_bytes(d[:8], "big") or 1
+
+
 def cluster_id(ids, token):
     b = b"".join(i.to_bytes(8, "big") for i in sorted(ids))
     d = hashlib.sha256(b"craft-cluster\0" + b + token.encode()).digest()
@@ -62,6 +68,11 @@ def main():
                            "%s://%s:%d" % ("https" if i % 2 else "http", host, 65535 - i)))
     seeds = {
         "one_member": initial("solo=https://127.0.0.1:2380", "tok"),
+        # three_members after etcd's MemberAdd of https://127.0.0.1:2680: a member without a name
+        # (name length 0) whose id derives from its peer URL.
+        "unnamed_member": three[:9] + bytes([4]) + three[10:] +
+                          member(member_id_url("https://127.0.0.1:2680", "tok"), "",
+                                 "https://127.0.0.1:2680"),
         "three_members": three,
         "ipv6_and_http": table(cid, [a, b, member(3, "c-3.x_y", "http://node.example.com:80")]),
         "full_table": table(42, full),

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "services/cluster.h"
 
 static char err[512];
@@ -244,7 +246,6 @@ Test(cluster_codec, encode_refuses_invalid_tables)
     REFUSED(c.members[1].id = 0, "member 1: id is 0");
     REFUSED(c.members[2].id = c.members[0].id, "members 0 ('n1') and 2 ('n3') have the same id");
     REFUSED(strcpy(c.members[2].name, "n1"), "members 0 and 2 are both named 'n1'");
-    REFUSED(c.members[1].name[0] = '\0', "member 1: bad name");
     REFUSED(strcpy(c.members[1].name, "a b"), "member 1: bad name");
     REFUSED(memset(c.members[1].name, 'x', sizeof c.members[1].name), "member 1: bad name");
     REFUSED(c.members[2].peer_url.port = 2380, "members 0 ('n1') and 2 ('n3') have the same peer");
@@ -337,9 +338,8 @@ Test(cluster_codec, decode_refuses_every_malformation)
         {0, S("gamma"), -1, S("https://h:1"), -1, "member 1: id is 0"},
         {M1, S("gamma"), -1, S("https://h:1"), -1, "have the same id"},
         {3, S("alpha"), -1, S("https://h:1"), -1, "both named 'alpha'"},
-        {3, S(""), -1, S("https://h:1"), -1, "member 1: name length 0 outside 1..63"},
-        {3, S("gamma"), 64, S("https://h:1"), -1, "member 1: name length 64 outside 1..63"},
-        {3, S("gamma"), 255, S("https://h:1"), -1, "member 1: name length 255 outside 1..63"},
+        {3, S("gamma"), 64, S("https://h:1"), -1, "member 1: name length 64 outside 0..63"},
+        {3, S("gamma"), 255, S("https://h:1"), -1, "member 1: name length 255 outside 0..63"},
         {3, S("a\0b"), -1, S("https://h:1"), -1, "member 1: bad name 'a'"},
         {3, S("a b"), -1, S("https://h:1"), -1, "member 1: bad name 'a b'"},
         {3, S("a\nb"), -1, S("https://h:1"), -1, "member 1: bad name 'a?b'"},
@@ -534,4 +534,110 @@ Test(cluster_edit, update_refusals)
      * before it validates the change. */
     EDIT_REFUSED(&c, cluster_update_peer_url(&c, 999, "nope", err, sizeof err), CLUSTER_EBADURL,
                  "etcdserver: given member URLs are invalid", 1);
+}
+
+/* ---- unnamed members (etcd's MemberAdd by peer URL) and their names bound later ---- */
+
+Test(cluster_unnamed, url_ids_are_canonical_distinct_and_documented)
+{
+    uint64_t a = cluster_member_id_url("https://127.0.0.1:2680", TOKEN);
+    cr_assert_neq(a, 0);
+    cr_assert_eq(cluster_member_id_url("https://127.0.0.1:2680/", TOKEN), a, "canonicalized first");
+    cr_assert_eq(cluster_member_id_url("https://127.0.0.1:02680", TOKEN), a);
+    cr_assert_neq(cluster_member_id_url("https://127.0.0.1:2681", TOKEN), a);
+    cr_assert_neq(cluster_member_id_url("http://127.0.0.1:2680", TOKEN), a, "the scheme counts");
+    cr_assert_neq(cluster_member_id_url("https://127.0.0.1:2680", "other"), a, "the token counts");
+    cr_assert_eq(cluster_member_id_url("https://h", TOKEN), 0, "a URL that does not parse");
+    cr_assert_eq(cluster_member_id_url(NULL, TOKEN), 0);
+    /* A distinct prefix: a name spelled like the URL does not give the URL's id. */
+    cr_assert_neq(cluster_member_id("https://127.0.0.1:2680", TOKEN), a);
+    cr_assert_neq(cluster_member_id("", TOKEN), cluster_member_id_url("https://h:1", TOKEN));
+
+    /* The documented derivation, recomputed by hand: SHA-256("craft-member-url\0" URL "\0"
+     * token), first 8 bytes big-endian. */
+    static const char in[] = "craft-member-url\0https://127.0.0.1:2680\0tok";
+    unsigned char d[32];
+    unsigned int dl = 0;
+    cr_assert(EVP_Digest(in, sizeof in - 1, d, &dl, EVP_sha256(), NULL) && dl == 32);
+    uint64_t want = 0;
+    for (int i = 0; i < 8; i++)
+        want = want << 8 | d[i];
+    cr_assert_eq(a, want, "%016llx != %016llx", (unsigned long long)a, (unsigned long long)want);
+}
+
+Test(cluster_unnamed, add_unnamed_encodes_and_binds_a_name_once)
+{
+    struct cluster c = parsed(CLUSTER3);
+    uint64_t cid = c.id;
+    cr_assert_eq(cluster_add_unnamed(&c, "https://127.0.0.1:2680/", TOKEN, err, sizeof err), 0,
+                 "%s", err);
+    cr_assert_eq(c.n, 4);
+    cr_assert_eq(c.id, cid);
+    uint64_t id = cluster_member_id_url("https://127.0.0.1:2680", TOKEN);
+    cr_assert_eq(c.members[3].id, id);
+    cr_assert_str_eq(c.members[3].name, "");
+    cr_assert_eq(c.members[3].peer_url.port, 2680);
+    cr_assert_eq(cluster_check(&c, err, sizeof err), 0, "%s", err);
+    round_trip(&c);
+    /* Two unnamed members are fine; names still may not repeat. */
+    cr_assert_eq(cluster_add_unnamed(&c, "https://127.0.0.1:2780", TOKEN, err, sizeof err), 0);
+    round_trip(&c);
+    cr_assert_null(cluster_find_name(&c, ""), "an unnamed member is never found by name");
+    const char sans[1][256] = {""};
+    cr_assert_null(cluster_find_cert(&c, "", sans, 1), "nor by a certificate without a name");
+    struct cluster_url u;
+    cr_assert_eq(cluster_parse_url("https://127.0.0.1:2780", &u, err, sizeof err), 0);
+    cr_assert_eq(cluster_find_url(&c, &u), &c.members[4]);
+    u.tls = false;
+    cr_assert_eq(cluster_find_url(&c, &u), &c.members[4], "the scheme is not compared");
+    u.port = 1;
+    cr_assert_null(cluster_find_url(&c, &u));
+
+    char *e = err;
+    size_t el = sizeof err;
+    EDIT_REFUSED(&c, cluster_add_unnamed(&c, "https://127.0.0.1:2680", TOKEN, e, el),
+                 CLUSTER_EEXIST, "etcdserver: member ID already exist", 1);
+    EDIT_REFUSED(&c, cluster_add_unnamed(&c, "https://127.0.0.1:2680", "t2", e, el),
+                 CLUSTER_EURLEXISTS, "etcdserver: Peer URLs already exists", 1);
+    EDIT_REFUSED(&c, cluster_add_unnamed(&c, "https://h", TOKEN, e, el), CLUSTER_EBADURL,
+                 "etcdserver: given member URLs are invalid", 1);
+
+    /* Publishing the name. */
+    EDIT_REFUSED(&c, cluster_set_name(&c, 999, "n4", e, el), CLUSTER_ENOTFOUND,
+                 "etcdserver: member not found", 1);
+    EDIT_REFUSED(&c, cluster_set_name(&c, id, "a b", e, el), CLUSTER_EBADNAME,
+                 "bad member name 'a b'", 0);
+    EDIT_REFUSED(&c, cluster_set_name(&c, id, "", e, el), CLUSTER_EBADNAME, "bad member name", 0);
+    EDIT_REFUSED(&c, cluster_set_name(&c, id, "n2", e, el), CLUSTER_EEXIST,
+                 "craft: member name 'n2' already in use", 1);
+    cr_assert_eq(cluster_set_name(&c, id, "n4", e, el), 0, "%s", err);
+    cr_assert_str_eq(c.members[3].name, "n4");
+    cr_assert_eq(c.members[3].id, id, "the id stays");
+    cr_assert_eq(cluster_find_name(&c, "n4"), &c.members[3]);
+    cr_assert_eq(cluster_set_name(&c, id, "n4", e, el), 0, "the same name again is no change");
+    EDIT_REFUSED(&c, cluster_set_name(&c, id, "n5", e, el), CLUSTER_EEXIST, "already named 'n4'",
+                 0);
+    EDIT_REFUSED(&c, cluster_set_name(&c, c.members[0].id, "x", e, el), CLUSTER_EEXIST,
+                 "already named 'n1'", 0);
+    round_trip(&c);
+}
+
+Test(cluster_unnamed, decode_reads_a_zero_length_name_as_unnamed)
+{
+    struct bytes w;
+    put_header(&w, 1, CID, 3);
+    put_member(&w, M1, "alpha", 5, "https://10.0.0.1:2380", 21);
+    put_member(&w, M2, "", 0, "https://10.0.0.2:2380", 21);
+    put_member(&w, 3, "", 0, "https://10.0.0.3:2380", 21);
+    struct cluster c;
+    cr_assert_eq(cluster_decode(w.b, w.n, &c, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c.n, 3);
+    cr_assert_str_eq(c.members[1].name, "");
+    cr_assert_str_eq(c.members[2].name, "");
+    uint8_t *b;
+    size_t len;
+    cr_assert_eq(cluster_encode(&c, &b, &len), 0);
+    cr_assert_eq(len, w.n);
+    cr_assert_eq(memcmp(b, w.b, len), 0, "re-encodes to the same bytes");
+    free(b);
 }
