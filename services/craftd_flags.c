@@ -36,7 +36,7 @@ static const struct flag flags[] = {
     {"listen-peer-urls", STR, 0, 0, 0, 0, "https://127.0.0.1:2380", "peer address (one URL)"},
     {"initial-advertise-peer-urls", STR, 0, 0, 0, 0, "= --listen-peer-urls", "this member's peer URL; must match --initial-cluster"},
     {"initial-cluster", STR, F(initial_cluster), 0, 0, 0, "NAME=ADVERTISED-PEER-URL", "every member: name=https://host:port,..."},
-    {"initial-cluster-state", STR, F(initial_cluster_state), 0, 0, 0, "new", "new or existing"},
+    {"initial-cluster-state", STR, F(initial_cluster_state), 0, 0, 0, "new", "new (start a new cluster) or existing (join a running one that has added this member)"},
     {"initial-cluster-token", STR, F(initial_cluster_token), 0, 0, 0, "craft-cluster", "distinguishes clusters with the same members"},
     {"cert-file", STR, F(cert_file), 0, 0, 0, "", "client API certificate (PEM)"},
     {"key-file", STR, F(key_file), 0, 0, 0, "", "client API key (PEM)"},
@@ -257,9 +257,13 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
                     "plus framing",
                     (unsigned long long)cfg->wal_segment_bytes,
                     (unsigned long long)cfg->max_request_bytes);
+    /* etcd's own words (Go's flag package over etcd's SelectiveStringValue), then which values. */
     if (strcmp(cfg->initial_cluster_state, "new") && strcmp(cfg->initial_cluster_state, "existing"))
-        return fail(err, errlen, "--initial-cluster-state must be new or existing, not '%s'",
+        return fail(err, errlen,
+                    "invalid value \"%s\" for flag -initial-cluster-state: invalid value (want "
+                    "new or existing)",
                     cfg->initial_cluster_state);
+    cfg->join_existing = strcmp(cfg->initial_cluster_state, "existing") == 0;
     if (cfg->election_ms < 2 * cfg->heartbeat_ms)
         return fail(err, errlen,
                     "--election-timeout (%u ms) must be at least twice --heartbeat-interval (%u ms)",

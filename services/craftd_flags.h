@@ -5,7 +5,8 @@
  * with status 2): an unknown flag, a missing value, a bad number or URL, https:// URLs without
  * their certificate flags, http:// URLs without --insecure-plaintext, --name missing from
  * --initial-cluster, an advertised peer URL that disagrees with --initial-cluster, an election
- * timeout under twice the heartbeat interval. craftd_flags_usage() prints every flag with its
+ * timeout under twice the heartbeat interval, an --initial-cluster-state other than new or
+ * existing (etcd's message: invalid value "X" for flag -initial-cluster-state: ...). craftd_flags_usage() prints every flag with its
  * default.
  */
 #ifndef CRAFT_SERVICES_CRAFTD_FLAGS_H
@@ -25,7 +26,7 @@ struct craftd_config {
     struct cluster_url listen_client, advertise_client, listen_peer, advertise_peer;
     const char *advertise_client_urls; /* as given, told to peers and clients */
     const char *initial_cluster;
-    const char *initial_cluster_state; /* "new" or "existing" */
+    const char *initial_cluster_state; /* "new" or "existing" (etcd's values) */
     const char *initial_cluster_token;
     const char *cert_file, *key_file, *trusted_ca_file;
     const char *peer_cert_file, *peer_key_file, *peer_trusted_ca_file;
@@ -54,6 +55,8 @@ struct craftd_config {
     uint64_t snapshot_send_rate;       /* bytes per second; 0 = unbounded */
 
     /* derived */
+    bool join_existing;       /* --initial-cluster-state existing: with an empty data directory,
+                               * join the running cluster (services/server.h) */
     struct cluster cluster;
     uint64_t self_id;
     char default_data_dir[CLUSTER_NAME_MAX + 8];

@@ -86,7 +86,11 @@ Test(flags, bad_input_gets_clear_errors)
     refused("not a member", parse("--name", "n9", "--initial-cluster", CLUSTER3, TLS_FLAGS, NULL));
     refused("disagrees", parse("--name", "n1", "--initial-cluster", CLUSTER3,
                                "--listen-peer-urls", "https://127.0.0.1:9999", TLS_FLAGS, NULL));
-    refused("new or existing", parse("--initial-cluster-state", "maybe", TLS_FLAGS, NULL));
+    refused("invalid value \"maybe\" for flag -initial-cluster-state: invalid value",
+            parse("--initial-cluster-state", "maybe", TLS_FLAGS, NULL));
+    refused("(want new or existing)", parse("--initial-cluster-state=New", TLS_FLAGS, NULL));
+    refused("invalid value \"\" for flag -initial-cluster-state",
+            parse("--initial-cluster-state=", TLS_FLAGS, NULL));
     refused("not supported", parse("--client-cert-auth=false", TLS_FLAGS, NULL));
     refused("one URL", parse("--listen-client-urls", "https://a:1,https://b:2", TLS_FLAGS, NULL));
     refused("unexpected argument", parse("stray", NULL));
@@ -94,6 +98,23 @@ Test(flags, bad_input_gets_clear_errors)
     refused("at least twice --max-request-bytes",
             parse("--wal-segment-bytes", "1048576", "--max-request-bytes", "1000000", TLS_FLAGS, NULL));
     refused("whole number", parse("--max-request-bytes", "67108864", TLS_FLAGS, NULL));
+}
+
+/* etcd's --initial-cluster-state: new by default; existing joins a running cluster. */
+Test(flags, initial_cluster_state_new_or_existing)
+{
+    cr_assert_eq(parse("--initial-cluster", "default=https://127.0.0.1:2380", TLS_FLAGS, NULL), 0,
+                 "%s", err);
+    cr_assert_str_eq(cfg.initial_cluster_state, "new");
+    cr_assert_not(cfg.join_existing);
+    cr_assert_eq(parse("--name", "n3", "--initial-cluster", CLUSTER3, "--listen-peer-urls",
+                       "https://127.0.0.1:2580", "--initial-cluster-state", "existing", TLS_FLAGS,
+                       NULL),
+                 0, "%s", err);
+    cr_assert_str_eq(cfg.initial_cluster_state, "existing");
+    cr_assert(cfg.join_existing);
+    cr_assert_eq(parse("--initial-cluster-state=new", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_not(cfg.join_existing);
 }
 
 Test(flags, insecure_plaintext_is_explicit)
