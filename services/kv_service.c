@@ -1,6 +1,7 @@
 /* kv_service.c: etcd v3 KV/Maintenance/Cluster over a craft node (see kv_service.h). */
 #include "services/kv_service.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@ struct kv_service {
     struct cluster cluster;
     struct fwd *fwd; /* Peer.Forwards, both sides */
     struct maint_snapshot snap; /* Maintenance.Snapshot */
+    pthread_mutex_t cluster_mu; /* kv_service_set_cluster */
 };
 
 enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE };
@@ -546,6 +548,7 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     if (!s)
         return NULL;
     s->cfg = *cfg;
+    pthread_mutex_init(&s->cluster_mu, NULL);
     s->cluster = *cfg->cluster;
     s->cfg.cluster = &s->cluster;
     struct fwd_config fc = {
@@ -611,4 +614,12 @@ void kv_service_destroy(struct kv_service *s)
         return;
     fwd_destroy(s->fwd);
     free(s);
+}
+
+/* Minimal for now: the table for MemberList. The Cluster API replaces this. */
+void kv_service_set_cluster(struct kv_service *s, const struct cluster *c)
+{
+    pthread_mutex_lock(&s->cluster_mu);
+    s->cluster = *c;
+    pthread_mutex_unlock(&s->cluster_mu);
 }

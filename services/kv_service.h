@@ -66,6 +66,8 @@ void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out);
 /* Fails the writes this member is forwarding ("etcdserver: server stopped") and drops answers
  * that arrive later: call it before stopping the node, whose status the answers read. */
 void kv_service_stop_forwarding(struct kv_service *s);
+/* Replace the member table (Cluster API, forwarding). */
+void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);
 /* After both servers are shut down, the node stopped and the peer destroyed (their calls and
  * streams have completed). */
 void kv_service_destroy(struct kv_service *s);

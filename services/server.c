@@ -3,6 +3,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,16 +15,41 @@
 #include "rpc/rpc.h"
 #include "services/kv_service.h"
 #include "services/kvstore/kv_store.h"
+#include "services/member_file.h"
 #include "services/peer.h"
 #include "services/proto/nodepb.pb-c.h"
 
+#define BIND_QUEUE 8       /* names waiting to be published */
+#define WORKER_TICK_MS 200 /* the membership worker's look at removal and its own name */
+
 struct craft_server {
-    struct craftd_config cfg;
+    struct craftd_config cfg; /* cfg.cluster and cfg.self_id: as this member started */
     struct kv_store *store;
-    struct kv_service *kv;
+    struct kv_service *kv;    /* set under mu once created (on_conf may run before) */
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
+
+    pthread_mutex_t mu;
+    struct cluster table;     /* the member table in force (on_conf) */
+    struct raft_conf conf;    /* the configuration in force */
+    bool have_conf;
+    bool conf_without_self;   /* the configuration in force does not hold this member */
+    bool removed;             /* this member learned it was removed from the cluster */
+    char removed_why[320];
+    void (*on_removed)(void *arg, const char *why);
+    void *on_removed_arg;
+
+    /* The membership worker: publishes names (leader only) and watches for this member's
+     * removal being committed. */
+    pthread_t worker;
+    bool worker_started, stopping;
+    pthread_cond_t cv;
+    struct {
+        uint64_t id;
+        char name[CLUSTER_NAME_MAX];
+    } bind[BIND_QUEUE];
+    size_t n_bind;
 };
 
 static void logf_(const struct craft_server *s, const char *fmt, ...)
@@ -41,19 +68,278 @@ static void logf_(const struct craft_server *s, const char *fmt, ...)
     fprintf(stderr, "%s.%03ldZ craftd %s: %s\n", ts, now.tv_nsec / 1000000, s->cfg.name, line);
 }
 
-static const char *member_name(const struct craft_server *s, uint64_t id)
+/* mu held. A member's name for logs: its name, its id while unnamed, "none" for 0. */
+static void name_locked(const struct craft_server *s, uint64_t id, char *buf, size_t len)
 {
-    const struct cluster_member *m = cluster_find_id(&s->cfg.cluster, id);
-    return m ? m->name : id ? "?" : "none";
+    const struct cluster_member *m = cluster_find_id(&s->table, id);
+    if (!id)
+        snprintf(buf, len, "none");
+    else if (m && m->name[0])
+        snprintf(buf, len, "%s", m->name);
+    else
+        snprintf(buf, len, "%016" PRIx64, id);
+}
+
+static void member_name(struct craft_server *s, uint64_t id, char *buf, size_t len)
+{
+    pthread_mutex_lock(&s->mu);
+    name_locked(s, id, buf, len);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void on_role(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_t leader_id)
 {
     struct craft_server *s = arg;
     (void)id;
-    logf_(s, "%s in term %llu, leader %s", raft_role_name(role), (unsigned long long)term,
-          member_name(s, leader_id));
+    char leader[CLUSTER_NAME_MAX + 20];
+    member_name(s, leader_id, leader, sizeof leader);
+    logf_(s, "%s in term %llu, leader %s", raft_role_name(role), (unsigned long long)term, leader);
 }
+
+/* ---- membership: the table in force, names published, removal ----------------------------- */
+
+/* This member learned it was removed: logged, and the owner told (once). */
+static void mark_removed(struct craft_server *s, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->removed) {
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    s->removed = true;
+    snprintf(s->removed_why, sizeof s->removed_why, "%s", why);
+    void (*fn)(void *, const char *) = s->on_removed;
+    void *arg = s->on_removed_arg;
+    pthread_mutex_unlock(&s->mu);
+    logf_(s, "this member was removed from the cluster: %s", why);
+    if (fn)
+        fn(arg, why);
+}
+
+/* peer.h on_removed: a peer refused this member as removed. */
+static void peer_says_removed(void *arg, const char *why)
+{
+    mark_removed(arg, why);
+}
+
+/* peer.h on_unnamed_hello: queued for the worker, which publishes it if this member leads. */
+static void on_unnamed_hello(void *arg, uint64_t id, const char *name)
+{
+    struct craft_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    bool queued = false;
+    for (size_t i = 0; i < s->n_bind; i++)
+        queued |= s->bind[i].id == id;
+    if (!queued && s->n_bind < BIND_QUEUE) {
+        s->bind[s->n_bind].id = id;
+        snprintf(s->bind[s->n_bind].name, sizeof s->bind[0].name, "%s", name);
+        s->n_bind++;
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static bool conf_has(const uint64_t *ids, uint32_t n, uint64_t id)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] == id)
+            return true;
+    return false;
+}
+
+/* mu held. One line per change between the table and configuration in force and the new ones. */
+static void log_changes_locked(struct craft_server *s, const struct cluster *t,
+                               const struct raft_conf *conf)
+{
+    char url[CLUSTER_URL_MAX];
+    for (size_t i = 0; i < t->n; i++) {
+        const struct cluster_member *m = &t->members[i];
+        const struct cluster_member *o = cluster_find_id(&s->table, m->id);
+        const char *shown = m->name[0] ? m->name : "(unnamed)";
+        cluster_url_string(&m->peer_url, url, sizeof url);
+        if (!o)
+            logf_(s, "member %s (%016" PRIx64 ") added, peer URL %s%s", shown, m->id, url,
+                  conf_has(conf->learners, conf->n_learners, m->id) ? ", as a learner" : "");
+        else if (!o->name[0] && m->name[0])
+            logf_(s, "member %016" PRIx64 " published its name: %s", m->id, m->name);
+        if (o && (o->peer_url.port != m->peer_url.port || strcmp(o->peer_url.host, m->peer_url.host)))
+            logf_(s, "member %s (%016" PRIx64 ") peer URL now %s", shown, m->id, url);
+    }
+    for (size_t i = 0; i < s->table.n; i++) {
+        const struct cluster_member *o = &s->table.members[i];
+        if (!cluster_find_id(t, o->id))
+            logf_(s, "member %s (%016" PRIx64 ") removed", o->name[0] ? o->name : "(unnamed)",
+                  o->id);
+    }
+    if (!s->have_conf)
+        return;
+    for (uint32_t i = 0; i < conf->n_voters; i++) {
+        uint64_t id = conf->voters[i];
+        if (conf_has(s->conf.learners, s->conf.n_learners, id)) {
+            char n[CLUSTER_NAME_MAX + 20];
+            name_locked(s, id, n, sizeof n);
+            logf_(s, "learner %s promoted to voter", n);
+        }
+    }
+}
+
+/* node.h on_conf: the configuration in force changed (and once at start). Its ctx is the member
+ * table (cluster_encode); an empty one means the initial table: kept. Called by the node's
+ * driver, one call at a time, possibly before raft_node_start has returned. */
+static void on_conf(void *arg, const struct raft_conf *conf, const uint8_t *ctx, size_t ctx_len)
+{
+    struct craft_server *s = arg;
+    struct cluster t;
+    char derr[256];
+    pthread_mutex_lock(&s->mu);
+    t = s->table;
+    pthread_mutex_unlock(&s->mu);
+    if (ctx_len && cluster_decode(ctx, ctx_len, &t, derr, sizeof derr) != 0)
+        logf_(s, "the configuration's member table does not decode (%s): keeping the one in force",
+              derr);
+    else if (ctx_len && t.id != s->cfg.cluster.id)
+        logf_(s, "the configuration's member table is of cluster %016" PRIx64 ", not %016" PRIx64
+                 ": keeping the one in force",
+              t.id, s->cfg.cluster.id);
+    pthread_mutex_lock(&s->mu);
+    if (!ctx_len || t.id != s->cfg.cluster.id)
+        t = s->table;
+    log_changes_locked(s, &t, conf);
+    s->table = t;
+    s->conf = *conf;
+    s->have_conf = true;
+    s->conf_without_self = !raft_conf_is_member(conf, s->cfg.self_id);
+    if (s->kv)
+        kv_service_set_cluster(s->kv, &t);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->peer)
+        peer_set_cluster(s->peer, &t);
+}
+
+/* On the leader: binds `name` to unnamed member `id` in the member table (etcd's publish), by
+ * a configuration change with the same voters and learners. Quietly nothing when this member
+ * does not lead, a change is in progress, or the name is bound already: the member says Hello
+ * again while it is unnamed. */
+static void publish_name(struct craft_server *s, uint64_t id, const char *name)
+{
+    struct raft_node_status st;
+    raft_node_status_get(s->node, &st);
+    if (st.core.role != RAFT_LEADER)
+        return;
+    struct raft_conf conf;
+    uint8_t *ctx = NULL;
+    size_t len = 0;
+    bool committed = false;
+    if (raft_node_conf_get(s->node, &conf, &ctx, &len, &committed) != 0 || !len || conf.n_old ||
+        !committed) {
+        free(ctx); /* no table in the log (the initial one has names), or a change under way */
+        return;
+    }
+    struct cluster t;
+    char err[256];
+    int rc = cluster_decode(ctx, len, &t, err, sizeof err);
+    free(ctx);
+    if (rc != 0 || cluster_set_name(&t, id, name, err, sizeof err) != 0)
+        return; /* named already (or by now removed): nothing to publish */
+    uint8_t *enc = NULL;
+    size_t enc_len = 0;
+    if (cluster_encode(&t, &enc, &enc_len) != 0)
+        return;
+    int timeout = (int)s->cfg.proposal_timeout_ms;
+    if (timeout > 3000)
+        timeout = 3000; /* craft_server_stop waits for this worker */
+    rc = raft_node_change_conf(s->node, &conf, enc, enc_len, timeout, NULL);
+    free(enc);
+    if (rc == 0)
+        logf_(s, "published member %016" PRIx64 "'s name %s", id, name);
+    else if (rc != RAFT_NODE_EPENDING && rc != RAFT_NODE_ENOTLEADER)
+        logf_(s, "publishing member %016" PRIx64 "'s name %s: %s (it will say Hello again)", id,
+              name, raft_node_strerror(rc));
+}
+
+/* Whether the configuration in force, committed, leaves this member out. */
+static bool removal_committed(struct craft_server *s)
+{
+    struct raft_conf conf;
+    bool committed = false;
+    if (raft_node_conf_get(s->node, &conf, NULL, NULL, &committed) != 0)
+        return false;
+    return committed && !raft_conf_is_member(&conf, s->cfg.self_id);
+}
+
+static void *worker_main(void *arg)
+{
+    struct craft_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stopping) {
+        if (s->n_bind) {
+            uint64_t id = s->bind[0].id;
+            char name[CLUSTER_NAME_MAX];
+            memcpy(name, s->bind[0].name, sizeof name);
+            memmove(&s->bind[0], &s->bind[1], (s->n_bind - 1) * sizeof s->bind[0]);
+            s->n_bind--;
+            pthread_mutex_unlock(&s->mu);
+            publish_name(s, id, name);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        /* A leader still unnamed in its own table (it joined by URL and was elected before
+         * anyone published it) publishes itself. */
+        const struct cluster_member *self = cluster_find_id(&s->table, s->cfg.self_id);
+        bool self_unnamed = self && !self->name[0];
+        bool check_removed = s->conf_without_self && !s->removed;
+        pthread_mutex_unlock(&s->mu);
+        if (self_unnamed)
+            publish_name(s, s->cfg.self_id, s->cfg.name);
+        if (check_removed && removal_committed(s))
+            mark_removed(s, "a configuration without this member was committed");
+        pthread_mutex_lock(&s->mu);
+        if (s->stopping || s->n_bind)
+            continue;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += WORKER_TICK_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->cv, &s->mu, &until);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+void craft_server_on_removed(struct craft_server *s, void (*fn)(void *arg, const char *why),
+                             void *arg)
+{
+    pthread_mutex_lock(&s->mu);
+    s->on_removed = fn;
+    s->on_removed_arg = arg;
+    bool now = s->removed;
+    char why[sizeof s->removed_why];
+    memcpy(why, s->removed_why, sizeof why);
+    pthread_mutex_unlock(&s->mu);
+    if (now && fn)
+        fn(arg, why);
+}
+
+bool craft_server_removed(struct craft_server *s, char *why, size_t len)
+{
+    pthread_mutex_lock(&s->mu);
+    bool r = s->removed;
+    if (why && len)
+        snprintf(why, len, "%s", r ? s->removed_why : "");
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+void craft_server_cluster(struct craft_server *s, struct cluster *out)
+{
+    pthread_mutex_lock(&s->mu);
+    *out = s->table;
+    pthread_mutex_unlock(&s->mu);
+}
+
+uint64_t craft_server_member_id(struct craft_server *s) { return s->cfg.self_id; }
 
 /* ---- client API ---------------------------------------------------------------------- */
 
@@ -73,7 +359,10 @@ static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void
     r.role = st.core.role;
     r.term = st.core.term;
     r.leader_id = st.core.leader_id;
-    r.leader_name = (char *)(st.core.leader_id ? member_name(s, st.core.leader_id) : "");
+    char leader[CLUSTER_NAME_MAX + 20] = "";
+    if (st.core.leader_id)
+        member_name(s, st.core.leader_id, leader, sizeof leader);
+    r.leader_name = leader;
     r.leader_client_urls = urls;
     r.commit_index = st.core.commit_index;
     r.applied_index = st.applied_index;
@@ -147,19 +436,96 @@ static int check_not_bootstrapped(struct craft_server *s, char *err, size_t errl
     uint64_t says = 0;
     int answered = peer_wait_hello(s->peer, (int)cfg->election_ms, &says);
     if (says) {
-        const struct cluster_member *m = cluster_find_id(&cfg->cluster, says);
+        char who[CLUSTER_NAME_MAX + 20];
+        name_locked(s, says, who, sizeof who); /* not running yet: nobody else holds mu */
         snprintf(err, errlen,
                  "member %s has already been bootstrapped: member %s has seen it run, but its "
                  "data directory %s holds no Raft state (a lost or wiped disk). Starting it "
                  "again as itself could let it vote twice in one term. Remove the member and add "
                  "it back as a new one, with an empty data directory",
-                 cfg->name, m ? m->name : "?", cfg->data_dir);
+                 cfg->name, who, cfg->data_dir);
         return -1;
     }
     if (answered < (int)cfg->cluster.n - 1)
         logf_(s, "new data directory: %d of %zu peers answered within %u ms whether this member "
                  "ran before; starting as a new member",
               answered, cfg->cluster.n - 1, cfg->election_ms);
+    return 0;
+}
+
+/* --initial-cluster-state existing with an empty data directory: the running cluster's id and
+ * member table from the members --initial-cluster lists, and this member's id from the entry at
+ * its --initial-advertise-peer-urls (etcd's MemberAdd put it there). */
+static int join_cluster(struct craft_server *s, const struct rpc_tls *peer_tls, char *err,
+                        size_t errlen)
+{
+    struct craftd_config *cfg = &s->cfg;
+    int wait_ms = 5 * (int)cfg->election_ms;
+    if (wait_ms < 5000)
+        wait_ms = 5000;
+    struct cluster t;
+    char sub[1500];
+    int rc = peer_join_discover(&cfg->cluster, cfg->name, &cfg->advertise_peer,
+                                cfg->listen_peer.tls ? peer_tls : NULL, !cfg->listen_peer.tls,
+                                wait_ms, &t, sub, sizeof sub);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s", sub);
+        return -1;
+    }
+    const struct cluster_member *me = cluster_find_url(&t, &cfg->advertise_peer);
+    char url[CLUSTER_URL_MAX];
+    cluster_url_string(&cfg->advertise_peer, url, sizeof url);
+    if (me->name[0] && strcmp(me->name, cfg->name) != 0) {
+        snprintf(err, errlen,
+                 "the cluster's member at peer URL %s is named %s, not --name %s: start it with "
+                 "--name %s, or add this member with its own peer URL",
+                 url, me->name, cfg->name, me->name);
+        return -1;
+    }
+    const struct cluster_member *same = cluster_find_name(&t, cfg->name);
+    if (same && same->id != me->id) {
+        snprintf(err, errlen, "the cluster already has a member named %s at another peer URL",
+                 cfg->name);
+        return -1;
+    }
+    logf_(s, "joining cluster %016" PRIx64 " as member %016" PRIx64 " (%s at %s), %zu members",
+          t.id, me->id, me->name[0] ? "named" : "added by peer URL", url, t.n);
+    cfg->self_id = me->id;
+    cfg->cluster = t;
+    return 0;
+}
+
+/* Who this member is: from <data-dir>/member when the data directory has Raft state, from the
+ * running cluster when it joins, from the flags otherwise. *record: write the member file. */
+static int find_identity(struct craft_server *s, bool fresh, const struct rpc_tls *peer_tls,
+                         bool *record, char *err, size_t errlen)
+{
+    struct craftd_config *cfg = &s->cfg;
+    *record = true;
+    if (fresh)
+        return cfg->join_existing ? join_cluster(s, peer_tls, err, errlen) : 0;
+    struct member_file mf;
+    char sub[600];
+    int rc = member_file_read(cfg->data_dir, &mf, sub, sizeof sub);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s", sub);
+        return -1;
+    }
+    if (rc == 1)
+        return 0; /* a data directory from before member files: the flags, as they were; kept */
+    *record = false;
+    if (strcmp(mf.name, cfg->name) != 0) {
+        snprintf(err, errlen,
+                 "data directory %s belongs to member %s (%016" PRIx64 "), not --name %s",
+                 cfg->data_dir, mf.name, mf.member_id, cfg->name);
+        return -1;
+    }
+    if (mf.member_id != cfg->self_id || mf.table.id != cfg->cluster.id)
+        logf_(s, "member %016" PRIx64 " of cluster %016" PRIx64 " as recorded in %s/%s (the "
+                 "flags' --initial-cluster and token count only for a new data directory)",
+              mf.member_id, mf.table.id, cfg->data_dir, MEMBER_FILE_NAME);
+    cfg->self_id = mf.member_id;
+    cfg->cluster = mf.table;
     return 0;
 }
 
@@ -170,6 +536,8 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
     s->cfg = *cfg;
     if (cfg->initial_cluster == cfg->default_cluster)
         s->cfg.initial_cluster = s->cfg.default_cluster;
@@ -202,9 +570,17 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     }
     if (*kv_store_open_note(s->store))
         logf_(s, "kv store %s: %s", kv_dir, kv_store_open_note(s->store));
+    bool record = false;
+    if (find_identity(s, fresh, &peer_tls, &record, err, errlen) != 0)
+        goto fail;
+    s->table = cfg->cluster;
     struct peer_config pc = {
         .cluster = &cfg->cluster,
         .self_id = cfg->self_id,
+        .name = cfg->name,
+        .on_unnamed_hello = on_unnamed_hello,
+        .on_removed = peer_says_removed,
+        .cb_arg = s,
         .tls = cfg->listen_peer.tls ? &peer_tls : NULL,
         .insecure = !cfg->listen_peer.tls,
         .send_timeout_ms = (int)cfg->peer_send_timeout_ms,
@@ -235,6 +611,14 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
 
     if (fresh && cfg->cluster.n > 1 && check_not_bootstrapped(s, err, errlen))
         goto fail;
+    if (record) {
+        struct member_file mf = {.member_id = cfg->self_id, .table = cfg->cluster};
+        snprintf(mf.name, sizeof mf.name, "%s", cfg->name);
+        if (member_file_write(cfg->data_dir, &mf, sub, sizeof sub) != 0) {
+            snprintf(err, errlen, "%s", sub);
+            goto fail;
+        }
+    }
 
     uint64_t ids[CLUSTER_MAX_MEMBERS];
     for (size_t i = 0; i < cfg->cluster.n; i++)
@@ -263,9 +647,16 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     nc.max_snapshot_sends = cfg->max_snapshot_sends;
     nc.on_role = on_role;
     nc.on_role_arg = s;
+    nc.on_conf = on_conf;
+    nc.on_conf_arg = s;
     s->node = raft_node_start(&nc, sub, sizeof sub);
     if (!s->node) {
         snprintf(err, errlen, "%s", sub);
+        goto fail;
+    }
+    s->worker_started = pthread_create(&s->worker, NULL, worker_main, s) == 0;
+    if (!s->worker_started) {
+        snprintf(err, errlen, "cannot start the membership thread");
         goto fail;
     }
     struct kv_service_config kc = {
@@ -280,7 +671,13 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         .max_txn_ops = cfg->max_txn_ops,
         .quota_bytes = cfg->quota_backend_bytes,
     };
-    s->kv = kv_service_create(&kc);
+    struct kv_service *kv = kv_service_create(&kc);
+    if (kv) {
+        pthread_mutex_lock(&s->mu);
+        s->kv = kv;
+        kv_service_set_cluster(kv, &s->table); /* what on_conf found before kv existed */
+        pthread_mutex_unlock(&s->mu);
+    }
     if (!s->kv || kv_service_register_client(s->kv, s->client_srv) != 0 ||
         kv_service_register_peer(s->kv, s->peer_srv) != 0) {
         snprintf(err, errlen, "cannot set up the KV service");
@@ -304,6 +701,15 @@ void craft_server_stop(struct craft_server *s)
 {
     if (!s)
         return;
+    /* The membership worker first: it calls into the node (a name being published waits at
+     * most 3 s). */
+    if (s->worker_started) {
+        pthread_mutex_lock(&s->mu);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->worker, NULL);
+    }
     /* Clients first (no new writes), then the node (its pending writes fail and their calls
      * complete as no-ops on closed handles), then the peers. */
     if (s->client_srv)
@@ -318,6 +724,8 @@ void craft_server_stop(struct craft_server *s)
     peer_destroy(s->peer);
     kv_service_destroy(s->kv);
     kv_store_close(s->store);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
     free(s);
 }
 
