@@ -1,8 +1,12 @@
 /* forward.c: batched write forwarding over Peer.Forwards (see forward.h for the contract).
  *
- * Locks: each member's forwarding state (struct fwd_out) has a mutex; each accepted stream on the
- * leader (struct fwd_in) has one. They are taken before rpc's own locks (sends, cancel, finish)
- * and never while calling done or propose, so callbacks may call back into this module. */
+ * Locks: the member slots' ids have a read-write lock (f->tab_mu: written only by
+ * fwd_set_cluster); each member's forwarding state (struct fwd_out) has a mutex, taken under
+ * tab_mu; each accepted stream on the leader (struct fwd_in) has one. They are taken before rpc's
+ * own locks (sends, cancel, finish) and never while calling done or propose, so callbacks may call
+ * back into this module. A slot lives as long as the fwd: a member that leaves the table gives
+ * its slot back (its stream retired first), and a stream's late callbacks find their slot's
+ * mutex alive and their stream marked retired. */
 #include "services/forward.h"
 
 #include <pthread.h>
@@ -49,10 +53,10 @@ struct out_stream {
     Craft__Raft__ForwardItem **itemp;
 };
 
-/* Forwarding from this member to one other member. */
+/* Forwarding from this member to one other member: one slot of f->out. */
 struct fwd_out {
     struct fwd *f;
-    uint64_t member;
+    uint64_t member; /* 0: a free slot (written under tab_mu and mu) */
     pthread_mutex_t mu;
     struct out_stream *cur; /* NULL: opened by the next submit, once the backoff is ready */
     int64_t opened_ms;      /* when the last stream was opened */
@@ -96,8 +100,8 @@ struct fwd {
     void *propose_ctx;
     int max_inflight, max_items;
     size_t max_bytes, max_answer;
+    pthread_rwlock_t tab_mu; /* which member each slot serves */
     struct fwd_out out[CLUSTER_MAX_MEMBERS];
-    size_t n_out;
 
     /* Deadlines: a thread sleeps until the earliest one it knows of; a submit with an earlier
      * deadline wakes it. */
@@ -323,11 +327,7 @@ static void timer_note(struct fwd *f, int64_t deadline)
 int fwd_submit(struct fwd *f, uint64_t leader, const uint8_t *cmd, size_t len, int deadline_ms,
                fwd_done_fn done, void *arg)
 {
-    struct fwd_out *o = NULL;
-    for (size_t i = 0; i < f->n_out; i++)
-        if (f->out[i].member == leader)
-            o = &f->out[i];
-    if (!o)
+    if (!leader)
         return FWD_ENOLEADER;
     struct fwd_op *op = malloc(sizeof *op + len);
     if (!op)
@@ -338,6 +338,16 @@ int fwd_submit(struct fwd *f, uint64_t leader, const uint8_t *cmd, size_t len, i
     int64_t deadline = op->deadline_ms;
     struct fwd_op *list = NULL;
     int rc = FWD_OK;
+    pthread_rwlock_rdlock(&f->tab_mu);
+    struct fwd_out *o = NULL;
+    for (size_t i = 0; i < CLUSTER_MAX_MEMBERS && !o; i++)
+        if (f->out[i].member == leader)
+            o = &f->out[i];
+    if (!o) {
+        pthread_rwlock_unlock(&f->tab_mu);
+        free(op);
+        return FWD_ENOLEADER;
+    }
     pthread_mutex_lock(&o->mu);
     bool stopping = atomic_load(&f->stopping);
     struct out_stream *s = stopping ? NULL : out_stream_get(o);
@@ -352,6 +362,7 @@ int fwd_submit(struct fwd *f, uint64_t leader, const uint8_t *cmd, size_t len, i
         out_flush(o, s, &list);
     }
     pthread_mutex_unlock(&o->mu);
+    pthread_rwlock_unlock(&f->tab_mu);
     if (rc != FWD_OK) {
         free(op);
         return rc;
@@ -365,9 +376,10 @@ int fwd_submit(struct fwd *f, uint64_t leader, const uint8_t *cmd, size_t len, i
 static int64_t expire(struct fwd *f, int64_t now)
 {
     int64_t next = INT64_MAX;
-    for (size_t i = 0; i < f->n_out; i++) {
+    struct fwd_op *list = NULL;
+    pthread_rwlock_rdlock(&f->tab_mu);
+    for (size_t i = 0; i < CLUSTER_MAX_MEMBERS; i++) {
         struct fwd_out *o = &f->out[i];
-        struct fwd_op *list = NULL;
         pthread_mutex_lock(&o->mu);
         struct out_stream *s = o->cur;
         for (int k = 0; s && k < f->max_inflight; k++) {
@@ -379,8 +391,9 @@ static int64_t expire(struct fwd *f, int64_t now)
                 next = s->slot[k]->deadline_ms;
         }
         pthread_mutex_unlock(&o->mu);
-        complete(list);
     }
+    pthread_rwlock_unlock(&f->tab_mu);
+    complete(list);
     return next;
 }
 
@@ -658,12 +671,13 @@ struct fwd *fwd_create(const struct fwd_config *cfg)
     f->max_items = cfg->max_batch_items > 0 ? cfg->max_batch_items : FWD_DEFAULT_MAX_BATCH_ITEMS;
     f->max_bytes = cfg->max_batch_bytes ? cfg->max_batch_bytes : FWD_DEFAULT_MAX_BATCH_BYTES;
     f->max_answer = cfg->max_answer_bytes ? cfg->max_answer_bytes : DEFAULT_MAX_ANSWER_BYTES;
-    for (size_t i = 0; i < cfg->cluster->n; i++) {
-        struct fwd_out *o = &f->out[f->n_out++];
-        o->f = f;
-        o->member = cfg->cluster->members[i].id;
-        pthread_mutex_init(&o->mu, NULL);
+    pthread_rwlock_init(&f->tab_mu, NULL);
+    for (size_t i = 0; i < CLUSTER_MAX_MEMBERS; i++) {
+        f->out[i].f = f;
+        pthread_mutex_init(&f->out[i].mu, NULL);
     }
+    for (size_t i = 0; i < cfg->cluster->n && i < CLUSTER_MAX_MEMBERS; i++)
+        f->out[i].member = cfg->cluster->members[i].id;
     pthread_mutex_init(&f->tmu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -682,15 +696,57 @@ struct fwd *fwd_create(const struct fwd_config *cfg)
 void fwd_stop(struct fwd *f)
 {
     atomic_store(&f->stopping, true);
-    for (size_t i = 0; i < f->n_out; i++) {
+    struct fwd_op *list = NULL;
+    pthread_rwlock_rdlock(&f->tab_mu);
+    for (size_t i = 0; i < CLUSTER_MAX_MEMBERS; i++) {
         struct fwd_out *o = &f->out[i];
-        struct fwd_op *list = NULL;
         pthread_mutex_lock(&o->mu);
         if (o->cur)
             retire(o, o->cur, FWD_ESHUTDOWN, &list);
         pthread_mutex_unlock(&o->mu);
-        complete(list);
     }
+    pthread_rwlock_unlock(&f->tab_mu);
+    complete(list);
+}
+
+void fwd_set_cluster(struct fwd *f, const struct cluster *c)
+{
+    struct fwd_op *list = NULL;
+    int64_t now = clock_now_ms();
+    pthread_rwlock_wrlock(&f->tab_mu);
+    /* Members that left: their forwards fail as if the stream broke, and the slot is free. */
+    for (size_t i = 0; i < CLUSTER_MAX_MEMBERS; i++) {
+        struct fwd_out *o = &f->out[i];
+        if (!o->member || cluster_find_id(c, o->member))
+            continue;
+        pthread_mutex_lock(&o->mu);
+        if (o->cur)
+            retire(o, o->cur, FWD_ENOLEADER, &list);
+        o->member = 0;
+        backoff_reset(&o->backoff);
+        pthread_mutex_unlock(&o->mu);
+    }
+    /* Members that joined take a free slot (there is one: a table has at most as many members
+     * as there are slots). */
+    for (size_t k = 0; k < c->n; k++) {
+        uint64_t id = c->members[k].id;
+        struct fwd_out *free_slot = NULL;
+        bool known = false;
+        for (size_t i = 0; i < CLUSTER_MAX_MEMBERS && !known; i++) {
+            known = f->out[i].member == id;
+            if (!f->out[i].member && !free_slot)
+                free_slot = &f->out[i];
+        }
+        if (known || !free_slot)
+            continue;
+        pthread_mutex_lock(&free_slot->mu);
+        free_slot->member = id;
+        free_slot->opened_ms = now;
+        backoff_reset(&free_slot->backoff);
+        pthread_mutex_unlock(&free_slot->mu);
+    }
+    pthread_rwlock_unlock(&f->tab_mu);
+    complete(list);
 }
 
 void fwd_destroy(struct fwd *f)
@@ -703,8 +759,9 @@ void fwd_destroy(struct fwd *f)
     pthread_mutex_unlock(&f->tmu);
     if (f->timer_started)
         pthread_join(f->timer, NULL);
-    for (size_t i = 0; i < f->n_out; i++)
+    for (size_t i = 0; i < CLUSTER_MAX_MEMBERS; i++)
         pthread_mutex_destroy(&f->out[i].mu);
+    pthread_rwlock_destroy(&f->tab_mu);
     pthread_mutex_destroy(&f->tmu);
     pthread_cond_destroy(&f->tcv);
     free(f);

@@ -71,7 +71,8 @@ typedef void (*fwd_propose_fn)(void *ctx, struct fwd_item *item, const uint8_t *
 
 struct fwd_config {
     struct peer *peer;          /* channels, certificates, cluster id */
-    const struct cluster *cluster; /* the members one may forward to (copied) */
+    const struct cluster *cluster; /* the members one may forward to at first (copied; later
+                                    * tables come through fwd_set_cluster) */
     fwd_propose_fn propose;     /* leader side */
     void *propose_ctx;
     int max_inflight;           /* 0 = FWD_DEFAULT_MAX_INFLIGHT */
@@ -92,6 +93,12 @@ void fwd_destroy(struct fwd *f);
 
 /* Registers Peer.Forwards on the peer server (before it starts). */
 int fwd_register(struct fwd *f, struct rpc_server *peer_srv);
+
+/* The members one may forward to are now those of c (membership changed; any thread). A member
+ * that left: the forwards waiting on its stream complete with FWD_ENOLEADER and its stream ends.
+ * A member that joined: forwards to it open a stream on first use (peer_stream_open must know
+ * it by then, or they fail FWD_ENOLEADER). Members in both keep their stream. */
+void fwd_set_cluster(struct fwd *f, const struct cluster *c);
 
 /* Forwards cmd (copied) to member `leader`. 0: done fires exactly once (possibly before this
  * returns, when the stream breaks at once). Otherwise an FWD_E* code and done never fires. */

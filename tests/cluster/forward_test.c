@@ -271,6 +271,48 @@ Test(forward, each_forward_keeps_its_deadline_and_late_answers_are_dropped, .ini
         cr_assert_eq(rec.err[i], FWD_OK);
 }
 
+Test(forward, a_member_that_leaves_the_table_fails_its_forwards_and_can_come_back,
+     .init = setup, .fini = teardown, .timeout = 60)
+{
+    prop.hold = true;
+    const int n = 100;
+    for (long i = 0; i < n; i++)
+        cr_assert_eq(submit(i, 30000), FWD_OK);
+    wait_proposed(n);
+    /* Member 0 (the leader here) is removed from the table: what waits on it fails at once. */
+    struct cluster without = cl;
+    char err[160];
+    cr_assert_eq(cluster_remove(&without, cl.members[0].id, err, sizeof err), 0, "%s", err);
+    fwd_set_cluster(fwd[1], &without);
+    cr_assert(wait_done(n, 5000), "only %d of %d completed after the member left", rec.done, n);
+    for (long i = 0; i < n; i++) {
+        cr_assert_eq(atomic_load(&rec.fired[i]), 1);
+        cr_assert_eq(rec.err[i], FWD_ENOLEADER, "forward %ld: %d", i, rec.err[i]);
+    }
+    cr_assert_eq(submit(n, 30000), FWD_ENOLEADER, "a member not in the table is forwarded to");
+    /* The held items' answers go nowhere (the follower ended the stream). */
+    pthread_mutex_lock(&prop.mu);
+    for (int i = 0; i < prop.nheld; i++)
+        fwd_reply(prop.held[i], &(struct fwd_answer){0, NULL, (const uint8_t *)"late", 4, 1});
+    prop.nheld = 0;
+    prop.hold = false;
+    pthread_mutex_unlock(&prop.mu);
+    /* Back in the table (e.g. the table of a later configuration): forwarded to again, at once
+     * (its slot's backoff starts afresh). */
+    fwd_set_cluster(fwd[1], &cl);
+    cr_assert_eq(submit(n + 1, 30000), FWD_OK);
+    cr_assert(wait_done(n + 1, 10000));
+    cr_assert_eq(rec.err[n + 1], FWD_OK);
+    char want[24];
+    snprintf(want, sizeof want, "c%d", n + 1);
+    cr_assert_str_eq(rec.result[n + 1], want);
+    for (long i = 0; i < n; i++)
+        cr_assert_eq(atomic_load(&rec.fired[i]), 1, "forward %ld completed twice", i);
+    struct fwd_stats f;
+    fwd_stats_get(fwd[1], &f);
+    cr_assert_eq(f.streams_opened, 2);
+}
+
 Test(forward, in_flight_forwards_are_bounded, .init = setup_small, .fini = teardown,
      .timeout = 60)
 {
