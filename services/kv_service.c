@@ -9,6 +9,7 @@
 #include "services/forward.h"
 #include "services/kvstore/kv_cmd.h"
 #include "services/maint_snapshot.h"
+#include "services/node_gate.h"
 
 /* etcd's client-facing errors (etcd 3.4 api/v3rpc/rpctypes/error.go). */
 #define ERR_NO_LEADER "etcdserver: no leader"
@@ -21,6 +22,7 @@
 struct kv_service {
     struct kv_service_config cfg;
     struct cluster cluster;
+    struct node_gate gate; /* node uses from threads that outlive the client server */
     struct fwd *fwd; /* Peer.Forwards, both sides */
     struct maint_snapshot snap; /* Maintenance.Snapshot */
     pthread_mutex_t cluster_mu; /* kv_service_set_cluster */
@@ -530,8 +532,15 @@ static void propose_item(void *ctx, struct fwd_item *item, const uint8_t *cmd, s
         answer_item(item, GRPC_STATUS_INVALID_ARGUMENT, ERR_TOO_LARGE);
         return;
     }
+    /* The peer server outlives the node (server.c): after kv_service_stop_forwarding a batch
+     * must not reach it. */
+    if (!node_gate_enter(&s->gate)) {
+        answer_item(item, GRPC_STATUS_UNAVAILABLE, ERR_STOPPED);
+        return;
+    }
     int rc = raft_node_propose(s->cfg.node, cmd, len, (int)s->cfg.timeout_ms, on_item_applied,
                                item, NULL);
+    node_gate_leave(&s->gate);
     if (rc != 0) {
         int code;
         const char *msg;
@@ -551,6 +560,7 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     pthread_mutex_init(&s->cluster_mu, NULL);
     s->cluster = *cfg->cluster;
     s->cfg.cluster = &s->cluster;
+    node_gate_init(&s->gate);
     struct fwd_config fc = {
         .peer = cfg->peer,
         .cluster = &s->cluster,
@@ -561,6 +571,7 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     };
     s->fwd = fwd_create(&fc);
     if (!s->fwd) {
+        node_gate_destroy(&s->gate);
         free(s);
         return NULL;
     }
@@ -604,15 +615,19 @@ void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out)
 
 void kv_service_stop_forwarding(struct kv_service *s)
 {
-    if (s)
-        fwd_stop(s->fwd);
+    if (!s)
+        return;
+    fwd_stop(s->fwd);
+    node_gate_close(&s->gate);
 }
 
 void kv_service_destroy(struct kv_service *s)
 {
     if (!s)
         return;
+    node_gate_close(&s->gate); /* a no-op after kv_service_stop_forwarding */
     fwd_destroy(s->fwd);
+    node_gate_destroy(&s->gate);
     free(s);
 }
 

@@ -64,7 +64,9 @@ int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
 /* Forwarding counters (services/forward.h). */
 void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out);
 /* Fails the writes this member is forwarding ("etcdserver: server stopped") and drops answers
- * that arrive later: call it before stopping the node, whose status the answers read. */
+ * that arrive later, and returns once no thread of this service uses the node: call it before
+ * stopping the node. From then on forwarded writes arriving on the peer port are refused without
+ * the node. */
 void kv_service_stop_forwarding(struct kv_service *s);
 /* Replace the member table (Cluster API, forwarding). */
 void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);
