@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "services/cluster_api.h"
 #include "services/forward.h"
 #include "services/kvstore/kv_cmd.h"
 #include "services/maint_snapshot.h"
@@ -21,9 +22,12 @@
 
 struct kv_service {
     struct kv_service_config cfg;
-    struct cluster cluster;
-    struct node_gate gate; /* node uses from threads that outlive the client server */
-    struct fwd *fwd; /* Peer.Forwards, both sides */
+    uint64_t cluster_id;        /* fixed at creation: membership changes keep it */
+    pthread_rwlock_t cluster_mu;
+    struct cluster cluster;     /* the member table in force (kv_service_set_cluster) */
+    struct node_gate gate;      /* node uses from threads that outlive the client server */
+    struct fwd *fwd;            /* Peer.Forwards, both sides */
+    struct cluster_api *api;    /* Cluster service, MoveLeader, Peer.Member */
     struct maint_snapshot snap; /* Maintenance.Snapshot */
     pthread_mutex_t cluster_mu; /* kv_service_set_cluster */
 };
@@ -93,7 +97,7 @@ static void fail_node(struct rpc_call *call, int err)
 
 static void fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
 {
-    h->cluster_id = s->cluster.id;
+    h->cluster_id = s->cluster_id;
     h->member_id = s->cfg.self_id;
     h->raft_term = raft_node_term(s->cfg.node); /* every reply: no node lock (node.h) */
 }
@@ -417,7 +421,7 @@ static void handle_txn(struct rpc_call *call, const uint8_t *data, size_t len, v
     write_start(s, call, OP_TXN, cmd, clen);
 }
 
-/* ---- Maintenance.Status, Cluster.MemberList ----------------------------------------------- */
+/* ---- Maintenance.Status (Cluster and MoveLeader: cluster_api.c) ---------------------------- */
 
 static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 {
@@ -427,8 +431,13 @@ static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void
     raft_node_status_get(s->cfg.node, &st);
     int64_t rev = 0, db = 0, in_use = 0;
     kv_store_status(s->cfg.store, &rev, NULL, &db, &in_use);
+    struct raft_conf conf;
+    bool committed;
+    bool learner = raft_node_conf_get(s->cfg.node, &conf, NULL, NULL, &committed) == 0 &&
+                   raft_conf_is_member(&conf, s->cfg.self_id) &&
+                   !raft_conf_is_voter(&conf, s->cfg.self_id);
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    h.cluster_id = s->cluster.id;
+    h.cluster_id = s->cluster_id;
     h.member_id = s->cfg.self_id;
     h.revision = rev;
     h.raft_term = st.core.term;
@@ -441,58 +450,8 @@ static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void
     r.raftindex = st.core.commit_index;
     r.raftterm = st.core.term;
     r.raftappliedindex = st.applied_index;
+    r.islearner = learner;
     rpc_call_reply_msg(call, &r.base);
-}
-
-static void handle_member_list(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
-{
-    (void)m;
-    struct kv_service *s = ctx;
-    size_t n = s->cluster.n;
-    Etcdserverpb__Member *ms = calloc(n, sizeof *ms);
-    Etcdserverpb__Member **mp = calloc(n, sizeof *mp);
-    char(*peer_urls)[CLUSTER_HOST_MAX + 32] = calloc(n, sizeof *peer_urls);
-    char(*client_urls)[1024] = calloc(n, sizeof *client_urls);
-    char **pu = calloc(n, sizeof *pu), **cu = calloc(n, sizeof *cu);
-    if (!ms || !mp || !peer_urls || !client_urls || !pu || !cu) {
-        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const struct cluster_member *c = &s->cluster.members[i];
-        char target[CLUSTER_HOST_MAX + 16];
-        cluster_url_target(&c->peer_url, target, sizeof target);
-        snprintf(peer_urls[i], sizeof peer_urls[i], "%s://%s", c->peer_url.tls ? "https" : "http",
-                 target);
-        if (c->id == s->cfg.self_id)
-            snprintf(client_urls[i], sizeof client_urls[i], "%s", s->cfg.client_urls);
-        else
-            peer_client_urls(s->cfg.peer, c->id, client_urls[i], sizeof client_urls[i]);
-        etcdserverpb__member__init(&ms[i]);
-        ms[i].id = c->id;
-        ms[i].name = (char *)c->name;
-        pu[i] = peer_urls[i];
-        ms[i].n_peerurls = 1;
-        ms[i].peerurls = &pu[i];
-        cu[i] = client_urls[i];
-        ms[i].n_clienturls = client_urls[i][0] ? 1 : 0; /* unknown until the member spoke */
-        ms[i].clienturls = &cu[i];
-        mp[i] = &ms[i];
-    }
-    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
-    fill_header(s, &h);
-    Etcdserverpb__MemberListResponse r = ETCDSERVERPB__MEMBER_LIST_RESPONSE__INIT;
-    r.header = &h;
-    r.n_members = n;
-    r.members = mp;
-    rpc_call_reply_msg(call, &r.base);
-out:
-    free(ms);
-    free(mp);
-    free(peer_urls);
-    free(client_urls);
-    free(pu);
-    free(cu);
 }
 
 /* ---- Peer.Forwards: the leader's side of a forwarded write ------------------------------- */
@@ -559,7 +518,9 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     s->cfg = *cfg;
     pthread_mutex_init(&s->cluster_mu, NULL);
     s->cluster = *cfg->cluster;
-    s->cfg.cluster = &s->cluster;
+    s->cfg.cluster = NULL; /* the table is s->cluster, under cluster_mu */
+    s->cluster_id = s->cluster.id;
+    pthread_rwlock_init(&s->cluster_mu, NULL);
     node_gate_init(&s->gate);
     struct fwd_config fc = {
         .peer = cfg->peer,
@@ -570,13 +531,29 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
         .max_answer_bytes = cfg->max_request_bytes + (64u << 10),
     };
     s->fwd = fwd_create(&fc);
-    if (!s->fwd) {
+    struct cluster_api_config ac = {
+        .node = cfg->node,
+        .peer = cfg->peer,
+        .gate = &s->gate,
+        .initial = cfg->cluster,
+        .token = cfg->token,
+        .self_id = cfg->self_id,
+        .client_urls = cfg->client_urls,
+        .timeout_ms = cfg->timeout_ms,
+        .election_ms = cfg->election_ms,
+        .max_learners = cfg->max_learners,
+        .no_strict_check = cfg->no_strict_reconfig_check,
+    };
+    s->api = s->fwd ? cluster_api_create(&ac) : NULL;
+    if (!s->api) {
+        fwd_destroy(s->fwd);
         node_gate_destroy(&s->gate);
+        pthread_rwlock_destroy(&s->cluster_mu);
         free(s);
         return NULL;
     }
     s->snap.fsm = kv_store_fsm(cfg->store);
-    s->snap.cluster_id = s->cluster.id;
+    s->snap.cluster_id = s->cluster_id;
     s->snap.member_id = cfg->self_id;
     return s;
 }
@@ -596,16 +573,29 @@ int kv_service_register_client(struct kv_service *s, struct rpc_server *srv)
                                         handle_compact, s);
     rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.Maintenance/Status",
                                         &etcdserverpb__status_request__descriptor, handle_status, s);
-    rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.Cluster/MemberList",
-                                        &etcdserverpb__member_list_request__descriptor,
-                                        handle_member_list, s);
+    rc |= cluster_api_register_client(s->api, srv);
     rc |= maint_snapshot_register(srv, &s->snap);
     return rc ? -1 : 0;
 }
 
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *srv)
 {
-    return fwd_register(s->fwd, srv) != 0 ? -1 : 0;
+    return fwd_register(s->fwd, srv) != 0 || cluster_api_register_peer(s->api, srv) != 0 ? -1 : 0;
+}
+
+void kv_service_set_cluster(struct kv_service *s, const struct cluster *c)
+{
+    pthread_rwlock_wrlock(&s->cluster_mu);
+    s->cluster = *c;
+    pthread_rwlock_unlock(&s->cluster_mu);
+    fwd_set_cluster(s->fwd, c);
+}
+
+void kv_service_cluster_get(struct kv_service *s, struct cluster *out)
+{
+    pthread_rwlock_rdlock(&s->cluster_mu);
+    *out = s->cluster;
+    pthread_rwlock_unlock(&s->cluster_mu);
 }
 
 void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out)
@@ -618,7 +608,8 @@ void kv_service_stop_forwarding(struct kv_service *s)
     if (!s)
         return;
     fwd_stop(s->fwd);
-    node_gate_close(&s->gate);
+    cluster_api_stop(s->api);
+    node_gate_close(&s->gate); /* waits for a membership change's node call to return */
 }
 
 void kv_service_destroy(struct kv_service *s)
@@ -627,7 +618,9 @@ void kv_service_destroy(struct kv_service *s)
         return;
     node_gate_close(&s->gate); /* a no-op after kv_service_stop_forwarding */
     fwd_destroy(s->fwd);
+    cluster_api_destroy(s->api);
     node_gate_destroy(&s->gate);
+    pthread_rwlock_destroy(&s->cluster_mu);
     free(s);
 }
 

@@ -1,6 +1,8 @@
-/* kv_service.h: etcd v3's KV, Maintenance.Status and Cluster.MemberList gRPC services over a
- * craft node and its KV state machine (services/kvstore), so etcdctl and etcd client libraries
- * work unchanged.
+/* kv_service.h: etcd v3's KV, Maintenance (Status, Snapshot, MoveLeader) and Cluster gRPC
+ * services over a craft node and its KV state machine (services/kvstore), so etcdctl and etcd
+ * client libraries work unchanged. The Cluster service and MoveLeader are services/cluster_api.h's
+ * (membership changes decided by the leader, with etcd's rules); this module creates it and
+ * registers its methods with its own.
  *
  * What it promises:
  * - Any member serves any request. Writes (Put, DeleteRange, Txn with writes, Compact) are
@@ -19,6 +21,8 @@
  *   local state and may be stale.
  * - Writes that would grow the store past --quota-backend-bytes are refused before they enter the
  *   log (deletes and compaction are still accepted, to make room).
+ * - The member table (who one may forward to) follows membership changes:
+ *   kv_service_set_cluster() replaces it, from any thread, while writes are being forwarded.
  * - Every response carries etcd's ResponseHeader: cluster_id, member_id (this member), revision,
  *   raft_term. Errors use etcd's gRPC codes and messages ("etcdserver: no leader",
  *   "etcdserver: request timed out", "etcdserver: request is too large", "etcdserver: too many
@@ -44,7 +48,9 @@ struct kv_service_config {
     struct raft_node *node;
     struct kv_store *store;
     struct peer *peer;
-    const struct cluster *cluster; /* copied */
+    const struct cluster *cluster; /* the table from --initial-cluster (copied) */
+    const char *token;             /* --initial-cluster-token (copied): ids of members added by
+                                      URL; NULL = craftd's default "craft-cluster" */
     uint64_t self_id;
     const char *client_urls;       /* this member's --advertise-client-urls */
     unsigned timeout_ms;           /* a write's or read's wait for commit/read index */
@@ -52,21 +58,32 @@ struct kv_service_config {
     unsigned max_txn_ops;          /* etcd's --max-txn-ops; 0 = 128 */
     uint64_t quota_bytes;          /* etcd's --quota-backend-bytes: writes past it are refused
                                       ("database space exceeded"); 0 = no check */
+    unsigned election_ms;          /* --election-timeout: MoveLeader's wait, and how recently a
+                                      member must have been heard from to count as started
+                                      (cluster_api.h); 0 = 1000 */
+    unsigned max_learners;         /* learners at once; 0 = CLUSTER_API_DEFAULT_MAX_LEARNERS (1,
+                                      etcd's) */
+    bool no_strict_reconfig_check; /* etcd's --strict-reconfig-check=false */
 };
 
 struct kv_service;
 
 struct kv_service *kv_service_create(const struct kv_service_config *cfg);
-/* Registers KV, Maintenance.Status and Cluster.MemberList on the client server. */
+/* Registers KV, Maintenance (Status, Snapshot, MoveLeader) and Cluster on the client server. */
 int kv_service_register_client(struct kv_service *s, struct rpc_server *client_srv);
-/* Registers Peer.Forwards on the peer server. */
+/* Registers Peer.Forwards and Peer.Member on the peer server. */
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
+/* The member table in force changed (the node's on_conf, decoded): forwarding follows it. Any
+ * thread; the cluster id must stay the same. */
+void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);
+/* A copy of the member table kv_service_set_cluster last set (or the initial one). */
+void kv_service_cluster_get(struct kv_service *s, struct cluster *out);
 /* Forwarding counters (services/forward.h). */
 void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out);
 /* Fails the writes this member is forwarding ("etcdserver: server stopped") and drops answers
- * that arrive later, and returns once no thread of this service uses the node: call it before
- * stopping the node. From then on forwarded writes arriving on the peer port are refused without
- * the node. */
+ * that arrive later, fails queued membership changes, and returns once no thread of this service
+ * uses the node (a membership change under way may hold it up to the proposal timeout): call it
+ * before stopping the node. From then on peer-port requests are refused without the node. */
 void kv_service_stop_forwarding(struct kv_service *s);
 /* Replace the member table (Cluster API, forwarding). */
 void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);
