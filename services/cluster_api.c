@@ -20,12 +20,6 @@
 #include "services/proto/etcd/rpc.pb-c.h"
 #include "services/proto/raftpb.pb-c.h"
 
-/* Requested from raft/node (node.h will declare it; this line goes then): the leader's view of
- * member id - its match index, the leader's last index, and ms since the node last heard from it
- * (-1 never). 0, RAFT_NODE_ENOTLEADER or RAFT_NODE_EINVAL. */
-int raft_node_progress(struct raft_node *n, uint64_t id, uint64_t *match, uint64_t *last_index,
-                       int64_t *heard_ms_ago);
-
 #define MEMBER_METHOD "/craft.raft.Peer/Member"
 #define DEFAULT_TOKEN "craft-cluster" /* craftd's --initial-cluster-token default */
 #define RETRY_MS 20                   /* a change behind another one looks again this often */
@@ -265,27 +259,23 @@ int cluster_api_check_urls(char *const *urls, size_t n, bool tls, struct cluster
     return 0;
 }
 
-/* TEMPORARY, until services/cluster.h has cluster_member_id_url() (the member table's owner
- * adds it; then call it and remove this): the id of a member added by URL alone. A canonical
- * URL never reads as a member name (names have no ':' or '/'), so it cannot collide with a named
- * member's id. */
-static uint64_t member_id_url(const char *canonical_peer_url, const char *token)
-{
-    return cluster_member_id(canonical_peer_url, token);
-}
-
 /* Appends a member known by its peer URL only (name "" until it starts): CLUSTER_EURLEXISTS
- * (another member listens there), CLUSTER_EEXIST, CLUSTER_EFULL. */
+ * (another member listens there), CLUSTER_EEXIST, CLUSTER_EFULL. The id is
+ * cluster_member_id_url of the URL with the token salted by `salt` (the leader's last log
+ * index): a member removed and added back at the same address gets a new id, as etcd never
+ * reuses one - its peers remember the old id as removed and as having run. The joining member
+ * finds itself in the table by its URL, so it need not compute the id. */
 static int add_by_url(struct cluster *c, const struct cluster_url *u, const char *token,
-                      uint64_t *id)
+                      uint64_t salt, uint64_t *id)
 {
     for (size_t i = 0; i < c->n; i++)
         if (c->members[i].peer_url.port == u->port &&
             strcasecmp(c->members[i].peer_url.host, u->host) == 0)
             return CLUSTER_EURLEXISTS;
-    char canon[CLUSTER_URL_MAX];
+    char canon[CLUSTER_URL_MAX], salted[600];
     cluster_url_string(u, canon, sizeof canon);
-    uint64_t nid = member_id_url(canon, token);
+    snprintf(salted, sizeof salted, "%s/%llu", token, (unsigned long long)salt);
+    uint64_t nid = cluster_member_id_url(canon, salted);
     if (cluster_find_id(c, nid))
         return CLUSTER_EEXIST;
     if (c->n >= CLUSTER_MAX_MEMBERS)
@@ -584,7 +574,9 @@ static enum outcome do_add(struct work *w, const Etcdserverpb__MemberAddRequest 
     }
     uint64_t id = 0;
     w->next = w->v.table;
-    rc = add_by_url(&w->next, &u, w->a->token, &id);
+    struct raft_node_status st;
+    raft_node_status_get(w->a->cfg.node, &st);
+    rc = add_by_url(&w->next, &u, w->a->token, st.core.last_index, &id);
     if (rc != 0) {
         deliver_err(w->o, rc, true, false);
         return DONE;

@@ -29,7 +29,6 @@ struct kv_service {
     struct fwd *fwd;            /* Peer.Forwards, both sides */
     struct cluster_api *api;    /* Cluster service, MoveLeader, Peer.Member */
     struct maint_snapshot snap; /* Maintenance.Snapshot */
-    pthread_mutex_t cluster_mu; /* kv_service_set_cluster */
 };
 
 enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE };
@@ -516,7 +515,6 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     if (!s)
         return NULL;
     s->cfg = *cfg;
-    pthread_mutex_init(&s->cluster_mu, NULL);
     s->cluster = *cfg->cluster;
     s->cfg.cluster = NULL; /* the table is s->cluster, under cluster_mu */
     s->cluster_id = s->cluster.id;
@@ -624,10 +622,3 @@ void kv_service_destroy(struct kv_service *s)
     free(s);
 }
 
-/* Minimal for now: the table for MemberList. The Cluster API replaces this. */
-void kv_service_set_cluster(struct kv_service *s, const struct cluster *c)
-{
-    pthread_mutex_lock(&s->cluster_mu);
-    s->cluster = *c;
-    pthread_mutex_unlock(&s->cluster_mu);
-}

@@ -85,8 +85,6 @@ void kv_service_fwd_stats(struct kv_service *s, struct fwd_stats *out);
  * uses the node (a membership change under way may hold it up to the proposal timeout): call it
  * before stopping the node. From then on peer-port requests are refused without the node. */
 void kv_service_stop_forwarding(struct kv_service *s);
-/* Replace the member table (Cluster API, forwarding). */
-void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);
 /* After both servers are shut down, the node stopped and the peer destroyed (their calls and
  * streams have completed). */
 void kv_service_destroy(struct kv_service *s);

@@ -670,6 +670,8 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         .max_request_bytes = cfg->max_request_bytes,
         .max_txn_ops = cfg->max_txn_ops,
         .quota_bytes = cfg->quota_backend_bytes,
+        .token = cfg->initial_cluster_token,
+        .election_ms = cfg->election_ms,
     };
     struct kv_service *kv = kv_service_create(&kc);
     if (kv) {
