@@ -121,6 +121,7 @@ struct peer {
     void (*on_removed)(void *arg, const char *why);
     void *cb_arg;
     atomic_bool removed_told;
+    atomic_bool probe_removed; /* peer_probe_removed */
 
     atomic_uint_fast64_t batches_sent, msgs_sent, send_failures;
     atomic_uint_fast64_t batches_received, msgs_received, msgs_dropped, streams_refused;
@@ -932,6 +933,15 @@ static void hello_done(struct rpc_result *res, void *arg)
     pthread_mutex_unlock(&p->urls_lock);
 }
 
+void peer_probe_removed(struct peer *p, bool on)
+{
+    if (!p || atomic_exchange(&p->probe_removed, on) == on || !on)
+        return;
+    pthread_mutex_lock(&p->urls_lock);
+    pthread_cond_broadcast(&p->hello_cv);
+    pthread_mutex_unlock(&p->urls_lock);
+}
+
 /* Whether this member is in its own table without a name (it must publish it). */
 static bool self_unnamed(struct peer *p)
 {
@@ -961,7 +971,7 @@ static void *hello_main(void *arg)
         reap(p);
         struct peer_out *outs[CLUSTER_MAX_MEMBERS];
         size_t n = 0;
-        bool publish = self_unnamed(p);
+        bool publish = self_unnamed(p) || atomic_load(&p->probe_removed);
         pthread_rwlock_rdlock(&p->table_lock);
         for (size_t i = 0; i < p->n_out; i++) {
             outs[n] = p->out[i];

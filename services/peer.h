@@ -51,6 +51,10 @@
  *   peer about once a second (PEER_PUBLISH_RETRY_MS), with its name; a member that receives a
  *   Hello from an unnamed member whose certificate carries the name it sends calls
  *   on_unnamed_hello (the server's leader then binds the name in the table).
+ * - Asking whether it was removed (peer_probe_removed): a member whose configuration in force
+ *   leaves it out cannot learn on its own that the change committed (the leader no longer sends
+ *   to it); while the owner asks, it calls Hello on every peer about once a second, and a peer
+ *   that has let it go refuses it as removed (on_removed).
  * - Joining (peer_join_discover): a member started with --initial-cluster-state existing and no
  *   data asks the listed members for the cluster id and member table (Hello with join set).
  * - Messages received before a node is attached, or after it is detached, are dropped; detach
@@ -122,6 +126,8 @@ void peer_attach(struct peer *p, struct raft_node *node);
  * whose name or peer URL changed: a new channel (the old one closed), told Hello. Any thread
  * but an RPC callback of this peer's own channels; calls are serialized. */
 void peer_set_cluster(struct peer *p, const struct cluster *c);
+/* While on: Hello to every peer each PEER_PUBLISH_RETRY_MS, so a refusal as removed arrives. */
+void peer_probe_removed(struct peer *p, bool on);
 /* A copy of the member table in force. */
 void peer_get_cluster(struct peer *p, struct cluster *out);
 

@@ -32,6 +32,8 @@ struct craft_server {
 
     pthread_mutex_t mu;
     struct cluster table;     /* the member table in force (on_conf) */
+    struct cluster peer_table; /* what the peer layer serves (peer_table_locked) */
+    pthread_mutex_t peer_set_mu; /* taken before mu: computing and setting peer_table, in order */
     struct raft_conf conf;    /* the configuration in force */
     bool have_conf;
     bool conf_without_self;   /* the configuration in force does not hold this member */
@@ -183,6 +185,36 @@ static void log_changes_locked(struct craft_server *s, const struct cluster *t,
     }
 }
 
+/* mu held. The table the peer layer serves (calls in and out, who is refused as removed): the
+ * table in force plus the members it dropped that Raft may still need - members of the
+ * configuration in force (a joint one still counts C_old's voters), the leader (a leader that
+ * removed itself leads until C_new commits, and that needs our answers), and every dropped member
+ * while the configuration without it is not known committed. Dropping them at once cut a leader
+ * that removed itself off from the acknowledgements it needed, and refused it as removed, so it
+ * stopped before C_new could commit. Into *out; whether it differs from what the peer layer has
+ * (then it is recorded as what it has). */
+static bool peer_table_locked(struct craft_server *s, bool committed, uint64_t leader,
+                              struct cluster *out)
+{
+    *out = s->table;
+    for (size_t i = 0; i < s->peer_table.n; i++) {
+        const struct cluster_member *m = &s->peer_table.members[i];
+        if (cluster_find_id(out, m->id) || out->n == CLUSTER_MAX_MEMBERS)
+            continue;
+        if (!committed || m->id == leader || raft_conf_is_member(&s->conf, m->id))
+            out->members[out->n++] = *m;
+    }
+    if (out->n != s->table.n && cluster_check(out, NULL, 0) != 0)
+        *out = s->table; /* a kept member clashes with a new one (its URL reused): the table wins */
+    bool same = out->n == s->peer_table.n;
+    for (size_t i = 0; same && i < out->n; i++) {
+        const struct cluster_member *o = cluster_find_id(&s->peer_table, out->members[i].id);
+        same = o && memcmp(o, &out->members[i], sizeof *o) == 0;
+    }
+    s->peer_table = *out;
+    return !same;
+}
+
 /* node.h on_conf: the configuration in force changed (and once at start). Its ctx is the member
  * table (cluster_encode); an empty one means the initial table: kept. Called by the node's
  * driver, one call at a time, possibly before raft_node_start has returned. */
@@ -209,12 +241,24 @@ static void on_conf(void *arg, const struct raft_conf *conf, const uint8_t *ctx,
     s->conf = *conf;
     s->have_conf = true;
     s->conf_without_self = !raft_conf_is_member(conf, s->cfg.self_id);
+    if (s->peer)
+        peer_probe_removed(s->peer, s->conf_without_self);
     if (s->kv)
         kv_service_set_cluster(s->kv, &t);
+    /* Not known committed here (this runs on the driver, which must not be asked); the worker
+     * lets dropped members go once it is. */
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    if (s->peer)
-        peer_set_cluster(s->peer, &t);
+    /* peer_set_mu, then mu: the worker's later look must not undo this with an older table.
+     * mu is let go before the peer layer is told, whose callbacks take it. */
+    pthread_mutex_lock(&s->peer_set_mu);
+    pthread_mutex_lock(&s->mu);
+    struct cluster pt;
+    bool changed = peer_table_locked(s, false, 0, &pt);
+    pthread_mutex_unlock(&s->mu);
+    if (s->peer && changed)
+        peer_set_cluster(s->peer, &pt);
+    pthread_mutex_unlock(&s->peer_set_mu);
 }
 
 /* On the leader: binds `name` to unnamed member `id` in the member table (etcd's publish), by
@@ -268,6 +312,40 @@ static bool removal_committed(struct craft_server *s)
     return committed && !raft_conf_is_member(&conf, s->cfg.self_id);
 }
 
+static bool same_ids(const uint64_t *a, uint32_t na, const uint64_t *b, uint32_t nb)
+{
+    return na == nb && memcmp(a, b, na * sizeof *a) == 0;
+}
+
+static bool same_conf(const struct raft_conf *a, const struct raft_conf *b)
+{
+    return same_ids(a->voters, a->n_voters, b->voters, b->n_voters) &&
+           same_ids(a->old, a->n_old, b->old, b->n_old) &&
+           same_ids(a->learners, a->n_learners, b->learners, b->n_learners);
+}
+
+/* The peer layer still serves members the table dropped (peer_table_locked): once the
+ * configuration in force is known committed, those no longer needed go. */
+static void let_dropped_members_go(struct craft_server *s)
+{
+    struct raft_conf conf;
+    bool committed = false;
+    if (raft_node_conf_get(s->node, &conf, NULL, NULL, &committed) != 0)
+        return;
+    struct raft_node_status st;
+    raft_node_status_get(s->node, &st);
+    struct cluster pt;
+    pthread_mutex_lock(&s->peer_set_mu);
+    pthread_mutex_lock(&s->mu);
+    /* Judged against the configuration on_conf recorded: a newer one not seen yet waits. */
+    committed = committed && same_conf(&conf, &s->conf);
+    bool changed = peer_table_locked(s, committed, st.core.leader_id, &pt);
+    pthread_mutex_unlock(&s->mu);
+    if (changed)
+        peer_set_cluster(s->peer, &pt);
+    pthread_mutex_unlock(&s->peer_set_mu);
+}
+
 static void *worker_main(void *arg)
 {
     struct craft_server *s = arg;
@@ -289,11 +367,14 @@ static void *worker_main(void *arg)
         const struct cluster_member *self = cluster_find_id(&s->table, s->cfg.self_id);
         bool self_unnamed = self && !self->name[0];
         bool check_removed = s->conf_without_self && !s->removed;
+        bool kept = s->peer_table.n != s->table.n;
         pthread_mutex_unlock(&s->mu);
         if (self_unnamed)
             publish_name(s, s->cfg.self_id, s->cfg.name);
         if (check_removed && removal_committed(s))
             mark_removed(s, "a configuration without this member was committed");
+        if (kept)
+            let_dropped_members_go(s);
         pthread_mutex_lock(&s->mu);
         if (s->stopping || s->n_bind)
             continue;
@@ -537,6 +618,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         return NULL;
     }
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->peer_set_mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->cfg = *cfg;
     if (cfg->initial_cluster == cfg->default_cluster)
@@ -574,6 +656,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     if (find_identity(s, fresh, &peer_tls, &record, err, errlen) != 0)
         goto fail;
     s->table = cfg->cluster;
+    s->peer_table = cfg->cluster;
     struct peer_config pc = {
         .cluster = &cfg->cluster,
         .self_id = cfg->self_id,
@@ -727,6 +810,7 @@ void craft_server_stop(struct craft_server *s)
     kv_service_destroy(s->kv);
     kv_store_close(s->store);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->peer_set_mu);
     pthread_cond_destroy(&s->cv);
     free(s);
 }

@@ -222,3 +222,23 @@ Test(conf, configuration_survives_restart_and_snapshot)
     commit_on(s, 4);
     done(s);
 }
+
+/* A removed member stops for good (craftd exits once it sees itself removed): the leader of two
+ * that removes itself leaves the other as the only voter, which must elect itself at once. */
+Test(conf, lone_voter_left_after_the_leader_removed_itself_and_stopped)
+{
+    struct sim *s = mk(2, 0, 7);
+    int l = sim_wait_leader(s, 2000);
+    cr_assert_geq(l, 0);
+    commit_on(s, 2);
+    int keep = 1 - l;
+    struct raft_conf c = voters(1, &keep);
+    cr_assert_eq(sim_change(s, l, &c), 0);
+    for (int t = 0; t < 3000 && sim_leader(s) == l; t += 1)
+        sim_run(s, 1);
+    cr_assert_neq(sim_leader(s), l, "the removed leader still leads");
+    sim_crash(s, l);
+    cr_assert_eq(sim_wait_leader(s, 3000), keep, "the lone voter left did not elect itself");
+    commit_on(s, 1);
+    done(s);
+}
