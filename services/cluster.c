@@ -338,12 +338,16 @@ int cluster_check(const struct cluster *c, char *err, size_t errlen)
     return 0;
 }
 
-/* Encoding, version 1 (all integers little-endian):
- *   u8 version (1) | u64 cluster id | u8 member count (1..CLUSTER_MAX_MEMBERS)
+/* Encoding, version 2 (all integers little-endian):
+ *   u8 version (2) | u64 cluster id | u8 member count (1..CLUSTER_MAX_MEMBERS)
  *   then per member: u64 id | u8 name length (0..CLUSTER_NAME_MAX-1; 0 = unnamed) | name
  *                    | u16 URL length (1..CLUSTER_URL_MAX-1) | canonical peer URL
- * and nothing after the last member. */
-#define CLUSTER_FORMAT_VERSION 1
+ *                    | u8 flags (bit 0: promote; other bits must be 0)
+ * and nothing after the last member. Version 1 (written before membership changes could add a
+ * voter as a learner first) is the same without the flags byte, and is still read. */
+/* Version 2 adds a flags byte after each member's URL (bit 0: promote); 1 is still read. */
+#define CLUSTER_FORMAT_VERSION 2
+#define CLUSTER_FLAG_PROMOTE 1u
 
 static uint8_t *put_u64(uint8_t *p, uint64_t v)
 {
@@ -360,7 +364,7 @@ int cluster_encode(const struct cluster *c, uint8_t **out, size_t *len)
     size_t size = 1 + 8 + 1;
     for (size_t i = 0; i < c->n; i++) {
         cluster_url_string(&c->members[i].peer_url, urls[i], sizeof urls[i]);
-        size += 8 + 1 + strlen(c->members[i].name) + 2 + strlen(urls[i]);
+        size += 8 + 1 + strlen(c->members[i].name) + 2 + strlen(urls[i]) + 1;
     }
     uint8_t *buf = malloc(size), *p = buf;
     if (!buf)
@@ -378,6 +382,7 @@ int cluster_encode(const struct cluster *c, uint8_t **out, size_t *len)
         *p++ = (uint8_t)(ul >> 8);
         memcpy(p, urls[i], ul);
         p += ul;
+        *p++ = c->members[i].promote ? CLUSTER_FLAG_PROMOTE : 0;
     }
     *out = buf;
     *len = size;
@@ -441,8 +446,8 @@ int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err,
         rc = bad(err, errlen, "empty");
         goto out;
     }
-    if (version != CLUSTER_FORMAT_VERSION) {
-        rc = bad(err, errlen, "format version %u (this build reads %d)", version,
+    if (version != 1 && version != CLUSTER_FORMAT_VERSION) {
+        rc = bad(err, errlen, "format version %u (this build reads 1 and %d)", version,
                  CLUSTER_FORMAT_VERSION);
         goto out;
     }
@@ -500,6 +505,16 @@ int cluster_decode(const uint8_t *p, size_t len, struct cluster *out, char *err,
                      m->name, url, canon);
             goto out;
         }
+        uint8_t flags = 0;
+        if (version >= 2 && !get(&r, &flags, 1)) {
+            rc = bad(err, errlen, "truncated in member %zu ('%s')", i, m->name);
+            goto out;
+        }
+        if (flags & ~CLUSTER_FLAG_PROMOTE) {
+            rc = bad(err, errlen, "member %zu ('%s'): unknown flags 0x%02x", i, m->name, flags);
+            goto out;
+        }
+        m->promote = flags & CLUSTER_FLAG_PROMOTE;
         c->n++;
     }
     if (r.pos != r.len) {

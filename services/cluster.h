@@ -71,6 +71,7 @@ struct cluster_member {
     uint64_t id;
     char name[CLUSTER_NAME_MAX];
     struct cluster_url peer_url;
+    bool promote; /* a learner added as a voter: the leader promotes it once in sync */
 };
 
 struct cluster {

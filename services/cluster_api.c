@@ -51,6 +51,7 @@ struct op {
     struct rpc_call *call;
     int method;
     bool from_peer;      /* answer with a MemberReply */
+    bool internal;       /* the leader's own (an automatic promotion): nobody to answer */
     int64_t deadline_ms; /* the proposal timeout, from arrival */
     size_t len;
     uint8_t req[];       /* the etcdserverpb request as received */
@@ -306,6 +307,8 @@ static void fill_header(struct cluster_api *a, Etcdserverpb__ResponseHeader *h, 
  * either way. */
 static void deliver(struct op *o, int code, const char *msg, const ProtobufCMessage *resp)
 {
+    if (o->internal)
+        return;
     if (!o->from_peer) {
         if (code)
             rpc_call_fail(o->call, (grpc_status_code)code, msg);
@@ -453,6 +456,8 @@ struct work {
  * follower handed us is refused (it sent it when we led: one hop only). */
 static enum outcome not_leader(struct work *w, uint64_t leader)
 {
+    if (w->o->internal)
+        return DONE; /* an automatic promotion is the leader's own: nothing to pass on */
     if (!w->o->from_peer && leader && leader != w->a->cfg.self_id) {
         w->leader = leader;
         return FORWARD;
@@ -564,6 +569,17 @@ static bool own_scheme_tls(const struct work *w)
     return self->peer_url.tls;
 }
 
+/* Learners the operator asked for: etcd's limit counts these, not voters on their way in. */
+static unsigned operator_learners(const struct view *v)
+{
+    unsigned n = 0;
+    for (uint32_t i = 0; i < v->conf.n_learners; i++) {
+        const struct cluster_member *m = cluster_find_id(&v->table, v->conf.learners[i]);
+        n += !(m && m->promote);
+    }
+    return n;
+}
+
 static enum outcome do_add(struct work *w, const Etcdserverpb__MemberAddRequest *r)
 {
     struct cluster_url u;
@@ -582,7 +598,7 @@ static enum outcome do_add(struct work *w, const Etcdserverpb__MemberAddRequest 
         return DONE;
     }
     unsigned max_learners = w->a->cfg.max_learners;
-    if (r->islearner && w->v.conf.n_learners + 1 > max_learners) {
+    if (r->islearner && operator_learners(&w->v) + 1 > max_learners) {
         deliver_err(w->o, CLUSTER_API_ELEARNERS, false, false);
         return DONE;
     }
@@ -593,6 +609,19 @@ static enum outcome do_add(struct work *w, const Etcdserverpb__MemberAddRequest 
     if (rc != 0) {
         deliver_rule(w->o, rc);
         return DONE;
+    }
+    /* A voter joins as a learner first and the leader promotes it once it is in sync (Raft
+     * paper §6's catch-up phase, thesis §4.2.1): `etcdctl member add` comes before the new
+     * member starts, and a voter that has not started would count in C_old,new's majority at
+     * once - with one more member down the cluster would stop (etcd has the same window with its
+     * single-server change; it recommends learners for that reason). The table marks it
+     * (promote), so whichever member leads promotes it (promote_ready). etcd's check for adding
+     * a voter still applies, to the voter it will become. */
+    if (!r->islearner) {
+        cluster_api_target(&w->v.conf, CLUSTER_API_ADD_LEARNER, id, &w->target);
+        for (size_t i = 0; i < w->next.n; i++)
+            if (w->next.members[i].id == id)
+                w->next.members[i].promote = true;
     }
     bool ok;
     enum outcome out = change(w, &ok);
@@ -677,6 +706,9 @@ static enum outcome do_promote(struct work *w, const Etcdserverpb__MemberPromote
         return DONE;
     }
     w->next = w->v.table; /* the table does not say who learns: the configuration does */
+    for (size_t i = 0; i < w->next.n; i++)
+        if (w->next.members[i].id == r->id)
+            w->next.members[i].promote = false; /* done */
     bool ok;
     enum outcome out = change(w, &ok);
     if (ok)
@@ -808,7 +840,7 @@ static void run_op(struct cluster_api *a, struct op *o)
     w->o = o;
     enum outcome out = DONE;
     for (;;) {
-        if (rpc_call_is_cancelled(o->call)) { /* the client gave up while it waited */
+        if (o->call && rpc_call_is_cancelled(o->call)) { /* the client gave up while waiting */
             deliver(o, GRPC_STATUS_CANCELLED, "cancelled", NULL);
             break;
         }
@@ -836,13 +868,70 @@ static void run_op(struct cluster_api *a, struct op *o)
         free(o);
 }
 
+static struct op *op_new(struct cluster_api *a, struct rpc_call *call, int method,
+                         const uint8_t *req, size_t len, bool from_peer);
+
+/* Worker, no lock: on the leader, promote the learners MemberAdd added as voters (marked
+ * promote in the table) once they are in sync (etcd's rule: 90% of the leader's log). Whether
+ * this member leads is looked at again on each pass, so a new leader finishes the job. */
+static void promote_ready(struct cluster_api *a)
+{
+    uint64_t ready[RAFT_MAX_NODES];
+    size_t n = 0;
+    if (!node_gate_enter(a->cfg.gate))
+        return;
+    struct view v;
+    struct raft_node_status st;
+    raft_node_status_get(a->cfg.node, &st);
+    if (st.core.role == RAFT_LEADER && view_get(a, &v) == 0)
+        for (uint32_t i = 0; i < v.conf.n_learners; i++) {
+            const struct cluster_member *m = cluster_find_id(&v.table, v.conf.learners[i]);
+            uint64_t match = 0, last = 0;
+            if (m && m->promote &&
+                raft_node_progress(a->cfg.node, m->id, &match, &last, NULL) == 0 &&
+                cluster_api_learner_ready(match, last))
+                ready[n++] = m->id;
+        }
+    node_gate_leave(a->cfg.gate);
+    for (size_t i = 0; i < n; i++) {
+        Etcdserverpb__MemberPromoteRequest r = ETCDSERVERPB__MEMBER_PROMOTE_REQUEST__INIT;
+        r.id = ready[i];
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        struct op *o =
+            rpc_msg_pack(&r.base, &buf, &len) == 0 ? op_new(a, NULL, M_PROMOTE, buf, len, false)
+                                                    : NULL;
+        free(buf);
+        if (o) {
+            o->internal = true;
+            run_op(a, o);
+        }
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct cluster_api *a = arg;
     for (;;) {
         pthread_mutex_lock(&a->mu);
-        while (!a->head && !a->stopping)
-            pthread_cond_wait(&a->cv, &a->mu);
+        if (!a->head && !a->stopping) {
+            /* Idle: look for learners to promote every quarter election timeout. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            long ms = (long)a->cfg.election_ms / 4 ? (long)a->cfg.election_ms / 4 : 1;
+            ts.tv_sec += ms / 1000;
+            ts.tv_nsec += (ms % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+        }
+        if (!a->head && !a->stopping) {
+            pthread_mutex_unlock(&a->mu);
+            promote_ready(a);
+            continue;
+        }
         struct op *o = a->head;
         if (o) {
             a->head = o->next;

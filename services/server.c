@@ -37,6 +37,8 @@ struct craft_server {
     struct raft_conf conf;    /* the configuration in force */
     bool have_conf;
     bool conf_without_self;   /* the configuration in force does not hold this member */
+    bool was_member;          /* a configuration seen since start held this member */
+    bool joining;             /* started empty to join a running cluster (join_cluster) */
     bool removed;             /* this member learned it was removed from the cluster */
     char removed_why[320];
     void (*on_removed)(void *arg, const char *why);
@@ -241,8 +243,14 @@ static void on_conf(void *arg, const struct raft_conf *conf, const uint8_t *ctx,
     s->conf = *conf;
     s->have_conf = true;
     s->conf_without_self = !raft_conf_is_member(conf, s->cfg.self_id);
+    /* A member that joins replays configurations from before it was added: being left out of
+     * those is no removal. Only one held since start and then left out is (a member removed
+     * while it was down, whose log says nothing of it, is refused by its peers instead). A
+     * joining member's starting configuration (no table: the one from discovery) does not
+     * count: the leader's log then takes it back to before it was added. */
+    s->was_member = s->was_member || (!s->conf_without_self && (ctx_len || !s->joining));
     if (s->peer)
-        peer_probe_removed(s->peer, s->conf_without_self);
+        peer_probe_removed(s->peer, s->conf_without_self && s->was_member);
     if (s->kv)
         kv_service_set_cluster(s->kv, &t);
     /* Not known committed here (this runs on the driver, which must not be asked); the worker
@@ -366,7 +374,7 @@ static void *worker_main(void *arg)
          * anyone published it) publishes itself. */
         const struct cluster_member *self = cluster_find_id(&s->table, s->cfg.self_id);
         bool self_unnamed = self && !self->name[0];
-        bool check_removed = s->conf_without_self && !s->removed;
+        bool check_removed = s->conf_without_self && s->was_member && !s->removed;
         bool kept = s->peer_table.n != s->table.n;
         pthread_mutex_unlock(&s->mu);
         if (self_unnamed)
@@ -583,8 +591,10 @@ static int find_identity(struct craft_server *s, bool fresh, const struct rpc_tl
 {
     struct craftd_config *cfg = &s->cfg;
     *record = true;
-    if (fresh)
+    if (fresh) {
+        s->joining = cfg->join_existing;
         return cfg->join_existing ? join_cluster(s, peer_tls, err, errlen) : 0;
+    }
     struct member_file mf;
     char sub[600];
     int rc = member_file_read(cfg->data_dir, &mf, sub, sizeof sub);

@@ -553,6 +553,15 @@ void raft_conf_on_commit(struct raft *r)
         /* C_new without us has committed: hand over (§6). */
         RAFT_TRACE(r, "steps down: the committed configuration at %" PRIu64
                       " does not include it", r->conf_index);
+        /* Hand over at once (thesis §3.10): a voter of C_new whose log is complete campaigns now
+         * instead of after an election timeout. */
+        uint64_t last = raft_log_last_index(&r->log);
+        for (size_t i = 0; i < r->n_peers; i++)
+            if (r->peers[i] != r->id && raft_is_voter(r, r->peers[i]) &&
+                r->progress[i].match == last) {
+                raft_send_timeout_now(r, r->peers[i]);
+                break;
+            }
         raft_become_follower(r, r->hs.term, 0);
     }
 }

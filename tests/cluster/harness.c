@@ -96,7 +96,9 @@ void hc_start(struct hc *c, int i)
     cr_assert_eq(m->pid, 0, "%s already running", m->name);
     char cluster[2048] = "", *p = cluster;
     for (int k = 0; k < c->n; k++)
-        p += sprintf(p, "%s%s=https://127.0.0.1:%d", k ? "," : "", c->m[k].name, c->m[k].peer_port);
+        if (!c->unlisted[k] || k == i)
+            p += sprintf(p, "%s%s=https://127.0.0.1:%d", p != cluster ? "," : "", c->m[k].name,
+                         c->m[k].peer_port);
     char curl[64], purl[64], hb[16], et[16], pt[16], cert[400], key[400];
     snprintf(curl, sizeof curl, "https://127.0.0.1:%d", m->client_port);
     snprintf(purl, sizeof purl, "https://127.0.0.1:%d", m->peer_port);
@@ -116,6 +118,10 @@ void hc_start(struct hc *c, int i)
     int argc = 0;
     while (argv[argc])
         argc++;
+    if (c->existing[i]) {
+        argv[argc++] = "--initial-cluster-state";
+        argv[argc++] = "existing";
+    }
     char extra[512];
     snprintf(extra, sizeof extra, "%s", c->extra_flags);
     for (char *save = NULL, *t = strtok_r(extra, " ", &save); t && argc < 62;

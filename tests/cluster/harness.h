@@ -36,6 +36,11 @@ struct hc {
     char ca[400], cert[400], key[400];
     struct hc_member m[HC_MAX];
     char extra_flags[512]; /* appended to every member's command line (space separated) */
+    /* Membership tests: a member with unlisted set is left out of every --initial-cluster (a
+     * spare, not yet added); one with existing set starts with --initial-cluster-state existing
+     * (it joins a running cluster, as after `etcdctl member add`). Both false after hc_setup. */
+    bool unlisted[HC_MAX];
+    bool existing[HC_MAX];
 };
 
 /* Makes the directory, certificates and ports; starts nothing. Fails the test on error. */

@@ -89,6 +89,14 @@ Test(cluster_corpus, valid_seeds_decode_as_the_spec_says)
     cr_assert_eq(c.members[0].id, cluster_member_id(c.members[0].name, "tok"));
     cr_assert_eq(c.members[63].peer_url.port, 65535 - 63);
     encodes_to_seed(&c, "full_table");
+
+    /* Version 2's flags: beta is to be promoted. Version 1 (no flags) still reads. */
+    cr_assert_eq(decode("to_promote", &c, err), 0, "%s", err);
+    cr_assert(c.n == 2 && !c.members[0].promote && c.members[1].promote);
+    encodes_to_seed(&c, "to_promote");
+    cr_assert_eq(decode("version_1", &c, err), 0, "%s", err);
+    cr_assert(c.n == 1 && !c.members[0].promote);
+    cr_assert_str_eq(c.members[0].name, "alpha");
 }
 
 Test(cluster_corpus, broken_seeds_are_refused_for_their_reason)
@@ -96,7 +104,9 @@ Test(cluster_corpus, broken_seeds_are_refused_for_their_reason)
     const struct {
         const char *name, *why;
     } cases[] = {
-        {"version_2", "format version 2"},
+        {"version_3", "format version 3"},
+        {"unknown_flags", "member 0 ('a'): unknown flags 0x80"},
+        {"flags_missing", "truncated in member 0 ('a')"},
         {"cluster_id_zero", "cluster id is 0"},
         {"count_zero", "member count 0"},
         {"count_65", "member count 65"},

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus for the member table fuzzer (tests/fuzz/corpus/cluster/).
 
-A second encoder of the format in services/cluster.h ("Encoding, format version 1"), and of the
+A second encoder of the format in services/cluster.c ("Encoding, version 2"), and of the
 member and cluster ids of cluster_member_id() and cluster_parse(), written from the header, so
 cluster_corpus_check also checks the C code against another reading of it. Valid tables and
 tables that each break one rule. Run from the repository root:
@@ -33,13 +33,14 @@ def raw(s):
     return s.encode() if isinstance(s, str) else s
 
 
-def member(mid, name, url, name_len=None, url_len=None):
+def member(mid, name, url, name_len=None, url_len=None, flags=0, version=2):
     name, url = raw(name), raw(url)
     return (struct.pack("<QB", mid, len(name) if name_len is None else name_len) + name +
-            struct.pack("<H", len(url) if url_len is None else url_len) + url)
+            struct.pack("<H", len(url) if url_len is None else url_len) + url +
+            (struct.pack("<B", flags) if version >= 2 else b""))
 
 
-def table(cid, members, version=1, count=None):
+def table(cid, members, version=2, count=None):
     return (struct.pack("<BQB", version, cid, len(members) if count is None else count) +
             b"".join(members))
 
@@ -76,7 +77,13 @@ def main():
         "three_members": three,
         "ipv6_and_http": table(cid, [a, b, member(3, "c-3.x_y", "http://node.example.com:80")]),
         "full_table": table(42, full),
-        "version_2": table(cid, [a], version=2),
+        "version_1": table(cid, [member(0x0102030405060708, "alpha", "https://10.0.0.1:2380",
+                                        version=1)], version=1),
+        "to_promote": table(cid, [a, member(0x1112131415161718, "beta", "https://[fd00::2]:2380",
+                                            flags=1)]),
+        "version_3": table(cid, [a], version=3),
+        "unknown_flags": table(cid, [member(1, "a", "https://h:1", flags=0x80)]),
+        "flags_missing": table(cid, [member(1, "a", "https://h:1", version=1)]),
         "cluster_id_zero": table(0, [a]),
         "count_zero": table(cid, []),
         "count_65": table(cid, [a], count=65),

@@ -34,6 +34,7 @@ static void assert_same_table(const struct cluster *a, const struct cluster *b)
         cr_assert_eq(x->peer_url.tls, y->peer_url.tls, "member %zu", i);
         cr_assert_str_eq(x->peer_url.host, y->peer_url.host, "member %zu", i);
         cr_assert_eq(x->peer_url.port, y->peer_url.port, "member %zu", i);
+        cr_assert_eq(x->promote, y->promote, "member %zu", i);
     }
 }
 
@@ -154,12 +155,15 @@ static void put_header(struct bytes *w, unsigned version, uint64_t cid, unsigned
 #define M2 0x1112131415161718ull
 #define CID 0xa1a2a3a4a5a6a7a8ull
 
-/* The valid two-member table the malformed cases below start from. */
+/* The valid two-member table the malformed cases below start from (version 2: a flags byte
+ * after each member; beta is to be promoted). */
 static void put_valid2(struct bytes *w)
 {
-    put_header(w, 1, CID, 2);
+    put_header(w, 2, CID, 2);
     put_member(w, M1, "alpha", 5, "https://10.0.0.1:2380", 21);
+    put_u8(w, 0);
     put_member(w, M2, "beta", 4, "https://[fd00::2]:2380", 22);
+    put_u8(w, 1);
 }
 
 Test(cluster_codec, layout_is_as_documented)
@@ -176,15 +180,17 @@ Test(cluster_codec, layout_is_as_documented)
     strcpy(c.members[1].name, "beta");
     cr_assert_eq(
         cluster_parse_url("https://[fd00::2]:2380", &c.members[1].peer_url, err, sizeof err), 0);
+    c.members[1].promote = true;
     uint8_t *b;
     size_t len;
     cr_assert_eq(cluster_encode(&c, &b, &len), 0);
     struct bytes want;
     put_valid2(&want);
     cr_assert_eq(len, want.n);
-    cr_assert_eq(len, 1 + 8 + 1 + (8 + 1 + 5 + 2 + 21) + (8 + 1 + 4 + 2 + 22));
+    cr_assert_eq(len, 1 + 8 + 1 + (8 + 1 + 5 + 2 + 21 + 1) + (8 + 1 + 4 + 2 + 22 + 1));
     cr_assert_eq(memcmp(b, want.b, len), 0);
-    cr_assert_eq(b[0], 1, "version byte");
+    cr_assert_eq(b[0], 2, "version byte");
+    cr_assert_eq(b[len - 1], 1, "beta's flags: promote");
     cr_assert_eq(b[1], 0xa8, "cluster id, little-endian");
     cr_assert_eq(b[10], 0x08, "first member id, little-endian");
     free(b);
@@ -218,6 +224,7 @@ Test(cluster_codec, round_trips)
         }
         strcpy(m->peer_url.host, host);
         m->peer_url.port = 65535 - i;
+        m->promote = i % 5 == 0;
         c.n++;
     }
     cr_assert_eq(cluster_check(&c, err, sizeof err), 0, "%s", err);
@@ -289,6 +296,21 @@ Test(cluster_codec, decode_accepts_the_valid_base)
     cr_assert_eq(c.members[1].peer_url.port, 2380);
 }
 
+/* Tables written before the flags byte (version 1) still read, with no member to promote. */
+Test(cluster_codec, decode_reads_version_1)
+{
+    struct bytes w;
+    put_header(&w, 1, CID, 2);
+    put_member(&w, M1, "alpha", 5, "https://10.0.0.1:2380", 21);
+    put_member(&w, M2, "beta", 4, "https://[fd00::2]:2380", 22);
+    struct cluster out;
+    cr_assert_eq(cluster_decode(w.b, w.n, &out, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(out.n, 2);
+    cr_assert_eq(out.members[1].id, M2);
+    cr_assert_str_eq(out.members[1].name, "beta");
+    cr_assert_not(out.members[0].promote || out.members[1].promote);
+}
+
 Test(cluster_codec, decode_refuses_every_malformation)
 {
     struct bytes w;
@@ -311,9 +333,17 @@ Test(cluster_codec, decode_refuses_every_malformation)
     refused(&w, "1 bytes after the last member");
 
     put_header(&w, 0, CID, 1);
-    refused(&w, "format version 0 (this build reads 1)");
+    refused(&w, "format version 0 (this build reads 1 and 2)");
+    put_header(&w, 3, CID, 1);
+    refused(&w, "format version 3");
+    /* Version 2's flags byte: unknown bits refused, and it cannot be left out. */
     put_header(&w, 2, CID, 1);
-    refused(&w, "format version 2");
+    put_member(&w, M1, "alpha", 5, "https://h:1", 11);
+    put_u8(&w, 2);
+    refused(&w, "member 0 ('alpha'): unknown flags 0x02");
+    put_header(&w, 2, CID, 1);
+    put_member(&w, M1, "alpha", 5, "https://h:1", 11);
+    refused(&w, "truncated in member 0 ('alpha')");
     put_header(&w, 1, 0, 1);
     put_member(&w, M1, "alpha", 5, "https://h:1", 11);
     refused(&w, "cluster id is 0");
@@ -625,10 +655,13 @@ Test(cluster_unnamed, add_unnamed_encodes_and_binds_a_name_once)
 Test(cluster_unnamed, decode_reads_a_zero_length_name_as_unnamed)
 {
     struct bytes w;
-    put_header(&w, 1, CID, 3);
+    put_header(&w, 2, CID, 3);
     put_member(&w, M1, "alpha", 5, "https://10.0.0.1:2380", 21);
+    put_u8(&w, 0);
     put_member(&w, M2, "", 0, "https://10.0.0.2:2380", 21);
+    put_u8(&w, 0);
     put_member(&w, 3, "", 0, "https://10.0.0.3:2380", 21);
+    put_u8(&w, 0);
     struct cluster c;
     cr_assert_eq(cluster_decode(w.b, w.n, &c, err, sizeof err), 0, "%s", err);
     cr_assert_eq(c.n, 3);

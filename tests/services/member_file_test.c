@@ -79,7 +79,7 @@ Test(member_file, round_trips_and_replaces_atomically, .init = setup, .fini = te
     size_t len = 0;
     char *text = slurp(&len);
     char head[200];
-    snprintf(head, sizeof head, "craft-member 1\nname n4\nmember-id %016llx\ncluster-id %016llx\ntable 01",
+    snprintf(head, sizeof head, "craft-member 1\nname n4\nmember-id %016llx\ncluster-id %016llx\ntable 02",
              (unsigned long long)m.member_id, (unsigned long long)m.table.id);
     cr_assert_eq(strncmp(text, head, strlen(head)), 0, "%s", text);
     cr_assert(strstr(text, "\ncrc32c "));
