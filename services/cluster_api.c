@@ -402,10 +402,21 @@ static int view_get(struct cluster_api *a, struct view *v)
 
 /* ---- MemberList ------------------------------------------------------------------------------ */
 
+/* etcd 3.4 serves a learner's clients Status and serializable Ranges only. True if refused. */
+static bool refuse_learner(struct cluster_api *a, struct rpc_call *call)
+{
+    if (!a->cfg.learner || !atomic_load_explicit(a->cfg.learner, memory_order_relaxed))
+        return false;
+    rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "etcdserver: rpc not supported for learner");
+    return true;
+}
+
 static void handle_member_list(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 {
     (void)m;
     struct cluster_api *a = ctx;
+    if (refuse_learner(a, call))
+        return;
     struct view *v = malloc(sizeof *v);
     struct member_list *l = malloc(sizeof *l);
     if (!v || !l) {
@@ -1080,6 +1091,8 @@ static void forward_op(struct cluster_api *a, struct op *o, uint64_t leader)
 static void handle_change(struct rpc_call *call, const uint8_t *data, size_t len,
                           struct cluster_api *a, int method)
 {
+    if (refuse_learner(a, call))
+        return;
     ProtobufCMessage *m = rpc_msg_unpack(request_desc(method), data, len);
     if (!m) {
         rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_UNMARSHAL);

@@ -58,6 +58,7 @@
 #ifndef CRAFT_SERVICES_CLUSTER_API_H
 #define CRAFT_SERVICES_CLUSTER_API_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -85,6 +86,9 @@ struct cluster_api_config {
     unsigned election_ms;          /* --election-timeout; 0 = 1000 */
     unsigned max_learners;         /* 0 = CLUSTER_API_DEFAULT_MAX_LEARNERS */
     bool no_strict_check;          /* etcd's --strict-reconfig-check=false */
+    const atomic_bool *learner;    /* true while this member is a learner: every method is
+                                      refused with "etcdserver: rpc not supported for learner"
+                                      (etcd 3.4); NULL = never */
 };
 
 struct cluster_api;

@@ -2,6 +2,7 @@
 #include "services/kv_service.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,17 @@ struct kv_service {
     struct fwd *fwd;            /* Peer.Forwards, both sides */
     struct cluster_api *api;    /* Cluster service, MoveLeader, Peer.Member */
     struct maint_snapshot snap; /* Maintenance.Snapshot */
+    atomic_bool learner;        /* kv_service_set_learner */
 };
+
+/* etcd's rule for learners (v3.4 isRPCSupportedForLearner): refused here, true if so. */
+static bool refuse_learner(struct kv_service *s, struct rpc_call *call)
+{
+    if (!atomic_load_explicit(&s->learner, memory_order_relaxed))
+        return false;
+    rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, KV_ERR_LEARNER);
+    return true;
+}
 
 enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE };
 
@@ -254,6 +265,8 @@ static void write_request(struct kv_service *s, struct rpc_call *call, enum op_k
     uint8_t *cmd = NULL;
     size_t len = 0;
     int rc, enc;
+    if (refuse_learner(s, call))
+        return;
     switch (kind) {
     case OP_PUT:
         rc = kv_validate_put((const Etcdserverpb__PutRequest *)m, &err);
@@ -382,6 +395,10 @@ static void handle_range(struct rpc_call *call, const uint8_t *data, size_t len,
         protobuf_c_message_free_unpacked(&r->base, NULL);
         return;
     }
+    if (!r->serializable && refuse_learner(ctx, call)) {
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
     read_start(ctx, call, OP_RANGE, &r->base, r->serializable);
 }
 
@@ -389,6 +406,8 @@ static void handle_txn(struct rpc_call *call, const uint8_t *data, size_t len, v
 {
     struct kv_service *s = ctx;
     struct kv_err werr;
+    if (refuse_learner(s, call))
+        return;
     /* protobuf-c unpacks nested Txns recursively: bound the depth on the raw bytes first. */
     if (kv_check_txn_wire(data, len, &werr) != 0) {
         fail(call, werr.code, werr.msg);
@@ -541,6 +560,7 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
         .election_ms = cfg->election_ms,
         .max_learners = cfg->max_learners,
         .no_strict_check = cfg->no_strict_reconfig_check,
+        .learner = &s->learner,
     };
     s->api = s->fwd ? cluster_api_create(&ac) : NULL;
     if (!s->api) {
@@ -553,6 +573,7 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     s->snap.fsm = kv_store_fsm(cfg->store);
     s->snap.cluster_id = s->cluster_id;
     s->snap.member_id = cfg->self_id;
+    s->snap.learner = &s->learner;
     return s;
 }
 
@@ -587,6 +608,11 @@ void kv_service_set_cluster(struct kv_service *s, const struct cluster *c)
     s->cluster = *c;
     pthread_rwlock_unlock(&s->cluster_mu);
     fwd_set_cluster(s->fwd, c);
+}
+
+void kv_service_set_learner(struct kv_service *s, bool learner)
+{
+    atomic_store(&s->learner, learner);
 }
 
 void kv_service_cluster_get(struct kv_service *s, struct cluster *out)

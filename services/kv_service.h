@@ -23,6 +23,11 @@
  *   log (deletes and compaction are still accepted, to make room).
  * - The member table (who one may forward to) follows membership changes:
  *   kv_service_set_cluster() replaces it, from any thread, while writes are being forwarded.
+ * - A learner serves only what etcd 3.4 lets a learner serve: Maintenance.Status and
+ *   serializable Ranges; every other client call (writes, linearizable reads, Txn, Compact,
+ *   the Cluster service, MoveLeader, Snapshot) gets UNAVAILABLE "etcdserver: rpc not supported
+ *   for learner" (KV_ERR_LEARNER), so clients move to a voter. kv_service_set_learner() says
+ *   which this member is (the configuration in force); checking it is one atomic load.
  * - Every response carries etcd's ResponseHeader: cluster_id, member_id (this member), revision,
  *   raft_term. Errors use etcd's gRPC codes and messages ("etcdserver: no leader",
  *   "etcdserver: request timed out", "etcdserver: request is too large", "etcdserver: too many
@@ -31,8 +36,11 @@
 #ifndef CRAFT_SERVICES_KV_SERVICE_H
 #define CRAFT_SERVICES_KV_SERVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#define KV_ERR_LEARNER "etcdserver: rpc not supported for learner" /* etcd's, UNAVAILABLE */
 
 #include "raft/node/node.h"
 #include "rpc/rpc.h"
@@ -76,6 +84,8 @@ int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
 /* The member table in force changed (the node's on_conf, decoded): forwarding follows it. Any
  * thread; the cluster id must stay the same. */
 void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);
+/* Whether this member is a learner in the configuration in force (the node's on_conf). */
+void kv_service_set_learner(struct kv_service *s, bool learner);
 /* A copy of the member table kv_service_set_cluster last set (or the initial one). */
 void kv_service_cluster_get(struct kv_service *s, struct cluster *out);
 /* Forwarding counters (services/forward.h). */

@@ -111,6 +111,10 @@ static void on_message(struct rpc_stream *st, const uint8_t *data, size_t len, v
         return;
     }
     protobuf_c_message_free_unpacked(req, NULL);
+    if (ss->ms->learner && atomic_load(ss->ms->learner)) {
+        finish(st, ss, GRPC_STATUS_UNAVAILABLE, "etcdserver: rpc not supported for learner");
+        return;
+    }
     if (atomic_fetch_add(&ss->ms->active, 1) >= MAINT_SNAPSHOT_MAX_STREAMS) {
         atomic_fetch_sub(&ss->ms->active, 1);
         finish(st, ss, GRPC_STATUS_RESOURCE_EXHAUSTED, "snapshot: another one is being taken");

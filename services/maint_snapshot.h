@@ -33,6 +33,9 @@ struct maint_snapshot {
     struct raft_fsm *fsm;
     uint64_t cluster_id, member_id;
     _Atomic int active; /* snapshots streaming */
+    const _Atomic _Bool *learner; /* while true: refused, as etcd 3.4 refuses a learner's
+                                     streams ("etcdserver: rpc not supported for learner");
+                                     NULL = never */
 };
 
 /* Registers /etcdserverpb.Maintenance/Snapshot on srv. 0 or -1. */

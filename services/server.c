@@ -217,6 +217,11 @@ static bool peer_table_locked(struct craft_server *s, bool committed, uint64_t l
     return !same;
 }
 
+static bool learner_in(const struct raft_conf *c, uint64_t id)
+{
+    return raft_conf_is_member(c, id) && !raft_conf_is_voter(c, id);
+}
+
 /* node.h on_conf: the configuration in force changed (and once at start). Its ctx is the member
  * table (cluster_encode); an empty one means the initial table: kept. Called by the node's
  * driver, one call at a time, possibly before raft_node_start has returned. */
@@ -251,16 +256,18 @@ static void on_conf(void *arg, const struct raft_conf *conf, const uint8_t *ctx,
     s->was_member = s->was_member || (!s->conf_without_self && (ctx_len || !s->joining));
     if (s->peer)
         peer_probe_removed(s->peer, s->conf_without_self && s->was_member);
-    if (s->kv)
+    if (s->kv) {
         kv_service_set_cluster(s->kv, &t);
-    /* Not known committed here (this runs on the driver, which must not be asked); the worker
-     * lets dropped members go once it is. */
+        kv_service_set_learner(s->kv, learner_in(conf, s->cfg.self_id));
+    }
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     /* peer_set_mu, then mu: the worker's later look must not undo this with an older table.
      * mu is let go before the peer layer is told, whose callbacks take it. */
     pthread_mutex_lock(&s->peer_set_mu);
     pthread_mutex_lock(&s->mu);
+    /* Not known committed here (this runs on the driver, which must not be asked); the worker
+     * lets dropped members go once it is. */
     struct cluster pt;
     bool changed = peer_table_locked(s, false, 0, &pt);
     pthread_mutex_unlock(&s->mu);
@@ -771,6 +778,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         pthread_mutex_lock(&s->mu);
         s->kv = kv;
         kv_service_set_cluster(kv, &s->table); /* what on_conf found before kv existed */
+        kv_service_set_learner(kv, s->have_conf && learner_in(&s->conf, s->cfg.self_id));
         pthread_mutex_unlock(&s->mu);
     }
     if (!s->kv || kv_service_register_client(s->kv, s->client_srv) != 0 ||

@@ -324,6 +324,31 @@ Test(members, learner_catches_up_then_is_promoted, .fini = teardown, .timeout = 
     int learners = 0;
     cr_assert_eq(member_list(0, 0, NULL, &learners), 4);
     cr_assert_eq(learners, 1);
+    /* A learner serves what etcd 3.4 lets it: serializable reads and Status, nothing else. */
+    char got[64], key0[32], want0[32];
+    pthread_mutex_lock(&L.mu);
+    snprintf(key0, sizeof key0, "load/%06d", L.acked[0]);
+    snprintf(want0, sizeof want0, "v%d", L.acked[0]);
+    pthread_mutex_unlock(&L.mu);
+    bool served = false;
+    for (int64_t end = hc_now_ms() + 20000; !served && hc_now_ms() < end; usleep(50000))
+        served = hc_get(&C, 3, key0, got, sizeof got, true) == 1;
+    cr_assert(served, "the learner never served a serializable read of an acknowledged write");
+    cr_assert_str_eq(got, want0);
+    struct call_err pe;
+    Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
+    put.key.data = (uint8_t *)"k";
+    put.key.len = 1;
+    cr_assert_null(call(3, "/etcdserverpb.KV/Put", &put.base,
+                        &etcdserverpb__put_response__descriptor, &pe));
+    cr_assert_eq(pe.code, GRPC_STATUS_UNAVAILABLE);
+    cr_assert_str_eq(pe.msg, "etcdserver: rpc not supported for learner");
+    Etcdserverpb__RangeRequest rr = ETCDSERVERPB__RANGE_REQUEST__INIT;
+    rr.key.data = (uint8_t *)"k";
+    rr.key.len = 1;
+    cr_assert_null(call(3, "/etcdserverpb.KV/Range", &rr.base,
+                        &etcdserverpb__range_response__descriptor, &pe));
+    cr_assert_str_eq(pe.msg, "etcdserver: rpc not supported for learner", "linearizable read");
     /* Promote once it has caught up (refused while it lags: retried). */
     struct call_err e = {0};
     bool ok = false;
