@@ -73,6 +73,40 @@ static bool has_file(int m, const char *suffix)
     return found;
 }
 
+/* The index of member m's newest snapshot file ("<term>-<index>.snap"), 0 if none. */
+static uint64_t newest_snap_index(int m)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/snap", C.m[m].data_dir);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    uint64_t best = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        unsigned long long term, index;
+        char tail[8];
+        if (sscanf(de->d_name, "%16llx-%16llx%7s", &term, &index, tail) == 3 &&
+            !strcmp(tail, ".snap") && index > best)
+            best = index;
+    }
+    closedir(d);
+    return best;
+}
+
+/* Snapshots are taken in the background: wait (bounded) until member m's newest one is at or
+ * past `index`, so its log no longer holds what a member stopped before `index` needs. */
+static void wait_snapshot_past(int m, uint64_t index)
+{
+    int64_t until = hc_now_ms() + 30000;
+    while (newest_snap_index(m) < index && hc_now_ms() < until) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_geq(newest_snap_index(m), index, "%s took no snapshot past %llu in 30 s",
+                  C.m[m].name, (unsigned long long)index);
+}
+
 Test(snapshot, follower_down_catches_up_by_snapshot, .fini = teardown, .timeout = 180)
 {
     hc_setup(&C, 3, 50, 300);
@@ -83,8 +117,15 @@ Test(snapshot, follower_down_catches_up_by_snapshot, .fini = teardown, .timeout 
     int f = (l + 1) % 3;
     int64_t rev = put_keys(l, 0, 5, 64);
     cr_assert(hc_wait_revision(&C, f, rev, 10000));
+    Craft__Node__StatusReply *st = NULL;
+    cr_assert_eq(hc_status(&C, f, &st), 0);
+    uint64_t f_last = st->last_index;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
     hc_signal(&C, f, SIGKILL);
     rev = put_keys(l, 5, 495, 64); /* five snapshots' worth: the log moves far past f */
+    /* Compaction keeps --snapshot-catchup-entries (10) before the snapshot: past f's log + 10,
+     * the leader can only send a snapshot. */
+    wait_snapshot_past(l, f_last + 11);
     hc_start(&C, f);
     if (!hc_wait_revision(&C, f, rev, 60000)) {
         hc_dump_log(&C, l);
