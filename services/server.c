@@ -659,7 +659,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
                  strerror(errno));
         goto fail;
     }
-    struct kv_store_opts ko = {.map_size = cfg->quota_backend_bytes,
+    struct kv_store_opts ko = {.map_size = kv_store_map_size(cfg->quota_backend_bytes),
                                .sync_every_batch = cfg->backend_sync_ms == 0,
                                .sync_interval_ms = cfg->backend_sync_ms};
     s->store = kv_store_open(kv_dir, &ko, sub, sizeof sub);

@@ -910,6 +910,17 @@ static void publish_in_use(struct kv_store *s)
         atomic_store(&s->in_use, n);
 }
 
+uint64_t kv_store_map_size(uint64_t quota)
+{
+    const uint64_t max = (uint64_t)1 << 44, min_room = (uint64_t)8 << 30;
+    if (!quota)
+        quota = KV_DEFAULT_MAP_SIZE;
+    if (quota >= max / 2)
+        return max;
+    uint64_t room = quota > min_room ? quota : min_room;
+    return quota + room > max ? max : quota + room;
+}
+
 /* ---- apply ---- */
 
 /* The "state" record: applied index, revision, compacted revision, then the term of the entry

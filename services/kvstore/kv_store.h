@@ -114,6 +114,16 @@ enum {
 #define KV_DEFAULT_SYNC_MS 100 /* like etcd's --backend-batch-interval */
 #define KV_MAX_SYNC_MS 60000
 
+/* The map size for a quota (--quota-backend-bytes): the quota plus room beyond it (the quota
+ * again, at least 8 GiB; at most 16 TiB in all). The quota check runs before proposing, against
+ * the pages in use as of the last applied batch, so writes already in flight, pages that a
+ * snapshot's read transaction keeps from reuse and free-list fragmentation can take the file past
+ * the quota; the map must hold them, or the store fills at apply - where members could disagree
+ * about which entry fits, and a map too full for even the applied-index record stops the member.
+ * Only address space: the file grows as pages are written (etcd maps 10 GiB for the same
+ * reason). */
+uint64_t kv_store_map_size(uint64_t quota);
+
 struct kv_err {
     int code;      /* gRPC status code; 0 = OK */
     char msg[160]; /* etcd's message, or a craft one for storage errors */
