@@ -492,10 +492,20 @@ static int strict_check(struct work *w, enum cluster_api_change ch, uint64_t id)
 {
     if (w->a->cfg.no_strict_check)
         return 0;
+    /* A learner on its way to voter (MemberAdd of a voter, marked promote) counts as the voter
+     * it will be: etcd's rules see a voter there (one that may not have started). Except when it
+     * is the one being promoted. */
+    struct raft_conf eff = w->v.conf;
+    for (uint32_t i = 0; i < w->v.conf.n_learners; i++) {
+        const struct cluster_member *m = cluster_find_id(&w->v.table, w->v.conf.learners[i]);
+        if (m && m->promote && !(ch == CLUSTER_API_PROMOTE && m->id == id) &&
+            eff.n_voters < RAFT_MAX_NODES)
+            eff.voters[eff.n_voters++] = m->id;
+    }
     bool up[RAFT_MAX_NODES];
-    for (uint32_t i = 0; i < w->v.conf.n_voters; i++)
-        up[i] = started(w->a, w->v.conf.voters[i]);
-    return cluster_api_strict_check(&w->v.conf, up, ch, id);
+    for (uint32_t i = 0; i < eff.n_voters; i++)
+        up[i] = started(w->a, eff.voters[i]);
+    return cluster_api_strict_check(&eff, up, ch, id);
 }
 
 /* Proposes w->target with w->next as its table and waits (gate held). DONE with the error

@@ -84,7 +84,8 @@ int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
 /* The member table in force changed (the node's on_conf, decoded): forwarding follows it. Any
  * thread; the cluster id must stay the same. */
 void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);
-/* Whether this member is a learner in the configuration in force (the node's on_conf). */
+/* Whether this member is to be served as a learner: not a voter in the configuration in force
+ * (a learner, a member still joining, or a removed one; the node's on_conf). */
 void kv_service_set_learner(struct kv_service *s, bool learner);
 /* A copy of the member table kv_service_set_cluster last set (or the initial one). */
 void kv_service_cluster_get(struct kv_service *s, struct cluster *out);

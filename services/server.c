@@ -217,9 +217,12 @@ static bool peer_table_locked(struct craft_server *s, bool committed, uint64_t l
     return !same;
 }
 
+/* Served as a learner (kv_service_set_learner): a learner, and also a member that joined and
+ * has not yet received the configuration that adds it (every member joins as a learner) or one
+ * that was removed. */
 static bool learner_in(const struct raft_conf *c, uint64_t id)
 {
-    return raft_conf_is_member(c, id) && !raft_conf_is_voter(c, id);
+    return !raft_conf_is_voter(c, id);
 }
 
 /* node.h on_conf: the configuration in force changed (and once at start). Its ctx is the member
@@ -352,8 +355,11 @@ static void let_dropped_members_go(struct craft_server *s)
     struct cluster pt;
     pthread_mutex_lock(&s->peer_set_mu);
     pthread_mutex_lock(&s->mu);
-    /* Judged against the configuration on_conf recorded: a newer one not seen yet waits. */
-    committed = committed && same_conf(&conf, &s->conf);
+    /* Judged against the configuration on_conf recorded: a newer one not seen yet waits. A
+     * member still catching up on history (it joined and has not yet reached the configuration
+     * that adds it) lets nobody go: the members missing from old tables were added later, not
+     * removed, and refusing them as removed made a member that had joined just before it stop. */
+    committed = committed && same_conf(&conf, &s->conf) && s->was_member;
     bool changed = peer_table_locked(s, committed, st.core.leader_id, &pt);
     pthread_mutex_unlock(&s->mu);
     if (changed)
@@ -720,14 +726,21 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         }
     }
 
+    /* The configuration to start from when the log has none. A member joining a running cluster
+     * starts outside it (the others as voters): it joined as a learner, and until the leader's
+     * log or snapshot says what it is, it must not campaign - with its empty log it could not
+     * win, but it would disturb the others (a learner's pre-votes were seen in the 1 GiB learner
+     * benchmark while its snapshot was still on the way). */
     uint64_t ids[CLUSTER_MAX_MEMBERS];
+    size_t n_ids = 0;
     for (size_t i = 0; i < cfg->cluster.n; i++)
-        ids[i] = cfg->cluster.members[i].id;
+        if (!s->joining || cfg->cluster.members[i].id != cfg->self_id)
+            ids[n_ids++] = cfg->cluster.members[i].id;
     struct raft_node_config nc;
     raft_node_config_default(&nc);
     nc.id = cfg->self_id;
     nc.peers = ids;
-    nc.n_peers = cfg->cluster.n;
+    nc.n_peers = n_ids;
     nc.data_dir = raft_dir;
     nc.fsm = kv_store_fsm(s->store);
     nc.transport = peer_transport(s->peer);

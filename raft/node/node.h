@@ -49,7 +49,10 @@ const char *raft_node_strerror(int code);
 
 struct raft_node_config {
     uint64_t id;           /* this member; nonzero */
-    const uint64_t *peers; /* every voter including this one */
+    const uint64_t *peers; /* the voters to start from when the log and snapshots hold no
+                              configuration; this member need not be one (a member joining a
+                              running cluster starts outside it and never campaigns until the
+                              leader's log or snapshot says what it is) */
     size_t n_peers;
     const char *data_dir;  /* write-ahead log and hard state; locked while the node runs */
     struct raft_fsm *fsm;

@@ -363,6 +363,7 @@ Test(members, learner_catches_up_then_is_promoted, .fini = teardown, .timeout = 
     if (!hc_log_has(&C, 3, "installed snapshot"))
         hc_dump_log(&C, 3);
     cr_assert(hc_log_has(&C, 3, "installed snapshot"), "the learner caught up without a snapshot");
+    cr_assert_not(hc_log_has(&C, 3, "candidate in term"), "the learner campaigned");
     load_set((int[]){0, 1, 2, 3}, 4);
     load_progress(50, 20000);
     load_check((int[]){0, 1, 2, 3}, 4);
