@@ -39,6 +39,7 @@ struct craft_server {
     bool conf_without_self;   /* the configuration in force does not hold this member */
     bool was_member;          /* a configuration seen since start held this member */
     bool joining;             /* started empty to join a running cluster (join_cluster) */
+    bool leaderless;          /* on_role: no leader known */
     bool removed;             /* this member learned it was removed from the cluster */
     char removed_why[320];
     void (*on_removed)(void *arg, const char *why);
@@ -91,10 +92,25 @@ static void member_name(struct craft_server *s, uint64_t id, char *buf, size_t l
     pthread_mutex_unlock(&s->mu);
 }
 
+/* mu held. Whether to ask the peers if this member was removed (peer_probe_removed): when a
+ * configuration it was in has been replaced by one without it, and when it knows no leader - a
+ * removed learner or follower never hears from the leader again, and may never receive the
+ * configuration that removed it (the leader stops sending to it once that is appended). */
+static bool probe_removed_locked(const struct craft_server *s)
+{
+    return s->was_member && (s->conf_without_self || s->leaderless);
+}
+
 static void on_role(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_t leader_id)
 {
     struct craft_server *s = arg;
     (void)id;
+    pthread_mutex_lock(&s->mu);
+    s->leaderless = leader_id == 0;
+    bool probe = probe_removed_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    if (s->peer)
+        peer_probe_removed(s->peer, probe);
     char leader[CLUSTER_NAME_MAX + 20];
     member_name(s, leader_id, leader, sizeof leader);
     logf_(s, "%s in term %llu, leader %s", raft_role_name(role), (unsigned long long)term, leader);
@@ -258,7 +274,7 @@ static void on_conf(void *arg, const struct raft_conf *conf, const uint8_t *ctx,
      * count: the leader's log then takes it back to before it was added. */
     s->was_member = s->was_member || (!s->conf_without_self && (ctx_len || !s->joining));
     if (s->peer)
-        peer_probe_removed(s->peer, s->conf_without_self && s->was_member);
+        peer_probe_removed(s->peer, probe_removed_locked(s));
     if (s->kv) {
         kv_service_set_cluster(s->kv, &t);
         kv_service_set_learner(s->kv, learner_in(conf, s->cfg.self_id));

@@ -225,7 +225,7 @@ Test(kv_quota, a_burst_past_the_quota_is_refused_and_the_member_keeps_serving, .
     memset(val, 'y', sizeof val);
     burst_left = BURST;
     for (int i = 0; i < BURST; i++) {
-        char key[16];
+        char key[24];
         snprintf(key, sizeof key, "burst%03d", i);
         Etcdserverpb__PutRequest req = ETCDSERVERPB__PUT_REQUEST__INIT;
         req.key.data = (uint8_t *)key;
