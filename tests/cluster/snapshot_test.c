@@ -73,6 +73,18 @@ static bool has_file(int m, const char *suffix)
     return found;
 }
 
+/* Whether member m's log has a line with needle within 10 s (bounded poll): the store is
+ * restored, and its revision visible, just before the node logs "installed snapshot". */
+static bool log_soon(int m, const char *needle)
+{
+    int64_t until = hc_now_ms() + 10000;
+    while (!hc_log_has(&C, m, needle) && hc_now_ms() < until) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return hc_log_has(&C, m, needle);
+}
+
 /* The index of member m's newest snapshot file ("<term>-<index>.snap"), 0 if none. */
 static uint64_t newest_snap_index(int m)
 {
@@ -132,7 +144,7 @@ Test(snapshot, follower_down_catches_up_by_snapshot, .fini = teardown, .timeout 
         hc_dump_log(&C, f);
         cr_assert_fail("%s did not catch up to revision %lld", C.m[f].name, (long long)rev);
     }
-    cr_assert(hc_log_has(&C, f, "installed snapshot"), "%s caught up without a snapshot",
+    cr_assert(log_soon(f, "installed snapshot"), "%s caught up without a snapshot",
               C.m[f].name);
     assert_keys(f, 500, 7);
     /* Restarted, it comes back from its snapshot plus the log after it. */
@@ -179,8 +191,8 @@ Test(snapshot, receiver_killed_mid_transfer_resumes, .fini = teardown, .timeout 
     }
     /* Installed once whole - or, when the kill came just after the transfer completed, loaded
      * from the snapshot directory at the restart. */
-    cr_assert(hc_log_has(&C, f, "installed snapshot") ||
-                  hc_log_has(&C, f, "restoring the state machine from snapshot"),
+    cr_assert(hc_log_has(&C, f, "restoring the state machine from snapshot") ||
+                  log_soon(f, "installed snapshot"),
               "%s caught up without a snapshot", C.m[f].name);
     assert_keys(f, 300, 13);
 }
