@@ -135,6 +135,21 @@ static ProtobufCMessage *call_ok(const char *method, const ProtobufCMessage *req
     return resp;
 }
 
+/* DeleteRange [key, end), which must succeed: how many keys it deleted. */
+static int64_t delete_range(const char *key, const char *end)
+{
+    Etcdserverpb__DeleteRangeRequest del = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
+    del.key.data = (uint8_t *)key;
+    del.key.len = strlen(key);
+    del.range_end.data = (uint8_t *)end;
+    del.range_end.len = strlen(end);
+    ProtobufCMessage *resp = call_ok("/etcdserverpb.KV/DeleteRange", &del.base,
+                                     &etcdserverpb__delete_range_response__descriptor);
+    int64_t n = ((Etcdserverpb__DeleteRangeResponse *)resp)->deleted;
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return n;
+}
+
 /* Maintenance.Status, as etcdctl endpoint status asks it. */
 static Etcdserverpb__StatusResponse *status(void)
 {
@@ -169,15 +184,7 @@ Test(kv_quota, writes_past_the_quota_are_refused_before_the_log_and_deletes_make
                  (long long)after->dbsizeinuse);
 
     /* A delete is accepted over the quota and frees the values' pages at once. */
-    Etcdserverpb__DeleteRangeRequest del = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
-    del.key.data = (uint8_t *)"big";
-    del.key.len = 3;
-    del.range_end.data = (uint8_t *)"bih";
-    del.range_end.len = 3;
-    ProtobufCMessage *resp = call_ok("/etcdserverpb.KV/DeleteRange", &del.base,
-                                     &etcdserverpb__delete_range_response__descriptor);
-    cr_assert_eq(((Etcdserverpb__DeleteRangeResponse *)resp)->deleted, stored);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    cr_assert_eq(delete_range("big", "bih"), stored);
     Etcdserverpb__StatusResponse *freed = status();
     cr_assert_lt(freed->dbsizeinuse + (int64_t)(stored / 2 * VLEN), after->dbsizeinuse,
                  "in use %lld after deleting from %lld", (long long)freed->dbsizeinuse,
@@ -254,14 +261,6 @@ Test(kv_quota, a_burst_past_the_quota_is_refused_and_the_member_keeps_serving, .
                  "%d of %d x 16 KiB in a 1 MiB quota, and still room", burst_ok, BURST);
     cr_assert_str_eq(msg, KV_ERR_NO_SPACE);
     /* Still serving: a delete makes room and a Put goes in again. */
-    Etcdserverpb__DeleteRangeRequest del = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
-    del.key.data = (uint8_t *)"burst";
-    del.key.len = 5;
-    del.range_end.data = (uint8_t *)"bursu";
-    del.range_end.len = 5;
-    ProtobufCMessage *resp = call_ok("/etcdserverpb.KV/DeleteRange", &del.base,
-                                     &etcdserverpb__delete_range_response__descriptor);
-    cr_assert_eq(((Etcdserverpb__DeleteRangeResponse *)resp)->deleted, burst_ok);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    cr_assert_eq(delete_range("burst", "bursu"), burst_ok);
     cr_assert_eq(put("after", 100, msg, sizeof msg), GRPC_STATUS_OK, "%s", msg);
 }
