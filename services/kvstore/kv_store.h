@@ -214,4 +214,61 @@ int64_t kv_store_size_in_use(const struct kv_store *s);
 /* Index of the last applied entry (what fsm applied_index returns). */
 uint64_t kv_store_applied_index(struct kv_store *s);
 
+/* ---- History, for Watch (docs/kv.md "History") ----
+ * Every write is kept as an event at (revision, sub), sub counting the writes of one revision
+ * from 0: a PUT with the key's new record, or a DELETE (tombstone) with the key only, until a
+ * compaction removes it. Pointers in an event point into the store's read transaction and
+ * are valid only during the callback. */
+enum { KV_EVENT_PUT = 0, KV_EVENT_DELETE = 1 }; /* = mvccpb Event.EventType */
+
+struct kv_event_kv {
+    const uint8_t *key;
+    size_t klen;
+    int64_t create, mod, version, lease; /* a DELETE's kv: mod = its revision, the rest 0
+                                            (etcd's tombstone KeyValue) */
+    const uint8_t *val;
+    size_t vlen;
+};
+
+struct kv_event {
+    int type;    /* KV_EVENT_PUT or KV_EVENT_DELETE */
+    int64_t rev; /* = kv.mod */
+    int64_t sub;
+    struct kv_event_kv kv;
+    /* The key's previous version (only when asked for): absent when the key did not exist
+     * before this event or that version was compacted away (etcd omits it then too). */
+    bool has_prev;
+    struct kv_event_kv prev;
+};
+
+/* Returns 0 to go on, 1 to stop after this event, negative to fail (passed back). */
+typedef int (*kv_event_cb)(void *arg, const struct kv_event *ev);
+
+/* Reads, from one read transaction (a consistent state as of the last applied batch), the
+ * events with revision >= from_rev in (revision, sub) order, calling cb for each; with_prev
+ * fills prev. It stops at the end, when cb returns 1 or negative, or at the first revision
+ * boundary after max_events events (0 = no bound), so a revision's events are never split
+ * by the bound. *next_rev = the revision to resume from (the first one not wholly delivered:
+ * when cb stopped mid-revision it is that revision, and the caller skips what it has), *cur_rev
+ * = the store's revision in that transaction (all events up to it were delivered when
+ * *next_rev == *cur_rev + 1), *compact_rev = its compacted revision. from_rev <= 0 reads
+ * nothing and returns next_rev = cur_rev + 1.
+ * 0; or -1 with *err: OUT_OF_RANGE KV_ERR_COMPACTED when 0 < from_rev < compacted revision
+ * (*compact_rev set), or a storage error; or cb's negative value. Any pointer of the three
+ * may be NULL. Any thread, concurrently with apply. */
+int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, bool with_prev,
+                    kv_event_cb cb, void *arg, int64_t *next_rev, int64_t *cur_rev,
+                    int64_t *compact_rev, struct kv_err *err);
+
+/* Called on the applier thread after each applied batch commits (rev = the store's revision
+ * then, which may not have changed) and after a snapshot restore (rev may jump, even back).
+ * It must not block: wake a thread and return. Set once, before the store is applied to;
+ * fn NULL clears it. */
+void kv_store_set_commit_hook(struct kv_store *s, void (*fn)(void *arg, int64_t rev), void *arg);
+
+/* Waits up to timeout_ms for the history below `rev` (a compaction's revision) to be removed
+ * and that removal synced to disk (Compact's `physical`). 0 done (or rev not compacted yet
+ * but nothing to wait for), -ETIMEDOUT, or -EIO when the store failed. */
+int kv_store_compact_wait(struct kv_store *s, int64_t rev, unsigned timeout_ms);
+
 #endif
