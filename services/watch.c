@@ -101,8 +101,8 @@ struct watch_hub {
     uint64_t pass_bytes;
     int64_t pass_rev;
     struct buf enc_plain, enc_prev; /* the current event, encoded once for every watcher */
-    const struct kv_event *enc_ev;
-    bool enc_plain_ok, enc_prev_ok;
+    uint64_t enc_seq, enc_done_plain, enc_done_prev; /* which event each encoding is of (the
+                                                        source may reuse one struct) */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -667,17 +667,13 @@ static void flush_revision(struct watch_hub *h)
 
 static const struct buf *encoded(struct watch_hub *h, const struct kv_event *ev, bool prev)
 {
-    if (h->enc_ev != ev) {
-        h->enc_ev = ev;
-        h->enc_plain_ok = h->enc_prev_ok = false;
-        h->enc_plain.len = h->enc_prev.len = 0;
-    }
     struct buf *b = prev ? &h->enc_prev : &h->enc_plain;
-    bool *ok = prev ? &h->enc_prev_ok : &h->enc_plain_ok;
-    if (!*ok) {
+    uint64_t *done = prev ? &h->enc_done_prev : &h->enc_done_plain;
+    if (*done != h->enc_seq) {
+        b->len = 0;
         if (encode_event(b, ev, prev) != 0)
             return NULL;
-        *ok = true;
+        *done = h->enc_seq;
     }
     return b;
 }
@@ -741,6 +737,7 @@ static void pass_add(struct watch_hub *h, struct watcher *w, const struct kv_eve
 static int pass_event(void *arg, const struct kv_event *ev)
 {
     struct watch_hub *h = arg;
+    h->enc_seq++;
     if (ev->rev != h->pass_rev) {
         if (h->pass_rev)
             flush_revision(h);
@@ -765,12 +762,10 @@ static void synced_pass(struct watch_hub *h, int64_t *backoff)
     int64_t next = 0, cur = 0, compact = 0;
     struct kv_err err = {0};
     h->pass_rev = 0;
-    h->enc_ev = NULL;
     int rc = src_events(h, h->hub_rev + 1, HUB_PASS_EVENTS, prev, pass_event, h, &next, &cur,
                         &compact, &err);
     if (h->pass_rev)
         flush_revision(h);
-    h->enc_ev = NULL;
     buf_clear(&h->enc_plain);
     buf_clear(&h->enc_prev);
     if (rc == 0) {

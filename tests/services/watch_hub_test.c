@@ -1,0 +1,664 @@
+/* watch_hub_test.c: services/watch.h's stream semantics against an in-memory history (the
+ * hub's injectable event source, with kv_store_events's contract), over a real plaintext
+ * loopback rpc server: created/canceled responses, ranges, catch-up and future starts, prev_kv,
+ * filters, compaction, progress, watch ids, fragments, the per-stream bound, bad input, and a
+ * reader that stops reading: bounded on the server and later every event exactly once. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rpc/rpc.h"
+#include "services/watch.h"
+#include "tests/services/watch_client.h"
+
+/* ---- the in-memory history ---------------------------------------------------------------- */
+
+struct hev {
+    int64_t rev, sub;
+    int type;
+    char key[32];
+    uint8_t *val;
+    size_t vlen;
+    int64_t create, version;
+    bool has_prev;
+    int64_t prev_create, prev_mod, prev_version;
+    uint8_t *prev_val;
+    size_t prev_vlen;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    struct hev *ev;
+    size_t n, cap;
+    int64_t rev, compact;
+    struct watch_hub *hub;
+} H = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The latest event of key (NULL: absent or deleted). */
+static struct hev *latest(const char *key)
+{
+    for (size_t i = H.n; i-- > 0;)
+        if (!strcmp(H.ev[i].key, key))
+            return H.ev[i].type == KV_EVENT_PUT ? &H.ev[i] : NULL;
+    return NULL;
+}
+
+/* Adds an event at the current revision (the caller bumped it). */
+static void add(int type, const char *key, const void *val, size_t vlen, int64_t sub)
+{
+    if (H.n == H.cap) {
+        H.cap = H.cap ? H.cap * 2 : 64;
+        H.ev = realloc(H.ev, H.cap * sizeof *H.ev);
+    }
+    struct hev *p = latest(key);
+    struct hev e = {.rev = H.rev, .sub = sub, .type = type};
+    snprintf(e.key, sizeof e.key, "%s", key);
+    if (p) {
+        e.has_prev = true;
+        e.prev_create = p->create;
+        e.prev_mod = p->rev;
+        e.prev_version = p->version;
+        e.prev_val = p->val;
+        e.prev_vlen = p->vlen;
+    }
+    if (type == KV_EVENT_PUT) {
+        e.val = malloc(vlen ? vlen : 1);
+        memcpy(e.val, val, vlen);
+        e.vlen = vlen;
+        e.create = p ? p->create : H.rev;
+        e.version = p ? p->version + 1 : 1;
+    }
+    H.ev[H.n++] = e;
+}
+
+static int64_t put_n(const char *key, const void *val, size_t vlen)
+{
+    pthread_mutex_lock(&H.mu);
+    H.rev++;
+    add(KV_EVENT_PUT, key, val, vlen, 0);
+    int64_t rev = H.rev;
+    pthread_mutex_unlock(&H.mu);
+    watch_hub_notify(H.hub, rev);
+    return rev;
+}
+
+static int64_t put(const char *key, const char *val) { return put_n(key, val, strlen(val)); }
+
+static int64_t del(const char *key)
+{
+    pthread_mutex_lock(&H.mu);
+    H.rev++;
+    add(KV_EVENT_DELETE, key, NULL, 0, 0);
+    int64_t rev = H.rev;
+    pthread_mutex_unlock(&H.mu);
+    watch_hub_notify(H.hub, rev);
+    return rev;
+}
+
+/* One revision with n puts of keys prefix0.. with vlen-byte values. */
+static int64_t txn(const char *prefix, int n, size_t vlen)
+{
+    char *v = malloc(vlen);
+    memset(v, 'x', vlen);
+    pthread_mutex_lock(&H.mu);
+    H.rev++;
+    for (int i = 0; i < n; i++) {
+        char k[32];
+        snprintf(k, sizeof k, "%s%03d", prefix, i);
+        add(KV_EVENT_PUT, k, v, vlen, i);
+    }
+    int64_t rev = H.rev;
+    pthread_mutex_unlock(&H.mu);
+    free(v);
+    watch_hub_notify(H.hub, rev);
+    return rev;
+}
+
+static void compact(int64_t rev)
+{
+    pthread_mutex_lock(&H.mu);
+    H.compact = rev;
+    pthread_mutex_unlock(&H.mu);
+}
+
+/* kv_store_events's contract over the array. */
+static int src(void *arg, int64_t from, size_t max, bool with_prev, kv_event_cb cb, void *cbarg,
+               int64_t *next_rev, int64_t *cur_rev, int64_t *compact_rev, struct kv_err *err)
+{
+    (void)arg;
+    pthread_mutex_lock(&H.mu);
+    int64_t cur = H.rev, next = cur + 1;
+    if (cur_rev)
+        *cur_rev = cur;
+    if (compact_rev)
+        *compact_rev = H.compact;
+    if (from > 0 && from < H.compact) {
+        pthread_mutex_unlock(&H.mu);
+        err->code = KV_CODE_OUT_OF_RANGE;
+        snprintf(err->msg, sizeof err->msg, "%s", KV_ERR_COMPACTED);
+        return -1;
+    }
+    size_t count = 0;
+    int rc = 0;
+    for (size_t i = 0; from > 0 && i < H.n; i++) {
+        struct hev *e = &H.ev[i];
+        if (e->rev < from)
+            continue;
+        if (max && count >= max && e->rev != H.ev[i - 1].rev) {
+            next = e->rev;
+            break;
+        }
+        struct kv_event ev = {.type = e->type, .rev = e->rev, .sub = e->sub};
+        ev.kv.key = (const uint8_t *)e->key;
+        ev.kv.klen = strlen(e->key);
+        ev.kv.mod = e->rev;
+        if (e->type == KV_EVENT_PUT) {
+            ev.kv.create = e->create;
+            ev.kv.version = e->version;
+            ev.kv.val = e->val;
+            ev.kv.vlen = e->vlen;
+        }
+        if (with_prev && e->has_prev) {
+            ev.has_prev = true;
+            ev.prev.key = ev.kv.key;
+            ev.prev.klen = ev.kv.klen;
+            ev.prev.create = e->prev_create;
+            ev.prev.mod = e->prev_mod;
+            ev.prev.version = e->prev_version;
+            ev.prev.val = e->prev_val;
+            ev.prev.vlen = e->prev_vlen;
+        }
+        count++;
+        rc = cb(cbarg, &ev);
+        if (rc != 0) {
+            next = e->rev;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&H.mu);
+    if (next_rev)
+        *next_rev = next;
+    return rc < 0 ? rc : 0;
+}
+
+/* ---- the server ------------------------------------------------------------------------- */
+
+static struct rpc_server *srv;
+static struct rpc_channel *ch;
+
+static void start_with(size_t max_request, size_t max_send, unsigned per_stream,
+                       uint64_t stream_bytes, uint64_t progress_ms)
+{
+    struct watch_config wc = {
+        .cluster_id = 0xc1,
+        .member_id = 0x31,
+        .max_request_bytes = max_request,
+        .max_send_bytes = max_send,
+        .max_per_stream = per_stream,
+        .max_stream_bytes = stream_bytes,
+        .progress_interval_ms = progress_ms,
+        .events = src,
+    };
+    char err[256];
+    H.hub = watch_hub_create(&wc, err, sizeof err);
+    cr_assert(H.hub, "%s", err);
+    struct rpc_server_config sc = {.listen = "127.0.0.1:0", .insecure = true,
+                                   .max_send_bytes = max_send, .stream_queue = 16};
+    srv = rpc_server_create(&sc, err, sizeof err);
+    cr_assert(srv, "%s", err);
+    cr_assert_eq(watch_hub_register(H.hub, srv, NULL), 0);
+    cr_assert_eq(rpc_server_start(srv), 0);
+    char target[32];
+    snprintf(target, sizeof target, "127.0.0.1:%d", rpc_server_port(srv));
+    struct rpc_channel_config cc = {.target = target, .insecure = true, .threads = 2,
+                                    .max_recv_bytes = max_send};
+    ch = rpc_channel_create(&cc, err, sizeof err);
+    cr_assert(ch, "%s", err);
+}
+
+static void start(void) { start_with(1 << 20, 2 << 20, 0, 0, 0); }
+
+static void stop(void)
+{
+    rpc_channel_destroy(ch);
+    rpc_server_shutdown(srv, 1000);
+    watch_hub_destroy(H.hub);
+    for (size_t i = 0; i < H.n; i++)
+        free(H.ev[i].val);
+    free(H.ev);
+    H.ev = NULL;
+    H.n = H.cap = 0;
+    H.rev = H.compact = 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+#define WAIT 5000
+
+static Etcdserverpb__WatchResponse *next(struct wc *c)
+{
+    Etcdserverpb__WatchResponse *r = wc_next(c, WAIT);
+    cr_assert(r, "no response within %d ms", WAIT);
+    return r;
+}
+
+static void done(Etcdserverpb__WatchResponse *r) { etcdserverpb__watch_response__free_unpacked(r, NULL); }
+
+/* Creates a watch and checks the created response; returns its id. */
+static int64_t create(struct wc *c, struct wc_create cr)
+{
+    cr_assert_eq(wc_create(c, &cr), 0);
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert(r->created && !r->canceled, "create refused: %s", r->cancel_reason);
+    cr_assert(r->header);
+    cr_assert_eq(r->header->cluster_id, 0xc1);
+    cr_assert_eq(r->header->member_id, 0x31);
+    int64_t id = r->watch_id;
+    done(r);
+    return id;
+}
+
+/* A create that must be refused with reason. */
+static void refused(struct wc *c, struct wc_create cr, const char *reason)
+{
+    cr_assert_eq(wc_create(c, &cr), 0);
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert(r->created && r->canceled);
+    cr_assert_eq(r->watch_id, -1);
+    cr_assert(strstr(r->cancel_reason, reason), "'%s' lacks '%s'", r->cancel_reason, reason);
+    done(r);
+}
+
+static void expect_event(Etcdserverpb__WatchResponse *r, size_t i, int type, const char *key,
+                         int64_t rev)
+{
+    cr_assert_gt(r->n_events, i);
+    Mvccpb__Event *e = r->events[i];
+    cr_assert_eq((int)e->type, type);
+    cr_assert(e->kv);
+    cr_assert_eq(e->kv->key.len, strlen(key));
+    cr_assert(!memcmp(e->kv->key.data, key, strlen(key)), "key %.*s, want %s",
+              (int)e->kv->key.len, e->kv->key.data, key);
+    cr_assert_eq(e->kv->mod_revision, rev);
+}
+
+/* The next response is one event on watch id. */
+static Etcdserverpb__WatchResponse *one(struct wc *c, int64_t id, int type, const char *key,
+                                        int64_t rev)
+{
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert_eq(r->watch_id, id);
+    cr_assert_eq(r->n_events, 1, "%zu events", r->n_events);
+    expect_event(r, 0, type, key, rev);
+    return r;
+}
+
+/* Nothing more arrives: a progress request is answered next (it follows every event). */
+static void nothing_more(struct wc *c)
+{
+    cr_assert_eq(wc_progress(c), 0);
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert_eq(r->watch_id, -1, "unexpected response for watch %lld (%zu events)",
+                 (long long)r->watch_id, r->n_events);
+    cr_assert_eq(r->n_events, 0);
+    done(r);
+}
+
+/* ---- tests -------------------------------------------------------------------------------- */
+
+Test(watch_hub, create_events_and_cancel, .init = start, .fini = stop, .timeout = 30)
+{
+    put("x", "0");
+    struct wc *c = wc_open(ch);
+    cr_assert_eq(wc_create(c, &(struct wc_create){.key = "a"}), 0);
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert(r->created && !r->canceled);
+    cr_assert_eq(r->watch_id, 0, "etcd's first automatic id is 0");
+    cr_assert_eq(r->header->revision, 1, "created at the current revision");
+    done(r);
+    int64_t r1 = put("a", "1");
+    put("b", "1");
+    int64_t r3 = del("a");
+    done(one(c, 0, 0, "a", r1));
+    done(one(c, 0, 1, "a", r3));
+    cr_assert_eq(wc_cancel(c, 0), 0);
+    r = next(c);
+    cr_assert(r->canceled && !r->created);
+    cr_assert_eq(r->watch_id, 0);
+    done(r);
+    put("a", "2");
+    cr_assert_eq(wc_cancel(c, 42), 0); /* unknown: ignored, as etcd */
+    nothing_more(c);
+    wc_close(c);
+}
+
+Test(watch_hub, ranges_prefix_from_key_and_empty_key, .init = start, .fini = stop, .timeout = 30)
+{
+    struct wc *c = wc_open(ch);
+    int64_t pre = create(c, (struct wc_create){.key = "p/", .end = "p0"});
+    int64_t from = create(c, (struct wc_create){.key = "q", .end_zero = true});
+    int64_t all = create(c, (struct wc_create){.key = "", .end_zero = true});
+    int64_t rng = create(c, (struct wc_create){.key = "b", .end = "d"});
+    int64_t r1 = put("p/1", "v");
+    int64_t r2 = put("c", "v");
+    int64_t r3 = put("z", "v");
+    int64_t r4 = put("d", "v");
+    /* Per revision, the responses of the watches it matches, each once. */
+    int seen[4][4] = {{0}};
+    int64_t ids[4] = {pre, from, all, rng};
+    int64_t revs[4] = {r1, r2, r3, r4};
+    int want[4][4] = {{1, 0, 1, 0}, {0, 0, 1, 1}, {0, 1, 1, 0}, {0, 0, 1, 0}};
+    int total = 0;
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < 4; j++)
+            total += want[k][j];
+    for (int n = 0; n < total; n++) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        cr_assert_eq(r->n_events, 1);
+        int k = -1, j = -1;
+        for (int i = 0; i < 4; i++) {
+            if (revs[i] == r->events[0]->kv->mod_revision)
+                k = i;
+            if (ids[i] == r->watch_id)
+                j = i;
+        }
+        cr_assert(k >= 0 && j >= 0);
+        seen[k][j]++;
+        done(r);
+    }
+    for (int k = 0; k < 4; k++)
+        for (int j = 0; j < 4; j++)
+            cr_assert_eq(seen[k][j], want[k][j], "revision %d watch %d", k, j);
+    nothing_more(c);
+    wc_close(c);
+}
+
+Test(watch_hub, start_revision_past_and_future_and_prev_kv, .init = start, .fini = stop,
+     .timeout = 30)
+{
+    int64_t r1 = put("k", "1");
+    int64_t r2 = put("k", "2");
+    int64_t r3 = del("k");
+    struct wc *c = wc_open(ch);
+    int64_t past = create(c, (struct wc_create){.key = "k", .start = r1, .prev_kv = true});
+    /* Catch-up: the three revisions, in order, once each (one response may hold several). */
+    int64_t want[] = {r1, r2, r3};
+    int got = 0;
+    while (got < 3) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        cr_assert_eq(r->watch_id, past);
+        for (size_t i = 0; i < r->n_events; i++, got++) {
+            cr_assert_lt(got, 3);
+            Mvccpb__Event *e = r->events[i];
+            cr_assert_eq(e->kv->mod_revision, want[got]);
+            if (got == 0)
+                cr_assert_null(e->prev_kv, "a creation has no prev_kv");
+            else
+                cr_assert(e->prev_kv && e->prev_kv->mod_revision == want[got - 1]);
+        }
+        done(r);
+    }
+    cr_assert_eq(got, 3);
+    int64_t fut = create(c, (struct wc_create){.key = "k", .start = r3 + 3});
+    int64_t r4 = put("k", "4");
+    done(one(c, past, 0, "k", r4));
+    put("k", "5");
+    int64_t r6 = put("k", "6");
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert_eq(r->watch_id, past);
+    done(r);
+    /* r6 = r3 + 3: both watches get it, in either order */
+    bool f = false, p = false;
+    for (int i = 0; i < 2; i++) {
+        r = next(c);
+        cr_assert_eq(r->events[0]->kv->mod_revision, r6);
+        f |= r->watch_id == fut;
+        p |= r->watch_id == past;
+        done(r);
+    }
+    cr_assert(f && p);
+    nothing_more(c);
+    wc_close(c);
+}
+
+Test(watch_hub, filters_and_unknown_filter_values, .init = start, .fini = stop, .timeout = 30)
+{
+    struct wc *c = wc_open(ch);
+    int64_t noput = create(c, (struct wc_create){.key = "f", .filters = {0}, .n_filters = 1});
+    int64_t nodel = create(c, (struct wc_create){.key = "f", .filters = {1, 7}, .n_filters = 2});
+    int64_t r1 = put("f", "1");
+    done(one(c, nodel, 0, "f", r1));
+    int64_t r2 = del("f");
+    done(one(c, noput, 1, "f", r2));
+    nothing_more(c);
+    wc_close(c);
+}
+
+Test(watch_hub, compacted_start_revision, .init = start, .fini = stop, .timeout = 30)
+{
+    for (int i = 0; i < 5; i++)
+        put("c", "v");
+    compact(4);
+    struct wc *c = wc_open(ch);
+    int64_t id = create(c, (struct wc_create){.key = "c", .start = 2, .id = 9});
+    cr_assert_eq(id, 9);
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert_eq(r->watch_id, 9);
+    cr_assert(r->canceled);
+    cr_assert_eq(r->compact_revision, 4);
+    cr_assert_eq(r->n_events, 0);
+    done(r);
+    /* the id is free again */
+    cr_assert_eq(create(c, (struct wc_create){.key = "c", .start = 4, .id = 9}), 9);
+    r = next(c);
+    cr_assert_eq(r->n_events, 2);
+    cr_assert_eq(r->events[0]->kv->mod_revision, 4);
+    done(r);
+    nothing_more(c);
+    wc_close(c);
+}
+
+Test(watch_hub, progress_request_and_ids, .init = start, .fini = stop, .timeout = 30)
+{
+    put("a", "1");
+    struct wc *c = wc_open(ch);
+    cr_assert_eq(wc_progress(c), 0); /* no watch: answered at once */
+    Etcdserverpb__WatchResponse *r = next(c);
+    cr_assert_eq(r->watch_id, -1);
+    cr_assert_eq(r->header->revision, 1);
+    done(r);
+    cr_assert_eq(create(c, (struct wc_create){.key = "a", .id = 1}), 1);
+    cr_assert_eq(create(c, (struct wc_create){.key = "a"}), 0);
+    cr_assert_eq(create(c, (struct wc_create){.key = "a"}), 2, "automatic ids skip used ones");
+    refused(c, (struct wc_create){.key = "a", .id = 1}, WATCH_ERR_DUP_ID);
+    refused(c, (struct wc_create){.key = "b", .end = "a"}, WATCH_ERR_EMPTY_RANGE);
+    refused(c, (struct wc_create){.key = "b", .end = "b"}, WATCH_ERR_EMPTY_RANGE);
+    refused(c, (struct wc_create){.key = "a", .start = -3}, "start_revision");
+    refused(c, (struct wc_create){.key = "a", .id = -5}, "watch_id");
+    char big[WATCH_MAX_KEY + 2];
+    memset(big, 'k', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    refused(c, (struct wc_create){.key = big}, "longer");
+    int64_t r2 = put("a", "2");
+    for (int i = 0; i < 3; i++)
+        done(next(c));
+    cr_assert_eq(wc_progress(c), 0);
+    r = next(c);
+    cr_assert_eq(r->watch_id, -1);
+    cr_assert_eq(r->header->revision, r2);
+    done(r);
+    wc_close(c);
+}
+
+Test(watch_hub, garbage_ends_the_stream, .init = start, .fini = stop, .timeout = 30)
+{
+    struct wc *c = wc_open(ch);
+    static const uint8_t garbage[] = {0x0a, 0x7f, 'x'};
+    cr_assert_eq(wc_send_raw(c, garbage, sizeof garbage), 0);
+    grpc_status_code st;
+    cr_assert(wc_ended(c, WAIT, &st));
+    cr_assert_eq(st, GRPC_STATUS_INVALID_ARGUMENT);
+    wc_close(c);
+    /* an empty request (no union member) is ignored, as etcd */
+    c = wc_open(ch);
+    cr_assert_eq(wc_send_raw(c, (const uint8_t *)"", 0), 0);
+    nothing_more(c);
+    wc_close(c);
+}
+
+static void start_small(void) { start_with(4096, 64 << 10, 8, 0, 300); }
+
+Test(watch_hub, fragment_and_oversized_revisions, .init = start_small, .fini = stop, .timeout = 30)
+{
+    struct wc *c = wc_open(ch);
+    int64_t frag = create(c, (struct wc_create){.key = "t/", .end = "t0", .fragment = true});
+    int64_t whole = create(c, (struct wc_create){.key = "t/", .end = "t0"});
+    int64_t rev = txn("t/", 10, 1000); /* ~10 KiB: over the 4 KiB fragment size */
+    int frag_events = 0, frag_msgs = 0, whole_msgs = 0;
+    bool last_seen = false;
+    while (!last_seen || whole_msgs == 0) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        if (r->watch_id == whole) {
+            cr_assert_eq(r->n_events, 10, "without fragment: one response");
+            cr_assert(!r->fragment);
+            whole_msgs++;
+        } else {
+            cr_assert_eq(r->watch_id, frag);
+            cr_assert(!last_seen);
+            for (size_t i = 0; i < r->n_events; i++) {
+                char k[8];
+                snprintf(k, sizeof k, "t/%03d", frag_events + (int)i);
+                expect_event(r, i, 0, k, rev);
+            }
+            frag_events += (int)r->n_events;
+            frag_msgs++;
+            last_seen = !r->fragment;
+        }
+        done(r);
+    }
+    cr_assert_eq(frag_events, 10);
+    cr_assert_geq(frag_msgs, 3);
+    cr_assert_eq(whole_msgs, 1);
+    /* 100 KiB in one revision: over the 64 KiB message limit; the fragmenting watch gets it in
+     * pieces, the other is canceled with a reason. */
+    txn("t/", 100, 1000);
+    frag_events = 0;
+    bool canceled = false;
+    last_seen = false;
+    while (!last_seen || !canceled) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        if (r->watch_id == whole) {
+            cr_assert(r->canceled);
+            cr_assert(strstr(r->cancel_reason, "fragment"), "%s", r->cancel_reason);
+            canceled = true;
+        } else {
+            frag_events += (int)r->n_events;
+            last_seen = !r->fragment;
+        }
+        done(r);
+    }
+    cr_assert_eq(frag_events, 100);
+    nothing_more(c);
+    wc_close(c);
+}
+
+Test(watch_hub, watches_per_stream_bound, .init = start_small, .fini = stop, .timeout = 30)
+{
+    struct wc *c = wc_open(ch);
+    for (int i = 0; i < 8; i++)
+        create(c, (struct wc_create){.key = "m"});
+    refused(c, (struct wc_create){.key = "m"}, "too many watches");
+    cr_assert_eq(wc_cancel(c, 3), 0);
+    done(next(c));
+    create(c, (struct wc_create){.key = "m"}); /* room again */
+    /* another stream has its own bound */
+    struct wc *d = wc_open(ch);
+    create(d, (struct wc_create){.key = "m"});
+    int64_t rev = put("m", "1");
+    for (int i = 0; i < 9; i++) {
+        Etcdserverpb__WatchResponse *r = wc_next(i < 8 ? c : d, WAIT);
+        cr_assert(r);
+        cr_assert_eq(r->events[0]->kv->mod_revision, rev);
+        done(r);
+    }
+    wc_close(c);
+    wc_close(d);
+}
+
+Test(watch_hub, progress_notify_when_quiet, .init = start_small, .fini = stop, .timeout = 30)
+{
+    struct wc *c = wc_open(ch);
+    int64_t id = create(c, (struct wc_create){.key = "n", .progress_notify = true});
+    int64_t rev = put("other", "1");
+    /* Every 300 ms while nothing is sent to it: empty responses, the revision catching up. */
+    for (int64_t seen = -1; seen != rev;) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        cr_assert_eq(r->watch_id, id);
+        cr_assert_eq(r->n_events, 0);
+        cr_assert_leq(r->header->revision, rev);
+        seen = r->header->revision;
+        done(r);
+    }
+    wc_close(c);
+}
+
+static void start_slow(void) { start_with(1 << 20, 2 << 20, 0, 64 << 10, 0); }
+
+/* A reader that stops reading: the server queues at most its bounds, the watch falls back to
+ * catching up, and once the reader reads again it gets every event exactly once, in order. */
+Test(watch_hub, slow_reader_bounded_then_every_event_once, .init = start_slow, .fini = stop,
+     .timeout = 120)
+{
+    /* its own channel: its paused callback holds that channel's thread */
+    char target[32], err[256];
+    snprintf(target, sizeof target, "127.0.0.1:%d", rpc_server_port(srv));
+    struct rpc_channel_config cc = {.target = target, .insecure = true, .threads = 1};
+    struct rpc_channel *slow = rpc_channel_create(&cc, err, sizeof err);
+    cr_assert(slow, "%s", err);
+    struct wc *c = wc_open(slow);
+    int64_t id = create(c, (struct wc_create){.key = "s/", .end = "s0"});
+    struct wc *other = wc_open(ch); /* a fast reader on another stream is not held back */
+    int64_t oid = create(other, (struct wc_create){.key = "s/", .end = "s0"});
+    wc_pause(c, true);
+    char val[1024];
+    memset(val, 'v', sizeof val);
+    enum { N = 3000 };
+    int64_t first = 0;
+    for (int i = 0; i < N; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "s/%05d", i);
+        int64_t r = put_n(k, val, sizeof val);
+        if (!first)
+            first = r;
+    }
+    /* The fast reader gets all N now, while c does not read. */
+    int got = 0;
+    while (got < N) {
+        Etcdserverpb__WatchResponse *r = wc_next(other, WAIT);
+        cr_assert(r, "fast reader stalled at %d", got);
+        cr_assert_eq(r->watch_id, oid);
+        got += (int)r->n_events;
+        done(r);
+    }
+    struct watch_stats s;
+    watch_hub_stats(H.hub, &s);
+    cr_assert_geq(s.demoted, 1, "the slow stream's watch was moved back to catching up");
+    wc_pause(c, false);
+    int64_t want = first;
+    while (want < first + N) {
+        Etcdserverpb__WatchResponse *r = wc_next(c, WAIT);
+        cr_assert(r, "slow reader got up to %lld", (long long)want);
+        cr_assert_eq(r->watch_id, id);
+        for (size_t i = 0; i < r->n_events; i++, want++)
+            cr_assert_eq(r->events[i]->kv->mod_revision, want, "exactly once, in order");
+        done(r);
+    }
+    nothing_more(c);
+    watch_hub_stats(H.hub, &s);
+    cr_assert_eq(s.unsynced, 0);
+    wc_close(c);
+    wc_close(other);
+    rpc_channel_destroy(slow);
+}
