@@ -41,10 +41,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "raft/node/node.h"
-#include "rpc/rpc.h"
-#include "services/kvstore/kv_store.h"
 #include "services/proto/etcd/rpc.pb-c.h"
+
+/* Declared, not included, so the request decoder builds alone (tests/fuzz): raft/node/node.h,
+ * rpc/rpc.h, services/kvstore/kv_store.h. */
+struct raft_node;
+struct rpc_server;
+struct kv_store;
+struct kv_err;
+struct kv_event;
 
 #define WATCH_MAX_KEY 4096                          /* key and range_end of a watch, bytes */
 #define WATCH_DEFAULT_MAX_PER_STREAM 1024           /* --max-watches-per-stream */
@@ -56,10 +61,12 @@
 #define WATCH_ERR_EMPTY_RANGE "mvcc: watcher range is empty"
 #define WATCH_ERR_DUP_ID "mvcc: duplicate watch ID provided on the WatchStream"
 
-/* The event source: kv_store_events's contract. Tests may inject their own. */
+/* The event source: kv_store_events's contract (cb is a kv_event_cb). Tests may inject their
+ * own. */
 typedef int (*watch_events_fn)(void *src, int64_t from_rev, size_t max_events, bool with_prev,
-                               kv_event_cb cb, void *arg, int64_t *next_rev, int64_t *cur_rev,
-                               int64_t *compact_rev, struct kv_err *err);
+                               int (*cb)(void *arg, const struct kv_event *ev), void *arg,
+                               int64_t *next_rev, int64_t *cur_rev, int64_t *compact_rev,
+                               struct kv_err *err);
 
 struct watch_config {
     struct kv_store *store;       /* the source, unless events is set */
@@ -120,5 +127,8 @@ int watch_req_decode(const uint8_t *data, size_t len, struct watch_req *out);
 void watch_req_free(struct watch_req *r);
 /* Whether a watch of r (a valid CREATE) covers key. */
 bool watch_req_matches(const struct watch_req *r, const uint8_t *key, size_t klen);
+/* The same for a range kind and bounds (WATCH_KEY_*; end unused for ONE and FROM). */
+bool watch_key_matches(int range, const uint8_t *k, size_t kl, const uint8_t *e, size_t el,
+                       const uint8_t *key, size_t klen);
 
 #endif

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "rpc/rpc.h"
+#include "services/kvstore/kv_store.h"
 #include "services/watch.h"
 #include "tests/services/watch_client.h"
 
