@@ -890,3 +890,8 @@ void craft_server_fwd_stats(struct craft_server *s, struct fwd_stats *out)
 {
     kv_service_fwd_stats(s->kv, out);
 }
+
+void craft_server_watch_stats(struct craft_server *s, struct watch_stats *out)
+{
+    watch_hub_stats(s->watch, out);
+}

@@ -61,5 +61,8 @@ void craft_server_on_removed(struct craft_server *s, void (*fn)(void *arg, const
 bool craft_server_removed(struct craft_server *s, char *why, size_t len);
 /* Counters of the member's write forwarding (tests). */
 void craft_server_fwd_stats(struct craft_server *s, struct fwd_stats *out);
+/* Counters of the member's Watch service (tests; services/watch.h). */
+struct watch_stats;
+void craft_server_watch_stats(struct craft_server *s, struct watch_stats *out);
 
 #endif
