@@ -68,12 +68,74 @@ static const struct flag flags[] = {
     {"max-snapshots", UINT, U4(max_snapshots), 1, 10000, "5", "snapshot files kept in <data-dir>/snap"},
     {"max-snapshot-sends", UINT, U4(max_snapshot_sends), 1, 64, "2", "snapshot transfers to followers at once"},
     {"snapshot-chunk-bytes", UINT, U4(snapshot_chunk_bytes), 4096, 8u << 20, "1048576", "bytes per snapshot transfer call"},
+    {"auto-compaction-mode", STR, F(auto_compaction_mode_text), 0, 0, 0, "periodic", "periodic (keep --auto-compaction-retention of time) or revision (keep that many revisions)"},
+    {"auto-compaction-retention", STR, F(auto_compaction_retention_text), 0, 0, 0, "0", "history to keep: a duration (1h, 30m; a bare number = hours) or revisions; 0 = no automatic compaction"},
     {"snapshot-send-rate", UINT, U8(snapshot_send_rate), 0, 1ull << 40, "33554432", "bytes per second of one snapshot transfer (0 = unbounded)"},
     {"max-watches-per-stream", UINT, U4(max_watches_per_stream), 1, 1u << 20, "1024", "watches on one Watch stream"},
     {"max-watch-stream-bytes", UINT, U8(max_watch_stream_bytes), 65536, 1ull << 34, "8388608", "bytes of watch responses queued on one stream before its watches fall back to catching up"},
     {"max-watch-hub-bytes", UINT, U8(max_watch_hub_bytes), 1u << 20, 1ull << 36, "67108864", "encoded events held for one revision across all caught-up watches"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
+
+/* etcd's --auto-compaction-retention: for the periodic mode a Go duration ("1h", "30m", "90s",
+ * "1h30m", "500ms") or a bare whole number of hours, for the revision mode a whole number of
+ * revisions. *out = milliseconds or revisions (0 = off). 0, or -1 with a reason. */
+#define HOUR_MS (3600ull * 1000)
+
+static int bad_retention(char *err, size_t errlen, const char *text, const char *want)
+{
+    snprintf(err, errlen, "--auto-compaction-retention '%s': %s", text, want);
+    return -1;
+}
+
+static int parse_retention(bool revision_mode, const char *text, uint64_t *out, char *err, size_t errlen)
+{
+    const uint64_t max_ms = 10ull * 366 * 24 * HOUR_MS; /* ten years: plenty, no overflow */
+    const char *p = text;
+    if (!p || !*p)
+        return bad_retention(err, errlen, "", "empty");
+    bool digits_only = strspn(p, "0123456789") == strlen(p);
+    if (revision_mode || digits_only) {
+        if (!digits_only || strlen(p) > 15)
+            return bad_retention(err, errlen, text, revision_mode
+                                              ? "the revision mode wants a whole number of "
+                                                "revisions (at most 15 digits)"
+                                              : "too large");
+        uint64_t n = strtoull(p, NULL, 10);
+        if (!revision_mode) { /* etcd: a bare number is hours */
+            if (n > max_ms / HOUR_MS)
+                return bad_retention(err, errlen, text, "more than ten years");
+            n *= HOUR_MS;
+        }
+        *out = n;
+        return 0;
+    }
+    /* A Go duration: one or more <number><unit>, units h, m, s, ms. */
+    uint64_t total = 0;
+    while (*p) {
+        size_t nd = strspn(p, "0123456789");
+        if (nd == 0 || nd > 12)
+            return bad_retention(err, errlen, text, "want a duration such as 1h, 30m, 90s, 1h30m, 500ms, "
+                                          "or a whole number of hours");
+        uint64_t n = strtoull(p, NULL, 10), unit;
+        p += nd;
+        if (!strncmp(p, "ms", 2))
+            unit = 1, p += 2;
+        else if (*p == 'h')
+            unit = HOUR_MS, p++;
+        else if (*p == 'm')
+            unit = 60000, p++;
+        else if (*p == 's')
+            unit = 1000, p++;
+        else
+            return bad_retention(err, errlen, text, "unknown unit (h, m, s, ms)");
+        if (n > max_ms / unit || total + n * unit > max_ms)
+            return bad_retention(err, errlen, text, "more than ten years");
+        total += n * unit;
+    }
+    *out = total;
+    return 0;
+}
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -246,6 +308,8 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_watches_per_stream = 1024;
     cfg->max_watch_stream_bytes = 8u << 20;
     cfg->max_watch_hub_bytes = 64u << 20;
+    cfg->auto_compaction_mode_text = "periodic";
+    cfg->auto_compaction_retention_text = "0";
     raw.listen_client = "https://127.0.0.1:2379";
     raw.listen_peer = "https://127.0.0.1:2380";
 
@@ -305,6 +369,14 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
                   cfg->key_file, cfg->trusted_ca_file, "", err, errlen) ||
         check_tls("peer", cfg->listen_peer.tls, cfg->insecure_plaintext, cfg->peer_cert_file,
                   cfg->peer_key_file, cfg->peer_trusted_ca_file, "peer-", err, errlen))
+        return -1;
+    if (strcmp(cfg->auto_compaction_mode_text, "periodic") &&
+        strcmp(cfg->auto_compaction_mode_text, "revision"))
+        return fail(err, errlen, "--auto-compaction-mode wants periodic or revision, not '%s'",
+                    cfg->auto_compaction_mode_text);
+    cfg->auto_compaction_revision = !strcmp(cfg->auto_compaction_mode_text, "revision");
+    if (parse_retention(cfg->auto_compaction_revision, cfg->auto_compaction_retention_text,
+                        &cfg->auto_compaction_retention, err, errlen))
         return -1;
     /* A log entry must fit twice in a segment (the runtime refuses otherwise, raft/node/node.h). */
     if (cfg->wal_segment_bytes < 2 * (cfg->max_request_bytes + 1024))

@@ -57,12 +57,18 @@ struct craftd_config {
     uint32_t max_watches_per_stream;   /* services/watch.h */
     uint64_t max_watch_stream_bytes;
     uint64_t max_watch_hub_bytes;
+    const char *auto_compaction_mode_text;      /* etcd's --auto-compaction-mode */
+    const char *auto_compaction_retention_text; /* etcd's --auto-compaction-retention */
 
     /* derived */
     bool join_existing;       /* --initial-cluster-state existing: with an empty data directory,
                                * join the running cluster (services/server.h) */
     struct cluster cluster;
     uint64_t self_id;
+    bool auto_compaction_revision;      /* the mode: revision (else periodic) */
+    uint64_t auto_compaction_retention; /* ms (periodic) or revisions; 0 = off */
+    unsigned auto_compaction_interval_ms; /* revision mode's check interval; 0 = 5 minutes
+                                             (etcd's); not a flag: in-process tests set it */
     char default_data_dir[CLUSTER_NAME_MAX + 8];
     char default_cluster[CLUSTER_NAME_MAX + 600];
 };

@@ -1,6 +1,7 @@
 /* kv_service.c: etcd v3 KV/Maintenance/Cluster over a craft node (see kv_service.h). */
 #include "services/kv_service.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,7 +32,15 @@ struct kv_service {
     struct cluster_api *api;    /* Cluster service, MoveLeader, Peer.Member */
     struct maint_snapshot snap; /* Maintenance.Snapshot */
     atomic_bool learner;        /* kv_service_set_learner */
+    /* Compact with physical=true: one thread each waits for the removal (bounded number) */
+    pthread_mutex_t phys_mu;
+    pthread_cond_t phys_cv;
+    unsigned phys_waiting;      /* phys_mu */
+    bool phys_stop;             /* phys_mu */
 };
+
+/* Compact calls with physical=true waiting at once; more are refused "too many requests". */
+#define PHYS_MAX_WAITING 16
 
 /* etcd's rule for learners (v3.4 isRPCSupportedForLearner): refused here, true if so. */
 static bool refuse_learner(struct kv_service *s, struct rpc_call *call)
@@ -52,6 +61,7 @@ struct op {
     uint8_t *cmd; /* writes: the log command (forwarding needs it after propose fails) */
     size_t cmd_len;
     ProtobufCMessage *req; /* reads: the decoded request, freed with the op */
+    int64_t physical_rev;  /* Compact with physical=true: its revision (else 0) */
 };
 
 static void op_free(struct op *o)
@@ -114,6 +124,95 @@ static void fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
 
 /* ---- writes --------------------------------------------------------------------------- */
 
+static void reply_result(struct op *o, const uint8_t *data, size_t len);
+
+/* ---- Compact with physical=true ---- */
+
+struct phys_wait {
+    struct kv_service *s;
+    struct rpc_call *call;
+    int64_t rev;
+    uint8_t *data;
+    size_t len;
+};
+
+/* etcd: "the RPC will wait until the compaction is physically applied to the local database".
+ * Here: until this member's store has removed the history below rev and synced that (it may
+ * not even have applied the compaction yet when a follower relays the leader's answer). The
+ * wait is sliced so that a stopping service ends it; it gives up after ten proposal timeouts. */
+static void *phys_main(void *arg)
+{
+    struct phys_wait *w = arg;
+    struct kv_service *s = w->s;
+    int rc = -ETIMEDOUT;
+    bool stop = false;
+    for (unsigned waited = 0; rc == -ETIMEDOUT && waited < 10 * s->cfg.timeout_ms; waited += 100) {
+        pthread_mutex_lock(&s->phys_mu);
+        stop = s->phys_stop;
+        pthread_mutex_unlock(&s->phys_mu);
+        if (stop)
+            break;
+        rc = kv_store_compact_wait(s->cfg.store, w->rev, 100);
+    }
+    if (rc == 0) {
+        struct op o = {.s = s, .call = w->call, .kind = OP_COMPACT};
+        reply_result(&o, w->data, w->len);
+    } else {
+        fail(w->call, GRPC_STATUS_UNAVAILABLE,
+             rc == -ETIMEDOUT ? (stop ? ERR_STOPPED : ERR_TIMEOUT)
+                              : "craft: removing compacted history failed");
+    }
+    free(w->data);
+    free(w);
+    pthread_mutex_lock(&s->phys_mu);
+    s->phys_waiting--;
+    pthread_cond_broadcast(&s->phys_cv);
+    pthread_mutex_unlock(&s->phys_mu);
+    return NULL;
+}
+
+/* A physical Compact's successful result: answered once the removal is done. true when a
+ * waiter took the call (or it was answered here), false to answer at once. */
+static bool reply_physical(struct op *o, const uint8_t *data, size_t len)
+{
+    struct kv_service *s = o->s;
+    struct phys_wait *w = calloc(1, sizeof *w);
+    if (w && len && !(w->data = malloc(len))) {
+        free(w);
+        w = NULL;
+    }
+    pthread_mutex_lock(&s->phys_mu);
+    bool room = w && !s->phys_stop && s->phys_waiting < PHYS_MAX_WAITING;
+    if (room)
+        s->phys_waiting++;
+    pthread_mutex_unlock(&s->phys_mu);
+    if (!room) {
+        if (w)
+            free(w->data);
+        free(w);
+        fail(o->call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_TOO_MANY);
+        return true;
+    }
+    *w = (struct phys_wait){s, o->call, o->physical_rev, w->data, len};
+    if (len)
+        memcpy(w->data, data, len);
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &at, phys_main, w);
+    pthread_attr_destroy(&at);
+    if (rc == 0)
+        return true;
+    free(w->data);
+    free(w);
+    pthread_mutex_lock(&s->phys_mu);
+    s->phys_waiting--;
+    pthread_mutex_unlock(&s->phys_mu);
+    fail(o->call, GRPC_STATUS_RESOURCE_EXHAUSTED, ERR_TOO_MANY);
+    return true;
+}
+
 /* Answers the client from an applied entry's result (a packed craft.kv.Result). */
 static void reply_result(struct op *o, const uint8_t *data, size_t len)
 {
@@ -124,6 +223,10 @@ static void reply_result(struct op *o, const uint8_t *data, size_t len)
     }
     if (r->code) {
         fail(o->call, (int)r->code, r->message);
+        craft__kv__result__free_unpacked(r, NULL);
+        return;
+    }
+    if (o->kind == OP_COMPACT && o->physical_rev && reply_physical(o, data, len)) {
         craft__kv__result__free_unpacked(r, NULL);
         return;
     }
@@ -218,7 +321,7 @@ static bool over_quota(struct kv_service *s, enum op_kind kind, size_t len)
 
 /* Takes ownership of cmd. */
 static void write_start(struct kv_service *s, struct rpc_call *call, enum op_kind kind,
-                        uint8_t *cmd, size_t len)
+                        uint8_t *cmd, size_t len, int64_t physical_rev)
 {
     if (len > s->cfg.max_request_bytes) {
         free(cmd);
@@ -236,7 +339,7 @@ static void write_start(struct kv_service *s, struct rpc_call *call, enum op_kin
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    *o = (struct op){s, call, kind, cmd, len, NULL};
+    *o = (struct op){s, call, kind, cmd, len, NULL, physical_rev};
     uint64_t leader = 0;
     int rc = raft_node_propose(s->cfg.node, cmd, len, (int)s->cfg.timeout_ms, on_applied, o,
                                &leader);
@@ -264,6 +367,7 @@ static void write_request(struct kv_service *s, struct rpc_call *call, enum op_k
     struct kv_err err;
     uint8_t *cmd = NULL;
     size_t len = 0;
+    int64_t physical_rev = 0;
     int rc, enc;
     if (refuse_learner(s, call))
         return;
@@ -279,6 +383,8 @@ static void write_request(struct kv_service *s, struct rpc_call *call, enum op_k
                                               &len);
         break;
     default: /* OP_COMPACT */
+        if (((const Etcdserverpb__CompactionRequest *)m)->physical)
+            physical_rev = ((const Etcdserverpb__CompactionRequest *)m)->revision;
         rc = kv_validate_compaction((const Etcdserverpb__CompactionRequest *)m, &err);
         enc = rc ? 0
                  : kv_cmd_encode_compaction((const Etcdserverpb__CompactionRequest *)m, &cmd,
@@ -291,7 +397,7 @@ static void write_request(struct kv_service *s, struct rpc_call *call, enum op_k
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    write_start(s, call, kind, cmd, len);
+    write_start(s, call, kind, cmd, len, physical_rev);
 }
 
 static void handle_put(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
@@ -367,7 +473,7 @@ static void read_start(struct kv_service *s, struct rpc_call *call, enum op_kind
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    *o = (struct op){s, call, kind == OP_RANGE ? OP_RANGE : OP_TXN, NULL, 0, req};
+    *o = (struct op){s, call, kind == OP_RANGE ? OP_RANGE : OP_TXN, NULL, 0, req, 0};
     if (serializable) {
         serve_read(o);
         op_free(o);
@@ -436,7 +542,7 @@ static void handle_txn(struct rpc_call *call, const uint8_t *data, size_t len, v
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    write_start(s, call, OP_TXN, cmd, clen);
+    write_start(s, call, OP_TXN, cmd, clen, 0);
 }
 
 /* ---- Maintenance.Status (Cluster and MoveLeader: cluster_api.c) ---------------------------- */
@@ -538,6 +644,8 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     s->cfg.cluster = NULL; /* the table is s->cluster, under cluster_mu */
     s->cluster_id = s->cluster.id;
     pthread_rwlock_init(&s->cluster_mu, NULL);
+    pthread_mutex_init(&s->phys_mu, NULL);
+    pthread_cond_init(&s->phys_cv, NULL);
     node_gate_init(&s->gate);
     struct fwd_config fc = {
         .peer = cfg->peer,
@@ -640,6 +748,14 @@ void kv_service_destroy(struct kv_service *s)
 {
     if (!s)
         return;
+    /* physical Compact waiters end within one 100 ms slice */
+    pthread_mutex_lock(&s->phys_mu);
+    s->phys_stop = true;
+    while (s->phys_waiting)
+        pthread_cond_wait(&s->phys_cv, &s->phys_mu);
+    pthread_mutex_unlock(&s->phys_mu);
+    pthread_mutex_destroy(&s->phys_mu);
+    pthread_cond_destroy(&s->phys_cv);
     node_gate_close(&s->gate); /* a no-op after kv_service_stop_forwarding */
     fwd_destroy(s->fwd);
     cluster_api_destroy(s->api);

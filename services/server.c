@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "rpc/rpc.h"
+#include "services/autocompact.h"
 #include "services/kv_service.h"
 #include "services/kvstore/kv_store.h"
 #include "services/member_file.h"
@@ -31,6 +32,7 @@ struct craft_server {
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
+    struct autocompact *autocompact; /* --auto-compaction-retention; NULL when off */
 
     pthread_mutex_t mu;
     struct cluster table;     /* the member table in force (on_conf) */
@@ -58,6 +60,11 @@ struct craft_server {
     } bind[BIND_QUEUE];
     size_t n_bind;
 };
+
+static void logf_(const struct craft_server *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void autocompact_log(void *arg, const char *line) { logf_(arg, "%s", line); }
 
 static void logf_(const struct craft_server *s, const char *fmt, ...)
 {
@@ -837,6 +844,18 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         goto fail;
     }
     peer_attach(s->peer, s->node);
+    if (cfg->auto_compaction_retention) {
+        s->autocompact = autocompact_start(s->node, s->store,
+                                           cfg->auto_compaction_revision ? AC_REVISION
+                                                                         : AC_PERIODIC,
+                                           cfg->auto_compaction_retention,
+                                           cfg->auto_compaction_interval_ms,
+                                           (int)cfg->proposal_timeout_ms, autocompact_log, s);
+        if (!s->autocompact) {
+            snprintf(err, errlen, "cannot start the automatic compaction thread");
+            goto fail;
+        }
+    }
     if (rpc_server_start(s->peer_srv) != 0 || rpc_server_start(s->client_srv) != 0) {
         snprintf(err, errlen, "cannot start the listeners");
         goto fail;
@@ -863,6 +882,7 @@ void craft_server_stop(struct craft_server *s)
         pthread_mutex_unlock(&s->mu);
         pthread_join(s->worker, NULL);
     }
+    autocompact_stop(s->autocompact); /* it proposes through the node */
     /* Clients first (no new writes), then the node (its pending writes fail and their calls
      * complete as no-ops on closed handles), then the peers. */
     if (s->client_srv)

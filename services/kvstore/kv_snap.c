@@ -100,7 +100,7 @@ int kv_snap_enc_header(struct kv_snap_enc *e, const struct kv_snap_meta *m)
 {
     uint8_t h[KV_SNAP_HEADER];
     memcpy(h, KV_SNAP_MAGIC, 8);
-    put32(h + 8, KV_SNAP_VERSION);
+    put32(h + 8, m->version ? m->version : KV_SNAP_VERSION);
     put32(h + 12, 0);
     kv_le_put64(h + 16, m->index);
     kv_le_put64(h + 24, m->term);
@@ -158,7 +158,9 @@ struct kv_snap_dec {
     uint64_t offset; /* bytes consumed */
     uint64_t count;  /* records returned */
     int64_t rev;
-    uint8_t prev[KV_SNAP_MAX_KEY]; /* the last key, for the order check */
+    uint32_t version;
+    int64_t prev_mod;              /* version 2: the last record's mod_revision */
+    uint8_t prev[KV_SNAP_MAX_KEY]; /* version 1: the last key, for the order check */
     size_t prev_len;
 };
 
@@ -277,18 +279,20 @@ int kv_snap_dec_header(struct kv_snap_dec *d, struct kv_snap_meta *m, char *err,
     const uint8_t *p = d->buf + d->pos;
     if (memcmp(p, KV_SNAP_MAGIC, 8) != 0)
         return dec_fail(d, -EBADMSG, err, errlen, "not a craft KV snapshot (bad magic)");
-    if (get32(p + 8) != KV_SNAP_VERSION)
-        return dec_fail(d, -EBADMSG, err, errlen, "format version %u; this build reads %u",
-                        get32(p + 8), KV_SNAP_VERSION);
+    uint32_t version = get32(p + 8);
+    if (version != 1 && version != 2)
+        return dec_fail(d, -EBADMSG, err, errlen, "format version %u; this build reads 1 and 2",
+                        version);
     if (get32(p + 12) != 0)
         return dec_fail(d, -EBADMSG, err, errlen, "unknown flags 0x%x", get32(p + 12));
     struct kv_snap_meta h = {kv_le_get64(p + 16), kv_le_get64(p + 24),
-                             (int64_t)kv_le_get64(p + 32), (int64_t)kv_le_get64(p + 40)};
+                             (int64_t)kv_le_get64(p + 32), (int64_t)kv_le_get64(p + 40), version};
     if (h.compact < 0 || h.compact > h.rev)
         return dec_fail(d, -EBADMSG, err, errlen, "revision %lld with compacted revision %lld",
                         (long long)h.rev, (long long)h.compact);
     dec_consume(d, KV_SNAP_HEADER);
     d->rev = h.rev;
+    d->version = version;
     d->state = DEC_RECORDS;
     *m = h;
     return 0;
@@ -349,15 +353,23 @@ int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, si
         return dec_short(d, rc, err, errlen, "a record");
     p = d->buf + d->pos;
     const uint8_t *key = p + KV_SNAP_REC_HEAD, *rec = key + klen;
-    if (n > 0 && key_cmp(d->prev, d->prev_len, key, klen) >= 0)
+    if (d->version == 1 && n > 0 && key_cmp(d->prev, d->prev_len, key, klen) >= 0)
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: keys out of order", n);
     int64_t create = (int64_t)kv_le_get64(rec), mod = (int64_t)kv_le_get64(rec + 8);
     int64_t version = (int64_t)kv_le_get64(rec + 16), lease = (int64_t)kv_le_get64(rec + 24);
-    if (create < 1 || mod < create || mod > d->rev)
+    if (d->version == 2 && n > 0 && mod < d->prev_mod)
+        return dec_fail(d, -EBADMSG, err, errlen, "record %llu: revisions out of order", n);
+    if (d->version == 2 && version == 0) { /* a tombstone */
+        if (mod < 1 || mod > d->rev || create != 0 || lease != 0 || vlen != 0)
+            return dec_fail(d, -EBADMSG, err, errlen,
+                            "record %llu: a deletion at revision %lld of 1..%lld with create "
+                            "%lld, lease %lld, %zu value bytes", n, (long long)mod,
+                            (long long)d->rev, (long long)create, (long long)lease, vlen);
+    } else if (create < 1 || mod < create || mod > d->rev)
         return dec_fail(d, -EBADMSG, err, errlen,
                         "record %llu: revisions %lld..%lld outside 1..%lld", n,
                         (long long)create, (long long)mod, (long long)d->rev);
-    if (version < 1 || version > mod - create + 1)
+    else if (version < 1 || version > mod - create + 1)
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: version %lld", n,
                         (long long)version);
     if (lease != 0)
@@ -365,6 +377,7 @@ int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, si
                         (long long)lease);
     memcpy(d->prev, key, klen);
     d->prev_len = klen;
+    d->prev_mod = mod;
     *r = (struct kv_snap_rec){key, klen, rec, KV_SNAP_REC_FIXED + vlen};
     dec_consume(d, len);
     d->count++;

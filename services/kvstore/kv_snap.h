@@ -3,25 +3,32 @@
  * pulls from a read callback. No LMDB here (kv_store.c walks and fills the databases), so the
  * fuzz target (tests/fuzz/kv_snap_fuzz.c) can build the decoder alone.
  *
- * Format, version 1 (integers little-endian):
- *   header   "CRKVSNAP" | u32 version = 1 | u32 flags = 0 | u64 applied index | u64 term of the
+ * Format, versions 1 and 2 (integers little-endian):
+ *   header   "CRKVSNAP" | u32 version | u32 flags = 0 | u64 applied index | u64 term of the
  *            entry at that index (0 = the store does not know it) | i64 revision | i64 compacted
  *            revision                                                              (48 bytes)
- *   records  one per key, keys strictly increasing (bytewise, a proper prefix first: LMDB's
- *            order): u32 key length (1..511) | u32 value length | key | i64 create_revision |
+ *   records  u32 key length (1..511) | u32 value length | key | i64 create_revision |
  *            i64 mod_revision | i64 version | i64 lease | value
+ *            version 1 (the latest state, no history): one per key, keys strictly increasing
+ *            (bytewise, a proper prefix first: LMDB's order).
+ *            version 2 (the history, written since issue 15): one per write still kept, in the
+ *            order of the writes: mod_revision never decreases, and the writes of one revision
+ *            come in their order within it. version 0 marks a deletion (a tombstone): then
+ *            create_revision, lease and the value length are 0 and mod_revision is the
+ *            revision of the delete.
  *   trailer  "CRKVEND1" | u64 number of records | u32 CRC-32C of every byte before this field |
  *            u32 0                                                                  (24 bytes)
  *   and nothing after the trailer.
  * The bytes after a record's key (32 + value length) are exactly the store's LMDB record, so
  * neither side reformats them.
  *
- * What the decoder accepts, and nothing else: the magic, version 1, flags 0; 0 <= compacted <=
- * revision; per record 1 <= create_revision <= mod_revision <= revision, 1 <= version <=
- * mod_revision - create_revision + 1 (a version grows by at most one per revision), lease 0 (the
- * store has no leases); the trailer's count and CRC; the end of input right after it. Any other
- * input is -EBADMSG with a one-line reason; a read callback's error is passed on. An accepted
- * payload re-encodes to the same bytes (the fuzz target checks it).
+ * What the decoder accepts, and nothing else: the magic, version 1 or 2, flags 0; 0 <= compacted
+ * <= revision; per record (a put) 1 <= create_revision <= mod_revision <= revision, 1 <= version
+ * <= mod_revision - create_revision + 1 (a version grows by at most one per revision), lease 0
+ * (the store has no leases); (a version 2 tombstone) 1 <= mod_revision <= revision and the zeros
+ * above; the order of its version; the trailer's count and CRC; the end of input right after it.
+ * Any other input is -EBADMSG with a one-line reason; a read callback's error is passed on. An
+ * accepted payload re-encodes to the same bytes (the fuzz target checks it).
  */
 #ifndef CRAFT_SERVICES_KV_SNAP_H
 #define CRAFT_SERVICES_KV_SNAP_H
@@ -31,7 +38,7 @@
 
 #define KV_SNAP_MAGIC "CRKVSNAP"
 #define KV_SNAP_END_MAGIC "CRKVEND1"
-#define KV_SNAP_VERSION 1
+#define KV_SNAP_VERSION 2    /* what the encoder writes by default; the decoder reads 1 and 2 */
 #define KV_SNAP_HEADER 48
 #define KV_SNAP_TRAILER 24
 #define KV_SNAP_REC_HEAD 8  /* key length, value length */
@@ -43,6 +50,7 @@ struct kv_snap_meta {
     uint64_t index; /* applied index */
     uint64_t term;  /* term of the entry at index; 0 = not known */
     int64_t rev, compact;
+    uint32_t version; /* payload format: 1 (latest state) or 2 (history); 0 to the encoder = 2 */
 };
 
 /* One decoded record; the pointers are valid until the next call on the decoder. */

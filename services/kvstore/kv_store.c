@@ -1,10 +1,15 @@
 /* kv_store.c: the etcd KV state machine over LMDB (see kv_store.h; docs/kv.md has the layout).
  *
  * LMDB layout: named database "kv" maps each key to a record of four little-endian int64
- * (create_revision, mod_revision, version, lease) followed by the value bytes; database
- * "meta" holds "format" (KV_FORMAT) and "state" (applied index, revision, compacted revision,
- * term of the entry at the applied index: little-endian 64-bit words; stores from before the
- * term have only the first three), written in the same transaction as the data. */
+ * (create_revision, mod_revision, version, lease) followed by the value bytes: the latest
+ * state, what most reads want. "hist" keeps every write not yet compacted, keyed by
+ * (revision, sub) big-endian so that LMDB's order is the order of the writes (Watch reads it
+ * in order, and apply appends at its end); "keyrev" (DUPSORT, DUPFIXED) maps each key to the
+ * (revision, sub, type) of its writes in "hist", so a read at an old revision finds each key's
+ * version at that revision with one seek. "meta" holds "format" (KV_FORMAT), "state" (applied
+ * index, revision, compacted revision, term of the entry at the applied index: little-endian
+ * 64-bit words; stores from before the term have only the first three), written in the same
+ * transaction as the data, and "phys" (how far the removal of compacted history got). */
 #include "services/kvstore/kv_store.h"
 
 #include <errno.h>
@@ -26,8 +31,18 @@
 
 _Static_assert(KV_SNAP_MAX_KEY == KV_MAX_KEY, "snapshots hold every key the store holds");
 
-#define KV_FORMAT "craft-kv-1"
+#define KV_FORMAT "craft-kv-2"
+#define KV_FORMAT_V1 "craft-kv-1" /* before history: upgraded at open */
 #define REC_HDR 32
+/* History: "hist" key = revision (8) | sub (8), big-endian; value = u32 key length | u8 type |
+ * 3 zero bytes | key | (a put) the key's record as in "kv". "keyrev" dup = revision | sub |
+ * type. */
+#define HIST_KEY 16
+#define HIST_HDR 8
+#define KEYREV_LEN 17
+/* Entries the background removal of compacted history examines per write transaction: the
+ * applier waits for at most one such transaction. */
+#define COMPACT_BATCH 1000
 #define STATE_LEN 32
 #define STATE_LEN_V1 24 /* before the term was recorded */
 
@@ -39,7 +54,7 @@ struct kv_store {
     pthread_rwlock_t env_lock;
     bool env_lock_init;
     MDB_env *env;
-    MDB_dbi kv, meta;
+    MDB_dbi kv, meta, hist, keyrev;
     unsigned env_flags;
     uint64_t map_size;
     unsigned max_readers;
@@ -59,7 +74,8 @@ struct kv_store {
 
     /* Background sync (kv_store.h "Durability"); lazy = commits do not fdatasync. */
     bool lazy;
-    bool mark_pending;         /* applier: kv.state says clean; mark it dirty before the next
+    pthread_mutex_t mark_mu;   /* mark_dirty: the applier and the compactor */
+    _Atomic bool mark_pending; /* applier: kv.state says clean; mark it dirty before the next
                                   unsynced commit (after a restore) */
     unsigned sync_ms;
     pthread_t syncer;
@@ -72,6 +88,26 @@ struct kv_store {
     _Atomic uint64_t commits;  /* applied batches committed, for the syncer (the applied index
                                   can go down: a restore of an older snapshot) */
     bool fail_sync;            /* tests: every sync fails with EIO */
+
+    /* Watch: called after each applied batch (kv_store_set_commit_hook). */
+    void (*commit_hook)(void *arg, int64_t rev);
+    void *commit_arg;
+
+    /* The background removal of compacted history (one thread; "phys" in meta records its
+     * progress, in the same transactions as its deletions). */
+    pthread_t compactor;
+    bool compactor_started, compact_init;
+    pthread_mutex_t compact_mu;
+    pthread_cond_t compact_cv;  /* wakes the compactor (a new compaction, close) */
+    pthread_cond_t compact_done_cv; /* wakes kv_store_compact_wait */
+    bool compact_stop;          /* compact_mu */
+    int64_t compact_wanted;     /* compact_mu: the latest compacted revision the applier saw */
+    int64_t compact_synced;     /* compact_mu: history below it is removed and synced */
+    int compact_err;            /* compact_mu: a failure of the removal (sticky) */
+    pthread_mutex_t compact_run_mu; /* held by the compactor for each batch, and by a
+                                       restore throughout (no removal in a store being
+                                       replaced, or in one marked clean for it) */
+    int64_t compact_told;       /* applier: the compacted revision last told to compact_wanted */
 };
 
 /* ---- little-endian records (kv_le_put64/kv_le_get64: kv_snap.h) ---- */
@@ -93,6 +129,99 @@ static int rec_decode(const MDB_val *v, struct kv_rec *r)
     r->lease = (int64_t)kv_le_get64(p + 24);
     r->val = p + REC_HDR;
     r->vlen = v->mv_size - REC_HDR;
+    return 0;
+}
+
+/* ---- history records ---- */
+
+static void be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint64_t be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* A "kv" record: the four revisions' words, then the value. */
+static void rec_fill(uint8_t *d, int64_t create, int64_t mod, int64_t version, int64_t lease,
+                     const void *val, size_t vlen)
+{
+    kv_le_put64(d, (uint64_t)create);
+    kv_le_put64(d + 8, (uint64_t)mod);
+    kv_le_put64(d + 16, (uint64_t)version);
+    kv_le_put64(d + 24, (uint64_t)lease);
+    if (vlen)
+        memcpy(d + REC_HDR, val, vlen);
+}
+
+/* One "hist" value, decoded: type, key, and for a put the record (rec_decode's input). */
+struct hist_ent {
+    int64_t rev;
+    uint64_t sub;
+    int type;
+    const uint8_t *key;
+    size_t klen;
+    MDB_val rec; /* a put's record; empty for a delete */
+};
+
+static int hist_decode(const MDB_val *k, const MDB_val *v, struct hist_ent *h)
+{
+    if (k->mv_size != HIST_KEY || v->mv_size < HIST_HDR)
+        return -1;
+    const uint8_t *p = v->mv_data;
+    uint32_t klen = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                    (uint32_t)p[3] << 24;
+    h->rev = (int64_t)be64_get(k->mv_data);
+    h->sub = be64_get((const uint8_t *)k->mv_data + 8);
+    h->type = p[4];
+    if (klen == 0 || klen > KV_MAX_KEY || v->mv_size < HIST_HDR + (size_t)klen ||
+        h->type > KV_EVENT_DELETE || h->rev < 1)
+        return -1;
+    h->key = p + HIST_HDR;
+    h->klen = klen;
+    h->rec.mv_data = (void *)(p + HIST_HDR + klen);
+    h->rec.mv_size = v->mv_size - HIST_HDR - klen;
+    if ((h->type == KV_EVENT_PUT) != (h->rec.mv_size >= REC_HDR) ||
+        (h->type == KV_EVENT_DELETE && h->rec.mv_size != 0))
+        return -1;
+    return 0;
+}
+
+/* Appends a write to the history: "hist" at (rev, sub) and its "keyrev" entry. For a put,
+ * *d receives where the record (REC_HDR + vlen bytes) goes, to be filled by the caller before
+ * the next LMDB call. Both go at the ends of their orders (revisions only grow), hence
+ * MDB_APPEND / MDB_APPENDDUP: no search, pages filled to the brim. 0 or an LMDB code. */
+static int hist_append(MDB_txn *txn, MDB_dbi hist, MDB_dbi keyrev, int64_t rev, uint64_t sub,
+                       int type, const void *key, size_t klen, size_t rlen, uint8_t **d,
+                       unsigned flags)
+{
+    uint8_t hk[KEYREV_LEN];
+    be64_put(hk, (uint64_t)rev);
+    be64_put(hk + 8, sub);
+    hk[16] = (uint8_t)type;
+    MDB_val k = {klen, (void *)key}, kr = {KEYREV_LEN, hk};
+    int rc = mdb_put(txn, keyrev, &k, &kr, flags ? MDB_APPENDDUP : 0);
+    if (rc)
+        return rc;
+    MDB_val hkey = {HIST_KEY, hk}, v = {HIST_HDR + klen + rlen, NULL};
+    if ((rc = mdb_put(txn, hist, &hkey, &v, MDB_RESERVE | flags)))
+        return rc;
+    uint8_t *p = v.mv_data;
+    p[0] = (uint8_t)klen;
+    p[1] = (uint8_t)(klen >> 8);
+    p[2] = (uint8_t)(klen >> 16);
+    p[3] = (uint8_t)(klen >> 24);
+    p[4] = (uint8_t)type;
+    p[5] = p[6] = p[7] = 0;
+    memcpy(p + HIST_HDR, key, klen);
+    if (d)
+        *d = p + HIST_HDR + klen;
     return 0;
 }
 
@@ -190,6 +319,9 @@ struct kv_ctx {
     int64_t compact; /* compacted revision (updated by a Compact) */
     bool changed;    /* the request wrote a key: it creates revision rev + 1 */
     int sys;         /* the LMDB or errno code that stopped the request (rc -1) */
+    uint64_t sub;    /* writes recorded in the history at revision rev + 1 so far */
+    int64_t at;      /* span_walk reads the state at this revision (history) when
+                        0 < at < rev; otherwise the latest state ("kv") */
 };
 
 /* Return values of the exec functions: 0 done; 1 an etcd error in *err (nothing written by
@@ -236,11 +368,112 @@ static struct kv_span mkspan(ProtobufCBinaryData key, ProtobufCBinaryData end)
  * start key past it is sought by its prefix and the keys before it skipped. */
 typedef int (*span_cb)(void *arg, const MDB_val *k, const struct kv_rec *r);
 
+/* The version the key k had at revision at, from the history: *found with *r (pointing into
+ * the transaction's pages) when a put of it is the key's last write at or before `at`; not
+ * found when there is none or it was a delete (or was compacted away: callers check the
+ * compacted revision first). lk is a cursor on "keyrev" the caller owns. 0 or an LMDB code. */
+static int version_at(struct kv_ctx *c, MDB_cursor *lk, const MDB_val *k, int64_t at,
+                      struct kv_rec *r, bool *found)
+{
+    MDB_val key = *k, d;
+    *found = false;
+    int rc = mdb_cursor_get(lk, &key, &d, MDB_SET);
+    if (rc == 0)
+        rc = mdb_cursor_get(lk, &key, &d, MDB_LAST_DUP);
+    if (rc)
+        return rc == MDB_NOTFOUND ? 0 : rc;
+    if (d.mv_size != KEYREV_LEN)
+        return MDB_CORRUPTED;
+    if ((int64_t)be64_get(d.mv_data) > at) {
+        /* the first write after `at`, then the one before it */
+        uint8_t want[KEYREV_LEN] = {0};
+        be64_put(want, (uint64_t)at + 1);
+        d = (MDB_val){KEYREV_LEN, want};
+        if ((rc = mdb_cursor_get(lk, &key, &d, MDB_GET_BOTH_RANGE)))
+            return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+        rc = mdb_cursor_get(lk, &key, &d, MDB_PREV_DUP);
+        if (rc)
+            return rc == MDB_NOTFOUND ? 0 : rc;
+        if (d.mv_size != KEYREV_LEN)
+            return MDB_CORRUPTED;
+    }
+    const uint8_t *kr = d.mv_data;
+    if (kr[16] != KV_EVENT_PUT)
+        return 0;
+    MDB_val hk = {HIST_KEY, (void *)kr}, hv;
+    struct hist_ent h;
+    if ((rc = mdb_get(c->txn, c->s->hist, &hk, &hv)))
+        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    if (hist_decode(&hk, &hv, &h) || h.type != KV_EVENT_PUT || rec_decode(&h.rec, r))
+        return MDB_CORRUPTED;
+    *found = true;
+    return 0;
+}
+
+/* span_walk at an old revision: every key the history names in the span, each with its
+ * version at c->at. */
+static int hist_span_walk(struct kv_ctx *c, const struct kv_span *sp, span_cb cb, void *arg)
+{
+    MDB_cursor *keys = NULL, *lk = NULL;
+    MDB_val k, d;
+    struct kv_rec r;
+    bool found;
+    int rc, out = 0;
+    if (sp->kind == SPAN_POINT && (sp->kn == 0 || sp->kn > c->s->maxkey))
+        return 0;
+    if (sp->kind == SPAN_RANGE && kv_bytes_cmp(sp->k, sp->kn, sp->e, sp->en) >= 0)
+        return 0; /* empty range */
+    if ((rc = mdb_cursor_open(c->txn, c->s->keyrev, &lk)))
+        return sys_fail(c, rc);
+    if (sp->kind == SPAN_POINT) {
+        k = (MDB_val){sp->kn, (void *)sp->k};
+        if ((rc = version_at(c, lk, &k, c->at, &r, &found)))
+            out = sys_fail(c, rc);
+        else if (found && cb(arg, &k, &r) < 0)
+            out = EXEC_SYS;
+        mdb_cursor_close(lk);
+        return out;
+    }
+    if ((rc = mdb_cursor_open(c->txn, c->s->keyrev, &keys))) {
+        mdb_cursor_close(lk);
+        return sys_fail(c, rc);
+    }
+    k.mv_data = (void *)sp->k;
+    k.mv_size = sp->kn < c->s->maxkey ? sp->kn : c->s->maxkey;
+    for (rc = mdb_cursor_get(keys, &k, &d, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(keys, &k, &d, MDB_NEXT_NODUP)) {
+        if (kv_bytes_cmp(k.mv_data, k.mv_size, sp->k, sp->kn) < 0)
+            continue;
+        if (sp->kind == SPAN_RANGE && kv_bytes_cmp(k.mv_data, k.mv_size, sp->e, sp->en) >= 0)
+            break;
+        int x = version_at(c, lk, &k, c->at, &r, &found);
+        if (x) {
+            out = sys_fail(c, x);
+            break;
+        }
+        if (!found)
+            continue;
+        if ((x = cb(arg, &k, &r)) < 0) {
+            out = EXEC_SYS;
+            break;
+        }
+        if (x > 0)
+            break;
+    }
+    if (out == 0 && rc != 0 && rc != MDB_NOTFOUND)
+        out = sys_fail(c, rc);
+    mdb_cursor_close(keys);
+    mdb_cursor_close(lk);
+    return out;
+}
+
 static int span_walk(struct kv_ctx *c, const struct kv_span *sp, span_cb cb, void *arg)
 {
     MDB_val k, v;
     struct kv_rec r;
     int rc;
+    if (c->at > 0 && c->at < c->rev)
+        return hist_span_walk(c, sp, cb, arg);
     if (sp->kind == SPAN_POINT) {
         if (sp->kn == 0 || sp->kn > c->s->maxkey)
             return 0;
@@ -484,20 +717,25 @@ static int put_exec(struct kv_ctx *c, const Etcdserverpb__PutRequest *p,
         }
         val = oldval;
     }
+    int64_t create = found ? prev.create : rev, version = found ? prev.version + 1 : 1;
+    /* The history first, then the latest state; each record is filled from the request (or
+     * the copy above) right after its reservation, before LMDB can move the page. */
     MDB_val k = {p->key.len, p->key.data}, v = {REC_HDR + vlen, NULL};
-    int rc = mdb_put(c->txn, c->s->kv, &k, &v, MDB_RESERVE);
+    uint8_t *d;
+    int rc = hist_append(c->txn, c->s->hist, c->s->keyrev, rev, c->sub, KV_EVENT_PUT, k.mv_data,
+                         k.mv_size, REC_HDR + vlen, &d, MDB_APPEND);
+    if (rc == 0) {
+        c->sub++;
+        /* leases are not supported: never attached */
+        rec_fill(d, create, rev, version, 0, val, vlen);
+        rc = mdb_put(c->txn, c->s->kv, &k, &v, MDB_RESERVE);
+    }
     if (rc) {
         free(oldval);
         msg_free(resp);
         return sys_fail(c, rc);
     }
-    uint8_t *d = v.mv_data;
-    kv_le_put64(d, (uint64_t)(found ? prev.create : rev));
-    kv_le_put64(d + 8, (uint64_t)rev);
-    kv_le_put64(d + 16, (uint64_t)(found ? prev.version + 1 : 1));
-    kv_le_put64(d + 24, 0); /* leases are not supported: never attached */
-    if (vlen)
-        memcpy(d + REC_HDR, val, vlen);
+    rec_fill(v.mv_data, create, rev, version, 0, val, vlen);
     free(oldval);
     c->changed = true;
     *out = resp;
@@ -533,6 +771,10 @@ static int delete_exec(struct kv_ctx *c, const Etcdserverpb__DeleteRangeRequest 
     for (size_t i = 0; i < w.kvs.n; i++) {
         MDB_val k = {w.kvs.v[i]->key.len, w.kvs.v[i]->key.data};
         int rc = mdb_del(c->txn, c->s->kv, &k, NULL);
+        if (rc == 0 && (rc = hist_append(c->txn, c->s->hist, c->s->keyrev, c->rev + 1, c->sub,
+                                         KV_EVENT_DELETE, k.mv_data, k.mv_size, 0, NULL,
+                                         MDB_APPEND)) == 0)
+            c->sub++;
         if (rc) {
             list_free(&w.kvs);
             return sys_fail(c, rc);
@@ -721,13 +963,17 @@ static int path_check(struct kv_ctx *c, const Etcdserverpb__TxnRequest *t, struc
             const Etcdserverpb__RangeRequest *q = op->request_range;
             if (pass == 1 && q->revision > c->rev)
                 rc = req_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_FUTURE_REV);
-            else if (pass == 1 && q->revision != 0 && q->revision < c->rev)
-                /* etcd: revision < first revision; with no history that is every older one,
-                 * and (as in etcd) a negative revision inside a txn */
+            else if (pass == 1 && (q->revision < 0 || (q->revision > 0 && q->revision < c->compact)))
+                /* etcd: revision < first revision, which (as in etcd) a negative revision
+                 * inside a txn is */
                 rc = req_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
             else if (pass == 2 && q->revision != 0) {
+                /* read before the txn writes: the state at that revision */
                 Etcdserverpb__RangeResponse *resp;
-                if (range_exec(c, q, c->rev, &resp))
+                c->at = q->revision;
+                int x = range_exec(c, q, c->rev, &resp);
+                c->at = 0;
+                if (x)
                     return EXEC_SYS;
                 pre->v[pre->n++] = resp;
             }
@@ -882,11 +1128,15 @@ static int compact_exec(struct kv_ctx *c, const Etcdserverpb__CompactionRequest 
  * a free page; LMDB's own audit (mdb_audit) checks that sum. So the pages in use are the trees'
  * page counts, which each database record keeps (O(1)), plus the metas: the file's pages minus
  * the free ones without walking the free list, whose length grows with the store. A new named
- * database must join dbis (a DUPSORT one would need its sub-databases counted too). -1 only
- * for a txn LMDB refuses. */
+ * database must join dbis. "keyrev" is DUPSORT: a key's duplicates move from its leaf into a
+ * sub-database of their own once they outgrow it, and those pages are not in the database
+ * record, so they are estimated from the number of duplicates (KEYREV_LEN bytes each, counted
+ * even for those still inline: a slight over-count, which only makes the quota check earlier)
+ * and the sum is capped at the file's size. -1 only for a txn LMDB refuses. */
 static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
 {
-    const MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->kv, s->meta};
+    const MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->kv, s->meta, s->hist,
+                            s->keyrev};
     int64_t pages = 2; /* NUM_METAS */
     MDB_stat st = {0};
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
@@ -894,6 +1144,11 @@ static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
             return -1;
         pages += (int64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
     }
+    /* st is keyrev's now */
+    pages += (int64_t)((st.ms_entries * KEYREV_LEN + st.ms_psize - 1) / st.ms_psize);
+    MDB_envinfo info;
+    if (mdb_env_info(mdb_txn_env(txn), &info) == 0 && pages > (int64_t)info.me_last_pgno + 1)
+        pages = (int64_t)info.me_last_pgno + 1;
     return pages * (int64_t)st.ms_psize;
 }
 
@@ -1095,6 +1350,37 @@ static int fatal(int rc)
     return -EIO; /* an LMDB error (I/O, corruption, ...) or errno: stop applying */
 }
 
+/* A restore left every byte synced and kv.state clean; the first unsynced commit after it (the
+ * applier's or the compactor's) marks the store dirty first, durably. 0 or an errno. */
+static int mark_dirty(struct kv_store *s)
+{
+    if (!atomic_load(&s->mark_pending))
+        return 0;
+    pthread_mutex_lock(&s->mark_mu);
+    int rc = 0;
+    if (atomic_load(&s->mark_pending) && (rc = kv_mark_write(s->dir, s->boot)) == 0)
+        atomic_store(&s->mark_pending, false);
+    pthread_mutex_unlock(&s->mark_mu);
+    return rc;
+}
+
+/* After each commit of the applier: the size in use for the quota check, the syncer's count,
+ * the compactor told of a new compacted revision, Watch told of the new revision. */
+static void after_commit(struct kv_store *s)
+{
+    publish_in_use(s);
+    atomic_fetch_add(&s->commits, 1);
+    if (s->compact_init && s->compact != s->compact_told) {
+        s->compact_told = s->compact;
+        pthread_mutex_lock(&s->compact_mu);
+        s->compact_wanted = s->compact;
+        pthread_cond_signal(&s->compact_cv);
+        pthread_mutex_unlock(&s->compact_mu);
+    }
+    if (s->commit_hook)
+        s->commit_hook(s->commit_arg, s->rev);
+}
+
 /* The slow path after MDB_MAP_FULL: one transaction per entry, so the entry that does not fit
  * gets its error result and every other entry still applies. */
 static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_t n,
@@ -1132,9 +1418,8 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
             s->compact = compact0;
             return fatal(rc);
         }
-        publish_in_use(s);
-        atomic_fetch_add(&s->commits, 1);
         atomic_store(&s->applied, idx);
+        after_commit(s);
     }
     return 0;
 }
@@ -1144,11 +1429,8 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
 {
     /* A restore left every byte synced and kv.state clean, so a machine crash until now keeps
      * the restored store; the first unsynced commit needs the dirty mark first. */
-    if (s->mark_pending) {
-        if (kv_mark_write(s->dir, s->boot))
-            return -EIO;
-        s->mark_pending = false;
-    }
+    if (mark_dirty(s))
+        return -EIO;
     uint64_t applied = atomic_load(&s->applied);
     /* The runtime never repeats an applied entry; if it did, applying twice would corrupt
      * the revisions, so such entries only get an error. */
@@ -1183,9 +1465,8 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
     else
         mdb_txn_abort(txn);
     if (rc == 0) {
-        publish_in_use(s);
-        atomic_fetch_add(&s->commits, 1);
         atomic_store(&s->applied, last_index);
+        after_commit(s);
         return 0;
     }
     /* Nothing of the batch is stored: forget its effects and results. */
@@ -1268,11 +1549,12 @@ int kv_store_range(struct kv_store *s, const Etcdserverpb__RangeRequest *r,
     if (kv_validate_range(r, err) || read_begin(s, &c, err))
         return -1;
     int rc = 0;
-    /* etcd's rangeKeys: a future revision first; then, with no history kept, any older one
-     * (revision <= 0 means the current one) */
+    /* etcd's rangeKeys: a future revision first, then one below the compacted revision
+     * (revision <= 0 means the current one); an older one is read from the history */
+    c.at = r->revision;
     if (r->revision > c.rev)
         rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_FUTURE_REV);
-    else if (r->revision > 0 && r->revision < c.rev)
+    else if (r->revision > 0 && r->revision < c.compact)
         rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
     else if (range_exec(&c, r, c.rev, out))
         rc = read_fail(&c, err);
@@ -1326,6 +1608,411 @@ int64_t kv_store_size_in_use(const struct kv_store *s) { return atomic_load(&s->
 
 uint64_t kv_store_applied_index(struct kv_store *s) { return atomic_load(&s->applied); }
 
+/* ---- history for Watch ---- */
+
+void kv_store_set_commit_hook(struct kv_store *s, void (*fn)(void *arg, int64_t rev), void *arg)
+{
+    s->commit_hook = fn;
+    s->commit_arg = arg;
+}
+
+/* An event's key-value from a history entry (a put's record, or a delete's key and revision). */
+static int event_kv(const struct hist_ent *h, struct kv_event_kv *kv)
+{
+    *kv = (struct kv_event_kv){.key = h->key, .klen = h->klen, .mod = h->rev};
+    if (h->type == KV_EVENT_DELETE)
+        return 0;
+    struct kv_rec r;
+    if (rec_decode(&h->rec, &r))
+        return -1;
+    kv->create = r.create;
+    kv->mod = r.mod;
+    kv->version = r.version;
+    kv->lease = r.lease;
+    kv->val = r.val;
+    kv->vlen = r.vlen;
+    return 0;
+}
+
+/* The write of h's key just before h (the key's previous version), if it was a put still in
+ * the history: *found with *prev. 0 or an LMDB code. */
+static int event_prev(struct kv_ctx *c, MDB_cursor *lk, const MDB_val *hk,
+                      const struct hist_ent *h, struct kv_event_kv *prev, bool *found)
+{
+    uint8_t want[KEYREV_LEN];
+    memcpy(want, hk->mv_data, HIST_KEY);
+    want[16] = (uint8_t)h->type;
+    MDB_val k = {h->klen, (void *)h->key}, d = {KEYREV_LEN, want};
+    *found = false;
+    int rc = mdb_cursor_get(lk, &k, &d, MDB_GET_BOTH);
+    if (rc)
+        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    if ((rc = mdb_cursor_get(lk, &k, &d, MDB_PREV_DUP)))
+        return rc == MDB_NOTFOUND ? 0 : rc;
+    if (d.mv_size != KEYREV_LEN)
+        return MDB_CORRUPTED;
+    if (((const uint8_t *)d.mv_data)[16] != KV_EVENT_PUT)
+        return 0;
+    MDB_val pk = {HIST_KEY, d.mv_data}, pv;
+    struct hist_ent ph;
+    if ((rc = mdb_get(c->txn, c->s->hist, &pk, &pv)))
+        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    if (hist_decode(&pk, &pv, &ph) || ph.type != KV_EVENT_PUT || event_kv(&ph, prev))
+        return MDB_CORRUPTED;
+    *found = true;
+    return 0;
+}
+
+int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, bool with_prev,
+                    kv_event_cb cb, void *arg, int64_t *next_rev, int64_t *cur_rev,
+                    int64_t *compact_rev, struct kv_err *err)
+{
+    struct kv_ctx c;
+    if (read_begin(s, &c, err))
+        return -1;
+    if (cur_rev)
+        *cur_rev = c.rev;
+    if (compact_rev)
+        *compact_rev = c.compact;
+    int64_t next = from_rev <= 0 ? c.rev + 1 : from_rev;
+    int rc = 0;
+    if (from_rev > 0 && from_rev < c.compact) {
+        rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
+        goto out;
+    }
+    if (from_rev <= 0 || from_rev > c.rev)
+        goto out;
+    MDB_cursor *cur = NULL, *lk = NULL;
+    int lrc = mdb_cursor_open(c.txn, s->hist, &cur);
+    if (lrc == 0 && with_prev)
+        lrc = mdb_cursor_open(c.txn, s->keyrev, &lk);
+    uint8_t start[HIST_KEY] = {0};
+    be64_put(start, (uint64_t)from_rev);
+    MDB_val k = {HIST_KEY, start}, v;
+    size_t n = 0;
+    int64_t last = 0;
+    bool stop = false;
+    next = c.rev + 1; /* unless stopped before the end */
+    if (lrc == 0)
+        lrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    for (; lrc == 0; lrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        struct hist_ent h;
+        struct kv_event ev = {0};
+        if (hist_decode(&k, &v, &h) || event_kv(&h, &ev.kv)) {
+            lrc = MDB_CORRUPTED;
+            break;
+        }
+        /* cb stopped (resume at this entry's revision: the one cb stopped in when it is the
+         * same, and the caller skips what it has), or the bound at a revision's end */
+        if (stop || (max_events && n >= max_events && h.rev != last)) {
+            next = h.rev;
+            break;
+        }
+        ev.type = h.type;
+        ev.rev = h.rev;
+        ev.sub = (int64_t)h.sub;
+        if (with_prev && (lrc = event_prev(&c, lk, &k, &h, &ev.prev, &ev.has_prev)))
+            break;
+        int x = cb(arg, &ev);
+        n++;
+        last = h.rev;
+        if (x < 0) {
+            rc = x;
+            break;
+        }
+        stop = x > 0;
+    }
+    if (lk)
+        mdb_cursor_close(lk);
+    if (cur)
+        mdb_cursor_close(cur);
+    if (rc == 0 && lrc != 0 && lrc != MDB_NOTFOUND) {
+        c.sys = lrc;
+        rc = read_fail(&c, err);
+    }
+out:
+    if (next_rev)
+        *next_rev = next;
+    read_end(&c);
+    return rc;
+}
+
+/* ---- the background removal of compacted history ---- */
+
+/* "phys" in meta: removal done below `done`; a pass towards `target` examined every entry
+ * before (rev, sub). */
+struct phys {
+    int64_t done, target, rev;
+    uint64_t sub;
+};
+
+static int phys_read(MDB_txn *txn, MDB_dbi meta, struct phys *p)
+{
+    MDB_val k = {4, "phys"}, v;
+    *p = (struct phys){0};
+    int rc = mdb_get(txn, meta, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (v.mv_size != 32)
+        return MDB_CORRUPTED;
+    const uint8_t *b = v.mv_data;
+    *p = (struct phys){(int64_t)kv_le_get64(b), (int64_t)kv_le_get64(b + 8),
+                       (int64_t)kv_le_get64(b + 16), kv_le_get64(b + 24)};
+    return 0;
+}
+
+static int phys_write(MDB_txn *txn, MDB_dbi meta, const struct phys *p)
+{
+    uint8_t b[32];
+    kv_le_put64(b, (uint64_t)p->done);
+    kv_le_put64(b + 8, (uint64_t)p->target);
+    kv_le_put64(b + 16, (uint64_t)p->rev);
+    kv_le_put64(b + 24, p->sub);
+    MDB_val k = {4, "phys"}, v = {sizeof b, b};
+    return mdb_put(txn, meta, &k, &v, 0);
+}
+
+/* An entry to remove: its "hist" key and its "keyrev" pair. */
+struct doomed {
+    uint8_t kr[KEYREV_LEN];
+    size_t klen;
+    uint8_t key[KV_MAX_KEY];
+};
+
+/* Whether the history entry h (below the compacted revision c) goes: a delete always (nothing
+ * at or after c reads it: the key is absent at c unless written again later), a put when the
+ * key was written again at or before c (what c reads is that later write). */
+static int doomed_entry(MDB_cursor *lk, const MDB_val *hk, const struct hist_ent *h, int64_t c,
+                        bool *out)
+{
+    *out = true;
+    if (h->type == KV_EVENT_DELETE)
+        return 0;
+    uint8_t want[KEYREV_LEN];
+    memcpy(want, hk->mv_data, HIST_KEY);
+    want[16] = (uint8_t)h->type;
+    MDB_val k = {h->klen, (void *)h->key}, d = {KEYREV_LEN, want};
+    int rc = mdb_cursor_get(lk, &k, &d, MDB_GET_BOTH);
+    if (rc == 0)
+        rc = mdb_cursor_get(lk, &k, &d, MDB_NEXT_DUP);
+    if (rc == MDB_NOTFOUND) {
+        *out = false;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    *out = d.mv_size == KEYREV_LEN && (int64_t)be64_get(d.mv_data) <= c;
+    return 0;
+}
+
+/* One write transaction of the removal: examines up to COMPACT_BATCH entries below the
+ * compacted revision from where the last one stopped. 1 = more to do, 0 = nothing left (with
+ * *done = the revision below which all is removed), or an LMDB code. */
+static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL, *lk = NULL;
+    struct kv_snap_meta st;
+    struct phys ph;
+    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+    if (rc)
+        return rc;
+    if ((rc = state_read(txn, s->meta, &st)) || (rc = phys_read(txn, s->meta, &ph)))
+        goto fail;
+    *done = ph.done;
+    if (ph.done >= st.compact) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    if (ph.target != st.compact) /* a new compaction: a new pass from the oldest entry */
+        ph = (struct phys){ph.done, st.compact, 0, 0};
+    if ((rc = mdb_cursor_open(txn, s->hist, &cur)) ||
+        (rc = mdb_cursor_open(txn, s->keyrev, &lk)))
+        goto fail;
+    uint8_t pos[HIST_KEY];
+    be64_put(pos, (uint64_t)ph.rev);
+    be64_put(pos + 8, ph.sub);
+    MDB_val k = {HIST_KEY, pos}, v;
+    size_t n = 0, seen = 0;
+    bool finished = true;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        struct hist_ent h;
+        bool go;
+        if (hist_decode(&k, &v, &h)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (h.rev >= ph.target)
+            break;
+        if (seen == COMPACT_BATCH) {
+            finished = false;
+            ph.rev = h.rev;
+            ph.sub = h.sub;
+            break;
+        }
+        seen++;
+        if ((rc = doomed_entry(lk, &k, &h, ph.target, &go)))
+            break;
+        if (go) {
+            memcpy(dm[n].kr, k.mv_data, HIST_KEY);
+            dm[n].kr[16] = (uint8_t)h.type;
+            dm[n].klen = h.klen;
+            memcpy(dm[n].key, h.key, h.klen);
+            n++;
+        }
+    }
+    mdb_cursor_close(cur);
+    mdb_cursor_close(lk);
+    cur = lk = NULL;
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        MDB_val hk = {HIST_KEY, dm[i].kr}, kk = {dm[i].klen, dm[i].key},
+                kd = {KEYREV_LEN, dm[i].kr};
+        if ((rc = mdb_del(txn, s->hist, &hk, NULL)) || (rc = mdb_del(txn, s->keyrev, &kk, &kd)))
+            goto fail;
+    }
+    if (finished)
+        ph = (struct phys){ph.target, ph.target, 0, 0};
+    if ((rc = phys_write(txn, s->meta, &ph)) || (rc = mdb_txn_commit(txn)))
+        return rc;
+    atomic_fetch_add(&s->commits, 1); /* for the syncer */
+    *done = ph.done;
+    return finished ? 0 : 1;
+fail:
+    if (cur)
+        mdb_cursor_close(cur);
+    if (lk)
+        mdb_cursor_close(lk);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+static int sync_store(struct kv_store *s);
+
+/* Waits on compact_cv (compact_mu held) for at most 100 ms. */
+static void compact_nap(struct kv_store *s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += 100 * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&s->compact_cv, &s->compact_mu, &ts);
+}
+
+static void *compactor_main(void *arg)
+{
+    struct kv_store *s = arg;
+    struct doomed *dm = malloc(COMPACT_BATCH * sizeof *dm);
+    pthread_mutex_lock(&s->compact_mu);
+    while (!s->compact_stop) {
+        /* woken by a new compaction or close; the nap also retries a round skipped below */
+        if (s->compact_synced >= s->compact_wanted || s->compact_err || !dm) {
+            compact_nap(s);
+            continue;
+        }
+        pthread_mutex_unlock(&s->compact_mu);
+        int rc = 1;
+        int64_t done = 0;
+        pthread_mutex_lock(&s->compact_run_mu);
+        pthread_rwlock_rdlock(&s->env_lock);
+        /* After a restore the store says "clean": marked dirty before our first commit. */
+        bool skip = !s->env || atomic_load(&s->sync_err) || mark_dirty(s) != 0;
+        while (!skip && rc == 1)
+            rc = compact_batch(s, dm, &done);
+        pthread_rwlock_unlock(&s->env_lock);
+        pthread_mutex_unlock(&s->compact_run_mu);
+        if (!skip && rc == 0)
+            rc = sync_store(s); /* physical: the removal durable before it counts */
+        pthread_mutex_lock(&s->compact_mu);
+        if (skip) {
+            compact_nap(s);
+            continue;
+        }
+        if (rc != 0)
+            s->compact_err = rc;
+        else if (done > s->compact_synced)
+            s->compact_synced = done;
+        pthread_cond_broadcast(&s->compact_done_cv);
+    }
+    pthread_mutex_unlock(&s->compact_mu);
+    free(dm);
+    return NULL;
+}
+
+int kv_store_compact_wait(struct kv_store *s, int64_t rev, unsigned timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    int rc = 0;
+    pthread_mutex_lock(&s->compact_mu);
+    while (s->compact_synced < rev && !s->compact_err && rc == 0)
+        if (pthread_cond_timedwait(&s->compact_done_cv, &s->compact_mu, &ts) == ETIMEDOUT)
+            rc = -ETIMEDOUT;
+    if (s->compact_synced >= rev)
+        rc = 0;
+    else if (s->compact_err)
+        rc = -EIO;
+    pthread_mutex_unlock(&s->compact_mu);
+    return rc;
+}
+
+/* After open: the removal thread, told of the store's compacted revision. NULL or why not. */
+static const char *start_compactor(struct kv_store *s)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->compact_cv, &ca);
+    pthread_cond_init(&s->compact_done_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&s->compact_mu, NULL);
+    pthread_mutex_init(&s->compact_run_mu, NULL);
+    s->compact_init = true;
+    s->compact_wanted = s->compact_told = s->compact;
+    /* what an earlier run removed (synced then, or kept by the page cache: a store a machine
+     * crash may have torn is discarded at open) */
+    MDB_txn *txn;
+    struct phys ph = {0};
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
+        phys_read(txn, s->meta, &ph);
+        mdb_txn_abort(txn);
+    }
+    s->compact_synced = ph.done;
+    if (pthread_create(&s->compactor, NULL, compactor_main, s) != 0)
+        return "cannot start the compaction thread";
+    pthread_setname_np(s->compactor, "kv-compact");
+    s->compactor_started = true;
+    return NULL;
+}
+
+static void stop_compactor(struct kv_store *s)
+{
+    if (!s->compact_init)
+        return;
+    if (s->compactor_started) {
+        pthread_mutex_lock(&s->compact_mu);
+        s->compact_stop = true;
+        pthread_cond_signal(&s->compact_cv);
+        pthread_mutex_unlock(&s->compact_mu);
+        pthread_join(s->compactor, NULL);
+        s->compactor_started = false;
+    }
+    pthread_cond_destroy(&s->compact_cv);
+    pthread_cond_destroy(&s->compact_done_cv);
+    pthread_mutex_destroy(&s->compact_mu);
+    pthread_mutex_destroy(&s->compact_run_mu);
+    s->compact_init = false;
+}
+
 /* ---- open / close ---- */
 
 static void stop_syncer(struct kv_store *s)
@@ -1356,8 +2043,10 @@ static void env_close(struct kv_store *s)
 static void store_free(struct kv_store *s)
 {
     env_close(s);
-    if (s->env_lock_init)
+    if (s->env_lock_init) {
         pthread_rwlock_destroy(&s->env_lock);
+        pthread_mutex_destroy(&s->mark_mu);
+    }
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     if (s->sync_init) {
@@ -1372,6 +2061,7 @@ static struct kv_store *open_fail(struct kv_store *s, char *err, size_t errlen, 
 {
     if (err && errlen)
         snprintf(err, errlen, "kv store %s: %s: %s", dir, what, why);
+    stop_compactor(s);
     stop_syncer(s);
     store_free(s);
     return NULL;
@@ -1503,11 +2193,68 @@ static int env_create(const struct kv_store *s, MDB_env **env)
         return rc;
     if ((rc = mdb_env_set_mapsize(*env, (size_t)s->map_size)) ||
         (rc = mdb_env_set_maxreaders(*env, s->max_readers)) ||
-        (rc = mdb_env_set_maxdbs(*env, 4))) {
+        (rc = mdb_env_set_maxdbs(*env, 6))) {
         mdb_env_close(*env);
         *env = NULL;
     }
     return rc;
+}
+
+/* The store's databases in txn (created if missing). 0 or an LMDB code. */
+static int dbis_open(MDB_txn *txn, MDB_dbi *meta, MDB_dbi *kv, MDB_dbi *hist, MDB_dbi *keyrev)
+{
+    int rc;
+    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, meta)) ||
+        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, kv)) ||
+        (rc = mdb_dbi_open(txn, "hist", MDB_CREATE, hist)))
+        return rc;
+    return mdb_dbi_open(txn, "keyrev", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, keyrev);
+}
+
+/* The history of a store that has only its latest state (a store or a snapshot from before
+ * history): each key's record becomes its one write, at its mod_revision. Writes of one
+ * revision (a txn's) get subs in key order. 0 or an LMDB code. */
+static int hist_from_kv(MDB_txn *txn, MDB_dbi kv, MDB_dbi hist, MDB_dbi keyrev)
+{
+    MDB_cursor *cur, *hc;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, kv, &cur);
+    if (rc)
+        return rc;
+    if ((rc = mdb_cursor_open(txn, hist, &hc))) {
+        mdb_cursor_close(cur);
+        return rc;
+    }
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        struct kv_rec r;
+        if (rec_decode(&v, &r)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        /* the next sub at r.mod: one past the last write recorded at that revision */
+        uint8_t hk[HIST_KEY] = {0};
+        be64_put(hk, (uint64_t)r.mod + 1);
+        MDB_val sk = {HIST_KEY, hk}, sv;
+        uint64_t sub = 0;
+        int x = mdb_cursor_get(hc, &sk, &sv, MDB_SET_RANGE);
+        x = x == 0 ? mdb_cursor_get(hc, &sk, &sv, MDB_PREV)
+                   : x == MDB_NOTFOUND ? mdb_cursor_get(hc, &sk, &sv, MDB_LAST) : x;
+        if (x == 0 && sk.mv_size == HIST_KEY && (int64_t)be64_get(sk.mv_data) == r.mod)
+            sub = be64_get((const uint8_t *)sk.mv_data + 8) + 1;
+        else if (x != 0 && x != MDB_NOTFOUND) {
+            rc = x;
+            break;
+        }
+        uint8_t *d;
+        if ((rc = hist_append(txn, hist, keyrev, r.mod, sub, KV_EVENT_PUT, k.mv_data, k.mv_size,
+                              v.mv_size, &d, 0)))
+            break;
+        memcpy(d, v.mv_data, v.mv_size);
+    }
+    mdb_cursor_close(hc);
+    mdb_cursor_close(cur);
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 /* Opens s->dir's environment into s->env: the databases and the format record (both created
@@ -1531,8 +2278,7 @@ static const char *env_load(struct kv_store *s, const char **what)
         return mdb_strerror(rc);
     *what = "open databases";
     struct kv_snap_meta st = {0};
-    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) == 0 &&
-        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, &s->kv)) == 0) {
+    if ((rc = dbis_open(txn, &s->meta, &s->kv, &s->hist, &s->keyrev)) == 0) {
         MDB_val k = {6, "format"}, v;
         *what = "format";
         rc = mdb_get(txn, s->meta, &k, &v);
@@ -1540,6 +2286,14 @@ static const char *env_load(struct kv_store *s, const char **what)
             v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
             if ((rc = mdb_put(txn, s->meta, &k, &v, 0)) == 0)
                 rc = state_write(txn, s->meta, 0, 0, 0, 0);
+        } else if (rc == 0 && v.mv_size == strlen(KV_FORMAT_V1) &&
+                   memcmp(v.mv_data, KV_FORMAT_V1, v.mv_size) == 0) {
+            /* A store from before history: each key's latest write becomes its history. */
+            *what = "upgrade to history";
+            if ((rc = hist_from_kv(txn, s->kv, s->hist, s->keyrev)) == 0) {
+                v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
+                rc = mdb_put(txn, s->meta, &k, &v, 0);
+            }
         } else if (rc == 0 && (v.mv_size != strlen(KV_FORMAT) ||
                                memcmp(v.mv_data, KV_FORMAT, v.mv_size) != 0)) {
             mdb_txn_abort(txn);
@@ -1613,6 +2367,7 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
     pthread_rwlockattr_init(&ra);
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&s->env_lock, &ra);
+    pthread_mutex_init(&s->mark_mu, NULL);
     pthread_rwlockattr_destroy(&ra);
     s->env_lock_init = true;
     if (!dir || !*dir)
@@ -1666,6 +2421,8 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
                                fsm_snapshot_restore};
     if ((why = start_syncing(s)))
         return open_fail(s, err, errlen, dir, "start syncing", why);
+    if ((why = start_compactor(s)))
+        return open_fail(s, err, errlen, dir, "start compacting", why);
     return s;
 }
 
@@ -1673,6 +2430,7 @@ void kv_store_close(struct kv_store *s)
 {
     if (!s)
         return;
+    stop_compactor(s);
     stop_syncer(s);
     /* A clean close: everything on disk, so the next open trusts the store whatever happens to
      * the machine in between. */
@@ -1710,22 +2468,30 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
     struct kv_snap_meta st;
     int rc, lrc = s->env ? mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) : EIO;
     if (lrc == 0 && (lrc = state_read(txn, s->meta, &st)) == 0)
-        lrc = mdb_cursor_open(txn, s->kv, &cur);
+        lrc = mdb_cursor_open(txn, s->hist, &cur);
     if (lrc) {
         rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
                           mdb_strerror(lrc));
         goto out;
     }
+    /* Version 2: the history, in the order of the writes (the latest state follows from it). */
+    st.version = 2;
     rc = kv_snap_enc_header(e, &st);
     uint64_t n = 0;
     MDB_val k, v;
     lrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     for (; rc == 0 && lrc == 0; lrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-        if (v.mv_size < REC_HDR) {
+        struct hist_ent h;
+        if (hist_decode(&k, &v, &h)) {
             lrc = MDB_CORRUPTED;
             break;
         }
-        rc = kv_snap_enc_record(e, k.mv_data, k.mv_size, v.mv_data, v.mv_size);
+        uint8_t tomb[REC_HDR] = {0};
+        if (h.type == KV_EVENT_DELETE) /* create 0, mod = its revision, version 0, lease 0 */
+            kv_le_put64(tomb + 8, (uint64_t)h.rev);
+        rc = h.type == KV_EVENT_DELETE
+                 ? kv_snap_enc_record(e, h.key, h.klen, tomb, REC_HDR)
+                 : kv_snap_enc_record(e, h.key, h.klen, h.rec.mv_data, h.rec.mv_size);
         if (rc == 0 && step(s, "snapshot-record", ++n)) {
             rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: stopped by the test hook");
             goto out;
@@ -1754,6 +2520,83 @@ out:
     return rc;
 }
 
+/* Commits a restore's write transaction and begins the next (LMDB holds a transaction's dirty
+ * pages in memory). 0, or an LMDB code (*txn is then NULL), or MDB_PANIC with *hooked when
+ * the test hook stops it. */
+static int restore_commit(struct kv_store *s, MDB_env *env, MDB_txn **txn, uint64_t *n,
+                          bool *hooked)
+{
+    if (step(s, "build-commit", (*n)++)) {
+        *hooked = true;
+        return MDB_PANIC;
+    }
+    int rc = mdb_txn_commit(*txn);
+    *txn = NULL;
+    return rc ? rc : mdb_txn_begin(env, NULL, 0, txn);
+}
+
+/* The latest state of a restored history: for each key in order, its last write if a put goes
+ * at the end of "kv". Commits every restore_txn_bytes, finding its place again by key. 0 or an
+ * LMDB code (restore_commit's). */
+static int kv_from_hist(struct kv_store *s, MDB_env *env, MDB_txn **txn, MDB_dbi kv, MDB_dbi hist,
+                        MDB_dbi keyrev, uint64_t *n, bool *hooked)
+{
+    uint8_t last[KV_MAX_KEY];
+    size_t last_len = 0, pending = 0;
+    bool more = true;
+    int rc = 0;
+    while (more && rc == 0) {
+        MDB_cursor *cur;
+        MDB_val k, d;
+        if ((rc = mdb_cursor_open(*txn, keyrev, &cur)))
+            return rc;
+        if (last_len) { /* after a commit: the key after the last one done */
+            k = (MDB_val){last_len, last};
+            rc = mdb_cursor_get(cur, &k, &d, MDB_SET);
+            if (rc == 0)
+                rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP);
+        } else {
+            rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+        }
+        more = false;
+        for (; rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP)) {
+            if ((rc = mdb_cursor_get(cur, &k, &d, MDB_LAST_DUP)))
+                break;
+            if (d.mv_size != KEYREV_LEN || k.mv_size > KV_MAX_KEY) {
+                rc = MDB_CORRUPTED;
+                break;
+            }
+            if (((const uint8_t *)d.mv_data)[16] == KV_EVENT_PUT) {
+                MDB_val hk = {HIST_KEY, d.mv_data}, hv;
+                struct hist_ent h;
+                if ((rc = mdb_get(*txn, hist, &hk, &hv)))
+                    break;
+                if (hist_decode(&hk, &hv, &h) || h.type != KV_EVENT_PUT) {
+                    rc = MDB_CORRUPTED;
+                    break;
+                }
+                if ((rc = mdb_put(*txn, kv, &k, &h.rec, MDB_APPEND)))
+                    break;
+                pending += k.mv_size + h.rec.mv_size;
+            }
+            if (pending >= s->restore_txn_bytes) {
+                memcpy(last, k.mv_data, k.mv_size);
+                last_len = k.mv_size;
+                more = true;
+                break;
+            }
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+        if (rc == 0 && more) {
+            rc = restore_commit(s, env, txn, n, hooked);
+            pending = 0;
+        }
+    }
+    return rc;
+}
+
 /* Builds the restored store in dir/kv.restore from the payload and syncs it (steps counted in
  * *n). 0, or a negative errno with the reason in r->err; the caller removes what was built. */
 static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uint64_t index,
@@ -1772,7 +2615,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     struct kv_snap_dec *d = kv_snap_dec_new(r->read, r->arg);
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
-    MDB_dbi kv, meta;
+    MDB_dbi kv, meta, hist, keyrev;
     struct kv_snap_meta m;
     int rc, lrc;
     if (!d) {
@@ -1794,33 +2637,48 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     if ((lrc = env_create(s, &env)) ||
         (lrc = mdb_env_open(env, tmp, MDB_NOTLS | MDB_NOSYNC, 0600)) ||
         (lrc = mdb_txn_begin(env, NULL, 0, &txn)) ||
-        (lrc = mdb_dbi_open(txn, "meta", MDB_CREATE, &meta)) ||
-        (lrc = mdb_dbi_open(txn, "kv", MDB_CREATE, &kv)) ||
+        (lrc = dbis_open(txn, &meta, &kv, &hist, &keyrev)) ||
         (lrc = mdb_put(txn, meta, &fk, &fv, 0)))
         goto lmdb;
     size_t pending = 0;
     struct kv_snap_rec rec;
+    bool hooked = false;
+    int64_t last_mod = 0;
+    uint64_t sub = 0;
     while ((rc = kv_snap_dec_next(d, &rec, err, errlen)) == 1) {
-        MDB_val k = {rec.klen, (void *)rec.key}, v = {rec.rlen, (void *)rec.rec};
-        /* The decoder checked the keys come in LMDB's order: each one goes at the end. */
-        if ((lrc = mdb_put(txn, kv, &k, &v, MDB_APPEND)))
-            goto lmdb;
+        if (m.version == 1) {
+            /* The latest state alone: the decoder checked the keys come in LMDB's order, so
+             * each one goes at the end; the history is made from it below. */
+            MDB_val k = {rec.klen, (void *)rec.key}, v = {rec.rlen, (void *)rec.rec};
+            if ((lrc = mdb_put(txn, kv, &k, &v, MDB_APPEND)))
+                goto lmdb;
+        } else {
+            /* The history, in order: each write goes at the end of "hist" (and of its key's
+             * writes); the latest state is made from it below. */
+            int64_t mod = (int64_t)kv_le_get64(rec.rec + 8);
+            bool tomb = kv_le_get64(rec.rec + 16) == 0;
+            sub = mod == last_mod ? sub + 1 : 0;
+            last_mod = mod;
+            uint8_t *dst;
+            if ((lrc = hist_append(txn, hist, keyrev, mod, sub,
+                                   tomb ? KV_EVENT_DELETE : KV_EVENT_PUT, rec.key, rec.klen,
+                                   tomb ? 0 : rec.rlen, &dst, MDB_APPEND)))
+                goto lmdb;
+            if (!tomb)
+                memcpy(dst, rec.rec, rec.rlen);
+        }
         pending += rec.klen + rec.rlen;
         if (pending >= s->restore_txn_bytes) {
-            if (step(s, "build-commit", (*n)++)) {
-                rc = kv_snap_fail(err, errlen, -EIO, "restore: stopped by the test hook");
-                goto out;
-            }
-            lrc = mdb_txn_commit(txn);
-            txn = NULL;
-            if (lrc || (lrc = mdb_txn_begin(env, NULL, 0, &txn)))
+            if ((lrc = restore_commit(s, env, &txn, n, &hooked)))
                 goto lmdb;
             pending = 0;
         }
     }
     if (rc < 0)
         goto out; /* the decoder's reason is in err */
-    if ((lrc = state_write(txn, meta, index, term, m.rev, m.compact)))
+    lrc = m.version == 1 ? hist_from_kv(txn, kv, hist, keyrev)
+                         : kv_from_hist(s, env, &txn, kv, hist, keyrev, n, &hooked);
+    if (lrc || (lrc = state_write(txn, meta, index, term, m.rev, m.compact)))
         goto lmdb;
     lrc = mdb_txn_commit(txn);
     txn = NULL;
@@ -1835,7 +2693,9 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     rc = 0;
     goto out;
 lmdb:
-    if (lrc == MDB_MAP_FULL)
+    if (hooked)
+        rc = kv_snap_fail(err, errlen, -EIO, "restore: stopped by the test hook");
+    else if (lrc == MDB_MAP_FULL)
         rc = kv_snap_fail(err, errlen, -ENOSPC, "restore: the state does not fit in the map size "
                           "(%llu bytes)", (unsigned long long)s->map_size);
     else
@@ -1858,10 +2718,43 @@ static int restore_broken(struct kv_store *s, char *err, size_t errlen, int rc, 
                         "the member", what);
 }
 
+static int restore_locked(struct kv_store *s, struct raft_snapshot_reader *r, uint64_t index,
+                          uint64_t term);
+
 static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint64_t index,
                                 uint64_t term)
 {
     struct kv_store *s = ctx;
+    /* No removal of compacted history meanwhile: not in the store being replaced (marked clean
+     * for the restore), nor in the new one before it is in place. */
+    pthread_mutex_lock(&s->compact_run_mu);
+    int rc = restore_locked(s, r, index, term);
+    pthread_mutex_unlock(&s->compact_run_mu);
+    if (rc == 0) {
+        /* The new store's compaction: its removal may be unfinished (the compactor goes on);
+         * what it removed is synced. */
+        MDB_txn *txn;
+        struct phys ph = {0};
+        pthread_rwlock_rdlock(&s->env_lock);
+        if (s->env && mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn) == 0) {
+            phys_read(txn, s->meta, &ph);
+            mdb_txn_abort(txn);
+        }
+        pthread_rwlock_unlock(&s->env_lock);
+        pthread_mutex_lock(&s->compact_mu);
+        s->compact_told = s->compact_wanted = s->compact;
+        s->compact_synced = ph.done;
+        pthread_cond_signal(&s->compact_cv);
+        pthread_mutex_unlock(&s->compact_mu);
+        if (s->commit_hook)
+            s->commit_hook(s->commit_arg, s->rev);
+    }
+    return rc;
+}
+
+static int restore_locked(struct kv_store *s, struct raft_snapshot_reader *r, uint64_t index,
+                          uint64_t term)
+{
     char *err = r->err;
     size_t errlen = r->errlen;
     uint64_t n = 0;
@@ -1894,7 +2787,7 @@ static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint6
         /* The old store is untouched (the leftover, if this fails to remove it, goes at open);
          * its next unsynced commit marks it dirty again. */
         remove_restore_leftover(s->dir);
-        s->mark_pending = s->lazy;
+        atomic_store(&s->mark_pending, s->lazy);
         return rc;
     }
     if (step(s, "fsync-dir", n++))
@@ -1919,6 +2812,6 @@ static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint6
      * kv.state stays clean (true: all is synced) until the next apply marks it dirty. */
     if (!step(s, "cleanup", n++))
         remove_restore_leftover(s->dir);
-    s->mark_pending = s->lazy;
+    atomic_store(&s->mark_pending, s->lazy);
     return 0;
 }

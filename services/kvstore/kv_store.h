@@ -7,8 +7,15 @@
  *   mod_revision and version (a delete resets it); Range with range_end, "\0" from-key, limit,
  *   count_only, keys_only, sort order/target and min/max revision filters; Put with prev_kv and
  *   ignore_value; DeleteRange with prev_kv; Txn compares (VALUE, VERSION, CREATE, MOD, LEASE)
- *   and nested requests under one revision; Compact. There is no multi-version history yet: a
- *   read at 0 < revision < current gets "required revision has been compacted".
+ *   and nested requests under one revision; Compact.
+ * - History (docs/kv.md "History"): every write is kept, as an event at (revision, sub), until
+ *   compacted; a Range (alone or in a Txn) at any revision from the compacted one to the current
+ *   one reads the state then, below it "required revision has been compacted". Compact moves
+ *   the compacted revision at once (reads below it fail from then on) and a background thread
+ *   removes the history below it in transactions of at most COMPACT_BATCH entries examined
+ *   (the applier waits for one at most), keeping each key's last write at or below it (unless
+ *   a delete); kv_store_compact_wait waits for that removal to be synced (`physical`).
+ *   kv_store_events reads the history in order, for Watch.
  * - Storage: one LMDB environment in `dir` (data.mdb, lock.mdb, plus kv.lock, an flock that
  *   keeps a second process or a second open in this process out, and kv.state, below). Each apply() call is one
  *   LMDB write transaction that also stores the applied index, the revision and the compacted
@@ -27,8 +34,9 @@
  *   log still starting at index 1; log compaction will have to keep a synced snapshot of the
  *   store to rebuild from instead. sync_every_batch restores one fdatasync per batch.
  * - Snapshots (fsm.h snapshot_write/snapshot_restore; docs/kv.md "Snapshots"): the payload
- *   (kv_snap.h) is a logical dump, written from one LMDB read transaction while apply goes on,
- *   of every key's record plus the applied index, the term of that entry (recorded by apply
+ *   (kv_snap.h, version 2) is a logical dump, written from one LMDB read transaction while
+ *   apply goes on, of the history not yet compacted (every write, in order; the latest state
+ *   follows from it) plus the applied index, the term of that entry (recorded by apply
  *   when the batch's last entry is at last_index; 0 = not known) and the revisions, with a
  *   CRC-32C; restore checks all of it and refuses anything else (-EBADMSG, the reason in the
  *   reader's err). Restore syncs the old store and marks it clean, builds the new one in
@@ -266,9 +274,10 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
  * fn NULL clears it. */
 void kv_store_set_commit_hook(struct kv_store *s, void (*fn)(void *arg, int64_t rev), void *arg);
 
-/* Waits up to timeout_ms for the history below `rev` (a compaction's revision) to be removed
- * and that removal synced to disk (Compact's `physical`). 0 done (or rev not compacted yet
- * but nothing to wait for), -ETIMEDOUT, or -EIO when the store failed. */
+/* Waits up to timeout_ms until the history below `rev` (a compaction's revision, applied) has
+ * been removed and the removal synced to disk (Compact's `physical`). 0 (at once when it
+ * already has), -ETIMEDOUT (also when no compaction to rev was applied), or -EIO when the
+ * removal failed. Any thread. */
 int kv_store_compact_wait(struct kv_store *s, int64_t rev, unsigned timeout_ms);
 
 #endif

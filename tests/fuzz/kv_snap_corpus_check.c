@@ -62,6 +62,10 @@ Test(kv_snap_corpus, valid_seeds_decode_as_the_spec_says)
     cr_assert(m.index == 7 && m.term == 0 && n == 1);
     cr_assert_eq(decode("binary_keys_and_value", &m, &n, err), 0, "%s", err);
     cr_assert(m.index == 100 && m.rev == 300 && m.compact == 300 && n == 3);
+    cr_assert_eq(decode("history", &m, &n, err), 0, "%s", err);
+    cr_assert(m.version == 2 && m.index == 50 && m.rev == 7 && n == 8);
+    cr_assert_eq(decode("three_keys", &m, &n, err), 0, "%s", err);
+    cr_assert_eq(m.version, 1);
 }
 
 Test(kv_snap_corpus, broken_seeds_are_refused_for_their_reason)
@@ -70,7 +74,10 @@ Test(kv_snap_corpus, broken_seeds_are_refused_for_their_reason)
         const char *name, *why;
     } cases[] = {
         {"bad_magic", "bad magic"},
-        {"version_2", "format version 2"},
+        {"version_3", "format version 3"},
+        {"history_out_of_order", "record 1: revisions out of order"},
+        {"history_tombstone_with_value", "a deletion at revision 3"},
+        {"history_tombstone_past_revision", "a deletion at revision 8 of 1..7"},
         {"compacted_past_revision", "compacted revision 4"},
         {"keys_out_of_order", "record 1: keys out of order"},
         {"key_too_long", "key length 512"},

@@ -3,9 +3,9 @@
  * decoded twice, once in reads as large as asked and once in reads of 1 to 13 bytes; both must
  * reach the same verdict: 0 (accepted) or -EBADMSG with a message, never a crash, an
  * out-of-bounds read (ASan) or undefined behaviour (UBSan). What is accepted must obey the
- * format's rules (keys strictly increasing, records at least 32 bytes) and re-encode to
- * exactly the input: the format has one encoding per state. Built with clang's libFuzzer
- * (run_kv_snap_fuzz.sh) and as a corpus replay with the default toolchain (replay_main.c). */
+ * format's rules (version 1: keys strictly increasing; version 2: a history in write order,
+ * tombstones only there; records at least 32 bytes) and re-encode to exactly the input: the
+ * format has one encoding per state. Built with clang's libFuzzer (run_kv_snap_fuzz.sh) and as a corpus replay with the default toolchain (replay_main.c). */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -81,17 +81,27 @@ static void decode(const uint8_t *data, size_t size, unsigned step, struct kv_sn
         abort();
     uint8_t prev[KV_SNAP_MAX_KEY];
     size_t prev_len = 0;
+    int64_t prev_mod = 0;
     struct kv_snap_rec r;
     while (v->rc == 0 && (v->rc = kv_snap_dec_next(d, &r, v->err, sizeof v->err)) == 1) {
         if (r.klen == 0 || r.klen > KV_SNAP_MAX_KEY || r.rlen < KV_SNAP_REC_FIXED)
             abort();
-        if (v->count > 0) {
+        int64_t create = (int64_t)kv_le_get64(r.rec), mod = (int64_t)kv_le_get64(r.rec + 8);
+        int64_t version = (int64_t)kv_le_get64(r.rec + 16);
+        if (m.version == 1 && v->count > 0) {
             int c = memcmp(prev, r.key, prev_len < r.klen ? prev_len : r.klen);
             if (c > 0 || (c == 0 && prev_len >= r.klen))
                 abort(); /* not strictly increasing */
         }
+        if (m.version == 2 && ((v->count > 0 && mod < prev_mod) || mod < 1 || mod > m.rev))
+            abort(); /* history out of write order */
+        if (version == 0 && (m.version != 2 || create != 0 || r.rlen != KV_SNAP_REC_FIXED))
+            abort(); /* a tombstone only in a history, with nothing but its revision */
+        if (version != 0 && (create < 1 || create > mod))
+            abort();
         memcpy(prev, r.key, r.klen);
         prev_len = r.klen;
+        prev_mod = mod;
         if (enc && kv_snap_enc_record(enc, r.key, r.klen, r.rec, r.rlen) != 0)
             abort();
         v->count++;

@@ -43,7 +43,20 @@ def main():
              record(b"\x00\x00", 2, 300, 299, b"x" * 2000),
              record(b"\xff" * 511, 7, 8, 2)]),
         "bad_magic": payload(header(42, 3, 9, 2, magic=b"CRKVSNAQ"), three),
-        "version_2": payload(header(42, 3, 9, 2, version=2), three),
+        "version_3": payload(header(42, 3, 9, 2, version=3), three),
+        # version 2: the history in write order; version 0 = a deletion (tombstone)
+        "history": payload(
+            header(50, 5, 7, 2, version=2),
+            [record(b"b", 1, 1, 1, b"old"), record(b"a", 2, 2, 1, b"x"),
+             record(b"b", 1, 3, 2, b"new"), record(b"a", 0, 4, 0),
+             record(b"c", 5, 5, 1, b"t1"), record(b"d", 5, 5, 1, b"t2"), record(b"c", 0, 5, 0),
+             record(b"a", 7, 7, 1, b"again")]),
+        "history_out_of_order": payload(
+            header(50, 5, 7, 2, version=2), [record(b"a", 3, 3, 1), record(b"b", 2, 2, 1)]),
+        "history_tombstone_with_value": payload(
+            header(50, 5, 7, 2, version=2), [record(b"a", 0, 3, 0, b"v")]),
+        "history_tombstone_past_revision": payload(
+            header(50, 5, 7, 2, version=2), [record(b"a", 0, 8, 0)]),
         "compacted_past_revision": payload(header(1, 1, 3, 4), []),
         "keys_out_of_order": payload(h, [three[1], three[0]]),
         "key_too_long": payload(h, [record(b"k" * 512, 1, 1, 1)]),

@@ -1,6 +1,11 @@
 /* kv_model_test.c: randomized operation sequences, each op compared with a small reference
  * model (plain sorted arrays, the etcd rules written out the obvious way): every response
  * (kvs, count, more, deleted, prev_kvs, succeeded, revisions, errors) and the final state.
+ * History: the model keeps its state at every revision and a log of every write, so Ranges
+ * at old revisions (in and out of txns) and the history's events (kv_store_events from a
+ * random revision, with and without prev_kv, with a bound; Watch's source) are checked too,
+ * across compactions, whose physical removal is waited for (kv_store_compact_wait), and across
+ * snapshots restored into a new store.
  * Writes are applied in batches of 1-6 entries, and the store is reopened now and then.
  * Reproducible: the failing seed and op number are in the assertion message; set KV_MODEL_SEED
  * to run only that seed. */
@@ -131,6 +136,25 @@ struct model {
     int64_t rev, compact;
 };
 
+/* The model's history: every write in order (what kv_store_events must give back), and the
+ * state at each revision. */
+struct mev {
+    int type; /* KV_EVENT_PUT / KV_EVENT_DELETE */
+    struct mkv kv;
+};
+#define MAXEV 4096
+static struct mev EV[MAXEV];
+static int NEV;
+static struct model STATES[OPS + 2];
+
+static void ev_add(int type, const struct mkv *kv)
+{
+    cr_assert_lt(NEV, MAXEV);
+    EV[NEV].type = type;
+    EV[NEV].kv = *kv;
+    NEV++;
+}
+
 static const char *KEYS[] = {"a", "aa", "ab", "b", "ba", "bb", "c", "ca", "d", "e"};
 #define NKEYS 10
 
@@ -180,6 +204,7 @@ static void m_put(struct model *m, const char *k, const char *v, int64_t rev)
     snprintf(e->val, sizeof e->val, "%s", v);
     e->mod = rev;
     e->ver++;
+    ev_add(KV_EVENT_PUT, e);
 }
 
 static void out_m(struct out *o, const struct mkv *e, bool with_value)
@@ -242,13 +267,17 @@ static void m_range(struct model *m, const Etcdserverpb__RangeRequest *r, int64_
     outf(o, "])");
 }
 
-static int m_delete(struct model *m, const char *key, const char *end, bool prev, struct out *o)
+static int m_delete(struct model *m, const char *key, const char *end, bool prev, struct out *o,
+                    int64_t rev)
 {
     int j = 0, deleted = 0;
     for (int i = 0; i < m->n; i++) {
         if (in_span(m->kv[i].key, key, end)) {
             if (prev && o)
                 out_m(o, &m->kv[i], true);
+            struct mkv tomb = {.mod = rev};
+            snprintf(tomb.key, sizeof tomb.key, "%s", m->kv[i].key);
+            ev_add(KV_EVENT_DELETE, &tomb);
             deleted++;
         } else {
             m->kv[j++] = m->kv[i];
@@ -418,7 +447,7 @@ static const char *m_check(struct mtx *x, const Etcdserverpb__TxnRequest *t, int
             int64_t rv = ops[i]->request_range->revision;
             if (rv > x->rev0)
                 e = "11 " KV_ERR_FUTURE_REV;
-            else if (rv != 0 && rv < x->rev0)
+            else if (rv < 0 || (rv > 0 && rv < x->pre.compact))
                 e = "11 " KV_ERR_COMPACTED;
         }
         if (e)
@@ -439,7 +468,12 @@ static void m_exec(struct mtx *x, const Etcdserverpb__TxnRequest *t, struct out 
         int64_t cur = x->rev0 + x->changed;
         switch (op->request_case) {
         case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE:
-            m_range(op->request_range->revision ? &x->pre : x->live, op->request_range, cur, &body);
+        {
+            /* at a revision: as before the txn wrote, or from the history */
+            int64_t rv = op->request_range->revision;
+            m_range(rv == 0 ? x->live : rv >= x->rev0 ? &x->pre : &STATES[rv], op->request_range,
+                    cur, &body);
+        }
             break;
         case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT: {
             const Etcdserverpb__PutRequest *p = op->request_put;
@@ -463,7 +497,8 @@ static void m_exec(struct mtx *x, const Etcdserverpb__TxnRequest *t, struct out 
         case ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_DELETE_RANGE: {
             const Etcdserverpb__DeleteRangeRequest *d = op->request_delete_range;
             struct out prev = {.n = 0};
-            int nd = m_delete(x->live, bstr(d->key, kb), bstr(d->range_end, eb), d->prev_kv, &prev);
+            int nd = m_delete(x->live, bstr(d->key, kb), bstr(d->range_end, eb), d->prev_kv, &prev,
+                              x->rev0 + 1);
             if (nd)
                 x->changed = true;
             outf(&body, "D(rev%lld n%d [%s])", (long long)(x->rev0 + x->changed), nd, prev.b);
@@ -511,7 +546,8 @@ static void m_apply(struct model *m, const Craft__Kv__Command *c, struct out *o)
     case CRAFT__KV__COMMAND__OP_DELETE_RANGE: {
         const Etcdserverpb__DeleteRangeRequest *d = c->delete_range;
         struct out prev = {.n = 0};
-        int n = m_delete(m, bstr(d->key, kb), bstr(d->range_end, eb), d->prev_kv, &prev);
+        int n = m_delete(m, bstr(d->key, kb), bstr(d->range_end, eb), d->prev_kv, &prev,
+                         m->rev + 1);
         if (n)
             m->rev++;
         outf(o, "D(rev%lld n%d [%s])@%lld", (long long)m->rev, n, prev.b, (long long)m->rev);
@@ -541,6 +577,7 @@ static void m_apply(struct model *m, const Craft__Kv__Command *c, struct out *o)
         }
         static struct mtx x;
         memset(&x, 0, sizeof x);
+        int nev0 = NEV;
         x.live = m;
         x.pre = *m;
         x.rev0 = m->rev;
@@ -563,6 +600,7 @@ static void m_apply(struct model *m, const Craft__Kv__Command *c, struct out *o)
         m_exec(&x, t, &body, true);
         if (x.failed) {
             *m = x.pre;
+            NEV = nev0;
             outf(o, "E(3 %s)@%lld", KV_ERR_KEY_NOT_FOUND, (long long)m->rev);
             return;
         }
@@ -601,8 +639,9 @@ static const char *rval(void)
 }
 static int64_t rrev(struct model *m)
 {
-    int x = rn(8);
-    return x < 4 ? 0 : x == 4 ? m->rev : x == 5 ? m->rev + 1 : x == 6 ? m->rev - 1 : -1;
+    int x = rn(10);
+    return x < 4 ? 0 : x == 4 ? m->rev : x == 5 ? m->rev + 1 : x == 6 ? m->rev - 1 : x == 7 ? -1
+         : x == 8 ? m->compact - 1 + rn((int)(m->rev - m->compact) + 2) : m->compact;
 }
 
 static void rand_range(Etcdserverpb__RangeRequest *r, struct model *m)
@@ -671,6 +710,88 @@ static Etcdserverpb__TxnRequest *rand_txn(struct model *m)
 
 /* ---- the run ---- */
 
+struct evgot {
+    struct out o;
+    size_t n;
+};
+
+static int ev_cb(void *arg, const struct kv_event *ev)
+{
+    struct evgot *g = arg;
+    outf(&g->o, "%s(", ev->type == KV_EVENT_PUT ? "PUT" : "DEL");
+    out_kv(&g->o, (const char *)ev->kv.key, ev->kv.klen, (const char *)ev->kv.val, ev->kv.vlen,
+           ev->kv.create, ev->kv.mod, ev->kv.version);
+    if (ev->has_prev)
+        out_kv(&g->o, (const char *)ev->prev.key, ev->prev.klen, (const char *)ev->prev.val,
+               ev->prev.vlen, ev->prev.create, ev->prev.mod, ev->prev.version);
+    outf(&g->o, ")");
+    g->n++;
+    return 0;
+}
+
+/* kv_store_events from a random revision (sometimes below the compacted one, sometimes in the
+ * future), with a random bound and prev_kv, against the model's log. The removal of compacted
+ * history is waited for first: which previous versions survive it is then exact (a write's
+ * previous version below the compacted revision c is gone when the write is at c itself, kept
+ * when it is after c). */
+static void check_events(struct kvt *t, struct model *m, uint64_t seed, int op)
+{
+    cr_assert_eq(kv_store_compact_wait(t->s, m->compact, 10000), 0);
+    /* the last 40 revisions at most, so the expected text fits its buffer */
+    int64_t lo = m->rev - 40 > m->compact - 1 ? m->rev - 40 : m->compact - 1;
+    int64_t from = rn(8) == 0 ? m->compact - 1 : lo + rn((int)(m->rev - lo) + 3);
+    size_t max = rn(3) ? 0 : (size_t)(1 + rn(4));
+    bool with_prev = rn(2);
+    static struct evgot got;
+    static struct out want;
+    got.o.n = want.n = 0;
+    got.o.b[0] = want.b[0] = 0;
+    got.n = 0;
+    int64_t next = -7, cur = -7, comp = -7;
+    struct kv_err err;
+    int rc = kv_store_events(t->s, from, max, with_prev, ev_cb, &got, &next, &cur, &comp, &err);
+    cr_assert_eq(cur, m->rev, "seed %llu op %d", (unsigned long long)seed, op);
+    cr_assert_eq(comp, m->compact, "seed %llu op %d", (unsigned long long)seed, op);
+    if (from > 0 && from < m->compact) {
+        cr_assert(rc == -1 && err.code == KV_CODE_OUT_OF_RANGE &&
+                      strcmp(err.msg, KV_ERR_COMPACTED) == 0,
+                  "seed %llu op %d: events from %lld below the compacted %lld", (unsigned long long)seed,
+                  op, (long long)from, (long long)m->compact);
+        return;
+    }
+    cr_assert_eq(rc, 0, "seed %llu op %d: %s", (unsigned long long)seed, op, err.msg);
+    int64_t want_next = from <= 0 ? m->rev + 1 : from > m->rev ? from : m->rev + 1;
+    size_t n = 0;
+    for (int i = 0; i < NEV && from > 0; i++) {
+        const struct mev *e = &EV[i];
+        if (e->kv.mod < from)
+            continue;
+        if (max && n >= max && e->kv.mod != EV[i - 1].kv.mod) {
+            want_next = e->kv.mod;
+            break;
+        }
+        outf(&want, "%s(", e->type == KV_EVENT_PUT ? "PUT" : "DEL");
+        out_kv(&want, e->kv.key, strlen(e->kv.key), e->kv.val, strlen(e->kv.val), e->kv.create,
+               e->kv.mod, e->kv.ver);
+        if (with_prev) {
+            const struct mev *p = NULL;
+            for (int j = i - 1; j >= 0 && !p; j--)
+                if (!strcmp(EV[j].kv.key, e->kv.key))
+                    p = &EV[j];
+            if (p && p->type == KV_EVENT_PUT && (p->kv.mod >= m->compact || e->kv.mod > m->compact))
+                out_kv(&want, p->kv.key, strlen(p->kv.key), p->kv.val, strlen(p->kv.val),
+                       p->kv.create, p->kv.mod, p->kv.ver);
+        }
+        outf(&want, ")");
+        n++;
+    }
+    cr_assert_lt(want.n, sizeof want.b - 1, "the expected events overflow the buffer");
+    cr_assert_str_eq(got.o.b, want.b, "seed %llu op %d: events from %lld (max %zu, prev %d)\n got  %s\n want %s",
+                     (unsigned long long)seed, op, (long long)from, max, (int)with_prev, got.o.b,
+                     want.b);
+    cr_assert_eq(next, want_next, "seed %llu op %d: next", (unsigned long long)seed, op);
+}
+
 struct pending {
     uint8_t *cmd;
     size_t len;
@@ -709,6 +830,8 @@ static void run_seed(uint64_t seed)
     kvt_open(&t, NULL);
     static struct model m;
     memset(&m, 0, sizeof m);
+    NEV = 0;
+    STATES[0] = m;
     rng = seed * 2654435761u + 88172645463325252ull;
     static struct pending pend[6];
     int np = 0, batch = 1 + rn(6);
@@ -725,10 +848,10 @@ static void run_seed(uint64_t seed)
             want.b[0] = got.b[0] = 0;
             if (r.revision > m.rev)
                 outf(&want, "E(11 %s)", KV_ERR_FUTURE_REV);
-            else if (r.revision > 0 && r.revision < m.rev)
+            else if (r.revision > 0 && r.revision < m.compact)
                 outf(&want, "E(11 %s)", KV_ERR_COMPACTED);
             else
-                m_range(&m, &r, m.rev, &want);
+                m_range(r.revision > 0 ? &STATES[r.revision] : &m, &r, m.rev, &want);
             Etcdserverpb__RangeResponse *resp = NULL;
             struct kv_err err;
             if (kv_store_range(t.s, &r, &resp, &err))
@@ -741,7 +864,28 @@ static void run_seed(uint64_t seed)
                              (unsigned long long)seed, op, got.b, want.b);
             continue;
         }
-        if (x == 20) { /* a restart */
+        if (x < 26) { /* the history's events from a revision */
+            flush(&t, pend, np, seed, op), np = 0;
+            check_events(&t, &m, seed, op);
+            continue;
+        }
+        if (x == 27) { /* a snapshot, restored into a new store that takes over: the history
+                        * goes with it */
+            flush(&t, pend, np, seed, op), np = 0;
+            struct kvt_buf b = {0};
+            uint64_t idx, term;
+            kvt_snapshot(&t, &b, &idx, &term);
+            struct kvt t2;
+            kvt_open(&t2, NULL);
+            char err[256];
+            cr_assert_eq(kvt_restore(&t2, b.data, b.len, idx, term ? term : 1, err, sizeof err), 0,
+                         "seed %llu op %d: %s", (unsigned long long)seed, op, err);
+            free(b.data);
+            kvt_close(&t);
+            t = t2;
+            continue;
+        }
+        if (x == 26) { /* a restart */
             flush(&t, pend, np, seed, op), np = 0;
             kvt_reopen(&t);
             cr_assert_eq(kv_store_applied_index(t.s), t.index);
@@ -784,7 +928,10 @@ static void run_seed(uint64_t seed)
         craft__kv__command__pack(&c, pe->cmd);
         struct out want = {.n = 0};
         want.b[0] = 0;
+        int64_t rev0 = m.rev;
         m_apply(&m, &c, &want);
+        if (m.rev != rev0)
+            STATES[m.rev] = m;
         memcpy(pe->want, want.b, want.n + 1);
         if (tx)
             kb_free(tx);

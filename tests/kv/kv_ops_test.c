@@ -392,6 +392,19 @@ Test(kv_ops, range_revision_future_compacted_current)
     cr_assert_eq(kv_store_range(T.s, &r, &resp, &err), -1);
     cr_assert_eq(err.code, KV_CODE_OUT_OF_RANGE);
     cr_assert_str_eq(err.msg, KV_ERR_FUTURE_REV);
+    /* an older revision is read from the history: "a" as it was, and absent before its put */
+    kvt_put_ok(&T, "a", "new"); /* revision 7 */
+    r.revision = 5;
+    resp = kvt_range(&T, &r);
+    cr_assert_eq(resp->n_kvs, 1);
+    cr_assert_eq(resp->header->revision, 7, "the header has the current revision, as in etcd");
+    cr_assert_eq(resp->kvs[0]->mod_revision, 1);
+    cr_assert_eq(resp->kvs[0]->value.len, 1);
+    cr_assert_eq(resp->kvs[0]->value.data[0], '3');
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    Craft__Kv__Result *cres = kvt_compact(&T, 6);
+    cr_assert_eq(cres->code, 0, "%s", cres->message);
+    craft__kv__result__free_unpacked(cres, NULL);
     r.revision = 5;
     cr_assert_eq(kv_store_range(T.s, &r, &resp, &err), -1);
     cr_assert_eq(err.code, KV_CODE_OUT_OF_RANGE);

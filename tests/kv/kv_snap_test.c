@@ -72,7 +72,10 @@ static void expect_refused(struct kvt_buf *b, const char *why)
     cr_assert(strstr(err, why), "reason \"%s\" does not say \"%s\"", err, why);
 }
 
-static const struct kv_snap_meta META = {.index = 42, .term = 3, .rev = 9, .compact = 2};
+static const struct kv_snap_meta META = {.index = 42, .term = 3, .rev = 9, .compact = 2,
+                                         .version = 1};
+static const struct kv_snap_meta META2 = {.index = 42, .term = 3, .rev = 9, .compact = 2,
+                                          .version = 2};
 static const struct rec RECS[] = {
     {"a", 1, 4, 2, 0, "one"},
     {"ab", 2, 2, 1, 0, ""},
@@ -125,7 +128,7 @@ Test(kv_snap, values_larger_than_the_buffers_round_trip)
         v[i] = (char)('a' + i % 26);
     v[big] = 0;
     struct rec rs[] = {{"big", 1, 1, 1, 0, v}, {"small", 2, 2, 1, 0, "x"}};
-    struct kv_snap_meta m = {7, 1, 2, 0};
+    struct kv_snap_meta m = {7, 1, 2, 0, 1};
     struct kvt_buf b;
     build(&b, &m, rs, 2);
     b.max_read = 100000;
@@ -155,8 +158,8 @@ Test(kv_snap, header_damage_is_refused)
     b.data[0] = 'X';
     expect_refused(&b, "bad magic");
     b.data[0] = 'C';
-    b.data[8] = 2;
-    expect_refused(&b, "format version 2; this build reads 1");
+    b.data[8] = 3;
+    expect_refused(&b, "format version 3; this build reads 1 and 2");
     b.data[8] = 1;
     b.data[12] = 1;
     expect_refused(&b, "unknown flags");
@@ -260,4 +263,37 @@ Test(kv_snap, source_and_sink_errors_are_passed_on)
                  -EINVAL);
     cr_assert_eq(kv_snap_enc_record(e, "k", 1, "short", 5), -EINVAL);
     kv_snap_enc_free(e);
+}
+
+/* Version 2 (the history): records in write order, keys may repeat, version 0 = a deletion. */
+Test(kv_snap, history_payloads_round_trip_and_damage_is_refused)
+{
+    const struct rec hist[] = {
+        {"b", 1, 1, 1, 0, "old"}, {"a", 2, 2, 1, 0, "x"}, {"b", 1, 3, 2, 0, "new"},
+        {"a", 0, 4, 0, 0, ""},    {"c", 5, 5, 1, 0, "1"}, {"c", 0, 5, 0, 0, ""},
+    };
+    struct kvt_buf b;
+    build(&b, &META2, hist, 6);
+    struct kv_snap_meta m;
+    size_t n;
+    char err[256];
+    cr_assert_eq(decode(&b, &m, &n, err), 0, "%s", err);
+    cr_assert(m.version == 2 && n == 6);
+    free(b.data);
+    struct {
+        struct rec r[2];
+        const char *why;
+    } cases[] = {
+        {{{"a", 2, 2, 1, 0, ""}, {"b", 1, 1, 1, 0, ""}}, "revisions out of order"},
+        {{{"a", 0, 2, 0, 0, "v"}, {"b", 3, 3, 1, 0, ""}}, "a deletion at revision 2"},
+        {{{"a", 1, 2, 0, 0, ""}, {"b", 3, 3, 1, 0, ""}}, "a deletion at revision 2"},
+        {{{"a", 0, 2, 0, 4, ""}, {"b", 3, 3, 1, 0, ""}}, "a deletion at revision 2"},
+        {{{"a", 0, 10, 0, 0, ""}, {"b", 3, 3, 1, 0, ""}}, "a deletion at revision 10 of 1..9"},
+        {{{"b", 0, 0, 0, 0, ""}, {"a", 1, 1, 1, 0, ""}}, "a deletion at revision 0"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        build(&b, &META2, cases[i].r, 2);
+        expect_refused(&b, cases[i].why);
+        free(b.data);
+    }
 }

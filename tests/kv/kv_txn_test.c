@@ -420,10 +420,6 @@ Test(kv_txn, path_dependent_errors_apply_nothing)
     cr_assert_eq(r->code, KV_CODE_OUT_OF_RANGE);
     cr_assert_str_eq(r->message, KV_ERR_FUTURE_REV);
     FREE_RES(r);
-    t->success[1]->request_range->revision = 1;
-    r = kvt_txn(&T, t);
-    cr_assert_str_eq(r->message, KV_ERR_COMPACTED);
-    FREE_RES(r);
     t->success[1]->request_range->revision = -1; /* etcd: compacted inside a txn */
     r = kvt_txn(&T, t);
     cr_assert_str_eq(r->message, KV_ERR_COMPACTED);
@@ -437,8 +433,16 @@ Test(kv_txn, path_dependent_errors_apply_nothing)
     cr_assert_str_eq(kvt_keys(rr->kvs, rr->n_kvs, true), "a=1,b=2");
     cr_assert_eq(rr->header->revision, 3);
     FREE_RES(r);
+    /* an older revision: the state then, from the history */
+    t->success[1]->request_range->revision = 1;
+    r = kvt_txn(&T, t);
+    cr_assert_eq(r->code, 0, "%s", r->message);
+    rr = r->txn->responses[1]->response_range;
+    cr_assert_str_eq(kvt_keys(rr->kvs, rr->n_kvs, true), "a=1");
+    cr_assert_eq(rr->header->revision, 4);
+    FREE_RES(r);
     kb_free(t);
-    cr_assert_eq(kvt_rev(&T), 3);
+    cr_assert_eq(kvt_rev(&T), 4);
 }
 
 Test(kv_txn, read_only_txn_served_without_the_log)

@@ -185,3 +185,32 @@ Test(cluster, refuses_bad_specs)
     cr_assert_eq(cluster_parse(many, "t", &c, err, sizeof err), -1);
     cr_assert(strstr(err, "more than"), "%s", err);
 }
+
+/* etcd's --auto-compaction-mode and --auto-compaction-retention: off by default; periodic takes a
+ * duration or a bare number of hours, revision a number of revisions. */
+Test(flags, auto_compaction)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.auto_compaction_retention, 0, "off by default, as in etcd");
+    cr_assert(!cfg.auto_compaction_revision, "periodic by default, as in etcd");
+    cr_assert_eq(parse("--auto-compaction-retention", "1h30m", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.auto_compaction_retention, 5400000);
+    cr_assert_eq(parse("--auto-compaction-retention=2", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.auto_compaction_retention, 7200000, "a bare number is hours");
+    cr_assert_eq(parse("--auto-compaction-retention=500ms", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.auto_compaction_retention, 500);
+    cr_assert_eq(parse("--auto-compaction-mode", "revision", "--auto-compaction-retention",
+                       "1000", TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert(cfg.auto_compaction_revision);
+    cr_assert_eq(cfg.auto_compaction_retention, 1000);
+    refused("wants periodic or revision, not 'hourly'",
+            parse("--auto-compaction-mode=hourly", TLS_FLAGS, NULL));
+    refused("whole number of revisions", parse("--auto-compaction-mode=revision",
+                                               "--auto-compaction-retention=1h", TLS_FLAGS, NULL));
+    refused("unknown unit", parse("--auto-compaction-retention=5d", TLS_FLAGS, NULL));
+    refused("want a duration", parse("--auto-compaction-retention=h", TLS_FLAGS, NULL));
+    refused("want a duration", parse("--auto-compaction-retention=-1h", TLS_FLAGS, NULL));
+    refused("more than ten years", parse("--auto-compaction-retention=99999999h", TLS_FLAGS, NULL));
+    refused("empty", parse("--auto-compaction-retention=", TLS_FLAGS, NULL));
+}
