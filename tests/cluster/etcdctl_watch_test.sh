@@ -62,7 +62,7 @@ leader() {
     while [ $SECONDS -lt $deadline ]; do
         for i in 0 1 2; do
             js=$(ctl "$i" endpoint status -w json 2>/dev/null) || continue
-            python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; sys.exit(0 if s["leader"]==s["header"]["member_id"] else 1)' <<<"$js" && { echo "$i"; return; }
+            python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; sys.exit(0 if s.get("leader")==s["header"]["member_id"] else 1)' <<<"$js" 2>/dev/null && { echo "$i"; return; }
         done
         sleep 0.05
     done
