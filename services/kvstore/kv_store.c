@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "services/kvstore/kv_cmd.h"
+#include "services/kvstore/kv_hist.h"
 #include "services/kvstore/kv_internal.h"
 #include "services/kvstore/kv_snap.h"
 
@@ -34,12 +35,10 @@ _Static_assert(KV_SNAP_MAX_KEY == KV_MAX_KEY, "snapshots hold every key the stor
 #define KV_FORMAT "craft-kv-2"
 #define KV_FORMAT_V1 "craft-kv-1" /* before history: upgraded at open */
 #define REC_HDR 32
-/* History: "hist" key = revision (8) | sub (8), big-endian; value = u32 key length | u8 type |
- * 3 zero bytes | key | (a put) the key's record as in "kv". "keyrev" dup = revision | sub |
- * type. */
-#define HIST_KEY 16
-#define HIST_HDR 8
-#define KEYREV_LEN 17
+/* History records: kv_hist.h. */
+_Static_assert(KV_EVENT_PUT == KV_HIST_PUT && KV_EVENT_DELETE == KV_HIST_DELETE,
+               "events carry the history's types");
+_Static_assert(KV_HIST_REC_MIN == REC_HDR, "a history put holds a kv record");
 /* Entries the background removal of compacted history examines per write transaction: the
  * applier waits for at most one such transaction. */
 #define COMPACT_BATCH 1000
@@ -134,20 +133,6 @@ static int rec_decode(const MDB_val *v, struct kv_rec *r)
 
 /* ---- history records ---- */
 
-static void be64_put(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (56 - 8 * i));
-}
-
-static uint64_t be64_get(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* A "kv" record: the four revisions' words, then the value. */
 static void rec_fill(uint8_t *d, int64_t create, int64_t mod, int64_t version, int64_t lease,
                      const void *val, size_t vlen)
@@ -172,24 +157,10 @@ struct hist_ent {
 
 static int hist_decode(const MDB_val *k, const MDB_val *v, struct hist_ent *h)
 {
-    if (k->mv_size != HIST_KEY || v->mv_size < HIST_HDR)
+    struct kv_hist_ent e;
+    if (kv_hist_decode(k->mv_data, k->mv_size, v->mv_data, v->mv_size, &e))
         return -1;
-    const uint8_t *p = v->mv_data;
-    uint32_t klen = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                    (uint32_t)p[3] << 24;
-    h->rev = (int64_t)be64_get(k->mv_data);
-    h->sub = be64_get((const uint8_t *)k->mv_data + 8);
-    h->type = p[4];
-    if (klen == 0 || klen > KV_MAX_KEY || v->mv_size < HIST_HDR + (size_t)klen ||
-        h->type > KV_EVENT_DELETE || h->rev < 1)
-        return -1;
-    h->key = p + HIST_HDR;
-    h->klen = klen;
-    h->rec.mv_data = (void *)(p + HIST_HDR + klen);
-    h->rec.mv_size = v->mv_size - HIST_HDR - klen;
-    if ((h->type == KV_EVENT_PUT) != (h->rec.mv_size >= REC_HDR) ||
-        (h->type == KV_EVENT_DELETE && h->rec.mv_size != 0))
-        return -1;
+    *h = (struct hist_ent){e.rev, e.sub, e.type, e.key, e.klen, {e.rlen, (void *)e.rec}};
     return 0;
 }
 
@@ -201,27 +172,20 @@ static int hist_append(MDB_txn *txn, MDB_dbi hist, MDB_dbi keyrev, int64_t rev, 
                        int type, const void *key, size_t klen, size_t rlen, uint8_t **d,
                        unsigned flags)
 {
-    uint8_t hk[KEYREV_LEN];
-    be64_put(hk, (uint64_t)rev);
-    be64_put(hk + 8, sub);
-    hk[16] = (uint8_t)type;
-    MDB_val k = {klen, (void *)key}, kr = {KEYREV_LEN, hk};
+    uint8_t hk[KV_KEYREV_LEN];
+    kv_keyrev_encode(hk, rev, sub, type); /* its first 16 bytes are the "hist" key */
+    MDB_val k = {klen, (void *)key}, kr = {KV_KEYREV_LEN, hk};
     int rc = mdb_put(txn, keyrev, &k, &kr, flags ? MDB_APPENDDUP : 0);
     if (rc)
         return rc;
-    MDB_val hkey = {HIST_KEY, hk}, v = {HIST_HDR + klen + rlen, NULL};
+    MDB_val hkey = {KV_HIST_KEY, hk}, v = {KV_HIST_HEAD + klen + rlen, NULL};
     if ((rc = mdb_put(txn, hist, &hkey, &v, MDB_RESERVE | flags)))
         return rc;
     uint8_t *p = v.mv_data;
-    p[0] = (uint8_t)klen;
-    p[1] = (uint8_t)(klen >> 8);
-    p[2] = (uint8_t)(klen >> 16);
-    p[3] = (uint8_t)(klen >> 24);
-    p[4] = (uint8_t)type;
-    p[5] = p[6] = p[7] = 0;
-    memcpy(p + HIST_HDR, key, klen);
+    kv_hist_head(p, klen, type);
+    memcpy(p + KV_HIST_HEAD, key, klen);
     if (d)
-        *d = p + HIST_HDR + klen;
+        *d = p + KV_HIST_HEAD + klen;
     return 0;
 }
 
@@ -382,25 +346,25 @@ static int version_at(struct kv_ctx *c, MDB_cursor *lk, const MDB_val *k, int64_
         rc = mdb_cursor_get(lk, &key, &d, MDB_LAST_DUP);
     if (rc)
         return rc == MDB_NOTFOUND ? 0 : rc;
-    if (d.mv_size != KEYREV_LEN)
+    if (d.mv_size != KV_KEYREV_LEN)
         return MDB_CORRUPTED;
-    if ((int64_t)be64_get(d.mv_data) > at) {
+    if ((int64_t)kv_be64_get(d.mv_data) > at) {
         /* the first write after `at`, then the one before it */
-        uint8_t want[KEYREV_LEN] = {0};
-        be64_put(want, (uint64_t)at + 1);
-        d = (MDB_val){KEYREV_LEN, want};
+        uint8_t want[KV_KEYREV_LEN] = {0};
+        kv_be64_put(want, (uint64_t)at + 1);
+        d = (MDB_val){KV_KEYREV_LEN, want};
         if ((rc = mdb_cursor_get(lk, &key, &d, MDB_GET_BOTH_RANGE)))
             return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
         rc = mdb_cursor_get(lk, &key, &d, MDB_PREV_DUP);
         if (rc)
             return rc == MDB_NOTFOUND ? 0 : rc;
-        if (d.mv_size != KEYREV_LEN)
+        if (d.mv_size != KV_KEYREV_LEN)
             return MDB_CORRUPTED;
     }
     const uint8_t *kr = d.mv_data;
     if (kr[16] != KV_EVENT_PUT)
         return 0;
-    MDB_val hk = {HIST_KEY, (void *)kr}, hv;
+    MDB_val hk = {KV_HIST_KEY, (void *)kr}, hv;
     struct hist_ent h;
     if ((rc = mdb_get(c->txn, c->s->hist, &hk, &hv)))
         return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
@@ -1130,7 +1094,7 @@ static int compact_exec(struct kv_ctx *c, const Etcdserverpb__CompactionRequest 
  * the free ones without walking the free list, whose length grows with the store. A new named
  * database must join dbis. "keyrev" is DUPSORT: a key's duplicates move from its leaf into a
  * sub-database of their own once they outgrow it, and those pages are not in the database
- * record, so they are estimated from the number of duplicates (KEYREV_LEN bytes each, counted
+ * record, so they are estimated from the number of duplicates (KV_KEYREV_LEN bytes each, counted
  * even for those still inline: a slight over-count, which only makes the quota check earlier)
  * and the sum is capped at the file's size. -1 only for a txn LMDB refuses. */
 static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
@@ -1145,7 +1109,7 @@ static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
         pages += (int64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
     }
     /* st is keyrev's now */
-    pages += (int64_t)((st.ms_entries * KEYREV_LEN + st.ms_psize - 1) / st.ms_psize);
+    pages += (int64_t)((st.ms_entries * KV_KEYREV_LEN + st.ms_psize - 1) / st.ms_psize);
     MDB_envinfo info;
     if (mdb_env_info(mdb_txn_env(txn), &info) == 0 && pages > (int64_t)info.me_last_pgno + 1)
         pages = (int64_t)info.me_last_pgno + 1;
@@ -1639,21 +1603,21 @@ static int event_kv(const struct hist_ent *h, struct kv_event_kv *kv)
 static int event_prev(struct kv_ctx *c, MDB_cursor *lk, const MDB_val *hk,
                       const struct hist_ent *h, struct kv_event_kv *prev, bool *found)
 {
-    uint8_t want[KEYREV_LEN];
-    memcpy(want, hk->mv_data, HIST_KEY);
+    uint8_t want[KV_KEYREV_LEN];
+    memcpy(want, hk->mv_data, KV_HIST_KEY);
     want[16] = (uint8_t)h->type;
-    MDB_val k = {h->klen, (void *)h->key}, d = {KEYREV_LEN, want};
+    MDB_val k = {h->klen, (void *)h->key}, d = {KV_KEYREV_LEN, want};
     *found = false;
     int rc = mdb_cursor_get(lk, &k, &d, MDB_GET_BOTH);
     if (rc)
         return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
     if ((rc = mdb_cursor_get(lk, &k, &d, MDB_PREV_DUP)))
         return rc == MDB_NOTFOUND ? 0 : rc;
-    if (d.mv_size != KEYREV_LEN)
+    if (d.mv_size != KV_KEYREV_LEN)
         return MDB_CORRUPTED;
     if (((const uint8_t *)d.mv_data)[16] != KV_EVENT_PUT)
         return 0;
-    MDB_val pk = {HIST_KEY, d.mv_data}, pv;
+    MDB_val pk = {KV_HIST_KEY, d.mv_data}, pv;
     struct hist_ent ph;
     if ((rc = mdb_get(c->txn, c->s->hist, &pk, &pv)))
         return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
@@ -1686,9 +1650,9 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
     int lrc = mdb_cursor_open(c.txn, s->hist, &cur);
     if (lrc == 0 && with_prev)
         lrc = mdb_cursor_open(c.txn, s->keyrev, &lk);
-    uint8_t start[HIST_KEY] = {0};
-    be64_put(start, (uint64_t)from_rev);
-    MDB_val k = {HIST_KEY, start}, v;
+    uint8_t start[KV_HIST_KEY] = {0};
+    kv_be64_put(start, (uint64_t)from_rev);
+    MDB_val k = {KV_HIST_KEY, start}, v;
     size_t n = 0;
     int64_t last = 0;
     bool stop = false;
@@ -1776,7 +1740,7 @@ static int phys_write(MDB_txn *txn, MDB_dbi meta, const struct phys *p)
 
 /* An entry to remove: its "hist" key and its "keyrev" pair. */
 struct doomed {
-    uint8_t kr[KEYREV_LEN];
+    uint8_t kr[KV_KEYREV_LEN];
     size_t klen;
     uint8_t key[KV_MAX_KEY];
 };
@@ -1790,10 +1754,10 @@ static int doomed_entry(MDB_cursor *lk, const MDB_val *hk, const struct hist_ent
     *out = true;
     if (h->type == KV_EVENT_DELETE)
         return 0;
-    uint8_t want[KEYREV_LEN];
-    memcpy(want, hk->mv_data, HIST_KEY);
+    uint8_t want[KV_KEYREV_LEN];
+    memcpy(want, hk->mv_data, KV_HIST_KEY);
     want[16] = (uint8_t)h->type;
-    MDB_val k = {h->klen, (void *)h->key}, d = {KEYREV_LEN, want};
+    MDB_val k = {h->klen, (void *)h->key}, d = {KV_KEYREV_LEN, want};
     int rc = mdb_cursor_get(lk, &k, &d, MDB_GET_BOTH);
     if (rc == 0)
         rc = mdb_cursor_get(lk, &k, &d, MDB_NEXT_DUP);
@@ -1803,7 +1767,7 @@ static int doomed_entry(MDB_cursor *lk, const MDB_val *hk, const struct hist_ent
     }
     if (rc)
         return rc;
-    *out = d.mv_size == KEYREV_LEN && (int64_t)be64_get(d.mv_data) <= c;
+    *out = d.mv_size == KV_KEYREV_LEN && (int64_t)kv_be64_get(d.mv_data) <= c;
     return 0;
 }
 
@@ -1831,10 +1795,10 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
     if ((rc = mdb_cursor_open(txn, s->hist, &cur)) ||
         (rc = mdb_cursor_open(txn, s->keyrev, &lk)))
         goto fail;
-    uint8_t pos[HIST_KEY];
-    be64_put(pos, (uint64_t)ph.rev);
-    be64_put(pos + 8, ph.sub);
-    MDB_val k = {HIST_KEY, pos}, v;
+    uint8_t pos[KV_HIST_KEY];
+    kv_be64_put(pos, (uint64_t)ph.rev);
+    kv_be64_put(pos + 8, ph.sub);
+    MDB_val k = {KV_HIST_KEY, pos}, v;
     size_t n = 0, seen = 0;
     bool finished = true;
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
@@ -1857,7 +1821,7 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
         if ((rc = doomed_entry(lk, &k, &h, ph.target, &go)))
             break;
         if (go) {
-            memcpy(dm[n].kr, k.mv_data, HIST_KEY);
+            memcpy(dm[n].kr, k.mv_data, KV_HIST_KEY);
             dm[n].kr[16] = (uint8_t)h.type;
             dm[n].klen = h.klen;
             memcpy(dm[n].key, h.key, h.klen);
@@ -1870,8 +1834,8 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
     if (rc != 0 && rc != MDB_NOTFOUND)
         goto fail;
     for (size_t i = 0; i < n; i++) {
-        MDB_val hk = {HIST_KEY, dm[i].kr}, kk = {dm[i].klen, dm[i].key},
-                kd = {KEYREV_LEN, dm[i].kr};
+        MDB_val hk = {KV_HIST_KEY, dm[i].kr}, kk = {dm[i].klen, dm[i].key},
+                kd = {KV_KEYREV_LEN, dm[i].kr};
         if ((rc = mdb_del(txn, s->hist, &hk, NULL)) || (rc = mdb_del(txn, s->keyrev, &kk, &kd)))
             goto fail;
     }
@@ -2233,15 +2197,15 @@ static int hist_from_kv(MDB_txn *txn, MDB_dbi kv, MDB_dbi hist, MDB_dbi keyrev)
             break;
         }
         /* the next sub at r.mod: one past the last write recorded at that revision */
-        uint8_t hk[HIST_KEY] = {0};
-        be64_put(hk, (uint64_t)r.mod + 1);
-        MDB_val sk = {HIST_KEY, hk}, sv;
+        uint8_t hk[KV_HIST_KEY] = {0};
+        kv_be64_put(hk, (uint64_t)r.mod + 1);
+        MDB_val sk = {KV_HIST_KEY, hk}, sv;
         uint64_t sub = 0;
         int x = mdb_cursor_get(hc, &sk, &sv, MDB_SET_RANGE);
         x = x == 0 ? mdb_cursor_get(hc, &sk, &sv, MDB_PREV)
                    : x == MDB_NOTFOUND ? mdb_cursor_get(hc, &sk, &sv, MDB_LAST) : x;
-        if (x == 0 && sk.mv_size == HIST_KEY && (int64_t)be64_get(sk.mv_data) == r.mod)
-            sub = be64_get((const uint8_t *)sk.mv_data + 8) + 1;
+        if (x == 0 && sk.mv_size == KV_HIST_KEY && (int64_t)kv_be64_get(sk.mv_data) == r.mod)
+            sub = kv_be64_get((const uint8_t *)sk.mv_data + 8) + 1;
         else if (x != 0 && x != MDB_NOTFOUND) {
             rc = x;
             break;
@@ -2562,12 +2526,12 @@ static int kv_from_hist(struct kv_store *s, MDB_env *env, MDB_txn **txn, MDB_dbi
         for (; rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP)) {
             if ((rc = mdb_cursor_get(cur, &k, &d, MDB_LAST_DUP)))
                 break;
-            if (d.mv_size != KEYREV_LEN || k.mv_size > KV_MAX_KEY) {
+            if (d.mv_size != KV_KEYREV_LEN || k.mv_size > KV_MAX_KEY) {
                 rc = MDB_CORRUPTED;
                 break;
             }
             if (((const uint8_t *)d.mv_data)[16] == KV_EVENT_PUT) {
-                MDB_val hk = {HIST_KEY, d.mv_data}, hv;
+                MDB_val hk = {KV_HIST_KEY, d.mv_data}, hv;
                 struct hist_ent h;
                 if ((rc = mdb_get(*txn, hist, &hk, &hv)))
                     break;
