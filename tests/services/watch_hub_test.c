@@ -561,6 +561,9 @@ Test(watch_hub, fragment_and_oversized_revisions, .init = start_small, .fini = s
         done(r);
     }
     cr_assert_eq(frag_events, 100);
+    struct watch_stats s;
+    watch_hub_stats(H.hub, &s);
+    cr_assert_geq(s.demoted, 1, "the 16-message queue filled mid-revision: resumed from history");
     nothing_more(c);
     wc_close(c);
 }
