@@ -68,11 +68,12 @@ leader() {
     done
     echo -1
 }
-# Runs `etcdctl watch -w json ARGS` on member i in the background, output to file.
+# Runs `etcdctl watch -w json ARGS` on member i (or the endpoints in $eps) in the background,
+# output to file.
 watch_bg() { # member, file, args...
     local i=$1 out=$2
     shift 2
-    timeout 120 etcdctl --endpoints "$(ep "$i")" "${tls[@]}" watch -w json "$@" >"$out" 2>"$out.err" &
+    timeout 120 etcdctl --endpoints "${eps:-$(ep "$i")}" "${tls[@]}" watch -w json "$@" >"$out" 2>"$out.err" &
     wpids+=($!)
 }
 # The events a watcher printed, one line each: TYPE KEY VALUE MOD_REVISION [prev=VALUE].
@@ -213,6 +214,39 @@ grep -q "compacted" "$dir/w5" && ok "watch --rev below the compaction: canceled 
 watch_bg "$f2" "$dir/w6" --rev "$h4" hist
 wait_events "$dir/w6" 2 "^PUT hist" && [ "$(events "$dir/w6" | head -1)" = "PUT hist 3 $h4" ] &&
     ok "watch --rev at the compaction: served" || bad "watch --rev at the compaction: '$(events "$dir/w6")'"
+
+# --- the watching member dies: the client resumes on another one without a gap or a duplicate ---
+# etcdctl is given both followers; whichever serves the stream is killed (-9) in turn, with writes
+# before, between and after. The header's member_id tells which member sent each response.
+eps="$(ep "$f1"),$(ep "$f2")" watch_bg "$f1" "$dir/w7" --prefix r/
+probe "$l" r/probe "$dir/w7" && ok "failover watch: established" || bad "failover watch: never saw a probe"
+want=""
+wr() { local r; r=$(putrev "$l" "$1" "$2") && want="$want${want:+
+}PUT $1 $2 $r"; }
+for k in 1 2 3; do wr r/a "$k"; done
+for victim in "$f1" "$f2"; do
+    kill -9 "${pids[$victim]}" 2>/dev/null
+    wait "${pids[$victim]}" 2>/dev/null
+    for k in 1 2 3; do wr "r/$victim" "$k"; done
+    start "$victim"
+    # back in the cluster (it answers status) before the other one goes
+    deadline=$((SECONDS + 15))
+    until ctl "$victim" endpoint status >/dev/null 2>&1 || [ $SECONDS -ge $deadline ]; do sleep 0.05; done
+done
+for k in 1 2 3; do wr r/z "$k"; done
+wait_events "$dir/w7" 3 "^PUT r/z"
+out=$(after_probe "$dir/w7")
+[ "$out" = "$want" ] && ok "failover watch: every write once, in order, across kill -9 of the serving member" ||
+    bad "failover watch: got '$out', want '$want'"
+members=$(python3 -c '
+import json, sys
+ids = set()
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        try: ids.add(json.loads(line)["Header"]["member_id"])
+        except Exception: pass
+print(len(ids))' "$dir/w7")
+[ "$members" -ge 2 ] && ok "failover watch: served by $members members in turn" || bad "failover watch: served by $members member(s) only"
 
 if [ $fails -gt 0 ]; then
     for n in "${names[@]}"; do echo "--- $n.log"; tail -20 "$dir/$n.log"; done
