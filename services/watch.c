@@ -909,6 +909,7 @@ static void *hub_main(void *arg)
 {
     struct watch_hub *h = arg;
     int64_t backoff = 0;
+    bool pass_next = true; /* whose turn it is when both passes and steps have work */
     pthread_mutex_lock(&h->mu);
     while (!h->stop) {
         int64_t now = now_ms();
@@ -920,7 +921,11 @@ static void *hub_main(void *arg)
             progress_tick(h);
             h->progress_due_ms = now + (int64_t)h->cfg.progress_interval_ms;
         }
-        if (now >= backoff && c > h->hub_rev) {
+        /* Passes and catch-up steps take turns while both have work: synced watchers wait
+         * for at most one bounded step, and a steady stream of writes cannot starve the
+         * watchers catching up. */
+        struct watcher *w = now >= backoff && !pass_next ? pick_unsynced(h) : NULL;
+        if (!w && now >= backoff && c > h->hub_rev) {
             if (h->n_synced) {
                 synced_pass(h, &backoff);
             } else {
@@ -928,11 +933,14 @@ static void *hub_main(void *arg)
             }
             for (struct wstream *st = h->streams; st; st = st->next)
                 progress_check(st);
+            pass_next = false;
             continue;
         }
-        struct watcher *w = now >= backoff ? pick_unsynced(h) : NULL;
+        if (!w && now >= backoff)
+            w = pick_unsynced(h);
         if (w) {
             catch_up(h, w, &backoff);
+            pass_next = true;
             continue;
         }
         int64_t until = h->progress_due_ms;

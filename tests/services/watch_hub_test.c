@@ -666,3 +666,280 @@ Test(watch_hub, slow_reader_bounded_then_every_event_once, .init = start_slow, .
     wc_close(other);
     rpc_channel_destroy(slow);
 }
+
+/* ---- a reference model --------------------------------------------------------------------- */
+
+/* Random puts, deletes, multi-key revisions and compactions; watches created along the way with
+ * random keys, ranges, start revisions, filters, prev_kv and fragment, on four streams, two of
+ * which stop reading now and then. Once the writes end and every stream reports progress at the
+ * last revision, each watch must have received exactly the history's matching events from its
+ * start, in order, each once - or, if a compaction overtook it while it caught up, a prefix of
+ * them and then the compacted cancel. */
+struct mwatch {
+    int stream;
+    int64_t id, start;
+    char key[8], end[8];
+    int range; /* WATCH_KEY_* */
+    bool no_put, no_delete, prev_kv;
+    int64_t *revs; /* received: revision, key index (from the key's digits), type, prev */
+    char (*keys)[8];
+    int *types;
+    bool *prevs;
+    size_t n, cap;
+    bool canceled;
+    int64_t compact_rev;
+};
+
+static bool model_wants(const struct mwatch *w, const struct hev *e)
+{
+    if (e->rev < w->start)
+        return false;
+    if (e->type == KV_EVENT_DELETE ? w->no_delete : w->no_put)
+        return false;
+    return watch_key_matches(w->range, (const uint8_t *)w->key, strlen(w->key),
+                             (const uint8_t *)w->end, strlen(w->end), (const uint8_t *)e->key,
+                             strlen(e->key));
+}
+
+static void mw_take(struct mwatch *ws, int nw, int stream, Etcdserverpb__WatchResponse *r)
+{
+    if (r->watch_id == -1)
+        return;
+    struct mwatch *w = NULL;
+    for (int i = 0; i < nw; i++)
+        if (ws[i].stream == stream && ws[i].id == r->watch_id && !ws[i].canceled)
+            w = &ws[i];
+    cr_assert(w, "a response for unknown watch %lld on stream %d", (long long)r->watch_id,
+              stream);
+    if (r->canceled) {
+        w->canceled = true;
+        w->compact_rev = r->compact_revision;
+        cr_assert_gt(r->compact_revision, 0, "canceled without compaction: %s", r->cancel_reason);
+        return;
+    }
+    for (size_t i = 0; i < r->n_events; i++) {
+        if (w->n == w->cap) {
+            w->cap = w->cap ? w->cap * 2 : 64;
+            w->revs = realloc(w->revs, w->cap * sizeof *w->revs);
+            w->keys = realloc(w->keys, w->cap * sizeof *w->keys);
+            w->types = realloc(w->types, w->cap * sizeof *w->types);
+            w->prevs = realloc(w->prevs, w->cap * sizeof *w->prevs);
+        }
+        Mvccpb__Event *e = r->events[i];
+        w->revs[w->n] = e->kv->mod_revision;
+        snprintf(w->keys[w->n], sizeof w->keys[0], "%.*s", (int)e->kv->key.len, e->kv->key.data);
+        w->types[w->n] = (int)e->type;
+        w->prevs[w->n] = e->prev_kv != NULL;
+        w->n++;
+    }
+}
+
+static void model_run(unsigned seed)
+{
+    srand(seed);
+    char target[32], err[256];
+    snprintf(target, sizeof target, "127.0.0.1:%d", rpc_server_port(srv));
+    struct rpc_channel_config cc = {.target = target, .insecure = true, .threads = 1};
+    struct rpc_channel *slow = rpc_channel_create(&cc, err, sizeof err);
+    cr_assert(slow, "%s", err);
+    struct wc *st[4] = {wc_open(ch), wc_open(ch), wc_open(slow), wc_open(slow)};
+    bool paused = false;
+    enum { NW = 48, OPS = 1500 };
+    static struct mwatch ws[NW];
+    memset(ws, 0, sizeof ws);
+    int nw = 0;
+    int64_t synced_rev = 0; /* every watch of streams 0 and 1 was sent every event up to it */
+    int64_t fast_floor = INT64_MAX; /* lowest start of their watches created since */
+    char val[3000];
+    memset(val, 'v', sizeof val);
+    for (int op = 0; op < OPS; op++) {
+        if (op % 100 == 99) {
+            /* Writes here are instant; the hub is not. Now and then the writer waits for the
+             * two reading streams' watches to be caught up (their progress responses), as a
+             * client waiting on its writes would pace itself; a compaction later stays below
+             * what both were sent, so only watches on the pausing streams can be overtaken. */
+            for (int s2 = 0; s2 < 2; s2++) {
+                cr_assert_eq(wc_progress(st[s2]), 0);
+                for (;;) {
+                    Etcdserverpb__WatchResponse *resp = next(st[s2]);
+                    bool progress = resp->watch_id == -1;
+                    if (progress && (s2 == 0 || resp->header->revision < synced_rev))
+                        synced_rev = resp->header->revision;
+                    if (!progress)
+                        mw_take(ws, nw, s2, resp);
+                    done(resp);
+                    if (progress)
+                        break;
+                }
+            }
+            fast_floor = INT64_MAX;
+        }
+        int r = rand() % 100;
+        char key[8];
+        snprintf(key, sizeof key, "k%02d", rand() % 40);
+        if (r < 55) {
+            put_n(key, val, (size_t)(rand() % (int)sizeof val));
+        } else if (r < 70) {
+            del(key);
+        } else if (r < 78) {
+            char pre[4];
+            snprintf(pre, sizeof pre, "t%d", rand() % 3);
+            txn(pre, 1 + rand() % 12, (size_t)(rand() % 1500));
+        } else if (r < 80) {
+            int64_t limit = synced_rev < fast_floor ? synced_rev : fast_floor;
+            pthread_mutex_lock(&H.mu);
+            if (rand() % 2 == 0 && limit > 20 && H.compact < limit - 20)
+                H.compact = limit - rand() % 20;
+            pthread_mutex_unlock(&H.mu);
+        } else if (r < 84 && !paused) {
+            paused = true;
+            wc_pause(st[2], true); /* both slow streams share the one channel thread */
+        } else if (r < 90 && paused) {
+            paused = false;
+            wc_pause(st[2], false);
+        } else if (r < 100 && nw < NW) {
+            struct mwatch *w = &ws[nw];
+            w->stream = rand() % 4;
+            if (paused && w->stream >= 2)
+                w->stream = rand() % 2; /* its created response must be read now */
+            struct wc_create c = {0};
+            int kind = rand() % 4;
+            snprintf(w->key, sizeof w->key, "%s", kind == 3 ? "t" : key);
+            if (kind == 1 || kind == 3) {
+                snprintf(w->end, sizeof w->end, "%s", kind == 3 ? "u" : "k3");
+                w->range = WATCH_KEY_RANGE;
+                if (strcmp(w->key, w->end) >= 0)
+                    snprintf(w->key, sizeof w->key, "k0");
+                c.end = w->end;
+            } else if (kind == 2) {
+                w->range = WATCH_KEY_FROM;
+                c.end_zero = true;
+            }
+            c.key = w->key;
+            pthread_mutex_lock(&H.mu);
+            int64_t cur = H.rev, lo = H.compact > 1 ? H.compact : 1;
+            pthread_mutex_unlock(&H.mu);
+            int64_t start = rand() % 3 == 0 ? 0 : lo + rand() % (cur - lo + 6);
+            c.start = start;
+            w->no_put = rand() % 6 == 0;
+            w->no_delete = !w->no_put && rand() % 6 == 0;
+            if (w->no_put)
+                c.filters[c.n_filters++] = 0;
+            if (w->no_delete)
+                c.filters[c.n_filters++] = 1;
+            c.prev_kv = w->prev_kv = rand() % 2;
+            c.fragment = rand() % 2;
+            cr_assert_eq(wc_create(st[w->stream], &c), 0);
+            /* the created response: responses of other watches of the stream may come first */
+            for (;;) {
+                Etcdserverpb__WatchResponse *resp = next(st[w->stream]);
+                if (resp->created) {
+                    cr_assert(!resp->canceled, "%s", resp->cancel_reason);
+                    w->id = resp->watch_id;
+                    w->start = start ? start : resp->header->revision + 1;
+                    if (w->stream < 2 && w->start < fast_floor)
+                        fast_floor = w->start;
+                    done(resp);
+                    break;
+                }
+                mw_take(ws, nw, w->stream, resp);
+                done(resp);
+            }
+            nw++;
+        }
+    }
+    if (paused)
+        wc_pause(st[2], false);
+    pthread_mutex_lock(&H.mu);
+    int64_t last = H.rev;
+    pthread_mutex_unlock(&H.mu);
+    /* Every stream: a progress response at the last revision means all was sent. */
+    for (int s = 0; s < 4; s++) {
+        for (int64_t seen = 0; seen < last;) {
+            cr_assert_eq(wc_progress(st[s]), 0);
+            for (;;) {
+                Etcdserverpb__WatchResponse *resp = next(st[s]);
+                bool progress = resp->watch_id == -1;
+                if (progress)
+                    seen = resp->header->revision;
+                else
+                    mw_take(ws, nw, s, resp);
+                done(resp);
+                if (progress)
+                    break;
+            }
+        }
+    }
+    for (int i = 0; i < nw; i++) {
+        struct mwatch *w = &ws[i];
+        size_t k = 0;
+        pthread_mutex_lock(&H.mu);
+        for (size_t j = 0; j < H.n; j++) {
+            struct hev *e = &H.ev[j];
+            if (!model_wants(w, e))
+                continue;
+            if (k == w->n) {
+                cr_assert(w->canceled, "seed %u watch %d (%s..%s from %lld): %zu events, missing "
+                          "rev %lld",
+                          seed, i, w->key, w->end, (long long)w->start, w->n, (long long)e->rev);
+                /* a compaction overtook it while it caught up: its position was below it */
+                int64_t pos = w->n ? w->revs[w->n - 1] : w->start;
+                cr_assert_lt(pos, w->compact_rev, "seed %u watch %d", seed, i);
+                break;
+            }
+            cr_assert_eq(w->revs[k], e->rev, "seed %u watch %d event %zu", seed, i, k);
+            cr_assert_str_eq(w->keys[k], e->key, "seed %u watch %d event %zu", seed, i, k);
+            cr_assert_eq(w->types[k], e->type);
+            cr_assert_eq(w->prevs[k], w->prev_kv && e->has_prev, "seed %u watch %d event %zu",
+                         seed, i, k);
+            k++;
+        }
+        pthread_mutex_unlock(&H.mu);
+        cr_assert_eq(k, w->n, "seed %u watch %d: %zu extra events", seed, i, w->n - k);
+        cr_assert(!w->canceled || w->stream >= 2, "seed %u watch %d of reading stream %d was "
+                  "overtaken by a compaction below what its stream had been sent",
+                  seed, i, w->stream);
+    }
+    size_t total = 0, canceled = 0;
+    for (int i = 0; i < nw; i++) {
+        total += ws[i].n;
+        canceled += ws[i].canceled;
+        if (getenv("MODEL_DEBUG") && ws[i].canceled)
+            fprintf(stderr, "  watch %d stream %d start %lld got %zu last %lld compact %lld\n", i,
+                    ws[i].stream, (long long)ws[i].start, ws[i].n,
+                    (long long)(ws[i].n ? ws[i].revs[ws[i].n - 1] : 0),
+                    (long long)ws[i].compact_rev);
+    }
+    struct watch_stats hs;
+    watch_hub_stats(H.hub, &hs);
+    fprintf(stderr, "seed %u: %d watches, %zu events checked, %zu canceled by compaction, %llu "
+                    "demotions\n",
+            seed, nw, total, canceled, (unsigned long long)hs.demoted);
+    cr_assert_gt(total, 1000, "the model checked too little");
+    for (int i = 0; i < nw; i++) {
+        free(ws[i].revs);
+        free(ws[i].keys);
+        free(ws[i].types);
+        free(ws[i].prevs);
+    }
+    for (int s = 0; s < 4; s++)
+        wc_close(st[s]);
+    rpc_channel_destroy(slow);
+}
+
+static void start_model(void) { start_with(8192, 64 << 10, 0, 64 << 10, 0); }
+
+Test(watch_hub, reference_model_seed_1, .init = start_model, .fini = stop, .timeout = 120)
+{
+    model_run(1);
+}
+
+Test(watch_hub, reference_model_seed_2, .init = start_model, .fini = stop, .timeout = 120)
+{
+    model_run(2);
+}
+
+Test(watch_hub, reference_model_seed_3, .init = start_model, .fini = stop, .timeout = 120)
+{
+    model_run(3);
+}
