@@ -248,8 +248,40 @@ for line in open(sys.argv[1]):
 print(len(ids))' "$dir/w7")
 [ "$members" -ge 2 ] && ok "failover watch: served by $members members in turn" || bad "failover watch: served by $members member(s) only"
 
+# --- a learner serves watches from its own applied state (etcd 3.4 refuses streams on learners) ---
+"$tool" node "$dir/c" n4 --ip 127.0.0.1 >/dev/null || exit 1
+names[3]=n4
+cport[3]=$(port)
+pport[3]=$(port)
+out=$(ctl "$l" member add n4 --learner --peer-urls "https://127.0.0.1:${pport[3]}" 2>&1)
+grep -q "added" <<<"$out" && ok "member add n4 --learner" || bad "member add --learner: $out"
+"$craftd" --name n4 --data-dir "$dir/n4" \
+    --listen-client-urls "https://127.0.0.1:${cport[3]}" \
+    --listen-peer-urls "https://127.0.0.1:${pport[3]}" \
+    --initial-cluster "$cluster,n4=https://127.0.0.1:${pport[3]}" --initial-cluster-state existing \
+    --heartbeat-interval 50 --election-timeout 300 --proposal-timeout 2000 \
+    --cert-file "$dir/c/n4.pem" --key-file "$dir/c/n4-key.pem" --trusted-ca-file "$dir/c/ca.pem" \
+    --peer-cert-file "$dir/c/n4.pem" --peer-key-file "$dir/c/n4-key.pem" \
+    --peer-trusted-ca-file "$dir/c/ca.pem" >>"$dir/n4.log" 2>&1 &
+pids[3]=$!
+lr=$(putrev "$l" learnkey 0)
+deadline=$((SECONDS + 30))
+until [ "$(ctl 3 get learnkey --print-value-only --consistency=s 2>/dev/null)" = 0 ] || [ $SECONDS -ge $deadline ]; do sleep 0.05; done
+out=$(ctl 3 get learnkey 2>&1)
+grep -q "rpc not supported for learner" <<<"$out" && ok "n4 is a learner (a linearizable read is refused)" ||
+    bad "n4 as a learner: '$out'"
+watch_bg 3 "$dir/w8" --rev "$lr" --prev-kv learnkey
+l1=$(putrev "$l" learnkey 1)
+l2=$(delrev "$l" learnkey)
+wait_events "$dir/w8" 1 "^DELETE learnkey"
+want="PUT learnkey 0 $lr
+PUT learnkey 1 $l1 prev=0
+DELETE learnkey  $l2 prev=1"
+out=$(events "$dir/w8")
+[ "$out" = "$want" ] && ok "watch on a learner: history and live events" || bad "watch on the learner: got '$out', want '$want' ($(cat "$dir/w8.err"))"
+
 if [ $fails -gt 0 ]; then
-    for n in "${names[@]}"; do echo "--- $n.log"; tail -20 "$dir/$n.log"; done
+    for n in "${names[@]}"; do echo "--- $n.log"; tail -20 "$dir/$n.log" 2>/dev/null; done
 fi
 echo "$fails failure(s)"
 [ $fails -eq 0 ]
