@@ -996,7 +996,7 @@ static void handle_create(struct watch_hub *h, struct wstream *st, const struct 
         return;
     }
     int64_t id = r->watch_id;
-    if (id == 0) { /* etcd's AutoWatchID: the lowest free id from the stream's counter up */
+    if (id == 0) { /* etcd's AutoWatchID: the stream's counter, skipping ids in use */
         while (find_watcher(st, st->next_id))
             st->next_id++;
         id = st->next_id++;

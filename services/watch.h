@@ -7,8 +7,8 @@
  *   = the revision the watch starts after, then its events. start_revision 0 = from the next
  *   revision; one in the past is caught up from history; one in the future waits for it; one
  *   below the compacted revision gets a response with compact_revision set and canceled. A
- *   client-chosen watch_id (0 = the server picks the lowest free one from 0 up, as etcd) that
- *   is in use on the stream, an empty or inverted range, a negative start_revision or watch_id,
+ *   client-chosen watch_id (0 = the server picks: a stream counter from 0, skipping ids in use
+ *   and never going back, as etcd) that is in use on the stream, an empty or inverted range, a negative start_revision or watch_id,
  *   a key or range_end over WATCH_MAX_KEY bytes, or more than max_per_stream watches: a
  *   response with created and canceled set, watch_id -1 and a cancel_reason. Unknown filter
  *   values are ignored (etcd); NOPUT and NODELETE drop those events.
