@@ -188,6 +188,7 @@ static int src(void *arg, int64_t from, size_t max, bool with_prev, kv_event_cb 
 
 static struct rpc_server *srv;
 static struct rpc_channel *ch;
+static uint64_t hub_bytes; /* max_hub_bytes for the next start (0 = default) */
 
 static void start_with(size_t max_request, size_t max_send, unsigned per_stream,
                        uint64_t stream_bytes, uint64_t progress_ms)
@@ -200,6 +201,7 @@ static void start_with(size_t max_request, size_t max_send, unsigned per_stream,
         .max_per_stream = per_stream,
         .max_stream_bytes = stream_bytes,
         .progress_interval_ms = progress_ms,
+        .max_hub_bytes = hub_bytes,
         .events = src,
     };
     char err[256];
@@ -605,6 +607,49 @@ Test(watch_hub, progress_notify_when_quiet, .init = start_small, .fini = stop, .
         seen = r->header->revision;
         done(r);
     }
+    wc_close(c);
+}
+
+static void start_small_hub(void)
+{
+    hub_bytes = 8 << 10;
+    start_with(1 << 20, 2 << 20, 0, 0, 0);
+    hub_bytes = 0;
+}
+
+/* The hub holds at most max_hub_bytes of one revision's events across its watches: past it,
+ * the watches that would grow it catch up alone - and still get every event once. */
+Test(watch_hub, hub_bound_moves_watches_to_catching_up, .init = start_small_hub, .fini = stop,
+     .timeout = 30)
+{
+    struct wc *c = wc_open(ch);
+    int64_t id[4];
+    for (int i = 0; i < 4; i++)
+        id[i] = create(c, (struct wc_create){.key = "h/", .end = "h0"});
+    int64_t rev = txn("h/", 10, 1000); /* 10 KiB per watch, 40 KiB in all, over 8 KiB */
+    int got[4] = {0};
+    for (int n = 0; n < 40;) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        int w = -1;
+        for (int i = 0; i < 4; i++)
+            if (id[i] == r->watch_id)
+                w = i;
+        cr_assert_geq(w, 0);
+        for (size_t i = 0; i < r->n_events; i++) {
+            char k[8];
+            snprintf(k, sizeof k, "h/%03d", got[w]);
+            expect_event(r, i, 0, k, rev);
+            got[w]++;
+            n++;
+        }
+        done(r);
+    }
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(got[i], 10);
+    struct watch_stats s;
+    watch_hub_stats(H.hub, &s);
+    cr_assert_geq(s.demoted, 1, "the bound was passed");
+    nothing_more(c);
     wc_close(c);
 }
 
