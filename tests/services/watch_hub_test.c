@@ -988,3 +988,30 @@ Test(watch_hub, reference_model_seed_3, .init = start_model, .fini = stop, .time
 {
     model_run(3);
 }
+
+/* The default bound: 1024 watches on one stream, the next refused; one write reaches all. */
+Test(watch_hub, thousands_of_watches_on_one_stream, .init = start, .fini = stop, .timeout = 60)
+{
+    struct wc *c = wc_open(ch);
+    for (int i = 0; i < WATCH_DEFAULT_MAX_PER_STREAM; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "w/%04d", i % 100);
+        cr_assert_eq(wc_create(c, &(struct wc_create){.key = k}), 0);
+    }
+    for (int i = 0; i < WATCH_DEFAULT_MAX_PER_STREAM; i++) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        cr_assert(r->created && !r->canceled);
+        cr_assert_eq(r->watch_id, i);
+        done(r);
+    }
+    refused(c, (struct wc_create){.key = "w/0000"}, "too many watches");
+    int64_t rev = put("w/0007", "x"); /* watched by ids 7, 107, ..., 1007 */
+    for (int i = 0; i < 11; i++) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        cr_assert_eq(r->watch_id % 100, 7);
+        cr_assert_eq(r->events[0]->kv->mod_revision, rev);
+        done(r);
+    }
+    nothing_more(c);
+    wc_close(c);
+}
