@@ -672,6 +672,16 @@ static void synced_pass(struct watch_hub *h, int64_t *backoff)
     if (rc == 0) {
         if (next - 1 > h->hub_rev)
             h->hub_rev = next - 1;
+        /* Positions follow the hub even without matching events, so they stay exact for a
+         * restore that takes the store back (replayed revisions skipped) and for
+         * watch_hub_stats-style reasoning about who has what. */
+        for (size_t i = 0; i < h->n_synced; i++) {
+            struct watcher *w = h->synced[i];
+            if (w->next_rev <= h->hub_rev) {
+                w->next_rev = h->hub_rev + 1;
+                w->next_sub = 0;
+            }
+        }
         return;
     }
     if (err.code == KV_CODE_OUT_OF_RANGE && compact > h->hub_rev + 1) {
