@@ -672,9 +672,8 @@ static void synced_pass(struct watch_hub *h, int64_t *backoff)
     if (rc == 0) {
         if (next - 1 > h->hub_rev)
             h->hub_rev = next - 1;
-        /* Positions follow the hub even without matching events, so they stay exact for a
-         * restore that takes the store back (replayed revisions skipped) and for
-         * watch_hub_stats-style reasoning about who has what. */
+        /* Positions follow the hub even for watchers nothing matched, so each position is
+         * exact: a restore that takes the store back replays nothing to anyone. */
         for (size_t i = 0; i < h->n_synced; i++) {
             struct watcher *w = h->synced[i];
             if (w->next_rev <= h->hub_rev) {
