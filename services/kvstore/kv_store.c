@@ -1844,6 +1844,15 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
     if ((rc = phys_write(txn, s->meta, &ph)) || (rc = mdb_txn_commit(txn)))
         return rc;
     atomic_fetch_add(&s->commits, 1); /* for the syncer */
+    /* The quota check reads the size in use: the pages freed here count at once, not only
+     * after the next applied batch (a store refusing writes may get none). */
+    MDB_txn *rt;
+    if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &rt) == 0) {
+        int64_t n = size_in_use(s, rt);
+        mdb_txn_abort(rt);
+        if (n >= 0)
+            atomic_store(&s->in_use, n);
+    }
     *done = ph.done;
     return finished ? 0 : 1;
 fail:
