@@ -19,6 +19,11 @@
  *   the part of the machine the client took; and the longest time between two successful
  *   completions (the unavailability a leader change or a membership change causes under load).
  *   --json prints one JSON object instead.
+ * - Phases (--phases): each SIGUSR1 ends the current phase of the measured run and starts the
+ *   next (up to 8), and the results add per phase: its start and length, successful ops,
+ *   ops/s and latency percentiles over the calls that completed in it. A script marks an
+ *   event this way (e.g. a compaction issued a few seconds in) and gets the latency before,
+ *   during and after it from one run. Signals before the measured run starts are ignored.
  *   Latency is from just before the call starts to its completion callback; ops/s is
  *   successful calls divided by the time from the start to the last completion. Connections
  *   are established (one blocking call each) before the clock starts.
@@ -61,6 +66,7 @@
 #define MAX_CLIENT_THREADS 8
 #define N_CODES 17 /* gRPC status codes 0..16 */
 #define CODE_LOCAL N_CODES /* a call that could not even start */
+#define MAX_PHASES 8
 
 enum op { OP_PUT, OP_RANGE, OP_SRANGE, OP_TXN, N_OPS };
 static const char *const op_names[N_OPS] = {"put", "range", "srange", "txn"};
@@ -177,7 +183,7 @@ struct opts {
     bool duration_set, total_set;
     long long weight[N_OPS];
     const char *mix_spec;
-    bool preload, json, quiet;
+    bool preload, json, quiet, phases;
     uint64_t seed;
 };
 
@@ -206,10 +212,12 @@ static void usage(FILE *f)
             "  --seed N                  random seed (default 1)\n"
             "  --json                    print the result as one JSON object\n"
             "  --quiet                   no progress line on stderr\n"
+            "  --phases                  each SIGUSR1 starts a new phase (up to %d); results per\n"
+            "                            phase too (latency before, during, after an event)\n"
             "  --help                    this text\n"
             "Exit status: 0 all calls succeeded, 1 some failed or setup failed, 2 bad flags.\n",
             MAX_CONNS, MAX_INFLIGHT_TOTAL, MAX_DURATION_S, MAX_KEY_SIZE, MAX_VAL_SIZE,
-            MAX_CLIENT_THREADS);
+            MAX_CLIENT_THREADS, MAX_PHASES);
 }
 
 static void bad_usage(const char *fmt, ...)
@@ -296,6 +304,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
                    : !strcmp(f, "--preload") ? &o->preload
                    : !strcmp(f, "--json")    ? &o->json
                    : !strcmp(f, "--quiet")   ? &o->quiet
+                   : !strcmp(f, "--phases")  ? &o->phases
                                              : NULL;
         if (bf) {
             if (v)
@@ -438,9 +447,29 @@ struct bench {
     _Atomic int64_t max_gap_ns; /* longest time between two successful completions */
     pthread_mutex_t err_mu;
     char err_msg[N_CODES + 1][256]; /* first message per code */
+    struct hist phase_hist[MAX_PHASES]; /* --phases: completions by the phase they fell in */
 };
 
 static volatile sig_atomic_t interrupted;
+
+/* --phases: the current phase and when each began (ns, CLOCK_MONOTONIC). The SIGUSR1 handler
+ * moves to the next phase once phases_armed is set (the measured run started); lock-free
+ * atomics, so the handler may touch them. */
+static atomic_int phase_now;
+static atomic_bool phases_armed;
+static _Atomic int64_t phase_start[MAX_PHASES];
+
+static int64_t now_ns(void);
+
+static void on_phase_signal(int sig)
+{
+    (void)sig;
+    int p = atomic_load(&phase_now);
+    if (!atomic_load(&phases_armed) || p + 1 >= MAX_PHASES)
+        return;
+    atomic_store(&phase_start[p + 1], now_ns());
+    atomic_store(&phase_now, p + 1);
+}
 
 static void on_signal(int sig)
 {
@@ -494,6 +523,9 @@ static void on_done(struct rpc_result *res, void *arg)
     if (atomic_load_explicit(&b->record, memory_order_relaxed)) {
         if (res->status == GRPC_STATUS_OK) {
             hist_record(&b->hist[s->op], (uint64_t)(t - s->t0));
+            if (atomic_load_explicit(&phases_armed, memory_order_relaxed))
+                hist_record(&b->phase_hist[atomic_load_explicit(&phase_now, memory_order_relaxed)],
+                            (uint64_t)(t - s->t0));
             int64_t prev = atomic_exchange_explicit(&b->last_ok_ns, t, memory_order_relaxed);
             int64_t gap = prev && t > prev ? t - prev : 0;
             int64_t max = atomic_load_explicit(&b->max_gap_ns, memory_order_relaxed);
@@ -757,6 +789,38 @@ static double self_cpu_us(void)
            (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
+/* The phases of the measured run (--phases), as JSON array elements or as text rows. A phase
+ * ends where the next begins, the last one at the last completion of the run. */
+static int64_t run_end_ns;
+
+static void print_phases(struct bench *b, bool json)
+{
+    static struct hist_snap s;
+    int n = atomic_load(&phase_now) + 1;
+    int64_t t0 = atomic_load(&phase_start[0]);
+    if (!json)
+        printf("%-7s %8s %8s %10s %11s %9s %9s %9s %9s %9s\n", "phase", "start s", "secs", "ok",
+               "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms");
+    for (int p = 0; p < n; p++) {
+        int64_t start = atomic_load(&phase_start[p]);
+        int64_t end = p + 1 < n ? atomic_load(&phase_start[p + 1]) : run_end_ns;
+        double secs = end > start ? (double)(end - start) / 1e9 : 0;
+        memset(&s, 0, sizeof s);
+        hist_add_to(&b->phase_hist[p], &s);
+        if (json) {
+            printf("%s{\"phase\":%d,\"start_s\":%.3f,\"seconds\":%.3f,", p ? "," : "", p,
+                   (double)(start - t0) / 1e9, secs);
+            print_row_json("total", &s, secs);
+            putchar('}');
+        } else {
+            printf("%-7d %8.3f %8.3f %10" PRIu64 " %11.1f %9.3f %9.3f %9.3f %9.3f %9.3f\n", p,
+                   (double)(start - t0) / 1e9, secs, s.count, secs > 0 ? (double)s.count / secs : 0.0,
+                   ms(hist_quantile(&s, 0.5)), ms(hist_quantile(&s, 0.9)),
+                   ms(hist_quantile(&s, 0.99)), ms(hist_quantile(&s, 0.999)), ms(s.max));
+        }
+    }
+}
+
 static void report(struct bench *b, double secs, double cpu_us)
 {
     const struct opts *o = b->o;
@@ -806,7 +870,13 @@ static void report(struct bench *b, double secs, double cpu_us)
             json_str(b->err_msg[i]);
             putchar('}');
         }
-        printf("},\"interrupted\":%s}\n", interrupted ? "true" : "false");
+        putchar('}');
+        if (o->phases) {
+            printf(",\"phases\":[");
+            print_phases(b, true);
+            putchar(']');
+        }
+        printf(",\"interrupted\":%s}\n", interrupted ? "true" : "false");
     } else {
         printf("craft-bench: %.2f s, %d endpoint%s, %lld connection%s x %lld in flight, mix %s, "
                "key %lld B, value %lld B, key space %lld%s\n",
@@ -828,6 +898,8 @@ static void report(struct bench *b, double secs, double cpu_us)
                cpu_per_call, cpu_us / 1e6);
         printf("longest gap between successful calls: %.1f ms\n",
                (double)atomic_load(&b->max_gap_ns) / 1e6);
+        if (o->phases)
+            print_phases(b, false);
         if (!nerr) {
             printf("errors: none\n");
         } else {
@@ -862,6 +934,12 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    if (o.phases) {
+        struct sigaction ps = {0};
+        ps.sa_handler = on_phase_signal;
+        ps.sa_flags = SA_RESTART;
+        sigaction(SIGUSR1, &ps, NULL);
+    }
 
     struct bench *b = &the_bench;
     b->o = &o;
@@ -967,9 +1045,15 @@ int main(int argc, char **argv)
     if (rc == 0 && !interrupted) {
         ran = true;
         atomic_store(&b->record, true);
+        if (o.phases) {
+            atomic_store(&phase_start[0], now_ns());
+            atomic_store(&phases_armed, true);
+        }
         double cpu0 = self_cpu_us();
         int64_t ns = run_phase(b, o.duration, o.total_set ? o.total : 0, !o.quiet, "craft-bench",
                                &progress_buf);
+        atomic_store(&phases_armed, false);
+        run_end_ns = atomic_load(&phase_start[0]) + ns;
         double cpu = self_cpu_us() - cpu0;
         atomic_store(&b->record, false);
         report(b, (double)ns / 1e9, cpu);

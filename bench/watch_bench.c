@@ -4,7 +4,8 @@
  * - Watchers: --watchers W watches of one key prefix (a fresh directory per run, so earlier
  *   runs' keys never count), --per-stream K of them sharing one /etcdserverpb.Watch/Watch
  *   stream, the streams spread round-robin over --conns C gRPC channels (each its own TLS
- *   connection), the channels round-robin over every --endpoints URL. Default K = 100: etcd's
+ *   connection; C is capped at the number of streams), the channels round-robin over every
+ *   --endpoints URL. Default K = 100: etcd's
  *   client library multiplexes all the watches of a client on one stream, and etcd's own
  *   `benchmark watch-latency` uses 100 watches per stream; K = 1 measures per-stream cost
  *   instead. Each watch is its own WatchCreateRequest (start revision 0: from now); every
@@ -185,7 +186,8 @@ static void usage(FILE *f)
             "  --watchers W              watches, 1..%d (default 1000)\n"
             "  --per-stream K            watches sharing one Watch stream, 1..%d (default 100,\n"
             "                            as etcd's client library and benchmark tool do)\n"
-            "  --conns C                 connections for the watch streams, 1..%d (default 10)\n"
+            "  --conns C                 connections for the watch streams, 1..%d (default 10;\n"
+            "                            at most one per stream)\n"
             "  --rate R                  puts per second, 1..%d (default 100)\n"
             "  --duration S              seconds of puts, up to %.0f (default 10);\n"
             "                            rate x duration <= %lld\n"
@@ -1098,6 +1100,8 @@ int main(int argc, char **argv)
     pthread_mutex_init(&b->msg_mu, NULL);
     b->n_puts = (long long)floor((double)o.rate * o.duration);
     b->n_streams = (o.watchers + o.per_stream - 1) / o.per_stream;
+    if (o.conns > b->n_streams) /* a connection without a stream would only cost a handshake */
+        o.conns = b->n_streams;
     struct timespec rts;
     clock_gettime(CLOCK_REALTIME, &rts);
     snprintf(b->dir, sizeof b->dir, "%s%ld.%lld%09ld/", o.prefix, (long)getpid(),
