@@ -94,16 +94,7 @@ start() {
         pids+=("$(bench_craftd "$dir/$sys-$m.log" "$m" "$dir/$sys/$m" "$cp" "$pp" "$cluster" watch "$c" \
             "$craftd")")
     else
-        etcd --name "$m" --data-dir "$dir/$sys/$m" \
-            --listen-client-urls "https://127.0.0.1:$cp" --advertise-client-urls "https://127.0.0.1:$cp" \
-            --listen-peer-urls "https://127.0.0.1:$pp" --initial-advertise-peer-urls "https://127.0.0.1:$pp" \
-            --initial-cluster "$cluster" --initial-cluster-token watch --initial-cluster-state new \
-            --cert-file "$c/$m.pem" --key-file "$c/$m-key.pem" --trusted-ca-file "$c/ca.pem" \
-            --client-cert-auth --peer-cert-file "$c/$m.pem" --peer-key-file "$c/$m-key.pem" \
-            --peer-trusted-ca-file "$c/ca.pem" --peer-client-cert-auth \
-            --logger zap --log-outputs stderr >"$dir/$sys-$m.log" 2>&1 &
-        pids+=($!)
-        disown $!
+        pids+=("$(bench_etcd "$dir/$sys-$m.log" "$m" "$dir/$sys/$m" "$cp" "$pp" "$cluster" watch "$c")")
     fi
 }
 
