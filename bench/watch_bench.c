@@ -757,7 +757,9 @@ static void *writer_main(void *arg)
 
 /* ---- connections ---------------------------------------------------------------------------- */
 
-static struct rpc_channel *open_channel(const struct opts *o, const char *url, long long salt)
+/* A channel to url; `streams` Watch streams will share it (each takes an in-flight slot). */
+static struct rpc_channel *open_channel(const struct opts *o, const char *url, long long salt,
+                                        long long streams)
 {
     struct cluster_url u;
     char err[512], target[CLUSTER_HOST_MAX + 16];
@@ -769,7 +771,7 @@ static struct rpc_channel *open_channel(const struct opts *o, const char *url, l
         .insecure = o->insecure,
         .server_name = o->server_name,
         .threads = (int)o->threads,
-        .max_inflight = (int)o->writer_inflight + (int)o->per_stream + 16,
+        .max_inflight = (int)(o->writer_inflight + streams + 16),
         .wait_for_ready = true,
         /* As in craft-bench: a receive limit that differs per channel keeps gRPC from sharing
          * one TCP connection among channels with equal arguments. */
@@ -1146,13 +1148,15 @@ int main(int argc, char **argv)
     long long made = 0;
     for (; rc == 0 && made < o.conns; made++) {
         const char *url = o.eps[made % o.n_eps];
-        if (!(b->chans[made] = open_channel(&o, url, made)) || hello(&o, b->chans[made], url)) {
+        long long streams = (b->n_streams + o.conns - 1) / o.conns;
+        if (!(b->chans[made] = open_channel(&o, url, made, streams)) ||
+            hello(&o, b->chans[made], url)) {
             rc = 1;
             made++;
             break;
         }
     }
-    if (rc == 0 && (!(b->wch = open_channel(&o, o.writer_ep, o.conns)) ||
+    if (rc == 0 && (!(b->wch = open_channel(&o, o.writer_ep, o.conns, 0)) ||
                     hello(&o, b->wch, o.writer_ep)))
         rc = 1;
 
