@@ -53,6 +53,7 @@
 #include <unistd.h>
 #include <sys/resource.h>
 
+#include "bench/bench_hist.h"
 #include "rpc/rpc.h"
 #include "services/cluster.h"
 #include "services/proto/etcd/kv.pb-c.h"
@@ -77,82 +78,10 @@ static const char *const watch_method = "/etcdserverpb.Watch/Watch";
 static const char *const put_method = "/etcdserverpb.KV/Put";
 static const char *const range_method = "/etcdserverpb.KV/Range";
 
-/* ---- histogram (as craft-bench's) ---------------------------------------------------- */
-
-/* Values in nanoseconds. Below 2^H_SUB_BITS each value has its own bucket; above, each power
- * of two is split into H_SUB equal buckets. Values past 2^(H_MAX_MSB+1) ns (~37 min) clamp. */
-#define H_SUB_BITS 7
-#define H_SUB (1u << H_SUB_BITS)
-#define H_MAX_MSB 40
-#define H_BUCKETS (H_SUB + (H_MAX_MSB - H_SUB_BITS + 1) * H_SUB)
-
-struct hist {
-    _Atomic uint64_t b[H_BUCKETS];
-    _Atomic uint64_t max;
-};
-
-struct hist_snap {
-    uint64_t b[H_BUCKETS];
-    uint64_t count, max;
-};
-
-static unsigned hist_index(uint64_t v)
-{
-    if (v >= (2ull << H_MAX_MSB))
-        v = (2ull << H_MAX_MSB) - 1;
-    if (v < H_SUB)
-        return (unsigned)v;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    unsigned shift = msb - H_SUB_BITS;
-    unsigned mant = (unsigned)(v >> shift) - H_SUB;
-    return H_SUB + shift * H_SUB + mant;
-}
-
-static uint64_t hist_bucket_high(unsigned i)
-{
-    if (i < H_SUB)
-        return i;
-    unsigned shift = (i - H_SUB) / H_SUB, mant = (i - H_SUB) % H_SUB;
-    return (((uint64_t)H_SUB + mant) << shift) + ((uint64_t)1 << shift) - 1;
-}
-
-static void hist_record(struct hist *h, uint64_t v)
-{
-    atomic_fetch_add_explicit(&h->b[hist_index(v)], 1, memory_order_relaxed);
-    uint64_t m = atomic_load_explicit(&h->max, memory_order_relaxed);
-    while (v > m && !atomic_compare_exchange_weak_explicit(&h->max, &m, v, memory_order_relaxed,
-                                                           memory_order_relaxed))
-        ;
-}
-
 static void hist_snap_of(struct hist *h, struct hist_snap *s)
 {
     memset(s, 0, sizeof *s);
-    for (unsigned i = 0; i < H_BUCKETS; i++) {
-        s->b[i] = atomic_load_explicit(&h->b[i], memory_order_relaxed);
-        s->count += s->b[i];
-    }
-    s->max = atomic_load_explicit(&h->max, memory_order_relaxed);
-}
-
-/* The q-quantile in ns: the highest value of the bucket holding the sample of rank
- * ceil(q * count), capped by the true maximum; 0 when empty. */
-static uint64_t hist_quantile(const struct hist_snap *s, double q)
-{
-    if (s->count == 0)
-        return 0;
-    uint64_t rank = (uint64_t)ceil(q * (double)s->count);
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < H_BUCKETS; i++) {
-        seen += s->b[i];
-        if (seen >= rank) {
-            uint64_t v = hist_bucket_high(i);
-            return v < s->max ? v : s->max;
-        }
-    }
-    return s->max;
+    hist_add_to(h, s);
 }
 
 /* ---- options ------------------------------------------------------------------------------ */
