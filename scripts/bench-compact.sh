@@ -26,6 +26,7 @@
 # `etcdctl endpoint status -w json` (every member) just before the compaction is issued and
 # just after it returns (the load keeps writing meanwhile: a few seconds of puts).
 # Prints one block per run and, with both systems, the medians side by side.
+# BENCH_CRAFTD runs that craftd binary instead of the tree's (e.g. one built from another branch).
 # BENCH_PORT_OFFSET shifts the ports (craft 41579.., etcd 51579..); BAZEL_STARTUP as in bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --after) [ $# -ge 2 ] || die "--after needs a value"; after=$2; shift 2 ;;
     --rounds) [ $# -ge 2 ] || die "--rounds needs a value"; rounds=$2; shift 2 ;;
     --only) [ $# -ge 2 ] || die "--only needs a value"; only=$2; shift 2 ;;
-    -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (--help)" ;;
     esac
 done
@@ -60,7 +61,8 @@ bash scripts/deps.sh >/dev/null
 read -r -a bzl <<<"${BAZEL_STARTUP:-}"
 bazel "${bzl[@]}" build -c opt //services:craftd //bench:craft-bench 2>&1 | tail -1
 bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
-craftd=$bin/services/craftd cbench=$bin/bench/craft-bench
+craftd=${BENCH_CRAFTD:-$bin/services/craftd} cbench=$bin/bench/craft-bench
+[ -x "$craftd" ] || die "no craftd at $craftd"
 command -v etcd >/dev/null || die "etcd not found (apt-get install etcd-server)"
 export ETCDCTL_API=3
 

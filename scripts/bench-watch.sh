@@ -23,6 +23,7 @@
 # order, mismatched: any of them makes the run FAIL). The server CPU per event (user + system
 # of the three members during the run, from /proc) is added. Prints one row per run, then the
 # medians per system and the ratios craft/etcd.
+# BENCH_CRAFTD runs that craftd binary instead of the tree's (e.g. one built from another branch).
 # BENCH_PORT_OFFSET shifts the ports (craft 41479.., etcd 51479..); BAZEL_STARTUP as in bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +61,8 @@ bash scripts/deps.sh >/dev/null
 read -r -a bzl <<<"${BAZEL_STARTUP:-}"
 bazel "${bzl[@]}" build -c opt //services:craftd //bench:watch-bench 2>&1 | tail -1
 bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
-craftd=$bin/services/craftd wbench=$bin/bench/watch-bench
+craftd=${BENCH_CRAFTD:-$bin/services/craftd} wbench=$bin/bench/watch-bench
+[ -x "$craftd" ] || die "no craftd at $craftd"
 command -v etcd >/dev/null || die "etcd not found (apt-get install etcd-server)"
 export ETCDCTL_API=3
 
