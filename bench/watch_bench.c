@@ -23,7 +23,8 @@
  *   (watcher, event) delivery from a log-linear histogram (128 sub-buckets per power of two:
  *   under 1% relative error, fixed size), the writer's put latency and lag, watch creation
  *   time, and the client's CPU time (user + system of this process from the first put to the
- *   end of the drain) per event delivered. --json prints one JSON object instead of the text.
+ *   end of the drain) per event delivered. The latency is also given per endpoint (the
+ *   watchers each member served), so a leader and its followers can be told apart. --json prints one JSON object instead of the text.
  * - Exactly once, in revision order: every watcher must see every acknowledged put once, with
  *   strictly increasing mod_revision. Counted per watcher and summed: lost (acknowledged puts
  *   the watcher never saw by the end of the --drain-ms wait), duplicated or out of order (an
@@ -348,6 +349,7 @@ struct bench {
     struct hist put_hist;
     /* watchers */
     struct hist ev_hist;
+    struct hist ep_hist[MAX_EPS]; /* the same deliveries by the endpoint that served them */
     _Atomic int64_t last_event_ns;
     atomic_llong created, stream_errors, canceled;
     atomic_bool stopping;
@@ -443,7 +445,8 @@ static bool parse_digits(const uint8_t *p, size_t len, uint64_t *out)
     return true;
 }
 
-static void on_event(struct bench *b, struct watcher *w, const Mvccpb__Event *ev, int64_t t)
+static void on_event(struct bench *b, struct watcher *w, int ep, const Mvccpb__Event *ev,
+                     int64_t t)
 {
     const Mvccpb__KeyValue *kv = ev->kv;
     uint64_t seq, sent;
@@ -465,7 +468,9 @@ static void on_event(struct bench *b, struct watcher *w, const Mvccpb__Event *ev
     if (ev->type != MVCCPB__EVENT__EVENT_TYPE__PUT || kv->version != 1 ||
         kv->create_revision != rev || (known && known != rev))
         atomic_fetch_add_explicit(&w->mismatched, 1, memory_order_relaxed);
-    hist_record(&b->ev_hist, t > (int64_t)sent ? (uint64_t)(t - (int64_t)sent) : 0);
+    uint64_t lat = t > (int64_t)sent ? (uint64_t)(t - (int64_t)sent) : 0;
+    hist_record(&b->ev_hist, lat);
+    hist_record(&b->ep_hist[ep], lat);
     atomic_fetch_add_explicit(&w->unique, 1, memory_order_release);
 }
 
@@ -504,7 +509,7 @@ static void ws_on_message(struct rpc_client_stream *s, const uint8_t *data, size
     } else {
         struct watcher *w = &b->w[st->first + li];
         for (size_t i = 0; i < r->n_events; i++)
-            on_event(b, w, r->events[i], t);
+            on_event(b, w, st->conn % b->o->n_eps, r->events[i], t);
         if (r->n_events) {
             int64_t m = atomic_load_explicit(&b->last_event_ns, memory_order_relaxed);
             while (t > m && !atomic_compare_exchange_weak_explicit(
@@ -793,12 +798,19 @@ static void json_str(const char *s)
     putchar('"');
 }
 
+/* {"count":..,"p50_ms":..,...} of s */
+static void json_lat_obj(const struct hist_snap *s)
+{
+    printf("{\"count\":%" PRIu64 ",\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
+           "\"p999_ms\":%.3f,\"max_ms\":%.3f}",
+           s->count, ms(hist_quantile(s, 0.5)), ms(hist_quantile(s, 0.9)),
+           ms(hist_quantile(s, 0.99)), ms(hist_quantile(s, 0.999)), ms(s->max));
+}
+
 static void json_lat(const char *name, const struct hist_snap *s)
 {
-    printf("\"%s\":{\"count\":%" PRIu64 ",\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,"
-           "\"p999_ms\":%.3f,\"max_ms\":%.3f}",
-           name, s->count, ms(hist_quantile(s, 0.5)), ms(hist_quantile(s, 0.9)),
-           ms(hist_quantile(s, 0.99)), ms(hist_quantile(s, 0.999)), ms(s->max));
+    printf("\"%s\":", name);
+    json_lat_obj(s);
 }
 
 static void text_lat(const char *name, const struct hist_snap *s)
@@ -852,6 +864,17 @@ static void report(struct bench *b, const struct run_times *rt)
         printf(",\"events\":%" PRIu64 ",\"events_expected\":%" PRIu64 ",\"events_per_sec\":%.1f,",
                t.events, (uint64_t)acked * (uint64_t)o->watchers, ev_rate);
         json_lat("latency", &ev);
+        printf(",\"latency_by_endpoint\":{");
+        for (int i = 0; i < o->n_eps; i++) {
+            static struct hist_snap e;
+            hist_snap_of(&b->ep_hist[i], &e);
+            if (i)
+                putchar(',');
+            json_str(o->eps[i]);
+            putchar(':');
+            json_lat_obj(&e);
+        }
+        putchar('}');
         printf(",\"lost\":%" PRIu64 ",\"duplicated\":%" PRIu64 ",\"mismatched\":%" PRIu64
                ",\"foreign\":%" PRIu64 ",\"canceled\":%lld,\"not_created\":%lld,"
                "\"watchers_with_violations\":%lld,\"violations\":%" PRIu64
@@ -885,6 +908,12 @@ static void report(struct bench *b, const struct run_times *rt)
                "p99 ms", "p99.9 ms", "max ms");
         text_lat("put-to-event", &ev);
         text_lat("put", &put);
+        for (int i = 0; o->n_eps > 1 && i < o->n_eps; i++) {
+            static struct hist_snap e;
+            hist_snap_of(&b->ep_hist[i], &e);
+            printf("  watchers on %s%s:\n", o->eps[i], strcmp(o->eps[i], o->writer_ep) ? "" : " (the writer's)");
+            text_lat("  put-to-event", &e);
+        }
         printf("exactly once: lost %" PRIu64 ", duplicated or out of order %" PRIu64
                ", mismatched %" PRIu64 ", foreign %" PRIu64
                ", canceled %lld, not created %lld: %lld watcher%s with violations\n",

@@ -53,6 +53,8 @@ assert j["streams"] == 6 and j["conns"] == 3, j
 assert j["puts_sent"] == j["puts_acked"] == 100 and j["put_errors"] == 0, j
 assert j["events"] == j["events_expected"] == 40 * 100, j
 assert j["latency"]["count"] == j["events"], j["latency"]
+assert list(j["latency_by_endpoint"]) == j["endpoints"], j["latency_by_endpoint"]
+assert sum(v["count"] for v in j["latency_by_endpoint"].values()) == j["events"]
 for k in ("lost", "duplicated", "mismatched", "foreign", "canceled", "not_created",
           "watchers_with_violations", "violations", "stream_errors"):
     assert j[k] == 0, (k, j)

@@ -18,8 +18,9 @@
 #                   connection carrying all its watches, as etcd's client library does)
 #   --only SYS      run one system only
 # The writer puts to the leader; the watchers are spread over all three members. Each run is
-# watch-bench (bench/watch_bench.c): events/s delivered, put-to-event p50/p99/p99.9/max, watch
-# creation time, client CPU per event, and the exactly-once check (lost, duplicated or out of
+# watch-bench (bench/watch_bench.c): events/s delivered, put-to-event p50/p99/p99.9/max (also
+# apart for the watchers on the leader and on each follower), watch creation time, client CPU
+# per event, and the exactly-once check (lost, duplicated or out of
 # order, mismatched: any of them makes the run FAIL). The server CPU per event (user + system
 # of the three members during the run, from /proc) is added. Prints one row per run, then the
 # medians per system and the ratios craft/etcd.
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --conns) [ $# -ge 2 ] || die "--conns needs a value"; conns=$2; shift 2 ;;
     --per-stream) [ $# -ge 2 ] || die "--per-stream needs a value"; per_stream=$2; shift 2 ;;
     --only) [ $# -ge 2 ] || die "--only needs a value"; only=$2; shift 2 ;;
-    -h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (--help)" ;;
     esac
 done
@@ -137,8 +138,11 @@ try:
     j = json.load(open(path)); l = j["latency"]
     cpu = int(open(path[:-5] + ".cpu").read()) * 1e6 / int(clk) / max(j["events"], 1)
     ok = "ok" if j["violations"] == 0 and j["put_errors"] == 0 and j["stream_errors"] == 0 else "FAIL"
+    by = j["latency_by_endpoint"]; lead = by[j["writer_endpoint"]]
+    fol = " / ".join("%.2f" % v["p50_ms"] for k, v in by.items() if k != j["writer_endpoint"])
     print(f"bench-watch: {s:<5} round {r}: {j['events_per_sec']:>10,.0f} events/s  p50 {l['p50_ms']:.2f} ms"
           f"  p99 {l['p99_ms']:.2f} ms  p99.9 {l['p999_ms']:.2f} ms  max {l['max_ms']:.1f} ms"
+          f"  (p50 leader {lead['p50_ms']:.2f} / followers {fol} ms)"
           f"  created in {j['create_ms']:.0f} ms  server CPU {cpu:.1f} us/event"
           f"  client CPU {j['client_cpu_us_per_event']:.1f} us/event  exactly once: {ok}"
           f" (lost {j['lost']}, dup {j['duplicated']}, mismatched {j['mismatched']},"
@@ -155,10 +159,16 @@ python3 - "$dir/results" "$rounds" "$clk" "${systems[@]}" <<'PY'
 import json, os, statistics, sys
 d, rounds, clk, systems = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 def med(xs): return statistics.median(xs) if xs else float("nan")
+def on_leader(j): return j["latency_by_endpoint"][j["writer_endpoint"]]
+def followers(j): return [v for k, v in j["latency_by_endpoint"].items() if k != j["writer_endpoint"]]
 keys = [("events/s", lambda j, c: j["events_per_sec"], "{:,.0f}"),
         ("p50 ms", lambda j, c: j["latency"]["p50_ms"], "{:.2f}"),
         ("p99 ms", lambda j, c: j["latency"]["p99_ms"], "{:.2f}"),
         ("p99.9 ms", lambda j, c: j["latency"]["p999_ms"], "{:.2f}"),
+        ("p50 ms, watchers on the leader", lambda j, c: on_leader(j)["p50_ms"], "{:.2f}"),
+        ("p50 ms, watchers on followers (worse)", lambda j, c: max(f["p50_ms"] for f in followers(j)), "{:.2f}"),
+        ("p99 ms, watchers on the leader", lambda j, c: on_leader(j)["p99_ms"], "{:.2f}"),
+        ("p99 ms, watchers on followers (worse)", lambda j, c: max(f["p99_ms"] for f in followers(j)), "{:.2f}"),
         ("max ms", lambda j, c: j["latency"]["max_ms"], "{:.1f}"),
         ("create ms", lambda j, c: j["create_ms"], "{:.0f}"),
         ("server CPU us/event", lambda j, c: c * 1e6 / clk / max(j["events"], 1), "{:.1f}"),
