@@ -297,10 +297,10 @@ static void parse_args(int argc, char **argv, struct opts *o)
 
 /* ---- state --------------------------------------------------------------------------------- */
 
-/* One watch. Written only by its stream's callback thread; the counters are atomics because
- * the main thread reads them for progress and the drain check. */
+/* One watch (its server id lives in its stream's table). Written only by its stream's callback
+ * thread; the counters are atomics because the main thread reads them for progress and the
+ * drain check. */
 struct watcher {
-    int64_t id;       /* the server's watch id, from the `created` response */
     int64_t last_rev; /* revision of the newest event seen */
     _Atomic uint64_t unique, dups, mismatched, foreign;
     atomic_bool created, canceled;
