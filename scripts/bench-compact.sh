@@ -16,7 +16,7 @@
 # Each run: a fresh 3-member cluster (loopback, mutual TLS, fsync on); craft-bench preloads
 # N puts of 256 B values over K keys (16 x 64 in flight over the three members); then a
 # steady put load starts (craft-bench, 16 connections x 64 in flight over the three members,
-# 256 B values over 100,000 other keys, --phases) and runs until S_after seconds past the
+# 256 B values over 100,000 keys, --phases) and runs until S_after seconds past the
 # compaction. After S_before seconds `etcdctl compaction --physical REV` (REV: the leader's
 # revision just then) goes to the leader, and the wall time until it returns is the
 # compaction time (it includes etcdctl's own start and TLS handshake, tens of ms; the
