@@ -488,6 +488,7 @@ static void ws_on_message(struct rpc_client_stream *s, const uint8_t *data, size
         return;
     }
     long long li = st_lookup(st, r->watch_id);
+    bool newly_created = false;
     if (r->created) {
         if (li >= 0 || !st_bind(st, r->watch_id)) {
             atomic_fetch_add(&b->stream_errors, 1);
@@ -495,8 +496,7 @@ static void ws_on_message(struct rpc_client_stream *s, const uint8_t *data, size
                      "a `created` response for a watch id already in use, or one too many");
         } else {
             li = st->ncreated - 1;
-            atomic_store(&b->w[st->first + li].created, true);
-            atomic_fetch_add(&b->created, 1);
+            newly_created = true;
         }
     }
     if (li < 0) {
@@ -523,6 +523,11 @@ static void ws_on_message(struct rpc_client_stream *s, const uint8_t *data, size
                      "%s (compact_revision %" PRId64 ")",
                      r->cancel_reason && *r->cancel_reason ? r->cancel_reason : "no reason given",
                      r->compact_revision);
+        }
+        /* Counted last: whoever sees every watch created also sees one canceled at birth. */
+        if (newly_created) {
+            atomic_store(&w->created, true);
+            atomic_fetch_add(&b->created, 1);
         }
     }
     protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -961,11 +966,12 @@ static int wait_created(struct bench *b)
 {
     int64_t limit = now_ns() + b->o->create_timeout_ms * 1000000;
     while (atomic_load(&b->created) < b->o->watchers) {
-        if (interrupted || atomic_load(&b->stream_errors) || now_ns() > limit)
+        if (interrupted || atomic_load(&b->stream_errors) || atomic_load(&b->canceled) ||
+            now_ns() > limit)
             return -1;
         sleep_ms(5);
     }
-    return 0;
+    return atomic_load(&b->canceled) ? -1 : 0;
 }
 
 /* Runs the writer and watches the deliveries: a progress line a second, then the drain. */
@@ -1126,9 +1132,15 @@ int main(int argc, char **argv)
             if (ws_start(b, &b->st[i]) != 0)
                 rc = 1;
         if (rc == 0 && wait_created(b) != 0) {
-            fprintf(stderr, "watch-bench: %lld of %lld watches created%s%s\n",
-                    (long long)atomic_load(&b->created), o.watchers,
-                    b->stream_err[0] ? ": " : " before the timeout", b->stream_err);
+            pthread_mutex_lock(&b->msg_mu);
+            if (b->cancel_reason[0])
+                fprintf(stderr, "watch-bench: a watch was canceled at creation: %s\n",
+                        b->cancel_reason);
+            else
+                fprintf(stderr, "watch-bench: %lld of %lld watches created%s%s\n",
+                        (long long)atomic_load(&b->created), o.watchers,
+                        b->stream_err[0] ? ": " : " before the timeout", b->stream_err);
+            pthread_mutex_unlock(&b->msg_mu);
             rc = 1;
         }
         rt.create_ms = (double)(now_ns() - c0) / 1e6;

@@ -46,5 +46,24 @@ check mismatch 1 "j['mismatched'] == 1 and j['violations'] == 1 and j['watchers_
 check foreign 1 "j['foreign'] == 1 and j['violations'] == 1 and j['events'] == 60 and j['watchers_with_violations'] == 1"
 check cancel 1 "j['canceled'] == 1 and j['lost'] == 6 and j['watchers_with_violations'] == 1 and 'canceled on purpose' in j['errors']['cancel']"
 
+# A server that refuses a watch at creation (the fake one allows 64 per stream): exit 1 before
+# any put, and the message gives the server's reason.
+"$fake" ok >"$dir/limit.port" 2>/dev/null &
+spid=$!
+port=""
+for _ in $(seq 100); do
+    port=$(awk '/^port / {print $2}' "$dir/limit.port")
+    [ -n "$port" ] && break
+    sleep 0.05
+done
+out=$(timeout 60 "$bench" --insecure --endpoints "http://127.0.0.1:$port" --watchers 65 --per-stream 65 \
+    --rate 10 --duration 1 --quiet 2>&1)
+rc=$?
+kill -TERM "$spid"; wait "$spid" 2>/dev/null; spid=""
+if [ $rc -eq 1 ] && grep -q "canceled at creation: fake-server: too many watches" <<<"$out" &&
+    ! grep -q "^puts:" <<<"$out"; then
+    echo "ok: a watch refused at creation -> exit 1: $out"
+else fail "watch refused at creation: exit $rc, output: $out"; fi
+
 echo "$fails failed"
 [ $fails -eq 0 ]
