@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum kind { STR, UINT, BOOL };
+enum kind { STR, UINT, BOOL, DUR }; /* DUR: a Go duration ("10m", "1m30s", "500ms"), kept in ms */
 
 struct flag {
     const char *name;
@@ -51,6 +51,7 @@ static const struct flag flags[] = {
     {"max-request-bytes", UINT, U8(max_request_bytes), 1024, (32u << 20) - 1024, "1572864", "largest client request"},
     {"quota-backend-bytes", UINT, U8(quota_backend_bytes), 1u << 20, 1ull << 40, "2147483648", "largest size of the KV data file"},
     {"max-txn-ops", UINT, U4(max_txn_ops), 1, 1u << 20, "128", "operations per Txn"},
+    {"experimental-watch-progress-notify-interval", DUR, U8(watch_progress_ms), 1, 86400000, "10m0s", "progress notifications to watches that asked for them (1ms .. 24h)"},
     {"insecure-plaintext", BOOL, F(insecure_plaintext), 0, 0, 0, "false", "allow http:// URLs (tests and demos only)"},
     {"proposal-timeout", UINT, U4(proposal_timeout_ms), 1, 600000, "5000", "ms a write may wait to commit"},
     {"max-append-entries", UINT, U4(max_append_entries), 1, 1u << 20, "64", "entries per AppendEntries"},
@@ -70,6 +71,9 @@ static const struct flag flags[] = {
     {"auto-compaction-mode", STR, F(auto_compaction_mode_text), 0, 0, 0, "periodic", "periodic (keep --auto-compaction-retention of time) or revision (keep that many revisions)"},
     {"auto-compaction-retention", STR, F(auto_compaction_retention_text), 0, 0, 0, "0", "history to keep: a duration (1h, 30m; a bare number = hours) or revisions; 0 = no automatic compaction"},
     {"snapshot-send-rate", UINT, U8(snapshot_send_rate), 0, 1ull << 40, "33554432", "bytes per second of one snapshot transfer (0 = unbounded)"},
+    {"max-watches-per-stream", UINT, U4(max_watches_per_stream), 1, 1u << 20, "1024", "watches on one Watch stream"},
+    {"max-watch-stream-bytes", UINT, U8(max_watch_stream_bytes), 65536, 1ull << 34, "8388608", "bytes of watch responses queued on one stream before its watches fall back to catching up"},
+    {"max-watch-hub-bytes", UINT, U8(max_watch_hub_bytes), 1u << 20, 1ull << 36, "67108864", "encoded events held for one revision across all caught-up watches"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
 
@@ -160,6 +164,47 @@ static int parse_bool(const char *v, bool *out)
     return 0;
 }
 
+/* A Go duration (time.ParseDuration, whole numbers): one or more NUMBER UNIT with UNIT ms, s,
+ * m or h; into milliseconds. */
+static int parse_duration(const char *v, uint64_t *ms)
+{
+    uint64_t total = 0;
+    const char *p = v;
+    if (!*p)
+        return -1;
+    while (*p) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(p, &end, 10);
+        if (errno || n > 1000000000ull)
+            return -1;
+        uint64_t unit;
+        if (!strncmp(end, "ms", 2)) {
+            unit = 1;
+            end += 2;
+        } else if (*end == 's') {
+            unit = 1000;
+            end++;
+        } else if (*end == 'm') {
+            unit = 60000;
+            end++;
+        } else if (*end == 'h') {
+            unit = 3600000;
+            end++;
+        } else {
+            return -1;
+        }
+        total += n * unit;
+        if (total > 1ull << 50)
+            return -1;
+        p = end;
+    }
+    *ms = total;
+    return 0;
+}
+
 static int set_flag(const struct flag *f, const char *v, struct craftd_config *cfg, struct raw *raw,
                     char *err, size_t errlen)
 {
@@ -184,6 +229,13 @@ static int set_flag(const struct flag *f, const char *v, struct craftd_config *c
             raw->peer_client_cert_auth = b;
         else
             *(bool *)(base + f->off) = b;
+    } else if (f->kind == DUR) {
+        uint64_t ms;
+        if (parse_duration(v, &ms) != 0 || ms < f->min || ms > f->max)
+            return fail(err, errlen, "--%s wants a duration such as 10m, 30s or 500ms (1ms to 24h), "
+                                     "not '%s'",
+                        f->name, v);
+        *(uint64_t *)(base + f->off) = ms;
     } else {
         char *end;
         errno = 0;
@@ -252,6 +304,10 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_snapshot_sends = 2;
     cfg->snapshot_chunk_bytes = 1u << 20;
     cfg->snapshot_send_rate = 32u << 20;
+    cfg->watch_progress_ms = 10 * 60 * 1000; /* etcd's 10m */
+    cfg->max_watches_per_stream = 1024;
+    cfg->max_watch_stream_bytes = 8u << 20;
+    cfg->max_watch_hub_bytes = 64u << 20;
     cfg->auto_compaction_mode_text = "periodic";
     cfg->auto_compaction_retention_text = "0";
     raw.listen_client = "https://127.0.0.1:2379";

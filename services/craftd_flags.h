@@ -34,6 +34,7 @@ struct craftd_config {
     uint64_t max_request_bytes;
     uint64_t quota_backend_bytes;
     uint32_t max_txn_ops;
+    uint64_t watch_progress_ms; /* etcd's --experimental-watch-progress-notify-interval */
 
     /* craft's own */
     bool insecure_plaintext;
@@ -53,6 +54,9 @@ struct craftd_config {
     uint32_t max_snapshot_sends;
     uint32_t snapshot_chunk_bytes;
     uint64_t snapshot_send_rate;       /* bytes per second; 0 = unbounded */
+    uint32_t max_watches_per_stream;   /* services/watch.h */
+    uint64_t max_watch_stream_bytes;
+    uint64_t max_watch_hub_bytes;
     const char *auto_compaction_mode_text;      /* etcd's --auto-compaction-mode */
     const char *auto_compaction_retention_text; /* etcd's --auto-compaction-retention */
 

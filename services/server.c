@@ -19,6 +19,7 @@
 #include "services/member_file.h"
 #include "services/peer.h"
 #include "services/proto/nodepb.pb-c.h"
+#include "services/watch.h"
 
 #define BIND_QUEUE 8       /* names waiting to be published */
 #define WORKER_TICK_MS 200 /* the membership worker's look at removal and its own name */
@@ -27,6 +28,7 @@ struct craft_server {
     struct craftd_config cfg; /* cfg.cluster and cfg.self_id: as this member started */
     struct kv_store *store;
     struct kv_service *kv;    /* set under mu once created (on_conf may run before) */
+    struct watch_hub *watch;  /* etcd's Watch, fed by the store's commit hook */
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
@@ -749,6 +751,24 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         }
     }
 
+    /* The store's commit hook must be set before the node applies anything (replay too). */
+    struct watch_config wc = {
+        .store = s->store,
+        .cluster_id = cfg->cluster.id,
+        .member_id = cfg->self_id,
+        .max_request_bytes = cfg->max_request_bytes,
+        .max_send_bytes = cfg->max_request_bytes + (512u << 10), /* the client listener's */
+        .max_per_stream = cfg->max_watches_per_stream,
+        .max_stream_bytes = cfg->max_watch_stream_bytes,
+        .max_hub_bytes = cfg->max_watch_hub_bytes,
+        .progress_interval_ms = cfg->watch_progress_ms,
+    };
+    s->watch = watch_hub_create(&wc, sub, sizeof sub);
+    if (!s->watch) {
+        snprintf(err, errlen, "%s", sub);
+        goto fail;
+    }
+
     /* The configuration to start from when the log has none. A member joining a running cluster
      * starts outside it (the others as voters): it joined as a learner, and until the leader's
      * log or snapshot says what it is, it must not campaign - with its empty log it could not
@@ -818,6 +838,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         pthread_mutex_unlock(&s->mu);
     }
     if (!s->kv || kv_service_register_client(s->kv, s->client_srv) != 0 ||
+        watch_hub_register(s->watch, s->client_srv, s->node) != 0 ||
         kv_service_register_peer(s->kv, s->peer_srv) != 0) {
         snprintf(err, errlen, "cannot set up the KV service");
         goto fail;
@@ -875,6 +896,7 @@ void craft_server_stop(struct craft_server *s)
         rpc_server_shutdown(s->peer_srv, 0);
     peer_destroy(s->peer);
     kv_service_destroy(s->kv);
+    watch_hub_destroy(s->watch); /* after the streams (client server) and the applier (node) */
     kv_store_close(s->store);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->peer_set_mu);
@@ -887,4 +909,9 @@ struct raft_node *craft_server_node(struct craft_server *s) { return s->node; }
 void craft_server_fwd_stats(struct craft_server *s, struct fwd_stats *out)
 {
     kv_service_fwd_stats(s->kv, out);
+}
+
+void craft_server_watch_stats(struct craft_server *s, struct watch_stats *out)
+{
+    watch_hub_stats(s->watch, out);
 }

@@ -7,7 +7,8 @@
  *   certificate files, a port in use, a data directory locked by another process, a damaged log).
  * - The client API is etcd v3's KV, Maintenance.Status and Cluster.MemberList, served by
  *   services/kv_service.h: any member answers any request (a follower forwards writes to the
- *   leader and relays the answer), with etcd's gRPC codes and messages. Beside it,
+ *   leader and relays the answer), with etcd's gRPC codes and messages; and etcd's Watch,
+ *   served by services/watch.h from this member's own applied state. Beside them,
  *   craft.node.Node/Status (services/proto/nodepb.proto) tells this member's role, term, leader
  *   and indexes.
  * - One log line (stderr) per role, term or leader change, and per membership change (a member
@@ -61,5 +62,8 @@ void craft_server_on_removed(struct craft_server *s, void (*fn)(void *arg, const
 bool craft_server_removed(struct craft_server *s, char *why, size_t len);
 /* Counters of the member's write forwarding (tests). */
 void craft_server_fwd_stats(struct craft_server *s, struct fwd_stats *out);
+/* Counters of the member's Watch service (tests; services/watch.h). */
+struct watch_stats;
+void craft_server_watch_stats(struct craft_server *s, struct watch_stats *out);
 
 #endif

@@ -214,3 +214,33 @@ Test(flags, auto_compaction)
     refused("more than ten years", parse("--auto-compaction-retention=99999999h", TLS_FLAGS, NULL));
     refused("empty", parse("--auto-compaction-retention=", TLS_FLAGS, NULL));
 }
+
+/* Watch: etcd's --experimental-watch-progress-notify-interval (a Go duration, 10m by default) and
+ * craft's bounds. */
+Test(flags, watch)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.watch_progress_ms, 600000, "etcd's 10m");
+    cr_assert_eq(cfg.max_watches_per_stream, 1024);
+    cr_assert_eq(cfg.max_watch_stream_bytes, 8u << 20);
+    cr_assert_eq(cfg.max_watch_hub_bytes, 64u << 20);
+    cr_assert_eq(parse("--experimental-watch-progress-notify-interval", "1m30s", TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert_eq(cfg.watch_progress_ms, 90000);
+    cr_assert_eq(parse("--experimental-watch-progress-notify-interval=250ms", TLS_FLAGS, NULL), 0,
+                 "%s", err);
+    cr_assert_eq(cfg.watch_progress_ms, 250);
+    cr_assert_eq(parse("--max-watches-per-stream=5", "--max-watch-stream-bytes=65536",
+                       "--max-watch-hub-bytes=1048576", TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert_eq(cfg.max_watches_per_stream, 5);
+    cr_assert_eq(cfg.max_watch_stream_bytes, 65536);
+    cr_assert_eq(cfg.max_watch_hub_bytes, 1048576);
+    refused("wants a duration", parse("--experimental-watch-progress-notify-interval=10", TLS_FLAGS, NULL));
+    refused("wants a duration", parse("--experimental-watch-progress-notify-interval=0s", TLS_FLAGS, NULL));
+    refused("wants a duration", parse("--experimental-watch-progress-notify-interval=25h", TLS_FLAGS, NULL));
+    refused("wants a duration", parse("--experimental-watch-progress-notify-interval=1x", TLS_FLAGS, NULL));
+    refused("wants a duration", parse("--experimental-watch-progress-notify-interval=", TLS_FLAGS, NULL));
+    refused("from 1 to", parse("--max-watches-per-stream=0", TLS_FLAGS, NULL));
+    refused("from 65536", parse("--max-watch-stream-bytes=100", TLS_FLAGS, NULL));
+}
