@@ -19,6 +19,11 @@
  *   the part of the machine the client took; and the longest time between two successful
  *   completions (the unavailability a leader change or a membership change causes under load).
  *   --json prints one JSON object instead.
+ * - Phases (--phases): each SIGUSR1 ends the current phase of the measured run and starts the
+ *   next (up to 8), and the results add per phase: its start and length, successful ops,
+ *   ops/s and latency percentiles over the calls that completed in it. A script marks an
+ *   event this way (e.g. a compaction issued a few seconds in) and gets the latency before,
+ *   during and after it from one run. Signals before the measured run starts are ignored.
  *   Latency is from just before the call starts to its completion callback; ops/s is
  *   successful calls divided by the time from the start to the last completion. Connections
  *   are established (one blocking call each) before the clock starts.
@@ -44,6 +49,7 @@
 #include <unistd.h>
 #include <sys/resource.h>
 
+#include "bench/bench_hist.h"
 #include "rpc/rpc.h"
 #include "services/cluster.h"
 #include "services/proto/etcd/rpc.pb-c.h"
@@ -61,6 +67,7 @@
 #define MAX_CLIENT_THREADS 8
 #define N_CODES 17 /* gRPC status codes 0..16 */
 #define CODE_LOCAL N_CODES /* a call that could not even start */
+#define MAX_PHASES 8
 
 enum op { OP_PUT, OP_RANGE, OP_SRANGE, OP_TXN, N_OPS };
 static const char *const op_names[N_OPS] = {"put", "range", "srange", "txn"};
@@ -72,97 +79,6 @@ static const char *const code_names[N_CODES + 1] = {
     "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
     "UNIMPLEMENTED", "INTERNAL",      "UNAVAILABLE",      "DATA_LOSS",
     "UNAUTHENTICATED", "NOT_STARTED"};
-
-/* ---- histogram -------------------------------------------------------------------------- */
-
-/* Values in nanoseconds. Below 2^H_SUB_BITS each value has its own bucket; above, each power
- * of two is split into H_SUB equal buckets. Values past 2^(H_MAX_MSB+1) ns (~37 min) clamp. */
-#define H_SUB_BITS 7
-#define H_SUB (1u << H_SUB_BITS)
-#define H_MAX_MSB 40
-#define H_BUCKETS (H_SUB + (H_MAX_MSB - H_SUB_BITS + 1) * H_SUB)
-
-struct hist {
-    _Atomic uint64_t b[H_BUCKETS];
-    _Atomic uint64_t count, max;
-};
-
-/* A plain copy for reading (merged over operations). */
-struct hist_snap {
-    uint64_t b[H_BUCKETS];
-    uint64_t count, max;
-};
-
-static unsigned hist_index(uint64_t v)
-{
-    if (v >= (2ull << H_MAX_MSB))
-        v = (2ull << H_MAX_MSB) - 1;
-    if (v < H_SUB)
-        return (unsigned)v;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    unsigned shift = msb - H_SUB_BITS;
-    unsigned mant = (unsigned)(v >> shift) - H_SUB;
-    return H_SUB + shift * H_SUB + mant;
-}
-
-/* Highest value that lands in bucket i. */
-static uint64_t hist_bucket_high(unsigned i)
-{
-    if (i < H_SUB)
-        return i;
-    unsigned shift = (i - H_SUB) / H_SUB, mant = (i - H_SUB) % H_SUB;
-    return (((uint64_t)H_SUB + mant) << shift) + ((uint64_t)1 << shift) - 1;
-}
-
-static void hist_record(struct hist *h, uint64_t v)
-{
-    atomic_fetch_add_explicit(&h->b[hist_index(v)], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
-    uint64_t m = atomic_load_explicit(&h->max, memory_order_relaxed);
-    while (v > m && !atomic_compare_exchange_weak_explicit(&h->max, &m, v, memory_order_relaxed,
-                                                           memory_order_relaxed))
-        ;
-}
-
-static void hist_add_to(struct hist *h, struct hist_snap *s)
-{
-    for (unsigned i = 0; i < H_BUCKETS; i++) {
-        uint64_t n = atomic_load_explicit(&h->b[i], memory_order_relaxed);
-        s->b[i] += n;
-        s->count += n; /* count from the buckets so percentiles are consistent */
-    }
-    uint64_t m = atomic_load_explicit(&h->max, memory_order_relaxed);
-    if (m > s->max)
-        s->max = m;
-}
-
-static void hist_reset(struct hist *h)
-{
-    for (unsigned i = 0; i < H_BUCKETS; i++)
-        atomic_store(&h->b[i], 0);
-    atomic_store(&h->count, 0);
-    atomic_store(&h->max, 0);
-}
-
-/* The q-quantile (0 < q <= 1) in ns: the highest value equivalent to the sample of rank
- * ceil(q * count), capped by the true maximum. 0 for an empty histogram. */
-static uint64_t hist_quantile(const struct hist_snap *s, double q)
-{
-    if (s->count == 0)
-        return 0;
-    uint64_t rank = (uint64_t)ceil(q * (double)s->count);
-    if (rank < 1)
-        rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < H_BUCKETS; i++) {
-        seen += s->b[i];
-        if (seen >= rank) {
-            uint64_t v = hist_bucket_high(i);
-            return v < s->max ? v : s->max;
-        }
-    }
-    return s->max;
-}
 
 /* ---- options ------------------------------------------------------------------------------ */
 
@@ -177,7 +93,7 @@ struct opts {
     bool duration_set, total_set;
     long long weight[N_OPS];
     const char *mix_spec;
-    bool preload, json, quiet;
+    bool preload, json, quiet, phases;
     uint64_t seed;
 };
 
@@ -206,10 +122,12 @@ static void usage(FILE *f)
             "  --seed N                  random seed (default 1)\n"
             "  --json                    print the result as one JSON object\n"
             "  --quiet                   no progress line on stderr\n"
+            "  --phases                  each SIGUSR1 starts a new phase (up to %d); results per\n"
+            "                            phase too (latency before, during, after an event)\n"
             "  --help                    this text\n"
             "Exit status: 0 all calls succeeded, 1 some failed or setup failed, 2 bad flags.\n",
             MAX_CONNS, MAX_INFLIGHT_TOTAL, MAX_DURATION_S, MAX_KEY_SIZE, MAX_VAL_SIZE,
-            MAX_CLIENT_THREADS);
+            MAX_CLIENT_THREADS, MAX_PHASES);
 }
 
 static void bad_usage(const char *fmt, ...)
@@ -296,6 +214,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
                    : !strcmp(f, "--preload") ? &o->preload
                    : !strcmp(f, "--json")    ? &o->json
                    : !strcmp(f, "--quiet")   ? &o->quiet
+                   : !strcmp(f, "--phases")  ? &o->phases
                                              : NULL;
         if (bf) {
             if (v)
@@ -438,9 +357,29 @@ struct bench {
     _Atomic int64_t max_gap_ns; /* longest time between two successful completions */
     pthread_mutex_t err_mu;
     char err_msg[N_CODES + 1][256]; /* first message per code */
+    struct hist phase_hist[MAX_PHASES]; /* --phases: completions by the phase they fell in */
 };
 
 static volatile sig_atomic_t interrupted;
+
+/* --phases: the current phase and when each began (ns, CLOCK_MONOTONIC). The SIGUSR1 handler
+ * moves to the next phase once phases_armed is set (the measured run started); lock-free
+ * atomics, so the handler may touch them. */
+static atomic_int phase_now;
+static atomic_bool phases_armed;
+static _Atomic int64_t phase_start[MAX_PHASES];
+
+static int64_t now_ns(void);
+
+static void on_phase_signal(int sig)
+{
+    (void)sig;
+    int p = atomic_load(&phase_now);
+    if (!atomic_load(&phases_armed) || p + 1 >= MAX_PHASES)
+        return;
+    atomic_store(&phase_start[p + 1], now_ns());
+    atomic_store(&phase_now, p + 1);
+}
 
 static void on_signal(int sig)
 {
@@ -494,6 +433,9 @@ static void on_done(struct rpc_result *res, void *arg)
     if (atomic_load_explicit(&b->record, memory_order_relaxed)) {
         if (res->status == GRPC_STATUS_OK) {
             hist_record(&b->hist[s->op], (uint64_t)(t - s->t0));
+            if (atomic_load_explicit(&phases_armed, memory_order_relaxed))
+                hist_record(&b->phase_hist[atomic_load_explicit(&phase_now, memory_order_relaxed)],
+                            (uint64_t)(t - s->t0));
             int64_t prev = atomic_exchange_explicit(&b->last_ok_ns, t, memory_order_relaxed);
             int64_t gap = prev && t > prev ? t - prev : 0;
             int64_t max = atomic_load_explicit(&b->max_gap_ns, memory_order_relaxed);
@@ -757,6 +699,38 @@ static double self_cpu_us(void)
            (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
+/* The phases of the measured run (--phases), as JSON array elements or as text rows. A phase
+ * ends where the next begins, the last one at the last completion of the run. */
+static int64_t run_end_ns;
+
+static void print_phases(struct bench *b, bool json)
+{
+    static struct hist_snap s;
+    int n = atomic_load(&phase_now) + 1;
+    int64_t t0 = atomic_load(&phase_start[0]);
+    if (!json)
+        printf("%-7s %8s %8s %10s %11s %9s %9s %9s %9s %9s\n", "phase", "start s", "secs", "ok",
+               "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms");
+    for (int p = 0; p < n; p++) {
+        int64_t start = atomic_load(&phase_start[p]);
+        int64_t end = p + 1 < n ? atomic_load(&phase_start[p + 1]) : run_end_ns;
+        double secs = end > start ? (double)(end - start) / 1e9 : 0;
+        memset(&s, 0, sizeof s);
+        hist_add_to(&b->phase_hist[p], &s);
+        if (json) {
+            printf("%s{\"phase\":%d,\"start_s\":%.3f,\"seconds\":%.3f,", p ? "," : "", p,
+                   (double)(start - t0) / 1e9, secs);
+            print_row_json("total", &s, secs);
+            putchar('}');
+        } else {
+            printf("%-7d %8.3f %8.3f %10" PRIu64 " %11.1f %9.3f %9.3f %9.3f %9.3f %9.3f\n", p,
+                   (double)(start - t0) / 1e9, secs, s.count, secs > 0 ? (double)s.count / secs : 0.0,
+                   ms(hist_quantile(&s, 0.5)), ms(hist_quantile(&s, 0.9)),
+                   ms(hist_quantile(&s, 0.99)), ms(hist_quantile(&s, 0.999)), ms(s.max));
+        }
+    }
+}
+
 static void report(struct bench *b, double secs, double cpu_us)
 {
     const struct opts *o = b->o;
@@ -806,7 +780,13 @@ static void report(struct bench *b, double secs, double cpu_us)
             json_str(b->err_msg[i]);
             putchar('}');
         }
-        printf("},\"interrupted\":%s}\n", interrupted ? "true" : "false");
+        putchar('}');
+        if (o->phases) {
+            printf(",\"phases\":[");
+            print_phases(b, true);
+            putchar(']');
+        }
+        printf(",\"interrupted\":%s}\n", interrupted ? "true" : "false");
     } else {
         printf("craft-bench: %.2f s, %d endpoint%s, %lld connection%s x %lld in flight, mix %s, "
                "key %lld B, value %lld B, key space %lld%s\n",
@@ -828,6 +808,8 @@ static void report(struct bench *b, double secs, double cpu_us)
                cpu_per_call, cpu_us / 1e6);
         printf("longest gap between successful calls: %.1f ms\n",
                (double)atomic_load(&b->max_gap_ns) / 1e6);
+        if (o->phases)
+            print_phases(b, false);
         if (!nerr) {
             printf("errors: none\n");
         } else {
@@ -862,6 +844,12 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    if (o.phases) {
+        struct sigaction ps = {0};
+        ps.sa_handler = on_phase_signal;
+        ps.sa_flags = SA_RESTART;
+        sigaction(SIGUSR1, &ps, NULL);
+    }
 
     struct bench *b = &the_bench;
     b->o = &o;
@@ -967,9 +955,15 @@ int main(int argc, char **argv)
     if (rc == 0 && !interrupted) {
         ran = true;
         atomic_store(&b->record, true);
+        if (o.phases) {
+            atomic_store(&phase_start[0], now_ns());
+            atomic_store(&phases_armed, true);
+        }
         double cpu0 = self_cpu_us();
         int64_t ns = run_phase(b, o.duration, o.total_set ? o.total : 0, !o.quiet, "craft-bench",
                                &progress_buf);
+        atomic_store(&phases_armed, false);
+        run_end_ns = atomic_load(&phase_start[0]) + ns;
         double cpu = self_cpu_us() - cpu0;
         atomic_store(&b->record, false);
         report(b, (double)ns / 1e9, cpu);

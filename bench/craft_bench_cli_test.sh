@@ -7,7 +7,8 @@ bench=$1
 fails=0
 
 out=$("$bench" --help 2>&1); rc=$?
-if [ $rc -eq 0 ] && grep -q -- "--inflight" <<<"$out" && grep -q -- "--mix" <<<"$out"; then
+if [ $rc -eq 0 ] && grep -q -- "--inflight" <<<"$out" && grep -q -- "--mix" <<<"$out" &&
+    grep -q -- "--phases" <<<"$out"; then
     echo "ok: --help -> 0"
 else
     echo "FAIL: --help: exit $rc, output: $out"; fails=$((fails + 1))
@@ -50,6 +51,7 @@ expect 2 "use https://" "http endpoint without --insecure" --endpoints http://12
 expect 2 "cacert is required" "https without certificates" --endpoints https://127.0.0.1:1
 expect 2 "go together" "cert without key" --endpoints https://127.0.0.1:1 --cacert /x --cert /y
 expect 2 "takes no value" "boolean flag with a value" --json=yes
+expect 2 "takes no value" "--phases with a value" --phases=3
 # Not a flag error: certificate files that do not exist, and a target nobody listens on.
 expect 1 "craft-bench: " "missing certificate files" --endpoints https://127.0.0.1:1 --cacert /nonexistent/ca.pem
 expect 1 "cannot reach http://127.0.0.1:1" "unreachable target" "${ins[@]}" --deadline-ms 500 --duration 1

@@ -64,5 +64,33 @@ if [ $rc -eq 0 ] && [ $took -le 10 ] && grep -q "errors: none" <<<"$out" && grep
     echo "ok: --duration 1.5 run in ${took}s: $(grep -E '^put' <<<"$out")"
 else fail "duration run: exit $rc after ${took}s, output: $out"; fi
 
+# --phases: SIGUSR1s split the run into phases whose successful calls add up to the run's.
+# A signal is only sent once the handler is installed (SigCgt has SIGUSR1, bit 10); one that
+# arrives before the measured run starts is ignored, so 1..3 phases are fine, and what must
+# hold is that no call is lost or counted twice between them.
+timeout 60 "${b[@]}" --duration 3 --inflight 2 --phases --json --quiet >"$dir/phases.json" &
+cb=$!
+sent=0
+for _ in $(seq 100); do
+    kill -0 "$cb" 2>/dev/null || break
+    mask=$(awk '/^SigCgt:/ {print $2}' "/proc/$cb/status" 2>/dev/null || echo 0)
+    if [ -n "$mask" ] && [ $((0x$mask & 0x200)) -ne 0 ]; then
+        kill -USR1 "$cb" 2>/dev/null && sent=$((sent + 1))
+        [ $sent -ge 2 ] && break
+    fi
+    sleep 0.5
+done
+wait "$cb"; rc=$?
+if [ $rc -eq 0 ] && python3 - "$dir/phases.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+ph = j["phases"]
+assert 1 <= len(ph) <= 3, ph
+assert sum(p["total"]["ops"] for p in ph) == j["total"]["ops"], (ph, j["total"])
+assert all(b["start_s"] >= a["start_s"] + a["seconds"] - 1e-3 for a, b in zip(ph, ph[1:])), ph
+PY
+then echo "ok: --phases: phases add up to the run"
+else fail "--phases run: exit $rc, output: $(cat "$dir/phases.json")"; fi
+
 echo "$fails failed"
 [ $fails -eq 0 ]

@@ -67,3 +67,20 @@ bench_craftd() {
         >"$log" 2>&1 &
     echo $!
 }
+
+# Starts one etcd member of a new cluster on loopback in the background, mutual TLS on client
+# and peer traffic as bench_craftd's craftd, and prints its pid (keep it in `pids`).
+#   bench_etcd LOG NAME DATA-DIR CLIENT-PORT PEER-PORT INITIAL-CLUSTER TOKEN CERT-DIR [FLAG...]
+bench_etcd() {
+    local log=$1 n=$2 data=$3 cport=$4 pport=$5 cluster=$6 token=$7 c=$8
+    shift 8
+    etcd --name "$n" --data-dir "$data" \
+        --listen-client-urls "https://127.0.0.1:$cport" --advertise-client-urls "https://127.0.0.1:$cport" \
+        --listen-peer-urls "https://127.0.0.1:$pport" --initial-advertise-peer-urls "https://127.0.0.1:$pport" \
+        --initial-cluster "$cluster" --initial-cluster-token "$token" --initial-cluster-state new \
+        --cert-file "$c/$n.pem" --key-file "$c/$n-key.pem" --trusted-ca-file "$c/ca.pem" \
+        --client-cert-auth --peer-cert-file "$c/$n.pem" --peer-key-file "$c/$n-key.pem" \
+        --peer-trusted-ca-file "$c/ca.pem" --peer-client-cert-auth \
+        --logger zap --log-outputs stderr "$@" >"$log" 2>&1 &
+    echo $!
+}

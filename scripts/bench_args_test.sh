@@ -2,7 +2,7 @@
 # The benchmark scripts' front doors: --help exits 0; every bad argument exits 2 with one line
 # naming the problem, before anything is installed, built or started.
 set -uo pipefail
-ab=$1 bench=$2 soak=$3
+ab=$1 bench=$2 soak=$3 watch=$4 compact=$5
 fails=0
 expect() { # want-exit, want-text, description, command...
     local want=$1 text=$2 what=$3 out rc
@@ -39,5 +39,21 @@ expect 2 "--every must be" "bench-soak every beyond seconds" bash "$soak" --seco
 expect 2 "--every needs a value" "bench-soak every missing" bash "$soak" --every
 expect 2 "is not an executable" "bench-soak missing craftd" bash "$soak" CRAFTD=/nonexistent
 expect 2 "unknown argument 'FLAG=x'" "bench-soak flag without dashes" bash "$soak" FLAG=x
+expect 0 "--per-stream" "bench-watch --help" bash "$watch" --help
+expect 2 "--watchers must be 1..100000" "bench-watch watchers 0" bash "$watch" --watchers 0
+expect 2 "--rate must be" "bench-watch rate not a number" bash "$watch" --rate fast
+expect 2 "--seconds must be" "bench-watch seconds 0" bash "$watch" --seconds 0
+expect 2 "--per-stream must be" "bench-watch per-stream too large" bash "$watch" --per-stream 20000
+expect 2 "at most 10,000,000 puts" "bench-watch rate x seconds" bash "$watch" --rate 100000 --seconds 600
+expect 2 "--only must be craft or etcd" "bench-watch --only" bash "$watch" --only zookeeper
+expect 2 "unknown argument '--frob'" "bench-watch unknown flag" bash "$watch" --frob
+expect 2 "--rounds needs a value" "bench-watch rounds missing" bash "$watch" --rounds
+expect 0 "--revisions" "bench-compact --help" bash "$compact" --help
+expect 2 "--revisions must be" "bench-compact revisions too few" bash "$compact" --revisions 10
+expect 2 "--keys must be fewer" "bench-compact keys >= revisions" bash "$compact" --revisions 1000 --keys 5000
+expect 2 "--before must be" "bench-compact before too short" bash "$compact" --before 1
+expect 2 "--after must be" "bench-compact after not a number" bash "$compact" --after soon
+expect 2 "--only must be craft or etcd" "bench-compact --only" bash "$compact" --only zookeeper
+expect 2 "unknown argument 'x'" "bench-compact positional" bash "$compact" x
 echo "$fails failed"
 [ $fails -eq 0 ]
