@@ -82,6 +82,8 @@ static const struct flag flags[] = {
  * revisions. *out = milliseconds or revisions (0 = off). 0, or -1 with a reason. */
 #define HOUR_MS (3600ull * 1000)
 
+static int parse_duration(const char *v, uint64_t *ms);
+
 static int bad_retention(char *err, size_t errlen, const char *text, const char *want)
 {
     snprintf(err, errlen, "--auto-compaction-retention '%s': %s", text, want);
@@ -97,10 +99,10 @@ static int parse_retention(bool revision_mode, const char *text, uint64_t *out, 
     bool digits_only = strspn(p, "0123456789") == strlen(p);
     if (revision_mode || digits_only) {
         if (!digits_only || strlen(p) > 15)
-            return bad_retention(err, errlen, text, revision_mode
-                                              ? "the revision mode wants a whole number of "
-                                                "revisions (at most 15 digits)"
-                                              : "too large");
+            return bad_retention(err, errlen, text,
+                                 revision_mode ? "the revision mode wants a whole number of "
+                                                 "revisions (at most 15 digits)"
+                                               : "too large");
         uint64_t n = strtoull(p, NULL, 10);
         if (!revision_mode) { /* etcd: a bare number is hours */
             if (n > max_ms / HOUR_MS)
@@ -110,29 +112,15 @@ static int parse_retention(bool revision_mode, const char *text, uint64_t *out, 
         *out = n;
         return 0;
     }
-    /* A Go duration: one or more <number><unit>, units h, m, s, ms. */
-    uint64_t total = 0;
-    while (*p) {
-        size_t nd = strspn(p, "0123456789");
-        if (nd == 0 || nd > 12)
-            return bad_retention(err, errlen, text, "want a duration such as 1h, 30m, 90s, 1h30m, 500ms, "
-                                          "or a whole number of hours");
-        uint64_t n = strtoull(p, NULL, 10), unit;
-        p += nd;
-        if (!strncmp(p, "ms", 2))
-            unit = 1, p += 2;
-        else if (*p == 'h')
-            unit = HOUR_MS, p++;
-        else if (*p == 'm')
-            unit = 60000, p++;
-        else if (*p == 's')
-            unit = 1000, p++;
-        else
-            return bad_retention(err, errlen, text, "unknown unit (h, m, s, ms)");
-        if (n > max_ms / unit || total + n * unit > max_ms)
-            return bad_retention(err, errlen, text, "more than ten years");
-        total += n * unit;
-    }
+    /* A Go duration: the same grammar as every duration flag (parse_duration). */
+    uint64_t total;
+    if (parse_duration(p, &total) != 0)
+        return bad_retention(err, errlen, text,
+                             "want a duration such as 1h, 30m, 90s, 1h30m or 500ms, or a whole "
+                             "number of hours (each number takes one of the units h, m, s, ms; "
+                             "an unknown unit or a missing number is refused)");
+    if (total > max_ms)
+        return bad_retention(err, errlen, text, "more than ten years");
     *out = total;
     return 0;
 }
