@@ -38,20 +38,3 @@ int kv_hist_decode(const void *key, size_t klen, const void *val, size_t vlen,
                               rlen ? p + KV_HIST_HEAD + n : NULL, rlen};
     return 0;
 }
-
-void kv_keyrev_encode(uint8_t out[KV_KEYREV_LEN], int64_t rev, uint64_t sub, int type)
-{
-    kv_hist_key(out, rev, sub);
-    out[16] = (uint8_t)type;
-}
-
-int kv_keyrev_decode(const void *d, size_t n, int64_t *rev, uint64_t *sub, int *type)
-{
-    const uint8_t *p = d;
-    if (n != KV_KEYREV_LEN || p[16] > KV_HIST_DELETE || (int64_t)kv_be64_get(p) < 1)
-        return -1;
-    *rev = (int64_t)kv_be64_get(p);
-    *sub = kv_be64_get(p + 8);
-    *type = p[16];
-    return 0;
-}

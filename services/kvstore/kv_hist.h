@@ -7,7 +7,6 @@
  *   "hist" value  u32 key length (LE, 1..511) | u8 type (0 put, 1 delete) | 3 zero bytes | key
  *                 | a put's record: create, mod, version, lease (i64 LE each) and the value;
  *                 a delete has nothing after the key
- *   "keyrev" dup  revision | sub (as the "hist" key) | u8 type                      17 bytes
  *
  * What the decoders accept, and nothing else: those lengths, revision >= 1, a known type, zero
  * padding, a put's record at least 32 bytes, a delete's empty. What they accept re-encodes to
@@ -20,7 +19,6 @@
 
 #define KV_HIST_KEY 16
 #define KV_HIST_HEAD 8
-#define KV_KEYREV_LEN 17
 #define KV_HIST_REC_MIN 32 /* create, mod, version, lease */
 #define KV_HIST_MAX_KEY 511
 #define KV_HIST_PUT 0
@@ -57,9 +55,5 @@ void kv_hist_head(uint8_t out[KV_HIST_HEAD], size_t klen, int type);
 /* 0 with *h filled, or -1 when the bytes are not a history entry. */
 int kv_hist_decode(const void *key, size_t klen, const void *val, size_t vlen,
                    struct kv_hist_ent *h);
-
-void kv_keyrev_encode(uint8_t out[KV_KEYREV_LEN], int64_t rev, uint64_t sub, int type);
-/* 0 or -1, as kv_hist_decode. */
-int kv_keyrev_decode(const void *d, size_t n, int64_t *rev, uint64_t *sub, int *type);
 
 #endif

@@ -4,9 +4,11 @@
  * (create_revision, mod_revision, version, lease) followed by the value bytes: the latest
  * state, what most reads want. "hist" keeps every write not yet compacted, keyed by
  * (revision, sub) big-endian so that LMDB's order is the order of the writes (Watch reads it
- * in order, and apply appends at its end); "keyrev" (DUPSORT, DUPFIXED) maps each key to the
- * (revision, sub, type) of its writes in "hist", so a read at an old revision finds each key's
- * version at that revision with one seek. "meta" holds "format" (KV_FORMAT), "state" (applied
+ * in order, and apply appends at its end). Which writes each key had is an in-memory index
+ * (kv_index.h, etcd's treeIndex in effect), built from "hist" at open and kept by the applier
+ * and the compactor: a read at an old revision finds each key's version there with one binary
+ * search and one "hist" lookup, and a put costs no third tree (an LMDB "keyrev" tree did, until
+ * format craft-kv-3: a page copy per put). "meta" holds "format" (KV_FORMAT), "state" (applied
  * index, revision, compacted revision, term of the entry at the applied index: little-endian
  * 64-bit words; stores from before the term have only the first three), written in the same
  * transaction as the data, and "phys" (how far the removal of compacted history got). */
@@ -27,21 +29,26 @@
 
 #include "services/kvstore/kv_cmd.h"
 #include "services/kvstore/kv_hist.h"
+#include "services/kvstore/kv_index.h"
 #include "services/kvstore/kv_internal.h"
 #include "services/kvstore/kv_snap.h"
 
 _Static_assert(KV_SNAP_MAX_KEY == KV_MAX_KEY, "snapshots hold every key the store holds");
 
-#define KV_FORMAT "craft-kv-2"
+#define KV_FORMAT "craft-kv-3"
+#define KV_FORMAT_V2 "craft-kv-2" /* with the "keyrev" tree: dropped at open */
 #define KV_FORMAT_V1 "craft-kv-1" /* before history: upgraded at open */
 #define REC_HDR 32
 /* History records: kv_hist.h. */
+_Static_assert(KV_INDEX_PUT == KV_HIST_PUT && KV_INDEX_DELETE == KV_HIST_DELETE,
+               "the index carries the history's types");
 _Static_assert(KV_EVENT_PUT == KV_HIST_PUT && KV_EVENT_DELETE == KV_HIST_DELETE,
                "events carry the history's types");
 _Static_assert(KV_HIST_REC_MIN == REC_HDR, "a history put holds a kv record");
 /* Entries the background removal of compacted history examines per write transaction: the
  * applier waits for at most one such transaction. */
 #define COMPACT_BATCH 1000
+#define COMPACT_PAUSE_MS 10 /* between two such transactions (etcd: the same) */
 #define STATE_LEN 32
 #define STATE_LEN_V1 24 /* before the term was recorded */
 
@@ -53,7 +60,7 @@ struct kv_store {
     pthread_rwlock_t env_lock;
     bool env_lock_init;
     MDB_env *env;
-    MDB_dbi kv, meta, hist, keyrev;
+    MDB_dbi kv, meta, hist;
     unsigned env_flags;
     uint64_t map_size;
     unsigned max_readers;
@@ -107,6 +114,30 @@ struct kv_store {
                                        restore throughout (no removal in a store being
                                        replaced, or in one marked clean for it) */
     int64_t compact_told;       /* applier: the compacted revision last told to compact_wanted */
+
+    /* The index of the history (kv_index.h). Built by env_load (under env_lock held
+     * exclusively, so nobody else uses it then); otherwise idx_lock guards it: the applier
+     * adds each write as it makes it (taken out again if its transaction aborts; readers never
+     * look above the revision of their own read transaction, so uncommitted writes are never
+     * seen), the compactor removes what it removes from "hist" after raising idx_floor, and
+     * readers hold it shared while they use it. Writers are preferred, so a stream of readers
+     * cannot hold the applier back. */
+    struct kv_index *idx;
+    pthread_rwlock_t idx_lock;
+    bool idx_lock_init;
+    int64_t idx_floor; /* idx_lock: writes below it may be gone from idx: reads there are
+                          answered "compacted" (the compaction was applied; their read
+                          transaction is older) */
+    struct idx_undo *undo; /* applier: writes added to idx since the last commit */
+    size_t n_undo, cap_undo;
+};
+
+/* One write the applier added to the index before its transaction committed. */
+struct idx_undo {
+    int64_t rev;
+    uint64_t sub;
+    size_t klen;
+    uint8_t key[KV_MAX_KEY];
 };
 
 /* ---- little-endian records (kv_le_put64/kv_le_get64: kv_snap.h) ---- */
@@ -164,28 +195,102 @@ static int hist_decode(const MDB_val *k, const MDB_val *v, struct hist_ent *h)
     return 0;
 }
 
-/* Appends a write to the history: "hist" at (rev, sub) and its "keyrev" entry. For a put,
- * *d receives where the record (REC_HDR + vlen bytes) goes, to be filled by the caller before
- * the next LMDB call. Both go at the ends of their orders (revisions only grow), hence
- * MDB_APPEND / MDB_APPENDDUP: no search, pages filled to the brim. 0 or an LMDB code. */
-static int hist_append(MDB_txn *txn, MDB_dbi hist, MDB_dbi keyrev, int64_t rev, uint64_t sub,
-                       int type, const void *key, size_t klen, size_t rlen, uint8_t **d,
-                       unsigned flags)
+/* Appends a write to "hist" at (rev, sub). For a put, *d receives where the record
+ * (REC_HDR + vlen bytes) goes, to be filled by the caller before the next LMDB call. It goes at
+ * the end (revisions only grow), hence MDB_APPEND: no search, pages filled to the brim. 0 or an
+ * LMDB code. */
+static int hist_append(MDB_txn *txn, MDB_dbi hist, int64_t rev, uint64_t sub, int type,
+                       const void *key, size_t klen, size_t rlen, uint8_t **d, unsigned flags)
 {
-    uint8_t hk[KV_KEYREV_LEN];
-    kv_keyrev_encode(hk, rev, sub, type); /* its first 16 bytes are the "hist" key */
-    MDB_val k = {klen, (void *)key}, kr = {KV_KEYREV_LEN, hk};
-    int rc = mdb_put(txn, keyrev, &k, &kr, flags ? MDB_APPENDDUP : 0);
-    if (rc)
-        return rc;
+    uint8_t hk[KV_HIST_KEY];
+    kv_hist_key(hk, rev, sub);
     MDB_val hkey = {KV_HIST_KEY, hk}, v = {KV_HIST_HEAD + klen + rlen, NULL};
-    if ((rc = mdb_put(txn, hist, &hkey, &v, MDB_RESERVE | flags)))
+    int rc = mdb_put(txn, hist, &hkey, &v, MDB_RESERVE | flags);
+    if (rc)
         return rc;
     uint8_t *p = v.mv_data;
     kv_hist_head(p, klen, type);
     memcpy(p + KV_HIST_HEAD, key, klen);
     if (d)
         *d = p + KV_HIST_HEAD + klen;
+    return 0;
+}
+
+/* ---- the history index (kv_index.h) ---- */
+
+/* Applier: a write just appended to "hist" goes into the index at once (a Txn's later read at
+ * an older revision, in the same batch, needs it), remembered until the commit. 0 or ENOMEM. */
+static int idx_record(struct kv_store *s, const void *key, size_t klen, int64_t rev,
+                      uint64_t sub, int type)
+{
+    if (s->n_undo == s->cap_undo) {
+        size_t cap = s->cap_undo ? s->cap_undo * 2 : 64;
+        struct idx_undo *u = realloc(s->undo, cap * sizeof *u);
+        if (!u)
+            return ENOMEM;
+        s->undo = u;
+        s->cap_undo = cap;
+    }
+    struct kv_index_ent e = {rev, sub, (uint8_t)type};
+    pthread_rwlock_wrlock(&s->idx_lock);
+    int rc = kv_index_add(s->idx, key, klen, &e);
+    pthread_rwlock_unlock(&s->idx_lock);
+    if (rc == -1)
+        return ENOMEM;
+    if (rc) /* a write not after the key's last one: the history is not what apply made */
+        return MDB_CORRUPTED;
+    struct idx_undo *u = &s->undo[s->n_undo++];
+    u->rev = rev;
+    u->sub = sub;
+    u->klen = klen;
+    memcpy(u->key, key, klen);
+    return 0;
+}
+
+/* Applier: takes the writes recorded since undo mark `to` out of the index again (their
+ * transaction aborted), newest first. */
+static void idx_undo_to(struct kv_store *s, size_t to)
+{
+    pthread_rwlock_wrlock(&s->idx_lock);
+    while (s->n_undo > to) {
+        const struct idx_undo *u = &s->undo[--s->n_undo];
+        kv_index_remove(s->idx, u->key, u->klen, u->rev, u->sub);
+    }
+    pthread_rwlock_unlock(&s->idx_lock);
+}
+
+/* The index of the history in txn's "hist": every write, by key. 0 with *out, or an LMDB code
+ * (MDB_CORRUPTED for an entry that does not decode or comes out of order; ENOMEM). */
+static int idx_build(MDB_txn *txn, MDB_dbi hist, struct kv_index **out)
+{
+    struct kv_index *x = kv_index_new();
+    MDB_cursor *cur;
+    int rc = x ? mdb_cursor_open(txn, hist, &cur) : ENOMEM;
+    if (rc) {
+        kv_index_free(x);
+        return rc;
+    }
+    MDB_val k, v;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        struct hist_ent h;
+        if (hist_decode(&k, &v, &h)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        struct kv_index_ent e = {h.rev, h.sub, (uint8_t)h.type};
+        int x2 = kv_index_add(x, h.key, h.klen, &e);
+        if (x2) {
+            rc = x2 == -1 ? ENOMEM : MDB_CORRUPTED;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND) {
+        kv_index_free(x);
+        return rc;
+    }
+    *out = x;
     return 0;
 }
 
@@ -332,102 +437,119 @@ static struct kv_span mkspan(ProtobufCBinaryData key, ProtobufCBinaryData end)
  * start key past it is sought by its prefix and the keys before it skipped. */
 typedef int (*span_cb)(void *arg, const MDB_val *k, const struct kv_rec *r);
 
-/* The version the key k had at revision at, from the history: *found with *r (pointing into
- * the transaction's pages) when a put of it is the key's last write at or before `at`; not
- * found when there is none or it was a delete (or was compacted away: callers check the
- * compacted revision first). lk is a cursor on "keyrev" the caller owns. 0 or an LMDB code. */
-static int version_at(struct kv_ctx *c, MDB_cursor *lk, const MDB_val *k, int64_t at,
+/* c->sys for a read at a revision the index no longer covers (idx_floor): the compaction
+ * that removed it was applied after the read's transaction began. Neither an LMDB code
+ * (negative, below -30000) nor an errno. */
+#define SYS_COMPACTED (-1)
+
+/* The version of the key whose writes node n indexes at revision at: *found with *r (pointing
+ * into the transaction's pages) when its last write at or before `at` is a put; not found when
+ * there is none or it was a delete. The caller holds idx_lock shared. 0 or an LMDB code. */
+static int version_at(struct kv_ctx *c, const struct kv_index_node *n, int64_t at,
                       struct kv_rec *r, bool *found)
 {
-    MDB_val key = *k, d;
     *found = false;
-    int rc = mdb_cursor_get(lk, &key, &d, MDB_SET);
-    if (rc == 0)
-        rc = mdb_cursor_get(lk, &key, &d, MDB_LAST_DUP);
-    if (rc)
-        return rc == MDB_NOTFOUND ? 0 : rc;
-    if (d.mv_size != KV_KEYREV_LEN)
-        return MDB_CORRUPTED;
-    if ((int64_t)kv_be64_get(d.mv_data) > at) {
-        /* the first write after `at`, then the one before it */
-        uint8_t want[KV_KEYREV_LEN] = {0};
-        kv_be64_put(want, (uint64_t)at + 1);
-        d = (MDB_val){KV_KEYREV_LEN, want};
-        if ((rc = mdb_cursor_get(lk, &key, &d, MDB_GET_BOTH_RANGE)))
-            return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
-        rc = mdb_cursor_get(lk, &key, &d, MDB_PREV_DUP);
-        if (rc)
-            return rc == MDB_NOTFOUND ? 0 : rc;
-        if (d.mv_size != KV_KEYREV_LEN)
-            return MDB_CORRUPTED;
-    }
-    const uint8_t *kr = d.mv_data;
-    if (kr[16] != KV_EVENT_PUT)
+    const struct kv_index_ent *e = n ? kv_index_at(n, at) : NULL;
+    if (!e || e->type != KV_EVENT_PUT)
         return 0;
-    MDB_val hk = {KV_HIST_KEY, (void *)kr}, hv;
+    uint8_t hk[KV_HIST_KEY];
+    kv_hist_key(hk, e->rev, e->sub);
+    MDB_val k = {KV_HIST_KEY, hk}, v;
     struct hist_ent h;
-    if ((rc = mdb_get(c->txn, c->s->hist, &hk, &hv)))
+    int rc = mdb_get(c->txn, c->s->hist, &k, &v);
+    if (rc)
         return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
-    if (hist_decode(&hk, &hv, &h) || h.type != KV_EVENT_PUT || rec_decode(&h.rec, r))
+    if (hist_decode(&k, &v, &h) || h.type != KV_EVENT_PUT || rec_decode(&h.rec, r))
         return MDB_CORRUPTED;
     *found = true;
     return 0;
 }
 
-/* span_walk at an old revision: every key the history names in the span, each with its
- * version at c->at. */
+/* span_walk at an old revision: every key of the span with its version at c->at. The keys are
+ * those of "kv" (the keys that exist now) merged with the index's ordered list (the keys with a
+ * delete among their writes): a key that existed at c->at and does not now was deleted after it,
+ * and that delete is in the index unless compacted, which idx_floor rules out. */
 static int hist_span_walk(struct kv_ctx *c, const struct kv_span *sp, span_cb cb, void *arg)
 {
-    MDB_cursor *keys = NULL, *lk = NULL;
-    MDB_val k, d;
     struct kv_rec r;
     bool found;
-    int rc, out = 0;
+    int out = 0;
     if (sp->kind == SPAN_POINT && (sp->kn == 0 || sp->kn > c->s->maxkey))
         return 0;
     if (sp->kind == SPAN_RANGE && kv_bytes_cmp(sp->k, sp->kn, sp->e, sp->en) >= 0)
         return 0; /* empty range */
-    if ((rc = mdb_cursor_open(c->txn, c->s->keyrev, &lk)))
-        return sys_fail(c, rc);
+    struct kv_store *s = c->s;
+    pthread_rwlock_rdlock(&s->idx_lock);
+    if (c->at < s->idx_floor) {
+        pthread_rwlock_unlock(&s->idx_lock);
+        return sys_fail(c, SYS_COMPACTED);
+    }
     if (sp->kind == SPAN_POINT) {
-        k = (MDB_val){sp->kn, (void *)sp->k};
-        if ((rc = version_at(c, lk, &k, c->at, &r, &found)))
-            out = sys_fail(c, rc);
+        MDB_val k = {sp->kn, (void *)sp->k};
+        int x = version_at(c, kv_index_find(s->idx, sp->k, sp->kn), c->at, &r, &found);
+        if (x)
+            out = sys_fail(c, x);
         else if (found && cb(arg, &k, &r) < 0)
             out = EXEC_SYS;
-        mdb_cursor_close(lk);
+        pthread_rwlock_unlock(&s->idx_lock);
         return out;
     }
-    if ((rc = mdb_cursor_open(c->txn, c->s->keyrev, &keys))) {
-        mdb_cursor_close(lk);
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(c->txn, s->kv, &cur);
+    if (rc) {
+        pthread_rwlock_unlock(&s->idx_lock);
         return sys_fail(c, rc);
     }
+    MDB_val k, v;
     k.mv_data = (void *)sp->k;
-    k.mv_size = sp->kn < c->s->maxkey ? sp->kn : c->s->maxkey;
-    for (rc = mdb_cursor_get(keys, &k, &d, MDB_SET_RANGE); rc == 0;
-         rc = mdb_cursor_get(keys, &k, &d, MDB_NEXT_NODUP)) {
-        if (kv_bytes_cmp(k.mv_data, k.mv_size, sp->k, sp->kn) < 0)
-            continue;
-        if (sp->kind == SPAN_RANGE && kv_bytes_cmp(k.mv_data, k.mv_size, sp->e, sp->en) >= 0)
+    k.mv_size = sp->kn < s->maxkey ? sp->kn : s->maxkey;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    const struct kv_index_node *d = kv_index_seek(s->idx, sp->k, sp->kn);
+    for (;;) {
+        while (rc == 0 && kv_bytes_cmp(k.mv_data, k.mv_size, sp->k, sp->kn) < 0)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            out = sys_fail(c, rc);
             break;
-        int x = version_at(c, lk, &k, c->at, &r, &found);
+        }
+        bool live = rc == 0 && !(sp->kind == SPAN_RANGE &&
+                                 kv_bytes_cmp(k.mv_data, k.mv_size, sp->e, sp->en) >= 0);
+        MDB_val dk = {0, NULL};
+        if (d)
+            dk.mv_data = (void *)kv_index_key(d, &dk.mv_size);
+        bool gone = d && !(sp->kind == SPAN_RANGE &&
+                           kv_bytes_cmp(dk.mv_data, dk.mv_size, sp->e, sp->en) >= 0);
+        if (!live && !gone)
+            break;
+        int cmp = !live ? 1 : !gone ? -1 : kv_bytes_cmp(k.mv_data, k.mv_size, dk.mv_data,
+                                                         dk.mv_size);
+        MDB_val key = cmp <= 0 ? k : dk;
+        int x = 0;
+        if (cmp <= 0 && rec_decode(&v, &r)) {
+            x = MDB_CORRUPTED;
+        } else if (cmp <= 0 && r.mod <= c->at) {
+            found = true; /* not written since: the latest record is the version then */
+        } else {
+            const struct kv_index_node *n =
+                cmp >= 0 ? d : kv_index_find(s->idx, key.mv_data, key.mv_size);
+            x = version_at(c, n, c->at, &r, &found);
+        }
         if (x) {
             out = sys_fail(c, x);
             break;
         }
-        if (!found)
-            continue;
-        if ((x = cb(arg, &k, &r)) < 0) {
-            out = EXEC_SYS;
+        if (found && (x = cb(arg, &key, &r)) != 0) {
+            if (x < 0)
+                out = EXEC_SYS;
             break;
         }
-        if (x > 0)
-            break;
+        if (cmp <= 0)
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        if (cmp >= 0)
+            d = kv_index_next(d);
     }
-    if (out == 0 && rc != 0 && rc != MDB_NOTFOUND)
-        out = sys_fail(c, rc);
-    mdb_cursor_close(keys);
-    mdb_cursor_close(lk);
+    mdb_cursor_close(cur);
+    pthread_rwlock_unlock(&s->idx_lock);
     return out;
 }
 
@@ -686,20 +808,23 @@ static int put_exec(struct kv_ctx *c, const Etcdserverpb__PutRequest *p,
      * the copy above) right after its reservation, before LMDB can move the page. */
     MDB_val k = {p->key.len, p->key.data}, v = {REC_HDR + vlen, NULL};
     uint8_t *d;
-    int rc = hist_append(c->txn, c->s->hist, c->s->keyrev, rev, c->sub, KV_EVENT_PUT, k.mv_data,
-                         k.mv_size, REC_HDR + vlen, &d, MDB_APPEND);
+    int rc = hist_append(c->txn, c->s->hist, rev, c->sub, KV_EVENT_PUT, k.mv_data, k.mv_size,
+                         REC_HDR + vlen, &d, MDB_APPEND);
     if (rc == 0) {
         c->sub++;
         /* leases are not supported: never attached */
         rec_fill(d, create, rev, version, 0, val, vlen);
         rc = mdb_put(c->txn, c->s->kv, &k, &v, MDB_RESERVE);
     }
+    if (rc == 0) {
+        rec_fill(v.mv_data, create, rev, version, 0, val, vlen);
+        rc = idx_record(c->s, k.mv_data, k.mv_size, rev, c->sub - 1, KV_EVENT_PUT);
+    }
     if (rc) {
         free(oldval);
         msg_free(resp);
         return sys_fail(c, rc);
     }
-    rec_fill(v.mv_data, create, rev, version, 0, val, vlen);
     free(oldval);
     c->changed = true;
     *out = resp;
@@ -735,9 +860,10 @@ static int delete_exec(struct kv_ctx *c, const Etcdserverpb__DeleteRangeRequest 
     for (size_t i = 0; i < w.kvs.n; i++) {
         MDB_val k = {w.kvs.v[i]->key.len, w.kvs.v[i]->key.data};
         int rc = mdb_del(c->txn, c->s->kv, &k, NULL);
-        if (rc == 0 && (rc = hist_append(c->txn, c->s->hist, c->s->keyrev, c->rev + 1, c->sub,
-                                         KV_EVENT_DELETE, k.mv_data, k.mv_size, 0, NULL,
-                                         MDB_APPEND)) == 0)
+        if (rc == 0 && (rc = hist_append(c->txn, c->s->hist, c->rev + 1, c->sub, KV_EVENT_DELETE,
+                                         k.mv_data, k.mv_size, 0, NULL, MDB_APPEND)) == 0 &&
+            (rc = idx_record(c->s, k.mv_data, k.mv_size, c->rev + 1, c->sub,
+                             KV_EVENT_DELETE)) == 0)
             c->sub++;
         if (rc) {
             list_free(&w.kvs);
@@ -1088,19 +1214,15 @@ static int compact_exec(struct kv_ctx *c, const Etcdserverpb__CompactionRequest 
 /* ---- bytes in use ---- */
 
 /* Bytes in use in txn's snapshot. Every page below the end of the file is one of the two meta
- * pages, a page of a B-tree (LMDB's free-page list's own, its main database's, "kv", "meta") or
+ * pages, a page of a B-tree (LMDB's free-page list's own, its main database's, "kv", "meta", "hist") or
  * a free page; LMDB's own audit (mdb_audit) checks that sum. So the pages in use are the trees'
  * page counts, which each database record keeps (O(1)), plus the metas: the file's pages minus
  * the free ones without walking the free list, whose length grows with the store. A new named
- * database must join dbis. "keyrev" is DUPSORT: a key's duplicates move from its leaf into a
- * sub-database of their own once they outgrow it, and those pages are not in the database
- * record, so they are estimated from the number of duplicates (KV_KEYREV_LEN bytes each, counted
- * even for those still inline: a slight over-count, which only makes the quota check earlier)
- * and the sum is capped at the file's size. -1 only for a txn LMDB refuses. */
+ * database must join dbis (none is DUPSORT, whose sub-databases the records would not count).
+ * The sum is capped at the file's size. -1 only for a txn LMDB refuses. */
 static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
 {
-    const MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->kv, s->meta, s->hist,
-                            s->keyrev};
+    const MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->kv, s->meta, s->hist};
     int64_t pages = 2; /* NUM_METAS */
     MDB_stat st = {0};
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
@@ -1108,8 +1230,6 @@ static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
             return -1;
         pages += (int64_t)(st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages);
     }
-    /* st is keyrev's now */
-    pages += (int64_t)((st.ms_entries * KV_KEYREV_LEN + st.ms_psize - 1) / st.ms_psize);
     MDB_envinfo info;
     if (mdb_env_info(mdb_txn_env(txn), &info) == 0 && pages > (int64_t)info.me_last_pgno + 1)
         pages = (int64_t)info.me_last_pgno + 1;
@@ -1251,6 +1371,7 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
              * a whole, so its earlier writes run in a child transaction that can be undone;
              * only such txns pay for one. */
             MDB_txn *child = NULL;
+            size_t undo_mark = s->n_undo;
             if (has_ignore_put(cmd->txn)) {
                 int x = mdb_txn_begin(s->env, txn, 0, &child);
                 if (x) {
@@ -1266,6 +1387,7 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
                 rc = EXEC_SYS;
             } else if (child && rc != EXEC_OK) {
                 mdb_txn_abort(child);
+                idx_undo_to(s, undo_mark); /* its writes are gone: so are they from the index */
             }
         }
         r.resp_case = CRAFT__KV__RESULT__RESP_TXN;
@@ -1363,6 +1485,9 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
             rc = mdb_txn_commit(txn);
         else
             mdb_txn_abort(txn);
+        if (rc)
+            idx_undo_to(s, 0);
+        s->n_undo = 0;
         if (rc == MDB_MAP_FULL) {
             s->rev = rev0;
             s->compact = compact0;
@@ -1428,6 +1553,9 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
         rc = mdb_txn_commit(txn); /* a failed commit frees txn too */
     else
         mdb_txn_abort(txn);
+    if (rc)
+        idx_undo_to(s, 0); /* the batch's writes are not in the store: nor in the index */
+    s->n_undo = 0;
     if (rc == 0) {
         atomic_store(&s->applied, last_index);
         after_commit(s);
@@ -1502,6 +1630,8 @@ static int read_fail(struct kv_ctx *c, struct kv_err *err)
     char m[128];
     if (c->sys == ENOMEM)
         return kv_fail(err, KV_CODE_RESOURCE_EXHAUSTED, "craft: out of memory");
+    if (c->sys == SYS_COMPACTED)
+        return kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
     snprintf(m, sizeof m, "craft: kv store read: %s", mdb_strerror(c->sys));
     return kv_fail(err, c->sys == MDB_CORRUPTED ? KV_CODE_DATA_LOSS : KV_CODE_INTERNAL, m);
 }
@@ -1600,26 +1730,22 @@ static int event_kv(const struct hist_ent *h, struct kv_event_kv *kv)
 
 /* The write of h's key just before h (the key's previous version), if it was a put still in
  * the history: *found with *prev. 0 or an LMDB code. */
-static int event_prev(struct kv_ctx *c, MDB_cursor *lk, const MDB_val *hk,
-                      const struct hist_ent *h, struct kv_event_kv *prev, bool *found)
+static int event_prev(struct kv_ctx *c, const struct hist_ent *h, struct kv_event_kv *prev,
+                      bool *found)
 {
-    uint8_t want[KV_KEYREV_LEN];
-    memcpy(want, hk->mv_data, KV_HIST_KEY);
-    want[16] = (uint8_t)h->type;
-    MDB_val k = {h->klen, (void *)h->key}, d = {KV_KEYREV_LEN, want};
     *found = false;
-    int rc = mdb_cursor_get(lk, &k, &d, MDB_GET_BOTH);
-    if (rc)
-        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
-    if ((rc = mdb_cursor_get(lk, &k, &d, MDB_PREV_DUP)))
-        return rc == MDB_NOTFOUND ? 0 : rc;
-    if (d.mv_size != KV_KEYREV_LEN)
-        return MDB_CORRUPTED;
-    if (((const uint8_t *)d.mv_data)[16] != KV_EVENT_PUT)
+    const struct kv_index_node *n = kv_index_find(c->s->idx, h->key, h->klen);
+    if (!n)
+        return MDB_CORRUPTED; /* the write itself is indexed */
+    const struct kv_index_ent *e = kv_index_before(n, h->rev, h->sub);
+    if (!e || e->type != KV_EVENT_PUT)
         return 0;
-    MDB_val pk = {KV_HIST_KEY, d.mv_data}, pv;
+    uint8_t hk[KV_HIST_KEY];
+    kv_hist_key(hk, e->rev, e->sub);
+    MDB_val pk = {KV_HIST_KEY, hk}, pv;
     struct hist_ent ph;
-    if ((rc = mdb_get(c->txn, c->s->hist, &pk, &pv)))
+    int rc = mdb_get(c->txn, c->s->hist, &pk, &pv);
+    if (rc)
         return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
     if (hist_decode(&pk, &pv, &ph) || ph.type != KV_EVENT_PUT || event_kv(&ph, prev))
         return MDB_CORRUPTED;
@@ -1646,10 +1772,18 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
     }
     if (from_rev <= 0 || from_rev > c.rev)
         goto out;
-    MDB_cursor *cur = NULL, *lk = NULL;
+    /* prev_kv reads the index, held shared throughout (no event below idx_floor: its previous
+     * write may be gone from the index while this older transaction still has it) */
+    if (with_prev) {
+        pthread_rwlock_rdlock(&s->idx_lock);
+        if (from_rev < s->idx_floor) {
+            pthread_rwlock_unlock(&s->idx_lock);
+            rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
+            goto out;
+        }
+    }
+    MDB_cursor *cur = NULL;
     int lrc = mdb_cursor_open(c.txn, s->hist, &cur);
-    if (lrc == 0 && with_prev)
-        lrc = mdb_cursor_open(c.txn, s->keyrev, &lk);
     uint8_t start[KV_HIST_KEY] = {0};
     kv_be64_put(start, (uint64_t)from_rev);
     MDB_val k = {KV_HIST_KEY, start}, v;
@@ -1675,7 +1809,7 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
         ev.type = h.type;
         ev.rev = h.rev;
         ev.sub = (int64_t)h.sub;
-        if (with_prev && (lrc = event_prev(&c, lk, &k, &h, &ev.prev, &ev.has_prev)))
+        if (with_prev && (lrc = event_prev(&c, &h, &ev.prev, &ev.has_prev)))
             break;
         int x = cb(arg, &ev);
         n++;
@@ -1686,8 +1820,8 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
         }
         stop = x > 0;
     }
-    if (lk)
-        mdb_cursor_close(lk);
+    if (with_prev)
+        pthread_rwlock_unlock(&s->idx_lock);
     if (cur)
         mdb_cursor_close(cur);
     if (rc == 0 && lrc != 0 && lrc != MDB_NOTFOUND) {
@@ -1738,37 +1872,26 @@ static int phys_write(MDB_txn *txn, MDB_dbi meta, const struct phys *p)
     return mdb_put(txn, meta, &k, &v, 0);
 }
 
-/* An entry to remove: its "hist" key and its "keyrev" pair. */
+/* An entry to remove: its "hist" key and its key. */
 struct doomed {
-    uint8_t kr[KV_KEYREV_LEN];
+    uint8_t hk[KV_HIST_KEY];
+    int64_t rev;
+    uint64_t sub;
     size_t klen;
     uint8_t key[KV_MAX_KEY];
 };
 
 /* Whether the history entry h (below the compacted revision c) goes: a delete always (nothing
  * at or after c reads it: the key is absent at c unless written again later), a put when the
- * key was written again at or before c (what c reads is that later write). */
-static int doomed_entry(MDB_cursor *lk, const MDB_val *hk, const struct hist_ent *h, int64_t c,
-                        bool *out)
+ * key was written again at or before c (what c reads is that later write). The caller holds
+ * idx_lock shared. */
+static bool doomed_entry(const struct kv_index *x, const struct hist_ent *h, int64_t c)
 {
-    *out = true;
     if (h->type == KV_EVENT_DELETE)
-        return 0;
-    uint8_t want[KV_KEYREV_LEN];
-    memcpy(want, hk->mv_data, KV_HIST_KEY);
-    want[16] = (uint8_t)h->type;
-    MDB_val k = {h->klen, (void *)h->key}, d = {KV_KEYREV_LEN, want};
-    int rc = mdb_cursor_get(lk, &k, &d, MDB_GET_BOTH);
-    if (rc == 0)
-        rc = mdb_cursor_get(lk, &k, &d, MDB_NEXT_DUP);
-    if (rc == MDB_NOTFOUND) {
-        *out = false;
-        return 0;
-    }
-    if (rc)
-        return rc;
-    *out = d.mv_size == KV_KEYREV_LEN && (int64_t)kv_be64_get(d.mv_data) <= c;
-    return 0;
+        return true;
+    const struct kv_index_node *n = kv_index_find(x, h->key, h->klen);
+    const struct kv_index_ent *e = n ? kv_index_at(n, c) : NULL;
+    return e && (e->rev != h->rev || e->sub != h->sub);
 }
 
 /* One write transaction of the removal: examines up to COMPACT_BATCH entries below the
@@ -1777,7 +1900,7 @@ static int doomed_entry(MDB_cursor *lk, const MDB_val *hk, const struct hist_ent
 static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
 {
     MDB_txn *txn;
-    MDB_cursor *cur = NULL, *lk = NULL;
+    MDB_cursor *cur = NULL;
     struct kv_snap_meta st;
     struct phys ph;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -1792,8 +1915,7 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
     }
     if (ph.target != st.compact) /* a new compaction: a new pass from the oldest entry */
         ph = (struct phys){ph.done, st.compact, 0, 0};
-    if ((rc = mdb_cursor_open(txn, s->hist, &cur)) ||
-        (rc = mdb_cursor_open(txn, s->keyrev, &lk)))
+    if ((rc = mdb_cursor_open(txn, s->hist, &cur)))
         goto fail;
     uint8_t pos[KV_HIST_KEY];
     kv_be64_put(pos, (uint64_t)ph.rev);
@@ -1801,10 +1923,10 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
     MDB_val k = {KV_HIST_KEY, pos}, v;
     size_t n = 0, seen = 0;
     bool finished = true;
+    pthread_rwlock_rdlock(&s->idx_lock);
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
         struct hist_ent h;
-        bool go;
         if (hist_decode(&k, &v, &h)) {
             rc = MDB_CORRUPTED;
             break;
@@ -1818,31 +1940,40 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
             break;
         }
         seen++;
-        if ((rc = doomed_entry(lk, &k, &h, ph.target, &go)))
-            break;
-        if (go) {
-            memcpy(dm[n].kr, k.mv_data, KV_HIST_KEY);
-            dm[n].kr[16] = (uint8_t)h.type;
+        if (doomed_entry(s->idx, &h, ph.target)) {
+            memcpy(dm[n].hk, k.mv_data, KV_HIST_KEY);
+            dm[n].rev = h.rev;
+            dm[n].sub = h.sub;
             dm[n].klen = h.klen;
             memcpy(dm[n].key, h.key, h.klen);
             n++;
         }
     }
+    pthread_rwlock_unlock(&s->idx_lock);
     mdb_cursor_close(cur);
-    mdb_cursor_close(lk);
-    cur = lk = NULL;
+    cur = NULL;
     if (rc != 0 && rc != MDB_NOTFOUND)
         goto fail;
     for (size_t i = 0; i < n; i++) {
-        MDB_val hk = {KV_HIST_KEY, dm[i].kr}, kk = {dm[i].klen, dm[i].key},
-                kd = {KV_KEYREV_LEN, dm[i].kr};
-        if ((rc = mdb_del(txn, s->hist, &hk, NULL)) || (rc = mdb_del(txn, s->keyrev, &kk, &kd)))
+        MDB_val hk = {KV_HIST_KEY, dm[i].hk};
+        if ((rc = mdb_del(txn, s->hist, &hk, NULL)))
             goto fail;
     }
     if (finished)
         ph = (struct phys){ph.target, ph.target, 0, 0};
+    /* Reads below the target are refused from here on (the compaction was applied: only reads
+     * in transactions older than it could still ask), so that the index may lose these
+     * entries before or after the commit without a reader noticing. */
+    pthread_rwlock_wrlock(&s->idx_lock);
+    if (s->idx_floor < ph.target)
+        s->idx_floor = ph.target;
+    pthread_rwlock_unlock(&s->idx_lock);
     if ((rc = phys_write(txn, s->meta, &ph)) || (rc = mdb_txn_commit(txn)))
         return rc;
+    pthread_rwlock_wrlock(&s->idx_lock);
+    for (size_t i = 0; i < n; i++)
+        kv_index_remove(s->idx, dm[i].key, dm[i].klen, dm[i].rev, dm[i].sub);
+    pthread_rwlock_unlock(&s->idx_lock);
     atomic_fetch_add(&s->commits, 1); /* for the syncer */
     /* The quota check reads the size in use: the pages freed here count at once, not only
      * after the next applied batch (a store refusing writes may get none). */
@@ -1858,8 +1989,6 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
 fail:
     if (cur)
         mdb_cursor_close(cur);
-    if (lk)
-        mdb_cursor_close(lk);
     mdb_txn_abort(txn);
     return rc;
 }
@@ -1877,6 +2006,24 @@ static void compact_nap(struct kv_store *s)
     pthread_cond_timedwait(&s->compact_cv, &s->compact_mu, &ts);
 }
 
+/* Between two batches of one removal: the applier gets the write lock for a while (etcd's
+ * compaction sleeps as long between its batches, compactionSleepInterval). A close cuts it
+ * short: true then (the removal resumes at the next open, from "phys"). */
+static bool compact_pause(struct kv_store *s)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += COMPACT_PAUSE_MS * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_mutex_lock(&s->compact_mu);
+    if (!s->compact_stop)
+        pthread_cond_timedwait(&s->compact_cv, &s->compact_mu, &ts);
+    bool stop = s->compact_stop;
+    pthread_mutex_unlock(&s->compact_mu);
+    return stop;
+}
+
 static void *compactor_main(void *arg)
 {
     struct kv_store *s = arg;
@@ -1891,19 +2038,25 @@ static void *compactor_main(void *arg)
         pthread_mutex_unlock(&s->compact_mu);
         int rc = 1;
         int64_t done = 0;
-        pthread_mutex_lock(&s->compact_run_mu);
-        pthread_rwlock_rdlock(&s->env_lock);
-        /* After a restore the store says "clean": marked dirty before our first commit. */
-        bool skip = !s->env || atomic_load(&s->sync_err) || mark_dirty(s) != 0;
-        while (!skip && rc == 1)
-            rc = compact_batch(s, dm, &done);
-        pthread_rwlock_unlock(&s->env_lock);
-        pthread_mutex_unlock(&s->compact_run_mu);
+        bool skip = false;
+        while (!skip && rc == 1) {
+            pthread_mutex_lock(&s->compact_run_mu);
+            pthread_rwlock_rdlock(&s->env_lock);
+            /* After a restore the store says "clean": marked dirty before our first commit. */
+            skip = !s->env || atomic_load(&s->sync_err) || mark_dirty(s) != 0;
+            if (!skip)
+                rc = compact_batch(s, dm, &done);
+            pthread_rwlock_unlock(&s->env_lock);
+            pthread_mutex_unlock(&s->compact_run_mu);
+            if (rc == 1 && compact_pause(s))
+                skip = true; /* closing */
+        }
         if (!skip && rc == 0)
             rc = sync_store(s); /* physical: the removal durable before it counts */
         pthread_mutex_lock(&s->compact_mu);
         if (skip) {
-            compact_nap(s);
+            if (!s->compact_stop)
+                compact_nap(s);
             continue;
         }
         if (rc != 0)
@@ -2004,6 +2157,8 @@ static void stop_syncer(struct kv_store *s)
  * env_lock held exclusively, or the store being freed). */
 static void env_close(struct kv_store *s)
 {
+    kv_index_free(s->idx);
+    s->idx = NULL;
     if (s->stat_txn)
         mdb_txn_abort(s->stat_txn); /* before the environment it belongs to */
     s->stat_txn = NULL;
@@ -2026,6 +2181,9 @@ static void store_free(struct kv_store *s)
         pthread_mutex_destroy(&s->sync_mu);
         pthread_cond_destroy(&s->sync_cv);
     }
+    if (s->idx_lock_init)
+        pthread_rwlock_destroy(&s->idx_lock);
+    free(s->undo);
     free(s);
 }
 
@@ -2174,20 +2332,30 @@ static int env_create(const struct kv_store *s, MDB_env **env)
 }
 
 /* The store's databases in txn (created if missing). 0 or an LMDB code. */
-static int dbis_open(MDB_txn *txn, MDB_dbi *meta, MDB_dbi *kv, MDB_dbi *hist, MDB_dbi *keyrev)
+static int dbis_open(MDB_txn *txn, MDB_dbi *meta, MDB_dbi *kv, MDB_dbi *hist)
 {
     int rc;
     if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, meta)) ||
-        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, kv)) ||
-        (rc = mdb_dbi_open(txn, "hist", MDB_CREATE, hist)))
+        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, kv)))
         return rc;
-    return mdb_dbi_open(txn, "keyrev", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, keyrev);
+    return mdb_dbi_open(txn, "hist", MDB_CREATE, hist);
+}
+
+/* A craft-kv-2 store's "keyrev" tree (each key's writes, now the in-memory index): emptied and
+ * deleted. 0 or an LMDB code. */
+static int keyrev_drop(MDB_txn *txn)
+{
+    MDB_dbi kr;
+    int rc = mdb_dbi_open(txn, "keyrev", MDB_DUPSORT | MDB_DUPFIXED, &kr);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    return rc ? rc : mdb_drop(txn, kr, 1);
 }
 
 /* The history of a store that has only its latest state (a store or a snapshot from before
  * history): each key's record becomes its one write, at its mod_revision. Writes of one
  * revision (a txn's) get subs in key order. 0 or an LMDB code. */
-static int hist_from_kv(MDB_txn *txn, MDB_dbi kv, MDB_dbi hist, MDB_dbi keyrev)
+static int hist_from_kv(MDB_txn *txn, MDB_dbi kv, MDB_dbi hist)
 {
     MDB_cursor *cur, *hc;
     MDB_val k, v;
@@ -2220,7 +2388,7 @@ static int hist_from_kv(MDB_txn *txn, MDB_dbi kv, MDB_dbi hist, MDB_dbi keyrev)
             break;
         }
         uint8_t *d;
-        if ((rc = hist_append(txn, hist, keyrev, r.mod, sub, KV_EVENT_PUT, k.mv_data, k.mv_size,
+        if ((rc = hist_append(txn, hist, r.mod, sub, KV_EVENT_PUT, k.mv_data, k.mv_size,
                               v.mv_size, &d, 0)))
             break;
         memcpy(d, v.mv_data, v.mv_size);
@@ -2251,7 +2419,7 @@ static const char *env_load(struct kv_store *s, const char **what)
         return mdb_strerror(rc);
     *what = "open databases";
     struct kv_snap_meta st = {0};
-    if ((rc = dbis_open(txn, &s->meta, &s->kv, &s->hist, &s->keyrev)) == 0) {
+    if ((rc = dbis_open(txn, &s->meta, &s->kv, &s->hist)) == 0) {
         MDB_val k = {6, "format"}, v;
         *what = "format";
         rc = mdb_get(txn, s->meta, &k, &v);
@@ -2263,7 +2431,15 @@ static const char *env_load(struct kv_store *s, const char **what)
                    memcmp(v.mv_data, KV_FORMAT_V1, v.mv_size) == 0) {
             /* A store from before history: each key's latest write becomes its history. */
             *what = "upgrade to history";
-            if ((rc = hist_from_kv(txn, s->kv, s->hist, s->keyrev)) == 0) {
+            if ((rc = hist_from_kv(txn, s->kv, s->hist)) == 0) {
+                v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
+                rc = mdb_put(txn, s->meta, &k, &v, 0);
+            }
+        } else if (rc == 0 && v.mv_size == strlen(KV_FORMAT_V2) &&
+                   memcmp(v.mv_data, KV_FORMAT_V2, v.mv_size) == 0) {
+            /* A store with "keyrev": the index replaces it. */
+            *what = "upgrade to the in-memory index";
+            if ((rc = keyrev_drop(txn)) == 0) {
                 v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
                 rc = mdb_put(txn, s->meta, &k, &v, 0);
             }
@@ -2275,6 +2451,15 @@ static const char *env_load(struct kv_store *s, const char **what)
         if (rc == 0) {
             *what = "state record";
             rc = state_read(txn, s->meta, &st);
+        }
+        if (rc == 0) {
+            *what = "index the history";
+            struct kv_index *x;
+            if ((rc = idx_build(txn, s->hist, &x)) == 0) {
+                kv_index_free(s->idx);
+                s->idx = x;
+                s->idx_floor = 0;
+            }
         }
     }
     if (rc == 0)
@@ -2340,9 +2525,10 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
     pthread_rwlockattr_init(&ra);
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&s->env_lock, &ra);
+    pthread_rwlock_init(&s->idx_lock, &ra);
     pthread_mutex_init(&s->mark_mu, NULL);
     pthread_rwlockattr_destroy(&ra);
-    s->env_lock_init = true;
+    s->env_lock_init = s->idx_lock_init = true;
     if (!dir || !*dir)
         return open_fail(s, err, errlen, "", "open", "no directory given");
     s->map_size = o.map_size ? o.map_size : KV_DEFAULT_MAP_SIZE;
@@ -2508,65 +2694,58 @@ static int restore_commit(struct kv_store *s, MDB_env *env, MDB_txn **txn, uint6
     return rc ? rc : mdb_txn_begin(env, NULL, 0, txn);
 }
 
-/* The latest state of a restored history: for each key in order, its last write if a put goes
- * at the end of "kv". Commits every restore_txn_bytes, finding its place again by key. 0 or an
- * LMDB code (restore_commit's). */
-static int kv_from_hist(struct kv_store *s, MDB_env *env, MDB_txn **txn, MDB_dbi kv, MDB_dbi hist,
-                        MDB_dbi keyrev, uint64_t *n, bool *hooked)
+static int node_key_cmp(const void *a, const void *b)
 {
-    uint8_t last[KV_MAX_KEY];
-    size_t last_len = 0, pending = 0;
-    bool more = true;
-    int rc = 0;
-    while (more && rc == 0) {
-        MDB_cursor *cur;
-        MDB_val k, d;
-        if ((rc = mdb_cursor_open(*txn, keyrev, &cur)))
-            return rc;
-        if (last_len) { /* after a commit: the key after the last one done */
-            k = (MDB_val){last_len, last};
-            rc = mdb_cursor_get(cur, &k, &d, MDB_SET);
-            if (rc == 0)
-                rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP);
-        } else {
-            rc = mdb_cursor_get(cur, &k, &d, MDB_FIRST);
+    size_t al, bl;
+    const uint8_t *ak = kv_index_key(*(const struct kv_index_node *const *)a, &al);
+    const uint8_t *bk = kv_index_key(*(const struct kv_index_node *const *)b, &bl);
+    return kv_bytes_cmp(ak, al, bk, bl);
+}
+
+/* The latest state of a restored history: for each key in order (an index of the history,
+ * sorted once), its last write if a put goes at the end of "kv". Commits every
+ * restore_txn_bytes. 0 or an LMDB code (restore_commit's). */
+static int kv_from_hist(struct kv_store *s, MDB_env *env, MDB_txn **txn, MDB_dbi kv, MDB_dbi hist,
+                        uint64_t *n, bool *hooked)
+{
+    struct kv_index *x;
+    int rc = idx_build(*txn, hist, &x);
+    if (rc)
+        return rc;
+    size_t cnt = kv_index_keys(x), pending = 0;
+    const struct kv_index_node **nodes = malloc((cnt ? cnt : 1) * sizeof *nodes);
+    if (!nodes) {
+        kv_index_free(x);
+        return ENOMEM;
+    }
+    kv_index_nodes(x, nodes);
+    qsort(nodes, cnt, sizeof *nodes, node_key_cmp);
+    for (size_t i = 0; i < cnt && rc == 0; i++) {
+        const struct kv_index_ent *e = kv_index_at(nodes[i], INT64_MAX);
+        if (e->type != KV_EVENT_PUT)
+            continue;
+        MDB_val k, hv;
+        k.mv_data = (void *)kv_index_key(nodes[i], &k.mv_size);
+        uint8_t hk[KV_HIST_KEY];
+        kv_hist_key(hk, e->rev, e->sub);
+        MDB_val hkv = {KV_HIST_KEY, hk};
+        struct hist_ent h;
+        if ((rc = mdb_get(*txn, hist, &hkv, &hv)))
+            break;
+        if (hist_decode(&hkv, &hv, &h) || h.type != KV_EVENT_PUT) {
+            rc = MDB_CORRUPTED;
+            break;
         }
-        more = false;
-        for (; rc == 0; rc = mdb_cursor_get(cur, &k, &d, MDB_NEXT_NODUP)) {
-            if ((rc = mdb_cursor_get(cur, &k, &d, MDB_LAST_DUP)))
-                break;
-            if (d.mv_size != KV_KEYREV_LEN || k.mv_size > KV_MAX_KEY) {
-                rc = MDB_CORRUPTED;
-                break;
-            }
-            if (((const uint8_t *)d.mv_data)[16] == KV_EVENT_PUT) {
-                MDB_val hk = {KV_HIST_KEY, d.mv_data}, hv;
-                struct hist_ent h;
-                if ((rc = mdb_get(*txn, hist, &hk, &hv)))
-                    break;
-                if (hist_decode(&hk, &hv, &h) || h.type != KV_EVENT_PUT) {
-                    rc = MDB_CORRUPTED;
-                    break;
-                }
-                if ((rc = mdb_put(*txn, kv, &k, &h.rec, MDB_APPEND)))
-                    break;
-                pending += k.mv_size + h.rec.mv_size;
-            }
-            if (pending >= s->restore_txn_bytes) {
-                memcpy(last, k.mv_data, k.mv_size);
-                last_len = k.mv_size;
-                more = true;
-                break;
-            }
-        }
-        mdb_cursor_close(cur);
-        if (rc == MDB_NOTFOUND)
-            rc = 0;
-        if (rc == 0 && more) {
+        if ((rc = mdb_put(*txn, kv, &k, &h.rec, MDB_APPEND)))
+            break;
+        pending += k.mv_size + h.rec.mv_size;
+        if (pending >= s->restore_txn_bytes) {
             rc = restore_commit(s, env, txn, n, hooked);
             pending = 0;
         }
     }
+    free(nodes);
+    kv_index_free(x);
     return rc;
 }
 
@@ -2588,7 +2767,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     struct kv_snap_dec *d = kv_snap_dec_new(r->read, r->arg);
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
-    MDB_dbi kv, meta, hist, keyrev;
+    MDB_dbi kv, meta, hist;
     struct kv_snap_meta m;
     int rc, lrc;
     if (!d) {
@@ -2610,7 +2789,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     if ((lrc = env_create(s, &env)) ||
         (lrc = mdb_env_open(env, tmp, MDB_NOTLS | MDB_NOSYNC, 0600)) ||
         (lrc = mdb_txn_begin(env, NULL, 0, &txn)) ||
-        (lrc = dbis_open(txn, &meta, &kv, &hist, &keyrev)) ||
+        (lrc = dbis_open(txn, &meta, &kv, &hist)) ||
         (lrc = mdb_put(txn, meta, &fk, &fv, 0)))
         goto lmdb;
     size_t pending = 0;
@@ -2633,9 +2812,8 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
             sub = mod == last_mod ? sub + 1 : 0;
             last_mod = mod;
             uint8_t *dst;
-            if ((lrc = hist_append(txn, hist, keyrev, mod, sub,
-                                   tomb ? KV_EVENT_DELETE : KV_EVENT_PUT, rec.key, rec.klen,
-                                   tomb ? 0 : rec.rlen, &dst, MDB_APPEND)))
+            if ((lrc = hist_append(txn, hist, mod, sub, tomb ? KV_EVENT_DELETE : KV_EVENT_PUT,
+                                   rec.key, rec.klen, tomb ? 0 : rec.rlen, &dst, MDB_APPEND)))
                 goto lmdb;
             if (!tomb)
                 memcpy(dst, rec.rec, rec.rlen);
@@ -2649,8 +2827,8 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     }
     if (rc < 0)
         goto out; /* the decoder's reason is in err */
-    lrc = m.version == 1 ? hist_from_kv(txn, kv, hist, keyrev)
-                         : kv_from_hist(s, env, &txn, kv, hist, keyrev, n, &hooked);
+    lrc = m.version == 1 ? hist_from_kv(txn, kv, hist)
+                         : kv_from_hist(s, env, &txn, kv, hist, n, &hooked);
     if (lrc || (lrc = state_write(txn, meta, index, term, m.rev, m.compact)))
         goto lmdb;
     lrc = mdb_txn_commit(txn);

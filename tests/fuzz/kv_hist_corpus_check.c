@@ -49,18 +49,8 @@ Test(kv_hist_corpus, broken_seeds_are_refused)
     }
 }
 
-Test(kv_hist_corpus, keyrev_entries_round_trip)
+Test(kv_hist_corpus, hist_keys_sort_by_revision)
 {
-    uint8_t d[KV_KEYREV_LEN];
-    kv_keyrev_encode(d, 12345, 6, KV_HIST_DELETE);
-    int64_t rev;
-    uint64_t sub;
-    int type;
-    cr_assert_eq(kv_keyrev_decode(d, sizeof d, &rev, &sub, &type), 0);
-    cr_assert(rev == 12345 && sub == 6 && type == KV_HIST_DELETE);
-    cr_assert_eq(kv_keyrev_decode(d, 16, &rev, &sub, &type), -1);
-    d[16] = 9;
-    cr_assert_eq(kv_keyrev_decode(d, sizeof d, &rev, &sub, &type), -1);
     /* big-endian: LMDB's byte order is the revisions' order */
     uint8_t a[KV_HIST_KEY], b[KV_HIST_KEY];
     kv_hist_key(a, 255, 9);

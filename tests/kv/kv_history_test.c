@@ -1,5 +1,7 @@
 /* kv_history_test.c: the store's history beyond what the reference model (kv_model_test) checks:
  * stores and snapshots from before history come in with each key's last write as its history;
+ * a store with the "keyrev" tree of format craft-kv-2 opens with it dropped and its history
+ * intact;
  * kv_store_events on bad and edge input (revisions below, above and far above, a callback that
  * stops or fails); the commit hook; the removal of a long compacted history while writes go
  * on. */
@@ -116,6 +118,82 @@ Test(kv_history, a_store_from_before_history_is_upgraded_at_open)
     etcdserverpb__range_response__free_unpacked(resp, NULL);
     kvt_reopen(&t); /* upgraded once: a second open finds the new format */
     cr_assert_str_eq(events(&t, 4, 0, &next), "P:a=A@4/2 P:b=B@5/2 P:c=C@5/1 P:a=new@6/3");
+    kvt_close(&t);
+}
+
+/* What format craft-kv-2 had beyond the history (the same "hist" as now): the "keyrev" tree. The
+ * test turns a store of this build into one: format record and a keyrev with duplicates. */
+static void make_v2_store(const char *dir)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta, kr;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 6), 0);
+    cr_assert_eq(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+    MDB_val fk = {6, "format"}, fv = {10, "craft-kv-2"};
+    cr_assert_eq(mdb_put(txn, meta, &fk, &fv, 0), 0);
+    cr_assert_eq(mdb_dbi_open(txn, "keyrev", MDB_CREATE | MDB_DUPSORT | MDB_DUPFIXED, &kr), 0);
+    for (int i = 1; i <= 3; i++) {
+        uint8_t d[17] = {0};
+        d[7] = (uint8_t)i;
+        MDB_val k = {1, "a"}, v = {17, d};
+        cr_assert_eq(mdb_put(txn, kr, &k, &v, 0), 0);
+    }
+    cr_assert_eq(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+static bool has_keyrev(const char *dir)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi kr;
+    cr_assert_eq(mdb_env_create(&env), 0);
+    cr_assert_eq(mdb_env_set_maxdbs(env, 6), 0);
+    cr_assert_eq(mdb_env_open(env, dir, MDB_NOTLS | MDB_RDONLY, 0600), 0);
+    cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+    bool has = mdb_dbi_open(txn, "keyrev", MDB_DUPSORT | MDB_DUPFIXED, &kr) == 0;
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+    return has;
+}
+
+Test(kv_history, a_store_with_the_keyrev_tree_opens_without_it)
+{
+    struct kvt t;
+    kvt_open(&t, NULL);
+    put_ok(&t, "a", "1");                /* rev 1 */
+    put_ok(&t, "b", "1");                /* rev 2 */
+    put_ok(&t, "a", "2");                /* rev 3 */
+    Craft__Kv__Result *d = kvt_del(&t, "b", NULL, false); /* rev 4 */
+    cr_assert(d && d->code == 0 && d->delete_range->deleted == 1);
+    craft__kv__result__free_unpacked(d, NULL);
+    char dir[64];
+    snprintf(dir, sizeof dir, "%s", t.dir);
+    kv_store_close(t.s);
+    make_v2_store(dir);
+    cr_assert(has_keyrev(dir));
+    char err[256];
+    t.s = kv_store_open(dir, &t.opts, err, sizeof err);
+    cr_assert(t.s, "%s", err);
+    /* the history as before, at every revision, deleted key included */
+    const char *want[] = {"", "a=1", "a=1,b=1", "a=2,b=1", "a=2"};
+    for (int rev = 1; rev <= 4; rev++) {
+        Etcdserverpb__RangeRequest r;
+        kvt_range_req(&r, "a", "c");
+        r.revision = rev;
+        Etcdserverpb__RangeResponse *resp = kvt_range(&t, &r);
+        cr_assert_str_eq(kvt_keys(resp->kvs, resp->n_kvs, true), want[rev], "at %d", rev);
+        etcdserverpb__range_response__free_unpacked(resp, NULL);
+    }
+    kv_store_close(t.s);
+    t.s = NULL;
+    cr_assert_not(has_keyrev(dir), "the keyrev tree was not dropped");
+    t.s = kv_store_open(dir, &t.opts, err, sizeof err); /* and opens again as craft-kv-3 */
+    cr_assert(t.s, "%s", err);
     kvt_close(&t);
 }
 

@@ -367,20 +367,15 @@ Test(kv_storage, concurrent_reads_see_whole_batches)
 /* The bytes in use the long way: the file's pages minus those on LMDB's free list, walked record
  * by record (each record's value is a page list whose first word is its length). The store must
  * be closed: a process must not open one LMDB environment twice. */
-static int64_t walked_in_use(const char *dir, int64_t *keyrev_entries)
+static int64_t walked_in_use(const char *dir)
 {
     MDB_env *env;
     MDB_txn *txn;
     MDB_cursor *cur;
-    MDB_dbi keyrev;
-    MDB_stat ks;
     cr_assert_eq(mdb_env_create(&env), 0);
     cr_assert_eq(mdb_env_set_maxdbs(env, 6), 0);
     cr_assert_eq(mdb_env_open(env, dir, MDB_RDONLY, 0600), 0);
     cr_assert_eq(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
-    cr_assert_eq(mdb_dbi_open(txn, "keyrev", MDB_DUPSORT | MDB_DUPFIXED, &keyrev), 0);
-    cr_assert_eq(mdb_stat(txn, keyrev, &ks), 0);
-    *keyrev_entries = (int64_t)ks.ms_entries;
     cr_assert_eq(mdb_cursor_open(txn, 0, &cur), 0);
     int64_t free_pages = 0;
     MDB_val k, v;
@@ -419,12 +414,10 @@ static int64_t in_use_across_restart(struct kvt *t)
     int64_t in_use = in_use_now(t);
     kv_store_close(t->s);
     t->s = NULL;
-    /* Exact but for "keyrev"'s duplicates, estimated (kv_store.c size_in_use) at 17 bytes each
-     * beyond the pages its record counts: the estimate is off by at most that much. */
-    int64_t entries, walked = walked_in_use(t->dir, &entries), slack = entries * 17 + 4 * 4096;
-    cr_assert(in_use >= walked - slack && in_use <= walked + slack,
-              "the file's pages minus its free pages: walked %lld, in use %lld, slack %lld",
-              (long long)walked, (long long)in_use, (long long)slack);
+    /* Exact: no database is DUPSORT (kv_store.c size_in_use). */
+    int64_t walked = walked_in_use(t->dir);
+    cr_assert_eq(in_use, walked, "the file's pages minus its free pages: walked %lld, in use %lld",
+                 (long long)walked, (long long)in_use);
     char err[256];
     t->s = kv_store_open(t->dir, &t->opts, err, sizeof err);
     cr_assert(t->s, "reopen: %s", err);
