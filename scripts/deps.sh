@@ -12,6 +12,7 @@ PACKAGES=(
     libgoogle-perftools-dev                   # tcmalloc for craftd
     clang libclang-rt-14-dev                  # libFuzzer targets
     etcd-server etcd-client                   # the real-world peer and client
+    golang-go golang-etcd-server-dev          # etcd's Go client library (clientv3) in tests
     iproute2 iptables procps                  # integration and fault tests (partitions)
 )
 
