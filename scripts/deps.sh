@@ -13,6 +13,7 @@ PACKAGES=(
     clang libclang-rt-14-dev                  # libFuzzer targets
     etcd-server etcd-client                   # the real-world peer and client
     iproute2 iptables procps                  # integration and fault tests (partitions)
+    libevent-dev prometheus curl              # metrics listener (evhttp, OpenSSL); its tests (promtool)
 )
 
 missing=()
