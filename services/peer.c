@@ -76,7 +76,16 @@ struct removed_member {
     char name[CLUSTER_NAME_MAX];
 };
 
+/* Bytes of Raft Batches sent to and received from one member (etcd's
+ * etcd_network_peer_sent_bytes_total / _received_bytes_total): slots claimed by id, lock-free. */
+#define PEER_TRAFFIC_SLOTS (4 * CLUSTER_MAX_MEMBERS)
+struct traffic_slot {
+    _Atomic uint64_t id; /* 0 = free; once claimed, kept */
+    _Atomic uint64_t sent, received;
+};
+
 struct peer {
+    struct traffic_slot traffic[PEER_TRAFFIC_SLOTS];
     uint64_t cluster_id, self_id;
     char self_name[CLUSTER_NAME_MAX];
     bool insecure;
@@ -359,6 +368,46 @@ static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft_
     pm->entries = m->n_entries ? pep : NULL;
 }
 
+/* The traffic slot of member id (claimed if new), or NULL when every slot is taken. */
+static struct traffic_slot *traffic_of(struct peer *p, uint64_t id)
+{
+    if (!id)
+        return NULL;
+    for (size_t i = 0; i < PEER_TRAFFIC_SLOTS; i++) {
+        uint64_t have = atomic_load_explicit(&p->traffic[i].id, memory_order_acquire);
+        if (have == id)
+            return &p->traffic[i];
+        if (have == 0) {
+            uint64_t zero = 0;
+            if (atomic_compare_exchange_strong(&p->traffic[i].id, &zero, id) || zero == id)
+                return &p->traffic[i];
+        }
+    }
+    return NULL;
+}
+
+static void traffic_add(struct peer *p, uint64_t id, bool sent, size_t bytes)
+{
+    struct traffic_slot *t = traffic_of(p, id);
+    if (t)
+        atomic_fetch_add_explicit(sent ? &t->sent : &t->received, bytes, memory_order_relaxed);
+}
+
+size_t peer_traffic_get(struct peer *p, struct peer_traffic *out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < PEER_TRAFFIC_SLOTS && n < max; i++) {
+        uint64_t id = atomic_load_explicit(&p->traffic[i].id, memory_order_acquire);
+        if (!id)
+            continue;
+        out[n].id = id;
+        out[n].sent_bytes = atomic_load_explicit(&p->traffic[i].sent, memory_order_relaxed);
+        out[n].received_bytes = atomic_load_explicit(&p->traffic[i].received, memory_order_relaxed);
+        n++;
+    }
+    return n;
+}
+
 /* Packs msgs[0..n) into one Batch and queues it, waiting up to timeout_ms for room. 0 or a
  * negative rpc code. */
 static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg *msgs, size_t n,
@@ -397,6 +446,8 @@ static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg 
     if (rc == 0) {
         rc = rpc_client_stream_send(st, buf, len, timeout_ms);
         o->told_urls = o->told_urls || rc == 0;
+        if (rc == 0 && n)
+            traffic_add(p, msgs[0].to, true, len);
         free(buf);
     }
 out:
@@ -797,6 +848,7 @@ static void in_message(struct rpc_stream *s, const uint8_t *data, size_t len, vo
     atomic_fetch_add(&p->batches_received, 1);
     /* Insecure streams have no verified identity: take the sender's word (tests only). */
     uint64_t sender = in->from ? in->from : b->n_msgs ? b->msgs[0]->from : 0;
+    traffic_add(p, sender, false, len);
     if (b->client_urls && *b->client_urls && sender)
         set_member_urls(p, sender, b->client_urls);
     size_t max_entries = 0;
