@@ -130,7 +130,11 @@ static void grpc_one(void *arg, const struct rpc_method_stat *st)
         return;
     memcpy(service, st->name + 1, sl);
     service[sl] = '\0';
-    const char *type = st->stream ? "bidi_stream" : "unary";
+    /* craft's rpc layer serves every stream as bidirectional; etcd's proto says which are
+     * server streams (only Maintenance.Snapshot among the methods craft serves). */
+    const char *type = !st->stream ? "unary"
+                       : !strcmp(st->name, "/etcdserverpb.Maintenance/Snapshot") ? "server_stream"
+                                                                                 : "bidi_stream";
     if (!w->handled) {
         const char *l[] = {"grpc_type", type, "grpc_service", service, "grpc_method", slash + 1,
                            NULL};
