@@ -203,6 +203,10 @@ void metrics_format_double(double v, char *out, size_t len)
         snprintf(out, len, v > 0 ? "+Inf" : "-Inf");
         return;
     }
+    if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v) { /* whole: "4096", not "4e+03" */
+        snprintf(out, len, "%lld", (long long)v);
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(out, len, "%.*g", prec, v);
         if (strtod(out, NULL) == v)
@@ -233,13 +237,21 @@ void metrics_histogram_write(struct metrics_buf *b, const char *name, const char
                              const struct metrics_histogram *h)
 {
     uint64_t counts[METRICS_MAX_BUCKETS + 1], sum;
-    uint64_t total = metrics_histogram_read(h, counts, &sum);
+    metrics_histogram_read(h, counts, &sum);
+    metrics_histogram_write_counts(b, name, labels, h->bounds, h->n_bounds, h->scale, counts, sum);
+}
+
+void metrics_histogram_write_counts(struct metrics_buf *b, const char *name,
+                                    const char *const *labels, const uint64_t *bounds,
+                                    unsigned n_bounds, double scale, const uint64_t *counts,
+                                    uint64_t sum)
+{
     uint64_t cum = 0;
     char le[40], num[40];
-    for (unsigned i = 0; i <= h->n_bounds; i++) {
+    for (unsigned i = 0; i <= n_bounds; i++) {
         cum += counts[i];
-        if (i < h->n_bounds)
-            metrics_format_double((double)h->bounds[i] / h->scale, le, sizeof le);
+        if (i < n_bounds)
+            metrics_format_double((double)bounds[i] / scale, le, sizeof le);
         else
             snprintf(le, sizeof le, "+Inf");
         sample_head(b, name, "_bucket", labels, "le", le);
@@ -248,11 +260,11 @@ void metrics_histogram_write(struct metrics_buf *b, const char *name, const char
         buf_put(b, "\n", 1);
     }
     sample_head(b, name, "_sum", labels, NULL, NULL);
-    metrics_format_double((double)sum / h->scale, num, sizeof num);
+    metrics_format_double((double)sum / scale, num, sizeof num);
     buf_puts(b, num);
     buf_put(b, "\n", 1);
     sample_head(b, name, "_count", labels, NULL, NULL);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)total);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)cum);
     buf_puts(b, num);
     buf_put(b, "\n", 1);
 }

@@ -114,6 +114,12 @@ void metrics_sample_u64(struct metrics_buf *b, const char *name, const char *con
  * then name_sum (in the rendered unit) and name_count. */
 void metrics_histogram_write(struct metrics_buf *b, const char *name, const char *const *labels,
                              const struct metrics_histogram *h);
+/* The same from a copy: counts[0..n_bounds] per bucket (not cumulative), sum in units (e.g. a
+ * histogram read elsewhere with metrics_histogram_read and handed over). */
+void metrics_histogram_write_counts(struct metrics_buf *b, const char *name,
+                                    const char *const *labels, const uint64_t *bounds,
+                                    unsigned n_bounds, double scale, const uint64_t *counts,
+                                    uint64_t sum);
 /* Shortest decimal text of v that reads back equal ("+Inf", "-Inf", "NaN" too), into out. */
 void metrics_format_double(double v, char *out, size_t len);
 

@@ -184,6 +184,15 @@ static void peer_metrics(struct metrics_buf *b, const struct server_metrics_src 
         const char *l[] = {"From", id, NULL};
         metrics_sample_u64(b, "etcd_network_peer_received_bytes_total", l, t[i].received_bytes);
     }
+    metrics_family(b, "etcd_network_peer_round_trip_time_seconds", "histogram",
+                   "Round-Trip-Time histogram between peers");
+    for (size_t i = 0; i < nt; i++) {
+        id_text(t[i].id, id, sizeof id);
+        const char *l[] = {"To", id, NULL};
+        metrics_histogram_write_counts(b, "etcd_network_peer_round_trip_time_seconds", l,
+                                       metrics_buckets_etcd_rtt, 14, 1e9, t[i].rtt_counts,
+                                       t[i].rtt_sum_ns);
+    }
 
     struct raft_node_peer_view *v = calloc(MAX_PEERS, sizeof *v);
     if (!v) {
@@ -197,14 +206,11 @@ static void peer_metrics(struct metrics_buf *b, const struct server_metrics_src 
     metrics_family(b, "craft_append_entries_per_message", "histogram",
                    "Entries carried by each AppendEntries routed to a peer (heartbeats count 0).");
     for (size_t i = 0; i < nv; i++) {
-        struct metrics_histogram h;
-        metrics_histogram_init(&h, raft_node_append_bounds, RAFT_NODE_APPEND_BOUNDS, 1);
-        for (unsigned k = 0; k <= RAFT_NODE_APPEND_BOUNDS; k++)
-            atomic_store_explicit(&h.buckets[k], v[i].append_counts[k], memory_order_relaxed);
-        atomic_store_explicit(&h.sum, v[i].append_sum, memory_order_relaxed);
         id_text(v[i].id, id, sizeof id);
         const char *l[] = {"To", id, NULL};
-        metrics_histogram_write(b, "craft_append_entries_per_message", l, &h);
+        metrics_histogram_write_counts(b, "craft_append_entries_per_message", l,
+                                       raft_node_append_bounds, RAFT_NODE_APPEND_BOUNDS, 1,
+                                       v[i].append_counts, v[i].append_sum);
     }
     metrics_family(b, "craft_peer_inflight_messages", "gauge",
                    "AppendEntries in flight to a follower (the pipeline window in use; leader only).");

@@ -3,7 +3,8 @@
 # - /metrics over https with the client certificate passes `promtool check metrics`, carries
 #   etcd's names, and the numbers move: has_leader 1 everywhere, is_leader 1 on exactly one
 #   member, proposals_committed and grpc_server_handled_total{Put,OK} grow with puts, the WAL
-#   fsync histogram counts, leader_changes grows after kill -9 of the leader;
+#   fsync histogram counts, the leader measures round trips to both followers, leader_changes
+#   grows after kill -9 of the leader;
 # - /health is {"health":"true","reason":""} while a leader is known, 503 "RAFT NO LEADER" on a
 #   member left alone, and true again once the others are back; /version is etcd's shape;
 # - a client without a certificate, or with one from another CA, is refused on https; http://
@@ -132,6 +133,9 @@ fb=$(metric "$f" craft_forward_items_sent_total)
 [ "${fb:-0}" -ge 20 ] && ok "the follower counted its 20 forwarded writes" || bad "forwarded writes: '$fb'"
 sent=$(get "$l" /metrics | awk '/^etcd_network_peer_sent_bytes_total\{To=/ { s += $2 } END { print s + 0 }')
 [ "$sent" -gt 0 ] && ok "peer bytes sent by the leader: $sent" || bad "no peer bytes counted"
+sleep 1.5 # round-trip probes go at most once a second, from the leader
+rtt=$(get "$l" /metrics | awk '/^etcd_network_peer_round_trip_time_seconds_count\{To=/ { n++; if ($2 > 0) k++ } END { print n + 0, k + 0 }')
+[ "$rtt" = "2 2" ] && ok "the leader measured round trips to both followers" || bad "round trips (peers, measured): $rtt"
 ap=$(get "$l" /metrics | awk '/^craft_append_entries_per_message_sum\{/ { s += $2 } END { print s + 0 }')
 [ "$ap" -ge 40 ] && ok "entries per AppendEntries counted on the leader (sum $ap)" || bad "AppendEntries entries sum $ap"
 

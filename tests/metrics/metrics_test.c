@@ -131,6 +131,10 @@ Test(render, float_spelling_reads_back)
     }
     metrics_format_double(0.001, out, sizeof out);
     cr_assert_str_eq(out, "0.001");
+    metrics_format_double(4096, out, sizeof out);
+    cr_assert_str_eq(out, "4096");
+    metrics_format_double(-0.0, out, sizeof out);
+    cr_assert_str_eq(out, "0");
     metrics_format_double(0.0 / 0.0, out, sizeof out);
     cr_assert_str_eq(out, "NaN");
 }
@@ -156,4 +160,26 @@ Test(render, counters_and_gauges)
     metrics_gauge_add(&g, -12);
     cr_assert_eq(metrics_counter_get(&c), 7);
     cr_assert_eq(metrics_gauge_get(&g), -2);
+}
+
+Test(render, histogram_from_a_copy_reads_the_same)
+{
+    struct metrics_histogram h;
+    cr_assert_eq(metrics_histogram_init(&h, small_bounds, 3, 1), 0);
+    metrics_histogram_observe(&h, 5);
+    metrics_histogram_observe(&h, 15);
+    metrics_histogram_observe(&h, 99);
+    uint64_t c[METRICS_MAX_BUCKETS + 1], sum;
+    metrics_histogram_read(&h, c, &sum);
+    struct metrics_buf a, b;
+    metrics_buf_init(&a, 1 << 20);
+    metrics_buf_init(&b, 1 << 20);
+    const char *l[] = {"To", "x", NULL};
+    metrics_histogram_write(&a, "h", l, &h);
+    metrics_histogram_write_counts(&b, "h", l, small_bounds, 3, 1, c, sum);
+    cr_assert_str_eq(a.p, b.p);
+    cr_assert(strstr(a.p, "h_bucket{To=\"x\",le=\"20\"} 2\n"), "%s", a.p);
+    cr_assert(strstr(a.p, "h_count{To=\"x\"} 3\n"), "%s", a.p);
+    metrics_buf_free(&a);
+    metrics_buf_free(&b);
 }
