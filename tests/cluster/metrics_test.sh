@@ -9,6 +9,7 @@
 #   member left alone, and true again once the others are back; /version is etcd's shape;
 # - a client without a certificate, or with one from another CA, is refused on https; http://
 #   is served only on the member that listed it, and an https port never answers plaintext;
+# - a member whose store is full answers /health 503 "ALARM NOSPACE";
 # - bad input (garbage bytes, a 100 KiB header, more idle connections than
 #   --max-metrics-connections, 404/405) leaves the member serving metrics and KV requests.
 set -uo pipefail
@@ -248,6 +249,45 @@ while [ $SECONDS -lt $deadline ]; do
 done
 [ "$out" = '{"health":"true","reason":""} 200' ] && ok "/health true again once the others are back" ||
     bad "/health after the restart: '$out'"
+
+# --- a full store: etcd's NOSPACE answer ------------------------------------------------------
+# One member with a 1 MiB quota, metrics over plaintext: fill it until writes are refused
+# ("database space exceeded"), with ever smaller values so that even a 1 KiB write no longer
+# fits; then /health is 503 "ALARM NOSPACE" (checked before the leader, as etcd does).
+qc=$(port) qp=$(port) qm=$(port)
+"$craftd" --name n1 --data-dir "$dir/q" --listen-client-urls "https://127.0.0.1:$qc" \
+    --listen-peer-urls "https://127.0.0.1:$qp" --initial-cluster "n1=https://127.0.0.1:$qp" \
+    --heartbeat-interval 50 --election-timeout 300 --quota-backend-bytes 1048576 \
+    --listen-metrics-urls "http://127.0.0.1:$qm" \
+    --cert-file "$dir/c/n1.pem" --key-file "$dir/c/n1-key.pem" --trusted-ca-file "$dir/c/ca.pem" \
+    --peer-cert-file "$dir/c/n1.pem" --peer-key-file "$dir/c/n1-key.pem" \
+    --peer-trusted-ca-file "$dir/c/ca.pem" >>"$dir/q.log" 2>&1 &
+pids[3]=$!
+deadline=$((SECONDS + 10)) out=""
+while [ $SECONDS -lt $deadline ]; do
+    out=$(curl -s --max-time 2 "http://127.0.0.1:$qm/health")
+    [ "$out" = '{"health":"true","reason":""}' ] && break
+    sleep 0.1
+done
+[ "$out" = '{"health":"true","reason":""}' ] && ok "single member: /health true" || bad "single member: /health '$out'"
+qput() {
+    timeout 20 etcdctl --endpoints "https://127.0.0.1:$qc" "${tls[@]}" --command-timeout 5s put "$@"
+}
+refused=0
+for sz in 100000 10000 900; do
+    v=$(head -c $sz /dev/zero | tr '\0' x)
+    for k in $(seq 1 300); do
+        if ! qput "q$sz-$k" "$v" >/dev/null 2>"$dir/qerr"; then
+            grep -q "database space exceeded" "$dir/qerr" && refused=$((refused + 1))
+            break
+        fi
+    done
+done
+[ $refused = 3 ] && ok "writes refused with 'database space exceeded' at each value size" ||
+    bad "quota: $refused of 3 sizes refused; $(head -c 300 "$dir/qerr")"
+out=$(curl -s --max-time 5 "http://127.0.0.1:$qm/health" -w ' %{http_code}')
+[ "$out" = $'{"health":"false","reason":"ALARM NOSPACE"}\n 503' ] &&
+    ok "a full store: /health 503 ALARM NOSPACE" || bad "a full store: /health '$out'"
 
 echo "$fails failed"
 [ $fails -eq 0 ]
