@@ -153,6 +153,22 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
                                      size_t errlen);
 /* The bound TCP port (useful with port 0). */
 int rpc_server_port(const struct rpc_server *srv);
+
+/* Calls of each registered method since the server was created, counted lock-free (for
+ * grpc_server_started_total / grpc_server_handled_total, docs/metrics.md): started = accepted,
+ * handled[code] = finished with that status code (a call that ended without a status sent - the
+ * client went away first - counts as CANCELLED). Calls of unknown methods are not counted. */
+#define RPC_STATUS_CODES 17
+struct rpc_method_stat {
+    const char *name; /* "/package.Service/Method" */
+    bool stream;      /* a stream handler (else unary) */
+    uint64_t started;
+    uint64_t handled[RPC_STATUS_CODES];
+};
+/* fn once per registered method, on the calling thread; after registration is over (once the
+ * server is started), from any thread, until rpc_server_shutdown. */
+void rpc_server_method_stats(struct rpc_server *srv,
+                             void (*fn)(void *arg, const struct rpc_method_stat *st), void *arg);
 /* Register handlers by full method name "/package.Service/Method", before rpc_server_start.
  * 0, RPC_EINVAL (bad name, duplicate) or RPC_ESTATE (already started). */
 int rpc_server_register_unary(struct rpc_server *srv, const char *method, rpc_unary_fn fn,

@@ -10,6 +10,7 @@
  * its mutex; the server is touched only while grpc_holds, which shutdown waits out. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,13 @@ struct method_reg {
     struct rpc_stream_handler sh;
     void *ctx;
     void *grpc_method; /* unary: gRPC's handle from grpc_server_register_method */
+    struct method_counters *mc; /* its own allocation: regs moves while methods register */
+};
+
+/* Calls of one method, counted lock-free (rpc_server_method_stats). */
+struct method_counters {
+    _Atomic uint64_t started;
+    _Atomic uint64_t handled[RPC_STATUS_CODES];
 };
 
 struct worker {
@@ -89,6 +97,9 @@ struct rpc_call {
     bool writing, reading, read_paused, close_delivered, finish_requested, status_sent, dead;
     grpc_status_code finish_code;
     char *finish_msg;
+
+    bool code_sent;             /* a status went out (c->mu): sent_code is what it said */
+    grpc_status_code sent_code;
 };
 
 /* A server stream is a call; the distinct type keeps the two APIs apart at compile time. */
@@ -180,6 +191,8 @@ static void unary_send_final(struct rpc_call *c, grpc_byte_buffer *bb, grpc_stat
     }
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = code;
+    c->code_sent = true;
+    c->sent_code = code;
     if (msg && *msg) {
         c->status_slice = grpc_slice_from_copied_string(msg);
         c->has_status_slice = true;
@@ -385,6 +398,8 @@ static void stream_start_status(struct rpc_call *c)
     memset(&op, 0, sizeof op);
     op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     op.data.send_status_from_server.status = c->finish_code;
+    c->code_sent = true;
+    c->sent_code = c->finish_code;
     if (c->finish_msg && *c->finish_msg) {
         c->status_slice = grpc_slice_from_copied_string(c->finish_msg);
         c->has_status_slice = true;
@@ -607,6 +622,13 @@ static void on_close(struct rpc_tag *t, bool ok)
     c->closed = true;
     bool deliver = false;
     grpc_status_code st = c->close_cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_OK;
+    /* The call is over: count it handled once, with the status it was answered with (a call
+     * that ended without one, the client gone first, as CANCELLED). */
+    if (c->reg) {
+        grpc_status_code code = c->code_sent ? c->sent_code : GRPC_STATUS_CANCELLED;
+        if ((unsigned)code < RPC_STATUS_CODES)
+            atomic_fetch_add_explicit(&c->reg->mc->handled[code], 1, memory_order_relaxed);
+    }
     if (c->is_stream) {
         if (c->close_cancelled) {
             c->dead = true;
@@ -654,6 +676,8 @@ static void on_accept(struct rpc_tag *t, bool ok)
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &c->close_cancelled;
 
+    if (reg)
+        atomic_fetch_add_explicit(&reg->mc->started, 1, memory_order_relaxed);
     pthread_mutex_lock(&c->mu);
     c->reg = reg;
     c->pending = 1; /* the close batch, started below */
@@ -865,6 +889,19 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
 
 int rpc_server_port(const struct rpc_server *srv) { return srv->port; }
 
+void rpc_server_method_stats(struct rpc_server *srv,
+                             void (*fn)(void *arg, const struct rpc_method_stat *st), void *arg)
+{
+    for (int i = 0; i < srv->nregs; i++) {
+        const struct method_reg *r = &srv->regs[i];
+        struct rpc_method_stat st = {.name = r->name, .stream = r->kind == REG_STREAM};
+        st.started = atomic_load_explicit(&r->mc->started, memory_order_relaxed);
+        for (int k = 0; k < RPC_STATUS_CODES; k++)
+            st.handled[k] = atomic_load_explicit(&r->mc->handled[k], memory_order_relaxed);
+        fn(arg, &st);
+    }
+}
+
 static int add_reg(struct rpc_server *srv, const char *method, struct method_reg r)
 {
     if (!srv || !method || method[0] != '/' || !strchr(method + 1, '/'))
@@ -879,8 +916,12 @@ static int add_reg(struct rpc_server *srv, const char *method, struct method_reg
         return RPC_ENOMEM;
     srv->regs = n;
     r.name = strdup(method);
-    if (!r.name)
+    r.mc = calloc(1, sizeof *r.mc);
+    if (!r.name || !r.mc) {
+        free(r.name);
+        free(r.mc);
         return RPC_ENOMEM;
+    }
     r.nlen = strlen(method);
     srv->regs[srv->nregs++] = r;
     return 0;
@@ -1004,8 +1045,10 @@ void rpc_server_shutdown(struct rpc_server *srv, int grace_ms)
         }
         grpc_completion_queue_destroy(srv->w[i].cq);
     }
-    for (int i = 0; i < srv->nregs; i++)
+    for (int i = 0; i < srv->nregs; i++) {
         free(srv->regs[i].name);
+        free(srv->regs[i].mc);
+    }
     free(srv->regs);
     free(srv->w);
     pthread_mutex_destroy(&srv->mu);

@@ -14,6 +14,7 @@ PACKAGES=(
     etcd-server etcd-client                   # the real-world peer and client
     golang-go golang-etcd-server-dev          # etcd's Go client library (clientv3) in tests
     iproute2 iptables procps                  # integration and fault tests (partitions)
+    libevent-dev prometheus curl              # metrics listener (evhttp, OpenSSL); its tests (promtool)
 )
 
 missing=()

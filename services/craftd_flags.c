@@ -25,6 +25,7 @@ struct flag {
 /* The raw URL strings are parsed after every flag is read. */
 struct raw {
     const char *listen_client, *advertise_client, *listen_peer, *advertise_peer;
+    const char *listen_metrics;
     bool client_cert_auth, peer_client_cert_auth;
 };
 
@@ -74,6 +75,10 @@ static const struct flag flags[] = {
     {"max-watches-per-stream", UINT, U4(max_watches_per_stream), 1, 1u << 20, "1024", "watches on one Watch stream"},
     {"max-watch-stream-bytes", UINT, U8(max_watch_stream_bytes), 65536, 1ull << 34, "8388608", "bytes of watch responses queued on one stream before its watches fall back to catching up"},
     {"max-watch-hub-bytes", UINT, U8(max_watch_hub_bytes), 1u << 20, 1ull << 36, "67108864", "encoded events held for one revision across all caught-up watches"},
+    {"listen-metrics-urls", STR, 0, 0, 0, 0, "", "comma-separated URLs serving /metrics, /health and /version (https:// with the client certificate flags and client certificates required; http:// is plaintext, served only when listed)"},
+    {"max-metrics-connections", UINT, U4(max_metrics_connections), 1, 4096, "64", "connections at once on each metrics URL; more are closed at once"},
+    {"max-metrics-request-bytes", UINT, U4(max_metrics_request_bytes), 256, 1u << 20, "8192", "request line and headers of a metrics request"},
+    {"metrics-timeout", DUR, U8(metrics_timeout_ms), 1000, 3600000, "10s", "a metrics connection idle, or stalled reading or writing, this long is closed (1s .. 1h, whole seconds)"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
 
@@ -193,6 +198,20 @@ static int parse_duration(const char *v, uint64_t *ms)
     return 0;
 }
 
+/* A flag bound in milliseconds as text: "1ms", "1s", "24h". */
+static void dur_text(uint64_t ms, char *out, size_t len)
+{
+    unsigned long long v = (unsigned long long)ms;
+    if (v && v % 3600000 == 0)
+        snprintf(out, len, "%lluh", v / 3600000);
+    else if (v && v % 60000 == 0)
+        snprintf(out, len, "%llum", v / 60000);
+    else if (v && v % 1000 == 0)
+        snprintf(out, len, "%llus", v / 1000);
+    else
+        snprintf(out, len, "%llums", v);
+}
+
 static int set_flag(const struct flag *f, const char *v, struct craftd_config *cfg, struct raw *raw,
                     char *err, size_t errlen)
 {
@@ -205,6 +224,8 @@ static int set_flag(const struct flag *f, const char *v, struct craftd_config *c
         raw->listen_peer = v;
     else if (!strcmp(f->name, "initial-advertise-peer-urls"))
         raw->advertise_peer = v;
+    else if (!strcmp(f->name, "listen-metrics-urls"))
+        raw->listen_metrics = v;
     else if (f->kind == STR)
         *(const char **)(base + f->off) = v;
     else if (f->kind == BOOL) {
@@ -219,10 +240,14 @@ static int set_flag(const struct flag *f, const char *v, struct craftd_config *c
             *(bool *)(base + f->off) = b;
     } else if (f->kind == DUR) {
         uint64_t ms;
-        if (parse_duration(v, &ms) != 0 || ms < f->min || ms > f->max)
-            return fail(err, errlen, "--%s wants a duration such as 10m, 30s or 500ms (1ms to 24h), "
+        if (parse_duration(v, &ms) != 0 || ms < f->min || ms > f->max) {
+            char lo[24], hi[24];
+            dur_text(f->min, lo, sizeof lo);
+            dur_text(f->max, hi, sizeof hi);
+            return fail(err, errlen, "--%s wants a duration such as 10m, 30s or 500ms (%s to %s), "
                                      "not '%s'",
-                        f->name, v);
+                        f->name, lo, hi, v);
+        }
         *(uint64_t *)(base + f->off) = ms;
     } else {
         char *end;
@@ -247,6 +272,38 @@ static int one_url(const char *flag, const char *v, struct cluster_url *u, char 
     char uerr[256];
     if (cluster_parse_url(v, u, uerr, sizeof uerr) != 0)
         return fail(err, errlen, "--%s: %s", flag, uerr);
+    return 0;
+}
+
+/* --listen-metrics-urls: "url[,url...]", each parsed; https:// ones need the client TLS files. */
+static int metrics_urls(const char *v, struct craftd_config *cfg, char *err, size_t errlen)
+{
+    const char *p = v;
+    cfg->n_listen_metrics = 0;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n == 0)
+            return fail(err, errlen, "--listen-metrics-urls: an empty URL in '%s'", v);
+        if (cfg->n_listen_metrics == CRAFTD_MAX_METRICS_URLS)
+            return fail(err, errlen, "--listen-metrics-urls: at most %d URLs",
+                        CRAFTD_MAX_METRICS_URLS);
+        char one[512], uerr[256];
+        if (n >= sizeof one)
+            return fail(err, errlen, "--listen-metrics-urls: a URL is too long");
+        memcpy(one, p, n);
+        one[n] = '\0';
+        struct cluster_url *u = &cfg->listen_metrics[cfg->n_listen_metrics];
+        if (cluster_parse_url(one, u, uerr, sizeof uerr) != 0)
+            return fail(err, errlen, "--listen-metrics-urls: %s", uerr);
+        if (u->tls && (!cfg->cert_file || !*cfg->cert_file || !cfg->key_file ||
+                       !*cfg->key_file || !cfg->trusted_ca_file || !*cfg->trusted_ca_file))
+            return fail(err, errlen, "--listen-metrics-urls has https:// URLs: --cert-file, "
+                                     "--key-file and --trusted-ca-file are required");
+        cfg->n_listen_metrics++;
+        p += n;
+        if (*p == ',' && !*++p)
+            return fail(err, errlen, "--listen-metrics-urls: an empty URL in '%s'", v);
+    }
     return 0;
 }
 
@@ -298,6 +355,9 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_watch_hub_bytes = 64u << 20;
     cfg->auto_compaction_mode_text = "periodic";
     cfg->auto_compaction_retention_text = "0";
+    cfg->max_metrics_connections = 64;
+    cfg->max_metrics_request_bytes = 8192;
+    cfg->metrics_timeout_ms = 10000;
     raw.listen_client = "https://127.0.0.1:2379";
     raw.listen_peer = "https://127.0.0.1:2380";
 
@@ -358,6 +418,11 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
         check_tls("peer", cfg->listen_peer.tls, cfg->insecure_plaintext, cfg->peer_cert_file,
                   cfg->peer_key_file, cfg->peer_trusted_ca_file, "peer-", err, errlen))
         return -1;
+    if (raw.listen_metrics && metrics_urls(raw.listen_metrics, cfg, err, errlen) != 0)
+        return -1;
+    if (cfg->metrics_timeout_ms % 1000)
+        return fail(err, errlen, "--metrics-timeout wants whole seconds, not %llu ms",
+                    (unsigned long long)cfg->metrics_timeout_ms);
     if (strcmp(cfg->auto_compaction_mode_text, "periodic") &&
         strcmp(cfg->auto_compaction_mode_text, "revision"))
         return fail(err, errlen, "--auto-compaction-mode wants periodic or revision, not '%s'",

@@ -8,6 +8,10 @@
  * timeout under twice the heartbeat interval, an --initial-cluster-state other than new or
  * existing (etcd's message: invalid value "X" for flag -initial-cluster-state: ...). craftd_flags_usage() prints every flag with its
  * default.
+ * --listen-metrics-urls (etcd's flag) takes a comma-separated list of at most
+ * CRAFTD_MAX_METRICS_URLS URLs; https:// ones need --cert-file, --key-file and --trusted-ca-file
+ * (the client API's TLS, client certificates required); an http:// one is served in plaintext
+ * because it was given: naming it is the explicit choice (there is no default metrics URL).
  */
 #ifndef CRAFT_SERVICES_CRAFTD_FLAGS_H
 #define CRAFT_SERVICES_CRAFTD_FLAGS_H
@@ -18,6 +22,8 @@
 #include <stdio.h>
 
 #include "services/cluster.h"
+
+#define CRAFTD_MAX_METRICS_URLS 8
 
 struct craftd_config {
     /* etcd's flags */
@@ -59,6 +65,12 @@ struct craftd_config {
     uint64_t max_watch_hub_bytes;
     const char *auto_compaction_mode_text;      /* etcd's --auto-compaction-mode */
     const char *auto_compaction_retention_text; /* etcd's --auto-compaction-retention */
+    /* The metrics listener (services/metrics_http.h): none when n_listen_metrics is 0. */
+    struct cluster_url listen_metrics[CRAFTD_MAX_METRICS_URLS]; /* etcd's --listen-metrics-urls */
+    size_t n_listen_metrics;
+    uint32_t max_metrics_connections;   /* connections at once, over all metrics URLs' each */
+    uint32_t max_metrics_request_bytes; /* request line + headers */
+    uint64_t metrics_timeout_ms;        /* idle or stalled connection; whole seconds */
 
     /* derived */
     bool join_existing;       /* --initial-cluster-state existing: with an empty data directory,

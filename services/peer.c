@@ -9,6 +9,7 @@
  * empties (closing its stream and destroying its channel there: never on an RPC callback
  * thread, where rpc_channel_destroy is not allowed). Lock order: set_lock, table_lock,
  * bind_lock, urls_lock. */
+#include "metrics/metrics.h"
 #include "services/peer.h"
 
 #include <errno.h>
@@ -76,7 +77,23 @@ struct removed_member {
     char name[CLUSTER_NAME_MAX];
 };
 
+/* Bytes of Raft Batches sent to and received from one member (etcd's
+ * etcd_network_peer_sent_bytes_total / _received_bytes_total): slots claimed by id, lock-free. */
+#define PEER_TRAFFIC_SLOTS (4 * CLUSTER_MAX_MEMBERS)
+struct traffic_slot {
+    _Atomic uint64_t id; /* 0 = free; once claimed, kept */
+    _Atomic uint64_t sent, received;
+    /* Round-trip probes (Batch.probe / probe_echo) to this member: the token outstanding (our
+     * monotonic clock when sent; 0 = none), the token it sent us to echo back (0 = none), and
+     * the measured round trips, etcd's buckets. */
+    _Atomic uint64_t probe_out, echo_due, probe_last; /* probe_last: when we last sent one */
+    struct metrics_histogram rtt;
+};
+#define PROBE_INTERVAL_NS (1000ull * 1000 * 1000)    /* a probe per member per second at most */
+#define PROBE_GIVE_UP_NS (10ull * 1000 * 1000 * 1000) /* an unanswered probe is replaced after */
+
 struct peer {
+    struct traffic_slot traffic[PEER_TRAFFIC_SLOTS];
     uint64_t cluster_id, self_id;
     char self_name[CLUSTER_NAME_MAX];
     bool insecure;
@@ -359,6 +376,48 @@ static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft_
     pm->entries = m->n_entries ? pep : NULL;
 }
 
+/* The traffic slot of member id (claimed if new), or NULL when every slot is taken. */
+static struct traffic_slot *traffic_of(struct peer *p, uint64_t id)
+{
+    if (!id)
+        return NULL;
+    for (size_t i = 0; i < PEER_TRAFFIC_SLOTS; i++) {
+        uint64_t have = atomic_load_explicit(&p->traffic[i].id, memory_order_acquire);
+        if (have == id)
+            return &p->traffic[i];
+        if (have == 0) {
+            uint64_t zero = 0;
+            if (atomic_compare_exchange_strong(&p->traffic[i].id, &zero, id) || zero == id)
+                return &p->traffic[i]; /* rtt was initialised in peer_create */
+        }
+    }
+    return NULL;
+}
+
+static void traffic_add(struct peer *p, uint64_t id, bool sent, size_t bytes)
+{
+    struct traffic_slot *t = traffic_of(p, id);
+    if (t)
+        atomic_fetch_add_explicit(sent ? &t->sent : &t->received, bytes, memory_order_relaxed);
+}
+
+size_t peer_traffic_get(struct peer *p, struct peer_traffic *out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < PEER_TRAFFIC_SLOTS && n < max; i++) {
+        uint64_t id = atomic_load_explicit(&p->traffic[i].id, memory_order_acquire);
+        if (!id)
+            continue;
+        out[n].id = id;
+        out[n].sent_bytes = atomic_load_explicit(&p->traffic[i].sent, memory_order_relaxed);
+        out[n].received_bytes = atomic_load_explicit(&p->traffic[i].received, memory_order_relaxed);
+        out[n].rtt_count = metrics_histogram_read(&p->traffic[i].rtt, out[n].rtt_counts,
+                                                  &out[n].rtt_sum_ns);
+        n++;
+    }
+    return n;
+}
+
 /* Packs msgs[0..n) into one Batch and queues it, waiting up to timeout_ms for room. 0 or a
  * negative rpc code. */
 static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg *msgs, size_t n,
@@ -393,10 +452,31 @@ static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg 
     }
     if (!o->told_urls)
         b.client_urls = p->client_urls;
+    /* Round-trip probes: echo the token this member last sent us, and - as the leader, on a
+     * batch of heartbeats alone, which the follower answers at once (appends with entries wait
+     * for its fsync) - send one of our own if none is out. */
+    struct traffic_slot *ts = n ? traffic_of(p, msgs[0].to) : NULL;
+    if (ts) {
+        b.probe_echo = atomic_exchange_explicit(&ts->echo_due, 0, memory_order_relaxed);
+        bool heartbeats = true;
+        for (size_t i = 0; i < n && heartbeats; i++)
+            heartbeats = msgs[i].type == RAFT_MSG_APPEND && msgs[i].n_entries == 0;
+        /* At most one a second, and one at a time (an unanswered one is given up on after
+         * PROBE_GIVE_UP_NS). */
+        uint64_t now = metrics_now_ns(), out = atomic_load(&ts->probe_out);
+        if (heartbeats && now - atomic_load(&ts->probe_last) >= PROBE_INTERVAL_NS &&
+            (!out || now - out > PROBE_GIVE_UP_NS) &&
+            atomic_compare_exchange_strong(&ts->probe_out, &out, now)) {
+            atomic_store(&ts->probe_last, now);
+            b.probe = now;
+        }
+    }
     rc = rpc_msg_pack(&b.base, &buf, &len);
     if (rc == 0) {
         rc = rpc_client_stream_send(st, buf, len, timeout_ms);
         o->told_urls = o->told_urls || rc == 0;
+        if (rc == 0 && n)
+            traffic_add(p, msgs[0].to, true, len);
         free(buf);
     }
 out:
@@ -797,6 +877,15 @@ static void in_message(struct rpc_stream *s, const uint8_t *data, size_t len, vo
     atomic_fetch_add(&p->batches_received, 1);
     /* Insecure streams have no verified identity: take the sender's word (tests only). */
     uint64_t sender = in->from ? in->from : b->n_msgs ? b->msgs[0]->from : 0;
+    traffic_add(p, sender, false, len);
+    struct traffic_slot *ts = (b->probe || b->probe_echo) ? traffic_of(p, sender) : NULL;
+    if (ts && b->probe)
+        atomic_store_explicit(&ts->echo_due, b->probe, memory_order_relaxed);
+    if (ts && b->probe_echo) {
+        uint64_t want = b->probe_echo;
+        if (atomic_compare_exchange_strong(&ts->probe_out, &want, 0))
+            metrics_histogram_observe(&ts->rtt, metrics_now_ns() - b->probe_echo);
+    }
     if (b->client_urls && *b->client_urls && sender)
         set_member_urls(p, sender, b->client_urls);
     size_t max_entries = 0;
@@ -1300,6 +1389,8 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    for (size_t i = 0; i < PEER_TRAFFIC_SLOTS; i++)
+        metrics_histogram_init(&p->traffic[i].rtt, metrics_buckets_etcd_rtt, 14, 1e9);
     p->cluster = *cfg->cluster;
     p->cluster_id = cfg->cluster->id;
     p->self_id = cfg->self_id;

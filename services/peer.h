@@ -173,6 +173,22 @@ struct peer_stats {
 };
 void peer_stats_get(struct peer *p, struct peer_stats *out);
 
+/* Bytes of Raft message Batches (Peer.Raft streams; not snapshots, forwarded writes or Hello)
+ * sent to and received from each member since peer_create, counted lock-free (etcd's
+ * etcd_network_peer_sent_bytes_total / _received_bytes_total), and round trips to it
+ * (etcd_network_peer_round_trip_time_seconds): at most once a second, a Batch of heartbeats
+ * alone carries a probe token that the member echoes in its next Batch back (raftpb.proto
+ * Batch.probe); the time from sending to the echo is one round trip, network plus the
+ * follower's handling of a heartbeat. Only a leader sends heartbeats, so only a leader measures.
+ * Buckets: metrics_buckets_etcd_rtt (per bucket, not cumulative; [14] = above). Fills up to
+ * max, one per member ever exchanged with; returns how many were filled. */
+struct peer_traffic {
+    uint64_t id;
+    uint64_t sent_bytes, received_bytes;
+    uint64_t rtt_counts[15], rtt_sum_ns, rtt_count;
+};
+size_t peer_traffic_get(struct peer *p, struct peer_traffic *out, size_t max);
+
 /* Waits up to timeout_ms until every other member has answered this member's Hello (the Hello
  * thread retries every 500 ms), or one said it has seen this member run before (PeerHello
  * you_have_run). Returns how many answered; *has_run_says is the id of a member that said so, or

@@ -17,8 +17,10 @@
 #include "services/kv_service.h"
 #include "services/kvstore/kv_store.h"
 #include "services/member_file.h"
+#include "services/metrics_http.h"
 #include "services/peer.h"
 #include "services/proto/nodepb.pb-c.h"
+#include "services/server_metrics.h"
 #include "services/watch.h"
 
 #define BIND_QUEUE 8       /* names waiting to be published */
@@ -33,6 +35,10 @@ struct craft_server {
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
     struct autocompact *autocompact; /* --auto-compaction-retention; NULL when off */
+    struct metrics_http *metrics;    /* --listen-metrics-urls; NULL when none */
+    struct server_metrics_src msrc;  /* what the metrics listener reads */
+    _Atomic uint64_t leader_changes; /* etcd_server_leader_changes_seen_total */
+    uint64_t last_leader;            /* on_role's previous leader (0 = none) */
 
     pthread_mutex_t mu;
     struct cluster table;     /* the member table in force (on_conf) */
@@ -116,6 +122,11 @@ static void on_role(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_
     (void)id;
     pthread_mutex_lock(&s->mu);
     s->leaderless = leader_id == 0;
+    /* etcd counts a leader change whenever a leader becomes known that is not the last one
+     * known (so losing the leader and finding the same one again counts too). */
+    if (leader_id != 0 && leader_id != s->last_leader)
+        atomic_fetch_add_explicit(&s->leader_changes, 1, memory_order_relaxed);
+    s->last_leader = leader_id;
     bool probe = probe_removed_locked(s);
     pthread_mutex_unlock(&s->mu);
     if (s->peer)
@@ -523,6 +534,51 @@ static struct rpc_server *listen_on(const struct cluster_url *u, const struct rp
     return srv;
 }
 
+static void metrics_render(void *arg, struct metrics_buf *b)
+{
+    struct craft_server *s = arg;
+    server_metrics_render(&s->msrc, b);
+}
+
+static bool metrics_health(void *arg, char *reason, size_t len)
+{
+    struct craft_server *s = arg;
+    return server_metrics_health(&s->msrc, reason, len);
+}
+
+/* --listen-metrics-urls: /metrics, /health, /version (services/metrics_http.h). */
+static int start_metrics(struct craft_server *s, char *err, size_t errlen)
+{
+    const struct craftd_config *cfg = &s->cfg;
+    s->msrc = (struct server_metrics_src){
+        .node = s->node,
+        .store = s->store,
+        .kv = s->kv,
+        .peer = s->peer,
+        .client_srv = s->client_srv,
+        .watch = s->watch,
+        .leader_changes = &s->leader_changes,
+        .quota_bytes = cfg->quota_backend_bytes,
+        .version = KV_SERVICE_VERSION,
+    };
+    struct metrics_http_config mc = {
+        .urls = cfg->listen_metrics,
+        .n_urls = cfg->n_listen_metrics,
+        .cert_file = cfg->cert_file,
+        .key_file = cfg->key_file,
+        .ca_file = cfg->trusted_ca_file,
+        .max_connections = cfg->max_metrics_connections,
+        .max_header_bytes = cfg->max_metrics_request_bytes,
+        .timeout_s = (unsigned)(cfg->metrics_timeout_ms / 1000),
+        .render = metrics_render,
+        .health = metrics_health,
+        .version = KV_SERVICE_VERSION,
+        .arg = s,
+    };
+    s->metrics = metrics_http_start(&mc, err, errlen);
+    return s->metrics ? 0 : -1;
+}
+
 static int mkdir_p(const char *path)
 {
     char buf[4096];
@@ -860,6 +916,8 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         snprintf(err, errlen, "cannot start the listeners");
         goto fail;
     }
+    if (cfg->n_listen_metrics && start_metrics(s, err, errlen) != 0)
+        goto fail;
     logf_(s, "member %016llx of cluster %016llx serving clients on %s, peers on port %d",
           (unsigned long long)cfg->self_id, (unsigned long long)cfg->cluster.id,
           cfg->advertise_client_urls, cfg->listen_peer.port);
@@ -873,6 +931,8 @@ void craft_server_stop(struct craft_server *s)
 {
     if (!s)
         return;
+    metrics_http_stop(s->metrics); /* first: it reads the node, store, peer and client server */
+    s->metrics = NULL;
     /* The membership worker first: it calls into the node (a name being published waits at
      * most 3 s). */
     if (s->worker_started) {

@@ -28,6 +28,9 @@
  *   without it commits, it logs "this member was removed from the cluster" and tells the owner
  *   (craft_server_on_removed), which stops it; craftd then exits 1 with etcd's "the member has
  *   been permanently removed from the cluster".
+ * - Metrics: with --listen-metrics-urls, /metrics, /health and /version are served on those URLs
+ *   (services/metrics_http.h; what they say: services/server_metrics.h, docs/metrics.md) from
+ *   the end of craft_server_start until the start of craft_server_stop.
  * - craft_server_stop() stops the client API, completes every pending write (UNAVAILABLE), stops
  *   the node and the peer service, and frees everything. Several servers may run in one process.
  */

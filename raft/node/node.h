@@ -208,8 +208,44 @@ struct raft_node_status {
     uint32_t pending;        /* proposals waiting */
     uint32_t reads_pending;  /* raft_node_read_index calls waiting */
     uint64_t read_rounds;    /* ReadIndex rounds started since start (each serves a batch) */
+    uint64_t props_failed;   /* proposals accepted and then failed (timeout, leadership lost,
+                                shutdown, storage failure) since start */
 };
 void raft_node_status_get(struct raft_node *n, struct raft_node_status *st);
+/* Metrics (metrics/metrics.h; docs/metrics.md). Histograms the node counts lock-free on its
+ * threads; the pointers stay valid until raft_node_stop. */
+struct metrics_histogram;
+struct raft_node_metrics {
+    const struct metrics_histogram *wal_fsync;        /* each log fdatasync (wal.h) */
+    const struct metrics_histogram *apply_batch;      /* each fsm apply() call */
+    const struct metrics_histogram *snapshot_save;    /* each snapshot written */
+    const struct metrics_histogram *snapshot_restore; /* each state machine restore from a
+                                                         snapshot (at start, or from a leader) */
+};
+void raft_node_metrics_get(struct raft_node *n, struct raft_node_metrics *out);
+
+/* One peer's replication, for metrics: the leader's progress of it (progress_known false on a
+ * follower), its outbox between the driver and its replicator, and how many entries each
+ * AppendEntries routed to it carried (a copy; heartbeats count as 0). */
+struct raft_node_peer_view {
+    uint64_t id;
+    bool progress_known;
+    uint8_t state;            /* enum raft_progress_state */
+    uint64_t match;
+    uint32_t inflight_msgs;   /* AppendEntries in flight (the pipeline window in use) */
+    uint64_t inflight_bytes;
+    uint64_t outbox_msgs, outbox_bytes;
+    uint64_t outbox_dropped;  /* messages dropped because the outbox overflowed, since start */
+    uint64_t append_counts[25]; /* per bucket of append_bounds (not cumulative); [n] = above */
+    uint64_t append_sum;
+};
+/* Entries-per-AppendEntries buckets of raft_node_peer_view (1, 2, 4, ... 4096). */
+extern const uint64_t raft_node_append_bounds[13];
+#define RAFT_NODE_APPEND_BOUNDS 13
+/* Fills up to max views (the peers of the configuration in force); returns how many peers there
+ * are. Takes the peer table's and the node's locks briefly. */
+size_t raft_node_peers_view(struct raft_node *n, struct raft_node_peer_view *out, size_t max);
+
 /* Whether peer `id` has been seen running with durable Raft state: it granted this node a vote,
  * acknowledged entries, or led it (remembered in the data directory, across restarts). A peer that
  * has, and starts again with an empty data directory, lost state it may have voted with: it must

@@ -322,6 +322,9 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    metrics_histogram_init(&n->apply_hist, metrics_buckets_etcd_rtt, 14, 1e9);
+    metrics_histogram_init(&n->snap_save_hist, metrics_buckets_etcd_disk, 14, 1e9);
+    metrics_histogram_init(&n->snap_restore_hist, metrics_buckets_etcd_disk, 14, 1e9);
     pthread_mutex_init(&n->mu, NULL);
     pthread_mutex_init(&n->peers_mu, NULL);
     pthread_mutex_init(&n->peers_set_mu, NULL);
@@ -658,5 +661,14 @@ void raft_node_status_get(struct raft_node *n, struct raft_node_status *st)
     st->pending = (uint32_t)n->props.count;
     st->reads_pending = (uint32_t)n->reads.count;
     st->read_rounds = n->reads.rounds;
+    st->props_failed = n->props_failed;
     pthread_mutex_unlock(&n->mu);
+}
+
+void raft_node_metrics_get(struct raft_node *n, struct raft_node_metrics *out)
+{
+    out->wal_fsync = wal_fsync_histogram(n->w);
+    out->apply_batch = &n->apply_hist;
+    out->snapshot_save = &n->snap_save_hist;
+    out->snapshot_restore = &n->snap_restore_hist;
 }

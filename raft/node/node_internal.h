@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metrics/metrics.h"
 #include "raft/node/node.h"
 #include "raft/wal/wal.h"
 
@@ -157,6 +158,9 @@ struct node_peer {
     bool busy;        /* a thread is inside send()/try_send() for this peer */
     size_t bytes;     /* payload bytes in box */
     uint64_t dropped; /* messages dropped because the outbox overflowed */
+    /* Entries per AppendEntries routed to this peer (heartbeats: 0), counted by the routing
+     * thread (raft_node_peers_view). */
+    struct metrics_histogram append_entries;
     /* InstallSnapshot to this peer (node_snap.c; n->mu): its latest transfer, or NULL. */
     struct node_snap_sender *snd;
 };
@@ -248,6 +252,11 @@ struct raft_node {
 
     struct node_props props;
     struct node_reads reads;
+    uint64_t props_failed; /* proposals accepted and then failed (n->mu; raft_node_status) */
+
+    /* Durations counted lock-free for metrics (raft_node_metrics_get): each fsm apply() call,
+     * each snapshot written (take) and each state machine restore from a snapshot. */
+    struct metrics_histogram apply_hist, snap_save_hist, snap_restore_hist;
 
     /* The peers: every member of the configuration but this one (node_peers_set). The table
      * is written with both peers_set_mu and peers_mu held, and read with either: the thread

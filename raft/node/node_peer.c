@@ -177,6 +177,9 @@ void node_route_msgs(struct raft_node *n, const struct raft_ready *rd)
         struct node_peer *p = n->peers[i];
         const struct raft_msg *first;
         size_t cnt = raft_ready_msgs_to(rd, p->id, &first);
+        for (size_t j = 0; j < cnt; j++)
+            if (first[j].type == RAFT_MSG_APPEND)
+                metrics_histogram_observe(&p->append_entries, first[j].n_entries);
         /* InstallSnapshot goes to its own sender thread (node_snap.c), not the outbox: it
          * carries a whole file. The messages around it keep their order. */
         size_t k = 0;
@@ -239,6 +242,7 @@ static struct node_peer *peer_new(struct raft_node *n, uint64_t id)
         return NULL;
     p->node = n;
     p->id = id;
+    metrics_histogram_init(&p->append_entries, raft_node_append_bounds, RAFT_NODE_APPEND_BOUNDS, 1);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     if (pthread_create(&p->thread, NULL, replicator_main, p) != 0) {
@@ -358,4 +362,40 @@ void node_peers_stop(struct raft_node *n)
     for (size_t i = 0; i < cnt; i++)
         peer_free(n, v[i], true);
     pthread_mutex_unlock(&n->peers_set_mu);
+}
+
+const uint64_t raft_node_append_bounds[RAFT_NODE_APPEND_BOUNDS] = {
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+};
+
+size_t raft_node_peers_view(struct raft_node *n, struct raft_node_peer_view *out, size_t max)
+{
+    pthread_mutex_lock(&n->peers_mu);
+    size_t total = n->n_peers, k = total < max ? total : max;
+    for (size_t i = 0; i < k; i++) {
+        struct node_peer *p = n->peers[i];
+        struct raft_node_peer_view *v = &out[i];
+        memset(v, 0, sizeof *v);
+        v->id = p->id;
+        metrics_histogram_read(&p->append_entries, v->append_counts, &v->append_sum);
+        pthread_mutex_lock(&p->mu);
+        v->outbox_msgs = p->n;
+        v->outbox_bytes = p->bytes;
+        v->outbox_dropped = p->dropped;
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_lock(&n->mu);
+    for (size_t i = 0; i < k; i++) {
+        struct raft_progress_info pi;
+        if (raft_progress_get(n->r, out[i].id, &pi) == 0) {
+            out[i].progress_known = true;
+            out[i].state = pi.state;
+            out[i].match = pi.match;
+            out[i].inflight_msgs = pi.inflight_msgs;
+            out[i].inflight_bytes = pi.inflight_bytes;
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+    pthread_mutex_unlock(&n->peers_mu);
+    return total;
 }

@@ -72,9 +72,11 @@ static void props_remove(struct node_props *t, struct node_prop *p)
     t->count--;
 }
 
-static void done_push(struct node_done_list *l, struct node_prop *p, int err, uint64_t index,
-                      struct raft_fsm_result *res)
+static void done_push(struct raft_node *n, struct node_done_list *l, struct node_prop *p, int err,
+                      uint64_t index, struct raft_fsm_result *res)
 {
+    if (err)
+        n->props_failed++; /* n->mu held by every caller */
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
         struct node_done *v = realloc(l->v, cap * sizeof(*v));
@@ -122,7 +124,7 @@ void node_props_fail_all_locked(struct raft_node *n, int err, struct node_done_l
         while (t->buckets[b]) {
             struct node_prop *p = t->buckets[b];
             props_remove(t, p);
-            done_push(out, p, err, p->index, NULL);
+            done_push(n, out, p, err, p->index, NULL);
         }
     }
 }
@@ -134,7 +136,7 @@ void node_props_expire_locked(struct raft_node *n, int64_t now, struct node_done
     while ((due = node_timer_due(&t->timers, now))) {
         struct node_prop *p = NODE_CONTAINER_OF(due, struct node_prop, timer);
         props_remove(t, p);
-        done_push(out, p, RAFT_NODE_ETIMEDOUT, p->index, NULL);
+        done_push(n, out, p, RAFT_NODE_ETIMEDOUT, p->index, NULL);
     }
 }
 
@@ -260,10 +262,10 @@ static void settle_locked(struct raft_node *n, uint64_t index, uint64_t term,
         }
         props_remove(t, p); /* unlinks *pp: do not advance */
         if (p->term == term && !used) {
-            done_push(out, p, 0, index, res);
+            done_push(n, out, p, 0, index, res);
             used = true;
         } else {
-            done_push(out, p, RAFT_NODE_ELOST, index, NULL);
+            done_push(n, out, p, RAFT_NODE_ELOST, index, NULL);
         }
     }
 }
@@ -280,7 +282,7 @@ static void settle_lower_terms_locked(struct raft_node *n, uint64_t term,
             struct node_prop *p = *pp;
             if (p->term < term) {
                 props_remove(t, p);
-                done_push(out, p, RAFT_NODE_ELOST, p->index, NULL);
+                done_push(n, out, p, RAFT_NODE_ELOST, p->index, NULL);
             } else {
                 pp = &p->next;
             }
@@ -368,7 +370,9 @@ static bool apply_once_locked(struct raft_node *n)
 
     if (b.n_normal) {
         memset(results, 0, b.n_normal * sizeof(*results));
+        uint64_t t0 = metrics_now_ns();
         rc = fsm->apply(fsm->ctx, b.normal, b.n_normal, hi, results);
+        metrics_histogram_observe(&n->apply_hist, metrics_now_ns() - t0);
     }
 
     pthread_mutex_lock(&n->mu);

@@ -47,7 +47,10 @@ static int restore_fsm(struct raft_node *n, struct snap_file *f, char *err, size
     char why[256] = "";
     struct raft_snapshot_reader rd = {reader_read, f, why, sizeof why};
     struct raft_fsm *fsm = n->cfg.fsm;
+    uint64_t t0 = metrics_now_ns();
     int rc = fsm->snapshot_restore(fsm->ctx, &rd, index, term);
+    if (!rc)
+        metrics_histogram_observe(&n->snap_restore_hist, metrics_now_ns() - t0);
     snap_file_close(f);
     if (rc)
         snprintf(err, errlen, "restoring the state machine from snapshot %" PRIu64 "/%" PRIu64
@@ -253,7 +256,10 @@ static void *snap_main(void *arg)
         n->snapshotting = true;
         pthread_mutex_unlock(&n->mu);
         uint64_t index = 0;
+        uint64_t t0 = metrics_now_ns();
         int rc = take(n, &index);
+        if (!rc)
+            metrics_histogram_observe(&n->snap_save_hist, metrics_now_ns() - t0);
         pthread_mutex_lock(&n->mu);
         n->snapshotting = false;
         if (rc)

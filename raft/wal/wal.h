@@ -100,6 +100,10 @@ int wal_append(struct wal *w, const struct raft_entry *entries, size_t n);
  * caller's snapshot covers. */
 int wal_wait_durable(struct wal *w, uint64_t index);
 uint64_t wal_durable_index(struct wal *w);
+/* Durations of the log's segment fdatasyncs (etcd's etcd_disk_wal_fsync_duration_seconds,
+ * etcd's buckets; metrics/metrics.h), counted lock-free by the writer; valid until wal_close. */
+struct metrics_histogram;
+const struct metrics_histogram *wal_fsync_histogram(const struct wal *w);
 
 uint64_t wal_first_index(struct wal *w); /* first entry kept; last+1 when the log is empty */
 uint64_t wal_last_index(struct wal *w);  /* last entry appended (queued or durable); first-1 if none */

@@ -19,6 +19,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "metrics/metrics.h"
 #include "raft/wal/crc32c.h"
 #include "raft/wal/wal.h"
 #include "raft/wal/wal_internal.h"
@@ -58,6 +59,9 @@ struct pend {
 };
 
 struct wal {
+    /* Every fdatasync of a segment (the commit path's durability point), as etcd's
+     * etcd_disk_wal_fsync_duration_seconds: its duration, with etcd's buckets. */
+    struct metrics_histogram fsync_hist;
     char *dir;
     int dirfd, lockfd;
     struct wal_options o;
@@ -157,7 +161,10 @@ static int io_write(struct wal *w, int fd, const void *buf, size_t len, uint64_t
 
 static int io_datasync(struct wal *w, int fd)
 {
-    return w->io.fdatasync(fd) == 0 ? 0 : -errno;
+    uint64_t t0 = metrics_now_ns();
+    int rc = w->io.fdatasync(fd) == 0 ? 0 : -errno;
+    metrics_histogram_observe(&w->fsync_hist, metrics_now_ns() - t0);
+    return rc;
 }
 
 static int io_sync(struct wal *w, int fd)
@@ -1530,6 +1537,7 @@ int wal_open(struct wal **out, const char *dir, const struct wal_options *opts, 
         return -ENOMEM;
     }
     w->dirfd = w->lockfd = -1;
+    metrics_histogram_init(&w->fsync_hist, metrics_buckets_etcd_disk, 14, 1e9);
     if (opts)
         w->o = *opts;
     else
@@ -1600,4 +1608,9 @@ void wal_close(struct wal *w)
     if (w->writer_started)
         pthread_join(w->writer, NULL);
     wal_free(w);
+}
+
+const struct metrics_histogram *wal_fsync_histogram(const struct wal *w)
+{
+    return &w->fsync_hist;
 }

@@ -244,3 +244,46 @@ Test(flags, watch)
     refused("from 1 to", parse("--max-watches-per-stream=0", TLS_FLAGS, NULL));
     refused("from 65536", parse("--max-watch-stream-bytes=100", TLS_FLAGS, NULL));
 }
+
+/* etcd's --listen-metrics-urls: a list; https:// needs the client TLS files; http:// is served
+ * because it was listed; and the listener's bounds. */
+Test(flags, listen_metrics_urls)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.n_listen_metrics, 0, "no metrics listener unless asked for");
+    cr_assert_eq(cfg.max_metrics_connections, 64);
+    cr_assert_eq(cfg.max_metrics_request_bytes, 8192);
+    cr_assert_eq(cfg.metrics_timeout_ms, 10000);
+    cr_assert_eq(parse("--listen-metrics-urls", "https://127.0.0.1:2381,http://10.0.0.1:9100",
+                       "--max-metrics-connections=8", "--max-metrics-request-bytes", "4096",
+                       "--metrics-timeout=1m", TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert_eq(cfg.n_listen_metrics, 2);
+    cr_assert(cfg.listen_metrics[0].tls);
+    cr_assert_eq(cfg.listen_metrics[0].port, 2381);
+    cr_assert_not(cfg.listen_metrics[1].tls);
+    cr_assert_str_eq(cfg.listen_metrics[1].host, "10.0.0.1");
+    cr_assert_eq(cfg.listen_metrics[1].port, 9100);
+    cr_assert_eq(cfg.max_metrics_connections, 8);
+    cr_assert_eq(cfg.max_metrics_request_bytes, 4096);
+    cr_assert_eq(cfg.metrics_timeout_ms, 60000);
+    /* http:// alone needs no certificate and no --insecure-plaintext: listing it is the choice */
+    cr_assert_eq(parse("--listen-metrics-urls=http://127.0.0.1:9100", TLS_FLAGS, NULL), 0, "%s",
+                 err);
+    cr_assert_eq(cfg.n_listen_metrics, 1);
+    refused("--cert-file, --key-file and --trusted-ca-file are required",
+            parse("--insecure-plaintext", "--listen-client-urls", "http://127.0.0.1:2379",
+                  "--listen-peer-urls", "http://127.0.0.1:2380", "--listen-metrics-urls",
+                  "https://127.0.0.1:2381", NULL));
+    refused("--listen-metrics-urls: an empty URL", parse("--listen-metrics-urls=https://a:1,,https://b:2", TLS_FLAGS, NULL));
+    refused("--listen-metrics-urls: an empty URL", parse("--listen-metrics-urls=https://a:1,", TLS_FLAGS, NULL));
+    refused("--listen-metrics-urls:", parse("--listen-metrics-urls=ftp://a:1", TLS_FLAGS, NULL));
+    refused("--listen-metrics-urls:", parse("--listen-metrics-urls=https://a", TLS_FLAGS, NULL));
+    refused("at most 8 URLs",
+            parse("--listen-metrics-urls=http://a:1,http://a:2,http://a:3,http://a:4,http://a:5,"
+                  "http://a:6,http://a:7,http://a:8,http://a:9", TLS_FLAGS, NULL));
+    refused("from 1 to 4096", parse("--max-metrics-connections=0", TLS_FLAGS, NULL));
+    refused("from 256", parse("--max-metrics-request-bytes=10", TLS_FLAGS, NULL));
+    refused("(1s to 1h)", parse("--metrics-timeout=500ms", TLS_FLAGS, NULL));
+    refused("whole seconds", parse("--metrics-timeout=1500ms", TLS_FLAGS, NULL));
+}

@@ -1,0 +1,428 @@
+/* metrics_http.c: /metrics, /health and /version over libevent's evhttp (metrics_http.h).
+ *
+ * HTTP parsing is evhttp's; TLS is OpenSSL's through libevent-openssl bufferevents.
+ *
+ * Connection bound: evhttp 2.1 has no connection limit of its own, but it asks us (bevcb) for
+ * every accepted connection's bufferevent. We keep a reference to each in a slot table of
+ * max_connections entries; when evhttp is done with one (bufferevent_free: its callbacks are
+ * cleared and its socket closed at once, but our reference keeps the struct), a sweep on the
+ * loop thread every SWEEP_MS sees the cleared callbacks and drops our reference. With every slot
+ * taken, a new connection gets a bufferevent whose socket is shut down one loop turn later
+ * (TLS ones from a context without a certificate, so a handshake fails before any work).
+ * bevcb never returns NULL for TLS: evhttp would then make a plaintext bufferevent. */
+#include "services/metrics_http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+struct listener {
+    struct metrics_http *m;
+    struct evhttp *http;
+    bool tls;
+    int port;
+};
+
+struct metrics_http {
+    struct metrics_http_config cfg;
+    char version[64];
+    struct event_base *base;
+    SSL_CTX *ctx;        /* client certificates required */
+    SSL_CTX *refuse_ctx; /* no certificate: every handshake fails (past max_connections) */
+    struct listener ls[METRICS_HTTP_MAX_URLS];
+    size_t n;
+    struct bufferevent **slots; /* max_connections; NULL = free */
+    _Atomic unsigned conns;     /* slots taken */
+    struct event *sweep;
+    pthread_t thread;
+    bool started;
+};
+
+static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
+static int evthread_rc;
+static void evthread_init(void) { evthread_rc = evthread_use_pthreads(); }
+
+static void tls_err(char *err, size_t errlen, const char *what, const char *file)
+{
+    unsigned long e = ERR_get_error();
+    char buf[256] = "";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    snprintf(err, errlen, "metrics listener: %s %s: %s", what, file ? file : "",
+             *buf ? buf : "failed");
+}
+
+static SSL_CTX *tls_ctx(const struct metrics_http_config *cfg, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        tls_err(err, errlen, "cannot create a TLS context", NULL);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert_file) != 1) {
+        tls_err(err, errlen, "cannot read the certificate", cfg->cert_file);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->key_file, SSL_FILETYPE_PEM) != 1) {
+        tls_err(err, errlen, "cannot read the key", cfg->key_file);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        tls_err(err, errlen, "the key does not match the certificate", cfg->key_file);
+        goto fail;
+    }
+    if (SSL_CTX_load_verify_locations(ctx, cfg->ca_file, NULL) != 1) {
+        tls_err(err, errlen, "cannot read the CA", cfg->ca_file);
+        goto fail;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    SSL_CTX_set_verify_depth(ctx, 8);
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+#define SWEEP_MS 200
+
+/* Drops our reference to every connection evhttp has freed (its callbacks cleared). */
+static void sweep(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct metrics_http *m = arg;
+    for (unsigned i = 0; i < m->cfg.max_connections; i++) {
+        struct bufferevent *bev = m->slots[i];
+        if (!bev)
+            continue;
+        bufferevent_event_cb ecb;
+        bufferevent_data_cb rcb, wcb;
+        bufferevent_getcb(bev, &rcb, &wcb, &ecb, NULL);
+        if (!rcb && !wcb && !ecb) {
+            m->slots[i] = NULL;
+            bufferevent_decref(bev);
+            atomic_fetch_sub_explicit(&m->conns, 1, memory_order_relaxed);
+        }
+    }
+}
+
+/* A refused connection, one loop turn after evhttp set its fd: shut the socket down, so evhttp
+ * sees it closed and frees it at once (an idle refused client would otherwise hold its fd until
+ * the timeout). */
+static void refuse_now(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct bufferevent *bev = arg;
+    evutil_socket_t s = bufferevent_getfd(bev);
+    if (s >= 0)
+        shutdown(s, SHUT_RDWR);
+    bufferevent_decref(bev);
+}
+
+static struct bufferevent *new_bev(struct event_base *base, bool tls, SSL_CTX *ctx)
+{
+    if (!tls)
+        return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl)
+        return NULL;
+    struct bufferevent *bev =
+        bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                       BEV_OPT_CLOSE_ON_FREE);
+    if (!bev)
+        SSL_free(ssl);
+    return bev;
+}
+
+/* evhttp asks for each accepted connection's bufferevent (it sets the fd afterwards). */
+static struct bufferevent *make_bev(struct event_base *base, void *arg)
+{
+    struct listener *l = arg;
+    struct metrics_http *m = l->m;
+    unsigned slot = m->cfg.max_connections;
+    for (unsigned i = 0; i < m->cfg.max_connections; i++)
+        if (!m->slots[i]) {
+            slot = i;
+            break;
+        }
+    if (slot < m->cfg.max_connections) {
+        struct bufferevent *bev = new_bev(base, l->tls, m->ctx);
+        if (bev) {
+            bufferevent_incref(bev);
+            m->slots[slot] = bev;
+            atomic_fetch_add_explicit(&m->conns, 1, memory_order_relaxed);
+            return bev;
+        }
+    }
+    /* Full (or out of memory): a bufferevent whose socket is shut down one loop turn later (and
+     * for TLS, whose context has no certificate, so a handshake fails before any work). */
+    struct bufferevent *bev = new_bev(base, l->tls, m->refuse_ctx);
+    if (bev) {
+        struct timeval now = {0, 0};
+        bufferevent_incref(bev);
+        if (event_base_once(base, -1, EV_TIMEOUT, refuse_now, bev, &now) != 0)
+            bufferevent_decref(bev); /* then the timeout closes it */
+    }
+    if (!bev && l->tls) {
+        /* Nothing could be allocated: evhttp would make a plaintext bufferevent of NULL and
+         * serve HTTP without TLS on a TLS port. Better to stop than to do that. */
+        fprintf(stderr, "metrics listener: out of memory for a TLS connection\n");
+        abort();
+    }
+    return bev;
+}
+
+static void send_text(struct evhttp_request *req, int code, const char *reason,
+                      const char *ctype, const char *body, size_t len)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "X-Content-Type-Options", "nosniff");
+    struct evbuffer *out = evhttp_request_get_output_buffer(req);
+    evbuffer_add(out, body, len);
+    evhttp_send_reply(req, code, reason, NULL);
+}
+
+static void send_plain(struct evhttp_request *req, int code, const char *reason, const char *body)
+{
+    send_text(req, code, reason, "text/plain; charset=utf-8", body, strlen(body));
+}
+
+/* Writes s as the contents of a JSON string (escaping quotes, backslashes and controls). */
+static void json_str(char *out, size_t len, const char *s)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p && o + 7 < len; p++) {
+        if (*p == '"' || *p == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)*p;
+        } else if (*p < 0x20) {
+            o += (size_t)snprintf(out + o, len - o, "\\u%04x", *p);
+        } else {
+            out[o++] = (char)*p;
+        }
+    }
+    out[o] = '\0';
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct listener *l = arg;
+    struct metrics_http *m = l->m;
+    const char *uri = evhttp_request_get_uri(req);
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    char path[64];
+    size_t plen = strcspn(uri ? uri : "", "?#");
+    if (!uri || plen >= sizeof path) {
+        send_plain(req, 404, "Not Found", "404 page not found\n");
+        return;
+    }
+    memcpy(path, uri, plen);
+    path[plen] = '\0';
+    bool is_metrics = !strcmp(path, "/metrics"), is_health = !strcmp(path, "/health"),
+         is_version = !strcmp(path, "/version");
+    if (!is_metrics && !is_health && !is_version) {
+        send_plain(req, 404, "Not Found", "404 page not found\n");
+        return;
+    }
+    if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET");
+        send_plain(req, 405, "Method Not Allowed", "Method Not Allowed\n");
+        return;
+    }
+    if (is_metrics) {
+        struct metrics_buf b;
+        metrics_buf_init(&b, m->cfg.max_response_bytes);
+        m->cfg.render(m->cfg.arg, &b);
+        if (b.failed || !b.p)
+            send_plain(req, 500, "Internal Server Error",
+                       "metrics could not be rendered (out of memory or over the response bound)\n");
+        else
+            send_text(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.p, b.len);
+        metrics_buf_free(&b);
+    } else if (is_health) {
+        char reason[128] = "", esc[256], body[320];
+        bool ok = m->cfg.health(m->cfg.arg, reason, sizeof reason);
+        json_str(esc, sizeof esc, ok ? "" : reason);
+        /* etcd: 200 with the JSON; otherwise http.Error: 503 and the JSON plus a newline. */
+        snprintf(body, sizeof body, "{\"health\":\"%s\",\"reason\":\"%s\"}%s",
+                 ok ? "true" : "false", esc, ok ? "" : "\n");
+        if (ok)
+            send_plain(req, 200, "OK", body);
+        else
+            send_plain(req, 503, "Service Unavailable", body);
+    } else {
+        char body[200];
+        snprintf(body, sizeof body, "{\"etcdserver\":\"%s\",\"etcdcluster\":\"%s\"}", m->version,
+                 m->version);
+        send_text(req, 200, "OK", "application/json", body, strlen(body));
+    }
+}
+
+static void *loop_main(void *arg)
+{
+    struct metrics_http *m = arg;
+    prctl(PR_SET_NAME, "metrics-http", 0, 0, 0);
+    event_base_loop(m->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+static int bound_port(struct evhttp_bound_socket *bs)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return -1;
+}
+
+struct metrics_http *metrics_http_start(const struct metrics_http_config *cfg, char *err,
+                                        size_t errlen)
+{
+    if (!cfg || cfg->n_urls == 0 || cfg->n_urls > METRICS_HTTP_MAX_URLS || !cfg->render ||
+        !cfg->health) {
+        snprintf(err, errlen, "metrics listener: bad configuration (1 to %d URLs)",
+                 METRICS_HTTP_MAX_URLS);
+        return NULL;
+    }
+    pthread_once(&evthread_once, evthread_init);
+    if (evthread_rc != 0) {
+        snprintf(err, errlen, "metrics listener: libevent has no pthreads support");
+        return NULL;
+    }
+    struct metrics_http *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(err, errlen, "metrics listener: out of memory");
+        return NULL;
+    }
+    m->cfg = *cfg;
+    if (!m->cfg.max_connections)
+        m->cfg.max_connections = METRICS_HTTP_DEFAULT_MAX_CONNECTIONS;
+    if (!m->cfg.max_header_bytes)
+        m->cfg.max_header_bytes = METRICS_HTTP_DEFAULT_MAX_HEADER_BYTES;
+    if (!m->cfg.timeout_s)
+        m->cfg.timeout_s = METRICS_HTTP_DEFAULT_TIMEOUT_S;
+    if (!m->cfg.max_response_bytes)
+        m->cfg.max_response_bytes = METRICS_HTTP_DEFAULT_MAX_RESPONSE_BYTES;
+    snprintf(m->version, sizeof m->version, "%s", cfg->version ? cfg->version : "");
+    m->cfg.version = m->version;
+    m->cfg.urls = NULL; /* not kept */
+
+    bool any_tls = false;
+    for (size_t i = 0; i < cfg->n_urls; i++)
+        any_tls |= cfg->urls[i].tls;
+    if (any_tls) {
+        if (!cfg->cert_file || !*cfg->cert_file || !cfg->key_file || !*cfg->key_file ||
+            !cfg->ca_file || !*cfg->ca_file) {
+            snprintf(err, errlen, "metrics listener: https:// needs a certificate, key and CA");
+            goto fail;
+        }
+        if (!(m->ctx = tls_ctx(cfg, err, errlen)))
+            goto fail;
+        if (!(m->refuse_ctx = SSL_CTX_new(TLS_server_method()))) {
+            tls_err(err, errlen, "cannot create a TLS context", NULL);
+            goto fail;
+        }
+    }
+    if (!(m->base = event_base_new()) ||
+        !(m->slots = calloc(m->cfg.max_connections, sizeof *m->slots)) ||
+        !(m->sweep = event_new(m->base, -1, EV_PERSIST, sweep, m))) {
+        snprintf(err, errlen, "metrics listener: cannot create an event loop");
+        goto fail;
+    }
+    struct timeval tv = {0, SWEEP_MS * 1000};
+    event_add(m->sweep, &tv);
+    for (size_t i = 0; i < cfg->n_urls; i++) {
+        const struct cluster_url *u = &cfg->urls[i];
+        struct listener *l = &m->ls[i];
+        l->m = m;
+        l->tls = u->tls;
+        if (!(l->http = evhttp_new(m->base))) {
+            snprintf(err, errlen, "metrics listener: out of memory");
+            goto fail;
+        }
+        m->n = i + 1;
+        evhttp_set_bevcb(l->http, make_bev, l);
+        evhttp_set_gencb(l->http, on_request, l);
+        evhttp_set_timeout(l->http, (int)m->cfg.timeout_s);
+        evhttp_set_max_headers_size(l->http, m->cfg.max_header_bytes);
+        evhttp_set_max_body_size(l->http, 1024);
+        struct evhttp_bound_socket *bs =
+            evhttp_bind_socket_with_handle(l->http, u->host, (ev_uint16_t)u->port);
+        if (!bs) {
+            snprintf(err, errlen, "metrics listener: cannot listen on %s:%d: %s", u->host, u->port,
+                     strerror(errno));
+            goto fail;
+        }
+        l->port = bound_port(bs);
+    }
+    if (pthread_create(&m->thread, NULL, loop_main, m) != 0) {
+        snprintf(err, errlen, "metrics listener: cannot start its thread");
+        goto fail;
+    }
+    m->started = true;
+    return m;
+fail:
+    metrics_http_stop(m);
+    return NULL;
+}
+
+void metrics_http_stop(struct metrics_http *m)
+{
+    if (!m)
+        return;
+    if (m->started) {
+        event_base_loopbreak(m->base);
+        pthread_join(m->thread, NULL);
+    }
+    for (size_t i = 0; i < m->n; i++)
+        if (m->ls[i].http)
+            evhttp_free(m->ls[i].http); /* closes its listeners and connections */
+    if (m->slots)
+        for (unsigned i = 0; i < m->cfg.max_connections; i++)
+            if (m->slots[i])
+                bufferevent_decref(m->slots[i]);
+    free(m->slots);
+    if (m->sweep)
+        event_free(m->sweep);
+    if (m->base)
+        event_base_free(m->base);
+    if (m->ctx)
+        SSL_CTX_free(m->ctx);
+    if (m->refuse_ctx)
+        SSL_CTX_free(m->refuse_ctx);
+    free(m);
+}
+
+int metrics_http_port(const struct metrics_http *m, size_t i)
+{
+    return m && i < m->n ? m->ls[i].port : -1;
+}
+
+unsigned metrics_http_connections(const struct metrics_http *m)
+{
+    return atomic_load_explicit(&((struct metrics_http *)m)->conns, memory_order_relaxed);
+}
