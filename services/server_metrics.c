@@ -293,6 +293,9 @@ void server_metrics_render(const struct server_metrics_src *src, struct metrics_
     raft_node_metrics_get(src->node, &nm);
     one_hist(b, "etcd_disk_wal_fsync_duration_seconds",
              "The latency distributions of fsync called by WAL.", nm.wal_fsync);
+    one_hist(b, "etcd_disk_backend_commit_duration_seconds",
+             "The latency distributions of commit called by backend.",
+             kv_store_commit_histogram(src->store));
 
     int64_t rev = 0, compact_rev = 0, db_size = 0, in_use = 0;
     if (kv_store_status(src->store, &rev, &compact_rev, &db_size, &in_use) == 0) {

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "metrics/metrics.h"
 #include "services/kvstore/kv_cmd.h"
 #include "services/kvstore/kv_hist.h"
 #include "services/kvstore/kv_index.h"
@@ -130,6 +131,10 @@ struct kv_store {
                           transaction is older) */
     struct idx_undo *undo; /* applier: writes added to idx since the last commit */
     size_t n_undo, cap_undo;
+
+    /* etcd_disk_backend_commit_duration_seconds: what makes applied writes durable in the
+     * store - each background sync (lazy), or each batch's commit with its fdatasync. */
+    struct metrics_histogram commit_hist;
 };
 
 /* One write the applier added to the index before its transaction committed. */
@@ -1549,10 +1554,14 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
     }
     if (rc == 0)
         rc = state_write(txn, s->meta, last_index, term, s->rev, s->compact);
-    if (rc == 0)
+    if (rc == 0) {
+        uint64_t t0 = s->lazy ? 0 : metrics_now_ns();
         rc = mdb_txn_commit(txn); /* a failed commit frees txn too */
-    else
+        if (rc == 0 && !s->lazy) /* it synced: the backend commit etcd times */
+            metrics_histogram_observe(&s->commit_hist, metrics_now_ns() - t0);
+    } else {
         mdb_txn_abort(txn);
+    }
     if (rc)
         idx_undo_to(s, 0); /* the batch's writes are not in the store: nor in the index */
     s->n_undo = 0;
@@ -2250,7 +2259,10 @@ static int sync_store(struct kv_store *s)
     if (rc)
         return rc;
     pthread_rwlock_rdlock(&s->env_lock);
+    uint64_t t0 = metrics_now_ns();
     rc = s->fail_sync || !s->env ? EIO : mdb_env_sync(s->env, 1);
+    if (rc == 0)
+        metrics_histogram_observe(&s->commit_hist, metrics_now_ns() - t0);
     pthread_rwlock_unlock(&s->env_lock);
     if (rc)
         atomic_store(&s->sync_err, rc);
@@ -2526,6 +2538,7 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
     pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&s->env_lock, &ra);
     pthread_rwlock_init(&s->idx_lock, &ra);
+    metrics_histogram_init(&s->commit_hist, metrics_buckets_etcd_disk, 14, 1e9);
     pthread_mutex_init(&s->mark_mu, NULL);
     pthread_rwlockattr_destroy(&ra);
     s->env_lock_init = s->idx_lock_init = true;
@@ -2965,4 +2978,9 @@ static int restore_locked(struct kv_store *s, struct raft_snapshot_reader *r, ui
         remove_restore_leftover(s->dir);
     atomic_store(&s->mark_pending, s->lazy);
     return 0;
+}
+
+const struct metrics_histogram *kv_store_commit_histogram(const struct kv_store *s)
+{
+    return &s->commit_hist;
 }

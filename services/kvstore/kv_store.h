@@ -280,4 +280,10 @@ void kv_store_set_commit_hook(struct kv_store *s, void (*fn)(void *arg, int64_t 
  * removal failed. Any thread. */
 int kv_store_compact_wait(struct kv_store *s, int64_t rev, unsigned timeout_ms);
 
+/* How long what makes applied writes durable took: each background sync (the default), or each
+ * batch's commit with its fdatasync (sync_every_batch); etcd's
+ * etcd_disk_backend_commit_duration_seconds. Valid while s lives. */
+struct metrics_histogram;
+const struct metrics_histogram *kv_store_commit_histogram(const struct kv_store *s);
+
 #endif

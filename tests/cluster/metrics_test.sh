@@ -105,7 +105,8 @@ done
 for m in etcd_server_has_leader etcd_server_is_leader etcd_server_leader_changes_seen_total \
     etcd_server_proposals_committed_total etcd_server_proposals_applied_total \
     etcd_server_proposals_pending etcd_server_proposals_failed_total \
-    etcd_disk_wal_fsync_duration_seconds_count etcd_mvcc_db_total_size_in_bytes \
+    etcd_disk_wal_fsync_duration_seconds_count etcd_disk_backend_commit_duration_seconds_count \
+    etcd_mvcc_db_total_size_in_bytes \
     etcd_network_peer_sent_bytes_total etcd_network_peer_received_bytes_total \
     grpc_server_started_total grpc_server_handled_total process_cpu_seconds_total \
     process_resident_memory_bytes process_open_fds process_start_time_seconds \
@@ -121,6 +122,7 @@ c0=$(metric "$l" etcd_server_proposals_committed_total)
 put_ok='grpc_server_handled_total{grpc_type="unary",grpc_service="etcdserverpb.KV",grpc_method="Put",grpc_code="OK"}'
 p0=$(metric "$f" "$put_ok")
 w0=$(metric "$l" etcd_disk_wal_fsync_duration_seconds_count)
+b0=$(metric "$l" etcd_disk_backend_commit_duration_seconds_count)
 for k in $(seq 1 20); do ctl "$f" put "k$k" "v$k" >/dev/null || bad "put k$k"; done
 c1=$(metric "$l" etcd_server_proposals_committed_total)
 p1=$(metric "$f" "$put_ok")
@@ -130,6 +132,15 @@ w1=$(metric "$l" etcd_disk_wal_fsync_duration_seconds_count)
 [ "$p1" -eq $((p0 + 20)) ] && ok "grpc_server_handled_total{Put,OK} $p0 -> $p1 on the member that took them" ||
     bad "grpc_server_handled_total{Put,OK} $p0 -> $p1"
 [ "$w1" -gt "$w0" ] && ok "WAL fsync histogram counts ($w0 -> $w1)" || bad "WAL fsyncs not counted ($w0 -> $w1)"
+# the store syncs what the puts dirtied in the background (every 100 ms): poll for it, 10 s at most
+b1=$b0
+for _ in $(seq 100); do
+    b1=$(metric "$l" etcd_disk_backend_commit_duration_seconds_count)
+    [ "${b1:-0}" -gt "${b0:-0}" ] && break
+    sleep 0.1
+done
+[ "${b1:-0}" -gt "${b0:-0}" ] && ok "backend commit histogram counts the store's syncs ($b0 -> $b1)" ||
+    bad "backend commits not counted ($b0 -> $b1)"
 fb=$(metric "$f" craft_forward_items_sent_total)
 [ "${fb:-0}" -ge 20 ] && ok "the follower counted its 20 forwarded writes" || bad "forwarded writes: '$fb'"
 sent=$(get "$l" /metrics | awk '/^etcd_network_peer_sent_bytes_total\{To=/ { s += $2 } END { print s + 0 }')
