@@ -131,19 +131,25 @@ struct kv_store {
                           transaction is older) */
     struct idx_undo *undo; /* applier: writes added to idx since the last commit */
     size_t n_undo, cap_undo;
+    uint8_t *undo_keys;    /* their keys, back to back */
+    size_t n_undo_keys, cap_undo_keys;
 
     /* etcd_disk_backend_commit_duration_seconds: what makes applied writes durable in the
      * store - each background sync (lazy), or each batch's commit with its fdatasync. */
     struct metrics_histogram commit_hist;
 };
 
-/* One write the applier added to the index before its transaction committed. */
+/* One write the applier added to the index before its transaction committed; its key is at
+ * undo_keys + koff. */
 struct idx_undo {
     int64_t rev;
     uint64_t sub;
-    size_t klen;
-    uint8_t key[KV_MAX_KEY];
+    size_t koff, klen;
 };
+/* Past these, the undo list's memory goes back after the batch (a DeleteRange of a million keys
+ * needs it once, not for ever). */
+#define UNDO_KEEP_ENTRIES 4096
+#define UNDO_KEEP_KEY_BYTES (1u << 20)
 
 /* ---- little-endian records (kv_le_put64/kv_le_get64: kv_snap.h) ---- */
 
@@ -236,6 +242,16 @@ static int idx_record(struct kv_store *s, const void *key, size_t klen, int64_t 
         s->undo = u;
         s->cap_undo = cap;
     }
+    if (klen > s->cap_undo_keys - s->n_undo_keys) {
+        size_t cap = s->cap_undo_keys ? s->cap_undo_keys : 4096;
+        while (cap - s->n_undo_keys < klen)
+            cap *= 2;
+        uint8_t *k = realloc(s->undo_keys, cap);
+        if (!k)
+            return ENOMEM;
+        s->undo_keys = k;
+        s->cap_undo_keys = cap;
+    }
     struct kv_index_ent e = {rev, sub, (uint8_t)type};
     pthread_rwlock_wrlock(&s->idx_lock);
     int rc = kv_index_add(s->idx, key, klen, &e);
@@ -244,11 +260,9 @@ static int idx_record(struct kv_store *s, const void *key, size_t klen, int64_t 
         return ENOMEM;
     if (rc) /* a write not after the key's last one: the history is not what apply made */
         return MDB_CORRUPTED;
-    struct idx_undo *u = &s->undo[s->n_undo++];
-    u->rev = rev;
-    u->sub = sub;
-    u->klen = klen;
-    memcpy(u->key, key, klen);
+    s->undo[s->n_undo++] = (struct idx_undo){rev, sub, s->n_undo_keys, klen};
+    memcpy(s->undo_keys + s->n_undo_keys, key, klen);
+    s->n_undo_keys += klen;
     return 0;
 }
 
@@ -259,9 +273,27 @@ static void idx_undo_to(struct kv_store *s, size_t to)
     pthread_rwlock_wrlock(&s->idx_lock);
     while (s->n_undo > to) {
         const struct idx_undo *u = &s->undo[--s->n_undo];
-        kv_index_remove(s->idx, u->key, u->klen, u->rev, u->sub);
+        kv_index_remove(s->idx, s->undo_keys + u->koff, u->klen, u->rev, u->sub);
+        s->n_undo_keys = u->koff;
     }
     pthread_rwlock_unlock(&s->idx_lock);
+}
+
+/* Applier, after a commit (or an abort undone): the list starts over, and gives back what an
+ * unusually large batch made it grow to. */
+static void idx_undo_clear(struct kv_store *s)
+{
+    s->n_undo = s->n_undo_keys = 0;
+    if (s->cap_undo > UNDO_KEEP_ENTRIES) {
+        free(s->undo);
+        s->undo = NULL;
+        s->cap_undo = 0;
+    }
+    if (s->cap_undo_keys > UNDO_KEEP_KEY_BYTES) {
+        free(s->undo_keys);
+        s->undo_keys = NULL;
+        s->cap_undo_keys = 0;
+    }
 }
 
 /* The index of the history in txn's "hist": every write, by key. 0 with *out, or an LMDB code
@@ -470,10 +502,16 @@ static int version_at(struct kv_ctx *c, const struct kv_index_node *n, int64_t a
     return 0;
 }
 
+/* Keys a walk at an old revision handles under one hold of idx_lock: it lets go in between, so
+ * a Range over many keys does not hold back the applier (which takes the lock per write). */
+#define WALK_KEYS_PER_HOLD 256
+
 /* span_walk at an old revision: every key of the span with its version at c->at. The keys are
  * those of "kv" (the keys that exist now) merged with the index's ordered list (the keys with a
  * delete among their writes): a key that existed at c->at and does not now was deleted after it,
- * and that delete is in the index unless compacted, which idx_floor rules out. */
+ * and that delete is in the index unless compacted, which idx_floor rules out. Between two holds
+ * of the lock the index only gains newer writes or loses writes below the floor, so the walk
+ * checks the floor again and finds its place in the list again by key. */
 static int hist_span_walk(struct kv_ctx *c, const struct kv_span *sp, span_cb cb, void *arg)
 {
     struct kv_rec r;
@@ -510,7 +548,26 @@ static int hist_span_walk(struct kv_ctx *c, const struct kv_span *sp, span_cb cb
     k.mv_size = sp->kn < s->maxkey ? sp->kn : s->maxkey;
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     const struct kv_index_node *d = kv_index_seek(s->idx, sp->k, sp->kn);
+    uint8_t last[KV_MAX_KEY];
+    size_t last_len = 0, held = 0;
     for (;;) {
+        if (++held > WALK_KEYS_PER_HOLD) {
+            pthread_rwlock_unlock(&s->idx_lock);
+            pthread_rwlock_rdlock(&s->idx_lock);
+            held = 1;
+            if (c->at < s->idx_floor) {
+                out = sys_fail(c, SYS_COMPACTED);
+                break;
+            }
+            /* the first key of the list after the last one handled */
+            d = kv_index_seek(s->idx, last, last_len);
+            if (d) {
+                size_t dl;
+                const uint8_t *dk = kv_index_key(d, &dl);
+                if (kv_bytes_cmp(dk, dl, last, last_len) == 0)
+                    d = kv_index_next(d);
+            }
+        }
         while (rc == 0 && kv_bytes_cmp(k.mv_data, k.mv_size, sp->k, sp->kn) < 0)
             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
         if (rc != 0 && rc != MDB_NOTFOUND) {
@@ -548,6 +605,8 @@ static int hist_span_walk(struct kv_ctx *c, const struct kv_span *sp, span_cb cb
                 out = EXEC_SYS;
             break;
         }
+        memcpy(last, key.mv_data, key.mv_size); /* kv's keys and the index's are <= KV_MAX_KEY */
+        last_len = key.mv_size;
         if (cmp <= 0)
             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
         if (cmp >= 0)
@@ -1492,7 +1551,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
             mdb_txn_abort(txn);
         if (rc)
             idx_undo_to(s, 0);
-        s->n_undo = 0;
+        idx_undo_clear(s);
         if (rc == MDB_MAP_FULL) {
             s->rev = rev0;
             s->compact = compact0;
@@ -1564,7 +1623,7 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
     }
     if (rc)
         idx_undo_to(s, 0); /* the batch's writes are not in the store: nor in the index */
-    s->n_undo = 0;
+    idx_undo_clear(s);
     if (rc == 0) {
         atomic_store(&s->applied, last_index);
         after_commit(s);
@@ -1737,24 +1796,40 @@ static int event_kv(const struct hist_ent *h, struct kv_event_kv *kv)
     return 0;
 }
 
-/* The write of h's key just before h (the key's previous version), if it was a put still in
- * the history: *found with *prev. 0 or an LMDB code. */
+/* The previous version of h's key (etcd: the key at revision h->rev - 1), if it was a put:
+ * *found with *prev. *stop when the index may no longer know it (a compaction newer than this
+ * read's transaction removed what lies below h->rev): the caller stops before h, and its next
+ * read, in a newer transaction, answers "compacted". The index is held for the lookup only, so
+ * whatever the caller does with the events never holds back apply. 0 or an LMDB code. */
 static int event_prev(struct kv_ctx *c, const struct hist_ent *h, struct kv_event_kv *prev,
-                      bool *found)
+                      bool *found, bool *stop)
 {
-    *found = false;
-    const struct kv_index_node *n = kv_index_find(c->s->idx, h->key, h->klen);
-    if (!n)
-        return MDB_CORRUPTED; /* the write itself is indexed */
-    const struct kv_index_ent *e = kv_index_before(n, h->rev, h->sub);
-    if (!e || e->type != KV_EVENT_PUT)
-        return 0;
+    *found = *stop = false;
+    if (h->rev - 1 < c->compact)
+        return 0; /* compacted: none (what it was may be gone from "hist" already) */
+    struct kv_store *s = c->s;
+    struct kv_index_ent e = {0};
+    bool have = false;
+    int rc = 0;
+    pthread_rwlock_rdlock(&s->idx_lock);
+    if (h->rev - 1 < s->idx_floor) {
+        *stop = true;
+    } else {
+        const struct kv_index_node *n = kv_index_find(s->idx, h->key, h->klen);
+        const struct kv_index_ent *p = n ? kv_index_before(n, h->rev, h->sub) : NULL;
+        if (!n)
+            rc = MDB_CORRUPTED; /* the write itself is indexed */
+        else if (p)
+            e = *p, have = true;
+    }
+    pthread_rwlock_unlock(&s->idx_lock);
+    if (rc || !have || e.type != KV_EVENT_PUT)
+        return rc;
     uint8_t hk[KV_HIST_KEY];
-    kv_hist_key(hk, e->rev, e->sub);
+    kv_hist_key(hk, e.rev, e.sub);
     MDB_val pk = {KV_HIST_KEY, hk}, pv;
     struct hist_ent ph;
-    int rc = mdb_get(c->txn, c->s->hist, &pk, &pv);
-    if (rc)
+    if ((rc = mdb_get(c->txn, s->hist, &pk, &pv)))
         return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
     if (hist_decode(&pk, &pv, &ph) || ph.type != KV_EVENT_PUT || event_kv(&ph, prev))
         return MDB_CORRUPTED;
@@ -1781,12 +1856,15 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
     }
     if (from_rev <= 0 || from_rev > c.rev)
         goto out;
-    /* prev_kv reads the index, held shared throughout (no event below idx_floor: its previous
-     * write may be gone from the index while this older transaction still has it) */
+    /* prev_kv reads the index, which a compaction newer than this transaction may have pruned
+     * (event_prev stops before the events it reached) */
     if (with_prev) {
         pthread_rwlock_rdlock(&s->idx_lock);
-        if (from_rev < s->idx_floor) {
-            pthread_rwlock_unlock(&s->idx_lock);
+        int64_t floor = s->idx_floor;
+        pthread_rwlock_unlock(&s->idx_lock);
+        if (from_rev < floor) {
+            if (compact_rev)
+                *compact_rev = floor; /* the compaction the answer is about */
             rc = kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_COMPACTED);
             goto out;
         }
@@ -1818,8 +1896,13 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
         ev.type = h.type;
         ev.rev = h.rev;
         ev.sub = (int64_t)h.sub;
-        if (with_prev && (lrc = event_prev(&c, &h, &ev.prev, &ev.has_prev)))
+        bool gone = false;
+        if (with_prev && (lrc = event_prev(&c, &h, &ev.prev, &ev.has_prev, &gone)))
             break;
+        if (gone) {
+            next = h.rev; /* as when cb stops: the caller skips what it has of this revision */
+            break;
+        }
         int x = cb(arg, &ev);
         n++;
         last = h.rev;
@@ -1829,8 +1912,6 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
         }
         stop = x > 0;
     }
-    if (with_prev)
-        pthread_rwlock_unlock(&s->idx_lock);
     if (cur)
         mdb_cursor_close(cur);
     if (rc == 0 && lrc != 0 && lrc != MDB_NOTFOUND) {
@@ -1880,6 +1961,8 @@ static int phys_write(MDB_txn *txn, MDB_dbi meta, const struct phys *p)
     MDB_val k = {4, "phys"}, v = {sizeof b, b};
     return mdb_put(txn, meta, &k, &v, 0);
 }
+
+static bool step(struct kv_store *s, const char *op, uint64_t n);
 
 /* An entry to remove: its "hist" key and its key. */
 struct doomed {
@@ -1979,6 +2062,7 @@ static int compact_batch(struct kv_store *s, struct doomed *dm, int64_t *done)
     pthread_rwlock_unlock(&s->idx_lock);
     if ((rc = phys_write(txn, s->meta, &ph)) || (rc = mdb_txn_commit(txn)))
         return rc;
+    step(s, "compact-committed", n); /* tests: "hist" has lost them, the index not yet */
     pthread_rwlock_wrlock(&s->idx_lock);
     for (size_t i = 0; i < n; i++)
         kv_index_remove(s->idx, dm[i].key, dm[i].klen, dm[i].rev, dm[i].sub);
@@ -2193,6 +2277,7 @@ static void store_free(struct kv_store *s)
     if (s->idx_lock_init)
         pthread_rwlock_destroy(&s->idx_lock);
     free(s->undo);
+    free(s->undo_keys);
     free(s);
 }
 

@@ -158,7 +158,9 @@ struct kv_store_opts {
     /* Tests only: called after each record a snapshot write has written (op "snapshot-record",
      * n = records so far), and before each step of a restore (op "sync-old", "build",
      * "build-commit" (every restore_txn_bytes of records), "sync-new", "rename", "fsync-dir",
-     * "switch", "cleanup"; n counts the calls). A nonzero return fails the operation there as
+     * "switch", "cleanup"; n counts the calls), and on the compactor's thread after each
+     * removal batch commits, before the index forgets what it removed ("compact-committed",
+     * n = entries removed; the return value is ignored). A nonzero return fails the operation there as
      * a failure of that step would; the hook may also block (holding a snapshot write midway)
      * or end the process (a crash before that step). */
     int (*step_hook)(void *arg, const char *op, uint64_t n);
@@ -256,13 +258,16 @@ typedef int (*kv_event_cb)(void *arg, const struct kv_event *ev);
  * events with revision >= from_rev in (revision, sub) order, calling cb for each; with_prev
  * fills prev. It stops at the end, when cb returns 1 or negative, or at the first revision
  * boundary after max_events events (0 = no bound), so a revision's events are never split
- * by the bound. *next_rev = the revision to resume from (the first one not wholly delivered:
- * when cb stopped mid-revision it is that revision, and the caller skips what it has), *cur_rev
+ * by the bound; with_prev, also before an event whose previous version a compaction applied
+ * after this transaction began may have removed (the next call, in a newer transaction,
+ * answers compacted for it). *next_rev = the revision to resume from (the first one not wholly
+ * delivered: when it stopped mid-revision it is that revision, and the caller skips what it
+ * has), *cur_rev
  * = the store's revision in that transaction (all events up to it were delivered when
  * *next_rev == *cur_rev + 1), *compact_rev = its compacted revision. from_rev <= 0 reads
  * nothing and returns next_rev = cur_rev + 1.
  * 0; or -1 with *err: OUT_OF_RANGE KV_ERR_COMPACTED when 0 < from_rev < compacted revision
- * (*compact_rev set), or a storage error; or cb's negative value. Any pointer of the three
+ * (*compact_rev set to it), or a storage error; or cb's negative value. Any pointer of the three
  * may be NULL. Any thread, concurrently with apply. */
 int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, bool with_prev,
                     kv_event_cb cb, void *arg, int64_t *next_rev, int64_t *cur_rev,

@@ -1,13 +1,18 @@
 /* kv_history_test.c: the store's history beyond what the reference model (kv_model_test) checks:
  * stores and snapshots from before history come in with each key's last write as its history;
  * a store with the "keyrev" tree of format craft-kv-2 opens with it dropped and its history
- * intact;
+ * intact; the history index's lock never makes apply wait for a reader's callback, and a
+ * prev_kv read meeting the compactor between its commit and its index update is not "data
+ * loss";
  * kv_store_events on bad and edge input (revisions below, above and far above, a callback that
  * stops or fails); the commit hook; the removal of a long compacted history while writes go
  * on. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <lmdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,3 +384,151 @@ Test(kv_history, a_long_history_is_removed_in_the_background_while_writes_go_on,
     cr_assert_str_eq(events(&t, 19950, 1, &next), "P:k49=19949@19950/399");
     kvt_close(&t);
 }
+
+/* ---- the index's lock and the compactor's two steps (found in review of the index) ---- */
+
+struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool reached, released, put_done, put_seen;
+};
+
+static void gate_init(struct gate *g)
+{
+    memset(g, 0, sizeof *g);
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&g->cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+/* Waits (g->mu held) until *flag, for at most 10 s: a deadline, so a bug fails the test
+ * instead of hanging it. */
+static bool gate_wait(struct gate *g, bool *flag)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += 10;
+    while (!*flag)
+        if (pthread_cond_timedwait(&g->cv, &g->mu, &ts) != 0)
+            break;
+    return *flag;
+}
+
+static void gate_set(struct gate *g, bool *flag)
+{
+    pthread_mutex_lock(&g->mu);
+    *flag = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* A consumer of events that is slow: it holds the first event until the test's put is done. */
+static int held_cb(void *arg, const struct kv_event *ev)
+{
+    (void)ev;
+    struct gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    g->reached = true;
+    pthread_cond_broadcast(&g->cv);
+    g->put_seen = gate_wait(g, &g->put_done);
+    pthread_mutex_unlock(&g->mu);
+    return 1;
+}
+
+struct events_job {
+    struct kv_store *s;
+    struct gate *g;
+    int rc;
+};
+
+static void *events_main(void *arg)
+{
+    struct events_job *j = arg;
+    struct kv_err err;
+    int64_t next, cur, comp;
+    j->rc = kv_store_events(j->s, 1, 0, true, held_cb, j->g, &next, &cur, &comp, &err);
+    return NULL;
+}
+
+Test(kv_history, a_reader_of_events_with_prev_kv_does_not_hold_back_apply)
+{
+    struct kvt t;
+    kvt_open(&t, NULL);
+    put_ok(&t, "a", "1");
+    put_ok(&t, "a", "2");
+    struct gate g;
+    gate_init(&g);
+    struct events_job j = {t.s, &g, -99};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, events_main, &j), 0);
+    pthread_mutex_lock(&g.mu);
+    cr_assert(gate_wait(&g, &g.reached), "the reader never called back");
+    pthread_mutex_unlock(&g.mu);
+    put_ok(&t, "b", "1"); /* the applier takes the index's lock for this write */
+    gate_set(&g, &g.put_done);
+    pthread_join(th, NULL);
+    cr_assert_eq(j.rc, 0);
+    cr_assert(g.put_seen, "the put waited for the reader's callback to return");
+    kvt_close(&t);
+}
+
+/* Holds the compactor between its commit and its index update, once. */
+static int compact_hook(void *arg, const char *op, uint64_t n)
+{
+    (void)n;
+    struct gate *g = arg;
+    if (strcmp(op, "compact-committed") != 0)
+        return 0;
+    pthread_mutex_lock(&g->mu);
+    if (!g->reached) {
+        g->reached = true;
+        pthread_cond_broadcast(&g->cv);
+        gate_wait(g, &g->released);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return 0;
+}
+
+static int count_events(void *arg, const struct kv_event *ev)
+{
+    struct evs *e = arg;
+    return collect(e, ev);
+}
+
+Test(kv_history, prev_kv_from_the_compacted_revision_meanwhile_the_compactor_updates_the_index)
+{
+    struct gate g;
+    gate_init(&g);
+    struct kv_store_opts o = {.step_hook = compact_hook, .step_arg = &g};
+    struct kvt t;
+    kvt_open(&t, &o);
+    put_ok(&t, "a", "1"); /* rev 1: superseded at 2, removed by Compact(2) */
+    put_ok(&t, "a", "2"); /* rev 2 */
+    put_ok(&t, "b", "1"); /* rev 3 */
+    Craft__Kv__Result *c = kvt_compact(&t, 2);
+    cr_assert_eq(c->code, 0);
+    craft__kv__result__free_unpacked(c, NULL);
+    pthread_mutex_lock(&g.mu);
+    cr_assert(gate_wait(&g, &g.reached), "the compactor never committed a batch");
+    pthread_mutex_unlock(&g.mu);
+    /* "hist" has lost a@1, the index still names it: the prev of a@2 is compacted, not lost */
+    static struct evs e;
+    memset(&e, 0, sizeof e);
+    struct kv_err err = {0};
+    int64_t next, cur, comp;
+    int rc = kv_store_events(t.s, 2, 0, true, count_events, &e, &next, &cur, &comp, &err);
+    gate_set(&g, &g.released);
+    cr_assert_eq(rc, 0, "events from the compacted revision with prev_kv: %d %s", err.code,
+                 err.msg);
+    cr_assert_str_eq(e.text, "P:a=2@2/2 P:b=1@3/1");
+    cr_assert_eq(kv_store_compact_wait(t.s, 2, 10000), 0);
+    /* and once the index is updated too, the same answer */
+    memset(&e, 0, sizeof e);
+    cr_assert_eq(kv_store_events(t.s, 2, 0, true, count_events, &e, &next, &cur, &comp, &err), 0);
+    cr_assert_str_eq(e.text, "P:a=2@2/2 P:b=1@3/1");
+    kvt_close(&t);
+}
+

@@ -486,8 +486,9 @@ struct crash_at {
 static int crash_hook(void *arg, const char *op, uint64_t n)
 {
     struct crash_at *c = arg;
-    if (strcmp(op, "snapshot-record") == 0 || n != c->at)
-        return 0;
+    if (strcmp(op, "snapshot-record") == 0 || strcmp(op, "compact-committed") == 0 ||
+        n != c->at)
+        return 0; /* restore steps only */
     snprintf(c->op, sizeof c->op, "%s", op);
     if (c->fd >= 0) {
         ssize_t k = write(c->fd, op, strlen(op));
