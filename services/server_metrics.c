@@ -46,6 +46,30 @@ static void id_text(uint64_t id, char *buf, size_t len)
     snprintf(buf, len, "%" PRIx64, id);
 }
 
+/* One sample per peer (label To) of a per-peer figure; leader_only: only for the peers whose
+ * replication progress this member knows (it leads). */
+typedef uint64_t (*peer_figure)(const struct raft_node_peer_view *p);
+static uint64_t pv_inflight_msgs(const struct raft_node_peer_view *p) { return p->inflight_msgs; }
+static uint64_t pv_inflight_bytes(const struct raft_node_peer_view *p) { return p->inflight_bytes; }
+static uint64_t pv_match(const struct raft_node_peer_view *p) { return p->match; }
+static uint64_t pv_outbox_msgs(const struct raft_node_peer_view *p) { return p->outbox_msgs; }
+static uint64_t pv_outbox_dropped(const struct raft_node_peer_view *p) { return p->outbox_dropped; }
+
+static void peer_u64s(struct metrics_buf *b, const char *name, const char *type, const char *help,
+                      const struct raft_node_peer_view *v, size_t nv, bool leader_only,
+                      peer_figure fig)
+{
+    char id[24];
+    metrics_family(b, name, type, help);
+    for (size_t i = 0; i < nv; i++) {
+        if (leader_only && !v[i].progress_known)
+            continue;
+        id_text(v[i].id, id, sizeof id);
+        const char *l[] = {"To", id, NULL};
+        metrics_sample_u64(b, name, l, fig(&v[i]));
+    }
+}
+
 /* ---- process_* ---------------------------------------------------------------------------- */
 
 void server_metrics_process(struct metrics_buf *b)
@@ -212,44 +236,21 @@ static void peer_metrics(struct metrics_buf *b, const struct server_metrics_src 
                                        raft_node_append_bounds, RAFT_NODE_APPEND_BOUNDS, 1,
                                        v[i].append_counts, v[i].append_sum);
     }
-    metrics_family(b, "craft_peer_inflight_messages", "gauge",
-                   "AppendEntries in flight to a follower (the pipeline window in use; leader only).");
-    for (size_t i = 0; i < nv; i++)
-        if (v[i].progress_known) {
-            id_text(v[i].id, id, sizeof id);
-            const char *l[] = {"To", id, NULL};
-            metrics_sample_u64(b, "craft_peer_inflight_messages", l, v[i].inflight_msgs);
-        }
-    metrics_family(b, "craft_peer_inflight_bytes", "gauge",
-                   "Entry payload bytes in flight to a follower (leader only).");
-    for (size_t i = 0; i < nv; i++)
-        if (v[i].progress_known) {
-            id_text(v[i].id, id, sizeof id);
-            const char *l[] = {"To", id, NULL};
-            metrics_sample_u64(b, "craft_peer_inflight_bytes", l, v[i].inflight_bytes);
-        }
-    metrics_family(b, "craft_peer_match_index", "gauge",
-                   "Highest log index known to be stored on a follower (leader only).");
-    for (size_t i = 0; i < nv; i++)
-        if (v[i].progress_known) {
-            id_text(v[i].id, id, sizeof id);
-            const char *l[] = {"To", id, NULL};
-            metrics_sample_u64(b, "craft_peer_match_index", l, v[i].match);
-        }
-    metrics_family(b, "craft_replicator_outbox_messages", "gauge",
-                   "Messages waiting in a peer's outbox for its replicator thread.");
-    for (size_t i = 0; i < nv; i++) {
-        id_text(v[i].id, id, sizeof id);
-        const char *l[] = {"To", id, NULL};
-        metrics_sample_u64(b, "craft_replicator_outbox_messages", l, v[i].outbox_msgs);
-    }
-    metrics_family(b, "craft_replicator_outbox_dropped_total", "counter",
-                   "Messages dropped because a peer's outbox overflowed (Raft resends).");
-    for (size_t i = 0; i < nv; i++) {
-        id_text(v[i].id, id, sizeof id);
-        const char *l[] = {"To", id, NULL};
-        metrics_sample_u64(b, "craft_replicator_outbox_dropped_total", l, v[i].outbox_dropped);
-    }
+    peer_u64s(b, "craft_peer_inflight_messages", "gauge",
+              "AppendEntries in flight to a follower (the pipeline window in use; leader only).",
+              v, nv, true, pv_inflight_msgs);
+    peer_u64s(b, "craft_peer_inflight_bytes", "gauge",
+              "Entry payload bytes in flight to a follower (leader only).", v, nv, true,
+              pv_inflight_bytes);
+    peer_u64s(b, "craft_peer_match_index", "gauge",
+              "Highest log index known to be stored on a follower (leader only).", v, nv, true,
+              pv_match);
+    peer_u64s(b, "craft_replicator_outbox_messages", "gauge",
+              "Messages waiting in a peer's outbox for its replicator thread.", v, nv, false,
+              pv_outbox_msgs);
+    peer_u64s(b, "craft_replicator_outbox_dropped_total", "counter",
+              "Messages dropped because a peer's outbox overflowed (Raft resends).", v, nv,
+              false, pv_outbox_dropped);
     free(v);
 }
 
