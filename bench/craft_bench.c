@@ -33,7 +33,6 @@
  *   reached or set up, 2 for bad flags (with one line naming the problem). SIGINT/SIGTERM stop
  *   the run early and still print the results.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -47,11 +46,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/resource.h>
 
+#include "bench/bench_client.h"
 #include "bench/bench_hist.h"
 #include "rpc/rpc.h"
-#include "services/cluster.h"
 #include "services/proto/etcd/rpc.pb-c.h"
 
 #define MAX_EPS 16
@@ -143,13 +141,10 @@ static void bad_usage(const char *fmt, ...)
 
 static long long parse_int(const char *flag, const char *v, long long lo, long long hi)
 {
-    char *end;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end)
-        bad_usage("%s: '%s' is not an integer", flag, v);
-    if (x < lo || x > hi)
-        bad_usage("%s: %lld is out of range %lld..%lld", flag, x, lo, hi);
+    long long x;
+    char err[BENCH_ERR_MAX];
+    if (bench_parse_int(flag, v, lo, hi, &x, err, sizeof err) != 0)
+        bad_usage("%s", err);
     return x;
 }
 
@@ -195,48 +190,26 @@ static void parse_args(int argc, char **argv, struct opts *o)
                        .threads = 1, .seed = 1};
     char *mix = default_mix;
     char *endpoints = NULL;
+    const struct bench_bool_flag bools[] = {
+        {"--insecure", &o->insecure}, {"--preload", &o->preload}, {"--json", &o->json},
+        {"--quiet", &o->quiet},       {"--phases", &o->phases},   {NULL, NULL}};
+    static const char *const valued[] = {
+        "--endpoints", "--cacert",    "--cert",     "--key",      "--server-name",
+        "--conns",     "--inflight",  "--duration", "--total",    "--mix",
+        "--key-size",  "--val-size",  "--key-space", "--deadline-ms", "--client-threads",
+        "--seed",      NULL};
+    char err[BENCH_ERR_MAX];
     for (int i = 1; i < argc; i++) {
-        char *f = argv[i];
-        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+        char *f, *v;
+        int r = bench_flag_next(argc, argv, &i, bools, valued, &f, &v, err, sizeof err);
+        if (r == BENCH_FLAG_HELP) {
             usage(stdout);
             exit(0);
         }
-        if (strncmp(f, "--", 2) != 0)
-            bad_usage("unexpected argument '%s'", f);
-        char *v = NULL;
-        char *eq = strchr(f, '=');
-        if (eq) {
-            *eq = 0;
-            v = eq + 1;
-        }
-        /* Boolean flags. */
-        bool *bf = !strcmp(f, "--insecure") ? &o->insecure
-                   : !strcmp(f, "--preload") ? &o->preload
-                   : !strcmp(f, "--json")    ? &o->json
-                   : !strcmp(f, "--quiet")   ? &o->quiet
-                   : !strcmp(f, "--phases")  ? &o->phases
-                                             : NULL;
-        if (bf) {
-            if (v)
-                bad_usage("%s takes no value", f);
-            *bf = true;
+        if (r < 0)
+            bad_usage("%s", err);
+        if (r == BENCH_FLAG_BOOL)
             continue;
-        }
-        static const char *const valued[] = {
-            "--endpoints", "--cacert",    "--cert",     "--key",      "--server-name",
-            "--conns",     "--inflight",  "--duration", "--total",    "--mix",
-            "--key-size",  "--val-size",  "--key-space", "--deadline-ms", "--client-threads",
-            "--seed"};
-        bool known = false;
-        for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
-            known = known || !strcmp(f, valued[k]);
-        if (!known)
-            bad_usage("unknown flag %s", f);
-        if (!v) {
-            if (i + 1 >= argc)
-                bad_usage("%s needs a value", f);
-            v = argv[++i];
-        }
         if (!strcmp(f, "--endpoints")) {
             endpoints = v;
         } else if (!strcmp(f, "--cacert")) {
@@ -252,13 +225,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
         } else if (!strcmp(f, "--inflight")) {
             o->inflight = parse_int(f, v, 1, MAX_INFLIGHT_TOTAL);
         } else if (!strcmp(f, "--duration")) {
-            char *end;
-            errno = 0;
-            o->duration = strtod(v, &end);
-            if (errno || end == v || (*end && strcmp(end, "s")))
-                bad_usage("--duration: '%s' is not a number of seconds", v);
-            if (!(o->duration > 0 && o->duration <= MAX_DURATION_S))
-                bad_usage("--duration: %s is out of range (0, %.0f] seconds", v, MAX_DURATION_S);
+            if (bench_parse_seconds(f, v, MAX_DURATION_S, &o->duration, err, sizeof err) != 0)
+                bad_usage("%s", err);
             o->duration_set = true;
         } else if (!strcmp(f, "--total")) {
             o->total = parse_int(f, v, 1, MAX_TOTAL);
@@ -293,29 +261,10 @@ static void parse_args(int argc, char **argv, struct opts *o)
                   o->key_space, digits(o->key_space - 1));
     if (!endpoints)
         endpoints = default_ep;
-    char *save = NULL;
-    for (char *e = strtok_r(endpoints, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
-        if (o->n_eps == MAX_EPS)
-            bad_usage("--endpoints: at most %d endpoints", MAX_EPS);
-        struct cluster_url u;
-        char err[300];
-        if (cluster_parse_url(e, &u, err, sizeof err) != 0)
-            bad_usage("--endpoints: %s", err);
-        if (u.tls == o->insecure)
-            bad_usage("--endpoints: %s: use https:// with --cacert/--cert/--key, or http:// with "
-                      "--insecure", e);
-        o->eps[o->n_eps++] = e;
-    }
-    if (o->n_eps == 0)
-        bad_usage("--endpoints: no endpoint given");
-    if (!o->insecure) {
-        if (!o->tls.ca_file)
-            bad_usage("--cacert is required for https:// endpoints (or --insecure with http://)");
-        if (!o->tls.cert_file != !o->tls.key_file)
-            bad_usage("--cert and --key go together");
-    } else if (o->tls.ca_file || o->tls.cert_file || o->tls.key_file) {
-        bad_usage("--insecure takes no --cacert/--cert/--key");
-    }
+    if (bench_parse_endpoints(endpoints, o->insecure, o->eps, MAX_EPS, &o->n_eps, err,
+                              sizeof err) != 0 ||
+        bench_check_tls_flags(&o->tls, o->insecure, err, sizeof err) != 0)
+        bad_usage("%s", err);
 }
 
 /* ---- the load engine ---------------------------------------------------------------------- */
@@ -369,15 +318,13 @@ static atomic_int phase_now;
 static atomic_bool phases_armed;
 static _Atomic int64_t phase_start[MAX_PHASES];
 
-static int64_t now_ns(void);
-
 static void on_phase_signal(int sig)
 {
     (void)sig;
     int p = atomic_load(&phase_now);
     if (!atomic_load(&phases_armed) || p + 1 >= MAX_PHASES)
         return;
-    atomic_store(&phase_start[p + 1], now_ns());
+    atomic_store(&phase_start[p + 1], bench_now_ns());
     atomic_store(&phase_now, p + 1);
 }
 
@@ -385,13 +332,6 @@ static void on_signal(int sig)
 {
     (void)sig;
     interrupted = 1;
-}
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static uint64_t rng_next(uint64_t *s)
@@ -429,7 +369,7 @@ static void on_done(struct rpc_result *res, void *arg)
     struct slot *s = arg;
     struct conn *c = s->c;
     struct bench *b = c->b;
-    int64_t t = now_ns();
+    int64_t t = bench_now_ns();
     if (atomic_load_explicit(&b->record, memory_order_relaxed)) {
         if (res->status == GRPC_STATUS_OK) {
             hist_record(&b->hist[s->op], (uint64_t)(t - s->t0));
@@ -512,7 +452,7 @@ static int start_op(struct conn *c, struct slot *s, long long ticket)
         return RPC_ENOMEM;
     protobuf_c_message_pack(m, buf);
     s->op = op;
-    s->t0 = now_ns();
+    s->t0 = bench_now_ns();
     int rc = rpc_channel_call_async(c->ch, op_methods[op], buf, len, (int)o->deadline_ms, on_done, s);
     if (buf != stack)
         free(buf);
@@ -576,12 +516,6 @@ static void snap_all(struct bench *b, struct hist_snap *s)
         hist_add_to(&b->hist[i], s);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 /* Runs one phase: starts every connection, stops after `seconds` (when limit is 0) or once
  * `limit` requests were issued, then waits for the calls in flight. Returns the time from the
  * start to the last completion, in ns. */
@@ -592,7 +526,7 @@ static int64_t run_phase(struct bench *b, double seconds, long long limit, bool 
     b->limit = limit;
     atomic_store(&b->issued, 0);
     atomic_store(&b->stop, false);
-    int64_t t0 = now_ns();
+    int64_t t0 = bench_now_ns();
     for (long long i = 0; i < o->conns; i++)
         b->conns[i].last_ns = t0;
     for (long long i = 0; i < o->conns; i++)
@@ -603,8 +537,8 @@ static int64_t run_phase(struct bench *b, double seconds, long long limit, bool 
     bool tty = isatty(2);
     bool printed = false;
     for (;;) {
-        sleep_ms(20);
-        int64_t t = now_ns();
+        bench_sleep_ms(20);
+        int64_t t = bench_now_ns();
         if (interrupted)
             atomic_store(&b->stop, true);
         if (limit == 0 && (double)(t - t0) >= seconds * 1e9)
@@ -657,21 +591,6 @@ static double ms(uint64_t ns)
     return (double)ns / 1e6;
 }
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
-}
-
 static void print_row_json(const char *name, const struct hist_snap *s, double secs)
 {
     printf("\"%s\":{\"ops\":%" PRIu64 ",\"ops_per_sec\":%.1f,\"p50_ms\":%.3f,\"p90_ms\":%.3f,"
@@ -687,16 +606,6 @@ static void print_row(const char *name, const struct hist_snap *s, double secs)
            secs > 0 ? (double)s->count / secs : 0.0, ms(hist_quantile(s, 0.5)),
            ms(hist_quantile(s, 0.9)), ms(hist_quantile(s, 0.99)), ms(hist_quantile(s, 0.999)),
            ms(s->max));
-}
-
-/* CPU time (user + system) this process has used, in microseconds. */
-static double self_cpu_us(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return 0;
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 /* The phases of the measured run (--phases), as JSON array elements or as text rows. A phase
@@ -749,10 +658,10 @@ static void report(struct bench *b, double secs, double cpu_us)
         for (int i = 0; i < o->n_eps; i++) {
             if (i)
                 putchar(',');
-            json_str(o->eps[i]);
+            bench_json_str(o->eps[i]);
         }
         printf("],\"conns\":%lld,\"inflight\":%lld,\"mix\":", o->conns, o->inflight);
-        json_str(o->mix_spec);
+        bench_json_str(o->mix_spec);
         printf(",\"key_size\":%lld,\"val_size\":%lld,\"key_space\":%lld,\"seconds\":%.3f,",
                o->key_size, o->val_size, o->key_space, secs);
         print_row_json("total", &all, secs);
@@ -777,7 +686,7 @@ static void report(struct bench *b, double secs, double cpu_us)
                 putchar(',');
             first = false;
             printf("\"%s\":{\"count\":%" PRIu64 ",\"first\":", code_names[i], n);
-            json_str(b->err_msg[i]);
+            bench_json_str(b->err_msg[i]);
             putchar('}');
         }
         putchar('}');
@@ -885,24 +794,11 @@ int main(int argc, char **argv)
             c->slots[k].next = k + 1 < o.inflight ? &c->slots[k + 1] : NULL;
         }
         c->free = &c->slots[0];
-        struct cluster_url u;
-        char err[512], target[CLUSTER_HOST_MAX + 16];
-        cluster_parse_url(c->url, &u, err, sizeof err); /* checked in parse_args */
-        cluster_url_target(&u, target, sizeof target);
-        struct rpc_channel_config cc = {
-            .target = target,
-            .tls = o.insecure ? NULL : &o.tls,
-            .insecure = o.insecure,
-            .server_name = o.server_name,
-            .threads = (int)o.threads,
-            .max_inflight = (int)o.inflight + 4,
-            .wait_for_ready = true,
-            /* gRPC shares one TCP connection among channels whose target and arguments are
-             * equal (its global subchannel pool); a receive limit that differs by a few bytes
-             * per channel keeps them apart, so --conns N really opens N connections. */
-            .max_recv_bytes = RPC_DEFAULT_MAX_MSG + (size_t)made,
-        };
-        c->ch = rpc_channel_create(&cc, err, sizeof err);
+        char err[512];
+        /* A salt per channel, so --conns N really opens N connections. */
+        c->ch = bench_channel_open(c->url, o.insecure ? NULL : &o.tls, o.server_name,
+                                   (int)o.threads, (int)o.inflight + 4, (size_t)made, err,
+                                   sizeof err);
         if (!c->ch) {
             fprintf(stderr, "craft-bench: %s: %s\n", c->url, err);
             free(c->slots);
@@ -912,22 +808,12 @@ int main(int argc, char **argv)
     }
     /* Connect (TLS handshake) before the clock starts: one serializable read per connection. */
     for (long long i = 0; rc == 0 && i < made && !interrupted; i++) {
-        Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
-        req.key.data = (uint8_t *)"craft-bench-hello";
-        req.key.len = strlen("craft-bench-hello");
-        req.serializable = true;
-        ProtobufCMessage *resp = NULL;
-        struct rpc_result res;
-        rpc_channel_call_msg(b->conns[i].ch, op_methods[OP_SRANGE], &req.base,
-                             &etcdserverpb__range_response__descriptor, (int)o.deadline_ms, &resp, &res);
-        if (res.status != GRPC_STATUS_OK) {
-            fprintf(stderr, "craft-bench: cannot reach %s: %s (gRPC status %d)\n", b->conns[i].url,
-                    res.message, res.status);
+        char err[512];
+        if (bench_hello(b->conns[i].ch, "craft-bench-hello", (int)o.deadline_ms, err,
+                        sizeof err) != 0) {
+            fprintf(stderr, "craft-bench: cannot reach %s: %s\n", b->conns[i].url, err);
             rc = 1;
         }
-        if (resp)
-            protobuf_c_message_free_unpacked(resp, NULL);
-        rpc_result_free(&res);
     }
     static struct hist_snap progress_buf;
     if (rc == 0 && !interrupted && o.preload) {
@@ -956,15 +842,15 @@ int main(int argc, char **argv)
         ran = true;
         atomic_store(&b->record, true);
         if (o.phases) {
-            atomic_store(&phase_start[0], now_ns());
+            atomic_store(&phase_start[0], bench_now_ns());
             atomic_store(&phases_armed, true);
         }
-        double cpu0 = self_cpu_us();
+        double cpu0 = bench_cpu_us();
         int64_t ns = run_phase(b, o.duration, o.total_set ? o.total : 0, !o.quiet, "craft-bench",
                                &progress_buf);
         atomic_store(&phases_armed, false);
         run_end_ns = atomic_load(&phase_start[0]) + ns;
-        double cpu = self_cpu_us() - cpu0;
+        double cpu = bench_cpu_us() - cpu0;
         atomic_store(&b->record, false);
         report(b, (double)ns / 1e9, cpu);
         rc = total_errors(b) ? 1 : 0;

@@ -52,11 +52,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <sys/resource.h>
 
+#include "bench/bench_client.h"
 #include "bench/bench_hist.h"
 #include "rpc/rpc.h"
-#include "services/cluster.h"
 #include "services/proto/etcd/kv.pb-c.h"
 #include "services/proto/etcd/rpc.pb-c.h"
 
@@ -77,7 +76,6 @@
 
 static const char *const watch_method = "/etcdserverpb.Watch/Watch";
 static const char *const put_method = "/etcdserverpb.KV/Put";
-static const char *const range_method = "/etcdserverpb.KV/Range";
 
 static void hist_snap_of(struct hist *h, struct hist_snap *s)
 {
@@ -151,25 +149,11 @@ static void bad_usage(const char *fmt, ...)
 
 static long long parse_int(const char *flag, const char *v, long long lo, long long hi)
 {
-    char *end;
-    errno = 0;
-    long long x = strtoll(v, &end, 10);
-    if (errno || end == v || *end)
-        bad_usage("%s: '%s' is not an integer", flag, v);
-    if (x < lo || x > hi)
-        bad_usage("%s: %lld is out of range %lld..%lld", flag, x, lo, hi);
+    long long x;
+    char err[BENCH_ERR_MAX];
+    if (bench_parse_int(flag, v, lo, hi, &x, err, sizeof err) != 0)
+        bad_usage("%s", err);
     return x;
-}
-
-static void check_url(struct opts *o, const char *flag, const char *e)
-{
-    struct cluster_url u;
-    char err[300];
-    if (cluster_parse_url(e, &u, err, sizeof err) != 0)
-        bad_usage("%s: %s", flag, err);
-    if (u.tls == o->insecure)
-        bad_usage("%s: %s: use https:// with --cacert/--cert/--key, or http:// with --insecure",
-                  flag, e);
 }
 
 static void parse_args(int argc, char **argv, struct opts *o)
@@ -180,45 +164,25 @@ static void parse_args(int argc, char **argv, struct opts *o)
                        .drain_ms = 10000, .create_timeout_ms = 30000, .deadline_ms = 10000,
                        .threads = 1, .prefix = "/watch-bench/"};
     char *endpoints = NULL;
+    const struct bench_bool_flag bools[] = {
+        {"--insecure", &o->insecure}, {"--json", &o->json}, {"--quiet", &o->quiet}, {NULL, NULL}};
+    static const char *const valued[] = {
+        "--endpoints", "--writer-endpoint", "--cacert", "--cert", "--key",
+        "--server-name", "--watchers", "--per-stream", "--conns", "--rate", "--duration",
+        "--writer-inflight", "--val-size", "--prefix", "--drain-ms", "--create-timeout-ms",
+        "--deadline-ms", "--client-threads", NULL};
+    char err[BENCH_ERR_MAX];
     for (int i = 1; i < argc; i++) {
-        char *f = argv[i];
-        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+        char *f, *v;
+        int r = bench_flag_next(argc, argv, &i, bools, valued, &f, &v, err, sizeof err);
+        if (r == BENCH_FLAG_HELP) {
             usage(stdout);
             exit(0);
         }
-        if (strncmp(f, "--", 2) != 0)
-            bad_usage("unexpected argument '%s'", f);
-        char *v = NULL;
-        char *eq = strchr(f, '=');
-        if (eq) {
-            *eq = 0;
-            v = eq + 1;
-        }
-        bool *bf = !strcmp(f, "--insecure") ? &o->insecure
-                   : !strcmp(f, "--json")    ? &o->json
-                   : !strcmp(f, "--quiet")   ? &o->quiet
-                                             : NULL;
-        if (bf) {
-            if (v)
-                bad_usage("%s takes no value", f);
-            *bf = true;
+        if (r < 0)
+            bad_usage("%s", err);
+        if (r == BENCH_FLAG_BOOL)
             continue;
-        }
-        static const char *const valued[] = {
-            "--endpoints", "--writer-endpoint", "--cacert", "--cert", "--key",
-            "--server-name", "--watchers", "--per-stream", "--conns", "--rate", "--duration",
-            "--writer-inflight", "--val-size", "--prefix", "--drain-ms", "--create-timeout-ms",
-            "--deadline-ms", "--client-threads"};
-        bool known = false;
-        for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
-            known = known || !strcmp(f, valued[k]);
-        if (!known)
-            bad_usage("unknown flag %s", f);
-        if (!v) {
-            if (i + 1 >= argc)
-                bad_usage("%s needs a value", f);
-            v = argv[++i];
-        }
         if (!strcmp(f, "--endpoints")) {
             endpoints = v;
         } else if (!strcmp(f, "--writer-endpoint")) {
@@ -240,13 +204,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
         } else if (!strcmp(f, "--rate")) {
             o->rate = parse_int(f, v, 1, MAX_RATE);
         } else if (!strcmp(f, "--duration")) {
-            char *end;
-            errno = 0;
-            o->duration = strtod(v, &end);
-            if (errno || end == v || (*end && strcmp(end, "s")))
-                bad_usage("--duration: '%s' is not a number of seconds", v);
-            if (!(o->duration > 0 && o->duration <= MAX_DURATION_S))
-                bad_usage("--duration: %s is out of range (0, %.0f] seconds", v, MAX_DURATION_S);
+            if (bench_parse_seconds(f, v, MAX_DURATION_S, &o->duration, err, sizeof err) != 0)
+                bad_usage("%s", err);
         } else if (!strcmp(f, "--writer-inflight")) {
             o->writer_inflight = parse_int(f, v, 1, MAX_WRITER_INFLIGHT);
         } else if (!strcmp(f, "--val-size")) {
@@ -272,27 +231,17 @@ static void parse_args(int argc, char **argv, struct opts *o)
         bad_usage("--rate x --duration = %.0f puts is more than %lld", puts, MAX_PUTS);
     if (!endpoints)
         endpoints = default_ep;
-    char *save = NULL;
-    for (char *e = strtok_r(endpoints, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
-        if (o->n_eps == MAX_EPS)
-            bad_usage("--endpoints: at most %d endpoints", MAX_EPS);
-        check_url(o, "--endpoints", e);
-        o->eps[o->n_eps++] = e;
-    }
-    if (o->n_eps == 0)
-        bad_usage("--endpoints: no endpoint given");
-    if (o->writer_ep)
-        check_url(o, "--writer-endpoint", o->writer_ep);
-    else
+    if (bench_parse_endpoints(endpoints, o->insecure, o->eps, MAX_EPS, &o->n_eps, err,
+                              sizeof err) != 0)
+        bad_usage("%s", err);
+    if (o->writer_ep) {
+        if (bench_check_url("--writer-endpoint", o->writer_ep, o->insecure, err, sizeof err) != 0)
+            bad_usage("%s", err);
+    } else {
         o->writer_ep = o->eps[0];
-    if (!o->insecure) {
-        if (!o->tls.ca_file)
-            bad_usage("--cacert is required for https:// endpoints (or --insecure with http://)");
-        if (!o->tls.cert_file != !o->tls.key_file)
-            bad_usage("--cert and --key go together");
-    } else if (o->tls.ca_file || o->tls.cert_file || o->tls.key_file) {
-        bad_usage("--insecure takes no --cacert/--cert/--key");
     }
+    if (bench_check_tls_flags(&o->tls, o->insecure, err, sizeof err) != 0)
+        bad_usage("%s", err);
 }
 
 /* ---- state --------------------------------------------------------------------------------- */
@@ -363,13 +312,6 @@ static void on_signal(int sig)
 {
     (void)sig;
     interrupted = 1;
-}
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* Keeps the first message of a kind (dst is one of the bench's 256-byte message buffers). */
@@ -479,7 +421,7 @@ static void ws_on_message(struct rpc_client_stream *s, const uint8_t *data, size
     (void)s;
     struct wstream *st = arg;
     struct bench *b = st->b;
-    int64_t t = now_ns();
+    int64_t t = bench_now_ns();
     Etcdserverpb__WatchResponse *r = (Etcdserverpb__WatchResponse *)rpc_msg_unpack(
         &etcdserverpb__watch_response__descriptor, data, len);
     if (!r) {
@@ -590,7 +532,7 @@ static void on_put_done(struct rpc_result *res, void *arg)
 {
     struct put_slot *ps = arg;
     struct bench *b = ps->b;
-    int64_t t = now_ns();
+    int64_t t = bench_now_ns();
     if (res->status == GRPC_STATUS_OK) {
         Etcdserverpb__PutResponse *pr = (Etcdserverpb__PutResponse *)rpc_msg_unpack(
             &etcdserverpb__put_response__descriptor, res->data, res->len);
@@ -651,7 +593,7 @@ static void *writer_main(void *arg)
         b->w_inflight++;
         pthread_mutex_unlock(&b->wmu);
         format_seq(key + b->dir_len, SEQ_DIGITS, seq);
-        int64_t t = now_ns();
+        int64_t t = bench_now_ns();
         if (t - due > b->max_lag_ns)
             b->max_lag_ns = t - due;
         char stamp[48];
@@ -700,23 +642,11 @@ static void *writer_main(void *arg)
 static struct rpc_channel *open_channel(const struct opts *o, const char *url, long long salt,
                                         long long streams)
 {
-    struct cluster_url u;
-    char err[512], target[CLUSTER_HOST_MAX + 16];
-    cluster_parse_url(url, &u, err, sizeof err); /* checked in parse_args */
-    cluster_url_target(&u, target, sizeof target);
-    struct rpc_channel_config cc = {
-        .target = target,
-        .tls = o->insecure ? NULL : &o->tls,
-        .insecure = o->insecure,
-        .server_name = o->server_name,
-        .threads = (int)o->threads,
-        .max_inflight = (int)(o->writer_inflight + streams + 16),
-        .wait_for_ready = true,
-        /* As in craft-bench: a receive limit that differs per channel keeps gRPC from sharing
-         * one TCP connection among channels with equal arguments. */
-        .max_recv_bytes = RPC_DEFAULT_MAX_MSG + (size_t)salt,
-    };
-    struct rpc_channel *ch = rpc_channel_create(&cc, err, sizeof err);
+    char err[512];
+    struct rpc_channel *ch = bench_channel_open(url, o->insecure ? NULL : &o->tls, o->server_name,
+                                                (int)o->threads,
+                                                (int)(o->writer_inflight + streams + 16),
+                                                (size_t)salt, err, sizeof err);
     if (!ch)
         fprintf(stderr, "watch-bench: %s: %s\n", url, err);
     return ch;
@@ -725,24 +655,12 @@ static struct rpc_channel *open_channel(const struct opts *o, const char *url, l
 /* One serializable read, so the TLS handshake is done before anything is timed. */
 static int hello(const struct opts *o, struct rpc_channel *ch, const char *url)
 {
-    Etcdserverpb__RangeRequest req = ETCDSERVERPB__RANGE_REQUEST__INIT;
-    req.key.data = (uint8_t *)"watch-bench-hello";
-    req.key.len = strlen("watch-bench-hello");
-    req.serializable = true;
-    ProtobufCMessage *resp = NULL;
-    struct rpc_result res;
-    rpc_channel_call_msg(ch, range_method, &req.base, &etcdserverpb__range_response__descriptor,
-                         (int)o->deadline_ms, &resp, &res);
-    int rc = 0;
-    if (res.status != GRPC_STATUS_OK) {
-        fprintf(stderr, "watch-bench: cannot reach %s: %s (gRPC status %d)\n", url, res.message,
-                res.status);
-        rc = -1;
+    char err[512];
+    if (bench_hello(ch, "watch-bench-hello", (int)o->deadline_ms, err, sizeof err) != 0) {
+        fprintf(stderr, "watch-bench: cannot reach %s: %s\n", url, err);
+        return -1;
     }
-    if (resp)
-        protobuf_c_message_free_unpacked(resp, NULL);
-    rpc_result_free(&res);
-    return rc;
+    return 0;
 }
 
 /* ---- totals and output ---------------------------------------------------------------------- */
@@ -786,21 +704,6 @@ static void totals_of(struct bench *b, struct totals *t)
 static double ms(uint64_t ns)
 {
     return (double)ns / 1e6;
-}
-
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
 }
 
 /* {"count":..,"p50_ms":..,...} of s */
@@ -853,15 +756,15 @@ static void report(struct bench *b, const struct run_times *rt)
         for (int i = 0; i < o->n_eps; i++) {
             if (i)
                 putchar(',');
-            json_str(o->eps[i]);
+            bench_json_str(o->eps[i]);
         }
         printf("],\"writer_endpoint\":");
-        json_str(o->writer_ep);
+        bench_json_str(o->writer_ep);
         printf(",\"watchers\":%lld,\"per_stream\":%lld,\"streams\":%lld,\"conns\":%lld,"
                "\"rate\":%lld,\"duration\":%.3f,\"val_size\":%lld,\"prefix\":",
                o->watchers, o->per_stream, b->n_streams, o->conns, o->rate, o->duration,
                o->val_size);
-        json_str(b->dir);
+        bench_json_str(b->dir);
         printf(",\"create_ms\":%.1f,\"puts_sent\":%lld,\"puts_acked\":%lld,\"put_errors\":%lld,"
                "\"puts_per_sec\":%.1f,\"writer_max_lag_ms\":%.1f,",
                rt->create_ms, sent, acked, perr, put_rate, ms((uint64_t)b->max_lag_ns));
@@ -875,7 +778,7 @@ static void report(struct bench *b, const struct run_times *rt)
             hist_snap_of(&b->ep_hist[i], &e);
             if (i)
                 putchar(',');
-            json_str(o->eps[i]);
+            bench_json_str(o->eps[i]);
             putchar(':');
             json_lat_obj(&e);
         }
@@ -893,7 +796,7 @@ static void report(struct bench *b, const struct run_times *rt)
             if (!msgs[i][0])
                 continue;
             printf("%s\"%s\":", first ? "" : ",", names[i]);
-            json_str(msgs[i]);
+            bench_json_str(msgs[i]);
             first = false;
         }
         printf("},\"interrupted\":%s}\n", interrupted ? "true" : "false");
@@ -936,22 +839,6 @@ static void report(struct bench *b, const struct run_times *rt)
     fflush(stdout);
 }
 
-/* CPU time (user + system) this process has used, in microseconds. */
-static double self_cpu_us(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return 0;
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-static void sleep_ms(int ms_)
-{
-    struct timespec ts = {ms_ / 1000, (long)(ms_ % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static bool all_streams_closed(struct bench *b)
 {
     for (long long i = 0; i < b->n_streams; i++)
@@ -964,12 +851,12 @@ static bool all_streams_closed(struct bench *b)
  * an interrupt. 0 when all were created. */
 static int wait_created(struct bench *b)
 {
-    int64_t limit = now_ns() + b->o->create_timeout_ms * 1000000;
+    int64_t limit = bench_now_ns() + b->o->create_timeout_ms * 1000000;
     while (atomic_load(&b->created) < b->o->watchers) {
         if (interrupted || atomic_load(&b->stream_errors) || atomic_load(&b->canceled) ||
-            now_ns() > limit)
+            bench_now_ns() > limit)
             return -1;
-        sleep_ms(5);
+        bench_sleep_ms(5);
     }
     return atomic_load(&b->canceled) ? -1 : 0;
 }
@@ -978,8 +865,8 @@ static int wait_created(struct bench *b)
 static void run(struct bench *b, struct run_times *rt)
 {
     const struct opts *o = b->o;
-    b->first_put_ns = now_ns() + 20000000; /* 20 ms from now: the writer thread is up by then */
-    double cpu0 = self_cpu_us();
+    b->first_put_ns = bench_now_ns() + 20000000; /* 20 ms from now: the writer thread is up by then */
+    double cpu0 = bench_cpu_us();
     pthread_t wt;
     if (pthread_create(&wt, NULL, writer_main, b) != 0) {
         fprintf(stderr, "watch-bench: cannot start the writer thread\n");
@@ -992,8 +879,8 @@ static void run(struct bench *b, struct run_times *rt)
     uint64_t last_events = 0;
     static struct hist_snap s;
     for (;;) {
-        sleep_ms(20);
-        int64_t t = now_ns();
+        bench_sleep_ms(20);
+        int64_t t = bench_now_ns();
         bool wdone = atomic_load(&b->writer_done);
         uint64_t events = events_so_far(b);
         uint64_t want = (uint64_t)atomic_load(&b->acked) * (uint64_t)o->watchers;
@@ -1028,7 +915,7 @@ static void run(struct bench *b, struct run_times *rt)
     if (printed && tty)
         fputc('\n', stderr);
     pthread_join(wt, NULL);
-    rt->cpu_us = self_cpu_us() - cpu0;
+    rt->cpu_us = bench_cpu_us() - cpu0;
     int64_t last_ev = atomic_load(&b->last_event_ns);
     /* Events per second over the writer's schedule, or longer when the last events came
      * later (a server that falls behind delivers less than rate x watchers per second). */
@@ -1127,7 +1014,7 @@ int main(int argc, char **argv)
     /* Every watch created before the first put. */
     struct run_times rt = {0};
     if (rc == 0 && !interrupted) {
-        int64_t c0 = now_ns();
+        int64_t c0 = bench_now_ns();
         for (long long i = 0; rc == 0 && i < b->n_streams; i++)
             if (ws_start(b, &b->st[i]) != 0)
                 rc = 1;
@@ -1143,7 +1030,7 @@ int main(int argc, char **argv)
             pthread_mutex_unlock(&b->msg_mu);
             rc = 1;
         }
-        rt.create_ms = (double)(now_ns() - c0) / 1e6;
+        rt.create_ms = (double)(bench_now_ns() - c0) / 1e6;
         if (!o.quiet && rc == 0)
             fprintf(stderr, "watch-bench: %lld watches created in %.1f ms\n", o.watchers,
                     rt.create_ms);

@@ -57,27 +57,12 @@ systems=(craft etcd)
 [ -z "$only" ] || systems=("$only")
 
 . scripts/bench-lib.sh
-bash scripts/deps.sh >/dev/null
-read -r -a bzl <<<"${BAZEL_STARTUP:-}"
-bazel "${bzl[@]}" build -c opt //services:craftd //bench:craft-bench 2>&1 | tail -1
-bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
-craftd=${BENCH_CRAFTD:-$bin/services/craftd} cbench=$bin/bench/craft-bench
-[ -x "$craftd" ] || die "no craftd at $craftd"
-command -v etcd >/dev/null || die "etcd not found (apt-get install etcd-server)"
-export ETCDCTL_API=3
+bench_build //bench:craft-bench
+cbench=$bin/bench/craft-bench
 
 o=${BENCH_PORT_OFFSET:-0}
-base_of() { [ "$1" = craft ] && echo 40579 || echo 50579; }
-client_port() { echo $(($(base_of "$2") + ${1#?} * 1000 + o)); } # MEMBER SYSTEM
-peer_port() { echo $(($(client_port "$1" "$2") + 1)); }
-prefix() { [ "$1" = craft ] && echo n || echo e; }
-for s in "${systems[@]}"; do
-    for i in 1 2 3; do
-        for p in $(client_port "$(prefix "$s")$i" "$s") $(peer_port "$(prefix "$s")$i" "$s"); do
-            if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then die "port $p is in use"; fi
-        done
-    done
-done
+bench_ports=(40579 50579)
+bench_check_ports "${systems[@]}"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/craft-compact.XXXXXX")
 pids=()
@@ -92,31 +77,6 @@ trap 'exit 130' INT TERM
 bench_certs "$dir/certs" n1 n2 n3 e1 e2 e3
 c=$dir/certs
 tls=(--cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem")
-
-eps=""
-fresh() { # SYSTEM: a new 3-member cluster; sets eps (all three) and LEADER
-    local sys=$1 p i cluster="" cp pp
-    bench_stop_pids
-    rm -rf "${dir:?}/$sys"
-    mkdir -p "$dir/$sys"
-    p=$(prefix "$sys")
-    eps=""
-    for i in 1 2 3; do
-        cluster+="${cluster:+,}$p$i=https://127.0.0.1:$(peer_port "$p$i" "$sys")"
-        eps+="${eps:+,}https://127.0.0.1:$(client_port "$p$i" "$sys")"
-    done
-    for i in 1 2 3; do
-        cp=$(client_port "$p$i" "$sys") pp=$(peer_port "$p$i" "$sys")
-        if [ "$sys" = craft ]; then
-            pids+=("$(bench_craftd "$dir/$sys-$p$i.log" "$p$i" "$dir/$sys/$p$i" "$cp" "$pp" "$cluster" \
-                compact "$c" "$craftd")")
-        else
-            pids+=("$(bench_etcd "$dir/$sys-$p$i.log" "$p$i" "$dir/$sys/$p$i" "$cp" "$pp" "$cluster" \
-                compact "$c")")
-        fi
-    done
-    LEADER=$(bench_wait_leader "$eps" "${tls[@]}") || die "$sys: no leader (logs in $dir)"
-}
 
 # status ENDPOINTS OUT: etcdctl endpoint status of every member, as JSON, into OUT.
 status() { etcdctl --endpoints "$1" "${tls[@]}" --command-timeout 30s endpoint status -w json >"$2"; }
@@ -145,7 +105,7 @@ echo "bench-compact: $revisions revisions over $keys keys, then puts (16 x 64) w
 for r in $(seq "$rounds"); do
     for sys in "${systems[@]}"; do
         res=$dir/results/$sys.$r
-        fresh "$sys"
+        bench_fresh "$sys" compact # sets eps and LEADER
         t0=$(now)
         "$cbench" --endpoints "$eps" "${tls[@]}" --conns 16 --inflight 64 --total "$revisions" \
             --mix put=1 --key-space "$keys" --key-size 16 --val-size 256 --json --quiet \

@@ -58,27 +58,12 @@ systems=(craft etcd)
 [ -z "$only" ] || systems=("$only")
 
 . scripts/bench-lib.sh
-bash scripts/deps.sh >/dev/null
-read -r -a bzl <<<"${BAZEL_STARTUP:-}"
-bazel "${bzl[@]}" build -c opt //services:craftd //bench:watch-bench 2>&1 | tail -1
-bin=$(bazel "${bzl[@]}" info -c opt bazel-bin 2>/dev/null)
-craftd=${BENCH_CRAFTD:-$bin/services/craftd} wbench=$bin/bench/watch-bench
-[ -x "$craftd" ] || die "no craftd at $craftd"
-command -v etcd >/dev/null || die "etcd not found (apt-get install etcd-server)"
-export ETCDCTL_API=3
+bench_build //bench:watch-bench
+wbench=$bin/bench/watch-bench
 
 o=${BENCH_PORT_OFFSET:-0}
-base_of() { [ "$1" = craft ] && echo 40479 || echo 50479; }
-client_port() { echo $(($(base_of "$2") + ${1#?} * 1000 + o)); } # MEMBER SYSTEM
-peer_port() { echo $(($(client_port "$1" "$2") + 1)); }
-prefix() { [ "$1" = craft ] && echo n || echo e; }
-for s in "${systems[@]}"; do
-    for i in 1 2 3; do
-        for p in $(client_port "$(prefix "$s")$i" "$s") $(peer_port "$(prefix "$s")$i" "$s"); do
-            if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then die "port $p is in use"; fi
-        done
-    done
-done
+bench_ports=(40479 50479)
+bench_check_ports "${systems[@]}"
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/craft-watch.XXXXXX")
 pids=()
@@ -89,41 +74,13 @@ bench_certs "$dir/certs" n1 n2 n3 e1 e2 e3
 c=$dir/certs
 tls=(--cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem")
 
-# start SYSTEM MEMBER CLUSTER: one member of a new cluster in the background (pid into pids).
-start() {
-    local sys=$1 m=$2 cluster=$3 cp pp
-    cp=$(client_port "$m" "$sys") pp=$(peer_port "$m" "$sys")
-    if [ "$sys" = craft ]; then
-        pids+=("$(bench_craftd "$dir/$sys-$m.log" "$m" "$dir/$sys/$m" "$cp" "$pp" "$cluster" watch "$c" \
-            "$craftd")")
-    else
-        pids+=("$(bench_etcd "$dir/$sys-$m.log" "$m" "$dir/$sys/$m" "$cp" "$pp" "$cluster" watch "$c")")
-    fi
-}
-
-eps=""
-fresh() { # SYSTEM: a new 3-member cluster; sets eps (all three) and LEADER
-    local sys=$1 p i cluster=""
-    bench_stop_pids
-    rm -rf "${dir:?}/$sys"
-    mkdir -p "$dir/$sys"
-    p=$(prefix "$sys")
-    eps=""
-    for i in 1 2 3; do
-        cluster+="${cluster:+,}$p$i=https://127.0.0.1:$(peer_port "$p$i" "$sys")"
-        eps+="${eps:+,}https://127.0.0.1:$(client_port "$p$i" "$sys")"
-    done
-    for i in 1 2 3; do start "$sys" "$p$i" "$cluster"; done
-    LEADER=$(bench_wait_leader "$eps" "${tls[@]}") || die "$sys: no leader (logs in $dir)"
-}
-
 clk=$(getconf CLK_TCK)
 mkdir -p "$dir/results"
 echo "bench-watch: $watchers watchers ($per_stream per stream, $conns connections over 3 members)," \
     "$rate puts/s for $seconds s, $rounds round(s)"
 for r in $(seq "$rounds"); do
     for sys in "${systems[@]}"; do
-        fresh "$sys"
+        bench_fresh "$sys" watch # sets eps and LEADER
         out=$dir/results/$sys.$r.json
         t0=$(bench_cpu_ticks "${pids[@]}")
         "$wbench" --endpoints "$eps" --writer-endpoint "$LEADER" "${tls[@]}" --watchers "$watchers" \
