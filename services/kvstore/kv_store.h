@@ -15,7 +15,10 @@
  *   removes the history below it in transactions of at most COMPACT_BATCH entries examined
  *   (the applier waits for one at most), keeping each key's last write at or below it (unless
  *   a delete); kv_store_compact_wait waits for that removal to be synced (`physical`).
- *   kv_store_events reads the history in order, for Watch.
+ *   kv_store_events reads the history in order, for Watch. Which writes each key had is kept
+ *   in memory (kv_index.h: about 24 bytes a kept write plus each key, built from the history at
+ *   open), so a put writes two trees ("kv" and "hist"), not three; no reader holds that index
+ *   long enough to hold back apply.
  * - Storage: one LMDB environment in `dir` (data.mdb, lock.mdb, plus kv.lock, an flock that
  *   keeps a second process or a second open in this process out, and kv.state, below). Each apply() call is one
  *   LMDB write transaction that also stores the applied index, the revision and the compacted
