@@ -208,6 +208,12 @@ exec 3>&-
 
 # --- compaction, then a watch below it ----------------------------------------------------------
 ctl "$l" compaction "$h4" >/dev/null && ok "compaction $h4" || bad "compaction $h4"
+# The leader answered once it applied the compaction; the follower serves watches from its own
+# applied state, so wait (15 s at most) until a serializable read there below it is refused.
+deadline=$((SECONDS + 15))
+until ctl "$f1" get hist --rev "$h1" --consistency=s 2>&1 | grep -q compacted || [ $SECONDS -ge $deadline ]; do
+    sleep 0.05
+done
 timeout 20 etcdctl --endpoints "$(ep "$f1")" "${tls[@]}" watch --rev "$h1" hist >"$dir/w5" 2>&1
 grep -q "compacted" "$dir/w5" && ok "watch --rev below the compaction: canceled as compacted" ||
     bad "watch --rev below the compaction: '$(head -c 300 "$dir/w5")'"
