@@ -30,6 +30,12 @@ int kv_cmd_encode_delete_range(const Etcdserverpb__DeleteRangeRequest *r, uint8_
 int kv_cmd_encode_txn(const Etcdserverpb__TxnRequest *r, uint8_t **out, size_t *len);
 int kv_cmd_encode_compaction(const Etcdserverpb__CompactionRequest *r, uint8_t **out,
                              size_t *len);
+/* Lease commands: r must already carry what apply needs (kv_store.h "Leases"). */
+int kv_cmd_encode_lease_grant(const Etcdserverpb__LeaseGrantRequest *r, uint8_t **out,
+                              size_t *len);
+int kv_cmd_encode_lease_revoke(int64_t id, uint8_t **out, size_t *len);
+int kv_cmd_encode_lease_checkpoint(const Etcdserverpb__LeaseCheckpointRequest *r, uint8_t **out,
+                                   size_t *len);
 /* The Result of an applied entry (raft_fsm_result data/len); NULL if it does not decode.
  * Free with craft__kv__result__free_unpacked(res, NULL). */
 Craft__Kv__Result *kv_result_decode(const void *data, size_t len);

@@ -112,12 +112,15 @@ enum {
 #define KV_ERR_FUTURE_REV "etcdserver: mvcc: required revision is a future revision"
 #define KV_ERR_NO_SPACE "etcdserver: mvcc: database space exceeded"
 #define KV_ERR_LEASE_NOT_FOUND "etcdserver: requested lease not found"
+#define KV_ERR_LEASE_EXISTS "etcdserver: lease already exists"
+#define KV_ERR_LEASE_TTL_TOO_LARGE "etcdserver: too large lease TTL"
 /* craft's own (etcd has no equivalent; see docs/kv.md). */
 #define KV_ERR_KEY_TOO_LONG "etcdserver: key is too long (craft: at most 511 bytes)"
 #define KV_ERR_BAD_ENUM "etcdserver: unknown enum value in request"
 #define KV_ERR_TXN_TOO_DEEP "etcdserver: txn nested too deeply"
 #define KV_ERR_BAD_COMMAND "craft: malformed KV command in the log"
 
+#define KV_MAX_LEASE_TTL 9000000000LL /* seconds: etcd's MaxLeaseTTL */
 #define KV_MAX_KEY 511          /* LMDB's compiled-in key size limit (Debian's liblmdb) */
 #define KV_MAX_TXN_DEPTH 256    /* nesting bound of Txn inside Txn (etcd has none) */
 #define KV_DEFAULT_MAX_TXN_OPS 128
@@ -202,6 +205,15 @@ int kv_validate_put(const Etcdserverpb__PutRequest *r, struct kv_err *err);
 int kv_validate_delete_range(const Etcdserverpb__DeleteRangeRequest *r, struct kv_err *err);
 int kv_validate_txn(const Etcdserverpb__TxnRequest *r, unsigned max_txn_ops, struct kv_err *err);
 int kv_validate_compaction(const Etcdserverpb__CompactionRequest *r, struct kv_err *err);
+/* A LeaseGrant as it enters the log: ID != 0 (NOT_FOUND KV_ERR_LEASE_NOT_FOUND, etcd's answer
+ * to lease id 0) and 1 <= TTL <= KV_MAX_LEASE_TTL (above: OUT_OF_RANGE
+ * KV_ERR_LEASE_TTL_TOO_LARGE; below 1: INVALID_ARGUMENT, since the proposer raises every TTL
+ * to the minimum first). A LeaseCheckpoint: every ID != 0 and 0 <= remaining_TTL <=
+ * KV_MAX_LEASE_TTL, at most KV_MAX_LEASE_CHECKPOINTS of them. */
+#define KV_MAX_LEASE_CHECKPOINTS 10000
+int kv_validate_lease_grant(const Etcdserverpb__LeaseGrantRequest *r, struct kv_err *err);
+int kv_validate_lease_checkpoint(const Etcdserverpb__LeaseCheckpointRequest *r,
+                                 struct kv_err *err);
 /* true when no branch (at any depth) of the txn holds a Put or DeleteRange. */
 bool kv_txn_is_readonly(const Etcdserverpb__TxnRequest *r);
 
@@ -281,6 +293,50 @@ int kv_store_events(struct kv_store *s, int64_t from_rev, size_t max_events, boo
  * It must not block: wake a thread and return. Set once, before the store is applied to;
  * fn NULL clears it. */
 void kv_store_set_commit_hook(struct kv_store *s, void (*fn)(void *arg, int64_t rev), void *arg);
+
+/* ---- Leases (docs/kv.md "Leases") ----
+ * The lease table is replicated state like the keys: log commands grant (id, TTL), revoke and
+ * checkpoint leases, and every member applies them alike. When a lease expires is not: that
+ * is the leader's decision (services/lessor.h), carried out by proposing a revoke.
+ * - Grant: ID 0 is NOT_FOUND (the proposer picks the ID), an existing ID FAILED_PRECONDITION
+ *   KV_ERR_LEASE_EXISTS, TTL beyond KV_MAX_LEASE_TTL OUT_OF_RANGE; the revision does not move.
+ * - Put with lease L != 0 (alone or in a Txn, checked with the other checks before any write):
+ *   NOT_FOUND KV_ERR_LEASE_NOT_FOUND unless L exists; the key is then attached to L (and
+ *   detached from the lease it had). ignore_lease keeps the key's lease; lease 0 detaches it;
+ *   a DeleteRange detaches what it deletes.
+ * - Revoke: NOT_FOUND unless it exists; deletes every key attached (in key order, all at one
+ *   new revision, so one Watch response carries them; no keys: the revision does not move)
+ *   and the lease.
+ * - Checkpoint: records each existing lease's remaining TTL (unknown IDs are skipped);
+ *   remaining 0 clears it. The revision does not move.
+ * - Leases are in the snapshot (payload version 3), with their remaining TTLs. */
+struct kv_lease {
+    int64_t id;
+    int64_t ttl;       /* granted, seconds */
+    int64_t remaining; /* last checkpointed remaining TTL, seconds; 0 = none */
+};
+
+/* Reads lease `id` from one read transaction; with key_cb, calls it for each attached key in
+ * key order (a nonzero return stops the walk, and is returned). 1 found (*out filled), 0 not
+ * found, -1 with *err (storage). Any thread, concurrently with apply. */
+int kv_store_lease_get(struct kv_store *s, int64_t id, struct kv_lease *out,
+                       int (*key_cb)(void *arg, const uint8_t *key, size_t len), void *arg,
+                       struct kv_err *err);
+/* Calls cb for every lease (in the table's order: the ID as an unsigned big-endian number)
+ * from one read transaction; cb's nonzero return stops and is returned. 0 or -1 with *err.
+ * Any thread. */
+int kv_store_leases(struct kv_store *s, int (*cb)(void *arg, const struct kv_lease *l), void *arg,
+                    struct kv_err *err);
+
+/* What apply did to the lease table, told after the batch that did it commits, on the applier
+ * thread, in log order: GRANTED (id, ttl), REVOKED (id; ttl 0), and after a snapshot restore
+ * RESET (id 0: reread the whole table with kv_store_leases). The hook must not block for
+ * long (a mutex held briefly is fine). Set once, before the store is applied to; NULL clears. */
+enum kv_lease_change { KV_LEASE_GRANTED = 1, KV_LEASE_REVOKED = 2, KV_LEASE_RESET = 3 };
+void kv_store_set_lease_hook(struct kv_store *s,
+                             void (*fn)(void *arg, enum kv_lease_change what, int64_t id,
+                                        int64_t ttl),
+                             void *arg);
 
 /* Waits up to timeout_ms until the history below `rev` (a compaction's revision, applied) has
  * been removed and the removal synced to disk (Compact's `physical`). 0 (at once when it
