@@ -153,6 +153,34 @@ int kv_cmd_encode_compaction(const Etcdserverpb__CompactionRequest *r, uint8_t *
     return encode(&c, out, len);
 }
 
+int kv_cmd_encode_lease_grant(const Etcdserverpb__LeaseGrantRequest *r, uint8_t **out,
+                              size_t *len)
+{
+    Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
+    c.op_case = CRAFT__KV__COMMAND__OP_LEASE_GRANT;
+    c.lease_grant = (Etcdserverpb__LeaseGrantRequest *)r;
+    return encode(&c, out, len);
+}
+
+int kv_cmd_encode_lease_revoke(int64_t id, uint8_t **out, size_t *len)
+{
+    Etcdserverpb__LeaseRevokeRequest r = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
+    r.id = id;
+    Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
+    c.op_case = CRAFT__KV__COMMAND__OP_LEASE_REVOKE;
+    c.lease_revoke = &r;
+    return encode(&c, out, len);
+}
+
+int kv_cmd_encode_lease_checkpoint(const Etcdserverpb__LeaseCheckpointRequest *r, uint8_t **out,
+                                   size_t *len)
+{
+    Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
+    c.op_case = CRAFT__KV__COMMAND__OP_LEASE_CHECKPOINT;
+    c.lease_checkpoint = (Etcdserverpb__LeaseCheckpointRequest *)r;
+    return encode(&c, out, len);
+}
+
 Craft__Kv__Result *kv_result_decode(const void *data, size_t len)
 {
     if (!data && len)

@@ -126,6 +126,21 @@ int kv_snap_enc_record(struct kv_snap_enc *e, const void *key, size_t klen, cons
     return 0;
 }
 
+int kv_snap_enc_lease(struct kv_snap_enc *e, int64_t id, int64_t ttl, int64_t remaining)
+{
+    if (id == 0 || ttl < 1 || ttl > KV_SNAP_MAX_LEASE_TTL || remaining < 0 ||
+        remaining > KV_SNAP_MAX_LEASE_TTL)
+        return -EINVAL;
+    uint8_t b[KV_SNAP_REC_HEAD + KV_SNAP_REC_FIXED] = {0};
+    kv_le_put64(b + 8, (uint64_t)id);
+    kv_le_put64(b + 16, (uint64_t)ttl);
+    kv_le_put64(b + 24, (uint64_t)remaining);
+    int rc = enc_put(e, b, sizeof b);
+    if (rc == 0)
+        e->count++;
+    return rc;
+}
+
 int kv_snap_enc_finish(struct kv_snap_enc *e, uint64_t *len)
 {
     uint8_t t[KV_SNAP_TRAILER];
@@ -160,6 +175,8 @@ struct kv_snap_dec {
     int64_t rev;
     uint32_t version;
     int64_t prev_mod;              /* version 2: the last record's mod_revision */
+    bool in_leases;                /* version 3: a lease came; only leases may follow */
+    uint64_t prev_lease;           /* the last lease's ID, for the order check */
     uint8_t prev[KV_SNAP_MAX_KEY]; /* version 1: the last key, for the order check */
     size_t prev_len;
 };
@@ -280,8 +297,8 @@ int kv_snap_dec_header(struct kv_snap_dec *d, struct kv_snap_meta *m, char *err,
     if (memcmp(p, KV_SNAP_MAGIC, 8) != 0)
         return dec_fail(d, -EBADMSG, err, errlen, "not a craft KV snapshot (bad magic)");
     uint32_t version = get32(p + 8);
-    if (version != 1 && version != 2)
-        return dec_fail(d, -EBADMSG, err, errlen, "format version %u; this build reads 1 and 2",
+    if (version < 1 || version > 3)
+        return dec_fail(d, -EBADMSG, err, errlen, "format version %u; this build reads 1 to 3",
                         version);
     if (get32(p + 12) != 0)
         return dec_fail(d, -EBADMSG, err, errlen, "unknown flags 0x%x", get32(p + 12));
@@ -331,6 +348,35 @@ static int key_cmp(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
     return c ? c : (an > bn) - (an < bn);
 }
 
+/* A version 3 lease record (key length 0), its head in the buffer. */
+static int dec_lease(struct kv_snap_dec *d, struct kv_snap_rec *r, size_t vlen, char *err,
+                     size_t errlen)
+{
+    unsigned long long n = (unsigned long long)d->count;
+    if (vlen != 0)
+        return dec_fail(d, -EBADMSG, err, errlen, "record %llu: a lease with %zu value bytes", n,
+                        vlen);
+    int rc = dec_fill(d, KV_SNAP_REC_HEAD + KV_SNAP_REC_FIXED);
+    if (rc)
+        return dec_short(d, rc, err, errlen, "a lease");
+    const uint8_t *p = d->buf + d->pos + KV_SNAP_REC_HEAD;
+    int64_t id = (int64_t)kv_le_get64(p), ttl = (int64_t)kv_le_get64(p + 8);
+    int64_t rem = (int64_t)kv_le_get64(p + 16);
+    if (id == 0 || ttl < 1 || ttl > KV_SNAP_MAX_LEASE_TTL || rem < 0 ||
+        rem > KV_SNAP_MAX_LEASE_TTL || kv_le_get64(p + 24) != 0)
+        return dec_fail(d, -EBADMSG, err, errlen,
+                        "record %llu: lease %lld with TTL %lld, remaining %lld", n, (long long)id,
+                        (long long)ttl, (long long)rem);
+    if (d->in_leases && (uint64_t)id <= d->prev_lease)
+        return dec_fail(d, -EBADMSG, err, errlen, "record %llu: leases out of order", n);
+    d->in_leases = true;
+    d->prev_lease = (uint64_t)id;
+    *r = (struct kv_snap_rec){NULL, 0, p, KV_SNAP_REC_FIXED, true, id, ttl, rem};
+    dec_consume(d, KV_SNAP_REC_HEAD + KV_SNAP_REC_FIXED);
+    d->count++;
+    return 1;
+}
+
 int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, size_t errlen)
 {
     if (d->state == DEC_DONE)
@@ -346,6 +392,10 @@ int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, si
         return dec_trailer(d, err, errlen);
     unsigned long long n = (unsigned long long)d->count;
     size_t klen = get32(p), vlen = get32(p + 4);
+    if (klen == 0 && d->version == 3)
+        return dec_lease(d, r, vlen, err, errlen);
+    if (d->in_leases)
+        return dec_fail(d, -EBADMSG, err, errlen, "record %llu: a key after the leases", n);
     if (klen == 0 || klen > KV_SNAP_MAX_KEY)
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: key length %zu", n, klen);
     size_t len = KV_SNAP_REC_HEAD + klen + KV_SNAP_REC_FIXED + vlen;
@@ -357,9 +407,9 @@ int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, si
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: keys out of order", n);
     int64_t create = (int64_t)kv_le_get64(rec), mod = (int64_t)kv_le_get64(rec + 8);
     int64_t version = (int64_t)kv_le_get64(rec + 16), lease = (int64_t)kv_le_get64(rec + 24);
-    if (d->version == 2 && n > 0 && mod < d->prev_mod)
+    if (d->version >= 2 && n > 0 && mod < d->prev_mod)
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: revisions out of order", n);
-    if (d->version == 2 && version == 0) { /* a tombstone */
+    if (d->version >= 2 && version == 0) { /* a tombstone */
         if (mod < 1 || mod > d->rev || create != 0 || lease != 0 || vlen != 0)
             return dec_fail(d, -EBADMSG, err, errlen,
                             "record %llu: a deletion at revision %lld of 1..%lld with create "
@@ -372,13 +422,13 @@ int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, si
     else if (version < 1 || version > mod - create + 1)
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: version %lld", n,
                         (long long)version);
-    if (lease != 0)
+    if (lease != 0 && d->version < 3)
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: lease %lld", n,
                         (long long)lease);
     memcpy(d->prev, key, klen);
     d->prev_len = klen;
     d->prev_mod = mod;
-    *r = (struct kv_snap_rec){key, klen, rec, KV_SNAP_REC_FIXED + vlen};
+    *r = (struct kv_snap_rec){key, klen, rec, KV_SNAP_REC_FIXED + vlen, false, 0, 0, 0};
     dec_consume(d, len);
     d->count++;
     return 1;

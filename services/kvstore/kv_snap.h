@@ -3,7 +3,7 @@
  * pulls from a read callback. No LMDB here (kv_store.c walks and fills the databases), so the
  * fuzz target (tests/fuzz/kv_snap_fuzz.c) can build the decoder alone.
  *
- * Format, versions 1 and 2 (integers little-endian):
+ * Format, versions 1, 2 and 3 (integers little-endian):
  *   header   "CRKVSNAP" | u32 version | u32 flags = 0 | u64 applied index | u64 term of the
  *            entry at that index (0 = the store does not know it) | i64 revision | i64 compacted
  *            revision                                                              (48 bytes)
@@ -16,6 +16,10 @@
  *            come in their order within it. version 0 marks a deletion (a tombstone): then
  *            create_revision, lease and the value length are 0 and mod_revision is the
  *            revision of the delete.
+ *            version 3 (since leases, issue 16): version 2's records, whose puts may carry a
+ *            lease, then one record per lease: key length 0 | value length 0 | i64 lease ID |
+ *            i64 granted TTL (seconds) | i64 checkpointed remaining TTL (0 = none) | i64 0,
+ *            IDs strictly increasing as unsigned numbers (the store's lease table order).
  *   trailer  "CRKVEND1" | u64 number of records | u32 CRC-32C of every byte before this field |
  *            u32 0                                                                  (24 bytes)
  *   and nothing after the trailer.
@@ -25,40 +29,48 @@
  * What the decoder accepts, and nothing else: the magic, version 1 or 2, flags 0; 0 <= compacted
  * <= revision; per record (a put) 1 <= create_revision <= mod_revision <= revision, 1 <= version
  * <= mod_revision - create_revision + 1 (a version grows by at most one per revision), lease 0
- * (the store has no leases); (a version 2 tombstone) 1 <= mod_revision <= revision and the zeros
- * above; the order of its version; the trailer's count and CRC; the end of input right after it.
+ * before version 3; (a version 2 or 3 tombstone) 1 <= mod_revision <= revision and the zeros
+ * above; (a version 3 lease) ID != 0, 1 <= TTL <= KV_SNAP_MAX_LEASE_TTL, 0 <= remaining <=
+ * KV_SNAP_MAX_LEASE_TTL, the last word 0, no key record after the first lease; that a live key's
+ * lease is among the leases is the store's check at restore; the order of its version; the trailer's count and CRC; the end of input right after it.
  * Any other input is -EBADMSG with a one-line reason; a read callback's error is passed on. An
  * accepted payload re-encodes to the same bytes (the fuzz target checks it).
  */
 #ifndef CRAFT_SERVICES_KV_SNAP_H
 #define CRAFT_SERVICES_KV_SNAP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define KV_SNAP_MAGIC "CRKVSNAP"
 #define KV_SNAP_END_MAGIC "CRKVEND1"
-#define KV_SNAP_VERSION 2    /* what the encoder writes by default; the decoder reads 1 and 2 */
+#define KV_SNAP_VERSION 3    /* what the encoder writes by default; the decoder reads 1 to 3 */
 #define KV_SNAP_HEADER 48
 #define KV_SNAP_TRAILER 24
 #define KV_SNAP_REC_HEAD 8  /* key length, value length */
 #define KV_SNAP_REC_FIXED 32 /* create, mod, version, lease: the start of the LMDB record */
 #define KV_SNAP_MAX_KEY 511
+#define KV_SNAP_MAX_LEASE_TTL 9000000000LL /* = KV_MAX_LEASE_TTL */
 
 /* What the header carries: the state the records are a copy of. */
 struct kv_snap_meta {
     uint64_t index; /* applied index */
     uint64_t term;  /* term of the entry at index; 0 = not known */
     int64_t rev, compact;
-    uint32_t version; /* payload format: 1 (latest state) or 2 (history); 0 to the encoder = 2 */
+    uint32_t version; /* payload format: 1 (latest state), 2 (history) or 3 (history and
+                         leases); 0 to the encoder = 3 */
 };
 
-/* One decoded record; the pointers are valid until the next call on the decoder. */
+/* One decoded record; the pointers are valid until the next call on the decoder. A lease
+ * (version 3) has klen 0, key NULL, and is_lease set with its three numbers. */
 struct kv_snap_rec {
     const uint8_t *key;
     size_t klen;
     const uint8_t *rec; /* create, mod, version, lease (i64 each), then the value */
     size_t rlen;        /* 32 + value length */
+    bool is_lease;
+    int64_t lease_id, lease_ttl, lease_remaining;
 };
 
 /* Sink: writes all len bytes, returns 0 or a negative errno. Source: returns the number of bytes
@@ -93,6 +105,8 @@ struct kv_snap_enc *kv_snap_enc_new(kv_snap_write_fn write, void *arg);
 int kv_snap_enc_header(struct kv_snap_enc *e, const struct kv_snap_meta *m);
 int kv_snap_enc_record(struct kv_snap_enc *e, const void *key, size_t klen, const void *rec,
                        size_t rlen);
+/* A lease, after every record (version 3 only; -EINVAL for values the format cannot hold). */
+int kv_snap_enc_lease(struct kv_snap_enc *e, int64_t id, int64_t ttl, int64_t remaining);
 /* *len (may be NULL) receives the payload's length in bytes. */
 int kv_snap_enc_finish(struct kv_snap_enc *e, uint64_t *len);
 void kv_snap_enc_free(struct kv_snap_enc *e);

@@ -11,7 +11,12 @@
  * format craft-kv-3: a page copy per put). "meta" holds "format" (KV_FORMAT), "state" (applied
  * index, revision, compacted revision, term of the entry at the applied index: little-endian
  * 64-bit words; stores from before the term have only the first three), written in the same
- * transaction as the data, and "phys" (how far the removal of compacted history got). */
+ * transaction as the data, and "phys" (how far the removal of compacted history got).
+ * Leases (format craft-kv-4): "lease" maps a lease ID (big-endian u64 of the int64) to its
+ * granted TTL and checkpointed remaining TTL (little-endian i64 each); "lkeys" holds the lease
+ * ID followed by each key attached to it (no value), so a revoke finds its keys, in key order,
+ * without a scan. Not DUPSORT: its pages must count in size_in_use; hence a key with a lease is
+ * at most KV_MAX_LEASE_KEY bytes (8 + 503 = LMDB's 511). */
 #include "services/kvstore/kv_store.h"
 
 #include <errno.h>
@@ -36,7 +41,8 @@
 
 _Static_assert(KV_SNAP_MAX_KEY == KV_MAX_KEY, "snapshots hold every key the store holds");
 
-#define KV_FORMAT "craft-kv-3"
+#define KV_FORMAT "craft-kv-4"
+#define KV_FORMAT_V3 "craft-kv-3" /* before leases: their tables are added at open */
 #define KV_FORMAT_V2 "craft-kv-2" /* with the "keyrev" tree: dropped at open */
 #define KV_FORMAT_V1 "craft-kv-1" /* before history: upgraded at open */
 #define REC_HDR 32
@@ -61,7 +67,7 @@ struct kv_store {
     pthread_rwlock_t env_lock;
     bool env_lock_init;
     MDB_env *env;
-    MDB_dbi kv, meta, hist;
+    MDB_dbi kv, meta, hist, lease, lkeys;
     unsigned env_flags;
     uint64_t map_size;
     unsigned max_readers;
@@ -95,6 +101,13 @@ struct kv_store {
     _Atomic uint64_t commits;  /* applied batches committed, for the syncer (the applied index
                                   can go down: a restore of an older snapshot) */
     bool fail_sync;            /* tests: every sync fails with EIO */
+
+    /* Leases: what the batch being applied did to the lease table, told to lease_hook once it
+     * commits (kv_store_set_lease_hook); applier only. */
+    struct lease_change *lch;
+    size_t n_lch, cap_lch;
+    void (*lease_hook)(void *arg, enum kv_lease_change what, int64_t id, int64_t ttl);
+    void *lease_arg;
 
     /* Watch: called after each applied batch (kv_store_set_commit_hook). */
     void (*commit_hook)(void *arg, int64_t rev);
@@ -137,6 +150,11 @@ struct kv_store {
     /* etcd_disk_backend_commit_duration_seconds: what makes applied writes durable in the
      * store - each background sync (lazy), or each batch's commit with its fdatasync. */
     struct metrics_histogram commit_hist;
+};
+
+struct lease_change {
+    enum kv_lease_change what;
+    int64_t id, ttl;
 };
 
 /* One write the applier added to the index before its transaction committed; its key is at
@@ -225,6 +243,79 @@ static int hist_append(MDB_txn *txn, MDB_dbi hist, int64_t rev, uint64_t sub, in
     if (d)
         *d = p + KV_HIST_HEAD + klen;
     return 0;
+}
+
+/* ---- the lease tables ---- */
+
+#define LEASE_VAL 16 /* granted TTL, remaining TTL */
+
+static int lease_read(MDB_txn *txn, MDB_dbi db, int64_t id, struct kv_lease *out, bool *found)
+{
+    uint8_t kb[8];
+    kv_be64_put(kb, (uint64_t)id);
+    MDB_val k = {8, kb}, v;
+    *found = false;
+    int rc = mdb_get(txn, db, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (v.mv_size != LEASE_VAL)
+        return MDB_CORRUPTED;
+    out->id = id;
+    out->ttl = (int64_t)kv_le_get64(v.mv_data);
+    out->remaining = (int64_t)kv_le_get64((const uint8_t *)v.mv_data + 8);
+    *found = true;
+    return 0;
+}
+
+static int lease_write(MDB_txn *txn, MDB_dbi db, const struct kv_lease *l)
+{
+    uint8_t kb[8], vb[LEASE_VAL];
+    kv_be64_put(kb, (uint64_t)l->id);
+    kv_le_put64(vb, (uint64_t)l->ttl);
+    kv_le_put64(vb + 8, (uint64_t)l->remaining);
+    MDB_val k = {8, kb}, v = {LEASE_VAL, vb};
+    return mdb_put(txn, db, &k, &v, 0);
+}
+
+/* Attaches (on) or detaches key from lease id in "lkeys". 0 or an LMDB code. */
+static int lease_link(MDB_txn *txn, MDB_dbi lkeys, int64_t id, const void *key, size_t klen,
+                      bool on)
+{
+    if (klen > KV_MAX_LEASE_KEY)
+        return on ? MDB_BAD_VALSIZE : 0; /* kv_validate_put refuses it first */
+    uint8_t kb[8 + KV_MAX_LEASE_KEY];
+    kv_be64_put(kb, (uint64_t)id);
+    memcpy(kb + 8, key, klen);
+    MDB_val k = {8 + klen, kb}, v = {0, NULL};
+    int rc = on ? mdb_put(txn, lkeys, &k, &v, 0) : mdb_del(txn, lkeys, &k, NULL);
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* Calls cb for each key attached to lease id, in key order; cb's nonzero return stops the walk
+ * and is returned. 0, an LMDB code (negated, so it cannot pass for cb's), or cb's value. */
+static int lease_keys_walk(MDB_txn *txn, MDB_dbi lkeys, int64_t id,
+                           int (*cb)(void *arg, const uint8_t *key, size_t len), void *arg)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(txn, lkeys, &cur);
+    if (rc)
+        return -rc;
+    uint8_t kb[8];
+    kv_be64_put(kb, (uint64_t)id);
+    MDB_val k = {8, kb}, v;
+    int out = 0;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0 && out == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (k.mv_size <= 8 || memcmp(k.mv_data, kb, 8) != 0)
+            break;
+        out = cb(arg, (const uint8_t *)k.mv_data + 8, k.mv_size - 8);
+    }
+    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND && out == 0)
+        return -rc;
+    return out;
 }
 
 /* ---- the history index (kv_index.h) ---- */
@@ -868,6 +959,7 @@ static int put_exec(struct kv_ctx *c, const Etcdserverpb__PutRequest *p,
         val = oldval;
     }
     int64_t create = found ? prev.create : rev, version = found ? prev.version + 1 : 1;
+    int64_t lease = p->ignore_lease ? prev.lease : p->lease, old_lease = found ? prev.lease : 0;
     /* The history first, then the latest state; each record is filled from the request (or
      * the copy above) right after its reservation, before LMDB can move the page. */
     MDB_val k = {p->key.len, p->key.data}, v = {REC_HDR + vlen, NULL};
@@ -876,14 +968,18 @@ static int put_exec(struct kv_ctx *c, const Etcdserverpb__PutRequest *p,
                          REC_HDR + vlen, &d, MDB_APPEND);
     if (rc == 0) {
         c->sub++;
-        /* leases are not supported: never attached */
-        rec_fill(d, create, rev, version, 0, val, vlen);
+        rec_fill(d, create, rev, version, lease, val, vlen);
         rc = mdb_put(c->txn, c->s->kv, &k, &v, MDB_RESERVE);
     }
     if (rc == 0) {
-        rec_fill(v.mv_data, create, rev, version, 0, val, vlen);
+        rec_fill(v.mv_data, create, rev, version, lease, val, vlen);
         rc = idx_record(c->s, k.mv_data, k.mv_size, rev, c->sub - 1, KV_EVENT_PUT);
     }
+    /* The key moves from its old lease to its new one (the caller checked the new one). */
+    if (rc == 0 && old_lease != lease && old_lease != 0)
+        rc = lease_link(c->txn, c->s->lkeys, old_lease, k.mv_data, k.mv_size, false);
+    if (rc == 0 && old_lease != lease && lease != 0)
+        rc = lease_link(c->txn, c->s->lkeys, lease, k.mv_data, k.mv_size, true);
     if (rc) {
         free(oldval);
         msg_free(resp);
@@ -911,6 +1007,21 @@ static int del_cb(void *arg, const MDB_val *k, const struct kv_rec *r)
     return 0;
 }
 
+/* Deletes one key that exists (its lease given), recording the delete at the revision being
+ * written. 0 or an LMDB code / ENOMEM. */
+static int del_key(struct kv_ctx *c, const void *key, size_t klen, int64_t lease)
+{
+    MDB_val k = {klen, (void *)key};
+    int rc = mdb_del(c->txn, c->s->kv, &k, NULL);
+    if (rc == 0 && (rc = hist_append(c->txn, c->s->hist, c->rev + 1, c->sub, KV_EVENT_DELETE,
+                                     key, klen, 0, NULL, MDB_APPEND)) == 0 &&
+        (rc = idx_record(c->s, key, klen, c->rev + 1, c->sub, KV_EVENT_DELETE)) == 0)
+        c->sub++;
+    if (rc == 0 && lease != 0)
+        rc = lease_link(c->txn, c->s->lkeys, lease, key, klen, false);
+    return rc;
+}
+
 static int delete_exec(struct kv_ctx *c, const Etcdserverpb__DeleteRangeRequest *d,
                        Etcdserverpb__DeleteRangeResponse **out)
 {
@@ -922,13 +1033,7 @@ static int delete_exec(struct kv_ctx *c, const Etcdserverpb__DeleteRangeRequest 
     }
     /* Deleting after the walk keeps the cursor out of a tree that changes under it. */
     for (size_t i = 0; i < w.kvs.n; i++) {
-        MDB_val k = {w.kvs.v[i]->key.len, w.kvs.v[i]->key.data};
-        int rc = mdb_del(c->txn, c->s->kv, &k, NULL);
-        if (rc == 0 && (rc = hist_append(c->txn, c->s->hist, c->rev + 1, c->sub, KV_EVENT_DELETE,
-                                         k.mv_data, k.mv_size, 0, NULL, MDB_APPEND)) == 0 &&
-            (rc = idx_record(c->s, k.mv_data, k.mv_size, c->rev + 1, c->sub,
-                             KV_EVENT_DELETE)) == 0)
-            c->sub++;
+        int rc = del_key(c, w.kvs.v[i]->key.data, w.kvs.v[i]->key.len, w.kvs.v[i]->lease);
         if (rc) {
             list_free(&w.kvs);
             return sys_fail(c, rc);
@@ -1111,8 +1216,15 @@ static int path_check(struct kv_ctx *c, const Etcdserverpb__TxnRequest *t, struc
                 if (!found)
                     rc = req_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_KEY_NOT_FOUND);
             }
-            if (rc == 0 && q->lease != 0)
-                rc = req_fail(err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
+            if (rc == 0 && q->lease != 0) {
+                struct kv_lease l;
+                bool found;
+                int x = lease_read(c->txn, c->s->lease, q->lease, &l, &found);
+                if (x)
+                    return sys_fail(c, x);
+                if (!found)
+                    rc = req_fail(err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
+            }
         } else if (op->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE) {
             const Etcdserverpb__RangeRequest *q = op->request_range;
             if (pass == 1 && q->revision > c->rev)
@@ -1275,10 +1387,160 @@ static int compact_exec(struct kv_ctx *c, const Etcdserverpb__CompactionRequest 
     return EXEC_OK;
 }
 
+/* ---- leases (kv_store.h "Leases") ---- */
+
+/* Remembers what this entry did to the lease table, for the hook after the commit. 0 or ENOMEM. */
+static int lease_changed(struct kv_store *s, enum kv_lease_change what, int64_t id, int64_t ttl)
+{
+    if (s->n_lch == s->cap_lch) {
+        size_t cap = s->cap_lch ? 2 * s->cap_lch : 64;
+        struct lease_change *v = realloc(s->lch, cap * sizeof *v);
+        if (!v)
+            return ENOMEM;
+        s->lch = v;
+        s->cap_lch = cap;
+    }
+    s->lch[s->n_lch++] = (struct lease_change){what, id, ttl};
+    return 0;
+}
+
+static int grant_exec(struct kv_ctx *c, const Etcdserverpb__LeaseGrantRequest *g,
+                      Etcdserverpb__LeaseGrantResponse **out, struct kv_err *err)
+{
+    struct kv_lease l;
+    bool found;
+    int rc = lease_read(c->txn, c->s->lease, g->id, &l, &found);
+    if (rc)
+        return sys_fail(c, rc);
+    if (found)
+        return req_fail(err, KV_CODE_FAILED_PRECONDITION, KV_ERR_LEASE_EXISTS);
+    Etcdserverpb__LeaseGrantResponse *resp = malloc(sizeof *resp);
+    if (!resp || !(etcdserverpb__lease_grant_response__init(resp),
+                   resp->header = header_new(cur_rev(c)))) {
+        free(resp);
+        return sys_fail(c, ENOMEM);
+    }
+    resp->id = g->id;
+    resp->ttl = g->ttl;
+    l = (struct kv_lease){g->id, g->ttl, 0};
+    if ((rc = lease_write(c->txn, c->s->lease, &l)) ||
+        (rc = lease_changed(c->s, KV_LEASE_GRANTED, g->id, g->ttl))) {
+        msg_free(resp);
+        return sys_fail(c, rc);
+    }
+    *out = resp;
+    return EXEC_OK;
+}
+
+/* A revoke's keys, copied out of "lkeys" before any of them is deleted. */
+struct key_list {
+    uint8_t *buf;
+    size_t len, cap;
+    size_t n;
+};
+
+static int key_collect(void *arg, const uint8_t *key, size_t len)
+{
+    struct key_list *l = arg;
+    if (l->cap - l->len < len + sizeof(uint16_t)) {
+        size_t cap = l->cap ? 2 * l->cap : 4096;
+        while (cap - l->len < len + sizeof(uint16_t))
+            cap *= 2;
+        uint8_t *b = realloc(l->buf, cap);
+        if (!b)
+            return ENOMEM;
+        l->buf = b;
+        l->cap = cap;
+    }
+    uint16_t n = (uint16_t)len; /* at most KV_MAX_LEASE_KEY */
+    memcpy(l->buf + l->len, &n, sizeof n);
+    memcpy(l->buf + l->len + sizeof n, key, len);
+    l->len += sizeof n + len;
+    l->n++;
+    return 0;
+}
+
+/* etcd's lessor Revoke: every attached key deleted under one revision, then the lease. */
+static int revoke_exec(struct kv_ctx *c, int64_t id, Etcdserverpb__LeaseRevokeResponse **out,
+                       struct kv_err *err)
+{
+    struct kv_lease l;
+    bool found;
+    int rc = lease_read(c->txn, c->s->lease, id, &l, &found);
+    if (rc)
+        return sys_fail(c, rc);
+    if (!found)
+        return req_fail(err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
+    struct key_list keys = {0};
+    rc = lease_keys_walk(c->txn, c->s->lkeys, id, key_collect, &keys);
+    if (rc) {
+        free(keys.buf);
+        return sys_fail(c, rc < 0 ? -rc : rc);
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < keys.n && rc == 0; i++) {
+        uint16_t n;
+        memcpy(&n, keys.buf + off, sizeof n);
+        const uint8_t *key = keys.buf + off + sizeof n;
+        off += sizeof n + n;
+        MDB_val k = {n, (void *)key}, v;
+        rc = mdb_get(c->txn, c->s->kv, &k, &v);
+        if (rc == 0)
+            rc = del_key(c, key, n, id); /* also takes it out of "lkeys" */
+        else if (rc == MDB_NOTFOUND) /* cannot happen: a delete detaches; tolerate it */
+            rc = lease_link(c->txn, c->s->lkeys, id, key, n, false);
+    }
+    free(keys.buf);
+    if (keys.n)
+        c->changed = true;
+    uint8_t kb[8];
+    kv_be64_put(kb, (uint64_t)id);
+    MDB_val lk = {8, kb};
+    if (rc == 0)
+        rc = mdb_del(c->txn, c->s->lease, &lk, NULL);
+    if (rc == 0)
+        rc = lease_changed(c->s, KV_LEASE_REVOKED, id, 0);
+    if (rc)
+        return sys_fail(c, rc);
+    Etcdserverpb__LeaseRevokeResponse *resp = malloc(sizeof *resp);
+    if (!resp || !(etcdserverpb__lease_revoke_response__init(resp),
+                   resp->header = header_new(cur_rev(c)))) {
+        free(resp);
+        return sys_fail(c, ENOMEM);
+    }
+    *out = resp;
+    return EXEC_OK;
+}
+
+static int checkpoint_exec(struct kv_ctx *c, const Etcdserverpb__LeaseCheckpointRequest *r,
+                           Etcdserverpb__LeaseCheckpointResponse **out)
+{
+    for (size_t i = 0; i < r->n_checkpoints; i++) {
+        struct kv_lease l;
+        bool found;
+        int rc = lease_read(c->txn, c->s->lease, r->checkpoints[i]->id, &l, &found);
+        if (rc == 0 && found && l.remaining != r->checkpoints[i]->remaining_ttl) {
+            l.remaining = r->checkpoints[i]->remaining_ttl;
+            rc = lease_write(c->txn, c->s->lease, &l);
+        }
+        if (rc)
+            return sys_fail(c, rc);
+    }
+    Etcdserverpb__LeaseCheckpointResponse *resp = malloc(sizeof *resp);
+    if (!resp || !(etcdserverpb__lease_checkpoint_response__init(resp),
+                   resp->header = header_new(cur_rev(c)))) {
+        free(resp);
+        return sys_fail(c, ENOMEM);
+    }
+    *out = resp;
+    return EXEC_OK;
+}
+
 /* ---- bytes in use ---- */
 
 /* Bytes in use in txn's snapshot. Every page below the end of the file is one of the two meta
- * pages, a page of a B-tree (LMDB's free-page list's own, its main database's, "kv", "meta", "hist") or
+ * pages, a page of a B-tree (LMDB's free-page list's own, its main database's, "kv", "meta", "hist",
+ * "lease", "lkeys") or
  * a free page; LMDB's own audit (mdb_audit) checks that sum. So the pages in use are the trees'
  * page counts, which each database record keeps (O(1)), plus the metas: the file's pages minus
  * the free ones without walking the free list, whose length grows with the store. A new named
@@ -1286,7 +1548,8 @@ static int compact_exec(struct kv_ctx *c, const Etcdserverpb__CompactionRequest 
  * The sum is capped at the file's size. -1 only for a txn LMDB refuses. */
 static int64_t size_in_use(struct kv_store *s, MDB_txn *txn)
 {
-    const MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->kv, s->meta, s->hist};
+    const MDB_dbi dbis[] = {0 /* FREE_DBI */, 1 /* MAIN_DBI */, s->kv,   s->meta,
+                            s->hist,          s->lease,         s->lkeys};
     int64_t pages = 2; /* NUM_METAS */
     MDB_stat st = {0};
     for (size_t i = 0; i < sizeof dbis / sizeof dbis[0]; i++) {
@@ -1415,7 +1678,15 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
     switch (cmd->op_case) {
     case CRAFT__KV__COMMAND__OP_PUT:
         if (kv_validate_put(cmd->put, &err) == 0) {
-            if (cmd->put->lease != 0) /* no lease exists; etcd checks this before the rest */
+            /* etcd checks the lease before the rest */
+            struct kv_lease l;
+            bool found = true;
+            int x = cmd->put->lease ? lease_read(txn, s->lease, cmd->put->lease, &l, &found) : 0;
+            if (x) {
+                craft__kv__command__free_unpacked(cmd, NULL);
+                return x;
+            }
+            if (!found)
                 kv_fail(&err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
             else
                 rc = put_exec(&c, cmd->put, &r.put, &err);
@@ -1460,6 +1731,23 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
         if (kv_validate_compaction(cmd->compaction, &err) == 0)
             rc = compact_exec(&c, cmd->compaction, &r.compaction, &err);
         r.resp_case = CRAFT__KV__RESULT__RESP_COMPACTION;
+        break;
+    case CRAFT__KV__COMMAND__OP_LEASE_GRANT:
+        if (kv_validate_lease_grant(cmd->lease_grant, &err) == 0)
+            rc = grant_exec(&c, cmd->lease_grant, &r.lease_grant, &err);
+        r.resp_case = CRAFT__KV__RESULT__RESP_LEASE_GRANT;
+        break;
+    case CRAFT__KV__COMMAND__OP_LEASE_REVOKE:
+        if (cmd->lease_revoke)
+            rc = revoke_exec(&c, cmd->lease_revoke->id, &r.lease_revoke, &err);
+        else
+            kv_fail(&err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
+        r.resp_case = CRAFT__KV__RESULT__RESP_LEASE_REVOKE;
+        break;
+    case CRAFT__KV__COMMAND__OP_LEASE_CHECKPOINT:
+        if (kv_validate_lease_checkpoint(cmd->lease_checkpoint, &err) == 0)
+            rc = checkpoint_exec(&c, cmd->lease_checkpoint, &r.lease_checkpoint);
+        r.resp_case = CRAFT__KV__RESULT__RESP_LEASE_CHECKPOINT;
         break;
     default:
         kv_fail(&err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
@@ -1527,6 +1815,9 @@ static void after_commit(struct kv_store *s)
         pthread_cond_signal(&s->compact_cv);
         pthread_mutex_unlock(&s->compact_mu);
     }
+    for (size_t i = 0; i < s->n_lch && s->lease_hook; i++)
+        s->lease_hook(s->lease_arg, s->lch[i].what, s->lch[i].id, s->lch[i].ttl);
+    s->n_lch = 0;
     if (s->commit_hook)
         s->commit_hook(s->commit_arg, s->rev);
 }
@@ -1540,6 +1831,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
         uint64_t idx = i + 1 == n ? last_index : es[i].index;
         uint64_t term = idx == es[i].index ? es[i].term : 0;
         int64_t rev0 = s->rev, compact0 = s->compact;
+        s->n_lch = 0; /* what an aborted transaction did is not done */
         MDB_txn *txn;
         int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
         if (rc)
@@ -1555,6 +1847,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
         if (rc == MDB_MAP_FULL) {
             s->rev = rev0;
             s->compact = compact0;
+            s->n_lch = 0;
             results_clear(&results[i], 1);
             if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
                 return fatal(rc);
@@ -1632,6 +1925,7 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
     /* Nothing of the batch is stored: forget its effects and results. */
     s->rev = rev0;
     s->compact = compact0;
+    s->n_lch = 0;
     results_clear(results, n);
     if (rc == MDB_MAP_FULL)
         return apply_isolated(s, es, n, last_index, results);
@@ -1776,6 +2070,70 @@ void kv_store_set_commit_hook(struct kv_store *s, void (*fn)(void *arg, int64_t 
 {
     s->commit_hook = fn;
     s->commit_arg = arg;
+}
+
+void kv_store_set_lease_hook(struct kv_store *s,
+                             void (*fn)(void *arg, enum kv_lease_change what, int64_t id,
+                                        int64_t ttl),
+                             void *arg)
+{
+    s->lease_hook = fn;
+    s->lease_arg = arg;
+}
+
+int kv_store_lease_get(struct kv_store *s, int64_t id, struct kv_lease *out,
+                       int (*key_cb)(void *arg, const uint8_t *key, size_t len), void *arg,
+                       struct kv_err *err)
+{
+    struct kv_ctx c;
+    if (read_begin(s, &c, err))
+        return -1;
+    bool found;
+    int rc = lease_read(c.txn, s->lease, id, out, &found);
+    if (rc == 0 && found && key_cb) {
+        int x = lease_keys_walk(c.txn, s->lkeys, id, key_cb, arg);
+        rc = x < 0 ? -x : 0;
+    }
+    if (rc) {
+        c.sys = rc;
+        read_fail(&c, err);
+    }
+    read_end(&c);
+    return rc ? -1 : found;
+}
+
+int kv_store_leases(struct kv_store *s, int (*cb)(void *arg, const struct kv_lease *l), void *arg,
+                    struct kv_err *err)
+{
+    struct kv_ctx c;
+    if (read_begin(s, &c, err))
+        return -1;
+    MDB_cursor *cur;
+    int out = 0, rc = mdb_cursor_open(c.txn, s->lease, &cur);
+    if (rc == 0) {
+        MDB_val k, v;
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && out == 0;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            if (k.mv_size != 8 || v.mv_size != LEASE_VAL) {
+                rc = MDB_CORRUPTED;
+                break;
+            }
+            struct kv_lease l = {(int64_t)kv_be64_get(k.mv_data),
+                                 (int64_t)kv_le_get64(v.mv_data),
+                                 (int64_t)kv_le_get64((const uint8_t *)v.mv_data + 8)};
+            out = cb(arg, &l);
+        }
+        mdb_cursor_close(cur);
+        if (rc == MDB_NOTFOUND || out)
+            rc = 0;
+    }
+    if (rc) {
+        c.sys = rc;
+        read_fail(&c, err);
+        out = -1;
+    }
+    read_end(&c);
+    return out;
 }
 
 /* An event's key-value from a history entry (a put's record, or a delete's key and revision). */
@@ -2278,6 +2636,7 @@ static void store_free(struct kv_store *s)
         pthread_rwlock_destroy(&s->idx_lock);
     free(s->undo);
     free(s->undo_keys);
+    free(s->lch);
     free(s);
 }
 
@@ -2421,7 +2780,7 @@ static int env_create(const struct kv_store *s, MDB_env **env)
         return rc;
     if ((rc = mdb_env_set_mapsize(*env, (size_t)s->map_size)) ||
         (rc = mdb_env_set_maxreaders(*env, s->max_readers)) ||
-        (rc = mdb_env_set_maxdbs(*env, 6))) {
+        (rc = mdb_env_set_maxdbs(*env, 8))) {
         mdb_env_close(*env);
         *env = NULL;
     }
@@ -2429,13 +2788,19 @@ static int env_create(const struct kv_store *s, MDB_env **env)
 }
 
 /* The store's databases in txn (created if missing). 0 or an LMDB code. */
-static int dbis_open(MDB_txn *txn, MDB_dbi *meta, MDB_dbi *kv, MDB_dbi *hist)
+struct dbis {
+    MDB_dbi meta, kv, hist, lease, lkeys;
+};
+
+static int dbis_open(MDB_txn *txn, struct dbis *d)
 {
     int rc;
-    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, meta)) ||
-        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, kv)))
+    if ((rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &d->meta)) ||
+        (rc = mdb_dbi_open(txn, "kv", MDB_CREATE, &d->kv)) ||
+        (rc = mdb_dbi_open(txn, "hist", MDB_CREATE, &d->hist)) ||
+        (rc = mdb_dbi_open(txn, "lease", MDB_CREATE, &d->lease)))
         return rc;
-    return mdb_dbi_open(txn, "hist", MDB_CREATE, hist);
+    return mdb_dbi_open(txn, "lkeys", MDB_CREATE, &d->lkeys);
 }
 
 /* A craft-kv-2 store's "keyrev" tree (each key's writes, now the in-memory index): emptied and
@@ -2516,7 +2881,9 @@ static const char *env_load(struct kv_store *s, const char **what)
         return mdb_strerror(rc);
     *what = "open databases";
     struct kv_snap_meta st = {0};
-    if ((rc = dbis_open(txn, &s->meta, &s->kv, &s->hist)) == 0) {
+    struct dbis d;
+    if ((rc = dbis_open(txn, &d)) == 0) {
+        s->meta = d.meta, s->kv = d.kv, s->hist = d.hist, s->lease = d.lease, s->lkeys = d.lkeys;
         MDB_val k = {6, "format"}, v;
         *what = "format";
         rc = mdb_get(txn, s->meta, &k, &v);
@@ -2540,6 +2907,12 @@ static const char *env_load(struct kv_store *s, const char **what)
                 v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
                 rc = mdb_put(txn, s->meta, &k, &v, 0);
             }
+        } else if (rc == 0 && v.mv_size == strlen(KV_FORMAT_V3) &&
+                   memcmp(v.mv_data, KV_FORMAT_V3, v.mv_size) == 0) {
+            /* A store from before leases: dbis_open made their (empty) tables. */
+            *what = "upgrade to leases";
+            v = (MDB_val){strlen(KV_FORMAT), KV_FORMAT};
+            rc = mdb_put(txn, s->meta, &k, &v, 0);
         } else if (rc == 0 && (v.mv_size != strlen(KV_FORMAT) ||
                                memcmp(v.mv_data, KV_FORMAT, v.mv_size) != 0)) {
             mdb_txn_abort(txn);
@@ -2731,8 +3104,9 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
                           mdb_strerror(lrc));
         goto out;
     }
-    /* Version 2: the history, in the order of the writes (the latest state follows from it). */
-    st.version = 2;
+    /* Version 3: the history, in the order of the writes (the latest state follows from it),
+     * then the leases. */
+    st.version = 3;
     rc = kv_snap_enc_header(e, &st);
     uint64_t n = 0;
     MDB_val k, v;
@@ -2752,6 +3126,22 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
         if (rc == 0 && step(s, "snapshot-record", ++n)) {
             rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: stopped by the test hook");
             goto out;
+        }
+    }
+    if (rc == 0 && lrc == MDB_NOTFOUND) {
+        /* Version 3: then the leases, in the table's order. */
+        mdb_cursor_close(cur);
+        cur = NULL;
+        lrc = mdb_cursor_open(txn, s->lease, &cur);
+        for (lrc = lrc ? lrc : mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && lrc == 0;
+             lrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+            if (k.mv_size != 8 || v.mv_size != LEASE_VAL) {
+                lrc = MDB_CORRUPTED;
+                break;
+            }
+            rc = kv_snap_enc_lease(e, (int64_t)kv_be64_get(k.mv_data),
+                                   (int64_t)kv_le_get64(v.mv_data),
+                                   (int64_t)kv_le_get64((const uint8_t *)v.mv_data + 8));
         }
     }
     if (rc == 0 && lrc != MDB_NOTFOUND) {
@@ -2801,13 +3191,14 @@ static int node_key_cmp(const void *a, const void *b)
 }
 
 /* The latest state of a restored history: for each key in order (an index of the history,
- * sorted once), its last write if a put goes at the end of "kv". Commits every
- * restore_txn_bytes. 0 or an LMDB code (restore_commit's). */
-static int kv_from_hist(struct kv_store *s, MDB_env *env, MDB_txn **txn, MDB_dbi kv, MDB_dbi hist,
+ * sorted once), its last write if a put goes at the end of "kv", and into "lkeys" when it has
+ * a lease. Commits every restore_txn_bytes. 0, an LMDB code (restore_commit's), or EBADMSG:
+ * a live key's lease is not in the snapshot. */
+static int kv_from_hist(struct kv_store *s, MDB_env *env, MDB_txn **txn, const struct dbis *d,
                         uint64_t *n, bool *hooked)
 {
     struct kv_index *x;
-    int rc = idx_build(*txn, hist, &x);
+    int rc = idx_build(*txn, d->hist, &x);
     if (rc)
         return rc;
     size_t cnt = kv_index_keys(x), pending = 0;
@@ -2828,14 +3219,32 @@ static int kv_from_hist(struct kv_store *s, MDB_env *env, MDB_txn **txn, MDB_dbi
         kv_hist_key(hk, e->rev, e->sub);
         MDB_val hkv = {KV_HIST_KEY, hk};
         struct hist_ent h;
-        if ((rc = mdb_get(*txn, hist, &hkv, &hv)))
+        if ((rc = mdb_get(*txn, d->hist, &hkv, &hv)))
             break;
         if (hist_decode(&hkv, &hv, &h) || h.type != KV_EVENT_PUT) {
             rc = MDB_CORRUPTED;
             break;
         }
-        if ((rc = mdb_put(*txn, kv, &k, &h.rec, MDB_APPEND)))
+        if ((rc = mdb_put(*txn, d->kv, &k, &h.rec, MDB_APPEND)))
             break;
+        /* A live key's lease must be among the snapshot's leases (they came first). */
+        struct kv_rec r;
+        if (rec_decode(&h.rec, &r)) {
+            rc = MDB_CORRUPTED;
+            break;
+        }
+        if (r.lease != 0) {
+            struct kv_lease l;
+            bool found;
+            if ((rc = lease_read(*txn, d->lease, r.lease, &l, &found)))
+                break;
+            if (!found || k.mv_size > KV_MAX_LEASE_KEY) {
+                rc = EBADMSG;
+                break;
+            }
+            if ((rc = lease_link(*txn, d->lkeys, r.lease, k.mv_data, k.mv_size, true)))
+                break;
+        }
         pending += k.mv_size + h.rec.mv_size;
         if (pending >= s->restore_txn_bytes) {
             rc = restore_commit(s, env, txn, n, hooked);
@@ -2865,7 +3274,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     struct kv_snap_dec *d = kv_snap_dec_new(r->read, r->arg);
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
-    MDB_dbi kv, meta, hist;
+    struct dbis db;
     struct kv_snap_meta m;
     int rc, lrc;
     if (!d) {
@@ -2887,8 +3296,8 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     if ((lrc = env_create(s, &env)) ||
         (lrc = mdb_env_open(env, tmp, MDB_NOTLS | MDB_NOSYNC, 0600)) ||
         (lrc = mdb_txn_begin(env, NULL, 0, &txn)) ||
-        (lrc = dbis_open(txn, &meta, &kv, &hist)) ||
-        (lrc = mdb_put(txn, meta, &fk, &fv, 0)))
+        (lrc = dbis_open(txn, &db)) ||
+        (lrc = mdb_put(txn, db.meta, &fk, &fv, 0)))
         goto lmdb;
     size_t pending = 0;
     struct kv_snap_rec rec;
@@ -2896,11 +3305,15 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     int64_t last_mod = 0;
     uint64_t sub = 0;
     while ((rc = kv_snap_dec_next(d, &rec, err, errlen)) == 1) {
-        if (m.version == 1) {
+        if (rec.is_lease) {
+            struct kv_lease l = {rec.lease_id, rec.lease_ttl, rec.lease_remaining};
+            if ((lrc = lease_write(txn, db.lease, &l)))
+                goto lmdb;
+        } else if (m.version == 1) {
             /* The latest state alone: the decoder checked the keys come in LMDB's order, so
              * each one goes at the end; the history is made from it below. */
             MDB_val k = {rec.klen, (void *)rec.key}, v = {rec.rlen, (void *)rec.rec};
-            if ((lrc = mdb_put(txn, kv, &k, &v, MDB_APPEND)))
+            if ((lrc = mdb_put(txn, db.kv, &k, &v, MDB_APPEND)))
                 goto lmdb;
         } else {
             /* The history, in order: each write goes at the end of "hist" (and of its key's
@@ -2910,7 +3323,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
             sub = mod == last_mod ? sub + 1 : 0;
             last_mod = mod;
             uint8_t *dst;
-            if ((lrc = hist_append(txn, hist, mod, sub, tomb ? KV_EVENT_DELETE : KV_EVENT_PUT,
+            if ((lrc = hist_append(txn, db.hist, mod, sub, tomb ? KV_EVENT_DELETE : KV_EVENT_PUT,
                                    rec.key, rec.klen, tomb ? 0 : rec.rlen, &dst, MDB_APPEND)))
                 goto lmdb;
             if (!tomb)
@@ -2925,9 +3338,14 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     }
     if (rc < 0)
         goto out; /* the decoder's reason is in err */
-    lrc = m.version == 1 ? hist_from_kv(txn, kv, hist)
-                         : kv_from_hist(s, env, &txn, kv, hist, n, &hooked);
-    if (lrc || (lrc = state_write(txn, meta, index, term, m.rev, m.compact)))
+    lrc = m.version == 1 ? hist_from_kv(txn, db.kv, db.hist)
+                         : kv_from_hist(s, env, &txn, &db, n, &hooked);
+    if (lrc == EBADMSG) {
+        rc = kv_snap_fail(err, errlen, -EBADMSG,
+                          "restore: a key is attached to a lease the payload does not hold");
+        goto out;
+    }
+    if (lrc || (lrc = state_write(txn, db.meta, index, term, m.rev, m.compact)))
         goto lmdb;
     lrc = mdb_txn_commit(txn);
     txn = NULL;
@@ -2995,6 +3413,8 @@ static int fsm_snapshot_restore(void *ctx, struct raft_snapshot_reader *r, uint6
         s->compact_synced = ph.done;
         pthread_cond_signal(&s->compact_cv);
         pthread_mutex_unlock(&s->compact_mu);
+        if (s->lease_hook)
+            s->lease_hook(s->lease_arg, KV_LEASE_RESET, 0, 0);
         if (s->commit_hook)
             s->commit_hook(s->commit_arg, s->rev);
     }

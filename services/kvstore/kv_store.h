@@ -116,11 +116,13 @@ enum {
 #define KV_ERR_LEASE_TTL_TOO_LARGE "etcdserver: too large lease TTL"
 /* craft's own (etcd has no equivalent; see docs/kv.md). */
 #define KV_ERR_KEY_TOO_LONG "etcdserver: key is too long (craft: at most 511 bytes)"
+#define KV_ERR_LEASE_KEY_TOO_LONG "etcdserver: key is too long (craft: at most 503 bytes with a lease)"
 #define KV_ERR_BAD_ENUM "etcdserver: unknown enum value in request"
 #define KV_ERR_TXN_TOO_DEEP "etcdserver: txn nested too deeply"
 #define KV_ERR_BAD_COMMAND "craft: malformed KV command in the log"
 
 #define KV_MAX_LEASE_TTL 9000000000LL /* seconds: etcd's MaxLeaseTTL */
+#define KV_MAX_LEASE_KEY 503 /* a key with a lease: 8 bytes of lease ID + key = LMDB's limit */
 #define KV_MAX_KEY 511          /* LMDB's compiled-in key size limit (Debian's liblmdb) */
 #define KV_MAX_TXN_DEPTH 256    /* nesting bound of Txn inside Txn (etcd has none) */
 #define KV_DEFAULT_MAX_TXN_OPS 128

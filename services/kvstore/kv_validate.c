@@ -43,6 +43,8 @@ int kv_validate_put(const Etcdserverpb__PutRequest *r, struct kv_err *err)
         return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_LEASE_PROVIDED);
     if (r->key.len > KV_MAX_KEY)
         return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_KEY_TOO_LONG);
+    if (r->lease != 0 && r->key.len > KV_MAX_LEASE_KEY)
+        return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_LEASE_KEY_TOO_LONG);
     return 0;
 }
 
@@ -58,6 +60,32 @@ int kv_validate_compaction(const Etcdserverpb__CompactionRequest *r, struct kv_e
     if (!r)
         return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
     return 0; /* every revision is checked against the store at apply time */
+}
+
+int kv_validate_lease_grant(const Etcdserverpb__LeaseGrantRequest *r, struct kv_err *err)
+{
+    if (!r)
+        return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
+    if (r->id == 0) /* etcd's lessor: lease 0 is "no lease" */
+        return kv_fail(err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
+    if (r->ttl > KV_MAX_LEASE_TTL)
+        return kv_fail(err, KV_CODE_OUT_OF_RANGE, KV_ERR_LEASE_TTL_TOO_LARGE);
+    if (r->ttl < 1) /* the proposer raises it to the minimum: only a bypassing command */
+        return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
+    return 0;
+}
+
+int kv_validate_lease_checkpoint(const Etcdserverpb__LeaseCheckpointRequest *r,
+                                 struct kv_err *err)
+{
+    if (!r || r->n_checkpoints > KV_MAX_LEASE_CHECKPOINTS)
+        return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
+    for (size_t i = 0; i < r->n_checkpoints; i++) {
+        const Etcdserverpb__LeaseCheckpoint *c = r->checkpoints[i];
+        if (!c || c->id == 0 || c->remaining_ttl < 0 || c->remaining_ttl > KV_MAX_LEASE_TTL)
+            return kv_fail(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
+    }
+    return 0;
 }
 
 /* etcd's checkTxnRequest: op count against the budget (max_ops 0 = unlimited, as apply uses

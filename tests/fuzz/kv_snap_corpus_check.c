@@ -66,6 +66,10 @@ Test(kv_snap_corpus, valid_seeds_decode_as_the_spec_says)
     cr_assert(m.version == 2 && m.index == 50 && m.rev == 7 && n == 8);
     cr_assert_eq(decode("three_keys", &m, &n, err), 0, "%s", err);
     cr_assert_eq(m.version, 1);
+    cr_assert_eq(decode("leases", &m, &n, err), 0, "%s", err);
+    cr_assert(m.version == 3 && m.index == 60 && m.rev == 4 && n == 7);
+    cr_assert_eq(decode("leases_only", &m, &n, err), 0, "%s", err);
+    cr_assert(m.version == 3 && n == 1);
 }
 
 Test(kv_snap_corpus, broken_seeds_are_refused_for_their_reason)
@@ -74,7 +78,14 @@ Test(kv_snap_corpus, broken_seeds_are_refused_for_their_reason)
         const char *name, *why;
     } cases[] = {
         {"bad_magic", "bad magic"},
-        {"version_3", "format version 3"},
+        {"version_4", "format version 4"},
+        {"lease_before_key", "record 1: a key after the leases"},
+        {"leases_out_of_order", "record 1: leases out of order"},
+        {"lease_id_zero", "record 0: lease 0 with TTL 30"},
+        {"lease_ttl_too_large", "TTL 9000000001"},
+        {"lease_negative_remaining", "remaining -1"},
+        {"lease_padding", "record 0: lease 1 with TTL 30"},
+        {"lease_with_value", "a lease with 1 value bytes"},
         {"history_out_of_order", "record 1: revisions out of order"},
         {"history_tombstone_with_value", "a deletion at revision 3"},
         {"history_tombstone_past_revision", "a deletion at revision 8 of 1..7"},

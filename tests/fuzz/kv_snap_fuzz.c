@@ -3,9 +3,9 @@
  * decoded twice, once in reads as large as asked and once in reads of 1 to 13 bytes; both must
  * reach the same verdict: 0 (accepted) or -EBADMSG with a message, never a crash, an
  * out-of-bounds read (ASan) or undefined behaviour (UBSan). What is accepted must obey the
- * format's rules (version 1: keys strictly increasing; version 2: a history in write order,
- * tombstones only there; records at least 32 bytes) and re-encode to exactly the input: the
- * format has one encoding per state. Built with clang's libFuzzer (run_kv_snap_fuzz.sh) and as a corpus replay with the default toolchain (replay_main.c). */
+ * format's rules (version 1: keys strictly increasing; versions 2 and 3: a history in write
+ * order, tombstones only there; version 3: then leases in order; records at least 32 bytes)
+ * and re-encode to exactly the input: the format has one encoding per state. Built with clang's libFuzzer (run_kv_snap_fuzz.sh) and as a corpus replay with the default toolchain (replay_main.c). */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -83,7 +83,24 @@ static void decode(const uint8_t *data, size_t size, unsigned step, struct kv_sn
     size_t prev_len = 0;
     int64_t prev_mod = 0;
     struct kv_snap_rec r;
+    bool in_leases = false;
+    uint64_t prev_lease = 0;
     while (v->rc == 0 && (v->rc = kv_snap_dec_next(d, &r, v->err, sizeof v->err)) == 1) {
+        if (r.is_lease) {
+            if (m.version != 3 || r.lease_id == 0 || r.lease_ttl < 1 ||
+                r.lease_ttl > KV_SNAP_MAX_LEASE_TTL || r.lease_remaining < 0 ||
+                (in_leases && (uint64_t)r.lease_id <= prev_lease))
+                abort(); /* a lease the format does not allow */
+            in_leases = true;
+            prev_lease = (uint64_t)r.lease_id;
+            if (enc && kv_snap_enc_lease(enc, r.lease_id, r.lease_ttl, r.lease_remaining) != 0)
+                abort();
+            v->count++;
+            v->rc = 0;
+            continue;
+        }
+        if (in_leases)
+            abort(); /* a key after the leases */
         if (r.klen == 0 || r.klen > KV_SNAP_MAX_KEY || r.rlen < KV_SNAP_REC_FIXED)
             abort();
         int64_t create = (int64_t)kv_le_get64(r.rec), mod = (int64_t)kv_le_get64(r.rec + 8);
@@ -93,9 +110,9 @@ static void decode(const uint8_t *data, size_t size, unsigned step, struct kv_sn
             if (c > 0 || (c == 0 && prev_len >= r.klen))
                 abort(); /* not strictly increasing */
         }
-        if (m.version == 2 && ((v->count > 0 && mod < prev_mod) || mod < 1 || mod > m.rev))
+        if (m.version >= 2 && ((v->count > 0 && mod < prev_mod) || mod < 1 || mod > m.rev))
             abort(); /* history out of write order */
-        if (version == 0 && (m.version != 2 || create != 0 || r.rlen != KV_SNAP_REC_FIXED))
+        if (version == 0 && (m.version < 2 || create != 0 || r.rlen != KV_SNAP_REC_FIXED))
             abort(); /* a tombstone only in a history, with nothing but its revision */
         if (version != 0 && (create < 1 || create > mod))
             abort();

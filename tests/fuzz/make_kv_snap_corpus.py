@@ -21,6 +21,11 @@ def record(key, create, mod, version, value=b"", lease=0):
             struct.pack("<qqqq", create, mod, version, lease) + value)
 
 
+def lease(lid, ttl, remaining=0, pad=0):
+    """A version 3 lease record: key length 0, value length 0, then id, TTL, remaining, 0."""
+    return struct.pack("<IIqqqq", 0, 0, lid, ttl, remaining, pad)
+
+
 def payload(head, recs, count=None, pad=0):
     body = head + b"".join(recs) + b"CRKVEND1" + struct.pack("<Q", len(recs) if count is None
                                                              else count)
@@ -43,7 +48,25 @@ def main():
              record(b"\x00\x00", 2, 300, 299, b"x" * 2000),
              record(b"\xff" * 511, 7, 8, 2)]),
         "bad_magic": payload(header(42, 3, 9, 2, magic=b"CRKVSNAQ"), three),
-        "version_3": payload(header(42, 3, 9, 2, version=3), three),
+        "version_4": payload(header(42, 3, 9, 2, version=4), three),
+        # version 3: the history (puts may carry a lease), then the leases in unsigned order
+        "leases": payload(
+            header(60, 6, 4, 0, version=3),
+            [record(b"a", 1, 1, 1, b"x", lease=7), record(b"b", 2, 2, 1, lease=-3),
+             record(b"a", 0, 3, 0), record(b"c", 4, 4, 1, lease=7),
+             lease(7, 30, 12), lease(100, 9000000000), lease(-3, 5)]),
+        "leases_only": payload(header(0, 0, 0, 0, version=3), [lease(1, 1)]),
+        "lease_before_key": payload(
+            header(60, 6, 4, 0, version=3), [lease(7, 30), record(b"a", 1, 1, 1)]),
+        "leases_out_of_order": payload(
+            header(60, 6, 4, 0, version=3), [lease(-3, 5), lease(7, 30)]),
+        "lease_id_zero": payload(header(60, 6, 4, 0, version=3), [lease(0, 30)]),
+        "lease_ttl_too_large": payload(header(60, 6, 4, 0, version=3), [lease(1, 9000000001)]),
+        "lease_negative_remaining": payload(header(60, 6, 4, 0, version=3), [lease(1, 30, -1)]),
+        "lease_padding": payload(header(60, 6, 4, 0, version=3), [lease(1, 30, 0, 1)]),
+        "lease_with_value": payload(
+            header(60, 6, 4, 0, version=3),
+            [struct.pack("<II", 0, 1) + struct.pack("<qqqq", 1, 30, 0, 0) + b"v"]),
         # version 2: the history in write order; version 0 = a deletion (tombstone)
         "history": payload(
             header(50, 5, 7, 2, version=2),
