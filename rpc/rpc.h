@@ -212,6 +212,11 @@ int rpc_stream_peer_identity(struct rpc_stream *s, struct rpc_peer *out);
  * waiting, RPC_ECLOSED when the stream is dead or finished, RPC_ENOMEM. */
 int rpc_stream_send(struct rpc_stream *s, const void *data, size_t len);
 int rpc_stream_send_msg(struct rpc_stream *s, const ProtobufCMessage *msg);
+/* Stops (hold) or resumes reading requests of a server stream: while held, on_message is not
+ * called and the client's sends are held back by HTTP/2 flow control (the one message being
+ * read when hold is set is still delivered). For a handler that has work outstanding per
+ * request and must bound it. Any thread, until rpc_stream_finish. 0 or RPC_ECLOSED. */
+int rpc_stream_hold_reads(struct rpc_stream *s, bool hold);
 /* Ends the stream with a status after every queued message has been written. Exactly once
  * per stream, from any thread; same returns as rpc_call_reply. */
 int rpc_stream_finish(struct rpc_stream *s, grpc_status_code code, const char *msg);

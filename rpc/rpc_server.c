@@ -95,6 +95,7 @@ struct rpc_call {
     grpc_byte_buffer **q;
     int qcap, qhead, qlen;
     bool writing, reading, read_paused, close_delivered, finish_requested, status_sent, dead;
+    bool hold_reads; /* rpc_stream_hold_reads */
     grpc_status_code finish_code;
     char *finish_msg;
 
@@ -468,10 +469,10 @@ static void on_stream_recv(struct rpc_tag *t, bool ok)
         }
         if (!c->dead && !c->closed && !c->finish_requested) {
             ended = false;
-            if (c->qlen < c->qcap)
+            if (c->qlen < c->qcap && !c->hold_reads)
                 stream_start_recv(c);
             else
-                c->read_paused = true; /* resumed when a write drains the queue */
+                c->read_paused = true; /* resumed when a write drains the queue, or on release */
         }
         st = stream_end_status(c);
         pthread_mutex_unlock(&c->mu);
@@ -509,7 +510,8 @@ static void on_stream_write(struct rpc_tag *t, bool ok)
     }
     if (!c->writing && c->finish_requested && !c->status_sent && !c->dead && !c->closed)
         stream_start_status(c);
-    if (c->read_paused && c->qlen < c->qcap && !c->dead && !c->closed && !c->finish_requested) {
+    if (c->read_paused && c->qlen < c->qcap && !c->hold_reads && !c->dead && !c->closed &&
+        !c->finish_requested) {
         c->read_paused = false;
         stream_start_recv(c);
     }
@@ -579,6 +581,26 @@ int rpc_stream_send_msg(struct rpc_stream *s, const ProtobufCMessage *msg)
     if (!bb)
         return RPC_ENOMEM;
     return stream_enqueue(S2C(s), bb);
+}
+
+int rpc_stream_hold_reads(struct rpc_stream *s, bool hold)
+{
+    if (!s)
+        return RPC_EINVAL;
+    struct rpc_call *c = S2C(s);
+    pthread_mutex_lock(&c->mu);
+    int rc = RPC_ECLOSED;
+    if (c->user_holds) {
+        rc = 0;
+        c->hold_reads = hold;
+        if (!hold && c->read_paused && c->qlen < c->qcap && c->grpc_holds && !c->dead &&
+            !c->closed && !c->finish_requested) {
+            c->read_paused = false;
+            stream_start_recv(c);
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
 }
 
 int rpc_stream_finish(struct rpc_stream *s, grpc_status_code code, const char *msg)

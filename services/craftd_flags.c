@@ -79,6 +79,11 @@ static const struct flag flags[] = {
     {"max-metrics-connections", UINT, U4(max_metrics_connections), 1, 4096, "64", "connections at once on each metrics URL; more are closed at once"},
     {"max-metrics-request-bytes", UINT, U4(max_metrics_request_bytes), 256, 1u << 20, "8192", "request line and headers of a metrics request"},
     {"metrics-timeout", DUR, U8(metrics_timeout_ms), 1000, 3600000, "10s", "a metrics connection idle, or stalled reading or writing, this long is closed (1s .. 1h, whole seconds)"},
+    {"lease-revoke-rate", UINT, U4(lease_revoke_rate), 1, 1u << 20, "1000", "expired leases the leader revokes per second (etcd's fixed rate)"},
+    {"experimental-enable-lease-checkpoint", BOOL, F(lease_checkpoint), 0, 0, 0, "true", "record remaining lease TTLs through Raft, so a leader change or restart does not start long leases over"},
+    {"experimental-lease-checkpoint-interval", DUR, U8(lease_checkpoint_ms), 1000, 86400000, "5m0s", "how often each lease longer than this is checkpointed (1s .. 24h)"},
+    {"max-lease-keepalive-inflight", UINT, U4(max_lease_keepalive_inflight), 1, 1u << 16, "1024", "keep-alive requests of one stream being renewed at once; beyond, the stream is not read"},
+    {"max-lease-keepalive-streams", UINT, U4(max_lease_keepalive_streams), 1, 1u << 20, "10000", "LeaseKeepAlive streams at once on this member"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
 
@@ -358,6 +363,11 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_metrics_connections = 64;
     cfg->max_metrics_request_bytes = 8192;
     cfg->metrics_timeout_ms = 10000;
+    cfg->lease_revoke_rate = 1000;
+    cfg->lease_checkpoint = true;
+    cfg->lease_checkpoint_ms = 5 * 60 * 1000;
+    cfg->max_lease_keepalive_inflight = 1024;
+    cfg->max_lease_keepalive_streams = 10000;
     raw.listen_client = "https://127.0.0.1:2379";
     raw.listen_peer = "https://127.0.0.1:2380";
 

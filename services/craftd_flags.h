@@ -71,6 +71,12 @@ struct craftd_config {
     uint32_t max_metrics_connections;   /* connections at once, over all metrics URLs' each */
     uint32_t max_metrics_request_bytes; /* request line + headers */
     uint64_t metrics_timeout_ms;        /* idle or stalled connection; whole seconds */
+    /* Leases (services/lease_service.h) */
+    uint32_t lease_revoke_rate;            /* expired leases revoked per second */
+    bool lease_checkpoint;                 /* etcd's --experimental-enable-lease-checkpoint */
+    uint64_t lease_checkpoint_ms;          /* etcd's --experimental-lease-checkpoint-interval */
+    uint32_t max_lease_keepalive_inflight; /* per stream */
+    uint32_t max_lease_keepalive_streams;
 
     /* derived */
     bool join_existing;       /* --initial-cluster-state existing: with an empty data directory,

@@ -51,7 +51,7 @@ static bool refuse_learner(struct kv_service *s, struct rpc_call *call)
     return true;
 }
 
-enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE };
+enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE, OP_LEASE_GRANT, OP_LEASE_REVOKE };
 
 /* One client call waiting for the log or for a read index. */
 struct op {
@@ -249,6 +249,14 @@ static void reply_result(struct op *o, const uint8_t *data, size_t len)
         resp = r->compaction ? &r->compaction->base : NULL;
         hp = r->compaction ? &r->compaction->header : NULL;
         break;
+    case OP_LEASE_GRANT:
+        resp = r->lease_grant ? &r->lease_grant->base : NULL;
+        hp = r->lease_grant ? &r->lease_grant->header : NULL;
+        break;
+    case OP_LEASE_REVOKE:
+        resp = r->lease_revoke ? &r->lease_revoke->base : NULL;
+        hp = r->lease_revoke ? &r->lease_revoke->header : NULL;
+        break;
     default:
         break;
     }
@@ -311,7 +319,7 @@ static void forward(struct op *o, uint64_t leader)
  * otherwise disagree). Deletes and compaction stay allowed, to make room. */
 static bool over_quota(struct kv_service *s, enum op_kind kind, size_t len)
 {
-    if ((kind != OP_PUT && kind != OP_TXN) || !s->cfg.quota_bytes)
+    if ((kind != OP_PUT && kind != OP_TXN && kind != OP_LEASE_GRANT) || !s->cfg.quota_bytes)
         return false;
     /* O(1): as of the last applied batch, like etcd's check against concurrent applies. */
     int64_t in_use = kv_store_size_in_use(s->cfg.store);
@@ -413,6 +421,21 @@ static void handle_delete_range(struct rpc_call *call, const ProtobufCMessage *m
 static void handle_compact(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
 {
     write_request(ctx, call, OP_COMPACT, m);
+}
+
+void kv_service_lease_write(struct kv_service *s, struct rpc_call *call, bool revoke,
+                           uint8_t *cmd, size_t len)
+{
+    if (refuse_learner(s, call)) {
+        free(cmd);
+        return;
+    }
+    write_start(s, call, revoke ? OP_LEASE_REVOKE : OP_LEASE_GRANT, cmd, len, 0);
+}
+
+bool kv_service_is_learner(struct kv_service *s)
+{
+    return atomic_load_explicit(&s->learner, memory_order_relaxed);
 }
 
 /* ---- reads ----------------------------------------------------------------------------- */

@@ -81,6 +81,14 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg);
 int kv_service_register_client(struct kv_service *s, struct rpc_server *client_srv);
 /* Registers Peer.Forwards and Peer.Member on the peer server. */
 int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
+/* Leases (services/lease_service.h): a LeaseGrant (revoke false) or LeaseRevoke log command
+ * (cmd, malloc'd, taken) goes the way of every write - refused on a learner, a grant also past
+ * the quota, proposed on the leader or forwarded to it - and call is answered from the applied
+ * entry's result (LeaseGrantResponse / LeaseRevokeResponse with this member's header). */
+void kv_service_lease_write(struct kv_service *s, struct rpc_call *call, bool revoke,
+                            uint8_t *cmd, size_t len);
+/* Whether this member is served as a learner now (kv_service_set_learner). */
+bool kv_service_is_learner(struct kv_service *s);
 /* The member table in force changed (the node's on_conf, decoded): forwarding follows it. Any
  * thread; the cluster id must stay the same. */
 void kv_service_set_cluster(struct kv_service *s, const struct cluster *c);

@@ -15,6 +15,7 @@
 #include "rpc/rpc.h"
 #include "services/autocompact.h"
 #include "services/kv_service.h"
+#include "services/lease_service.h"
 #include "services/kvstore/kv_store.h"
 #include "services/member_file.h"
 #include "services/metrics_http.h"
@@ -31,6 +32,7 @@ struct craft_server {
     struct kv_store *store;
     struct kv_service *kv;    /* set under mu once created (on_conf may run before) */
     struct watch_hub *watch;  /* etcd's Watch, fed by the store's commit hook */
+    struct lease_service *lease; /* etcd's Lease, fed by the store's lease hook */
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
@@ -824,6 +826,25 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         snprintf(err, errlen, "%s", sub);
         goto fail;
     }
+    struct lease_service_config lc = {
+        .store = s->store,
+        .cluster_id = cfg->cluster.id,
+        .self_id = cfg->self_id,
+        .election_ms = cfg->election_ms,
+        .tick_ms = cfg->heartbeat_ms < 100 ? cfg->heartbeat_ms : 100,
+        .timeout_ms = cfg->proposal_timeout_ms,
+        .revoke_rate = cfg->lease_revoke_rate,
+        .checkpoint = cfg->lease_checkpoint,
+        .checkpoint_ms = cfg->lease_checkpoint_ms,
+        .max_inflight = cfg->max_lease_keepalive_inflight,
+        .max_streams = cfg->max_lease_keepalive_streams,
+        .max_send_bytes = cfg->max_request_bytes + (512u << 10), /* the client listener's */
+    };
+    s->lease = lease_service_create(&lc);
+    if (!s->lease) {
+        snprintf(err, errlen, "cannot set up the Lease service");
+        goto fail;
+    }
 
     /* The configuration to start from when the log has none. A member joining a running cluster
      * starts outside it (the others as voters): it joined as a learner, and until the leader's
@@ -895,7 +916,9 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     }
     if (!s->kv || kv_service_register_client(s->kv, s->client_srv) != 0 ||
         watch_hub_register(s->watch, s->client_srv, s->node) != 0 ||
-        kv_service_register_peer(s->kv, s->peer_srv) != 0) {
+        kv_service_register_peer(s->kv, s->peer_srv) != 0 ||
+        lease_service_register(s->lease, s->client_srv, s->peer_srv) != 0 ||
+        lease_service_start(s->lease, s->node, s->kv, s->peer) != 0) {
         snprintf(err, errlen, "cannot set up the KV service");
         goto fail;
     }
@@ -943,6 +966,7 @@ void craft_server_stop(struct craft_server *s)
         pthread_join(s->worker, NULL);
     }
     autocompact_stop(s->autocompact); /* it proposes through the node */
+    lease_service_stop(s->lease); /* keep-alive streams end UNAVAILABLE; its thread proposes */
     /* Clients first (no new writes), then the node (its pending writes fail and their calls
      * complete as no-ops on closed handles), then the peers. */
     if (s->client_srv)
@@ -956,6 +980,7 @@ void craft_server_stop(struct craft_server *s)
         rpc_server_shutdown(s->peer_srv, 0);
     peer_destroy(s->peer);
     kv_service_destroy(s->kv);
+    lease_service_destroy(s->lease); /* after the node and the peer: their callbacks ran */
     watch_hub_destroy(s->watch); /* after the streams (client server) and the applier (node) */
     kv_store_close(s->store);
     pthread_mutex_destroy(&s->mu);
