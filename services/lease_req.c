@@ -3,7 +3,6 @@
  * lease_service.h). protobuf-c only, so the fuzz target builds it alone. */
 #include <limits.h>
 
-#include "services/kvstore/kv_store.h" /* KV_MAX_LEASE_TTL and etcd's texts (macros only) */
 #include "services/lease_service.h"
 
 int lease_req_keepalive(const uint8_t *data, size_t len, int64_t *id)
@@ -38,7 +37,7 @@ int lease_resp_keepalive(const uint8_t *data, size_t len, uint64_t cluster_id, i
         return -1;
     /* A TTL out of range would reach the client as a lease that lives for ever or is gone. */
     int rc = r->header && r->header->cluster_id == cluster_id && r->id == id && r->ttl >= 0 &&
-                     r->ttl <= KV_MAX_LEASE_TTL
+                     r->ttl <= LEASE_MAX_TTL
                  ? 0
                  : -1;
     if (rc == 0)
@@ -53,8 +52,8 @@ Etcdserverpb__LeaseTimeToLiveResponse *lease_resp_ttl(const uint8_t *data, size_
     Etcdserverpb__LeaseTimeToLiveResponse *r =
         etcdserverpb__lease_time_to_live_response__unpack(NULL, len, data);
     if (r && (!r->header || r->header->cluster_id != cluster_id || r->id != id || r->ttl < -1 ||
-              r->ttl > KV_MAX_LEASE_TTL || r->grantedttl < 0 ||
-              r->grantedttl > KV_MAX_LEASE_TTL)) {
+              r->ttl > LEASE_MAX_TTL || r->grantedttl < 0 ||
+              r->grantedttl > LEASE_MAX_TTL)) {
         etcdserverpb__lease_time_to_live_response__free_unpacked(r, NULL);
         r = NULL;
     }
@@ -70,9 +69,9 @@ int64_t lease_min_ttl(unsigned election_ms)
 int lease_grant_prepare(Etcdserverpb__LeaseGrantRequest *r, int64_t min_ttl, int64_t next_id,
                         int *code, const char **msg)
 {
-    if (r->ttl > KV_MAX_LEASE_TTL) {
-        *code = KV_CODE_OUT_OF_RANGE;
-        *msg = KV_ERR_LEASE_TTL_TOO_LARGE;
+    if (r->ttl > LEASE_MAX_TTL) {
+        *code = GRPC_STATUS_OUT_OF_RANGE;
+        *msg = LEASE_ERR_TTL_TOO_LARGE;
         return -1;
     }
     if (r->ttl < min_ttl) /* zero and negative TTLs too, as etcd's lessor raises them */

@@ -33,6 +33,8 @@
 #define ERR_TOO_MANY "etcdserver: too many requests"
 #define ERR_UNMARSHAL "grpc: error unmarshalling request"
 
+_Static_assert(LEASE_MAX_TTL == KV_MAX_LEASE_TTL, "etcd's MaxLeaseTTL, twice");
+
 #define NOT_PRIMARY (-1) /* a renew's outcome: ask the leader instead */
 #define RESET_ATTEMPTS 3 /* checkpoint resets before one renew gives up */
 

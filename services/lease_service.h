@@ -44,6 +44,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <grpc/status.h>
+
 #include "services/proto/etcd/rpc.pb-c.h"
 
 /* Declared, not included, so the request decoders build alone (tests/fuzz). */
@@ -59,6 +61,11 @@ struct peer;
 #define LEASE_DEFAULT_MAX_STREAMS 10000            /* --max-lease-keepalive-streams */
 #define LEASE_CHECKPOINT_BATCH 1000                /* etcd's maxLeaseCheckpointBatchSize */
 #define LEASE_CHECKPOINTS_INFLIGHT 8               /* checkpoint entries proposed, unapplied */
+
+/* etcd's MaxLeaseTTL and its text (the store's KV_MAX_LEASE_TTL and KV_ERR_LEASE_TTL_TOO_LARGE:
+ * lease_service.c asserts they agree), here so the decoders build without the store. */
+#define LEASE_MAX_TTL 9000000000LL
+#define LEASE_ERR_TTL_TOO_LARGE "etcdserver: too large lease TTL"
 
 #define LEASE_PEER_RENEW "/craft.raft.Peer/LeaseRenew"
 #define LEASE_PEER_TTL "/craft.raft.Peer/LeaseTimeToLive"
@@ -123,7 +130,7 @@ Etcdserverpb__LeaseTimeToLiveResponse *lease_resp_ttl(const uint8_t *data, size_
 /* etcd's minimum TTL for an election timeout: ceil(1.5 x election_ms) in seconds. */
 int64_t lease_min_ttl(unsigned election_ms);
 /* A Grant as it will enter the log: TTL raised to min_ttl; ID 0 replaced by next_id (which
- * must be nonzero). 0, or -1 with *code and *msg (OUT_OF_RANGE: too large)
+ * must be nonzero). 0, or -1 with *code and *msg (GRPC_STATUS_OUT_OF_RANGE: too large)
  * - never a TTL or ID the store would refuse for being unset. */
 int lease_grant_prepare(Etcdserverpb__LeaseGrantRequest *r, int64_t min_ttl, int64_t next_id,
                         int *code, const char **msg);
