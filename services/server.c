@@ -559,6 +559,7 @@ static int start_metrics(struct craft_server *s, char *err, size_t errlen)
         .peer = s->peer,
         .client_srv = s->client_srv,
         .watch = s->watch,
+        .lease = s->lease,
         .leader_changes = &s->leader_changes,
         .quota_bytes = cfg->quota_backend_bytes,
         .version = KV_SERVICE_VERSION,

@@ -14,6 +14,7 @@
 #include "services/forward.h"
 #include "services/kv_service.h"
 #include "services/kvstore/kv_store.h"
+#include "services/lease_service.h"
 #include "services/peer.h"
 #include "services/watch.h"
 
@@ -380,6 +381,18 @@ void server_metrics_render(const struct server_metrics_src *src, struct metrics_
                 "Watches caught up with the store (fed from the applier).", ws.synced);
         one_u64(b, "craft_watch_unsynced", "gauge",
                 "Watches catching up from history.", ws.unsynced);
+    }
+    if (src->lease) {
+        struct lease_stats ls;
+        lease_stats_get(src->lease, &ls);
+        one_u64(b, "etcd_debugging_lease_granted_total", "counter",
+                "The total number of granted leases.", ls.granted);
+        one_u64(b, "etcd_debugging_lease_revoked_total", "counter",
+                "The total number of revoked leases.", ls.revoked);
+        one_u64(b, "etcd_debugging_lease_renewed_total", "counter",
+                "The number of renewed leases seen by the leader.", ls.renewed);
+        one_u64(b, "craft_lease_keepalive_streams", "gauge",
+                "LeaseKeepAlive streams open on this member.", ls.streams);
     }
 }
 

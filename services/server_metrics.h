@@ -31,6 +31,7 @@ struct kv_service;
 struct peer;
 struct rpc_server;
 struct watch_hub;
+struct lease_service;
 
 struct server_metrics_src {
     struct raft_node *node;
@@ -39,6 +40,7 @@ struct server_metrics_src {
     struct peer *peer;
     struct rpc_server *client_srv;
     struct watch_hub *watch;
+    struct lease_service *lease;            /* NULL: no lease metrics */
     const _Atomic uint64_t *leader_changes; /* etcd_server_leader_changes_seen_total */
     uint64_t quota_bytes;                   /* --quota-backend-bytes (0 = none) */
     const char *version;                    /* etcd_server_version's label */

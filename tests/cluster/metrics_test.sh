@@ -112,7 +112,8 @@ for m in etcd_server_has_leader etcd_server_is_leader etcd_server_leader_changes
     process_resident_memory_bytes process_open_fds process_start_time_seconds \
     craft_append_entries_per_message_count craft_replicator_outbox_dropped_total \
     craft_forward_batches_sent_total craft_read_index_rounds_total \
-    craft_snapshot_save_duration_seconds_count craft_apply_lag_entries; do
+    craft_snapshot_save_duration_seconds_count craft_apply_lag_entries \
+    etcd_debugging_lease_granted_total etcd_debugging_lease_renewed_total; do
     grep -qE "^$m(\{| )" "$dir/m$l.txt" || bad "${names[$l]}'s /metrics lacks $m"
 done
 ok "etcd's and craft's metric names present"

@@ -287,3 +287,28 @@ Test(flags, listen_metrics_urls)
     refused("(1s to 1h)", parse("--metrics-timeout=500ms", TLS_FLAGS, NULL));
     refused("whole seconds", parse("--metrics-timeout=1500ms", TLS_FLAGS, NULL));
 }
+
+Test(flags, leases)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.lease_revoke_rate, 1000, "etcd's leaseRevokeRate");
+    cr_assert(cfg.lease_checkpoint, "craft checkpoints by default");
+    cr_assert_eq(cfg.lease_checkpoint_ms, 5 * 60 * 1000, "etcd's 5m");
+    cr_assert_eq(cfg.max_lease_keepalive_inflight, 1024);
+    cr_assert_eq(cfg.max_lease_keepalive_streams, 10000);
+    cr_assert_eq(parse("--lease-revoke-rate=50", "--experimental-enable-lease-checkpoint=false",
+                       "--experimental-lease-checkpoint-interval", "1s",
+                       "--max-lease-keepalive-inflight=8", "--max-lease-keepalive-streams", "3",
+                       TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert_eq(cfg.lease_revoke_rate, 50);
+    cr_assert_not(cfg.lease_checkpoint);
+    cr_assert_eq(cfg.lease_checkpoint_ms, 1000);
+    cr_assert_eq(cfg.max_lease_keepalive_inflight, 8);
+    cr_assert_eq(cfg.max_lease_keepalive_streams, 3);
+    refused("--lease-revoke-rate", parse("--lease-revoke-rate=0", TLS_FLAGS, NULL));
+    refused("--experimental-lease-checkpoint-interval",
+            parse("--experimental-lease-checkpoint-interval=500ms", TLS_FLAGS, NULL));
+    refused("--max-lease-keepalive-inflight",
+            parse("--max-lease-keepalive-inflight=0", TLS_FLAGS, NULL));
+}
