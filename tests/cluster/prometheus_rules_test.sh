@@ -9,10 +9,12 @@
 # - docs/grafana/craft-dashboard.json parses and is importable: a schemaVersion, a Prometheus
 #   datasource variable every panel and target uses, unique panel ids, a grid position and at
 #   least one PromQL target per panel, and every expression parses in promtool's PromQL parser
-#   (through a throwaway rules file).
+#   (through a throwaway rules file);
+# - the Prometheus configuration in docs/operations.md passes `promtool check config` with the
+#   rules file (its file paths pointed at this test's files).
 # Which metric names they use is checked against a live cluster in prometheus_test.sh.
 set -uo pipefail
-rules=$1 unit=$2 dashboard=$3 names=$4
+rules=$(realpath "$1") unit=$2 dashboard=$3 names=$4 opsdoc=$5
 for c in promtool python3; do
     command -v $c >/dev/null || { echo "$c not installed (scripts/deps.sh)"; exit 1; }
 done
@@ -125,6 +127,17 @@ if out=$(promtool check rules "$dir/dash-rules.yml" 2>&1); then
     ok "every dashboard expression parses: $(echo "$out" | grep -o 'SUCCESS.*')"
 else
     bad "dashboard PromQL: $out"
+fi
+
+# --- the scrape configuration docs/operations.md shows ------------------------------------------
+awk '/^```yaml/ { f = 1; n++; next } /^```/ { f = 0 } f && n == 1' "$opsdoc" |
+    sed "s|/etc/prometheus/craft-alerts.yml|$rules|; s|/etc/prometheus/craft/|$dir/|" >"$dir/prometheus.yml"
+touch "$dir/ca.pem" "$dir/prometheus.pem" "$dir/prometheus-key.pem"
+grep -q 'tls_config' "$dir/prometheus.yml" || bad "no scrape configuration with tls_config in operations.md"
+if out=$(promtool check config "$dir/prometheus.yml" 2>&1); then
+    ok "operations.md's scrape configuration passes promtool check config (with the rules file)"
+else
+    bad "operations.md's scrape configuration: $out"
 fi
 
 echo "$fails failed"

@@ -115,7 +115,7 @@ until_ok() {
 all3() { [ "$(pq "$1")" = $'n1 1\nn2 1\nn3 1' ]; }
 healthy() { all3 'up{job="craft"}' && all3 etcd_server_has_leader && [ "$(pq 'sum(etcd_server_is_leader)')" = "- 1" ]; }
 
-if until_ok 30 healthy; then
+if until_ok 45 healthy; then
     ok "Prometheus scrapes all three members over mTLS: up 1, etcd_server_has_leader 1, one leader ($((SECONDS - t0)) s)"
 else
     bad "not healthy in Prometheus: up: $(pq 'up{job="craft"}' | tr '\n' ' ') has_leader: $(pq etcd_server_has_leader | tr '\n' ' ')"
