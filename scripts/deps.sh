@@ -15,6 +15,7 @@ PACKAGES=(
     golang-go golang-etcd-server-dev          # etcd's Go client library (clientv3) in tests
     iproute2 iptables procps                  # integration and fault tests (partitions)
     libevent-dev prometheus curl              # metrics listener (evhttp, OpenSSL); its tests (promtool)
+    jq python3-yaml                           # tests of the alert rules and dashboard (docs/operations.md)
 )
 
 missing=()
