@@ -358,8 +358,8 @@ static void ka_done(struct renew *r, int code, const char *msg, int64_t ttl)
     } else {
         sent = false;
     }
-    if (!sent) { /* the rpc queue is full: keep it (q has room: outstanding bounds it) */
-        size_t cap = st->ls->cfg.max_inflight;
+    size_t cap = st->ls->cfg.max_inflight;
+    if (!sent && st->qn < cap) { /* the rpc queue is full: keep it (outstanding bounds q) */
         st->q[(st->qhead + st->qn) % cap] = (struct reply){p, len};
         st->qn++;
         p = NULL;
