@@ -540,3 +540,62 @@ Test(rpc_life, on_sent_fires_once_the_send_queue_drains, .timeout = 60)
     rpc_server_shutdown(srv, 1000);
     cr_assert_eq(atomic_load(&burst.after_close), 0);
 }
+
+/* ---- rpc_stream_hold_reads: a handler with work outstanding per request stops reading ---- */
+
+#define HOLDREADS_METHOD "/craft.test.T/HoldReads"
+
+static struct {
+    struct tt_latch msgs;
+    _Atomic(struct rpc_stream *) s;
+} hr;
+
+static void hr_message(struct rpc_stream *s, const uint8_t *d, size_t l, void *user)
+{
+    (void)d, (void)l, (void)user;
+    if (!atomic_load(&hr.s)) { /* the first request: hold until the test releases */
+        atomic_store(&hr.s, s);
+        cr_assert_eq(rpc_stream_hold_reads(s, true), 0);
+    }
+    tt_latch_add(&hr.msgs, 1);
+}
+
+static void hr_close(struct rpc_stream *s, grpc_status_code st, void *user)
+{
+    (void)st, (void)user;
+    rpc_stream_finish(s, GRPC_STATUS_OK, NULL);
+}
+
+Test(rpc_life, hold_reads_stops_and_resumes_reading, .timeout = 60)
+{
+    memset(&hr, 0, sizeof hr);
+    tt_latch_init(&hr.msgs);
+    struct cs_run run;
+    memset(&run, 0, sizeof run);
+    tt_latch_init(&run.closed);
+    struct tt_tls tls;
+    tt_tls(&tls, "a", "server");
+    struct rpc_server_config sc = {.listen = "127.0.0.1:0", .tls = &tls.tls, .threads = 1};
+    char err[256];
+    struct rpc_server *srv = rpc_server_create(&sc, err, sizeof err);
+    cr_assert(srv, "%s", err);
+    static const struct rpc_stream_handler h = {NULL, hr_message, hr_close, NULL};
+    cr_assert_eq(rpc_server_register_stream(srv, HOLDREADS_METHOD, &h, NULL), 0);
+    cr_assert_eq(rpc_server_start(srv), 0);
+    struct rpc_channel *ch = tt_channel(rpc_server_port(srv), "a", "client", NULL);
+    struct rpc_client_stream *s = rpc_channel_stream_open(ch, HOLDREADS_METHOD, &cs_h, &run);
+    cr_assert(s);
+    for (int i = 0; i < 10; i++)
+        cr_assert_eq(rpc_client_stream_send(s, "q", 1, 1000), 0);
+    cr_assert_eq(tt_latch_wait(&hr.msgs, 1, 10000), 1);
+    /* held: the other nine stay unread (a bounded wait for something that must not happen) */
+    cr_assert_eq(tt_latch_wait(&hr.msgs, 2, 300), 1);
+    /* released from another thread than the stream's: reading resumes */
+    cr_assert_eq(rpc_stream_hold_reads(atomic_load(&hr.s), false), 0);
+    cr_assert_eq(tt_latch_wait(&hr.msgs, 10, 10000), 10);
+    cr_assert_eq(rpc_client_stream_close(s), 0);
+    cr_assert_eq(tt_latch_wait(&run.closed, 1, 10000), 1);
+    cr_assert_eq(run.status, GRPC_STATUS_OK);
+    rpc_channel_destroy(ch);
+    rpc_server_shutdown(srv, 1000);
+}
