@@ -37,6 +37,7 @@ _Static_assert(LEASE_MAX_TTL == KV_MAX_LEASE_TTL, "etcd's MaxLeaseTTL, twice");
 
 #define NOT_PRIMARY (-1) /* a renew's outcome: ask the leader instead */
 #define RESET_ATTEMPTS 3 /* checkpoint resets before one renew gives up */
+#define LEASE_MAX_WAITING 4096 /* renews held for a promotion under way */
 
 struct kstream;
 
@@ -57,12 +58,15 @@ struct lease_service {
     struct kstream *streams;
     size_t n_streams;
     struct lessor_checkpoint *cps; /* the lessor thread's buffer */
+    struct renew *waiting;         /* renews held until this leader's lessor is promoted */
+    size_t n_waiting;
 
     pthread_t thread;
     bool started;
     pthread_mutex_t tmu;
     pthread_cond_t tcv;
     bool tstop;
+    bool kick; /* a renew waits for the promotion: tick now */
 
     atomic_uint cp_inflight;
     atomic_uint_fast64_t granted, revoked, renewed;
@@ -135,9 +139,57 @@ struct renew {
     uint64_t token;
     /* code 0 with ttl, NOT_PRIMARY, or a gRPC status; any thread, exactly once */
     void (*done)(struct renew *r, int code, const char *msg, int64_t ttl);
+    struct renew *next_waiting; /* ls->waiting */
+    void (*retry)(struct renew *r); /* after the promotion: NULL = renew_run */
 };
 
 static void renew_run(struct renew *r);
+
+/* A renew that reached this member while it is (or may be) the leader but its lessor is not
+ * promoted yet: held until the lessor thread's next tick, which it starts at once - then renewed
+ * if the promotion succeeded, else refused "leader changed" (the client retries). At most
+ * LEASE_MAX_WAITING are held; beyond, refused at once. */
+static void wait_for_promotion(struct renew *r)
+{
+    struct lease_service *ls = r->ls;
+    pthread_mutex_lock(&ls->mu);
+    bool held = !ls->stopping && ls->n_waiting < LEASE_MAX_WAITING;
+    if (held) {
+        r->next_waiting = ls->waiting;
+        ls->waiting = r;
+        ls->n_waiting++;
+    }
+    pthread_mutex_unlock(&ls->mu);
+    if (!held) {
+        r->done(r, GRPC_STATUS_UNAVAILABLE, ERR_LEADER_CHANGED, 0);
+        return;
+    }
+    pthread_mutex_lock(&ls->tmu);
+    ls->kick = true;
+    pthread_cond_signal(&ls->tcv);
+    pthread_mutex_unlock(&ls->tmu);
+}
+
+/* The held renews, taken (lessor thread, or stop): each renewed if renew is set, else failed. */
+static void waiting_flush(struct lease_service *ls, bool renew, const char *why)
+{
+    pthread_mutex_lock(&ls->mu);
+    struct renew *w = ls->waiting;
+    ls->waiting = NULL;
+    ls->n_waiting = 0;
+    pthread_mutex_unlock(&ls->mu);
+    while (w) {
+        struct renew *r = w;
+        w = w->next_waiting;
+        if (renew && r->retry)
+            r->retry(r);
+        else if (renew)
+            renew_run(r);
+        else
+            r->done(r, GRPC_STATUS_UNAVAILABLE, why, 0);
+    }
+}
+
 
 static void on_reset_applied(void *arg, int err, uint64_t index, uint64_t leader,
                              struct raft_fsm_result *res)
@@ -306,8 +358,8 @@ static void ka_forward(struct ka_req *q)
     struct lease_service *ls = q->r.ls;
     uint64_t leader;
     int who = leader_of(ls, &leader);
-    if (who == 1) { /* elected, not yet promoted: the client retries shortly (docs/lease.md) */
-        ka_done(&q->r, GRPC_STATUS_UNAVAILABLE, ERR_LEADER_CHANGED, 0);
+    if (who == 1) { /* elected, not yet promoted (docs/lease.md) */
+        wait_for_promotion(&q->r);
         return;
     }
     if (who < 0) {
@@ -515,7 +567,10 @@ static void peer_renew_done(struct renew *r, int code, const char *msg, int64_t 
 {
     struct peer_renew *p = (struct peer_renew *)r;
     if (code == NOT_PRIMARY) {
-        rpc_call_fail(p->call, GRPC_STATUS_UNAVAILABLE, ERR_LEADER_CHANGED);
+        /* a follower sent it to us as the leader: maybe elected and not promoted yet; if not
+         * leader at all, the next tick refuses it "leader changed" */
+        wait_for_promotion(r);
+        return;
     } else if (code) {
         rpc_call_fail(p->call, (grpc_status_code)code, msg);
     } else {
@@ -596,15 +651,50 @@ static int collect_key(void *arg, const uint8_t *key, size_t len)
     return 0;
 }
 
-/* Answers a TimeToLive at the leader (inside the gate). */
-static void ttl_answer(struct lease_service *ls, struct rpc_call *call, int64_t id, bool keys)
+static void ttl_answer(struct lease_service *ls, struct rpc_call *call, int64_t id, bool keys,
+                       bool may_wait);
+
+/* A TimeToLive held for the promotion (wait_for_promotion). */
+struct ttl_wait {
+    struct renew r;
+    struct rpc_call *call;
+    bool keys;
+};
+
+static void ttl_wait_done(struct renew *r, int code, const char *msg, int64_t ttl)
+{
+    (void)ttl;
+    struct ttl_wait *w = (struct ttl_wait *)r;
+    rpc_call_fail(w->call, (grpc_status_code)code, msg);
+    free(w);
+}
+
+static void ttl_wait_retry(struct renew *r)
+{
+    struct ttl_wait *w = (struct ttl_wait *)r;
+    ttl_answer(r->ls, w->call, r->id, w->keys, false);
+    free(w);
+}
+
+/* Answers a TimeToLive at the leader (inside the gate); one that finds the lessor not promoted
+ * waits for the promotion once (may_wait). */
+static void ttl_answer(struct lease_service *ls, struct rpc_call *call, int64_t id, bool keys,
+                       bool may_wait)
 {
     int64_t remaining = 0, granted = 0;
     pthread_mutex_lock(&ls->mu);
     int rc = lessor_remaining(ls->lessor, id, clock_now_ms(), &remaining, &granted);
     pthread_mutex_unlock(&ls->mu);
     if (rc == LESSOR_NOT_PRIMARY) {
-        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_LEADER_CHANGED);
+        struct ttl_wait *w = may_wait ? calloc(1, sizeof *w) : NULL;
+        if (!w) {
+            rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_LEADER_CHANGED);
+            return;
+        }
+        w->r = (struct renew){.ls = ls, .id = id, .done = ttl_wait_done, .retry = ttl_wait_retry};
+        w->call = call;
+        w->keys = keys;
+        wait_for_promotion(&w->r);
         return;
     }
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
@@ -708,7 +798,7 @@ static void handle_ttl(struct rpc_call *call, const uint8_t *data, size_t len, v
     int who = leader_of(ls, &leader);
     struct ttl_fwd *f = who == 0 ? calloc(1, sizeof *f) : NULL;
     if (who == 1) {
-        ttl_answer(ls, call, id, keys);
+        ttl_answer(ls, call, id, keys, true);
     } else if (who < 0) {
         rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_NO_LEADER);
     } else if (!f) {
@@ -741,7 +831,7 @@ static void handle_peer_ttl(struct rpc_call *call, const uint8_t *data, size_t l
         rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_STOPPED);
         return;
     }
-    ttl_answer(ls, call, id, keys);
+    ttl_answer(ls, call, id, keys, true);
     node_gate_leave(&ls->gate);
 }
 
@@ -1065,6 +1155,11 @@ static void lessor_tick(struct lease_service *ls, struct lessor_loop *lp)
         if (ls->cfg.checkpoint)
             checkpoint_due(ls, now);
     }
+    /* renews held for the promotion: renewed now if it happened, else refused */
+    pthread_mutex_lock(&ls->mu);
+    bool promoted = lessor_is_primary(ls->lessor);
+    pthread_mutex_unlock(&ls->mu);
+    waiting_flush(ls, promoted, ERR_LEADER_CHANGED);
     node_gate_leave(&ls->gate);
 }
 
@@ -1079,7 +1174,9 @@ static void *lessor_main(void *arg)
         ts.tv_nsec += (long)ls->cfg.tick_ms * 1000000L;
         ts.tv_sec += ts.tv_nsec / 1000000000L;
         ts.tv_nsec %= 1000000000L;
-        pthread_cond_timedwait(&ls->tcv, &ls->tmu, &ts);
+        if (!ls->kick)
+            pthread_cond_timedwait(&ls->tcv, &ls->tmu, &ts);
+        ls->kick = false;
         if (ls->tstop)
             break;
         pthread_mutex_unlock(&ls->tmu);
@@ -1203,6 +1300,7 @@ void lease_service_stop(struct lease_service *ls)
         pthread_join(ls->thread, NULL);
         ls->started = false;
     }
+    waiting_flush(ls, false, ERR_STOPPED); /* none come after `stopping` */
     node_gate_close(&ls->gate); /* a promotion's read index ends within the proposal timeout */
     pthread_mutex_lock(&ls->mu);
     lessor_demote(ls->lessor);

@@ -22,9 +22,11 @@
  *   on the peer port (Peer.LeaseRenew) - and answered LeaseKeepAliveResponse{ID, TTL} (TTL 0:
  *   not found or expired) with this member's header (revision as of the request's arrival).
  *   Answers may come out of order. A renew that needs the store's remaining TTL cleared first
- *   (lessor.h) is answered once that checkpoint is applied. An error (no leader, the leader
- *   not yet promoted: UNAVAILABLE "etcdserver: leader changed", time-out) ends the stream, as
- *   etcd ends it; clients reopen it.
+ *   (lessor.h) is answered once that checkpoint is applied. A renew (or a TimeToLive) reaching
+ *   a leader whose lessor is not promoted yet waits for the promotion (at most 4096 at once;
+ *   the promotion is bounded by the proposal timeout). An error (no leader, leadership lost,
+ *   time-out: UNAVAILABLE with etcd's text) ends the stream, as etcd ends it; clients reopen
+ *   it.
  * - Bounds: at most max_inflight requests of one stream are being renewed or waiting to be
  *   sent; at that point the stream is no longer read (gRPC flow control holds the client
  *   back), and a client that never reads fills the rpc layer's send queue, which also stops

@@ -246,8 +246,8 @@ static int64_t keepalive(int i, int64_t id)
     return ttl;
 }
 
-/* keepalive() until it is answered: a leader refuses keep-alives until its lessor is promoted
- * (within a tick or two of its election; docs/lease.md), and clients retry. */
+/* keepalive() until it is answered, as clients retry a stream that ended (a leader change
+ * under way, or a promotion that failed; docs/lease.md). */
 static int64_t keepalive_retry(int i, int64_t id)
 {
     int64_t ttl = -1;
