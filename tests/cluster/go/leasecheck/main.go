@@ -590,12 +590,14 @@ func scenarioLock(admin *clientv3.Client, rng *rand.Rand) {
 
 // ---- (b) many leases expiring together ---------------------------------------------------------
 
-// refresher keeps the leases granted so far alive with one raw LeaseKeepAlive stream (passes over
-// them until stopped, then one last pass), so that all of them expire together once it stops. It
-// records, per lease, the send time of the newest keep-alive answered with TTL > 0: the lease
-// cannot expire before that + TTL.
+// refresher keeps its shard of the leases granted so far (index % shards == shard) alive with one
+// raw LeaseKeepAlive stream (passes over them until stopped, then one last pass), so that all of
+// them expire together once it stops. It records, per lease, the send time of the newest
+// keep-alive answered with TTL > 0: the lease cannot expire before that + TTL.
 type refresher struct {
 	stream    pb.Lease_LeaseKeepAliveClient
+	shard     int
+	shards    int
 	mu        sync.Mutex
 	fifo      []refreshSent // sent, not yet answered (a stream answers in order)
 	refreshed []int64       // Unix ns, atomically
@@ -638,7 +640,7 @@ func (r *refresher) recvLoop(done chan<- struct{}) {
 
 // pass sends one keep-alive for every lease granted so far (ids[i] != 0); false on a stream error.
 func (r *refresher) pass(ids []int64) bool {
-	for i := range ids {
+	for i := r.shard; i < len(ids); i += r.shards {
 		id := atomic.LoadInt64(&ids[i])
 		if id == 0 {
 			continue
@@ -687,14 +689,21 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	defer rcli.Close()
 	rctx, rcancel := context.WithCancel(context.Background())
 	defer rcancel()
-	rs, err := pb.NewLeaseClient(rcli.ActiveConnection()).LeaseKeepAlive(rctx)
-	if err != nil {
-		bad("mass: keep-alive stream: %v", err)
-		return
+	// several streams: a server may serve each stream's keep-alives one at a time
+	const shards = 8
+	refreshed := make([]int64, n)
+	refs := make([]*refresher, shards)
+	rdones := make([]chan struct{}, shards)
+	for k := range refs {
+		rs, err := pb.NewLeaseClient(rcli.ActiveConnection()).LeaseKeepAlive(rctx)
+		if err != nil {
+			bad("mass: keep-alive stream: %v", err)
+			return
+		}
+		refs[k] = &refresher{stream: rs, shard: k, shards: shards, refreshed: refreshed}
+		rdones[k] = make(chan struct{})
+		go refs[k].recvLoop(rdones[k])
 	}
-	ref := &refresher{stream: rs, refreshed: make([]int64, n)}
-	rdone := make(chan struct{})
-	go ref.recvLoop(rdone)
 	// the leases
 	clis := make([]*clientv3.Client, 4)
 	for i := range clis {
@@ -736,29 +745,37 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	}
 	made := make(chan struct{})
 	go func() { wg.Wait(); close(made) }()
-	refDone := make(chan struct{}) // closed after the last pass
+	refDone := make(chan struct{}) // closed after every refresher's last pass
 	var lastPassEnd int64
+	var rwg sync.WaitGroup
+	for _, ref := range refs {
+		rwg.Add(1)
+		go func(ref *refresher) {
+			defer rwg.Done()
+			for {
+				select {
+				case <-made:
+					ref.pass(ids) // the last pass: every lease is refreshed from here on
+					return
+				default:
+				}
+				// A pass every TTL/3 at most (what clientv3's KeepAlive does): the refresher must
+				// not crowd out the grants it is racing.
+				ps := time.Now()
+				if !ref.pass(ids) {
+					return
+				}
+				select {
+				case <-made:
+				case <-time.After(time.Until(ps.Add(time.Duration(ttlNs / 3)))):
+				}
+			}
+		}(ref)
+	}
 	go func() {
-		defer close(refDone)
-		for {
-			select {
-			case <-made:
-				ref.pass(ids) // the last pass: every lease is refreshed from here on
-				atomic.StoreInt64(&lastPassEnd, time.Now().UnixNano())
-				return
-			default:
-			}
-			// A pass every TTL/3 at most (what clientv3's KeepAlive does): the refresher must not
-			// crowd out the grants it is racing.
-			ps := time.Now()
-			if !ref.pass(ids) {
-				return
-			}
-			select {
-			case <-made:
-			case <-time.After(time.Until(ps.Add(time.Duration(ttlNs / 3)))):
-			}
-		}
+		rwg.Wait()
+		atomic.StoreInt64(&lastPassEnd, time.Now().UnixNano())
+		close(refDone)
 	}()
 	// Poll the key count while the leases are made and expire.
 	refreshedAll := false
@@ -766,6 +783,7 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	polls, early := 0, 0
 	earlyText := ""
 	var lastSeen, firstLoss, allGone time.Time
+	atRelease := int64(-1) // keys there at the first poll after the last keep-alive pass
 	hardDeadline := time.Now().Add(time.Duration(ttl)*time.Second + 180*time.Second)
 	for time.Now().Before(hardDeadline) {
 		if !refreshedAll {
@@ -797,7 +815,7 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 			}
 			made++
 			from := atomic.LoadInt64(&grantStart[i])
-			if rf := atomic.LoadInt64(&ref.refreshed[i]); rf > from {
+			if rf := atomic.LoadInt64(&refreshed[i]); rf > from {
 				from = rf
 			}
 			if from+ttlNs > te.UnixNano() {
@@ -809,6 +827,9 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 			if earlyText == "" {
 				earlyText = fmt.Sprintf("%d keys at %s, %d must still be there", r.Count, ts.Sub(t0), must)
 			}
+		}
+		if refreshedAll && atRelease < 0 {
+			atRelease = r.Count
 		}
 		if refreshedAll && firstLoss.IsZero() && int(r.Count) < made {
 			firstLoss = te
@@ -824,10 +845,15 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	atomic.StoreInt32(&pstop, 1)
 	<-pdone
 	rcancel()
-	<-rdone
-	note("mass: the refresher's keep-alives: %d answered, %d answers out of order", atomic.LoadInt64(&ref.answered), atomic.LoadInt64(&ref.mismatch))
-	if atomic.LoadInt64(&ref.mismatch) > 0 {
-		bad("mass: %d keep-alive answers did not match the request they follow (a stream answers in order)", atomic.LoadInt64(&ref.mismatch))
+	var answered, mismatch int64
+	for k, ref := range refs {
+		<-rdones[k]
+		answered += atomic.LoadInt64(&ref.answered)
+		mismatch += atomic.LoadInt64(&ref.mismatch)
+	}
+	note("mass: the refreshers' keep-alives (%d streams): %d answered, %d answers out of order", shards, answered, mismatch)
+	if mismatch > 0 {
+		bad("mass: %d keep-alive answers did not match the request they follow (a stream answers in order)", mismatch)
 	}
 	bound := time.Duration(ttl)*time.Second + et + time.Duration(n/(*flagRevokeRate))*time.Second + 2*time.Second
 	if early == 0 {
@@ -845,8 +871,8 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 		if !firstLoss.IsZero() {
 			loss = firstLoss.Sub(releasedAt).Round(time.Millisecond).String()
 		}
-		ok("mass: all %d keys gone %s after the last keep-alive pass (the first gone by %s; bound %s = TTL + election timeout + %d/%d s + 2 s)",
-			n, allGone.Sub(releasedAt).Round(time.Millisecond), loss, bound, n, *flagRevokeRate)
+		ok("mass: all %d keys gone %s after the last keep-alive pass (%d there when it ended, the first gone by %s; bound %s = TTL + election timeout + %d/%d s + 2 s)",
+			n, allGone.Sub(releasedAt).Round(time.Millisecond), atRelease, loss, bound, n, *flagRevokeRate)
 	}
 	// the putter's longest gap from the first grant until all were gone
 	pmu.Lock()
