@@ -21,16 +21,18 @@
 //	    the holder key while we held the lock = mutual exclusion violated); every client got the
 //	    lock at least once. An increment whose mutex key had gone (our session's lease expired
 //	    during a kill) is "lost", neither a success nor a violation.
-//	(b) -leases leases (TTL -mass-ttl) each with one key, none kept alive, made by 64 goroutines,
-//	    while one putter keeps putting. Checks: no key is gone before its lease's grant began +
-//	    TTL (every poll of the key count must see at least the keys that must still be there),
-//	    every key is gone by the last grant's end + TTL + election timeout + leases/-revoke-rate
-//	    seconds + 2 s, the putter's longest gap between acknowledged puts from the first grant
-//	    until all keys are gone is under -max-gap, and the leases are gone from LeaseLeases and
-//	    TimeToLive.
+//	(b) -leases leases (TTL -mass-ttl) each with one key, made by 64 goroutines while one putter
+//	    keeps putting. While they are made, 8 raw keep-alive streams keep the ones made so far
+//	    alive (a pass every TTL/3), then one last pass and nothing more: they expire together.
+//	    Checks: no key is gone before its lease's grant began (or its newest answered keep-alive
+//	    was sent) + TTL (every poll of the key count must see at least the keys that must still
+//	    be there), every key is gone by the end of the last pass + TTL + election timeout +
+//	    leases/-revoke-rate seconds + 2 s, the putter's longest gap between acknowledged puts
+//	    from the first grant until all keys are gone is under -max-gap, keep-alive answers come
+//	    in order, and the leases are gone from LeaseLeases and TimeToLive.
 //	(c) A lease kept alive by the library's KeepAlive across kill -9 of the member serving the
 //	    keep-alive stream (the member_id of its latest response) and then of the leader: the key
-//	    is there in every read for 4 x TTL after each kill, keep-alives are answered again, and
+//	    is there in every read for 3 x TTL after each kill, keep-alives are answered again, and
 //	    once KeepAlive is canceled the key goes within TTL + election timeout + 1 s.
 //	(d) Bad input on the raw gRPC Lease API: a Grant with an ID that exists gets "etcdserver:
 //	    lease already exists" (FailedPrecondition), the ID can be granted again once revoked, a
