@@ -27,7 +27,7 @@
 //	    Checks: no key is gone before its lease's grant began (or its newest answered keep-alive
 //	    was sent) + TTL (every poll of the key count must see at least the keys that must still
 //	    be there), every key is gone by the end of the last pass + TTL + election timeout +
-//	    leases/-revoke-rate seconds + 2 s, the putter's longest gap between acknowledged puts
+//	    1.5 x leases/-revoke-rate seconds + 2 s, the putter's longest gap between acknowledged puts
 //	    from the first grant until all keys are gone is under -max-gap, keep-alive answers come
 //	    in order, and the leases are gone from LeaseLeases and TimeToLive.
 //	(c) A lease kept alive by the library's KeepAlive across kill -9 of the member serving the
@@ -857,7 +857,10 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	if mismatch > 0 {
 		bad("mass: %d keep-alive answers did not match the request they follow (a stream answers in order)", mismatch)
 	}
-	bound := time.Duration(ttl)*time.Second + et + time.Duration(n/(*flagRevokeRate))*time.Second + 2*time.Second
+	// Revoking is paced at -revoke-rate, and each revoke also goes through Raft while the putter
+	// and the keep-alives compete for the same two cores: etcd 3.4 (1,000/s nominal) revoked about
+	// 770/s here. Half as much again, plus 2 s.
+	bound := time.Duration(ttl)*time.Second + et + time.Duration(1500*n/(*flagRevokeRate))*time.Millisecond + 2*time.Second
 	if early == 0 {
 		ok("mass: no key gone before its lease's TTL (%d polls)", polls)
 	} else {
@@ -866,14 +869,14 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	if allGone.IsZero() {
 		bad("mass: keys still there %s after the last keep-alive pass", since(releasedAt))
 	} else if lastSeen.Sub(releasedAt) > bound {
-		bad("mass: a key still there %s after the last keep-alive pass (bound %s = TTL + election timeout + %d/%d s + 2 s)",
+		bad("mass: a key still there %s after the last keep-alive pass (bound %s = TTL + election timeout + 1.5 x %d/%d s + 2 s)",
 			lastSeen.Sub(releasedAt).Round(time.Millisecond), bound, n, *flagRevokeRate)
 	} else {
 		loss := "-"
 		if !firstLoss.IsZero() {
 			loss = firstLoss.Sub(releasedAt).Round(time.Millisecond).String()
 		}
-		ok("mass: all %d keys gone %s after the last keep-alive pass (%d there when it ended, the first gone by %s; bound %s = TTL + election timeout + %d/%d s + 2 s)",
+		ok("mass: all %d keys gone %s after the last keep-alive pass (%d there when it ended, the first gone by %s; bound %s = TTL + election timeout + 1.5 x %d/%d s + 2 s)",
 			n, allGone.Sub(releasedAt).Round(time.Millisecond), atRelease, loss, bound, n, *flagRevokeRate)
 	}
 	// the putter's longest gap from the first grant until all were gone
