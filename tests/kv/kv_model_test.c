@@ -1226,7 +1226,7 @@ static void run_seed(uint64_t seed)
     kvt_close(&t);
 }
 
-Test(kv_model, random_sequences_match_the_reference_model, .timeout = 280)
+Test(kv_model, random_sequences_match_the_reference_model, .timeout = 840)
 {
     const char *only = getenv("KV_MODEL_SEED");
     if (only) {
