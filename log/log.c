@@ -540,13 +540,15 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
-/* mu held. Writes the slot's pending count as a line of its own and starts a new window. */
+/* mu held. Writes the last line held back (its message, level and caller; its fields are not
+ * kept) with the count of the others, and starts a new window: every line held back is then
+ * either written or counted, once. */
 static void write_summary(struct slot *s, uint64_t now)
 {
     size_t n = strlen(s->msg);
     bool cut = n == SLOT_MSG - 1;
     snprintf(msg_buf, sizeof msg_buf, "%s", s->msg);
-    write_line(format_line(s->level, s->file, s->line, NULL, cut, s->suppressed));
+    write_line(format_line(s->level, s->file, s->line, NULL, cut, s->suppressed - 1));
     s->suppressed = 0;
     s->window_start = now;
     s->count = 1;
@@ -618,13 +620,13 @@ void log_emit_limited(enum log_level level, const char *file, int line, uint64_t
     errno = saved;
 }
 
-void log_flush_suppressed(void)
+void log_flush_suppressed(bool all)
 {
     pthread_mutex_lock(&mu);
     uint64_t now = now_ns();
     for (size_t i = 0; i < LOG_LIMIT_SLOTS; i++) {
         struct slot *s = &slots[i];
-        if (s->used && s->suppressed && now - s->window_start >= interval_ns &&
+        if (s->used && s->suppressed && (all || now - s->window_start >= interval_ns) &&
             log_enabled(s->level))
             write_summary(s, now);
     }

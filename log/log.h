@@ -24,10 +24,11 @@
  * - Levels below the configured one cost one relaxed atomic load (log_enabled) and nothing else.
  * - Rate limiting (the log_*_limited calls): per call site and key (a peer's id, say), at most
  *   `repeat_burst` lines per `repeat_interval_ms`; the rest are counted, not written. The first
- *   line written after that window says "(suppressed N similar)" and carries "suppressed":N,
- *   and log_flush_suppressed() writes such a line for every window that has ended with lines
- *   suppressed and no line since (craftd calls it every interval), so a count is never lost
- *   while the process runs. At most LOG_LIMIT_SLOTS sites and keys are tracked at once; past
+ *   line written after that window says "(suppressed N similar)" and carries "suppressed":N.
+ *   log_flush_suppressed(false) ends every window that has ended with lines held back and no
+ *   line since (craftd calls it every interval): it writes the last line held back (message,
+ *   level and caller; not its fields) with the count of the others. Every line is thus written
+ *   or counted exactly once: lines plus their "suppressed" counts = calls. At most LOG_LIMIT_SLOTS sites and keys are tracked at once; past
  *   that the least recently limited one is forgotten (its pending count is written first).
  * - Outputs: "default" (= stderr), "stderr", "stdout" or file paths (appended to, created 0644),
  *   comma-separated, at most LOG_MAX_OUTPUTS. Before log_configure: JSON at info on stderr.
@@ -117,8 +118,9 @@ void log_emit(enum log_level level, const char *file, int line, const struct log
 void log_emit_limited(enum log_level level, const char *file, int line, uint64_t key,
                       const struct log_field *fields, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
-/* Writes "(suppressed N similar)" lines for windows that ended with lines suppressed. */
-void log_flush_suppressed(void);
+/* Writes "(suppressed N similar)" lines for windows that ended with lines suppressed (with
+ * `all`, for every window with lines suppressed: at exit). */
+void log_flush_suppressed(bool all);
 
 #define log_debug(fields, ...) log_emit(LOG_LEVEL_DEBUG, __FILE__, __LINE__, fields, __VA_ARGS__)
 #define log_info(fields, ...) log_emit(LOG_LEVEL_INFO, __FILE__, __LINE__, fields, __VA_ARGS__)

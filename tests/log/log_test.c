@@ -382,18 +382,19 @@ Test(limit, burst_per_window_then_one_summary_with_the_count)
     free(out);
 
     fake_now += 999 * 1000000ull; /* the window has not ended */
-    log_flush_suppressed();
+    log_flush_suppressed(false);
     out = slurp();
     cr_assert_eq(count_lines(out), 3);
     free(out);
 
     fake_now += 1000000; /* it has */
-    log_flush_suppressed();
-    log_flush_suppressed(); /* the count is written once */
+    log_flush_suppressed(false);
+    log_flush_suppressed(false); /* the count is written once */
+    log_flush_suppressed(true);
     out = slurp();
     cr_assert_eq(count_lines(out), 4, "%s", out);
-    cr_assert(strstr(out, "\"msg\":\"peer aa unreachable (9) (suppressed 7 similar)\","
-                          "\"suppressed\":7}\n"),
+    cr_assert(strstr(out, "\"msg\":\"peer aa unreachable (9) (suppressed 6 similar)\","
+                          "\"suppressed\":6}\n"),
               "%s", out);
     free(out);
     done();
@@ -445,7 +446,7 @@ Test(limit, more_keys_than_slots_evict_and_report_the_oldest)
         peer_down(k, 0);
     }
     char *out = slurp();
-    cr_assert(strstr(out, "peer 0 unreachable (1) (suppressed 1 similar)"), "%s", out);
+    cr_assert(strstr(out, "\"msg\":\"peer 0 unreachable (1)\"}"), "the line held back, late: %s", out);
     cr_assert_eq(count_lines(out), 2 + LOG_LIMIT_SLOTS);
     free(out);
     done();
@@ -461,7 +462,7 @@ Test(limit, below_the_level_nothing_is_counted)
     for (int i = 0; i < 5; i++)
         peer_down(3, i);
     fake_now += 5000000000ull;
-    log_flush_suppressed();
+    log_flush_suppressed(false);
     char *out = slurp();
     cr_assert_str_eq(out, "");
     free(out);
@@ -507,6 +508,24 @@ Test(threads, lines_never_interleave)
         cr_assert(strstr(msg, want), "lines of one thread in order: %s", want);
         seen[t]++;
     }
+    free(out);
+    done();
+}
+
+Test(limit, flush_all_writes_counts_of_windows_still_open)
+{
+    setup_limited(1, 1000);
+    for (int i = 0; i < 4; i++)
+        peer_down(0xcc, i);
+    fake_now += 1000; /* well inside the window */
+    log_flush_suppressed(false);
+    char *out = slurp();
+    cr_assert_eq(count_lines(out), 1, "%s", out);
+    free(out);
+    log_flush_suppressed(true); /* at exit */
+    out = slurp();
+    cr_assert_eq(count_lines(out), 2, "%s", out);
+    cr_assert(strstr(out, "peer cc unreachable (3) (suppressed 2 similar)"), "%s", out);
     free(out);
     done();
 }
