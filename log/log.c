@@ -392,7 +392,7 @@ static void duration_text(uint64_t ns, char *out, size_t len)
 static bool put_field(struct line *l, const struct log_field *f)
 {
     size_t start = l->len;
-    char num[64];
+    char num[128];
     const char *text = num; /* a value written as a string */
     bool quoted = true;
     switch (f->kind) {
