@@ -529,3 +529,120 @@ Test(limit, flush_all_writes_counts_of_windows_still_open)
     free(out);
     done();
 }
+
+/* ---- every line is valid JSON, whatever the bytes: a small checker and random input ---- */
+
+/* A JSON string at *p (RFC 8259: no raw control bytes, known escapes only, valid UTF-8). */
+static bool json_string(const unsigned char **p)
+{
+    const unsigned char *s = *p;
+    if (*s++ != '"')
+        return false;
+    for (;;) {
+        unsigned char c = *s;
+        if (c == '"')
+            break;
+        if (c < 0x20)
+            return false;
+        if (c == '\\') {
+            s++;
+            if (*s == 'u') {
+                for (int i = 1; i <= 4; i++)
+                    if (!strchr("0123456789abcdefABCDEF", s[i]) || !s[i])
+                        return false;
+                s += 5;
+            } else if (*s && strchr("\"\\/bfnrt", *s)) {
+                s++;
+            } else {
+                return false;
+            }
+            continue;
+        }
+        if (c < 0x80) {
+            s++;
+            continue;
+        }
+        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        if (c < 0xC2 || c > 0xF4)
+            return false;
+        unsigned cp = c & (0x7F >> need);
+        for (size_t i = 1; i < need; i++) {
+            if ((s[i] & 0xC0) != 0x80)
+                return false;
+            cp = cp << 6 | (s[i] & 0x3F);
+        }
+        if ((need == 3 && cp < 0x800) || (need == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        s += need;
+    }
+    *p = s + 1;
+    return true;
+}
+
+/* One line: {"key":value,...} with string, integer or true/false values, then "\n" and the end. */
+static bool json_line(const char *line)
+{
+    const unsigned char *p = (const unsigned char *)line;
+    if (*p++ != '{')
+        return false;
+    for (bool first = true;; first = false) {
+        if (*p == '}' && !first)
+            break;
+        if (!first && *p++ != ',')
+            return false;
+        if (!json_string(&p) || *p++ != ':')
+            return false;
+        if (*p == '"') {
+            if (!json_string(&p))
+                return false;
+        } else if (!strncmp((const char *)p, "true", 4)) {
+            p += 4;
+        } else if (!strncmp((const char *)p, "false", 5)) {
+            p += 5;
+        } else {
+            if (*p == '-')
+                p++;
+            if (*p < '0' || *p > '9')
+                return false;
+            while (*p >= '0' && *p <= '9')
+                p++;
+        }
+    }
+    return p[1] == '\n' && p[2] == '\0';
+}
+
+Test(json, random_bytes_and_lengths_always_give_valid_json_lines)
+{
+    /* The checker itself refuses what the logger must never write. */
+    cr_assert(json_line("{\"a\":\"x\\u00e9\",\"n\":-1,\"b\":true}\n"));
+    cr_assert_not(json_line("{\"a\":\"raw\nnewline\"}\n"));
+    cr_assert_not(json_line("{\"a\":\"bad \xc0\xaf utf8\"}\n"));
+    cr_assert_not(json_line("{\"a\":\"surrogate \xed\xa0\x80\"}\n"));
+    cr_assert_not(json_line("{\"a\":\"split \\u00\"}\n"));
+    cr_assert_not(json_line("{\"a\":\"x\"\n"));
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (int round = 0; round < 300; round++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t max = LOG_LINE_MIN + (uint32_t)(seed >> 33) % 1200;
+        setup_file(LOG_FORMAT_JSON, LOG_LEVEL_INFO, max);
+        char msg[1500], val[300];
+        size_t mlen = (seed >> 20) % sizeof msg, vlen = (seed >> 7) % sizeof val;
+        for (size_t i = 0; i < mlen; i++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            msg[i] = (char)(1 + (seed >> 40) % 255); /* any byte but NUL */
+        }
+        msg[mlen] = '\0';
+        for (size_t i = 0; i < vlen; i++)
+            val[i] = msg[(i * 7) % (mlen ? mlen : 1)] ? msg[(i * 7) % (mlen ? mlen : 1)] : 'x';
+        val[vlen] = '\0';
+        log_info(LOG_FIELDS(LOG_STR("v", val), LOG_U64("n", round), LOG_I64("neg", -round),
+                            LOG_BOOL("b", round & 1), LOG_DUR("d", seed >> 20)),
+                 "%s", msg);
+        char *out = slurp();
+        cr_assert_leq(strlen(out), max, "round %d", round);
+        cr_assert(json_line(out), "round %d (max %u): not valid JSON: %s", round, max, out);
+        free(out);
+        done();
+    }
+}
