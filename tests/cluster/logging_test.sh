@@ -7,6 +7,7 @@
 #   "suppressed" counts they report account for every connection;
 # - --logger capnslog --log-level warn --log-outputs FILE: plain text lines in FILE, no info
 #   lines, nothing on stderr;
+# - a peer that is down gives rate-limited warnings naming it, with counts of the rest;
 # - bad --logger, --log-level and --log-outputs values exit 2 with a clear message.
 set -uo pipefail
 craftd=$1 tool=$2 ctl=$3
@@ -164,6 +165,37 @@ EOF
 ) && ok "$check" || { bad "text log: $check"; cat "$dir/craft.log"; }
 [ ! -s "$dir/text.err" ] && ok "nothing on stderr with --log-outputs FILE" ||
     bad "stderr not empty: $(head -3 "$dir/text.err")"
+
+# ---- a peer that is down: rate-limited warnings naming it, with counts ----
+# n1 in a two-member cluster whose n2 never starts: every (pre-)vote request to n2 fails.
+pp2=$(port)
+"$craftd" --name n1 --data-dir "$dir/d3" --listen-client-urls "https://127.0.0.1:$cp" \
+    --listen-peer-urls "https://127.0.0.1:$pp" --heartbeat-interval 20 --election-timeout 100 \
+    --initial-cluster "n1=https://127.0.0.1:$pp,n2=https://127.0.0.1:$pp2" "${tls[@]}" \
+    --log-rate-limit-interval 1s --log-rate-limit-burst 2 2>"$dir/peer.err" >/dev/null </dev/null &
+pid=$!
+pids+=("$pid")
+deadline=$((SECONDS + 30))
+until grep -q 'unreachable.*"suppressed":' "$dir/peer.err" || [ $SECONDS -ge $deadline ]; do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+done
+stop
+check=$(python3 - "$dir/peer.err" <<'EOF'
+import json, sys
+objs = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+down = [o for o in objs if "unreachable" in o["msg"]]
+if not any(o.get("suppressed") for o in down):
+    print(f"no count of held-back lines among {len(down)} unreachable lines"); sys.exit(1)
+full = [o for o in down if "remote-peer-id" in o]
+if not full or any(o["level"] != "warn" or o["remote-peer-id"] != full[0]["remote-peer-id"] for o in full):
+    print("unreachable lines are not warnings naming the one peer that is down"); sys.exit(1)
+if len(down) > 2 * (1 + sum(1 for o in down if o.get("suppressed"))):
+    print(f"{len(down)} unreachable lines: more than the burst per window"); sys.exit(1)
+total = len(down) + sum(o.get("suppressed", 0) for o in down)
+print(f"{total} failed sends to peer {full[0]['remote-peer-id']} in {len(down)} lines")
+EOF
+) && ok "$check" || { bad "peer down: $check"; tail -20 "$dir/peer.err"; }
 
 echo "logging: $fails failed"
 [ $fails -eq 0 ]
