@@ -14,6 +14,7 @@
 
 #include <grpc/support/time.h>
 
+#include "log/log.h"
 #include "rpc/rpc_internal.h"
 
 struct cnode {
@@ -164,7 +165,7 @@ static int unary_start(struct rpc_channel *ch, struct ucall *u, grpc_completion_
     ops[5].data.recv_status_on_client.status_details = &u->details;
     grpc_call_error e = grpc_call_start_batch(u->gc, ops, 6, &u->tag, NULL);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "rpc: grpc_call_start_batch failed (%d)\n", (int)e);
+        log_error(NULL, "rpc: grpc_call_start_batch failed (%d)", (int)e);
         return RPC_ESTATE; /* caller runs unary_finish to clean up */
     }
     return 0;
@@ -340,7 +341,7 @@ static bool cs_batch(struct rpc_client_stream *s, const grpc_op *ops, size_t n, 
 {
     grpc_call_error e = grpc_call_start_batch(s->gc, ops, n, t, NULL);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "rpc: grpc_call_start_batch failed (%d)\n", (int)e);
+        log_error(NULL, "rpc: grpc_call_start_batch failed (%d)", (int)e);
         return false;
     }
     s->pending++;

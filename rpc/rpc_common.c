@@ -10,12 +10,14 @@
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "log/log.h"
 #include "rpc/rpc_internal.h"
 
 /* PEM files are small; anything larger is not what we were asked to load. */
@@ -48,11 +50,29 @@ void rpc_errf(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
+/* gRPC core's own lines (gpr_log) through craft's logger at their level, marked "logger":"grpc"
+ * and rate-limited per gRPC source line: a port scan makes one "Handshake failed with fatal
+ * error SSL_ERROR_SSL" per connection. */
+static void grpc_log_line(gpr_log_func_args *a)
+{
+    enum log_level level = a->severity == GPR_LOG_SEVERITY_DEBUG  ? LOG_LEVEL_DEBUG
+                           : a->severity == GPR_LOG_SEVERITY_INFO ? LOG_LEVEL_INFO
+                                                                  : LOG_LEVEL_ERROR;
+    log_emit_limited(level, a->file ? a->file : "grpc", a->line, 0,
+                     LOG_FIELDS(LOG_STR("logger", "grpc")), "%s", a->message ? a->message : "");
+}
+
 static void grpc_first_init(void)
 {
     /* Read by gRPC at its first grpc_init; an operator's own choice wins. */
     setenv("GRPC_POLL_STRATEGY", "poll", 0);
     rpc_absl_deadlock_detection_off();
+    gpr_set_log_function(grpc_log_line);
+    /* gRPC prints errors only unless GRPC_VERBOSITY says otherwise; --log-level debug asks for
+     * all of its lines too. Set before the first grpc_init, which then keeps it. */
+    if (!getenv("GRPC_VERBOSITY"))
+        gpr_set_log_verbosity(log_enabled(LOG_LEVEL_DEBUG) ? GPR_LOG_SEVERITY_DEBUG
+                                                           : GPR_LOG_SEVERITY_ERROR);
 }
 
 void rpc_grpc_init(void)

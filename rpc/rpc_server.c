@@ -18,6 +18,7 @@
 
 #include <grpc/support/time.h>
 
+#include "log/log.h"
 #include "rpc/rpc_internal.h"
 
 /* Outstanding accepts per queue, for each registered unary method and for everything else:
@@ -169,7 +170,7 @@ static int call_batch(struct rpc_call *c, const grpc_op *ops, size_t n, struct r
 {
     grpc_call_error e = grpc_call_start_batch(c->gc, ops, n, t, NULL);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "rpc: grpc_call_start_batch failed (%d)\n", (int)e);
+        log_error(NULL, "rpc: grpc_call_start_batch failed (%d)", (int)e);
         return RPC_ESTATE;
     }
     c->pending++;
@@ -773,7 +774,8 @@ static void request_one(struct worker *w, const struct method_reg *reg)
     struct rpc_server *srv = w->srv;
     struct rpc_stream *st = calloc(1, sizeof *st);
     if (!st) {
-        fprintf(stderr, "rpc: out of memory accepting a call\n");
+        log_emit_limited(LOG_LEVEL_ERROR, __FILE__, __LINE__, 0, NULL,
+                         "rpc: out of memory accepting a call");
         return;
     }
     struct rpc_call *c = &st->c;
@@ -993,7 +995,7 @@ int rpc_server_start(struct rpc_server *srv)
     for (int i = 0; i < srv->nthreads; i++) {
         if (pthread_create(&srv->w[i].th, NULL, rpc_cq_loop, srv->w[i].cq) != 0) {
             /* Queues without a thread get no accepts; shutdown drains them itself. */
-            fprintf(stderr, "rpc: cannot start server thread %d\n", i);
+            log_error(NULL, "rpc: cannot start server thread %d", i);
             return RPC_ENOMEM;
         }
         pthread_setname_np(srv->w[i].th, "rpc-server");

@@ -2,7 +2,7 @@
 # The benchmark scripts' front doors: --help exits 0; every bad argument exits 2 with one line
 # naming the problem, before anything is installed, built or started.
 set -uo pipefail
-ab=$1 bench=$2 soak=$3 watch=$4 compact=$5
+ab=$1 bench=$2 soak=$3 watch=$4 compact=$5 lease=$6
 fails=0
 expect() { # want-exit, want-text, description, command...
     local want=$1 text=$2 what=$3 out rc
@@ -55,5 +55,12 @@ expect 2 "--before must be" "bench-compact before too short" bash "$compact" --b
 expect 2 "--after must be" "bench-compact after not a number" bash "$compact" --after soon
 expect 2 "--only must be craft or etcd" "bench-compact --only" bash "$compact" --only zookeeper
 expect 2 "unknown argument 'x'" "bench-compact positional" bash "$compact" x
+expect 0 "--streams" "bench-lease --help" bash "$lease" --help
+expect 2 "--leases must be" "bench-lease leases 0" bash "$lease" --leases 0
+expect 2 "--streams must be" "bench-lease streams too many" bash "$lease" --streams 1000
+expect 2 "--concurrency must be" "bench-lease concurrency not a number" bash "$lease" --concurrency lots
+expect 2 "--clients needs a value" "bench-lease clients missing" bash "$lease" --clients
+expect 2 "--only must be craft or etcd" "bench-lease --only" bash "$lease" --only zookeeper
+expect 2 "unknown argument '--frob'" "bench-lease unknown flag" bash "$lease" --frob
 echo "$fails failed"
 [ $fails -eq 0 ]

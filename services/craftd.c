@@ -3,15 +3,22 @@
  * or was removed from the cluster ("the member has been permanently removed from the cluster",
  * etcd's words), 2 for bad flags.
  *
+ * Logging (log/log.h) follows --logger, --log-level and --log-outputs from the start; a bad
+ * flag is told on stderr in plain text, as etcd does (exit 2), and so is an --log-outputs file
+ * that cannot be opened.
+ *
  * The main thread waits for whichever comes first: a stop signal (a thread of its own takes it
  * with sigwait) or the server's word that this member was removed (craft_server_on_removed);
- * either way it stops the server on this normal thread. */
+ * either way it stops the server on this normal thread. While it waits it writes the counts of
+ * rate-limited log lines every --log-rate-limit-interval (log_flush_suppressed). */
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
+#include "log/log.h"
 #include "services/craftd_flags.h"
 #include "services/server.h"
 
@@ -57,6 +64,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "craftd: %s\n", err);
         return 2;
     }
+    struct log_config lc = {
+        .format = cfg.log_format,
+        .level = cfg.log_level,
+        .outputs = cfg.log_outputs,
+        .max_line_bytes = cfg.max_log_line_bytes,
+        .repeat_interval_ms = cfg.log_rate_limit_interval_ms,
+        .repeat_burst = cfg.log_rate_limit_burst,
+    };
+    if (log_configure(&lc, err, sizeof err) != 0) {
+        fprintf(stderr, "craftd: %s\n", err);
+        return 2;
+    }
+    struct log_field me[] = {LOG_STR("name", cfg.name), LOG_ID("member", cfg.self_id), {.key = NULL}};
     /* Block the stop signals in every thread (they inherit this mask), then wait for one here:
      * shutdown runs on a normal thread, not in a signal handler. */
     sigset_t stop;
@@ -68,36 +88,50 @@ int main(int argc, char **argv)
 
     struct craft_server *s = craft_server_start(&cfg, err, sizeof err);
     if (!s) {
-        fprintf(stderr, "craftd: %s\n", err);
+        log_error(me, "craftd: %s", err);
         return 1;
     }
     pthread_t sig_thread;
     if (pthread_create(&sig_thread, NULL, signal_main, &stop) != 0) {
-        fprintf(stderr, "craftd: cannot start the signal thread\n");
+        log_error(me, "craftd: cannot start the signal thread");
         craft_server_stop(s);
         return 1;
     }
     pthread_detach(sig_thread); /* still in sigwait if the member was removed: exit ends it */
     craft_server_on_removed(s, on_removed, NULL);
     pthread_mutex_lock(&stop_state.mu);
-    while (!stop_state.sig && !stop_state.removed)
-        pthread_cond_wait(&stop_state.cv, &stop_state.mu);
+    while (!stop_state.sig && !stop_state.removed) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (time_t)(cfg.log_rate_limit_interval_ms / 1000);
+        until.tv_nsec += (long)(cfg.log_rate_limit_interval_ms % 1000) * 1000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&stop_state.cv, &stop_state.mu, &until);
+        pthread_mutex_unlock(&stop_state.mu);
+        log_flush_suppressed(false);
+        pthread_mutex_lock(&stop_state.mu);
+    }
     int sig = stop_state.sig;
     bool removed = stop_state.removed && !sig;
     pthread_mutex_unlock(&stop_state.mu);
     if (removed)
-        fprintf(stderr, "craftd %s: the member has been permanently removed from the cluster (%s); "
-                        "shutting down\n",
-                cfg.name, stop_state.why);
+        log_warn(me, "craftd %s: the member has been permanently removed from the cluster (%s); "
+                     "shutting down",
+                 cfg.name, stop_state.why);
     else
-        fprintf(stderr, "craftd %s: %s received, shutting down\n", cfg.name, strsignal(sig));
+        log_info(me, "craftd %s: %s received, shutting down", cfg.name, strsignal(sig));
     craft_server_stop(s);
     if (removed) {
-        fprintf(stderr, "craftd %s: stopped: the member has been permanently removed from the "
-                        "cluster\n",
-                cfg.name);
+        log_warn(me, "craftd %s: stopped: the member has been permanently removed from the "
+                     "cluster",
+                 cfg.name);
+        log_flush_suppressed(true);
         return 1;
     }
-    fprintf(stderr, "craftd %s: stopped\n", cfg.name);
+    log_flush_suppressed(true);
+    log_info(me, "craftd %s: stopped", cfg.name);
     return 0;
 }

@@ -79,6 +79,14 @@ static const struct flag flags[] = {
     {"max-metrics-connections", UINT, U4(max_metrics_connections), 1, 4096, "64", "connections at once on each metrics URL; more are closed at once"},
     {"max-metrics-request-bytes", UINT, U4(max_metrics_request_bytes), 256, 1u << 20, "8192", "request line and headers of a metrics request"},
     {"metrics-timeout", DUR, U8(metrics_timeout_ms), 1000, 3600000, "10s", "a metrics connection idle, or stalled reading or writing, this long is closed (1s .. 1h, whole seconds)"},
+    {"logger", STR, F(logger_text), 0, 0, 0, "zap", "zap (JSON lines) or capnslog (plain text)"},
+    {"log-level", STR, F(log_level_text), 0, 0, 0, "info", "debug, info, warn, error, panic or fatal"},
+    {"log-outputs", STR, F(log_outputs), 0, 0, 0, "default", "default (= stderr), stderr, stdout or file paths, comma-separated (at most 8)"},
+    {"max-log-line-bytes", UINT, U4(max_log_line_bytes), LOG_LINE_MIN, LOG_LINE_MAX, "4096", "longest log line; longer ones are cut and marked ...(truncated)"},
+    {"log-rate-limit-interval", DUR, U8(log_rate_limit_interval_ms), 1, 3600000, "10s", "window of the repeated-warning limit (1ms .. 1h)"},
+    {"log-rate-limit-burst", UINT, U4(log_rate_limit_burst), 1, 1000000, "3", "repeated warnings (peer unreachable, slow fdatasync, TLS handshake failures) written per call site and peer per window; the rest are counted"},
+    {"experimental-warning-apply-duration", DUR, U8(warning_apply_ms), 1, 3600000, "100ms", "applying entries that takes longer is logged (\"apply request took too long\")"},
+    {"warning-fdatasync-duration", DUR, U8(warning_fdatasync_ms), 1, 3600000, "1s", "a log fdatasync that takes longer is logged (\"slow fdatasync\")"},
     {"lease-revoke-rate", UINT, U4(lease_revoke_rate), 1, 1u << 20, "1000", "expired leases the leader revokes per second (etcd's fixed rate)"},
     {"experimental-enable-lease-checkpoint", BOOL, F(lease_checkpoint), 0, 0, 0, "true", "record remaining lease TTLs through Raft, so a leader change or restart does not start long leases over"},
     {"experimental-lease-checkpoint-interval", DUR, U8(lease_checkpoint_ms), 1000, 86400000, "5m0s", "how often each lease longer than this is checkpointed (1s .. 24h)"},
@@ -363,6 +371,14 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_metrics_connections = 64;
     cfg->max_metrics_request_bytes = 8192;
     cfg->metrics_timeout_ms = 10000;
+    cfg->logger_text = "zap";
+    cfg->log_level_text = "info";
+    cfg->log_outputs = "default";
+    cfg->max_log_line_bytes = LOG_DEFAULT_LINE_BYTES;
+    cfg->log_rate_limit_interval_ms = LOG_DEFAULT_REPEAT_INTERVAL_MS;
+    cfg->log_rate_limit_burst = LOG_DEFAULT_REPEAT_BURST;
+    cfg->warning_apply_ms = 100;    /* etcd's */
+    cfg->warning_fdatasync_ms = 1000; /* etcd's warnSyncDuration */
     cfg->lease_revoke_rate = 1000;
     cfg->lease_checkpoint = true;
     cfg->lease_checkpoint_ms = 5 * 60 * 1000;
@@ -429,6 +445,17 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
                   cfg->peer_key_file, cfg->peer_trusted_ca_file, "peer-", err, errlen))
         return -1;
     if (raw.listen_metrics && metrics_urls(raw.listen_metrics, cfg, err, errlen) != 0)
+        return -1;
+    /* etcd's words (Go's flag package), then which values. */
+    if (log_parse_logger(cfg->logger_text, &cfg->log_format) != 0)
+        return fail(err, errlen, "invalid value \"%s\" for flag -logger: want zap or capnslog",
+                    cfg->logger_text);
+    if (log_parse_level(cfg->log_level_text, &cfg->log_level) != 0)
+        return fail(err, errlen,
+                    "invalid value \"%s\" for flag -log-level: want debug, info, warn, error, "
+                    "panic or fatal",
+                    cfg->log_level_text);
+    if (log_check_outputs(cfg->log_outputs, err, errlen) != 0)
         return -1;
     if (cfg->metrics_timeout_ms % 1000)
         return fail(err, errlen, "--metrics-timeout wants whole seconds, not %llu ms",

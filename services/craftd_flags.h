@@ -12,6 +12,9 @@
  * CRAFTD_MAX_METRICS_URLS URLs; https:// ones need --cert-file, --key-file and --trusted-ca-file
  * (the client API's TLS, client certificates required); an http:// one is served in plaintext
  * because it was given: naming it is the explicit choice (there is no default metrics URL).
+ * --logger (zap or capnslog), --log-level (debug .. fatal) and --log-outputs (default, stderr,
+ * stdout or paths, comma-separated) take etcd's values; a bad one is refused with the values
+ * wanted (a path that cannot be opened is found later, when craftd opens it).
  */
 #ifndef CRAFT_SERVICES_CRAFTD_FLAGS_H
 #define CRAFT_SERVICES_CRAFTD_FLAGS_H
@@ -21,6 +24,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "log/log.h"
 #include "services/cluster.h"
 
 #define CRAFTD_MAX_METRICS_URLS 8
@@ -71,6 +75,15 @@ struct craftd_config {
     uint32_t max_metrics_connections;   /* connections at once, over all metrics URLs' each */
     uint32_t max_metrics_request_bytes; /* request line + headers */
     uint64_t metrics_timeout_ms;        /* idle or stalled connection; whole seconds */
+    /* Logging (log/log.h, docs/logging.md): etcd 3.4's --logger, --log-level, --log-outputs. */
+    const char *logger_text, *log_level_text, *log_outputs;
+    enum log_format log_format;
+    enum log_level log_level;
+    uint32_t max_log_line_bytes;
+    uint64_t log_rate_limit_interval_ms;
+    uint32_t log_rate_limit_burst;
+    uint64_t warning_apply_ms;     /* etcd's --experimental-warning-apply-duration */
+    uint64_t warning_fdatasync_ms; /* etcd's fixed 1 s "slow fdatasync", as a flag */
     /* Leases (services/lease_service.h) */
     uint32_t lease_revoke_rate;            /* expired leases revoked per second */
     bool lease_checkpoint;                 /* etcd's --experimental-enable-lease-checkpoint */

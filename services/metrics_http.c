@@ -12,6 +12,8 @@
  * bevcb never returns NULL for TLS: evhttp would then make a plaintext bufferevent. */
 #include "services/metrics_http.h"
 
+#include "log/log.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
@@ -185,7 +187,8 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     if (!bev && l->tls) {
         /* Nothing could be allocated: evhttp would make a plaintext bufferevent of NULL and
          * serve HTTP without TLS on a TLS port. Better to stop than to do that. */
-        fprintf(stderr, "metrics listener: out of memory for a TLS connection\n");
+        log_emit(LOG_LEVEL_FATAL, __FILE__, __LINE__, NULL,
+                 "metrics listener: out of memory for a TLS connection");
         abort();
     }
     return bev;

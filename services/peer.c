@@ -9,6 +9,7 @@
  * empties (closing its stream and destroying its channel there: never on an RPC callback
  * thread, where rpc_channel_destroy is not allowed). Lock order: set_lock, table_lock,
  * bind_lock, urls_lock. */
+#include "log/log.h"
 #include "metrics/metrics.h"
 #include "services/peer.h"
 
@@ -510,6 +511,18 @@ static long send_msgs(struct peer *p, uint64_t to, const struct raft_msg *msgs, 
         }
         if (rc != 0) {
             atomic_fetch_add(&p->send_failures, 1);
+            /* Repeats every heartbeat while the peer is down: rate-limited per peer. */
+            if (rc == RPC_EFULL)
+                log_warn_limited(to,
+                                 LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", to)),
+                                 "peer %016" PRIx64 " is slow: its stream stayed full for %d ms; "
+                                 "messages dropped (Raft resends)",
+                                 to, timeout_ms);
+            else
+                log_warn_limited(to,
+                                 LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", to),
+                                            LOG_STR("error", rpc_strerror(rc))),
+                                 "peer %016" PRIx64 " unreachable: %s", to, rpc_strerror(rc));
             ret = -1;
             break;
         }
@@ -1329,7 +1342,8 @@ void peer_set_cluster(struct peer *p, const struct cluster *c)
             char err[400];
             o = out_new(p, m, err, sizeof err);
             if (!o) {
-                fprintf(stderr, "craft peer: member %016" PRIx64 " left out: %s\n", m->id, err);
+                log_warn(LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", m->id)),
+                         "peer member %016" PRIx64 " left out: %s", m->id, err);
                 continue;
             }
             if (prev) { /* a new name or peer URL: what it told us still holds */

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "log/log.h"
 #include "rpc/rpc.h"
 #include "services/autocompact.h"
 #include "services/kv_service.h"
@@ -69,25 +70,16 @@ struct craft_server {
     size_t n_bind;
 };
 
-static void logf_(const struct craft_server *s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+/* A log line (log/log.h) with this member's id as "member" and the caller's file and line. */
+#define SLOG(level, s, ...)                                                                       \
+    log_emit((level), __FILE__, __LINE__, LOG_FIELDS(LOG_ID("member", (s)->cfg.self_id)),        \
+             __VA_ARGS__)
+#define logf_(s, ...) SLOG(LOG_LEVEL_INFO, s, __VA_ARGS__)
+#define warnf_(s, ...) SLOG(LOG_LEVEL_WARN, s, __VA_ARGS__)
 
-static void autocompact_log(void *arg, const char *line) { logf_(arg, "%s", line); }
-
-static void logf_(const struct craft_server *s, const char *fmt, ...)
+static void autocompact_log(void *arg, const char *line)
 {
-    char ts[32];
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
-    struct tm tm;
-    gmtime_r(&now.tv_sec, &tm);
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "%s.%03ldZ craftd %s: %s\n", ts, now.tv_nsec / 1000000, s->cfg.name, line);
+    logf_((struct craft_server *)arg, "%s", line);
 }
 
 /* mu held. A member's name for logs: its name, its id while unnamed, "none" for 0. */
@@ -135,7 +127,10 @@ static void on_role(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_
         peer_probe_removed(s->peer, probe);
     char leader[CLUSTER_NAME_MAX + 20];
     member_name(s, leader_id, leader, sizeof leader);
-    logf_(s, "%s in term %llu, leader %s", raft_role_name(role), (unsigned long long)term, leader);
+    log_emit(LOG_LEVEL_INFO, __FILE__, __LINE__,
+             LOG_FIELDS(LOG_ID("member", s->cfg.self_id), LOG_STR("role", raft_role_name(role)),
+                        LOG_U64("term", term), LOG_ID("leader", leader_id)),
+             "%s in term %llu, leader %s", raft_role_name(role), (unsigned long long)term, leader);
 }
 
 /* ---- membership: the table in force, names published, removal ----------------------------- */
@@ -153,7 +148,7 @@ static void mark_removed(struct craft_server *s, const char *why)
     void (*fn)(void *, const char *) = s->on_removed;
     void *arg = s->on_removed_arg;
     pthread_mutex_unlock(&s->mu);
-    logf_(s, "this member was removed from the cluster: %s", why);
+    warnf_(s, "this member was removed from the cluster: %s", why);
     if (fn)
         fn(arg, why);
 }
@@ -275,10 +270,10 @@ static void on_conf(void *arg, const struct raft_conf *conf, const uint8_t *ctx,
     t = s->table;
     pthread_mutex_unlock(&s->mu);
     if (ctx_len && cluster_decode(ctx, ctx_len, &t, derr, sizeof derr) != 0)
-        logf_(s, "the configuration's member table does not decode (%s): keeping the one in force",
+        warnf_(s, "the configuration's member table does not decode (%s): keeping the one in force",
               derr);
     else if (ctx_len && t.id != s->cfg.cluster.id)
-        logf_(s, "the configuration's member table is of cluster %016" PRIx64 ", not %016" PRIx64
+        warnf_(s, "the configuration's member table is of cluster %016" PRIx64 ", not %016" PRIx64
                  ": keeping the one in force",
               t.id, s->cfg.cluster.id);
     pthread_mutex_lock(&s->mu);
@@ -354,7 +349,7 @@ static void publish_name(struct craft_server *s, uint64_t id, const char *name)
     if (rc == 0)
         logf_(s, "published member %016" PRIx64 "'s name %s", id, name);
     else if (rc != RAFT_NODE_EPENDING && rc != RAFT_NODE_ENOTLEADER)
-        logf_(s, "publishing member %016" PRIx64 "'s name %s: %s (it will say Hello again)", id,
+        warnf_(s, "publishing member %016" PRIx64 "'s name %s: %s (it will say Hello again)", id,
               name, raft_node_strerror(rc));
 }
 
@@ -633,7 +628,7 @@ static int check_not_bootstrapped(struct craft_server *s, char *err, size_t errl
         return -1;
     }
     if (answered < (int)cfg->cluster.n - 1)
-        logf_(s, "new data directory: %d of %zu peers answered within %u ms whether this member "
+        warnf_(s, "new data directory: %d of %zu peers answered within %u ms whether this member "
                  "ran before; starting as a new member",
               answered, cfg->cluster.n - 1, cfg->election_ms);
     return 0;
@@ -879,6 +874,8 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     nc.snapshot_catchup_entries = cfg->snapshot_catchup_entries;
     nc.max_snapshots = cfg->max_snapshots;
     nc.max_snapshot_sends = cfg->max_snapshot_sends;
+    nc.warn_apply_ms = cfg->warning_apply_ms;
+    nc.warn_fdatasync_ms = cfg->warning_fdatasync_ms;
     nc.on_role = on_role;
     nc.on_role_arg = s;
     nc.on_conf = on_conf;

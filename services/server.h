@@ -11,8 +11,9 @@
  *   served by services/watch.h from this member's own applied state. Beside them,
  *   craft.node.Node/Status (services/proto/nodepb.proto) tells this member's role, term, leader
  *   and indexes.
- * - One log line (stderr) per role, term or leader change, and per membership change (a member
- *   added, removed, promoted from learner, or publishing its name).
+ * - One log line (log/log.h; "member", and on role changes "role", "term" and "leader" fields)
+ *   per role, term or leader change, and per membership change (a member added, removed,
+ *   promoted from learner, or publishing its name).
  * - Identity: a new data directory takes the member's id and the cluster id from the flags
  *   (--initial-cluster-state new) or from the running cluster (existing: the members listed in
  *   --initial-cluster are asked for the member table, and this member is the entry at its

@@ -94,6 +94,12 @@ struct raft_node_config {
     unsigned max_snapshots;            /* snapshot files kept; default 5 (etcd's --max-snapshots) */
     unsigned max_snapshot_sends;       /* transfers to followers at once; default 2 */
 
+    /* Slow operations are logged as etcd logs them (docs/logging.md), rate-limited. 0 = default. */
+    uint64_t warn_apply_ms;     /* one apply() call longer than this: "apply request took too
+                                 * long"; default 100 (etcd's --experimental-warning-apply-duration) */
+    uint64_t warn_fdatasync_ms; /* a log fdatasync longer than this: "slow fdatasync"; default
+                                 * 1000 (etcd's) */
+
     /* The configuration in force changed (an entry appended or truncated away, a snapshot
      * installed; once at start): called from the driving thread without the node mutex, before
      * the ready that carries the change has its messages routed - so a transport can learn a new

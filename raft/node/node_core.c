@@ -53,6 +53,8 @@ void raft_node_config_default(struct raft_node_config *cfg)
     cfg->snapshot_catchup_entries = 5000;
     cfg->max_snapshots = 5;
     cfg->max_snapshot_sends = 2;
+    cfg->warn_apply_ms = 100;
+    cfg->warn_fdatasync_ms = 1000;
 }
 
 int64_t node_now_ns(void)
@@ -77,16 +79,6 @@ static void ns_to_ts(int64_t ns, struct timespec *ts)
     ts->tv_nsec = (long)(ns % 1000000000);
 }
 
-void node_log(struct raft_node *n, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "craft node %" PRIu64 ": %s\n", n->cfg.id, buf);
-}
-
 void node_fail_locked(struct raft_node *n, int code, const char *what)
 {
     if (n->fatal)
@@ -95,7 +87,7 @@ void node_fail_locked(struct raft_node *n, int code, const char *what)
     /* Fail-stop: a node that cannot persist must not vote, acknowledge or lead. It stops ticking,
      * stepping and sending; the others elect a leader without it. Pending proposals are failed by
      * the driver (it sees fatal && !fatal_reported). Restarting the process recovers from disk. */
-    node_log(n, "stopping writes after a failure: %s", what);
+    node_error(n, "stopping writes after a failure: %s", what);
     pthread_cond_broadcast(&n->driver_cv);
     pthread_cond_broadcast(&n->apply_cv);
 }
@@ -302,6 +294,10 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
         c.max_pending = d.max_pending;
     if (!c.max_pending_reads)
         c.max_pending_reads = d.max_pending_reads;
+    if (!c.warn_apply_ms)
+        c.warn_apply_ms = d.warn_apply_ms;
+    if (!c.warn_fdatasync_ms)
+        c.warn_fdatasync_ms = d.warn_fdatasync_ms;
     if (!c.max_apply_batch)
         c.max_apply_batch = d.max_apply_batch;
     if (!c.wal_segment_bytes)
@@ -380,8 +376,8 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
         wo.max_entry_bytes = c.max_entry_bytes;
     wo.on_durable = node_on_durable;
     wo.on_durable_arg = n;
-    wo.log = node_on_wal_log;
-    wo.log_arg = n;
+    wo.log_id = c.id;
+    wo.warn_sync_ns = c.warn_fdatasync_ms * 1000000;
     if (wal_open(&n->w, c.data_dir, &wo, err, errlen)) {
         n->w = NULL;
         node_free(n);

@@ -64,11 +64,6 @@ void node_on_durable(void *arg, uint64_t index, uint64_t term, int err)
     pthread_mutex_unlock(&n->mu);
 }
 
-void node_on_wal_log(void *arg, const char *msg)
-{
-    node_log(arg, "wal: %s", msg);
-}
-
 /* ---- driver ---- */
 
 /* n->mu held: report every ready whose writes are now durable. Records are in seq order and
@@ -87,7 +82,7 @@ static void persist_progress_locked(struct raft_node *n)
     n->n_precs -= k;
     int rc = raft_persisted(n->r, seq);
     if (rc)
-        node_log(n, "raft_persisted(%" PRIu64 "): %s", seq, raft_strerror(rc));
+        node_error(n, "raft_persisted(%" PRIu64 "): %s", seq, raft_strerror(rc));
 }
 
 static int precs_push(struct raft_node *n, uint64_t seq, uint64_t need)
@@ -299,7 +294,7 @@ static bool drive_once_locked(struct raft_node *n, enum node_drive_mode mode)
         }
         int prc = node_peers_set(n, ids, u);
         if (prc)
-            node_log(n, "configuration change: peers not updated: %s", raft_node_strerror(prc));
+            node_warn(n, "configuration change: peers not updated: %s", raft_node_strerror(prc));
     }
     /* Messages first: none of them waits for this ready's write (see the file comment). */
     node_route_msgs(n, &rd);

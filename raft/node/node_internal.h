@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "log/log.h"
 #include "metrics/metrics.h"
 #include "raft/node/node.h"
 #include "raft/wal/wal.h"
@@ -299,7 +300,12 @@ struct raft_node {
 int64_t node_now_ns(void);
 void node_note_heard_locked(struct raft_node *n, uint64_t from);
 void node_cond_init(pthread_cond_t *cv); /* CLOCK_MONOTONIC */
-void node_log(struct raft_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A log line (log/log.h) naming this member ("member": its id) and the caller's file and line. */
+#define NODE_LOG(level, n, ...)                                                                   \
+    log_emit((level), __FILE__, __LINE__, LOG_FIELDS(LOG_ID("member", (n)->cfg.id)), __VA_ARGS__)
+#define node_log(n, ...) NODE_LOG(LOG_LEVEL_INFO, n, __VA_ARGS__)
+#define node_warn(n, ...) NODE_LOG(LOG_LEVEL_WARN, n, __VA_ARGS__)
+#define node_error(n, ...) NODE_LOG(LOG_LEVEL_ERROR, n, __VA_ARGS__)
 /* n->mu held: stop accepting writes after a storage or state machine failure. */
 void node_fail_locked(struct raft_node *n, int code, const char *what);
 
@@ -344,9 +350,6 @@ void node_kick_locked(struct raft_node *n, enum node_drive_mode mode);
 /* The WAL's on_durable callback (writer thread, no WAL lock held; takes n->mu): notes the
  * progress, fails the node on a write error and drives inline without storage. */
 void node_on_durable(void *arg, uint64_t index, uint64_t term, int err);
-/* The WAL's log callback (notices such as a torn tail cut at open; no node lock needed): one
- * line to stderr. */
-void node_on_wal_log(void *arg, const char *msg);
 /* raft_node_start, no lock held, once the core and the peers exist: starts the driver thread.
  * 0 or RAFT_NODE_ENOMEM. */
 int node_driver_start(struct raft_node *n);

@@ -48,7 +48,7 @@ static struct node_ran *ran_slot(struct raft_node *n, uint64_t id, bool add)
             return r;
     }
     if (add)
-        node_log(n, "more than %d members seen: whether %016" PRIx64 " has run is not kept",
+        node_warn(n, "more than %d members seen: whether %016" PRIx64 " has run is not kept",
                  NODE_RAN_SLOTS, id);
     return NULL;
 }
@@ -135,7 +135,7 @@ void node_members_note(struct raft_node *n, const struct raft_msg *m)
     if (dfd >= 0)
         close(dfd);
     if (!ok) {
-        node_log(n, "cannot record that member %016" PRIx64 " has run (%s: %s); will retry",
+        node_warn(n, "cannot record that member %016" PRIx64 " has run (%s: %s); will retry",
                  m->from, path, strerror(errno));
         atomic_store(&r->state, RAN_UNKNOWN);
         return;

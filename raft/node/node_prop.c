@@ -372,7 +372,16 @@ static bool apply_once_locked(struct raft_node *n)
         memset(results, 0, b.n_normal * sizeof(*results));
         uint64_t t0 = metrics_now_ns();
         rc = fsm->apply(fsm->ctx, b.normal, b.n_normal, hi, results);
-        metrics_histogram_observe(&n->apply_hist, metrics_now_ns() - t0);
+        uint64_t took = metrics_now_ns() - t0;
+        metrics_histogram_observe(&n->apply_hist, took);
+        uint64_t expected = n->cfg.warn_apply_ms * 1000000;
+        if (took > expected) /* etcd's words; per batch here, not per request; rate-limited */
+            log_emit_limited(LOG_LEVEL_WARN, __FILE__, __LINE__, n->cfg.id,
+                             LOG_FIELDS(LOG_ID("member", n->cfg.id), LOG_DUR("took", took),
+                                        LOG_DUR("expected-duration", expected),
+                                        LOG_U64("entries", b.n_normal), LOG_U64("first-index", lo),
+                                        LOG_U64("last-index", hi)),
+                             "apply request took too long");
     }
 
     pthread_mutex_lock(&n->mu);

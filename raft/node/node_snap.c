@@ -25,11 +25,6 @@
 #include "raft/node/node_internal.h"
 #include "raft/snap/snap.h"
 
-static void snap_log(void *arg, const char *msg)
-{
-    node_log(arg, "snapshots: %s", msg);
-}
-
 static long reader_read(void *arg, void *buf, size_t len)
 {
     return snap_file_read(arg, buf, len);
@@ -65,8 +60,7 @@ int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size
     struct snap_options o;
     snap_options_init(&o);
     o.max_snapshots = n->cfg.max_snapshots;
-    o.log = snap_log;
-    o.log_arg = n;
+    o.log_id = n->cfg.id;
     char sub[512];
     if (snap_store_open(&n->snaps, n->cfg.snap_dir, &o, sub, sizeof sub)) {
         snprintf(err, errlen, "snapshot store %s: %s", n->cfg.snap_dir, sub);
@@ -176,13 +170,13 @@ static int take(struct raft_node *n, uint64_t *out_index)
     uint8_t *conf = conf_at_locked(n, from, &clen);
     pthread_mutex_unlock(&n->mu);
     if (!conf) {
-        node_log(n, "snapshot: the configuration at %" PRIu64 " is unknown", from);
+        node_error(n, "snapshot: the configuration at %" PRIu64 " is unknown", from);
         return RAFT_NODE_EIO;
     }
     int rc = snap_create(n->snaps, 0, 0, conf, clen, &w);
     if (rc) {
         free(conf);
-        node_log(n, "snapshot: %s", snap_errmsg());
+        node_error(n, "snapshot: %s", snap_errmsg());
         return RAFT_NODE_EIO;
     }
     char why[256] = "";
@@ -213,12 +207,12 @@ static int take(struct raft_node *n, uint64_t *out_index)
     if (rc || !term || index <= prev) {
         snap_abort(w);
         if (rc || !term)
-            node_log(n, "snapshot failed: %s", rc ? why : "the term of its index is unknown");
+            node_error(n, "snapshot failed: %s", rc ? why : "the term of its index is unknown");
         *out_index = prev;
         return rc ? RAFT_NODE_EIO : 0; /* nothing new applied since the last one: not an error */
     }
     if (snap_commit_as(w, index, term)) {
-        node_log(n, "snapshot %" PRIu64 ": %s", index, snap_errmsg());
+        node_error(n, "snapshot %" PRIu64 ": %s", index, snap_errmsg());
         return RAFT_NODE_EIO;
     }
     /* Durable: now the log before it may go, less the catch-up entries. */
@@ -237,7 +231,7 @@ static int take(struct raft_node *n, uint64_t *out_index)
     if (rc) /* an install overtook it: its snapshot is newer */
         return 0;
     if (first_kept > 1 && wal_compact_prefix(n->w, first_kept)) {
-        node_log(n, "compacting the log to %" PRIu64 ": %s", first_kept, wal_errmsg());
+        node_error(n, "compacting the log to %" PRIu64 ": %s", first_kept, wal_errmsg());
         return RAFT_NODE_EIO;
     }
     return 0;
@@ -324,7 +318,7 @@ static void *sender_main(void *arg)
             rc = t->send_snapshot(t->ctx, s->to, &m, f);
             snap_file_close(f);
         } else {
-            node_log(n, "snapshot for %016" PRIx64 ": %s", s->to, snap_errmsg());
+            node_warn(n, "snapshot for %016" PRIx64 ": %s", s->to, snap_errmsg());
         }
         pthread_mutex_lock(&n->mu);
         n->snap_sends--;
@@ -444,7 +438,7 @@ void raft_node_step_snapshot(struct raft_node *n, const struct raft_msg *m)
         free(list);
     }
     if (!have) {
-        node_log(n, "InstallSnapshot %" PRIu64 "/%" PRIu64 " from %016" PRIx64
+        node_warn(n, "InstallSnapshot %" PRIu64 "/%" PRIu64 " from %016" PRIx64
                     " without the snapshot in the store: dropped",
                  m->snapshot_index, m->snapshot_term, m->from);
         return;

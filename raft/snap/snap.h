@@ -56,8 +56,8 @@ struct snap_header {
 /* The whole file's size for a header: header + configuration + payload + trailer. */
 uint64_t snap_file_size_for(const struct snap_header *h);
 
-/* Receives notices (damaged files skipped, leftovers removed, partial transfers discarded).
- * Default: stderr. */
+/* Receives notices (damaged files skipped, leftovers removed, partial transfers discarded)
+ * instead of the logger (log/log.h: warn lines). Default: NULL, the logger. */
 typedef void (*snap_log_fn)(void *arg, const char *msg);
 /* Test hook: called before each disk step of a commit ("create"), a transfer's installation
  * ("recv") and retention ("retain"), step counting from 0; nonzero stops the operation there as a
@@ -80,6 +80,7 @@ struct snap_options {
                                     quota */
     snap_log_fn log;
     void *log_arg;
+    uint64_t log_id;             /* the member's id, as "member" on log lines; 0 = none */
     snap_step_fn step_hook;      /* tests only */
     void *step_arg;
     const struct snap_io *io;    /* tests only */

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log/log.h"
 #include "raft/snap/snap.h"
 #include "raft/snap/snap_internal.h"
 #include "raft/wal/crc32c.h"
@@ -90,19 +91,25 @@ static int seterr(int rc, const char *fmt, ...)
     return rc;
 }
 
-static void notice(struct snap_store *s, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void notice(struct snap_store *s, const char *fmt, ...)
+/* A warning (log/log.h, with the caller's file and line and the member's id), or the message to
+ * the options' log callback when one is set. Every notice is about something unusual found or
+ * repaired, hence warn. */
+#define notice(s, ...) notice_at((s), __FILE__, __LINE__, __VA_ARGS__)
+static void notice_at(struct snap_store *s, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void notice_at(struct snap_store *s, const char *file, int line, const char *fmt, ...)
 {
     char msg[1280];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (s->o.log)
+    if (s->o.log) {
         s->o.log(s->o.log_arg, msg);
-    else
-        fprintf(stderr, "snap: %s\n", msg);
+        return;
+    }
+    struct log_field f[] = {LOG_ID("member", s->o.log_id), {.key = NULL}};
+    log_emit(LOG_LEVEL_WARN, file, line, s->o.log_id ? f : NULL, "%s", msg);
 }
 
 void snap_options_init(struct snap_options *o)

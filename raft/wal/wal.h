@@ -50,7 +50,8 @@ struct wal;
  * wal_compact_prefix or wal_reset (they wait for the writer), nor block on a lock held by a caller
  * of those. */
 typedef void (*wal_durable_fn)(void *arg, uint64_t index, uint64_t term, int err);
-/* Receives notices (a torn tail cut at open, leftover files removed). Default: stderr. */
+/* Receives notices (a torn tail cut at open, leftover files removed) instead of the logger
+ * (log/log.h: warn lines), e.g. to keep tests quiet. Default: NULL, the logger. */
 typedef void (*wal_log_fn)(void *arg, const char *msg);
 
 /* Test hooks: the system calls the module uses to change files. NULL members use the real call. */
@@ -75,6 +76,9 @@ struct wal_options {
     void *on_durable_arg;
     wal_log_fn log;
     void *log_arg;
+    uint64_t log_id;            /* the member's id, as "member" on log lines; 0 = none */
+    uint64_t warn_sync_ns;      /* an fdatasync longer than this logs "slow fdatasync"
+                                 * (rate-limited); 0 = default 1 s (etcd's) */
     const struct wal_io *io; /* tests only */
     wal_step_fn step_hook;   /* tests only */
     void *step_arg;

@@ -19,6 +19,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "log/log.h"
 #include "metrics/metrics.h"
 #include "raft/wal/crc32c.h"
 #include "raft/wal/wal.h"
@@ -117,18 +118,25 @@ static int seterr(int rc, const char *fmt, ...)
     return rc;
 }
 
-static void notice(struct wal *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void notice(struct wal *w, const char *fmt, ...)
+/* A warning (log/log.h, with the caller's file and line and the member's id), or the message to
+ * the options' log callback when one is set. Every notice is about something unusual found or
+ * repaired, hence warn. */
+#define notice(w, ...) notice_at((w), __FILE__, __LINE__, __VA_ARGS__)
+static void notice_at(struct wal *w, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void notice_at(struct wal *w, const char *file, int line, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    if (w->o.log)
+    if (w->o.log) {
         w->o.log(w->o.log_arg, msg);
-    else
-        fprintf(stderr, "wal: %s\n", msg);
+        return;
+    }
+    struct log_field f[] = {LOG_ID("member", w->o.log_id), {.key = NULL}};
+    log_emit(LOG_LEVEL_WARN, file, line, w->o.log_id ? f : NULL, "%s", msg);
 }
 
 /* ---- system calls, through the test hooks ---- */
@@ -163,7 +171,13 @@ static int io_datasync(struct wal *w, int fd)
 {
     uint64_t t0 = metrics_now_ns();
     int rc = w->io.fdatasync(fd) == 0 ? 0 : -errno;
-    metrics_histogram_observe(&w->fsync_hist, metrics_now_ns() - t0);
+    uint64_t took = metrics_now_ns() - t0;
+    metrics_histogram_observe(&w->fsync_hist, took);
+    if (took > w->o.warn_sync_ns) /* etcd's words and fields (wal.go), rate-limited */
+        log_emit_limited(LOG_LEVEL_WARN, __FILE__, __LINE__, w->o.log_id,
+                         LOG_FIELDS(LOG_ID("member", w->o.log_id), LOG_DUR("took", took),
+                                    LOG_DUR("expected-duration", w->o.warn_sync_ns)),
+                         "slow fdatasync");
     return rc;
 }
 
@@ -711,6 +725,7 @@ void wal_options_init(struct wal_options *o)
     o->max_pending_entries = 65536;
     o->max_pending_bytes = 64u << 20;
     o->max_entry_bytes = 16u << 20;
+    o->warn_sync_ns = 1000000000; /* etcd's warnSyncDuration */
 }
 
 int wal_append(struct wal *w, const struct raft_entry *e, size_t n)
@@ -1542,6 +1557,8 @@ int wal_open(struct wal **out, const char *dir, const struct wal_options *opts, 
         w->o = *opts;
     else
         wal_options_init(&w->o);
+    if (!w->o.warn_sync_ns)
+        w->o.warn_sync_ns = 1000000000;
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->dmu, NULL);
     pthread_mutex_init(&w->hsmu, NULL);

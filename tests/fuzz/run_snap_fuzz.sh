@@ -20,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 "$cc" -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
     -fno-sanitize-recover=undefined -I"$root" \
     "$root/tests/fuzz/snap_decode_fuzz.c" "$root/raft/snap/snap_format.c" \
-    "$root/raft/snap/snap_store.c" "$root/raft/wal/crc32c.c" \
+    "$root/raft/snap/snap_store.c" "$root/raft/wal/crc32c.c" "$root/log/log.c" \
     -lpthread -o "$work/snap_decode_fuzz"
 mkdir "$work/new"
 cd "$work"

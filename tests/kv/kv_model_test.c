@@ -7,8 +7,32 @@
  * across compactions, whose physical removal is waited for (kv_store_compact_wait), and across
  * snapshots restored into a new store.
  * Writes are applied in batches of 1-6 entries, and the store is reopened now and then.
+ * Leases (kv_store.h "Leases"): the model has a lease table (ID -> TTL, checkpointed remaining)
+ * and each key's lease. Ops grant (IDs 1..4 and -2; sometimes 0, an existing one or a TTL too
+ * large), revoke (existing or not; the attached keys deleted in key order at one revision, or
+ * no revision when there are none), checkpoint (unknown IDs skipped; sometimes an invalid
+ * remaining TTL that refuses the entry), and Puts alone or in Txns carry a lease (existing, or
+ * unknown: NOT_FOUND before anything else, in a Txn for the executed path), ignore_lease (which
+ * keeps the key's lease) or lease 0 (which detaches); a DeleteRange detaches. Compares on LEASE
+ * see the keys' leases. KeyValue.lease is in every kv compared (kvs, prev_kvs, events, prev),
+ * and after every batch, reopen and restore the table from kv_store_leases and each lease's
+ * TTLs and keys from kv_store_lease_get must be the model's.
  * Reproducible: the failing seed and op number are in the assertion message; set KV_MODEL_SEED
- * to run only that seed. */
+ * to run only that seed.
+ * Teeth: each of these bugs, injected into kv_store.c by hand, fails the test at the first seed
+ * (checked with this file as committed; "alone" = with the lease-table checks turned off, and
+ * no snapshots for (2), to see that the responses and events catch it too):
+ * (1) del_key not detaching a deleted key from its lease: seed 1 op 127, lease 4 still lists
+ *     "e" after a batch; alone, seed 2 op 169: a revoke deleted "b" (put again without a lease)
+ *     through the stale attachment, so a Put's prev_kv is missing.
+ * (2) revoke not deleting the attached keys: seed 1 op 73, the snapshot holds a key whose lease
+ *     is gone and restore refuses it; alone, seed 1 op 86: the revoke's DELETE is not among the
+ *     events.
+ * (3) put_exec ignoring ignore_lease (always p->lease): seed 1 op 190, a Put's prev_kv shows the
+ *     key detached (l0, want l4).
+ * (4) kv_from_hist not rebuilding "lkeys": seed 2 op 43, after a snapshot restore leases 3 and
+ *     4 list no keys (want "ca", "bb"); alone, seed 2 op 63: a revoke on the restored store
+ *     deletes nothing (rev10, want rev11). */
 #include <criterion/criterion.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,16 +62,16 @@ static void outf(struct out *o, const char *fmt, ...)
 }
 
 static void out_kv(struct out *o, const char *k, size_t kn, const char *v, size_t vn, int64_t c,
-                   int64_t m, int64_t ver)
+                   int64_t m, int64_t ver, int64_t lease)
 {
-    outf(o, "{%.*s=%.*s c%lld m%lld v%lld}", (int)kn, k, (int)vn, v ? v : "", (long long)c,
-         (long long)m, (long long)ver);
+    outf(o, "{%.*s=%.*s c%lld m%lld v%lld l%lld}", (int)kn, k, (int)vn, v ? v : "", (long long)c,
+         (long long)m, (long long)ver, (long long)lease);
 }
 
 static void out_pkv(struct out *o, const Mvccpb__KeyValue *kv)
 {
     out_kv(o, (const char *)kv->key.data, kv->key.len, (const char *)kv->value.data,
-           kv->value.len, kv->create_revision, kv->mod_revision, kv->version);
+           kv->value.len, kv->create_revision, kv->mod_revision, kv->version, kv->lease);
 }
 
 static void out_range(struct out *o, const Etcdserverpb__RangeResponse *r)
@@ -117,6 +141,17 @@ static void out_result(struct out *o, const Craft__Kv__Result *r)
     case CRAFT__KV__RESULT__RESP_COMPACTION:
         outf(o, "C(rev%lld)", (long long)r->compaction->header->revision);
         break;
+    case CRAFT__KV__RESULT__RESP_LEASE_GRANT:
+        outf(o, "LG(rev%lld id%lld ttl%lld%s)", (long long)r->lease_grant->header->revision,
+             (long long)r->lease_grant->id, (long long)r->lease_grant->ttl,
+             r->lease_grant->error ? r->lease_grant->error : "");
+        break;
+    case CRAFT__KV__RESULT__RESP_LEASE_REVOKE:
+        outf(o, "LR(rev%lld)", (long long)r->lease_revoke->header->revision);
+        break;
+    case CRAFT__KV__RESULT__RESP_LEASE_CHECKPOINT:
+        outf(o, "LC(rev%lld)", (long long)r->lease_checkpoint->header->revision);
+        break;
     default:
         outf(o, "?");
     }
@@ -128,13 +163,33 @@ static void out_result(struct out *o, const Craft__Kv__Result *r)
 #define MAXK 32
 struct mkv {
     char key[16], val[16];
-    int64_t create, mod, ver;
+    int64_t create, mod, ver, lease;
 };
+/* A lease: its keys are those whose mkv.lease is its id. */
+struct mlease {
+    int64_t id, ttl, rem;
+};
+#define MAXL 8
 struct model {
     struct mkv kv[MAXK]; /* sorted by key */
     int n;
     int64_t rev, compact;
+    struct mlease ls[MAXL]; /* in grant order */
+    int nl;
 };
+
+/* The lease IDs the ops use: a small space, so that grants collide and puts find them; -2 is
+ * last in the store's (unsigned) order. */
+static const int64_t LIDS[] = {1, 2, 3, 4, -2};
+#define NLIDS 5
+
+static struct mlease *m_lease(struct model *m, int64_t id)
+{
+    for (int i = 0; i < m->nl; i++)
+        if (m->ls[i].id == id)
+            return &m->ls[i];
+    return NULL;
+}
 
 /* The model's history: every write in order (what kv_store_events must give back), and the
  * state at each revision. */
@@ -187,7 +242,7 @@ static struct mkv *m_get(struct model *m, const char *k)
     return NULL;
 }
 
-static void m_put(struct model *m, const char *k, const char *v, int64_t rev)
+static void m_put(struct model *m, const char *k, const char *v, int64_t lease, int64_t rev)
 {
     struct mkv *e = m_get(m, k);
     if (!e) {
@@ -202,6 +257,7 @@ static void m_put(struct model *m, const char *k, const char *v, int64_t rev)
         e->create = rev;
     }
     snprintf(e->val, sizeof e->val, "%s", v);
+    e->lease = lease;
     e->mod = rev;
     e->ver++;
     ev_add(KV_EVENT_PUT, e);
@@ -210,7 +266,7 @@ static void m_put(struct model *m, const char *k, const char *v, int64_t rev)
 static void out_m(struct out *o, const struct mkv *e, bool with_value)
 {
     out_kv(o, e->key, strlen(e->key), with_value ? e->val : "", with_value ? strlen(e->val) : 0,
-           e->create, e->mod, e->ver);
+           e->create, e->mod, e->ver, e->lease);
 }
 
 static const Etcdserverpb__RangeRequest *g_sort_req;
@@ -373,7 +429,7 @@ static bool m_compare(struct model *pre, const Etcdserverpb__Compare *c)
     char kb[16], eb[16], vb[16];
     const char *key = bstr(c->key, kb), *end = bstr(c->range_end, eb);
     bool any = false;
-    struct mkv zero = {{0}, {0}, 0, 0, 0};
+    struct mkv zero = {{0}, {0}, 0, 0, 0, 0};
     for (int i = 0; i <= pre->n; i++) {
         struct mkv *e;
         if (i < pre->n) {
@@ -393,7 +449,7 @@ static bool m_compare(struct model *pre, const Etcdserverpb__Compare *c)
         case 0: res = (e->ver > c->version) - (e->ver < c->version); break;
         case 1: res = (e->create > c->create_revision) - (e->create < c->create_revision); break;
         case 2: res = (e->mod > c->mod_revision) - (e->mod < c->mod_revision); break;
-        case 4: res = (0 > c->lease) - (0 < c->lease); break;
+        case 4: res = (e->lease > c->lease) - (e->lease < c->lease); break;
         default: {
             const char *v = bstr(c->value, vb);
             res = strcmp(e->val, v ? v : "");
@@ -439,10 +495,15 @@ static const char *m_check(struct mtx *x, const Etcdserverpb__TxnRequest *t, int
         const char *e = NULL;
         if (ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_TXN)
             e = m_check(x, ops[i]->request_txn, pass);
-        else if (pass == 0 && ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT &&
-                 ops[i]->request_put->ignore_value &&
-                 !m_get(&x->pre, bstr(ops[i]->request_put->key, kb)))
-            e = "3 " KV_ERR_KEY_NOT_FOUND;
+        else if (pass == 0 &&
+                 ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_PUT) {
+            /* etcd's checkRequestPut: the key for ignore_*, then the lease */
+            const Etcdserverpb__PutRequest *p = ops[i]->request_put;
+            if ((p->ignore_value || p->ignore_lease) && !m_get(&x->pre, bstr(p->key, kb)))
+                e = "3 " KV_ERR_KEY_NOT_FOUND;
+            else if (p->lease && !m_lease(&x->pre, p->lease))
+                e = "5 " KV_ERR_LEASE_NOT_FOUND;
+        }
         else if (pass == 1 && ops[i]->request_case == ETCDSERVERPB__REQUEST_OP__REQUEST_REQUEST_RANGE) {
             int64_t rv = ops[i]->request_range->revision;
             if (rv > x->rev0)
@@ -479,7 +540,8 @@ static void m_exec(struct mtx *x, const Etcdserverpb__TxnRequest *t, struct out 
             const Etcdserverpb__PutRequest *p = op->request_put;
             const char *k = bstr(p->key, kb);
             struct mkv *e = m_get(x->live, k);
-            if (p->ignore_value && !e) { /* gone since the checks: the whole txn fails */
+            if ((p->ignore_value || p->ignore_lease) && !e) { /* gone since the checks: the
+                                                               * whole txn fails */
                 x->failed = true;
                 break;
             }
@@ -490,7 +552,7 @@ static void m_exec(struct mtx *x, const Etcdserverpb__TxnRequest *t, struct out 
             const char *v = p->ignore_value ? (e ? e->val : "") : bstr(p->value, vb);
             char vcopy[16];
             snprintf(vcopy, sizeof vcopy, "%s", v ? v : "");
-            m_put(x->live, k, vcopy, x->rev0 + 1);
+            m_put(x->live, k, vcopy, p->ignore_lease ? e->lease : p->lease, x->rev0 + 1);
             x->changed = true;
             break;
         }
@@ -528,7 +590,15 @@ static void m_apply(struct model *m, const Craft__Kv__Command *c, struct out *o)
             outf(o, "E(3 %s)@%lld", KV_ERR_VALUE_PROVIDED, (long long)m->rev);
             return;
         }
-        if (p->ignore_value && !e) {
+        if (p->ignore_lease && p->lease) {
+            outf(o, "E(3 %s)@%lld", KV_ERR_LEASE_PROVIDED, (long long)m->rev);
+            return;
+        }
+        if (p->lease && !m_lease(m, p->lease)) { /* etcd checks the lease first */
+            outf(o, "E(5 %s)@%lld", KV_ERR_LEASE_NOT_FOUND, (long long)m->rev);
+            return;
+        }
+        if ((p->ignore_value || p->ignore_lease) && !e) {
             outf(o, "E(3 %s)@%lld", KV_ERR_KEY_NOT_FOUND, (long long)m->rev);
             return;
         }
@@ -539,7 +609,7 @@ static void m_apply(struct model *m, const Craft__Kv__Command *c, struct out *o)
         const char *v = p->ignore_value ? e->val : bstr(p->value, vb);
         char vcopy[16];
         snprintf(vcopy, sizeof vcopy, "%s", v ? v : "");
-        m_put(m, k, vcopy, ++m->rev);
+        m_put(m, k, vcopy, p->ignore_lease ? e->lease : p->lease, ++m->rev);
         outf(o, "@%lld", (long long)m->rev);
         return;
     }
@@ -610,6 +680,64 @@ static void m_apply(struct model *m, const Craft__Kv__Command *c, struct out *o)
         outf(o, "@%lld", (long long)m->rev);
         return;
     }
+    case CRAFT__KV__COMMAND__OP_LEASE_GRANT: {
+        const Etcdserverpb__LeaseGrantRequest *g = c->lease_grant;
+        if (g->id == 0)
+            outf(o, "E(5 %s)@%lld", KV_ERR_LEASE_NOT_FOUND, (long long)m->rev);
+        else if (g->ttl > KV_MAX_LEASE_TTL)
+            outf(o, "E(11 %s)@%lld", KV_ERR_LEASE_TTL_TOO_LARGE, (long long)m->rev);
+        else if (m_lease(m, g->id))
+            outf(o, "E(9 %s)@%lld", KV_ERR_LEASE_EXISTS, (long long)m->rev);
+        else {
+            cr_assert_lt(m->nl, MAXL);
+            m->ls[m->nl++] = (struct mlease){g->id, g->ttl, 0};
+            outf(o, "LG(rev%lld id%lld ttl%lld)@%lld", (long long)m->rev, (long long)g->id,
+                 (long long)g->ttl, (long long)m->rev);
+        }
+        return;
+    }
+    case CRAFT__KV__COMMAND__OP_LEASE_REVOKE: {
+        /* etcd's lessor: every attached key deleted in key order at one new revision (none:
+         * the revision stays), then the lease */
+        int64_t id = c->lease_revoke->id;
+        struct mlease *l = m_lease(m, id);
+        if (!l) {
+            outf(o, "E(5 %s)@%lld", KV_ERR_LEASE_NOT_FOUND, (long long)m->rev);
+            return;
+        }
+        int j = 0, n = 0;
+        for (int i = 0; i < m->n; i++) {
+            if (m->kv[i].lease == id) {
+                struct mkv tomb = {.mod = m->rev + 1};
+                snprintf(tomb.key, sizeof tomb.key, "%s", m->kv[i].key);
+                ev_add(KV_EVENT_DELETE, &tomb);
+                n++;
+            } else {
+                m->kv[j++] = m->kv[i];
+            }
+        }
+        m->n = j;
+        if (n)
+            m->rev++;
+        *l = m->ls[--m->nl];
+        outf(o, "LR(rev%lld)@%lld", (long long)m->rev, (long long)m->rev);
+        return;
+    }
+    case CRAFT__KV__COMMAND__OP_LEASE_CHECKPOINT: {
+        const Etcdserverpb__LeaseCheckpointRequest *r = c->lease_checkpoint;
+        for (size_t i = 0; i < r->n_checkpoints; i++)
+            if (r->checkpoints[i]->remaining_ttl < 0) { /* refused whole, before any change */
+                outf(o, "E(3 %s)@%lld", KV_ERR_BAD_COMMAND, (long long)m->rev);
+                return;
+            }
+        for (size_t i = 0; i < r->n_checkpoints; i++) {
+            struct mlease *l = m_lease(m, r->checkpoints[i]->id);
+            if (l) /* unknown IDs are skipped */
+                l->rem = r->checkpoints[i]->remaining_ttl;
+        }
+        outf(o, "LC(rev%lld)@%lld", (long long)m->rev, (long long)m->rev);
+        return;
+    }
     default:
         return;
     }
@@ -644,6 +772,24 @@ static int64_t rrev(struct model *m)
          : x == 8 ? m->compact - 1 + rn((int)(m->rev - m->compact) + 2) : m->compact;
 }
 
+/* A lease ID from the small space (granted or not). */
+static int64_t rid(void) { return LIDS[rn(NLIDS)]; }
+/* A Put's lease: none (or 0 when none exists), one that exists, or 1 in 20 any ID (most
+ * likely unknown). */
+static int64_t rlease(const struct model *m)
+{
+    int x = rn(20);
+    return x < 8 || (x < 19 && !m->nl) ? 0 : x < 19 ? m->ls[rn(m->nl)].id : rid();
+}
+/* A Compare's number: for LEASE, 0 or an ID of the space (-2 is below every other); else a
+ * revision or version. */
+static int64_t rcmpnum(const struct model *m, int target)
+{
+    if (target == ETCDSERVERPB__COMPARE__COMPARE_TARGET__LEASE)
+        return rn(6) ? rid() : 0;
+    return rn((int)m->rev + 2);
+}
+
 static void rand_range(Etcdserverpb__RangeRequest *r, struct model *m)
 {
     r->limit = rn(3) ? 0 : rn(4);
@@ -669,6 +815,10 @@ static void rand_ops(Etcdserverpb__TxnRequest *t, int branch, struct model *m, i
         if (x < 4) {
             Etcdserverpb__PutRequest *p = kb_put_req(t, branch, rkey(), rval());
             p->prev_kv = rn(2);
+            if (rn(6) == 0)
+                p->ignore_lease = 1; /* with lease 0: a lease with it fails validation */
+            else
+                p->lease = rlease(m);
             if (rn(8) == 0) {
                 free(p->value.data);
                 p->value = (ProtobufCBinaryData){0, NULL};
@@ -685,7 +835,7 @@ static void rand_ops(Etcdserverpb__TxnRequest *t, int branch, struct model *m, i
             int nc = rn(3);
             for (int j = 0; j < nc; j++) {
                 int tg = rn(5);
-                kb_cmp(s, rkey(), rn(4) ? NULL : rend(), tg, rn(4), rn((int)m->rev + 2), rval());
+                kb_cmp(s, rkey(), rn(4) ? NULL : rend(), tg, rn(4), rcmpnum(m, tg), rval());
             }
             rand_ops(s, 0, m, depth + 1);
             rand_ops(s, 1, m, depth + 1);
@@ -700,7 +850,7 @@ static Etcdserverpb__TxnRequest *rand_txn(struct model *m)
     int nc = rn(3);
     for (int j = 0; j < nc; j++) {
         int tg = rn(5);
-        int64_t num = rn((int)m->rev + 2);
+        int64_t num = rcmpnum(m, tg);
         kb_cmp(t, rkey(), rn(4) ? NULL : rend(), tg, rn(4), num, rval());
     }
     rand_ops(t, 0, m, 0);
@@ -720,10 +870,10 @@ static int ev_cb(void *arg, const struct kv_event *ev)
     struct evgot *g = arg;
     outf(&g->o, "%s(", ev->type == KV_EVENT_PUT ? "PUT" : "DEL");
     out_kv(&g->o, (const char *)ev->kv.key, ev->kv.klen, (const char *)ev->kv.val, ev->kv.vlen,
-           ev->kv.create, ev->kv.mod, ev->kv.version);
+           ev->kv.create, ev->kv.mod, ev->kv.version, ev->kv.lease);
     if (ev->has_prev)
         out_kv(&g->o, (const char *)ev->prev.key, ev->prev.klen, (const char *)ev->prev.val,
-               ev->prev.vlen, ev->prev.create, ev->prev.mod, ev->prev.version);
+               ev->prev.vlen, ev->prev.create, ev->prev.mod, ev->prev.version, ev->prev.lease);
     outf(&g->o, ")");
     g->n++;
     return 0;
@@ -772,7 +922,7 @@ static void check_events(struct kvt *t, struct model *m, uint64_t seed, int op)
         }
         outf(&want, "%s(", e->type == KV_EVENT_PUT ? "PUT" : "DEL");
         out_kv(&want, e->kv.key, strlen(e->kv.key), e->kv.val, strlen(e->kv.val), e->kv.create,
-               e->kv.mod, e->kv.ver);
+               e->kv.mod, e->kv.ver, e->kv.lease);
         if (with_prev) {
             const struct mev *p = NULL;
             for (int j = i - 1; j >= 0 && !p; j--)
@@ -780,7 +930,7 @@ static void check_events(struct kvt *t, struct model *m, uint64_t seed, int op)
                     p = &EV[j];
             if (p && p->type == KV_EVENT_PUT && (p->kv.mod >= m->compact || e->kv.mod > m->compact))
                 out_kv(&want, p->kv.key, strlen(p->kv.key), p->kv.val, strlen(p->kv.val),
-                       p->kv.create, p->kv.mod, p->kv.ver);
+                       p->kv.create, p->kv.mod, p->kv.ver, p->kv.lease);
         }
         outf(&want, ")");
         n++;
@@ -792,13 +942,97 @@ static void check_events(struct kvt *t, struct model *m, uint64_t seed, int op)
     cr_assert_eq(next, want_next, "seed %llu op %d: next", (unsigned long long)seed, op);
 }
 
+/* The lease table: kv_store_leases (every lease, in the table's order: the ID as an unsigned
+ * number) and kv_store_lease_get for each ID of the space (TTLs, then the attached keys in key
+ * order, or none), against the model's. */
+struct lgot {
+    struct out o;
+    int n;
+};
+
+static int lease_list_cb(void *arg, const struct kv_lease *l)
+{
+    struct lgot *g = arg;
+    outf(&g->o, "%lld:%lld/%lld ", (long long)l->id, (long long)l->ttl, (long long)l->remaining);
+    g->n++;
+    return 0;
+}
+
+static int lease_key_cb(void *arg, const uint8_t *key, size_t len)
+{
+    struct lgot *g = arg;
+    outf(&g->o, "%s%.*s", g->n++ ? "," : "", (int)len, (const char *)key);
+    return 0;
+}
+
+static int mlease_cmp(const void *pa, const void *pb)
+{
+    uint64_t a = (uint64_t)((const struct mlease *)pa)->id,
+             b = (uint64_t)((const struct mlease *)pb)->id;
+    return (a > b) - (a < b);
+}
+
+static void check_leases(struct kvt *t, const struct model *m, uint64_t seed, int op,
+                         const char *when)
+{
+    static struct lgot got;
+    static struct out want;
+    got.o.n = want.n = 0;
+    got.o.b[0] = want.b[0] = 0;
+    got.n = 0;
+    struct kv_err err;
+    outf(&got.o, "list[");
+    cr_assert_eq(kv_store_leases(t->s, lease_list_cb, &got, &err), 0, "%s", err.msg);
+    outf(&got.o, "]");
+    for (int i = 0; i < NLIDS; i++) {
+        struct kv_lease l;
+        outf(&got.o, " %lld:", (long long)LIDS[i]);
+        got.n = 0;
+        int rc = kv_store_lease_get(t->s, LIDS[i], &l, lease_key_cb, &got, &err);
+        cr_assert_geq(rc, 0, "%s", err.msg);
+        if (rc == 0)
+            outf(&got.o, "none");
+        else
+            outf(&got.o, "=%lld:%lld/%lld", (long long)l.id, (long long)l.ttl,
+                 (long long)l.remaining);
+    }
+    struct mlease ls[MAXL];
+    memcpy(ls, m->ls, sizeof ls);
+    qsort(ls, (size_t)m->nl, sizeof ls[0], mlease_cmp);
+    outf(&want, "list[");
+    for (int i = 0; i < m->nl; i++)
+        outf(&want, "%lld:%lld/%lld ", (long long)ls[i].id, (long long)ls[i].ttl,
+             (long long)ls[i].rem);
+    outf(&want, "]");
+    for (int i = 0; i < NLIDS; i++) {
+        int64_t id = LIDS[i];
+        outf(&want, " %lld:", (long long)id);
+        const struct mlease *l = NULL;
+        for (int j = 0; j < m->nl; j++)
+            if (m->ls[j].id == id)
+                l = &m->ls[j];
+        if (!l) {
+            outf(&want, "none");
+            continue;
+        }
+        int n = 0;
+        for (int j = 0; j < m->n; j++) /* the model's keys are in key order */
+            if (m->kv[j].lease == id)
+                outf(&want, "%s%s", n++ ? "," : "", m->kv[j].key);
+        outf(&want, "=%lld:%lld/%lld", (long long)id, (long long)l->ttl, (long long)l->rem);
+    }
+    cr_assert_str_eq(got.o.b, want.b, "seed %llu op %d (leases, %s)\n got  %s\n want %s",
+                     (unsigned long long)seed, op, when, got.o.b, want.b);
+}
+
 struct pending {
     uint8_t *cmd;
     size_t len;
     char want[16384];
 };
 
-static void flush(struct kvt *t, struct pending *p, int n, uint64_t seed, int op)
+static void flush(struct kvt *t, const struct model *m, struct pending *p, int n, uint64_t seed,
+                  int op)
 {
     if (!n)
         return;
@@ -822,6 +1056,7 @@ static void flush(struct kvt *t, struct pending *p, int n, uint64_t seed, int op
         free(res[i].data);
         free(p[i].cmd);
     }
+    check_leases(t, m, seed, op, "after a batch");
 }
 
 static void run_seed(uint64_t seed)
@@ -838,7 +1073,7 @@ static void run_seed(uint64_t seed)
     for (int op = 0; op < OPS; op++) {
         int x = rn(100);
         if (x < 20) { /* a read, served outside the log */
-            flush(&t, pend, np, seed, op), np = 0;
+            flush(&t, &m, pend, np, seed, op), np = 0;
             Etcdserverpb__RangeRequest r;
             kvt_range_req(&r, rkey(), rend());
             rand_range(&r, &m);
@@ -865,13 +1100,13 @@ static void run_seed(uint64_t seed)
             continue;
         }
         if (x < 26) { /* the history's events from a revision */
-            flush(&t, pend, np, seed, op), np = 0;
+            flush(&t, &m, pend, np, seed, op), np = 0;
             check_events(&t, &m, seed, op);
             continue;
         }
         if (x == 27) { /* a snapshot, restored into a new store that takes over: the history
                         * goes with it */
-            flush(&t, pend, np, seed, op), np = 0;
+            flush(&t, &m, pend, np, seed, op), np = 0;
             struct kvt_buf b = {0};
             uint64_t idx, term;
             kvt_snapshot(&t, &b, &idx, &term);
@@ -883,20 +1118,26 @@ static void run_seed(uint64_t seed)
             free(b.data);
             kvt_close(&t);
             t = t2;
+            check_leases(&t, &m, seed, op, "after a snapshot restore");
             continue;
         }
         if (x == 26) { /* a restart */
-            flush(&t, pend, np, seed, op), np = 0;
+            flush(&t, &m, pend, np, seed, op), np = 0;
             kvt_reopen(&t);
             cr_assert_eq(kv_store_applied_index(t.s), t.index);
+            check_leases(&t, &m, seed, op, "after a reopen");
             continue;
         }
         Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
         Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
         Etcdserverpb__DeleteRangeRequest d = ETCDSERVERPB__DELETE_RANGE_REQUEST__INIT;
         Etcdserverpb__CompactionRequest cp = ETCDSERVERPB__COMPACTION_REQUEST__INIT;
+        Etcdserverpb__LeaseGrantRequest g = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+        Etcdserverpb__LeaseRevokeRequest rv = ETCDSERVERPB__LEASE_REVOKE_REQUEST__INIT;
+        Etcdserverpb__LeaseCheckpointRequest ck = ETCDSERVERPB__LEASE_CHECKPOINT_REQUEST__INIT;
+        Etcdserverpb__LeaseCheckpoint cks[3], *ckp[3];
         Etcdserverpb__TxnRequest *tx = NULL;
-        if (x < 55) {
+        if (x < 48) {
             p.key = kvt_bin(rkey());
             p.value = kvt_bin(rval());
             p.prev_kv = rn(2);
@@ -905,8 +1146,34 @@ static void run_seed(uint64_t seed)
                 if (rn(3))
                     p.value = (ProtobufCBinaryData){0, NULL};
             }
+            p.lease = rlease(&m);
+            if (rn(6) == 0) {
+                p.ignore_lease = 1;
+                if (rn(4))
+                    p.lease = 0;
+            }
             c.op_case = CRAFT__KV__COMMAND__OP_PUT;
             c.put = &p;
+        } else if (x < 53) {
+            g.id = rn(12) == 0 ? 0 : rid();
+            g.ttl = rn(40) == 0 ? KV_MAX_LEASE_TTL + rn(2) : 1 + rn(100);
+            c.op_case = CRAFT__KV__COMMAND__OP_LEASE_GRANT;
+            c.lease_grant = &g;
+        } else if (x < 55) {
+            rv.id = rn(4) && m.nl ? m.ls[rn(m.nl)].id : rn(8) ? rid() : 0;
+            c.op_case = CRAFT__KV__COMMAND__OP_LEASE_REVOKE;
+            c.lease_revoke = &rv;
+        } else if (x < 56) {
+            ck.n_checkpoints = (size_t)(1 + rn(3));
+            for (size_t i = 0; i < ck.n_checkpoints; i++) {
+                etcdserverpb__lease_checkpoint__init(&cks[i]);
+                cks[i].id = rn(3) && m.nl ? m.ls[rn(m.nl)].id : rid();
+                cks[i].remaining_ttl = rn(20) == 0 ? -1 : rn(150);
+                ckp[i] = &cks[i];
+            }
+            ck.checkpoints = ckp;
+            c.op_case = CRAFT__KV__COMMAND__OP_LEASE_CHECKPOINT;
+            c.lease_checkpoint = &ck;
         } else if (x < 70) {
             d.key = kvt_bin(rkey());
             d.range_end = kvt_bin(rend());
@@ -936,11 +1203,11 @@ static void run_seed(uint64_t seed)
         if (tx)
             kb_free(tx);
         if (np == batch) {
-            flush(&t, pend, np, seed, op + 1), np = 0;
+            flush(&t, &m, pend, np, seed, op + 1), np = 0;
             batch = 1 + rn(6);
         }
     }
-    flush(&t, pend, np, seed, OPS);
+    flush(&t, &m, pend, np, seed, OPS);
     /* the final state, key by key */
     Etcdserverpb__RangeRequest all;
     kvt_range_req(&all, KVT_FROM, KVT_FROM);
@@ -955,10 +1222,11 @@ static void run_seed(uint64_t seed)
     cr_assert_eq(kv_store_status(t.s, &rev, &comp, NULL, NULL), 0);
     cr_assert_eq(rev, m.rev, "seed %llu", (unsigned long long)seed);
     cr_assert_eq(comp, m.compact, "seed %llu", (unsigned long long)seed);
+    check_leases(&t, &m, seed, OPS, "final");
     kvt_close(&t);
 }
 
-Test(kv_model, random_sequences_match_the_reference_model, .timeout = 280)
+Test(kv_model, random_sequences_match_the_reference_model, .timeout = 840)
 {
     const char *only = getenv("KV_MODEL_SEED");
     if (only) {

@@ -1,11 +1,13 @@
 /* basic_test.c: a 3-member cluster elects exactly one leader; 10,000 concurrent proposals commit
- * and every member applies the same sequence. */
+ * and every member applies the same sequence; a slow apply is logged as etcd logs it. */
 #include <criterion/criterion.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "log/log.h"
 #include "tests/node/cluster.h"
 
 TestSuite(node_basic, .timeout = 120);
@@ -194,4 +196,51 @@ Test(node_basic, members_seen_running_are_remembered_across_restart)
     cr_assert_not(raft_node_has_run(c.m[l].node, c.ids[2]));
     pthread_rwlock_unlock(&c.m[l].rw);
     cluster_destroy(&c);
+}
+
+/* Reads the whole file at path (malloc'd, NUL-terminated). */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "%s", path);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return strdup(buf);
+}
+
+Test(node_basic, slow_apply_is_logged_with_etcds_words)
+{
+    char path[] = "/tmp/craft_node_log_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    struct log_config lc = {.outputs = path, .level = LOG_LEVEL_WARN};
+    char err[256];
+    cr_assert_eq(log_configure(&lc, err, sizeof err), 0, "%s", err);
+
+    struct cluster c;
+    cluster_init(&c, 1, 50, 300);
+    c.tmpl.warn_apply_ms = 1;
+    cluster_start_all(&c);
+    int l = cluster_wait_leader(&c, 5000);
+    cr_assert_geq(l, 0);
+    memfsm_slow_apply(c.m[l].fsm, 5000); /* 5 ms per apply() call, over the 1 ms threshold */
+    uint64_t index = 0;
+    cr_assert_eq(cluster_propose_wait(&c, (size_t)l, 7, 5000, &index, NULL), 0);
+    char *out = read_text(path);
+    char want[160];
+    snprintf(want, sizeof want, "\"msg\":\"apply request took too long\",\"member\":\"%" PRIx64 "\"",
+             c.m[l].id);
+    cr_assert(strstr(out, want), "%s", out);
+    cr_assert(strstr(out, "\"expected-duration\":\"1ms\",\"entries\":1"), "%s", out);
+    snprintf(want, sizeof want, "\"first-index\":%" PRIu64 ",\"last-index\":%" PRIu64 "}", index,
+             index);
+    cr_assert(strstr(out, want), "%s", out);
+    cr_assert(strstr(out, "\"level\":\"warn\""));
+    free(out);
+    cluster_destroy(&c);
+    log_reset();
+    unlink(path);
 }

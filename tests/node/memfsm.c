@@ -19,6 +19,7 @@ struct memfsm {
     size_t calls, max_batch;
     bool order_error;
     uint64_t fail_from;
+    unsigned slow_apply_us; /* each apply() call takes at least this long */
     uint64_t base;      /* index of the snapshot last restored (applied_index()) */
     size_t snapshots;   /* snapshot_write calls that succeeded */
     bool snap_fail;     /* snapshot_write fails with -ENOSPC (a full disk) */
@@ -29,6 +30,10 @@ static int mf_apply(void *ctx, const struct raft_entry *e, size_t n, uint64_t la
 {
     struct memfsm *m = ctx;
     pthread_mutex_lock(&m->mu);
+    if (m->slow_apply_us) { /* a slow state machine (the slowness under test, not a wait) */
+        struct timespec d = {0, (long)m->slow_apply_us * 1000};
+        nanosleep(&d, NULL);
+    }
     if (m->fail_from && last_index >= m->fail_from) {
         pthread_mutex_unlock(&m->mu);
         return -EIO;
@@ -315,6 +320,13 @@ void memfsm_fail_from(struct memfsm *m, uint64_t index)
 {
     pthread_mutex_lock(&m->mu);
     m->fail_from = index;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void memfsm_slow_apply(struct memfsm *m, unsigned us)
+{
+    pthread_mutex_lock(&m->mu);
+    m->slow_apply_us = us;
     pthread_mutex_unlock(&m->mu);
 }
 

@@ -41,6 +41,9 @@ void memfsm_fail_snapshots(struct memfsm *m, bool on);
 /* Make apply() fail (return -EIO) for any batch reaching index >= `index` (0 = never). */
 void memfsm_fail_from(struct memfsm *m, uint64_t index);
 
+/* Make each apply() call take at least `us` microseconds (< 1 s; 0 = as fast as it can). */
+void memfsm_slow_apply(struct memfsm *m, unsigned us);
+
 /* Payload helpers: `len` >= 8 bytes, id in the first 8. */
 void memfsm_payload(uint8_t *buf, size_t len, uint64_t id);
 

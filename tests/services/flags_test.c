@@ -288,6 +288,49 @@ Test(flags, listen_metrics_urls)
     refused("whole seconds", parse("--metrics-timeout=1500ms", TLS_FLAGS, NULL));
 }
 
+Test(flags, logging)
+{
+#define ONE "--initial-cluster", "default=https://127.0.0.1:2380", TLS_FLAGS
+    cr_assert_eq(parse(ONE, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.log_format, LOG_FORMAT_JSON, "etcd's zap by default");
+    cr_assert_eq(cfg.log_level, LOG_LEVEL_INFO);
+    cr_assert_str_eq(cfg.log_outputs, "default");
+    cr_assert_eq(cfg.max_log_line_bytes, 4096);
+    cr_assert_eq(cfg.log_rate_limit_interval_ms, 10000);
+    cr_assert_eq(cfg.log_rate_limit_burst, 3);
+    cr_assert_eq(cfg.warning_apply_ms, 100, "etcd's --experimental-warning-apply-duration");
+    cr_assert_eq(cfg.warning_fdatasync_ms, 1000, "etcd's slow fdatasync threshold");
+
+    cr_assert_eq(parse(ONE, "--logger", "capnslog", "--log-level=warn", "--log-outputs",
+                       "stderr,/var/log/craft.log", "--max-log-line-bytes", "512",
+                       "--log-rate-limit-interval", "1m", "--log-rate-limit-burst", "10",
+                       "--experimental-warning-apply-duration", "250ms",
+                       "--warning-fdatasync-duration", "2s", NULL),
+                 0, "%s", err);
+    cr_assert_eq(cfg.log_format, LOG_FORMAT_TEXT);
+    cr_assert_eq(cfg.log_level, LOG_LEVEL_WARN);
+    cr_assert_str_eq(cfg.log_outputs, "stderr,/var/log/craft.log");
+    cr_assert_eq(cfg.max_log_line_bytes, 512);
+    cr_assert_eq(cfg.log_rate_limit_interval_ms, 60000);
+    cr_assert_eq(cfg.log_rate_limit_burst, 10);
+    cr_assert_eq(cfg.warning_apply_ms, 250);
+    cr_assert_eq(cfg.warning_fdatasync_ms, 2000);
+
+    cr_assert_eq(parse(ONE, "--logger", "zapp", NULL), -1);
+    cr_assert_str_eq(err, "invalid value \"zapp\" for flag -logger: want zap or capnslog");
+    cr_assert_eq(parse(ONE, "--log-level", "warning", NULL), -1);
+    cr_assert(strstr(err, "invalid value \"warning\" for flag -log-level"), "%s", err);
+    cr_assert_eq(parse(ONE, "--log-outputs", "stderr,", NULL), -1);
+    cr_assert(strstr(err, "--log-outputs: an empty output"), "%s", err);
+    cr_assert_eq(parse(ONE, "--log-outputs", "a,b,c,d,e,f,g,h,i", NULL), -1);
+    cr_assert(strstr(err, "at most 8"), "%s", err);
+    cr_assert_eq(parse(ONE, "--max-log-line-bytes", "100", NULL), -1);
+    cr_assert(strstr(err, "--max-log-line-bytes wants a whole number from 256 to 16384"), "%s", err);
+    cr_assert_eq(parse(ONE, "--experimental-warning-apply-duration", "0s", NULL), -1);
+    cr_assert(strstr(err, "--experimental-warning-apply-duration wants a duration"), "%s", err);
+#undef ONE
+}
+
 Test(flags, leases)
 {
     cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);

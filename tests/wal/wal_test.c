@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "log/log.h"
 #include "raft/wal/crc32c.h"
 #include "raft/wal/wal.h"
 #include "tests/wal/wal_test_util.h"
@@ -1135,4 +1136,58 @@ Test(wal, reset_on_a_full_disk_defers_preallocation)
     cr_assert_eq(wal_last_index(w), 51);
     tu_expect_entry(w, 51, 2, 10, 0);
     wal_close(w);
+}
+
+/* Lines of the log file at path that contain needle. */
+static int lines_with(const char *path, const char *needle, char *first, size_t first_len)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert(f);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle) && n++ == 0 && first)
+            snprintf(first, first_len, "%s", line);
+    fclose(f);
+    return n;
+}
+
+Test(wal, slow_fdatasync_is_logged_and_rate_limited)
+{
+    char *path = tu_path(dir, "craft.log");
+    struct log_config lc = {.outputs = path, .repeat_burst = 2, .repeat_interval_ms = 3600000};
+    char err[256];
+    cr_assert_eq(log_configure(&lc, err, sizeof err), 0, "%s", err);
+    struct wal_options o;
+    small_opts(&o, 1 << 20);
+    o.warn_sync_ns = 1; /* every fdatasync is "slow" */
+    o.log_id = 0xabc;
+    struct wal *w = tu_open(dir, &o);
+    for (uint64_t i = 1; i <= 6; i++)
+        tu_append_sync(w, i, 1, 10, 0); /* one fdatasync each, at least */
+    wal_close(w);
+    char first[4096] = "";
+    cr_assert_eq(lines_with(path, "\"msg\":\"slow fdatasync\"", first, sizeof first), 2,
+                 "the burst, then nothing within the window");
+    cr_assert(strstr(first, "\"level\":\"warn\""), "%s", first);
+    cr_assert(strstr(first, "\"member\":\"abc\",\"took\":\""), "%s", first);
+    cr_assert(strstr(first, "\"expected-duration\":\"1ns\"}"), "%s", first);
+    log_flush_suppressed(true); /* at exit: the rest, counted */
+    char last[4096];
+    cr_assert_eq(lines_with(path, "slow fdatasync (suppressed ", last, sizeof last), 1);
+    log_reset();
+
+    /* Under the threshold: nothing. */
+    char *dir2 = tu_mkdtemp();
+    lc.repeat_burst = 0;
+    cr_assert_eq(log_configure(&lc, err, sizeof err), 0, "%s", err);
+    o.warn_sync_ns = 3600ull * 1000000000; /* an hour */
+    w = tu_open(dir2, &o);
+    tu_append_sync(w, 1, 1, 10, 0);
+    wal_close(w);
+    cr_assert_eq(lines_with(path, "slow fdatasync", NULL, 0), 3, "no new line");
+    log_reset();
+    tu_rmtree(dir2);
+    free(dir2);
+    free(path);
 }
