@@ -2081,6 +2081,17 @@ void kv_store_set_lease_hook(struct kv_store *s,
     s->lease_arg = arg;
 }
 
+struct key_stop {
+    int (*cb)(void *arg, const uint8_t *key, size_t len);
+    void *arg;
+};
+
+static int key_stop_cb(void *arg, const uint8_t *key, size_t len)
+{
+    struct key_stop *k = arg;
+    return k->cb(k->arg, key, len) != 0;
+}
+
 int kv_store_lease_get(struct kv_store *s, int64_t id, struct kv_lease *out,
                        int (*key_cb)(void *arg, const uint8_t *key, size_t len), void *arg,
                        struct kv_err *err)
@@ -2091,7 +2102,9 @@ int kv_store_lease_get(struct kv_store *s, int64_t id, struct kv_lease *out,
     bool found;
     int rc = lease_read(c.txn, s->lease, id, out, &found);
     if (rc == 0 && found && key_cb) {
-        int x = lease_keys_walk(c.txn, s->lkeys, id, key_cb, arg);
+        /* the walk's negative values are LMDB's; any value of key_cb's only stops it */
+        struct key_stop ks = {key_cb, arg};
+        int x = lease_keys_walk(c.txn, s->lkeys, id, key_stop_cb, &ks);
         rc = x < 0 ? -x : 0;
     }
     if (rc) {

@@ -319,8 +319,8 @@ struct kv_lease {
 };
 
 /* Reads lease `id` from one read transaction; with key_cb, calls it for each attached key in
- * key order (a nonzero return stops the walk, and is returned). 1 found (*out filled), 0 not
- * found, -1 with *err (storage). Any thread, concurrently with apply. */
+ * key order (a nonzero return stops the walk). 1 found (*out filled), 0 not found, -1 with
+ * *err (storage). Any thread, concurrently with apply. */
 int kv_store_lease_get(struct kv_store *s, int64_t id, struct kv_lease *out,
                        int (*key_cb)(void *arg, const uint8_t *key, size_t len), void *arg,
                        struct kv_err *err);
