@@ -6,7 +6,8 @@
 //	keepalive   -leases leases (TTL 60) kept alive over -streams raw LeaseKeepAlive streams
 //	            (one connection each, round-robin over the endpoints), -window keep-alives in
 //	            flight per stream: keep-alives answered per second. An answer with TTL <= 0 or
-//	            for another lease than the one it follows is an error.
+//	            for a lease with no keep-alive outstanding on that stream is an error (answers are
+//	            matched by ID: a server may answer out of order).
 //	grant       -concurrency goroutines (over -conns connections) each loop LeaseGrant (TTL 60)
 //	            then LeaseRevoke: grant+revoke pairs per second, and the pair's latency.
 //	lock-one    -clients clients (one connection and one session, TTL 10, each) loop
@@ -165,7 +166,7 @@ func benchKeepAlive(eps []string) result {
 		}
 		tokens := make(chan struct{}, *flagWindow)
 		var mu sync.Mutex
-		var fifo []int64
+		outstanding := map[int64]int{}
 		done.Add(2)
 		go func() { // receiver
 			defer done.Done()
@@ -174,14 +175,17 @@ func benchKeepAlive(eps []string) result {
 				if err != nil {
 					return
 				}
+				// Matched by ID, not by order: a server may answer a stream's
+				// keep-alives out of order (craft renews them concurrently; clientv3
+				// matches answers by ID too).
 				mu.Lock()
-				want := int64(0)
-				if len(fifo) > 0 {
-					want, fifo = fifo[0], fifo[1:]
+				sent := outstanding[resp.ID] > 0
+				if sent {
+					outstanding[resp.ID]--
 				}
 				mu.Unlock()
 				if atomic.LoadInt32(&measuring) == 1 {
-					if resp.TTL <= 0 || resp.ID != want {
+					if resp.TTL <= 0 || !sent {
 						atomic.AddInt64(&errs, 1)
 					} else {
 						atomic.AddInt64(&answered, 1)
@@ -207,7 +211,7 @@ func benchKeepAlive(eps []string) result {
 					return
 				}
 				mu.Lock()
-				fifo = append(fifo, id)
+				outstanding[id]++
 				mu.Unlock()
 				if err := stream.Send(&pb.LeaseKeepAliveRequest{ID: id}); err != nil {
 					return
