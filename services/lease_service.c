@@ -2,11 +2,15 @@
  * lease_service.h; docs/lease.md).
  *
  * Locks: ls->mu guards the lessor, the stream list and `stopping`; each stream's mu guards its
- * own state. ls->mu is never taken while a stream's mu is held. Proposals that must reach the
- * log in the lessor's order (checkpoints, and the checkpoint reset before a renew) are made
- * while holding ls->mu: raft_node_propose only queues, and the node never calls back into us
- * with its own mutex held. Every use of the node from a handler or the lessor thread is inside
- * the node gate, which lease_service_stop closes before the node stops. */
+ * own state. ls->mu is never taken while a stream's mu is held, and no proposal is made with
+ * ls->mu held: raft_node_propose may apply committed entries on the caller's thread, and
+ * applying calls the store's lease hook and completion callbacks, which take ls->mu. Proposals
+ * that must reach the log in the lessor's order (checkpoints, and the checkpoint reset before a
+ * renew) are all made by the lessor thread: a renew that needs a reset queues it (ls->resets,
+ * in token order), and the lessor thread takes that queue in the same ls->mu hold in which it
+ * asks the lessor for checkpoints, then proposes the resets and then the checkpoints, with no
+ * lock held. Every use of the node from a handler or the lessor thread is inside the node gate,
+ * which lease_service_stop closes before the node stops. */
 #include "services/lease_service.h"
 
 #include <errno.h>
@@ -60,6 +64,8 @@ struct lease_service {
     struct lessor_checkpoint *cps; /* the lessor thread's buffer */
     struct renew *waiting;         /* renews held until this leader's lessor is promoted */
     size_t n_waiting;
+    struct renew *resets, **resets_tail; /* renews whose checkpoint reset the lessor thread
+                                            proposes, in token order (see the top) */
 
     pthread_t thread;
     bool started;
@@ -140,6 +146,7 @@ struct renew {
     /* code 0 with ttl, NOT_PRIMARY, or a gRPC status; any thread, exactly once */
     void (*done)(struct renew *r, int code, const char *msg, int64_t ttl);
     struct renew *next_waiting; /* ls->waiting */
+    struct renew *next_reset;   /* ls->resets */
     void (*retry)(struct renew *r); /* after the promotion: NULL = renew_run */
 };
 
@@ -210,8 +217,9 @@ static void on_reset_applied(void *arg, int err, uint64_t index, uint64_t leader
     renew_run(r); /* on the applier thread: only the lessor and a queued proposal */
 }
 
-/* ls->mu held, inside the gate: proposes a checkpoint recording remaining 0 for r's lease. */
-static int propose_reset_locked(struct renew *r)
+/* Lessor thread, no lock held, inside the gate: proposes a checkpoint recording remaining 0
+ * for r's lease. */
+static int propose_reset(struct renew *r)
 {
     Etcdserverpb__LeaseCheckpoint c = ETCDSERVERPB__LEASE_CHECKPOINT__INIT;
     Etcdserverpb__LeaseCheckpoint *cp = &c;
@@ -229,6 +237,32 @@ static int propose_reset_locked(struct renew *r)
     return rc;
 }
 
+/* ls->mu held: the queued resets, in token order; the queue is left empty. */
+static struct renew *resets_take_locked(struct lease_service *ls)
+{
+    struct renew *list = ls->resets;
+    ls->resets = NULL;
+    ls->resets_tail = &ls->resets;
+    return list;
+}
+
+/* Lessor thread (inside the gate, propose true) or stop (false), no lock held: proposes each
+ * queued reset in order, or fails it with why. */
+static void resets_run(struct renew *list, bool propose, const char *why)
+{
+    while (list) {
+        struct renew *r = list;
+        list = r->next_reset;
+        int prc = propose ? propose_reset(r) : RAFT_NODE_ESHUTDOWN;
+        if (prc != 0) {
+            int code;
+            const char *msg;
+            node_error(prc, &code, &msg);
+            r->done(r, code, propose ? msg : why, 0);
+        }
+    }
+}
+
 /* Renews r->id here if this member's lessor is the promoted leader's; r->done says how. */
 static void renew_run(struct renew *r)
 {
@@ -243,19 +277,27 @@ static void renew_run(struct renew *r)
     }
     int rc = lessor_renew(ls->lessor, r->id, clock_now_ms(), &ttl, &token);
     if (rc == LESSOR_NEEDS_RESET) {
-        int prc = RAFT_NODE_EBUSY;
-        if (r->attempts++ < RESET_ATTEMPTS && node_gate_enter(&ls->gate)) {
+        /* The lessor thread proposes it, in token order (see the top); this thread may be the
+         * applier, or a proposer applying inline. */
+        bool queued = r->attempts++ < RESET_ATTEMPTS;
+        if (queued) {
             r->token = token;
-            prc = propose_reset_locked(r);
-            node_gate_leave(&ls->gate);
+            r->next_reset = NULL;
+            *ls->resets_tail = r;
+            ls->resets_tail = &r->next_reset;
         }
         pthread_mutex_unlock(&ls->mu);
-        if (prc != 0) {
+        if (!queued) {
             int code;
             const char *msg;
-            node_error(prc, &code, &msg);
+            node_error(RAFT_NODE_EBUSY, &code, &msg);
             r->done(r, code, msg, 0);
+            return;
         }
+        pthread_mutex_lock(&ls->tmu);
+        ls->kick = true;
+        pthread_cond_signal(&ls->tcv);
+        pthread_mutex_unlock(&ls->tmu);
         return;
     }
     if (rc == LESSOR_OK)
@@ -1082,7 +1124,11 @@ static void checkpoint_due(struct lease_service *ls, int64_t now)
 {
     while (atomic_load(&ls->cp_inflight) < LEASE_CHECKPOINTS_INFLIGHT) {
         pthread_mutex_lock(&ls->mu);
+        /* the resets queued before these checkpoints were offered go into the log first */
+        struct renew *resets = resets_take_locked(ls);
         size_t k = lessor_checkpoints(ls->lessor, now, ls->cps, LEASE_CHECKPOINT_BATCH);
+        pthread_mutex_unlock(&ls->mu);
+        resets_run(resets, true, NULL);
         int rc = -1;
         if (k) {
             Etcdserverpb__LeaseCheckpoint *v = calloc(k, sizeof *v);
@@ -1102,18 +1148,18 @@ static void checkpoint_due(struct lease_service *ls, int64_t now)
                 r.n_checkpoints = k;
                 r.checkpoints = pv;
                 if (kv_cmd_encode_lease_checkpoint(&r, &cmd, &len) == 0) {
-                    /* under ls->mu: in the log in the lessor's order (renew's reset rule) */
+                    /* no lock held (see the top); only this thread proposes checkpoints */
+                    atomic_fetch_add(&ls->cp_inflight, 1);
                     rc = raft_node_propose(ls->node, cmd, len, (int)ls->cfg.timeout_ms,
                                            on_checkpoint_done, ls, NULL);
-                    if (rc == 0)
-                        atomic_fetch_add(&ls->cp_inflight, 1);
+                    if (rc != 0)
+                        atomic_fetch_sub(&ls->cp_inflight, 1);
                 }
             }
             free(cmd);
             free(v);
             free(pv);
         }
-        pthread_mutex_unlock(&ls->mu);
         if (k < LEASE_CHECKPOINT_BATCH || rc != 0)
             break;
     }
@@ -1136,9 +1182,17 @@ static void lessor_tick(struct lease_service *ls, struct lessor_loop *lp)
     bool primary = lessor_is_primary(ls->lessor) && !ls->repromote;
     if (st.core.role != RAFT_LEADER && (lessor_is_primary(ls->lessor) || lp->term))
         lessor_demote(ls->lessor);
+    struct renew *resets = resets_take_locked(ls);
     pthread_mutex_unlock(&ls->mu);
+    resets_run(resets, true, NULL); /* a failed proposal answers the renew with its error */
     if (st.core.role != RAFT_LEADER) {
         lp->term = 0;
+    } else if ((!primary || lp->term != st.core.term) && lp->term == st.core.term &&
+               atomic_load(&ls->cp_inflight) > 0) {
+        /* Promoted again in the same term (a restore, a grant it could not track): not while
+         * a checkpoint of ours is in flight, or the store could be read before it applies and
+         * a renew would skip the reset that checkpoint needs (a new term's read index waits
+         * for the old term's entries). Next tick. */
     } else if (!primary || lp->term != st.core.term) {
         lp->term = promote(ls) == 0 ? st.core.term : 0;
         lp->tokens = 0;
@@ -1230,6 +1284,7 @@ struct lease_service *lease_service_create(const struct lease_service_config *cf
     }
     node_gate_init(&ls->gate);
     pthread_mutex_init(&ls->mu, NULL);
+    ls->resets_tail = &ls->resets;
     pthread_mutex_init(&ls->tmu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1301,6 +1356,10 @@ void lease_service_stop(struct lease_service *ls)
         ls->started = false;
     }
     waiting_flush(ls, false, ERR_STOPPED); /* none come after `stopping` */
+    pthread_mutex_lock(&ls->mu);
+    struct renew *resets = resets_take_locked(ls);
+    pthread_mutex_unlock(&ls->mu);
+    resets_run(resets, false, ERR_STOPPED);
     node_gate_close(&ls->gate); /* a promotion's read index ends within the proposal timeout */
     pthread_mutex_lock(&ls->mu);
     lessor_demote(ls->lessor);

@@ -294,14 +294,16 @@ static int lease_link(MDB_txn *txn, MDB_dbi lkeys, int64_t id, const void *key, 
 }
 
 /* Calls cb for each key attached to lease id, in key order; cb's nonzero return stops the walk
- * and is returned. 0, an LMDB code (negated, so it cannot pass for cb's), or cb's value. */
+ * and is returned. 0 or cb's value; an LMDB failure sets *lmdb (else 0) and returns 0. */
 static int lease_keys_walk(MDB_txn *txn, MDB_dbi lkeys, int64_t id,
-                           int (*cb)(void *arg, const uint8_t *key, size_t len), void *arg)
+                           int (*cb)(void *arg, const uint8_t *key, size_t len), void *arg,
+                           int *lmdb)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(txn, lkeys, &cur);
+    *lmdb = rc;
     if (rc)
-        return -rc;
+        return 0;
     uint8_t kb[8];
     kv_be64_put(kb, (uint64_t)id);
     MDB_val k = {8, kb}, v;
@@ -314,7 +316,7 @@ static int lease_keys_walk(MDB_txn *txn, MDB_dbi lkeys, int64_t id,
     }
     mdb_cursor_close(cur);
     if (rc != 0 && rc != MDB_NOTFOUND && out == 0)
-        return -rc;
+        *lmdb = rc;
     return out;
 }
 
@@ -1472,10 +1474,11 @@ static int revoke_exec(struct kv_ctx *c, int64_t id, Etcdserverpb__LeaseRevokeRe
     if (!found)
         return req_fail(err, KV_CODE_NOT_FOUND, KV_ERR_LEASE_NOT_FOUND);
     struct key_list keys = {0};
-    rc = lease_keys_walk(c->txn, c->s->lkeys, id, key_collect, &keys);
-    if (rc) {
+    int lmdb;
+    rc = lease_keys_walk(c->txn, c->s->lkeys, id, key_collect, &keys, &lmdb);
+    if (rc || lmdb) {
         free(keys.buf);
-        return sys_fail(c, rc < 0 ? -rc : rc);
+        return sys_fail(c, lmdb ? lmdb : rc);
     }
     size_t off = 0;
     for (size_t i = 0; i < keys.n && rc == 0; i++) {
@@ -2102,10 +2105,9 @@ int kv_store_lease_get(struct kv_store *s, int64_t id, struct kv_lease *out,
     bool found;
     int rc = lease_read(c.txn, s->lease, id, out, &found);
     if (rc == 0 && found && key_cb) {
-        /* the walk's negative values are LMDB's; any value of key_cb's only stops it */
+        /* any value of key_cb's only stops the walk; rc is LMDB's */
         struct key_stop ks = {key_cb, arg};
-        int x = lease_keys_walk(c.txn, s->lkeys, id, key_stop_cb, &ks);
-        rc = x < 0 ? -x : 0;
+        lease_keys_walk(c.txn, s->lkeys, id, key_stop_cb, &ks, &rc);
     }
     if (rc) {
         c.sys = rc;
