@@ -940,14 +940,17 @@ static int collect_id(void *arg, const struct kv_lease *l)
     return 0;
 }
 
-static void handle_leases(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+/* LeaseLeases lists the store once this member has applied everything committed when the call
+ * arrived (a ReadIndex round), so a lease revoked or expired anywhere before the call is never
+ * listed. etcd 3.4 lists its local lessor without that round; a client that asks a lagging
+ * follower there can see a lease that is already gone. */
+struct leases_op {
+    struct lease_service *ls;
+    struct rpc_call *call;
+};
+
+static void serve_leases(struct lease_service *ls, struct rpc_call *call)
 {
-    (void)m;
-    struct lease_service *ls = ctx;
-    if (kv_service_is_learner(ls->kv)) {
-        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, KV_ERR_LEARNER);
-        return;
-    }
     /* each listed lease costs at most 13 bytes on the wire */
     struct idlist a = {.max = (ls->cfg.max_send_bytes - (64u << 10)) / 13};
     struct kv_err err;
@@ -979,6 +982,54 @@ static void handle_leases(struct rpc_call *call, const ProtobufCMessage *m, void
         }
     }
     free(a.v);
+}
+
+static void fail_node(struct rpc_call *call, int err)
+{
+    int code;
+    const char *msg;
+    node_error(err, &code, &msg);
+    rpc_call_fail(call, (grpc_status_code)code, msg);
+}
+
+/* a node thread, once: the service outlives the node (lease_service_destroy comes after
+ * raft_node_stop, which fires every pending read first) */
+static void on_leases_read(void *arg, int err, uint64_t index)
+{
+    (void)index;
+    struct leases_op *o = arg;
+    if (err)
+        fail_node(o->call, err);
+    else
+        serve_leases(o->ls, o->call);
+    free(o);
+}
+
+static void handle_leases(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    (void)m;
+    struct lease_service *ls = ctx;
+    if (kv_service_is_learner(ls->kv)) {
+        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, KV_ERR_LEARNER);
+        return;
+    }
+    struct leases_op *o = malloc(sizeof *o);
+    if (!o) {
+        rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    *o = (struct leases_op){ls, call};
+    if (!node_gate_enter(&ls->gate)) {
+        free(o);
+        rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, ERR_STOPPED);
+        return;
+    }
+    int rc = raft_node_read_index(ls->node, (int)ls->cfg.timeout_ms, on_leases_read, o);
+    node_gate_leave(&ls->gate);
+    if (rc != 0) {
+        free(o);
+        fail_node(call, rc);
+    }
 }
 
 /* ---- the store's lease hook (applier thread) ---------------------------------------------- */

@@ -333,12 +333,19 @@ Test(lease, grant_attach_ttl_revoke_through_a_follower, .fini = teardown, .timeo
     cr_assert_eq(keepalive_retry(f, 777), 30);
     cr_assert_eq(keepalive(f, 4242), 0);
 
-    /* revoke through the follower: both keys go at one new revision */
+    /* revoke through the follower while the third member is paused: both keys go at one new
+     * revision, and once it runs again it is behind - LeaseLeases there still must not list the
+     * lease (the list waits for a ReadIndex round) */
+    int g = 3 - l - f;
+    hc_signal(&C, g, SIGSTOP);
     cr_assert_eq(lease_revoke(f, 777, &rev, msg, sizeof msg), GRPC_STATUS_OK, "%s", msg);
+    hc_signal(&C, g, SIGCONT);
+    cr_assert_not(leases_has(g, 777, NULL), "the member that was paused lists a revoked lease");
     cr_assert_eq(rev, rev_b + 1);
     cr_assert_not(exists(f, "a"));
     cr_assert_not(exists(l, "b"));
     cr_assert_not(leases_has(l, 777, NULL));
+    cr_assert_not(leases_has(f, 777, NULL));
     cr_assert_eq(lease_revoke(f, 777, NULL, msg, sizeof msg), GRPC_STATUS_NOT_FOUND);
     cr_assert_str_eq(msg, "etcdserver: requested lease not found");
 }
