@@ -5,7 +5,7 @@
  * out-of-bounds read (ASan) or undefined behaviour (UBSan) - and what is accepted holds what
  * the service relies on: a forwarded answer names the lease asked about and this cluster, with
  * a TTL in range; a prepared Grant has an ID and a TTL the store accepts. Built with clang's
- * libFuzzer (run_lease_fuzz.sh) and as a corpus replay with the default toolchain. */
+ * libFuzzer (run_fuzz.sh) and as a corpus replay with the default toolchain. */
 #include <stdint.h>
 #include <stdlib.h>
 

@@ -4,7 +4,7 @@
  * (ASan) or undefined behaviour (UBSan). A create is normalized as etcd does (an empty key is
  * "\0"), its refusal reason is printable, and a valid one matches its own key exactly when
  * its range says so: a single key and a from-key range always, a range [key, end) always
- * (end > key is checked). Built with clang's libFuzzer (run_watch_fuzz.sh) and as a corpus
+ * (end > key is checked). Built with clang's libFuzzer (run_fuzz.sh) and as a corpus
  * replay with the default toolchain (replay_main.c). */
 #include <stdint.h>
 #include <stdlib.h>
