@@ -75,6 +75,9 @@ struct lease_service {
     bool kick; /* a renew waits for the promotion: tick now */
 
     atomic_uint cp_inflight;
+    /* the term the lessor was last promoted in (0: none), for renew_run's check that no newer
+     * term has begun since (the lessor thread demotes only at its next tick) */
+    atomic_uint_fast64_t primary_term;
     atomic_uint_fast64_t granted, revoked, renewed;
 };
 
@@ -275,7 +278,13 @@ static void renew_run(struct renew *r)
         r->done(r, GRPC_STATUS_UNAVAILABLE, ERR_STOPPED, 0);
         return;
     }
-    int rc = lessor_renew(ls->lessor, r->id, clock_now_ms(), &ttl, &token);
+    /* A newer term began here (this member stepped down, or was re-elected) and the lessor
+     * thread has not caught up yet: not ours to renew - a former leader must not answer a
+     * keep-alive the new leader's lessor never sees. */
+    uint64_t pt = atomic_load(&ls->primary_term);
+    int rc = pt && raft_node_term(ls->node) > pt
+                 ? LESSOR_NOT_PRIMARY
+                 : lessor_renew(ls->lessor, r->id, clock_now_ms(), &ttl, &token);
     if (rc == LESSOR_NEEDS_RESET) {
         /* The lessor thread proposes it, in token order (see the top); this thread may be the
          * applier, or a proposer applying inline. */
@@ -481,6 +490,8 @@ static void *ka_open(struct rpc_stream *rs, void *ctx)
     const char *msg = NULL;
     if (ls->stopping) {
         code = GRPC_STATUS_UNAVAILABLE, msg = ERR_STOPPED;
+    } else if (kv_service_is_learner(ls->kv)) { /* etcd: "rpc not supported for learner" */
+        code = GRPC_STATUS_UNAVAILABLE, msg = KV_ERR_LEARNER;
     } else if (!st || !st->q) {
         code = GRPC_STATUS_RESOURCE_EXHAUSTED, msg = "out of memory";
     } else if (ls->n_streams >= ls->cfg.max_streams) {
@@ -1238,6 +1249,7 @@ static void lessor_tick(struct lease_service *ls, struct lessor_loop *lp)
     resets_run(resets, true, NULL); /* a failed proposal answers the renew with its error */
     if (st.core.role != RAFT_LEADER) {
         lp->term = 0;
+        atomic_store(&ls->primary_term, 0);
     } else if ((!primary || lp->term != st.core.term) && lp->term == st.core.term &&
                atomic_load(&ls->cp_inflight) > 0) {
         /* Promoted again in the same term (a restore, a grant it could not track): not while
@@ -1246,6 +1258,7 @@ static void lessor_tick(struct lease_service *ls, struct lessor_loop *lp)
          * for the old term's entries). Next tick. */
     } else if (!primary || lp->term != st.core.term) {
         lp->term = promote(ls) == 0 ? st.core.term : 0;
+        atomic_store(&ls->primary_term, lp->term);
         lp->tokens = 0;
         lp->last_ms = clock_now_ms();
     } else {
