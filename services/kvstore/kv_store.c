@@ -1788,6 +1788,8 @@ static int fatal(int rc)
 {
     if (rc == ENOMEM)
         return -ENOMEM;
+    if (rc == ENOSPC) /* a full disk (a failed page write at commit): the node logs the cause */
+        return -ENOSPC;
     return -EIO; /* an LMDB error (I/O, corruption, ...) or errno: stop applying */
 }
 
