@@ -16,6 +16,7 @@
  * The applier copies up to max_apply_batch committed entries out of the core's in-memory log
  * under n->mu (no queue of its own to bound: the core already holds them), applies them without
  * any lock, then completes the matching proposals. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>

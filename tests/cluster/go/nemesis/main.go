@@ -75,7 +75,7 @@ var (
 	flagHB       = flag.Int("heartbeat", 100, "members' --heartbeat-interval, ms")
 	flagET       = flag.Int("election", 1000, "members' --election-timeout, ms")
 	flagCheckTO  = flag.Duration("check-budget", 60*time.Second, "search budget of the checker per key")
-	flagBudget   = flag.Duration("budget", 0, "fail if the whole run takes longer (default duration + 4 min)")
+	flagBudget   = flag.Duration("budget", 0, "fail if the whole run takes longer (default duration + 4 min + keys x check-budget)")
 )
 
 var (
@@ -168,6 +168,8 @@ func start(i int) {
 		// Small segments and frequent snapshots: a full disk bites soon, snapshots happen.
 		"--wal-segment-bytes", strconv.Itoa(4 << 20), "--snapshot-count", "2000",
 		"--snapshot-catchup-entries", "500",
+		// Old revisions go, so a long soak does not fill the small disk by itself.
+		"--auto-compaction-mode", "revision", "--auto-compaction-retention", "2000",
 	}
 	f, err := os.OpenFile(m.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
@@ -707,23 +709,29 @@ func (n *nemesis) disk() {
 	recovered := running(i) && waitFor(10*time.Second, func() bool { return put() && healthy(n.admin) })
 	atomic.StoreInt32(&diskFull, 0)
 	if recovered {
-		n.done["disk-recovered-live"]++
+		n.done["disk-live"]++
 		note("disk: %s takes writes again without a restart", m.name)
 		return
 	}
+	// It did not: it must have said why and exited cleanly (exit 1), so it can be restarted.
 	stopped := logSince(i, off, "no space", "enospc", "stopping writes", "input/output", "i/o error")
-	procMu.Lock()
-	exitNote := m.exitNote
-	procMu.Unlock()
 	cause := logSince(i, off, "no space", "space exceeded")
-	if len(stopped) == 0 {
+	procMu.Lock()
+	exitNote, alive := m.exitNote, m.running
+	procMu.Unlock()
+	switch {
+	case len(stopped) == 0:
 		bad("disk: %s neither recovered within 10 s of freeing its disk nor logged why (running %v, exit %s)\n%s",
-			m.name, running(i), exitNote, tail(m.log, 10))
-	} else if len(cause) == 0 {
+			m.name, alive, exitNote, tail(m.log, 10))
+	case len(cause) == 0:
 		bad("disk: %s stopped without logging the cause (no \"no space\" in its log): %s", m.name, stopped[0])
-	} else {
-		n.done["disk-restart"]++
-		note("disk: %s stopped (running %v, exit %q), its log says: %s", m.name, running(i), exitNote, stopped[0])
+	case alive:
+		bad("disk: %s stopped writing (%s) but still runs 10 s after its disk was freed, neither serving nor exiting", m.name, stopped[0])
+	case exitNote != "exit status 1":
+		bad("disk: %s ended with %q, not a clean exit 1; its log: %s", m.name, exitNote, stopped[0])
+	default:
+		n.done["disk-exit"]++
+		note("disk: %s exited 1; its log says: %s", m.name, stopped[0])
 	}
 	note("nemesis: restart %s", m.name)
 	kill9(i)
@@ -743,7 +751,7 @@ func main() {
 		*flagChain = fmt.Sprintf("CRAFTNEM-%d", os.Getpid())
 	}
 	if *flagBudget == 0 {
-		*flagBudget = *flagDuration + 4*time.Minute
+		*flagBudget = *flagDuration + 4*time.Minute + time.Duration(*flagKeys)*(*flagCheckTO)
 	}
 	seed := *flagSeed
 	if seed == 0 {
