@@ -18,8 +18,8 @@
 //	          and a peer port; the chain is flushed to heal and removed at exit
 //	disk      one member's data directory is a small tmpfs from the start (-disk-mb); fill it
 //	          with a file, write through that member, delete the file; the member must take
-//	          writes again (without a restart if it still runs; if it stopped, it must have
-//	          logged why, and is restarted)
+//	          writes again without a restart, or else have logged the cause ("no space") and
+//	          exited 1 (craftd's answer to its node's fail-stop); it is then restarted
 //
 // At the end every fault is healed and, once the members agree, every key is read
 // linearizably (the reads join the history) and serializably on each member (all must agree).
