@@ -541,20 +541,27 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 	}
 }
 
-// healthy: all three answer Status, name one leader, and have applied the same index.
-func healthy(cli *clientv3.Client) bool {
-	var lead uint64
-	var applied uint64
+// healthy: all three answer Status, name one leader, and have applied the same index give or
+// take slack (clients still writing move it between the three calls; a member catching up after
+// a restart is thousands behind).
+func healthy(cli *clientv3.Client, slack uint64) bool {
+	var lead, lo, hi uint64
 	for i := range members {
 		ctx, cancel := ctxT(500 * time.Millisecond)
 		st, err := cli.Status(ctx, ep(i))
 		cancel()
-		if err != nil || st.Leader == 0 || (i > 0 && (st.Leader != lead || st.RaftAppliedIndex != applied)) {
+		if err != nil || st.Leader == 0 || (i > 0 && st.Leader != lead) {
 			return false
 		}
-		lead, applied = st.Leader, st.RaftAppliedIndex
+		lead = st.Leader
+		if a := st.RaftAppliedIndex; i == 0 || a < lo {
+			lo = a
+		}
+		if a := st.RaftAppliedIndex; a > hi {
+			hi = a
+		}
 	}
-	return true
+	return hi-lo <= slack
 }
 
 // ---- the nemesis --------------------------------------------------------------------------------
@@ -623,7 +630,7 @@ func (n *nemesis) run(until time.Time) {
 			n.disk()
 		}
 		n.done[kind]++
-		if !waitFor(30*time.Second, func() bool { return healthy(n.admin) }) {
+		if !waitFor(30*time.Second, func() bool { return healthy(n.admin, 200) }) {
 			bad("after %s: the cluster is not healthy (one leader, all applied alike) within 30 s", kind)
 			for i := range members {
 				note("--- %s.log (last 10 lines)\n%s", members[i].name, tail(members[i].log, 10))
@@ -706,7 +713,7 @@ func (n *nemesis) disk() {
 		hist.add(Op{Client: 1000, Key: keyName(0), Kind: OpWrite, Value: v, Call: c, Return: now(), Ambiguous: err != nil}, err, -1)
 		return err == nil
 	}
-	recovered := running(i) && waitFor(10*time.Second, func() bool { return put() && healthy(n.admin) })
+	recovered := running(i) && waitFor(10*time.Second, func() bool { return put() && healthy(n.admin, 200) })
 	atomic.StoreInt32(&diskFull, 0)
 	if recovered {
 		n.done["disk-live"]++
@@ -832,7 +839,7 @@ func main() {
 		}
 		members[i].id = id
 	}
-	if !waitFor(30*time.Second, func() bool { return healthy(admin) }) {
+	if !waitFor(30*time.Second, func() bool { return healthy(admin, 0) }) {
 		die("no healthy cluster within 30 s")
 	}
 	ok("cluster up, leader %s", members[leader(admin)].name)
@@ -862,7 +869,7 @@ func main() {
 			start(i)
 		}
 	}
-	if !waitFor(60*time.Second, func() bool { return healthy(admin) }) {
+	if !waitFor(60*time.Second, func() bool { return healthy(admin, 0) }) {
 		bad("at the end: the cluster is not healthy within 60 s")
 	}
 	final(admin)
