@@ -37,15 +37,14 @@ done
 bash scripts/deps.sh
 read -r -a bzl <<<"${BAZEL_STARTUP:-}"
 craftd=${CRAFTD:-}
-if [ -z "$craftd" ]; then
-    bazel "${bzl[@]}" build //services:craftd >&2
-    craftd="$(bazel "${bzl[@]}" info bazel-bin)/services/craftd"
-fi
+bazel "${bzl[@]}" build //tests/cluster:go_programs //services:craftd >&2
+bin="$(bazel "${bzl[@]}" info bazel-bin)"
+[ -n "$craftd" ] || craftd="$bin/services/craftd"
 [ -x "$craftd" ] || die "$craftd is not an executable"
 args=(-duration "$duration")
 [ -n "$seed" ] && args+=(-seed "$seed")
 [ -n "$faults" ] && args+=(-faults "$faults")
 # The checker's search budget per key grows with the run.
 args+=(-check-budget 10m)
-exec bash tests/cluster/nemesis_test.sh "$craftd" certs/craft-certs tests/cluster/go/nemesis/*.go \
-    -- "${args[@]}" "${extra[@]+"${extra[@]}"}"
+exec bash tests/cluster/nemesis_test.sh "$craftd" certs/craft-certs "$bin/tests/cluster/go/bin/nemesis" \
+    "$bin/tests/cluster/go/bin/nemesis.test" "${args[@]}" "${extra[@]+"${extra[@]}"}"

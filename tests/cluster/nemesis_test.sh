@@ -3,26 +3,19 @@
 # reads, writes and compare-and-swaps while members are killed -9 and restarted, the leader is
 # paused, members are partitioned (iptables, loopback only) and one member's disk (a tmpfs) is
 # filled and freed; the recorded history is checked for linearizability and every acknowledged
-# write must be there at the end. The program is go/nemesis (main.go, checker.go); this script
-# first runs the checker's own tests (go test: known linearizable and non-linearizable
-# histories), then builds the program (GOPATH mode, offline: nothing is downloaded), makes the
-# certificates and runs it. Needs root (iptables, mount); without either it fails, never skips.
+# write must be there at the end. The program is go/nemesis (main.go, checker.go), built with its
+# test binary by //tests/cluster:go_programs (go/build.sh); this script first runs the checker's
+# own tests (known linearizable and non-linearizable histories), then makes the certificates and
+# runs the program. Needs root (iptables, mount); without either it fails, never skips.
 #
-#   nemesis_test.sh CRAFTD CRAFT-CERTS NEMESIS-DIR-FILE... -- [nemesis flags...]
+#   nemesis_test.sh CRAFTD CRAFT-CERTS NEMESIS NEMESIS.TEST [nemesis flags...]
 #
 # Flags after -- go to the program: -duration 90s, -seed N (printed at the start; replays the
 # fault schedule), -faults kill,pause,partition,disk, -clients, -keys. NEMESIS_KEEP=1 keeps the
-# scratch directory (members' logs, the history on failure); NEMESIS_GOCACHE=DIR keeps Go's build
-# cache there between runs (the first build of clientv3 takes minutes).
+# scratch directory (members' logs, the history on failure).
 set -uo pipefail
-craftd=$1 tool=$2
-shift 2
-srcs=()
-while [ $# -gt 0 ] && [ "$1" != -- ]; do srcs+=("$1"); shift; done
-[ $# -gt 0 ] && shift
-command -v go >/dev/null || { echo "FAIL: go not installed (apt-get install golang-go; scripts/deps.sh)"; exit 1; }
-[ -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3 ] ||
-    { echo "FAIL: clientv3 not installed (apt-get install golang-etcd-server-dev; scripts/deps.sh)"; exit 1; }
+craftd=$1 tool=$2 prog=$3 progtest=$4
+shift 4
 command -v iptables >/dev/null || { echo "FAIL: iptables not installed (apt-get install iptables; scripts/deps.sh)"; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "FAIL: the nemesis needs root (iptables rules, a tmpfs mount)"; exit 1; }
 dir=$(mktemp -d "${TEST_TMPDIR:-/tmp}/nemesis.XXXXXX")
@@ -38,19 +31,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
-export GO111MODULE=off GOPATH="$dir/gopath:/usr/share/gocode" GOPROXY=off GOFLAGS= GOENV=off \
-    GOCACHE="${NEMESIS_GOCACHE:-$dir/gocache}" CGO_ENABLED=0 HOME="${HOME:-$dir}"
-pkg="$dir/gopath/src/nemesis"
-mkdir -p "$pkg" && cp "${srcs[@]}" "$pkg/" || exit 1
-t0=$EPOCHREALTIME
-(cd "$pkg" && go test -count=1 .) || { echo "FAIL: the checker's own tests (go test)"; exit 1; }
-(cd "$pkg" && go build -o "$dir/nemesis" .) || { echo "FAIL: go build"; exit 1; }
-echo "go test + build: $(go version | cut -d' ' -f3), $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
+"$progtest" -test.count=1 || { echo "FAIL: the checker's own tests (nemesis.test)"; exit 1; }
 
 "$tool" ca "$dir/c" >/dev/null && "$tool" client "$dir/c" client >/dev/null || exit 1
 for n in n1 n2 n3; do "$tool" node "$dir/c" "$n" --ip 127.0.0.1 >/dev/null || exit 1; done
 mkdir -p "$dir/run" || exit 1
-"$dir/nemesis" -craftd "$craftd" -certs "$dir/c" -dir "$dir/run" -chain "$chain" "$@"
+"$prog" -craftd "$craftd" -certs "$dir/c" -dir "$dir/run" -chain "$chain" "$@"
 rc=$?
 [ $rc -ne 0 ] && [ -z "${NEMESIS_KEEP:-}" ] && echo "(NEMESIS_KEEP=1 keeps the members' logs)"
 exit $rc
