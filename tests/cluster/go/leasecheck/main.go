@@ -88,6 +88,7 @@ var (
 	flagMassTTL    = flag.Int64("mass-ttl", 3, "(b) their TTL, seconds")
 	flagRevokeRate = flag.Int("revoke-rate", 1000, "(b) expired leases the server revokes per second (craft's --lease-revoke-rate)")
 	flagMaxGap     = flag.Duration("max-gap", 2*time.Second, "(b, d) the longest a putter may go without an acknowledged put")
+	flagSlack      = flag.Duration("expiry-slack", 2*time.Second, "(b) added to the bound on when the last expired key is gone")
 	flagKATTL      = flag.Int64("keepalive-ttl", 5, "(c) the kept lease's TTL, seconds")
 	flagHB         = flag.Int("heartbeat", 100, "members' --heartbeat-interval, ms")
 	flagET         = flag.Int("election", 1000, "members' --election-timeout, ms")
@@ -913,7 +914,7 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	// Revoking is paced at -revoke-rate, and each revoke also goes through Raft while the putter
 	// and the keep-alives compete for the same two cores: etcd 3.4 (1,000/s nominal) revoked about
 	// 770/s here. Half as much again, plus 2 s.
-	bound := time.Duration(ttl)*time.Second + et + time.Duration(1500*n/(*flagRevokeRate))*time.Millisecond + 2*time.Second
+	bound := time.Duration(ttl)*time.Second + et + time.Duration(1500*n/(*flagRevokeRate))*time.Millisecond + *flagSlack
 	if early == 0 {
 		ok("mass: no key gone before its lease's TTL (%d polls)", polls)
 	} else {
@@ -922,15 +923,15 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	if allGone.IsZero() {
 		bad("mass: keys still there %s after the last keep-alive pass", since(releasedAt))
 	} else if lastSeen.Sub(releasedAt) > bound {
-		bad("mass: a key still there %s after the last keep-alive pass (bound %s = TTL + election timeout + 1.5 x %d/%d s + 2 s)",
-			lastSeen.Sub(releasedAt).Round(time.Millisecond), bound, n, *flagRevokeRate)
+		bad("mass: a key still there %s after the last keep-alive pass (bound %s = TTL + election timeout + 1.5 x %d/%d s + %s)",
+			lastSeen.Sub(releasedAt).Round(time.Millisecond), bound, n, *flagRevokeRate, *flagSlack)
 	} else {
 		loss := "-"
 		if !firstLoss.IsZero() {
 			loss = firstLoss.Sub(releasedAt).Round(time.Millisecond).String()
 		}
-		ok("mass: all %d keys gone %s after the last keep-alive pass (%d there when it ended, the first gone by %s; bound %s = TTL + election timeout + 1.5 x %d/%d s + 2 s)",
-			n, allGone.Sub(releasedAt).Round(time.Millisecond), atRelease, loss, bound, n, *flagRevokeRate)
+		ok("mass: all %d keys gone %s after the last keep-alive pass (%d there when it ended, the first gone by %s; bound %s = TTL + election timeout + 1.5 x %d/%d s + %s)",
+			n, allGone.Sub(releasedAt).Round(time.Millisecond), atRelease, loss, bound, n, *flagRevokeRate, *flagSlack)
 	}
 	// the putter's longest gap from the first grant until all were gone
 	pmu.Lock()
