@@ -48,6 +48,7 @@ enum {
 const char *raft_node_strerror(int code);
 
 struct wal_io;
+struct snap_io;
 
 struct raft_node_config {
     uint64_t id;           /* this member; nonzero */
@@ -118,6 +119,7 @@ struct raft_node_config {
     /* Tests only: the system calls the write-ahead log uses to change files (wal.h struct
      * wal_io), e.g. a layer that drops unsynced writes at a simulated power loss. NULL: real. */
     const struct wal_io *wal_io;
+    const struct snap_io *snap_io; /* the same for the snapshot store (snap.h); NULL: real */
 };
 void raft_node_config_default(struct raft_node_config *cfg);
 

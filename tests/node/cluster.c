@@ -193,8 +193,8 @@ size_t cluster_power_loss(struct cluster *c, const size_t *slots, size_t n)
         memnet_detach(c->net, m->id);
     }
     size_t dropped = 0;
-    for (size_t k = 0; k < n; k++)
-        dropped += lazy_io_crash(c->m[slots[k]].dir);
+    for (size_t k = 0; k < n; k++) /* its log and its snapshots: one machine */
+        dropped += lazy_io_crash(c->m[slots[k]].dir) + lazy_io_crash(c->m[slots[k]].snap_dir);
     for (size_t k = 0; k < n; k++) {
         struct cluster_member *m = &c->m[slots[k]];
         pthread_mutex_lock(&c->mu);
@@ -210,6 +210,7 @@ size_t cluster_power_loss(struct cluster *c, const size_t *slots, size_t n)
     for (size_t k = 0; k < n; k++) {
         raft_node_stop(nodes[k]);
         lazy_io_revive(c->m[slots[k]].dir);
+        lazy_io_revive(c->m[slots[k]].snap_dir);
     }
     return dropped;
 }

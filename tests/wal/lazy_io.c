@@ -163,6 +163,13 @@ const struct wal_io *lazy_io(void)
     return &io;
 }
 
+static const struct snap_io snap_io = {lazy_pwrite, lazy_fsync};
+
+const struct snap_io *lazy_snap_io(void)
+{
+    return &snap_io;
+}
+
 static void resolve(const char *dir, char *out)
 {
     if (!realpath(dir, out))

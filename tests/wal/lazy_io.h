@@ -18,9 +18,12 @@
 
 #include <stddef.h>
 
+#include "raft/snap/snap.h"
 #include "raft/wal/wal.h"
 
 const struct wal_io *lazy_io(void);
+/* The same layer for the snapshot store's hooks (raft/snap/snap.h struct snap_io). */
+const struct snap_io *lazy_snap_io(void);
 /* Power loss under dir (an absolute path or one relative to the working directory): returns
  * how many unsynced writes were rolled back. */
 size_t lazy_io_crash(const char *dir);
