@@ -2,6 +2,7 @@
  * replayed backwards at a crash. */
 #include "tests/wal/lazy_io.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -176,6 +177,42 @@ static void resolve(const char *dir, char *out)
         snprintf(out, PATH_MAX, "%s", dir);
 }
 
+/* The file written as u->path, or renamed since within its directory (a temporary file put in
+ * place): opened for writing, or -1 when it is gone. */
+static int open_undo_target(const struct undo *u)
+{
+    int fd = open(u->path, O_WRONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == u->dev && st.st_ino == u->ino)
+        return fd;
+    if (fd >= 0)
+        close(fd);
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", u->path);
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        return -1;
+    *slash = 0;
+    DIR *d = opendir(parent);
+    if (!d)
+        return -1;
+    fd = -1;
+    struct dirent *de;
+    while (fd < 0 && (de = readdir(d)) != NULL) {
+        if (de->d_ino != u->ino)
+            continue;
+        char p[PATH_MAX + 256];
+        snprintf(p, sizeof p, "%s/%s", parent, de->d_name);
+        fd = open(p, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0 && (fstat(fd, &st) != 0 || st.st_dev != u->dev || st.st_ino != u->ino)) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    closedir(d);
+    return fd;
+}
+
 size_t lazy_io_crash(const char *dir)
 {
     char d[PATH_MAX];
@@ -193,12 +230,12 @@ size_t lazy_io_crash(const char *dir)
         if (!under(u->path, d))
             continue;
         dropped++;
-        int fd = open(u->path, O_WRONLY | O_CLOEXEC);
+        int fd = open_undo_target(u);
         struct stat st;
-        if (fd < 0 || fstat(fd, &st) != 0 || st.st_dev != u->dev || st.st_ino != u->ino) {
+        if (fd < 0 || fstat(fd, &st) != 0) {
             if (fd >= 0)
                 close(fd);
-            continue; /* unlinked or replaced since: that change counts as durable */
+            continue; /* unlinked since: that change counts as durable */
         }
         if (u->old_len && pwrite(fd, u->old, u->old_len, u->off) != (ssize_t)u->old_len)
             fprintf(stderr, "lazy_io: cannot roll back %s: %s\n", u->path, strerror(errno));

@@ -11,7 +11,9 @@
  *   dir fails with EIO (the machine is off) until lazy_io_revive(dir), so the node being torn
  *   down cannot make anything durable after its crash.
  * - Only file data is modelled: creating, renaming, truncating and unlinking files (which the
- *   log makes durable with directory fsyncs) are taken as durable at once.
+ *   log makes durable with directory fsyncs) are taken as durable at once. A file renamed within
+ *   its directory after an unsynced write (a temporary file put in place) is found by its inode
+ *   and rolled back under its new name.
  * Process-wide (the hooks take no argument) and thread-safe. */
 #ifndef CRAFT_TESTS_WAL_LAZY_IO_H
 #define CRAFT_TESTS_WAL_LAZY_IO_H
