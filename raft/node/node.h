@@ -47,6 +47,9 @@ enum {
 };
 const char *raft_node_strerror(int code);
 
+struct wal_io;
+struct snap_io;
+
 struct raft_node_config {
     uint64_t id;           /* this member; nonzero */
     const uint64_t *peers; /* the voters to start from when the log and snapshots hold no
@@ -112,6 +115,11 @@ struct raft_node_config {
      * leader change, from the driver thread. May be NULL. */
     void (*on_role)(void *arg, uint64_t id, uint8_t role, uint64_t term, uint64_t leader_id);
     void *on_role_arg;
+
+    /* Tests only: the system calls the write-ahead log uses to change files (wal.h struct
+     * wal_io), e.g. a layer that drops unsynced writes at a simulated power loss. NULL: real. */
+    const struct wal_io *wal_io;
+    const struct snap_io *snap_io; /* the same for the snapshot store (snap.h); NULL: real */
 };
 void raft_node_config_default(struct raft_node_config *cfg);
 

@@ -378,6 +378,7 @@ struct raft_node *raft_node_start(const struct raft_node_config *cfg_in, char *e
     wo.on_durable_arg = n;
     wo.log_id = c.id;
     wo.warn_sync_ns = c.warn_fdatasync_ms * 1000000;
+    wo.io = c.wal_io;
     if (wal_open(&n->w, c.data_dir, &wo, err, errlen)) {
         n->w = NULL;
         node_free(n);

@@ -61,6 +61,7 @@ int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size
     snap_options_init(&o);
     o.max_snapshots = n->cfg.max_snapshots;
     o.log_id = n->cfg.id;
+    o.io = n->cfg.snap_io;
     char sub[512];
     if (snap_store_open(&n->snaps, n->cfg.snap_dir, &o, sub, sizeof sub)) {
         snprintf(err, errlen, "snapshot store %s: %s", n->cfg.snap_dir, sub);

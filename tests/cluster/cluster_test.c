@@ -175,6 +175,8 @@ Test(cluster, leader_kill9_fails_over_within_1s_and_rejoins, .fini = teardown, .
     int nl = leader_or_die(10000);
     cr_assert_eq(put_anywhere("after-restart", "3", 5000, &idx), GRPC_STATUS_OK);
     cr_assert(hc_wait_revision(&C, l, idx, 15000), "restarted member did not catch up");
+    /* Caught up exactly: the leader's revision and applied index, the tail applied once. */
+    hc_assert_exact_state(&C, l, idx, 15000);
     for (long i = 0; i < 20000; i++)
         if (w.acked_keys[i][0]) {
             char got[32];
@@ -214,6 +216,15 @@ Test(cluster, no_acknowledged_write_lost_after_kill9_of_every_member, .fini = te
     cr_assert_eq(put_anywhere("fence", "f", 10000, &idx), GRPC_STATUS_OK);
     l = leader_or_die(5000);
     cr_assert(hc_wait_revision(&C, l, idx, 10000));
+    /* Every member replayed its log tail once: one revision per put that committed, so at least
+     * one per acknowledged put and at most one per put tried, plus the fence; and all members
+     * at the same applied index and revision. */
+    long tried = acked + atomic_load(&w[0].failed) + atomic_load(&w[1].failed);
+    cr_assert(idx >= acked + 1 && idx <= tried + 1,
+              "revision %lld after %ld acknowledged of %ld puts and the fence (applied twice?)",
+              (long long)idx, acked, tried);
+    for (int i = 0; i < 3; i++)
+        hc_assert_exact_state(&C, i, idx, 10000);
     long checked = 0;
     for (int k = 0; k < 2; k++)
         for (long i = 0; i < 20000; i++)

@@ -261,6 +261,50 @@ bool hc_wait_revision(struct hc *c, int i, int64_t rev, int timeout_ms)
     return false;
 }
 
+uint64_t hc_assert_exact_state(struct hc *c, int i, int64_t rev, int timeout_ms)
+{
+    int64_t until = hc_now_ms() + timeout_ms;
+    char why[512] = "";
+    for (;;) {
+        uint64_t applied[HC_MAX] = {0};
+        int64_t revs[HC_MAX] = {0};
+        bool up[HC_MAX] = {false}, same = true;
+        for (int k = 0; k < c->n; k++) {
+            Craft__Node__StatusReply *st;
+            if (hc_status(c, k, &st) != 0)
+                continue;
+            up[k] = true;
+            applied[k] = st->applied_index;
+            revs[k] = st->revision;
+            protobuf_c_message_free_unpacked(&st->base, NULL);
+        }
+        int n = 0;
+        if (up[i])
+            for (int k = 0; k < c->n; k++)
+                if (up[k]) {
+                    n += snprintf(why + n, sizeof why - (size_t)n, " %s applied=%llu rev=%lld;",
+                                  c->m[k].name, (unsigned long long)applied[k],
+                                  (long long)revs[k]);
+                    if (n >= (int)sizeof why)
+                        n = (int)sizeof why - 1;
+                    same = same && applied[k] == applied[i] && revs[k] == revs[i];
+                }
+        if (up[i] && same && (rev <= 0 || revs[i] == rev))
+            return applied[i];
+        /* Equal applied indexes with different revisions, or a revision past the one expected,
+         * cannot heal: an entry was applied twice (or skipped). */
+        if (up[i] && rev > 0 && revs[i] > rev)
+            cr_assert_fail("%s: revision %lld, expected exactly %lld (applied twice?):%s",
+                           c->m[i].name, (long long)revs[i], (long long)rev, why);
+        if (hc_now_ms() >= until)
+            cr_assert_fail("%s: not at the same applied index and revision as the others%s "
+                           "within %d ms:%s", c->m[i].name,
+                           rev > 0 ? " (expected revision exactly)" : "", timeout_ms,
+                           up[i] ? why : " (no status)");
+        nap_ms(20);
+    }
+}
+
 grpc_status_code hc_put(struct hc *c, int i, const char *key, const char *val, int deadline_ms,
                         int64_t *rev)
 {

@@ -59,6 +59,13 @@ int hc_wait_leader(struct hc *c, int timeout_ms);
 /* Waits until member i's KV store has reached revision rev; false on timeout. */
 bool hc_wait_revision(struct hc *c, int i, int64_t rev, int timeout_ms);
 
+/* After a restart, apply exactly once: waits until member i and every other running member
+ * that answers report the same applied index and the same revision (caught up, nothing in
+ * between), and, when rev > 0, that revision is exactly rev. An entry applied twice shows as a
+ * revision above rev or above the others' at the same applied index. Fails the test (with every
+ * member's figures) when that is not reached within timeout_ms; returns the applied index. */
+uint64_t hc_assert_exact_state(struct hc *c, int i, int64_t rev, int timeout_ms);
+
 /* Blocking etcd KV Put on member i (any member: followers forward); returns the gRPC status,
  * *rev set to the write's revision on OK. */
 grpc_status_code hc_put(struct hc *c, int i, const char *key, const char *val, int deadline_ms,

@@ -114,6 +114,8 @@ Test(history, old_revisions_read_on_every_member_then_compaction_and_restart,
     hc_signal(&C, 2, SIGKILL);
     hc_start(&C, 2);
     cr_assert(hc_wait_revision(&C, 2, revs[9], 10000));
+    /* exactly where it was: the log tail after the store's applied index applied once */
+    hc_assert_exact_state(&C, 2, revs[9], 10000);
     /* a linearizable read needs the leader known (ReadIndex): wait until member 2 knows it */
     cr_assert_geq(hc_wait_leader(&C, 10000), 0);
     cr_assert_eq(range_at(2, "k", revs[7], val, sizeof val, msg, sizeof msg), GRPC_STATUS_OK, "%s",

@@ -146,11 +146,14 @@ Test(snapshot, follower_down_catches_up_by_snapshot, .fini = teardown, .timeout 
     }
     cr_assert(log_soon(f, "installed snapshot"), "%s caught up without a snapshot",
               C.m[f].name);
+    hc_assert_exact_state(&C, f, rev, 10000);
     assert_keys(f, 500, 7);
     /* Restarted, it comes back from its snapshot plus the log after it. */
     hc_signal(&C, f, SIGKILL);
     hc_start(&C, f);
     cr_assert(hc_wait_revision(&C, f, rev, 30000));
+    /* The snapshot's state plus the log after it, each applied once. */
+    hc_assert_exact_state(&C, f, rev, 10000);
     assert_keys(f, 500, 11);
 }
 
@@ -194,6 +197,7 @@ Test(snapshot, receiver_killed_mid_transfer_resumes, .fini = teardown, .timeout 
     cr_assert(hc_log_has(&C, f, "restoring the state machine from snapshot") ||
                   log_soon(f, "installed snapshot"),
               "%s caught up without a snapshot", C.m[f].name);
+    hc_assert_exact_state(&C, f, rev, 10000);
     assert_keys(f, 300, 13);
 }
 
@@ -216,6 +220,7 @@ Test(snapshot, sender_killed_mid_transfer, .fini = teardown, .timeout = 240)
     /* The old leader comes back and catches up too. */
     hc_start(&C, l);
     cr_assert(hc_wait_revision(&C, l, rev, 60000));
+    hc_assert_exact_state(&C, l, rev, 10000);
 }
 
 Test(snapshot, kill9_of_every_member_right_after_compaction_loses_nothing, .fini = teardown,
@@ -233,6 +238,7 @@ Test(snapshot, kill9_of_every_member_right_after_compaction_loses_nothing, .fini
     l = leader_or_die(20000);
     for (int i = 0; i < 3; i++) {
         cr_assert(hc_wait_revision(&C, i, rev, 30000), "%s lost writes", C.m[i].name);
+        hc_assert_exact_state(&C, i, rev, 10000);
         assert_keys(i, 260, 1);
     }
     /* The writes survived compaction: every member had snapshotted before the kill. */

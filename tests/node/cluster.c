@@ -2,6 +2,8 @@
  * other threads (callbacks, proposers) only counts, and the tests assert the counts. */
 #include "tests/node/cluster.h"
 
+#include "tests/wal/lazy_io.h"
+
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -179,6 +181,38 @@ void cluster_stop(struct cluster *c, size_t slot)
     m->node = NULL;
     pthread_rwlock_unlock(&m->rw);
     raft_node_stop(n);
+}
+
+size_t cluster_power_loss(struct cluster *c, const size_t *slots, size_t n)
+{
+    cr_assert(c->tmpl.wal_io == lazy_io(), "power loss needs tmpl.wal_io = lazy_io()");
+    struct raft_node *nodes[CLUSTER_MAX];
+    for (size_t k = 0; k < n; k++) {
+        struct cluster_member *m = &c->m[slots[k]];
+        cr_assert_not_null(m->node, "member %zu is not running", slots[k]);
+        memnet_detach(c->net, m->id);
+    }
+    size_t dropped = 0;
+    for (size_t k = 0; k < n; k++) /* its log and its snapshots: one machine */
+        dropped += lazy_io_crash(c->m[slots[k]].dir) + lazy_io_crash(c->m[slots[k]].snap_dir);
+    for (size_t k = 0; k < n; k++) {
+        struct cluster_member *m = &c->m[slots[k]];
+        pthread_mutex_lock(&c->mu);
+        m->running = false;
+        c->role_gen++;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+        pthread_rwlock_wrlock(&m->rw);
+        nodes[k] = m->node;
+        m->node = NULL;
+        pthread_rwlock_unlock(&m->rw);
+    }
+    for (size_t k = 0; k < n; k++) {
+        raft_node_stop(nodes[k]);
+        lazy_io_revive(c->m[slots[k]].dir);
+        lazy_io_revive(c->m[slots[k]].snap_dir);
+    }
+    return dropped;
 }
 
 void cluster_partition(struct cluster *c, size_t slot, bool on)

@@ -61,6 +61,13 @@ void cluster_start(struct cluster *c, size_t slot);
 void cluster_start_all(struct cluster *c);
 void cluster_stop(struct cluster *c, size_t slot);
 void cluster_destroy(struct cluster *c);
+/* Power loss of the members in slots[0..n) at one instant. The cluster's tmpl.wal_io must be
+ * lazy_io() (tests/wal/lazy_io.h), and tmpl.snap_io lazy_snap_io() for its snapshots to count:
+ * every member goes off the network, then every write its log (and snapshot store) has not
+ * synced is dropped and its disk refuses all I/O, then its threads are stopped (nothing
+ * more reaches its disk) and the disk comes back for the next cluster_start. Returns how many
+ * unsynced writes were dropped. */
+size_t cluster_power_loss(struct cluster *c, const size_t *slots, size_t n);
 void cluster_partition(struct cluster *c, size_t slot, bool on);
 
 /* Slot of the running member claiming leadership in the highest term, or -1. */

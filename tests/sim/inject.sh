@@ -1,11 +1,12 @@
 #!/bin/bash
 # Prove the simulator has teeth: build a copy of the core with one classic Raft bug injected
 # (outside the repository, so nothing in the tree changes), sweep seeds, print the first failing
-# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|I|J|K|L|P|Q|R|S|T> [seeds] [nodes]
+# seeds and how to replay them. Usage: tests/sim/inject.sh <A|B|C|D|F|I|J|K|L|O|P|Q|R|S|T> [seeds] [nodes]
 #   A  commit rule counts replicas of old-term entries (Figure 8 / §5.4.2)
 #   B  votedFor not reset when the term changes
 #   C  vote granted without the log up-to-date check (§5.4.1)
 #   D  append acknowledged before the entries are durable
+#   O  a leader counts its own entries toward commitment before they are durable (§10.2.1)
 #   F  vote granted without persisting votedFor
 #   R  ReadIndex: a read released without a majority confirming the leader (§6.4 step 3)
 #   S  ReadIndex: a new leader answers before committing an entry of its term (§6.4 step 1)
@@ -17,6 +18,9 @@
 #   T  membership: a second change is accepted while the previous one is still in flight
 #   L  membership: a leader removed by C_new keeps leading and serves reads on its own
 # J, T and L sweep with membership changes (craft-sim --members).
+# SIM_CFLAGS adds compiler flags: SIM_CFLAGS=-DSIM_NO_COMMIT_QUORUM_CHECK turns off the check of
+# each commit against the voters' storage, to measure what the faults alone expose (O: a
+# committed entry lost with the leader's unsynced copy).
 # The copy is built with NDEBUG, so the simulator's checker, not an assert in the core, has to
 # catch the bug.
 set -euo pipefail
@@ -43,6 +47,9 @@ D) f=raft/core/raft_append.c
    old='    /* The ack means "stored": it waits for the entries to be durable. */
     return raft_send_after_persist(r, &resp);'
    new='    return raft_send(r, &resp);' ;;
+O) f=raft/core/raft_append.c
+   old='r->peers[i] == r->id ? r->persisted_index : r->progress[i].match;'
+   new='r->peers[i] == r->id ? raft_log_last_index(&r->log) : r->progress[i].match;' ;;
 I) f=raft/core/raft_append.c
    old='    if (m->snapshot_index <= r->commit) {'
    new='    if (false) {' ;;
@@ -105,7 +112,7 @@ if s.count(old) != 1:
 open(p, "w").write(s.replace(old, new))
 PY
 fi
-gcc -std=c11 -O2 -DNDEBUG -D_GNU_SOURCE -I"$work" "$work"/raft/core/*.c "$work"/tests/sim/sim.c \
+gcc -std=c11 -O2 -DNDEBUG -D_GNU_SOURCE ${SIM_CFLAGS:-} -I"$work" "$work"/raft/core/*.c "$work"/tests/sim/sim.c \
     "$work"/tests/sim/craft_sim.c -o "$work/craft-sim"
 echo "bug $bug injected into $f; sweeping $seeds seeds with $nodes nodes"
 "$work/craft-sim" --nodes "$nodes" $members --seeds "$seeds" | { grep -E '^seed|^seeds=' || true; } | \

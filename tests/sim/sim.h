@@ -71,6 +71,12 @@ void sim_heal(struct sim *s); /* everyone into group 0 */
 bool sim_connected(const struct sim *s, int i);
 void sim_crash(struct sim *s, int i);   /* loses every write not reported persisted */
 void sim_restart(struct sim *s, int i); /* from durable hard state + log */
+/* Power loss under a slow disk: node i's disk stalls for stall_ms (0: no stall; nothing it writes
+ * meanwhile, or has pending, becomes durable before then) and the node crashes after after_ms,
+ * losing every write still pending while its messages (acks, a leader's appends) already went
+ * out, then restarts down_ms + 1 later. Entries a leader counted toward commitment before they
+ * were durable on it are then missing from its log when it votes again. */
+void sim_power_cut(struct sim *s, int i, unsigned stall_ms, unsigned after_ms, unsigned down_ms);
 bool sim_up(const struct sim *s, int i);
 void sim_set_unreliable(struct sim *s, bool on); /* drops 10%, dups 5%, delay 1..27 ms */
 
