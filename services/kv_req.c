@@ -1,0 +1,146 @@
+/* kv_req.c: the KV service's decoding, validation and encoding of client requests and the
+ * mapping of results to responses, without gRPC (see kv_req.h). */
+#include "services/kv_req.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#define KV_REQ_ERR_WRONG_KIND "craft: state machine result of the wrong kind"
+#define KV_REQ_ERR_UNDECODABLE "craft: undecodable state machine result"
+
+static int refuse(struct kv_err *err, int code, const char *msg)
+{
+    err->code = code;
+    snprintf(err->msg, sizeof err->msg, "%s", msg);
+    return -1;
+}
+
+static int nomem(struct kv_err *err)
+{
+    return refuse(err, KV_CODE_RESOURCE_EXHAUSTED, KV_REQ_ERR_NOMEM);
+}
+
+int kv_req_write(enum kv_req_kind kind, const ProtobufCMessage *m, uint8_t **cmd, size_t *len,
+                 int64_t *physical_rev, struct kv_err *err)
+{
+    int rc, enc;
+    *cmd = NULL;
+    *len = 0;
+    *physical_rev = 0;
+    switch (kind) {
+    case KV_REQ_PUT:
+        rc = kv_validate_put((const Etcdserverpb__PutRequest *)m, err);
+        enc = rc ? 0 : kv_cmd_encode_put((const Etcdserverpb__PutRequest *)m, cmd, len);
+        break;
+    case KV_REQ_DELETE:
+        rc = kv_validate_delete_range((const Etcdserverpb__DeleteRangeRequest *)m, err);
+        enc = rc ? 0
+                 : kv_cmd_encode_delete_range((const Etcdserverpb__DeleteRangeRequest *)m, cmd,
+                                              len);
+        break;
+    case KV_REQ_COMPACT: {
+        const Etcdserverpb__CompactionRequest *c = (const Etcdserverpb__CompactionRequest *)m;
+        if (c && c->physical)
+            *physical_rev = c->revision;
+        rc = kv_validate_compaction(c, err);
+        enc = rc ? 0 : kv_cmd_encode_compaction(c, cmd, len);
+        break;
+    }
+    default:
+        return refuse(err, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND);
+    }
+    if (rc)
+        return -1;
+    return enc ? nomem(err) : 0;
+}
+
+Etcdserverpb__RangeRequest *kv_req_range(const uint8_t *data, size_t len, struct kv_err *err)
+{
+    Etcdserverpb__RangeRequest *r = etcdserverpb__range_request__unpack(NULL, len, data);
+    if (!r) {
+        refuse(err, KV_CODE_INVALID_ARGUMENT, KV_REQ_ERR_UNMARSHAL);
+        return NULL;
+    }
+    if (kv_validate_range(r, err)) {
+        etcdserverpb__range_request__free_unpacked(r, NULL);
+        return NULL;
+    }
+    return r;
+}
+
+int kv_req_txn(const uint8_t *data, size_t len, unsigned max_txn_ops,
+               Etcdserverpb__TxnRequest **read, uint8_t **cmd, size_t *clen, struct kv_err *err)
+{
+    *read = NULL;
+    *cmd = NULL;
+    *clen = 0;
+    /* protobuf-c unpacks nested Txns recursively: bound the depth on the raw bytes first. */
+    if (kv_check_txn_wire(data, len, err) != 0)
+        return -1;
+    Etcdserverpb__TxnRequest *r = etcdserverpb__txn_request__unpack(NULL, len, data);
+    if (!r)
+        return refuse(err, KV_CODE_INVALID_ARGUMENT, KV_REQ_ERR_UNMARSHAL);
+    if (kv_validate_txn(r, max_txn_ops, err)) {
+        etcdserverpb__txn_request__free_unpacked(r, NULL);
+        return -1;
+    }
+    if (kv_txn_is_readonly(r)) {
+        *read = r;
+        return 0;
+    }
+    int rc = kv_cmd_encode_txn(r, cmd, clen);
+    etcdserverpb__txn_request__free_unpacked(r, NULL);
+    return rc ? nomem(err) : 0;
+}
+
+int kv_req_result(enum kv_req_kind kind, const uint8_t *data, size_t len, Craft__Kv__Result **res,
+                  ProtobufCMessage **resp, Etcdserverpb__ResponseHeader ***hp, int *code,
+                  const char **msg)
+{
+    *resp = NULL;
+    *hp = NULL;
+    Craft__Kv__Result *r = *res = kv_result_decode(data, len);
+    if (!r) {
+        *code = KV_CODE_INTERNAL;
+        *msg = KV_REQ_ERR_UNDECODABLE;
+        return -1;
+    }
+    if (r->code) {
+        *code = (int)r->code;
+        *msg = r->message ? r->message : "";
+        return -1;
+    }
+    switch (kind) {
+    case KV_REQ_PUT:
+        *resp = r->put ? &r->put->base : NULL;
+        *hp = r->put ? &r->put->header : NULL;
+        break;
+    case KV_REQ_DELETE:
+        *resp = r->delete_range ? &r->delete_range->base : NULL;
+        *hp = r->delete_range ? &r->delete_range->header : NULL;
+        break;
+    case KV_REQ_TXN:
+        *resp = r->txn ? &r->txn->base : NULL;
+        *hp = r->txn ? &r->txn->header : NULL;
+        break;
+    case KV_REQ_COMPACT:
+        *resp = r->compaction ? &r->compaction->base : NULL;
+        *hp = r->compaction ? &r->compaction->header : NULL;
+        break;
+    case KV_REQ_LEASE_GRANT:
+        *resp = r->lease_grant ? &r->lease_grant->base : NULL;
+        *hp = r->lease_grant ? &r->lease_grant->header : NULL;
+        break;
+    case KV_REQ_LEASE_REVOKE:
+        *resp = r->lease_revoke ? &r->lease_revoke->base : NULL;
+        *hp = r->lease_revoke ? &r->lease_revoke->header : NULL;
+        break;
+    default:
+        break;
+    }
+    if (!*resp) {
+        *code = KV_CODE_INTERNAL;
+        *msg = KV_REQ_ERR_WRONG_KIND;
+    }
+    return 0;
+}
