@@ -2,6 +2,7 @@
  * mapping of results to responses, without gRPC (see kv_req.h). */
 #include "services/kv_req.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -13,6 +14,42 @@ static int refuse(struct kv_err *err, int code, const char *msg)
     err->code = code;
     snprintf(err->msg, sizeof err->msg, "%s", msg);
     return -1;
+}
+
+/* protobuf-c takes a multi-byte (overlong) tag with field number 0 as an unknown field and
+ * packs it back as the one-byte tag it refuses, so such a request would enter the log as a
+ * command no member can decode. Go's protobuf (etcd) refuses field 0 when it unmarshals: so do
+ * we, wherever it is nested. depth: the Txn's nesting, already bounded on the wire. */
+static bool has_field_zero(const ProtobufCMessage *m, int depth)
+{
+    if (!m || depth > KV_MAX_TXN_DEPTH * 2 + 4)
+        return false;
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0)
+            return true;
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)m;
+        if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            if (*(const uint32_t *)(const void *)(base + f->quantifier_offset) != f->id)
+                continue;
+        }
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(const void *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *v =
+                *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
+            for (size_t j = 0; j < n; j++)
+                if (has_field_zero(v[j], depth + 1))
+                    return true;
+        } else if (has_field_zero(*(ProtobufCMessage *const *)(const void *)(base + f->offset),
+                                  depth + 1)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 static int nomem(struct kv_err *err)
@@ -27,6 +64,8 @@ int kv_req_write(enum kv_req_kind kind, const ProtobufCMessage *m, uint8_t **cmd
     *cmd = NULL;
     *len = 0;
     *physical_rev = 0;
+    if (has_field_zero(m, 0))
+        return refuse(err, KV_CODE_INVALID_ARGUMENT, KV_REQ_ERR_UNMARSHAL);
     switch (kind) {
     case KV_REQ_PUT:
         rc = kv_validate_put((const Etcdserverpb__PutRequest *)m, err);
@@ -57,6 +96,10 @@ int kv_req_write(enum kv_req_kind kind, const ProtobufCMessage *m, uint8_t **cmd
 Etcdserverpb__RangeRequest *kv_req_range(const uint8_t *data, size_t len, struct kv_err *err)
 {
     Etcdserverpb__RangeRequest *r = etcdserverpb__range_request__unpack(NULL, len, data);
+    if (r && has_field_zero(&r->base, 0)) {
+        etcdserverpb__range_request__free_unpacked(r, NULL);
+        r = NULL;
+    }
     if (!r) {
         refuse(err, KV_CODE_INVALID_ARGUMENT, KV_REQ_ERR_UNMARSHAL);
         return NULL;
@@ -78,6 +121,10 @@ int kv_req_txn(const uint8_t *data, size_t len, unsigned max_txn_ops,
     if (kv_check_txn_wire(data, len, err) != 0)
         return -1;
     Etcdserverpb__TxnRequest *r = etcdserverpb__txn_request__unpack(NULL, len, data);
+    if (r && has_field_zero(&r->base, 0)) {
+        etcdserverpb__txn_request__free_unpacked(r, NULL);
+        r = NULL;
+    }
     if (!r)
         return refuse(err, KV_CODE_INVALID_ARGUMENT, KV_REQ_ERR_UNMARSHAL);
     if (kv_validate_txn(r, max_txn_ops, err)) {
