@@ -17,8 +17,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "services/forward.h"
 #include "services/proto/raftpb.pb-c.h"
+
+/* The leader's answer to one forward: code/message are the gRPC status for the client (0: the
+ * entry was applied, result is the state machine's result for it, index where it committed).
+ * (forward.h's; here so that this header needs neither gRPC nor the peer.) */
+struct fwd_answer {
+    uint32_t code;
+    const char *message;
+    const uint8_t *result;
+    size_t len;
+    uint64_t index;
+};
 
 #define FWD_REQ_ERR_MALFORMED "malformed ForwardBatch"
 #define FWD_REQ_ERR_CLUSTER "cluster id mismatch"
