@@ -174,9 +174,14 @@ int kv_cmd_encode_compaction(const Etcdserverpb__CompactionRequest *r, uint8_t *
 int kv_cmd_encode_lease_grant(const Etcdserverpb__LeaseGrantRequest *r, uint8_t **out,
                               size_t *len)
 {
+    /* Only the fields apply reads: a client's unknown fields stay out of the log (protobuf-c
+     * would pack an overlong tag 0 back as one no member can decode). */
+    Etcdserverpb__LeaseGrantRequest g = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    g.ttl = r->ttl;
+    g.id = r->id;
     Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
     c.op_case = CRAFT__KV__COMMAND__OP_LEASE_GRANT;
-    c.lease_grant = (Etcdserverpb__LeaseGrantRequest *)r;
+    c.lease_grant = &g;
     return encode(&c, out, len);
 }
 

@@ -3,7 +3,8 @@
  * Txn with its nesting walker, Compact - decode, validation, log command encoding), the Cluster
  * handlers (services/member_req.c: MemberAdd/Remove/Update/Promote and MoveLeader requests and
  * their table and configuration edits, a follower's Peer.Member hand-over, the leader's answer
- * a follower relays) and the Maintenance requests craft serves (Status, Snapshot). The first
+ * a follower relays), the Maintenance requests craft serves (Status, Snapshot) and a
+ * LeaseGrant's command encoding (kv_cmd.c). The first
  * byte picks the path (byte % 9) and a parameter (byte / 9); the rest is the message.
  * Checked besides "no crash, no out-of-bounds read (ASan), no undefined behaviour (UBSan)":
  * a request validation accepts is encoded as a log command that passes the apply-side wire
@@ -293,6 +294,28 @@ static void member_reply(const uint8_t *m, size_t n, int method)
     craft__raft__member_reply__free_unpacked(r, NULL);
 }
 
+/* A Grant as the Lease service proposes it once its rules passed (lease_service.c: the
+ * request's TTL and ID, validated, encoded): the command decodes back to them. */
+static void lease_grant(const uint8_t *m, size_t n)
+{
+    Etcdserverpb__LeaseGrantRequest *g = etcdserverpb__lease_grant_request__unpack(NULL, n, m);
+    if (!g)
+        return;
+    struct kv_err err;
+    uint8_t *cmd;
+    size_t len;
+    if (kv_validate_lease_grant(g, &err) == 0) {
+        must(kv_cmd_encode_lease_grant(g, &cmd, &len) == 0, "out of memory");
+        Craft__Kv__Command *c = command_back(cmd, len);
+        must(c->op_case == CRAFT__KV__COMMAND__OP_LEASE_GRANT && c->lease_grant->id == g->id &&
+                 c->lease_grant->ttl == g->ttl,
+             "a Grant does not decode back");
+        craft__kv__command__free_unpacked(c, NULL);
+        free(cmd);
+    }
+    etcdserverpb__lease_grant_request__free_unpacked(g, NULL);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -310,13 +333,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 5: member_change(MEMBER_REQ_ADD + (int)(param % 5), m, n, param / 5 % 2); break;
     case 6: peer_member(m, n, param % 2); break;
     case 7: member_reply(m, n, MEMBER_REQ_ADD + (int)(param % 4)); break;
-    default: { /* Maintenance.Status, Maintenance.Snapshot, Cluster.MemberList: decoded only */
+    default: { /* Maintenance.Status, Maintenance.Snapshot, Cluster.MemberList; LeaseGrant */
         static const ProtobufCMessageDescriptor *const d[] = {
             &etcdserverpb__status_request__descriptor,
             &etcdserverpb__snapshot_request__descriptor,
             &etcdserverpb__member_list_request__descriptor,
         };
-        ProtobufCMessage *r = protobuf_c_message_unpack(d[param % 3], NULL, n, m);
+        if (param % 4 == 3) {
+            lease_grant(m, n);
+            break;
+        }
+        ProtobufCMessage *r = protobuf_c_message_unpack(d[param % 4], NULL, n, m);
         if (r)
             protobuf_c_message_free_unpacked(r, NULL);
         break;

@@ -6,7 +6,8 @@ and then the message, encoded here by hand from etcd's rpc.proto and craft's raf
 the protobuf wire format. Paths: 0 Range, 1 Put, 2 DeleteRange, 3 Compact, 4 Txn (odd
 parameter: the default op budget, else 2 + parameter), 5 a Cluster change (parameter % 5:
 Add, Remove, Update, Promote, MoveLeader; parameter // 5 % 2: https), 6 Peer.Member, 7 the
-leader's MemberReply (parameter % 4 the method - 1), 8 Maintenance/MemberList requests.
+leader's MemberReply (parameter % 4 the method - 1), 8 Maintenance/MemberList requests
+(parameter % 4: Status, Snapshot, MemberList) or a LeaseGrant's command (parameter % 4 = 3).
 Member ids below 8 name the fuzzer's table members by index. Run from the repository root:
     python3 tests/fuzz/make_kv_req_corpus.py
 """
@@ -173,6 +174,9 @@ SEEDS = {
     "status": sel(8, 0),
     "snapshot": sel(8, 1),
     "member_list": sel(8, 2) + f(1, 1),
+    "lease_grant": sel(8, 3) + f(1, 10) + f(2, 7),
+    "lease_grant_overlong_field0": sel(8, 3) + f(1, 10) + f(2, 7) + b"\x80\x00\x05",
+    "lease_grant_no_id": sel(8, 3) + f(1, 10),
 }
 
 
