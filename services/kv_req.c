@@ -157,30 +157,44 @@ int kv_req_result(enum kv_req_kind kind, const uint8_t *data, size_t len, Craft_
         *msg = r->message ? r->message : "";
         return -1;
     }
+    /* The responses are a oneof: a union in protobuf-c, so only resp_case tells which one is
+     * there (r->put is not NULL when a Txn's response is). */
     switch (kind) {
     case KV_REQ_PUT:
-        *resp = r->put ? &r->put->base : NULL;
-        *hp = r->put ? &r->put->header : NULL;
+        if (r->resp_case == CRAFT__KV__RESULT__RESP_PUT && r->put) {
+            *resp = &r->put->base;
+            *hp = &r->put->header;
+        }
         break;
     case KV_REQ_DELETE:
-        *resp = r->delete_range ? &r->delete_range->base : NULL;
-        *hp = r->delete_range ? &r->delete_range->header : NULL;
+        if (r->resp_case == CRAFT__KV__RESULT__RESP_DELETE_RANGE && r->delete_range) {
+            *resp = &r->delete_range->base;
+            *hp = &r->delete_range->header;
+        }
         break;
     case KV_REQ_TXN:
-        *resp = r->txn ? &r->txn->base : NULL;
-        *hp = r->txn ? &r->txn->header : NULL;
+        if (r->resp_case == CRAFT__KV__RESULT__RESP_TXN && r->txn) {
+            *resp = &r->txn->base;
+            *hp = &r->txn->header;
+        }
         break;
     case KV_REQ_COMPACT:
-        *resp = r->compaction ? &r->compaction->base : NULL;
-        *hp = r->compaction ? &r->compaction->header : NULL;
+        if (r->resp_case == CRAFT__KV__RESULT__RESP_COMPACTION && r->compaction) {
+            *resp = &r->compaction->base;
+            *hp = &r->compaction->header;
+        }
         break;
     case KV_REQ_LEASE_GRANT:
-        *resp = r->lease_grant ? &r->lease_grant->base : NULL;
-        *hp = r->lease_grant ? &r->lease_grant->header : NULL;
+        if (r->resp_case == CRAFT__KV__RESULT__RESP_LEASE_GRANT && r->lease_grant) {
+            *resp = &r->lease_grant->base;
+            *hp = &r->lease_grant->header;
+        }
         break;
     case KV_REQ_LEASE_REVOKE:
-        *resp = r->lease_revoke ? &r->lease_revoke->base : NULL;
-        *hp = r->lease_revoke ? &r->lease_revoke->header : NULL;
+        if (r->resp_case == CRAFT__KV__RESULT__RESP_LEASE_REVOKE && r->lease_revoke) {
+            *resp = &r->lease_revoke->base;
+            *hp = &r->lease_revoke->header;
+        }
         break;
     default:
         break;

@@ -6,7 +6,7 @@
  * response as kv_service.c does: kv_result_decode, kv_req_result). The first byte picks the
  * side (byte % 2) and a parameter (byte / 2); the rest is the message. Checked besides "no
  * crash, no out-of-bounds read, no undefined behaviour": an accepted batch is of this cluster
- * and within the bound; a forward completes at most once, and only one that was sent; every
+ * and within the bound; a decoded result nests Txns no deeper than a command may; a forward completes at most once, and only one that was sent; every
  * answer gives the client a status or a response of the request's kind. Built with clang's
  * libFuzzer (run_fuzz.sh) and as a corpus replay with the default toolchain. */
 #include <stdint.h>
@@ -29,6 +29,22 @@ static void must(int ok, const char *what)
         fprintf(stderr, "forward_fuzz: %s\n", what);
         abort();
     }
+}
+
+/* Txn levels in a decoded TxnResponse: at most KV_MAX_TXN_DEPTH + 1 when the decoder bounds
+ * them (a deeper result is what overflowed a follower's stack in protobuf-c's recursion). */
+static int txn_levels(const Etcdserverpb__TxnResponse *t)
+{
+    int deepest = 0;
+    for (size_t i = 0; i < t->n_responses; i++) {
+        const Etcdserverpb__ResponseOp *op = t->responses[i];
+        if (op->response_case == ETCDSERVERPB__RESPONSE_OP__RESPONSE_RESPONSE_TXN) {
+            int d = txn_levels(op->response_txn);
+            if (d > deepest)
+                deepest = d;
+        }
+    }
+    return deepest + 1;
 }
 
 /* The leader: what in_message and kv_service.c's propose_item do with a batch. */
@@ -100,6 +116,18 @@ static void follower(const uint8_t *m, size_t n, enum kv_req_kind kind)
         if (rc != 0 || !resp) {
             must(code != 0 && msg != NULL, "a failed answer without a status");
         } else {
+            static const ProtobufCMessageDescriptor *const want[] = {
+                [KV_REQ_PUT] = &etcdserverpb__put_response__descriptor,
+                [KV_REQ_DELETE] = &etcdserverpb__delete_range_response__descriptor,
+                [KV_REQ_TXN] = &etcdserverpb__txn_response__descriptor,
+                [KV_REQ_COMPACT] = &etcdserverpb__compaction_response__descriptor,
+                [KV_REQ_RANGE] = NULL,
+                [KV_REQ_LEASE_GRANT] = &etcdserverpb__lease_grant_response__descriptor,
+                [KV_REQ_LEASE_REVOKE] = &etcdserverpb__lease_revoke_response__descriptor,
+            };
+            must(resp->descriptor == want[kind], "a response of another kind than the request's");
+            if (r->resp_case == CRAFT__KV__RESULT__RESP_TXN)
+                must(txn_levels(r->txn) <= KV_MAX_TXN_DEPTH + 1, "a result nested too deep");
             /* The member's own header goes in while the response is packed. */
             Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
             Etcdserverpb__ResponseHeader *orig = *hp;
