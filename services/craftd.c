@@ -1,16 +1,19 @@
 /* craftd: the craft server. Flags as etcd's (craftd --help); see README "Configuration". Exit
- * status: 0 after a clean shutdown (SIGTERM or SIGINT), 1 when the member cannot start or run,
- * or was removed from the cluster ("the member has been permanently removed from the cluster",
- * etcd's words), 2 for bad flags.
+ * status: 0 after a clean shutdown (SIGTERM or SIGINT), 1 when the member cannot start or run
+ * (also after a storage failure stopped it, e.g. a full disk), or was removed from the cluster
+ * ("the member has been permanently removed from the cluster", etcd's words), 2 for bad flags.
  *
  * Logging (log/log.h) follows --logger, --log-level and --log-outputs from the start; a bad
  * flag is told on stderr in plain text, as etcd does (exit 2), and so is an --log-outputs file
  * that cannot be opened.
  *
  * The main thread waits for whichever comes first: a stop signal (a thread of its own takes it
- * with sigwait) or the server's word that this member was removed (craft_server_on_removed);
- * either way it stops the server on this normal thread. While it waits it writes the counts of
- * rate-limited log lines every --log-rate-limit-interval (log_flush_suppressed). */
+ * with sigwait), the server's word that this member was removed (craft_server_on_removed), or
+ * the node's fail-stop after a storage or state machine failure (a full disk, an I/O error;
+ * polled every second): it stops the server on this normal thread, and after a failure exits 1,
+ * as etcd does, so a supervisor restarts it (a restart recovers from the log once the cause is
+ * fixed) instead of it answering every request with an error. While it waits it writes the counts
+ * of rate-limited log lines every --log-rate-limit-interval (log_flush_suppressed). */
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -99,24 +102,43 @@ int main(int argc, char **argv)
     }
     pthread_detach(sig_thread); /* still in sigwait if the member was removed: exit ends it */
     craft_server_on_removed(s, on_removed, NULL);
+    uint64_t flush_ms = cfg.log_rate_limit_interval_ms, waited_ms = 0;
+    uint64_t step_ms = flush_ms < 1000 ? flush_ms : 1000;
+    int failed = 0;
     pthread_mutex_lock(&stop_state.mu);
-    while (!stop_state.sig && !stop_state.removed) {
+    while (!stop_state.sig && !stop_state.removed && !failed) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += (time_t)(cfg.log_rate_limit_interval_ms / 1000);
-        until.tv_nsec += (long)(cfg.log_rate_limit_interval_ms % 1000) * 1000000;
+        until.tv_sec += (time_t)(step_ms / 1000);
+        until.tv_nsec += (long)(step_ms % 1000) * 1000000;
         if (until.tv_nsec >= 1000000000) {
             until.tv_sec++;
             until.tv_nsec -= 1000000000;
         }
         pthread_cond_timedwait(&stop_state.cv, &stop_state.mu, &until);
         pthread_mutex_unlock(&stop_state.mu);
-        log_flush_suppressed(false);
+        if ((waited_ms += step_ms) >= flush_ms) {
+            waited_ms = 0;
+            log_flush_suppressed(false);
+        }
+        struct raft_node_status st;
+        raft_node_status_get(craft_server_node(s), &st);
+        failed = st.fatal;
         pthread_mutex_lock(&stop_state.mu);
     }
     int sig = stop_state.sig;
     bool removed = stop_state.removed && !sig;
     pthread_mutex_unlock(&stop_state.mu);
+    if (failed && !sig && !removed) {
+        log_error(me, "craftd %s: stopping: the member fail-stopped after a storage or state "
+                      "machine failure (%s; the error logged before this says which); restart "
+                      "it once the cause (a full disk?) is fixed",
+                  cfg.name, raft_node_strerror(failed));
+        craft_server_stop(s);
+        log_flush_suppressed(true);
+        log_error(me, "craftd %s: stopped after a storage or state machine failure", cfg.name);
+        return 1;
+    }
     if (removed)
         log_warn(me, "craftd %s: the member has been permanently removed from the cluster (%s); "
                      "shutting down",

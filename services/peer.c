@@ -12,6 +12,7 @@
 #include "log/log.h"
 #include "metrics/metrics.h"
 #include "services/peer.h"
+#include "services/peer_msg.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -337,46 +338,6 @@ static size_t msg_size(const struct raft_msg *m)
     return n;
 }
 
-static void msg_to_pb(const struct raft_msg *m, Craft__Raft__Message *pm, Craft__Raft__Entry *pe,
-                      Craft__Raft__Entry **pep)
-{
-    craft__raft__message__init(pm);
-    pm->type = m->type;
-    pm->from = m->from;
-    pm->to = m->to;
-    pm->term = m->term;
-    pm->last_log_index = m->last_log_index;
-    pm->last_log_term = m->last_log_term;
-    pm->transfer = m->transfer;
-    pm->granted = m->granted;
-    pm->prev_index = m->prev_index;
-    pm->prev_term = m->prev_term;
-    pm->commit = m->commit;
-    pm->reject = m->reject;
-    pm->match_index = m->match_index;
-    pm->reject_index = m->reject_index;
-    pm->conflict_term = m->conflict_term;
-    pm->conflict_index = m->conflict_index;
-    pm->ctx = m->ctx;
-    pm->read_index = m->read_index;
-    pm->snapshot_index = m->snapshot_index;
-    pm->snapshot_term = m->snapshot_term;
-    pm->conf.data = m->conf;
-    pm->conf.len = m->conf_len;
-    for (uint32_t i = 0; i < m->n_entries; i++) {
-        const struct raft_entry *e = &m->entries[i];
-        craft__raft__entry__init(&pe[i]);
-        pe[i].index = e->index;
-        pe[i].term = e->term;
-        pe[i].type = e->type;
-        pe[i].data.len = e->len;
-        pe[i].data.data = e->data; /* packed by copy; never written through */
-        pep[i] = &pe[i];
-    }
-    pm->n_entries = m->n_entries;
-    pm->entries = m->n_entries ? pep : NULL;
-}
-
 /* The traffic slot of member id (claimed if new), or NULL when every slot is taken. */
 static struct traffic_slot *traffic_of(struct peer *p, uint64_t id)
 {
@@ -436,7 +397,7 @@ static int send_batch(struct peer *p, struct peer_out *o, const struct raft_msg 
         goto out;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        msg_to_pb(&msgs[i], &pm[i], pe + k, pep + k);
+        peer_msg_to_pb(&msgs[i], &pm[i], pe + k, pep + k);
         pmp[i] = &pm[i];
         k += msgs[i].n_entries;
     }
@@ -777,51 +738,6 @@ static void *in_open(struct rpc_stream *s, void *ctx)
     return in;
 }
 
-static bool pb_to_msg(const Craft__Raft__Message *pm, struct raft_msg *m, struct raft_entry *es)
-{
-    if (pm->type == RAFT_MSG_NONE || pm->type > RAFT_MSG_TYPE_MAX)
-        return false;
-    memset(m, 0, sizeof *m);
-    m->type = (uint8_t)pm->type;
-    m->from = pm->from;
-    m->to = pm->to;
-    m->term = pm->term;
-    m->last_log_index = pm->last_log_index;
-    m->last_log_term = pm->last_log_term;
-    m->transfer = pm->transfer;
-    m->granted = pm->granted;
-    m->prev_index = pm->prev_index;
-    m->prev_term = pm->prev_term;
-    m->commit = pm->commit;
-    m->reject = pm->reject;
-    m->match_index = pm->match_index;
-    m->reject_index = pm->reject_index;
-    m->conflict_term = pm->conflict_term;
-    m->conflict_index = pm->conflict_index;
-    m->ctx = pm->ctx;
-    m->read_index = pm->read_index;
-    m->snapshot_index = pm->snapshot_index;
-    m->snapshot_term = pm->snapshot_term;
-    if (pm->conf.len > UINT32_MAX)
-        return false;
-    m->conf = pm->conf.len ? pm->conf.data : NULL; /* valid while pm is; the core copies it */
-    m->conf_len = (uint32_t)pm->conf.len;
-    for (size_t i = 0; i < pm->n_entries; i++) {
-        const Craft__Raft__Entry *pe = pm->entries[i];
-        if (pe->type > RAFT_ENTRY_CONFIG || pe->data.len > UINT32_MAX)
-            return false;
-        es[i].index = pe->index;
-        es[i].term = pe->term;
-        es[i].type = (uint8_t)pe->type;
-        es[i].len = (uint32_t)pe->data.len;
-        es[i].data = pe->data.len ? pe->data.data : NULL;
-    }
-    m->n_entries = (uint32_t)pm->n_entries;
-    m->entries = pm->n_entries ? es : NULL;
-    return true;
-}
-
-
 /* Who sends this Batch, checked again after any table change (and first for a stream that may
  * come from an unnamed member): true to go on, false when the stream was refused. */
 static bool in_check(struct rpc_stream *s, struct in_stream *in, const Craft__Raft__Batch *b)
@@ -871,20 +787,25 @@ static void in_message(struct rpc_stream *s, const uint8_t *data, size_t len, vo
     if (!in || in->finished)
         return;
     struct peer *p = in->p;
-    Craft__Raft__Batch *b =
-        (Craft__Raft__Batch *)rpc_msg_unpack(&craft__raft__batch__descriptor, data, len);
-    if (!b) {
-        in_finish(s, in, GRPC_STATUS_INVALID_ARGUMENT, "malformed raft Batch");
+    struct peer_batch pb;
+    int rc = peer_batch_decode(data, len, &pb); /* peer_msg.h: every bound checked there */
+    if (rc != PEER_BATCH_OK) {
+        peer_batch_free(&pb);
+        in_finish(s, in,
+                  rc == PEER_BATCH_ENOMEM ? GRPC_STATUS_RESOURCE_EXHAUSTED
+                                          : GRPC_STATUS_INVALID_ARGUMENT,
+                  rc == PEER_BATCH_ENOMEM ? "out of memory" : "malformed raft Batch");
         return;
     }
+    const Craft__Raft__Batch *b = pb.pb;
     if (b->cluster_id != p->cluster_id) {
         in_finish(s, in, GRPC_STATUS_FAILED_PRECONDITION,
                   "cluster id mismatch: the peer was started with another --initial-cluster");
-        protobuf_c_message_free_unpacked(&b->base, NULL);
+        peer_batch_free(&pb);
         return;
     }
     if (!in_check(s, in, b)) {
-        protobuf_c_message_free_unpacked(&b->base, NULL);
+        peer_batch_free(&pb);
         return;
     }
     atomic_fetch_add(&p->batches_received, 1);
@@ -901,26 +822,20 @@ static void in_message(struct rpc_stream *s, const uint8_t *data, size_t len, vo
     }
     if (b->client_urls && *b->client_urls && sender)
         set_member_urls(p, sender, b->client_urls);
-    size_t max_entries = 0;
-    for (size_t i = 0; i < b->n_msgs; i++)
-        if (b->msgs[i]->n_entries > max_entries)
-            max_entries = b->msgs[i]->n_entries;
-    struct raft_entry *es = calloc(max_entries ? max_entries : 1, sizeof *es);
     pthread_rwlock_rdlock(&p->node_lock);
-    for (size_t i = 0; i < b->n_msgs; i++) {
-        struct raft_msg m;
-        bool ok = es && pb_to_msg(b->msgs[i], &m, es) && m.to == p->self_id &&
-                  (p->insecure || m.from == in->from) && p->node;
+    for (size_t i = 0; i < pb.n; i++) {
+        const struct raft_msg *m = &pb.msgs[i];
+        bool ok = pb.ok[i] && m->to == p->self_id && (p->insecure || m->from == in->from) &&
+                  p->node;
         if (ok) {
-            raft_node_step(p->node, &m);
+            raft_node_step(p->node, m);
             atomic_fetch_add(&p->msgs_received, 1);
         } else {
             atomic_fetch_add(&p->msgs_dropped, 1);
         }
     }
     pthread_rwlock_unlock(&p->node_lock);
-    free(es);
-    protobuf_c_message_free_unpacked(&b->base, NULL);
+    peer_batch_free(&pb);
 }
 
 static void in_close(struct rpc_stream *s, grpc_status_code status, void *user)
@@ -1150,7 +1065,7 @@ static int transport_send_snapshot(void *ctx, uint64_t to, const struct raft_msg
     if (!o)
         return -EINVAL;
     Craft__Raft__Message pm;
-    msg_to_pb(m, &pm, NULL, NULL);
+    peer_msg_to_pb(m, &pm, NULL, NULL);
     Craft__Raft__SnapshotChunk c = CRAFT__RAFT__SNAPSHOT_CHUNK__INIT;
     c.cluster_id = p->cluster_id;
     c.msg = &pm;
@@ -1231,9 +1146,8 @@ static void handle_snapshot(struct rpc_call *call, const ProtobufCMessage *msg, 
         rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "cluster id mismatch");
         return;
     }
-    if (!c->msg || c->msg->n_entries || !pb_to_msg(c->msg, &m, NULL) ||
-        m.type != RAFT_MSG_SNAPSHOT || m.to != p->self_id || (!p->insecure && m.from != from) ||
-        !m.snapshot_index || !m.snapshot_term) {
+    if (!peer_msg_snapshot_from_pb(c->msg, &m) || m.to != p->self_id ||
+        (!p->insecure && m.from != from)) {
         rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "not a snapshot for this member");
         return;
     }

@@ -52,7 +52,9 @@
  *
  * Errors: functions return 0 or a negative RAFT_E* code. Bad input from outside (a malformed
  * message, an unknown sender, an index out of range) is dropped with an error code; the core never
- * aborts on it. assert() guards internal invariants only.
+ * aborts on it. assert() guards internal invariants only. Log indices above 2^63 - 1 are refused
+ * as malformed (appends and snapshots from peers, a restored log), so index + 1 never wraps; a
+ * member whose term reached 2^64 - 1 (only a peer's forged term can do that) never campaigns.
  */
 #ifndef CRAFT_RAFT_RAFT_H
 #define CRAFT_RAFT_RAFT_H

@@ -179,8 +179,8 @@ void raft_maybe_commit(struct raft *r)
 
 static int check_entries(const struct raft *r, const struct raft_msg *m)
 {
-    if (m->prev_term > m->term || m->prev_index > UINT64_MAX - m->n_entries - 1)
-        return RAFT_EINVAL;
+    if (m->prev_term > m->term || m->prev_index > RAFT_INDEX_LIMIT - m->n_entries)
+        return RAFT_EINVAL; /* the log would pass RAFT_INDEX_LIMIT */
     if ((m->prev_index == 0) != (m->prev_term == 0))
         return RAFT_EINVAL;
     uint64_t t = m->prev_term;
@@ -284,7 +284,7 @@ int raft_recv_append(struct raft *r, const struct raft_msg *m)
 int raft_recv_snapshot(struct raft *r, const struct raft_msg *m)
 {
     if (m->n_entries || !m->snapshot_index || !m->snapshot_term || m->snapshot_term > m->term ||
-        m->commit < m->snapshot_index)
+        m->commit < m->snapshot_index || m->snapshot_index > RAFT_INDEX_LIMIT)
         return RAFT_EINVAL;
     struct raft_conf sc;
     if (m->conf_len && raft_conf_decode(m->conf, m->conf_len, &sc, NULL, NULL))

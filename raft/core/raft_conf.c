@@ -368,6 +368,12 @@ void raft_conf_free(struct raft *r)
  * the runtime stops a removed member. */
 bool raft_may_campaign(const struct raft *r)
 {
+    /* The term space is exhausted: a campaign would need term + 1. Only a peer's forged term can
+     * bring us here (2^64 elections cannot happen), and a peer's bytes must not make set_term's
+     * "terms only grow" assertion fire; such a member just never campaigns again. Found by
+     * tests/fuzz/raft_step_fuzz.c (an APPEND of term 2^64-1, then TimeoutNow). */
+    if (r->hs.term == UINT64_MAX)
+        return false;
     if (raft_is_voter(r, r->id))
         return true;
     if (!r->conf_index || r->conf_index <= r->commit)

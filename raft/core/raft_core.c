@@ -121,6 +121,8 @@ static int restore_log(struct raft *r, const struct raft_restore *rs)
     uint64_t snap = rs->snapshot_index;
     if (n && (e[0].index == 0 || e[0].index > snap + 1))
         return RAFT_EINVAL; /* a gap between the snapshot and the log */
+    if (snap > RAFT_INDEX_LIMIT || (n && e[0].index > RAFT_INDEX_LIMIT - (n - 1)))
+        return RAFT_EINVAL; /* beyond any log this core writes (raft_internal.h) */
     uint64_t prev_term = 0;
     for (size_t i = 0; i < n; i++) {
         if (e[i].index != e[0].index + i || e[i].term < prev_term || e[i].term > rs->hs.term ||

@@ -16,6 +16,12 @@ struct raft_log {
     uint64_t offset_term;
 };
 
+/* The highest log index a peer (or the disk) may make this member hold: appends and snapshots
+ * past it are refused as malformed. Far beyond any real log, and far enough below 2^64 that
+ * last index + 1 - a leader's no-op, a proposal, a probe's next index - never wraps (a snapshot
+ * at 2^64-1 made a new leader's progress assert; found by tests/fuzz/raft_step_fuzz.c). */
+#define RAFT_INDEX_LIMIT (UINT64_MAX / 2)
+
 /* A read waiting in the core (raft_read.c). On a leader: from = 0 for a local read, else the
  * follower that asked; round = 0 while it waits for the leader's first commit in its term. On a
  * follower: a read forwarded to the leader, waiting for its answer. */

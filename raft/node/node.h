@@ -216,6 +216,8 @@ struct raft_node_status {
     uint64_t read_rounds;    /* ReadIndex rounds started since start (each serves a batch) */
     uint64_t props_failed;   /* proposals accepted and then failed (timeout, leadership lost,
                                 shutdown, storage failure) since start */
+    int fatal;               /* 0, or the RAFT_NODE_* code of the storage or state machine
+                                failure that made the node fail-stop (it logged the cause) */
 };
 void raft_node_status_get(struct raft_node *n, struct raft_node_status *st);
 /* Metrics (metrics/metrics.h; docs/metrics.md). Histograms the node counts lock-free on its

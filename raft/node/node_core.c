@@ -658,6 +658,7 @@ void raft_node_status_get(struct raft_node *n, struct raft_node_status *st)
     st->reads_pending = (uint32_t)n->reads.count;
     st->read_rounds = n->reads.rounds;
     st->props_failed = n->props_failed;
+    st->fatal = n->fatal;
     pthread_mutex_unlock(&n->mu);
 }
 

@@ -16,6 +16,7 @@
  * The applier copies up to max_apply_batch committed entries out of the core's in-memory log
  * under n->mu (no queue of its own to bound: the core already holds them), applies them without
  * any lock, then completes the matching proposals. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -390,7 +391,9 @@ static bool apply_once_locked(struct raft_node *n)
         for (size_t i = 0; i < b.n_normal; i++)
             free(results[i].data);
         batch_free(&b);
-        node_fail_locked(n, RAFT_NODE_EIO, "state machine apply() failed");
+        char what[96]; /* the cause in the one log line (a full disk says so) */
+        snprintf(what, sizeof what, "state machine apply() failed: %s", strerror(-rc));
+        node_fail_locked(n, RAFT_NODE_EIO, what);
         return false;
     }
     struct node_done_list l = {0};

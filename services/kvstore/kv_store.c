@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1784,10 +1785,18 @@ static void results_clear(struct raft_fsm_result *res, size_t n)
     }
 }
 
-static int fatal(int rc)
+/* The code apply returns after rc killed a transaction; the node logs it. A full disk shows as
+ * ENOSPC, or as EIO when LMDB's page write was short (LMDB's own code for a short write), so EIO
+ * with (almost) no space left on the store's filesystem is reported as ENOSPC. */
+static int fatal(const struct kv_store *s, int rc)
 {
     if (rc == ENOMEM)
         return -ENOMEM;
+    struct statvfs fs;
+    if (rc == EIO && statvfs(s->dir, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < (1u << 20))
+        rc = ENOSPC;
+    if (rc == ENOSPC)
+        return -ENOSPC;
     return -EIO; /* an LMDB error (I/O, corruption, ...) or errno: stop applying */
 }
 
@@ -1838,7 +1847,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
         MDB_txn *txn;
         int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
         if (rc)
-            return fatal(rc);
+            return fatal(s, rc);
         rc = apply_entry(s, txn, &es[i], &results[i]);
         if (rc == 0 && (rc = state_write(txn, s->meta, idx, term, s->rev, s->compact)) == 0)
             rc = mdb_txn_commit(txn);
@@ -1853,7 +1862,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
             s->n_lch = 0;
             results_clear(&results[i], 1);
             if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-                return fatal(rc);
+                return fatal(s, rc);
             if ((rc = state_write(txn, s->meta, idx, term, s->rev, s->compact)) == 0)
                 rc = mdb_txn_commit(txn);
             else
@@ -1865,7 +1874,7 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
         if (rc) {
             s->rev = rev0;
             s->compact = compact0;
-            return fatal(rc);
+            return fatal(s, rc);
         }
         atomic_store(&s->applied, idx);
         after_commit(s);
@@ -1878,8 +1887,9 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
 {
     /* A restore left every byte synced and kv.state clean, so a machine crash until now keeps
      * the restored store; the first unsynced commit needs the dirty mark first. */
-    if (mark_dirty(s))
-        return -EIO;
+    int mrc = mark_dirty(s);
+    if (mrc)
+        return fatal(s, mrc);
     uint64_t applied = atomic_load(&s->applied);
     /* The runtime never repeats an applied entry; if it did, applying twice would corrupt
      * the revisions, so such entries only get an error. */
@@ -1900,7 +1910,7 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
     MDB_txn *txn;
     int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc)
-        return fatal(rc);
+        return fatal(s, rc);
     for (size_t i = 0; i < n && rc == 0; i++) {
         if (s->fail_at && es[i].index == s->fail_at)
             rc = EIO;
@@ -1932,7 +1942,7 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
     results_clear(results, n);
     if (rc == MDB_MAP_FULL)
         return apply_isolated(s, es, n, last_index, results);
-    return fatal(rc);
+    return fatal(s, rc);
 }
 
 static int fsm_apply(void *ctx, const struct raft_entry *es, size_t n, uint64_t last_index,

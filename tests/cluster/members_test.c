@@ -38,6 +38,58 @@ static ProtobufCMessage *call(int i, const char *method, const ProtobufCMessage 
     return res.status == GRPC_STATUS_OK ? resp : NULL;
 }
 
+/* A LeaseKeepAlive stream to member i, one request sent: the message it ends with (an answer
+ * instead fails the test). */
+struct ka_end {
+    pthread_mutex_t mu;
+    bool closed, answered;
+    char msg[128];
+};
+
+static void ka_message(struct rpc_client_stream *s, const uint8_t *d, size_t n, void *arg)
+{
+    (void)s, (void)d, (void)n;
+    struct ka_end *k = arg;
+    pthread_mutex_lock(&k->mu);
+    k->answered = true;
+    pthread_mutex_unlock(&k->mu);
+}
+
+static void ka_close(struct rpc_client_stream *s, grpc_status_code st, const char *msg, void *arg)
+{
+    (void)s, (void)st;
+    struct ka_end *k = arg;
+    pthread_mutex_lock(&k->mu);
+    k->closed = true;
+    snprintf(k->msg, sizeof k->msg, "%s", msg ? msg : "");
+    pthread_mutex_unlock(&k->mu);
+}
+
+static const char *keepalive_refusal(int i)
+{
+    static struct ka_end k;
+    static const struct rpc_client_stream_handler h = {ka_message, ka_close, NULL};
+    memset(&k, 0, sizeof k);
+    pthread_mutex_init(&k.mu, NULL);
+    struct rpc_client_stream *s =
+        rpc_channel_stream_open(hc_channel(&C, i), "/etcdserverpb.Lease/LeaseKeepAlive", &h, &k);
+    cr_assert(s);
+    Etcdserverpb__LeaseKeepAliveRequest r = ETCDSERVERPB__LEASE_KEEP_ALIVE_REQUEST__INIT;
+    r.id = 1;
+    uint8_t buf[16];
+    rpc_client_stream_send(s, buf, etcdserverpb__lease_keep_alive_request__pack(&r, buf), 5000);
+    bool closed = false;
+    for (int64_t end = hc_now_ms() + 10000; !closed && hc_now_ms() < end; usleep(10000)) {
+        pthread_mutex_lock(&k.mu);
+        closed = k.closed;
+        pthread_mutex_unlock(&k.mu);
+    }
+    cr_assert(closed, "the keep-alive stream was not ended");
+    cr_assert_not(k.answered, "the keep-alive was answered");
+    rpc_client_stream_close(s);
+    return k.msg;
+}
+
 static void peer_url(int m, char *buf, size_t len)
 {
     snprintf(buf, len, "https://127.0.0.1:%d", C.m[m].peer_port);
@@ -349,6 +401,17 @@ Test(members, learner_catches_up_then_is_promoted, .fini = teardown, .timeout = 
     cr_assert_null(call(3, "/etcdserverpb.KV/Range", &rr.base,
                         &etcdserverpb__range_response__descriptor, &pe));
     cr_assert_str_eq(pe.msg, "etcdserver: rpc not supported for learner", "linearizable read");
+    /* the Lease API too, the keep-alive stream included (etcd's interceptor refuses them all) */
+    Etcdserverpb__LeaseGrantRequest lg = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    lg.ttl = 10;
+    cr_assert_null(call(3, "/etcdserverpb.Lease/LeaseGrant", &lg.base,
+                        &etcdserverpb__lease_grant_response__descriptor, &pe));
+    cr_assert_str_eq(pe.msg, "etcdserver: rpc not supported for learner", "LeaseGrant");
+    Etcdserverpb__LeaseLeasesRequest ll = ETCDSERVERPB__LEASE_LEASES_REQUEST__INIT;
+    cr_assert_null(call(3, "/etcdserverpb.Lease/LeaseLeases", &ll.base,
+                        &etcdserverpb__lease_leases_response__descriptor, &pe));
+    cr_assert_str_eq(pe.msg, "etcdserver: rpc not supported for learner", "LeaseLeases");
+    cr_assert_str_eq(keepalive_refusal(3), "etcdserver: rpc not supported for learner");
     /* Promote once it has caught up (refused while it lags: retried). */
     struct call_err e = {0};
     bool ok = false;

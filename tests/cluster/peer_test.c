@@ -3,18 +3,22 @@
  * and dropped by a member with no node attached; in a real two-member Raft cluster every write is
  * sent, received and handed to the node on both sides with nothing dropped; a send to a member
  * that went away counts as a failure, and a stream from a certificate naming no member as
- * refused. */
+ * refused. The Raft stream opened by hand (as a replicator opens it) with a certificate of the
+ * cluster's CA that names no member is ended with PERMISSION_DENIED and its Batch never reaches
+ * the member, while the same Batch with a member's certificate does. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "raft/node/node.h"
 #include "services/cluster.h"
 #include "services/peer.h"
+#include "services/peer_msg.h"
 #include "tests/cluster/harness.h"
 
 #define ENTRY_BYTES 1000
@@ -330,4 +334,118 @@ Test(peer_stats, a_member_gone_counts_a_failure_and_a_stranger_is_refused, .init
     cr_assert_eq(a.send_failures, 1);
     cr_assert_eq(a.batches_sent, queued, "a failed send is not counted as sent");
     cr_assert_eq(a.msgs_sent, queued);
+}
+
+/* ---- the Raft stream itself, opened by hand ------------------------------------------------- */
+
+#define RAFT_METHOD "/craft.raft.Peer/Raft"
+
+struct raw {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool closed;
+    grpc_status_code status;
+};
+
+static void raw_message(struct rpc_client_stream *s, const uint8_t *d, size_t n, void *arg)
+{
+    (void)s, (void)d, (void)n, (void)arg;
+}
+
+static void raw_close(struct rpc_client_stream *s, grpc_status_code st, const char *m, void *arg)
+{
+    (void)s, (void)m;
+    struct raw *r = arg;
+    pthread_mutex_lock(&r->mu);
+    r->status = st;
+    r->closed = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* A valid Batch for member 1: one heartbeat claiming to come from member 0. */
+static size_t heartbeat_batch(uint8_t **out)
+{
+    struct raft_msg hb = heartbeat();
+    Craft__Raft__Message pm, *pmp = &pm;
+    peer_msg_to_pb(&hb, &pm, NULL, NULL);
+    Craft__Raft__Batch b = CRAFT__RAFT__BATCH__INIT;
+    b.cluster_id = cl.id;
+    b.n_msgs = 1;
+    b.msgs = &pmp;
+    size_t len;
+    cr_assert_eq(rpc_msg_pack(&b.base, out, &len), 0);
+    return len;
+}
+
+/* Opens Peer.Raft on member 1 with the given certificate - as member 0's replicator does - and
+ * sends one Batch. A member's stream stays open (the receiver never ends it): then this returns
+ * GRPC_STATUS_OK once member 1 has counted the Batch. Otherwise the status member 1 ended the
+ * stream with. */
+static grpc_status_code raft_stream_send(const char *cert, const char *key, const void *msg,
+                                         size_t len)
+{
+    struct rpc_tls t = {C.ca, cert, key};
+    char target[64], err[256];
+    snprintf(target, sizeof target, "127.0.0.1:%d", C.m[1].peer_port);
+    struct rpc_channel_config cc = {.target = target, .tls = &t, .server_name = C.m[1].name};
+    struct rpc_channel *ch = rpc_channel_create(&cc, err, sizeof err);
+    cr_assert(ch, "%s", err);
+    struct raw r = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0};
+    static const struct rpc_client_stream_handler h = {raw_message, raw_close, NULL};
+    uint64_t before = stats_of(1).batches_received;
+    struct rpc_client_stream *s = rpc_channel_stream_open(ch, RAFT_METHOD, &h, &r);
+    cr_assert(s);
+    cr_assert_eq(rpc_client_stream_send(s, msg, len, 5000), 0);
+    /* Either member 1 ends the stream, or it takes the Batch; polled, bounded by 10 s. */
+    int64_t until = hc_now_ms() + 10000;
+    grpc_status_code st = GRPC_STATUS_DEADLINE_EXCEEDED;
+    for (;;) {
+        pthread_mutex_lock(&r.mu);
+        bool closed = r.closed;
+        grpc_status_code cst = r.status;
+        pthread_mutex_unlock(&r.mu);
+        if (closed) {
+            st = cst;
+            break;
+        }
+        if (stats_of(1).batches_received > before) {
+            st = GRPC_STATUS_OK;
+            break;
+        }
+        if (hc_now_ms() >= until)
+            break;
+        nanosleep(&(struct timespec){0, 5 * 1000000L}, NULL);
+    }
+    rpc_client_stream_cancel(s);
+    rpc_channel_destroy(ch);
+    return st;
+}
+
+Test(peer_auth, a_raft_stream_with_a_certificate_naming_no_member_is_refused, .init = setup,
+     .fini = teardown, .timeout = 60)
+{
+    start_peer(1, 0);
+    uint8_t *batch;
+    size_t len = heartbeat_batch(&batch);
+
+    /* A certificate of the cluster's CA that names no member (the client certificate), sending
+     * a well-formed Batch that claims to come from member 0: refused, and nothing taken. */
+    cr_assert_eq(raft_stream_send(C.cert, C.key, batch, len), GRPC_STATUS_PERMISSION_DENIED);
+    struct peer_stats s = stats_of(1);
+    cr_assert_eq(s.streams_refused, 1);
+    cr_assert_eq(s.batches_received + s.msgs_received + s.msgs_dropped, 0,
+                 "a refused stream's Batch reached the member");
+
+    /* The same bytes on the same path with member 0's certificate are taken (counted as
+     * dropped: no node is attached), so the refusal above is the certificate's doing. */
+    char cert0[400], key0[400];
+    snprintf(cert0, sizeof cert0, "%s/%s.pem", C.certs, C.m[0].name);
+    snprintf(key0, sizeof key0, "%s/%s-key.pem", C.certs, C.m[0].name);
+    cr_assert_eq(raft_stream_send(cert0, key0, batch, len), GRPC_STATUS_OK);
+    cr_assert_eq(wait_counter(1, FIELD(msgs_dropped), 1), 1);
+    s = stats_of(1);
+    cr_assert_eq(s.streams_refused, 1);
+    cr_assert_eq(s.batches_received, 1);
+    free(batch);
 }

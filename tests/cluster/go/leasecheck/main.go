@@ -47,6 +47,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"math/rand"
@@ -266,6 +267,52 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+type putErr struct {
+	at  time.Time
+	err string
+}
+
+// explainGap prints what happened during a putter's gap [from, to]: the putter's errors then,
+// and every member's log lines stamped within it (a leader change, a slow fdatasync or apply, a
+// snapshot), so a failure on a loaded CI machine says whether the cluster stalled or the
+// machine did.
+func explainGap(t0, from, to time.Time, errs []putErr) {
+	note("gap: from %s to %s after the start (%s to %s)", from.Sub(t0).Round(time.Millisecond),
+		to.Sub(t0).Round(time.Millisecond), from.UTC().Format("15:04:05.000"), to.UTC().Format("15:04:05.000"))
+	for _, e := range errs {
+		if !e.at.Before(from) && !e.at.After(to) {
+			note("gap: put failed at %s: %s", e.at.Sub(t0).Round(time.Millisecond), e.err)
+		}
+	}
+	for _, m := range members {
+		if m == nil {
+			continue
+		}
+		b, err := os.ReadFile(m.log)
+		if err != nil {
+			continue
+		}
+		shown := 0
+		for _, line := range strings.Split(string(b), "\n") {
+			var rec struct {
+				Ts string `json:"ts"`
+			}
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				continue
+			}
+			ts, err := time.Parse(time.RFC3339Nano, rec.Ts)
+			if err != nil || ts.Before(from.Add(-200*time.Millisecond)) || ts.After(to.Add(200*time.Millisecond)) {
+				continue
+			}
+			if shown++; shown > 40 {
+				note("gap: %s: more lines in the window not shown", m.name)
+				break
+			}
+			note("gap: %s: %s", m.name, line)
+		}
+	}
 }
 
 func killAll() {
@@ -671,6 +718,7 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 	defer putter.Close()
 	var pmu sync.Mutex
 	var acks []time.Time
+	var perrs []putErr // the putter's failures, for the report of a long gap (the newest 64)
 	var pstop int32
 	pdone := make(chan struct{})
 	go func() {
@@ -679,11 +727,16 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 			ctx, cancel := ctxT(5 * time.Second)
 			_, err := putter.Put(ctx, "mx/putter", strconv.Itoa(seq))
 			cancel()
+			pmu.Lock()
 			if err == nil {
-				pmu.Lock()
 				acks = append(acks, time.Now())
-				pmu.Unlock()
+			} else {
+				if len(perrs) == 64 {
+					perrs = perrs[1:]
+				}
+				perrs = append(perrs, putErr{time.Now(), err.Error()})
 			}
+			pmu.Unlock()
 		}
 	}()
 	// the refresher, on the leader (a follower would forward every keep-alive)
@@ -886,6 +939,7 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 		end = time.Now()
 	}
 	var gap time.Duration
+	var gapFrom time.Time
 	prev := t0
 	cnt := 0
 	for _, a := range acks {
@@ -896,19 +950,21 @@ func scenarioMassExpiry(admin *clientv3.Client) {
 			break
 		}
 		if a.Sub(prev) > gap {
-			gap = a.Sub(prev)
+			gap, gapFrom = a.Sub(prev), prev
 		}
 		prev = a
 		cnt++
 	}
 	if end.Sub(prev) > gap {
-		gap = end.Sub(prev)
+		gap, gapFrom = end.Sub(prev), prev
 	}
+	errs := append([]putErr(nil), perrs...)
 	pmu.Unlock()
 	if gap <= *flagMaxGap && cnt > 0 {
 		ok("mass: the putter kept going: %d puts acknowledged, longest gap %s (bound %s)", cnt, gap.Round(time.Millisecond), *flagMaxGap)
 	} else {
 		bad("mass: the putter's longest gap %s (bound %s), %d puts", gap.Round(time.Millisecond), *flagMaxGap, cnt)
+		explainGap(t0, gapFrom, gapFrom.Add(gap), errs)
 	}
 	// the leases themselves are gone
 	ctx, cancel := ctxT(10 * time.Second)
