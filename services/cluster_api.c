@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "services/clock.h"
+#include "services/member_req.h"
 #include "services/proto/etcd/rpc.pb-c.h"
 #include "services/proto/raftpb.pb-c.h"
 
@@ -42,7 +43,13 @@
 #define ERR_UNMARSHAL "grpc: error unmarshalling request"
 
 /* Peer.Member's method numbers (raftpb.proto); MoveLeader never leaves this member. */
-enum { M_ADD = 1, M_REMOVE = 2, M_UPDATE = 3, M_PROMOTE = 4, M_MOVE_LEADER = 5 };
+enum {
+    M_ADD = MEMBER_REQ_ADD,
+    M_REMOVE = MEMBER_REQ_REMOVE,
+    M_UPDATE = MEMBER_REQ_UPDATE,
+    M_PROMOTE = MEMBER_REQ_PROMOTE,
+    M_MOVE_LEADER = MEMBER_REQ_MOVE_LEADER,
+};
 
 /* One change (or MoveLeader) from a client, or from a follower over Peer.Member. */
 struct op {
@@ -155,55 +162,7 @@ static bool has(const uint64_t *ids, uint32_t n, uint64_t id)
     return false;
 }
 
-static void drop(uint64_t *ids, uint32_t *n, uint64_t id)
-{
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < *n; i++)
-        if (ids[i] != id)
-            ids[k++] = ids[i];
-    *n = k;
-}
 
-int cluster_api_target(const struct raft_conf *cur, enum cluster_api_change ch, uint64_t id,
-                       struct raft_conf *out)
-{
-    *out = *cur;
-    out->n_old = 0;
-    bool voter = has(cur->voters, cur->n_voters, id);
-    bool learner = has(cur->learners, cur->n_learners, id);
-    switch (ch) {
-    case CLUSTER_API_ADD_VOTER:
-    case CLUSTER_API_ADD_LEARNER:
-        if (voter || learner)
-            return CLUSTER_EEXIST;
-        if (cur->n_voters + cur->n_learners >= RAFT_MAX_NODES)
-            return CLUSTER_EFULL;
-        if (ch == CLUSTER_API_ADD_VOTER)
-            out->voters[out->n_voters++] = id;
-        else
-            out->learners[out->n_learners++] = id;
-        return 0;
-    case CLUSTER_API_REMOVE:
-        if (!voter && !learner)
-            return CLUSTER_ENOTFOUND;
-        if (voter && cur->n_voters == 1)
-            return CLUSTER_ELAST;
-        drop(out->voters, &out->n_voters, id);
-        drop(out->learners, &out->n_learners, id);
-        return 0;
-    case CLUSTER_API_PROMOTE:
-        if (voter)
-            return CLUSTER_API_ENOTLEARNER;
-        if (!learner)
-            return CLUSTER_ENOTFOUND;
-        drop(out->learners, &out->n_learners, id);
-        out->voters[out->n_voters++] = id;
-        return 0;
-    case CLUSTER_API_UPDATE:
-        return voter || learner ? 0 : CLUSTER_ENOTFOUND;
-    }
-    return CLUSTER_EINVAL;
-}
 
 int cluster_api_strict_check(const struct raft_conf *cur, const bool *started,
                              enum cluster_api_change ch, uint64_t id)
@@ -248,46 +207,7 @@ bool cluster_api_learner_ready(uint64_t match, uint64_t leader_index)
     return match >= leader_index || leader_index - match <= leader_index / 10;
 }
 
-int cluster_api_check_urls(char *const *urls, size_t n, bool tls, struct cluster_url *out)
-{
-    if (n == 0)
-        return CLUSTER_EBADURL;
-    if (n > 1)
-        return CLUSTER_API_EONEURL;
-    char err[128];
-    if (!urls[0] || cluster_parse_url(urls[0], out, err, sizeof err) != 0 || out->tls != tls)
-        return CLUSTER_EBADURL;
-    return 0;
-}
 
-/* Appends a member known by its peer URL only (name "" until it starts): CLUSTER_EURLEXISTS
- * (another member listens there), CLUSTER_EEXIST, CLUSTER_EFULL. The id is
- * cluster_member_id_url of the URL with the token salted by `salt` (the leader's last log
- * index): a member removed and added back at the same address gets a new id, as etcd never
- * reuses one - its peers remember the old id as removed and as having run. The joining member
- * finds itself in the table by its URL, so it need not compute the id. */
-static int add_by_url(struct cluster *c, const struct cluster_url *u, const char *token,
-                      uint64_t salt, uint64_t *id)
-{
-    for (size_t i = 0; i < c->n; i++)
-        if (c->members[i].peer_url.port == u->port &&
-            strcasecmp(c->members[i].peer_url.host, u->host) == 0)
-            return CLUSTER_EURLEXISTS;
-    char canon[CLUSTER_URL_MAX], salted[600];
-    cluster_url_string(u, canon, sizeof canon);
-    snprintf(salted, sizeof salted, "%s/%llu", token, (unsigned long long)salt);
-    uint64_t nid = cluster_member_id_url(canon, salted);
-    if (cluster_find_id(c, nid))
-        return CLUSTER_EEXIST;
-    if (c->n >= CLUSTER_MAX_MEMBERS)
-        return CLUSTER_EFULL;
-    struct cluster_member *m = &c->members[c->n++];
-    memset(m, 0, sizeof *m);
-    m->id = nid;
-    m->peer_url = *u;
-    *id = nid;
-    return 0;
-}
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
@@ -613,7 +533,7 @@ static enum outcome do_add(struct work *w, const Etcdserverpb__MemberAddRequest 
     w->next = w->v.table;
     struct raft_node_status st;
     raft_node_status_get(w->a->cfg.node, &st);
-    rc = add_by_url(&w->next, &u, w->a->token, st.core.last_index, &id);
+    rc = member_req_add_by_url(&w->next, &u, w->a->token, st.core.last_index, &id);
     if (rc != 0) {
         deliver_err(w->o, rc, true, false);
         return DONE;
@@ -789,16 +709,6 @@ static enum outcome do_move_leader(struct work *w, const Etcdserverpb__MoveLeade
     }
 }
 
-static const ProtobufCMessageDescriptor *request_desc(int method)
-{
-    switch (method) {
-    case M_ADD: return &etcdserverpb__member_add_request__descriptor;
-    case M_REMOVE: return &etcdserverpb__member_remove_request__descriptor;
-    case M_UPDATE: return &etcdserverpb__member_update_request__descriptor;
-    case M_PROMOTE: return &etcdserverpb__member_promote_request__descriptor;
-    default: return &etcdserverpb__move_leader_request__descriptor;
-    }
-}
 
 /* One attempt at w->o (gate held). */
 static enum outcome run_once(struct work *w)
@@ -821,7 +731,7 @@ static enum outcome run_once(struct work *w)
     }
     if (w->v.conf.n_old && o->method != M_MOVE_LEADER)
         return RETRY; /* joint: the previous change is not finished */
-    ProtobufCMessage *req = rpc_msg_unpack(request_desc(o->method), o->req, o->len);
+    ProtobufCMessage *req = rpc_msg_unpack(member_req_desc(o->method), o->req, o->len);
     if (!req) {
         deliver(o, GRPC_STATUS_INVALID_ARGUMENT, ERR_UNMARSHAL, NULL);
         return DONE;
@@ -1003,35 +913,17 @@ static void enqueue(struct cluster_api *a, struct op *o)
 
 /* ---- a follower's side: Peer.Member to the leader -------------------------------------------- */
 
-static Etcdserverpb__ResponseHeader **header_of(int method, ProtobufCMessage *m)
-{
-    switch (method) {
-    case M_ADD: return &((Etcdserverpb__MemberAddResponse *)m)->header;
-    case M_REMOVE: return &((Etcdserverpb__MemberRemoveResponse *)m)->header;
-    case M_UPDATE: return &((Etcdserverpb__MemberUpdateResponse *)m)->header;
-    default: return &((Etcdserverpb__MemberPromoteResponse *)m)->header;
-    }
-}
 
-static const ProtobufCMessageDescriptor *response_desc(int method)
-{
-    switch (method) {
-    case M_ADD: return &etcdserverpb__member_add_response__descriptor;
-    case M_REMOVE: return &etcdserverpb__member_remove_response__descriptor;
-    case M_UPDATE: return &etcdserverpb__member_update_response__descriptor;
-    default: return &etcdserverpb__member_promote_response__descriptor;
-    }
-}
 
 /* The leader's response, with this member's header (the member the client called). */
 static void relay(struct op *o, const uint8_t *data, size_t len)
 {
-    ProtobufCMessage *m = rpc_msg_unpack(response_desc(o->method), data, len);
+    ProtobufCMessage *m = rpc_msg_unpack(member_req_response_desc(o->method), data, len);
     if (!m) {
         rpc_call_fail(o->call, GRPC_STATUS_INTERNAL, "craft: the leader's answer does not decode");
         return;
     }
-    Etcdserverpb__ResponseHeader **hp = header_of(o->method, m);
+    Etcdserverpb__ResponseHeader **hp = member_req_header(o->method, m);
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT, *orig = *hp;
     fill_header(o->a, &h, false);
     *hp = &h;
@@ -1103,7 +995,7 @@ static void handle_change(struct rpc_call *call, const uint8_t *data, size_t len
 {
     if (refuse_learner(a, call))
         return;
-    ProtobufCMessage *m = rpc_msg_unpack(request_desc(method), data, len);
+    ProtobufCMessage *m = rpc_msg_unpack(member_req_desc(method), data, len);
     if (!m) {
         rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_UNMARSHAL);
         return;
@@ -1170,12 +1062,10 @@ static void handle_peer_member(struct rpc_call *call, const ProtobufCMessage *m,
                       "only cluster members may hand over membership changes");
         return;
     }
-    if (r->cluster_id != a->cluster_id) {
-        rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "cluster id mismatch");
-        return;
-    }
-    if (r->method < M_ADD || r->method > M_PROMOTE) {
-        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "craft: unknown membership method");
+    int code;
+    const char *msg;
+    if (member_req_peer_check(r, a->cluster_id, &code, &msg) != 0) {
+        rpc_call_fail(call, (grpc_status_code)code, msg);
         return;
     }
     struct op *o = op_new(a, call, (int)r->method, r->request.data, r->request.len, true);

@@ -18,6 +18,7 @@
 
 #include "services/backoff.h"
 #include "services/clock.h"
+#include "services/forward_req.h"
 #include "services/proto/raftpb.pb-c.h"
 
 #define FORWARDS_METHOD "/craft.raft.Peer/Forwards"
@@ -126,8 +127,7 @@ static void complete(struct fwd_op *list)
         struct fwd_answer a;
         const Craft__Raft__ForwardReplyItem *r = op->answer;
         if (op->err == FWD_OK)
-            a = (struct fwd_answer){r->code, r->message ? r->message : "", r->result.data,
-                                    r->result.len, r->index};
+            fwd_req_answer(r, &a);
         op->done(op->arg, op->err, op->err == FWD_OK ? &a : NULL);
         free(op);
     }
@@ -226,8 +226,7 @@ static void os_message(struct rpc_client_stream *st, const uint8_t *data, size_t
     (void)st;
     struct out_stream *s = arg;
     struct fwd_out *o = s->o;
-    Craft__Raft__ForwardReplyBatch *b = (Craft__Raft__ForwardReplyBatch *)rpc_msg_unpack(
-        &craft__raft__forward_reply_batch__descriptor, data, len);
+    Craft__Raft__ForwardReplyBatch *b = fwd_req_reply_batch(data, len);
     struct fwd_op *list = NULL;
     pthread_mutex_lock(&o->mu);
     if (!b) {
@@ -594,20 +593,20 @@ static void in_message(struct rpc_stream *s, const uint8_t *data, size_t len, vo
     if (!in)
         return;
     struct fwd *f = in->f;
-    Craft__Raft__ForwardBatch *b = (Craft__Raft__ForwardBatch *)rpc_msg_unpack(
-        &craft__raft__forward_batch__descriptor, data, len);
+    int code;
+    const char *msg;
+    /* Malformed or of another cluster: the stream ends (in_end does nothing once it has). */
+    Craft__Raft__ForwardBatch *b = fwd_req_batch(data, len, f->cluster_id, &code, &msg);
     if (!b) {
-        in_end_locked(in, GRPC_STATUS_INVALID_ARGUMENT, "malformed ForwardBatch");
+        in_end_locked(in, (grpc_status_code)code, msg);
         return;
     }
     pthread_mutex_lock(&in->mu);
     if (!in->st) {
         pthread_mutex_unlock(&in->mu);
-    } else if (b->cluster_id != f->cluster_id) {
-        in_end(in, GRPC_STATUS_FAILED_PRECONDITION, "cluster id mismatch");
-        pthread_mutex_unlock(&in->mu);
-    } else if ((size_t)(in->unanswered + in->queued) + b->n_items > (size_t)f->max_inflight) {
-        in_end(in, GRPC_STATUS_RESOURCE_EXHAUSTED, "more forwards in flight than allowed");
+    } else if (fwd_req_batch_room((size_t)(in->unanswered + in->queued), b->n_items,
+                                  (size_t)f->max_inflight, &code, &msg) != 0) {
+        in_end(in, (grpc_status_code)code, msg);
         pthread_mutex_unlock(&in->mu);
     } else {
         /* Each item holds the context until it is answered (by fwd_reply, maybe right away). */

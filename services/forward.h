@@ -35,6 +35,7 @@
 
 #include "rpc/rpc.h"
 #include "services/cluster.h"
+#include "services/forward_req.h" /* struct fwd_answer */
 #include "services/peer.h"
 
 #define FWD_DEFAULT_MAX_INFLIGHT 4096          /* forwards awaiting an answer, per stream */
@@ -48,16 +49,6 @@ enum {
     FWD_EBUSY = -3,     /* max_inflight forwards already wait on this stream */
     FWD_ENOMEM = -4,
     FWD_ESHUTDOWN = -5, /* the fwd is being destroyed */
-};
-
-/* The leader's answer to one forward: code/message are the gRPC status for the client (0: the
- * entry was applied, result is the state machine's result for it, index where it committed). */
-struct fwd_answer {
-    uint32_t code;
-    const char *message;
-    const uint8_t *result;
-    size_t len;
-    uint64_t index;
 };
 
 /* Follower side: completion of one forward. err is FWD_OK (a is the leader's answer, valid

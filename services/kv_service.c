@@ -10,6 +10,7 @@
 
 #include "services/cluster_api.h"
 #include "services/forward.h"
+#include "services/kv_req.h"
 #include "services/kvstore/kv_cmd.h"
 #include "services/maint_snapshot.h"
 #include "services/node_gate.h"
@@ -51,7 +52,16 @@ static bool refuse_learner(struct kv_service *s, struct rpc_call *call)
     return true;
 }
 
-enum op_kind { OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_RANGE, OP_LEASE_GRANT, OP_LEASE_REVOKE };
+/* The kinds of kv_req.h, whose functions the handlers call. */
+enum op_kind {
+    OP_PUT = KV_REQ_PUT,
+    OP_DELETE = KV_REQ_DELETE,
+    OP_TXN = KV_REQ_TXN,
+    OP_COMPACT = KV_REQ_COMPACT,
+    OP_RANGE = KV_REQ_RANGE,
+    OP_LEASE_GRANT = KV_REQ_LEASE_GRANT,
+    OP_LEASE_REVOKE = KV_REQ_LEASE_REVOKE,
+};
 
 /* One client call waiting for the log or for a read index. */
 struct op {
@@ -216,52 +226,23 @@ static bool reply_physical(struct op *o, const uint8_t *data, size_t len)
 /* Answers the client from an applied entry's result (a packed craft.kv.Result). */
 static void reply_result(struct op *o, const uint8_t *data, size_t len)
 {
-    Craft__Kv__Result *r = kv_result_decode(data, len);
-    if (!r) {
-        fail(o->call, GRPC_STATUS_INTERNAL, "craft: undecodable state machine result");
-        return;
-    }
-    if (r->code) {
-        fail(o->call, (int)r->code, r->message);
-        craft__kv__result__free_unpacked(r, NULL);
+    Craft__Kv__Result *r;
+    ProtobufCMessage *resp;
+    Etcdserverpb__ResponseHeader **hp;
+    int code;
+    const char *msg;
+    if (kv_req_result((enum kv_req_kind)o->kind, data, len, &r, &resp, &hp, &code, &msg)) {
+        fail(o->call, code, msg);
+        if (r)
+            craft__kv__result__free_unpacked(r, NULL);
         return;
     }
     if (o->kind == OP_COMPACT && o->physical_rev && reply_physical(o, data, len)) {
         craft__kv__result__free_unpacked(r, NULL);
         return;
     }
-    ProtobufCMessage *resp = NULL;
-    Etcdserverpb__ResponseHeader **hp = NULL;
-    switch (o->kind) {
-    case OP_PUT:
-        resp = r->put ? &r->put->base : NULL;
-        hp = r->put ? &r->put->header : NULL;
-        break;
-    case OP_DELETE:
-        resp = r->delete_range ? &r->delete_range->base : NULL;
-        hp = r->delete_range ? &r->delete_range->header : NULL;
-        break;
-    case OP_TXN:
-        resp = r->txn ? &r->txn->base : NULL;
-        hp = r->txn ? &r->txn->header : NULL;
-        break;
-    case OP_COMPACT:
-        resp = r->compaction ? &r->compaction->base : NULL;
-        hp = r->compaction ? &r->compaction->header : NULL;
-        break;
-    case OP_LEASE_GRANT:
-        resp = r->lease_grant ? &r->lease_grant->base : NULL;
-        hp = r->lease_grant ? &r->lease_grant->header : NULL;
-        break;
-    case OP_LEASE_REVOKE:
-        resp = r->lease_revoke ? &r->lease_revoke->base : NULL;
-        hp = r->lease_revoke ? &r->lease_revoke->header : NULL;
-        break;
-    default:
-        break;
-    }
     if (!resp) {
-        fail(o->call, GRPC_STATUS_INTERNAL, "craft: state machine result of the wrong kind");
+        fail(o->call, code, msg);
         craft__kv__result__free_unpacked(r, NULL);
         return;
     }
@@ -361,48 +342,18 @@ static void write_start(struct kv_service *s, struct rpc_call *call, enum op_kin
     }
 }
 
-static int check_valid(struct rpc_call *call, int rc, const struct kv_err *err)
-{
-    if (rc != 0)
-        fail(call, err->code, err->msg);
-    return rc;
-}
-
 /* Validates, encodes and proposes one decoded write request (Put, DeleteRange, Compact). */
 static void write_request(struct kv_service *s, struct rpc_call *call, enum op_kind kind,
                           const ProtobufCMessage *m)
 {
     struct kv_err err;
-    uint8_t *cmd = NULL;
-    size_t len = 0;
-    int64_t physical_rev = 0;
-    int rc, enc;
+    uint8_t *cmd;
+    size_t len;
+    int64_t physical_rev;
     if (refuse_learner(s, call))
         return;
-    switch (kind) {
-    case OP_PUT:
-        rc = kv_validate_put((const Etcdserverpb__PutRequest *)m, &err);
-        enc = rc ? 0 : kv_cmd_encode_put((const Etcdserverpb__PutRequest *)m, &cmd, &len);
-        break;
-    case OP_DELETE:
-        rc = kv_validate_delete_range((const Etcdserverpb__DeleteRangeRequest *)m, &err);
-        enc = rc ? 0
-                 : kv_cmd_encode_delete_range((const Etcdserverpb__DeleteRangeRequest *)m, &cmd,
-                                              &len);
-        break;
-    default: /* OP_COMPACT */
-        if (((const Etcdserverpb__CompactionRequest *)m)->physical)
-            physical_rev = ((const Etcdserverpb__CompactionRequest *)m)->revision;
-        rc = kv_validate_compaction((const Etcdserverpb__CompactionRequest *)m, &err);
-        enc = rc ? 0
-                 : kv_cmd_encode_compaction((const Etcdserverpb__CompactionRequest *)m, &cmd,
-                                            &len);
-        break;
-    }
-    if (check_valid(call, rc, &err))
-        return;
-    if (enc != 0) {
-        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (kv_req_write((enum kv_req_kind)kind, m, &cmd, &len, &physical_rev, &err)) {
+        fail(call, err.code, err.msg);
         return;
     }
     write_start(s, call, kind, cmd, len, physical_rev);
@@ -513,15 +464,10 @@ static void read_start(struct kv_service *s, struct rpc_call *call, enum op_kind
  * they decode it themselves. */
 static void handle_range(struct rpc_call *call, const uint8_t *data, size_t len, void *ctx)
 {
-    Etcdserverpb__RangeRequest *r = (Etcdserverpb__RangeRequest *)rpc_msg_unpack(
-        &etcdserverpb__range_request__descriptor, data, len);
-    if (!r) {
-        fail(call, GRPC_STATUS_INVALID_ARGUMENT, "grpc: error unmarshalling request");
-        return;
-    }
     struct kv_err err;
-    if (check_valid(call, kv_validate_range(r, &err), &err)) {
-        protobuf_c_message_free_unpacked(&r->base, NULL);
+    Etcdserverpb__RangeRequest *r = kv_req_range(data, len, &err);
+    if (!r) {
+        fail(call, err.code, err.msg);
         return;
     }
     if (!r->serializable && refuse_learner(ctx, call)) {
@@ -534,35 +480,18 @@ static void handle_range(struct rpc_call *call, const uint8_t *data, size_t len,
 static void handle_txn(struct rpc_call *call, const uint8_t *data, size_t len, void *ctx)
 {
     struct kv_service *s = ctx;
-    struct kv_err werr;
     if (refuse_learner(s, call))
         return;
-    /* protobuf-c unpacks nested Txns recursively: bound the depth on the raw bytes first. */
-    if (kv_check_txn_wire(data, len, &werr) != 0) {
-        fail(call, werr.code, werr.msg);
-        return;
-    }
-    Etcdserverpb__TxnRequest *r = (Etcdserverpb__TxnRequest *)rpc_msg_unpack(
-        &etcdserverpb__txn_request__descriptor, data, len);
-    if (!r) {
-        fail(call, GRPC_STATUS_INVALID_ARGUMENT, "grpc: error unmarshalling request");
-        return;
-    }
     struct kv_err err;
-    if (check_valid(call, kv_validate_txn(r, s->cfg.max_txn_ops, &err), &err)) {
-        protobuf_c_message_free_unpacked(&r->base, NULL);
-        return;
-    }
-    if (kv_txn_is_readonly(r)) {
-        read_start(s, call, OP_TXN, &r->base, false);
-        return;
-    }
+    Etcdserverpb__TxnRequest *r;
     uint8_t *cmd;
     size_t clen;
-    int rc = kv_cmd_encode_txn(r, &cmd, &clen);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-    if (rc != 0) {
-        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    if (kv_req_txn(data, len, s->cfg.max_txn_ops, &r, &cmd, &clen, &err)) {
+        fail(call, err.code, err.msg);
+        return;
+    }
+    if (r) { /* read-only */
+        read_start(s, call, OP_TXN, &r->base, false);
         return;
     }
     write_start(s, call, OP_TXN, cmd, clen, 0);

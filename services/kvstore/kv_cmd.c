@@ -31,6 +31,8 @@ typedef int (*wire_next)(const uint8_t *p, size_t n, int depth);
 
 static int wire_walk(const uint8_t *p, size_t n, uint32_t nested, wire_next next, int depth)
 {
+    if (n == 0)
+        return 0; /* p may be NULL (an empty entry): NULL + 0 is undefined in C */
     const uint8_t *end = p + n;
     while (p < end) {
         uint64_t key, v;
@@ -82,6 +84,22 @@ static int wire_txn(const uint8_t *p, size_t n, int depth)
     if (depth > KV_MAX_TXN_DEPTH)
         return WIRE_DEEP;
     return wire_walk(p, n, 1u << 2 | 1u << 3, wire_op, depth);
+}
+
+/* The same bound on a Result: field 5 holds a TxnResponse, whose field 3 holds ResponseOps,
+ * whose field 4 holds a TxnResponse. */
+static int wire_resp_txn(const uint8_t *p, size_t n, int depth);
+
+static int wire_resp_op(const uint8_t *p, size_t n, int depth)
+{
+    return wire_walk(p, n, 1u << 4, wire_resp_txn, depth + 1);
+}
+
+static int wire_resp_txn(const uint8_t *p, size_t n, int depth)
+{
+    if (depth > KV_MAX_TXN_DEPTH)
+        return WIRE_DEEP;
+    return wire_walk(p, n, 1u << 3, wire_resp_op, depth);
 }
 
 int kv_check_txn_wire(const void *data, size_t len, struct kv_err *err)
@@ -156,9 +174,14 @@ int kv_cmd_encode_compaction(const Etcdserverpb__CompactionRequest *r, uint8_t *
 int kv_cmd_encode_lease_grant(const Etcdserverpb__LeaseGrantRequest *r, uint8_t **out,
                               size_t *len)
 {
+    /* Only the fields apply reads: a client's unknown fields stay out of the log (protobuf-c
+     * would pack an overlong tag 0 back as one no member can decode). */
+    Etcdserverpb__LeaseGrantRequest g = ETCDSERVERPB__LEASE_GRANT_REQUEST__INIT;
+    g.ttl = r->ttl;
+    g.id = r->id;
     Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
     c.op_case = CRAFT__KV__COMMAND__OP_LEASE_GRANT;
-    c.lease_grant = (Etcdserverpb__LeaseGrantRequest *)r;
+    c.lease_grant = &g;
     return encode(&c, out, len);
 }
 
@@ -184,6 +207,10 @@ int kv_cmd_encode_lease_checkpoint(const Etcdserverpb__LeaseCheckpointRequest *r
 Craft__Kv__Result *kv_result_decode(const void *data, size_t len)
 {
     if (!data && len)
+        return NULL;
+    /* A follower decodes the leader's bytes (forward.h): bound the nesting first, as for a
+     * command (the store's own results are never deeper than the command they answer). */
+    if (wire_walk(data, len, 1u << 5, wire_resp_txn, 0))
         return NULL;
     return craft__kv__result__unpack(NULL, len, data);
 }

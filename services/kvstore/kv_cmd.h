@@ -10,8 +10,9 @@
  * - Decoding never reads outside data[0, len): malformed bytes get NULL or -1. protobuf-c
  *   unpacks nested messages by recursion, so the kv_check_*_wire walkers bound the Txn nesting
  *   of a request or command on its raw bytes (themselves recursing at most KV_MAX_TXN_DEPTH
- *   levels) before it is unpacked. kv_result_decode trusts its input's nesting: it is for
- *   results the store produced, nested no deeper than the checked command they answer.
+ *   levels) before it is unpacked. kv_result_decode bounds a Result's TxnResponse nesting
+ *   the same way (a follower decodes the leader's forwarded results): deeper than
+ *   KV_MAX_TXN_DEPTH, which no store result is, it returns NULL.
  */
 #ifndef CRAFT_SERVICES_KV_CMD_H
 #define CRAFT_SERVICES_KV_CMD_H

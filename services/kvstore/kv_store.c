@@ -3318,6 +3318,7 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     }
     /* Written without syncs, then synced once, whole, before it can take the old one's place. */
     MDB_val fk = {6, "format"}, fv = {strlen(KV_FORMAT), KV_FORMAT};
+    bool hooked = false; /* set before the first goto lmdb, which reads it */
     if ((lrc = env_create(s, &env)) ||
         (lrc = mdb_env_open(env, tmp, MDB_NOTLS | MDB_NOSYNC, 0600)) ||
         (lrc = mdb_txn_begin(env, NULL, 0, &txn)) ||
@@ -3326,7 +3327,6 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
         goto lmdb;
     size_t pending = 0;
     struct kv_snap_rec rec;
-    bool hooked = false;
     int64_t last_mod = 0;
     uint64_t sub = 0;
     while ((rc = kv_snap_dec_next(d, &rec, err, errlen)) == 1) {
