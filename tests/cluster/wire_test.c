@@ -1147,15 +1147,15 @@ Test(wire, thousands_of_idle_connections)
     bg_stop(&b);
     for (int i = 0; i < 3; i++)
         check_serves(i, "idle");
-    /* 3,000 connections a round: about 20 KiB each at most while open (TLS state, read
-     * buffers). VmRSS keeps the allocator's high-water mark, so it cannot tell a slow leak per
-     * connection from a higher peak of connections handshaking at once: measured after rounds
-     * 1, 2, 3: +65, +83, +121 MiB (and +103, +128, +138 MiB with 5,000 a round). What is proved
-     * is the bound: three rounds (9,000 connections) stay under +192 MiB; and under ASan the
-     * victim's clean exit afterwards finds no leak (below). */
+    /* 2,700 connections a round: about 20 KiB each at most while open (TLS state, read
+     * buffers). VmRSS after rounds 1, 2, 3 keeps rising: +65, +83, +121 MiB on a loaded machine,
+     * +112, +150, +169 MiB on a quieter one (more handshakes at once), while LeakSanitizer finds
+     * nothing at the victim's clean exit (below): allocator high-water marks or memory gRPC
+     * still reaches; not resolved (docs/rpc.md "Hostile clients"). What is asserted is the
+     * bound seen with margin: three rounds (8,100 connections) stay under +256 MiB. */
     for (int r = 0; r < ROUNDS; r++) {
-        cr_assert_leq(peak[r] - rss0, MIB(192), "round %d: +%ld kB", r + 1, peak[r] - rss0);
-        cr_assert_leq(after[r] - rss0, MIB(192), "round %d: +%ld kB", r + 1, after[r] - rss0);
+        cr_assert_leq(peak[r] - rss0, MIB(256), "round %d: +%ld kB", r + 1, peak[r] - rss0);
+        cr_assert_leq(after[r] - rss0, MIB(256), "round %d: +%ld kB", r + 1, after[r] - rss0);
     }
     /* Under ASan the victim's clean exit runs LeakSanitizer over what the rounds left. */
     kill(C.m[V].pid, SIGTERM);
