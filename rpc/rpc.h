@@ -77,6 +77,8 @@ const char *rpc_strerror(int code);
 #define RPC_DEFAULT_STREAM_QUEUE 1024       /* queued outgoing messages per stream */
 #define RPC_DEFAULT_MAX_INFLIGHT 65536      /* async calls + streams per channel */
 #define RPC_DEFAULT_MAX_STREAMS 4096        /* concurrent HTTP/2 streams per connection */
+#define RPC_DEFAULT_HANDSHAKE_MS 10000      /* server: TCP accept to HTTP/2 ready (gRPC's: 120 s) */
+#define RPC_DEFAULT_SERVER_MEMORY (256u << 20) /* server: gRPC's memory quota per server */
 #define RPC_DEFAULT_RECONNECT_MAX_MS 1000   /* reconnect backoff ceiling of a channel */
 
 /* PEM files. A server needs all three. A channel needs ca_file; cert_file and key_file are
@@ -119,6 +121,14 @@ struct rpc_server_config {
     size_t max_send_bytes;     /* largest reply message; default 4 MiB */
     int max_streams;           /* concurrent calls per client connection; default 4096 */
     int stream_queue;          /* outgoing messages queued per server stream; default 1024 */
+    int handshake_timeout_ms;  /* a connection that has not finished its TLS and HTTP/2
+                                  handshakes this long after accept is closed (garbage, or an
+                                  idle socket, before TLS); default 10 s */
+    size_t max_memory_bytes;   /* gRPC's memory for this server's connections and calls (its
+                                  resource quota: read buffers, HTTP/2 state, call arenas);
+                                  under pressure gRPC sends GOAWAY to connections with no
+                                  calls, then cancels calls (RESOURCE_EXHAUSTED); default
+                                  256 MiB. Messages queued by handlers are not counted. */
 };
 
 /* Unary handler: req/len are valid only until the handler returns. The handler (or anyone it

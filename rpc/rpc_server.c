@@ -869,7 +869,12 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
     }
 
     rpc_grpc_init();
-    grpc_arg args[4];
+    /* The quota bounds what gRPC allocates for this server's connections; the server's
+     * channel args hold a reference of their own. */
+    grpc_resource_quota *quota = grpc_resource_quota_create("rpc-server");
+    grpc_resource_quota_resize(quota, cfg->max_memory_bytes ? cfg->max_memory_bytes
+                                                            : RPC_DEFAULT_SERVER_MEMORY);
+    grpc_arg args[6];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -883,8 +888,17 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = GRPC_ARG_ALLOW_REUSEPORT; /* a port held by someone else must be an error */
     args[3].value.integer = 0;
-    grpc_channel_args ch_args = {4, args};
+    args[4].type = GRPC_ARG_INTEGER;
+    args[4].key = GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS;
+    args[4].value.integer =
+        rpc_clamp_int(cfg->handshake_timeout_ms, RPC_DEFAULT_HANDSHAKE_MS, 10, 3600 * 1000);
+    args[5].type = GRPC_ARG_POINTER;
+    args[5].key = GRPC_ARG_RESOURCE_QUOTA;
+    args[5].value.pointer.p = quota;
+    args[5].value.pointer.vtable = grpc_resource_quota_arg_vtable();
+    grpc_channel_args ch_args = {6, args};
     srv->gs = grpc_server_create(&ch_args, NULL);
+    grpc_resource_quota_unref(quota);
     for (int i = 0; i < srv->nthreads; i++) {
         srv->w[i].srv = srv;
         srv->w[i].cq = grpc_completion_queue_create_for_next(NULL);

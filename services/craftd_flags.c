@@ -92,6 +92,9 @@ static const struct flag flags[] = {
     {"experimental-lease-checkpoint-interval", DUR, U8(lease_checkpoint_ms), 1000, 86400000, "5m0s", "how often each lease longer than this is checkpointed (1s .. 24h)"},
     {"max-lease-keepalive-inflight", UINT, U4(max_lease_keepalive_inflight), 1, 1u << 16, "1024", "keep-alive requests of one stream being renewed at once; beyond, the stream is not read"},
     {"max-lease-keepalive-streams", UINT, U4(max_lease_keepalive_streams), 1, 1u << 20, "10000", "LeaseKeepAlive streams at once on this member"},
+    {"max-concurrent-streams", UINT, U4(max_concurrent_streams), 1, 1u << 24, "1024", "calls (streams) at once on one client connection; more wait in the client (etcd's default: unbounded)"},
+    {"handshake-timeout", DUR, U8(handshake_timeout_ms), 100, 600000, "10s", "a connection to either listener that has not finished its TLS and HTTP/2 handshakes this long after accept is closed (100ms .. 10m)"},
+    {"max-grpc-memory-bytes", UINT, U8(max_grpc_memory_bytes), 64u << 20, 1ull << 40, "268435456", "gRPC's memory (connections, HTTP/2 state, calls) per listener; under pressure idle connections get GOAWAY, then calls are cancelled"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
 
@@ -384,6 +387,9 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->lease_checkpoint_ms = 5 * 60 * 1000;
     cfg->max_lease_keepalive_inflight = 1024;
     cfg->max_lease_keepalive_streams = 10000;
+    cfg->max_concurrent_streams = 1024;
+    cfg->handshake_timeout_ms = 10000;
+    cfg->max_grpc_memory_bytes = 256u << 20;
     raw.listen_client = "https://127.0.0.1:2379";
     raw.listen_peer = "https://127.0.0.1:2380";
 
@@ -474,6 +480,13 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
                     "--wal-segment-bytes (%llu) must be at least twice --max-request-bytes (%llu) "
                     "plus framing",
                     (unsigned long long)cfg->wal_segment_bytes,
+                    (unsigned long long)cfg->max_request_bytes);
+    /* Below a few requests' worth, gRPC would cancel ordinary large calls under pressure. */
+    if (cfg->max_grpc_memory_bytes < 4 * (cfg->max_request_bytes + (512u << 10)))
+        return fail(err, errlen,
+                    "--max-grpc-memory-bytes (%llu) must be at least four times "
+                    "--max-request-bytes (%llu) plus 512 KiB",
+                    (unsigned long long)cfg->max_grpc_memory_bytes,
                     (unsigned long long)cfg->max_request_bytes);
     /* etcd's own words (Go's flag package over etcd's SelectiveStringValue), then which values. */
     if (strcmp(cfg->initial_cluster_state, "new") && strcmp(cfg->initial_cluster_state, "existing"))

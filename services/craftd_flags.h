@@ -15,6 +15,8 @@
  * --logger (zap or capnslog), --log-level (debug .. fatal) and --log-outputs (default, stderr,
  * stdout or paths, comma-separated) take etcd's values; a bad one is refused with the values
  * wanted (a path that cannot be opened is found later, when craftd opens it).
+ * --max-grpc-memory-bytes must hold four of the largest client requests (4 x (--max-request-bytes
+ * + 512 KiB)) and is at least 64 MiB (four of the peer port's 16 MiB batches).
  */
 #ifndef CRAFT_SERVICES_CRAFTD_FLAGS_H
 #define CRAFT_SERVICES_CRAFTD_FLAGS_H
@@ -90,6 +92,10 @@ struct craftd_config {
     uint64_t lease_checkpoint_ms;          /* etcd's --experimental-lease-checkpoint-interval */
     uint32_t max_lease_keepalive_inflight; /* per stream */
     uint32_t max_lease_keepalive_streams;
+    /* gRPC listeners (rpc/rpc.h, docs/rpc.md "Hostile clients") */
+    uint32_t max_concurrent_streams; /* etcd's --max-concurrent-streams: per client connection */
+    uint64_t handshake_timeout_ms;   /* accept to TLS + HTTP/2 ready, both listeners */
+    uint64_t max_grpc_memory_bytes;  /* gRPC's resource quota, per listener */
 
     /* derived */
     bool join_existing;       /* --initial-cluster-state existing: with an empty data directory,

@@ -513,7 +513,7 @@ static void handle_status(struct rpc_call *call, const ProtobufCMessage *m, void
 
 static struct rpc_server *listen_on(const struct cluster_url *u, const struct rpc_tls *tls,
                                     const struct craftd_config *cfg, size_t max_msg,
-                                    const char *what, char *err, size_t errlen)
+                                    int max_streams, const char *what, char *err, size_t errlen)
 {
     char addr[CLUSTER_HOST_MAX + 16], rerr[256];
     cluster_url_target(u, addr, sizeof addr);
@@ -524,6 +524,9 @@ static struct rpc_server *listen_on(const struct cluster_url *u, const struct rp
         .threads = (int)cfg->server_threads,
         .max_recv_bytes = max_msg,
         .max_send_bytes = max_msg,
+        .max_streams = max_streams,
+        .handshake_timeout_ms = (int)cfg->handshake_timeout_ms,
+        .max_memory_bytes = (size_t)cfg->max_grpc_memory_bytes,
     };
     struct rpc_server *srv = rpc_server_create(&sc, rerr, sizeof rerr);
     if (!srv)
@@ -782,13 +785,16 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     size_t peer_max = PEER_DEFAULT_MAX_RECV_BYTES;
     if (cfg->max_request_bytes + (64u << 10) > peer_max)
         peer_max = cfg->max_request_bytes + (64u << 10);
-    s->peer_srv = listen_on(&cfg->listen_peer, &peer_tls, cfg, peer_max, "peer", err, errlen);
+    /* --max-concurrent-streams is the client port's (etcd's); members open a handful of streams
+     * to each other, and the peer port keeps rpc's default. */
+    s->peer_srv = listen_on(&cfg->listen_peer, &peer_tls, cfg, peer_max, 0, "peer", err, errlen);
     if (!s->peer_srv || peer_register(s->peer, s->peer_srv) != 0)
         goto fail;
     /* As etcd: gRPC takes up to 512 KiB over --max-request-bytes, so a request just over the
      * limit gets etcd's "request is too large" from the service, not a transport error. */
     s->client_srv = listen_on(&cfg->listen_client, &client_tls, cfg,
-                              cfg->max_request_bytes + (512u << 10), "client", err, errlen);
+                              cfg->max_request_bytes + (512u << 10),
+                              (int)cfg->max_concurrent_streams, "client", err, errlen);
     if (!s->client_srv ||
         rpc_server_register_unary_msg(s->client_srv, "/craft.node.Node/Status",
                                       &craft__node__status_request__descriptor, handle_status, s))

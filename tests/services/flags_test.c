@@ -355,3 +355,30 @@ Test(flags, leases)
     refused("--max-lease-keepalive-inflight",
             parse("--max-lease-keepalive-inflight=0", TLS_FLAGS, NULL));
 }
+
+Test(flags, grpc_listener_bounds)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.max_concurrent_streams, 1024, "bounded, unlike etcd's math.MaxUint32");
+    cr_assert_eq(cfg.handshake_timeout_ms, 10000);
+    cr_assert_eq(cfg.max_grpc_memory_bytes, 256u << 20);
+    cr_assert_eq(parse("--max-concurrent-streams", "16", "--handshake-timeout=500ms",
+                       "--max-grpc-memory-bytes", "67108864", TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert_eq(cfg.max_concurrent_streams, 16);
+    cr_assert_eq(cfg.handshake_timeout_ms, 500);
+    cr_assert_eq(cfg.max_grpc_memory_bytes, 64u << 20);
+    refused("--max-concurrent-streams wants a whole number",
+            parse("--max-concurrent-streams=0", TLS_FLAGS, NULL));
+    refused("--handshake-timeout wants a duration",
+            parse("--handshake-timeout=50ms", TLS_FLAGS, NULL));
+    refused("--max-grpc-memory-bytes wants a whole number",
+            parse("--max-grpc-memory-bytes=1048576", TLS_FLAGS, NULL));
+    /* four of the largest requests must fit */
+    refused("--max-grpc-memory-bytes (67108864) must be at least four times --max-request-bytes",
+            parse("--max-request-bytes", "20000000", "--wal-segment-bytes", "67108864",
+                  "--max-grpc-memory-bytes", "67108864", TLS_FLAGS, NULL));
+    cr_assert_eq(parse("--max-request-bytes", "20000000", "--max-grpc-memory-bytes", "90000000",
+                       TLS_FLAGS, NULL),
+                 0, "%s", err);
+}
