@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,15 +36,51 @@ static void runfile(char *out, size_t len, const char *rel)
     cr_assert_eq(access(out, X_OK), 0, "missing runfile %s", out);
 }
 
-static int free_port(void)
+/* Below the kernel's ephemeral range (net.ipv4.ip_local_port_range), so no outgoing connection
+ * of any process can get the port as its source port between this check and the member's bind:
+ * a freed ephemeral port can (CI saw "address already in use" while other tests opened thousands
+ * of connections). Ports this process handed out are not handed out again. */
+int hc_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-              getsockname(fd, (struct sockaddr *)&a, &al) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static unsigned char given[65536];
+    static unsigned seed;
+    int lo = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d", &lo) != 1)
+            lo = 32768;
+        fclose(f);
+    }
+    pthread_mutex_lock(&mu);
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)hc_now_ms();
+    int port = 0;
+    for (int try = 0; try < 1000 && lo > 11000 && !port; try++) {
+        int p = 10000 + (int)(rand_r(&seed) % (unsigned)(lo - 10000));
+        if (given[p])
+            continue;
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                .sin_port = htons((uint16_t)p)};
+        if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0)
+            port = p;
+        if (fd >= 0)
+            close(fd);
+    }
+    if (!port) { /* no room below the range: the kernel's pick */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t al = sizeof a;
+        cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+                  getsockname(fd, (struct sockaddr *)&a, &al) == 0);
+        close(fd);
+        port = ntohs(a.sin_port);
+    }
+    given[port] = 1;
+    pthread_mutex_unlock(&mu);
+    return port;
 }
 
 static void run(const char *cmd)
@@ -76,8 +113,8 @@ void hc_setup(struct hc *c, int n, int heartbeat_ms, int election_ms)
         snprintf(cmd, sizeof cmd, "%s node %s %s --dns localhost --ip 127.0.0.1 >/dev/null", tool,
                  c->certs, m->name);
         run(cmd);
-        m->client_port = free_port();
-        m->peer_port = free_port();
+        m->client_port = hc_free_port();
+        m->peer_port = hc_free_port();
         char dir[sizeof c->dir], name[sizeof m->name]; /* copies: no overlap with *c */
         memcpy(dir, c->dir, sizeof dir);
         memcpy(name, m->name, sizeof name);

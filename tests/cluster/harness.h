@@ -79,6 +79,9 @@ int hc_get(struct hc *c, int i, const char *key, char *val, size_t vlen, bool se
 
 struct rpc_channel *hc_channel(struct hc *c, int i);
 int64_t hc_now_ms(void);
+/* A loopback port that could be bound just now, below the kernel's ephemeral range, never the
+ * same twice in one process. */
+int hc_free_port(void);
 /* Pulls the last lines of member i's log into the test output (for failures). */
 void hc_dump_log(struct hc *c, int i);
 /* Whether member i's log has a line containing needle. */

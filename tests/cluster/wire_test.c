@@ -734,15 +734,8 @@ Test(wire, random_protobuf_to_every_method)
 {
     /* A metrics listener on the victim lists the client port's methods. */
     int mport[3];
-    for (int i = 0; i < 3; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t al = sizeof a;
-        cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-                  getsockname(fd, (struct sockaddr *)&a, &al) == 0);
-        mport[i] = ntohs(a.sin_port);
-        close(fd);
-    }
+    for (int i = 0; i < 3; i++)
+        mport[i] = hc_free_port();
     const char *env = getenv("CRAFT_WIRE_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 0) : 0x18c0ffee2026ull;
     rng = seed ? seed : 1;

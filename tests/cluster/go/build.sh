@@ -4,8 +4,9 @@
 #
 #   build.sh OUTDIR FILE.go...
 #
-# Each FILE is tests/cluster/go/PROG/NAME.go; every PROG is built to OUTDIR/PROG, and a PROG with
-# _test.go files also gets its test binary, OUTDIR/PROG.test. One build for all of them shares
+# Each FILE is tests/cluster/go/PROG/NAME.go; every PROG with package main is built to OUTDIR/PROG,
+# and one with _test.go files also gets its test binary, OUTDIR/PROG.test; the other directories
+# are packages they import (GOPATH/src/DIR). One build for all of them shares
 # Go's build cache, so etcd's client library (most of the time) is compiled once, not once per
 # test; and as a Bazel action it is cached, so the default and --config=asan runs of the suite
 # share it too. Needs golang-go and golang-etcd-server-dev (scripts/deps.sh).
@@ -30,6 +31,8 @@ for f in "$@"; do
 done
 t0=$EPOCHREALTIME
 for prog in "${progs[@]}"; do
+    # a package other programs import (craftport) is built through them
+    grep -qx 'package main' "$work/gopath/src/$prog"/*.go || continue
     (cd "$work/gopath/src/$prog" && go build -trimpath -o "$out/$prog" .)
     if compgen -G "$work/gopath/src/$prog/*_test.go" >/dev/null; then
         (cd "$work/gopath/src/$prog" && go test -c -trimpath -o "$out/$prog.test" .)

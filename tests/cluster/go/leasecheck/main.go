@@ -51,7 +51,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,6 +62,7 @@ import (
 	"syscall"
 	"time"
 
+	"craftport"
 	"go.etcd.io/etcd/clientv3"
 	"go.etcd.io/etcd/clientv3/concurrency"
 	"go.etcd.io/etcd/etcdserver/api/v3rpc/rpctypes"
@@ -153,12 +153,11 @@ func ep(i int) string { return fmt.Sprintf("https://127.0.0.1:%d", members[i].cp
 func allEps() []string { return []string{ep(0), ep(1), ep(2)} }
 
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := craftport.Free()
 	if err != nil {
 		die("no free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // start runs member i (a restart when it has run: same data directory).

@@ -38,7 +38,6 @@ import (
 	"fmt"
 	"io/ioutil"
 	"math/rand"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -52,6 +51,7 @@ import (
 	"syscall"
 	"time"
 
+	"craftport"
 	"go.etcd.io/etcd/clientv3"
 	"go.etcd.io/etcd/pkg/logutil"
 	"go.etcd.io/etcd/pkg/transport"
@@ -142,12 +142,11 @@ func ep(i int) string { return fmt.Sprintf("https://127.0.0.1:%d", members[i].cp
 func allEps() []string { return []string{ep(0), ep(1), ep(2)} }
 
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := craftport.Free()
 	if err != nil {
 		die("no free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // start runs member i (a restart when it has run: same data directory), with its own group id.

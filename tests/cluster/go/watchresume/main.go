@@ -62,6 +62,7 @@ import (
 	"syscall"
 	"time"
 
+	"craftport"
 	"go.etcd.io/etcd/clientv3"
 	"go.etcd.io/etcd/etcdserver/api/v3rpc/rpctypes"
 	"go.etcd.io/etcd/mvcc/mvccpb"
@@ -133,12 +134,11 @@ var (
 func ep(i int) string { return fmt.Sprintf("https://127.0.0.1:%d", members[i].cport) }
 
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := craftport.Free()
 	if err != nil {
 		die("no free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // start runs member i's craftd with its flags and data directory (a restart when it has run).
