@@ -83,11 +83,23 @@ const char *rpc_strerror(int code);
 
 /* PEM files. A server needs all three. A channel needs ca_file; cert_file and key_file are
  * given together or not at all (a client without a certificate is refused by our servers,
- * which is useful in tests). */
+ * which is useful in tests).
+ *
+ * Reload (reload_sec > 0): the files are polled every reload_sec seconds and a changed set is
+ * taken for the handshakes that follow (connections already up keep theirs), without a restart.
+ * A set is taken only when it passes the checks create makes (PEM, key matching certificate):
+ * a half-written, truncated or mismatched file is not taken, the set in use is kept and the
+ * reason is logged (error level, once per distinct reason). A change takes effect within
+ * 2 * reload_sec (one poll here, one of gRPC's provider). Checked copies are kept mode 0600 in a
+ * directory made inside stage_dir (default $TMPDIR or /tmp) and removed when the last server
+ * or channel using them is gone. Servers and channels with the same fields share one poller.
+ * reload_sec = 0: the files are read once at create. */
 struct rpc_tls {
     const char *ca_file;
     const char *cert_file;
     const char *key_file;
+    unsigned reload_sec;
+    const char *stage_dir;
 };
 
 /* Checks the files as create would: readable, PEM, key matching certificate. Expiry is not

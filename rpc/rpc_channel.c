@@ -38,6 +38,7 @@ struct rpc_channel {
     int active;
     bool closing;
     struct rpc_tag watch; /* the standing connectivity watch, see arm_watch_locked */
+    struct rpc_tls_src *tls_src; /* reloadable TLS (tls->reload_sec > 0), else NULL */
 };
 
 /* ---- slots and the live-call list --------------------------------------------------- */
@@ -728,7 +729,7 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
 
     rpc_grpc_init();
     int backoff_max = rpc_clamp_int(cfg->reconnect_max_ms, RPC_DEFAULT_RECONNECT_MAX_MS, 100, 600000);
-    grpc_arg args[7];
+    grpc_arg args[8];
     memset(args, 0, sizeof args);
     int na = 0;
     args[na].type = GRPC_ARG_INTEGER;
@@ -750,6 +751,12 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
     args[na].type = GRPC_ARG_INTEGER;
     args[na].key = GRPC_ARG_ENABLE_RETRIES;
     args[na++].value.integer = 0;
+    /* A connection of its own: gRPC would otherwise let channels to one target with equal
+     * credentials share one (its global subchannel pool), so a new channel would not make a
+     * new handshake with certificates reloaded since (rpc_tls.reload_sec). */
+    args[na].type = GRPC_ARG_INTEGER;
+    args[na].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
+    args[na++].value.integer = 1;
     if (!cfg->insecure && cfg->server_name && *cfg->server_name) {
         args[na].type = GRPC_ARG_STRING;
         args[na].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
@@ -759,6 +766,14 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
     grpc_channel_credentials *creds;
     if (cfg->insecure) {
         creds = grpc_insecure_credentials_create();
+    } else if (cfg->tls->reload_sec > 0) {
+        rpc_pem_free(&pem);
+        ch->tls_src = rpc_tls_src_get(cfg->tls, false, err, errlen);
+        if (!ch->tls_src) {
+            rpc_channel_destroy(ch);
+            return NULL;
+        }
+        creds = rpc_tls_src_channel_creds(ch->tls_src);
     } else {
         grpc_ssl_pem_key_cert_pair pair = {pem.key, pem.cert};
         creds = grpc_ssl_credentials_create(pem.ca, pem.cert ? &pair : NULL, NULL, NULL);
@@ -804,6 +819,7 @@ void rpc_channel_destroy(struct rpc_channel *ch)
     pthread_mutex_unlock(&ch->mu);
     if (ch->gch)
         grpc_channel_destroy(ch->gch);
+    rpc_tls_src_put(ch->tls_src);
     for (int i = 0; i < ch->nstarted; i++)
         grpc_completion_queue_shutdown(ch->cqs[i]);
     for (int i = 0; i < ch->nstarted; i++) {

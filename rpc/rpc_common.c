@@ -168,6 +168,34 @@ static int pem_count_certs(const char *pem, X509 **first)
     return n;
 }
 
+/* How many PEM certificate blocks pem starts: more than pem_count_certs parses means one is cut
+ * short or damaged (a file caught half-written, say), which OpenSSL alone would skip quietly. */
+static int pem_count_begins(const char *pem)
+{
+    int n = 0;
+    for (const char *p = pem; (p = strstr(p, "-----BEGIN CERTIFICATE-----")) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* 0 when every certificate block of file parses and there is at least one; else RPC_ETLS. */
+static int check_certs(const char *what, const char *path, const char *pem, X509 **first,
+                       char *err, size_t errlen)
+{
+    int n = pem_count_certs(pem, first);
+    if (n == 0) {
+        rpc_errf(err, errlen, "%s %s: no PEM certificate in it", what, path);
+        return RPC_ETLS;
+    }
+    int m = pem_count_begins(pem);
+    if (n < m) {
+        rpc_errf(err, errlen, "%s %s: %d of its %d certificates are truncated or damaged", what,
+                 path, m - n, m);
+        return RPC_ETLS;
+    }
+    return 0;
+}
+
 int rpc_pem_load(const struct rpc_tls *tls, bool need_cert, struct rpc_pem *out, char *err,
                  size_t errlen)
 {
@@ -191,18 +219,14 @@ int rpc_pem_load(const struct rpc_tls *tls, bool need_cert, struct rpc_pem *out,
     EVP_PKEY *key = NULL;
     if (!(out->ca = read_file("ca_file", tls->ca_file, err, errlen)))
         goto fail;
-    if (pem_count_certs(out->ca, NULL) == 0) {
-        rpc_errf(err, errlen, "ca_file %s: no PEM certificate in it", tls->ca_file);
+    if (check_certs("ca_file", tls->ca_file, out->ca, NULL, err, errlen) != 0)
         goto fail;
-    }
     if (!has_cert)
         return 0;
     if (!(out->cert = read_file("cert_file", tls->cert_file, err, errlen)))
         goto fail;
-    if (pem_count_certs(out->cert, &cert) == 0) {
-        rpc_errf(err, errlen, "cert_file %s: no PEM certificate in it", tls->cert_file);
+    if (check_certs("cert_file", tls->cert_file, out->cert, &cert, err, errlen) != 0)
         goto fail;
-    }
     if (!(out->key = read_file("key_file", tls->key_file, err, errlen)))
         goto fail;
     BIO *bio = BIO_new_mem_buf(out->key, -1);

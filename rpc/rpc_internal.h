@@ -42,6 +42,17 @@ int rpc_pem_load(const struct rpc_tls *tls, bool need_cert, struct rpc_pem *out,
                  size_t errlen);
 void rpc_pem_free(struct rpc_pem *p);
 
+/* rpc_tls.c: reloadable TLS material shared by servers and channels with the same struct
+ * rpc_tls (reload_sec > 0). get: a reference (the files checked as rpc_pem_load does at the
+ * first get; NULL + err when they fail); put: gives it back (the last one stops the poller and
+ * removes the staged copies). The credentials watch the staged copies. */
+struct rpc_tls_src;
+struct rpc_tls_src *rpc_tls_src_get(const struct rpc_tls *tls, bool need_cert, char *err,
+                                    size_t errlen);
+void rpc_tls_src_put(struct rpc_tls_src *s);
+grpc_server_credentials *rpc_tls_src_server_creds(struct rpc_tls_src *s);
+grpc_channel_credentials *rpc_tls_src_channel_creds(struct rpc_tls_src *s);
+
 /* Codec between bytes and grpc_byte_buffer. */
 grpc_byte_buffer *rpc_bb_from_bytes(const void *data, size_t len);
 grpc_byte_buffer *rpc_bb_from_msg(const ProtobufCMessage *m);

@@ -69,6 +69,7 @@ struct rpc_server {
     bool shutdown_done;
     int active; /* call objects with grpc_holds (accepting or live) */
     struct rpc_tag t_shutdown;
+    struct rpc_tls_src *tls_src; /* reloadable TLS (tls->reload_sec > 0), else NULL */
 };
 
 struct rpc_call {
@@ -907,6 +908,14 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
     grpc_server_credentials *creds;
     if (cfg->insecure) {
         creds = grpc_insecure_server_credentials_create();
+    } else if (cfg->tls->reload_sec > 0) {
+        rpc_pem_free(&pem);
+        srv->tls_src = rpc_tls_src_get(cfg->tls, true, err, errlen);
+        if (!srv->tls_src) {
+            rpc_server_shutdown(srv, 0);
+            return NULL;
+        }
+        creds = rpc_tls_src_server_creds(srv->tls_src);
     } else {
         grpc_ssl_pem_key_cert_pair pair = {pem.key, pem.cert};
         creds = grpc_ssl_server_credentials_create_ex(
@@ -1069,6 +1078,7 @@ void rpc_server_shutdown(struct rpc_server *srv, int grace_ms)
     pthread_mutex_unlock(&srv->mu);
 
     grpc_server_destroy(srv->gs);
+    rpc_tls_src_put(srv->tls_src);
     for (int i = 0; i < srv->nthreads; i++)
         grpc_completion_queue_shutdown(srv->w[i].cq);
     for (int i = 0; i < srv->nthreads; i++) {

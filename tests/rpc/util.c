@@ -76,6 +76,7 @@ static void make_certs(void)
         run(script, a);
     snprintf(a, sizeof a, "ca %s/b --cn other-ca", d), run(script, a);
     snprintf(a, sizeof a, "client %s/b stranger", d), run(script, a);
+    snprintf(a, sizeof a, "node %s/b server-b --dns localhost --ip 127.0.0.1", d), run(script, a);
     setenv("CRAFT_RPC_TEST_CERTS", certs_dir, 1);
 }
 
@@ -311,17 +312,24 @@ struct rpc_server *tt_server_start(const char *server_cert, int port,
     if (!cfg)
         cfg = &def;
     static struct tt_tls tls; /* the server copies what it needs at create time */
+    if (server_cert) {
+        tt_tls(&tls, "a", server_cert);
+        return tt_server_start_tls(&tls.tls, port, cfg);
+    }
+    return tt_server_start_tls(NULL, port, cfg);
+}
+
+struct rpc_server *tt_server_start_tls(const struct rpc_tls *tls, int port,
+                                       struct rpc_server_config *cfg)
+{
+    struct rpc_server_config def = {0};
+    if (!cfg)
+        cfg = &def;
     char listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     cfg->listen = listen;
-    if (server_cert) {
-        tt_tls(&tls, "a", server_cert);
-        cfg->tls = &tls.tls;
-        cfg->insecure = false;
-    } else {
-        cfg->tls = NULL;
-        cfg->insecure = true;
-    }
+    cfg->tls = tls;
+    cfg->insecure = tls == NULL;
     memset(&tt_counts, 0, sizeof tt_counts);
     char err[256] = "";
     struct rpc_server *srv = rpc_server_create(cfg, err, sizeof err);

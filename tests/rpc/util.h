@@ -12,7 +12,8 @@
 /* Paths of one identity inside the test certificate directory. Layout:
  *   a/: ca, server (node: localhost, 127.0.0.1), client, node-a (node: node-a.craft.test,
  *       localhost, 127.0.0.1), oldclient (expired), oldserver (node, expired)
- *   b/: ca (another CA), stranger (client of CA b) */
+ *   b/: ca (another CA), stranger (client of CA b), server-b (node of CA b: localhost,
+ *       127.0.0.1) */
 struct tt_tls {
     char ca[512], cert[512], key[512];
     struct rpc_tls tls;
@@ -70,6 +71,10 @@ void tt_gate_open(void);
  * insecure and listen fields are overwritten (listen = "127.0.0.1:<port>", port 0 = any). */
 struct rpc_server *tt_server_start(const char *server_cert, int port,
                                    struct rpc_server_config *cfg);
+
+/* The same with any TLS configuration (NULL: insecure). */
+struct rpc_server *tt_server_start_tls(const struct rpc_tls *tls, int port,
+                                       struct rpc_server_config *cfg);
 
 /* Channel to 127.0.0.1:port. client_ca/client_cert as tt_tls; client_ca NULL: insecure. cfg
  * may be NULL. */

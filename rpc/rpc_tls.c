@@ -1,0 +1,382 @@
+/* Reloadable TLS material (rpc.h, struct rpc_tls.reload_sec; docs/rpc.md "Certificates in
+ * operation").
+ *
+ * gRPC 1.51's file-watcher certificate provider re-reads files every interval, but it takes
+ * whatever bytes it finds: it checks neither PEM nor that the key matches the certificate (only
+ * that the files' mtimes did not change while it read them), and a pair that OpenSSL then
+ * refuses leaves the connector without a usable handshaker ("Update handshaker factory
+ * failed"). So the provider never sees the operator's files. A source polls them itself,
+ * checks them as create does (rpc_pem_load), and only a set that passes is copied into a
+ * private staging directory that the provider watches:
+ *   <stage_dir>/rpc-tls-XXXXXX/ca.pem   the CA bundle
+ *   <stage_dir>/rpc-tls-XXXXXX/id.pem   private key and certificate chain in one file, so a key
+ *                                       and a certificate always change together
+ * each written to a temporary name and renamed, with an mtime one second past the previous
+ * one, so the provider's before/after mtime check catches a read that straddles a rename. A set
+ * that fails the checks is not staged: the old one stays in use and the reason is logged once
+ * (and again when it changes).
+ *
+ * One source per distinct configuration, shared (reference-counted) by every server and
+ * channel made with it: craftd's peer channels share one poller and one provider. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <grpc/grpc_security.h>
+
+#include "log/log.h"
+#include "rpc/rpc_internal.h"
+
+struct rpc_tls_src {
+    struct rpc_tls_src *next; /* registry list */
+    int refs;                 /* under reg_mu */
+    char *ca_file, *cert_file, *key_file, *stage_dir;
+    unsigned reload_sec;
+    bool has_cert;
+    char dir[PATH_MAX];
+    char ca_path[PATH_MAX + 16], id_path[PATH_MAX + 16];
+    grpc_tls_certificate_provider *prov;
+
+    /* Only the poller thread touches these after create. */
+    char *cur_ca, *cur_id; /* staged contents */
+    time_t last_mtime;     /* mtime given to the last staged file */
+    char last_err[512];    /* the reason last logged, "" when the files were usable */
+
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* CLOCK_MONOTONIC */
+    bool stop;
+};
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct rpc_tls_src *reg_head;
+
+static bool str_eq(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s && *s ? strdup(s) : NULL;
+}
+
+/* Writes data to dir/name through a temporary file and a rename, mode 0600, with an mtime past
+ * the previous staged file's. 0 or -1 (errno). */
+static int stage_write(struct rpc_tls_src *s, const char *path, const char *data)
+{
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(data), off = 0;
+    while (off < len) {
+        ssize_t n = write(fd, data + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            errno = e;
+            return -1;
+        }
+        off += (size_t)n;
+    }
+    time_t now = time(NULL);
+    time_t t = now > s->last_mtime ? now : s->last_mtime + 1;
+    struct timespec ts[2] = {{.tv_sec = t}, {.tv_sec = t}};
+    if (futimens(fd, ts) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return -1;
+    }
+    s->last_mtime = t;
+    return 0;
+}
+
+/* Key first, then the chain: the provider reads the same file as key and as certificate. */
+static char *id_text(const struct rpc_pem *p)
+{
+    size_t lk = strlen(p->key), lc = strlen(p->cert);
+    char *t = malloc(lk + lc + 2);
+    if (!t)
+        return NULL;
+    memcpy(t, p->key, lk);
+    t[lk] = '\n';
+    memcpy(t + lk + 1, p->cert, lc + 1);
+    return t;
+}
+
+static void free_secret(char *t)
+{
+    if (t) {
+        memset(t, 0, strlen(t));
+        free(t);
+    }
+}
+
+static struct rpc_tls tls_of(const struct rpc_tls_src *s)
+{
+    return (struct rpc_tls){.ca_file = s->ca_file, .cert_file = s->cert_file,
+                            .key_file = s->key_file};
+}
+
+/* Stages whatever changed in a set that passed the checks. 0, or -1 with err filled. */
+static int stage(struct rpc_tls_src *s, const struct rpc_pem *p, bool *ca_changed,
+                 bool *id_changed, char *err, size_t errlen)
+{
+    *ca_changed = *id_changed = false;
+    if (!s->cur_ca || strcmp(s->cur_ca, p->ca) != 0) {
+        char *ca = strdup(p->ca);
+        if (!ca || stage_write(s, s->ca_path, ca) != 0) {
+            rpc_errf(err, errlen, "cannot stage %s: %s", s->ca_path, strerror(errno));
+            free(ca);
+            return -1;
+        }
+        free(s->cur_ca);
+        s->cur_ca = ca;
+        *ca_changed = true;
+    }
+    if (!s->has_cert)
+        return 0;
+    char *id = id_text(p);
+    if (!id) {
+        rpc_errf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (s->cur_id && strcmp(s->cur_id, id) == 0) {
+        free_secret(id);
+        return 0;
+    }
+    if (stage_write(s, s->id_path, id) != 0) {
+        rpc_errf(err, errlen, "cannot stage %s: %s", s->id_path, strerror(errno));
+        free_secret(id);
+        return -1;
+    }
+    free_secret(s->cur_id);
+    s->cur_id = id;
+    *id_changed = true;
+    return 0;
+}
+
+static void poll_once(struct rpc_tls_src *s)
+{
+    struct rpc_tls t = tls_of(s);
+    struct rpc_pem p;
+    char err[512] = "";
+    bool ca_changed = false, id_changed = false;
+    int rc = rpc_pem_load(&t, s->has_cert, &p, err, sizeof err);
+    if (rc == 0) {
+        rc = stage(s, &p, &ca_changed, &id_changed, err, sizeof err);
+        rpc_pem_free(&p);
+    }
+    const struct log_field *f = LOG_FIELDS(LOG_STR("ca_file", s->ca_file),
+                                           LOG_STR("cert_file", s->cert_file ? s->cert_file : ""),
+                                           LOG_STR("key_file", s->key_file ? s->key_file : ""));
+    if (rc != 0) {
+        if (strcmp(err, s->last_err) != 0)
+            log_error(f, "TLS reload refused, the certificates in use are kept: %s", err);
+        snprintf(s->last_err, sizeof s->last_err, "%s", err);
+        return;
+    }
+    if (s->last_err[0] && !ca_changed && !id_changed)
+        log_info(f, "TLS files usable again; the certificates in use are unchanged");
+    s->last_err[0] = '\0';
+    if (ca_changed || id_changed)
+        log_info(f, "TLS reload: new %s%s%s staged; new handshakes use it within %us",
+                 ca_changed ? "CA bundle" : "", ca_changed && id_changed ? " and " : "",
+                 id_changed ? "certificate and key" : "", s->reload_sec);
+}
+
+static void *poller(void *arg)
+{
+    struct rpc_tls_src *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        struct timespec dl;
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        dl.tv_sec += s->reload_sec;
+        while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &dl) != ETIMEDOUT)
+            ;
+        if (s->stop)
+            break;
+        pthread_mutex_unlock(&s->mu);
+        poll_once(s);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+static void src_free(struct rpc_tls_src *s)
+{
+    if (s->prov)
+        grpc_tls_certificate_provider_release(s->prov);
+    if (s->dir[0]) {
+        unlink(s->ca_path);
+        unlink(s->id_path);
+        rmdir(s->dir);
+    }
+    free(s->ca_file);
+    free(s->cert_file);
+    free(s->key_file);
+    free(s->stage_dir);
+    free(s->cur_ca);
+    free_secret(s->cur_id);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}
+
+static struct rpc_tls_src *src_create(const struct rpc_tls *tls, bool need_cert, char *err,
+                                      size_t errlen)
+{
+    struct rpc_pem p;
+    if (rpc_pem_load(tls, need_cert, &p, err, errlen) != 0)
+        return NULL;
+    struct rpc_tls_src *s = calloc(1, sizeof *s);
+    if (!s) {
+        rpc_pem_free(&p);
+        rpc_errf(err, errlen, "TLS: out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    s->refs = 1;
+    s->reload_sec = tls->reload_sec;
+    s->has_cert = p.cert != NULL;
+    s->ca_file = dup_or_null(tls->ca_file);
+    s->cert_file = dup_or_null(tls->cert_file);
+    s->key_file = dup_or_null(tls->key_file);
+    s->stage_dir = dup_or_null(tls->stage_dir);
+    const char *base = s->stage_dir ? s->stage_dir : getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    if (mkdir(base, 0700) != 0 && errno != EEXIST) {
+        rpc_errf(err, errlen, "TLS stage_dir %s: %s", base, strerror(errno));
+        goto fail;
+    }
+    if (snprintf(s->dir, sizeof s->dir, "%s/rpc-tls-XXXXXX", base) >= (int)sizeof s->dir ||
+        !mkdtemp(s->dir)) {
+        rpc_errf(err, errlen, "TLS stage_dir %s: cannot make a directory in it: %s", base,
+                 strerror(errno));
+        s->dir[0] = '\0';
+        goto fail;
+    }
+    snprintf(s->ca_path, sizeof s->ca_path, "%s/ca.pem", s->dir);
+    snprintf(s->id_path, sizeof s->id_path, "%s/id.pem", s->dir);
+    bool a, b;
+    if (stage(s, &p, &a, &b, err, errlen) != 0)
+        goto fail;
+    s->prov = grpc_tls_certificate_provider_file_watcher_create(
+        s->has_cert ? s->id_path : NULL, s->has_cert ? s->id_path : NULL, s->ca_path,
+        s->reload_sec);
+    if (!s->prov) {
+        rpc_errf(err, errlen, "TLS: gRPC refused the file-watcher certificate provider");
+        goto fail;
+    }
+    if (pthread_create(&s->th, NULL, poller, s) != 0) {
+        rpc_errf(err, errlen, "TLS: cannot start the reload thread");
+        goto fail;
+    }
+    pthread_setname_np(s->th, "rpc-tls-reload");
+    rpc_pem_free(&p);
+    return s;
+fail:
+    rpc_pem_free(&p);
+    src_free(s);
+    return NULL;
+}
+
+struct rpc_tls_src *rpc_tls_src_get(const struct rpc_tls *tls, bool need_cert, char *err,
+                                    size_t errlen)
+{
+    if (!tls || tls->reload_sec == 0) {
+        rpc_errf(err, errlen, "TLS: no reload interval");
+        return NULL;
+    }
+    bool want_cert = tls->cert_file && *tls->cert_file;
+    pthread_mutex_lock(&reg_mu);
+    for (struct rpc_tls_src *s = reg_head; s; s = s->next) {
+        if (s->has_cert == want_cert && s->reload_sec == tls->reload_sec &&
+            str_eq(s->ca_file, tls->ca_file) && str_eq(s->cert_file, tls->cert_file) &&
+            str_eq(s->key_file, tls->key_file) && str_eq(s->stage_dir, tls->stage_dir)) {
+            s->refs++;
+            pthread_mutex_unlock(&reg_mu);
+            if (need_cert && !s->has_cert) {
+                rpc_tls_src_put(s);
+                rpc_errf(err, errlen, "TLS: cert_file and key_file are required");
+                return NULL;
+            }
+            return s;
+        }
+    }
+    struct rpc_tls_src *s = src_create(tls, need_cert, err, errlen);
+    if (s) {
+        s->next = reg_head;
+        reg_head = s;
+    }
+    pthread_mutex_unlock(&reg_mu);
+    return s;
+}
+
+void rpc_tls_src_put(struct rpc_tls_src *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&reg_mu);
+    bool last = --s->refs == 0;
+    if (last)
+        for (struct rpc_tls_src **pp = &reg_head; *pp; pp = &(*pp)->next)
+            if (*pp == s) {
+                *pp = s->next;
+                break;
+            }
+    pthread_mutex_unlock(&reg_mu);
+    if (!last)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->th, NULL);
+    src_free(s);
+}
+
+grpc_server_credentials *rpc_tls_src_server_creds(struct rpc_tls_src *s)
+{
+    grpc_tls_credentials_options *o = grpc_tls_credentials_options_create();
+    grpc_tls_credentials_options_set_certificate_provider(o, s->prov);
+    grpc_tls_credentials_options_watch_root_certs(o);
+    grpc_tls_credentials_options_watch_identity_key_cert_pairs(o);
+    grpc_tls_credentials_options_set_cert_request_type(
+        o, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    return grpc_tls_server_credentials_create(o); /* takes o */
+}
+
+grpc_channel_credentials *rpc_tls_src_channel_creds(struct rpc_tls_src *s)
+{
+    grpc_tls_credentials_options *o = grpc_tls_credentials_options_create();
+    grpc_tls_credentials_options_set_certificate_provider(o, s->prov);
+    grpc_tls_credentials_options_watch_root_certs(o);
+    if (s->has_cert)
+        grpc_tls_credentials_options_watch_identity_key_cert_pairs(o);
+    /* Chain and name checked as with the static credentials: with no verifier set, gRPC 1.51
+     * uses its host-name verifier against the target name (or the override). */
+    grpc_tls_credentials_options_set_verify_server_cert(o, 1);
+    return grpc_tls_credentials_create(o); /* takes o */
+}
