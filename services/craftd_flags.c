@@ -94,6 +94,7 @@ static const struct flag flags[] = {
     {"max-lease-keepalive-streams", UINT, U4(max_lease_keepalive_streams), 1, 1u << 20, "10000", "LeaseKeepAlive streams at once on this member"},
     {"max-concurrent-streams", UINT, U4(max_concurrent_streams), 1, 1u << 24, "1024", "calls (streams) at once on one client connection; more wait in the client (etcd's default: unbounded)"},
     {"handshake-timeout", DUR, U8(handshake_timeout_ms), 100, 600000, "10s", "a connection to either listener that has not finished its TLS and HTTP/2 handshakes this long after accept is closed (100ms .. 10m)"},
+    {"tls-reload-interval", DUR, U8(tls_reload_ms), 0, 86400000, "5s", "how often the certificate, key and CA files of both listeners and of peer connections are checked for changes, taken for new handshakes without a restart if they pass the start-up checks (whole seconds, rounded up; 0 = read once at start)"},
     {"max-grpc-memory-bytes", UINT, U8(max_grpc_memory_bytes), 64u << 20, 1ull << 40, "268435456", "gRPC's memory (connections, HTTP/2 state, calls) per listener; under pressure idle connections get GOAWAY, then calls are cancelled"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])
@@ -389,6 +390,7 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_lease_keepalive_streams = 10000;
     cfg->max_concurrent_streams = 1024;
     cfg->handshake_timeout_ms = 10000;
+    cfg->tls_reload_ms = 5000;
     cfg->max_grpc_memory_bytes = 256u << 20;
     raw.listen_client = "https://127.0.0.1:2379";
     raw.listen_peer = "https://127.0.0.1:2380";

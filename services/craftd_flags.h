@@ -96,6 +96,8 @@ struct craftd_config {
     uint32_t max_concurrent_streams; /* etcd's --max-concurrent-streams: per client connection */
     uint64_t handshake_timeout_ms;   /* accept to TLS + HTTP/2 ready, both listeners */
     uint64_t max_grpc_memory_bytes;  /* gRPC's resource quota, per listener */
+    uint64_t tls_reload_ms;          /* TLS files re-checked this often (rpc_tls.reload_sec);
+                                        0 = read once at start */
 
     /* derived */
     bool join_existing;       /* --initial-cluster-state existing: with an empty data directory,

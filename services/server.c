@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log/log.h"
 #include "rpc/rpc.h"
@@ -595,6 +596,29 @@ static int mkdir_p(const char *path)
     return mkdir(buf, 0700) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* Staged TLS copies a previous run left behind (it crashed or was killed): they hold private
+ * keys, so they go before new ones are made. Only rpc's own names are touched. */
+static void remove_stale_tls(const char *tls_dir)
+{
+    DIR *d = opendir(tls_dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "rpc-tls-", 8) != 0)
+            continue;
+        static const char *const names[] = {"ca.pem", "id.pem", "ca.pem.tmp", "id.pem.tmp"};
+        char path[4600];
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            snprintf(path, sizeof path, "%s/%s/%s", tls_dir, e->d_name, names[i]);
+            unlink(path);
+        }
+        snprintf(path, sizeof path, "%s/%s", tls_dir, e->d_name);
+        rmdir(path);
+    }
+    closedir(d);
+}
+
 /* True when dir is missing or empty: this member has never stored Raft state there. */
 static bool dir_is_empty(const char *dir)
 {
@@ -732,8 +756,14 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         s->cfg.data_dir = s->cfg.default_data_dir;
     cfg = &s->cfg;
 
-    struct rpc_tls peer_tls = {cfg->peer_trusted_ca_file, cfg->peer_cert_file, cfg->peer_key_file};
-    struct rpc_tls client_tls = {cfg->trusted_ca_file, cfg->cert_file, cfg->key_file};
+    /* Reloaded TLS files are checked, then staged under <data-dir>/tls (rpc/rpc.h). */
+    char tls_dir[4200];
+    snprintf(tls_dir, sizeof tls_dir, "%s/tls", cfg->data_dir);
+    unsigned reload_sec = (unsigned)((cfg->tls_reload_ms + 999) / 1000);
+    struct rpc_tls peer_tls = {cfg->peer_trusted_ca_file, cfg->peer_cert_file, cfg->peer_key_file,
+                               reload_sec, tls_dir};
+    struct rpc_tls client_tls = {cfg->trusted_ca_file, cfg->cert_file, cfg->key_file, reload_sec,
+                                 tls_dir};
     char sub[512], raft_dir[4200], kv_dir[4200];
 
     /* <data-dir>/raft: the write-ahead log and hard state; <data-dir>/kv: the LMDB store. */
@@ -747,6 +777,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
                  strerror(errno));
         goto fail;
     }
+    remove_stale_tls(tls_dir);
     struct kv_store_opts ko = {.map_size = kv_store_map_size(cfg->quota_backend_bytes),
                                .sync_every_batch = cfg->backend_sync_ms == 0,
                                .sync_interval_ms = cfg->backend_sync_ms};
