@@ -760,10 +760,16 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     char tls_dir[4200];
     snprintf(tls_dir, sizeof tls_dir, "%s/tls", cfg->data_dir);
     unsigned reload_sec = (unsigned)((cfg->tls_reload_ms + 999) / 1000);
-    struct rpc_tls peer_tls = {cfg->peer_trusted_ca_file, cfg->peer_cert_file, cfg->peer_key_file,
-                               reload_sec, tls_dir};
-    struct rpc_tls client_tls = {cfg->trusted_ca_file, cfg->cert_file, cfg->key_file, reload_sec,
-                                 tls_dir};
+    struct rpc_tls peer_tls = {.ca_file = cfg->peer_trusted_ca_file,
+                               .cert_file = cfg->peer_cert_file,
+                               .key_file = cfg->peer_key_file,
+                               .reload_sec = reload_sec,
+                               .stage_dir = tls_dir};
+    struct rpc_tls client_tls = {.ca_file = cfg->trusted_ca_file,
+                                 .cert_file = cfg->cert_file,
+                                 .key_file = cfg->key_file,
+                                 .reload_sec = reload_sec,
+                                 .stage_dir = tls_dir};
     char sub[512], raft_dir[4200], kv_dir[4200];
 
     /* <data-dir>/raft: the write-ahead log and hard state; <data-dir>/kv: the LMDB store. */

@@ -383,7 +383,7 @@ int main(int argc, char **argv)
         if (!o.listen)
             die_usage("serve needs --listen HOST:PORT");
         need_tls(&o);
-        tls = (struct rpc_tls){o.ca, o.cert, o.key};
+        tls = (struct rpc_tls){.ca_file = o.ca, .cert_file = o.cert, .key_file = o.key};
         sigset_t set;
         sigemptyset(&set);
         sigaddset(&set, SIGINT);
@@ -403,7 +403,7 @@ int main(int argc, char **argv)
         if (!o.mode || (strcmp(o.mode, "unary") && strcmp(o.mode, "async") && strcmp(o.mode, "stream")))
             die_usage("run needs --mode unary|async|stream");
         need_tls(&o);
-        tls = (struct rpc_tls){o.ca, o.cert, o.key};
+        tls = (struct rpc_tls){.ca_file = o.ca, .cert_file = o.cert, .key_file = o.key};
         struct rpc_channel_config c = {.target = o.target, .tls = o.insecure ? NULL : &tls,
                                        .insecure = o.insecure, .server_name = o.server_name,
                                        .threads = o.threads};
@@ -420,14 +420,14 @@ int main(int argc, char **argv)
             snprintf(paths[0], sizeof paths[0], "%s/ca.pem", o.certs);
             snprintf(paths[1], sizeof paths[1], "%s/server.pem", o.certs);
             snprintf(paths[2], sizeof paths[2], "%s/server-key.pem", o.certs);
-            stls = (struct rpc_tls){paths[0], paths[1], paths[2]};
+            stls = (struct rpc_tls){.ca_file = paths[0], .cert_file = paths[1], .key_file = paths[2]};
         }
         struct rpc_server *srv = start_server("127.0.0.1:0", o.insecure ? NULL : &stls, o.threads);
         char target[64], ccert[1024], ckey[1024];
         snprintf(target, sizeof target, "127.0.0.1:%d", rpc_server_port(srv));
         snprintf(ccert, sizeof ccert, "%s/client.pem", o.certs ? o.certs : "");
         snprintf(ckey, sizeof ckey, "%s/client-key.pem", o.certs ? o.certs : "");
-        tls = (struct rpc_tls){paths[0], ccert, ckey};
+        tls = (struct rpc_tls){.ca_file = paths[0], .cert_file = ccert, .key_file = ckey};
         struct rpc_channel_config c = {
             .target = target, .tls = o.insecure ? NULL : &tls, .insecure = o.insecure};
         printf("# echo, %d-byte payload, %.0f s per row, %s, server and client in one process\n",

@@ -132,7 +132,7 @@ static void setup_with(int max_inflight)
     for (int i = 0; i < 2; i++) {
         snprintf(certf[i], sizeof certf[i], "%s/%s.pem", C.certs, C.m[i].name);
         snprintf(keyf[i], sizeof keyf[i], "%s/%s-key.pem", C.certs, C.m[i].name);
-        tls[i] = (struct rpc_tls){C.ca, certf[i], keyf[i]};
+        tls[i] = (struct rpc_tls){.ca_file = C.ca, .cert_file = certf[i], .key_file = keyf[i]};
     }
     prop.hold = false;
     prop.proposed = prop.nheld = 0;
@@ -363,7 +363,7 @@ static void raw_close(struct rpc_client_stream *s, grpc_status_code st, const ch
  * the status the leader ended the stream with. */
 static grpc_status_code raw_send(const char *cert, const char *key, const void *msg, size_t len)
 {
-    struct rpc_tls t = {C.ca, cert, key};
+    struct rpc_tls t = {.ca_file = C.ca, .cert_file = cert, .key_file = key};
     char target[64], err[256];
     snprintf(target, sizeof target, "127.0.0.1:%d", C.m[0].peer_port);
     struct rpc_channel_config cc = {.target = target, .tls = &t, .server_name = "n1"};

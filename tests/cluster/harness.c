@@ -124,7 +124,7 @@ void hc_setup(struct hc *c, int n, int heartbeat_ms, int election_ms)
     snprintf(c->ca, sizeof c->ca, "%s/ca.pem", c->certs);
     snprintf(c->cert, sizeof c->cert, "%s/client.pem", c->certs);
     snprintf(c->key, sizeof c->key, "%s/client-key.pem", c->certs);
-    c->client_tls = (struct rpc_tls){c->ca, c->cert, c->key};
+    c->client_tls = (struct rpc_tls){.ca_file = c->ca, .cert_file = c->cert, .key_file = c->key};
 }
 
 void hc_start(struct hc *c, int i)

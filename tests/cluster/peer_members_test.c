@@ -125,7 +125,7 @@ static void start_peer(int i, const struct cluster *c, uint64_t self_id)
     struct member *m = &mem[i];
     snprintf(m->cert, sizeof m->cert, "%s/%s.pem", C.certs, C.m[i].name);
     snprintf(m->key, sizeof m->key, "%s/%s-key.pem", C.certs, C.m[i].name);
-    m->tls = (struct rpc_tls){C.ca, m->cert, m->key};
+    m->tls = (struct rpc_tls){.ca_file = C.ca, .cert_file = m->cert, .key_file = m->key};
     struct peer_config pc = {.cluster = c,
                              .self_id = self_id,
                              .name = C.m[i].name,
@@ -367,7 +367,7 @@ Test(peer_members, join_discovery_finds_this_member_or_says_why_not, .init = set
     char cert[400], key[400], err[1024];
     snprintf(cert, sizeof cert, "%s/n2.pem", C.certs);
     snprintf(key, sizeof key, "%s/n2-key.pem", C.certs);
-    struct rpc_tls tls = {C.ca, cert, key};
+    struct rpc_tls tls = {.ca_file = C.ca, .cert_file = cert, .key_file = key};
     struct cluster out;
 
     /* Not in n1's table: refused at once (n1 answered), with the words etcd users need. */

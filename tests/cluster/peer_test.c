@@ -56,7 +56,7 @@ static void start_peer(int i, size_t max_batch_bytes)
     struct member *m = &mem[i];
     snprintf(m->cert, sizeof m->cert, "%s/%s.pem", C.certs, C.m[i].name);
     snprintf(m->key, sizeof m->key, "%s/%s-key.pem", C.certs, C.m[i].name);
-    m->tls = (struct rpc_tls){C.ca, m->cert, m->key};
+    m->tls = (struct rpc_tls){.ca_file = C.ca, .cert_file = m->cert, .key_file = m->key};
     struct peer_config pc = {.cluster = &cl, .self_id = id_of(i), .tls = &m->tls,
                              .max_batch_bytes = max_batch_bytes};
     char listen[64], err[256];
@@ -306,7 +306,7 @@ Test(peer_stats, a_member_gone_counts_a_failure_and_a_stranger_is_refused, .init
 
     /* A peer with a certificate of the cluster's CA that names no member (the client's),
      * claiming to be member 0: member 1 refuses its stream and takes nothing from it. */
-    struct rpc_tls client_tls = {C.ca, C.cert, C.key};
+    struct rpc_tls client_tls = {.ca_file = C.ca, .cert_file = C.cert, .key_file = C.key};
     struct peer_config pc = {.cluster = &cl, .self_id = id_of(0), .tls = &client_tls};
     char err[256];
     struct peer *stranger = peer_create(&pc, err, sizeof err);
@@ -385,7 +385,7 @@ static size_t heartbeat_batch(uint8_t **out)
 static grpc_status_code raft_stream_send(const char *cert, const char *key, const void *msg,
                                          size_t len)
 {
-    struct rpc_tls t = {C.ca, cert, key};
+    struct rpc_tls t = {.ca_file = C.ca, .cert_file = cert, .key_file = key};
     char target[64], err[256];
     snprintf(target, sizeof target, "127.0.0.1:%d", C.m[1].peer_port);
     struct rpc_channel_config cc = {.target = target, .tls = &t, .server_name = C.m[1].name};

@@ -676,7 +676,7 @@ static struct rpc_channel *channel_to(int port, const char *cert, const char *ke
 {
     char target[64], err[256];
     snprintf(target, sizeof target, "127.0.0.1:%d", port);
-    struct rpc_tls tls = {C.ca, cert, key};
+    struct rpc_tls tls = {.ca_file = C.ca, .cert_file = cert, .key_file = key};
     struct rpc_channel_config cc = {.target = target, .tls = &tls, .threads = threads,
                                     .max_send_bytes = 64u << 20, .max_recv_bytes = 64u << 20,
                                     .wait_for_ready = true, .stream_queue = 64};
