@@ -356,6 +356,20 @@ Test(flags, leases)
             parse("--max-lease-keepalive-inflight=0", TLS_FLAGS, NULL));
 }
 
+Test(flags, tls_reload_interval)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.tls_reload_ms, 5000);
+    cr_assert_eq(parse("--tls-reload-interval=1m", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.tls_reload_ms, 60000);
+    cr_assert_eq(parse("--tls-reload-interval", "0s", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.tls_reload_ms, 0, "0 = read once at start");
+    refused("--tls-reload-interval wants a duration",
+            parse("--tls-reload-interval=25h", TLS_FLAGS, NULL));
+    refused("--tls-reload-interval wants a duration",
+            parse("--tls-reload-interval=5", TLS_FLAGS, NULL));
+}
+
 Test(flags, grpc_listener_bounds)
 {
     cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
