@@ -100,6 +100,15 @@ struct rpc_tls {
     const char *key_file;
     unsigned reload_sec;
     const char *stage_dir;
+    /* Name pinning (etcd's --peer-cert-allowed-cn / --peer-cert-allowed-hostname), on top of the
+     * CA check: comma-separated lists, NULL or "" for none, at most one of the two. With
+     * allowed_cn the other side's certificate (a client's for a server, the server's for a
+     * channel) must have one of these subject CNs; with allowed_hostname one of its DNS or IP
+     * SANs must equal one of these (DNS names case-insensitively, no wildcards). Checked in the
+     * handshake (gRPC's TLS credentials with a verifier of ours): a refused certificate makes
+     * the connection fail, calls see UNAVAILABLE, and the refusal is logged (rate-limited). */
+    const char *allowed_cn;
+    const char *allowed_hostname;
 };
 
 /* Checks the files as create would: readable, PEM, key matching certificate. Expiry is not

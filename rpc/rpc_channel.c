@@ -766,7 +766,7 @@ struct rpc_channel *rpc_channel_create(const struct rpc_channel_config *cfg, cha
     grpc_channel_credentials *creds;
     if (cfg->insecure) {
         creds = grpc_insecure_credentials_create();
-    } else if (cfg->tls->reload_sec > 0) {
+    } else if (rpc_tls_dynamic(cfg->tls)) {
         rpc_pem_free(&pem);
         ch->tls_src = rpc_tls_src_get(cfg->tls, false, err, errlen);
         if (!ch->tls_src) {

@@ -42,8 +42,11 @@ int rpc_pem_load(const struct rpc_tls *tls, bool need_cert, struct rpc_pem *out,
                  size_t errlen);
 void rpc_pem_free(struct rpc_pem *p);
 
+/* True when tls needs gRPC's TLS credentials (rpc_tls.c) rather than the static SSL ones:
+ * reloading, or name pinning. */
+bool rpc_tls_dynamic(const struct rpc_tls *tls);
 /* rpc_tls.c: reloadable TLS material shared by servers and channels with the same struct
- * rpc_tls (reload_sec > 0). get: a reference (the files checked as rpc_pem_load does at the
+ * rpc_tls (rpc_tls_dynamic). get: a reference (the files checked as rpc_pem_load does at the
  * first get; NULL + err when they fail); put: gives it back (the last one stops the poller and
  * removes the staged copies). The credentials watch the staged copies. */
 struct rpc_tls_src;

@@ -908,7 +908,7 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
     grpc_server_credentials *creds;
     if (cfg->insecure) {
         creds = grpc_insecure_server_credentials_create();
-    } else if (cfg->tls->reload_sec > 0) {
+    } else if (rpc_tls_dynamic(cfg->tls)) {
         rpc_pem_free(&pem);
         srv->tls_src = rpc_tls_src_get(cfg->tls, true, err, errlen);
         if (!srv->tls_src) {

@@ -17,7 +17,11 @@
  * (and again when it changes).
  *
  * One source per distinct configuration, shared (reference-counted) by every server and
- * channel made with it: craftd's peer channels share one poller and one provider. */
+ * channel made with it: craftd's peer channels share one poller and one provider.
+ *
+ * Name pinning (allowed_cn / allowed_hostname) needs these credentials too, for their
+ * verifier hook: with reload_sec = 0 a pinned source has a static provider and no poller. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -30,6 +34,8 @@
 #include <unistd.h>
 
 #include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/string_util.h>
 
 #include "log/log.h"
 #include "rpc/rpc_internal.h"
@@ -37,9 +43,10 @@
 struct rpc_tls_src {
     struct rpc_tls_src *next; /* registry list */
     int refs;                 /* under reg_mu */
-    char *ca_file, *cert_file, *key_file, *stage_dir;
+    char *ca_file, *cert_file, *key_file, *stage_dir, *allowed_cn, *allowed_host;
     unsigned reload_sec;
     bool has_cert;
+    bool polling; /* the poller thread runs (reload_sec > 0) */
     char dir[PATH_MAX];
     char ca_path[PATH_MAX + 16], id_path[PATH_MAX + 16];
     grpc_tls_certificate_provider *prov;
@@ -218,6 +225,12 @@ static void *poller(void *arg)
     return NULL;
 }
 
+bool rpc_tls_dynamic(const struct rpc_tls *tls)
+{
+    return tls && (tls->reload_sec > 0 || (tls->allowed_cn && *tls->allowed_cn) ||
+                   (tls->allowed_hostname && *tls->allowed_hostname));
+}
+
 static void src_free(struct rpc_tls_src *s)
 {
     if (s->prov)
@@ -231,6 +244,8 @@ static void src_free(struct rpc_tls_src *s)
     free(s->cert_file);
     free(s->key_file);
     free(s->stage_dir);
+    free(s->allowed_cn);
+    free(s->allowed_host);
     free(s->cur_ca);
     free_secret(s->cur_id);
     pthread_mutex_destroy(&s->mu);
@@ -263,6 +278,23 @@ static struct rpc_tls_src *src_create(const struct rpc_tls *tls, bool need_cert,
     s->cert_file = dup_or_null(tls->cert_file);
     s->key_file = dup_or_null(tls->key_file);
     s->stage_dir = dup_or_null(tls->stage_dir);
+    s->allowed_cn = dup_or_null(tls->allowed_cn);
+    s->allowed_host = dup_or_null(tls->allowed_hostname);
+    if (s->allowed_cn && s->allowed_host) {
+        rpc_errf(err, errlen, "TLS: allowed_cn and allowed_hostname are mutually exclusive");
+        goto fail;
+    }
+    if (s->reload_sec == 0) {
+        /* pinning only: the files as read now, for good */
+        grpc_tls_identity_pairs *pairs = NULL;
+        if (s->has_cert) {
+            pairs = grpc_tls_identity_pairs_create();
+            grpc_tls_identity_pairs_add_pair(pairs, p.key, p.cert);
+        }
+        s->prov = grpc_tls_certificate_provider_static_data_create(p.ca, pairs);
+        rpc_pem_free(&p);
+        return s;
+    }
     const char *base = s->stage_dir ? s->stage_dir : getenv("TMPDIR");
     if (!base || !*base)
         base = "/tmp";
@@ -293,6 +325,7 @@ static struct rpc_tls_src *src_create(const struct rpc_tls *tls, bool need_cert,
         rpc_errf(err, errlen, "TLS: cannot start the reload thread");
         goto fail;
     }
+    s->polling = true;
     pthread_setname_np(s->th, "rpc-tls-reload");
     rpc_pem_free(&p);
     return s;
@@ -305,8 +338,8 @@ fail:
 struct rpc_tls_src *rpc_tls_src_get(const struct rpc_tls *tls, bool need_cert, char *err,
                                     size_t errlen)
 {
-    if (!tls || tls->reload_sec == 0) {
-        rpc_errf(err, errlen, "TLS: no reload interval");
+    if (!rpc_tls_dynamic(tls)) {
+        rpc_errf(err, errlen, "TLS: neither reload nor name pinning");
         return NULL;
     }
     bool want_cert = tls->cert_file && *tls->cert_file;
@@ -314,7 +347,9 @@ struct rpc_tls_src *rpc_tls_src_get(const struct rpc_tls *tls, bool need_cert, c
     for (struct rpc_tls_src *s = reg_head; s; s = s->next) {
         if (s->has_cert == want_cert && s->reload_sec == tls->reload_sec &&
             str_eq(s->ca_file, tls->ca_file) && str_eq(s->cert_file, tls->cert_file) &&
-            str_eq(s->key_file, tls->key_file) && str_eq(s->stage_dir, tls->stage_dir)) {
+            str_eq(s->key_file, tls->key_file) && str_eq(s->stage_dir, tls->stage_dir) &&
+            str_eq(s->allowed_cn, tls->allowed_cn) &&
+            str_eq(s->allowed_host, tls->allowed_hostname)) {
             s->refs++;
             pthread_mutex_unlock(&reg_mu);
             if (need_cert && !s->has_cert) {
@@ -349,12 +384,150 @@ void rpc_tls_src_put(struct rpc_tls_src *s)
     pthread_mutex_unlock(&reg_mu);
     if (!last)
         return;
-    pthread_mutex_lock(&s->mu);
-    s->stop = true;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->th, NULL);
+    if (s->polling) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->th, NULL);
+    }
     src_free(s);
+}
+
+/* ---- name pinning ------------------------------------------------------------------ */
+
+/* One verifier per credentials; gRPC owns it and calls destruct when done with it. */
+struct pin {
+    grpc_tls_certificate_verifier_external ext; /* ext.user_data points back here */
+    char *cns, *hosts;
+    grpc_tls_certificate_verifier *hostname; /* channels: gRPC's own name check, run first */
+};
+
+/* Whether name is one of the comma-separated list's entries (DNS names: any case). */
+static bool in_list(const char *list, const char *name, bool nocase)
+{
+    if (!list || !name)
+        return false;
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        while (l && isspace((unsigned char)*p))
+            p++, l--;
+        while (l && isspace((unsigned char)p[l - 1]))
+            l--;
+        if (l == n && (nocase ? strncasecmp(p, name, n) == 0 : strncmp(p, name, n) == 0))
+            return true;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return false;
+}
+
+static bool any_in_list(const char *list, char **names, size_t n, bool nocase)
+{
+    for (size_t i = 0; i < n; i++)
+        if (in_list(list, names[i], nocase))
+            return true;
+    return false;
+}
+
+static void pin_async_unused(grpc_tls_custom_verification_check_request *r, void *arg,
+                             grpc_status_code st, const char *details)
+{
+    (void)r, (void)arg, (void)st, (void)details;
+}
+
+static int pin_verify(void *user_data, grpc_tls_custom_verification_check_request *req,
+                      grpc_tls_on_custom_verification_check_done_cb cb, void *cb_arg,
+                      grpc_status_code *sync_status, char **sync_error_details)
+{
+    (void)cb, (void)cb_arg;
+    struct pin *p = user_data;
+    if (p->hostname) {
+        grpc_status_code hs = GRPC_STATUS_OK;
+        char *hd = NULL;
+        if (!grpc_tls_certificate_verifier_verify(p->hostname, req, pin_async_unused, NULL, &hs,
+                                                  &hd)) {
+            /* gRPC 1.51's host-name verifier is synchronous; anything else is refused */
+            *sync_status = GRPC_STATUS_UNAUTHENTICATED;
+            *sync_error_details = gpr_strdup("host-name check did not complete");
+            return 1;
+        }
+        if (hs != GRPC_STATUS_OK) {
+            *sync_status = hs;
+            *sync_error_details = hd ? hd : gpr_strdup("host-name check failed");
+            return 1;
+        }
+        gpr_free(hd);
+    }
+    const char *cn = req->peer_info.common_name ? req->peer_info.common_name : "";
+    char why[600] = "";
+    if (p->cns && !in_list(p->cns, cn, false))
+        snprintf(why, sizeof why, "certificate CN \"%s\" is not one of the allowed CNs (%s)", cn,
+                 p->cns);
+    if (p->hosts && !any_in_list(p->hosts, req->peer_info.san_names.dns_names,
+                                 req->peer_info.san_names.dns_names_size, true) &&
+        !any_in_list(p->hosts, req->peer_info.san_names.ip_names,
+                     req->peer_info.san_names.ip_names_size, false))
+        snprintf(why, sizeof why,
+                 "certificate (CN \"%s\") has none of the allowed host names (%s) among its SANs",
+                 cn, p->hosts);
+    if (why[0]) {
+        log_emit_limited(LOG_LEVEL_WARN, __FILE__, __LINE__, 0, LOG_FIELDS(LOG_STR("cn", cn)),
+                         "TLS: refused a %s: %s", req->target_name ? "server" : "client", why);
+        *sync_status = GRPC_STATUS_UNAUTHENTICATED;
+        *sync_error_details = gpr_strdup(why);
+    } else {
+        *sync_status = GRPC_STATUS_OK;
+    }
+    return 1;
+}
+
+static void pin_cancel(void *user_data, grpc_tls_custom_verification_check_request *req)
+{
+    (void)user_data, (void)req; /* pin_verify never goes asynchronous */
+}
+
+static void pin_destruct(void *user_data)
+{
+    struct pin *p = user_data;
+    if (p->hostname)
+        grpc_tls_certificate_verifier_release(p->hostname);
+    free(p->cns);
+    free(p->hosts);
+    free(p);
+}
+
+/* Sets a pinning verifier on o when s pins names; a channel's keeps gRPC's host-name check.
+ * False when out of memory (then no credentials may be made from o: the pinning would be
+ * lost). */
+static bool set_pin(struct rpc_tls_src *s, grpc_tls_credentials_options *o, bool channel)
+{
+    if (!s->allowed_cn && !s->allowed_host)
+        return true;
+    struct pin *p = calloc(1, sizeof *p);
+    if (p) {
+        p->cns = s->allowed_cn ? strdup(s->allowed_cn) : NULL;
+        p->hosts = s->allowed_host ? strdup(s->allowed_host) : NULL;
+    }
+    if (!p || (s->allowed_cn && !p->cns) || (s->allowed_host && !p->hosts)) {
+        if (p) {
+            free(p->cns);
+            free(p->hosts);
+            free(p);
+        }
+        return false;
+    }
+    if (channel)
+        p->hostname = grpc_tls_certificate_verifier_host_name_create();
+    p->ext = (grpc_tls_certificate_verifier_external){
+        .user_data = p, .verify = pin_verify, .cancel = pin_cancel, .destruct = pin_destruct};
+    grpc_tls_certificate_verifier *v = grpc_tls_certificate_verifier_external_create(&p->ext);
+    grpc_tls_credentials_options_set_certificate_verifier(o, v); /* takes its own reference */
+    grpc_tls_certificate_verifier_release(v);
+    return true;
 }
 
 grpc_server_credentials *rpc_tls_src_server_creds(struct rpc_tls_src *s)
@@ -365,7 +538,13 @@ grpc_server_credentials *rpc_tls_src_server_creds(struct rpc_tls_src *s)
     grpc_tls_credentials_options_watch_identity_key_cert_pairs(o);
     grpc_tls_credentials_options_set_cert_request_type(
         o, GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    return grpc_tls_server_credentials_create(o); /* takes o */
+    bool ok = set_pin(s, o, false);
+    grpc_server_credentials *c = grpc_tls_server_credentials_create(o); /* takes o */
+    if (!ok) { /* the only way to free o */
+        grpc_server_credentials_release(c);
+        c = NULL;
+    }
+    return c;
 }
 
 grpc_channel_credentials *rpc_tls_src_channel_creds(struct rpc_tls_src *s)
@@ -378,5 +557,11 @@ grpc_channel_credentials *rpc_tls_src_channel_creds(struct rpc_tls_src *s)
     /* Chain and name checked as with the static credentials: with no verifier set, gRPC 1.51
      * uses its host-name verifier against the target name (or the override). */
     grpc_tls_credentials_options_set_verify_server_cert(o, 1);
-    return grpc_tls_credentials_create(o); /* takes o */
+    bool ok = set_pin(s, o, true);
+    grpc_channel_credentials *c = grpc_tls_credentials_create(o); /* takes o */
+    if (!ok) {
+        grpc_channel_credentials_release(c);
+        c = NULL;
+    }
+    return c;
 }

@@ -46,6 +46,8 @@ static const struct flag flags[] = {
     {"peer-cert-file", STR, F(peer_cert_file), 0, 0, 0, "", "peer certificate (PEM); must name this member"},
     {"peer-key-file", STR, F(peer_key_file), 0, 0, 0, "", "peer key (PEM)"},
     {"peer-trusted-ca-file", STR, F(peer_trusted_ca_file), 0, 0, 0, "", "CA that peer certificates must chain to"},
+    {"peer-cert-allowed-cn", STR, F(peer_cert_allowed_cn), 0, 0, 0, "", "comma-separated subject CNs a peer's certificate must have one of, checked in the handshake both ways, on top of naming its member"},
+    {"peer-cert-allowed-hostname", STR, F(peer_cert_allowed_hostname), 0, 0, 0, "", "comma-separated names a peer's certificate must carry one of as a DNS or IP SAN, checked in the handshake both ways (not with --peer-cert-allowed-cn)"},
     {"peer-client-cert-auth", BOOL, 0, 0, 0, 0, "true", "require peer certificates (craft: always true)"},
     {"heartbeat-interval", UINT, U4(heartbeat_ms), 1, 60000, "100", "ms between leader heartbeats"},
     {"election-timeout", UINT, U4(election_ms), 2, 600000, "1000", "ms without a leader before an election"},
@@ -452,6 +454,10 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
         check_tls("peer", cfg->listen_peer.tls, cfg->insecure_plaintext, cfg->peer_cert_file,
                   cfg->peer_key_file, cfg->peer_trusted_ca_file, "peer-", err, errlen))
         return -1;
+    if (cfg->peer_cert_allowed_cn && *cfg->peer_cert_allowed_cn &&
+        cfg->peer_cert_allowed_hostname && *cfg->peer_cert_allowed_hostname)
+        return fail(err, errlen, "--peer-cert-allowed-cn and --peer-cert-allowed-hostname are "
+                                 "mutually exclusive (as in etcd)");
     if (raw.listen_metrics && metrics_urls(raw.listen_metrics, cfg, err, errlen) != 0)
         return -1;
     /* etcd's words (Go's flag package), then which values. */

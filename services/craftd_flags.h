@@ -42,6 +42,7 @@ struct craftd_config {
     const char *initial_cluster_token;
     const char *cert_file, *key_file, *trusted_ca_file;
     const char *peer_cert_file, *peer_key_file, *peer_trusted_ca_file;
+    const char *peer_cert_allowed_cn, *peer_cert_allowed_hostname; /* comma-separated, "" = any */
     unsigned heartbeat_ms, election_ms;
     uint64_t max_request_bytes;
     uint64_t quota_backend_bytes;

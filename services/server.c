@@ -764,7 +764,9 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
                                .cert_file = cfg->peer_cert_file,
                                .key_file = cfg->peer_key_file,
                                .reload_sec = reload_sec,
-                               .stage_dir = tls_dir};
+                               .stage_dir = tls_dir,
+                               .allowed_cn = cfg->peer_cert_allowed_cn,
+                               .allowed_hostname = cfg->peer_cert_allowed_hostname};
     struct rpc_tls client_tls = {.ca_file = cfg->trusted_ca_file,
                                  .cert_file = cfg->cert_file,
                                  .key_file = cfg->key_file,

@@ -5,7 +5,7 @@
  * member restarted for it. Fresh handshakes must show each step on every member's client port;
  * a member restarted at the end must rejoin over peer connections made with the new
  * certificates (the peer port's own check that a certificate names its member included). No
- * write may fail beyond one retry. */
+ * write may fail beyond one retry. The writes go to the leader and a follower (which forwards). */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -44,6 +44,10 @@ static void pause_ms(long ms)
 static atomic_bool stop;
 static atomic_long ok_writes, failed_writes;
 static char failure[512];
+/* The member the writer leaves alone (the one about to be restarted), changed under wmu so
+ * that no put is using its channel when the harness destroys it. */
+static pthread_mutex_t wmu = PTHREAD_MUTEX_INITIALIZER;
+static int avoid = 2;
 
 static void *writer(void *arg)
 {
@@ -52,15 +56,19 @@ static void *writer(void *arg)
         char key[32], val[32];
         snprintf(key, sizeof key, "w%ld", n);
         snprintf(val, sizeof val, "v%ld", n);
-        int member = (int)(n % 2); /* n1 and n2: one of them forwards to the leader */
+        pthread_mutex_lock(&wmu);
+        /* alternately the two members not avoided: at least one follower, which forwards */
+        int member = (avoid + 1 + (int)(n % 2)) % 3;
         grpc_status_code st = hc_put(&C, member, key, val, 3000, NULL);
-        if (st != GRPC_STATUS_OK) /* one retry: an election or a reconnect may cost one */
+        if (st != GRPC_STATUS_OK) /* one retry: a reconnect may cost one */
             st = hc_put(&C, member, key, val, 3000, NULL);
+        pthread_mutex_unlock(&wmu);
         if (st == GRPC_STATUS_OK) {
             atomic_fetch_add(&ok_writes, 1);
         } else {
             if (atomic_fetch_add(&failed_writes, 1) == 0)
-                snprintf(failure, sizeof failure, "put %s on n%d: status %d", key, member + 1, st);
+                snprintf(failure, sizeof failure, "put %s on n%d: status %d", key, member + 1,
+                         st);
         }
     }
     return NULL;
@@ -168,23 +176,70 @@ Test(tls, rotation_and_ca_rollover_under_writes, .fini = teardown, .timeout = 30
         wait_log(i, "TLS reload: new CA bundle");
 
     /* 3. a member restarted now rejoins over peer connections made with the new certificates;
-     * its peers never restarted */
-    hc_signal(&C, 2, SIGTERM);
-    hc_start(&C, 2);
-    cr_assert_geq(hc_wait_leader(&C, 20000), 0, "no leader after n3's restart");
+     * its peers never restarted. A follower: restarting the leader would fail writes for an
+     * election, which is not what this test is about. */
+    int l = hc_wait_leader(&C, 20000);
+    cr_assert_geq(l, 0, "no leader before the restart");
+    int victim = (l + 1) % 3;
+    pthread_mutex_lock(&wmu);
+    avoid = victim;
+    hc_signal(&C, victim, SIGTERM);
+    pthread_mutex_unlock(&wmu);
+    hc_start(&C, victim);
+    cr_assert_geq(hc_wait_leader(&C, 20000), 0, "no leader after the restart");
     int64_t rev = 0;
     grpc_status_code st = GRPC_STATUS_UNAVAILABLE;
     for (int t = 0; t < 20 && st != GRPC_STATUS_OK; t++)
-        st = hc_put(&C, 2, "after-restart", "x", 3000, &rev);
-    cr_assert_eq(st, GRPC_STATUS_OK, "a put through the restarted n3");
+        st = hc_put(&C, victim, "after-restart", "x", 3000, &rev);
+    cr_assert_eq(st, GRPC_STATUS_OK, "a put through the restarted n%d", victim + 1);
     for (int i = 0; i < C.n; i++)
         cr_assert(hc_wait_revision(&C, i, rev, 20000), "n%d did not reach revision %lld", i + 1,
                   (long long)rev);
 
     atomic_store(&stop, true);
     pthread_join(th, NULL);
+    if (atomic_load(&failed_writes))
+        for (int i = 0; i < C.n; i++)
+            hc_dump_log(&C, i);
     cr_assert_eq(atomic_load(&failed_writes), 0, "%ld writes failed (after a retry); first: %s",
                  atomic_load(&failed_writes), failure);
     cr_assert_gt(atomic_load(&ok_writes), 20, "the write load barely ran: %ld",
                  atomic_load(&ok_writes));
+}
+
+/* --peer-cert-allowed-cn: a member whose certificate's CN is not in the list is refused in the
+ * handshake by the others (their listeners refuse it as a client; their channels would refuse it
+ * as a server), while the allowed ones form a quorum and serve. */
+Test(tls, peer_whose_cn_is_not_allowed_is_refused, .fini = teardown, .timeout = 120)
+{
+    hc_setup(&C, 3, 100, 1000);
+    snprintf(C.extra_flags, sizeof C.extra_flags, "--peer-cert-allowed-cn n1,n2");
+    hc_start_all(&C);
+    /* hc_wait_leader wants every member to agree; n3 cannot: the allowed two must */
+    int l = -1;
+    for (int64_t until = hc_now_ms() + 20000; l < 0; pause_ms(100)) {
+        Craft__Node__StatusReply *a = NULL, *b = NULL;
+        if (hc_status(&C, 0, &a) == 0 && hc_status(&C, 1, &b) == 0 && a->leader_id &&
+            a->leader_id == b->leader_id)
+            l = a->leader_id == a->member_id ? 0 : a->leader_id == b->member_id ? 1 : 2;
+        if (a)
+            protobuf_c_message_free_unpacked(&a->base, NULL);
+        if (b)
+            protobuf_c_message_free_unpacked(&b->base, NULL);
+        cr_assert(l >= 0 || hc_now_ms() < until, "n1 and n2 agree on no leader");
+    }
+    cr_assert(l == 0 || l == 1, "leader n%d: not one of the allowed members", l + 1);
+    int64_t rev = 0;
+    cr_assert_eq(hc_put(&C, 1 - l, "k", "v", 5000, &rev), GRPC_STATUS_OK);
+    cr_assert(hc_wait_revision(&C, 1 - l, rev, 10000));
+    wait_log(0, "certificate CN \\\"n3\\\" is not one of the allowed CNs");
+    wait_log(1, "certificate CN \\\"n3\\\" is not one of the allowed CNs");
+    /* n3 never gets the write: it cannot reach anyone, and no one can reach it */
+    Craft__Node__StatusReply *st = NULL, *ls = NULL;
+    cr_assert_eq(hc_status(&C, l, &ls), 0);
+    cr_assert_eq(hc_status(&C, 2, &st), 0);
+    cr_assert_lt(st->applied_index, ls->applied_index, "n3 applied %llu entries, the leader %llu",
+                 (unsigned long long)st->applied_index, (unsigned long long)ls->applied_index);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    protobuf_c_message_free_unpacked(&ls->base, NULL);
 }

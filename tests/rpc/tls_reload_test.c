@@ -471,3 +471,69 @@ Test(rpc_tls_reload, refusals_hold_with_reloadable_credentials, .timeout = 120)
     rpc_server_shutdown(srv, 1000);
     drop_work();
 }
+
+/* Name pinning (rpc_tls.allowed_cn / allowed_hostname): refused in the handshake, both ways. */
+Test(rpc_tls_reload, name_pinning_in_the_handshake, .timeout = 120)
+{
+    make_work();
+    log_to_work();
+    struct tt_tls st, ct;
+    tt_tls(&st, "a", "server");
+
+    /* a server that lets in only clients named node-a (or "other") */
+    st.tls.allowed_cn = "other, node-a";
+    struct rpc_server *srv = tt_server_start_tls(&st.tls, 0, NULL);
+    int port = rpc_server_port(srv);
+    cr_assert_eq(probe_as(port, "a", "node-a", NULL), GRPC_STATUS_OK);
+    cr_assert_eq(probe_as(port, "a", "client", NULL), GRPC_STATUS_UNAVAILABLE,
+                 "a client whose CN is not allowed");
+    wait_log("TLS: refused a client", "certificate CN \\\"client\\\" is not one of the allowed");
+    rpc_server_shutdown(srv, 1000);
+
+    /* ... or only clients carrying the SAN node-a.craft.test */
+    st.tls.allowed_cn = NULL;
+    st.tls.allowed_hostname = "NODE-A.craft.test";
+    srv = tt_server_start_tls(&st.tls, 0, NULL);
+    port = rpc_server_port(srv);
+    cr_assert_eq(probe_as(port, "a", "node-a", NULL), GRPC_STATUS_OK);
+    cr_assert_eq(probe_as(port, "a", "client", NULL), GRPC_STATUS_UNAVAILABLE,
+                 "a client without an allowed host name");
+    rpc_server_shutdown(srv, 1000);
+
+    /* a channel pins the server's names; the server-name check still applies */
+    st.tls.allowed_hostname = NULL;
+    srv = tt_server_start_tls(&st.tls, 0, NULL);
+    port = rpc_server_port(srv);
+    tt_tls(&ct, "a", "client");
+    ct.tls.allowed_cn = "server";
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(probe(port, &ct.tls, "wrong.example"), GRPC_STATUS_UNAVAILABLE,
+                 "pinning must not replace the server-name check");
+    ct.tls.allowed_cn = "node-a";
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_UNAVAILABLE, "a server CN not allowed");
+    ct.tls.allowed_cn = NULL;
+    ct.tls.allowed_hostname = "localhost";
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_OK);
+    ct.tls.allowed_hostname = "nope.example";
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_UNAVAILABLE,
+                 "a server without an allowed host name");
+    /* with reloading too */
+    ct.tls.reload_sec = 1;
+    ct.tls.stage_dir = work;
+    ct.tls.allowed_hostname = "127.0.0.1";
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_OK, "an IP SAN");
+    ct.tls.allowed_hostname = "127.0.0.2";
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_UNAVAILABLE);
+
+    /* both at once: etcd refuses that, so do we */
+    ct.tls.allowed_cn = "server";
+    char err[256] = "", target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    struct rpc_channel_config cc = {.target = target, .tls = &ct.tls};
+    cr_assert_null(rpc_channel_create(&cc, err, sizeof err));
+    cr_assert(strstr(err, "mutually exclusive"), "%s", err);
+
+    rpc_server_shutdown(srv, 1000);
+    log_reset();
+    drop_work();
+}

@@ -370,6 +370,19 @@ Test(flags, tls_reload_interval)
             parse("--tls-reload-interval=5", TLS_FLAGS, NULL));
 }
 
+Test(flags, peer_cert_allowed_names)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_null(cfg.peer_cert_allowed_cn);
+    cr_assert_null(cfg.peer_cert_allowed_hostname);
+    cr_assert_eq(parse("--peer-cert-allowed-cn", "n1,n2", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_str_eq(cfg.peer_cert_allowed_cn, "n1,n2");
+    cr_assert_eq(parse("--peer-cert-allowed-hostname=peer.example", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_str_eq(cfg.peer_cert_allowed_hostname, "peer.example");
+    refused("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive",
+            parse("--peer-cert-allowed-cn=a", "--peer-cert-allowed-hostname=b", TLS_FLAGS, NULL));
+}
+
 Test(flags, grpc_listener_bounds)
 {
     cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
