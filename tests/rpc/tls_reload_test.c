@@ -537,3 +537,53 @@ Test(rpc_tls_reload, name_pinning_in_the_handshake, .timeout = 120)
     log_reset();
     drop_work();
 }
+
+/* The negotiated protocol of an `openssl s_client` handshake with a client certificate of CA a:
+ * "TLSv1.2", "TLSv1.3", or "" when the server refused it. */
+static void s_client(int port, const char *opts, char *proto, size_t n)
+{
+    const char *d = tt_certs_dir();
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "openssl s_client -connect 127.0.0.1:%d %s -cert %s/a/client.pem -key "
+             "%s/a/client-key.pem -CAfile %s/a/ca.pem -alpn h2 </dev/null 2>/dev/null",
+             port, opts, d, d, d);
+    FILE *f = popen(cmd, "r");
+    cr_assert(f, "popen: %s", strerror(errno));
+    char line[512];
+    proto[0] = '\0';
+    while (fgets(line, sizeof line, f)) {
+        /* "New, TLSv1.2, Cipher is ECDHE-..." or "New, (NONE), Cipher is (NONE)" */
+        if (strncmp(line, "New, ", 5) == 0 && strncmp(line + 5, "(NONE)", 6) != 0) {
+            const char *e = strchr(line + 5, ',');
+            snprintf(proto, n, "%.*s", e ? (int)(e - line - 5) : 0, line + 5);
+        }
+    }
+    pclose(f);
+}
+
+/* TLS 1.2 is the floor and gRPC's AEAD suites the only ones, with either kind of credentials
+ * (docs/rpc.md: 1.51's C API can change neither). */
+Test(rpc_tls_reload, tls_1_2_minimum_and_aead_suites_only, .timeout = 60)
+{
+    make_work();
+    struct tt_tls st;
+    tt_tls(&st, "a", "server");
+    for (int reload = 0; reload < 2; reload++) {
+        st.tls.reload_sec = (unsigned)reload;
+        st.tls.stage_dir = work;
+        struct rpc_server *srv = tt_server_start_tls(&st.tls, 0, NULL);
+        int port = rpc_server_port(srv);
+        char proto[32];
+        s_client(port, "-tls1_2", proto, sizeof proto);
+        cr_assert_str_eq(proto, "TLSv1.2", "reload %d: a TLS 1.2 client", reload);
+        s_client(port, "-tls1_3", proto, sizeof proto);
+        cr_assert_str_eq(proto, "TLSv1.3", "reload %d: a TLS 1.3 client", reload);
+        s_client(port, "-tls1_1 -cipher DEFAULT@SECLEVEL=0", proto, sizeof proto);
+        cr_assert_str_eq(proto, "", "reload %d: a TLS 1.1 client was let in", reload);
+        s_client(port, "-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA", proto, sizeof proto);
+        cr_assert_str_eq(proto, "", "reload %d: a CBC suite was accepted", reload);
+        rpc_server_shutdown(srv, 1000);
+    }
+    drop_work();
+}
