@@ -114,6 +114,17 @@ struct rpc_tls {
     const char *allowed_hostname;
 };
 
+/* TLS 1.2 cipher suites of every server and channel of the process (etcd's --cipher-suites):
+ * comma-separated IANA names ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256") or OpenSSL ones.
+ * gRPC 1.51 reads its list once, from GRPC_SSL_CIPHER_SUITES, when it first builds a TLS
+ * context, so this must run before the first server or channel is created. TLS 1.3 suites
+ * cannot be chosen (1.51 leaves them to OpenSSL; all three are AEAD): naming one is an error,
+ * as is a name OpenSSL does not know. On 0, openssl_names (if not NULL) gets the list in
+ * OpenSSL's names, for other TLS users of the process. 0, RPC_EINVAL (err says which name) or
+ * RPC_ESTATE (gRPC already started). */
+int rpc_tls_set_cipher_suites(const char *names, char *openssl_names, size_t n, char *err,
+                              size_t errlen);
+
 /* Checks the files as create would: readable, PEM, key matching certificate. Expiry is not
  * checked here (the TLS handshake refuses expired certificates). 0 or RPC_ETLS/RPC_EINVAL. */
 int rpc_tls_check(const struct rpc_tls *tls, bool need_cert, char *err, size_t errlen);

@@ -2,6 +2,7 @@
  * loading and checking (OpenSSL), the byte-buffer codec and peer identity. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include "log/log.h"
@@ -62,8 +64,11 @@ static void grpc_log_line(gpr_log_func_args *a)
                      LOG_FIELDS(LOG_STR("logger", "grpc")), "%s", a->message ? a->message : "");
 }
 
+static atomic_bool grpc_started; /* grpc_first_init ran: GRPC_SSL_CIPHER_SUITES was read */
+
 static void grpc_first_init(void)
 {
+    atomic_store(&grpc_started, true);
     /* Read by gRPC at its first grpc_init; an operator's own choice wins. */
     setenv("GRPC_POLL_STRATEGY", "poll", 0);
     rpc_absl_deadlock_detection_off();
@@ -102,6 +107,73 @@ gpr_timespec rpc_deadline(int ms)
     if (ms <= 0)
         return gpr_inf_future(GPR_CLOCK_MONOTONIC);
     return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(ms, GPR_TIMESPAN));
+}
+
+int rpc_tls_set_cipher_suites(const char *names, char *openssl_names, size_t n, char *err,
+                              size_t errlen)
+{
+    if (atomic_load(&grpc_started)) {
+        rpc_errf(err, errlen, "cipher suites: gRPC has already read its list");
+        return RPC_ESTATE;
+    }
+    if (!names || !*names) {
+        rpc_errf(err, errlen, "cipher suites: empty list");
+        return RPC_EINVAL;
+    }
+    SSL_CTX *ctx = SSL_CTX_new(TLS_method());
+    size_t cap = strlen(names) * 2 + 64;
+    char *list = malloc(cap), *copy = strdup(names);
+    int rc = RPC_ENOMEM;
+    if (!ctx || !list || !copy)
+        goto out;
+    /* every suite this OpenSSL has, to look names up in */
+    SSL_CTX_set_security_level(ctx, 0);
+    SSL_CTX_set_cipher_list(ctx, "ALL:COMPLEMENTOFALL");
+    STACK_OF(SSL_CIPHER) *all = SSL_CTX_get_ciphers(ctx);
+    list[0] = '\0';
+    rc = RPC_EINVAL;
+    for (char *save = NULL, *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) {
+        const SSL_CIPHER *found = NULL;
+        for (int i = 0; all && i < sk_SSL_CIPHER_num(all) && !found; i++) {
+            const SSL_CIPHER *c = sk_SSL_CIPHER_value(all, i);
+            const char *std = SSL_CIPHER_standard_name(c);
+            if ((std && strcmp(std, t) == 0) || strcmp(SSL_CIPHER_get_name(c), t) == 0)
+                found = c;
+        }
+        if (!found) {
+            rpc_errf(err, errlen, "cipher suites: unknown suite %s", t);
+            goto out;
+        }
+        if (strcmp(SSL_CIPHER_get_version(found), "TLSv1.3") == 0) {
+            rpc_errf(err, errlen,
+                     "cipher suites: %s is a TLS 1.3 suite; those are not configurable", t);
+            goto out;
+        }
+        const char *on = SSL_CIPHER_get_name(found);
+        size_t used = strlen(list);
+        if (used + strlen(on) + 2 > cap) {
+            rpc_errf(err, errlen, "cipher suites: list too long");
+            goto out;
+        }
+        snprintf(list + used, cap - used, "%s%s", used ? ":" : "", on);
+    }
+    if (!list[0]) {
+        rpc_errf(err, errlen, "cipher suites: empty list");
+        goto out;
+    }
+    /* gRPC hands the list to SSL_CTX_set_cipher_list with TLS 1.3's defaults left alone */
+    setenv("GRPC_SSL_CIPHER_SUITES", list, 1);
+    if (openssl_names)
+        snprintf(openssl_names, n, "%s", list);
+    rc = 0;
+out:
+    if (rc == RPC_ENOMEM)
+        rpc_errf(err, errlen, "cipher suites: out of memory");
+    SSL_CTX_free(ctx);
+    free(list);
+    free(copy);
+    ERR_clear_error();
+    return rc;
 }
 
 /* ---- PEM ---------------------------------------------------------------------------- */

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "log/log.h"
+#include "rpc/rpc.h"
 #include "services/craftd_flags.h"
 #include "services/server.h"
 
@@ -65,6 +66,13 @@ int main(int argc, char **argv)
         return 0;
     if (rc != 0) {
         fprintf(stderr, "craftd: %s\n", err);
+        return 2;
+    }
+    /* Before anything starts gRPC: it reads its cipher list once (rpc/rpc.h). */
+    if (cfg.cipher_suites && *cfg.cipher_suites &&
+        rpc_tls_set_cipher_suites(cfg.cipher_suites, cfg.cipher_list, sizeof cfg.cipher_list, err,
+                                  sizeof err) != 0) {
+        fprintf(stderr, "craftd: %s (--cipher-suites)\n", err);
         return 2;
     }
     struct log_config lc = {

@@ -96,6 +96,7 @@ static const struct flag flags[] = {
     {"max-lease-keepalive-streams", UINT, U4(max_lease_keepalive_streams), 1, 1u << 20, "10000", "LeaseKeepAlive streams at once on this member"},
     {"max-concurrent-streams", UINT, U4(max_concurrent_streams), 1, 1u << 24, "1024", "calls (streams) at once on one client connection; more wait in the client (etcd's default: unbounded)"},
     {"handshake-timeout", DUR, U8(handshake_timeout_ms), 100, 600000, "10s", "a connection to either listener that has not finished its TLS and HTTP/2 handshakes this long after accept is closed (100ms .. 10m)"},
+    {"cipher-suites", STR, F(cipher_suites), 0, 0, 0, "", "comma-separated TLS 1.2 cipher suites (IANA names, as etcd's) for every listener and peer connection; empty = gRPC's list of ECDHE AEAD suites. TLS 1.3 suites are not configurable"},
     {"tls-reload-interval", DUR, U8(tls_reload_ms), 0, 86400000, "5s", "how often the certificate, key and CA files of both listeners and of peer connections are checked for changes, taken for new handshakes without a restart if they pass the start-up checks (whole seconds, rounded up; 0 = read once at start)"},
     {"max-grpc-memory-bytes", UINT, U8(max_grpc_memory_bytes), 64u << 20, 1ull << 40, "268435456", "gRPC's memory (connections, HTTP/2 state, calls) per listener; under pressure idle connections get GOAWAY, then calls are cancelled"},
 };

@@ -43,6 +43,8 @@ struct craftd_config {
     const char *cert_file, *key_file, *trusted_ca_file;
     const char *peer_cert_file, *peer_key_file, *peer_trusted_ca_file;
     const char *peer_cert_allowed_cn, *peer_cert_allowed_hostname; /* comma-separated, "" = any */
+    const char *cipher_suites; /* etcd's --cipher-suites; checked and applied by craftd.c */
+    char cipher_list[1024];    /* derived (craftd.c): the same in OpenSSL's names, "" = default */
     unsigned heartbeat_ms, election_ms;
     uint64_t max_request_bytes;
     uint64_t quota_backend_bytes;

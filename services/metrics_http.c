@@ -81,6 +81,11 @@ static SSL_CTX *tls_ctx(const struct metrics_http_config *cfg, char *err, size_t
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    if (cfg->cipher_list && *cfg->cipher_list &&
+        SSL_CTX_set_cipher_list(ctx, cfg->cipher_list) != 1) {
+        tls_err(err, errlen, "cannot use the cipher suites", cfg->cipher_list);
+        goto fail;
+    }
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert_file) != 1) {
         tls_err(err, errlen, "cannot read the certificate", cfg->cert_file);
         goto fail;

@@ -46,6 +46,7 @@ struct metrics_http_config {
     const struct cluster_url *urls; /* where to listen; port 0 picks one (metrics_http_port) */
     size_t n_urls;                  /* 1 .. METRICS_HTTP_MAX_URLS */
     const char *cert_file, *key_file, *ca_file; /* required if any URL is https:// */
+    const char *cipher_list; /* TLS 1.2 suites in OpenSSL's names; NULL or "" = OpenSSL's */
     unsigned max_connections;
     unsigned max_header_bytes;
     unsigned timeout_s;

@@ -569,6 +569,7 @@ static int start_metrics(struct craft_server *s, char *err, size_t errlen)
         .cert_file = cfg->cert_file,
         .key_file = cfg->key_file,
         .ca_file = cfg->trusted_ca_file,
+        .cipher_list = cfg->cipher_list,
         .max_connections = cfg->max_metrics_connections,
         .max_header_bytes = cfg->max_metrics_request_bytes,
         .timeout_s = (unsigned)(cfg->metrics_timeout_ms / 1000),

@@ -57,6 +57,11 @@ expect 2 "are required" "https:// without certificates" "${base[@]}"
 expect 2 "not a member" "name outside the cluster" "${base[@]}" "${tls[@]}" --name n7
 expect 2 "whole number" "bad number" "${base[@]}" "${tls[@]}" --heartbeat-interval ten
 expect 0 "usage" "--help" --help
+expect 2 "unknown suite TLS_NOT_A_SUITE" "unknown cipher suite" "${base[@]}" "${tls[@]}" \
+    --cipher-suites TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_NOT_A_SUITE
+expect 2 "TLS 1.3 suite" "TLS 1.3 cipher suite" "${base[@]}" "${tls[@]}" --cipher-suites TLS_AES_128_GCM_SHA256
+expect 2 "mutually exclusive" "both kinds of peer name pinning" "${base[@]}" "${tls[@]}" \
+    --peer-cert-allowed-cn n1 --peer-cert-allowed-hostname n1
 
 echo "not a certificate" >"$dir/garbage.pem"
 expect 1 "" "garbage certificate" --data-dir "$dir/d0" "${base[@]}" "${tls[@]}" --cert-file "$dir/garbage.pem"
@@ -79,6 +84,37 @@ while [ $SECONDS -lt $deadline ]; do
 done
 if [ $ok = 1 ] && [ "$(timeout 5 "${cli[@]}" get k)" = v ]; then echo "ok: single member serves"; else
     echo "FAIL: single member did not serve"; cat "$dir/d1.log"; fails=$((fails + 1)); fi
+
+# --cipher-suites: only the suite named is offered over TLS 1.2 (TLS 1.3 keeps OpenSSL's AEADs).
+handshake() { # port, s_client options: prints the protocol negotiated, "" when refused
+    timeout 5 openssl s_client -connect "127.0.0.1:$1" "${@:2}" -cert "$dir/c/cl.pem" \
+        -key "$dir/c/cl-key.pem" -CAfile "$dir/c/ca.pem" -alpn h2 </dev/null 2>/dev/null |
+        sed -n 's/^New, \(TLSv[0-9.]*\), Cipher is .*/\1/p'
+}
+cp3=$(port) pp3=$(port)
+"$craftd" --data-dir "$dir/d3" --name n1 --listen-client-urls "https://127.0.0.1:$cp3" \
+    --listen-peer-urls "https://127.0.0.1:$pp3" --initial-cluster "n1=https://127.0.0.1:$pp3" \
+    "${tls[@]}" --cipher-suites TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 >"$dir/d3.log" 2>&1 &
+pid3=$!
+pids+=("$pid3")
+got=""
+deadline=$((SECONDS + 30))
+while [ $SECONDS -lt $deadline ] && [ -z "$got" ]; do
+    got=$(handshake "$cp3" -tls1_2 -cipher ECDHE-ECDSA-AES256-GCM-SHA384)
+    [ -n "$got" ] || sleep 0.05
+done
+for port_ in "$cp3" "$pp3"; do
+    if [ "$got" = TLSv1.2 ] && [ -z "$(handshake "$port_" -tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256)" ] &&
+        [ "$(handshake "$port_" -tls1_2 -cipher ECDHE-ECDSA-AES256-GCM-SHA384)" = TLSv1.2 ] &&
+        [ "$(handshake "$port_" -tls1_3)" = TLSv1.3 ]; then
+        echo "ok: --cipher-suites on port $port_"
+    else
+        echo "FAIL: --cipher-suites on port $port_ (first handshake '$got')"; cat "$dir/d3.log"
+        fails=$((fails + 1))
+    fi
+done
+kill -TERM "$pid3"
+wait "$pid3"
 
 # The same data directory, or the same port, while it runs.
 pp2=$(port) cp2=$(port)

@@ -587,3 +587,42 @@ Test(rpc_tls_reload, tls_1_2_minimum_and_aead_suites_only, .timeout = 60)
     }
     drop_work();
 }
+
+/* rpc_tls_set_cipher_suites (craftd's --cipher-suites): names checked, TLS 1.2 suites limited
+ * for the whole process, and only before gRPC starts. Criterion runs each test in a fresh
+ * process, so gRPC has not started here yet. */
+Test(rpc_tls_reload, cipher_suites_before_grpc_starts, .timeout = 60)
+{
+    char names[256], err[256];
+    cr_assert_eq(rpc_tls_set_cipher_suites("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,TLS_NOPE",
+                                           names, sizeof names, err, sizeof err),
+                 RPC_EINVAL);
+    cr_assert(strstr(err, "unknown suite TLS_NOPE"), "%s", err);
+    cr_assert_eq(rpc_tls_set_cipher_suites("TLS_AES_128_GCM_SHA256", names, sizeof names, err,
+                                           sizeof err),
+                 RPC_EINVAL);
+    cr_assert(strstr(err, "TLS 1.3 suite"), "%s", err);
+    cr_assert_eq(rpc_tls_set_cipher_suites("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, "
+                                           "ECDHE-ECDSA-CHACHA20-POLY1305",
+                                           names, sizeof names, err, sizeof err),
+                 0, "%s", err);
+    cr_assert_str_eq(names, "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305");
+
+    make_work();
+    struct tt_tls st;
+    tt_tls(&st, "a", "server");
+    struct rpc_server *srv = tt_server_start_tls(&st.tls, 0, NULL);
+    int port = rpc_server_port(srv);
+    char proto[32];
+    s_client(port, "-tls1_2 -cipher ECDHE-ECDSA-AES256-GCM-SHA384", proto, sizeof proto);
+    cr_assert_str_eq(proto, "TLSv1.2", "a suite of the list");
+    s_client(port, "-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256", proto, sizeof proto);
+    cr_assert_str_eq(proto, "", "a suite gRPC offers by default but the list leaves out");
+    s_client(port, "-tls1_3", proto, sizeof proto);
+    cr_assert_str_eq(proto, "TLSv1.3", "TLS 1.3 keeps OpenSSL's suites");
+    cr_assert_eq(rpc_tls_set_cipher_suites("ECDHE-ECDSA-AES128-GCM-SHA256", NULL, 0, err,
+                                           sizeof err),
+                 RPC_ESTATE, "too late: gRPC has read its list");
+    rpc_server_shutdown(srv, 1000);
+    drop_work();
+}

@@ -379,6 +379,11 @@ Test(flags, peer_cert_allowed_names)
     cr_assert_str_eq(cfg.peer_cert_allowed_cn, "n1,n2");
     cr_assert_eq(parse("--peer-cert-allowed-hostname=peer.example", TLS_FLAGS, NULL), 0, "%s", err);
     cr_assert_str_eq(cfg.peer_cert_allowed_hostname, "peer.example");
+    cr_assert_eq(parse("--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", TLS_FLAGS,
+                       NULL),
+                 0, "%s", err);
+    cr_assert_str_eq(cfg.cipher_suites, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                     "kept as given: craftd checks the names before gRPC starts");
     refused("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive",
             parse("--peer-cert-allowed-cn=a", "--peer-cert-allowed-hostname=b", TLS_FLAGS, NULL));
 }
