@@ -6,6 +6,8 @@
  * - A write reaches the file at once (reads see it, as they would see the page cache), and the
  *   layer keeps the bytes it replaced (and the file's size before it) until the next fdatasync
  *   or fsync of that file succeeds.
+ * - A write through a descriptor opened with O_DSYNC or O_SYNC is durable when it returns (as
+ *   such a write is): nothing syncs it, and a crash keeps it.
  * - lazy_io_crash(dir) rolls back, newest first, every write still unsynced to a file under dir:
  *   the files then hold exactly what was synced. From then on every hooked call on a file under
  *   dir fails with EIO (the machine is off) until lazy_io_revive(dir), so the node being torn
@@ -14,7 +16,8 @@
  *   log makes durable with directory fsyncs) are taken as durable at once. A file renamed within
  *   its directory after an unsynced write (a temporary file put in place) is found by its inode
  *   and rolled back under its new name.
- * Process-wide (the hooks take no argument) and thread-safe. */
+ * Process-wide (the hooks take no argument) and thread-safe. The layer changes files with raw
+ * system calls, so a binary interposing libc's (tests/kv/lazy_lmdb.h) may route them here. */
 #ifndef CRAFT_TESTS_WAL_LAZY_IO_H
 #define CRAFT_TESTS_WAL_LAZY_IO_H
 

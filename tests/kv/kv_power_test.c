@@ -1,0 +1,340 @@
+/* kv_power_test.c: power loss under the KV store's own writes (kv_store.h "Durability"). LMDB's
+ * and kv.state's system calls go through tests/kv/lazy_lmdb into tests/wal/lazy_io, which
+ * drops every write not yet synced at a simulated power cut (lazy_io_crash), as LazyFS does
+ * under etcd's robustness tests. A store whose power was cut is torn down with the power still
+ * off (its close can make nothing durable), then reopened as another boot of the machine. It
+ * must then be discarded, saying so, or hold exactly the state of the applied index it
+ * reports - and whatever its mode promises: everything after a clean close, every batch but
+ * the last with sync_every_batch. Key i (from 0) is put at log index i + 1 with value v<i>. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "services/kvstore/kv_cmd.h"
+#include "tests/kv/kv_test_util.h"
+#include "tests/kv/lazy_lmdb.h"
+#include "tests/wal/lazy_io.h"
+
+/* Applies the put of key i as the next log entry: the fsm's return (0, or -EIO once the
+ * power is off). */
+static int try_put(struct kvt *t, int i, size_t vlen)
+{
+    char key[32], val[2048];
+    snprintf(key, sizeof key, "key%04d", i);
+    int n = snprintf(val, sizeof val, "v%d", i);
+    if (vlen > (size_t)n && vlen < sizeof val) {
+        memset(val + n, '.', vlen - (size_t)n);
+        val[vlen] = 0;
+    }
+    Etcdserverpb__PutRequest p = ETCDSERVERPB__PUT_REQUEST__INIT;
+    p.key = kvt_bin(key);
+    p.value = kvt_bin(val);
+    uint8_t *cmd;
+    size_t len;
+    cr_assert_eq(kv_cmd_encode_put(&p, &cmd, &len), 0);
+    struct raft_entry e = {.index = t->index + 1, .term = 1, .type = RAFT_ENTRY_NORMAL,
+                           .data = cmd, .len = (uint32_t)len};
+    struct raft_fsm_result res = {0};
+    struct raft_fsm *f = kv_store_fsm(t->s);
+    int rc = f->apply(f->ctx, &e, 1, e.index, &res);
+    if (rc == 0) {
+        cr_assert_eq(res.code, 0, "put %s: code %d", key, res.code);
+        t->index = e.index;
+    }
+    free(cmd);
+    free(res.data);
+    return rc;
+}
+
+static void put_keys(struct kvt *t, int first, int n)
+{
+    for (int i = first; i < first + n; i++)
+        cr_assert_eq(try_put(t, i, 0), 0, "put %d failed", i);
+}
+
+/* A store in a new directory whose files go through the layer. */
+static void open_tracked(struct kvt *t, const struct kv_store_opts *o)
+{
+    memset(t, 0, sizeof *t);
+    snprintf(t->dir, sizeof t->dir, "/tmp/kvpower.XXXXXX");
+    cr_assert(mkdtemp(t->dir));
+    lazy_lmdb_track(t->dir);
+    t->opts = *o;
+    char err[256];
+    t->s = kv_store_open(t->dir, &t->opts, err, sizeof err);
+    cr_assert(t->s, "open: %s", err);
+    cr_assert_eq(kv_store_applied_index(t->s), 0);
+}
+
+/* Power cut now: unsynced writes dropped, then the store torn down with the power still off
+ * (nothing it does on the way can reach the disk), then the power back. Returns how many writes
+ * were dropped. */
+static size_t cut_power(struct kvt *t)
+{
+    size_t dropped = lazy_io_crash(t->dir);
+    kv_store_close(t->s);
+    t->s = NULL;
+    lazy_io_revive(t->dir);
+    return dropped;
+}
+
+static void reopen_as(struct kvt *t, const char *boot)
+{
+    t->opts.boot_id = boot;
+    char err[256];
+    t->s = kv_store_open(t->dir, &t->opts, err, sizeof err);
+    cr_assert(t->s, "reopen after the power cut: %s", err);
+    t->index = kv_store_applied_index(t->s);
+}
+
+/* The store holds exactly the state of the applied index it reports (or was discarded: index
+ * 0, empty): keys 0 .. applied-1 with their values, revision = applied, nothing else.
+ * Returns the applied index. */
+static uint64_t check_exact(struct kvt *t, const char *what)
+{
+    uint64_t applied = kv_store_applied_index(t->s);
+    Etcdserverpb__RangeRequest r;
+    kvt_range_req(&r, KVT_FROM, KVT_FROM);
+    Etcdserverpb__RangeResponse *resp = kvt_range(t, &r);
+    cr_assert_eq(resp->n_kvs, applied,
+                 "%s: the store reports applied index %llu but holds %zu keys (%s)", what,
+                 (unsigned long long)applied, resp->n_kvs,
+                 kvt_keys(resp->kvs, resp->n_kvs, false));
+    for (size_t i = 0; i < resp->n_kvs; i++) {
+        char key[32], val[32];
+        snprintf(key, sizeof key, "key%04zu", i);
+        int vl = snprintf(val, sizeof val, "v%zu", i);
+        const Mvccpb__KeyValue *kv = resp->kvs[i];
+        cr_assert(kv->key.len == strlen(key) && !memcmp(kv->key.data, key, kv->key.len) &&
+                      kv->value.len >= (size_t)vl && !memcmp(kv->value.data, val, (size_t)vl) &&
+                      kv->mod_revision == (int64_t)i + 1,
+                  "%s: at applied index %llu, key %zu is %.*s (rev %lld), expected %s=%s.. "
+                  "(rev %zu)",
+                  what, (unsigned long long)applied, i, (int)kv->key.len,
+                  (const char *)kv->key.data, (long long)kv->mod_revision, key, val, i + 1);
+    }
+    etcdserverpb__range_response__free_unpacked(resp, NULL);
+    cr_assert_eq(kvt_rev(t), (int64_t)applied, "%s: revision %lld at applied index %llu",
+                 what, (long long)kvt_rev(t), (unsigned long long)applied);
+    return applied;
+}
+
+static void assert_discarded(struct kvt *t, const char *what, size_t dropped)
+{
+    cr_assert(strstr(kv_store_open_note(t->s), "machine restarted") &&
+                  kv_store_applied_index(t->s) == 0,
+              "%s: a store left dirty by boot-A, %zu unsynced writes dropped by the power cut, "
+              "was trusted by boot-B (applied index %llu, note \"%s\"); it may be torn and must "
+              "be discarded",
+              what, dropped, (unsigned long long)kv_store_applied_index(t->s),
+              kv_store_open_note(t->s));
+}
+
+/* A sync interval far longer than any test: only the test's own syncs and close's happen. */
+static const struct kv_store_opts lazy_opts = {.boot_id = "boot-A", .sync_interval_ms = 60000};
+static const struct kv_store_opts batch_opts = {.boot_id = "boot-A", .sync_every_batch = true};
+
+Test(kv_power, lmdb_and_kv_state_writes_go_through_the_layer)
+{
+    struct kvt t;
+    struct lazy_lmdb_counts c0, c;
+    lazy_lmdb_counts(&c0);
+    open_tracked(&t, &lazy_opts);
+    /* 1 KiB values: several leaf pages per commit, written as one lseek + writev run. */
+    for (int i = 0; i < 40; i++)
+        cr_assert_eq(try_put(&t, i, 1000), 0);
+    lazy_lmdb_counts(&c);
+    cr_assert_gt(c.pwrite, c0.pwrite, "no pwrite of LMDB's reached the layer");
+    cr_assert_gt(c.writev, c0.writev, "no writev of LMDB's reached the layer");
+    cr_assert_gt(c.write, c0.write, "kv.state's write did not reach the layer");
+    cr_assert_gt(c.fdatasync, c0.fdatasync, "kv.state's fdatasync did not reach the layer");
+    cr_assert_eq(c.dsync_writes, c0.dsync_writes, "lazy mode wrote through LMDB's O_DSYNC fd");
+    cr_assert_gt(lazy_io_unsynced(t.dir), 0, "the store's commits are not kept as unsynced");
+    size_t syncs = c.fdatasync;
+    cr_assert_eq(kv_store_sync(t.s), 0);
+    lazy_lmdb_counts(&c);
+    cr_assert_gt(c.fdatasync, syncs, "mdb_env_sync's fdatasync did not reach the layer");
+    cr_assert_eq(lazy_io_unsynced(t.dir), 0, "kv_store_sync left writes unsynced");
+    kvt_close(&t);
+}
+
+Test(kv_power, o_dsync_writes_survive_and_others_do_not)
+{
+    char dir[] = "/tmp/kvpower.XXXXXX", path[64];
+    cr_assert(mkdtemp(dir));
+    lazy_lmdb_track(dir);
+    snprintf(path, sizeof path, "%s/f", dir);
+    int fd = open(path, O_RDWR | O_CREAT, 0600), dfd;
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pwrite(fd, "aaaaaaaa", 8, 0), 8);
+    cr_assert_eq(fdatasync(fd), 0);
+    cr_assert_eq(pwrite(fd, "bbbbbbbb", 8, 0), 8); /* lost */
+    cr_assert_geq(dfd = open(path, O_WRONLY | O_DSYNC), 0);
+    cr_assert_eq(pwrite(dfd, "cc", 2, 2), 2); /* durable at once, like LMDB's meta writes */
+    struct iovec iov[2] = {{"dd", 2}, {"ee", 2}};
+    cr_assert_eq(lseek(fd, 8, SEEK_SET), 8);
+    cr_assert_eq(writev(fd, iov, 2), 4); /* lost: the file shrinks back */
+    cr_assert_eq(lseek(fd, 0, SEEK_CUR), 12);
+    cr_assert_eq(write(fd, "ff", 2), 2);
+    char buf[16] = "";
+    cr_assert_eq(pread(fd, buf, sizeof buf, 0), 14);
+    cr_assert_str_eq(buf, "bbccbbbbddeeff");
+    cr_assert_eq(lazy_io_crash(dir), 3); /* the pwrite, the writev, the write */
+    cr_assert_eq(pwrite(fd, "x", 1, 0), -1, "a write with the power off succeeded");
+    cr_assert_eq(errno, EIO);
+    cr_assert_eq(fsync(fd), -1);
+    lazy_io_revive(dir);
+    memset(buf, 0, sizeof buf);
+    cr_assert_eq(pread(fd, buf, sizeof buf, 0), 8);
+    cr_assert_str_eq(buf, "aaccaaaa");
+    close(fd);
+    close(dfd);
+    unlink(path);
+    lazy_lmdb_untrack(dir);
+    rmdir(dir);
+}
+
+Test(kv_power, lazy_store_with_unsynced_writes_is_discarded)
+{
+    struct kvt t;
+    open_tracked(&t, &lazy_opts);
+    put_keys(&t, 0, 20);
+    cr_assert_eq(kv_store_sync(t.s), 0);
+    put_keys(&t, 20, 30);
+    size_t dropped = cut_power(&t);
+    cr_assert_gt(dropped, 0);
+    reopen_as(&t, "boot-B");
+    check_exact(&t, "lazy store, power cut with unsynced writes");
+    assert_discarded(&t, "lazy store, power cut with unsynced writes", dropped);
+    /* Rebuilt from the log, it works again. */
+    put_keys(&t, 0, 5);
+    check_exact(&t, "rebuilt store");
+    kvt_close(&t);
+}
+
+Test(kv_power, clean_close_survives_a_power_cut)
+{
+    struct kvt t;
+    open_tracked(&t, &lazy_opts);
+    put_keys(&t, 0, 40);
+    kv_store_close(t.s);
+    t.s = NULL;
+    size_t dropped = lazy_io_crash(t.dir);
+    lazy_io_revive(t.dir);
+    reopen_as(&t, "boot-B");
+    uint64_t applied = check_exact(&t, "power cut after a clean close");
+    cr_assert_eq(applied, 40,
+                 "power cut after a clean close: the store came back at applied index %llu, "
+                 "40 were applied before close (%zu writes were still unsynced after close)",
+                 (unsigned long long)applied, dropped);
+    cr_assert_str_empty(kv_store_open_note(t.s));
+    kvt_close(&t);
+}
+
+Test(kv_power, every_batch_store_keeps_all_but_the_last_batch)
+{
+    struct kvt t;
+    open_tracked(&t, &batch_opts);
+    put_keys(&t, 0, 30);
+    cut_power(&t);
+    reopen_as(&t, "boot-B");
+    cr_assert_str_empty(kv_store_open_note(t.s));
+    uint64_t applied = check_exact(&t, "every-batch store, power cut under load");
+    /* Each commit's fdatasync makes its pages and the previous commit's meta page durable. */
+    cr_assert_geq(applied, 29,
+                  "every-batch store, power cut under load: came back at applied index %llu, "
+                  "30 batches were committed (each commit syncs, so at least 29 must survive)",
+                  (unsigned long long)applied);
+    kvt_close(&t);
+}
+
+struct cut_at {
+    const char *dir;
+    uint64_t at, fired; /* cut at the at-th sync from now */
+};
+
+static void cut_on_sync(void *arg, uint64_t n)
+{
+    struct cut_at *c = arg;
+    if (!c->fired && n == c->at) {
+        c->fired = n;
+        lazy_io_crash(c->dir);
+    }
+}
+
+static void cut_at_sync(struct cut_at *c, const char *dir, uint64_t after)
+{
+    struct lazy_lmdb_counts k;
+    lazy_lmdb_counts(&k);
+    *c = (struct cut_at){dir, k.fdatasync + k.fsync + after, 0};
+    lazy_lmdb_on_sync(cut_on_sync, c);
+}
+
+Test(kv_power, every_batch_power_cut_inside_a_commit_sync)
+{
+    struct kvt t;
+    open_tracked(&t, &batch_opts);
+    struct cut_at c;
+    cut_at_sync(&c, t.dir, 12); /* inside the 12th batch's fdatasync */
+    int rc = 0, i;
+    for (i = 0; i < 40 && (rc = try_put(&t, i, 0)) == 0; i++)
+        ;
+    lazy_lmdb_on_sync(NULL, NULL);
+    uint64_t acked = t.index;
+    cr_assert(c.fired, "the store synced fewer than 12 times in 40 batches (%d applied)", i);
+    cr_assert_eq(rc, -EIO, "the batch whose sync lost power returned %d", rc);
+    cr_assert_eq(acked, 11);
+    if (!c.fired)
+        lazy_io_crash(t.dir);
+    kv_store_close(t.s);
+    lazy_io_revive(t.dir);
+    reopen_as(&t, "boot-B");
+    cr_assert_str_empty(kv_store_open_note(t.s));
+    uint64_t applied = check_exact(&t, "every-batch store, power cut inside a commit's sync");
+    cr_assert_geq(applied + 1, acked,
+                  "every-batch store: came back at applied index %llu after %llu batches were "
+                  "acknowledged", (unsigned long long)applied, (unsigned long long)acked);
+    kvt_close(&t);
+}
+
+Test(kv_power, lazy_power_cut_inside_a_background_sync)
+{
+    struct kvt t;
+    open_tracked(&t, &lazy_opts);
+    put_keys(&t, 0, 20);
+    struct cut_at c;
+    cut_at_sync(&c, t.dir, 1);
+    cr_assert_eq(kv_store_sync(t.s), -EIO); /* what the syncer thread runs */
+    lazy_lmdb_on_sync(NULL, NULL);
+    cr_assert(c.fired);
+    cr_assert_neq(try_put(&t, 20, 0), 0, "apply went on after a failed sync");
+    kv_store_close(t.s);
+    lazy_io_revive(t.dir);
+    reopen_as(&t, "boot-B");
+    check_exact(&t, "lazy store, power cut inside a sync");
+    assert_discarded(&t, "lazy store, power cut inside a sync", 0);
+    kvt_close(&t);
+}
+
+Test(kv_power, power_cut_inside_close_final_sync)
+{
+    struct kvt t;
+    open_tracked(&t, &lazy_opts);
+    put_keys(&t, 0, 20);
+    struct cut_at c;
+    cut_at_sync(&c, t.dir, 1);
+    kv_store_close(t.s); /* its final sync loses power: it must not mark the store clean */
+    t.s = NULL;
+    lazy_lmdb_on_sync(NULL, NULL);
+    cr_assert(c.fired);
+    lazy_io_revive(t.dir);
+    reopen_as(&t, "boot-B");
+    check_exact(&t, "lazy store, power cut inside close's sync");
+    assert_discarded(&t, "lazy store, power cut inside close's sync", 0);
+    kvt_close(&t);
+}
