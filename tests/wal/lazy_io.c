@@ -26,7 +26,8 @@ struct undo {
     size_t len;     /* bytes of the write */
     size_t old_len; /* bytes of old data kept (the part of the write below old_size) */
     uint8_t *old;
-    uint8_t *data; /* durable writes only: the bytes written, put back after the rollback */
+    uint8_t *data; /* the bytes written: put back after the rollback if durable (or kept by a
+                    * torn crash) */
     bool durable;  /* written through an O_DSYNC (or O_SYNC) descriptor */
     uint64_t seq;  /* order of the writes */
 };
@@ -116,16 +117,15 @@ static ssize_t lazy_pwrite(int fd, const void *buf, size_t len, off_t off)
     u.old_len = u.durable || off >= st.st_size ? 0
                 : (size_t)(st.st_size - off) < len ? (size_t)(st.st_size - off) : len;
     u.old = malloc(u.old_len ? u.old_len : 1);
-    u.data = u.durable ? malloc(len ? len : 1) : NULL;
-    if (!u.old || (u.durable && !u.data) || !read_old(fd, &u, fl)) {
+    u.data = malloc(len ? len : 1);
+    if (!u.old || !u.data || !read_old(fd, &u, fl)) {
         free(u.old);
         free(u.data);
         pthread_mutex_unlock(&mu);
         errno = EIO;
         return -1;
     }
-    if (u.durable)
-        memcpy(u.data, buf, len);
+    memcpy(u.data, buf, len);
     if (n_undos == cap_undos) {
         size_t nc = cap_undos ? 2 * cap_undos : 256;
         struct undo *p = realloc(undos, nc * sizeof(*p));
@@ -249,8 +249,11 @@ static int open_undo_target(const struct undo *u)
     return fd;
 }
 
-size_t lazy_io_crash(const char *dir)
+#define PIECE 4096 /* what a torn crash keeps or drops: a page */
+
+static size_t crash(const char *dir, bool torn, uint64_t seed)
 {
+    uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 1;
     char d[PATH_MAX];
     resolve(dir, d);
     pthread_mutex_lock(&mu);
@@ -281,16 +284,25 @@ size_t lazy_io_crash(const char *dir)
         close(fd);
     }
     /* Writes through an O_DSYNC descriptor reached the disk when they returned, whatever
-     * unsynced writes before them did: put them back, oldest first. */
+     * unsynced writes before them did: put them back, oldest first; a torn crash also puts
+     * back the pages of unsynced writes that it keeps. */
     for (size_t i = 0; i < n_undos; i++) {
         struct undo *u = &undos[i];
-        if (!under(u->path, d) || !u->durable)
+        if (!under(u->path, d) || (!u->durable && !torn))
             continue;
         int fd = open_undo_target(u);
         if (fd < 0)
             continue;
-        if (sys_pwrite(fd, u->data, u->len, u->off) != (ssize_t)u->len)
-            fprintf(stderr, "lazy_io: cannot redo %s: %s\n", u->path, strerror(errno));
+        for (size_t at = 0; at < u->len;) {
+            size_t n = PIECE - (size_t)((u->off + (off_t)at) % PIECE);
+            if (n > u->len - at)
+                n = u->len - at;
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            if ((u->durable || (rng >> 32) & 1) &&
+                sys_pwrite(fd, u->data + at, n, u->off + (off_t)at) != (ssize_t)n)
+                fprintf(stderr, "lazy_io: cannot redo %s: %s\n", u->path, strerror(errno));
+            at += n;
+        }
         close(fd);
     }
     for (size_t i = 0; i < n_undos; i++) {
@@ -304,6 +316,10 @@ size_t lazy_io_crash(const char *dir)
     pthread_mutex_unlock(&mu);
     return dropped;
 }
+
+size_t lazy_io_crash(const char *dir) { return crash(dir, false, 0); }
+
+size_t lazy_io_crash_torn(const char *dir, unsigned seed) { return crash(dir, true, seed); }
 
 void lazy_io_revive(const char *dir)
 {

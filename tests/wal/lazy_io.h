@@ -32,6 +32,11 @@ const struct snap_io *lazy_snap_io(void);
 /* Power loss under dir (an absolute path or one relative to the working directory): returns
  * how many unsynced writes were rolled back. */
 size_t lazy_io_crash(const char *dir);
+/* Power loss under dir on a disk that reorders writes (as ext4 may: it keeps no write order
+ * between syncs): like lazy_io_crash, but each aligned 4 KiB page of each unsynced write is then
+ * put back with probability 1/2 (seeded: the same seed and writes give the same files), as if
+ * the disk had written it before the power went. Returns how many writes were unsynced. */
+size_t lazy_io_crash_torn(const char *dir, unsigned seed);
 /* Power back on under dir. */
 void lazy_io_revive(const char *dir);
 /* Unsynced writes kept for files under dir (NULL: all). */
