@@ -446,6 +446,78 @@ static void start_slow(void)
     start_with(extra);
 }
 
+static void start_shared(void)
+{
+    static const char *extra[] = {"--max-watch-bytes", "1048576", NULL};
+    start_with(extra);
+}
+
+/* Streams that stop reading share the member's --max-watch-bytes: four of them (each on its own
+ * connection) hold about that much in all, not four times --max-watch-stream-bytes (8 MiB); a
+ * stream that reads is not held back, and each paused one later gets every event once, in
+ * order. */
+Test(watch, paused_streams_share_the_members_budget, .init = start_shared, .fini = stop,
+     .timeout = 120)
+{
+    enum { K = 4, N = 300 };
+    struct rpc_channel *pch[K];
+    struct wc *pc[K];
+    int64_t pid[K];
+    for (int k = 0; k < K; k++) {
+        pch[k] = channel(1);
+        pc[k] = wc_open(pch[k]);
+        pid[k] = create(pc[k], (struct wc_create){.key = "m/", .end = "m0", .prev_kv = true});
+        wc_pause(pc[k], true);
+    }
+    struct wc *fast = wc_open(ch);
+    int64_t fid = create(fast, (struct wc_create){.key = "m/", .end = "m0"});
+    /* 32 KiB values overwritten (prev_kv doubles them): about 19 MiB of responses per paused
+     * stream, far past what gRPC's flow-control windows take. */
+    static char val[32 << 10];
+    memset(val, 'm', sizeof val);
+    int64_t first = 0;
+    for (int i = 0; i < N; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "m/%02d", i % 50);
+        int64_t r = put_n(k, val, sizeof val);
+        if (!first)
+            first = r;
+    }
+    for (int got = 0; got < N;) {
+        Etcdserverpb__WatchResponse *r = next(fast);
+        cr_assert_eq(r->watch_id, fid);
+        got += (int)r->n_events;
+        done(r);
+    }
+    struct watch_stats ws;
+    craft_server_watch_stats(srv, &ws);
+    /* The bound: the budget, plus one message per stream (one always goes when a stream's queue
+     * is empty); a message here is one event of ~64 KiB with its previous value. */
+    uint64_t bound = (1u << 20) + (K + 1) * (128u << 10);
+    cr_assert_leq(ws.queued_peak, bound,
+                  "watch responses queued on all streams peaked at %llu bytes, over the member's "
+                  "budget of 1 MiB (+ a message per stream: %llu)",
+                  (unsigned long long)ws.queued_peak, (unsigned long long)bound);
+    printf("queued on all watch streams: peak %llu bytes (bound %llu)\n", (unsigned long long)ws.queued_peak, (unsigned long long)bound);
+    cr_assert_geq(ws.demoted, K, "each paused stream's watch fell back to catching up");
+    for (int k = 0; k < K; k++) {
+        wc_pause(pc[k], false);
+        int64_t want = first;
+        while (want < first + N) {
+            Etcdserverpb__WatchResponse *r = wc_next(pc[k], WAIT);
+            cr_assert(r, "paused stream %d got up to %lld", k, (long long)want);
+            cr_assert_eq(r->watch_id, pid[k]);
+            for (size_t i = 0; i < r->n_events; i++, want++)
+                cr_assert_eq(r->events[i]->kv->mod_revision, want, "exactly once, in order");
+            done(r);
+        }
+        nothing_more(pc[k]);
+        wc_close(pc[k]);
+        rpc_channel_destroy(pch[k]);
+    }
+    wc_close(fast);
+}
+
 /* A stream that stops reading: bounded on the server, then every event once and in order. */
 Test(watch, slow_reader_gets_every_event_once, .init = start_slow, .fini = stop, .timeout = 120)
 {
