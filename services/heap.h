@@ -1,13 +1,13 @@
 /* heap.h: returning the allocator's free memory to the OS.
  *
  * craftd links gperftools' tcmalloc (//bazel:malloc, which defines CRAFT_TCMALLOC), which keeps
- * the pages it frees in its page heap and returns them to the OS only after about 2 GiB of page
- * frees at its default release rate: after a burst (thousands of connections handshaking at
- * once) VmRSS stays near the burst's high-water mark, and later bursts touch more of those
- * pages, so VmRSS creeps up towards it (docs/rpc.md "Hostile clients"). Go, and so etcd, has a
- * background scavenger for the same reason; heap_release is craftd's, called about once a
- * second from craftd's main loop. Without tcmalloc (--config=asan, whose allocator releases on
- * its own) it does nothing.
+ * the pages it frees in its page heap and at its default release rate returns them to the OS
+ * slowly (a first page after about 2 GiB of page frees, then about one per thousand freed):
+ * after a burst (thousands of connections handshaking at once) the page heap stays at the
+ * burst's high-water mark, and later bursts touch more of its pages, so VmRSS creeps up towards
+ * it (docs/rpc.md "Hostile clients"). Go, and so etcd, has a background scavenger for the
+ * same reason; heap_release is craftd's, called about once a second from craftd's main loop.
+ * Without tcmalloc (--config=asan, whose allocator releases on its own) it does nothing.
  */
 #ifndef CRAFT_SERVICES_HEAP_H
 #define CRAFT_SERVICES_HEAP_H
