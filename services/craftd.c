@@ -23,7 +23,11 @@
 
 #include "log/log.h"
 #include "services/craftd_flags.h"
+#include "services/heap.h"
 #include "services/server.h"
+
+/* What the allocator may keep free for reuse (heap.h). */
+#define HEAP_KEEP_BYTES ((size_t)32 << 20)
 
 static struct {
     pthread_mutex_t mu;
@@ -121,6 +125,12 @@ int main(int argc, char **argv)
             waited_ms = 0;
             log_flush_suppressed(false);
         }
+        /* Free pages beyond 32 MiB go back to the OS within a second or so (heap.h): VmRSS
+         * comes down after a burst, and the page heap keeps enough for a loaded leader's
+         * steady churn. */
+        size_t released = heap_release(HEAP_KEEP_BYTES);
+        if (released)
+            log_debug(me, "craftd: returned %zu KiB of free heap to the OS", released >> 10);
         struct raft_node_status st;
         raft_node_status_get(craft_server_node(s), &st);
         failed = st.fatal;
