@@ -109,6 +109,7 @@ int main(int argc, char **argv)
     uint64_t flush_ms = cfg.log_rate_limit_interval_ms, waited_ms = 0;
     uint64_t step_ms = flush_ms < 1000 ? flush_ms : 1000;
     int failed = 0;
+    struct heap_scavenger scav = {0};
     pthread_mutex_lock(&stop_state.mu);
     while (!stop_state.sig && !stop_state.removed && !failed) {
         struct timespec until;
@@ -125,10 +126,9 @@ int main(int argc, char **argv)
             waited_ms = 0;
             log_flush_suppressed(false);
         }
-        /* Free pages beyond 32 MiB go back to the OS within a second or so (heap.h): VmRSS
-         * comes down after a burst, and the page heap keeps enough for a loaded leader's
-         * steady churn. */
-        size_t released = heap_release(HEAP_KEEP_BYTES);
+        /* Free pages beyond 32 MiB that stayed free for 5 s go back to the OS (heap.h): VmRSS
+         * comes down after a burst, and a loaded leader keeps what its churn reuses. */
+        size_t released = heap_scavenge(&scav, HEAP_KEEP_BYTES);
         if (released)
             log_debug(me, "craftd: returned %zu KiB of free heap to the OS", released >> 10);
         struct raft_node_status st;
