@@ -37,7 +37,9 @@
  *   unbounded buffer.
  * - gRPC init: every server and channel calls grpc_init() when created and grpc_shutdown()
  *   when destroyed (gRPC reference-counts them); the caller needs no global init. Create and
- *   destroy them after fork(), never before. The first one sets GRPC_POLL_STRATEGY=poll
+ *   destroy them after fork(), never before. gRPC may finish shutting down on its own threads
+ *   after the last destroy; at exit, with none left, rpc waits (up to 5 s) until it has, so
+ *   no gRPC thread still runs under OpenSSL's exit handler. The first one sets GRPC_POLL_STRATEGY=poll
  *   unless the environment names an engine (the thread waiting on a queue reads its calls'
  *   sockets; see docs/rpc.md), so create the first one before starting threads that read
  *   the environment.

@@ -831,5 +831,5 @@ void rpc_channel_destroy(struct rpc_channel *ch)
     pthread_mutex_destroy(&ch->mu);
     pthread_cond_destroy(&ch->cv);
     free(ch);
-    grpc_shutdown();
+    rpc_grpc_shutdown();
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
@@ -66,9 +67,27 @@ static void grpc_log_line(gpr_log_func_args *a)
 
 static atomic_bool grpc_started; /* grpc_first_init ran: GRPC_SSL_CIPHER_SUITES was read */
 
+/* Servers and channels alive (rpc_grpc_init minus rpc_grpc_shutdown calls). */
+static atomic_int grpc_users;
+
+/* At exit, after the last server or channel went: let gRPC's shutdown finish (rpc_internal.h).
+ * With servers or channels still alive gRPC will not shut down, so there is nothing to wait for.
+ * grpc_is_initialized() takes the lock gRPC's shutdown holds while it joins its threads. */
+static void wait_for_grpc_shutdown(void)
+{
+    if (atomic_load(&grpc_users) != 0)
+        return;
+    for (int ms = 0; ms < RPC_SHUTDOWN_WAIT_MS && grpc_is_initialized(); ms++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+}
+
 static void grpc_first_init(void)
 {
     atomic_store(&grpc_started, true);
+    /* OpenSSL first, so that its exit handler (registered by its initialisation) runs after
+     * ours: exit handlers run in the reverse order of registration. */
+    OPENSSL_init_ssl(0, NULL);
+    atexit(wait_for_grpc_shutdown);
     /* Read by gRPC at its first grpc_init; an operator's own choice wins. */
     setenv("GRPC_POLL_STRATEGY", "poll", 0);
     rpc_absl_deadlock_detection_off();
@@ -84,7 +103,14 @@ void rpc_grpc_init(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, grpc_first_init);
+    atomic_fetch_add(&grpc_users, 1);
     grpc_init();
+}
+
+void rpc_grpc_shutdown(void)
+{
+    grpc_shutdown();
+    atomic_fetch_sub(&grpc_users, 1);
 }
 
 void *rpc_cq_loop(void *arg)

@@ -25,6 +25,15 @@ struct rpc_tag {
  * event; docs/benchmarks.md measures the difference. The first call also turns off the
  * deadlock detector of gRPC's abseil mutexes (rpc_absl.cc). */
 void rpc_grpc_init(void);
+/* grpc_shutdown() for a server or channel being destroyed. gRPC may finish its library shutdown
+ * on one of its own threads after the last such call (an internal reference, such as a channel's
+ * last call, is often dropped there), and a process that exits meanwhile races gRPC's threads
+ * with OpenSSL's exit handler, which then leaks or frees under them the per-thread state
+ * (error queues, random generators) of threads still exiting; LeakSanitizer reported it. So the
+ * first rpc_grpc_init registers an exit handler that, when no server or channel is left, waits
+ * (up to RPC_SHUTDOWN_WAIT_MS) until gRPC says it is no longer initialized. */
+void rpc_grpc_shutdown(void);
+#define RPC_SHUTDOWN_WAIT_MS 5000
 /* rpc_absl.cc: absl::SetMutexDeadlockDetectionMode(kIgnore). */
 void rpc_absl_deadlock_detection_off(void);
 

@@ -1102,5 +1102,5 @@ void rpc_server_shutdown(struct rpc_server *srv, int grace_ms)
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cv);
     free(srv);
-    grpc_shutdown();
+    rpc_grpc_shutdown();
 }

@@ -76,6 +76,7 @@ static const struct flag flags[] = {
     {"snapshot-send-rate", UINT, U8(snapshot_send_rate), 0, 1ull << 40, "33554432", "bytes per second of one snapshot transfer (0 = unbounded)"},
     {"max-watches-per-stream", UINT, U4(max_watches_per_stream), 1, 1u << 20, "1024", "watches on one Watch stream"},
     {"max-watch-stream-bytes", UINT, U8(max_watch_stream_bytes), 65536, 1ull << 34, "8388608", "bytes of watch responses queued on one stream before its watches fall back to catching up"},
+    {"max-watch-bytes", UINT, U8(max_watch_bytes), 1u << 20, 1ull << 40, "268435456", "bytes of watch responses queued on all streams together: each stream may queue an equal share (at most --max-watch-stream-bytes) before its watches fall back to catching up"},
     {"max-watch-hub-bytes", UINT, U8(max_watch_hub_bytes), 1u << 20, 1ull << 36, "67108864", "encoded events held for one revision across all caught-up watches"},
     {"listen-metrics-urls", STR, 0, 0, 0, 0, "", "comma-separated URLs serving /metrics, /health and /version (https:// with the client certificate flags and client certificates required; http:// is plaintext, served only when listed)"},
     {"max-metrics-connections", UINT, U4(max_metrics_connections), 1, 4096, "64", "connections at once on each metrics URL; more are closed at once"},
@@ -372,6 +373,7 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->watch_progress_ms = 10 * 60 * 1000; /* etcd's 10m */
     cfg->max_watches_per_stream = 1024;
     cfg->max_watch_stream_bytes = 8u << 20;
+    cfg->max_watch_bytes = 256u << 20;
     cfg->max_watch_hub_bytes = 64u << 20;
     cfg->auto_compaction_mode_text = "periodic";
     cfg->auto_compaction_retention_text = "0";

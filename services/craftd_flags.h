@@ -71,6 +71,7 @@ struct craftd_config {
     uint64_t snapshot_send_rate;       /* bytes per second; 0 = unbounded */
     uint32_t max_watches_per_stream;   /* services/watch.h */
     uint64_t max_watch_stream_bytes;
+    uint64_t max_watch_bytes;
     uint64_t max_watch_hub_bytes;
     const char *auto_compaction_mode_text;      /* etcd's --auto-compaction-mode */
     const char *auto_compaction_retention_text; /* etcd's --auto-compaction-retention */

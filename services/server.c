@@ -860,6 +860,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         .max_send_bytes = cfg->max_request_bytes + (512u << 10), /* the client listener's */
         .max_per_stream = cfg->max_watches_per_stream,
         .max_stream_bytes = cfg->max_watch_stream_bytes,
+        .max_member_bytes = cfg->max_watch_bytes,
         .max_hub_bytes = cfg->max_watch_hub_bytes,
         .progress_interval_ms = cfg->watch_progress_ms,
     };

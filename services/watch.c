@@ -94,6 +94,7 @@ struct watch_hub {
     size_t rr; /* round robin over unsynced */
     struct wstream *streams;
     size_t n_streams;
+    uint64_t queued, queued_peak; /* the sum of the streams' queued, and its highest */
     uint64_t demoted;
     int64_t progress_due_ms;
     /* synced pass state */
@@ -188,9 +189,27 @@ static int pack_response(struct watch_hub *h, Etcdserverpb__WatchResponse *r, in
     return 0;
 }
 
+static void queued_add(struct wstream *st, size_t len)
+{
+    struct watch_hub *h = st->hub;
+    st->queued += len;
+    h->queued += len;
+    if (h->queued > h->queued_peak)
+        h->queued_peak = h->queued;
+}
+
+/* What one stream may have queued: max_stream_bytes, or less when many streams share the
+ * member's max_member_bytes (so a thousand streams that stop reading hold that much in all,
+ * not a thousand times max_stream_bytes; a stream that reads drains its share and goes on). */
+static uint64_t stream_bound(const struct watch_hub *h)
+{
+    uint64_t share = h->cfg.max_member_bytes / (h->n_streams ? h->n_streams : 1);
+    return share < h->cfg.max_stream_bytes ? share : h->cfg.max_stream_bytes;
+}
+
 /* A send of events or a notification: refused (RPC_EFULL, stream marked blocked) when the
- * stream has control responses waiting, a send already found it full, or max_stream_bytes are
- * queued (one message always goes when the queue is empty). */
+ * stream has control responses waiting, a send already found it full, or its bound is queued
+ * (one message always goes when the queue is empty). */
 static int stream_send(struct wstream *st, const uint8_t *p, size_t len)
 {
     struct watch_hub *h = st->hub;
@@ -198,13 +217,13 @@ static int stream_send(struct wstream *st, const uint8_t *p, size_t len)
         return RPC_ECLOSED;
     if (st->blocked || st->nctrl)
         return RPC_EFULL;
-    if (st->queued && st->queued + len > h->cfg.max_stream_bytes) {
+    if (st->queued && st->queued + len > stream_bound(h)) {
         st->blocked = true;
         return RPC_EFULL;
     }
     int rc = rpc_stream_send(st->rs, p, len);
     if (rc == 0)
-        st->queued += len;
+        queued_add(st, len);
     else if (rc == RPC_EFULL)
         st->blocked = true;
     return rc;
@@ -233,7 +252,7 @@ static void ctrl_send_raw(struct wstream *st, uint8_t *p, size_t len)
         int rc = rpc_stream_send(st->rs, p, len);
         if (rc != RPC_EFULL) {
             if (rc == 0)
-                st->queued += len;
+                queued_add(st, len);
             free(p);
             return;
         }
@@ -267,7 +286,7 @@ static void ctrl_flush(struct wstream *st)
         if (rc == RPC_EFULL)
             return;
         if (rc == 0)
-            st->queued += m->len;
+            queued_add(st, m->len);
         free(m->p);
         st->ctrl_head = (st->ctrl_head + 1) % CTRL_MAX;
         st->nctrl--;
@@ -1132,6 +1151,7 @@ static void on_sent(struct rpc_stream *rs, void *user)
         return;
     struct watch_hub *h = st->hub;
     pthread_mutex_lock(&h->mu);
+    h->queued -= st->queued;
     st->queued = 0; /* everything sent was written */
     ctrl_flush(st);
     bool was = st->blocked;
@@ -1163,6 +1183,8 @@ static void on_close(struct rpc_stream *rs, grpc_status_code status, void *user)
         st->ctrl_head = (st->ctrl_head + 1) % CTRL_MAX;
         st->nctrl--;
     }
+    h->queued -= st->queued; /* gone with the stream */
+    st->queued = 0;
     if (st->prev)
         st->prev->next = st->next;
     else
@@ -1208,6 +1230,8 @@ struct watch_hub *watch_hub_create(const struct watch_config *cfg, char *err, si
         h->cfg.max_stream_bytes = WATCH_DEFAULT_STREAM_BYTES;
     if (!h->cfg.max_hub_bytes)
         h->cfg.max_hub_bytes = WATCH_DEFAULT_HUB_BYTES;
+    if (!h->cfg.max_member_bytes)
+        h->cfg.max_member_bytes = WATCH_DEFAULT_MEMBER_BYTES;
     if (!h->cfg.progress_interval_ms)
         h->cfg.progress_interval_ms = WATCH_DEFAULT_PROGRESS_MS;
     if (!h->cfg.max_send_bytes)
@@ -1259,6 +1283,8 @@ void watch_hub_stats(struct watch_hub *h, struct watch_stats *out)
     out->unsynced = h->n_unsynced;
     out->demoted = h->demoted;
     out->hub_rev = h->hub_rev;
+    out->queued_bytes = h->queued;
+    out->queued_peak = h->queued_peak;
     pthread_mutex_unlock(&h->mu);
 }
 

@@ -28,9 +28,12 @@
  *   once and matches it against every caught-up ("synced") watch; a watch behind the hub
  *   ("unsynced": a past start_revision, or a slow stream) catches up alone in bounded steps,
  *   interleaved with the hub's passes, and joins the synced set once it reaches them. A
- *   stream whose gRPC send queue is full, or which has more than max_stream_bytes queued,
- *   gets nothing more: its watches fall back to catching up from the first event not sent,
- *   once the stream drains. Memory is bounded by the flags below, never by the client.
+ *   stream whose gRPC send queue is full, or which has more than its bound queued (the
+ *   smaller of max_stream_bytes and max_member_bytes / streams open), gets nothing more: its
+ *   watches fall back to catching up from the first event not sent, once the stream drains.
+ *   So the bytes queued on all streams stay within max_member_bytes plus one message per
+ *   stream (one always goes when a stream's queue is empty, so every watch makes progress).
+ *   Memory is bounded by the flags below, never by the client.
  * - Threads: callbacks run on the rpc server's threads and never block beyond one hub mutex
  *   held for a bounded pass. The commit hook only sets an atomic and signals.
  */
@@ -55,6 +58,7 @@ struct kv_event;
 #define WATCH_DEFAULT_MAX_PER_STREAM 1024           /* --max-watches-per-stream */
 #define WATCH_DEFAULT_STREAM_BYTES (8ull << 20)     /* --max-watch-stream-bytes */
 #define WATCH_DEFAULT_HUB_BYTES (64ull << 20)       /* --max-watch-hub-bytes */
+#define WATCH_DEFAULT_MEMBER_BYTES (256ull << 20)   /* --max-watch-bytes */
 #define WATCH_DEFAULT_PROGRESS_MS (10ull * 60 * 1000) /* etcd's 10m */
 
 /* etcd's texts (mvcc/watcher.go), and craft's own. */
@@ -75,6 +79,9 @@ struct watch_config {
     size_t max_send_bytes;        /* the client server's largest message */
     unsigned max_per_stream;      /* 0 = WATCH_DEFAULT_MAX_PER_STREAM */
     uint64_t max_stream_bytes;    /* bytes queued on one stream; 0 = default */
+    uint64_t max_member_bytes;    /* bytes queued on all streams together: each stream's bound
+                                   * is the smaller of max_stream_bytes and an equal share of
+                                   * this; 0 = default */
     uint64_t max_hub_bytes;       /* encoded events the hub holds for one revision; 0 = default */
     uint64_t progress_interval_ms; /* 0 = 10 minutes */
     /* Tests: another source than kv_store_events(store, ...), and no commit hook is set
@@ -102,6 +109,7 @@ struct watch_stats {
     uint64_t streams, synced, unsynced; /* now */
     uint64_t demoted;                   /* synced watches moved back to catching up */
     int64_t hub_rev;                    /* every synced watch has every event up to it */
+    uint64_t queued_bytes, queued_peak; /* on all streams now, and the most since the start */
 };
 void watch_hub_stats(struct watch_hub *h, struct watch_stats *out);
 

@@ -138,6 +138,10 @@ if [ "$n" = 3 ] && grep -q ", n1, https://127.0.0.1:${pport[0]}, https://127.0.0
 
 # --- etcdctl snapshot save: a consistent copy of a member's store, its SHA-256 as the trailer ----
 for k in 1 2 3 4 5; do ctl "$l" put "snapkey/$k" "snapval-$k" >/dev/null; done
+# The snapshot is the follower's own applied state, which may be a moment behind the leader's (as
+# etcd's is): a linearizable read through it first makes it apply the puts (CI once saved a copy
+# without the last one).
+ctl "$f" get snapkey/5 >/dev/null
 if ctl "$f" snapshot save "$dir/backup.db" >"$dir/save.out" 2>&1 && [ -s "$dir/backup.db" ]; then
     ok "snapshot save from a follower"
 else

@@ -102,6 +102,12 @@ alerts() {
     curl -s --max-time 5 "$api/alerts" |
         jq -r '.data.alerts | map("\(.labels.alertname) \(.labels.member // .labels.job // "-") \(.state)") | sort | .[]'
 }
+# The alerts less the latency ones (fsync, backend commit, peer round trip), which say how fast
+# this machine is rather than how the cluster is: under ASan on a loaded machine a peer's p99
+# round trip once passed 150 ms, and CraftPeerRoundTripSlow went pending beside CraftMemberDown.
+state_alerts() {
+    alerts | grep -Ev '^(CraftWALFsyncSlow|CraftWALFsyncVerySlow|CraftBackendCommitSlow|CraftPeerRoundTripSlow) '
+}
 # until SECONDS CMD...: runs CMD every 0.2 s until it succeeds; fails after SECONDS
 until_ok() {
     local deadline=$((SECONDS + $1))
@@ -174,8 +180,8 @@ else
 fi
 # (a member's first scrape may predate the election; an alert pending from it clears at the next
 # evaluation)
-no_alerts() { [ -z "$(alerts)" ]; }
-until_ok 5 no_alerts && ok "healthy cluster: no alert pending or firing" || bad "healthy cluster, alerts: $(alerts)"
+no_alerts() { [ -z "$(state_alerts)" ]; }
+until_ok 5 no_alerts && ok "healthy cluster: no alert pending or firing (latency ones aside)" || bad "healthy cluster, alerts: $(alerts)"
 [ "$(pq 'ALERTS{alertname="CraftNoLeader"}')" = "" ] && ok "CraftNoLeader is not active" || bad "CraftNoLeader active"
 
 # --- under load the numbers Prometheus sees move ---------------------------------------------
@@ -250,8 +256,8 @@ else
     bad "no new leader seen: has_leader '$(pq etcd_server_has_leader | tr '\n' ' ')' leader changes $lc0 -> $(pq "$changes")"
 fi
 # (CraftNoLeader may have gone pending during the election; it clears once evaluated again)
-only_down() { [ "$(alerts)" = "CraftMemberDown $leader pending" ]; }
-until_ok 5 only_down && ok "2 of 3 up: no other alert" || bad "2 of 3 up, alerts: $(alerts | tr '\n' ';')"
+only_down() { [ "$(state_alerts)" = "CraftMemberDown $leader pending" ]; }
+until_ok 5 only_down && ok "2 of 3 up: no other alert (latency ones aside)" || bad "2 of 3 up, alerts: $(alerts | tr '\n' ';')"
 
 # --- kill -9 a second member: no quorum, no leader ------------------------------------------------
 second=${rest%% *}

@@ -224,6 +224,7 @@ Test(flags, watch)
     cr_assert_eq(cfg.max_watches_per_stream, 1024);
     cr_assert_eq(cfg.max_watch_stream_bytes, 8u << 20);
     cr_assert_eq(cfg.max_watch_hub_bytes, 64u << 20);
+    cr_assert_eq(cfg.max_watch_bytes, 256u << 20);
     cr_assert_eq(parse("--experimental-watch-progress-notify-interval", "1m30s", TLS_FLAGS, NULL),
                  0, "%s", err);
     cr_assert_eq(cfg.watch_progress_ms, 90000);
@@ -231,8 +232,10 @@ Test(flags, watch)
                  "%s", err);
     cr_assert_eq(cfg.watch_progress_ms, 250);
     cr_assert_eq(parse("--max-watches-per-stream=5", "--max-watch-stream-bytes=65536",
-                       "--max-watch-hub-bytes=1048576", TLS_FLAGS, NULL),
+                       "--max-watch-hub-bytes=1048576", "--max-watch-bytes=2097152", TLS_FLAGS,
+                       NULL),
                  0, "%s", err);
+    cr_assert_eq(cfg.max_watch_bytes, 2097152);
     cr_assert_eq(cfg.max_watches_per_stream, 5);
     cr_assert_eq(cfg.max_watch_stream_bytes, 65536);
     cr_assert_eq(cfg.max_watch_hub_bytes, 1048576);
@@ -243,6 +246,7 @@ Test(flags, watch)
     refused("wants a duration", parse("--experimental-watch-progress-notify-interval=", TLS_FLAGS, NULL));
     refused("from 1 to", parse("--max-watches-per-stream=0", TLS_FLAGS, NULL));
     refused("from 65536", parse("--max-watch-stream-bytes=100", TLS_FLAGS, NULL));
+    refused("from 1048576", parse("--max-watch-bytes=65536", TLS_FLAGS, NULL));
 }
 
 /* etcd's --listen-metrics-urls: a list; https:// needs the client TLS files; http:// is served

@@ -446,6 +446,99 @@ static void start_slow(void)
     start_with(extra);
 }
 
+/* N puts of 32 KiB values over 50 keys under prefix (one character, then "/"): overwrites, so
+ * prev_kv doubles the bytes. Returns the first put's revision. */
+static int64_t put_big(char prefix, int n)
+{
+    static char val[32 << 10];
+    memset(val, prefix, sizeof val);
+    int64_t first = 0;
+    for (int i = 0; i < n; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "%c/%02d", prefix, i % 50);
+        int64_t r = put_n(k, val, sizeof val);
+        if (!first)
+            first = r;
+    }
+    return first;
+}
+
+/* Reads n events of watch id from c. */
+static void read_events(struct wc *c, int64_t id, int n)
+{
+    for (int got = 0; got < n;) {
+        Etcdserverpb__WatchResponse *r = next(c);
+        cr_assert_eq(r->watch_id, id);
+        got += (int)r->n_events;
+        done(r);
+    }
+}
+
+/* The events of watch id on c are exactly revisions first .. first + n - 1, once and in order,
+ * and then nothing more. */
+static void every_event_once(struct wc *c, int64_t id, int64_t first, int n)
+{
+    int64_t want = first;
+    while (want < first + n) {
+        Etcdserverpb__WatchResponse *r = wc_next(c, WAIT);
+        cr_assert(r, "a paused stream got up to %lld", (long long)want);
+        cr_assert_eq(r->watch_id, id);
+        for (size_t i = 0; i < r->n_events; i++, want++)
+            cr_assert_eq(r->events[i]->kv->mod_revision, want, "exactly once, in order");
+        done(r);
+    }
+    nothing_more(c);
+}
+
+static void start_shared(void)
+{
+    static const char *extra[] = {"--max-watch-bytes", "1048576", NULL};
+    start_with(extra);
+}
+
+/* Streams that stop reading share the member's --max-watch-bytes: four of them (each on its own
+ * connection) hold about that much in all, not four times --max-watch-stream-bytes (8 MiB); a
+ * stream that reads is not held back, and each paused one later gets every event once, in
+ * order. */
+Test(watch, paused_streams_share_the_members_budget, .init = start_shared, .fini = stop,
+     .timeout = 120)
+{
+    enum { K = 4, N = 300 };
+    struct rpc_channel *pch[K];
+    struct wc *pc[K];
+    int64_t pid[K];
+    for (int k = 0; k < K; k++) {
+        pch[k] = channel(1);
+        pc[k] = wc_open(pch[k]);
+        pid[k] = create(pc[k], (struct wc_create){.key = "m/", .end = "m0", .prev_kv = true});
+        wc_pause(pc[k], true);
+    }
+    struct wc *fast = wc_open(ch);
+    int64_t fid = create(fast, (struct wc_create){.key = "m/", .end = "m0"});
+    /* About 19 MiB of responses per paused stream, far past what gRPC's flow-control windows
+     * take. */
+    int64_t first = put_big('m', N);
+    read_events(fast, fid, N); /* the reading stream is not held back */
+    struct watch_stats ws;
+    craft_server_watch_stats(srv, &ws);
+    /* The bound: the budget, plus one message per stream (one always goes when a stream's queue
+     * is empty); a message here is one event of ~64 KiB with its previous value. */
+    uint64_t bound = (1u << 20) + (K + 1) * (128u << 10);
+    cr_assert_leq(ws.queued_peak, bound,
+                  "watch responses queued on all streams peaked at %llu bytes, over the member's "
+                  "budget of 1 MiB (+ a message per stream: %llu)",
+                  (unsigned long long)ws.queued_peak, (unsigned long long)bound);
+    printf("queued on all watch streams: peak %llu bytes (bound %llu)\n", (unsigned long long)ws.queued_peak, (unsigned long long)bound);
+    cr_assert_geq(ws.demoted, K, "each paused stream's watch fell back to catching up");
+    for (int k = 0; k < K; k++) {
+        wc_pause(pc[k], false);
+        every_event_once(pc[k], pid[k], first, N);
+        wc_close(pc[k]);
+        rpc_channel_destroy(pch[k]);
+    }
+    wc_close(fast);
+}
+
 /* A stream that stops reading: bounded on the server, then every event once and in order. */
 Test(watch, slow_reader_gets_every_event_once, .init = start_slow, .fini = stop, .timeout = 120)
 {
@@ -457,38 +550,14 @@ Test(watch, slow_reader_gets_every_event_once, .init = start_slow, .fini = stop,
     wc_pause(c, true);
     /* Enough that gRPC's own flow-control window (which grows with the measured bandwidth)
      * cannot take it all: 600 x 64 KiB with prev_kv. */
-    static char val[32 << 10];
-    memset(val, 'v', sizeof val);
     enum { N = 600 };
-    int64_t first = 0;
-    for (int i = 0; i < N; i++) {
-        char k[16];
-        snprintf(k, sizeof k, "s/%02d", i % 50); /* overwrites: prev_kv doubles the bytes */
-        int64_t r = put_n(k, val, sizeof val);
-        if (!first)
-            first = r;
-    }
-    int got = 0;
-    while (got < N) { /* the fast reader is not held back */
-        Etcdserverpb__WatchResponse *r = next(fast);
-        cr_assert_eq(r->watch_id, fid);
-        got += (int)r->n_events;
-        done(r);
-    }
+    int64_t first = put_big('s', N);
+    read_events(fast, fid, N); /* the fast reader is not held back */
     struct watch_stats ws;
     craft_server_watch_stats(srv, &ws);
     cr_assert_geq(ws.demoted, 1, "the paused stream's watch fell back to catching up");
     wc_pause(c, false);
-    int64_t want = first;
-    while (want < first + N) {
-        Etcdserverpb__WatchResponse *r = wc_next(c, WAIT);
-        cr_assert(r, "slow reader got up to %lld", (long long)want);
-        cr_assert_eq(r->watch_id, id);
-        for (size_t i = 0; i < r->n_events; i++, want++)
-            cr_assert_eq(r->events[i]->kv->mod_revision, want, "exactly once, in order");
-        done(r);
-    }
-    nothing_more(c);
+    every_event_once(c, id, first, N);
     craft_server_watch_stats(srv, &ws);
     cr_assert_eq(ws.unsynced, 0);
     wc_close(c);

@@ -1,5 +1,7 @@
 /* lazy_io.c: see lazy_io.h. An undo log per unsynced write, dropped when its file is synced,
- * replayed backwards at a crash. */
+ * replayed backwards at a crash. Its own file changes are raw system calls, so that a binary
+ * which also interposes the libc calls (tests/kv/lazy_lmdb.c routes them here) does not see
+ * them again. */
 #include "tests/wal/lazy_io.h"
 
 #include <dirent.h>
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 struct undo {
@@ -23,7 +26,10 @@ struct undo {
     size_t len;     /* bytes of the write */
     size_t old_len; /* bytes of old data kept (the part of the write below old_size) */
     uint8_t *old;
-    uint64_t seq; /* order of the writes */
+    uint8_t *data; /* the bytes written: put back after the rollback if durable (or kept by a
+                    * torn crash) */
+    bool durable;  /* written through an O_DSYNC (or O_SYNC) descriptor */
+    uint64_t seq;  /* order of the writes */
 };
 
 #define MAX_DOWN 16
@@ -34,6 +40,15 @@ static size_t n_undos, cap_undos;
 static char down[MAX_DOWN][PATH_MAX]; /* directories whose power is off */
 static size_t writes_seen, syncs_seen;
 static uint64_t next_seq = 1;
+
+/* The real calls, never an interposed libc function. */
+static ssize_t sys_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+    return syscall(SYS_pwrite64, fd, buf, len, off);
+}
+static int sys_fdatasync(int fd) { return (int)syscall(SYS_fdatasync, fd); }
+static int sys_fsync(int fd) { return (int)syscall(SYS_fsync, fd); }
+static int sys_ftruncate(int fd, off_t len) { return (int)syscall(SYS_ftruncate, fd, len); }
 
 static bool under(const char *path, const char *dir)
 {
@@ -63,6 +78,18 @@ static bool is_down_locked(int fd)
     return false;
 }
 
+/* The bytes u's write replaces, read through fd or, when fd is write-only, the file's path. */
+static bool read_old(int fd, struct undo *u, int fl)
+{
+    if (!u->old_len)
+        return true;
+    int rfd = fl >= 0 && (fl & O_ACCMODE) == O_WRONLY ? open(u->path, O_RDONLY | O_CLOEXEC) : fd;
+    bool ok = rfd >= 0 && pread(rfd, u->old, u->old_len, u->off) == (ssize_t)u->old_len;
+    if (rfd >= 0 && rfd != fd)
+        close(rfd);
+    return ok;
+}
+
 static ssize_t lazy_pwrite(int fd, const void *buf, size_t len, off_t off)
 {
     pthread_mutex_lock(&mu);
@@ -84,20 +111,27 @@ static ssize_t lazy_pwrite(int fd, const void *buf, size_t len, off_t off)
     u.off = off;
     u.len = len;
     u.old_size = st.st_size;
-    u.old_len = off >= st.st_size ? 0
+    int fl = fcntl(fd, F_GETFL);
+    u.durable = fl >= 0 && (fl & O_DSYNC) == O_DSYNC; /* O_SYNC includes O_DSYNC's bit */
+    /* (A durable write is never undone: only its new bytes are kept.) */
+    u.old_len = u.durable || off >= st.st_size ? 0
                 : (size_t)(st.st_size - off) < len ? (size_t)(st.st_size - off) : len;
     u.old = malloc(u.old_len ? u.old_len : 1);
-    if (!u.old || (u.old_len && pread(fd, u.old, u.old_len, off) != (ssize_t)u.old_len)) {
+    u.data = malloc(len ? len : 1);
+    if (!u.old || !u.data || !read_old(fd, &u, fl)) {
         free(u.old);
+        free(u.data);
         pthread_mutex_unlock(&mu);
         errno = EIO;
         return -1;
     }
+    memcpy(u.data, buf, len);
     if (n_undos == cap_undos) {
         size_t nc = cap_undos ? 2 * cap_undos : 256;
         struct undo *p = realloc(undos, nc * sizeof(*p));
         if (!p) {
             free(u.old);
+            free(u.data);
             pthread_mutex_unlock(&mu);
             errno = ENOMEM;
             return -1;
@@ -106,7 +140,7 @@ static ssize_t lazy_pwrite(int fd, const void *buf, size_t len, off_t off)
         cap_undos = nc;
     }
     undos[n_undos++] = u;
-    ssize_t n = pwrite(fd, buf, len, off);
+    ssize_t n = sys_pwrite(fd, buf, len, off);
     pthread_mutex_unlock(&mu);
     return n;
 }
@@ -135,8 +169,10 @@ static int synced(int fd, int (*real)(int))
     if (rc == 0 && fstat(fd, &st) == 0) {
         size_t keep = 0;
         for (size_t i = 0; i < n_undos; i++) {
-            if (undos[i].dev == st.st_dev && undos[i].ino == st.st_ino && undos[i].seq < before)
+            if (undos[i].dev == st.st_dev && undos[i].ino == st.st_ino && undos[i].seq < before) {
                 free(undos[i].old);
+                free(undos[i].data);
+            }
             else
                 undos[keep++] = undos[i];
         }
@@ -146,8 +182,8 @@ static int synced(int fd, int (*real)(int))
     return rc;
 }
 
-static int lazy_fdatasync(int fd) { return synced(fd, fdatasync); }
-static int lazy_fsync(int fd) { return synced(fd, fsync); }
+static int lazy_fdatasync(int fd) { return synced(fd, sys_fdatasync); }
+static int lazy_fsync(int fd) { return synced(fd, sys_fsync); }
 
 static int lazy_fallocate(int fd, off_t off, off_t len)
 {
@@ -213,8 +249,11 @@ static int open_undo_target(const struct undo *u)
     return fd;
 }
 
-size_t lazy_io_crash(const char *dir)
+#define PIECE 4096 /* what a torn crash keeps or drops: a page */
+
+static size_t crash(const char *dir, bool torn, uint64_t seed)
 {
+    uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 1;
     char d[PATH_MAX];
     resolve(dir, d);
     pthread_mutex_lock(&mu);
@@ -227,7 +266,7 @@ size_t lazy_io_crash(const char *dir)
     /* Newest first, so the oldest write's bytes and size are what remain. */
     for (size_t i = n_undos; i-- > 0;) {
         struct undo *u = &undos[i];
-        if (!under(u->path, d))
+        if (!under(u->path, d) || u->durable)
             continue;
         dropped++;
         int fd = open_undo_target(u);
@@ -237,23 +276,50 @@ size_t lazy_io_crash(const char *dir)
                 close(fd);
             continue; /* unlinked since: that change counts as durable */
         }
-        if (u->old_len && pwrite(fd, u->old, u->old_len, u->off) != (ssize_t)u->old_len)
+        if (u->old_len && sys_pwrite(fd, u->old, u->old_len, u->off) != (ssize_t)u->old_len)
             fprintf(stderr, "lazy_io: cannot roll back %s: %s\n", u->path, strerror(errno));
         if ((off_t)(u->off + (off_t)u->len) > u->old_size && st.st_size > u->old_size &&
-            ftruncate(fd, u->old_size) != 0)
+            sys_ftruncate(fd, u->old_size) != 0)
             fprintf(stderr, "lazy_io: cannot truncate %s: %s\n", u->path, strerror(errno));
         close(fd);
     }
+    /* Writes through an O_DSYNC descriptor reached the disk when they returned, whatever
+     * unsynced writes before them did: put them back, oldest first; a torn crash also puts
+     * back the pages of unsynced writes that it keeps. */
     for (size_t i = 0; i < n_undos; i++) {
-        if (under(undos[i].path, d))
+        struct undo *u = &undos[i];
+        if (!under(u->path, d) || (!u->durable && !torn))
+            continue;
+        int fd = open_undo_target(u);
+        if (fd < 0)
+            continue;
+        for (size_t at = 0; at < u->len;) {
+            size_t n = PIECE - (size_t)((u->off + (off_t)at) % PIECE);
+            if (n > u->len - at)
+                n = u->len - at;
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            if ((u->durable || (rng >> 32) & 1) &&
+                sys_pwrite(fd, u->data + at, n, u->off + (off_t)at) != (ssize_t)n)
+                fprintf(stderr, "lazy_io: cannot redo %s: %s\n", u->path, strerror(errno));
+            at += n;
+        }
+        close(fd);
+    }
+    for (size_t i = 0; i < n_undos; i++) {
+        if (under(undos[i].path, d)) {
             free(undos[i].old);
-        else
+            free(undos[i].data);
+        } else
             undos[keep++] = undos[i];
     }
     n_undos = keep;
     pthread_mutex_unlock(&mu);
     return dropped;
 }
+
+size_t lazy_io_crash(const char *dir) { return crash(dir, false, 0); }
+
+size_t lazy_io_crash_torn(const char *dir, unsigned seed) { return crash(dir, true, seed); }
 
 void lazy_io_revive(const char *dir)
 {
