@@ -114,6 +114,12 @@ struct rpc_tls {
      * the connection fail, calls see UNAVAILABLE, and the refusal is logged (rate-limited). */
     const char *allowed_cn;
     const char *allowed_hostname;
+    /* Revocation (etcd's --client-crl-file / --peer-crl-file): a PEM file of one or more CRLs,
+     * each signed by a CA of ca_file (checked at create: a clear error otherwise). The other
+     * side's leaf certificate is refused in the handshake when a CRL of its issuer lists its
+     * serial. With reload_sec the file is re-checked with the others; a bad one keeps the set
+     * in force and is logged. A CRL's nextUpdate is not enforced (as etcd). NULL or "": none. */
+    const char *crl_file;
 };
 
 /* TLS 1.2 cipher suites of every server and channel of the process (etcd's --cipher-suites):

@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,14 +37,127 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/string_util.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "log/log.h"
 #include "rpc/rpc_internal.h"
 
+/* The revocation lists in force for a source (crl_file), shared with the verifiers gRPC owns
+ * (which may outlive the source): reference-counted, swapped whole under mu at a reload. */
+struct crl_box {
+    atomic_int refs;
+    pthread_mutex_t mu;
+    STACK_OF(X509_CRL) *crls;
+};
+
+static struct crl_box *crl_box_new(void)
+{
+    struct crl_box *b = calloc(1, sizeof *b);
+    if (b) {
+        atomic_init(&b->refs, 1);
+        pthread_mutex_init(&b->mu, NULL);
+    }
+    return b;
+}
+
+static void crl_box_unref(struct crl_box *b)
+{
+    if (!b || atomic_fetch_sub(&b->refs, 1) != 1)
+        return;
+    sk_X509_CRL_pop_free(b->crls, X509_CRL_free);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+#define CRL_MAX_BYTES (16u << 20)
+
+/* Reads crl_file: every PEM CRL in it must parse (a block cut short is an error, not skipped)
+ * and be signed by a CA of ca_pem with the CRL's issuer name. *text gets the file (to notice
+ * changes), *out the CRLs. 0, or RPC_ETLS with err filled. */
+static int crl_load(const char *path, const char *ca_pem, STACK_OF(X509_CRL) **out, char **text,
+                    char *err, size_t errlen)
+{
+    *out = NULL;
+    *text = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        rpc_errf(err, errlen, "crl_file %s: %s", path, strerror(errno));
+        return RPC_ETLS;
+    }
+    char *buf = malloc(CRL_MAX_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, CRL_MAX_BYTES + 1, f) : 0;
+    bool bad = !buf || ferror(f);
+    fclose(f);
+    if (bad || n > CRL_MAX_BYTES) {
+        rpc_errf(err, errlen, "crl_file %s: %s", path,
+                 bad ? "read error" : "larger than 16 MiB");
+        free(buf);
+        return RPC_ETLS;
+    }
+    buf[n] = '\0';
+    STACK_OF(X509_CRL) *crls = sk_X509_CRL_new_null();
+    STACK_OF(X509) *cas = sk_X509_new_null();
+    int rc = RPC_ETLS, begins = 0;
+    for (const char *q = buf; (q = strstr(q, "-----BEGIN X509 CRL-----")) != NULL; q++)
+        begins++;
+    BIO *bio = BIO_new_mem_buf(buf, (int)n);
+    X509_CRL *c;
+    while (bio && crls && (c = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL)) != NULL)
+        sk_X509_CRL_push(crls, c);
+    BIO_free(bio);
+    bio = BIO_new_mem_buf(ca_pem, -1);
+    X509 *x;
+    while (bio && cas && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+        sk_X509_push(cas, x);
+    BIO_free(bio);
+    int got = crls ? sk_X509_CRL_num(crls) : 0;
+    if (got == 0) {
+        rpc_errf(err, errlen, "crl_file %s: no PEM CRL in it", path);
+        goto out;
+    }
+    if (got < begins) {
+        rpc_errf(err, errlen, "crl_file %s: %d of its %d CRLs are truncated or damaged", path,
+                 begins - got, begins);
+        goto out;
+    }
+    for (int i = 0; i < got; i++) {
+        X509_CRL *crl = sk_X509_CRL_value(crls, i);
+        bool ok = false;
+        for (int k = 0; k < sk_X509_num(cas) && !ok; k++) {
+            X509 *ca = sk_X509_value(cas, k);
+            ok = X509_NAME_cmp(X509_get_subject_name(ca), X509_CRL_get_issuer(crl)) == 0 &&
+                 X509_CRL_verify(crl, X509_get0_pubkey(ca)) == 1;
+        }
+        if (!ok) {
+            char name[256];
+            X509_NAME_oneline(X509_CRL_get_issuer(crl), name, sizeof name);
+            rpc_errf(err, errlen, "crl_file %s: the CRL of %s is not signed by a CA of ca_file",
+                     path, name);
+            goto out;
+        }
+    }
+    *out = crls;
+    *text = buf;
+    crls = NULL;
+    buf = NULL;
+    rc = 0;
+out:
+    sk_X509_CRL_pop_free(crls, X509_CRL_free);
+    sk_X509_pop_free(cas, X509_free);
+    free(buf);
+    ERR_clear_error();
+    return rc;
+}
+
 struct rpc_tls_src {
     struct rpc_tls_src *next; /* registry list */
     int refs;                 /* under reg_mu */
-    char *ca_file, *cert_file, *key_file, *stage_dir, *allowed_cn, *allowed_host;
+    char *ca_file, *cert_file, *key_file, *stage_dir, *allowed_cn, *allowed_host, *crl_file;
+    struct crl_box *crl; /* with crl_file */
+    char *cur_crl;       /* the CRL file's text in force (poller only) */
     unsigned reload_sec;
     bool has_cert;
     bool polling; /* the poller thread runs (reload_sec > 0) */
@@ -183,10 +297,29 @@ static void poll_once(struct rpc_tls_src *s)
     char err[512] = "";
     bool ca_changed = false, id_changed = false;
     int rc = rpc_pem_load(&t, s->has_cert, &p, err, sizeof err);
-    if (rc == 0) {
+    STACK_OF(X509_CRL) *crls = NULL;
+    char *crl_text = NULL;
+    bool crl_changed = false;
+    /* the set as a whole: a bad CRL keeps the old certificates too, and the other way round */
+    if (rc == 0 && s->crl_file)
+        rc = crl_load(s->crl_file, p.ca, &crls, &crl_text, err, sizeof err);
+    if (rc == 0)
         rc = stage(s, &p, &ca_changed, &id_changed, err, sizeof err);
-        rpc_pem_free(&p);
+    if (rc == 0 && crl_text && strcmp(crl_text, s->cur_crl ? s->cur_crl : "") != 0) {
+        pthread_mutex_lock(&s->crl->mu);
+        STACK_OF(X509_CRL) *old = s->crl->crls;
+        s->crl->crls = crls;
+        pthread_mutex_unlock(&s->crl->mu);
+        crls = old;
+        free(s->cur_crl);
+        s->cur_crl = crl_text;
+        crl_text = NULL;
+        crl_changed = true;
     }
+    sk_X509_CRL_pop_free(crls, X509_CRL_free);
+    free(crl_text);
+    if (p.ca)
+        rpc_pem_free(&p);
     const struct log_field *f = LOG_FIELDS(LOG_STR("ca_file", s->ca_file),
                                            LOG_STR("cert_file", s->cert_file ? s->cert_file : ""),
                                            LOG_STR("key_file", s->key_file ? s->key_file : ""));
@@ -196,9 +329,12 @@ static void poll_once(struct rpc_tls_src *s)
         snprintf(s->last_err, sizeof s->last_err, "%s", err);
         return;
     }
-    if (s->last_err[0] && !ca_changed && !id_changed)
+    if (s->last_err[0] && !ca_changed && !id_changed && !crl_changed)
         log_info(f, "TLS files usable again; the certificates in use are unchanged");
     s->last_err[0] = '\0';
+    if (crl_changed)
+        log_info(LOG_FIELDS(LOG_STR("crl_file", s->crl_file)),
+                 "TLS reload: new revocation list in force for new handshakes");
     if (ca_changed || id_changed)
         log_info(f, "TLS reload: new %s%s%s staged; new handshakes use it within %us",
                  ca_changed ? "CA bundle" : "", ca_changed && id_changed ? " and " : "",
@@ -228,7 +364,8 @@ static void *poller(void *arg)
 bool rpc_tls_dynamic(const struct rpc_tls *tls)
 {
     return tls && (tls->reload_sec > 0 || (tls->allowed_cn && *tls->allowed_cn) ||
-                   (tls->allowed_hostname && *tls->allowed_hostname));
+                   (tls->allowed_hostname && *tls->allowed_hostname) ||
+                   (tls->crl_file && *tls->crl_file));
 }
 
 static void src_free(struct rpc_tls_src *s)
@@ -246,6 +383,9 @@ static void src_free(struct rpc_tls_src *s)
     free(s->stage_dir);
     free(s->allowed_cn);
     free(s->allowed_host);
+    free(s->crl_file);
+    free(s->cur_crl);
+    crl_box_unref(s->crl);
     free(s->cur_ca);
     free_secret(s->cur_id);
     pthread_mutex_destroy(&s->mu);
@@ -283,6 +423,18 @@ static struct rpc_tls_src *src_create(const struct rpc_tls *tls, bool need_cert,
     if (s->allowed_cn && s->allowed_host) {
         rpc_errf(err, errlen, "TLS: allowed_cn and allowed_hostname are mutually exclusive");
         goto fail;
+    }
+    s->crl_file = dup_or_null(tls->crl_file);
+    if (s->crl_file) {
+        STACK_OF(X509_CRL) *crls;
+        if (crl_load(s->crl_file, p.ca, &crls, &s->cur_crl, err, errlen) != 0)
+            goto fail;
+        if (!(s->crl = crl_box_new())) {
+            sk_X509_CRL_pop_free(crls, X509_CRL_free);
+            rpc_errf(err, errlen, "TLS: out of memory");
+            goto fail;
+        }
+        s->crl->crls = crls;
     }
     if (s->reload_sec == 0) {
         /* pinning only: the files as read now, for good */
@@ -349,7 +501,8 @@ struct rpc_tls_src *rpc_tls_src_get(const struct rpc_tls *tls, bool need_cert, c
             str_eq(s->ca_file, tls->ca_file) && str_eq(s->cert_file, tls->cert_file) &&
             str_eq(s->key_file, tls->key_file) && str_eq(s->stage_dir, tls->stage_dir) &&
             str_eq(s->allowed_cn, tls->allowed_cn) &&
-            str_eq(s->allowed_host, tls->allowed_hostname)) {
+            str_eq(s->allowed_host, tls->allowed_hostname) &&
+            str_eq(s->crl_file, tls->crl_file)) {
             s->refs++;
             pthread_mutex_unlock(&reg_mu);
             if (need_cert && !s->has_cert) {
@@ -401,7 +554,46 @@ struct pin {
     grpc_tls_certificate_verifier_external ext; /* ext.user_data points back here */
     char *cns, *hosts;
     grpc_tls_certificate_verifier *hostname; /* channels: gRPC's own name check, run first */
+    struct crl_box *crl;                     /* a reference, or NULL */
 };
+
+/* Whether the leaf certificate (PEM) is revoked by a CRL of b; why says so. */
+static bool revoked(struct crl_box *b, const char *pem, char *why, size_t whylen)
+{
+    if (!pem) {
+        snprintf(why, whylen, "no certificate to check against the CRL");
+        return true;
+    }
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    BIO_free(bio);
+    if (!x) {
+        ERR_clear_error();
+        snprintf(why, whylen, "the certificate does not parse for the CRL check");
+        return true;
+    }
+    bool r = false;
+    pthread_mutex_lock(&b->mu);
+    for (int i = 0; b->crls && i < sk_X509_CRL_num(b->crls) && !r; i++) {
+        X509_REVOKED *rev = NULL;
+        /* matches the CRL's issuer with the certificate's and looks its serial up */
+        r = X509_CRL_get0_by_cert(sk_X509_CRL_value(b->crls, i), &rev, x) == 1;
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (r) {
+        char issuer[200] = "", serial[80] = "";
+        X509_NAME_oneline(X509_get_issuer_name(x), issuer, sizeof issuer);
+        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+        char *hex = bn ? BN_bn2hex(bn) : NULL;
+        snprintf(serial, sizeof serial, "%s", hex ? hex : "?");
+        OPENSSL_free(hex);
+        BN_free(bn);
+        snprintf(why, whylen, "certificate serial %s of %s is revoked", serial, issuer);
+    }
+    X509_free(x);
+    ERR_clear_error();
+    return r;
+}
 
 /* Whether name is one of the comma-separated list's entries (DNS names: any case). */
 static bool in_list(const char *list, const char *name, bool nocase)
@@ -467,13 +659,15 @@ static int pin_verify(void *user_data, grpc_tls_custom_verification_check_reques
     if (p->cns && !in_list(p->cns, cn, false))
         snprintf(why, sizeof why, "certificate CN \"%s\" is not one of the allowed CNs (%s)", cn,
                  p->cns);
-    if (p->hosts && !any_in_list(p->hosts, req->peer_info.san_names.dns_names,
-                                 req->peer_info.san_names.dns_names_size, true) &&
-        !any_in_list(p->hosts, req->peer_info.san_names.ip_names,
-                     req->peer_info.san_names.ip_names_size, false))
+    else if (p->hosts && !any_in_list(p->hosts, req->peer_info.san_names.dns_names,
+                                      req->peer_info.san_names.dns_names_size, true) &&
+             !any_in_list(p->hosts, req->peer_info.san_names.ip_names,
+                          req->peer_info.san_names.ip_names_size, false))
         snprintf(why, sizeof why,
                  "certificate (CN \"%s\") has none of the allowed host names (%s) among its SANs",
                  cn, p->hosts);
+    else if (p->crl)
+        revoked(p->crl, req->peer_info.peer_cert, why, sizeof why);
     if (why[0]) {
         log_emit_limited(LOG_LEVEL_WARN, __FILE__, __LINE__, 0, LOG_FIELDS(LOG_STR("cn", cn)),
                          "TLS: refused a %s: %s", req->target_name ? "server" : "client", why);
@@ -495,6 +689,7 @@ static void pin_destruct(void *user_data)
     struct pin *p = user_data;
     if (p->hostname)
         grpc_tls_certificate_verifier_release(p->hostname);
+    crl_box_unref(p->crl);
     free(p->cns);
     free(p->hosts);
     free(p);
@@ -505,7 +700,7 @@ static void pin_destruct(void *user_data)
  * lost). */
 static bool set_pin(struct rpc_tls_src *s, grpc_tls_credentials_options *o, bool channel)
 {
-    if (!s->allowed_cn && !s->allowed_host)
+    if (!s->allowed_cn && !s->allowed_host && !s->crl)
         return true;
     struct pin *p = calloc(1, sizeof *p);
     if (p) {
@@ -522,6 +717,10 @@ static bool set_pin(struct rpc_tls_src *s, grpc_tls_credentials_options *o, bool
     }
     if (channel)
         p->hostname = grpc_tls_certificate_verifier_host_name_create();
+    if (s->crl) {
+        atomic_fetch_add(&s->crl->refs, 1);
+        p->crl = s->crl;
+    }
     p->ext = (grpc_tls_certificate_verifier_external){
         .user_data = p, .verify = pin_verify, .cancel = pin_cancel, .destruct = pin_destruct};
     grpc_tls_certificate_verifier *v = grpc_tls_certificate_verifier_external_create(&p->ext);

@@ -46,6 +46,8 @@ static const struct flag flags[] = {
     {"peer-cert-file", STR, F(peer_cert_file), 0, 0, 0, "", "peer certificate (PEM); must name this member"},
     {"peer-key-file", STR, F(peer_key_file), 0, 0, 0, "", "peer key (PEM)"},
     {"peer-trusted-ca-file", STR, F(peer_trusted_ca_file), 0, 0, 0, "", "CA that peer certificates must chain to"},
+    {"client-crl-file", STR, F(client_crl_file), 0, 0, 0, "", "PEM certificate revocation list(s) for client certificates, signed by --trusted-ca-file's CA; a revoked client is refused in the handshake; re-read with the certificates"},
+    {"peer-crl-file", STR, F(peer_crl_file), 0, 0, 0, "", "PEM certificate revocation list(s) for peer certificates, signed by --peer-trusted-ca-file's CA; checked both ways"},
     {"peer-cert-allowed-cn", STR, F(peer_cert_allowed_cn), 0, 0, 0, "", "comma-separated subject CNs a peer's certificate must have one of, checked in the handshake both ways, on top of naming its member"},
     {"peer-cert-allowed-hostname", STR, F(peer_cert_allowed_hostname), 0, 0, 0, "", "comma-separated names a peer's certificate must carry one of as a DNS or IP SAN, checked in the handshake both ways (not with --peer-cert-allowed-cn)"},
     {"peer-client-cert-auth", BOOL, 0, 0, 0, 0, "true", "require peer certificates (craft: always true)"},

@@ -43,6 +43,7 @@ struct craftd_config {
     const char *cert_file, *key_file, *trusted_ca_file;
     const char *peer_cert_file, *peer_key_file, *peer_trusted_ca_file;
     const char *peer_cert_allowed_cn, *peer_cert_allowed_hostname; /* comma-separated, "" = any */
+    const char *client_crl_file, *peer_crl_file; /* etcd's; "" = none */
     const char *cipher_suites; /* etcd's --cipher-suites; checked and applied by craftd.c */
     char cipher_list[1024];    /* derived (craftd.c): the same in OpenSSL's names, "" = default */
     unsigned heartbeat_ms, election_ms;

@@ -102,7 +102,7 @@ struct peer {
     size_t max_batch_bytes, max_recv_bytes;
     int send_timeout_ms, stream_queue;
     struct rpc_tls tls;      /* copies of the paths (below) */
-    char *tls_ca, *tls_cert, *tls_key, *tls_stage, *tls_allowed_cn, *tls_allowed_host;
+    char *tls_ca, *tls_cert, *tls_key, *tls_stage, *tls_allowed_cn, *tls_allowed_host, *tls_crl;
     struct raft_transport transport;
 
     pthread_mutex_t set_lock;     /* one peer_set_cluster at a time */
@@ -1334,13 +1334,15 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
         p->tls_allowed_cn = cfg->tls->allowed_cn ? strdup(cfg->tls->allowed_cn) : NULL;
         p->tls_allowed_host =
             cfg->tls->allowed_hostname ? strdup(cfg->tls->allowed_hostname) : NULL;
+        p->tls_crl = cfg->tls->crl_file ? strdup(cfg->tls->crl_file) : NULL;
         p->tls = (struct rpc_tls){.ca_file = p->tls_ca,
                                   .cert_file = p->tls_cert,
                                   .key_file = p->tls_key,
                                   .reload_sec = cfg->tls->reload_sec,
                                   .stage_dir = p->tls_stage,
                                   .allowed_cn = p->tls_allowed_cn,
-                                  .allowed_hostname = p->tls_allowed_host};
+                                  .allowed_hostname = p->tls_allowed_host,
+                                  .crl_file = p->tls_crl};
     }
     p->max_batch_bytes = cfg->max_batch_bytes ? cfg->max_batch_bytes : PEER_DEFAULT_MAX_BATCH_BYTES;
     p->max_recv_bytes = cfg->max_recv_bytes ? cfg->max_recv_bytes : PEER_DEFAULT_MAX_RECV_BYTES;
@@ -1421,6 +1423,7 @@ void peer_destroy(struct peer *p)
     free(p->tls_stage);
     free(p->tls_allowed_cn);
     free(p->tls_allowed_host);
+    free(p->tls_crl);
     free(p);
 }
 

@@ -767,12 +767,14 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
                                .reload_sec = reload_sec,
                                .stage_dir = tls_dir,
                                .allowed_cn = cfg->peer_cert_allowed_cn,
-                               .allowed_hostname = cfg->peer_cert_allowed_hostname};
+                               .allowed_hostname = cfg->peer_cert_allowed_hostname,
+                               .crl_file = cfg->peer_crl_file};
     struct rpc_tls client_tls = {.ca_file = cfg->trusted_ca_file,
                                  .cert_file = cfg->cert_file,
                                  .key_file = cfg->key_file,
                                  .reload_sec = reload_sec,
-                                 .stage_dir = tls_dir};
+                                 .stage_dir = tls_dir,
+                                 .crl_file = cfg->client_crl_file};
     char sub[512], raft_dir[4200], kv_dir[4200];
 
     /* <data-dir>/raft: the write-ahead log and hard state; <data-dir>/kv: the LMDB store. */

@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "log/log.h"
 #include "tests/rpc/util.h"
@@ -623,6 +626,146 @@ Test(rpc_tls_reload, cipher_suites_before_grpc_starts, .timeout = 60)
     cr_assert_eq(rpc_tls_set_cipher_suites("ECDHE-ECDSA-AES128-GCM-SHA256", NULL, 0, err,
                                            sizeof err),
                  RPC_ESTATE, "too late: gRPC has read its list");
+    rpc_server_shutdown(srv, 1000);
+    drop_work();
+}
+
+/* ---- revocation ----------------------------------------------------------------------- */
+
+static X509 *read_cert(const char *name) /* "a/client" */
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s.pem", tt_certs_dir(), name);
+    FILE *f = fopen(p, "r");
+    cr_assert(f, "%s: %s", p, strerror(errno));
+    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    cr_assert(x, "%s: no certificate", p);
+    return x;
+}
+
+/* Writes to path (in place, as an operator's editor would) a CRL of CA ca_dir revoking the
+ * certificates named ("a/client", ...). */
+static void make_crl(const char *path, const char *ca_dir, const char *const *names, int n)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/ca", ca_dir);
+    X509 *ca = read_cert(p);
+    snprintf(p, sizeof p, "%s/%s/ca-key.pem", tt_certs_dir(), ca_dir);
+    FILE *f = fopen(p, "r");
+    cr_assert(f);
+    EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    cr_assert(key);
+    X509_CRL *crl = X509_CRL_new();
+    X509_CRL_set_version(crl, 1);
+    X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca));
+    ASN1_TIME *t = ASN1_TIME_new();
+    X509_gmtime_adj(t, 0);
+    X509_CRL_set1_lastUpdate(crl, t);
+    X509_gmtime_adj(t, 86400);
+    X509_CRL_set1_nextUpdate(crl, t);
+    X509_gmtime_adj(t, 0);
+    for (int i = 0; i < n; i++) {
+        X509 *c = read_cert(names[i]);
+        X509_REVOKED *r = X509_REVOKED_new();
+        X509_REVOKED_set_serialNumber(r, X509_get_serialNumber(c));
+        X509_REVOKED_set_revocationDate(r, t);
+        X509_CRL_add0_revoked(crl, r);
+        X509_free(c);
+    }
+    X509_CRL_sort(crl);
+    cr_assert(X509_CRL_sign(crl, key, EVP_sha256()) > 0);
+    BIO *bio = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509_CRL(bio, crl);
+    char *data;
+    long len = BIO_get_mem_data(bio, &data);
+    char *text = strndup(data, (size_t)len);
+    put_text(path, text);
+    free(text);
+    BIO_free(bio);
+    ASN1_TIME_free(t);
+    X509_CRL_free(crl);
+    EVP_PKEY_free(key);
+    X509_free(ca);
+}
+
+/* --client-crl-file / --peer-crl-file (rpc_tls.crl_file): a revoked client refused by a server,
+ * a revoked server refused by a channel, an updated CRL in force without a restart, a bad one
+ * at reload leaving the old in force. */
+Test(rpc_tls_reload, revocation_in_the_handshake_and_crl_updates, .timeout = 120)
+{
+    make_work();
+    log_to_work();
+    char crl[600];
+    snprintf(crl, sizeof crl, "%s/crl.pem", work);
+    const char *client[] = {"a/client"}, *node_a[] = {"a/node-a"}, *server[] = {"a/server"};
+    make_crl(crl, "a", client, 1);
+    struct files s;
+    files_init(&s, "s", "a", "a/server");
+    s.tls.crl_file = crl;
+    struct rpc_server *srv = tt_server_start_tls(&s.tls, 0, NULL);
+    int port = rpc_server_port(srv);
+    cr_assert_eq(probe_as(port, "a", "client", NULL), GRPC_STATUS_UNAVAILABLE,
+                 "a revoked client was let in");
+    cr_assert_eq(probe_as(port, "a", "node-a", NULL), GRPC_STATUS_OK);
+    wait_log("TLS: refused a client", "is revoked");
+
+    /* the CRL now revokes node-a instead: taken without a restart */
+    make_crl(crl, "a", node_a, 1);
+    wait_probe(port, "a", "client", NULL, GRPC_STATUS_OK, NULL, "the updated CRL");
+    cr_assert_eq(probe_as(port, "a", "node-a", NULL), GRPC_STATUS_UNAVAILABLE);
+
+    /* bad CRL files at reload: the one in force stays, the log says why */
+    char *good = slurp(crl);
+    char *half = strndup(good, strlen(good) / 2);
+    put_text(crl, half);
+    wait_log("TLS reload refused", "no PEM CRL");
+    cr_assert_eq(probe_as(port, "a", "node-a", NULL), GRPC_STATUS_UNAVAILABLE, "old CRL kept");
+    cr_assert_eq(probe_as(port, "a", "client", NULL), GRPC_STATUS_OK);
+    make_crl(crl, "b", client, 1); /* signed by a CA the server does not trust */
+    wait_log("TLS reload refused", "is not signed by a CA of ca_file");
+    cr_assert_eq(probe_as(port, "a", "node-a", NULL), GRPC_STATUS_UNAVAILABLE, "old CRL kept");
+    cr_assert_eq(probe_as(port, "a", "client", NULL), GRPC_STATUS_OK, "old CRL kept");
+    free(good), free(half);
+
+    /* a channel refuses a revoked server (a peer dialing a peer) */
+    char crl2[600];
+    snprintf(crl2, sizeof crl2, "%s/crl2.pem", work);
+    make_crl(crl2, "a", server, 1);
+    struct tt_tls ct;
+    tt_tls(&ct, "a", "client");
+    ct.tls.crl_file = crl2;
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_UNAVAILABLE, "a revoked server");
+    make_crl(crl2, "a", node_a, 1);
+    cr_assert_eq(probe(port, &ct.tls, NULL), GRPC_STATUS_OK);
+
+    rpc_server_shutdown(srv, 1000);
+    log_reset();
+    drop_work();
+}
+
+Test(rpc_tls_reload, bad_crl_at_create_is_a_clear_error, .timeout = 60)
+{
+    make_work();
+    char crl[600], err[256];
+    snprintf(crl, sizeof crl, "%s/crl.pem", work);
+    const char *client[] = {"a/client"};
+    struct tt_tls st;
+    tt_tls(&st, "a", "server");
+    st.tls.crl_file = crl;
+    struct rpc_server_config cfg = {.listen = "127.0.0.1:0", .tls = &st.tls};
+    cr_assert_null(rpc_server_create(&cfg, err, sizeof err));
+    cr_assert(strstr(err, "No such file"), "missing: %s", err);
+    put_text(crl, "not a CRL\n");
+    cr_assert_null(rpc_server_create(&cfg, err, sizeof err));
+    cr_assert(strstr(err, "no PEM CRL"), "garbage: %s", err);
+    make_crl(crl, "b", client, 1);
+    cr_assert_null(rpc_server_create(&cfg, err, sizeof err));
+    cr_assert(strstr(err, "is not signed by a CA of ca_file"), "other CA: %s", err);
+    make_crl(crl, "a", client, 1);
+    struct rpc_server *srv = rpc_server_create(&cfg, err, sizeof err);
+    cr_assert(srv, "a good CRL: %s", err);
     rpc_server_shutdown(srv, 1000);
     drop_work();
 }
