@@ -7,6 +7,9 @@
  * certificates (the peer port's own check that a certificate names its member included). No
  * write may fail beyond one retry. The writes go to the leader and a follower (which forwards). */
 #include <criterion/criterion.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <signal.h>
@@ -235,6 +238,86 @@ Test(tls, peer_whose_cn_is_not_allowed_is_refused, .fini = teardown, .timeout = 
     wait_log(0, "certificate CN \\\"n3\\\" is not one of the allowed CNs");
     wait_log(1, "certificate CN \\\"n3\\\" is not one of the allowed CNs");
     /* n3 never gets the write: it cannot reach anyone, and no one can reach it */
+    Craft__Node__StatusReply *st = NULL, *ls = NULL;
+    cr_assert_eq(hc_status(&C, l, &ls), 0);
+    cr_assert_eq(hc_status(&C, 2, &st), 0);
+    cr_assert_lt(st->applied_index, ls->applied_index, "n3 applied %llu entries, the leader %llu",
+                 (unsigned long long)st->applied_index, (unsigned long long)ls->applied_index);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    protobuf_c_message_free_unpacked(&ls->base, NULL);
+}
+
+/* A CRL of the cluster's CA revoking member `name`'s certificate, written to path. */
+static void write_crl_revoking(const char *path, const char *name)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/ca.pem", C.certs);
+    FILE *f = fopen(p, "r");
+    cr_assert(f);
+    X509 *ca = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/ca-key.pem", C.certs);
+    f = fopen(p, "r");
+    cr_assert(f);
+    EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/%s.pem", C.certs, name);
+    f = fopen(p, "r");
+    cr_assert(f);
+    X509 *c = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    cr_assert(ca && key && c);
+    X509_CRL *crl = X509_CRL_new();
+    X509_CRL_set_version(crl, 1);
+    X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca));
+    ASN1_TIME *t = ASN1_TIME_new();
+    X509_gmtime_adj(t, 0);
+    X509_CRL_set1_lastUpdate(crl, t);
+    X509_REVOKED *r = X509_REVOKED_new();
+    X509_REVOKED_set_serialNumber(r, X509_get_serialNumber(c));
+    X509_REVOKED_set_revocationDate(r, t);
+    X509_CRL_add0_revoked(crl, r);
+    X509_gmtime_adj(t, 86400);
+    X509_CRL_set1_nextUpdate(crl, t);
+    cr_assert(X509_CRL_sign(crl, key, EVP_sha256()) > 0);
+    f = fopen(path, "w");
+    cr_assert(f);
+    PEM_write_X509_CRL(f, crl);
+    fclose(f);
+    ASN1_TIME_free(t);
+    X509_CRL_free(crl);
+    X509_free(c);
+    EVP_PKEY_free(key);
+    X509_free(ca);
+}
+
+/* --peer-crl-file: a member whose certificate is revoked is refused in the handshake by the
+ * others, which form a quorum and serve. */
+Test(tls, revoked_peer_is_refused, .fini = teardown, .timeout = 120)
+{
+    hc_setup(&C, 3, 100, 1000);
+    char crl[400];
+    snprintf(crl, sizeof crl, "%s/crl.pem", C.dir);
+    write_crl_revoking(crl, "n3");
+    snprintf(C.extra_flags, sizeof C.extra_flags, "--peer-crl-file %s", crl);
+    hc_start_all(&C);
+    int l = -1;
+    for (int64_t until = hc_now_ms() + 20000; l < 0; pause_ms(100)) {
+        Craft__Node__StatusReply *a = NULL, *b = NULL;
+        if (hc_status(&C, 0, &a) == 0 && hc_status(&C, 1, &b) == 0 && a->leader_id &&
+            a->leader_id == b->leader_id)
+            l = a->leader_id == a->member_id ? 0 : a->leader_id == b->member_id ? 1 : 2;
+        if (a)
+            protobuf_c_message_free_unpacked(&a->base, NULL);
+        if (b)
+            protobuf_c_message_free_unpacked(&b->base, NULL);
+        cr_assert(l >= 0 || hc_now_ms() < until, "n1 and n2 agree on no leader");
+    }
+    cr_assert(l == 0 || l == 1, "leader n%d: the revoked member", l + 1);
+    int64_t rev = 0;
+    cr_assert_eq(hc_put(&C, 1 - l, "k", "v", 5000, &rev), GRPC_STATUS_OK);
+    wait_log(0, "is revoked");
+    wait_log(1, "is revoked");
     Craft__Node__StatusReply *st = NULL, *ls = NULL;
     cr_assert_eq(hc_status(&C, l, &ls), 0);
     cr_assert_eq(hc_status(&C, 2, &st), 0);

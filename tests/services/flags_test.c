@@ -388,6 +388,10 @@ Test(flags, peer_cert_allowed_names)
                  0, "%s", err);
     cr_assert_str_eq(cfg.cipher_suites, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
                      "kept as given: craftd checks the names before gRPC starts");
+    cr_assert_eq(parse("--client-crl-file", "c.crl", "--peer-crl-file", "p.crl", TLS_FLAGS, NULL),
+                 0, "%s", err);
+    cr_assert_str_eq(cfg.client_crl_file, "c.crl");
+    cr_assert_str_eq(cfg.peer_crl_file, "p.crl");
     refused("--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive",
             parse("--peer-cert-allowed-cn=a", "--peer-cert-allowed-hostname=b", TLS_FLAGS, NULL));
 }
