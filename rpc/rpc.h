@@ -9,7 +9,8 @@
  *   (tests and local demos). A peer refused at the handshake makes calls fail UNAVAILABLE.
  *   With reload_sec the files are re-checked and a changed set that passes is taken for new
  *   handshakes (one that fails is not: the old set stays, the log says why); with
- *   allowed_cn / allowed_hostname the other side's names are pinned in the handshake.
+ *   allowed_cn / allowed_hostname the other side's names are pinned in the handshake, and with
+ *   crl_file a certificate its CRL lists is refused there.
  * - Threads: a server runs a fixed pool of `threads` pthreads, each draining its own gRPC
  *   completion queue; every event of one call (its handler, its stream callbacks) runs on
  *   the one pool thread that accepted it, so callbacks of one stream never run concurrently
