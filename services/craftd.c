@@ -118,6 +118,9 @@ int main(int argc, char **argv)
     uint64_t step_ms = flush_ms < 1000 ? flush_ms : 1000;
     int failed = 0;
     struct heap_scavenger scav = {0};
+    /* The TLS files' expiry: at start, then each minute (a warning at most once a day each). */
+    craft_server_check_certs(s, (int64_t)time(NULL));
+    uint64_t cert_waited_ms = 0;
     pthread_mutex_lock(&stop_state.mu);
     while (!stop_state.sig && !stop_state.removed && !failed) {
         struct timespec until;
@@ -136,6 +139,10 @@ int main(int argc, char **argv)
         }
         /* Free pages beyond 32 MiB that stayed free for 5 s go back to the OS (heap.h): VmRSS
          * comes down after a burst, and a loaded leader keeps what its churn reuses. */
+        if ((cert_waited_ms += step_ms) >= 60000) {
+            cert_waited_ms = 0;
+            craft_server_check_certs(s, (int64_t)time(NULL));
+        }
         size_t released = heap_scavenge(&scav, HEAP_KEEP_BYTES);
         if (released)
             log_debug(me, "craftd: returned %zu KiB of free heap to the OS", released >> 10);

@@ -100,6 +100,7 @@ static const struct flag flags[] = {
     {"max-concurrent-streams", UINT, U4(max_concurrent_streams), 1, 1u << 24, "1024", "calls (streams) at once on one client connection; more wait in the client (etcd's default: unbounded)"},
     {"handshake-timeout", DUR, U8(handshake_timeout_ms), 100, 600000, "10s", "a connection to either listener that has not finished its TLS and HTTP/2 handshakes this long after accept is closed (100ms .. 10m)"},
     {"cipher-suites", STR, F(cipher_suites), 0, 0, 0, "", "comma-separated TLS 1.2 cipher suites (IANA names, as etcd's) for every listener and peer connection; empty = gRPC's list of ECDHE AEAD suites. TLS 1.3 suites are not configurable"},
+    {"tls-expiry-warning", DUR, U8(tls_expiry_warning_ms), 0, 8760ull * 3600000, "720h", "a certificate file (client, peer, or their CA) that expires within this is logged at start and then once a day (0s = never); craft_tls_certificate_expiry_timestamp_seconds has every file's expiry either way"},
     {"tls-reload-interval", DUR, U8(tls_reload_ms), 0, 86400000, "5s", "how often the certificate, key and CA files of both listeners and of peer connections are checked for changes, taken for new handshakes without a restart if they pass the start-up checks (whole seconds, rounded up; 0 = read once at start)"},
     {"max-grpc-memory-bytes", UINT, U8(max_grpc_memory_bytes), 64u << 20, 1ull << 40, "268435456", "gRPC's memory (connections, HTTP/2 state, calls) per listener; under pressure idle connections get GOAWAY, then calls are cancelled"},
 };
@@ -398,6 +399,7 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->max_concurrent_streams = 1024;
     cfg->handshake_timeout_ms = 10000;
     cfg->tls_reload_ms = 5000;
+    cfg->tls_expiry_warning_ms = 720ull * 3600000; /* 30 days */
     cfg->max_grpc_memory_bytes = 256u << 20;
     raw.listen_client = "https://127.0.0.1:2379";
     raw.listen_peer = "https://127.0.0.1:2380";

@@ -103,6 +103,8 @@ struct craftd_config {
     uint64_t max_grpc_memory_bytes;  /* gRPC's resource quota, per listener */
     uint64_t tls_reload_ms;          /* TLS files re-checked this often (rpc_tls.reload_sec);
                                         0 = read once at start */
+    uint64_t tls_expiry_warning_ms;  /* certificate files expiring within this are logged
+                                        daily (services/cert_expiry.h); 0 = never */
 
     /* derived */
     bool join_existing;       /* --initial-cluster-state existing: with an empty data directory,

@@ -16,6 +16,7 @@
 #include "log/log.h"
 #include "rpc/rpc.h"
 #include "services/autocompact.h"
+#include "services/cert_expiry.h"
 #include "services/kv_service.h"
 #include "services/lease_service.h"
 #include "services/kvstore/kv_store.h"
@@ -41,6 +42,7 @@ struct craft_server {
     struct autocompact *autocompact; /* --auto-compaction-retention; NULL when off */
     struct metrics_http *metrics;    /* --listen-metrics-urls; NULL when none */
     struct server_metrics_src msrc;  /* what the metrics listener reads */
+    struct cert_expiry certs;        /* the TLS files' expiry (craft_server_check_certs) */
     _Atomic uint64_t leader_changes; /* etcd_server_leader_changes_seen_total */
     uint64_t last_leader;            /* on_role's previous leader (0 = none) */
 
@@ -562,6 +564,7 @@ static int start_metrics(struct craft_server *s, char *err, size_t errlen)
         .leader_changes = &s->leader_changes,
         .quota_bytes = cfg->quota_backend_bytes,
         .version = KV_SERVICE_VERSION,
+        .certs = &s->certs,
     };
     struct metrics_http_config mc = {
         .urls = cfg->listen_metrics,
@@ -751,6 +754,11 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     pthread_mutex_init(&s->peer_set_mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->cfg = *cfg;
+    s->certs.member_id = cfg->self_id;
+    cert_expiry_add(&s->certs, "client", s->cfg.cert_file);
+    cert_expiry_add(&s->certs, "client-ca", s->cfg.trusted_ca_file);
+    cert_expiry_add(&s->certs, "peer", s->cfg.peer_cert_file);
+    cert_expiry_add(&s->certs, "peer-ca", s->cfg.peer_trusted_ca_file);
     if (cfg->initial_cluster == cfg->default_cluster)
         s->cfg.initial_cluster = s->cfg.default_cluster;
     if (cfg->data_dir == cfg->default_data_dir)
@@ -1037,6 +1045,11 @@ void craft_server_stop(struct craft_server *s)
 }
 
 struct raft_node *craft_server_node(struct craft_server *s) { return s->node; }
+
+size_t craft_server_check_certs(struct craft_server *s, int64_t now)
+{
+    return cert_expiry_check(&s->certs, now, (int64_t)(s->cfg.tls_expiry_warning_ms / 1000));
+}
 
 void craft_server_fwd_stats(struct craft_server *s, struct fwd_stats *out)
 {

@@ -52,6 +52,10 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
 void craft_server_stop(struct craft_server *s);
 
 struct raft_node *craft_server_node(struct craft_server *s);
+/* Reads the TLS files' expiry again (services/cert_expiry.h): the metric's values, and a
+ * warning for those within --tls-expiry-warning (at most once a day each). Returns how many
+ * are within it. craftd calls it at start and every minute. */
+size_t craft_server_check_certs(struct craft_server *s, int64_t now);
 /* This member's id (from the flags, the member file, or the cluster it joined). */
 uint64_t craft_server_member_id(struct craft_server *s);
 /* A copy of the member table in force. */

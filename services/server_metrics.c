@@ -382,6 +382,8 @@ void server_metrics_render(const struct server_metrics_src *src, struct metrics_
         one_u64(b, "craft_watch_unsynced", "gauge",
                 "Watches catching up from history.", ws.unsynced);
     }
+    if (src->certs)
+        cert_expiry_metrics(src->certs, b);
     if (src->lease) {
         struct lease_stats ls;
         lease_stats_get(src->lease, &ls);

@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "metrics/metrics.h"
+#include "services/cert_expiry.h"
 
 struct raft_node;
 struct kv_store;
@@ -44,6 +45,7 @@ struct server_metrics_src {
     const _Atomic uint64_t *leader_changes; /* etcd_server_leader_changes_seen_total */
     uint64_t quota_bytes;                   /* --quota-backend-bytes (0 = none) */
     const char *version;                    /* etcd_server_version's label */
+    const struct cert_expiry *certs;        /* NULL: no certificate expiry metric */
 };
 
 void server_metrics_render(const struct server_metrics_src *src, struct metrics_buf *b);

@@ -134,6 +134,14 @@ for m in etcd_server_has_leader etcd_server_is_leader etcd_server_leader_changes
     grep -qE "^$m(\{| )" "$dir/m$l.txt" || bad "${names[$l]}'s /metrics lacks $m"
 done
 ok "etcd's and craft's metric names present"
+# Every TLS file's expiry (services/cert_expiry.h), equal to what openssl reads from the file.
+for tf in peer client peer-ca client-ca; do
+    case $tf in peer | client) pem="$dir/c/${names[$l]}.pem" ;; *) pem="$dir/c/ca.pem" ;; esac
+    want=$(date -d "$(openssl x509 -noout -enddate -in "$pem" | cut -d= -f2)" +%s)
+    got=$(sed -n "s/^craft_tls_certificate_expiry_timestamp_seconds{file=\"$tf\"} //p" "$dir/m$l.txt")
+    [ "$got" = "$want" ] && ok "craft_tls_certificate_expiry_timestamp_seconds{file=\"$tf\"} is the file's notAfter ($got)" ||
+        bad "certificate expiry of $tf: metric '$got', openssl says '$want'"
+done
 
 # --- the numbers move ------------------------------------------------------------------------
 c0=$(metric "$l" etcd_server_proposals_committed_total)

@@ -217,6 +217,19 @@ Test(flags, auto_compaction)
 
 /* Watch: etcd's --experimental-watch-progress-notify-interval (a Go duration, 10m by default) and
  * craft's bounds. */
+/* --tls-expiry-warning: a duration, 30 days by default, 0s = never, at most a year. */
+Test(flags, tls_expiry_warning)
+{
+    cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.tls_expiry_warning_ms, 720ull * 3600000);
+    cr_assert_eq(parse("--tls-expiry-warning=0s", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.tls_expiry_warning_ms, 0);
+    cr_assert_eq(parse("--tls-expiry-warning", "168h", TLS_FLAGS, NULL), 0, "%s", err);
+    cr_assert_eq(cfg.tls_expiry_warning_ms, 168ull * 3600000);
+    refused("wants a duration", parse("--tls-expiry-warning=30", TLS_FLAGS, NULL));
+    refused("wants a duration", parse("--tls-expiry-warning=9000h", TLS_FLAGS, NULL));
+}
+
 Test(flags, watch)
 {
     cr_assert_eq(parse(TLS_FLAGS, NULL), 0, "%s", err);
