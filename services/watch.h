@@ -32,7 +32,9 @@
  *   smaller of max_stream_bytes and max_member_bytes / streams open), gets nothing more: its
  *   watches fall back to catching up from the first event not sent, once the stream drains.
  *   So the bytes queued on all streams stay within max_member_bytes plus one message per
- *   stream (one always goes when a stream's queue is empty, so every watch makes progress).
+ *   stream (one always goes when a stream's queue is empty, so every watch makes progress; a
+ *   message is one revision, or revisions packed up to max_request_bytes for a watch
+ *   catching up).
  *   Memory is bounded by the flags below, never by the client.
  * - Threads: callbacks run on the rpc server's threads and never block beyond one hub mutex
  *   held for a bounded pass. The commit hook only sets an atomic and signals.
