@@ -22,7 +22,9 @@ fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 # check NAME 'awk condition over the probe's key=value line' LINE
 check() {
-    local name=$1 cond=$2 line=$3
+    local name=$1 cond=$2 line=$3 k
+    # every value the condition reads must be there: an empty line must not pass "x < 1"
+    for k in $(grep -o 'v\["[a-z0-9_]*"\]' <<<"$cond" | sort -u); do cond="(${k:2:-1} in v) && $cond"; done
     if echo "$line" | tr ' ' '\n' | awk -F= '{v[$1]=$2} END {exit !('"$cond"')}'; then
         echo "ok: $name: $line"
     else

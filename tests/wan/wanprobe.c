@@ -176,6 +176,7 @@ int main(int argc, char **argv)
         qsort(s, (size_t)n, sizeof *s, cmp);
         printf("samples=%lld min_ms=%.3f p50_ms=%.3f p90_ms=%.3f max_ms=%.3f\n", n, s[0], s[n / 2], s[n * 9 / 10],
                s[n - 1]);
+        free(s);
     } else if (strcmp(mode, "stream") == 0) {
         static unsigned char buf[65536];
         uint64_t sent = 0, got = 0, total = (uint64_t)n;
