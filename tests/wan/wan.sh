@@ -20,11 +20,14 @@ wan_down() {
 wan_up() {
     local proxy=$1 chain=$2 dir=$3
     shift 3
+    # Removed first: the child truncates it only once it runs, and a line left by an earlier
+    # proxy read before then would send the rules to a dead port.
+    rm -f "$dir/wanproxy.out"
     "$proxy" --listen 127.0.0.1:0 "$@" >"$dir/wanproxy.out" 2>"$dir/wanproxy.err" &
     wan_pid=$!
     local addr='' deadline=$((SECONDS + 10))
     while [ -z "$addr" ]; do
-        addr=$(sed -n 's/^wanproxy: listening on \([0-9.:]*\),.*/\1/p' "$dir/wanproxy.out")
+        addr=$(sed -n 's/^wanproxy: listening on \([0-9.:]*\),.*/\1/p' "$dir/wanproxy.out" 2>/dev/null)
         [ -n "$addr" ] && break
         kill -0 "$wan_pid" 2>/dev/null || { echo "wan_up: wanproxy exited: $(cat "$dir/wanproxy.err")"; return 1; }
         [ $SECONDS -lt $deadline ] || { echo "wan_up: wanproxy did not start in 10 s"; return 1; }

@@ -33,7 +33,10 @@ check() {
 }
 # A loaded 2-core machine delays some samples by tens of ms, so the upper bound is on p90.
 margin=${WAN_MARGIN_MS:-8}
-sites=(--site a=127.0.1.0/24 --site b=127.0.2.0/24 --site c=127.0.3.0/24 --site d=127.0.4.0/24)
+# The rules are machine-wide: sites under a second octet of this run's own (from the pid), so two
+# runs at once (bazel --runs_per_test, another worktree) do not send each other's traffic.
+o=$(($$ % 200 + 20))
+sites=(--site a=127.$o.1.0/24 --site b=127.$o.2.0/24 --site c=127.$o.3.0/24 --site d=127.$o.4.0/24)
 
 # ---- bad flags: exit 2 and a message naming the problem ----
 bad() {
@@ -45,15 +48,15 @@ bad() {
     if [ $rc -eq 2 ] && grep -qF -- "$want" <<<"$out"; then echo "ok: bad flags $*: $out"
     else fail "bad flags $*: want exit 2 and '$want', got $rc: $out"; fi
 }
-bad "unknown site" --site a=127.0.1.0/24 --site b=127.0.2.0/24 --rtt a,x=30ms
+bad "unknown site" --site a=127.$o.1.0/24 --site b=127.$o.2.0/24 --rtt a,x=30ms
 bad "want a duration" "${sites[@]}" --rtt a,b=30
-bad "overlaps another site" --site a=127.0.1.0/24 --site b=127.0.0.0/16
-bad "loopback" --site a=10.0.1.0/24 --site b=127.0.2.0/24
+bad "overlaps another site" --site a=127.$o.1.0/24 --site b=127.$o.0.0/16
+bad "loopback" --site a=10.0.1.0/24 --site b=127.$o.2.0/24
 bad "want a positive rate" "${sites[@]}" --rate a,b=10Mb
 bad "percentage 0%..99%" "${sites[@]}" --jitter 150%
 bad "two different sites" "${sites[@]}" --rtt a,a=5ms
-bad "at least two sites" --site a=127.0.1.0/24
-bad "outside every site" --site a=127.0.0.0/24 --site b=127.0.2.0/24
+bad "at least two sites" --site a=127.$o.1.0/24
+bad "outside every site" --site a=127.0.0.0/24 --site b=127.$o.2.0/24
 bad "unknown flag" "${sites[@]}" --delay a,b=3ms
 
 # ---- the chain is removed when a test using wan.sh fails, and when it is killed ----
@@ -79,30 +82,30 @@ wan_up "$proxy" "CRAFTWAN-$$" "$dir" "${sites[@]}" --rtt a,b=30ms --rtt a,c=60ms
     --rate a,d=2MB/s --rtt b,c=10ms --loss b,c=100% --loss-delay 100ms --max-conns 4 --seed $$ ||
     { echo "FAIL: wan_up"; exit 1; }
 cat "$dir/wanproxy.out"
-line=$("$probe" rtt 127.0.1.1 127.0.2.1 100) || fail "rtt a-b: $line"
+line=$("$probe" rtt 127.$o.1.1 127.$o.2.1 100) || fail "rtt a-b: $line"
 check "rtt a-b 30ms" "v[\"min_ms\"] >= 30 && v[\"p90_ms\"] <= 30 + $margin" "$line"
-line=$("$probe" rtt 127.0.2.7 127.0.1.9 50) || fail "rtt b-a: $line"
+line=$("$probe" rtt 127.$o.2.7 127.$o.1.9 50) || fail "rtt b-a: $line"
 check "rtt b-a 30ms (either end may open)" "v[\"min_ms\"] >= 30 && v[\"p90_ms\"] <= 30 + $margin" "$line"
-line=$("$probe" rtt 127.0.1.1 127.0.3.1 50) || fail "rtt a-c: $line"
+line=$("$probe" rtt 127.$o.1.1 127.$o.3.1 50) || fail "rtt a-c: $line"
 check "rtt a-c 60ms" "v[\"min_ms\"] >= 60 && v[\"p90_ms\"] <= 60 + $margin" "$line"
-line=$("$probe" rtt 127.0.1.1 127.0.1.2 100) || fail "rtt a-a: $line"
+line=$("$probe" rtt 127.$o.1.1 127.$o.1.2 100) || fail "rtt a-a: $line"
 check "inside site a: not delayed" "v[\"p50_ms\"] < 1" "$line"
-line=$("$probe" rtt 127.0.2.1 127.0.3.1 10) || fail "rtt b-c: $line"
+line=$("$probe" rtt 127.$o.2.1 127.$o.3.1 10) || fail "rtt b-c: $line"
 check "loss b-c 100%: each way one 100 ms retransmission timeout more" \
     "v[\"min_ms\"] >= 210 && v[\"p50_ms\"] <= 210 + $margin" "$line"
-line=$("$probe" rate 127.0.1.1 127.0.4.1 4000000) || fail "rate a-d: $line"
+line=$("$probe" rate 127.$o.1.1 127.$o.4.1 4000000) || fail "rate a-d: $line"
 check "rate a-d 2MB/s +-15%" "v[\"rate\"] >= 1700000 && v[\"rate\"] <= 2300000" "$line"
-line=$("$probe" conns 127.0.1.1 127.0.2.1 6) || fail "conns: $line"
+line=$("$probe" conns 127.$o.1.1 127.$o.2.1 6) || fail "conns: $line"
 check "--max-conns 4: two of six closed" "v[\"echoed\"] == 4 && v[\"closed\"] == 2" "$line"
 wan_down
 
 # jitter 20% on 30 ms: each way in [12, 18] ms, so the round trip is in [24, 36]; it must vary
 wan_up "$proxy" "CRAFTWAN-J$$" "$dir" "${sites[@]}" --rtt a,b=30ms --jitter 20% --buffer 65536 --seed $$ ||
     { echo "FAIL: wan_up"; exit 1; }
-line=$("$probe" rtt 127.0.1.1 127.0.2.1 100) || fail "rtt a-b jitter: $line"
+line=$("$probe" rtt 127.$o.1.1 127.$o.2.1 100) || fail "rtt a-b jitter: $line"
 check "rtt a-b 30ms +-20%" \
     "v[\"min_ms\"] >= 24 && v[\"min_ms\"] <= 27 && v[\"p90_ms\"] <= 36 + $margin && v[\"p90_ms\"] - v[\"min_ms\"] >= 4" "$line"
-line=$("$probe" stream 127.0.1.1 127.0.2.1 30000000 2>&1) || fail "stream a-b jitter: $line"
+line=$("$probe" stream 127.$o.1.1 127.$o.2.1 30000000 2>&1) || fail "stream a-b jitter: $line"
 check "30 MB echoed through a jittered link with 64 KiB buffers: complete, in order" "v[\"bytes\"] == 30000000" "$line"
 wan_down
 
