@@ -291,6 +291,11 @@ static int conn_read(struct conn *c, int i)
                 break;
             return -1;
         }
+        if ((size_t)n < want) { /* small messages must not each hold a 64 KiB block */
+            struct chunk *fit = realloc(k, sizeof *k + (size_t)n);
+            if (fit)
+                k = fit;
+        }
         int64_t now = now_ns(), sent = now;
         struct link *l = d->link;
         if (l->rate > 0) {
