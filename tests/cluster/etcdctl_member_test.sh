@@ -24,24 +24,9 @@ ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
 "$tool" ca "$dir/c" >/dev/null && "$tool" client "$dir/c" client >/dev/null || exit 1
-# A loopback port below the kernel's ephemeral range: no outgoing connection can take it before
-# the member binds it (a freed ephemeral port can; tests/cluster/harness.c hc_free_port).
-port() { python3 -c '
-import random, socket
-lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-for _ in range(1000 if lo > 11000 else 0):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", random.randrange(10000, lo)))
-        print(s.getsockname()[1])
-        break
-    except OSError:
-        pass
-    finally:
-        s.close()
-else:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
-'; }
+# port: a free loopback port below the ephemeral range (port.sh).
+# shellcheck source=tests/cluster/port.sh
+source "$(dirname "${BASH_SOURCE[0]}")/port.sh"
 names=(n1 n2 n3)
 declare -a cport pport pids
 cluster=""
