@@ -528,11 +528,7 @@ struct rpc_client_stream *rpc_channel_stream_open(struct rpc_channel *ch, const 
         return NULL;
     }
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    rpc_cond_init_monotonic(&s->cv);
     s->ch = ch;
     s->h = *h;
     s->arg = arg;

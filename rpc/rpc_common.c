@@ -113,6 +113,15 @@ void rpc_grpc_shutdown(void)
     atomic_fetch_sub(&grpc_users, 1);
 }
 
+void rpc_cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
 void *rpc_cq_loop(void *arg)
 {
     grpc_completion_queue *cq = arg;

@@ -2,6 +2,7 @@
 #ifndef CRAFT_RPC_INTERNAL_H
 #define CRAFT_RPC_INTERNAL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,9 @@ void rpc_grpc_shutdown(void);
 #define RPC_SHUTDOWN_WAIT_MS 5000
 /* rpc_absl.cc: absl::SetMutexDeadlockDetectionMode(kIgnore). */
 void rpc_absl_deadlock_detection_off(void);
+
+/* A condition variable whose timed waits use CLOCK_MONOTONIC (not moved by clock changes). */
+void rpc_cond_init_monotonic(pthread_cond_t *cv);
 
 /* Runs until the queue is shut down and drained. arg is a grpc_completion_queue *. */
 void *rpc_cq_loop(void *arg);

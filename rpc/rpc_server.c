@@ -854,11 +854,7 @@ struct rpc_server *rpc_server_create(const struct rpc_server_config *cfg, char *
     srv->stream_queue = rpc_clamp_int(cfg->stream_queue, RPC_DEFAULT_STREAM_QUEUE, 1, 1 << 20);
     srv->w = calloc((size_t)srv->nthreads, sizeof *srv->w);
     pthread_mutex_init(&srv->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&srv->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    rpc_cond_init_monotonic(&srv->cv);
     srv->t_shutdown.fn = on_shutdown;
     if (!srv->w) {
         rpc_pem_free(&pem);

@@ -406,11 +406,7 @@ static struct rpc_tls_src *src_create(const struct rpc_tls *tls, bool need_cert,
         return NULL;
     }
     pthread_mutex_init(&s->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    rpc_cond_init_monotonic(&s->cv);
     s->refs = 1;
     s->reload_sec = tls->reload_sec;
     s->has_cert = p.cert != NULL;
