@@ -66,6 +66,8 @@ struct craftd_config {
     unsigned server_threads;
     uint64_t snapshot_count;           /* etcd's --snapshot-count */
     uint64_t snapshot_catchup_entries; /* etcd's --snapshot-catchup-entries */
+    uint32_t snapshot_log_percent;     /* raft_node_config.snapshot_log_percent */
+    uint64_t snapshot_log_max_bytes;   /* raft_node_config.snapshot_log_max_bytes */
     uint32_t max_snapshots;            /* etcd's --max-snapshots */
     uint32_t max_snapshot_sends;
     uint32_t snapshot_chunk_bytes;

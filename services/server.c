@@ -929,6 +929,8 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
     nc.snap_dir = snap_dir;
     nc.snapshot_count = cfg->snapshot_count;
     nc.snapshot_catchup_entries = cfg->snapshot_catchup_entries;
+    nc.snapshot_log_percent = cfg->snapshot_log_percent;
+    nc.snapshot_log_max_bytes = cfg->snapshot_log_max_bytes;
     nc.max_snapshots = cfg->max_snapshots;
     nc.max_snapshot_sends = cfg->max_snapshot_sends;
     nc.warn_apply_ms = cfg->warning_apply_ms;

@@ -94,6 +94,18 @@ struct raft_node_config {
     uint64_t snapshot_catchup_entries; /* entries kept before a snapshot for followers a little
                                         * behind; default 5000 (etcd's
                                         * --snapshot-catchup-entries) */
+    /* A snapshot writes the whole state machine, so taking one every snapshot_count entries
+     * costs O(state) per snapshot_count entries: with a large state the dumps dwarf the log
+     * (docs/node.md "Snapshots"). With this set, a snapshot also waits until the entries applied
+     * since the last one (payload bytes + NODE_ENTRY_OVERHEAD each) add up to this percent of
+     * the last snapshot file's size, so dumps write at most 100/percent bytes per log byte; the
+     * log then holds at most that many bytes more than snapshot_count entries. 0 = count only
+     * (the default here; craftd's --snapshot-log-percent defaults to 50). */
+    unsigned snapshot_log_percent;
+    /* ... but never waits for more log than this (the log is in memory: a state that grows
+     * with an uncompacted history must not take the log with it). 0 = no cap (the default
+     * here; craftd's --snapshot-log-max-bytes defaults to 256 MiB). */
+    uint64_t snapshot_log_max_bytes;
     unsigned max_snapshots;            /* snapshot files kept; default 5 (etcd's --max-snapshots) */
     unsigned max_snapshot_sends;       /* transfers to followers at once; default 2 */
 

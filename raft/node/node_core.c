@@ -174,6 +174,11 @@ static int load_log(struct raft_node *n, struct raft_restore *rs, char *err, siz
     }
     rs->entries = all;
     rs->n_entries = have;
+    /* The tail after the snapshot counts towards the next one (snapshot_log_percent) as if
+     * applied now: a member restarted often must not postpone its snapshots for ever. */
+    for (size_t i = 0; i < have; i++)
+        if (all[i].index > rs->snapshot_index)
+            n->snap_log_bytes += all[i].len + NODE_ENTRY_OVERHEAD;
     return 0;
 }
 
@@ -248,6 +253,8 @@ static bool config_ok(const struct raft_node_config *c, char *err, size_t errlen
                              !c->transport->send_snapshot))
         why = "snapshots need an fsm with snapshot_write and snapshot_restore and a transport "
               "with send_snapshot";
+    else if (c->snapshot_log_percent > 10000)
+        why = "snapshot_log_percent must be at most 10000";
     else if (c->heartbeat_ms < 2)
         why = "heartbeat_ms must be at least 2";
     else if (c->election_ms < 2 * c->heartbeat_ms)

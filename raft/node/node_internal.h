@@ -279,6 +279,9 @@ struct raft_node {
                                 * senders: a transfer slot freed */
     uint64_t snap_index;       /* newest snapshot taken or installed */
     uint64_t snap_retry_at;    /* after a failed snapshot: applied index of the next try */
+    uint64_t snap_bytes;       /* the newest snapshot file's size (0: none yet) */
+    uint64_t snap_log_bytes;   /* entry bytes applied (or left to replay) since snap_index,
+                                * counted for snapshot_log_percent */
     bool snapshotting;         /* fsm->snapshot_write is running */
     bool installing;           /* the driver restores the fsm: no apply, no snapshot_write */
     uint64_t snap_asked;       /* raft_node_snapshot_now requests made / served */
@@ -328,6 +331,9 @@ int node_snap_start(struct raft_node *n);  /* the background snapshot thread */
 void node_snap_stop(struct raft_node *n);  /* stops it and every sender; closes the store */
 /* n->mu held: the applied index moved; wakes the snapshot thread when one is due. */
 void node_snap_applied_locked(struct raft_node *n);
+/* What one entry counts for snapshot_log_percent beyond its payload: about its log record's
+ * header and the core's in-memory copy of it. */
+#define NODE_ENTRY_OVERHEAD 32u
 /* No lock: a RAFT_MSG_SNAPSHOT from the core for peer p (routed here instead of the transport). */
 void node_snap_send(struct raft_node *n, struct node_peer *p, const struct raft_msg *m);
 /* n->mu held: p is being removed; its transfer, if any, becomes an orphan: it ends on its own

@@ -400,6 +400,7 @@ static bool apply_once_locked(struct raft_node *n)
     size_t k = 0; /* position in results (NORMAL entries only) */
     for (size_t i = 0; i < b.n_all; i++) {
         const struct raft_entry *e = &b.all[i];
+        n->snap_log_bytes += e->len + NODE_ENTRY_OVERHEAD;
         struct raft_fsm_result *res = e->type == RAFT_ENTRY_NORMAL ? &results[k++] : NULL;
         if (n->props.count)
             settle_locked(n, e->index, e->term, res, &l);

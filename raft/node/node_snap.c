@@ -30,9 +30,18 @@ static long reader_read(void *arg, void *buf, size_t len)
     return snap_file_read(arg, buf, len);
 }
 
+/* A snapshot being taken: its file, and the payload bytes written so far (snapshot_log_percent
+ * weighs the log against them). */
+struct counting_writer {
+    struct snap_writer *w;
+    uint64_t bytes;
+};
+
 static int writer_write(void *arg, const void *buf, size_t len)
 {
-    return snap_write(arg, buf, len);
+    struct counting_writer *cw = arg;
+    cw->bytes += len;
+    return snap_write(cw->w, buf, len);
 }
 
 /* Restores the state machine from f, a verified snapshot (index, term) of the store; closes f. */
@@ -77,6 +86,7 @@ int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size
         return RAFT_NODE_EIO;
     }
     uint64_t index = snap_file_header(f)->index, term = snap_file_header(f)->term;
+    n->snap_bytes = snap_file_size(f);
     /* The cluster configuration in force at the snapshot (empty in files written before
      * membership changes existed: the core then starts from cfg.peers). */
     uint32_t clen = snap_file_header(f)->config_len;
@@ -131,18 +141,26 @@ int node_snap_load(struct raft_node *n, struct raft_restore *rs, char *err, size
 
 /* ---- taking snapshots ---- */
 
+/* snapshot_count entries applied since the last snapshot, and (snapshot_log_percent) enough
+ * log bytes to pay for dumping a state of the last snapshot's size. */
+static bool count_due_locked(const struct raft_node *n)
+{
+    return n->applied >= n->snap_index + n->cfg.snapshot_count &&
+           n->applied >= n->snap_retry_at &&
+           (n->snap_log_bytes >= UINT64_MAX / 100 || /* (no overflow below) */
+            n->snap_log_bytes * 100 >= n->snap_bytes * n->cfg.snapshot_log_percent ||
+            (n->cfg.snapshot_log_max_bytes && n->snap_log_bytes >= n->cfg.snapshot_log_max_bytes));
+}
+
 static bool due_locked(const struct raft_node *n)
 {
     return !n->installing && !n->fatal &&
-           (n->snap_asked > n->snap_served ||
-            (n->applied >= n->snap_index + n->cfg.snapshot_count &&
-             n->applied >= n->snap_retry_at));
+           (n->snap_asked > n->snap_served || count_due_locked(n));
 }
 
 void node_snap_applied_locked(struct raft_node *n)
 {
-    if (n->snaps && n->applied >= n->snap_index + n->cfg.snapshot_count &&
-        n->applied >= n->snap_retry_at)
+    if (n->snaps && count_due_locked(n))
         pthread_cond_broadcast(&n->snap_cv);
 }
 
@@ -167,6 +185,7 @@ static int take(struct raft_node *n, uint64_t *out_index)
      * the next one carries it). */
     pthread_mutex_lock(&n->mu);
     uint64_t from = n->applied;
+    uint64_t log_bytes = n->snap_log_bytes; /* what this snapshot pays for */
     uint32_t clen = 0;
     uint8_t *conf = conf_at_locked(n, from, &clen);
     pthread_mutex_unlock(&n->mu);
@@ -181,7 +200,8 @@ static int take(struct raft_node *n, uint64_t *out_index)
         return RAFT_NODE_EIO;
     }
     char why[256] = "";
-    struct raft_snapshot_writer wr = {writer_write, w, why, sizeof why};
+    struct counting_writer cw = {w, 0};
+    struct raft_snapshot_writer wr = {writer_write, &cw, why, sizeof why};
     uint64_t index = 0, term = 0;
     rc = fsm->snapshot_write(fsm->ctx, &wr, &index, &term);
     pthread_mutex_lock(&n->mu);
@@ -225,8 +245,11 @@ static int take(struct raft_node *n, uint64_t *out_index)
     if (first_kept < st.first_index)
         first_kept = st.first_index;
     rc = index > n->snap_index ? raft_compact(n->r, index, first_kept) : RAFT_ESTATE;
-    if (rc == 0)
+    if (rc == 0) {
         n->snap_index = index;
+        n->snap_bytes = cw.bytes + clen;
+        n->snap_log_bytes -= log_bytes < n->snap_log_bytes ? log_bytes : n->snap_log_bytes;
+    }
     pthread_mutex_unlock(&n->mu);
     *out_index = index;
     if (rc) /* an install overtook it: its snapshot is newer */
@@ -469,11 +492,14 @@ int node_snap_install(struct raft_node *n, uint64_t index, uint64_t term)
     char why[512];
     struct snap_file *f;
     int rc = snap_open(n->snaps, index, term, &f);
-    if (rc)
+    uint64_t bytes = 0;
+    if (rc) {
         snprintf(why, sizeof why, "snapshot %" PRIu64 "/%" PRIu64 ": %s", index, term,
                  snap_errmsg());
-    else
+    } else {
+        bytes = snap_file_size(f);
         rc = restore_fsm(n, f, why, sizeof why);
+    }
     if (rc == 0 && wal_reset(n->w, index, term)) {
         snprintf(why, sizeof why, "resetting the log to snapshot %" PRIu64 ": %s", index,
                  wal_errmsg());
@@ -488,8 +514,11 @@ int node_snap_install(struct raft_node *n, uint64_t index, uint64_t term)
         node_log(n, "installed snapshot %" PRIu64 " (term %" PRIu64 ")", index, term);
         n->applied = n->apply_to = index;
         n->applied_term = term;
-        if (index > n->snap_index)
+        if (index > n->snap_index) {
             n->snap_index = index;
+            n->snap_bytes = bytes;
+            n->snap_log_bytes = 0;
+        }
         n->wal_last = index;
         /* Older readies' writes above the snapshot were dropped with the log: they are "done"
          * once the reset is (the core clamped its own records the same way). */

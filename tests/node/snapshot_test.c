@@ -178,3 +178,58 @@ Test(node_snapshot, a_failing_snapshot_leaves_the_member_serving)
     assert_same_history(&c);
     cluster_destroy(&c);
 }
+
+/* snapshot_log_percent: the state machine's snapshot here grows with every entry applied (memfsm
+ * dumps all of them), as a KV store with an uncompacted history does. Counting entries alone,
+ * 3,000 entries at snapshot_count 50 give 14-16 full dumps of a growing state (applies come in
+ * batches); waiting until the log since the last snapshot is 10x its size gives 4, each paid for
+ * by the log written since. A cap on that wait (snapshot_log_max_bytes) brings the count back. */
+static size_t snapshots_taken(struct cluster *c, uint64_t *max_in_memory)
+{
+    size_t most = 0;
+    *max_in_memory = 0;
+    for (size_t i = 0; i < 3; i++) {
+        struct raft_node_status st = status(c, i);
+        size_t k = memfsm_snapshots(c->m[i].fsm);
+        most = k > most ? k : most;
+        uint64_t mem = st.core.last_index - st.core.first_index + 1;
+        *max_in_memory = mem > *max_in_memory ? mem : *max_in_memory;
+    }
+    return most;
+}
+
+Test(node_snapshot, snapshots_wait_for_log_worth_their_size)
+{
+    struct cluster c;
+    setup(&c, 50, 20);
+    c.tmpl.snapshot_log_percent = 1000;
+    cluster_start_all(&c);
+    cr_assert_geq(cluster_wait_leader(&c, 5000), 0);
+    propose_n(&c, 3000);
+    assert_same_history(&c);
+    uint64_t mem = 0;
+    size_t taken = snapshots_taken(&c, &mem);
+    cr_assert_geq(taken, 1, "no snapshot at all");
+    cr_assert_leq(taken, 7, "%zu snapshots of a growing state: the log's size was not waited for",
+                  taken);
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_gt(status(&c, i).core.snapshot_index, 0, "member %zu never compacted", i);
+    cluster_destroy(&c);
+}
+
+Test(node_snapshot, the_log_waited_for_is_capped)
+{
+    struct cluster c;
+    setup(&c, 50, 20);
+    c.tmpl.snapshot_log_percent = 1000;
+    c.tmpl.snapshot_log_max_bytes = 2048; /* about 40 entries: snapshot_count governs again */
+    cluster_start_all(&c);
+    cr_assert_geq(cluster_wait_leader(&c, 5000), 0);
+    propose_n(&c, 3000);
+    assert_same_history(&c);
+    uint64_t mem = 0;
+    size_t taken = snapshots_taken(&c, &mem);
+    cr_assert_geq(taken, 10, "only %zu snapshots: the cap was not applied", taken);
+    cr_assert_lt(mem, 400, "%" PRIu64 " entries in memory with snapshots every ~50", mem);
+    cluster_destroy(&c);
+}
