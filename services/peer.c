@@ -1197,12 +1197,13 @@ static void handle_snapshot(struct rpc_call *call, const ProtobufCMessage *msg, 
     if (rc < 0) {
         snprintf(why, sizeof why, "snapshot %" PRIu64 "/%" PRIu64 ": %s", m.snapshot_index,
                  m.snapshot_term, snap_errmsg());
-        /* Rare (a damaged transfer, a full disk) and at most once per transfer: the leader
-         * retries only after an election timeout. */
-        log_warn(LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", from)),
-                 "refused a snapshot chunk at offset %" PRIu64 " from %016" PRIx64
-                 ": snapshot %" PRIu64 "/%" PRIu64 ": %s",
-                 c->offset, from, m.snapshot_index, m.snapshot_term, snap_errmsg());
+        /* Rare (a damaged transfer, a full disk): our leaders stop a transfer at its first
+         * refusal and retry after an election timeout. Rate-limited per sender all the same. */
+        log_warn_limited(from,
+                         LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", from)),
+                         "refused a snapshot chunk at offset %" PRIu64 " from %016" PRIx64
+                         ": snapshot %" PRIu64 "/%" PRIu64 ": %s",
+                         c->offset, from, m.snapshot_index, m.snapshot_term, snap_errmsg());
         rpc_call_fail(call, rc == -EFBIG || rc == -ENOSPC ? GRPC_STATUS_RESOURCE_EXHAUSTED
                                                           : GRPC_STATUS_FAILED_PRECONDITION,
                       why);
