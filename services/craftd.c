@@ -13,11 +13,17 @@
  * polled every second): it stops the server on this normal thread, and after a failure exits 1,
  * as etcd does, so a supervisor restarts it (a restart recovers from the log once the cause is
  * fixed) instead of it answering every request with an error. While it waits it writes the counts
- * of rate-limited log lines every --log-rate-limit-interval (log_flush_suppressed). */
+ * of rate-limited log lines every --log-rate-limit-interval (log_flush_suppressed).
+ *
+ * Test faults: compiled with CRAFT_TEST_FAULTS (the testonly target craftd_testfaults, never
+ * the craftd binary) it reads CRAFT_TEST_FAULT_SNAPSHOT_CHUNK=N once at start and flips a byte
+ * of the Nth snapshot chunk it sends (services/peer.h, docs/snapshots.md "Test fault"), saying
+ * so in its log. The craftd binary has no code that reads the variable. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -92,6 +98,20 @@ int main(int argc, char **argv)
         return 2;
     }
     struct log_field me[] = {LOG_STR("name", cfg.name), LOG_ID("member", cfg.self_id), {.key = NULL}};
+#ifdef CRAFT_TEST_FAULTS
+    const char *fault = getenv("CRAFT_TEST_FAULT_SNAPSHOT_CHUNK");
+    if (fault && *fault) {
+        char *end;
+        cfg.test_fault_snapshot_chunk = strtoull(fault, &end, 10);
+        if (*end || !cfg.test_fault_snapshot_chunk) {
+            fprintf(stderr, "craftd: CRAFT_TEST_FAULT_SNAPSHOT_CHUNK=%s: want a count from 1\n",
+                    fault);
+            return 2;
+        }
+        log_warn(me, "test fault build: snapshot chunk %llu this member sends will be corrupted",
+                 (unsigned long long)cfg.test_fault_snapshot_chunk);
+    }
+#endif
     /* Block the stop signals in every thread (they inherit this mask), then wait for one here:
      * shutdown runs on a normal thread, not in a signal handler. */
     sigset_t stop;

@@ -117,6 +117,8 @@ struct craftd_config {
     uint64_t auto_compaction_retention; /* ms (periodic) or revisions; 0 = off */
     unsigned auto_compaction_interval_ms; /* revision mode's check interval; 0 = 5 minutes
                                              (etcd's); not a flag: in-process tests set it */
+    uint64_t test_fault_snapshot_chunk; /* not a flag: peer_config's test fault; set only by the
+                                           craftd_testfaults build (services/craftd.c) */
     char default_data_dir[CLUSTER_NAME_MAX + 8];
     char default_cluster[CLUSTER_NAME_MAX + 600];
 };

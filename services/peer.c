@@ -148,6 +148,8 @@ struct peer {
     size_t snapshot_chunk;  /* bytes per Peer.Snapshot call */
     uint64_t snapshot_rate; /* bytes per second per transfer; 0 = unbounded */
     atomic_uint_fast64_t snapshots_sent, snapshots_failed;
+    uint64_t fault_chunk;              /* peer_config.test_fault_snapshot_chunk */
+    atomic_uint_fast64_t chunks_sent;  /* data chunks sent, for fault_chunk */
 };
 
 static void ctx_unref(struct out_stream_ctx *c)
@@ -1088,6 +1090,14 @@ static int transport_send_snapshot(void *ctx, uint64_t to, const struct raft_msg
         size_t n = 0;
         if (asked && snap_file_chunk(f, off, buf, p->snapshot_chunk, &n))
             break;
+        if (asked && n && p->fault_chunk &&
+            atomic_fetch_add(&p->chunks_sent, 1) + 1 == p->fault_chunk) {
+            buf[n / 2] ^= 0x20; /* the test fault: buf is a copy, the file stays intact */
+            log_warn(LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", to)),
+                     "test fault: flipped byte %" PRIu64 " of snapshot %" PRIu64 "/%" PRIu64
+                     " (chunk %" PRIu64 ") sent to %016" PRIx64,
+                     off + n / 2, m->snapshot_index, m->snapshot_term, p->fault_chunk, to);
+        }
         c.offset = off;
         c.data.data = buf;
         c.data.len = asked ? n : 0; /* the first call only asks where to start */
@@ -1097,6 +1107,13 @@ static int transport_send_snapshot(void *ctx, uint64_t to, const struct raft_msg
                                        &craft__raft__snapshot_ack__descriptor, SNAPSHOT_CALL_MS,
                                        (ProtobufCMessage **)&ack, &res);
         if (crc != 0 || res.status != GRPC_STATUS_OK || !ack) {
+            if (crc == 0 && res.status != GRPC_STATUS_OK && res.status != GRPC_STATUS_UNAVAILABLE)
+                log_warn(LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", to)),
+                         "snapshot %" PRIu64 "/%" PRIu64 " to %016" PRIx64
+                         " refused at offset %" PRIu64 ": %s",
+                         m->snapshot_index, m->snapshot_term, to, off, res.message);
+            if (ack)
+                protobuf_c_message_free_unpacked(&ack->base, NULL);
             rpc_result_free(&res);
             break; /* the node reports the failure; the next transfer resumes */
         }
@@ -1180,6 +1197,13 @@ static void handle_snapshot(struct rpc_call *call, const ProtobufCMessage *msg, 
     if (rc < 0) {
         snprintf(why, sizeof why, "snapshot %" PRIu64 "/%" PRIu64 ": %s", m.snapshot_index,
                  m.snapshot_term, snap_errmsg());
+        /* Rare (a damaged transfer, a full disk): our leaders stop a transfer at its first
+         * refusal and retry after an election timeout. Rate-limited per sender all the same. */
+        log_warn_limited(from,
+                         LOG_FIELDS(LOG_ID("member", p->self_id), LOG_ID("remote-peer-id", from)),
+                         "refused a snapshot chunk at offset %" PRIu64 " from %016" PRIx64
+                         ": snapshot %" PRIu64 "/%" PRIu64 ": %s",
+                         c->offset, from, m.snapshot_index, m.snapshot_term, snap_errmsg());
         rpc_call_fail(call, rc == -EFBIG || rc == -ENOSPC ? GRPC_STATUS_RESOURCE_EXHAUSTED
                                                           : GRPC_STATUS_FAILED_PRECONDITION,
                       why);
@@ -1370,6 +1394,8 @@ struct peer *peer_create(const struct peer_config *cfg, char *err, size_t errlen
     p->snapshot_chunk = cfg->snapshot_chunk_bytes ? cfg->snapshot_chunk_bytes
                                                   : PEER_DEFAULT_SNAPSHOT_CHUNK;
     p->snapshot_rate = cfg->snapshot_rate;
+    p->fault_chunk = cfg->test_fault_snapshot_chunk;
+    atomic_init(&p->chunks_sent, 0);
 
     for (size_t i = 0; i < p->cluster.n; i++) {
         const struct cluster_member *m = &p->cluster.members[i];

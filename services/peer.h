@@ -43,7 +43,9 @@
  *   receiver stands, so a transfer resumes after a dropped connection or a restart; paced to
  *   snapshot_rate bytes per second. The receiving side writes the chunks into its node's snapshot
  *   store (raft/snap/snap.h: kept aside, verified whole) and hands the leader's message to the
- *   node only then; a chunk from anyone but the named leader is refused.
+ *   node only then; a chunk from anyone but the named leader is refused. A chunk the store
+ *   refuses (a transfer that does not verify, a full disk) is logged by the receiver with the
+ *   store's reason and fails the call with it; the sender logs it too.
  * - Client URLs: every member calls Peer.Hello on each peer (retrying every 500 ms until it has
  *   answered once; members added later too) so that each member knows every other member's
  *   --advertise-client-urls, for MemberList and for telling clients where the leader is.
@@ -96,6 +98,12 @@ struct peer_config {
     const char *client_urls;       /* this member's --advertise-client-urls, told to peers */
     size_t snapshot_chunk_bytes;   /* 0 = default; at most max_recv_bytes - 64 KiB */
     uint64_t snapshot_rate;        /* snapshot bytes per second per transfer; 0 = unbounded */
+    /* Test fault, never set in production: flip one byte in the middle of the Nth snapshot chunk
+     * this member sends (counted from 1 over all its transfers; once), as a transfer damaged on
+     * the way would be. TLS makes that impossible to do from outside, and the receiver's
+     * whole-file check must catch it (docs/snapshots.md "Test fault"). Only craftd_testfaults
+     * (services/BUILD) sets it, from CRAFT_TEST_FAULT_SNAPSHOT_CHUNK. 0 = off. */
+    uint64_t test_fault_snapshot_chunk;
     /* Called on an RPC thread (must not block, must not call back into the peer) when member
      * `id`, unnamed in the table, said Hello with a certificate that carries `name`. May be NULL. */
     void (*on_unnamed_hello)(void *arg, uint64_t id, const char *name);

@@ -825,6 +825,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         .client_urls = cfg->advertise_client_urls,
         .snapshot_chunk_bytes = cfg->snapshot_chunk_bytes,
         .snapshot_rate = cfg->snapshot_send_rate,
+        .test_fault_snapshot_chunk = cfg->test_fault_snapshot_chunk,
     };
     s->peer = peer_create(&pc, sub, sizeof sub);
     if (!s->peer) {
