@@ -228,7 +228,9 @@ static int take(struct raft_node *n, uint64_t *out_index)
     if (rc || !term || index <= prev) {
         snap_abort(w);
         if (rc || !term)
-            node_error(n, "snapshot failed: %s", rc ? why : "the term of its index is unknown");
+            node_error(n, "snapshot from applied index %" PRIu64 " failed: %s; the log is kept "
+                          "and the next try comes after %" PRIu64 " more entries", from,
+                       rc ? why : "the term of its index is unknown", n->cfg.snapshot_count);
         *out_index = prev;
         return rc ? RAFT_NODE_EIO : 0; /* nothing new applied since the last one: not an error */
     }

@@ -171,7 +171,7 @@ Test(snapshot_disk_full, snapshot_write_fails_member_keeps_serving, .fini = tear
     uint64_t first = oldest_segment(x, &segs);
     cr_assert_eq(first, 1, "%s's log starts at %llu", C.m[x].name, (unsigned long long)first);
     rev = put_keys(x, 20, 180, 1000); /* three snapshots due on every member */
-    if (!log_soon(x, "snapshot failed", 20000)) {
+    if (!log_soon(x, "failed: kv snapshot", 20000)) {
         hc_dump_log(&C, x);
         cr_assert_fail("%s logged no failed snapshot", C.m[x].name);
     }
