@@ -70,7 +70,7 @@ static const struct flag flags[] = {
     {"server-threads", UINT, U4(server_threads), 1, 64, "2", "gRPC completion-queue threads per listener"},
     {"snapshot-count", UINT, U8(snapshot_count), 1, 1ull << 32, "10000", "applied entries between snapshots (then the log before them is compacted)"},
     {"snapshot-log-percent", UINT, U4(snapshot_log_percent), 0, 10000, "50", "a snapshot also waits until the log applied since the last one is this percent of its size (bounds the cost of dumping a large store; 0 = --snapshot-count only)"},
-    {"snapshot-log-max-bytes", UINT, U8(snapshot_log_max_bytes), 0, 1ull << 40, "268435456", "--snapshot-log-percent waits for at most this much log (it is kept in memory; 0 = no cap)"},
+    {"snapshot-log-max-bytes", UINT, U8(snapshot_log_max_bytes), 0, 1ull << 40, "67108864", "--snapshot-log-percent waits for at most this much log (it is kept in memory and replayed at restart; 0 = no cap)"},
     {"snapshot-catchup-entries", UINT, U8(snapshot_catchup_entries), 1, 1ull << 32, "5000", "entries kept before a snapshot for followers a little behind"},
     {"max-snapshots", UINT, U4(max_snapshots), 1, 10000, "5", "snapshot files kept in <data-dir>/snap"},
     {"max-snapshot-sends", UINT, U4(max_snapshot_sends), 1, 64, "2", "snapshot transfers to followers at once"},
@@ -372,7 +372,7 @@ int craftd_flags_parse(int argc, char **argv, struct craftd_config *cfg, char *e
     cfg->snapshot_count = 10000;
     cfg->snapshot_catchup_entries = 5000;
     cfg->snapshot_log_percent = 50;
-    cfg->snapshot_log_max_bytes = 256u << 20;
+    cfg->snapshot_log_max_bytes = 64u << 20;
     cfg->max_snapshots = 5;
     cfg->max_snapshot_sends = 2;
     cfg->snapshot_chunk_bytes = 1u << 20;

@@ -104,7 +104,7 @@ struct raft_node_config {
     unsigned snapshot_log_percent;
     /* ... but never waits for more log than this (the log is in memory: a state that grows
      * with an uncompacted history must not take the log with it). 0 = no cap (the default
-     * here; craftd's --snapshot-log-max-bytes defaults to 256 MiB). */
+     * here; craftd's --snapshot-log-max-bytes defaults to 64 MiB). */
     uint64_t snapshot_log_max_bytes;
     unsigned max_snapshots;            /* snapshot files kept; default 5 (etcd's --max-snapshots) */
     unsigned max_snapshot_sends;       /* transfers to followers at once; default 2 */
