@@ -2,6 +2,7 @@
 #include "tests/cluster/harness.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -420,6 +421,53 @@ bool hc_log_has(struct hc *c, int i, const char *needle)
         found = strstr(line, needle) != NULL;
     fclose(f);
     return found;
+}
+
+bool hc_log_soon(struct hc *c, int i, const char *needle, int ms)
+{
+    int64_t until = hc_now_ms() + ms;
+    while (!hc_log_has(c, i, needle) && hc_now_ms() < until) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return hc_log_has(c, i, needle);
+}
+
+int64_t hc_put_keys(struct hc *c, int i, int from, int n, size_t vlen)
+{
+    char key[32], *val = malloc(vlen + 32);
+    cr_assert(val);
+    int64_t rev = 0;
+    for (int k = from; k < from + n; k++) {
+        snprintf(key, sizeof key, "key/%04d", k);
+        int h = snprintf(val, vlen + 32, "v%d-", k);
+        memset(val + h, 'x', vlen > (size_t)h ? vlen - (size_t)h : 0);
+        val[vlen > (size_t)h ? vlen : (size_t)h] = 0;
+        cr_assert_eq(hc_put(c, i, key, val, 5000, &rev), GRPC_STATUS_OK, "put %s on %s", key,
+                     c->m[i].name);
+    }
+    free(val);
+    return rev;
+}
+
+uint64_t hc_newest_snap_index(struct hc *c, int i)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/snap", c->m[i].data_dir);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    uint64_t best = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        unsigned long long term, index;
+        char tail[8];
+        if (sscanf(de->d_name, "%16llx-%16llx%7s", &term, &index, tail) == 3 &&
+            !strcmp(tail, ".snap") && index > best)
+            best = index;
+    }
+    closedir(d);
+    return best;
 }
 
 int hc_wait_exit(struct hc *c, int i, int timeout_ms)

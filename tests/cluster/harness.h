@@ -86,6 +86,14 @@ int hc_free_port(void);
 void hc_dump_log(struct hc *c, int i);
 /* Whether member i's log has a line containing needle. */
 bool hc_log_has(struct hc *c, int i, const char *needle);
+/* The same, polling (bounded: there is no event to wait on) for up to ms. */
+bool hc_log_soon(struct hc *c, int i, const char *needle, int ms);
+/* Puts keys key/<from>..key/<from+n-1> (4 digits) on member i, each value "v<k>-" padded with 'x'
+ * to vlen bytes; every put must be acknowledged (the test fails otherwise). Returns the last
+ * put's revision. */
+int64_t hc_put_keys(struct hc *c, int i, int from, int n, size_t vlen);
+/* The index of member i's newest snapshot file (<data-dir>/snap/<term>-<index>.snap), 0 if none. */
+uint64_t hc_newest_snap_index(struct hc *c, int i);
 /* Waits (bounded poll) for member i to exit on its own; its exit status (128 + signal if killed
  * by one), or -1 if it still runs after timeout_ms. */
 int hc_wait_exit(struct hc *c, int i, int timeout_ms);

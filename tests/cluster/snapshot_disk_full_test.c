@@ -36,22 +36,6 @@ static void teardown(void)
     hc_teardown(&C);
 }
 
-static int64_t put_keys(int m, int from, int n, size_t vlen)
-{
-    char key[32], *val = malloc(vlen + 1);
-    int64_t rev = 0;
-    for (int i = from; i < from + n; i++) {
-        snprintf(key, sizeof key, "key/%04d", i);
-        int k = snprintf(val, vlen + 1, "v%d-", i);
-        memset(val + k, 'x', vlen - (size_t)k);
-        val[vlen] = 0;
-        cr_assert_eq(hc_put(&C, m, key, val, 5000, &rev), GRPC_STATUS_OK, "put %s on %s", key,
-                     C.m[m].name);
-    }
-    free(val);
-    return rev;
-}
-
 /* Linearizable reads on member m of keys [0, n). */
 static void assert_reads(int m, int n)
 {
@@ -116,14 +100,6 @@ static void nap(void)
     nanosleep(&ts, NULL); /* bounded polls of logs and directories: no event to wait on */
 }
 
-static bool log_soon(int m, const char *needle, int ms)
-{
-    int64_t until = hc_now_ms() + ms;
-    while (!hc_log_has(&C, m, needle) && hc_now_ms() < until)
-        nap();
-    return hc_log_has(&C, m, needle);
-}
-
 /* Fills the tmpfs: writes until ENOSPC, then gives back `room` bytes. */
 static void fill(size_t room)
 {
@@ -164,14 +140,14 @@ Test(snapshot_disk_full, snapshot_write_fails_member_keeps_serving, .fini = tear
     mounted = true;
     hc_start_all(&C);
     cr_assert_geq(hc_wait_leader(&C, 10000), 0, "no leader");
-    int64_t rev = put_keys(x, 0, 20, 1000);
+    int64_t rev = hc_put_keys(&C, x, 0, 20, 1000);
     /* Full: room for the temporary file's header and configuration, not for the ~100 KiB state. */
     fill(16 << 10);
     int segs = 0;
     uint64_t first = oldest_segment(x, &segs);
     cr_assert_eq(first, 1, "%s's log starts at %llu", C.m[x].name, (unsigned long long)first);
-    rev = put_keys(x, 20, 180, 1000); /* three snapshots due on every member */
-    if (!log_soon(x, "failed: kv snapshot", 20000)) {
+    rev = hc_put_keys(&C, x, 20, 180, 1000); /* three snapshots due on every member */
+    if (!hc_log_soon(&C, x, "failed: kv snapshot", 20000)) {
         hc_dump_log(&C, x);
         cr_assert_fail("%s logged no failed snapshot", C.m[x].name);
     }
@@ -179,7 +155,7 @@ Test(snapshot_disk_full, snapshot_write_fails_member_keeps_serving, .fini = tear
               C.m[x].name);
     /* Still serving: it answers reads and takes writes, and never stopped. */
     assert_reads(x, 200);
-    rev = put_keys(x, 200, 10, 1000);
+    rev = hc_put_keys(&C, x, 200, 10, 1000);
     cr_assert_eq(hc_wait_exit(&C, x, 0), -1, "%s exited", C.m[x].name);
     /* A member with room took its snapshots and deleted its oldest segments: this much log
      * is compacted when a snapshot is possible (the control for the assertion below). */
@@ -199,7 +175,7 @@ Test(snapshot_disk_full, snapshot_write_fails_member_keeps_serving, .fini = tear
     /* Space again: the next due snapshot (after another --snapshot-count entries) is taken,
      * and the log compacted. */
     cr_assert_eq(unlink(filler), 0);
-    rev = put_keys(x, 210, 60, 1000);
+    rev = hc_put_keys(&C, x, 210, 60, 1000);
     until = hc_now_ms() + 30000;
     while ((count_files(x, ".snap") == 0 || oldest_segment(x, NULL) == 1) && hc_now_ms() < until)
         nap();

@@ -19,21 +19,6 @@ static struct hc C;
 
 static void teardown(void) { hc_teardown(&C); }
 
-static int64_t put_keys(int l, int from, int n, size_t vlen)
-{
-    char key[32], *val = malloc(vlen + 1);
-    int64_t rev = 0;
-    for (int i = from; i < from + n; i++) {
-        snprintf(key, sizeof key, "key/%04d", i);
-        int k = snprintf(val, vlen + 1, "v%d-", i);
-        memset(val + k, 'x', vlen - (size_t)k);
-        val[vlen] = 0;
-        cr_assert_eq(hc_put(&C, l, key, val, 5000, &rev), GRPC_STATUS_OK, "put %s", key);
-    }
-    free(val);
-    return rev;
-}
-
 /* Member m holds every key put_keys wrote, with its value whole (serializable reads). */
 static void assert_keys(int m, int n, size_t vlen)
 {
@@ -47,37 +32,6 @@ static void assert_keys(int m, int n, size_t vlen)
                      key);
         cr_assert_str_eq(got, want, "%s: %s differs", C.m[m].name, key);
     }
-}
-
-static uint64_t newest_snap_index(int m)
-{
-    char path[600];
-    snprintf(path, sizeof path, "%s/snap", C.m[m].data_dir);
-    DIR *d = opendir(path);
-    if (!d)
-        return 0;
-    uint64_t best = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        unsigned long long term, index;
-        char tail[8];
-        if (sscanf(de->d_name, "%16llx-%16llx%7s", &term, &index, tail) == 3 &&
-            !strcmp(tail, ".snap") && index > best)
-            best = index;
-    }
-    closedir(d);
-    return best;
-}
-
-/* Bounded poll (no event to wait on): member m's log has needle within ms. */
-static bool log_soon(int m, const char *needle, int ms)
-{
-    int64_t until = hc_now_ms() + ms;
-    while (!hc_log_has(&C, m, needle) && hc_now_ms() < until) {
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    return hc_log_has(&C, m, needle);
 }
 
 Test(snapshot_fault, corrupted_chunk_refused_and_sent_again, .fini = teardown, .timeout = 180)
@@ -100,21 +54,21 @@ Test(snapshot_fault, corrupted_chunk_refused_and_sent_again, .fini = teardown, .
     cr_assert(hc_log_has(&C, l, "test fault build"), "%s runs without the test fault",
               C.m[l].name);
     int f = (l + 1) % 3;
-    int64_t rev = put_keys(l, 0, 5, 1000);
+    int64_t rev = hc_put_keys(&C, l, 0, 5, 1000);
     cr_assert(hc_wait_revision(&C, f, rev, 10000));
     Craft__Node__StatusReply *st = NULL;
     cr_assert_eq(hc_status(&C, f, &st), 0);
     uint64_t f_last = st->last_index;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     hc_signal(&C, f, SIGKILL);
-    rev = put_keys(l, 5, 295, 1000);
+    rev = hc_put_keys(&C, l, 5, 295, 1000);
     /* Past f's log plus the 5 catch-up entries the leader can only send a snapshot. */
     int64_t until = hc_now_ms() + 30000;
-    while (newest_snap_index(l) < f_last + 6 && hc_now_ms() < until) {
+    while (hc_newest_snap_index(&C, l) < f_last + 6 && hc_now_ms() < until) {
         struct timespec ts = {0, 20 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    cr_assert_geq(newest_snap_index(l), f_last + 6, "%s compacted nothing", C.m[l].name);
+    cr_assert_geq(hc_newest_snap_index(&C, l), f_last + 6, "%s compacted nothing", C.m[l].name);
     hc_start(&C, f);
     if (!hc_wait_revision(&C, f, rev, 60000)) {
         hc_dump_log(&C, l);
@@ -125,7 +79,7 @@ Test(snapshot_fault, corrupted_chunk_refused_and_sent_again, .fini = teardown, .
      * said why, and the leader was told. */
     cr_assert(hc_log_has(&C, l, "test fault: flipped byte"), "%s corrupted no chunk",
               C.m[l].name);
-    if (!log_soon(f, "complete but not valid", 10000)) {
+    if (!hc_log_soon(&C, f, "complete but not valid", 10000)) {
         hc_dump_log(&C, f);
         cr_assert_fail("%s did not refuse the corrupted snapshot", C.m[f].name);
     }
@@ -135,7 +89,7 @@ Test(snapshot_fault, corrupted_chunk_refused_and_sent_again, .fini = teardown, .
               C.m[f].name);
     cr_assert(hc_log_has(&C, l, "refused at offset"), "%s was not told", C.m[l].name);
     /* Then a good copy, sent again from the start, was installed. */
-    cr_assert(log_soon(f, "installed snapshot", 10000), "%s caught up without a snapshot",
+    cr_assert(hc_log_soon(&C, f, "installed snapshot", 10000), "%s caught up without a snapshot",
               C.m[f].name);
     hc_assert_exact_state(&C, f, rev, 10000);
     assert_keys(f, 300, 1000);

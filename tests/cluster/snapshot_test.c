@@ -26,23 +26,6 @@ static int leader_or_die(int timeout_ms)
     return l;
 }
 
-/* n keys key/0000.. with values "v<i>-" padded to vlen bytes, on the leader; returns the last
- * write's revision. Every write must be acknowledged. */
-static int64_t put_keys(int l, int from, int n, size_t vlen)
-{
-    char key[32], *val = malloc(vlen + 1);
-    int64_t rev = 0;
-    for (int i = from; i < from + n; i++) {
-        snprintf(key, sizeof key, "key/%04d", i);
-        int k = snprintf(val, vlen + 1, "v%d-", i);
-        memset(val + k, 'x', vlen > (size_t)k ? vlen - (size_t)k : 0);
-        val[vlen > (size_t)k ? vlen : (size_t)k] = 0;
-        cr_assert_eq(hc_put(&C, l, key, val, 5000, &rev), GRPC_STATUS_OK, "put %s", key);
-    }
-    free(val);
-    return rev;
-}
-
 /* Member i holds key/i for every i in [0, n) with the value put_keys wrote (serializable). */
 static void assert_keys(int m, int n, int step)
 {
@@ -73,49 +56,16 @@ static bool has_file(int m, const char *suffix)
     return found;
 }
 
-/* Whether member m's log has a line with needle within 10 s (bounded poll): the store is
- * restored, and its revision visible, just before the node logs "installed snapshot". */
-static bool log_soon(int m, const char *needle)
-{
-    int64_t until = hc_now_ms() + 10000;
-    while (!hc_log_has(&C, m, needle) && hc_now_ms() < until) {
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    return hc_log_has(&C, m, needle);
-}
-
-/* The index of member m's newest snapshot file ("<term>-<index>.snap"), 0 if none. */
-static uint64_t newest_snap_index(int m)
-{
-    char path[600];
-    snprintf(path, sizeof path, "%s/snap", C.m[m].data_dir);
-    DIR *d = opendir(path);
-    if (!d)
-        return 0;
-    uint64_t best = 0;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        unsigned long long term, index;
-        char tail[8];
-        if (sscanf(de->d_name, "%16llx-%16llx%7s", &term, &index, tail) == 3 &&
-            !strcmp(tail, ".snap") && index > best)
-            best = index;
-    }
-    closedir(d);
-    return best;
-}
-
 /* Snapshots are taken in the background: wait (bounded) until member m's newest one is at or
  * past `index`, so its log no longer holds what a member stopped before `index` needs. */
 static void wait_snapshot_past(int m, uint64_t index)
 {
     int64_t until = hc_now_ms() + 30000;
-    while (newest_snap_index(m) < index && hc_now_ms() < until) {
+    while (hc_newest_snap_index(&C, m) < index && hc_now_ms() < until) {
         struct timespec ts = {0, 20 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    cr_assert_geq(newest_snap_index(m), index, "%s took no snapshot past %llu in 30 s",
+    cr_assert_geq(hc_newest_snap_index(&C, m), index, "%s took no snapshot past %llu in 30 s",
                   C.m[m].name, (unsigned long long)index);
 }
 
@@ -127,14 +77,14 @@ Test(snapshot, follower_down_catches_up_by_snapshot, .fini = teardown, .timeout 
     hc_start_all(&C);
     int l = leader_or_die(10000);
     int f = (l + 1) % 3;
-    int64_t rev = put_keys(l, 0, 5, 64);
+    int64_t rev = hc_put_keys(&C, l, 0, 5, 64);
     cr_assert(hc_wait_revision(&C, f, rev, 10000));
     Craft__Node__StatusReply *st = NULL;
     cr_assert_eq(hc_status(&C, f, &st), 0);
     uint64_t f_last = st->last_index;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     hc_signal(&C, f, SIGKILL);
-    rev = put_keys(l, 5, 495, 64); /* five snapshots' worth: the log moves far past f */
+    rev = hc_put_keys(&C, l, 5, 495, 64); /* five snapshots' worth: the log moves far past f */
     /* Compaction keeps --snapshot-catchup-entries (10) before the snapshot: past f's log + 10,
      * the leader can only send a snapshot. */
     wait_snapshot_past(l, f_last + 11);
@@ -144,7 +94,7 @@ Test(snapshot, follower_down_catches_up_by_snapshot, .fini = teardown, .timeout 
         hc_dump_log(&C, f);
         cr_assert_fail("%s did not catch up to revision %lld", C.m[f].name, (long long)rev);
     }
-    cr_assert(log_soon(f, "installed snapshot"), "%s caught up without a snapshot",
+    cr_assert(hc_log_soon(&C, f, "installed snapshot", 10000), "%s caught up without a snapshot",
               C.m[f].name);
     hc_assert_exact_state(&C, f, rev, 10000);
     assert_keys(f, 500, 7);
@@ -170,7 +120,7 @@ static int64_t start_slow_transfer(int off, int *l, int *f)
     *l = leader_or_die(10000);
     *f = (*l + off) % 3;
     hc_signal(&C, *f, SIGKILL);
-    int64_t rev = put_keys(*l, 0, 300, 1000);
+    int64_t rev = hc_put_keys(&C, *l, 0, 300, 1000);
     hc_start(&C, *f);
     int64_t until = hc_now_ms() + 30000;
     while (!has_file(*f, ".partial") && hc_now_ms() < until) {
@@ -195,7 +145,7 @@ Test(snapshot, receiver_killed_mid_transfer_resumes, .fini = teardown, .timeout 
     /* Installed once whole - or, when the kill came just after the transfer completed, loaded
      * from the snapshot directory at the restart. */
     cr_assert(hc_log_has(&C, f, "restoring the state machine from snapshot") ||
-                  log_soon(f, "installed snapshot"),
+                  hc_log_soon(&C, f, "installed snapshot", 10000),
               "%s caught up without a snapshot", C.m[f].name);
     hc_assert_exact_state(&C, f, rev, 10000);
     assert_keys(f, 300, 13);
@@ -231,7 +181,7 @@ Test(snapshot, kill9_of_every_member_right_after_compaction_loses_nothing, .fini
              "--snapshot-count 50 --snapshot-catchup-entries 5");
     hc_start_all(&C);
     int l = leader_or_die(10000);
-    int64_t rev = put_keys(l, 0, 260, 100);
+    int64_t rev = hc_put_keys(&C, l, 0, 260, 100);
     for (int i = 0; i < 3; i++)
         hc_signal(&C, i, SIGKILL);
     hc_start_all(&C);
