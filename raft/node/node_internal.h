@@ -280,6 +280,8 @@ struct raft_node {
     uint64_t snap_index;       /* newest snapshot taken or installed */
     uint64_t snap_retry_at;    /* after a failed snapshot: applied index of the next try */
     uint64_t snap_bytes;       /* the newest snapshot file's size (0: none yet) */
+    uint64_t compact_pending;  /* a snapshot taken whose compaction waits for the core to have
+                                * applied up to it (0: none) */
     uint64_t snap_log_bytes;   /* entry bytes applied (or left to replay) since snap_index,
                                 * counted for snapshot_log_percent */
     bool snapshotting;         /* fsm->snapshot_write is running */

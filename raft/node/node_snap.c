@@ -152,16 +152,58 @@ static bool count_due_locked(const struct raft_node *n)
             (n->cfg.snapshot_log_max_bytes && n->snap_log_bytes >= n->cfg.snapshot_log_max_bytes));
 }
 
-static bool due_locked(const struct raft_node *n)
+static bool compact_due_locked(struct raft_node *n);
+
+static bool due_locked(struct raft_node *n)
 {
     return !n->installing && !n->fatal &&
-           (n->snap_asked > n->snap_served || count_due_locked(n));
+           (n->snap_asked > n->snap_served || count_due_locked(n) || compact_due_locked(n));
 }
 
 void node_snap_applied_locked(struct raft_node *n)
 {
-    if (n->snaps && count_due_locked(n))
+    /* (After an apply the core has applied n->applied: a compaction waiting for that is due.) */
+    if (n->snaps && (count_due_locked(n) ||
+                     (n->compact_pending && n->applied >= n->compact_pending)))
         pthread_cond_broadcast(&n->snap_cv);
+}
+
+/* n->mu held: the core has applied up to the snapshot taken last, so the log before it may go. */
+static bool compact_due_locked(struct raft_node *n)
+{
+    if (!n->compact_pending)
+        return false;
+    struct raft_status st;
+    raft_status_get(n->r, &st);
+    return st.applied_index >= n->compact_pending;
+}
+
+/* No lock held, n->snapshotting ours: if compact_due_locked, drops the core's log before the
+ * snapshot taken last, less the catch-up entries, and the WAL's segments below that. */
+static int compact_pending(struct raft_node *n)
+{
+    pthread_mutex_lock(&n->mu);
+    if (!compact_due_locked(n)) {
+        pthread_mutex_unlock(&n->mu);
+        return 0;
+    }
+    uint64_t index = n->compact_pending;
+    n->compact_pending = 0;
+    struct raft_status st;
+    raft_status_get(n->r, &st);
+    uint64_t keep = n->cfg.snapshot_catchup_entries;
+    uint64_t first_kept = index + 1 > keep ? index + 1 - keep : 1;
+    if (first_kept < st.first_index)
+        first_kept = st.first_index;
+    int rc = raft_compact(n->r, index, first_kept);
+    pthread_mutex_unlock(&n->mu);
+    if (rc) /* an install overtook it: its snapshot is newer */
+        return 0;
+    if (first_kept > 1 && wal_compact_prefix(n->w, first_kept)) {
+        node_error(n, "compacting the log to %" PRIu64 ": %s", first_kept, wal_errmsg());
+        return RAFT_NODE_EIO;
+    }
+    return 0;
 }
 
 /* No lock held, n->snapshotting ours: one snapshot, then the compaction it allows. */
@@ -238,29 +280,25 @@ static int take(struct raft_node *n, uint64_t *out_index)
         node_error(n, "snapshot %" PRIu64 ": %s", index, snap_errmsg());
         return RAFT_NODE_EIO;
     }
-    /* Durable: now the log before it may go, less the catch-up entries. */
+    /* Durable: it counts as taken. */
     pthread_mutex_lock(&n->mu);
-    struct raft_status st;
-    raft_status_get(n->r, &st);
-    uint64_t keep = n->cfg.snapshot_catchup_entries;
-    uint64_t first_kept = index + 1 > keep ? index + 1 - keep : 1;
-    if (first_kept < st.first_index)
-        first_kept = st.first_index;
-    rc = index > n->snap_index ? raft_compact(n->r, index, first_kept) : RAFT_ESTATE;
-    if (rc == 0) {
-        n->snap_index = index;
-        n->snap_bytes = cw.bytes + clen;
-        n->snap_log_bytes -= log_bytes < n->snap_log_bytes ? log_bytes : n->snap_log_bytes;
-    }
-    pthread_mutex_unlock(&n->mu);
     *out_index = index;
-    if (rc) /* an install overtook it: its snapshot is newer */
+    if (index <= n->snap_index) { /* an install overtook it: its snapshot is newer */
+        pthread_mutex_unlock(&n->mu);
         return 0;
-    if (first_kept > 1 && wal_compact_prefix(n->w, first_kept)) {
-        node_error(n, "compacting the log to %" PRIu64 ": %s", first_kept, wal_errmsg());
-        return RAFT_NODE_EIO;
     }
-    return 0;
+    n->snap_index = index;
+    n->snap_bytes = cw.bytes + clen;
+    n->snap_log_bytes -= log_bytes < n->snap_log_bytes ? log_bytes : n->snap_log_bytes;
+    /* The log before it may go once the core has applied up to it (raft_compact refuses more).
+     * The machine can be ahead of the core: after a restart it keeps its applied index while
+     * the core learns the commit index again from a leader (a member alone may never), and
+     * between an apply and its report. Compacting waits for that instead of the snapshot being
+     * taken again and again, a full dump each time (it was: a restarted member without a
+     * quorum dumped its store back to back). */
+    n->compact_pending = index;
+    pthread_mutex_unlock(&n->mu);
+    return compact_pending(n);
 }
 
 static void *snap_main(void *arg)
@@ -273,19 +311,22 @@ static void *snap_main(void *arg)
         if (n->stopping)
             break;
         uint64_t asked = n->snap_asked;
+        bool dump = asked > n->snap_served || count_due_locked(n); /* else: compaction only */
         n->snapshotting = true;
         pthread_mutex_unlock(&n->mu);
         uint64_t index = 0;
         uint64_t t0 = metrics_now_ns();
-        int rc = take(n, &index);
-        if (!rc)
+        int rc = dump ? take(n, &index) : compact_pending(n);
+        if (!rc && dump)
             metrics_histogram_observe(&n->snap_save_hist, metrics_now_ns() - t0);
         pthread_mutex_lock(&n->mu);
         n->snapshotting = false;
         if (rc)
             n->snap_retry_at = n->applied + n->cfg.snapshot_count; /* not in a loop */
-        n->snap_served = asked;
-        n->snap_result = rc;
+        if (dump) {
+            n->snap_served = asked;
+            n->snap_result = rc;
+        }
         pthread_cond_broadcast(&n->snap_cv); /* requesters, an install waiting for us */
     }
     pthread_mutex_unlock(&n->mu);
