@@ -89,6 +89,11 @@ struct cluster_api_config {
     const atomic_bool *learner;    /* true while this member is a learner: every method is
                                       refused with "etcdserver: rpc not supported for learner"
                                       (etcd 3.4); NULL = never */
+    /* Auth (docs/auth.md): MemberAdd/Remove/Update/Promote need the root role, as in etcd.
+     * admin(arg, user) returns 0 when user (the caller's CN, NULL = none) may, else the gRPC
+     * code with etcd's message in msg. NULL = no check. */
+    int (*admin)(void *arg, const char *user, char *msg, size_t msglen);
+    void *admin_arg;
 };
 
 struct cluster_api;

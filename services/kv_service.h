@@ -87,6 +87,29 @@ int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
  * entry's result (LeaseGrantResponse / LeaseRevokeResponse with this member's header). */
 void kv_service_lease_write(struct kv_service *s, struct rpc_call *call, bool revoke,
                             uint8_t *cmd, size_t len);
+/* ---- Auth (services/auth_service.h, docs/auth.md) ----
+ * Every write carries the caller's identity (its certificate's CN) into the log, where apply
+ * checks it against the auth state at that point (kv_store.h "Auth"); reads are checked on this
+ * member's auth state after their read index (serializable ones at once). */
+/* An auth log command (cmd, malloc'd, taken) goes the way of every write; call is answered with
+ * the empty response of type resp (every Auth write response is just a header) or the result's
+ * error. */
+void kv_service_auth_write(struct kv_service *s, struct rpc_call *call,
+                           const ProtobufCMessageDescriptor *resp, uint8_t *cmd, size_t len);
+/* Calls fn(arg, true) once this member has applied everything committed when it was called
+ * (a ReadIndex), or fn(arg, false) after failing call with the node's error. */
+void kv_service_read_barrier(struct kv_service *s, struct rpc_call *call,
+                             void (*fn)(void *arg, bool ok), void *arg);
+/* With auth enabled: etcd's IsAdminPermitted for the caller (root role) on this member's auth
+ * state. true = refused, and call already failed with etcd's error. */
+bool kv_service_auth_refuse_admin(struct kv_service *s, struct rpc_call *call);
+/* Read permission on [key, end) for the caller of call (failed when refused) or of stream (not
+ * touched; *err says why). true = refused. */
+bool kv_service_auth_refuse_range(struct kv_service *s, struct rpc_call *call,
+                                  struct rpc_stream *stream, ProtobufCBinaryData key,
+                                  ProtobufCBinaryData end, struct kv_err *err);
+void kv_service_fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h);
+struct kv_store *kv_service_store(struct kv_service *s);
 /* Whether this member is served as a learner now (kv_service_set_learner). */
 bool kv_service_is_learner(struct kv_service *s);
 /* The member table in force changed (the node's on_conf, decoded): forwarding follows it. Any

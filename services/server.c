@@ -15,6 +15,7 @@
 
 #include "log/log.h"
 #include "rpc/rpc.h"
+#include "services/auth_service.h"
 #include "services/autocompact.h"
 #include "services/cert_expiry.h"
 #include "services/kv_service.h"
@@ -36,6 +37,7 @@ struct craft_server {
     struct kv_service *kv;    /* set under mu once created (on_conf may run before) */
     struct watch_hub *watch;  /* etcd's Watch, fed by the store's commit hook */
     struct lease_service *lease; /* etcd's Lease, fed by the store's lease hook */
+    struct auth_service *auth;   /* etcd's Auth */
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
@@ -973,6 +975,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         watch_hub_register(s->watch, s->client_srv, s->node) != 0 ||
         kv_service_register_peer(s->kv, s->peer_srv) != 0 ||
         lease_service_register(s->lease, s->client_srv, s->peer_srv) != 0 ||
+        !(s->auth = auth_service_register(s->kv, s->client_srv)) ||
         lease_service_start(s->lease, s->node, s->kv, s->peer) != 0) {
         snprintf(err, errlen, "cannot set up the KV service");
         goto fail;
@@ -1035,6 +1038,7 @@ void craft_server_stop(struct craft_server *s)
         rpc_server_shutdown(s->peer_srv, 0);
     peer_destroy(s->peer);
     kv_service_destroy(s->kv);
+    auth_service_free(s->auth);
     lease_service_destroy(s->lease); /* after the node and the peer: their callbacks ran */
     watch_hub_destroy(s->watch); /* after the streams (client server) and the applier (node) */
     kv_store_close(s->store);

@@ -295,6 +295,36 @@ int kv_cmd_encode_auth(Craft__Kv__Command__OpCase op, const ProtobufCMessage *re
     return encode(&c, out, len);
 }
 
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    do {
+        p[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return n;
+}
+
+int kv_cmd_set_user(uint8_t **cmd, size_t *len, const char *user)
+{
+    /* A message field may come anywhere in a message, and protobuf-c merges repeats of it:
+     * appending field 100 to the packed Command is the same as packing it with auth set. */
+    Craft__Kv__AuthInfo ai = CRAFT__KV__AUTH_INFO__INIT;
+    ai.user = (char *)(user ? user : "");
+    ai.anonymous = !user;
+    size_t n = craft__kv__auth_info__get_packed_size(&ai);
+    uint8_t *b = realloc(*cmd, *len + 20 + n);
+    if (!b)
+        return -1;
+    size_t at = *len;
+    at += put_varint(b + at, 100u << 3 | 2);
+    at += put_varint(b + at, n);
+    craft__kv__auth_info__pack(&ai, b + at);
+    *cmd = b;
+    *len = at + n;
+    return 0;
+}
+
 Craft__Kv__Result *kv_result_decode(const void *data, size_t len)
 {
     if (!data && len)

@@ -1710,6 +1710,85 @@ static int auth_exec(struct kv_store *s, MDB_txn *txn, const Craft__Kv__Command 
     return result_set(res, &r) ? ENOMEM : 0;
 }
 
+struct lease_perm {
+    const struct kv_auth *a;
+    const char *user;
+    struct kv_err *err;
+    bool denied;
+};
+
+static int lease_key_perm(void *arg, const uint8_t *key, size_t len)
+{
+    struct lease_perm *lp = arg;
+    if (kv_auth_check(lp->a, lp->user, key, len, NULL, 0, KV_AUTH_WRITE, lp->err) == 0)
+        return 0;
+    lp->denied = true;
+    return 1;
+}
+
+/* etcd's checkLeasePuts: the user may write every key attached to lease id (a missing lease
+ * passes: apply answers it). 0, -1 with *err, or an LMDB code. */
+static int lease_puts_check(struct kv_store *s, MDB_txn *txn, const struct kv_auth *a,
+                            const char *user, int64_t id, struct kv_err *err)
+{
+    struct lease_perm lp = {a, user, err, false};
+    int lmdb;
+    lease_keys_walk(txn, s->lkeys, id, lease_key_perm, &lp, &lmdb);
+    if (lmdb)
+        return lmdb;
+    return lp.denied ? -1 : 0;
+}
+
+/* etcd 3.4's authApplierV3 at this point of the log, for a command that says who asked
+ * (kvcmd.proto AuthInfo): 0 allowed, -1 refused with *err, or an LMDB code / ENOMEM. */
+static int auth_apply_check(struct kv_store *s, MDB_txn *txn, const Craft__Kv__Command *cmd,
+                            struct kv_err *err)
+{
+    const struct kv_auth *a = s->auth_work ? s->auth_work : s->auth;
+    if (!cmd->auth || !kv_auth_enabled(a))
+        return 0;
+    const char *user = cmd->auth->anonymous ? NULL : cmd->auth->user;
+    int rc = 0;
+    switch (cmd->op_case) {
+    case CRAFT__KV__COMMAND__OP_PUT:
+        if (!cmd->put)
+            break;
+        rc = kv_auth_check(a, user, cmd->put->key.data, cmd->put->key.len, NULL, 0,
+                           KV_AUTH_WRITE, err);
+        if (rc == 0 && cmd->put->lease)
+            rc = lease_puts_check(s, txn, a, user, cmd->put->lease, err);
+        if (rc == 0 && cmd->put->prev_kv)
+            rc = kv_auth_check(a, user, cmd->put->key.data, cmd->put->key.len, NULL, 0,
+                               KV_AUTH_READ, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_DELETE_RANGE:
+        if (cmd->delete_range)
+            rc = kv_auth_check_delete(a, user, cmd->delete_range, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_TXN:
+        if (cmd->txn)
+            rc = kv_auth_check_txn(a, user, cmd->txn, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_COMPACTION: /* craft: root only (etcd 3.4 checks nothing) */
+        rc = kv_auth_check_admin(a, user, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_LEASE_REVOKE:
+        if (cmd->lease_revoke)
+            rc = lease_puts_check(s, txn, a, user, cmd->lease_revoke->id, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_LEASE_GRANT:
+    case CRAFT__KV__COMMAND__OP_LEASE_CHECKPOINT:
+        break;
+    default:
+        if (kv_auth_is_cmd(cmd)) /* etcd's needAdminPermission */
+            rc = kv_auth_check_admin(a, user, err);
+        break;
+    }
+    if (rc < 0 && err->code == KV_CODE_INTERNAL)
+        return ENOMEM; /* out of memory is no answer members may differ on */
+    return rc;
+}
+
 /* The batch committed: its auth state is the one in force. */
 static void auth_publish(struct kv_store *s)
 {
@@ -1748,6 +1827,14 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
     Craft__Kv__Command *cmd = craft__kv__command__unpack(NULL, e->len, e->data);
     if (!cmd)
         return result_error(res, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND, s->rev) ? ENOMEM : 0;
+    struct kv_err aerr = {0};
+    int ac = auth_apply_check(s, txn, cmd, &aerr);
+    if (ac) {
+        craft__kv__command__free_unpacked(cmd, NULL);
+        if (ac > 0)
+            return ac;
+        return result_error(res, aerr.code, aerr.msg, s->rev) ? ENOMEM : 0;
+    }
     if (kv_auth_is_cmd(cmd)) {
         int x = auth_exec(s, txn, cmd, res);
         craft__kv__command__free_unpacked(cmd, NULL);

@@ -425,6 +425,23 @@ Test(kv_auth, store_applies_keeps_across_restart_and_snapshot)
     expect_state(u.s);
     kvt_reopen(&u);
     expect_state(u.s);
+    /* apply checks a command that says who asked, at its point in the log */
+    Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
+    put.key = bin("a/1");
+    const char *who[] = {"alice", "root", NULL};
+    const int want[] = {KV_CODE_PERMISSION_DENIED, 0, KV_CODE_INVALID_ARGUMENT};
+    for (int i = 0; i < 3; i++) {
+        uint8_t *b;
+        size_t n;
+        cr_assert_eq(kv_cmd_encode_put(&put, &b, &n), 0);
+        cr_assert_eq(kv_cmd_set_user(&b, &n, who[i]), 0);
+        int fc;
+        Craft__Kv__Result *r = kvt_apply(&u, b, n, &fc);
+        free(b);
+        cr_assert_eq((int)r->code, want[i], "put by %s: %u %s", who[i] ? who[i] : "(none)",
+                     r->code, r->message);
+        craft__kv__result__free_unpacked(r, NULL);
+    }
     /* a payload without an auth record (a store that never had one) restores to the empty
      * auth state, replacing the one the store had */
     struct kvt v;
