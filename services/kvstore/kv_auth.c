@@ -282,8 +282,11 @@ static int draft_init(struct draft *d, const Craft__Kv__AuthState *old, struct k
     Authpb__Role **rs = pool_alloc(&d->pool, (old->n_roles + 1) * sizeof *rs);
     if (!us || !rs)
         return nomem(d);
-    memcpy(us, old->users, old->n_users * sizeof *us);
-    memcpy(rs, old->roles, old->n_roles * sizeof *rs);
+    /* an empty array may be NULL, which memcpy must never get, even for 0 bytes */
+    if (old->n_users)
+        memcpy(us, old->users, old->n_users * sizeof *us);
+    if (old->n_roles)
+        memcpy(rs, old->roles, old->n_roles * sizeof *rs);
     d->st.users = us, d->st.roles = rs;
     return 0;
 }
@@ -313,7 +316,8 @@ static Authpb__User *user_copy(struct draft *d, const Authpb__User *u)
         return NULL;
     *c = *u;
     c->base.unknown_fields = NULL, c->base.n_unknown_fields = 0;
-    memcpy(roles, u->roles, u->n_roles * sizeof *roles);
+    if (u->n_roles)
+        memcpy(roles, u->roles, u->n_roles * sizeof *roles);
     c->roles = roles;
     return c;
 }
@@ -326,7 +330,8 @@ static Authpb__Role *role_copy(struct draft *d, const Authpb__Role *r, size_t ex
         return NULL;
     *c = *r;
     c->base.unknown_fields = NULL, c->base.n_unknown_fields = 0;
-    memcpy(ps, r->keypermission, r->n_keypermission * sizeof *ps);
+    if (r->n_keypermission)
+        memcpy(ps, r->keypermission, r->n_keypermission * sizeof *ps);
     c->keypermission = ps;
     return c;
 }
