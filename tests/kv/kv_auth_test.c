@@ -389,15 +389,15 @@ static void setup_store(struct kvt *t)
     store_cmd(t, CRAFT__KV__COMMAND__OP_USER_DELETE, &ud.base, KV_CODE_INVALID_ARGUMENT);
 }
 
-static void expect_state(struct kv_store *s)
+static void expect_state(struct kv_store *s, const char *when)
 {
     struct kv_auth *a = kv_store_auth_get(s);
     cr_assert(a);
-    cr_assert(kv_auth_enabled(a));
-    cr_assert(allowed(a, "alice", "a/x", NULL, KV_AUTH_READ));
-    cr_assert_not(allowed(a, "alice", "a/x", NULL, KV_AUTH_WRITE));
-    cr_assert_not(allowed(a, "alice", "b", NULL, KV_AUTH_READ));
-    cr_assert(allowed(a, "root", "b", NULL, KV_AUTH_WRITE));
+    cr_assert(kv_auth_enabled(a), "%s: auth is not enabled", when);
+    cr_assert(allowed(a, "alice", "a/x", NULL, KV_AUTH_READ), "%s: alice lost her read", when);
+    cr_assert_not(allowed(a, "alice", "a/x", NULL, KV_AUTH_WRITE), "%s: alice may write", when);
+    cr_assert_not(allowed(a, "alice", "b", NULL, KV_AUTH_READ), "%s: alice may read b", when);
+    cr_assert(allowed(a, "root", "b", NULL, KV_AUTH_WRITE), "%s: root may not write", when);
     kv_auth_unref(a);
 }
 
@@ -410,9 +410,9 @@ Test(kv_auth, store_applies_keeps_across_restart_and_snapshot)
     kv_auth_unref(a);
     kvt_put_ok(&t, "a/1", "v");
     setup_store(&t);
-    expect_state(t.s);
+    expect_state(t.s, "applied");
     kvt_reopen(&t);
-    expect_state(t.s);
+    expect_state(t.s, "after a reopen");
 
     struct kvt_buf buf = {0};
     uint64_t index, term;
@@ -422,9 +422,9 @@ Test(kv_auth, store_applies_keeps_across_restart_and_snapshot)
     kvt_open(&u, NULL);
     char err[256];
     cr_assert_eq(kvt_restore(&u, buf.data, buf.len, index, term, err, sizeof err), 0, "%s", err);
-    expect_state(u.s);
+    expect_state(u.s, "restored from the snapshot");
     kvt_reopen(&u);
-    expect_state(u.s);
+    expect_state(u.s, "restored, then reopened");
     /* apply checks a command that says who asked, at its point in the log */
     Etcdserverpb__PutRequest put = ETCDSERVERPB__PUT_REQUEST__INIT;
     put.key = bin("a/1");
