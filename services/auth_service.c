@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "services/auth_token.h"
 #include "services/kvstore/kv_auth.h"
 #include "services/kvstore/kv_cmd.h"
 
@@ -161,8 +162,10 @@ static char *dup_str(const char *s)
 /* Names as NUL-terminated strings for a response; they live in a. */
 static void answer_read(struct read_op *o, struct kv_auth *a)
 {
-    struct rpc_peer id;
-    const char *user = rpc_call_peer_identity(o->call, &id) == 0 ? id.cn : NULL;
+    char buf[RPC_PEER_NAME_MAX];
+    const char *user;
+    if (kv_service_caller(o->kv, a, o->call, buf, sizeof buf, &user))
+        return;
     struct kv_err err;
     bool admin = kv_auth_check_admin(a, user, &err) == 0;
     const Craft__Kv__AuthState *st = kv_auth_state(a);
@@ -269,6 +272,46 @@ static void handle_read(struct rpc_call *call, const ProtobufCMessage *m, void *
     kv_service_read_barrier(mc->kv, call, on_readable, o);
 }
 
+/* ---- Authenticate: a password for a simple token ----------------------------------------------- */
+
+/* Checked against this member's applied state, in the gRPC thread (the hash costs tens of
+ * milliseconds on purpose; etcd runs bcrypt in the request's goroutine too). */
+static void handle_authenticate(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
+{
+    const struct method_ctx *mc = ctx;
+    const Etcdserverpb__AuthenticateRequest *r = (const void *)m;
+    struct auth_tokens *t = kv_service_tokens(mc->kv);
+    struct kv_auth *a = kv_store_auth_get(kv_service_store(mc->kv));
+    char hash[KV_AUTH_MAX_HASH + 1] = "", token[AUTH_TOKEN_LEN + 1];
+    const Authpb__User *u = kv_auth_enabled(a) ? kv_auth_user(a, r->name) : NULL;
+    if (u && !(u->options && u->options->no_password) && u->password.len < sizeof hash) {
+        memcpy(hash, u->password.data, u->password.len);
+        hash[u->password.len] = 0;
+    }
+    bool enabled = kv_auth_enabled(a);
+    kv_auth_unref(a);
+    struct kv_err err;
+    if (!t)
+        rpc_call_fail(call, GRPC_STATUS_UNIMPLEMENTED, "craft: tokens are not offered");
+    else if (!enabled)
+        rpc_call_fail(call, (grpc_status_code)KV_CODE_FAILED_PRECONDITION,
+                      KV_ERR_AUTH_NOT_ENABLED);
+    else if (!hash[0] || !auth_check_password(r->password, hash))
+        rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, KV_ERR_AUTH_FAILED);
+    else if (auth_tokens_issue(t, r->name, hash, token, &err))
+        rpc_call_fail(call, (grpc_status_code)err.code, err.msg);
+    else {
+        Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+        kv_service_fill_header(mc->kv, &h);
+        Etcdserverpb__AuthenticateResponse resp = ETCDSERVERPB__AUTHENTICATE_RESPONSE__INIT;
+        resp.header = &h;
+        resp.token = token;
+        rpc_call_reply_msg(call, &resp.base);
+    }
+    OPENSSL_cleanse(hash, sizeof hash);
+    OPENSSL_cleanse(token, sizeof token);
+}
+
 /* ---- registration ------------------------------------------------------------------------------ */
 
 static const struct {
@@ -284,7 +327,7 @@ static const struct {
 #define N_READS (sizeof reads / sizeof reads[0])
 
 struct auth_service {
-    struct method_ctx ctx[N_WRITES + N_READS];
+    struct method_ctx ctx[N_WRITES + N_READS + 1];
 };
 
 struct auth_service *auth_service_register(struct kv_service *kv, struct rpc_server *srv)
@@ -306,6 +349,10 @@ struct auth_service *auth_service_register(struct kv_service *kv, struct rpc_ser
         rc |= rpc_server_register_unary_msg(srv, name, reads[i].req, handle_read,
                                             &ctx[N_WRITES + i]);
     }
+    ctx[N_WRITES + N_READS] = (struct method_ctx){kv, NULL, 0};
+    rc |= rpc_server_register_unary_msg(srv, "/etcdserverpb.Auth/Authenticate",
+                                        &etcdserverpb__authenticate_request__descriptor,
+                                        handle_authenticate, &ctx[N_WRITES + N_READS]);
     if (rc) {
         free(as);
         return NULL;

@@ -12,8 +12,11 @@
  * - Reads (UserGet/List, RoleGet/List) wait for a ReadIndex and answer from this member's
  *   state: UserList/RoleList need the root role; UserGet the root role or to be that user;
  *   RoleGet the root role or to hold that role (etcd's rules).
- * - Authenticate (passwords and tokens) is not offered yet: a client calling it gets
- *   UNIMPLEMENTED; identity is the client certificate's CN.
+ * - Authenticate checks a user's password against this member's applied state (auth enabled;
+ *   else etcd's "authentication is not enabled"; a wrong password, a user without one or an
+ *   unknown user: etcd's "authentication failed, invalid user ID or password") and answers a
+ *   simple token (auth_token.h) that later calls send as "token" metadata; a token names the
+ *   caller ahead of the certificate's CN, as in etcd.
  * - Every decoder of outside bytes is protobuf-c's for these messages (bounded by the server's
  *   message size); the fuzz target tests/fuzz/kv_req_fuzz.c feeds them.
  */

@@ -996,11 +996,8 @@ static void handle_change(struct rpc_call *call, const uint8_t *data, size_t len
     if (refuse_learner(a, call))
         return;
     if (a->cfg.admin) {
-        struct rpc_peer id;
         char msg[160];
-        int code = a->cfg.admin(a->cfg.admin_arg,
-                                rpc_call_peer_identity(call, &id) == 0 ? id.cn : NULL, msg,
-                                sizeof msg);
+        int code = a->cfg.admin(a->cfg.admin_arg, call, NULL, msg, sizeof msg);
         if (code) {
             rpc_call_fail(call, (grpc_status_code)code, msg);
             return;

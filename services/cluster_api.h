@@ -90,9 +90,10 @@ struct cluster_api_config {
                                       refused with "etcdserver: rpc not supported for learner"
                                       (etcd 3.4); NULL = never */
     /* Auth (docs/auth.md): MemberAdd/Remove/Update/Promote need the root role, as in etcd.
-     * admin(arg, user) returns 0 when user (the caller's CN, NULL = none) may, else the gRPC
-     * code with etcd's message in msg. NULL = no check. */
-    int (*admin)(void *arg, const char *user, char *msg, size_t msglen);
+     * admin(arg, call, NULL, ...) returns 0 when the caller may, else the gRPC code with etcd's
+     * message in msg. NULL = no check. */
+    int (*admin)(void *arg, struct rpc_call *call, struct rpc_stream *st, char *msg,
+                 size_t msglen);
     void *admin_arg;
 };
 

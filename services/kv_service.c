@@ -11,6 +11,7 @@
 #include "services/cluster_api.h"
 #include "services/forward.h"
 #include "services/kv_req.h"
+#include "services/auth_token.h"
 #include "services/kvstore/kv_auth.h"
 #include "services/kvstore/kv_cmd.h"
 #include "services/maint_snapshot.h"
@@ -137,20 +138,18 @@ static void fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
 
 /* ---- auth (docs/auth.md) ---------------------------------------------------------------- */
 
-/* The caller's identity: its certificate's CN (etcd's rule with client certificates), or NULL
- * without a verified certificate (--insecure test clusters). id is the storage. */
-static const char *call_user(struct rpc_call *call, struct rpc_peer *id)
-{
-    return rpc_call_peer_identity(call, id) == 0 ? id->cn : NULL;
-}
-
-/* cluster_api's and maint_snapshot's admin check. */
-static int auth_admin(void *arg, const char *user, char *msg, size_t msglen)
+/* cluster_api's and maint_snapshot's admin check: the root role (etcd's IsAdminPermitted). */
+static int auth_admin(void *arg, struct rpc_call *call, struct rpc_stream *st, char *msg,
+                      size_t msglen)
 {
     struct kv_service *s = arg;
     struct kv_auth *a = kv_store_auth_get(s->cfg.store);
     struct kv_err err;
-    int rc = kv_auth_check_admin(a, user, &err);
+    char buf[RPC_PEER_NAME_MAX];
+    const char *user;
+    int rc = auth_caller(s->cfg.tokens, a, call, st, buf, sizeof buf, &user, &err);
+    if (rc == 0)
+        rc = kv_auth_check_admin(a, user, &err);
     kv_auth_unref(a);
     if (rc == 0)
         return 0;
@@ -158,37 +157,14 @@ static int auth_admin(void *arg, const char *user, char *msg, size_t msglen)
     return err.code;
 }
 
-bool kv_service_auth_refuse_admin(struct kv_service *s, struct rpc_call *call)
+int kv_service_caller(struct kv_service *s, const struct kv_auth *a, struct rpc_call *call,
+                      char *buf, size_t buflen, const char **user)
 {
-    struct kv_auth *a = kv_store_auth_get(s->cfg.store);
     struct kv_err err;
-    struct rpc_peer id;
-    int rc = kv_auth_enabled(a) ? kv_auth_check_admin(a, call_user(call, &id), &err) : 0;
-    kv_auth_unref(a);
-    if (rc)
-        fail(call, err.code, err.msg);
-    return rc != 0;
-}
-
-bool kv_service_auth_refuse_range(struct kv_service *s, struct rpc_call *call,
-                                  struct rpc_stream *stream, ProtobufCBinaryData key,
-                                  ProtobufCBinaryData end, struct kv_err *err)
-{
-    struct kv_auth *a = kv_store_auth_get(s->cfg.store);
-    int rc = 0;
-    if (kv_auth_enabled(a)) {
-        struct rpc_peer id;
-        const char *user = NULL;
-        if (call)
-            user = call_user(call, &id);
-        else if (rpc_stream_peer_identity(stream, &id) == 0)
-            user = id.cn;
-        rc = kv_auth_check(a, user, key.data, key.len, end.data, end.len, KV_AUTH_READ, err);
-    }
-    kv_auth_unref(a);
-    if (rc && call)
-        fail(call, err->code, err->msg);
-    return rc != 0;
+    if (auth_caller(s->cfg.tokens, a, call, NULL, buf, buflen, user, &err) == 0)
+        return 0;
+    fail(call, err.code, err.msg);
+    return -1;
 }
 
 /* A read's check, on this member's auth state after its read index (or at once when
@@ -198,9 +174,10 @@ static bool refuse_read(struct op *o)
     struct kv_auth *a = kv_store_auth_get(o->s->cfg.store);
     int rc = 0;
     struct kv_err err;
-    if (kv_auth_enabled(a)) {
-        struct rpc_peer id;
-        const char *user = call_user(o->call, &id);
+    char buf[RPC_PEER_NAME_MAX];
+    const char *user;
+    if (kv_auth_enabled(a) &&
+        (rc = auth_caller(o->s->cfg.tokens, a, o->call, NULL, buf, sizeof buf, &user, &err)) == 0) {
         rc = o->kind == OP_RANGE
                  ? kv_auth_check_range_req(a, user, (const Etcdserverpb__RangeRequest *)o->req,
                                            &err)
@@ -439,9 +416,17 @@ static void write_start(struct kv_service *s, struct rpc_call *call, enum op_kin
     }
     /* Who asked goes into the command: apply checks it against the auth state at its place in
      * the log, on every member alike, and forwarding carries it to the leader unchanged. */
-    struct rpc_peer id;
+    char buf[RPC_PEER_NAME_MAX];
+    const char *user;
+    struct kv_auth *a = kv_store_auth_get(s->cfg.store);
+    int who = kv_service_caller(s, a, call, buf, sizeof buf, &user);
+    kv_auth_unref(a);
+    if (who) {
+        free(cmd);
+        return;
+    }
     struct op *o = calloc(1, sizeof *o);
-    if (!o || kv_cmd_set_user(&cmd, &len, call_user(call, &id))) {
+    if (!o || kv_cmd_set_user(&cmd, &len, user)) {
         free(o);
         free(cmd);
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
@@ -557,6 +542,8 @@ void kv_service_read_barrier(struct kv_service *s, struct rpc_call *call,
 }
 
 struct kv_store *kv_service_store(struct kv_service *s) { return s->cfg.store; }
+
+struct auth_tokens *kv_service_tokens(struct kv_service *s) { return s->cfg.tokens; }
 
 bool kv_service_is_learner(struct kv_service *s)
 {

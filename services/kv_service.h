@@ -52,6 +52,8 @@
 /* The etcd API level craft serves, reported by Maintenance.Status (etcdctl endpoint status). */
 #define KV_SERVICE_VERSION "3.4.0"
 
+struct auth_tokens;
+
 struct kv_service_config {
     struct raft_node *node;
     struct kv_store *store;
@@ -72,6 +74,7 @@ struct kv_service_config {
     unsigned max_learners;         /* learners at once; 0 = CLUSTER_API_DEFAULT_MAX_LEARNERS (1,
                                       etcd's) */
     bool no_strict_reconfig_check; /* etcd's --strict-reconfig-check=false */
+    struct auth_tokens *tokens;    /* Authenticate's tokens (auth_token.h); NULL = none */
 };
 
 struct kv_service;
@@ -100,14 +103,14 @@ void kv_service_auth_write(struct kv_service *s, struct rpc_call *call,
  * (a ReadIndex), or fn(arg, false) after failing call with the node's error. */
 void kv_service_read_barrier(struct kv_service *s, struct rpc_call *call,
                              void (*fn)(void *arg, bool ok), void *arg);
-/* With auth enabled: etcd's IsAdminPermitted for the caller (root role) on this member's auth
- * state. true = refused, and call already failed with etcd's error. */
-bool kv_service_auth_refuse_admin(struct kv_service *s, struct rpc_call *call);
-/* Read permission on [key, end) for the caller of call (failed when refused) or of stream (not
- * touched; *err says why). true = refused. */
-bool kv_service_auth_refuse_range(struct kv_service *s, struct rpc_call *call,
-                                  struct rpc_stream *stream, ProtobufCBinaryData key,
-                                  ProtobufCBinaryData end, struct kv_err *err);
+/* Who the caller of call is, in auth state a (auth_token.h auth_caller: a token, else the
+ * certificate's CN): 0 with *user (NULL = no identity) pointing into buf, or -1 after failing
+ * call with "invalid auth token". */
+struct kv_auth;
+int kv_service_caller(struct kv_service *s, const struct kv_auth *a, struct rpc_call *call,
+                      char *buf, size_t buflen, const char **user);
+/* The member's simple tokens (auth_token.h), for Authenticate; may be NULL. */
+struct auth_tokens *kv_service_tokens(struct kv_service *s);
 void kv_service_fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h);
 struct kv_store *kv_service_store(struct kv_service *s);
 /* Whether this member is served as a learner now (kv_service_set_learner). */

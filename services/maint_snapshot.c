@@ -116,11 +116,8 @@ static void on_message(struct rpc_stream *st, const uint8_t *data, size_t len, v
         return;
     }
     if (ss->ms->admin) {
-        struct rpc_peer id;
         char msg[160];
-        int code = ss->ms->admin(ss->ms->admin_arg,
-                                 rpc_stream_peer_identity(st, &id) == 0 ? id.cn : NULL, msg,
-                                 sizeof msg);
+        int code = ss->ms->admin(ss->ms->admin_arg, NULL, st, msg, sizeof msg);
         if (code) {
             finish(st, ss, (grpc_status_code)code, msg);
             return;

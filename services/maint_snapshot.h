@@ -37,7 +37,8 @@ struct maint_snapshot {
                                      streams ("etcdserver: rpc not supported for learner");
                                      NULL = never */
     /* Auth (docs/auth.md): the root role is needed, as in etcd; see cluster_api.h's admin. */
-    int (*admin)(void *arg, const char *user, char *msg, size_t msglen);
+    int (*admin)(void *arg, struct rpc_call *call, struct rpc_stream *st, char *msg,
+                 size_t msglen);
     void *admin_arg;
 };
 

@@ -16,6 +16,7 @@
 #include "log/log.h"
 #include "rpc/rpc.h"
 #include "services/auth_service.h"
+#include "services/auth_token.h"
 #include "services/autocompact.h"
 #include "services/cert_expiry.h"
 #include "services/kv_service.h"
@@ -38,6 +39,7 @@ struct craft_server {
     struct watch_hub *watch;  /* etcd's Watch, fed by the store's commit hook */
     struct lease_service *lease; /* etcd's Lease, fed by the store's lease hook */
     struct auth_service *auth;   /* etcd's Auth */
+    struct auth_tokens *tokens;  /* Authenticate's simple tokens */
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
@@ -863,8 +865,14 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         }
     }
 
+    s->tokens = auth_tokens_new();
+    if (!s->tokens) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     /* The store's commit hook must be set before the node applies anything (replay too). */
     struct watch_config wc = {
+        .tokens = s->tokens,
         .store = s->store,
         .cluster_id = cfg->cluster.id,
         .member_id = cfg->self_id,
@@ -950,6 +958,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         goto fail;
     }
     struct kv_service_config kc = {
+        .tokens = s->tokens,
         .node = s->node,
         .store = s->store,
         .peer = s->peer,
@@ -1041,6 +1050,7 @@ void craft_server_stop(struct craft_server *s)
     auth_service_free(s->auth);
     lease_service_destroy(s->lease); /* after the node and the peer: their callbacks ran */
     watch_hub_destroy(s->watch); /* after the streams (client server) and the applier (node) */
+    auth_tokens_free(s->tokens); /* after everything that asks who a caller is */
     kv_store_close(s->store);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->peer_set_mu);

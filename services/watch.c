@@ -17,6 +17,7 @@
 
 #include "raft/node/node.h"
 #include "rpc/rpc.h"
+#include "services/auth_token.h"
 #include "services/kvstore/kv_auth.h"
 #include "services/kvstore/kv_store.h"
 
@@ -1029,11 +1030,12 @@ static bool watch_refused(struct watch_hub *h, struct wstream *st, const struct 
     struct kv_auth *a = kv_store_auth_get(h->cfg.store);
     bool refused = false;
     if (kv_auth_enabled(a)) {
-        struct rpc_peer id;
-        const char *user = rpc_stream_peer_identity(st->rs, &id) == 0 ? id.cn : NULL;
+        char buf[RPC_PEER_NAME_MAX];
+        const char *user;
         const Etcdserverpb__WatchCreateRequest *c = r->msg->create_request;
         struct kv_err err;
-        refused = kv_auth_check(a, user, c->key.data, c->key.len, c->range_end.data,
+        refused = auth_caller(h->cfg.tokens, a, NULL, st->rs, buf, sizeof buf, &user, &err) ||
+                  kv_auth_check(a, user, c->key.data, c->key.len, c->range_end.data,
                                 c->range_end.len, KV_AUTH_READ, &err) != 0;
     }
     kv_auth_unref(a);

@@ -85,6 +85,8 @@ wait_up() {
 #   alice: role ra - READ prefix a/, READWRITE key a/rw, WRITE [w1, w3)
 #   bob:   role rb - READWRITE from m on (--from-key), READ key x
 #   carol: a user with no role; dave: a certificate without a user.
+#   erin: role ra, with the password pw (etcdctl --user: Authenticate, then a simple token that
+#   takes precedence over the certificate, as in etcd).
 setup() {
     ctl root put a/1 one >/dev/null && ctl root put secret s >/dev/null &&
     ctl root put w1 x >/dev/null &&
@@ -98,6 +100,7 @@ setup() {
     ctl root role grant-permission rb readwrite m --from-key >/dev/null &&
     ctl root role grant-permission rb read x >/dev/null &&
     ctl root user grant-role alice ra >/dev/null && ctl root user grant-role bob rb >/dev/null &&
+    ctl root user add erin:pw >/dev/null && ctl root user grant-role erin ra >/dev/null &&
     ctl root auth enable >/dev/null
 }
 
@@ -157,6 +160,11 @@ deny  - alice   user grant-role alice rb
 deny  - alice   auth disable
 allow - root    role list
 deny  allow root role grant-permission ra read b a
+allow - dave    --user erin:pw get a/1
+deny  - dave    --user erin:bad get a/1
+deny  - dave    --user alice:x get a/1
+deny  - root    --user erin:pw put k v
+allow - root    --user erin:pw get a/1
 EOF
 )
 
@@ -196,7 +204,7 @@ run_row() {
     rc=$?
     if [ $rc -eq 0 ]; then
         echo allow
-    elif grep -qE "permission denied|user name not found|user name is empty|invalid auth management" <<<"$out"; then
+    elif grep -qE "permission denied|user name not found|user name is empty|invalid auth management|authentication failed" <<<"$out"; then
         echo deny
     else
         echo "error: $(tr '\n' ' ' <<<"$out" | cut -c1-200)"
@@ -219,6 +227,11 @@ run_table() { # system name; EP set
         fi
     done <<<"$TABLE"
     echo "$sys: $n rows"
+    # A new password: the old one fails from now on, the new one works.
+    printf 'pw2\n' | ctl root user passwd erin --interactive=false >/dev/null || bad "$sys: passwd"
+    [ "$(run_row dave --user erin:pw get a/1)" = deny ] &&
+        [ "$(run_row dave --user erin:pw2 get a/1)" = allow ] &&
+        ok "$sys: a changed password" || bad "$sys: a changed password"
 }
 
 # ---- real etcd --------------------------------------------------------------------------------

@@ -544,6 +544,7 @@ static const struct method client_methods[] = {
     {"/etcdserverpb.Auth/UserList", false},
     {"/etcdserverpb.Auth/RoleGet", false},
     {"/etcdserverpb.Auth/RoleList", false},
+    {"/etcdserverpb.Auth/Authenticate", false},
     {"/craft.node.Node/Status", false},
 };
 

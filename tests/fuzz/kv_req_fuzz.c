@@ -344,6 +344,7 @@ static const struct {
     {&etcdserverpb__auth_user_list_request__descriptor, 0},
     {&etcdserverpb__auth_role_get_request__descriptor, 0},
     {&etcdserverpb__auth_role_list_request__descriptor, 0},
+    {&etcdserverpb__authenticate_request__descriptor, 0},
 };
 #define N_AUTH_REQS (sizeof auth_reqs / sizeof auth_reqs[0])
 
@@ -419,10 +420,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 6: peer_member(m, n, param % 2); break;
     case 7: member_reply(m, n, MEMBER_REQ_ADD + (int)(param % 4)); break;
     default: { /* Maintenance.Status, Maintenance.Snapshot, Cluster.MemberList; LeaseGrant;
-                  parameter 13 and above: the Auth requests */
-        if (param >= 13) {
-            if (param - 13 < N_AUTH_REQS)
-                auth_req(param - 13, m, n);
+                  parameter 12 and above: the Auth requests */
+        if (param >= 12) {
+            if (param - 12 < N_AUTH_REQS)
+                auth_req(param - 12, m, n);
             break;
         }
         static const ProtobufCMessageDescriptor *const d[] = {
