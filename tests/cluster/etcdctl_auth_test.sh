@@ -282,16 +282,37 @@ until [ "$(run_row alice get a/1 --consistency=s)" = allow ] || [ $SECONDS -ge $
 
 # Through a snapshot: member 3 down while the others compact their logs past what it has; the
 # role change it missed reaches it only in the snapshot.
+EP="https://127.0.0.1:${cport[2]}"
+n3_index=$(ctl root endpoint status -w json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["raftIndex"])')
 kill -9 "${pids[2]}"
 wait "${pids[2]}" 2>/dev/null
 EP="https://127.0.0.1:${cport[0]}"
 ctl root user grant-role carol ra >/dev/null || bad "grant-role carol"
 for k in $(seq 1 120); do ctl root put "fill$k" v >/dev/null || { bad "fill put"; break; }; done
+# Snapshots are taken in the background: wait (bounded) until both others have one past what
+# n3 has plus --snapshot-catchup-entries, so their logs no longer hold what it needs.
+newest_snap() { # member index: the index of its newest snapshot file, 0 if none
+    local best=0 f i
+    for f in "$dir/${names[$1]}"/snap/*.snap; do
+        [ -e "$f" ] || continue
+        i=$((16#$(basename "$f" .snap | cut -d- -f2)))
+        [ "$i" -gt "$best" ] && best=$i
+    done
+    echo "$best"
+}
+deadline=$((SECONDS + 30))
+until [ "$(newest_snap 0)" -gt $((n3_index + 10)) ] && [ "$(newest_snap 1)" -gt $((n3_index + 10)) ] ||
+    [ $SECONDS -ge $deadline ]; do sleep 0.1; done
+[ "$(newest_snap 0)" -gt $((n3_index + 10)) ] && [ "$(newest_snap 1)" -gt $((n3_index + 10)) ] ||
+    bad "craft: no snapshot past n3's index $n3_index in 30 s ($(newest_snap 0), $(newest_snap 1))"
 start 2
 EP="https://127.0.0.1:${cport[2]}"
 deadline=$((SECONDS + 30))
 until [ "$(run_row carol get a/1 --consistency=s)" = allow ] || [ $SECONDS -ge $deadline ]; do sleep 0.2; done
-if grep -q "installed snapshot" "$dir/n3.log"; then ok "craft: n3 caught up by a snapshot"; else bad "craft: n3 got no snapshot"; fi
+deadline=$((SECONDS + 10))
+until grep -q "installed snapshot" "$dir/n3.log" || [ $SECONDS -ge $deadline ]; do sleep 0.1; done
+if grep -q "installed snapshot" "$dir/n3.log"; then ok "craft: n3 caught up by a snapshot"; else
+    bad "craft: n3 got no snapshot (n3 at $n3_index, snapshots at $(newest_snap 0), $(newest_snap 1))"; fi
 [ "$(run_row carol get a/1 --consistency=s)" = allow ] &&
     [ "$(run_row carol get secret --consistency=s)" = deny ] &&
     [ "$(run_row dave get a/1 --consistency=s)" = deny ] &&
