@@ -144,6 +144,8 @@ deny  - alice   watch a --prefix
 allow - alice   lease grant 60
 deny  - alice   lease-revoke-root-key
 allow - root    lease-revoke-root-key
+deny  - alice   put-on-root-lease
+allow - root    put-on-root-lease
 deny  - alice   snapshot save
 deny  - alice   member add x --peer-urls=https://127.0.0.1:1
 allow - alice   member list
@@ -191,6 +193,11 @@ run_row() {
         id=$(ctl root lease grant 600 | awk '{print $2}')
         ctl root put a/lk v --lease="$id" >/dev/null
         out=$(ctl "$u" lease revoke "$id" 2>&1) ;;
+    put-on-root-lease) # a lease whose keys the user may not write cannot take more (etcd)
+        local id
+        id=$(ctl root lease grant 600 | awk '{print $2}')
+        ctl root put secret2 v --lease="$id" >/dev/null
+        out=$(ctl "$u" put a/rw v --lease="$id" 2>&1) ;;
     snapshot)
         out=$(ctl "$u" snapshot save "$dir/snap.$RANDOM" 2>&1) ;;
     compaction)
@@ -254,9 +261,15 @@ EP="https://127.0.0.1:${cport[0]}"
 wait_up || { bad "craft did not start"; tail -5 "$dir"/n*.log; exit 1; }
 setup || bad "craft: setup"
 run_table craft
-EP="https://127.0.0.1:${cport[1]}"
-[ "$(run_row alice get a/1)" = allow ] && ok "craft: another member enforces the same" ||
-    bad "craft: member 2 differs"
+# Writes through every member: two of them are followers that forward to the leader, and the
+# leader must judge the ORIGINAL client, not the member that forwarded it.
+for i in 0 1 2; do
+    EP="https://127.0.0.1:${cport[$i]}"
+    [ "$(run_row alice get a/1)" = allow ] && [ "$(run_row alice put a/rw v)" = allow ] &&
+        [ "$(run_row alice put a/1 v)" = deny ] && [ "$(run_row root put a/1 v)" = allow ] &&
+        ok "craft: ${names[$i]} enforces the same, writes included" ||
+        bad "craft: ${names[$i]} differs"
+done
 
 # A role change takes effect for the next request, on every member.
 EP="https://127.0.0.1:${cport[0]}"
