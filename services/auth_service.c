@@ -15,7 +15,7 @@
 #define SALT_LEN 16
 #define KEY_LEN 32
 
-/* ---- passwords ------------------------------------------------------------------------------ */
+/* ---- passwords ------------------------------------------------------------------------------- */
 
 static void hex(const uint8_t *p, size_t n, char *out)
 {
@@ -67,7 +67,7 @@ bool auth_check_password(const char *password, const char *hash)
     return CRYPTO_memcmp(got, want, KEY_LEN) == 0;
 }
 
-/* ---- changes: auth log commands --------------------------------------------------------------- */
+/* ---- changes: auth log commands -------------------------------------------------------------- */
 
 struct write_method {
     const char *name;
@@ -272,7 +272,7 @@ static void handle_read(struct rpc_call *call, const ProtobufCMessage *m, void *
     kv_service_read_barrier(mc->kv, call, on_readable, o);
 }
 
-/* ---- Authenticate: a password for a simple token ----------------------------------------------- */
+/* ---- Authenticate: a password for a simple token --------------------------------------------- */
 
 /* Checked against this member's applied state, in the gRPC thread (the hash costs tens of
  * milliseconds on purpose; etcd runs bcrypt in the request's goroutine too). */
@@ -312,7 +312,7 @@ static void handle_authenticate(struct rpc_call *call, const ProtobufCMessage *m
     OPENSSL_cleanse(token, sizeof token);
 }
 
-/* ---- registration ------------------------------------------------------------------------------ */
+/* ---- registration ---------------------------------------------------------------------------- */
 
 static const struct {
     const char *name;

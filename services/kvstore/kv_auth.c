@@ -381,7 +381,8 @@ static int user_add(struct draft *d, const Etcdserverpb__AuthUserAddRequest *r)
     if (!r->name[0])
         return fail(d, KV_CODE_INVALID_ARGUMENT, KV_ERR_USER_EMPTY);
     if (!str_name_ok(r->name))
-        return fail(d, KV_CODE_INVALID_ARGUMENT, "craft: user name is too long (at most 256 bytes)");
+        return fail(d, KV_CODE_INVALID_ARGUMENT,
+                    "craft: user name is too long (at most 256 bytes)");
     if (strlen(r->password) > KV_AUTH_MAX_HASH)
         return fail(d, KV_CODE_INVALID_ARGUMENT, "craft: password hash is too long");
     bool found;
@@ -497,7 +498,8 @@ static int role_add(struct draft *d, const char *name)
     if (!name[0])
         return fail(d, KV_CODE_INVALID_ARGUMENT, KV_ERR_ROLE_EMPTY);
     if (!str_name_ok(name))
-        return fail(d, KV_CODE_INVALID_ARGUMENT, "craft: role name is too long (at most 256 bytes)");
+        return fail(d, KV_CODE_INVALID_ARGUMENT,
+                    "craft: role name is too long (at most 256 bytes)");
     bool found;
     size_t i = find_role(d->st.roles, d->st.n_roles, name, strlen(name), &found);
     if (found)
