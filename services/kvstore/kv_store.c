@@ -3325,8 +3325,18 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
         goto out;
     }
     /* Version 4: the history, in the order of the writes (the latest state follows from it),
-     * then the leases, then the auth state. */
-    st.version = 4;
+     * then the leases, then the auth state. A store that never had an auth command writes
+     * version 3 (the same records, no auth record), which members of older builds still read:
+     * a rolling upgrade can send them snapshots until auth is first used. */
+    MDB_val ak = {strlen(META_AUTH), META_AUTH}, av = {0, NULL};
+    lrc = mdb_get(txn, s->meta, &ak, &av);
+    if (lrc && lrc != MDB_NOTFOUND) {
+        rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
+                          mdb_strerror(lrc));
+        goto out;
+    }
+    bool has_auth = lrc == 0 && av.mv_size > 0;
+    st.version = has_auth ? 4 : 3;
     rc = kv_snap_enc_header(e, &st);
     uint64_t n = 0;
     MDB_val k, v;
@@ -3364,14 +3374,8 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
                                    (int64_t)kv_le_get64((const uint8_t *)v.mv_data + 8));
         }
     }
-    if (rc == 0 && lrc == MDB_NOTFOUND) {
-        MDB_val ak = {strlen(META_AUTH), META_AUTH}, av;
-        lrc = mdb_get(txn, s->meta, &ak, &av);
-        if (lrc == 0 && av.mv_size)
-            rc = kv_snap_enc_auth(e, av.mv_data, av.mv_size);
-        if (lrc == 0)
-            lrc = MDB_NOTFOUND;
-    }
+    if (rc == 0 && lrc == MDB_NOTFOUND && has_auth)
+        rc = kv_snap_enc_auth(e, av.mv_data, av.mv_size); /* av: same read transaction */
     if (rc == 0 && lrc != MDB_NOTFOUND) {
         rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
                           mdb_strerror(lrc));

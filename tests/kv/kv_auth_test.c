@@ -442,13 +442,14 @@ Test(kv_auth, store_applies_keeps_across_restart_and_snapshot)
                      r->code, r->message);
         craft__kv__result__free_unpacked(r, NULL);
     }
-    /* a payload without an auth record (a store that never had one) restores to the empty
-     * auth state, replacing the one the store had */
+    /* a store that never had an auth command writes version 3 (older builds read it), which
+     * restores to the empty auth state, replacing the one the store had */
     struct kvt v;
     kvt_open(&v, NULL);
     kvt_put_ok(&v, "k", "v");
     struct kvt_buf b3 = {0};
     kvt_snapshot(&v, &b3, &index, &term);
+    cr_assert_eq(b3.data[8], 3, "a store without auth writes payload version %d", b3.data[8]);
     cr_assert_eq(kvt_restore(&u, b3.data, b3.len, index, term, err, sizeof err), 0, "%s", err);
     a = kv_store_auth_get(u.s);
     cr_assert_not(kv_auth_enabled(a));
