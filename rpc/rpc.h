@@ -260,6 +260,11 @@ struct rpc_peer {
 /* 0, RPC_ENOIDENT (insecure: no verified certificate) or RPC_ECLOSED (the call is gone). */
 int rpc_call_peer_identity(struct rpc_call *call, struct rpc_peer *out);
 int rpc_stream_peer_identity(struct rpc_stream *s, struct rpc_peer *out);
+/* The value of the client's request metadata `key` (lower case, as gRPC keeps it), e.g. etcd's
+ * "token": 1 with out[outlen] filled (NUL-terminated), 0 when absent, RPC_EINVAL when it does
+ * not fit in outlen - 1 bytes, RPC_ECLOSED when the call is gone. */
+int rpc_call_metadata(struct rpc_call *call, const char *key, char *out, size_t outlen);
+int rpc_stream_metadata(struct rpc_stream *s, const char *key, char *out, size_t outlen);
 
 /* Queue one message on a server stream; messages go out in rpc_stream_send order, whatever
  * the calling threads. Never blocks: RPC_EFULL when stream_queue messages are already

@@ -322,6 +322,41 @@ int rpc_stream_peer_identity(struct rpc_stream *s, struct rpc_peer *out)
     return peer_identity(S2C(s), out);
 }
 
+static int call_metadata(struct rpc_call *c, const char *key, char *out, size_t outlen)
+{
+    pthread_mutex_lock(&c->mu);
+    int rc = RPC_ECLOSED;
+    if (c->grpc_holds) {
+        rc = 0;
+        size_t klen = strlen(key);
+        for (size_t i = 0; i < c->md.count && rc == 0; i++) {
+            grpc_slice k = c->md.metadata[i].key, v = c->md.metadata[i].value;
+            if (GRPC_SLICE_LENGTH(k) != klen || memcmp(GRPC_SLICE_START_PTR(k), key, klen) != 0)
+                continue;
+            size_t n = GRPC_SLICE_LENGTH(v);
+            if (n >= outlen) {
+                rc = RPC_EINVAL;
+                break;
+            }
+            memcpy(out, GRPC_SLICE_START_PTR(v), n);
+            out[n] = 0;
+            rc = 1;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+int rpc_call_metadata(struct rpc_call *call, const char *key, char *out, size_t outlen)
+{
+    return call_metadata(call, key, out, outlen);
+}
+
+int rpc_stream_metadata(struct rpc_stream *s, const char *key, char *out, size_t outlen)
+{
+    return call_metadata(S2C(s), key, out, outlen);
+}
+
 /* ---- unary receive ------------------------------------------------------------------ */
 
 static void on_unary_recv(struct rpc_tag *t, bool ok)

@@ -995,6 +995,14 @@ static void handle_change(struct rpc_call *call, const uint8_t *data, size_t len
 {
     if (refuse_learner(a, call))
         return;
+    if (a->cfg.admin) {
+        char msg[160];
+        int code = a->cfg.admin(a->cfg.admin_arg, call, NULL, msg, sizeof msg);
+        if (code) {
+            rpc_call_fail(call, (grpc_status_code)code, msg);
+            return;
+        }
+    }
     ProtobufCMessage *m = rpc_msg_unpack(member_req_desc(method), data, len);
     if (!m) {
         rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, ERR_UNMARSHAL);

@@ -89,6 +89,12 @@ struct cluster_api_config {
     const atomic_bool *learner;    /* true while this member is a learner: every method is
                                       refused with "etcdserver: rpc not supported for learner"
                                       (etcd 3.4); NULL = never */
+    /* Auth (docs/auth.md): MemberAdd/Remove/Update/Promote need the root role, as in etcd.
+     * admin(arg, call, NULL, ...) returns 0 when the caller may, else the gRPC code with etcd's
+     * message in msg. NULL = no check. */
+    int (*admin)(void *arg, struct rpc_call *call, struct rpc_stream *st, char *msg,
+                 size_t msglen);
+    void *admin_arg;
 };
 
 struct cluster_api;

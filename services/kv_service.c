@@ -11,6 +11,8 @@
 #include "services/cluster_api.h"
 #include "services/forward.h"
 #include "services/kv_req.h"
+#include "services/auth_token.h"
+#include "services/kvstore/kv_auth.h"
 #include "services/kvstore/kv_cmd.h"
 #include "services/maint_snapshot.h"
 #include "services/node_gate.h"
@@ -61,6 +63,7 @@ enum op_kind {
     OP_RANGE = KV_REQ_RANGE,
     OP_LEASE_GRANT = KV_REQ_LEASE_GRANT,
     OP_LEASE_REVOKE = KV_REQ_LEASE_REVOKE,
+    OP_AUTH, /* an auth management command: answered with an empty response of auth_resp */
 };
 
 /* One client call waiting for the log or for a read index. */
@@ -72,6 +75,7 @@ struct op {
     size_t cmd_len;
     ProtobufCMessage *req; /* reads: the decoded request, freed with the op */
     int64_t physical_rev;  /* Compact with physical=true: its revision (else 0) */
+    const ProtobufCMessageDescriptor *auth_resp; /* OP_AUTH: the response's type */
 };
 
 static void op_free(struct op *o)
@@ -130,6 +134,59 @@ static void fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
     h->cluster_id = s->cluster_id;
     h->member_id = s->cfg.self_id;
     h->raft_term = raft_node_term(s->cfg.node); /* every reply: no node lock (node.h) */
+}
+
+/* ---- auth (docs/auth.md) ---------------------------------------------------------------- */
+
+/* cluster_api's and maint_snapshot's admin check: the root role (etcd's IsAdminPermitted). */
+static int auth_admin(void *arg, struct rpc_call *call, struct rpc_stream *st, char *msg,
+                      size_t msglen)
+{
+    struct kv_service *s = arg;
+    struct kv_auth *a = kv_store_auth_get(s->cfg.store);
+    struct kv_err err;
+    char buf[RPC_PEER_NAME_MAX];
+    const char *user;
+    int rc = auth_caller(s->cfg.tokens, a, call, st, buf, sizeof buf, &user, &err);
+    if (rc == 0)
+        rc = kv_auth_check_admin(a, user, &err);
+    kv_auth_unref(a);
+    if (rc == 0)
+        return 0;
+    snprintf(msg, msglen, "%s", err.msg);
+    return err.code;
+}
+
+int kv_service_caller(struct kv_service *s, const struct kv_auth *a, struct rpc_call *call,
+                      char *buf, size_t buflen, const char **user)
+{
+    struct kv_err err;
+    if (auth_caller(s->cfg.tokens, a, call, NULL, buf, buflen, user, &err) == 0)
+        return 0;
+    fail(call, err.code, err.msg);
+    return -1;
+}
+
+/* A read's check, on this member's auth state after its read index (or at once when
+ * serializable): true when refused (the call answered). */
+static bool refuse_read(struct op *o)
+{
+    struct kv_auth *a = kv_store_auth_get(o->s->cfg.store);
+    int rc = 0;
+    struct kv_err err;
+    char buf[RPC_PEER_NAME_MAX];
+    const char *user;
+    if (kv_auth_enabled(a) &&
+        (rc = auth_caller(o->s->cfg.tokens, a, o->call, NULL, buf, sizeof buf, &user, &err)) == 0) {
+        rc = o->kind == OP_RANGE
+                 ? kv_auth_check_range_req(a, user, (const Etcdserverpb__RangeRequest *)o->req,
+                                           &err)
+                 : kv_auth_check_txn(a, user, (const Etcdserverpb__TxnRequest *)o->req, &err);
+    }
+    kv_auth_unref(a);
+    if (rc)
+        fail(o->call, err.code, err.msg);
+    return rc != 0;
 }
 
 /* ---- writes --------------------------------------------------------------------------- */
@@ -224,8 +281,42 @@ static bool reply_physical(struct op *o, const uint8_t *data, size_t len)
 }
 
 /* Answers the client from an applied entry's result (a packed craft.kv.Result). */
+/* An auth command's result: etcd's error, or the empty response of its type with a header. */
+static void reply_auth(struct op *o, const uint8_t *data, size_t len)
+{
+    Craft__Kv__Result *r = kv_result_decode(data, len);
+    if (!r || r->code) {
+        fail(o->call, r ? (int)r->code : GRPC_STATUS_INTERNAL,
+             r ? r->message : "craft: undecodable result");
+        if (r)
+            craft__kv__result__free_unpacked(r, NULL);
+        return;
+    }
+    Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT;
+    h.revision = r->revision;
+    fill_header(o->s, &h);
+    craft__kv__result__free_unpacked(r, NULL);
+    /* Every Auth write response is {ResponseHeader header = 1;}: set it by its descriptor. */
+    uint64_t buf[64];
+    ProtobufCMessage *m = (ProtobufCMessage *)buf;
+    if (o->auth_resp->sizeof_message > sizeof buf) {
+        fail(o->call, GRPC_STATUS_INTERNAL, "craft: response too large");
+        return;
+    }
+    protobuf_c_message_init(o->auth_resp, m);
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(o->auth_resp, "header");
+    if (f)
+        *(Etcdserverpb__ResponseHeader **)((char *)m + f->offset) = &h;
+    rpc_call_reply_msg(o->call, m);
+}
+
 static void reply_result(struct op *o, const uint8_t *data, size_t len)
 {
+    if (o->kind == OP_AUTH) {
+        reply_auth(o, data, len);
+        return;
+    }
     Craft__Kv__Result *r;
     ProtobufCMessage *resp;
     Etcdserverpb__ResponseHeader **hp;
@@ -310,7 +401,8 @@ static bool over_quota(struct kv_service *s, enum op_kind kind, size_t len)
 
 /* Takes ownership of cmd. */
 static void write_start(struct kv_service *s, struct rpc_call *call, enum op_kind kind,
-                        uint8_t *cmd, size_t len, int64_t physical_rev)
+                        uint8_t *cmd, size_t len, int64_t physical_rev,
+                        const ProtobufCMessageDescriptor *auth_resp)
 {
     if (len > s->cfg.max_request_bytes) {
         free(cmd);
@@ -322,13 +414,25 @@ static void write_start(struct kv_service *s, struct rpc_call *call, enum op_kin
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, KV_ERR_NO_SPACE);
         return;
     }
+    /* Who asked goes into the command: apply checks it against the auth state at its place in
+     * the log, on every member alike, and forwarding carries it to the leader unchanged. */
+    char buf[RPC_PEER_NAME_MAX];
+    const char *user;
+    struct kv_auth *a = kv_store_auth_get(s->cfg.store);
+    int who = kv_service_caller(s, a, call, buf, sizeof buf, &user);
+    kv_auth_unref(a);
+    if (who) {
+        free(cmd);
+        return;
+    }
     struct op *o = calloc(1, sizeof *o);
-    if (!o) {
+    if (!o || kv_cmd_set_user(&cmd, &len, user)) {
+        free(o);
         free(cmd);
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    *o = (struct op){s, call, kind, cmd, len, NULL, physical_rev};
+    *o = (struct op){s, call, kind, cmd, len, NULL, physical_rev, auth_resp};
     uint64_t leader = 0;
     int rc = raft_node_propose(s->cfg.node, cmd, len, (int)s->cfg.timeout_ms, on_applied, o,
                                &leader);
@@ -356,7 +460,7 @@ static void write_request(struct kv_service *s, struct rpc_call *call, enum op_k
         fail(call, err.code, err.msg);
         return;
     }
-    write_start(s, call, kind, cmd, len, physical_rev);
+    write_start(s, call, kind, cmd, len, physical_rev, NULL);
 }
 
 static void handle_put(struct rpc_call *call, const ProtobufCMessage *m, void *ctx)
@@ -381,8 +485,65 @@ void kv_service_lease_write(struct kv_service *s, struct rpc_call *call, bool re
         free(cmd);
         return;
     }
-    write_start(s, call, revoke ? OP_LEASE_REVOKE : OP_LEASE_GRANT, cmd, len, 0);
+    write_start(s, call, revoke ? OP_LEASE_REVOKE : OP_LEASE_GRANT, cmd, len, 0, NULL);
 }
+
+void kv_service_auth_write(struct kv_service *s, struct rpc_call *call,
+                           const ProtobufCMessageDescriptor *resp, uint8_t *cmd, size_t len)
+{
+    if (refuse_learner(s, call)) {
+        free(cmd);
+        return;
+    }
+    write_start(s, call, OP_AUTH, cmd, len, 0, resp);
+}
+
+void kv_service_fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h)
+{
+    fill_header(s, h);
+}
+
+struct barrier {
+    void (*fn)(void *arg, bool ok);
+    void *arg;
+    struct rpc_call *call;
+};
+
+static void on_barrier(void *arg, int err, uint64_t index)
+{
+    (void)index;
+    struct barrier *b = arg;
+    if (err)
+        fail_node(b->call, err);
+    b->fn(b->arg, err == 0);
+    free(b);
+}
+
+void kv_service_read_barrier(struct kv_service *s, struct rpc_call *call,
+                             void (*fn)(void *arg, bool ok), void *arg)
+{
+    if (refuse_learner(s, call)) {
+        fn(arg, false);
+        return;
+    }
+    struct barrier *b = malloc(sizeof *b);
+    if (!b) {
+        fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        fn(arg, false);
+        return;
+    }
+    *b = (struct barrier){fn, arg, call};
+    int rc = raft_node_read_index(s->cfg.node, (int)s->cfg.timeout_ms, on_barrier, b);
+    if (rc != 0) {
+        fail_node(call, rc);
+        fn(arg, false);
+        free(b);
+    }
+}
+
+struct kv_store *kv_service_store(struct kv_service *s) { return s->cfg.store; }
+
+struct auth_tokens *kv_service_tokens(struct kv_service *s) { return s->cfg.tokens; }
 
 bool kv_service_is_learner(struct kv_service *s)
 {
@@ -394,6 +555,8 @@ bool kv_service_is_learner(struct kv_service *s)
 static void serve_read(struct op *o)
 {
     struct kv_service *s = o->s;
+    if (refuse_read(o))
+        return;
     struct kv_err err;
     Etcdserverpb__ResponseHeader h = ETCDSERVERPB__RESPONSE_HEADER__INIT, *orig;
     if (o->kind == OP_RANGE) {
@@ -447,7 +610,7 @@ static void read_start(struct kv_service *s, struct rpc_call *call, enum op_kind
         fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    *o = (struct op){s, call, kind == OP_RANGE ? OP_RANGE : OP_TXN, NULL, 0, req, 0};
+    *o = (struct op){s, call, kind == OP_RANGE ? OP_RANGE : OP_TXN, NULL, 0, req, 0, NULL};
     if (serializable) {
         serve_read(o);
         op_free(o);
@@ -494,7 +657,7 @@ static void handle_txn(struct rpc_call *call, const uint8_t *data, size_t len, v
         read_start(s, call, OP_TXN, &r->base, false);
         return;
     }
-    write_start(s, call, OP_TXN, cmd, clen, 0);
+    write_start(s, call, OP_TXN, cmd, clen, 0, NULL);
 }
 
 /* ---- Maintenance.Status (Cluster and MoveLeader: cluster_api.c) ---------------------------- */
@@ -609,6 +772,8 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     };
     s->fwd = fwd_create(&fc);
     struct cluster_api_config ac = {
+        .admin = auth_admin,
+        .admin_arg = s,
         .node = cfg->node,
         .peer = cfg->peer,
         .gate = &s->gate,
@@ -634,6 +799,8 @@ struct kv_service *kv_service_create(const struct kv_service_config *cfg)
     s->snap.cluster_id = s->cluster_id;
     s->snap.member_id = cfg->self_id;
     s->snap.learner = &s->learner;
+    s->snap.admin = auth_admin;
+    s->snap.admin_arg = s;
     return s;
 }
 

@@ -52,6 +52,8 @@
 /* The etcd API level craft serves, reported by Maintenance.Status (etcdctl endpoint status). */
 #define KV_SERVICE_VERSION "3.4.0"
 
+struct auth_tokens;
+
 struct kv_service_config {
     struct raft_node *node;
     struct kv_store *store;
@@ -72,6 +74,7 @@ struct kv_service_config {
     unsigned max_learners;         /* learners at once; 0 = CLUSTER_API_DEFAULT_MAX_LEARNERS (1,
                                       etcd's) */
     bool no_strict_reconfig_check; /* etcd's --strict-reconfig-check=false */
+    struct auth_tokens *tokens;    /* Authenticate's tokens (auth_token.h); NULL = none */
 };
 
 struct kv_service;
@@ -87,6 +90,29 @@ int kv_service_register_peer(struct kv_service *s, struct rpc_server *peer_srv);
  * entry's result (LeaseGrantResponse / LeaseRevokeResponse with this member's header). */
 void kv_service_lease_write(struct kv_service *s, struct rpc_call *call, bool revoke,
                             uint8_t *cmd, size_t len);
+/* ---- Auth (services/auth_service.h, docs/auth.md) ----
+ * Every write carries the caller's identity (its certificate's CN) into the log, where apply
+ * checks it against the auth state at that point (kv_store.h "Auth"); reads are checked on this
+ * member's auth state after their read index (serializable ones at once). */
+/* An auth log command (cmd, malloc'd, taken) goes the way of every write; call is answered with
+ * the empty response of type resp (every Auth write response is just a header) or the result's
+ * error. */
+void kv_service_auth_write(struct kv_service *s, struct rpc_call *call,
+                           const ProtobufCMessageDescriptor *resp, uint8_t *cmd, size_t len);
+/* Calls fn(arg, true) once this member has applied everything committed when it was called
+ * (a ReadIndex), or fn(arg, false) after failing call with the node's error. */
+void kv_service_read_barrier(struct kv_service *s, struct rpc_call *call,
+                             void (*fn)(void *arg, bool ok), void *arg);
+/* Who the caller of call is, in auth state a (auth_token.h auth_caller: a token, else the
+ * certificate's CN): 0 with *user (NULL = no identity) pointing into buf, or -1 after failing
+ * call with "invalid auth token". */
+struct kv_auth;
+int kv_service_caller(struct kv_service *s, const struct kv_auth *a, struct rpc_call *call,
+                      char *buf, size_t buflen, const char **user);
+/* The member's simple tokens (auth_token.h), for Authenticate; may be NULL. */
+struct auth_tokens *kv_service_tokens(struct kv_service *s);
+void kv_service_fill_header(struct kv_service *s, Etcdserverpb__ResponseHeader *h);
+struct kv_store *kv_service_store(struct kv_service *s);
 /* Whether this member is served as a learner now (kv_service_set_learner). */
 bool kv_service_is_learner(struct kv_service *s);
 /* The member table in force changed (the node's on_conf, decoded): forwarding follows it. Any

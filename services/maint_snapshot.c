@@ -115,6 +115,14 @@ static void on_message(struct rpc_stream *st, const uint8_t *data, size_t len, v
         finish(st, ss, GRPC_STATUS_UNAVAILABLE, "etcdserver: rpc not supported for learner");
         return;
     }
+    if (ss->ms->admin) {
+        char msg[160];
+        int code = ss->ms->admin(ss->ms->admin_arg, NULL, st, msg, sizeof msg);
+        if (code) {
+            finish(st, ss, (grpc_status_code)code, msg);
+            return;
+        }
+    }
     if (atomic_fetch_add(&ss->ms->active, 1) >= MAINT_SNAPSHOT_MAX_STREAMS) {
         atomic_fetch_sub(&ss->ms->active, 1);
         finish(st, ss, GRPC_STATUS_RESOURCE_EXHAUSTED, "snapshot: another one is being taken");

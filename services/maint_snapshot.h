@@ -36,6 +36,10 @@ struct maint_snapshot {
     const _Atomic _Bool *learner; /* while true: refused, as etcd 3.4 refuses a learner's
                                      streams ("etcdserver: rpc not supported for learner");
                                      NULL = never */
+    /* Auth (docs/auth.md): the root role is needed, as in etcd; see cluster_api.h's admin. */
+    int (*admin)(void *arg, struct rpc_call *call, struct rpc_stream *st, char *msg,
+                 size_t msglen);
+    void *admin_arg;
 };
 
 /* Registers /etcdserverpb.Maintenance/Snapshot on srv. 0 or -1. */

@@ -15,6 +15,8 @@
 
 #include "log/log.h"
 #include "rpc/rpc.h"
+#include "services/auth_service.h"
+#include "services/auth_token.h"
 #include "services/autocompact.h"
 #include "services/cert_expiry.h"
 #include "services/kv_service.h"
@@ -36,6 +38,8 @@ struct craft_server {
     struct kv_service *kv;    /* set under mu once created (on_conf may run before) */
     struct watch_hub *watch;  /* etcd's Watch, fed by the store's commit hook */
     struct lease_service *lease; /* etcd's Lease, fed by the store's lease hook */
+    struct auth_service *auth;   /* etcd's Auth */
+    struct auth_tokens *tokens;  /* Authenticate's simple tokens */
     struct peer *peer;
     struct raft_node *node;
     struct rpc_server *peer_srv, *client_srv;
@@ -862,8 +866,14 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         }
     }
 
+    s->tokens = auth_tokens_new();
+    if (!s->tokens) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     /* The store's commit hook must be set before the node applies anything (replay too). */
     struct watch_config wc = {
+        .tokens = s->tokens,
         .store = s->store,
         .cluster_id = cfg->cluster.id,
         .member_id = cfg->self_id,
@@ -951,6 +961,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         goto fail;
     }
     struct kv_service_config kc = {
+        .tokens = s->tokens,
         .node = s->node,
         .store = s->store,
         .peer = s->peer,
@@ -976,6 +987,7 @@ struct craft_server *craft_server_start(const struct craftd_config *cfg, char *e
         watch_hub_register(s->watch, s->client_srv, s->node) != 0 ||
         kv_service_register_peer(s->kv, s->peer_srv) != 0 ||
         lease_service_register(s->lease, s->client_srv, s->peer_srv) != 0 ||
+        !(s->auth = auth_service_register(s->kv, s->client_srv)) ||
         lease_service_start(s->lease, s->node, s->kv, s->peer) != 0) {
         snprintf(err, errlen, "cannot set up the KV service");
         goto fail;
@@ -1038,8 +1050,10 @@ void craft_server_stop(struct craft_server *s)
         rpc_server_shutdown(s->peer_srv, 0);
     peer_destroy(s->peer);
     kv_service_destroy(s->kv);
+    auth_service_free(s->auth);
     lease_service_destroy(s->lease); /* after the node and the peer: their callbacks ran */
     watch_hub_destroy(s->watch); /* after the streams (client server) and the applier (node) */
+    auth_tokens_free(s->tokens); /* after everything that asks who a caller is */
     kv_store_close(s->store);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->peer_set_mu);

@@ -17,6 +17,8 @@
 
 #include "raft/node/node.h"
 #include "rpc/rpc.h"
+#include "services/auth_token.h"
+#include "services/kvstore/kv_auth.h"
 #include "services/kvstore/kv_store.h"
 
 #define HUB_PASS_EVENTS 4096  /* events per synced pass: bounds how long the pass holds mu */
@@ -1018,6 +1020,28 @@ static struct watcher *find_watcher(struct wstream *st, int64_t id)
     return NULL;
 }
 
+/* etcd's isWatchPermitted: with auth enabled, read permission on the request's key and
+ * range_end as sent, checked on this member's auth state when the watch is created (etcd checks
+ * then too; a later revocation does not end a watch). */
+static bool watch_refused(struct watch_hub *h, struct wstream *st, const struct watch_req *r)
+{
+    if (!h->cfg.store || !r->msg || !r->msg->create_request)
+        return false;
+    struct kv_auth *a = kv_store_auth_get(h->cfg.store);
+    bool refused = false;
+    if (kv_auth_enabled(a)) {
+        char buf[RPC_PEER_NAME_MAX];
+        const char *user;
+        const Etcdserverpb__WatchCreateRequest *c = r->msg->create_request;
+        struct kv_err err;
+        refused = auth_caller(h->cfg.tokens, a, NULL, st->rs, buf, sizeof buf, &user, &err) ||
+                  kv_auth_check(a, user, c->key.data, c->key.len, c->range_end.data,
+                                c->range_end.len, KV_AUTH_READ, &err) != 0;
+    }
+    kv_auth_unref(a);
+    return refused;
+}
+
 static void handle_create(struct watch_hub *h, struct wstream *st, const struct watch_req *r)
 {
     int64_t rev = atomic_load(&h->commit_rev);
@@ -1029,6 +1053,12 @@ static void handle_create(struct watch_hub *h, struct wstream *st, const struct 
     }
     if (st->n >= h->cfg.max_per_stream) {
         send_created(st, -1, true, ERR_TOO_MANY, rev);
+        return;
+    }
+    if (watch_refused(h, st, r)) {
+        /* etcd's answer: created and canceled, the reason being the gRPC error's text */
+        send_created(st, -1, true, "rpc error: code = PermissionDenied desc = "
+                     KV_ERR_PERMISSION_DENIED, rev);
         return;
     }
     int64_t id = r->watch_id;

@@ -74,6 +74,8 @@ typedef int (*watch_events_fn)(void *src, int64_t from_rev, size_t max_events, b
                                int64_t *next_rev, int64_t *cur_rev, int64_t *compact_rev,
                                struct kv_err *err);
 
+struct auth_tokens;
+
 struct watch_config {
     struct kv_store *store;       /* the source, unless events is set */
     uint64_t cluster_id, member_id;
@@ -86,6 +88,8 @@ struct watch_config {
                                    * this; 0 = default */
     uint64_t max_hub_bytes;       /* encoded events the hub holds for one revision; 0 = default */
     uint64_t progress_interval_ms; /* 0 = 10 minutes */
+    struct auth_tokens *tokens;   /* Authenticate's tokens (auth_token.h), for who a stream's
+                                     caller is; NULL = certificates only */
     /* Tests: another source than kv_store_events(store, ...), and no commit hook is set
      * (call watch_hub_notify). */
     watch_events_fn events;

@@ -204,6 +204,127 @@ int kv_cmd_encode_lease_checkpoint(const Etcdserverpb__LeaseCheckpointRequest *r
     return encode(&c, out, len);
 }
 
+int kv_cmd_encode_auth(Craft__Kv__Command__OpCase op, const ProtobufCMessage *req,
+                       const char *hash, uint8_t **out, size_t *len)
+{
+    /* Fresh messages with only the known fields, as for lease grants above. */
+    Craft__Kv__Command c = CRAFT__KV__COMMAND__INIT;
+    Etcdserverpb__AuthEnableRequest en = ETCDSERVERPB__AUTH_ENABLE_REQUEST__INIT;
+    Etcdserverpb__AuthDisableRequest dis = ETCDSERVERPB__AUTH_DISABLE_REQUEST__INIT;
+    Etcdserverpb__AuthUserAddRequest ua = ETCDSERVERPB__AUTH_USER_ADD_REQUEST__INIT;
+    Authpb__UserAddOptions uo = AUTHPB__USER_ADD_OPTIONS__INIT;
+    Etcdserverpb__AuthUserDeleteRequest ud = ETCDSERVERPB__AUTH_USER_DELETE_REQUEST__INIT;
+    Etcdserverpb__AuthUserChangePasswordRequest up =
+        ETCDSERVERPB__AUTH_USER_CHANGE_PASSWORD_REQUEST__INIT;
+    Etcdserverpb__AuthUserGrantRoleRequest ug = ETCDSERVERPB__AUTH_USER_GRANT_ROLE_REQUEST__INIT;
+    Etcdserverpb__AuthUserRevokeRoleRequest ur = ETCDSERVERPB__AUTH_USER_REVOKE_ROLE_REQUEST__INIT;
+    Etcdserverpb__AuthRoleAddRequest ra = ETCDSERVERPB__AUTH_ROLE_ADD_REQUEST__INIT;
+    Etcdserverpb__AuthRoleDeleteRequest rd = ETCDSERVERPB__AUTH_ROLE_DELETE_REQUEST__INIT;
+    Etcdserverpb__AuthRoleGrantPermissionRequest rg =
+        ETCDSERVERPB__AUTH_ROLE_GRANT_PERMISSION_REQUEST__INIT;
+    Authpb__Permission pm = AUTHPB__PERMISSION__INIT;
+    Etcdserverpb__AuthRoleRevokePermissionRequest rr =
+        ETCDSERVERPB__AUTH_ROLE_REVOKE_PERMISSION_REQUEST__INIT;
+    c.op_case = op;
+    switch (op) {
+    case CRAFT__KV__COMMAND__OP_AUTH_ENABLE:
+        c.auth_enable = &en;
+        break;
+    case CRAFT__KV__COMMAND__OP_AUTH_DISABLE:
+        c.auth_disable = &dis;
+        break;
+    case CRAFT__KV__COMMAND__OP_USER_ADD: {
+        const Etcdserverpb__AuthUserAddRequest *r = (const void *)req;
+        ua.name = r->name;
+        ua.password = (char *)(hash ? hash : "");
+        uo.no_password = r->options && r->options->no_password;
+        ua.options = &uo;
+        c.user_add = &ua;
+        break;
+    }
+    case CRAFT__KV__COMMAND__OP_USER_DELETE:
+        ud.name = ((const Etcdserverpb__AuthUserDeleteRequest *)req)->name;
+        c.user_delete = &ud;
+        break;
+    case CRAFT__KV__COMMAND__OP_USER_CHANGE_PASSWORD:
+        up.name = ((const Etcdserverpb__AuthUserChangePasswordRequest *)req)->name;
+        up.password = (char *)(hash ? hash : "");
+        c.user_change_password = &up;
+        break;
+    case CRAFT__KV__COMMAND__OP_USER_GRANT_ROLE:
+        ug.user = ((const Etcdserverpb__AuthUserGrantRoleRequest *)req)->user;
+        ug.role = ((const Etcdserverpb__AuthUserGrantRoleRequest *)req)->role;
+        c.user_grant_role = &ug;
+        break;
+    case CRAFT__KV__COMMAND__OP_USER_REVOKE_ROLE:
+        ur.name = ((const Etcdserverpb__AuthUserRevokeRoleRequest *)req)->name;
+        ur.role = ((const Etcdserverpb__AuthUserRevokeRoleRequest *)req)->role;
+        c.user_revoke_role = &ur;
+        break;
+    case CRAFT__KV__COMMAND__OP_ROLE_ADD:
+        ra.name = ((const Etcdserverpb__AuthRoleAddRequest *)req)->name;
+        c.role_add = &ra;
+        break;
+    case CRAFT__KV__COMMAND__OP_ROLE_DELETE:
+        rd.role = ((const Etcdserverpb__AuthRoleDeleteRequest *)req)->role;
+        c.role_delete = &rd;
+        break;
+    case CRAFT__KV__COMMAND__OP_ROLE_GRANT_PERMISSION: {
+        const Etcdserverpb__AuthRoleGrantPermissionRequest *r = (const void *)req;
+        rg.name = r->name;
+        if (r->perm) {
+            pm.permtype = r->perm->permtype;
+            pm.key = r->perm->key;
+            pm.range_end = r->perm->range_end;
+            rg.perm = &pm;
+        }
+        c.role_grant_permission = &rg;
+        break;
+    }
+    case CRAFT__KV__COMMAND__OP_ROLE_REVOKE_PERMISSION: {
+        const Etcdserverpb__AuthRoleRevokePermissionRequest *r = (const void *)req;
+        rr.role = r->role;
+        rr.key = r->key;
+        rr.range_end = r->range_end;
+        c.role_revoke_permission = &rr;
+        break;
+    }
+    default:
+        return -1;
+    }
+    return encode(&c, out, len);
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    do {
+        p[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return n;
+}
+
+int kv_cmd_set_user(uint8_t **cmd, size_t *len, const char *user)
+{
+    /* A message field may come anywhere in a message, and protobuf-c merges repeats of it:
+     * appending field 100 to the packed Command is the same as packing it with auth set. */
+    Craft__Kv__AuthInfo ai = CRAFT__KV__AUTH_INFO__INIT;
+    ai.user = (char *)(user ? user : "");
+    ai.anonymous = !user;
+    size_t n = craft__kv__auth_info__get_packed_size(&ai);
+    uint8_t *b = realloc(*cmd, *len + 20 + n);
+    if (!b)
+        return -1;
+    size_t at = *len;
+    at += put_varint(b + at, 100u << 3 | 2);
+    at += put_varint(b + at, n);
+    craft__kv__auth_info__pack(&ai, b + at);
+    *cmd = b;
+    *len = at + n;
+    return 0;
+}
+
 Craft__Kv__Result *kv_result_decode(const void *data, size_t len)
 {
     if (!data && len)

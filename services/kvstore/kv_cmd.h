@@ -37,6 +37,15 @@ int kv_cmd_encode_lease_grant(const Etcdserverpb__LeaseGrantRequest *r, uint8_t 
 int kv_cmd_encode_lease_revoke(int64_t id, uint8_t **out, size_t *len);
 int kv_cmd_encode_lease_checkpoint(const Etcdserverpb__LeaseCheckpointRequest *r, uint8_t **out,
                                    size_t *len);
+/* An auth command (op one of kvcmd.proto's auth fields) from the client's decoded request of
+ * that kind: only the known fields go into the log; a UserAdd's or UserChangePassword's
+ * password is replaced by `hash` (kv_auth.h; NULL = none). 0 or -1 (no memory, bad op). */
+int kv_cmd_encode_auth(Craft__Kv__Command__OpCase op, const ProtobufCMessage *req,
+                       const char *hash, uint8_t **out, size_t *len);
+/* Says who asked (kvcmd.proto AuthInfo; user NULL = no verified identity) on the command in
+ * *cmd (malloc'd; realloc'd here), so that apply checks it against the auth state. Call once,
+ * on the member that took the client's call. 0 or -1 (no memory; *cmd unchanged). */
+int kv_cmd_set_user(uint8_t **cmd, size_t *len, const char *user);
 /* The Result of an applied entry (raft_fsm_result data/len); NULL if it does not decode.
  * Free with craft__kv__result__free_unpacked(res, NULL). */
 Craft__Kv__Result *kv_result_decode(const void *data, size_t len);

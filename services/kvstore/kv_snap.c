@@ -141,6 +141,20 @@ int kv_snap_enc_lease(struct kv_snap_enc *e, int64_t id, int64_t ttl, int64_t re
     return rc;
 }
 
+int kv_snap_enc_auth(struct kv_snap_enc *e, const void *state, size_t len)
+{
+    if (len == 0 || len > KV_SNAP_MAX_AUTH)
+        return -EINVAL;
+    uint8_t h[KV_SNAP_REC_HEAD];
+    put32(h, 0);
+    put32(h + 4, (uint32_t)len);
+    int rc;
+    if ((rc = enc_put(e, h, sizeof h)) || (rc = enc_put(e, state, len)))
+        return rc;
+    e->count++;
+    return 0;
+}
+
 int kv_snap_enc_finish(struct kv_snap_enc *e, uint64_t *len)
 {
     uint8_t t[KV_SNAP_TRAILER];
@@ -176,6 +190,7 @@ struct kv_snap_dec {
     uint32_t version;
     int64_t prev_mod;              /* version 2: the last record's mod_revision */
     bool in_leases;                /* version 3: a lease came; only leases may follow */
+    bool had_auth;                 /* version 4: the auth record came; nothing may follow */
     uint64_t prev_lease;           /* the last lease's ID, for the order check */
     uint8_t prev[KV_SNAP_MAX_KEY]; /* version 1: the last key, for the order check */
     size_t prev_len;
@@ -297,8 +312,8 @@ int kv_snap_dec_header(struct kv_snap_dec *d, struct kv_snap_meta *m, char *err,
     if (memcmp(p, KV_SNAP_MAGIC, 8) != 0)
         return dec_fail(d, -EBADMSG, err, errlen, "not a craft KV snapshot (bad magic)");
     uint32_t version = get32(p + 8);
-    if (version < 1 || version > 3)
-        return dec_fail(d, -EBADMSG, err, errlen, "format version %u; this build reads 1 to 3",
+    if (version < 1 || version > 4)
+        return dec_fail(d, -EBADMSG, err, errlen, "format version %u; this build reads 1 to 4",
                         version);
     if (get32(p + 12) != 0)
         return dec_fail(d, -EBADMSG, err, errlen, "unknown flags 0x%x", get32(p + 12));
@@ -371,8 +386,27 @@ static int dec_lease(struct kv_snap_dec *d, struct kv_snap_rec *r, size_t vlen, 
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: leases out of order", n);
     d->in_leases = true;
     d->prev_lease = (uint64_t)id;
-    *r = (struct kv_snap_rec){NULL, 0, p, KV_SNAP_REC_FIXED, true, id, ttl, rem};
+    *r = (struct kv_snap_rec){NULL, 0, p, KV_SNAP_REC_FIXED, true, id, ttl, rem, false};
     dec_consume(d, KV_SNAP_REC_HEAD + KV_SNAP_REC_FIXED);
+    d->count++;
+    return 1;
+}
+
+/* A version 4 auth record (key length 0, value length > 0), its head in the buffer. The
+ * bytes are the store's to check (kv_auth_decode). */
+static int dec_auth(struct kv_snap_dec *d, struct kv_snap_rec *r, size_t vlen, char *err,
+                    size_t errlen)
+{
+    if (vlen > KV_SNAP_MAX_AUTH)
+        return dec_fail(d, -EBADMSG, err, errlen, "record %llu: auth state of %zu bytes",
+                        (unsigned long long)d->count, vlen);
+    int rc = dec_fill(d, KV_SNAP_REC_HEAD + vlen);
+    if (rc)
+        return dec_short(d, rc, err, errlen, "the auth state");
+    *r = (struct kv_snap_rec){.rec = d->buf + d->pos + KV_SNAP_REC_HEAD, .rlen = vlen,
+                              .is_auth = true};
+    d->had_auth = true;
+    dec_consume(d, KV_SNAP_REC_HEAD + vlen);
     d->count++;
     return 1;
 }
@@ -392,7 +426,11 @@ int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, si
         return dec_trailer(d, err, errlen);
     unsigned long long n = (unsigned long long)d->count;
     size_t klen = get32(p), vlen = get32(p + 4);
-    if (klen == 0 && d->version == 3)
+    if (d->had_auth)
+        return dec_fail(d, -EBADMSG, err, errlen, "record %llu: a record after the auth state", n);
+    if (klen == 0 && vlen > 0 && d->version >= 4)
+        return dec_auth(d, r, vlen, err, errlen);
+    if (klen == 0 && d->version >= 3)
         return dec_lease(d, r, vlen, err, errlen);
     if (d->in_leases)
         return dec_fail(d, -EBADMSG, err, errlen, "record %llu: a key after the leases", n);
@@ -428,7 +466,7 @@ int kv_snap_dec_next(struct kv_snap_dec *d, struct kv_snap_rec *r, char *err, si
     memcpy(d->prev, key, klen);
     d->prev_len = klen;
     d->prev_mod = mod;
-    *r = (struct kv_snap_rec){key, klen, rec, KV_SNAP_REC_FIXED + vlen, false, 0, 0, 0};
+    *r = (struct kv_snap_rec){key, klen, rec, KV_SNAP_REC_FIXED + vlen, false, 0, 0, 0, false};
     dec_consume(d, len);
     d->count++;
     return 1;

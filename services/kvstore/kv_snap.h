@@ -3,7 +3,7 @@
  * pulls from a read callback. No LMDB here (kv_store.c walks and fills the databases), so the
  * fuzz target (tests/fuzz/kv_snap_fuzz.c) can build the decoder alone.
  *
- * Format, versions 1, 2 and 3 (integers little-endian):
+ * Format, versions 1 to 4 (integers little-endian):
  *   header   "CRKVSNAP" | u32 version | u32 flags = 0 | u64 applied index | u64 term of the
  *            entry at that index (0 = the store does not know it) | i64 revision | i64 compacted
  *            revision                                                              (48 bytes)
@@ -20,13 +20,17 @@
  *            lease, then one record per lease: key length 0 | value length 0 | i64 lease ID |
  *            i64 granted TTL (seconds) | i64 checkpointed remaining TTL (0 = none) | i64 0,
  *            IDs strictly increasing as unsigned numbers (the store's lease table order).
+ *            version 4 (since auth, issue 20): version 3's records, then at most one auth
+ *            record: key length 0 | value length n (1..KV_SNAP_MAX_AUTH) | n bytes of the
+ *            auth state (a packed craft.kv.AuthState, kv_auth.h), and no record after it.
+ *            No auth record = the empty state (auth disabled, no users or roles).
  *   trailer  "CRKVEND1" | u64 number of records | u32 CRC-32C of every byte before this field |
  *            u32 0                                                                  (24 bytes)
  *   and nothing after the trailer.
  * The bytes after a record's key (32 + value length) are exactly the store's LMDB record, so
  * neither side reformats them.
  *
- * What the decoder accepts, and nothing else: the magic, version 1 or 2, flags 0; 0 <= compacted
+ * What the decoder accepts, and nothing else: the magic, version 1 to 4, flags 0; 0 <= compacted
  * <= revision; per record (a put) 1 <= create_revision <= mod_revision <= revision, 1 <= version
  * <= mod_revision - create_revision + 1 (a version grows by at most one per revision), lease 0
  * before version 3; (a version 2 or 3 tombstone) 1 <= mod_revision <= revision and the zeros
@@ -45,7 +49,8 @@
 
 #define KV_SNAP_MAGIC "CRKVSNAP"
 #define KV_SNAP_END_MAGIC "CRKVEND1"
-#define KV_SNAP_VERSION 3    /* what the encoder writes by default; the decoder reads 1 to 3 */
+#define KV_SNAP_VERSION 4    /* what the encoder writes by default; the decoder reads 1 to 4 */
+#define KV_SNAP_MAX_AUTH (64u << 20) /* an auth record's bytes (kv_auth.h bounds the state) */
 #define KV_SNAP_HEADER 48
 #define KV_SNAP_TRAILER 24
 #define KV_SNAP_REC_HEAD 8  /* key length, value length */
@@ -58,8 +63,8 @@ struct kv_snap_meta {
     uint64_t index; /* applied index */
     uint64_t term;  /* term of the entry at index; 0 = not known */
     int64_t rev, compact;
-    uint32_t version; /* payload format: 1 (latest state), 2 (history) or 3 (history and
-                         leases); 0 to the encoder = 3 */
+    uint32_t version; /* payload format: 1 (latest state), 2 (history), 3 (history and
+                         leases) or 4 (and the auth state); 0 to the encoder = 4 */
 };
 
 /* One decoded record; the pointers are valid until the next call on the decoder. A lease
@@ -71,6 +76,7 @@ struct kv_snap_rec {
     size_t rlen;        /* 32 + value length */
     bool is_lease;
     int64_t lease_id, lease_ttl, lease_remaining;
+    bool is_auth; /* version 4's auth record: its bytes in rec/rlen */
 };
 
 /* Sink: writes all len bytes, returns 0 or a negative errno. Source: returns the number of bytes
@@ -107,6 +113,9 @@ int kv_snap_enc_record(struct kv_snap_enc *e, const void *key, size_t klen, cons
                        size_t rlen);
 /* A lease, after every record (version 3 only; -EINVAL for values the format cannot hold). */
 int kv_snap_enc_lease(struct kv_snap_enc *e, int64_t id, int64_t ttl, int64_t remaining);
+/* The auth state's bytes (version 4 only), after the leases, at most once; -EINVAL for an empty
+ * or oversized one. */
+int kv_snap_enc_auth(struct kv_snap_enc *e, const void *state, size_t len);
 /* *len (may be NULL) receives the payload's length in bytes. */
 int kv_snap_enc_finish(struct kv_snap_enc *e, uint64_t *len);
 void kv_snap_enc_free(struct kv_snap_enc *e);

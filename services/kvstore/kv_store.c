@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "metrics/metrics.h"
+#include "services/kvstore/kv_auth.h"
 #include "services/kvstore/kv_cmd.h"
 #include "services/kvstore/kv_hist.h"
 #include "services/kvstore/kv_index.h"
@@ -151,6 +152,15 @@ struct kv_store {
     /* etcd_disk_backend_commit_duration_seconds: what makes applied writes durable in the
      * store - each background sync (lazy), or each batch's commit with its fdatasync. */
     struct metrics_histogram commit_hist;
+
+    /* Auth (kv_auth.h): the state as of the last committed batch, published under auth_mu
+     * (kv_store_auth_get); auth_work is the state the batch being applied made (applier only;
+     * NULL = unchanged), published when the batch commits and dropped when it aborts. The
+     * "auth" record in meta holds the committed state's bytes, written in the same
+     * transaction as the command. */
+    pthread_mutex_t auth_mu;
+    struct kv_auth *auth;
+    struct kv_auth *auth_work;
 };
 
 struct lease_change {
@@ -1664,6 +1674,148 @@ static int result_error(struct raft_fsm_result *res, int code, const char *msg, 
     return result_set(res, &r);
 }
 
+#define META_AUTH "auth"
+
+/* One auth command (kv_auth.h) on the batch's auth state; the new state's bytes go into meta
+ * in txn. 0 with *res filled, or the code that killed txn (ENOMEM: out of memory is no etcd
+ * answer, members must not differ on it). */
+static int auth_exec(struct kv_store *s, MDB_txn *txn, const Craft__Kv__Command *cmd,
+                     struct raft_fsm_result *res)
+{
+    struct kv_auth *next;
+    struct kv_err err = {0};
+    if (kv_auth_apply(s->auth_work ? s->auth_work : s->auth, cmd, &next, &err)) {
+        if (err.code == KV_CODE_INTERNAL)
+            return ENOMEM;
+        return result_error(res, err.code, err.msg, s->rev) ? ENOMEM : 0;
+    }
+    uint8_t *b;
+    size_t n;
+    if (kv_auth_encode(next, &b, &n)) {
+        kv_auth_unref(next);
+        return ENOMEM;
+    }
+    MDB_val k = {strlen(META_AUTH), META_AUTH}, v = {n, b};
+    int rc = mdb_put(txn, s->meta, &k, &v, 0);
+    free(b);
+    if (rc) {
+        kv_auth_unref(next);
+        return rc;
+    }
+    kv_auth_unref(s->auth_work);
+    s->auth_work = next;
+    Craft__Kv__Result r = CRAFT__KV__RESULT__INIT;
+    r.revision = s->rev;
+    r.auth_revision = kv_auth_revision(next);
+    return result_set(res, &r) ? ENOMEM : 0;
+}
+
+struct lease_perm {
+    const struct kv_auth *a;
+    const char *user;
+    struct kv_err *err;
+    bool denied;
+};
+
+static int lease_key_perm(void *arg, const uint8_t *key, size_t len)
+{
+    struct lease_perm *lp = arg;
+    if (kv_auth_check(lp->a, lp->user, key, len, NULL, 0, KV_AUTH_WRITE, lp->err) == 0)
+        return 0;
+    lp->denied = true;
+    return 1;
+}
+
+/* etcd's checkLeasePuts: the user may write every key attached to lease id (a missing lease
+ * passes: apply answers it). 0, -1 with *err, or an LMDB code. */
+static int lease_puts_check(struct kv_store *s, MDB_txn *txn, const struct kv_auth *a,
+                            const char *user, int64_t id, struct kv_err *err)
+{
+    struct lease_perm lp = {a, user, err, false};
+    int lmdb;
+    lease_keys_walk(txn, s->lkeys, id, lease_key_perm, &lp, &lmdb);
+    if (lmdb)
+        return lmdb;
+    return lp.denied ? -1 : 0;
+}
+
+/* etcd 3.4's authApplierV3 at this point of the log, for a command that says who asked
+ * (kvcmd.proto AuthInfo): 0 allowed, -1 refused with *err, or an LMDB code / ENOMEM. */
+static int auth_apply_check(struct kv_store *s, MDB_txn *txn, const Craft__Kv__Command *cmd,
+                            struct kv_err *err)
+{
+    const struct kv_auth *a = s->auth_work ? s->auth_work : s->auth;
+    if (!cmd->auth || !kv_auth_enabled(a))
+        return 0;
+    const char *user = cmd->auth->anonymous ? NULL : cmd->auth->user;
+    int rc = 0;
+    switch (cmd->op_case) {
+    case CRAFT__KV__COMMAND__OP_PUT:
+        if (!cmd->put)
+            break;
+        rc = kv_auth_check(a, user, cmd->put->key.data, cmd->put->key.len, NULL, 0,
+                           KV_AUTH_WRITE, err);
+        if (rc == 0 && cmd->put->lease)
+            rc = lease_puts_check(s, txn, a, user, cmd->put->lease, err);
+        if (rc == 0 && cmd->put->prev_kv)
+            rc = kv_auth_check(a, user, cmd->put->key.data, cmd->put->key.len, NULL, 0,
+                               KV_AUTH_READ, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_DELETE_RANGE:
+        if (cmd->delete_range)
+            rc = kv_auth_check_delete(a, user, cmd->delete_range, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_TXN:
+        if (cmd->txn)
+            rc = kv_auth_check_txn(a, user, cmd->txn, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_COMPACTION: /* craft: root only (etcd 3.4 checks nothing) */
+        rc = kv_auth_check_admin(a, user, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_LEASE_REVOKE:
+        if (cmd->lease_revoke)
+            rc = lease_puts_check(s, txn, a, user, cmd->lease_revoke->id, err);
+        break;
+    case CRAFT__KV__COMMAND__OP_LEASE_GRANT:
+    case CRAFT__KV__COMMAND__OP_LEASE_CHECKPOINT:
+        break;
+    default:
+        if (kv_auth_is_cmd(cmd)) /* etcd's needAdminPermission */
+            rc = kv_auth_check_admin(a, user, err);
+        break;
+    }
+    if (rc < 0 && err->code == KV_CODE_INTERNAL)
+        return ENOMEM; /* out of memory is no answer members may differ on */
+    return rc;
+}
+
+/* The batch committed: its auth state is the one in force. */
+static void auth_publish(struct kv_store *s)
+{
+    if (!s->auth_work)
+        return;
+    pthread_mutex_lock(&s->auth_mu);
+    struct kv_auth *old = s->auth;
+    s->auth = s->auth_work;
+    pthread_mutex_unlock(&s->auth_mu);
+    s->auth_work = NULL;
+    kv_auth_unref(old);
+}
+
+static void auth_discard(struct kv_store *s)
+{
+    kv_auth_unref(s->auth_work);
+    s->auth_work = NULL;
+}
+
+struct kv_auth *kv_store_auth_get(struct kv_store *s)
+{
+    pthread_mutex_lock(&s->auth_mu);
+    struct kv_auth *a = s->auth ? kv_auth_ref(s->auth) : NULL;
+    pthread_mutex_unlock(&s->auth_mu);
+    return a;
+}
+
 /* Applies one entry inside txn. 0 with *res filled (success or an etcd error); or the LMDB /
  * errno code that killed txn (MDB_MAP_FULL: the caller isolates the entry; else fatal). */
 static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry *e,
@@ -1675,6 +1827,19 @@ static int apply_entry(struct kv_store *s, MDB_txn *txn, const struct raft_entry
     Craft__Kv__Command *cmd = craft__kv__command__unpack(NULL, e->len, e->data);
     if (!cmd)
         return result_error(res, KV_CODE_INVALID_ARGUMENT, KV_ERR_BAD_COMMAND, s->rev) ? ENOMEM : 0;
+    struct kv_err aerr = {0};
+    int ac = auth_apply_check(s, txn, cmd, &aerr);
+    if (ac) {
+        craft__kv__command__free_unpacked(cmd, NULL);
+        if (ac > 0)
+            return ac;
+        return result_error(res, aerr.code, aerr.msg, s->rev) ? ENOMEM : 0;
+    }
+    if (kv_auth_is_cmd(cmd)) {
+        int x = auth_exec(s, txn, cmd, res);
+        craft__kv__command__free_unpacked(cmd, NULL);
+        return x;
+    }
     struct kv_ctx c = {.s = s, .txn = txn, .rev = s->rev, .compact = s->compact};
     struct kv_err err = {0};
     Craft__Kv__Result r = CRAFT__KV__RESULT__INIT;
@@ -1856,6 +2021,10 @@ static int apply_isolated(struct kv_store *s, const struct raft_entry *es, size_
         if (rc)
             idx_undo_to(s, 0);
         idx_undo_clear(s);
+        if (rc)
+            auth_discard(s);
+        else
+            auth_publish(s);
         if (rc == MDB_MAP_FULL) {
             s->rev = rev0;
             s->compact = compact0;
@@ -1931,11 +2100,13 @@ static int apply_batch(struct kv_store *s, const struct raft_entry *es, size_t n
         idx_undo_to(s, 0); /* the batch's writes are not in the store: nor in the index */
     idx_undo_clear(s);
     if (rc == 0) {
+        auth_publish(s);
         atomic_store(&s->applied, last_index);
         after_commit(s);
         return 0;
     }
     /* Nothing of the batch is stored: forget its effects and results. */
+    auth_discard(s);
     s->rev = rev0;
     s->compact = compact0;
     s->n_lch = 0;
@@ -2650,7 +2821,10 @@ static void store_free(struct kv_store *s)
     if (s->env_lock_init) {
         pthread_rwlock_destroy(&s->env_lock);
         pthread_mutex_destroy(&s->mark_mu);
+        pthread_mutex_destroy(&s->auth_mu);
     }
+    kv_auth_unref(s->auth);
+    kv_auth_unref(s->auth_work);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     if (s->sync_init) {
@@ -2948,6 +3122,26 @@ static const char *env_load(struct kv_store *s, const char **what)
             rc = state_read(txn, s->meta, &st);
         }
         if (rc == 0) {
+            *what = "auth state";
+            MDB_val ak = {strlen(META_AUTH), META_AUTH}, av = {0, NULL};
+            rc = mdb_get(txn, s->meta, &ak, &av);
+            if (rc == MDB_NOTFOUND)
+                rc = 0, av.mv_size = 0;
+            struct kv_err aerr;
+            struct kv_auth *a = rc ? NULL : kv_auth_decode(av.mv_data, av.mv_size, &aerr);
+            if (!rc && !a) {
+                mdb_txn_abort(txn);
+                return aerr.code == KV_CODE_INTERNAL ? "out of memory" : "corrupt auth state";
+            }
+            if (a) {
+                pthread_mutex_lock(&s->auth_mu);
+                struct kv_auth *old = s->auth;
+                s->auth = a;
+                pthread_mutex_unlock(&s->auth_mu);
+                kv_auth_unref(old);
+            }
+        }
+        if (rc == 0) {
             *what = "index the history";
             struct kv_index *x;
             if ((rc = idx_build(txn, s->hist, &x)) == 0) {
@@ -3023,6 +3217,7 @@ struct kv_store *kv_store_open(const char *dir, const struct kv_store_opts *opts
     pthread_rwlock_init(&s->idx_lock, &ra);
     metrics_histogram_init(&s->commit_hist, metrics_buckets_etcd_disk, 14, 1e9);
     pthread_mutex_init(&s->mark_mu, NULL);
+    pthread_mutex_init(&s->auth_mu, NULL);
     pthread_rwlockattr_destroy(&ra);
     s->env_lock_init = s->idx_lock_init = true;
     if (!dir || !*dir)
@@ -3129,9 +3324,19 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
                           mdb_strerror(lrc));
         goto out;
     }
-    /* Version 3: the history, in the order of the writes (the latest state follows from it),
-     * then the leases. */
-    st.version = 3;
+    /* Version 4: the history, in the order of the writes (the latest state follows from it),
+     * then the leases, then the auth state. A store that never had an auth command writes
+     * version 3 (the same records, no auth record), which members of older builds still read:
+     * a rolling upgrade can send them snapshots until auth is first used. */
+    MDB_val ak = {strlen(META_AUTH), META_AUTH}, av = {0, NULL};
+    lrc = mdb_get(txn, s->meta, &ak, &av);
+    if (lrc && lrc != MDB_NOTFOUND) {
+        rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
+                          mdb_strerror(lrc));
+        goto out;
+    }
+    bool has_auth = lrc == 0 && av.mv_size > 0;
+    st.version = has_auth ? 4 : 3;
     rc = kv_snap_enc_header(e, &st);
     uint64_t n = 0;
     MDB_val k, v;
@@ -3169,6 +3374,8 @@ static int fsm_snapshot_write(void *ctx, struct raft_snapshot_writer *w, uint64_
                                    (int64_t)kv_le_get64((const uint8_t *)v.mv_data + 8));
         }
     }
+    if (rc == 0 && lrc == MDB_NOTFOUND && has_auth)
+        rc = kv_snap_enc_auth(e, av.mv_data, av.mv_size); /* av: same read transaction */
     if (rc == 0 && lrc != MDB_NOTFOUND) {
         rc = kv_snap_fail(w->err, w->errlen, -EIO, "write: reading the store: %s",
                           mdb_strerror(lrc));
@@ -3330,7 +3537,19 @@ static int restore_build(struct kv_store *s, struct raft_snapshot_reader *r, uin
     int64_t last_mod = 0;
     uint64_t sub = 0;
     while ((rc = kv_snap_dec_next(d, &rec, err, errlen)) == 1) {
-        if (rec.is_lease) {
+        if (rec.is_auth) {
+            struct kv_err aerr;
+            struct kv_auth *a = kv_auth_decode(rec.rec, rec.rlen, &aerr);
+            if (!a) {
+                rc = kv_snap_fail(err, errlen, aerr.code == KV_CODE_INTERNAL ? -ENOMEM : -EBADMSG,
+                                  "restore: %s", aerr.msg);
+                goto out;
+            }
+            kv_auth_unref(a);
+            MDB_val ak = {strlen(META_AUTH), META_AUTH}, av = {rec.rlen, (void *)rec.rec};
+            if ((lrc = mdb_put(txn, db.meta, &ak, &av, 0)))
+                goto lmdb;
+        } else if (rec.is_lease) {
             struct kv_lease l = {rec.lease_id, rec.lease_ttl, rec.lease_remaining};
             if ((lrc = lease_write(txn, db.lease, &l)))
                 goto lmdb;

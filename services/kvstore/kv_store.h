@@ -340,6 +340,16 @@ void kv_store_set_lease_hook(struct kv_store *s,
                                         int64_t ttl),
                              void *arg);
 
+/* ---- Auth (kv_auth.h, docs/auth.md) ----
+ * Users, roles, permissions, the enabled flag and the auth revision are replicated state: the
+ * auth log commands (kvcmd.proto 8..18) change them at apply with etcd's rules, in the same
+ * LMDB transaction as the batch, and they are in the snapshot (payload version 4). The state
+ * as of the last committed batch, held (kv_auth_unref when done): any thread, at any time; a
+ * command's change is visible here once its batch committed, before its caller is answered.
+ * Never NULL: an open store always has a state. */
+struct kv_auth;
+struct kv_auth *kv_store_auth_get(struct kv_store *s);
+
 /* Waits up to timeout_ms until the history below `rev` (a compaction's revision, applied) has
  * been removed and the removal synced to disk (Compact's `physical`). 0 (at once when it
  * already has), -ETIMEDOUT (also when no compaction to rev was applied), or -EIO when the

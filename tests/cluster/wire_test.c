@@ -507,8 +507,8 @@ struct method {
 };
 
 /* Every method registered on the client port (services/kv_service.c, cluster_api.c,
- * maint_snapshot.c, lease_service.c, watch.c, server.c); checked against the member's
- * grpc_server_started_total below, so a new method without a line here fails the test. */
+ * maint_snapshot.c, lease_service.c, watch.c, auth_service.c, server.c); checked against the
+ * member's grpc_server_started_total below, so a new method without a line here fails the test. */
 static const struct method client_methods[] = {
     {"/etcdserverpb.KV/Range", false},
     {"/etcdserverpb.KV/Put", false},
@@ -529,6 +529,22 @@ static const struct method client_methods[] = {
     {"/etcdserverpb.Lease/LeaseTimeToLive", false},
     {"/etcdserverpb.Lease/LeaseLeases", false},
     {"/etcdserverpb.Watch/Watch", true},
+    {"/etcdserverpb.Auth/AuthEnable", false},
+    {"/etcdserverpb.Auth/AuthDisable", false},
+    {"/etcdserverpb.Auth/UserAdd", false},
+    {"/etcdserverpb.Auth/UserDelete", false},
+    {"/etcdserverpb.Auth/UserChangePassword", false},
+    {"/etcdserverpb.Auth/UserGrantRole", false},
+    {"/etcdserverpb.Auth/UserRevokeRole", false},
+    {"/etcdserverpb.Auth/RoleAdd", false},
+    {"/etcdserverpb.Auth/RoleDelete", false},
+    {"/etcdserverpb.Auth/RoleGrantPermission", false},
+    {"/etcdserverpb.Auth/RoleRevokePermission", false},
+    {"/etcdserverpb.Auth/UserGet", false},
+    {"/etcdserverpb.Auth/UserList", false},
+    {"/etcdserverpb.Auth/RoleGet", false},
+    {"/etcdserverpb.Auth/RoleList", false},
+    {"/etcdserverpb.Auth/Authenticate", false},
     {"/craft.node.Node/Status", false},
 };
 

@@ -4,7 +4,8 @@
  * handlers (services/member_req.c: MemberAdd/Remove/Update/Promote and MoveLeader requests and
  * their table and configuration edits, a follower's Peer.Member hand-over, the leader's answer
  * a follower relays), the Maintenance requests craft serves (Status, Snapshot) and a
- * LeaseGrant's command encoding (kv_cmd.c). The first
+ * LeaseGrant's command encoding (kv_cmd.c), the Auth requests (auth_service.c: decode, the log
+ * command, apply to a small auth state, kv_auth.c). The first
  * byte picks the path (byte % 9) and a parameter (byte / 9); the rest is the message.
  * Checked besides "no crash, no out-of-bounds read (ASan), no undefined behaviour (UBSan)":
  * a request validation accepts is encoded as a log command that passes the apply-side wire
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "services/cluster_api.h"
+#include "services/kvstore/kv_auth.h"
 #include "services/kv_req.h"
 #include "services/member_req.h"
 
@@ -316,6 +318,90 @@ static void lease_grant(const uint8_t *m, size_t n)
     etcdserverpb__lease_grant_request__free_unpacked(g, NULL);
 }
 
+/* ---- Auth (services/auth_service.c) ---- */
+
+static const struct {
+    const ProtobufCMessageDescriptor *d;
+    Craft__Kv__Command__OpCase op; /* 0: a read (decoded only) */
+} auth_reqs[] = {
+    {&etcdserverpb__auth_enable_request__descriptor, CRAFT__KV__COMMAND__OP_AUTH_ENABLE},
+    {&etcdserverpb__auth_disable_request__descriptor, CRAFT__KV__COMMAND__OP_AUTH_DISABLE},
+    {&etcdserverpb__auth_user_add_request__descriptor, CRAFT__KV__COMMAND__OP_USER_ADD},
+    {&etcdserverpb__auth_user_delete_request__descriptor, CRAFT__KV__COMMAND__OP_USER_DELETE},
+    {&etcdserverpb__auth_user_change_password_request__descriptor,
+     CRAFT__KV__COMMAND__OP_USER_CHANGE_PASSWORD},
+    {&etcdserverpb__auth_user_grant_role_request__descriptor,
+     CRAFT__KV__COMMAND__OP_USER_GRANT_ROLE},
+    {&etcdserverpb__auth_user_revoke_role_request__descriptor,
+     CRAFT__KV__COMMAND__OP_USER_REVOKE_ROLE},
+    {&etcdserverpb__auth_role_add_request__descriptor, CRAFT__KV__COMMAND__OP_ROLE_ADD},
+    {&etcdserverpb__auth_role_delete_request__descriptor, CRAFT__KV__COMMAND__OP_ROLE_DELETE},
+    {&etcdserverpb__auth_role_grant_permission_request__descriptor,
+     CRAFT__KV__COMMAND__OP_ROLE_GRANT_PERMISSION},
+    {&etcdserverpb__auth_role_revoke_permission_request__descriptor,
+     CRAFT__KV__COMMAND__OP_ROLE_REVOKE_PERMISSION},
+    {&etcdserverpb__auth_user_get_request__descriptor, 0},
+    {&etcdserverpb__auth_user_list_request__descriptor, 0},
+    {&etcdserverpb__auth_role_get_request__descriptor, 0},
+    {&etcdserverpb__auth_role_list_request__descriptor, 0},
+    {&etcdserverpb__authenticate_request__descriptor, 0},
+};
+#define N_AUTH_REQS (sizeof auth_reqs / sizeof auth_reqs[0])
+
+/* A state with something in it: root (root role), user u with role r granting [a, c). */
+static struct kv_auth *auth_base(void)
+{
+    static const uint8_t state[] = {
+        0x08, 0x01, 0x10, 0x07,                                   /* enabled, revision 7 */
+        0x1a, 0x0c, 0x0a, 0x04, 'r', 'o', 'o', 't', 0x1a, 0x04, 'r', 'o', 'o', 't',
+        0x1a, 0x06, 0x0a, 0x01, 'u', 0x1a, 0x01, 'r',
+        0x22, 0x0d, 0x0a, 0x01, 'r', 0x12, 0x08, 0x08, 0x02, 0x12, 0x01, 'a', 0x1a, 0x01, 'c',
+    };
+    struct kv_err err;
+    struct kv_auth *a = kv_auth_decode(state, sizeof state, &err);
+    must(a != NULL, "the base auth state does not decode");
+    return a;
+}
+
+/* An Auth request as the service decodes it; a change as it enters the log (the password
+ * replaced by a hash), applied to a small state: the command passes the wire check and decodes
+ * to the same op, and any state apply makes decodes again (kv_auth_decode accepts only what
+ * this module makes). */
+static void auth_req(unsigned which, const uint8_t *m, size_t n)
+{
+    ProtobufCMessage *req = protobuf_c_message_unpack(auth_reqs[which].d, NULL, n, m);
+    if (!req)
+        return;
+    if (auth_reqs[which].op) {
+        uint8_t *cmd;
+        size_t len;
+        must(kv_cmd_encode_auth(auth_reqs[which].op, req, "pbkdf2-sha256$1$00$00", &cmd, &len) == 0,
+             "out of memory");
+        must(kv_cmd_set_user(&cmd, &len, n % 2 ? "u" : NULL) == 0, "out of memory");
+        Craft__Kv__Command *c = command_back(cmd, len);
+        must(c->op_case == auth_reqs[which].op && c->auth, "an auth command decodes wrong");
+        struct kv_auth *a = auth_base(), *next = NULL;
+        struct kv_err err;
+        if (kv_auth_apply(a, c, &next, &err) == 0) {
+            uint8_t *b;
+            size_t bl;
+            must(kv_auth_encode(next, &b, &bl) == 0, "out of memory");
+            struct kv_auth *back = kv_auth_decode(b, bl, &err);
+            must(back != NULL, "apply made an auth state that does not decode");
+            must(kv_auth_revision(back) >= kv_auth_revision(a), "the auth revision went back");
+            kv_auth_unref(back);
+            free(b);
+            kv_auth_unref(next);
+        } else {
+            must(err.code != 0 && err.msg[0], "a refused auth command without an error");
+        }
+        kv_auth_unref(a);
+        craft__kv__command__free_unpacked(c, NULL);
+        free(cmd);
+    }
+    protobuf_c_message_free_unpacked(req, NULL);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -333,7 +419,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 5: member_change(MEMBER_REQ_ADD + (int)(param % 5), m, n, param / 5 % 2); break;
     case 6: peer_member(m, n, param % 2); break;
     case 7: member_reply(m, n, MEMBER_REQ_ADD + (int)(param % 4)); break;
-    default: { /* Maintenance.Status, Maintenance.Snapshot, Cluster.MemberList; LeaseGrant */
+    default: { /* Maintenance.Status, Maintenance.Snapshot, Cluster.MemberList; LeaseGrant;
+                  parameter 12 and above: the Auth requests */
+        if (param >= 12) {
+            if (param - 12 < N_AUTH_REQS)
+                auth_req(param - 12, m, n);
+            break;
+        }
         static const ProtobufCMessageDescriptor *const d[] = {
             &etcdserverpb__status_request__descriptor,
             &etcdserverpb__snapshot_request__descriptor,

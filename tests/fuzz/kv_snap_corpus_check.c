@@ -70,6 +70,8 @@ Test(kv_snap_corpus, valid_seeds_decode_as_the_spec_says)
     cr_assert(m.version == 3 && m.index == 60 && m.rev == 4 && n == 7);
     cr_assert_eq(decode("leases_only", &m, &n, err), 0, "%s", err);
     cr_assert(m.version == 3 && n == 1);
+    cr_assert_eq(decode("auth", &m, &n, err), 0, "%s", err);
+    cr_assert(m.version == 4 && n == 3);
 }
 
 Test(kv_snap_corpus, broken_seeds_are_refused_for_their_reason)
@@ -78,7 +80,9 @@ Test(kv_snap_corpus, broken_seeds_are_refused_for_their_reason)
         const char *name, *why;
     } cases[] = {
         {"bad_magic", "bad magic"},
-        {"version_4", "format version 4"},
+        {"version_5", "format version 5"},
+        {"auth_then_lease", "record 1: a record after the auth state"},
+        {"auth_in_version_3", "record 0: a lease with 2 value bytes"},
         {"lease_before_key", "record 1: a key after the leases"},
         {"leases_out_of_order", "record 1: leases out of order"},
         {"lease_id_zero", "record 0: lease 0 with TTL 30"},

@@ -4,7 +4,8 @@
  * reach the same verdict: 0 (accepted) or -EBADMSG with a message, never a crash, an
  * out-of-bounds read (ASan) or undefined behaviour (UBSan). What is accepted must obey the
  * format's rules (version 1: keys strictly increasing; versions 2 and 3: a history in write
- * order, tombstones only there; version 3: then leases in order; records at least 32 bytes)
+ * order, tombstones only there; version 3: then leases in order; version 4: then at most one
+ * auth record, last; records at least 32 bytes)
  * and re-encode to exactly the input: the format has one encoding per state. Built with clang's libFuzzer (run_kv_snap_fuzz.sh) and as a corpus replay with the default toolchain (replay_main.c). */
 #include <errno.h>
 #include <stdint.h>
@@ -83,11 +84,23 @@ static void decode(const uint8_t *data, size_t size, unsigned step, struct kv_sn
     size_t prev_len = 0;
     int64_t prev_mod = 0;
     struct kv_snap_rec r;
-    bool in_leases = false;
+    bool in_leases = false, had_auth = false;
     uint64_t prev_lease = 0;
     while (v->rc == 0 && (v->rc = kv_snap_dec_next(d, &r, v->err, sizeof v->err)) == 1) {
+        if (had_auth)
+            abort(); /* nothing after the auth record */
+        if (r.is_auth) {
+            if (m.version < 4 || r.rlen == 0 || r.rlen > KV_SNAP_MAX_AUTH)
+                abort();
+            had_auth = true;
+            if (enc && kv_snap_enc_auth(enc, r.rec, r.rlen) != 0)
+                abort();
+            v->count++;
+            v->rc = 0;
+            continue;
+        }
         if (r.is_lease) {
-            if (m.version != 3 || r.lease_id == 0 || r.lease_ttl < 1 ||
+            if (m.version < 3 || r.lease_id == 0 || r.lease_ttl < 1 ||
                 r.lease_ttl > KV_SNAP_MAX_LEASE_TTL || r.lease_remaining < 0 ||
                 (in_leases && (uint64_t)r.lease_id <= prev_lease))
                 abort(); /* a lease the format does not allow */

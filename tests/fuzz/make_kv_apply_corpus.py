@@ -44,7 +44,7 @@ def raw(cmd):
 
 
 # craft.kv.Command: put 1, delete_range 2, txn 3, compaction 4, lease_grant 5,
-# lease_revoke 6, lease_checkpoint 7.
+# lease_revoke 6, lease_checkpoint 7, the auth commands 8..18, who asked 100.
 def c_put(key, val=b"v", lease=0):
     return f(1, f(1, key) + f(2, val) + (f(3, lease) if lease else b""))
 
@@ -115,6 +115,24 @@ SEEDS = {
                                  rec(3 | 64 | 8, b"\x00\x01a1")),
     "built_grant_bad": rec(4 | 16, b"\x04\x01") + rec(4 | 32, b"\x01\xff"),
 }
+# Auth (kvcmd.proto fields 8..18, AuthInfo 100): set up root, a role and a user, enable auth,
+# then writes that say who asked: denied, allowed, and one from nobody.
+def who(user=None):
+    return f(100, f(1, user) if user is not None else f(2, 1))
+
+
+SEEDS["auth_cycle"] = (
+    raw(f(10, f(1, b"root") + f(3, f(1, 1)))) + raw(f(13, f(1, b"root") + f(2, b"root"))) +
+    raw(f(10, f(1, b"u"))) + raw(f(15, f(1, b"r"))) + raw(f(13, f(1, b"u") + f(2, b"r"))) +
+    raw(f(17, f(1, b"r") + f(2, f(1, 2) + f(2, b"a") + f(3, b"c")))) +
+    raw(f(8, b"")) + raw(c_put(b"b1") + who(b"u")) + raw(c_put(b"z") + who(b"u")) +
+    raw(c_put(b"b2") + who()) + raw(c_grant(4, 10)) + raw(c_put(b"zl", lease=4) + who(b"root")) +
+    raw(c_revoke(4) + who(b"u")) + raw(c_compact(1) + who(b"u")) +
+    raw(f(16, f(1, b"r")) + who(b"u")) + raw(f(16, f(1, b"r")) + who(b"root")) +
+    raw(f(9, b"") + who(b"root")))
+# What the fuzzer found: a first auth command on the empty state (no users, no roles) passed
+# NULL to memcpy for the empty arrays (UBSan).
+SEEDS["regress-auth-empty-memcpy"] = bytes.fromhex("00094a070a026b321201 0a070a026b7aff01".replace(" ", ""))
 # A raw record of length byte 255 runs to the end of the input: long entries go last.
 SEEDS["raw_txn_deep_256"] = rec(1, b"a") + bytes([0, 255]) + c_txn(nested(255))
 SEEDS["raw_txn_deep_257"] = bytes([0, 255]) + c_txn(nested(257))

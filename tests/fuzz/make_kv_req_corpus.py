@@ -7,7 +7,8 @@ the protobuf wire format. Paths: 0 Range, 1 Put, 2 DeleteRange, 3 Compact, 4 Txn
 parameter: the default op budget, else 2 + parameter), 5 a Cluster change (parameter % 5:
 Add, Remove, Update, Promote, MoveLeader; parameter // 5 % 2: https), 6 Peer.Member, 7 the
 leader's MemberReply (parameter % 4 the method - 1), 8 Maintenance/MemberList requests
-(parameter % 4: Status, Snapshot, MemberList) or a LeaseGrant's command (parameter % 4 = 3).
+(parameter % 4: Status, Snapshot, MemberList) or a LeaseGrant's command (parameter % 4 = 3);
+with parameter 12 and above, the Auth requests (below).
 Member ids below 8 name the fuzzer's table members by index. Run from the repository root:
     python3 tests/fuzz/make_kv_req_corpus.py
 """
@@ -177,6 +178,38 @@ SEEDS = {
     "lease_grant": sel(8, 3) + f(1, 10) + f(2, 7),
     "lease_grant_overlong_field0": sel(8, 3) + f(1, 10) + f(2, 7) + b"\x80\x00\x05",
     "lease_grant_no_id": sel(8, 3) + f(1, 10),
+    # Auth (selector 8, parameter 12 + the request: AuthEnable, AuthDisable, UserAdd,
+    # UserDelete, UserChangePassword, UserGrantRole, UserRevokeRole, RoleAdd, RoleDelete,
+    # RoleGrantPermission, RoleRevokePermission, then the reads UserGet, UserList, RoleGet,
+    # RoleList, Authenticate), applied to kv_req_fuzz.c's small state (root; user u with role r on [a, c)).
+    "auth_enable": sel(8, 12),
+    "auth_disable": sel(8, 13) + b"",
+    "auth_user_add": sel(8, 14) + f(1, "alice") + f(2, "pw"),
+    "auth_user_add_no_password": sel(8, 14) + f(1, "bob") + f(3, f(1, 1)),
+    "auth_user_add_empty": sel(8, 14) + f(2, "pw"),
+    "auth_user_add_exists": sel(8, 14) + f(1, "u"),
+    "auth_user_delete_root": sel(8, 15) + f(1, "root"),
+    "auth_user_delete": sel(8, 15) + f(1, "u"),
+    "auth_user_passwd": sel(8, 16) + f(1, "u") + f(2, "new"),
+    "auth_user_grant": sel(8, 17) + f(1, "u") + f(2, "root"),
+    "auth_user_grant_missing_role": sel(8, 17) + f(1, "u") + f(2, "nope"),
+    "auth_user_revoke": sel(8, 18) + f(1, "u") + f(2, "r"),
+    "auth_user_revoke_root_root": sel(8, 18) + f(1, "root") + f(2, "root"),
+    "auth_role_add": sel(8, 19) + f(1, "s"),
+    "auth_role_delete": sel(8, 20) + f(1, "r"),
+    "auth_role_grant_prefix": sel(8, 21) + f(1, "r") + f(2, f(1, 2) + f(2, "p/") + f(3, "p0")),
+    "auth_role_grant_from_key": sel(8, 21) + f(1, "r") + f(2, f(1, 0) + f(2, "x") + f(3, b"\x00")),
+    "auth_role_grant_inverted": sel(8, 21) + f(1, "r") + f(2, f(1, 0) + f(2, "b") + f(3, "a")),
+    "auth_role_grant_bad_type": sel(8, 21) + f(1, "r") + f(2, f(1, 7) + f(2, "k")),
+    "auth_role_grant_no_perm": sel(8, 21) + f(1, "r"),
+    "auth_role_grant_update": sel(8, 21) + f(1, "r") + f(2, f(1, 0) + f(2, "a") + f(3, "c")),
+    "auth_role_revoke": sel(8, 22) + f(1, "r") + f(2, "a") + f(3, "c"),
+    "auth_role_revoke_missing": sel(8, 22) + f(1, "r") + f(2, "zz"),
+    "auth_user_get": sel(8, 23) + f(1, "u"),
+    "auth_user_list": sel(8, 24),
+    "auth_role_get": sel(8, 25) + f(1, "r"),
+    "auth_role_list": sel(8, 26),
+    "auth_authenticate": sel(8, 27) + f(1, "u") + f(2, "pw"),
 }
 
 

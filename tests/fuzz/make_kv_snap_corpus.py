@@ -26,6 +26,11 @@ def lease(lid, ttl, remaining=0, pad=0):
     return struct.pack("<IIqqqq", 0, 0, lid, ttl, remaining, pad)
 
 
+def auth(state):
+    """A version 4 auth record: key length 0, value length n > 0, then the n state bytes."""
+    return struct.pack("<II", 0, len(state)) + state
+
+
 def payload(head, recs, count=None, pad=0):
     body = head + b"".join(recs) + b"CRKVEND1" + struct.pack("<Q", len(recs) if count is None
                                                              else count)
@@ -48,7 +53,7 @@ def main():
              record(b"\x00\x00", 2, 300, 299, b"x" * 2000),
              record(b"\xff" * 511, 7, 8, 2)]),
         "bad_magic": payload(header(42, 3, 9, 2, magic=b"CRKVSNAQ"), three),
-        "version_4": payload(header(42, 3, 9, 2, version=4), three),
+        "version_5": payload(header(42, 3, 9, 2, version=5), three),
         # version 3: the history (puts may carry a lease), then the leases in unsigned order
         "leases": payload(
             header(60, 6, 4, 0, version=3),
@@ -56,6 +61,13 @@ def main():
              record(b"a", 0, 3, 0), record(b"c", 4, 4, 1, lease=7),
              lease(7, 30, 12), lease(100, 9000000000), lease(-3, 5)]),
         "leases_only": payload(header(0, 0, 0, 0, version=3), [lease(1, 1)]),
+        # version 4: then the auth state's bytes (the store checks them, not the codec)
+        "auth": payload(
+            header(61, 6, 1, 0, version=4),
+            [record(b"a", 1, 1, 1, b"x"), lease(7, 30), auth(b"\x08\x01\x10\x05")]),
+        "auth_then_lease": payload(
+            header(61, 6, 1, 0, version=4), [auth(b"\x08\x01"), lease(7, 30)]),
+        "auth_in_version_3": payload(header(61, 6, 1, 0, version=3), [auth(b"\x08\x01")]),
         "lease_before_key": payload(
             header(60, 6, 4, 0, version=3), [lease(7, 30), record(b"a", 1, 1, 1)]),
         "leases_out_of_order": payload(

@@ -158,8 +158,8 @@ Test(kv_snap, header_damage_is_refused)
     b.data[0] = 'X';
     expect_refused(&b, "bad magic");
     b.data[0] = 'C';
-    b.data[8] = 4;
-    expect_refused(&b, "format version 4; this build reads 1 to 3");
+    b.data[8] = 5;
+    expect_refused(&b, "format version 5; this build reads 1 to 4");
     b.data[8] = 1;
     b.data[12] = 1;
     expect_refused(&b, "unknown flags");
