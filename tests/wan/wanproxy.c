@@ -606,11 +606,11 @@ int main(int argc, char **argv)
         usage_die("--listen", NULL, "the listen address must be outside every site");
     rng = seed ? seed : 1;
     if (chain) {
-        if (listen_addr.sin_port == 0)
-            usage_die("--listen", NULL, "--print-iptables needs the real port");
         for (int i = 0; i < nsites; i++)
             if (sites[i].uid_hi)
                 usage_die("--print-iptables", chain, "cannot know the --owner listeners' ports: use --rules");
+        if (listen_addr.sin_port == 0)
+            usage_die("--listen", NULL, "--print-iptables needs the real port");
         print_iptables(chain, "");
         return 0;
     }
