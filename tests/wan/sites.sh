@@ -83,12 +83,15 @@ sites_down() {
 }
 
 # Certificates in $dir/c: a CA, a client certificate `client`, one per member naming its address
-# (a peer dials the address and checks it), all readable by the members' uids (test keys only).
+# (a peer dials the address and checks it) and the addresses its peer connections arrive from:
+# the proxy's between sites and 127.0.0.1 inside a site (etcd 3.4 checks a peer's client
+# certificate against the connection's source address when the certificate has IP SANs). All
+# readable by the members' uids (test keys only).
 sites_certs() {
     local certs=$1 m
     "$certs" ca "$dir/c" >/dev/null && "$certs" client "$dir/c" client >/dev/null || return 1
     for m in "${members[@]}"; do
-        "$certs" node "$dir/c" "$m" --ip "$(member_ip "$m")" --dns localhost >/dev/null || return 1
+        "$certs" node "$dir/c" "$m" --ip "$(member_ip "$m")" --ip "$(proxy_ip)" --ip 127.0.0.1 --dns localhost >/dev/null || return 1
     done
     chmod -R a+rX "$dir/c"
 }
@@ -119,11 +122,15 @@ member_start() {
         --initial-cluster "$cluster" --initial-cluster-token "wan-$$"
         --cert-file "$c/$m.pem" --key-file "$c/$m-key.pem" --trusted-ca-file "$c/ca.pem"
         --peer-cert-file "$c/$m.pem" --peer-key-file "$c/$m-key.pem" --peer-trusted-ca-file "$c/ca.pem")
+    local u
+    u=$(member_uid "$m")
+    # setpriv itself in the background (not a function, which would be a subshell): it execs the
+    # member, so $! is the member's pid and the caller's kill reaches it.
     if [ "$sys" = craft ]; then
-        member_run "$m" "$craftd" "${common[@]}" "$@" >>"$dir/$m.log" 2>&1 &
+        setpriv --reuid "$u" --regid "$u" --clear-groups -- "$craftd" "${common[@]}" "$@" >>"$dir/$m.log" 2>&1 &
     else
-        member_run "$m" etcd "${common[@]}" --client-cert-auth --peer-client-cert-auth \
-            --logger zap --log-outputs stderr "$@" >>"$dir/$m.log" 2>&1 &
+        setpriv --reuid "$u" --regid "$u" --clear-groups -- etcd "${common[@]}" --client-cert-auth \
+            --peer-client-cert-auth --logger zap --log-outputs stderr "$@" >>"$dir/$m.log" 2>&1 &
     fi
     echo $!
 }
