@@ -74,11 +74,11 @@ site_cut() {
         iptables -w -A "$site_chain" -p tcp -d "$p" --dport "$px" -j DROP &&
         iptables -w -A "$site_chain" -p tcp -s "$p" --sport "$px" -j DROP
 }
-site_heal() { [ -n "$site_filter_up" ] && iptables -w -F "$site_chain"; }
+site_heal() { if [ -n "$site_filter_up" ]; then iptables -w -F "$site_chain"; fi; }
 sites_down() {
     [ -n "$site_filter_up" ] || return 0
     while iptables -w -D OUTPUT -o lo -j "$site_chain" 2>/dev/null; do :; done
-    iptables -w -F "$site_chain" 2>/dev/null && iptables -w -X "$site_chain" 2>/dev/null
+    iptables -w -F "$site_chain" 2>/dev/null && iptables -w -X "$site_chain" 2>/dev/null || true
     site_filter_up=''
 }
 

@@ -9,12 +9,17 @@
 #   wan_down
 wan_chain='' wan_pid=''
 
+# Safe under `set -e` (scripts/bench-wan.sh, soak-wan.sh): `wait` returns the stopped proxy's
+# status (143), which must not end the caller's EXIT trap before the chain is removed.
 wan_down() {
-    [ -n "$wan_pid" ] && kill "$wan_pid" 2>/dev/null && wait "$wan_pid" 2>/dev/null
+    if [ -n "$wan_pid" ]; then
+        kill "$wan_pid" 2>/dev/null || true
+        wait "$wan_pid" 2>/dev/null || true
+    fi
     wan_pid=''
     [ -n "$wan_chain" ] || return 0
     while iptables -w -t nat -D OUTPUT -o lo -j "$wan_chain" 2>/dev/null; do :; done
-    iptables -w -t nat -F "$wan_chain" 2>/dev/null && iptables -w -t nat -X "$wan_chain" 2>/dev/null
+    iptables -w -t nat -F "$wan_chain" 2>/dev/null && iptables -w -t nat -X "$wan_chain" 2>/dev/null || true
     wan_chain=''
 }
 

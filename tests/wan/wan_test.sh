@@ -70,6 +70,10 @@ bad "use --rules" "${sites[@]}" --owner a=59001 --print-iptables X
  wan_up "$proxy" CRAFTWAN-F$$ "$dir" "${sites[@]}" --rtt a,b=10ms || exit 3; exit 1)
 [ $? -eq 1 ] || fail "the failing run did not get as far as its rules"
 iptables -w -t nat -S | grep -q "CRAFTWAN-F$$" && fail "chain CRAFTWAN-F$$ left behind by a failing run"
+(set -e; source "$here/wan.sh"; trap wan_down EXIT
+ wan_up "$proxy" CRAFTWAN-E$$ "$dir" "${sites[@]}" --rtt a,b=10ms || exit 3; exit 0)
+[ $? -eq 0 ] || fail "the run under set -e did not end with status 0"
+iptables -w -t nat -S | grep -q "CRAFTWAN-E$$" && fail "chain CRAFTWAN-E$$ left behind by a run under set -e"
 mkfifo "$dir/up"
 (source "$here/wan.sh"; trap wan_down EXIT
  wan_up "$proxy" CRAFTWAN-K$$ "$dir" "${sites[@]}" --rtt a,b=10ms || exit 3
@@ -81,7 +85,7 @@ iptables -w -t nat -S | grep -q "CRAFTWAN-K$$" || fail "chain CRAFTWAN-K$$ not t
 kill -TERM $sub; wait $sub
 iptables -w -t nat -S | grep -q "CRAFTWAN-K$$" && fail "chain CRAFTWAN-K$$ left behind after SIGTERM"
 kill -0 "$kpid" 2>/dev/null && fail "wanproxy $kpid still running after SIGTERM"
-echo "ok: chains removed after a failing run and after SIGTERM"
+echo "ok: chains removed after a failing run, a run under set -e and after SIGTERM"
 
 # ---- measurements ----
 # Site a owns uids ua..ua+4, b owns ub..ub+4 (a range of this run's own, from the octet).
