@@ -20,22 +20,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rtts=0,10,30,50,100 seconds=5 rounds=1 systems=craft-w1,craft,etcd conns=16 inflight=64 keep=''
 die() { echo "bench-wan: $*" >&2; exit 2; }
+need() { [ "$2" -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
     case "$1" in
-    --rtts) rtts=${2:?}; shift 2 ;;
-    --seconds) seconds=${2:?}; shift 2 ;;
-    --rounds) rounds=${2:?}; shift 2 ;;
-    --systems) systems=${2:?}; shift 2 ;;
-    --conns) conns=${2:?}; shift 2 ;;
-    --inflight) inflight=${2:?}; shift 2 ;;
-    --keep) keep=${2:?}; shift 2 ;;
+    --rtts) need "$1" $#; rtts=$2; shift 2 ;;
+    --seconds) need "$1" $#; seconds=$2; shift 2 ;;
+    --rounds) need "$1" $#; rounds=$2; shift 2 ;;
+    --systems) need "$1" $#; systems=$2; shift 2 ;;
+    --conns) need "$1" $#; conns=$2; shift 2 ;;
+    --inflight) need "$1" $#; inflight=$2; shift 2 ;;
+    --keep) need "$1" $#; keep=$2; shift 2 ;;
     -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (--help)" ;;
     esac
 done
 for r in ${rtts//,/ }; do [[ "$r" =~ ^[0-9]+$ ]] && [ "$r" -le 1000 ] || die "--rtts: '$r' is not 0..1000 (ms)"; done
-for s in ${systems//,/ }; do case $s in craft-w1 | craft | etcd) ;; *) die "--systems: craft-w1, craft, etcd" ;; esac; done
-[[ "$rounds" =~ ^[0-9]+$ ]] && [ "$rounds" -ge 1 ] || die "--rounds: a whole number >= 1"
+[ -n "${rtts//,/}" ] || die "--rtts: give at least one RTT"
+for s in ${systems//,/ }; do case $s in craft-w1 | craft | etcd) ;; *) die "--systems: '$s' is not craft-w1, craft or etcd" ;; esac; done
+[[ "$rounds" =~ ^[0-9]+$ ]] && [ "$rounds" -ge 1 ] && [ "$rounds" -le 50 ] || die "--rounds must be 1..50"
+[[ "$seconds" =~ ^[0-9]+$ ]] && [ "$seconds" -ge 1 ] && [ "$seconds" -le 600 ] || die "--seconds must be 1..600"
+[[ "$conns" =~ ^[0-9]+$ ]] && [[ "$inflight" =~ ^[0-9]+$ ]] && [ "$conns" -ge 1 ] && [ "$inflight" -ge 1 ] &&
+    [ $((conns * inflight)) -le 65536 ] || die "--conns and --inflight must be >= 1 (craft-bench bounds their product)"
 [ "$(id -u)" = 0 ] || die "needs root (iptables rules, members under their own uids)"
 
 . scripts/bench-lib.sh

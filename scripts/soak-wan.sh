@@ -15,18 +15,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=10 jitter=20 H=100 E=1000 keep=''
 die() { echo "soak-wan: $*" >&2; exit 2; }
+need() { [ "$2" -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
     case "$1" in
-    --minutes) minutes=${2:?}; shift 2 ;;
-    --jitter) jitter=${2:?}; shift 2 ;;
-    --heartbeat) H=${2:?}; shift 2 ;;
-    --election) E=${2:?}; shift 2 ;;
-    --keep) keep=${2:?}; shift 2 ;;
+    --minutes) need "$1" $#; minutes=$2; shift 2 ;;
+    --jitter) need "$1" $#; jitter=$2; shift 2 ;;
+    --heartbeat) need "$1" $#; H=$2; shift 2 ;;
+    --election) need "$1" $#; E=$2; shift 2 ;;
+    --keep) need "$1" $#; keep=$2; shift 2 ;;
     -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (--help)" ;;
     esac
 done
-[[ "$minutes" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--minutes: a number"
+[[ "$minutes" =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk -v m="$minutes" 'BEGIN { exit !(m > 0 && m <= 1440) }' ||
+    die "--minutes must be in (0, 1440]"
+[[ "$jitter" =~ ^[0-9]+$ ]] && [ "$jitter" -le 99 ] || die "--jitter must be 0..99 (percent)"
+[[ "$H" =~ ^[0-9]+$ ]] && [[ "$E" =~ ^[0-9]+$ ]] && [ "$H" -ge 1 ] && [ "$E" -ge $((2 * H)) ] ||
+    die "--heartbeat and --election are ms, election at least 2 x heartbeat"
 [ "$(id -u)" = 0 ] || die "needs root"
 . scripts/bench-lib.sh
 bash scripts/deps.sh >/dev/null
