@@ -115,7 +115,7 @@ for r in ${rtts//,/ }; do
         lsite=''
         for m in "${ms[@]}"; do [ "$(member_curl "$m")" = "$lep" ] && lsite=${member_site[$m]}; done
         run() { # workload round
-            local mix=put=1 pre=()
+            local mix=put=1
             [ "$1" = lread ] && mix=range=1
             site_run "$lsite" "$dir/craft-bench" --endpoints "$lep" "${tls[@]}" --conns "$conns" \
                 --inflight "$inflight" --duration "$seconds" --mix "$mix" --key-space 1000 --json --quiet \

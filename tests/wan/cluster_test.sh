@@ -60,7 +60,7 @@ wan_listen=$(proxy_ip)
 wan_up "$proxy" "CRAFTWANC-$$" "$dir" $(sites_proxy_flags) --rtt a,b=30ms --rtt b,c=50ms --rtt a,c=100ms ||
     die "wan_up"
 sites_certs "$certs" || die "certificates"
-timers=(--heartbeat-interval $H --election-timeout $E --snapshot-count 200 --snapshot-catchup-entries 20)
+timers=(--heartbeat-interval "$H" --election-timeout "$E" --snapshot-count 200 --snapshot-catchup-entries 20)
 for m in "${voters[@]}"; do pid[$m]=$(member_start craft "$m" "$(sites_cluster "${voters[@]}")" "${timers[@]}"); done
 
 tls=(--cacert "$dir/c/ca.pem" --cert "$dir/c/client.pem" --key "$dir/c/client-key.pem")

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2154 # o, dir, craftd: the caller's settings (see below)
 # Sourced (after wan.sh) by the WAN cluster test, scripts/bench-wan.sh and scripts/soak-wan.sh
 # (issue 19; docs/multi-dc.md "Members in sites"): real members (craftd or etcd) placed in
 # loopback sites, with wanproxy between the sites.
