@@ -2,7 +2,7 @@
 # The benchmark scripts' front doors: --help exits 0; every bad argument exits 2 with one line
 # naming the problem, before anything is installed, built or started.
 set -uo pipefail
-ab=$1 bench=$2 soak=$3 watch=$4 compact=$5 lease=$6
+ab=$1 bench=$2 soak=$3 watch=$4 compact=$5 lease=$6 benchwan=$7 soakwan=$8
 fails=0
 expect() { # want-exit, want-text, description, command...
     local want=$1 text=$2 what=$3 out rc
@@ -55,6 +55,18 @@ expect 2 "--before must be" "bench-compact before too short" bash "$compact" --b
 expect 2 "--after must be" "bench-compact after not a number" bash "$compact" --after soon
 expect 2 "--only must be craft or etcd" "bench-compact --only" bash "$compact" --only zookeeper
 expect 2 "unknown argument 'x'" "bench-compact positional" bash "$compact" x
+expect 0 "--rtts" "bench-wan --help" bash "$benchwan" --help
+expect 2 "--rtts: 'x' is not" "bench-wan bad rtt" bash "$benchwan" --rtts 0,x
+expect 2 "--systems: 'zk' is not" "bench-wan bad system" bash "$benchwan" --systems craft,zk
+expect 2 "--rounds must be" "bench-wan rounds 0" bash "$benchwan" --rounds 0
+expect 2 "--seconds needs a value" "bench-wan seconds missing" bash "$benchwan" --seconds
+expect 2 "--conns and --inflight" "bench-wan inflight 0" bash "$benchwan" --inflight 0
+expect 2 "unknown argument '--frob'" "bench-wan unknown flag" bash "$benchwan" --frob
+expect 0 "--jitter" "soak-wan --help" bash "$soakwan" --help
+expect 2 "--minutes must be" "soak-wan minutes 0" bash "$soakwan" --minutes 0
+expect 2 "--jitter must be" "soak-wan jitter 150" bash "$soakwan" --jitter 150
+expect 2 "election at least 2 x heartbeat" "soak-wan election < 2 x heartbeat" bash "$soakwan" --heartbeat 100 --election 150
+expect 2 "--election needs a value" "soak-wan election missing" bash "$soakwan" --election
 expect 0 "--streams" "bench-lease --help" bash "$lease" --help
 expect 2 "--leases must be" "bench-lease leases 0" bash "$lease" --leases 0
 expect 2 "--streams must be" "bench-lease streams too many" bash "$lease" --streams 1000

@@ -16,7 +16,9 @@ command -v iptables >/dev/null || { echo "FAIL: iptables not installed"; exit 1;
 # shellcheck source=tests/wan/wan.sh
 source "$here/wan.sh"
 dir=$(mktemp -d "${TEST_TMPDIR:-/tmp}/wan.XXXXXX")
-trap 'wan_down; rm -rf "$dir"' EXIT
+# The owner checks run the probe as other uids: a copy they can reach, under /tmp.
+odir=$(mktemp -d /tmp/wan-owner.XXXXXX) && chmod 755 "$odir" && cp "$probe" "$odir/wanprobe" && chmod 755 "$odir/wanprobe"
+trap 'wan_down; rm -rf "$dir" "$odir"' EXIT
 trap 'exit 1' INT TERM HUP
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
@@ -58,12 +60,20 @@ bad "two different sites" "${sites[@]}" --rtt a,a=5ms
 bad "at least two sites" --site a=127.$o.1.0/24
 bad "outside every site" --site a=127.0.0.0/24 --site b=127.$o.2.0/24
 bad "unknown flag" "${sites[@]}" --delay a,b=3ms
+bad "overlaps another site's uids" "${sites[@]}" --owner a=59001-59005 --owner b=59005
+bad "uids 1..2^31-1" "${sites[@]}" --owner a=0
+bad "unknown site" "${sites[@]}" --owner x=59001
+bad "use --rules" "${sites[@]}" --owner a=59001 --print-iptables X
 
 # ---- the chain is removed when a test using wan.sh fails, and when it is killed ----
 (source "$here/wan.sh"; trap wan_down EXIT
  wan_up "$proxy" CRAFTWAN-F$$ "$dir" "${sites[@]}" --rtt a,b=10ms || exit 3; exit 1)
 [ $? -eq 1 ] || fail "the failing run did not get as far as its rules"
 iptables -w -t nat -S | grep -q "CRAFTWAN-F$$" && fail "chain CRAFTWAN-F$$ left behind by a failing run"
+(set -e; source "$here/wan.sh"; trap wan_down EXIT
+ wan_up "$proxy" CRAFTWAN-E$$ "$dir" "${sites[@]}" --rtt a,b=10ms || exit 3; exit 0)
+[ $? -eq 0 ] || fail "the run under set -e did not end with status 0"
+iptables -w -t nat -S | grep -q "CRAFTWAN-E$$" && fail "chain CRAFTWAN-E$$ left behind by a run under set -e"
 mkfifo "$dir/up"
 (source "$here/wan.sh"; trap wan_down EXIT
  wan_up "$proxy" CRAFTWAN-K$$ "$dir" "${sites[@]}" --rtt a,b=10ms || exit 3
@@ -75,10 +85,13 @@ iptables -w -t nat -S | grep -q "CRAFTWAN-K$$" || fail "chain CRAFTWAN-K$$ not t
 kill -TERM $sub; wait $sub
 iptables -w -t nat -S | grep -q "CRAFTWAN-K$$" && fail "chain CRAFTWAN-K$$ left behind after SIGTERM"
 kill -0 "$kpid" 2>/dev/null && fail "wanproxy $kpid still running after SIGTERM"
-echo "ok: chains removed after a failing run and after SIGTERM"
+echo "ok: chains removed after a failing run, a run under set -e and after SIGTERM"
 
 # ---- measurements ----
-wan_up "$proxy" "CRAFTWAN-$$" "$dir" "${sites[@]}" --rtt a,b=30ms --rtt a,c=60ms --jitter 0% \
+# Site a owns uids ua..ua+4, b owns ub..ub+4 (a range of this run's own, from the octet).
+ua=$((59000 + o * 10)) ub=$((59000 + o * 10 + 5))
+wan_up "$proxy" "CRAFTWAN-$$" "$dir" "${sites[@]}" --owner a=$ua-$((ua + 4)) --owner b=$ub-$((ub + 4)) \
+    --rtt a,b=30ms --rtt a,c=60ms --jitter 0% \
     --rate a,d=2MB/s --rtt b,c=10ms --loss b,c=100% --loss-delay 100ms --max-conns 4 --seed $$ ||
     { echo "FAIL: wan_up"; exit 1; }
 cat "$dir/wanproxy.out"
@@ -90,6 +103,19 @@ line=$("$probe" rtt 127.$o.1.1 127.$o.3.1 50) || fail "rtt a-c: $line"
 check "rtt a-c 60ms" "v[\"min_ms\"] >= 60 && v[\"p90_ms\"] <= 60 + $margin" "$line"
 line=$("$probe" rtt 127.$o.1.1 127.$o.1.2 100) || fail "rtt a-a: $line"
 check "inside site a: not delayed" "v[\"p50_ms\"] < 1" "$line"
+# --owner: a process of site a's uid dialing from 127.0.0.1 (in no site), as craftd and etcd do,
+# goes through site a's own listener: delayed to b and c, not inside a.
+as_uid() { local u=$1; shift; setpriv --reuid "$u" --regid "$u" --clear-groups -- "$@"; }
+line=$(as_uid $((ua + 1)) "$odir/wanprobe" rtt 127.0.0.1 127.$o.2.1 50) || fail "owner a -> b: $line"
+check "uid of site a, from 127.0.0.1, to b: 30ms" "v[\"min_ms\"] >= 30 && v[\"p90_ms\"] <= 30 + $margin" "$line"
+line=$(as_uid $((ua + 4)) "$odir/wanprobe" rtt 127.0.0.1 127.$o.3.1 50) || fail "owner a -> c: $line"
+check "uid of site a, from 127.0.0.1, to c: 60ms" "v[\"min_ms\"] >= 60 && v[\"p90_ms\"] <= 60 + $margin" "$line"
+line=$(as_uid $((ub + 2)) "$odir/wanprobe" rtt 127.0.0.1 127.$o.1.1 50) || fail "owner b -> a: $line"
+check "uid of site b, from 127.0.0.1, to a: 30ms" "v[\"min_ms\"] >= 30 && v[\"p90_ms\"] <= 30 + $margin" "$line"
+line=$(as_uid $((ua + 1)) "$odir/wanprobe" rtt 127.0.0.1 127.$o.1.7 50) || fail "owner a -> a: $line"
+check "uid of site a, from 127.0.0.1, inside a: not delayed" "v[\"p50_ms\"] < 1" "$line"
+line=$("$probe" rtt 127.0.0.1 127.$o.2.1 50) || fail "root -> b: $line"
+check "root (no site's uid), from 127.0.0.1, to b: not delayed" "v[\"p50_ms\"] < 1" "$line"
 line=$("$probe" rtt 127.$o.2.1 127.$o.3.1 10) || fail "rtt b-c: $line"
 check "loss b-c 100%: each way one 100 ms retransmission timeout more" \
     "v[\"min_ms\"] >= 210 && v[\"p50_ms\"] <= 210 + $margin" "$line"

@@ -6,6 +6,11 @@
  *   one site to another is sent here by iptables nat OUTPUT DNAT rules (--print-iptables CHAIN
  *   prints them; the caller owns the chain and removes it, tests/wan/wan.sh). The original
  *   destination comes from SO_ORIGINAL_DST, the source site from the peer address.
+ * - A site may also own uids (--owner a=40001-40002): TCP that a process of such a uid opens to
+ *   another site is sent, by an iptables owner match, to a listener of that site's own, and takes
+ *   its source site from the listener that accepted it. So programs that dial from 127.0.0.1
+ *   (craftd, etcd: the kernel picks the source) are placed in a site by running each under its
+ *   own uid; the address rules stay for programs that bind their site address.
  * - Each direction of a link delays bytes by half the link's RTT (--rtt a,b=30ms), drawn per chunk
  *   uniformly within +-J of it (--jitter 20%), never reordering a stream: a chunk is never
  *   deliverable before the one read before it. Traffic inside one site is never sent here.
@@ -17,8 +22,11 @@
  * - Bounds: at most --buffer bytes (4 MiB) queued per direction of a connection (reading stops
  *   until they drain, so TCP's flow control reaches the sender) and --max-conns connections (1024;
  *   more are closed on accept). One thread: epoll, a timerfd for the earliest due chunk.
- * - Outgoing connections are made from the listen address, which no site may contain, so they are
- *   not redirected again. Bad flags: a message naming the flag on stderr, exit status 2.
+ * - Outgoing connections are made from the listen address, which no site may contain, and as the
+ *   proxy's own uid, which no site may own, so they are not redirected again. Bad flags: a
+ *   message naming the flag on stderr, exit status 2.
+ * - --rules CHAIN: once listening, the proxy prints its iptables rules for CHAIN on stdout, one
+ *   "wanproxy: rule ..." line each (owner rules first), before the "listening on" line.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -48,6 +56,9 @@
 struct site {
     char name[32];
     uint32_t net, mask; /* host order */
+    uint32_t uid_lo, uid_hi; /* --owner range; uid_hi == 0: none */
+    int lfd;                 /* its own listener when it owns uids, else -1 */
+    uint16_t lport;
 };
 
 struct link {
@@ -139,6 +150,33 @@ static int site_of(uint32_t addr)
     return -1;
 }
 
+/* "a=UID" or "a=LO-HI": the uids whose connections to other sites come from site a. */
+static void parse_owner(const char *v)
+{
+    const char *eq = strchr(v, '=');
+    int s = eq ? site_find(v, (size_t)(eq - v)) : -1;
+    if (!eq)
+        usage_die("--owner", v, "want SITE=UID or SITE=UID-UID");
+    if (s < 0)
+        usage_die("--owner", v, "unknown site (give --site first)");
+    if (sites[s].uid_hi)
+        usage_die("--owner", v, "site given two owner ranges");
+    char *end;
+    long lo = strtol(eq + 1, &end, 10), hi = lo;
+    if (*end == '-')
+        hi = strtol(end + 1, &end, 10);
+    if (end == eq + 1 || *end || lo < 1 || hi < lo || hi > 0x7fffffffL)
+        usage_die("--owner", v, "want SITE=UID or SITE=UID-UID, uids 1..2^31-1");
+    uid_t me = getuid();
+    if ((long)me >= lo && (long)me <= hi)
+        usage_die("--owner", v, "the proxy's own uid cannot be in a site");
+    for (int i = 0; i < nsites; i++)
+        if (sites[i].uid_hi && lo <= (long)sites[i].uid_hi && hi >= (long)sites[i].uid_lo)
+            usage_die("--owner", v, "overlaps another site's uids");
+    sites[s].uid_lo = (uint32_t)lo;
+    sites[s].uid_hi = (uint32_t)hi;
+}
+
 static void parse_site(const char *v)
 {
     const char *eq = strchr(v, '=');
@@ -173,6 +211,7 @@ static void parse_site(const char *v)
     s->name[eq - v] = 0;
     s->net = net;
     s->mask = mask;
+    s->lfd = -1;
 }
 
 /* "a,b=VALUE": the two sites and the value. */
@@ -359,7 +398,8 @@ static int conn_flush(struct conn *c, int i, int64_t now)
     return 0;
 }
 
-static void conn_accept(int lfd)
+/* Accepts on lfd; connections on a site's own listener (--owner) come from that site. */
+static void conn_accept(int lfd, int from_site)
 {
     for (;;) {
         struct sockaddr_in peer, dst;
@@ -367,7 +407,7 @@ static void conn_accept(int lfd)
         int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
-        int src_site = site_of(ntohl(peer.sin_addr.s_addr)), dst_site = -1;
+        int src_site = from_site >= 0 ? from_site : site_of(ntohl(peer.sin_addr.s_addr)), dst_site = -1;
         if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &dlen) == 0)
             dst_site = site_of(ntohl(dst.sin_addr.s_addr));
         if (src_site < 0 || dst_site < 0 || src_site == dst_site || nconns >= max_conns) {
@@ -447,6 +487,15 @@ static void conn_step(struct conn *c, int i, uint32_t ev)
         conn_close(c);
 }
 
+/* The site whose own listener p (an epoll tag) is, or -1. */
+static int site_listener(const void *p)
+{
+    for (int i = 0; i < nsites; i++)
+        if (p == &sites[i])
+            return i;
+    return -1;
+}
+
 static void arm_timer(void)
 {
     int64_t next = INT64_MAX;
@@ -464,12 +513,26 @@ static void arm_timer(void)
     timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
-static void print_iptables(const char *chain)
+/* The DNAT rules for CHAIN, each line prefixed by `prefix`: owner rules (a site's uids to another
+ * site, to that site's listener) first, then address rules (site to site, to the main listener). */
+static void print_iptables(const char *chain, const char *prefix)
 {
     char port[8];
     snprintf(port, sizeof port, "%u", ntohs(listen_addr.sin_port));
     char to[32];
     inet_ntop(AF_INET, &listen_addr.sin_addr, to, sizeof to);
+    for (int a = 0; a < nsites; a++)
+        for (int b = 0; b < nsites && sites[a].uid_hi; b++) {
+            if (a == b)
+                continue;
+            struct in_addr sb = {htonl(sites[b].net)};
+            char nb[32];
+            inet_ntop(AF_INET, &sb, nb, sizeof nb);
+            printf("%s-t nat -A %s -p tcp -m owner --uid-owner %" PRIu32 "-%" PRIu32
+                   " -d %s/%d -j DNAT --to-destination %s:%u\n",
+                   prefix, chain, sites[a].uid_lo, sites[a].uid_hi, nb, __builtin_popcount(sites[b].mask), to,
+                   sites[a].lport);
+        }
     for (int a = 0; a < nsites; a++)
         for (int b = 0; b < nsites; b++) {
             if (a == b)
@@ -478,14 +541,14 @@ static void print_iptables(const char *chain)
             char na[32], nb[32];
             inet_ntop(AF_INET, &sa, na, sizeof na);
             inet_ntop(AF_INET, &sb, nb, sizeof nb);
-            printf("-t nat -A %s -p tcp -s %s/%d -d %s/%d -j DNAT --to-destination %s:%s\n", chain, na,
+            printf("%s-t nat -A %s -p tcp -s %s/%d -d %s/%d -j DNAT --to-destination %s:%s\n", prefix, chain, na,
                    __builtin_popcount(sites[a].mask), nb, __builtin_popcount(sites[b].mask), to, port);
         }
 }
 
 int main(int argc, char **argv)
 {
-    const char *chain = NULL;
+    const char *chain = NULL, *rules = NULL;
     bool have_listen = false;
     uint64_t seed = (uint64_t)now_ns();
     signal(SIGPIPE, SIG_IGN);
@@ -494,7 +557,7 @@ int main(int argc, char **argv)
         if (strcmp(f, "--help") == 0) {
             printf("usage: wanproxy --listen 127.0.0.1:PORT --site NAME=CIDR... [--rtt A,B=30ms] [--jitter 20%%]\n"
                    "  [--loss A,B=1%%] [--loss-delay 200ms] [--rate A,B=10MB/s] [--buffer BYTES] [--max-conns N]\n"
-                   "  [--seed N] [--print-iptables CHAIN]\n");
+                   "  [--seed N] [--owner SITE=UID[-UID]] [--rules CHAIN] [--print-iptables CHAIN]\n");
             return 0;
         }
         if (i + 1 >= argc)
@@ -527,6 +590,10 @@ int main(int argc, char **argv)
             seed = (uint64_t)parse_num(f, v, 0, INT64_MAX);
         } else if (strcmp(f, "--print-iptables") == 0) {
             chain = v;
+        } else if (strcmp(f, "--owner") == 0) {
+            parse_owner(v);
+        } else if (strcmp(f, "--rules") == 0) {
+            rules = v;
         } else {
             usage_die(f, NULL, "unknown flag (--help lists them)");
         }
@@ -539,9 +606,12 @@ int main(int argc, char **argv)
         usage_die("--listen", NULL, "the listen address must be outside every site");
     rng = seed ? seed : 1;
     if (chain) {
+        for (int i = 0; i < nsites; i++)
+            if (sites[i].uid_hi)
+                usage_die("--print-iptables", chain, "cannot know the --owner listeners' ports: use --rules");
         if (listen_addr.sin_port == 0)
             usage_die("--listen", NULL, "--print-iptables needs the real port");
-        print_iptables(chain);
+        print_iptables(chain, "");
         return 0;
     }
 
@@ -558,6 +628,25 @@ int main(int argc, char **argv)
     struct epoll_event le = {.events = EPOLLIN, .data.ptr = &lfd}, te = {.events = EPOLLIN, .data.ptr = &tfd};
     epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &le);
     epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &te);
+    for (int i = 0; i < nsites; i++) {
+        if (!sites[i].uid_hi)
+            continue;
+        struct sockaddr_in a = listen_addr;
+        socklen_t sl = sizeof a;
+        a.sin_port = 0;
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 512) != 0 ||
+            getsockname(fd, (struct sockaddr *)&a, &sl) != 0) {
+            fprintf(stderr, "wanproxy: listen for site %s: %s\n", sites[i].name, strerror(errno));
+            return 1;
+        }
+        sites[i].lfd = fd;
+        sites[i].lport = ntohs(a.sin_port);
+        struct epoll_event se = {.events = EPOLLIN, .data.ptr = &sites[i]};
+        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &se);
+    }
+    if (rules)
+        print_iptables(rules, "wanproxy: rule ");
     char ip[32];
     inet_ntop(AF_INET, &listen_addr.sin_addr, ip, sizeof ip);
     printf("wanproxy: listening on %s:%u, %d sites, seed %" PRIu64 "\n", ip, ntohs(listen_addr.sin_port), nsites,
@@ -572,7 +661,10 @@ int main(int argc, char **argv)
         bool timer = false;
         for (int k = 0; k < n; k++) {
             if (evs[k].data.ptr == &lfd) {
-                conn_accept(lfd);
+                conn_accept(lfd, -1);
+            } else if (site_listener(evs[k].data.ptr) >= 0) {
+                int si = site_listener(evs[k].data.ptr);
+                conn_accept(sites[si].lfd, si);
             } else if (evs[k].data.ptr == &tfd) {
                 uint64_t x;
                 ssize_t r = read(tfd, &x, sizeof x);
