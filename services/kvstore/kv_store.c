@@ -160,6 +160,7 @@ struct kv_store {
      * transaction as the command. */
     pthread_mutex_t auth_mu;
     struct kv_auth *auth;
+    atomic_bool auth_on; /* kv_auth_enabled(auth), read without auth_mu by every read */
     struct kv_auth *auth_work;
 };
 
@@ -1797,6 +1798,7 @@ static void auth_publish(struct kv_store *s)
     pthread_mutex_lock(&s->auth_mu);
     struct kv_auth *old = s->auth;
     s->auth = s->auth_work;
+    atomic_store_explicit(&s->auth_on, kv_auth_enabled(s->auth), memory_order_release);
     pthread_mutex_unlock(&s->auth_mu);
     s->auth_work = NULL;
     kv_auth_unref(old);
@@ -1806,6 +1808,11 @@ static void auth_discard(struct kv_store *s)
 {
     kv_auth_unref(s->auth_work);
     s->auth_work = NULL;
+}
+
+bool kv_store_auth_enabled(struct kv_store *s)
+{
+    return atomic_load_explicit(&s->auth_on, memory_order_acquire);
 }
 
 struct kv_auth *kv_store_auth_get(struct kv_store *s)
@@ -3137,6 +3144,7 @@ static const char *env_load(struct kv_store *s, const char **what)
                 pthread_mutex_lock(&s->auth_mu);
                 struct kv_auth *old = s->auth;
                 s->auth = a;
+                atomic_store_explicit(&s->auth_on, kv_auth_enabled(a), memory_order_release);
                 pthread_mutex_unlock(&s->auth_mu);
                 kv_auth_unref(old);
             }

@@ -349,6 +349,8 @@ void kv_store_set_lease_hook(struct kv_store *s,
  * Never NULL: an open store always has a state. */
 struct kv_auth;
 struct kv_auth *kv_store_auth_get(struct kv_store *s);
+/* kv_auth_enabled of that state, without a lock or a reference: every read asks it first. */
+bool kv_store_auth_enabled(struct kv_store *s);
 
 /* Waits up to timeout_ms until the history below `rev` (a compaction's revision, applied) has
  * been removed and the removal synced to disk (Compact's `physical`). 0 (at once when it
