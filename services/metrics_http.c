@@ -9,7 +9,10 @@
  * loop thread every SWEEP_MS sees the cleared callbacks and drops our reference. With every slot
  * taken, a new connection gets a bufferevent whose socket is shut down one loop turn later
  * (TLS ones from a context without a certificate, so a handshake fails before any work).
- * bevcb never returns NULL for TLS: evhttp would then make a plaintext bufferevent. */
+ * bevcb never returns NULL for TLS: evhttp would then make a plaintext bufferevent.
+ *
+ * TLS files in operation (metrics_http.h reload_ms, crl_file): a timer on the same loop rebuilds
+ * the context when a file changed and swaps it in only if it passes the start checks (reload). */
 #include "services/metrics_http.h"
 
 #include "log/log.h"
