@@ -138,6 +138,15 @@ int rpc_tls_set_cipher_suites(const char *names, char *openssl_names, size_t n, 
  * checked here (the TLS handshake refuses expired certificates). 0 or RPC_ETLS/RPC_EINVAL. */
 int rpc_tls_check(const struct rpc_tls *tls, bool need_cert, char *err, size_t errlen);
 
+/* For TLS users outside gRPC (the metrics listener): checks crl_file as a server with
+ * rpc_tls.crl_file does at create and at each reload (every PEM CRL in it parses, none is cut
+ * short, each is signed by a CA of ca_file with the CRL's issuer name) and, when store is not
+ * NULL and the checks pass, adds its CRLs to store (an OpenSSL X509_STORE; nothing is added
+ * otherwise). The file is read once. 0, or RPC_ETLS with err filled. */
+struct x509_store_st;
+int rpc_tls_load_crls(const char *crl_file, const char *ca_file, struct x509_store_st *store,
+                      char *err, size_t errlen);
+
 /* ------------------------------------------------------------------------------------ */
 /* Messages (protobuf-c)                                                                  */
 

@@ -152,6 +152,29 @@ out:
     return rc;
 }
 
+int rpc_tls_load_crls(const char *crl_file, const char *ca_file, X509_STORE *store, char *err,
+                      size_t errlen)
+{
+    struct rpc_tls t = {.ca_file = ca_file};
+    struct rpc_pem p;
+    int rc = rpc_pem_load(&t, false, &p, err, errlen);
+    if (rc != 0)
+        return rc;
+    STACK_OF(X509_CRL) *crls = NULL;
+    char *text = NULL;
+    rc = crl_load(crl_file, p.ca, &crls, &text, err, errlen);
+    rpc_pem_free(&p);
+    for (int i = 0; rc == 0 && store && i < sk_X509_CRL_num(crls); i++)
+        if (X509_STORE_add_crl(store, sk_X509_CRL_value(crls, i)) != 1) { /* takes a ref */
+            ERR_clear_error();
+            rpc_errf(err, errlen, "crl_file %s: cannot add its CRLs (out of memory)", crl_file);
+            rc = RPC_ETLS;
+        }
+    sk_X509_CRL_pop_free(crls, X509_CRL_free);
+    free(text);
+    return rc;
+}
+
 struct rpc_tls_src {
     struct rpc_tls_src *next; /* registry list */
     int refs;                 /* under reg_mu */

@@ -46,7 +46,7 @@ static const struct flag flags[] = {
     {"peer-cert-file", STR, F(peer_cert_file), 0, 0, 0, "", "peer certificate (PEM); must name this member"},
     {"peer-key-file", STR, F(peer_key_file), 0, 0, 0, "", "peer key (PEM)"},
     {"peer-trusted-ca-file", STR, F(peer_trusted_ca_file), 0, 0, 0, "", "CA that peer certificates must chain to"},
-    {"client-crl-file", STR, F(client_crl_file), 0, 0, 0, "", "PEM certificate revocation list(s) for client certificates, signed by --trusted-ca-file's CA; a revoked client is refused in the handshake; re-read with the certificates"},
+    {"client-crl-file", STR, F(client_crl_file), 0, 0, 0, "", "PEM certificate revocation list(s) for client certificates, signed by --trusted-ca-file's CA; a revoked client is refused in the handshake (client listener and https metrics listener); re-read with the certificates"},
     {"peer-crl-file", STR, F(peer_crl_file), 0, 0, 0, "", "PEM certificate revocation list(s) for peer certificates, signed by --peer-trusted-ca-file's CA; checked both ways"},
     {"peer-cert-allowed-cn", STR, F(peer_cert_allowed_cn), 0, 0, 0, "", "comma-separated subject CNs a peer's certificate must have one of, checked in the handshake both ways, on top of naming its member"},
     {"peer-cert-allowed-hostname", STR, F(peer_cert_allowed_hostname), 0, 0, 0, "", "comma-separated names a peer's certificate must carry one of as a DNS or IP SAN, checked in the handshake both ways (not with --peer-cert-allowed-cn)"},
@@ -103,7 +103,7 @@ static const struct flag flags[] = {
     {"handshake-timeout", DUR, U8(handshake_timeout_ms), 100, 600000, "10s", "a connection to either listener that has not finished its TLS and HTTP/2 handshakes this long after accept is closed (100ms .. 10m)"},
     {"cipher-suites", STR, F(cipher_suites), 0, 0, 0, "", "comma-separated TLS 1.2 cipher suites (IANA names, as etcd's) for every listener and peer connection; empty = gRPC's list of ECDHE AEAD suites. TLS 1.3 suites are not configurable"},
     {"tls-expiry-warning", DUR, U8(tls_expiry_warning_ms), 0, 8760ull * 3600000, "720h", "a certificate file (client, peer, or their CA) that expires within this is logged at start and then once a day (0s = never); craft_tls_certificate_expiry_timestamp_seconds has every file's expiry either way"},
-    {"tls-reload-interval", DUR, U8(tls_reload_ms), 0, 86400000, "5s", "how often the certificate, key and CA files of both listeners and of peer connections are checked for changes, taken for new handshakes without a restart if they pass the start-up checks (whole seconds, rounded up; 0 = read once at start)"},
+    {"tls-reload-interval", DUR, U8(tls_reload_ms), 0, 86400000, "5s", "how often the certificate, key, CA and CRL files of the client, peer and metrics listeners and of peer connections are checked for changes, taken for new handshakes without a restart if they pass the start-up checks (whole seconds, rounded up; 0 = read once at start)"},
     {"max-grpc-memory-bytes", UINT, U8(max_grpc_memory_bytes), 64u << 20, 1ull << 40, "268435456", "gRPC's memory (connections, HTTP/2 state, calls) per listener; under pressure idle connections get GOAWAY, then calls are cancelled"},
 };
 #define N_FLAGS (sizeof flags / sizeof flags[0])

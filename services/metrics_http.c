@@ -9,10 +9,14 @@
  * loop thread every SWEEP_MS sees the cleared callbacks and drops our reference. With every slot
  * taken, a new connection gets a bufferevent whose socket is shut down one loop turn later
  * (TLS ones from a context without a certificate, so a handshake fails before any work).
- * bevcb never returns NULL for TLS: evhttp would then make a plaintext bufferevent. */
+ * bevcb never returns NULL for TLS: evhttp would then make a plaintext bufferevent.
+ *
+ * TLS files in operation (metrics_http.h reload_ms, crl_file): a timer on the same loop rebuilds
+ * the context when a file changed and swaps it in only if it passes the start checks (reload). */
 #include "services/metrics_http.h"
 
 #include "log/log.h"
+#include "rpc/rpc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +27,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -34,6 +39,7 @@
 #include <event2/thread.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 struct listener {
     struct metrics_http *m;
@@ -53,6 +59,10 @@ struct metrics_http {
     struct bufferevent **slots; /* max_connections; NULL = free */
     _Atomic unsigned conns;     /* slots taken */
     struct event *sweep;
+    struct event *reload;    /* every cfg.reload_ms, with TLS */
+    char *files[4];          /* copies of cert, key, CA and CRL file names (reload) */
+    struct stat seen[4];     /* cert, key, CA, CRL as last checked (reload) */
+    char last_err[512];      /* the reload failure last logged; "" when the files were usable */
     pthread_t thread;
     bool started;
 };
@@ -72,8 +82,56 @@ static void tls_err(char *err, size_t errlen, const char *what, const char *file
              *buf ? buf : "failed");
 }
 
+/* Revocation, on top of OpenSSL's chain check: the leaf is refused when a CRL of the context's
+ * store (crl_file's, added by rpc_tls_load_crls) of its issuer lists its serial. No
+ * X509_V_FLAG_CRL_CHECK: that would also refuse clients of a CA without a CRL and every client
+ * once a CRL passes its nextUpdate, which etcd (and our gRPC ports) do not. */
+static int verify_crl(int ok, X509_STORE_CTX *xs)
+{
+    if (!ok || X509_STORE_CTX_get_error_depth(xs) != 0)
+        return ok;
+    X509 *x = X509_STORE_CTX_get_current_cert(xs);
+    X509_STORE *st = X509_STORE_CTX_get0_store(xs);
+    bool rev = false;
+    if (x && st) {
+        X509_STORE_lock(st);
+        STACK_OF(X509_OBJECT) *objs = X509_STORE_get0_objects(st);
+        for (int i = 0; i < sk_X509_OBJECT_num(objs) && !rev; i++) {
+            X509_CRL *crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objs, i));
+            X509_REVOKED *r = NULL;
+            rev = crl && X509_CRL_get0_by_cert(crl, &r, x) == 1; /* issuer and serial */
+        }
+        X509_STORE_unlock(st);
+    }
+    if (!rev)
+        return 1;
+    char issuer[200] = "", serial[80] = "?";
+    X509_NAME_oneline(X509_get_issuer_name(x), issuer, sizeof issuer);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    if (hex)
+        snprintf(serial, sizeof serial, "%s", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    log_emit_limited(LOG_LEVEL_WARN, __FILE__, __LINE__, 0, NULL,
+                     "metrics listener: refused a client: certificate serial %s of %s is revoked",
+                     serial, issuer);
+    X509_STORE_CTX_set_error(xs, X509_V_ERR_CERT_REVOKED);
+    return 0;
+}
+
+/* A context from the files, checked as the gRPC ports check theirs (rpc_tls_check: PEM, key
+ * matching certificate; rpc_tls_load_crls: the CRL file), so a half-written or mismatched set
+ * is refused here, at start and at each reload alike. */
 static SSL_CTX *tls_ctx(const struct metrics_http_config *cfg, char *err, size_t errlen)
 {
+    char why[400];
+    struct rpc_tls t = {.ca_file = cfg->ca_file, .cert_file = cfg->cert_file,
+                        .key_file = cfg->key_file};
+    if (rpc_tls_check(&t, true, why, sizeof why) != 0) {
+        snprintf(err, errlen, "metrics listener: %s", why);
+        return NULL;
+    }
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
         tls_err(err, errlen, "cannot create a TLS context", NULL);
@@ -102,12 +160,71 @@ static SSL_CTX *tls_ctx(const struct metrics_http_config *cfg, char *err, size_t
         tls_err(err, errlen, "cannot read the CA", cfg->ca_file);
         goto fail;
     }
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    if (cfg->crl_file && *cfg->crl_file &&
+        rpc_tls_load_crls(cfg->crl_file, cfg->ca_file, SSL_CTX_get_cert_store(ctx), why,
+                          sizeof why) != 0) {
+        snprintf(err, errlen, "metrics listener: %s", why);
+        goto fail;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_crl);
     SSL_CTX_set_verify_depth(ctx, 8);
     return ctx;
 fail:
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+/* What the files look like now (a missing one reads as zeros), to notice a change. */
+static void files_stat(const struct metrics_http_config *cfg, struct stat st[4])
+{
+    const char *f[4] = {cfg->cert_file, cfg->key_file, cfg->ca_file, cfg->crl_file};
+    memset(st, 0, 4 * sizeof *st);
+    for (int i = 0; i < 4; i++)
+        if (f[i] && *f[i] && stat(f[i], &st[i]) != 0)
+            memset(&st[i], 0, sizeof st[i]);
+}
+
+static bool stat_same(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* On the loop thread every reload_ms: when a file changed since the last look, a new context
+ * from the files, taken only if it passes every check (the stat is taken before the files are
+ * read, so a write that lands during the read shows as a change at the next look). make_bev
+ * runs on this thread too, so the swap needs no lock; an SSL holds a reference on its context,
+ * so connections already up keep the old one until they close. */
+static void reload(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct metrics_http *m = arg;
+    struct stat now[4];
+    files_stat(&m->cfg, now);
+    bool changed = false;
+    for (int i = 0; i < 4; i++)
+        changed |= !stat_same(&now[i], &m->seen[i]);
+    if (!changed)
+        return;
+    memcpy(m->seen, now, sizeof now);
+    char err[512] = "";
+    SSL_CTX *ctx = tls_ctx(&m->cfg, err, sizeof err);
+    const struct log_field *f = LOG_FIELDS(
+        LOG_STR("cert_file", m->cfg.cert_file), LOG_STR("key_file", m->cfg.key_file),
+        LOG_STR("ca_file", m->cfg.ca_file),
+        LOG_STR("crl_file", m->cfg.crl_file ? m->cfg.crl_file : ""));
+    if (!ctx) {
+        if (strcmp(err, m->last_err) != 0)
+            log_error(f, "TLS reload refused, the certificates in use are kept: %s", err);
+        snprintf(m->last_err, sizeof m->last_err, "%s", err);
+        return;
+    }
+    SSL_CTX_free(m->ctx);
+    m->ctx = ctx;
+    m->last_err[0] = '\0';
+    log_info(f, "metrics listener: TLS reload: new certificate, key, CA and CRL files in force "
+                "for new connections");
 }
 
 #define SWEEP_MS 200
@@ -338,6 +455,16 @@ struct metrics_http *metrics_http_start(const struct metrics_http_config *cfg, c
     snprintf(m->version, sizeof m->version, "%s", cfg->version ? cfg->version : "");
     m->cfg.version = m->version;
     m->cfg.urls = NULL; /* not kept */
+    const char *names[4] = {cfg->cert_file, cfg->key_file, cfg->ca_file, cfg->crl_file};
+    for (int i = 0; i < 4; i++)
+        if (names[i] && *names[i] && !(m->files[i] = strdup(names[i]))) {
+            snprintf(err, errlen, "metrics listener: out of memory");
+            goto fail;
+        }
+    m->cfg.cert_file = m->files[0];
+    m->cfg.key_file = m->files[1];
+    m->cfg.ca_file = m->files[2];
+    m->cfg.crl_file = m->files[3];
 
     bool any_tls = false;
     for (size_t i = 0; i < cfg->n_urls; i++)
@@ -348,7 +475,8 @@ struct metrics_http *metrics_http_start(const struct metrics_http_config *cfg, c
             snprintf(err, errlen, "metrics listener: https:// needs a certificate, key and CA");
             goto fail;
         }
-        if (!(m->ctx = tls_ctx(cfg, err, errlen)))
+        files_stat(&m->cfg, m->seen); /* before the files are read: see reload */
+        if (!(m->ctx = tls_ctx(&m->cfg, err, errlen)))
             goto fail;
         if (!(m->refuse_ctx = SSL_CTX_new(TLS_server_method()))) {
             tls_err(err, errlen, "cannot create a TLS context", NULL);
@@ -363,6 +491,14 @@ struct metrics_http *metrics_http_start(const struct metrics_http_config *cfg, c
     }
     struct timeval tv = {0, SWEEP_MS * 1000};
     event_add(m->sweep, &tv);
+    if (m->ctx && m->cfg.reload_ms) {
+        struct timeval rt = {m->cfg.reload_ms / 1000, (m->cfg.reload_ms % 1000) * 1000};
+        if (!(m->reload = event_new(m->base, -1, EV_PERSIST, reload, m)) ||
+            event_add(m->reload, &rt) != 0) {
+            snprintf(err, errlen, "metrics listener: cannot start the TLS reload timer");
+            goto fail;
+        }
+    }
     for (size_t i = 0; i < cfg->n_urls; i++) {
         const struct cluster_url *u = &cfg->urls[i];
         struct listener *l = &m->ls[i];
@@ -414,8 +550,12 @@ void metrics_http_stop(struct metrics_http *m)
             if (m->slots[i])
                 bufferevent_decref(m->slots[i]);
     free(m->slots);
+    for (int i = 0; i < 4; i++)
+        free(m->files[i]);
     if (m->sweep)
         event_free(m->sweep);
+    if (m->reload)
+        event_free(m->reload);
     if (m->base)
         event_base_free(m->base);
     if (m->ctx)

@@ -24,6 +24,7 @@
  *   at most one response, until the timeout.
  * - One thread ("metrics-http") runs the event loop and the callbacks; they must not block
  *   for long (the render reads atomics and takes the node lock briefly).
+ * - TLS files in operation: see reload_ms and crl_file below (rpc.h's rules, shared checks).
  * - Errors: metrics_http_start returns NULL with one sentence in err (unreadable or mismatched
  *   certificate files, an address that cannot be bound). Nothing here exits on bad input.
  */
@@ -47,6 +48,14 @@ struct metrics_http_config {
     size_t n_urls;                  /* 1 .. METRICS_HTTP_MAX_URLS */
     const char *cert_file, *key_file, *ca_file; /* required if any URL is https:// */
     const char *cipher_list; /* TLS 1.2 suites in OpenSSL's names; NULL or "" = OpenSSL's */
+    /* Revocation (craftd's --client-crl-file), checked as rpc_tls.crl_file: a client whose
+     * certificate a CRL of its issuer lists is refused in the handshake. NULL or "": none. */
+    const char *crl_file;
+    /* The certificate, key, CA and CRL files are re-checked this often (--tls-reload-interval):
+     * a changed set that passes every check made at start is taken for new connections
+     * (connections already up keep theirs); one that fails is not taken, the set in use is
+     * kept and the reason is logged (once per distinct reason). 0: read once at start. */
+    unsigned reload_ms;
     unsigned max_connections;
     unsigned max_header_bytes;
     unsigned timeout_s;

@@ -577,6 +577,8 @@ static int start_metrics(struct craft_server *s, char *err, size_t errlen)
         .key_file = cfg->key_file,
         .ca_file = cfg->trusted_ca_file,
         .cipher_list = cfg->cipher_list,
+        .crl_file = cfg->client_crl_file,
+        .reload_ms = (unsigned)cfg->tls_reload_ms,
         .max_connections = cfg->max_metrics_connections,
         .max_header_bytes = cfg->max_metrics_request_bytes,
         .timeout_s = (unsigned)(cfg->metrics_timeout_ms / 1000),
