@@ -228,10 +228,10 @@ Test(snapshot, a_restarted_member_alone_takes_its_due_snapshot_once, .fini = tea
     hc_start_all(&C);
     int l = leader_or_die(10000);
     int64_t rev = hc_put_keys(&C, l, 0, 100, 100);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 3; i++) /* all first: a member's wait may need the others */
         cr_assert(hc_wait_revision(&C, i, rev, 30000), "%s did not apply", C.m[i].name);
+    for (int i = 0; i < 3; i++)
         hc_signal(&C, i, SIGTERM);
-    }
     /* n1 alone, with a snapshot count its applied index is past: one is due at once. */
     snprintf(C.extra_flags, sizeof C.extra_flags,
              "--snapshot-count 20 --snapshot-log-percent 0");
