@@ -24,6 +24,8 @@ ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 # shellcheck source=tests/cluster/port.sh
 source "$(dirname "${BASH_SOURCE[0]}")/port.sh"
+# shellcheck source=tests/cluster/members.sh
+source "$(dirname "${BASH_SOURCE[0]}")/members.sh"
 
 c="$dir/c"
 "$tool" ca "$c" >/dev/null || exit 1
@@ -31,27 +33,8 @@ for u in root alice bob carol dave; do "$tool" client "$c" "$u" >/dev/null || ex
 "$tool" node "$c" etcd1 --ip 127.0.0.1 >/dev/null || exit 1
 
 # ---- the systems under test ----------------------------------------------------------------
-names=(n1 n2 n3)
-declare -a cport pport pids
-cluster=""
-for i in 0 1 2; do
-    "$tool" node "$c" "${names[$i]}" --ip 127.0.0.1 >/dev/null || exit 1
-    cport[$i]=$(port)
-    pport[$i]=$(port)
-    cluster="$cluster${cluster:+,}${names[$i]}=https://127.0.0.1:${pport[$i]}"
-done
-start() {
-    local i=$1 n=${names[$1]}
-    "$craftd" --name "$n" --data-dir "$dir/$n" \
-        --listen-client-urls "https://127.0.0.1:${cport[$i]}" \
-        --listen-peer-urls "https://127.0.0.1:${pport[$i]}" --initial-cluster "$cluster" \
-        --heartbeat-interval 50 --election-timeout 300 --proposal-timeout 2000 \
-        --snapshot-count 50 --snapshot-catchup-entries 5 \
-        --cert-file "$c/$n.pem" --key-file "$c/$n-key.pem" --trusted-ca-file "$c/ca.pem" \
-        --peer-cert-file "$c/$n.pem" --peer-key-file "$c/$n-key.pem" \
-        --peer-trusted-ca-file "$c/ca.pem" >>"$dir/$n.log" 2>&1 &
-    pids[$i]=$!
-}
+members_init "$c" || exit 1
+start_member() { start "$1" --snapshot-count 50 --snapshot-catchup-entries 5; }
 eport=$(port)
 epport=$(port)
 start_etcd() {
@@ -256,7 +239,7 @@ wait "$epid" 2>/dev/null
 epid=""
 
 # ---- craft ------------------------------------------------------------------------------------
-for i in 0 1 2; do start $i; done
+for i in 0 1 2; do start_member $i; done
 EP="https://127.0.0.1:${cport[0]}"
 wait_up || { bad "craft did not start"; tail -5 "$dir"/n*.log; exit 1; }
 setup || bad "craft: setup"
@@ -285,7 +268,7 @@ ctl root role grant-permission ra read a/ --prefix >/dev/null || bad "grant-perm
 # Across a restart of a member.
 kill -9 "${pids[2]}"
 wait "${pids[2]}" 2>/dev/null
-start 2
+start_member 2
 EP="https://127.0.0.1:${cport[2]}"
 deadline=$((SECONDS + 20))
 until [ "$(run_row alice get a/1 --consistency=s)" = allow ] || [ $SECONDS -ge $deadline ]; do sleep 0.2; done
@@ -318,7 +301,7 @@ until [ "$(newest_snap 0)" -gt $((n3_index + 10)) ] && [ "$(newest_snap 1)" -gt 
     [ $SECONDS -ge $deadline ]; do sleep 0.1; done
 [ "$(newest_snap 0)" -gt $((n3_index + 10)) ] && [ "$(newest_snap 1)" -gt $((n3_index + 10)) ] ||
     bad "craft: no snapshot past n3's index $n3_index in 30 s ($(newest_snap 0), $(newest_snap 1))"
-start 2
+start_member 2
 EP="https://127.0.0.1:${cport[2]}"
 deadline=$((SECONDS + 30))
 until [ "$(run_row carol get a/1 --consistency=s)" = allow ] || [ $SECONDS -ge $deadline ]; do sleep 0.2; done

@@ -26,26 +26,9 @@ bad() { echo "FAIL: $*"; fails=$((fails + 1)); }
 # port: a free loopback port below the ephemeral range (port.sh).
 # shellcheck source=tests/cluster/port.sh
 source "$(dirname "${BASH_SOURCE[0]}")/port.sh"
-names=(n1 n2 n3)
-declare -a cport pport pids
-cluster=""
-for i in 0 1 2; do
-    "$tool" node "$dir/c" "${names[$i]}" --ip 127.0.0.1 >/dev/null || exit 1
-    cport[$i]=$(port)
-    pport[$i]=$(port)
-    cluster="$cluster${cluster:+,}${names[$i]}=https://127.0.0.1:${pport[$i]}"
-done
-start() {
-    local i=$1 n=${names[$1]}
-    "$craftd" --name "$n" --data-dir "$dir/$n" \
-        --listen-client-urls "https://127.0.0.1:${cport[$i]}" \
-        --listen-peer-urls "https://127.0.0.1:${pport[$i]}" --initial-cluster "$cluster" \
-        --heartbeat-interval 50 --election-timeout 300 --proposal-timeout 2000 \
-        --cert-file "$dir/c/$n.pem" --key-file "$dir/c/$n-key.pem" --trusted-ca-file "$dir/c/ca.pem" \
-        --peer-cert-file "$dir/c/$n.pem" --peer-key-file "$dir/c/$n-key.pem" \
-        --peer-trusted-ca-file "$dir/c/ca.pem" >>"$dir/$n.log" 2>&1 &
-    pids[$i]=$!
-}
+# shellcheck source=tests/cluster/members.sh
+source "$(dirname "${BASH_SOURCE[0]}")/members.sh"
+members_init "$dir/c" || exit 1
 ep() { echo "https://127.0.0.1:${cport[$1]}"; }
 all_eps="$(ep 0),$(ep 1),$(ep 2)"
 ctl() { # member, args...
